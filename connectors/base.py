@@ -1,0 +1,120 @@
+"""The connector contract: every external system plugs in behind this one class.
+
+A connector is configuration (a frozen, validated `ConnectorConfig`; the password is
+handed over already resolved from the secret store, never read from the environment)
+plus state it builds from it (a pool, a client). Capabilities are class constants with
+a docstring each; optional abilities default to "not supported".
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from fabric.catalog.model import SettingValue, TableInfo
+
+
+class ParamStyle(str, Enum):
+    """How a connector's driver expects bound parameters in the SQL text. The compiler
+    emits these placeholders; the engine passes values positionally, in placeholder order."""
+
+    QMARK = "qmark"
+    """`?` (DuckDB)."""
+    FORMAT = "format"
+    """`%s`, with a literal `%` written `%%` (psycopg, pymssql, PyMySQL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    """Frozen settings of one connection in one stage.
+
+    `settings` holds non-secret values (host, port, database, user, path, options);
+    `password` is the resolved secret, kept out of repr so it never reaches a log.
+    """
+
+    settings: Mapping[str, SettingValue]
+    password: str | None = field(default=None, repr=False)
+
+    def get_str(self, key: str, default: str | None = None) -> str | None:
+        value = self.settings.get(key, default)
+        return None if value is None else str(value)
+
+    def get_int(self, key: str, default: int | None = None) -> int | None:
+        value = self.settings.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise ValueError(f"setting {key!r} must be an integer")
+        return int(value)
+
+
+class QueryHandle(abc.ABC):
+    """One running query. `reader` streams its result; `cancel` may be called from any
+    thread while another thread reads, after which reading raises `Cancelled` (or
+    `DeadlineExceeded` when the timeout fired) and the source has stopped the query.
+    `close` is idempotent and returns every resource (connection to its pool)."""
+
+    @property
+    @abc.abstractmethod
+    def reader(self) -> pa.RecordBatchReader: ...
+
+    @abc.abstractmethod
+    def cancel(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> QueryHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Connector(abc.ABC):
+    kind: ClassVar[str]
+    """The connection kind this connector serves (`duckdb`, `postgres`, ...)."""
+    dialect: ClassVar[str]
+    """The sqlglot dialect the compiler generates for this source."""
+    param_style: ClassVar[ParamStyle]
+    """Placeholder style of the driver."""
+    supports_cancel: ClassVar[bool] = False
+    """Whether `QueryHandle.cancel` stops the query at the source (not only locally)."""
+    max_identifier_length: ClassVar[int] = 63
+    """Longest identifier the source accepts."""
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def test(self) -> None:
+        """Open a real connection and run a trivial query; raise a FabricError if not."""
+
+    @abc.abstractmethod
+    def introspect(self, schemas: Sequence[str] | None = None) -> list[TableInfo]:
+        """Tables and views with columns (source type, Arrow type, nullability), primary
+        keys and foreign keys (composite keys whole, in key order). System schemas are
+        never listed. `schemas` restricts the search; None means every user schema."""
+
+    @abc.abstractmethod
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> QueryHandle:
+        """Start a read-only query with bound parameters (never interpolated) and return
+        its handle. `timeout` (seconds) bounds the whole query at the source; when it
+        passes, reading raises DeadlineExceeded. Batches hold at most `batch_rows` rows.
+        Errors are FabricErrors whose messages carry no row or parameter value."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release pools and clients; idempotent."""

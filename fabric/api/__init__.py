@@ -1,0 +1,1 @@
+"""API: the gRPC servicers, the server and its status mapping."""

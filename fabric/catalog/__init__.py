@@ -1,0 +1,1 @@
+"""Catalog: connections, discovered tables, the entities selected for apps."""

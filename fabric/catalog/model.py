@@ -1,0 +1,139 @@
+"""The catalog's value objects: connections, discovered tables, selected entities.
+
+All of it is metadata. None of these objects ever holds a secret, a row or a parameter
+value; a connection's password lives in the secret store and is referred to by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+
+import pyarrow as pa
+
+# Settings are plain scalars so they can be shown, stored and compared; never a secret.
+SettingValue = str | int | float | bool
+ALL_STAGES = "*"
+"""Stage key of a configuration that applies to every stage without its own."""
+
+
+class ConnectionKind(str, Enum):
+    DUCKDB = "duckdb"
+    POSTGRES = "postgres"
+    SQLSERVER = "sqlserver"
+    MYSQL = "mysql"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    source_type: str
+    """The type as the source spells it (`numeric(15,2)`, `timestamp with time zone`)."""
+    arrow_type: pa.DataType | None
+    """None when the gateway cannot carry the type: shown as unsupported, never dropped."""
+    nullable: bool = True
+
+    @property
+    def supported(self) -> bool:
+        return self.arrow_type is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    """A foreign key kept whole: composite keys keep their column order."""
+
+    name: str
+    columns: tuple[str, ...]
+    referenced_schema: str
+    referenced_table: str
+    referenced_columns: tuple[str, ...]
+
+
+class TableKind(str, Enum):
+    TABLE = "table"
+    VIEW = "view"
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A remote table or view as discovery found it."""
+
+    schema: str
+    name: str
+    columns: tuple[ColumnInfo, ...]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    kind: TableKind = TableKind.TABLE
+
+    def column(self, name: str) -> ColumnInfo | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A table selected for apps, under the name apps use, with the columns they may read.
+
+    `schema` and `table` are the physical names in the source; `name` is what queries say.
+    """
+
+    name: str
+    schema: str
+    table: str
+    columns: tuple[ColumnInfo, ...]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    def column(self, name: str) -> ColumnInfo | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A registered external system. `stages` maps a stage name (or ALL_STAGES) to its
+    non-secret settings; `secret_refs` maps a stage to the secret store reference of its
+    password, never the password itself."""
+
+    tenant: str
+    name: str
+    kind: ConnectionKind
+    stages: Mapping[str, Mapping[str, SettingValue]]
+    secret_refs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    version: int = 1
+
+    def settings_for(self, stage: str) -> Mapping[str, SettingValue] | None:
+        """The stage's own settings, else the all-stages settings, else None."""
+        own = self.stages.get(stage)
+        if own is not None:
+            return own
+        return self.stages.get(ALL_STAGES)
+
+    def secret_ref_for(self, stage: str) -> str | None:
+        own = self.secret_refs.get(stage)
+        if own is not None:
+            return own
+        return self.secret_refs.get(ALL_STAGES)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    """What apps may query through one connection, at one catalog version.
+
+    The version changes whenever the selection or the remote schema changes, so every
+    cache keyed by it (compiled statements, results) misses after a change.
+    """
+
+    tenant: str
+    connection: str
+    version: int
+    entities: Mapping[str, Entity]
+
+    def entity(self, name: str) -> Entity | None:
+        return self.entities.get(name.lower())

@@ -1,0 +1,39 @@
+"""Time as a dependency, so TTLs, idle limits and sweepers are tested with a fake clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards; only differences mean anything."""
+        ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class FakeClock:
+    """A clock that moves only when told to; thread-safe."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a clock does not go backwards")
+        with self._lock:
+            self._now += seconds
+
+
+SYSTEM_CLOCK = SystemClock()

@@ -1,0 +1,121 @@
+"""The one error tree of the gateway; every error carries a machine-readable code.
+
+    FabricError                      (code)                -> gRPC status (fabric/api/status.py)
+    ├── InvalidArgument              invalid_argument      -> INVALID_ARGUMENT
+    │   └── QueryRejected            query_rejected        -> INVALID_ARGUMENT
+    ├── NotFound                     not_found             -> NOT_FOUND
+    ├── AlreadyExists                already_exists        -> ALREADY_EXISTS
+    ├── FailedPrecondition           failed_precondition   -> FAILED_PRECONDITION
+    │   └── SourceQueryError         source_query_error    -> FAILED_PRECONDITION
+    ├── PermissionDenied             permission_denied     -> PERMISSION_DENIED
+    ├── Unauthenticated              unauthenticated       -> UNAUTHENTICATED
+    ├── DeadlineExceeded             deadline_exceeded     -> DEADLINE_EXCEEDED
+    ├── Cancelled                    cancelled             -> CANCELLED
+    ├── ResourceExhausted            resource_exhausted    -> RESOURCE_EXHAUSTED
+    ├── SourceUnavailable            source_unavailable    -> UNAVAILABLE
+    └── InternalError                internal              -> INTERNAL
+
+Messages say what was wrong and what to do. They never carry a secret, a parameter value
+or a row value: database error texts often echo values, so connectors translate them
+into a SQLSTATE and a fixed description instead of passing them on.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FabricError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(FabricError):
+    """The request itself is malformed (missing field, bad parameter type, bad limit)."""
+
+    code = "invalid_argument"
+
+
+class QueryRejected(InvalidArgument):
+    """The SQL text was refused by the compiler; the message names the offending part."""
+
+    code = "query_rejected"
+
+
+class NotFound(FabricError):
+    code = "not_found"
+
+
+class AlreadyExists(FabricError):
+    code = "already_exists"
+
+
+class FailedPrecondition(FabricError):
+    code = "failed_precondition"
+
+
+class SourceQueryError(FailedPrecondition):
+    """The source ran the query and refused it at run time (division by zero, bad cast)."""
+
+    code = "source_query_error"
+
+
+class PermissionDenied(FabricError):
+    code = "permission_denied"
+
+
+class Unauthenticated(FabricError):
+    code = "unauthenticated"
+
+
+class DeadlineExceeded(FabricError):
+    """The query ran past its timeout or the caller's deadline; it was cancelled."""
+
+    code = "deadline_exceeded"
+
+
+class Cancelled(FabricError):
+    """The caller cancelled; the query was cancelled at the source too."""
+
+    code = "cancelled"
+
+
+class ResourceExhausted(FabricError):
+    code = "resource_exhausted"
+
+
+class SourceUnavailable(FabricError):
+    """The external system cannot be reached (down, refused, auth failed, pool exhausted)."""
+
+    code = "source_unavailable"
+
+
+class InternalError(FabricError):
+    code = "internal"
+
+
+ALL_ERRORS: tuple[type[FabricError], ...] = (
+    FabricError,
+    InvalidArgument,
+    QueryRejected,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    SourceQueryError,
+    PermissionDenied,
+    Unauthenticated,
+    DeadlineExceeded,
+    Cancelled,
+    ResourceExhausted,
+    SourceUnavailable,
+    InternalError,
+)

@@ -1,0 +1,1 @@
+"""Observability: metrics (never carrying values) and structured logs."""

@@ -1,0 +1,1 @@
+"""Query: compile SQL text against the selection into the source's dialect."""

@@ -1,0 +1,1 @@
+"""Results: the in-memory result cache and open statements."""
