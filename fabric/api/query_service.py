@@ -1,0 +1,145 @@
+"""QueryService: the gRPC face of the query engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+
+from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, status_for
+from fabric.api.values import params_from_proto
+from fabric.context import RequestContext
+from fabric.errors import FabricError, InternalError, InvalidArgument
+from fabric.query.engine import Page, QueryEngine, QueryRequest, Summary
+from fabric.v1 import query_pb2 as pb
+from fabric.v1 import query_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+ContextProvider = Callable[[grpc.aio.ServicerContext], RequestContext]
+
+
+def default_context(_: grpc.aio.ServicerContext) -> RequestContext:
+    # Until token verification lands every call is the default tenant and stage; the
+    # provider is the one seam where verified claims will come in.
+    return RequestContext()
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: FabricError) -> None:
+    metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, error.code)]
+    if error.sqlstate:
+        metadata.append((SQLSTATE_KEY, error.sqlstate))
+    context.set_trailing_metadata(tuple(metadata))
+    await context.abort(status_for(error), error.message)
+
+
+@asynccontextmanager
+async def translated_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """Turn every error into the right status. Unexpected errors become INTERNAL with a
+    fixed message: their text may carry values, so only their type is logged."""
+    try:
+        yield
+    except FabricError as error:
+        await abort_with(context, error)
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception as error:
+        log.error("internal error in %s: %s", method, type(error).__name__)
+        await abort_with(context, InternalError(
+            "internal error in the gateway; its log names the error type"))
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _summary(summary: Summary) -> pb.ResultSummary:
+    return pb.ResultSummary(rows=summary.rows, truncated=summary.truncated,
+                            from_cache=summary.from_cache, elapsed_us=summary.elapsed_us)
+
+
+def _request(message: pb.ExecuteRequest) -> QueryRequest:
+    if not message.sql.strip():
+        raise InvalidArgument("sql is required")
+    return QueryRequest(
+        connection=message.connection,
+        sql=message.sql,
+        params=params_from_proto(message.params),
+        cache_ttl=float(message.cache_ttl_seconds),
+        max_rows=message.max_rows if message.HasField("max_rows") else None,
+    )
+
+
+def _page(page: Page) -> pb.Page:
+    return pb.Page(statement_id=page.statement_id, arrow_ipc=page.arrow_ipc, rows=page.rows,
+                   done=page.done,
+                   summary=_summary(page.summary) if page.summary is not None else None)
+
+
+class QueryServicer(pb_grpc.QueryServiceServicer):
+    def __init__(self, engine: QueryEngine,
+                 context_provider: ContextProvider = default_context) -> None:
+        self._engine = engine
+        self._context = context_provider
+        self._max_message = engine.settings.max_message_bytes
+
+    async def _stream(self, items: AsyncIterator[bytes | Summary]) -> AsyncIterator[pb.ResultChunk]:
+        """Coalesce IPC messages into gRPC messages of up to max_message_bytes, so a small
+        result is one gRPC message and a large one travels in few big ones."""
+        buffer: list[bytes] = []
+        size = 0
+        async for item in items:
+            if isinstance(item, Summary):
+                yield pb.ResultChunk(arrow_ipc=b"".join(buffer), summary=_summary(item))
+                return
+            if buffer and size + len(item) > self._max_message:
+                yield pb.ResultChunk(arrow_ipc=b"".join(buffer))
+                buffer, size = [], 0
+            buffer.append(item)
+            size += len(item)
+
+    async def Execute(self, request: pb.ExecuteRequest,  # noqa: N802 - gRPC names
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
+        async with translated_errors(context, "Execute"):
+            ctx = self._context(context)
+            items = self._engine.execute(ctx, _request(request), _deadline(context))
+            async for chunk in self._stream(items):
+                yield chunk
+
+    async def Preview(self, request: pb.PreviewRequest,  # noqa: N802
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
+        async with translated_errors(context, "Preview"):
+            ctx = self._context(context)
+            query = self._engine.preview_request(ctx, request.connection, request.entity,
+                                                 request.limit)
+            async for chunk in self._stream(self._engine.execute(ctx, query,
+                                                                 _deadline(context))):
+                yield chunk
+
+    async def OpenStatement(self, request: pb.OpenStatementRequest,  # noqa: N802
+                            context: grpc.aio.ServicerContext) -> pb.Page:
+        async with translated_errors(context, "OpenStatement"):
+            ctx = self._context(context)
+            page = await self._engine.open_statement(ctx, _request(request.query),
+                                                     request.page_rows, _deadline(context))
+            return _page(page)
+        raise AssertionError("unreachable: errors abort the call")
+
+    async def Fetch(self, request: pb.FetchRequest,  # noqa: N802
+                    context: grpc.aio.ServicerContext) -> pb.Page:
+        async with translated_errors(context, "Fetch"):
+            ctx = self._context(context)
+            return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))
+        raise AssertionError("unreachable: errors abort the call")
+
+    async def CloseStatement(self, request: pb.CloseStatementRequest,  # noqa: N802
+                             context: grpc.aio.ServicerContext) -> pb.CloseStatementResponse:
+        async with translated_errors(context, "CloseStatement"):
+            await self._engine.close_statement(self._context(context), request.statement_id)
+            return pb.CloseStatementResponse()
+        raise AssertionError("unreachable: errors abort the call")

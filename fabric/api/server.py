@@ -1,0 +1,93 @@
+"""The gateway server: grpc.aio with health, reflection, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from fabric.api.query_service import ContextProvider, QueryServicer, default_context
+from fabric.catalog.store import MetadataStore
+from fabric.config import Settings
+from fabric.query.engine import QueryEngine
+from fabric.v1 import query_pb2, query_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+
+def channel_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Message-size limits raised deliberately on both ends: a chunk is at most
+    max_message_bytes of IPC plus framing; a single oversized row may go beyond it."""
+    limit = max(settings.max_message_bytes * 4, 64 << 20)
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+
+
+class Gateway:
+    """One runtime gateway: a QueryEngine behind a gRPC server."""
+
+    def __init__(self, engine: QueryEngine, *,
+                 context_provider: ContextProvider = default_context) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self._server = grpc.aio.server(options=channel_options(self.settings))
+        self._health = health.aio.HealthServicer()
+        query_pb2_grpc.add_QueryServiceServicer_to_server(
+            QueryServicer(engine, context_provider), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (QUERY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._metrics_server: Any = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, store: MetadataStore, **engine_options: Any) -> Gateway:
+        return cls(QueryEngine(store, settings, **engine_options))
+
+    async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
+        address = address or self.settings.listen
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        for service in (QUERY_SERVICE, ""):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._sweeper = asyncio.create_task(
+            self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval))
+        if metrics and self.settings.metrics_port:
+            server, _thread = start_http_server(self.settings.metrics_port, "127.0.0.1",
+                                                registry=self.engine.metrics.registry)
+            self._metrics_server = server
+            self.metrics_port = server.server_port
+        log.info("gateway listening on port %s", self.port)
+        return self.port
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls, let running ones finish within `grace` seconds, then drop
+        everything held in memory."""
+        for service in (QUERY_SERVICE, ""):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)

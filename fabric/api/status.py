@@ -1,0 +1,59 @@
+"""The one table from error codes to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from fabric import errors
+
+GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.QueryRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.SourceQueryError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
+    errors.FabricError: grpc.StatusCode.INTERNAL,
+}
+
+# The reverse direction, for the client: a status code names the error class to raise.
+ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.FabricError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.SourceUnavailable,
+}
+
+# Trailing metadata key carrying the machine-readable error code (`query_rejected`, ...).
+ERROR_CODE_KEY = "fabric-error-code"
+SQLSTATE_KEY = "fabric-sqlstate"
+
+
+def status_for(error: errors.FabricError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        status = GRPC_STATUS.get(cls)  # type: ignore[arg-type]
+        if status is not None:
+            return status
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(code: grpc.StatusCode, details: str, error_code: str | None,
+                   sqlstate: str | None) -> errors.FabricError:
+    """Rebuild the gateway's error on the client side, keeping its exact class when the
+    server said which one it was."""
+    by_code = {cls.code: cls for cls in errors.ALL_ERRORS}
+    cls = by_code.get(error_code or "") or ERROR_FOR_STATUS.get(code, errors.InternalError)
+    return cls(details or code.name, sqlstate=sqlstate)

@@ -1,0 +1,333 @@
+"""Filling the catalog: create connections, discover remote tables, select entities.
+
+This is the Python API the CLI and the demo use (the admin gRPC services come later and
+will call it too). It is the one place that turns what discovery found (`TableInfo`)
+into what apps may query (`Entity`), with the rules that go with it:
+
+- primary key columns are always part of an entity (so rows stay identifiable);
+- a column whose type the gateway cannot carry (`arrow_type` None) cannot be selected,
+  and is skipped when all columns are asked for;
+- a foreign key is kept only when all its columns are selected;
+- entity names are plain SQL identifiers, unique per connection ignoring case, and an
+  entity name already used for another table is not silently re-pointed.
+
+Connectors: the manager asks `connector_factory(connection, stage)` for a connector on
+every call that needs the source, and closes it before returning. A factory that wants
+to share a pooled connector should hand out a wrapper whose `close` does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from connectors.base import Connector
+from fabric.catalog.model import (
+    ColumnInfo,
+    Connection,
+    ConnectionKind,
+    Entity,
+    SettingValue,
+    TableInfo,
+)
+from fabric.catalog.store import MetadataStore
+from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+ConnectorFactory = Callable[[Connection, str], Connector]
+"""Builds a connector for a connection in a stage (resolving its secret); the caller of
+the factory owns the connector and closes it."""
+
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class CatalogManager:
+    """Connections and entity selection on top of a MetadataStore and connectors."""
+
+    def __init__(self, store: MetadataStore, connector_factory: ConnectorFactory) -> None:
+        self._store = store
+        self._connector_factory = connector_factory
+
+    @property
+    def store(self) -> MetadataStore:
+        """The metadata store the manager writes to."""
+        return self._store
+
+    # -- connections ---------------------------------------------------------------------
+
+    def create_connection(
+        self,
+        tenant: str,
+        name: str,
+        kind: ConnectionKind | str,
+        stages: Mapping[str, Mapping[str, SettingValue]],
+        secret_refs: Mapping[str, str] | None = None,
+    ) -> Connection:
+        """Register a connection (no secrets in `stages`; passwords go to the secret store
+        and are referred to by `secret_refs`). AlreadyExists / InvalidArgument."""
+        try:
+            kind = ConnectionKind(kind)
+        except ValueError:
+            known = ", ".join(k.value for k in ConnectionKind)
+            raise InvalidArgument(f"unknown connection kind {kind!r}; use one of {known}") from None
+        return self._store.create_connection(tenant, name, kind, stages, secret_refs)
+
+    def get_connection(self, tenant: str, name: str) -> Connection:
+        """The connection; NotFound if absent."""
+        return self._store.get_connection(tenant, name)
+
+    def list_connections(self, tenant: str) -> list[Connection]:
+        """The tenant's connections."""
+        return self._store.list_connections(tenant)
+
+    def delete_connection(self, tenant: str, name: str) -> None:
+        """Delete a connection and its selection; NotFound if absent."""
+        self._store.delete_connection(tenant, name)
+
+    def test_connection(self, tenant: str, connection: str, stage: str) -> None:
+        """Connect to the source of `connection` in `stage` and run a trivial query; raises
+        the connector's FabricError (SourceUnavailable, ...) when that fails."""
+        with self._connector(tenant, connection, stage) as connector:
+            connector.test()
+
+    # -- discovery and selection ---------------------------------------------------------
+
+    def discover(
+        self,
+        tenant: str,
+        connection: str,
+        stage: str,
+        schemas: Sequence[str] | None = None,
+    ) -> list[TableInfo]:
+        """The source's tables and views (columns, keys) as the connector introspects them
+        in `stage`; `schemas` restricts the search. Nothing is stored."""
+        with self._connector(tenant, connection, stage) as connector:
+            return connector.introspect(_schema_list(schemas))
+
+    def select(
+        self,
+        tenant: str,
+        connection: str,
+        stage: str,
+        table: str,
+        columns: Sequence[str] | None = None,
+        entity_name: str | None = None,
+    ) -> Entity:
+        """Select one remote table for apps and return the stored entity.
+
+        `table` is `schema.table` or a bare table name that must match exactly one table
+        across schemas (InvalidArgument lists the candidates otherwise; NotFound when
+        none). `columns` None means every supported column; named columns must exist and
+        be supported (InvalidArgument names the offender). Primary key columns are always
+        included. `entity_name` defaults to the table name. Selecting a table again under
+        the same entity name refreshes the entity; an entity name that already stands for
+        another table raises AlreadyExists (unselect it first or choose another name).
+        """
+        if not isinstance(table, str) or not table:
+            raise InvalidArgument("name the table to select, as 'schema.table' or 'table'")
+        qualified_schema = table.split(".", 1)[0] if "." in table else None
+        with self._connector(tenant, connection, stage) as connector:
+            tables = connector.introspect([qualified_schema]) if qualified_schema else []
+            info = _match_table(tables, table)
+            if info is None:
+                tables = connector.introspect(None)
+                info = _match_table(tables, table)
+        if info is None:
+            raise NotFound(
+                f"no table or view {table!r} in connection {connection!r} (stage {stage!r}); "
+                "discover the connection to see what it has"
+            )
+        name = entity_name if entity_name is not None else info.name
+        entity = _entity_from_table(info, name, columns)
+        self._check_not_repointed(tenant, connection, [entity])
+        self._store.select_entities(tenant, connection, [entity])
+        return self._stored(tenant, connection, entity.name)
+
+    def select_all(
+        self,
+        tenant: str,
+        connection: str,
+        stage: str,
+        schemas: Sequence[str] | None = None,
+    ) -> list[Entity]:
+        """Select every discovered table and view (in `schemas`, or all user schemas) with
+        all its supported columns, in one catalog change; returns the stored entities.
+
+        Entity names are the table names; where two schemas have a table of the same name,
+        both become `schema_table`. Names that are not SQL identifiers are made into ones
+        (other characters become `_`). Tables without a supported column are skipped.
+        """
+        tables = self.discover(tenant, connection, stage, schemas)
+        usable = [t for t in tables if any(c.supported for c in t.columns)]
+        counts: dict[str, int] = {}
+        for info in usable:
+            counts[info.name.lower()] = counts.get(info.name.lower(), 0) + 1
+        entities: list[Entity] = []
+        taken: set[str] = set()
+        for info in usable:
+            base = info.name if counts[info.name.lower()] == 1 else f"{info.schema}_{info.name}"
+            name = _unique(_identifier(base), taken)
+            taken.add(name.lower())
+            entities.append(_entity_from_table(info, name, None))
+        if not entities:
+            return []
+        self._check_not_repointed(tenant, connection, entities)
+        self._store.select_entities(tenant, connection, entities)
+        snapshot = self._store.catalog(tenant, connection)
+        return [snapshot.entities[entity.name.lower()] for entity in entities]
+
+    def unselect(self, tenant: str, connection: str, names: str | Sequence[str]) -> int:
+        """Remove entities from the selection (all or none); returns the new catalog
+        version. NotFound names the entities that are not selected."""
+        if isinstance(names, str):
+            names = [names]
+        return self._store.unselect_entities(tenant, connection, list(names))
+
+    def list_entities(self, tenant: str, connection: str) -> list[Entity]:
+        """The selected entities of a connection, by name; NotFound if no connection."""
+        return list(self._store.catalog(tenant, connection).entities.values())
+
+    def catalog_version(self, tenant: str, connection: str) -> int:
+        """The connection's current catalog version."""
+        return self._store.catalog_version(tenant, connection)
+
+    # -- internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _connector(self, tenant: str, connection: str, stage: str) -> Iterator[Connector]:
+        record = self._store.get_connection(tenant, connection)
+        if record.settings_for(stage) is None:
+            configured = ", ".join(sorted(record.stages)) or "none"
+            raise FailedPrecondition(
+                f"connection {connection!r} has no settings for stage {stage!r} "
+                f"(configured: {configured}); add settings for that stage first"
+            )
+        connector = self._connector_factory(record, stage)
+        try:
+            yield connector
+        finally:
+            connector.close()
+
+    def _check_not_repointed(
+        self, tenant: str, connection: str, entities: Sequence[Entity]
+    ) -> None:
+        selected = self._store.catalog(tenant, connection).entities
+        for entity in entities:
+            current = selected.get(entity.name.lower())
+            if current is not None and (current.schema, current.table) != (
+                entity.schema,
+                entity.table,
+            ):
+                raise AlreadyExists(
+                    f"entity {current.name!r} already stands for "
+                    f"{current.schema}.{current.table}; unselect it first or choose "
+                    "another entity name"
+                )
+
+    def _stored(self, tenant: str, connection: str, name: str) -> Entity:
+        entity = self._store.catalog(tenant, connection).entity(name)
+        if entity is None:  # only if someone unselected it in between
+            raise NotFound(f"entity {name!r} is no longer selected in {connection!r}")
+        return entity
+
+
+def _schema_list(schemas: Sequence[str] | None) -> list[str] | None:
+    if schemas is None:
+        return None
+    if isinstance(schemas, str):
+        return [schemas]
+    return list(schemas)
+
+
+def _match_table(tables: Sequence[TableInfo], wanted: str) -> TableInfo | None:
+    """The table `wanted` names (`schema.table` or `table`), exact spelling first, then
+    ignoring case; None when nothing matches, InvalidArgument when several do."""
+    for exact in (True, False):
+        key = wanted if exact else wanted.lower()
+
+        def norm(text: str, exact: bool = exact) -> str:
+            return text if exact else text.lower()
+
+        found = [t for t in tables if key in (norm(f"{t.schema}.{t.name}"), norm(t.name))]
+        unique = {(t.schema, t.name): t for t in found}
+        if len(unique) == 1:
+            return next(iter(unique.values()))
+        if len(unique) > 1:
+            candidates = ", ".join(sorted(f"{s}.{n}" for s, n in unique))
+            raise InvalidArgument(
+                f"table {wanted!r} is ambiguous; name it with its schema, one of: {candidates}"
+            )
+    return None
+
+
+def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None) -> Entity:
+    """The entity for `info` with the chosen columns (in table order), its primary key
+    (always included, dropped only if a key column's type is unsupported) and the foreign
+    keys whose columns are all selected."""
+    if not isinstance(name, str) or _IDENTIFIER_RE.fullmatch(name) is None:
+        raise InvalidArgument(
+            f"entity name {name!r} is not a valid SQL identifier (letters, digits and '_', "
+            "not starting with a digit); pass entity_name"
+        )
+    if columns is None:
+        wanted = {c.name for c in info.columns if c.supported}
+    else:
+        if isinstance(columns, str):
+            columns = [columns]
+        wanted = set()
+        for requested in columns:
+            column = _match_column(info, requested)
+            if not column.supported:
+                raise InvalidArgument(
+                    f"column {column.name!r} of {info.schema}.{info.name} has type "
+                    f"{column.source_type!r}, which the gateway does not support; leave it out"
+                )
+            wanted.add(column.name)
+    by_name = {c.name: c for c in info.columns}
+    primary_key = info.primary_key
+    if all(k in by_name and by_name[k].supported for k in primary_key):
+        wanted.update(primary_key)
+    else:
+        primary_key = ()
+    chosen: tuple[ColumnInfo, ...] = tuple(c for c in info.columns if c.name in wanted)
+    if not chosen:
+        raise InvalidArgument(
+            f"{info.schema}.{info.name} has no column of a supported type; it cannot be selected"
+        )
+    foreign_keys = tuple(fk for fk in info.foreign_keys if all(c in wanted for c in fk.columns))
+    return Entity(
+        name=name,
+        schema=info.schema,
+        table=info.name,
+        columns=chosen,
+        primary_key=primary_key,
+        foreign_keys=foreign_keys,
+    )
+
+
+def _match_column(info: TableInfo, requested: str) -> ColumnInfo:
+    column = info.column(requested)
+    if column is not None:
+        return column
+    folded = [c for c in info.columns if c.name.lower() == requested.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    available = ", ".join(c.name for c in info.columns)
+    raise InvalidArgument(
+        f"{info.schema}.{info.name} has no column {requested!r}; its columns are: {available}"
+    )
+
+
+def _identifier(text: str) -> str:
+    """`text` made into a plain SQL identifier."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text) or "_"
+    return f"_{name}" if name[0].isdigit() else name
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... whichever is not yet taken (ignoring case)."""
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate

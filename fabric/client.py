@@ -1,0 +1,193 @@
+"""The Python client: SQL and parameters in, `pyarrow` tables and readers out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pyarrow as pa
+
+from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, error_from_rpc
+from fabric.api.values import params_to_proto
+from fabric.errors import FabricError
+from fabric.results.ipc import decode_page, open_ipc_stream
+from fabric.v1 import query_pb2 as pb
+from fabric.v1 import query_pb2_grpc as pb_grpc
+
+__all__ = ["FabricClient", "QueryResult", "ResultSummary", "Statement"]
+
+MAX_MESSAGE = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSummary:
+    rows: int
+    truncated: bool
+    from_cache: bool
+    elapsed_us: int
+    """Time the gateway spent on the call."""
+
+    @staticmethod
+    def of(message: pb.ResultSummary) -> ResultSummary:
+        return ResultSummary(message.rows, message.truncated, message.from_cache,
+                             message.elapsed_us)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    table: pa.Table
+    summary: ResultSummary
+
+
+def _translate(error: grpc.RpcError) -> FabricError:
+    call: Any = error
+    trailing = dict(call.trailing_metadata() or ())
+    return error_from_rpc(call.code(), call.details() or "", trailing.get(ERROR_CODE_KEY),
+                          trailing.get(SQLSTATE_KEY))
+
+
+class _Stream:
+    """Pulls ResultChunks, hands their IPC bytes to pyarrow, keeps the summary."""
+
+    def __init__(self, call: Iterator[pb.ResultChunk]) -> None:
+        self._call = call
+        self.summary: ResultSummary | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._call:
+                if chunk.arrow_ipc:
+                    yield chunk.arrow_ipc
+                if chunk.HasField("summary"):
+                    self.summary = ResultSummary.of(chunk.summary)
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def cancel(self) -> None:
+        cancel = getattr(self._call, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+
+class Statement:
+    """An open statement: pages of a result, fetched on demand. Close it (or use it as a
+    context manager) when done; the gateway drops its rows and parameters at once."""
+
+    def __init__(self, client: FabricClient, first: pb.Page) -> None:
+        self._client = client
+        self.id = first.statement_id
+        self._pages: list[pb.Page] = [first]
+        self.done = first.done
+        self.summary: ResultSummary | None = (
+            ResultSummary.of(first.summary) if first.HasField("summary") else None)
+
+    def fetch(self, page_rows: int = 0) -> pa.Table | None:
+        """The next page, or None when the statement is consumed."""
+        if self._pages:
+            return decode_page(self._pages.pop().arrow_ipc)
+        if self.done:
+            return None
+        page = self._client._unary(self._client._stub.Fetch,
+                                   pb.FetchRequest(statement_id=self.id, page_rows=page_rows))
+        self.done = page.done
+        if page.HasField("summary"):
+            self.summary = ResultSummary.of(page.summary)
+        return decode_page(page.arrow_ipc)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        while (page := self.fetch()) is not None:
+            yield page
+
+    def close(self) -> None:
+        if not self.done and self.id:
+            self.done = True
+            self._pages.clear()
+            self._client._unary(self._client._stub.CloseStatement,
+                                pb.CloseStatementRequest(statement_id=self.id))
+
+    def __enter__(self) -> Statement:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class FabricClient:
+    """`FabricClient("127.0.0.1:50051")`; errors are the gateway's own FabricError classes
+    (QueryRejected, NotFound, SourceUnavailable, ...)."""
+
+    def __init__(self, address: str, token: str | None = None, *,
+                 timeout: float | None = None) -> None:
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ])
+        self._stub = pb_grpc.QueryServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+
+    def _request(self, connection: str, sql: str, params: Mapping[str, Any] | None,
+                 cache_ttl: int, max_rows: int | None) -> pb.ExecuteRequest:
+        return pb.ExecuteRequest(connection=connection, sql=sql,
+                                 params=params_to_proto(params),
+                                 cache_ttl_seconds=cache_ttl, max_rows=max_rows)
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def _read(self, call: Iterator[pb.ResultChunk]) -> QueryResult:
+        stream = _Stream(call)
+        try:
+            table = open_ipc_stream(stream.chunks()).read_all()
+        except BaseException:
+            stream.cancel()
+            raise
+        if stream.summary is None:
+            raise FabricError("the gateway ended the result without its summary")
+        return QueryResult(table, stream.summary)
+
+    def execute(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
+                cache_ttl: int = 0, max_rows: int | None = None) -> QueryResult:
+        """The whole result and its summary (rows, truncated, from_cache, time spent)."""
+        request = self._request(connection, sql, params, cache_ttl, max_rows)
+        return self._read(self._stub.Execute(request, timeout=self._timeout,
+                                             metadata=self._metadata))
+
+    def query(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
+              cache_ttl: int = 0, max_rows: int | None = None) -> pa.Table:
+        return self.execute(connection, sql, params, cache_ttl, max_rows).table
+
+    def query_batches(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
+                      cache_ttl: int = 0, max_rows: int | None = None) -> pa.RecordBatchReader:
+        """Stream the result batch by batch as it arrives."""
+        request = self._request(connection, sql, params, cache_ttl, max_rows)
+        stream = _Stream(self._stub.Execute(request, timeout=self._timeout,
+                                            metadata=self._metadata))
+        return open_ipc_stream(stream.chunks())
+
+    def preview(self, connection: str, entity: str, limit: int = 0) -> pa.Table:
+        request = pb.PreviewRequest(connection=connection, entity=entity, limit=limit)
+        return self._read(self._stub.Preview(request, timeout=self._timeout,
+                                             metadata=self._metadata)).table
+
+    def open_statement(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
+                       cache_ttl: int = 0, max_rows: int | None = None,
+                       page_rows: int = 0) -> Statement:
+        request = pb.OpenStatementRequest(
+            query=self._request(connection, sql, params, cache_ttl, max_rows),
+            page_rows=page_rows)
+        return Statement(self, self._unary(self._stub.OpenStatement, request))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> FabricClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""Gateway settings: one frozen value object, read from the environment once at start-up.
+
+Only the gateway reads the environment; connectors and stores get explicit values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import InvalidArgument
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path = Path("~/.fabric").expanduser()
+    """Data directory (FABRIC_HOME): metadata store and demo files live here."""
+    listen: str = "127.0.0.1:50051"
+    """gRPC listen address (FABRIC_LISTEN)."""
+    metrics_port: int = 9464
+    """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
+    max_rows: int = 10_000_000
+    """Cap on rows one query may return (FABRIC_MAX_ROWS); also the default."""
+    query_timeout: float = 300.0
+    """Seconds a query may run at the source unless the caller's deadline is sooner."""
+    cache_max_bytes: int = 256 * MIB
+    """Hard byte budget of the result cache (FABRIC_CACHE_MAX_BYTES)."""
+    cache_max_ttl: float = 3600.0
+    """Longest cache lifetime a query may ask for, in seconds (FABRIC_CACHE_MAX_TTL)."""
+    statement_idle_limit: float = 300.0
+    """Seconds an open statement may sit idle before it is purged."""
+    statement_sweep_interval: float = 10.0
+    max_open_statements: int = 1000
+    page_rows: int = 10_000
+    """Default rows per page of the statement API."""
+    preview_rows: int = 100
+    """Default rows of a preview."""
+    max_message_bytes: int = 4 * MIB
+    """Largest Arrow IPC payload in one gRPC message."""
+    compiled_statements: int = 4096
+    """Entries of the compiled-statement cache."""
+    batch_rows: int = 65_536
+    """Rows per record batch read from a source."""
+    worker_threads: int = 16
+    """Threads that run blocking driver calls off the event loop."""
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.home / "metadata.sqlite"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"FABRIC_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = getattr(cls(), f.name)
+            try:
+                if isinstance(default, Path):
+                    values[f.name] = Path(raw).expanduser()
+                elif isinstance(default, bool):
+                    values[f.name] = raw.lower() in ("1", "true", "yes")
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise InvalidArgument(
+                    f"FABRIC_{f.name.upper()} must be a {type(default).__name__}"
+                ) from None
+        settings = replace(cls(), **values, **overrides)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("max_rows", "cache_max_bytes", "page_rows", "preview_rows",
+                    "max_message_bytes", "compiled_statements", "batch_rows",
+                    "worker_threads", "max_open_statements")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"setting {name} must be positive")
+        for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"setting {name} must be positive")
+        if self.cache_max_ttl < 0:
+            raise InvalidArgument("setting cache_max_ttl must not be negative")

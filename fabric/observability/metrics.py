@@ -1,0 +1,65 @@
+"""Prometheus metrics of one gateway. Labels carry outcomes and kinds, never values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+# (name, help, kind) of figures read from components at scrape time, so each number
+# has one owner and is never counted twice.
+Snapshot = Callable[[], Mapping[str, float]]
+GAUGES = {
+    "result_cache_bytes": "Bytes held by the result cache.",
+    "result_cache_entries": "Results held by the result cache.",
+    "open_statements": "Statements open for paging.",
+    "compiled_statements": "Entries of the compiled-statement cache.",
+}
+COUNTERS = {
+    "result_cache_hits": "Queries answered from the result cache.",
+    "result_cache_misses": "Cacheable queries not found in the result cache.",
+    "result_cache_evictions": "Results evicted to keep within the byte budget.",
+    "result_cache_rejected_too_large": "Results that streamed through without being held.",
+    "compiled_statement_hits": "Compilations skipped thanks to the statement cache.",
+    "compiled_statement_misses": "SQL texts compiled.",
+}
+PURGE_REASONS = ("statement_idle", "statement_closed", "result_expired",
+                 "connection_purged", "compiled_purged")
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._snapshot()
+        for name, doc in GAUGES.items():
+            g = GaugeMetricFamily(f"fabric_{name}", doc)
+            g.add_metric([], float(values.get(name, 0)))
+            yield g
+        for name, doc in COUNTERS.items():
+            c = CounterMetricFamily(f"fabric_{name}", doc)
+            c.add_metric([], float(values.get(name, 0)))
+            yield c
+        purges = CounterMetricFamily("fabric_purges", "Data dropped from memory, by reason.",
+                                     labels=["reason"])
+        for reason in PURGE_REASONS:
+            purges.add_metric([reason], float(values.get(f"purge_{reason}", 0)))
+        yield purges
+
+
+class GatewayMetrics:
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.queries = Counter("fabric_queries", "Queries by method and outcome.",
+                               ["method", "outcome"], registry=self.registry)
+        self.latency = Histogram("fabric_query_seconds", "Gateway time per query.",
+                                 ["method", "source"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.rows = Counter("fabric_rows_sent", "Rows sent to callers.", registry=self.registry)
+        self.registry.register(_SnapshotCollector(snapshot))

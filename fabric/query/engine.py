@@ -1,0 +1,560 @@
+"""The query engine: a query's life from SQL text to Arrow IPC messages.
+
+resolve the connection -> compile (or hit the statement cache) -> bind -> result cache
+(identical queries in flight run once) -> run at the source in a worker thread -> encode
+IPC messages there too, one batch ahead of the caller -> fill the cache while streaming.
+
+The event loop never blocks on a driver: every call that may wait on a source runs in
+the engine's thread pool. A caller that goes away, or a deadline that passes, cancels the
+query at the source before the connection returns to its pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from connectors import QueryHandle
+from fabric.catalog.store import MetadataStore
+from fabric.clock import SYSTEM_CLOCK, Clock
+from fabric.config import Settings
+from fabric.context import RequestContext
+from fabric.errors import FabricError, InvalidArgument, NotFound
+from fabric.observability.metrics import GatewayMetrics
+from fabric.query.compiler import CompiledStatement, StatementCompiler
+from fabric.query.sources import (
+    BoundSource,
+    ConnectorFactory,
+    SecretResolver,
+    SourceRegistry,
+    default_connector_factory,
+    no_secret_store,
+)
+from fabric.query.statement_cache import StatementCache
+from fabric.results.cache import ResultBuilder, ResultCache, ResultKey
+from fabric.results.ipc import IpcChunker, encode_page, open_ipc_stream
+from fabric.results.statements import StatementRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    connection: str
+    sql: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    cache_ttl: float = 0.0
+    """Seconds the result may be served from memory; 0 = not cached."""
+    max_rows: int | None = None
+    """Rows the caller wants at most; None = the configured cap."""
+
+    def __repr__(self) -> str:
+        # Parameter values stay out of logs and tracebacks; names are fine.
+        return (f"QueryRequest(connection={self.connection!r}, params=<{sorted(self.params)}>, "
+                f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows})")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    rows: int
+    truncated: bool
+    from_cache: bool
+    elapsed_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    statement_id: str
+    arrow_ipc: bytes
+    rows: int
+    done: bool
+    summary: Summary | None
+
+
+class SourceRun:
+    """One query running at its source. Blocking methods; called from worker threads, one
+    call at a time. Enforces max_rows (the compiler asked the source for one row more, so
+    reading past max_rows means truncated) and encodes IPC messages, filling a cache
+    builder when the result is cacheable."""
+
+    def __init__(self, handle: QueryHandle, max_rows: int, max_message_bytes: int,
+                 builder: ResultBuilder | None) -> None:
+        self.handle = handle
+        self._reader = handle.reader
+        self.chunker = IpcChunker(self._reader.schema, max_message_bytes)
+        self.builder = builder
+        self.max_rows = max_rows
+        self.rows = 0
+        self.truncated = False
+        self.finished = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.chunker.schema
+
+    def _keep(self, message: bytes) -> bytes:
+        if self.builder is not None and self.builder.active:
+            self.builder.add(message)
+        return message
+
+    def header(self) -> bytes:
+        return self._keep(self.chunker.schema_message())
+
+    def trailer(self) -> bytes:
+        return self._keep(self.chunker.end_of_stream())
+
+    def read_batch(self, limit: int | None = None) -> pa.RecordBatch | None:
+        """The next non-empty batch (at most `limit` rows, the rest kept for later), or
+        None at the end."""
+        while not self.finished:
+            batch = self._pending if self._has_pending else self._next_from_source()
+            self._has_pending = False
+            if batch is None:
+                self.finished = True
+                return None
+            remaining = self.max_rows - self.rows
+            if batch.num_rows > remaining:
+                self.truncated = True
+                self.finished = True
+                batch = batch.slice(0, remaining)
+            if limit is not None and batch.num_rows > limit:
+                self._pending, self._has_pending = batch.slice(limit), True
+                batch = batch.slice(0, limit)
+            if batch.num_rows:
+                self.rows += batch.num_rows
+                return self.chunker.to_wire(batch)
+        return None
+
+    _pending: pa.RecordBatch | None = None
+    _has_pending = False
+
+    def _next_from_source(self) -> pa.RecordBatch | None:
+        try:
+            return self._reader.read_next_batch()
+        except StopIteration:
+            return None
+
+    def read_messages(self) -> list[bytes] | None:
+        batch = self.read_batch()
+        if batch is None:
+            return None
+        return [self._keep(m) for m in self.chunker.batch_messages(batch)]
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class PagedResult:
+    """The payload of an open statement: the rest of a result, read page by page."""
+
+    def __init__(self, schema: pa.Schema, read: Callable[[int], pa.RecordBatch | None],
+                 close: Callable[[], None], on_done: Callable[[], Summary]) -> None:
+        self.schema = schema
+        self._read = read
+        self._close = close
+        self._on_done = on_done
+        self.done = False
+
+    def next_page(self, page_rows: int) -> tuple[bytes, int, Summary | None]:
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        while rows < page_rows:
+            batch = self._read(page_rows - rows)
+            if batch is None:
+                self.done = True
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+        summary = self._on_done() if self.done else None
+        return encode_page(self.schema, batches), rows, summary
+
+    def close(self) -> None:
+        self._close()
+
+
+class QueryEngine:
+    def __init__(
+        self,
+        store: MetadataStore,
+        settings: Settings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        secrets: SecretResolver = no_secret_store,
+        connector_factory: ConnectorFactory = default_connector_factory,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
+        self.sources = SourceRegistry(store, secrets=secrets, connector_factory=connector_factory,
+                                      closer=self.executor)
+        self.statements = StatementCache(StatementCompiler(), settings.compiled_statements)
+        self.results = ResultCache(max_bytes=settings.cache_max_bytes,
+                                   max_ttl=settings.cache_max_ttl, clock=clock)
+        self.open_statements: StatementRegistry[PagedResult] = StatementRegistry(
+            idle_limit=settings.statement_idle_limit, max_open=settings.max_open_statements,
+            clock=clock)
+        self.metrics = GatewayMetrics(self.snapshot)
+        self._inflight: dict[ResultKey, asyncio.Event] = {}
+        self._purged = {"connection_purged": 0, "compiled_purged": 0}
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _timeout(self, deadline: float | None) -> float:
+        """Seconds the source may take: the configured limit or the caller's deadline."""
+        if deadline is None:
+            return self.settings.query_timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            from fabric.errors import DeadlineExceeded
+
+            raise DeadlineExceeded("the call's deadline passed before the query started")
+        return min(self.settings.query_timeout, remaining)
+
+    def _max_rows(self, requested: int | None) -> int:
+        cap = self.settings.max_rows
+        if requested is None:
+            return cap
+        if requested <= 0:
+            raise InvalidArgument("max_rows must be positive (or unset for the gateway's cap)")
+        return min(requested, cap)
+
+    def _ttl(self, requested: float) -> float:
+        if requested < 0:
+            raise InvalidArgument("cache_ttl must not be negative")
+        return min(requested, self.settings.cache_max_ttl)
+
+    def _compile(self, ctx: RequestContext, request: QueryRequest,
+                 max_rows: int) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+        if not request.connection:
+            raise InvalidArgument("connection is required")
+        bound = self.sources.resolve(ctx.tenant, request.connection, ctx.stage)
+        connector = bound.connector
+        compiled = self.statements.get_or_compile(
+            tenant=ctx.tenant, connection=request.connection, sql=request.sql,
+            catalog=bound.catalog, dialect=connector.dialect, param_style=connector.param_style,
+            max_rows=max_rows)
+        return bound, compiled, compiled.bind(request.params)
+
+    async def _start(self, bound: BoundSource, compiled: CompiledStatement,
+                     args: tuple[Any, ...], deadline: float | None,
+                     builder: ResultBuilder | None) -> SourceRun:
+        timeout = self._timeout(deadline)
+
+        def start() -> SourceRun:
+            handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
+                                             batch_rows=self.settings.batch_rows)
+            try:
+                return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
+                                 builder)
+            except BaseException:
+                handle.close()
+                raise
+
+        return await self._blocking(start)
+
+    async def _stop(self, run: SourceRun, pending: asyncio.Future[Any] | None,
+                    cancel: bool) -> None:
+        """Stop a run (cancelling it at the source if it has not finished) and close it,
+        after any read still in a worker thread has returned."""
+        async def stop() -> None:
+            if cancel:
+                await self._blocking(run.cancel)
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
+            await self._blocking(run.close)
+
+        # Shielded: the caller's cancellation must not leave a source query running.
+        await asyncio.shield(stop())
+
+    # -- Execute --------------------------------------------------------------------------
+
+    async def execute(self, ctx: RequestContext, request: QueryRequest,
+                      deadline: float | None = None) -> AsyncIterator[bytes | Summary]:
+        """Yield the result as Arrow IPC messages (schema first, end-of-stream last), then
+        one Summary."""
+        started = time.perf_counter()
+        outcome = "error"
+        from_cache = False
+        try:
+            max_rows = self._max_rows(request.max_rows)
+            ttl = self._ttl(request.cache_ttl)
+            bound, compiled, args = self._compile(ctx, request, max_rows)
+            if ttl <= 0:
+                async for item in self._run(bound, compiled, args, deadline, started, None):
+                    yield item
+                outcome = "ok"
+                return
+            key = ResultKey.build(ctx.tenant, ctx.stage, request.connection,
+                                  bound.catalog.version, compiled.fingerprint, request.params)
+            while True:
+                hit = self.results.get(key)
+                if hit is not None:
+                    from_cache = True
+                    for message in hit.messages:
+                        yield message
+                    self.metrics.rows.inc(hit.rows)
+                    yield Summary(hit.rows, False, True, _elapsed_us(started))
+                    outcome = "ok"
+                    return
+                leader = self._inflight.get(key)
+                if leader is None:
+                    break
+                # Identical query already running: wait for it, then look again. If it
+                # could not be cached, one of the waiters runs it next.
+                await leader.wait()
+            settled = asyncio.Event()
+            self._inflight[key] = settled
+            epoch = self.results.epoch()
+            builder = self.results.builder()
+
+            def store(run: SourceRun) -> None:
+                cached = builder.finish(run.rows, run.schema)
+                if cached is not None:
+                    self.results.put(key, cached, ttl, epoch=epoch)
+
+            try:
+                async for item in self._run(bound, compiled, args, deadline, started, builder,
+                                            on_complete=store,
+                                            on_uncacheable=lambda: self._settle(key, settled)):
+                    yield item
+                outcome = "ok"
+            finally:
+                builder.abandon()
+                self._settle(key, settled)
+        except FabricError as error:
+            outcome = error.code
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.queries.labels("execute", outcome).inc()
+            self.metrics.latency.labels("execute", "cache" if from_cache else "source").observe(
+                time.perf_counter() - started)
+
+    def _settle(self, key: ResultKey, event: asyncio.Event) -> None:
+        if self._inflight.get(key) is event:
+            del self._inflight[key]
+        event.set()
+
+    async def _run(self, bound: BoundSource, compiled: CompiledStatement,
+                   args: tuple[Any, ...], deadline: float | None, started: float,
+                   builder: ResultBuilder | None,
+                   on_complete: Callable[[SourceRun], None] | None = None,
+                   on_uncacheable: Callable[[], None] | None = None,
+                   ) -> AsyncIterator[bytes | Summary]:
+        run = await self._start(bound, compiled, args, deadline, builder)
+        pending: asyncio.Future[list[bytes] | None] | None = None
+        finished = False
+        try:
+            yield run.header()
+            loop = asyncio.get_running_loop()
+            # One batch ahead: the next batch is read and encoded in a worker thread while
+            # this one goes out to the caller.
+            pending = loop.run_in_executor(self.executor, run.read_messages)
+            while True:
+                messages = await pending
+                pending = None
+                if messages is None:
+                    break
+                pending = loop.run_in_executor(self.executor, run.read_messages)
+                if (on_uncacheable is not None and builder is not None
+                        and not builder.active):
+                    on_uncacheable()
+                    on_uncacheable = None
+                for message in messages:
+                    yield message
+            yield run.trailer()
+            finished = True
+            if on_complete is not None and not run.truncated:
+                on_complete(run)
+            self.metrics.rows.inc(run.rows)
+            yield Summary(run.rows, run.truncated, False, _elapsed_us(started))
+        finally:
+            await self._stop(run, pending, cancel=not finished)
+
+    # -- Preview --------------------------------------------------------------------------
+
+    def preview_request(self, ctx: RequestContext, connection: str, entity: str,
+                        limit: int) -> QueryRequest:
+        if not connection:
+            raise InvalidArgument("connection is required")
+        bound = self.sources.resolve(ctx.tenant, connection, ctx.stage)
+        if not _ENTITY_NAME.match(entity or "") or bound.catalog.entity(entity) is None:
+            raise NotFound(f"entity {entity!r} is not selected on connection {connection!r}")
+        rows = limit or self.settings.preview_rows
+        return QueryRequest(connection, f"SELECT * FROM {entity}", max_rows=rows)
+
+    # -- Statements (paging) --------------------------------------------------------------
+
+    async def open_statement(self, ctx: RequestContext, request: QueryRequest, page_rows: int,
+                             deadline: float | None = None) -> Page:
+        started = time.perf_counter()
+        page_rows = self._page_rows(page_rows)
+        max_rows = self._max_rows(request.max_rows)
+        ttl = self._ttl(request.cache_ttl)
+        bound, compiled, args = self._compile(ctx, request, max_rows)
+        key = None
+        if ttl > 0:
+            key = ResultKey.build(ctx.tenant, ctx.stage, request.connection,
+                                  bound.catalog.version, compiled.fingerprint, request.params)
+            hit = self.results.get(key)
+            if hit is not None:
+                reader = open_ipc_stream(hit.messages)
+                pager = _cached_pager(reader, hit.rows, started)
+                return await self._first_page(ctx, request.connection, pager, page_rows)
+        epoch = self.results.epoch()
+        builder = self.results.builder() if key is not None else None
+        run = await self._start(bound, compiled, args, deadline, builder)
+        run.header()
+
+        def on_done() -> Summary:
+            run.trailer()
+            if key is not None and builder is not None and not run.truncated:
+                cached = builder.finish(run.rows, run.schema)
+                if cached is not None:
+                    self.results.put(key, cached, ttl, epoch=epoch)
+            return Summary(run.rows, run.truncated, False, _elapsed_us(started))
+
+        def read(limit: int) -> pa.RecordBatch | None:
+            batch = run.read_batch(limit)
+            if batch is not None and builder is not None and builder.active:
+                for message in run.chunker.batch_messages(batch):
+                    builder.add(message)
+            return batch
+
+        def close() -> None:
+            if builder is not None:
+                builder.abandon()
+            if not run.finished:
+                run.cancel()
+            run.close()
+
+        return await self._first_page(ctx, request.connection,
+                                      PagedResult(run.schema, read, close, on_done), page_rows)
+
+    def _page_rows(self, requested: int) -> int:
+        if requested < 0:
+            raise InvalidArgument("page_rows must not be negative")
+        return min(requested or self.settings.page_rows, self.settings.max_rows)
+
+    async def _first_page(self, ctx: RequestContext, connection: str, pager: PagedResult,
+                          page_rows: int) -> Page:
+        try:
+            data, rows, summary = await self._blocking(pager.next_page, page_rows)
+        except BaseException:
+            await self._blocking(pager.close)
+            raise
+        if pager.done:
+            await self._blocking(pager.close)
+            return Page("", data, rows, True, summary)
+        statement = self.open_statements.open(tenant=ctx.tenant, stage=ctx.stage,
+                                              principal=ctx.principal, payload=pager,
+                                              close_fn=pager.close, connection=connection)
+        return Page(statement.id, data, rows, False, None)
+
+    async def fetch(self, ctx: RequestContext, statement_id: str, page_rows: int) -> Page:
+        page_rows = self._page_rows(page_rows)
+        with self.open_statements.lease(statement_id, tenant=ctx.tenant,
+                                        stage=ctx.stage) as statement:
+            pager = statement.payload
+            try:
+                data, rows, summary = await self._blocking(pager.next_page, page_rows)
+            except BaseException:
+                # A failed read leaves the source in no state to page on: drop it.
+                statement.exhausted = True
+                raise
+            statement.rows_sent += rows
+            # A consumed statement is closed (its rows and parameters dropped) as the
+            # lease ends.
+            statement.exhausted = pager.done
+        return Page(statement_id, data, rows, pager.done, summary)
+
+    async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
+        def close() -> None:
+            self.open_statements.close(statement_id, tenant=ctx.tenant, stage=ctx.stage)
+
+        await self._blocking(close)
+
+    # -- purges and lifecycle -------------------------------------------------------------
+
+    def purge_connection(self, tenant: str, connection: str) -> dict[str, int]:
+        """Drop everything held in memory for a connection: compiled statements, cached
+        results, its connectors (pools). Each purge is counted."""
+        dropped = {
+            "compiled": self.statements.purge_connection(tenant, connection),
+            "results": self.results.purge_connection(tenant, connection),
+            "statements": self.open_statements.close_connection(tenant, connection),
+            "sources": self.sources.purge(tenant, connection),
+        }
+        self._purged["compiled_purged"] += dropped["compiled"]
+        self._purged["connection_purged"] += 1
+        return dropped
+
+    def snapshot(self) -> dict[str, float]:
+        cache = self.results.stats
+        statements = self.open_statements.stats
+        return {
+            "result_cache_bytes": cache.bytes_held,
+            "result_cache_entries": cache.entries,
+            "result_cache_hits": cache.hits,
+            "result_cache_misses": cache.misses,
+            "result_cache_evictions": cache.evictions,
+            "result_cache_rejected_too_large": cache.rejected_too_large,
+            "compiled_statements": self.statements.size,
+            "compiled_statement_hits": self.statements.hits,
+            "compiled_statement_misses": self.statements.misses,
+            "open_statements": statements.open,
+            "purge_statement_idle": statements.purged_idle,
+            "purge_statement_closed": statements.closed,
+            "purge_result_expired": cache.expirations,
+            "purge_connection_purged": self._purged["connection_purged"],
+            "purge_compiled_purged": self._purged["compiled_purged"],
+        }
+
+    def close(self) -> None:
+        self.open_statements.close_all()
+        self.results.clear()
+        self.statements.clear()
+        self.sources.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _elapsed_us(started: float) -> int:
+    return int((time.perf_counter() - started) * 1_000_000)
+
+
+def _cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> PagedResult:
+    state: dict[str, pa.RecordBatch | None] = {"rest": None}
+
+    def read(limit: int) -> pa.RecordBatch | None:
+        batch = state["rest"]
+        state["rest"] = None
+        if batch is None:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return None
+        if batch.num_rows > limit:
+            state["rest"] = batch.slice(limit)
+            batch = batch.slice(0, limit)
+        return batch
+
+    return PagedResult(reader.schema, read, reader.close,
+                       lambda: Summary(rows, False, True, _elapsed_us(started)))

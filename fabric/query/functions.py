@@ -1,0 +1,135 @@
+"""The function allow-list: which SQL functions a Fabric query may call.
+
+The compiler fails closed: a function is allowed only when its sqlglot expression class is
+listed here (matched by exact type, so an unlisted subclass never slips through). Anything
+sqlglot does not recognise parses as `exp.Anonymous` and is refused unless its lower-case
+name is in `ALLOWED_ANONYMOUS`. The lists hold deterministic-ish analytics functions only:
+nothing that sleeps, reads files or settings, touches sequences or transactions, returns a
+set of rows, or can be told to allocate unbounded memory (`repeat`, `lpad`).
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+AGGREGATES: frozenset[type[exp.Expr]] = frozenset(
+    {
+        exp.Count,
+        exp.Sum,
+        exp.Avg,
+        exp.Min,
+        exp.Max,
+        exp.Stddev,
+        exp.StddevPop,
+        exp.StddevSamp,
+        exp.Variance,
+        exp.VariancePop,
+        exp.LogicalAnd,  # bool_and
+        exp.LogicalOr,  # bool_or
+        exp.GroupConcat,  # string_agg
+        exp.ArrayAgg,
+        exp.PercentileCont,
+        exp.PercentileDisc,
+        exp.Corr,
+        exp.CovarPop,
+        exp.CovarSamp,
+    }
+)
+"""Aggregate functions (also usable as window functions with OVER)."""
+
+WINDOW_FUNCTIONS: frozenset[type[exp.Expr]] = frozenset(
+    {
+        exp.RowNumber,
+        exp.Rank,
+        exp.DenseRank,
+        exp.PercentRank,
+        exp.CumeDist,
+        exp.Ntile,
+        exp.Lag,
+        exp.Lead,
+        exp.FirstValue,
+        exp.LastValue,
+        exp.NthValue,
+    }
+)
+"""Window-only functions."""
+
+SCALARS: frozenset[type[exp.Expr]] = frozenset(
+    {
+        # numbers
+        exp.Abs,
+        exp.Round,
+        exp.Floor,
+        exp.Ceil,
+        exp.Trunc,
+        exp.Sqrt,
+        exp.Cbrt,
+        exp.Pow,
+        exp.Ln,
+        exp.Log,
+        exp.Exp,
+        exp.Sign,
+        # null handling and comparison
+        exp.Coalesce,
+        exp.Nullif,
+        exp.Greatest,
+        exp.Least,
+        # text
+        exp.Lower,
+        exp.Upper,
+        exp.Length,
+        exp.Substring,
+        exp.Trim,
+        exp.Concat,
+        exp.ConcatWs,
+        exp.Replace,
+        exp.StrPosition,  # position / strpos
+        exp.Left,
+        exp.Right,
+        exp.StartsWith,
+        # dates and times
+        exp.Extract,  # extract / date_part
+        exp.DateTrunc,
+        exp.TimestampTrunc,  # date_trunc on timestamps
+        exp.CurrentDate,
+        exp.CurrentTimestamp,  # now() / current_timestamp
+        # conditionals and conversion
+        exp.Case,
+        exp.If,
+        exp.Cast,
+        exp.Exists,  # EXISTS (subquery); the subquery is checked like any other
+    }
+)
+"""Scalar functions and function-like constructs."""
+
+ALLOWED_FUNCTIONS: frozenset[type[exp.Expr]] = AGGREGATES | WINDOW_FUNCTIONS | SCALARS
+"""Every function class a query may use."""
+
+ALLOWED_ANONYMOUS: frozenset[str] = frozenset()
+"""Lower-case names of functions sqlglot does not model that are nevertheless allowed.
+
+Empty on purpose: an unknown function is generated verbatim into every dialect, so one is
+added here only after checking what it does on every source."""
+
+
+def is_allowed_function(node: exp.Expr) -> bool:
+    """Whether `node` (an `exp.Func`) is a call the compiler lets through."""
+    if type(node) is exp.Anonymous:
+        return node.name.lower() in ALLOWED_ANONYMOUS
+    return type(node) in ALLOWED_FUNCTIONS
+
+
+def function_name(node: exp.Expr) -> str:
+    """The name a user would recognise for a function node, for error messages."""
+    if isinstance(node, exp.Anonymous):
+        return node.name.lower()
+    if isinstance(node, exp.Func):
+        # The PostgreSQL spelling is what the user wrote in Fabric SQL; sql_name() would
+        # give sqlglot's internal name (EXPLODING_GENERATE_SERIES for generate_series).
+        try:
+            text = node.sql(dialect="postgres")
+        except Exception:  # generation of a refused node may itself be unsupported
+            return node.sql_name().lower()
+        head = text.split("(", 1)[0].strip()
+        return head.lower() or node.sql_name().lower()
+    return type(node).__name__.lower()

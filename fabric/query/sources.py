@@ -1,0 +1,145 @@
+"""Sources: the connector and catalog snapshot a request's connection resolves to.
+
+The runtime keeps, per (tenant, connection, stage), the connection's settings, the
+selected entities at the current catalog version and a connector (with its pool). A
+cheap catalog-version read on every request notices changes made by another process
+(the CLI filling the store while the gateway runs); then only what changed is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from connectors import Connector, ConnectorConfig, connector_class
+from fabric.catalog.model import CatalogSnapshot, Connection, SettingValue
+from fabric.catalog.store import MetadataStore
+from fabric.errors import FailedPrecondition, NotFound
+
+log = logging.getLogger(__name__)
+
+SecretResolver = Callable[[str], str]
+"""Turns a secret reference into the secret; raises a FabricError when it cannot."""
+
+ConnectorFactory = Callable[[Connection, Mapping[str, SettingValue], str | None], Connector]
+
+
+def no_secret_store(reference: str) -> str:
+    raise FailedPrecondition(
+        "this connection refers to a stored password but the gateway has no secret store "
+        "configured; register the connection without one (use the source's own trust or "
+        "password file) until a secret store is set up"
+    )
+
+
+def default_connector_factory(
+    connection: Connection, settings: Mapping[str, SettingValue], password: str | None
+) -> Connector:
+    return connector_class(connection.kind.value)(ConnectorConfig(settings, password))
+
+
+@dataclass(frozen=True, slots=True)
+class BoundSource:
+    connection: Connection
+    catalog: CatalogSnapshot
+    connector: Connector
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectorIdentity:
+    """What a connector is built from; a connector is reused while this stays equal."""
+
+    kind: str
+    settings: tuple[tuple[str, SettingValue], ...]
+    secret_ref: str | None
+
+
+class SourceRegistry:
+    def __init__(
+        self,
+        store: MetadataStore,
+        *,
+        secrets: SecretResolver = no_secret_store,
+        connector_factory: ConnectorFactory = default_connector_factory,
+        closer: Executor | None = None,
+    ) -> None:
+        self._store = store
+        self._secrets = secrets
+        self._factory = connector_factory
+        self._closer = closer
+        self._lock = threading.Lock()
+        self._bound: dict[tuple[str, str, str], tuple[BoundSource, _ConnectorIdentity]] = {}
+
+    def resolve(self, tenant: str, connection: str, stage: str) -> BoundSource:
+        version = self._store.catalog_version(tenant, connection)
+        key = (tenant, connection, stage)
+        with self._lock:
+            current = self._bound.get(key)
+        if current is not None and current[0].catalog.version == version:
+            return current[0]
+        return self._rebuild(key, current)
+
+    def _rebuild(
+        self,
+        key: tuple[str, str, str],
+        current: tuple[BoundSource, _ConnectorIdentity] | None,
+    ) -> BoundSource:
+        tenant, name, stage = key
+        connection = self._store.get_connection(tenant, name)
+        catalog = self._store.catalog(tenant, name)
+        settings = connection.settings_for(stage)
+        if settings is None:
+            raise NotFound(
+                f"connection {name!r} has no configuration for stage {stage!r}; "
+                "an administrator must add one"
+            )
+        secret_ref = connection.secret_ref_for(stage)
+        identity = _ConnectorIdentity(
+            connection.kind.value, tuple(sorted(settings.items())), secret_ref
+        )
+        if current is not None and current[1] == identity:
+            connector = current[0].connector
+        else:
+            password = self._secrets(secret_ref) if secret_ref else None
+            connector = self._factory(connection, settings, password)
+        bound = BoundSource(connection, catalog, connector, stage)
+        with self._lock:
+            previous = self._bound.get(key)
+            self._bound[key] = (bound, identity)
+        if previous is not None and previous[0].connector is not connector:
+            self._close(previous[0].connector)
+        return bound
+
+    def purge(self, tenant: str, connection: str) -> int:
+        """Forget every stage of a connection and close its connectors; returns how many."""
+        with self._lock:
+            keys = [k for k in self._bound if k[0] == tenant and k[1] == connection]
+            dropped = [self._bound.pop(k)[0] for k in keys]
+        for bound in dropped:
+            self._close(bound.connector)
+        return len(dropped)
+
+    def close(self) -> None:
+        with self._lock:
+            dropped = [b for b, _ in self._bound.values()]
+            self._bound.clear()
+        for bound in dropped:
+            bound.connector.close()
+
+    def _close(self, connector: Connector) -> None:
+        # Closing a pool can wait for queries still running on it: never on the caller.
+        if self._closer is not None:
+            self._closer.submit(_close_quietly, connector)
+        else:
+            _close_quietly(connector)
+
+
+def _close_quietly(connector: Connector) -> None:
+    try:
+        connector.close()
+    except Exception:  # a failing close must not stop the purge
+        log.warning("closing a %s connector failed", connector.kind, exc_info=False)

@@ -1,0 +1,358 @@
+"""Open statements: the server side of the paging (cursor) API.
+
+A statement holds what a paged query needs between two fetches (its source reader,
+parameters, rows buffered but not yet sent) as an opaque ``payload`` plus a ``close_fn``
+that releases it. The registry's job is to make sure that state lives no longer than it
+must: it is released when the caller closes the statement, when the caller has consumed
+it (``exhausted`` at the end of a lease), when its connection is purged, and by a sweeper
+once it has been idle for ``idle_limit`` (default 5 minutes).
+
+Isolation: a statement is found only with the tenant and stage that opened it. Any other
+(tenant, stage) gets the same ``NotFound`` as an unknown id, so ids reveal nothing.
+
+Fetches in progress: ``lease()`` marks a statement busy for the duration of a fetch.
+The sweeper skips busy statements (idleness counts from the end of the last fetch), and a
+second concurrent fetch is refused. ``close()`` of a busy statement removes it at once
+(no new fetch can find it) but defers ``close_fn`` to the end of the running fetch, so
+the source is never closed under a thread still reading it.
+
+Ownership: ``open()`` takes ownership of the payload. If it cannot register the statement
+(``ResourceExhausted``), it calls ``close_fn`` before raising, so callers never leak a
+running source query.
+
+Thread-safe (``threading.Lock``); ``close_fn`` always runs outside the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from fabric.clock import SYSTEM_CLOCK, Clock
+from fabric.errors import FailedPrecondition, NotFound, ResourceExhausted
+
+__all__ = ["OpenStatement", "StatementRegistry", "StatementStats"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_NOT_FOUND = "statement not found: it was closed, consumed or expired; run the query again"
+
+
+class OpenStatement(Generic[T]):
+    """One open statement. Fields other than ``rows_sent`` and ``exhausted`` belong to
+    the registry; the fetch that holds the lease updates those two."""
+
+    __slots__ = (
+        "_close_fn",
+        "_payload",
+        "_released",
+        "_removed",
+        "busy",
+        "connection",
+        "created",
+        "exhausted",
+        "id",
+        "last_used",
+        "principal",
+        "rows_sent",
+        "stage",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        tenant: str,
+        stage: str,
+        principal: str,
+        connection: str,
+        now: float,
+        payload: T,
+        close_fn: Callable[[], None],
+    ) -> None:
+        self.id = id
+        self.tenant = tenant
+        self.stage = stage
+        self.principal = principal
+        self.connection = connection
+        self.created = now
+        self.last_used = now
+        self.rows_sent = 0
+        self.exhausted = False
+        self.busy = False
+        self._payload: T | None = payload
+        self._close_fn: Callable[[], None] | None = close_fn
+        self._removed = False  # no longer in the registry
+        self._released = False  # payload and close_fn dropped
+
+    @property
+    def payload(self) -> T:
+        """The statement's state; ``NotFound`` once released."""
+        if self._released:
+            raise NotFound(_NOT_FOUND)
+        return self._payload  # type: ignore[return-value]  # T itself may include None
+
+    @property
+    def closed(self) -> bool:
+        return self._removed
+
+    def _release(self) -> Callable[[], None] | None:
+        """Drop the payload and hand back close_fn (once); called under the registry lock."""
+        if self._released:
+            return None
+        self._released = True
+        close_fn = self._close_fn
+        self._payload = None
+        self._close_fn = None
+        return close_fn
+
+    def __repr__(self) -> str:
+        # No id: it is the handle a caller presents; no payload: it may hold rows.
+        return (
+            f"OpenStatement(tenant={self.tenant!r}, stage={self.stage!r}, "
+            f"connection={self.connection!r}, rows_sent={self.rows_sent}, "
+            f"exhausted={self.exhausted}, busy={self.busy}, closed={self._removed})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatementStats:
+    open: int
+    opened: int
+    closed: int
+    """Statements removed by any path (close, consumed, sweep, connection purge, close_all)."""
+    purged_idle: int
+    """Of those, removed by the sweeper for idleness."""
+    close_errors: int
+    """``close_fn`` calls that raised (the statement was removed anyway)."""
+
+
+def _run_close(close_fn: Callable[[], None] | None) -> bool:
+    """Call ``close_fn``; False if it raised. Logs the exception type only: messages of
+    driver errors can echo parameter values."""
+    if close_fn is None:
+        return True
+    try:
+        close_fn()
+    except Exception as exc:
+        log.warning(
+            "releasing an open statement failed (%s); it was removed anyway",
+            type(exc).__name__,
+        )
+        return False
+    return True
+
+
+class StatementRegistry(Generic[T]):
+    """The open statements of one gateway; see the module docstring."""
+
+    def __init__(
+        self, *, idle_limit: float = 300.0, max_open: int = 1000, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        if idle_limit <= 0:
+            raise ValueError("idle_limit must be positive")
+        if max_open <= 0:
+            raise ValueError("max_open must be positive")
+        self._idle_limit = idle_limit
+        self._max_open = max_open
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[str, OpenStatement[T]] = {}
+        self._opened = self._closed = self._purged_idle = self._close_errors = 0
+
+    @property
+    def idle_limit(self) -> float:
+        return self._idle_limit
+
+    @property
+    def max_open(self) -> int:
+        return self._max_open
+
+    def open(
+        self,
+        *,
+        tenant: str,
+        stage: str,
+        principal: str,
+        payload: T,
+        close_fn: Callable[[], None],
+        connection: str = "",
+    ) -> OpenStatement[T]:
+        """Register a statement; the registry now owns ``payload`` (see module docstring).
+
+        ``ResourceExhausted`` if ``max_open`` statements are open after sweeping idle ones.
+        """
+        for attempt in range(2):
+            with self._lock:
+                if len(self._open) < self._max_open:
+                    statement_id = secrets.token_urlsafe(24)
+                    while statement_id in self._open:  # 192 random bits; belt and braces
+                        statement_id = secrets.token_urlsafe(24)
+                    statement = OpenStatement(
+                        id=statement_id,
+                        tenant=tenant,
+                        stage=stage,
+                        principal=principal,
+                        connection=connection,
+                        now=self._clock.monotonic(),
+                        payload=payload,
+                        close_fn=close_fn,
+                    )
+                    self._open[statement_id] = statement
+                    self._opened += 1
+                    return statement
+            if attempt == 0:
+                self.sweep()
+        if not _run_close(close_fn):
+            with self._lock:
+                self._close_errors += 1
+        raise ResourceExhausted(
+            f"too many open statements (limit {self._max_open}); close statements "
+            "you no longer need or read them to the end"
+        )
+
+    def get(self, statement_id: str, *, tenant: str, stage: str) -> OpenStatement[T]:
+        """The statement, its idle time reset. ``NotFound`` if unknown, closed, or opened
+        by another tenant or stage (the same error in every case)."""
+        with self._lock:
+            statement = self._find(statement_id, tenant, stage)
+            statement.last_used = self._clock.monotonic()
+            return statement
+
+    @contextmanager
+    def lease(self, statement_id: str, *, tenant: str, stage: str) -> Iterator[OpenStatement[T]]:
+        """Hold the statement for one fetch: not swept while held, not closed under it.
+
+        ``NotFound`` as ``get``; ``FailedPrecondition`` if a fetch is already running.
+        At the end, idleness restarts; if the fetch set ``exhausted``, or the statement was
+        closed meanwhile, it is released now. A fetch that raises leaves the statement
+        open: the caller decides whether to close it.
+        """
+        with self._lock:
+            statement = self._find(statement_id, tenant, stage)
+            if statement.busy:
+                raise FailedPrecondition(
+                    "a fetch on this statement is already in progress; wait for it to finish"
+                )
+            statement.busy = True
+            statement.last_used = self._clock.monotonic()
+        try:
+            yield statement
+        finally:
+            close_fn: Callable[[], None] | None = None
+            with self._lock:
+                statement.busy = False
+                statement.last_used = self._clock.monotonic()
+                if statement.exhausted and not statement._removed:
+                    self._remove(statement)
+                if statement._removed:
+                    close_fn = statement._release()
+            self._finish_close(close_fn)
+
+    def close(
+        self, statement_id: str, *, tenant: str, stage: str, missing_ok: bool = False
+    ) -> None:
+        """Close the statement and release its payload (deferred to the end of a running
+        fetch). ``NotFound`` as ``get`` unless ``missing_ok``."""
+        with self._lock:
+            try:
+                statement = self._find(statement_id, tenant, stage)
+            except NotFound:
+                if missing_ok:
+                    return
+                raise
+            self._remove(statement)
+            close_fn = None if statement.busy else statement._release()
+        self._finish_close(close_fn)
+
+    def sweep(self) -> int:
+        """Close statements idle for ``idle_limit`` or longer (busy ones are not idle)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            idle = [
+                s
+                for s in self._open.values()
+                if not s.busy and now - s.last_used >= self._idle_limit
+            ]
+            close_fns = []
+            for statement in idle:
+                self._remove(statement)
+                close_fns.append(statement._release())
+            self._purged_idle += len(idle)
+        for close_fn in close_fns:
+            self._finish_close(close_fn)
+        return len(idle)
+
+    def close_connection(self, tenant: str, connection: str) -> int:
+        """Close every statement of a purged connection; returns the number closed."""
+        return self._close_where(lambda s: s.tenant == tenant and s.connection == connection)
+
+    def close_all(self) -> int:
+        """Close every statement (shutdown); returns the number closed."""
+        return self._close_where(lambda s: True)
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Sweep every ``interval`` seconds until cancelled. Sweeps run in a worker thread
+        because ``close_fn`` may block (closing a source cursor)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception as exc:  # keep sweeping: stopping would let state pile up
+                log.warning("statement sweep failed (%s)", type(exc).__name__)
+            await asyncio.sleep(interval)
+
+    @property
+    def stats(self) -> StatementStats:
+        with self._lock:
+            return StatementStats(
+                open=len(self._open),
+                opened=self._opened,
+                closed=self._closed,
+                purged_idle=self._purged_idle,
+                close_errors=self._close_errors,
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _find(self, statement_id: str, tenant: str, stage: str) -> OpenStatement[T]:
+        statement = self._open.get(statement_id)
+        if statement is None or statement.tenant != tenant or statement.stage != stage:
+            raise NotFound(_NOT_FOUND)
+        return statement
+
+    def _remove(self, statement: OpenStatement[T]) -> None:
+        """Unregister (lock held); the payload is released by the caller, now or after
+        the running fetch."""
+        del self._open[statement.id]
+        statement._removed = True
+        self._closed += 1
+
+    def _close_where(self, predicate: Callable[[OpenStatement[T]], bool]) -> int:
+        with self._lock:
+            doomed = [s for s in self._open.values() if predicate(s)]
+            close_fns = []
+            for statement in doomed:
+                self._remove(statement)
+                if not statement.busy:
+                    close_fns.append(statement._release())
+        for close_fn in close_fns:
+            self._finish_close(close_fn)
+        return len(doomed)
+
+    def _finish_close(self, close_fn: Callable[[], None] | None) -> None:
+        if not _run_close(close_fn):
+            with self._lock:
+                self._close_errors += 1
