@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,13 +119,15 @@ class FabricClient:
     (QueryRejected, NotFound, SourceUnavailable, ...)."""
 
     def __init__(self, address: str, token: str | None = None, *,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None,
+                 metadata: Sequence[tuple[str, str]] = ()) -> None:
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ])
         self._stub = pb_grpc.QueryServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (*auth, *metadata)
         self._timeout = timeout
 
     def _request(self, connection: str, sql: str, params: Mapping[str, Any] | None,

@@ -1,0 +1,309 @@
+"""PostgreSQL type -> Arrow type mapping, and the text -> Arrow decoder both paths share.
+
+One mapping serves `introspect` (what the catalog shows) and `execute` (what the reader
+returns), so a column never changes type between discovery and query.
+
+PostgreSQL (by type OID; the type modifier gives precision and scale):
+
+    int2 / int4 / int8                      int16 / int32 / int64
+    oid                                     int64
+    float4 / float8                         float32 / float64 (NaN and +-Infinity kept)
+    numeric(p, s), p <= 38                  decimal128(p, s)
+    numeric(p, s), 38 < p <= 76             decimal256(p, s)
+    numeric(p, s), p > 76                   utf8 (the exact text; Arrow has no wider decimal)
+    numeric(p, s), s < 0                    decimal(p - s, 0) (the stored values are integers)
+    numeric (unconstrained: SUM, AVG, ...)  decimal256(76, 38)
+    bool                                    bool
+    text / varchar / char(n) / name / "char" utf8 (char(n) keeps the blank padding it has)
+    json / jsonb / xml                      utf8 (the text form)
+    uuid                                    utf8 (canonical 36-character form)
+    bytea                                   binary
+    date                                    date32
+    time                                    time64[us]
+    timetz                                  utf8 (`HH:MM:SS+HH`; Arrow has no time-with-zone)
+    timestamp                               timestamp[us]
+    timestamptz                             timestamp[us, tz=UTC] (the session runs in UTC)
+    interval                                month_day_nano_interval (months, days and
+                                            microseconds kept apart, exactly as PostgreSQL
+                                            stores them; a `duration` would have to guess
+                                            how long a month is)
+    arrays, ranges, enums, inet, money,     utf8 (PostgreSQL's text form of the value)
+    any other type
+
+Unconstrained numeric: PostgreSQL allows 131072 digits before the point and 16383 after,
+so no Arrow type holds every value. decimal256(76, 38) holds 38 integer digits (more than
+any int128 or decimal128) and 38 fractional digits (AVG and division results carry 16 to
+~30). A value that does not fit (more integer digits, more non-zero fractional digits,
+NaN, +-Infinity) is never rounded or clipped: the read fails with SourceQueryError naming
+the column, and the message tells the user to cast or round in the query.
+
+Other values Arrow cannot hold (dates/timestamps `infinity` or BC, time 24:00:00) fail the
+same way, never silently. Error messages name the column and the type; they never carry
+the value (Arrow's own conversion messages do, so they are never passed on).
+
+Decoding is text -> Arrow by pyarrow's C++ CSV reader with explicit column types, so
+there is no Python object per row: the COPY path feeds it `COPY ... (FORMAT csv)` blocks;
+the parameterized path re-encodes the text columns of a fetched batch as CSV with
+`pyarrow.csv.write_csv` (strings quoted, NULL unquoted-empty) and parses them with the
+same options, so both paths give identical types and values. Only bytea and interval
+columns go through one Python object per value (hex decode, interval fields).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from fabric.errors import SourceQueryError
+
+# PostgreSQL built-in type OIDs (pg_type.dat).
+BOOL, BYTEA, CHAR, NAME, INT8, INT2, INT4, TEXT, OID = 16, 17, 18, 19, 20, 21, 23, 25, 26
+JSON, XML, FLOAT4, FLOAT8, BPCHAR, VARCHAR = 114, 142, 700, 701, 1042, 1043
+DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, TIMETZ = 1082, 1083, 1114, 1184, 1186, 1266
+NUMERIC, UUID, JSONB = 1700, 2950, 3802
+
+UNCONSTRAINED_NUMERIC = pa.decimal256(76, 38)
+"""Arrow type of a numeric without precision (see the module docstring)."""
+
+_VARHDRSZ = 4
+
+_SIMPLE: dict[int, pa.DataType] = {
+    BOOL: pa.bool_(),
+    BYTEA: pa.binary(),
+    INT8: pa.int64(),
+    INT2: pa.int16(),
+    INT4: pa.int32(),
+    OID: pa.int64(),
+    FLOAT4: pa.float32(),
+    FLOAT8: pa.float64(),
+    DATE: pa.date32(),
+    TIME: pa.time64("us"),
+    TIMESTAMP: pa.timestamp("us"),
+    TIMESTAMPTZ: pa.timestamp("us", tz="UTC"),
+    INTERVAL: pa.month_day_nano_interval(),
+}
+
+
+def numeric_arrow_type(typmod: int) -> pa.DataType:
+    """Arrow type of `numeric` with the given type modifier (-1: unconstrained)."""
+    if typmod < _VARHDRSZ:
+        return UNCONSTRAINED_NUMERIC
+    packed = typmod - _VARHDRSZ
+    precision = (packed >> 16) & 0xFFFF
+    scale = ((packed & 0x7FF) ^ 1024) - 1024  # 11-bit signed since PostgreSQL 15
+    if scale < 0:
+        precision, scale = precision - scale, 0
+    if precision <= 38:
+        return pa.decimal128(precision, scale)
+    if precision <= 76:
+        return pa.decimal256(precision, scale)
+    return pa.string()
+
+
+def pg_arrow_type(type_oid: int, typmod: int = -1) -> pa.DataType:
+    """Arrow type of a PostgreSQL type; every type maps (unknown ones to utf8 text)."""
+    if type_oid == NUMERIC:
+        return numeric_arrow_type(typmod)
+    return _SIMPLE.get(type_oid, pa.string())
+
+
+@dataclass(frozen=True, slots=True)
+class PgColumn:
+    """One result column as the statement description gives it."""
+
+    name: str
+    type_oid: int
+    typmod: int = -1
+
+
+def unrepresentable(column: int, name: str, arrow_type: pa.DataType) -> SourceQueryError:
+    return SourceQueryError(
+        f"result column #{column + 1} ({name!r}) holds a value that cannot be represented "
+        f"exactly as {arrow_type}; cast or round it in the query (e.g. round(x, 10) or "
+        "x::float8, or ::text)"
+    )
+
+
+_CSV_COLUMN = re.compile(r"CSV column #(\d+)")
+_FRACTION_ZEROS = r"(\.\d*?)0+$"
+_INTERVAL = (
+    r"^P(?:(?P<y>-?\d+)Y)?(?:(?P<mo>-?\d+)M)?(?:(?P<w>-?\d+)W)?(?:(?P<d>-?\d+)D)?"
+    r"(?:T(?:(?P<h>-?\d+)H)?(?:(?P<mi>-?\d+)M)?(?:(?P<s>-?)(?P<si>\d+)(?:\.(?P<sf>\d+))?S)?)?$"
+)
+
+
+def _decode_bytea(array: pa.Array) -> pa.Array:
+    values = array.to_pylist()
+    out: list[bytes | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+        elif value.startswith("\\x"):
+            out.append(bytes.fromhex(value[2:]))
+        else:
+            raise ValueError("bytea not in hex format")
+    return pa.array(out, pa.binary())
+
+
+def _decode_interval(array: pa.Array) -> pa.Array:
+    """ISO 8601 intervals (IntervalStyle iso_8601) -> month_day_nano_interval."""
+    if array.null_count == len(array):
+        return pa.nulls(len(array), pa.month_day_nano_interval())
+    parts = pc.extract_regex(array, _INTERVAL)  # raises on a non-matching value
+
+    def field(name: str) -> list[int]:
+        col = pc.fill_null(parts.field(name), "0")
+        col = pc.if_else(pc.equal(col, ""), "0", col)
+        return col.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
+
+    years, months, weeks, days = field("y"), field("mo"), field("w"), field("d")
+    hours, minutes, seconds = field("h"), field("mi"), field("si")
+    signs = pc.fill_null(parts.field("s"), "").to_pylist()
+    fractions = pc.fill_null(parts.field("sf"), "").to_pylist()
+    valid = array.is_valid().to_pylist()
+    out: list[tuple[int, int, int] | None] = []
+    for i, ok in enumerate(valid):
+        if not ok:
+            out.append(None)
+            continue
+        frac = fractions[i]
+        nanos = seconds[i] * 1_000_000_000 + (int(frac.ljust(9, "0")[:9]) if frac else 0)
+        if signs[i] == "-":
+            nanos = -nanos
+        nanos += (hours[i] * 3600 + minutes[i] * 60) * 1_000_000_000
+        out.append((years[i] * 12 + months[i], weeks[i] * 7 + days[i], nanos))
+    return pa.array(out, pa.month_day_nano_interval())
+
+
+def _decimal_from_text(arrow_type: pa.DataType) -> Callable[[pa.Array], pa.Array]:
+    """A checked string -> decimal cast: Arrow's cast does not reject extra fractional
+    digits reliably, so the digits are checked first and nothing is ever rounded."""
+    integer_digits = arrow_type.precision - arrow_type.scale
+    pattern = rf"^[-+]?\d{{0,{integer_digits}}}(\.\d{{0,{arrow_type.scale}}})?$"
+
+    def convert(array: pa.Array) -> pa.Array:
+        trimmed = pc.replace_substring_regex(array, _FRACTION_ZEROS, r"\1")
+        ok = pc.match_substring_regex(trimmed, pattern)
+        if not pc.all(pc.fill_null(ok, True)).as_py():
+            raise ValueError("decimal out of range")
+        return trimmed.cast(arrow_type)
+
+    return convert
+
+
+class TextDecoder:
+    """Turns PostgreSQL's text form of a result (CSV blocks, or text rows) into record
+    batches of the schema `pg_arrow_type` gives, without a Python object per row."""
+
+    def __init__(self, columns: Sequence[PgColumn]) -> None:
+        self.columns = tuple(columns)
+        self.schema = pa.schema(
+            [pa.field(c.name, pg_arrow_type(c.type_oid, c.typmod)) for c in self.columns]
+        )
+        self._csv_names = [f"c{i}" for i in range(len(self.columns))]
+        read_types: dict[str, pa.DataType] = {}
+        self._post: list[Callable[[pa.Array], pa.Array] | None] = []
+        has_text = False
+        for csv_name, column, field in zip(self._csv_names, self.columns, self.schema):
+            target = field.type
+            post: Callable[[pa.Array], pa.Array] | None = None
+            read = target
+            if column.type_oid == BYTEA:
+                read, post = pa.string(), _decode_bytea
+            elif column.type_oid == INTERVAL:
+                read, post = pa.string(), _decode_interval
+            elif pa.types.is_decimal256(target):
+                read, post = pa.string(), _decimal_from_text(target)
+            if pa.types.is_string(read):
+                has_text = True
+            read_types[csv_name] = read
+            self._post.append(post)
+        self.parse_options = pacsv.ParseOptions(newlines_in_values=has_text)
+        self.convert_options = pacsv.ConvertOptions(
+            column_types=read_types,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        )
+
+    def read_options(self, block_size: int = 1 << 21) -> pacsv.ReadOptions:
+        return pacsv.ReadOptions(column_names=self._csv_names, block_size=block_size)
+
+    def open_stream(self, source: Any, block_size: int = 1 << 21) -> pacsv.CSVStreamingReader:
+        """A streaming CSV reader over a file-like object (COPY ... FORMAT csv)."""
+        return pacsv.open_csv(
+            source,
+            read_options=self.read_options(block_size),
+            parse_options=self.parse_options,
+            convert_options=self.convert_options,
+        )
+
+    def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Apply the post-parse conversions and the real column names."""
+        arrays = list(batch.columns)
+        for i, post in enumerate(self._post):
+            if post is not None:
+                try:
+                    arrays[i] = post(arrays[i])
+                except (pa.ArrowException, ValueError):
+                    raise self.unrepresentable(i) from None
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def from_text_rows(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch:
+        """Rows of PostgreSQL text values (psycopg text loaders) -> one record batch."""
+        if not self.columns:
+            return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
+        if not rows:
+            return self.empty()
+        columns = [pa.array(col, pa.string()) for col in zip(*rows)]
+        table = pa.Table.from_arrays(columns, names=self._csv_names)
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
+        parsed = self.parse_csv_errors(
+            lambda: pacsv.read_csv(
+                pa.BufferReader(sink.getvalue()),
+                read_options=self.read_options(),
+                parse_options=self.parse_options,
+                convert_options=self.convert_options,
+            )
+        )
+        batch = parsed.combine_chunks().to_batches()[0]
+        return self.finish(batch)
+
+    def empty(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pylist([], schema=self.schema)
+
+    def unrepresentable(self, column: int) -> SourceQueryError:
+        return unrepresentable(column, self.columns[column].name, self.schema.field(column).type)
+
+    def error_from_arrow(self, exc: BaseException) -> SourceQueryError:
+        """A value-free error for an Arrow conversion failure (Arrow's text has values)."""
+        match = _CSV_COLUMN.search(str(exc))
+        if match and int(match.group(1)) < len(self.columns):
+            return self.unrepresentable(int(match.group(1)))
+        return SourceQueryError(
+            "the result could not be converted to its Arrow schema (a value does not fit "
+            "its column type, or the result's shape changed); cast the column in the query"
+        )
+
+    def parse_csv_errors(self, fn: Callable[[], pa.Table]) -> pa.Table:
+        try:
+            return fn()
+        except pa.ArrowException as exc:
+            raise self.error_from_arrow(exc) from None
+
+
+def slices(batch: pa.RecordBatch, max_rows: int) -> list[pa.RecordBatch]:
+    """The batch cut into zero-copy slices of at most `max_rows` rows."""
+    if batch.num_rows <= max_rows:
+        return [batch]
+    return [batch.slice(i, max_rows) for i in range(0, batch.num_rows, max_rows)]

@@ -1,0 +1,759 @@
+"""PostgreSQL connector: psycopg 3 with a bounded connection pool, results into Arrow.
+
+Every query runs in its own `BEGIN READ ONLY` transaction whose first round trip also
+sets, with SET LOCAL, `statement_timeout` (from the query's timeout),
+`idle_in_transaction_session_timeout`, `TimeZone = UTC`, `DateStyle = ISO`,
+`IntervalStyle = iso_8601`, `bytea_output = hex` and `extra_float_digits = 1`, so the text
+form of every value is the one `connectors.arrow_types` parses (SET LOCAL rather than
+startup options, so it also holds behind a transaction-pooling proxy).
+
+Two result paths, neither builds a Python object per row:
+
+* no parameters: `COPY (sql) TO STDOUT (FORMAT csv)`, read block by block and parsed by
+  pyarrow's streaming CSV reader with explicit column types. The types come from
+  describing the statement (`PQprepare` + `PQdescribePrepared` of the unnamed statement),
+  cached per SQL text in a small LRU with a time limit (a stale entry is dropped on the
+  first conversion error, so an ALTER TABLE heals itself).
+* parameters: COPY cannot take bound parameters and values are never interpolated, so
+  the statement runs as a server-side cursor (`DECLARE ... CURSOR FOR sql` with the
+  values bound by the server), fetched `batch_rows` rows at a time in text format (every
+  type loaded as its text by psycopg's C text loader) and decoded column-wise by the same
+  CSV decoder as the COPY path, so both paths return identical types and values.
+
+Cancellation: `QueryHandle.cancel` sends a cancel request to the server
+(`Connection.cancel_safe`); a client-side timer does the same when the timeout passes
+(statement_timeout alone would bound each FETCH of a cursor, not the whole query). The
+connection then goes back to the pool after a ROLLBACK, or is closed (the pool replaces
+it) when it cannot be brought back to idle.
+
+Errors: connection failures, authentication failures and pool timeouts are
+SourceUnavailable; a cancel is Cancelled, a timeout DeadlineExceeded; any other database
+error is SourceQueryError carrying the SQLSTATE and the condition name only, never the
+server's message (it can echo values) and never the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import psycopg
+import psycopg.errors
+import pyarrow as pa
+from psycopg import pq
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from connectors.arrow_types import PgColumn, TextDecoder, pg_arrow_type, slices
+from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
+from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FabricError,
+    InternalError,
+    InvalidArgument,
+    SourceQueryError,
+    SourceUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+_IDLE_IN_TRANSACTION_MS = 60_000
+_DESCRIBE_CACHE_SIZE = 256
+_DESCRIBE_CACHE_TTL = 300.0
+_CANCEL_TIMEOUT = 5.0
+_CURSOR_NAME = "fabric_rows"
+_COPY_BLOCK = 1 << 21
+
+_SESSION = (
+    "SET LOCAL idle_in_transaction_session_timeout = {idle}; "
+    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; "
+    "SET LOCAL IntervalStyle = 'iso_8601'; SET LOCAL bytea_output = 'hex'; "
+    "SET LOCAL extra_float_digits = 1"
+)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _condition(sqlstate: str) -> str:
+    """`division_by_zero` for 22012: psycopg's class name for the SQLSTATE, snake-cased."""
+    try:
+        return _snake(psycopg.errors.lookup(sqlstate).__name__)
+    except KeyError:
+        return "database_error"
+
+
+def _source_error(sqlstate: str) -> SourceQueryError:
+    return SourceQueryError(
+        f"the source refused the query: {_condition(sqlstate)} (SQLSTATE {sqlstate})",
+        sqlstate=sqlstate,
+    )
+
+
+def _register_text_loaders(conn: psycopg.Connection[Any]) -> None:
+    """Load every column as its text (psycopg's C text loader), for the cursor path."""
+    adapters = conn.adapters
+    for info in psycopg.postgres.types:
+        adapters.register_loader(info.oid, TextLoader)
+        if info.array_oid:
+            adapters.register_loader(info.array_oid, TextLoader)
+
+
+def _unescape_percent(sql: str) -> str:
+    """The compiled text of a statement without parameters has every literal `%` doubled
+    (FORMAT style); COPY sends it to the server as is, so undo the doubling."""
+
+    def repl(match: re.Match[str]) -> str:
+        if match.group(1) == "%":
+            return "%"
+        raise InvalidArgument(
+            "the statement has a placeholder but no parameters were given; pass one value "
+            "per placeholder"
+        )
+
+    return re.sub(r"%(.|$)", repl, sql, flags=re.DOTALL)
+
+
+class _DescribeCache:
+    def __init__(self, size: int, ttl: float) -> None:
+        self._size, self._ttl = size, ttl
+        self._items: OrderedDict[str, tuple[float, TextDecoder]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> TextDecoder | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if time.monotonic() - item[0] > self._ttl:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return item[1]
+
+    def put(self, key: str, decoder: TextDecoder) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic(), decoder)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class _CopySource:
+    """A read-only file object over COPY data for pyarrow's CSV reader. pyarrow calls
+    `read` from its own I/O thread; `shutdown` stops it and waits for a read in flight."""
+
+    closed = False
+
+    def __init__(self, copy: psycopg.Copy, handle: _PgHandle) -> None:
+        self._copy = copy
+        self._handle = handle
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._eof = False
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            if self._stopped or self._eof:
+                return b""
+            handle = self._handle
+            if handle._cancelled or handle._timed_out:
+                self.error = handle._flag_error()
+                raise self.error
+            target = size if size and size > 0 else _COPY_BLOCK
+            buf = bytearray()
+            read = self._copy.read
+            try:
+                while len(buf) < target:
+                    data = read()
+                    if not data:
+                        self._eof = True
+                        break
+                    buf += data
+            except BaseException as exc:
+                self.error = exc
+                raise
+            return bytes(buf)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+
+class _PgHandle(QueryHandle):
+    def __init__(
+        self,
+        connector: PostgresConnector,
+        conn: psycopg.Connection[Any],
+        timeout: float | None,
+        batch_rows: int,
+    ) -> None:
+        self._connector = connector
+        self._conn: psycopg.Connection[Any] | None = conn
+        self._batch_rows = batch_rows
+        self._timeout = timeout
+        self._cancelled = False
+        self._timed_out = False
+        self._cancel_sent = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._reader: pa.RecordBatchReader | None = None
+        self._gen: Iterator[pa.RecordBatch] | None = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._on_deadline)
+            self._timer.daemon = True
+            self._timer.start()
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def reader(self) -> pa.RecordBatchReader:
+        assert self._reader is not None
+        return self._reader
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._closed or self._cancelled or self._timed_out:
+                return
+            self._cancelled = True
+        self._cancel_at_server()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_timer()
+        gen = self._gen
+        if gen is not None:
+            try:
+                gen.close()  # type: ignore[attr-defined]
+            except ValueError:
+                # Another thread is inside the generator: stop the query there; that
+                # thread releases the connection when its read fails.
+                self._cancel_at_server()
+                return
+        self._release(ok=False)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _start(self, schema: pa.Schema, gen: Iterator[pa.RecordBatch]) -> None:
+        self._gen = gen
+        self._reader = pa.RecordBatchReader.from_batches(schema, gen)
+
+    def _on_deadline(self) -> None:
+        with self._lock:
+            if self._closed or self._cancelled:
+                return
+            self._timed_out = True
+        self._cancel_at_server()
+
+    def _cancel_at_server(self) -> None:
+        conn = self._conn
+        if conn is None or self._cancel_sent:
+            return
+        self._cancel_sent = True
+        try:
+            conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
+        except Exception as exc:  # the read then fails or ends by itself
+            log.warning("postgres cancel request failed: %s", type(exc).__name__)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _flag_error(self) -> FabricError:
+        if self._timed_out:
+            return DeadlineExceeded(
+                f"the query ran past its timeout of {self._timeout}s and was cancelled at "
+                "the source; narrow it or raise the timeout"
+            )
+        return Cancelled("the query was cancelled; it was stopped at the source")
+
+    def _check(self) -> None:
+        if self._cancelled or self._timed_out:
+            raise self._flag_error()
+        if self._closed:
+            raise Cancelled("the query handle was closed")
+
+    def _map(self, exc: BaseException) -> FabricError:
+        if isinstance(exc, FabricError):
+            return exc
+        if self._cancelled or self._timed_out:
+            return self._flag_error()
+        if isinstance(exc, psycopg.errors.QueryCanceled) and self._timeout is not None:
+            # statement_timeout fired at the server before the client timer did
+            self._timed_out = True
+            return self._flag_error()
+        return self._connector._map_error(exc)
+
+    def _release(self, *, ok: bool) -> None:
+        """Finish the transaction and give the connection back; idempotent."""
+        self._stop_timer()
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self._connector._give_back(conn, commit=ok and not self._cancel_sent)
+
+    # -- result paths -------------------------------------------------------------------
+
+    def _copy_batches(
+        self, copy_sql: str, decoder: TextDecoder, cache_key: str
+    ) -> Iterator[pa.RecordBatch]:
+        ok = False
+        conn = self._conn
+        assert conn is not None
+        try:
+            self._check()
+            cur = conn.cursor()
+            with cur.copy(copy_sql) as copy:
+                source = _CopySource(copy, self)
+                try:
+                    reader = decoder.open_stream(source, _COPY_BLOCK)
+                    while True:
+                        self._check()
+                        try:
+                            batch = reader.read_next_batch()
+                        except StopIteration:
+                            break
+                        for piece in slices(decoder.finish(batch), self._batch_rows):
+                            yield piece
+                    self._check()
+                except BaseException as exc:
+                    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                        self._cancel_at_server()
+                    source.shutdown()
+                    if isinstance(exc, GeneratorExit):
+                        raise
+                    if source.error is not None and not isinstance(source.error, FabricError):
+                        raise self._map(source.error) from None
+                    if isinstance(exc, pa.ArrowException):
+                        self._connector._describe_cache.drop(cache_key)
+                        raise decoder.error_from_arrow(exc) from None
+                    if isinstance(exc, SourceQueryError):
+                        self._connector._describe_cache.drop(cache_key)
+                    raise self._map(exc) from None
+            ok = True
+        except GeneratorExit:
+            raise
+        except FabricError:
+            raise
+        except Exception as exc:
+            raise self._map(exc) from None
+        finally:
+            self._release(ok=ok)
+
+    def _cursor_batches(
+        self, cur: psycopg.ServerCursor[Any], decoder: TextDecoder
+    ) -> Iterator[pa.RecordBatch]:
+        ok = False
+        try:
+            while True:
+                self._check()
+                try:
+                    rows = cur.fetchmany(self._batch_rows)
+                except Exception as exc:
+                    raise self._map(exc) from None
+                self._check()
+                if rows:
+                    yield decoder.from_text_rows(rows)
+                if len(rows) < self._batch_rows:
+                    break
+            ok = True
+        finally:
+            self._release(ok=ok)
+
+
+class PostgresConnector(Connector):
+    """PostgreSQL through psycopg 3 and psycopg_pool.
+
+    Settings: host (required), port (5432), database (required), user (required),
+    sslmode, connect_timeout (s, default 10), application_name (default "fabric"),
+    pool_min (1), pool_max (10), pool_timeout (s to wait for a free connection, default
+    connect_timeout). The password comes from `config.password` only.
+    """
+
+    kind: ClassVar[str] = "postgres"
+    dialect: ClassVar[str] = "postgres"
+    param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
+    supports_cancel: ClassVar[bool] = True
+    max_identifier_length: ClassVar[int] = 63
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        try:
+            host = config.get_str("host")
+            port = config.get_int("port", 5432)
+            database = config.get_str("database")
+            user = config.get_str("user")
+            connect_timeout = config.get_int("connect_timeout", 10)
+            pool_min = config.get_int("pool_min", 1)
+            pool_max = config.get_int("pool_max", 10)
+            pool_timeout = float(config.settings.get("pool_timeout", connect_timeout or 10))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"invalid PostgreSQL connection setting: {exc}") from None
+        missing = [k for k, v in (("host", host), ("database", database), ("user", user)) if not v]
+        if missing:
+            raise InvalidArgument(f"PostgreSQL connection settings miss {', '.join(missing)}")
+        assert pool_min is not None and pool_max is not None and port is not None
+        if not (0 <= pool_min <= pool_max and pool_max >= 1):
+            raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
+        if connect_timeout is not None and connect_timeout < 1:
+            raise InvalidArgument("connect_timeout must be at least 1 second")
+        self._where = f"{host}:{port}"
+        kwargs: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "dbname": database,
+            "user": user,
+            "connect_timeout": connect_timeout,
+            "application_name": config.get_str("application_name", "fabric"),
+        }
+        sslmode = config.get_str("sslmode")
+        if sslmode:
+            kwargs["sslmode"] = sslmode
+        if config.password is not None:
+            kwargs["password"] = config.password
+        self._connect_kwargs = kwargs
+        self._pool_min, self._pool_max, self._pool_timeout = pool_min, pool_max, pool_timeout
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        self._describe_cache = _DescribeCache(_DESCRIBE_CACHE_SIZE, _DESCRIBE_CACHE_TTL)
+
+    # -- connections --------------------------------------------------------------------
+
+    def _get_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        with self._pool_lock:
+            if self._closed:
+                raise SourceUnavailable("the PostgreSQL connector is closed")
+            if self._pool is None:
+                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                    conninfo="",
+                    kwargs={**self._connect_kwargs, "autocommit": True},
+                    min_size=self._pool_min,
+                    max_size=self._pool_max,
+                    timeout=self._pool_timeout,
+                    configure=_register_text_loaders,
+                    name=f"fabric-postgres-{self._where}",
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def _acquire(self) -> psycopg.Connection[Any]:
+        pool = self._get_pool()
+        try:
+            return pool.getconn(timeout=self._pool_timeout)
+        except PoolTimeout:
+            raise SourceUnavailable(
+                f"no PostgreSQL connection to {self._where} within {self._pool_timeout:g}s: "
+                "the server is down or unreachable, rejects the credentials, or every pooled "
+                "connection is busy; check the connection settings and try again"
+            ) from None
+
+    def _give_back(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
+        pool = self._pool
+        try:
+            status = conn.pgconn.transaction_status
+            if status == pq.TransactionStatus.ACTIVE:
+                conn.close()  # a query still runs: never hand that connection out
+            elif status != pq.TransactionStatus.IDLE:
+                if commit and status == pq.TransactionStatus.INTRANS:
+                    conn.execute("COMMIT")
+                else:
+                    conn.execute("ROLLBACK")
+        except Exception:
+            conn.close()
+        if pool is not None:
+            pool.putconn(conn)
+        else:
+            conn.close()
+
+    def _begin(self, conn: psycopg.Connection[Any], timeout: float | None) -> None:
+        statements = "BEGIN TRANSACTION READ ONLY; " + _SESSION.format(
+            idle=_IDLE_IN_TRANSACTION_MS
+        )
+        if timeout is not None:
+            statements += f"; SET LOCAL statement_timeout = {max(1, math.ceil(timeout * 1000))}"
+        conn.execute(statements.encode())
+
+    # -- contract -----------------------------------------------------------------------
+
+    def test(self) -> None:
+        try:
+            with psycopg.connect(**self._connect_kwargs, autocommit=True) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from None
+
+    def introspect(self, schemas: Sequence[str] | None = None) -> list[TableInfo]:
+        conn = self._acquire()
+        ok = False
+        try:
+            self._begin(conn, None)
+            wanted = list(schemas) if schemas is not None else None
+            cur = conn.cursor()
+            cur.execute(_COLUMNS_SQL, {"schemas": wanted, "system": list(SYSTEM_SCHEMAS)})
+            column_rows = cur.fetchall()
+            cur.execute(_CONSTRAINTS_SQL, {"schemas": wanted, "system": list(SYSTEM_SCHEMAS)})
+            constraint_rows = cur.fetchall()
+            ok = True
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from None
+        finally:
+            self._give_back(conn, commit=ok)
+        return _build_tables(column_rows, constraint_rows)
+
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> QueryHandle:
+        if batch_rows < 1:
+            raise InvalidArgument("batch_rows must be at least 1")
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("the query's deadline had already passed")
+        params = tuple(params)
+        conn = self._acquire()
+        handle = _PgHandle(self, conn, timeout, batch_rows)
+        try:
+            self._begin(conn, timeout)
+            if params:
+                self._start_cursor(handle, conn, sql, params)
+            else:
+                self._start_copy(handle, conn, sql)
+        except BaseException as exc:
+            mapped = handle._map(exc) if not isinstance(exc, FabricError) else exc
+            handle._release(ok=False)
+            if mapped is exc:
+                raise
+            raise mapped from None
+        return handle
+
+    def close(self) -> None:
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        self._describe_cache.clear()
+
+    # -- paths --------------------------------------------------------------------------
+
+    def _start_copy(self, handle: _PgHandle, conn: psycopg.Connection[Any], sql: str) -> None:
+        text = _unescape_percent(sql).strip().rstrip(";")
+        decoder = self._describe_cache.get(text)
+        if decoder is None:
+            decoder = self._describe(conn, text)
+            self._describe_cache.put(text, decoder)
+        copy_sql = f"COPY ({text}\n) TO STDOUT (FORMAT csv)"
+        handle._start(decoder.schema, handle._copy_batches(copy_sql, decoder, text))
+
+    def _describe(self, conn: psycopg.Connection[Any], text: str) -> TextDecoder:
+        pgconn = conn.pgconn
+        encoding = conn.info.encoding
+        with conn.lock:
+            res = pgconn.prepare(b"", text.encode(encoding))
+            if res.status != pq.ExecStatus.COMMAND_OK:
+                raise psycopg.errors.error_from_result(res, encoding=encoding)
+            res = pgconn.describe_prepared(b"")
+            if res.status != pq.ExecStatus.COMMAND_OK:
+                raise psycopg.errors.error_from_result(res, encoding=encoding)
+        columns = []
+        for i in range(res.nfields):
+            name = res.fname(i)
+            columns.append(
+                PgColumn(
+                    name=(name or b"").decode(encoding),
+                    type_oid=res.ftype(i),
+                    typmod=res.fmod(i),
+                )
+            )
+        return TextDecoder(columns)
+
+    def _start_cursor(
+        self,
+        handle: _PgHandle,
+        conn: psycopg.Connection[Any],
+        sql: str,
+        params: tuple[Any, ...],
+    ) -> None:
+        cur = conn.cursor(name=_CURSOR_NAME)
+        try:
+            cur.execute(sql, params)
+        except (psycopg.ProgrammingError, TypeError) as exc:
+            if getattr(exc, "sqlstate", None):
+                raise
+            raise InvalidArgument(
+                "the parameters do not match the statement (one value per placeholder, of a "
+                "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
+                "None)"
+            ) from None
+        description = cur.description or []
+        decoder = TextDecoder(
+            [PgColumn(d.name, d.type_code, d.internal_size and -1) for d in description]
+        )
+        # psycopg's Column exposes the type modifier through precision/scale; rebuild it
+        decoder = TextDecoder([_column_from_description(d) for d in description])
+        handle._start(decoder.schema, handle._cursor_batches(cur, decoder))
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _map_error(self, exc: BaseException) -> FabricError:
+        if isinstance(exc, FabricError):
+            return exc
+        if isinstance(exc, PoolTimeout):
+            return SourceUnavailable(f"no PostgreSQL connection to {self._where} in time")
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate:
+            if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300"):
+                return SourceUnavailable(
+                    f"PostgreSQL at {self._where} is unavailable: {_condition(sqlstate)} "
+                    f"(SQLSTATE {sqlstate}); try again later"
+                )
+            if sqlstate.startswith("28"):
+                return SourceUnavailable(
+                    f"PostgreSQL at {self._where} refused the credentials: "
+                    f"{_condition(sqlstate)} (SQLSTATE {sqlstate}); check the user and password"
+                )
+            if sqlstate == "57014":
+                return SourceQueryError(
+                    "the query was cancelled at the source by someone else: query_canceled "
+                    "(SQLSTATE 57014)",
+                    sqlstate=sqlstate,
+                )
+            return _source_error(sqlstate)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+            return SourceUnavailable(
+                f"PostgreSQL at {self._where} cannot be reached or dropped the connection; "
+                "check that it is up and the settings are right"
+            )
+        if isinstance(exc, psycopg.Error):
+            return SourceQueryError(
+                f"the PostgreSQL driver refused the query ({type(exc).__name__})"
+            )
+        return InternalError(f"unexpected error in the PostgreSQL connector ({type(exc).__name__})")
+
+
+def _column_from_description(column: Any) -> PgColumn:
+    """Type modifier of a psycopg `Column` (FETCH descriptions carry it as `_fmod`)."""
+    fmod = getattr(column, "_fmod", None)
+    if fmod is None:
+        precision, scale = column.precision, column.scale
+        fmod = ((precision << 16) | (scale & 0x7FF)) + 4 if precision is not None else -1
+    return PgColumn(column.name, column.type_code, fmod)
+
+
+_COLUMNS_SQL = """
+SELECT n.nspname, c.relname, c.relkind, a.attname,
+       pg_catalog.format_type(a.atttypid, a.atttypmod),
+       COALESCE(NULLIF(t.typbasetype, 0), a.atttypid)::int8,
+       (CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END)::int8,
+       (a.attnotnull OR (t.typtype = 'd' AND t.typnotnull))
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND NOT c.relispartition
+  AND n.nspname <> ALL (%(system)s::text[])
+  AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'
+  AND (%(schemas)s::text[] IS NULL OR n.nspname = ANY (%(schemas)s::text[]))
+ORDER BY n.nspname, c.relname, a.attnum
+"""
+
+_CONSTRAINTS_SQL = """
+SELECT n.nspname, c.relname, con.contype, con.conname,
+       pg_catalog.array_to_json(ARRAY(
+           SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+           ORDER BY k.ord))::text,
+       rn.nspname, rc.relname,
+       pg_catalog.array_to_json(ARRAY(
+           SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+           ORDER BY k.ord))::text
+FROM pg_catalog.pg_constraint con
+JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
+LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE con.contype IN ('p', 'f')
+  AND n.nspname <> ALL (%(system)s::text[])
+  AND (%(schemas)s::text[] IS NULL OR n.nspname = ANY (%(schemas)s::text[]))
+ORDER BY n.nspname, c.relname, con.conname
+"""
+
+
+def _build_tables(column_rows: list[Any], constraint_rows: list[Any]) -> list[TableInfo]:
+    import json
+
+    columns: dict[tuple[str, str], list[ColumnInfo]] = {}
+    kinds: dict[tuple[str, str], TableKind] = {}
+    for schema, table, relkind, name, source_type, oid, typmod, notnull in column_rows:
+        key = (schema, table)
+        kinds[key] = TableKind.VIEW if relkind in ("v", "m") else TableKind.TABLE
+        columns.setdefault(key, []).append(
+            ColumnInfo(
+                name=name,
+                source_type=source_type,
+                arrow_type=pg_arrow_type(int(oid), int(typmod)),
+                nullable=notnull not in ("t", True),
+            )
+        )
+    primary: dict[tuple[str, str], tuple[str, ...]] = {}
+    foreign: dict[tuple[str, str], list[ForeignKey]] = {}
+    for schema, table, contype, name, cols, ref_schema, ref_table, ref_cols in constraint_rows:
+        key = (schema, table)
+        if contype == "p":
+            primary[key] = tuple(json.loads(cols))
+        else:
+            foreign.setdefault(key, []).append(
+                ForeignKey(
+                    name=name,
+                    columns=tuple(json.loads(cols)),
+                    referenced_schema=ref_schema,
+                    referenced_table=ref_table,
+                    referenced_columns=tuple(json.loads(ref_cols)),
+                )
+            )
+    return [
+        TableInfo(
+            schema=key[0],
+            name=key[1],
+            columns=tuple(cols),
+            primary_key=primary.get(key, ()),
+            foreign_keys=tuple(foreign.get(key, ())),
+            kind=kinds[key],
+        )
+        for key, cols in columns.items()
+    ]

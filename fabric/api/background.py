@@ -1,0 +1,49 @@
+"""A gateway on its own event loop in a background thread, for the demo, tests and
+benchmarks that talk to it through the real gRPC client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from fabric.api.server import Gateway
+
+
+class BackgroundGateway:
+    def __init__(self, gateway: Gateway, address: str = "127.0.0.1:0", *,
+                 metrics: bool = False) -> None:
+        self.gateway = gateway
+        self._address = address
+        self._metrics = metrics
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fabric-gateway",
+                                        daemon=True)
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coroutine: Any) -> Any:
+        """Run a coroutine on the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def start(self) -> BackgroundGateway:
+        self._thread.start()
+        self.port = self.call(self.gateway.start(self._address, metrics=self._metrics))
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        try:
+            self.call(self.gateway.stop(grace))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+
+    def __enter__(self) -> BackgroundGateway:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

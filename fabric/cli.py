@@ -1,0 +1,347 @@
+"""The `fabric` command: serve, manage connections and the catalog, query, preview, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
+from fabric.config import Settings
+from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
+from fabric.errors import FabricError, InvalidArgument
+
+log = logging.getLogger("fabric")
+
+_TYPED_PARAM = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$",
+                          re.DOTALL)
+
+
+# -- argument values --------------------------------------------------------------------
+
+def parse_setting(text: str) -> tuple[str, SettingValue]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise InvalidArgument(f"settings are KEY=VALUE, got {text!r}")
+    value: SettingValue = raw
+    if re.fullmatch(r"-?\d+", raw):
+        value = int(raw)
+    elif raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    return key, value
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`name=value` (int, float, true/false, null or text, inferred) or `name:type=value`
+    with type one of str, int, float, decimal, bool, date, time, timestamp, bytes (hex),
+    null."""
+    match = _TYPED_PARAM.match(text)
+    if match is None:
+        raise InvalidArgument("parameters are NAME=VALUE or NAME:TYPE=VALUE")
+    name, kind, raw = match["name"], match["type"], match["value"]
+    try:
+        return name, _convert(kind, raw)
+    except (ValueError, ArithmeticError):
+        raise InvalidArgument(f"parameter {name!r} is not a valid {kind}") from None
+
+
+def _convert(kind: str | None, raw: str) -> Any:
+    if kind is None:
+        if raw == "null":
+            return None
+        if raw in ("true", "false"):
+            return raw == "true"
+        if re.fullmatch(r"-?\d+", raw):
+            return int(raw)
+        if re.fullmatch(r"-?\d+\.\d*([eE][-+]?\d+)?", raw):
+            return float(raw)
+        return raw
+    converters: dict[str, Any] = {
+        "str": str, "int": int, "float": float, "decimal": Decimal,
+        "bool": lambda v: {"true": True, "false": False}[v.lower()],
+        "date": dt.date.fromisoformat, "time": dt.time.fromisoformat,
+        "timestamp": dt.datetime.fromisoformat, "bytes": bytes.fromhex,
+        "null": lambda v: None,
+    }
+    if kind not in converters:
+        raise InvalidArgument(f"unknown parameter type {kind!r}; use one of "
+                              + ", ".join(sorted(converters)))
+    try:
+        return converters[kind](raw)
+    except KeyError:
+        raise ValueError(kind) from None
+
+
+# -- output ---------------------------------------------------------------------------
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    return str(value)
+
+
+def format_table(table: pa.Table, max_width: int = 40) -> str:
+    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
+    headers = table.column_names
+    widths = [min(max_width, max([len(h)] + [len(r[i]) for r in rows])) for i, h in
+              enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return " | ".join(c[:w].ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(headers), "-+-".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+def write_result(table: pa.Table, fmt: str) -> None:
+    if fmt == "table":
+        print(format_table(table))
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink)
+        sys.stdout.write(sink.getvalue().to_pybytes().decode())
+    else:
+        for row in table.to_pylist():
+            print(json.dumps(row, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.date | dt.time | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _describe_entity(entity: Entity) -> str:
+    columns = ", ".join(f"{c.name} {c.source_type}" for c in entity.columns)
+    key = f" key({', '.join(entity.primary_key)})" if entity.primary_key else ""
+    return f"{entity.name} = {entity.schema}.{entity.table}{key}: {columns}"
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.api.server import Gateway
+    from fabric.wiring import open_store
+
+    if args.role != "all":
+        raise InvalidArgument("only --role all is available in this release")
+
+    async def run() -> None:
+        gateway = Gateway.build(settings, open_store(settings))
+        port = await gateway.start(args.listen or settings.listen)
+        print(f"fabric gateway serving on port {port}"
+              + (f", metrics on 127.0.0.1:{gateway.metrics_port}/metrics"
+                 if gateway.metrics_port else ""), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping: letting running queries finish", flush=True)
+        await gateway.stop(grace=10.0)
+
+    asyncio.run(run())
+    return 0
+
+
+def _manager(settings: Settings):  # type: ignore[no-untyped-def]
+    from fabric.wiring import catalog_manager, open_store
+
+    return catalog_manager(open_store(settings))
+
+
+def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
+    manager = _manager(settings)
+    tenant = args.tenant
+    if args.action == "create":
+        stage_settings = dict(parse_setting(s) for s in args.set or [])
+        connection = manager.create_connection(tenant, args.name, ConnectionKind(args.kind),
+                                               {args.stage: stage_settings})
+        print(f"created connection {connection.name!r} ({connection.kind.value}) "
+              f"for stage {args.stage!r}")
+    elif args.action == "list":
+        for connection in manager.list_connections(tenant):
+            stages = ", ".join(sorted(connection.stages))
+            print(f"{connection.name}\t{connection.kind.value}\tstages: {stages}")
+    elif args.action == "delete":
+        manager.delete_connection(tenant, args.name)
+        print(f"deleted connection {args.name!r}")
+    elif args.action == "test":
+        manager.test_connection(tenant, args.name, args.stage_name)
+        print(f"connection {args.name!r} works in stage {args.stage_name!r}")
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    manager = _manager(settings)
+    tenant, stage = args.tenant, args.stage_name
+    if args.action == "discover":
+        for table in manager.discover(tenant, args.connection, stage, args.schema or None):
+            key = f" key({', '.join(table.primary_key)})" if table.primary_key else ""
+            print(f"{table.schema}.{table.name} [{table.kind.value}]{key}")
+            for column in table.columns:
+                kind = str(column.arrow_type) if column.arrow_type is not None else "unsupported"
+                null = "" if column.nullable else " not null"
+                print(f"    {column.name}: {column.source_type} -> {kind}{null}")
+            for fk in table.foreign_keys:
+                print(f"    fk ({', '.join(fk.columns)}) -> {fk.referenced_schema}."
+                      f"{fk.referenced_table} ({', '.join(fk.referenced_columns)})")
+    elif args.action == "select":
+        if args.all:
+            entities = manager.select_all(tenant, args.connection, stage, args.schema or None)
+        elif args.table:
+            columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+            entities = [manager.select(tenant, args.connection, stage, args.table, columns,
+                                       args.entity_name)]
+        else:
+            raise InvalidArgument("name a TABLE to select, or pass --all")
+        for entity in entities:
+            print(f"selected {_describe_entity(entity)}")
+        print(f"catalog version {manager.catalog_version(tenant, args.connection)}")
+    elif args.action == "unselect":
+        version = manager.unselect(tenant, args.connection, args.entities)
+        print(f"catalog version {version}")
+    elif args.action == "list":
+        for entity in manager.list_entities(tenant, args.connection):
+            print(_describe_entity(entity))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.client import FabricClient
+
+    params = dict(parse_param(p) for p in args.param or [])
+    with FabricClient(args.address or settings.listen, timeout=args.timeout) as client:
+        result = client.execute(args.connection, args.sql, params, args.cache_ttl, args.max_rows)
+    write_result(result.table, args.format)
+    s = result.summary
+    print(f"-- {s.rows} rows{' (truncated)' if s.truncated else ''}"
+          f"{', from cache' if s.from_cache else ''}, {s.elapsed_us / 1000:.1f} ms in the gateway",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.client import FabricClient
+
+    with FabricClient(args.address or settings.listen, timeout=args.timeout) as client:
+        write_result(client.preview(args.connection, args.entity, args.limit), args.format)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.demo import run_demo
+
+    run_demo(settings, scale=args.scale)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fabric", description=__doc__)
+    parser.add_argument("--tenant", default=DEFAULT_TENANT, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--listen", help="address to listen on (default FABRIC_LISTEN or "
+                                        "127.0.0.1:50051)")
+    serve.add_argument("--role", default="all", choices=["all"],
+                       help="planes to run in this process")
+    serve.set_defaults(func=cmd_serve)
+
+    conn = sub.add_parser("connection", help="manage connections").add_subparsers(
+        dest="action", required=True)
+    create = conn.add_parser("create", help="register a connection")
+    create.add_argument("name")
+    create.add_argument("--kind", required=True, choices=[k.value for k in ConnectionKind])
+    create.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="a setting (host, port, database, user, path, ...); repeat")
+    create.add_argument("--stage", default=ALL_STAGES,
+                        help="stage these settings are for (default: all stages)")
+    conn.add_parser("list", help="list connections")
+    delete = conn.add_parser("delete", help="delete a connection and its selection")
+    delete.add_argument("name")
+    test = conn.add_parser("test", help="connect and run a trivial query")
+    test.add_argument("name")
+    test.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
+    conn_parser = sub.choices["connection"]
+    conn_parser.set_defaults(func=cmd_connection)
+
+    cat = sub.add_parser("catalog", help="discover and select what apps may query")
+    cat.set_defaults(func=cmd_catalog)
+    cat_sub = cat.add_subparsers(dest="action", required=True)
+    for name, text in (("discover", "list remote tables, columns and keys"),
+                       ("select", "select a table (some columns, or all) for apps"),
+                       ("unselect", "remove entities from the selection"),
+                       ("list", "list selected entities")):
+        p = cat_sub.add_parser(name, help=text)
+        p.add_argument("connection")
+        p.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
+        if name in ("discover", "select"):
+            p.add_argument("--schema", action="append", help="restrict to a schema; repeat")
+        if name == "select":
+            p.add_argument("table", nargs="?", help="schema.table or table")
+            p.add_argument("--columns", help="comma-separated columns (default: all)")
+            p.add_argument("--as", dest="entity_name", help="entity name apps will use")
+            p.add_argument("--all", action="store_true", help="select every table")
+        if name == "unselect":
+            p.add_argument("entities", nargs="+")
+
+    for name, func in (("query", cmd_query), ("preview", cmd_preview)):
+        p = sub.add_parser(name, help="run a query through the gateway" if name == "query"
+                           else "show the first rows of a selected entity")
+        p.add_argument("connection")
+        if name == "query":
+            p.add_argument("sql")
+            p.add_argument("-p", "--param", action="append", metavar="NAME[:TYPE]=VALUE")
+            p.add_argument("--cache-ttl", type=int, default=0, help="seconds to cache")
+            p.add_argument("--max-rows", type=int)
+        else:
+            p.add_argument("entity")
+            p.add_argument("--limit", type=int, default=0)
+        p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        p.add_argument("--address", help="gateway address (default FABRIC_LISTEN)")
+        p.add_argument("--timeout", type=float, default=300.0, help="seconds")
+        p.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", help="run the embedded demo (no servers needed)")
+    demo.add_argument("--scale", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        return int(args.func(args, settings))
+    except FabricError as error:
+        print(f"error ({error.code}): {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
