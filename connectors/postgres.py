@@ -618,12 +618,16 @@ class PostgresConnector(Connector):
                 "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
                 "None)"
             ) from None
-        description = cur.description or []
+        res = cur.pgresult
+        encoding = conn.info.encoding
         decoder = TextDecoder(
-            [PgColumn(d.name, d.type_code, d.internal_size and -1) for d in description]
+            [
+                PgColumn((res.fname(i) or b"").decode(encoding), res.ftype(i), res.fmod(i))
+                for i in range(res.nfields)
+            ]
+            if res is not None
+            else []
         )
-        # psycopg's Column exposes the type modifier through precision/scale; rebuild it
-        decoder = TextDecoder([_column_from_description(d) for d in description])
         handle._start(decoder.schema, handle._cursor_batches(cur, decoder))
 
     # -- errors -------------------------------------------------------------------------
@@ -662,15 +666,6 @@ class PostgresConnector(Connector):
                 f"the PostgreSQL driver refused the query ({type(exc).__name__})"
             )
         return InternalError(f"unexpected error in the PostgreSQL connector ({type(exc).__name__})")
-
-
-def _column_from_description(column: Any) -> PgColumn:
-    """Type modifier of a psycopg `Column` (FETCH descriptions carry it as `_fmod`)."""
-    fmod = getattr(column, "_fmod", None)
-    if fmod is None:
-        precision, scale = column.precision, column.scale
-        fmod = ((precision << 16) | (scale & 0x7FF)) + 4 if precision is not None else -1
-    return PgColumn(column.name, column.type_code, fmod)
 
 
 _COLUMNS_SQL = """
