@@ -222,6 +222,7 @@ class _PgHandle(QueryHandle):
         self._timer: threading.Timer | None = None
         self._reader: pa.RecordBatchReader | None = None
         self._gen: Iterator[pa.RecordBatch] | None = None
+        self._cursor: psycopg.ServerCursor[Any] | None = None
         if timeout is not None:
             self._timer = threading.Timer(timeout, self._on_deadline)
             self._timer.daemon = True
@@ -304,6 +305,8 @@ class _PgHandle(QueryHandle):
             return exc
         if self._cancelled or self._timed_out:
             return self._flag_error()
+        if self._closed:
+            return Cancelled("the query handle was closed; the query was stopped at the source")
         if isinstance(exc, psycopg.errors.QueryCanceled) and self._timeout is not None:
             # statement_timeout fired at the server before the client timer did
             self._timed_out = True
@@ -315,8 +318,14 @@ class _PgHandle(QueryHandle):
         self._stop_timer()
         with self._lock:
             conn, self._conn = self._conn, None
+            cursor, self._cursor = self._cursor, None
         if conn is None:
             return
+        if cursor is not None:
+            try:
+                cursor.close()
+            except Exception:
+                conn.close()  # the pool drops it
         self._connector._give_back(conn, commit=ok and not self._cancel_sent)
 
     # -- result paths -------------------------------------------------------------------
@@ -608,6 +617,7 @@ class PostgresConnector(Connector):
         params: tuple[Any, ...],
     ) -> None:
         cur = conn.cursor(name=_CURSOR_NAME)
+        handle._cursor = cur
         try:
             cur.execute(sql, params)
         except (psycopg.ProgrammingError, TypeError) as exc:
@@ -656,6 +666,14 @@ class PostgresConnector(Connector):
                     sqlstate=sqlstate,
                 )
             return _source_error(sqlstate)
+        text = str(exc).lower()  # inspected only, never passed on
+        if isinstance(exc, psycopg.OperationalError) and (
+            "authentication" in text or "role" in text or "password" in text
+        ):
+            return SourceUnavailable(
+                f"PostgreSQL at {self._where} refused the credentials; check the user and "
+                "password"
+            )
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
             return SourceUnavailable(
                 f"PostgreSQL at {self._where} cannot be reached or dropped the connection; "

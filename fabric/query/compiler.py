@@ -62,6 +62,8 @@ INPUT_DIALECT = "postgres"
 TARGET_DIALECTS: frozenset[str] = frozenset({"duckdb", "postgres", "tsql", "mysql"})
 """Dialects the compiler generates for; each has golden files in tests/golden/compiler."""
 
+_DISTINCT_ON_DIALECTS = frozenset({"duckdb", "postgres"})
+
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A Var is generated verbatim, and sqlglot builds some from string literals (date_part's
 # unit): anything but a plain word could smuggle SQL into the output.
@@ -317,6 +319,11 @@ class StatementCompiler:
             resolver = _Resolver(catalog)
             resolver.resolve(tree)
             row_limit = _apply_row_limit(tree, max_rows)
+            if dialect not in _DISTINCT_ON_DIALECTS and any(
+                d.args.get("on") for d in tree.find_all(exp.Distinct)
+            ):
+                # sqlglot emulates it with a subquery that moves our LIMIT inside: wrong rows.
+                raise QueryRejected(f"DISTINCT ON is not supported on {dialect}")
             for identifier in tree.find_all(exp.Identifier):
                 identifier.set("quoted", True)
             text, names = _generate(tree, dialect, param_style, sql)

@@ -46,13 +46,21 @@ def sales_catalog(version: int = 1) -> CatalogSnapshot:
             "customers", "sales", "customers", _columns("id", "name", "region", "Signup Date")
         ),
         "orders": Entity(
-            "orders", "sales", "orders", _columns("id", "customer_id", "amount", "status", "ordered_at")
+            "orders",
+            "sales",
+            "orders",
+            _columns("id", "customer_id", "amount", "status", "ordered_at"),
         ),
         # Entity name differs from the physical table name.
         "order_items": Entity(
-            "order_items", "sales", "order_lines", _columns("order_id", "product_id", "qty", "price")
+            "order_items",
+            "sales",
+            "order_lines",
+            _columns("order_id", "product_id", "qty", "price"),
         ),
-        "products": Entity("products", "sales", "products", _columns("id", "name", "category", "price")),
+        "products": Entity(
+            "products", "sales", "products", _columns("id", "name", "category", "price")
+        ),
         # Physical names that need quoting (space, mixed case, embedded quote).
         "web_events": Entity(
             "web_events", "Analytics", 'Web "Events"', _columns("EventId", "kind", "occurred_at")
@@ -83,6 +91,32 @@ def _compile(case: dict[str, Any], dialect: str) -> Any:
         max_rows=case.get("max_rows", 100),
     )
 
+
+def _update() -> None:  # pragma: no cover - maintenance helper
+    for path in sorted(GOLDEN_DIR.glob("*.json")):
+        cases = json.loads(path.read_text(encoding="utf-8"))
+        for case in cases:
+            if "error" in case:
+                continue
+            expect = {}
+            for dialect in DIALECTS:
+                try:
+                    compiled = _compile(case, dialect)
+                except QueryRejected:
+                    if dialect in ("duckdb", "postgres"):
+                        raise
+                    continue  # other dialects are best effort
+                expect[dialect] = {
+                    "sql": compiled.sql,
+                    "params": list(compiled.param_names),
+                    "row_limit": compiled.row_limit,
+                }
+            case["expect"] = expect
+        path.write_text(json.dumps(cases, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if os.environ.get("FABRIC_UPDATE_GOLDEN") == "1":  # pragma: no cover
+    _update()
 
 CASES = _cases()
 
@@ -116,31 +150,3 @@ def test_golden(path: Path, case: dict[str, Any]) -> None:
         assert got == expected[dialect], f"{case['name']} [{dialect}]"
     # The two dialects with connectors today must always have expectations.
     assert {"duckdb", "postgres"} <= set(expected)
-
-
-def _update() -> None:  # pragma: no cover - maintenance helper
-    for path in sorted(GOLDEN_DIR.glob("*.json")):
-        cases = json.loads(path.read_text(encoding="utf-8"))
-        for case in cases:
-            if "error" in case:
-                continue
-            expect = {}
-            for dialect in DIALECTS:
-                try:
-                    compiled = _compile(case, dialect)
-                except QueryRejected:
-                    if dialect in ("duckdb", "postgres"):
-                        raise
-                    continue  # other dialects are best effort
-                expect[dialect] = {
-                    "sql": compiled.sql,
-                    "params": list(compiled.param_names),
-                    "row_limit": compiled.row_limit,
-                }
-            case["expect"] = expect
-        path.write_text(json.dumps(cases, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-if os.environ.get("FABRIC_UPDATE_GOLDEN") == "1":  # pragma: no cover
-    _update()
-    CASES = _cases()

@@ -1,0 +1,359 @@
+"""DuckDB connector: a database file opened read-only, results streamed as Arrow.
+
+One DuckDB database connection per connector (opened on first use); every query runs on
+its own `.cursor()` (a connection to the same database instance, so queries run in
+parallel threads) and streams through DuckDB's own Arrow export (`to_arrow_reader`), so
+no Python object is built per row. The session time zone is UTC, so TIMESTAMPTZ comes
+out as timestamp[us, tz=UTC] like the PostgreSQL connector's.
+
+DuckDB has no statement timeout: a timer interrupts the cursor when the timeout passes,
+and `QueryHandle.cancel` interrupts it at once; the interrupt is reported as
+DeadlineExceeded or Cancelled according to which of the two fired. Arrow types in
+`introspect` are the ones DuckDB's Arrow export gives for the table (read from a
+`LIMIT 0` query), so discovery and execution always agree.
+
+DuckDB errors are mapped by exception class only: their messages echo values (a failed
+cast names the string it could not convert), so they are never passed on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import duckdb
+import pyarrow as pa
+
+from connectors.arrow_types import slices
+from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
+from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FabricError,
+    InternalError,
+    InvalidArgument,
+    SourceQueryError,
+    SourceUnavailable,
+)
+
+SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")
+SYSTEM_CATALOGS = ("system", "temp")
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _map_duckdb_error(exc: BaseException) -> FabricError:
+    if isinstance(exc, FabricError):
+        return exc
+    name = type(exc).__name__
+    if isinstance(exc, duckdb.IOException | duckdb.ConnectionException):
+        return SourceUnavailable(
+            f"the DuckDB database cannot be opened or read ({name}); check that the file "
+            "exists and is readable"
+        )
+    if isinstance(exc, duckdb.InvalidInputException) and "read-only" in str(exc):
+        return SourceQueryError(
+            "the source refused the query: the database is opened read-only "
+            f"(DuckDB {name})",
+            sqlstate="25006",
+        )
+    if isinstance(exc, duckdb.Error):
+        return SourceQueryError(f"the source refused the query (DuckDB {name})")
+    if isinstance(exc, TypeError | ValueError):
+        return InvalidArgument(
+            "the parameters do not match the statement (one value per placeholder, of a "
+            "supported type)"
+        )
+    return InternalError(f"unexpected error in the DuckDB connector ({name})")
+
+
+class _DuckDBHandle(QueryHandle):
+    def __init__(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        sql: str,
+        params: Sequence[Any],
+        timeout: float | None,
+        batch_rows: int,
+    ) -> None:
+        self._cursor: duckdb.DuckDBPyConnection | None = cursor
+        self._batch_rows = batch_rows
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._timed_out = False
+        self._closed = False
+        self._timer: threading.Timer | None = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._on_deadline)
+            self._timer.daemon = True
+            self._timer.start()
+        try:
+            relation = cursor.sql(sql, params=list(params) if params else None)
+            if relation is None:
+                raise SourceQueryError(
+                    "the statement returns no rows; only queries can be run",
+                )
+            source = relation.to_arrow_reader(batch_rows)
+        except BaseException as exc:
+            mapped = self._map(exc)
+            self.close()
+            raise mapped from None
+        self._source = source
+        self._reader = pa.RecordBatchReader.from_batches(source.schema, self._batches())
+
+    @property
+    def reader(self) -> pa.RecordBatchReader:
+        return self._reader
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._closed or self._timed_out or self._cancelled:
+                return
+            self._cancelled = True
+            self._interrupt()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+            cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            try:
+                cursor.interrupt()
+                cursor.close()
+            except duckdb.Error:
+                pass
+
+    def _on_deadline(self) -> None:
+        with self._lock:
+            if self._closed or self._cancelled:
+                return
+            self._timed_out = True
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        cursor = self._cursor
+        if cursor is not None:
+            cursor.interrupt()
+
+    def _flag_error(self) -> FabricError | None:
+        if self._timed_out:
+            return DeadlineExceeded(
+                f"the query ran past its timeout of {self._timeout}s and was interrupted; "
+                "narrow it or raise the timeout"
+            )
+        if self._cancelled:
+            return Cancelled("the query was cancelled; DuckDB interrupted it")
+        if self._closed:
+            return Cancelled("the query handle was closed")
+        return None
+
+    def _map(self, exc: BaseException) -> FabricError:
+        flagged = self._flag_error()
+        if flagged is not None and not isinstance(exc, FabricError):
+            return flagged
+        if isinstance(exc, duckdb.InterruptException):
+            return Cancelled("the query was interrupted at the source")
+        return _map_duckdb_error(exc)
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        try:
+            while True:
+                flagged = self._flag_error()
+                if flagged is not None:
+                    raise flagged
+                try:
+                    batch = self._source.read_next_batch()
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise self._map(exc) from None
+                flagged = self._flag_error()
+                if flagged is not None:
+                    raise flagged
+                yield from slices(batch, self._batch_rows)
+        finally:
+            self.close()
+
+
+class DuckDBConnector(Connector):
+    """DuckDB through its Python API. Settings: `path` (a database file, opened read-only;
+    `:memory:` gives an empty in-memory database, for tests and demos)."""
+
+    kind: ClassVar[str] = "duckdb"
+    dialect: ClassVar[str] = "duckdb"
+    param_style: ClassVar[ParamStyle] = ParamStyle.QMARK
+    supports_cancel: ClassVar[bool] = True
+    max_identifier_length: ClassVar[int] = 255
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        path = config.get_str("path")
+        if not path:
+            raise InvalidArgument("a DuckDB connection needs the `path` of its database file")
+        self._path = path
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._closed:
+                raise SourceUnavailable("the DuckDB connector is closed")
+            if self._db is None:
+                try:
+                    if self._path == ":memory:":
+                        db = duckdb.connect(":memory:")
+                    else:
+                        if not os.path.exists(self._path):
+                            raise SourceUnavailable(
+                                "the DuckDB database file does not exist; check the `path` "
+                                "setting"
+                            )
+                        db = duckdb.connect(self._path, read_only=True)
+                    db.execute("SET GLOBAL TimeZone = 'UTC'")
+                except duckdb.Error as exc:
+                    raise _map_duckdb_error(exc) from None
+                self._db = db
+            return self._db.cursor()
+
+    def test(self) -> None:
+        cursor = self._cursor()
+        try:
+            cursor.execute("SELECT 1").fetchall()
+        except duckdb.Error as exc:
+            raise _map_duckdb_error(exc) from None
+        finally:
+            cursor.close()
+
+    def introspect(self, schemas: Sequence[str] | None = None) -> list[TableInfo]:
+        cursor = self._cursor()
+        try:
+            return self._introspect(cursor, schemas)
+        except duckdb.Error as exc:
+            raise _map_duckdb_error(exc) from None
+        finally:
+            cursor.close()
+
+    def _introspect(
+        self, cursor: duckdb.DuckDBPyConnection, schemas: Sequence[str] | None
+    ) -> list[TableInfo]:
+        relations = cursor.execute(
+            """
+            SELECT schema_name, table_name, 'table' AS kind FROM duckdb_tables()
+            WHERE database_name = current_database() AND NOT internal
+            UNION ALL
+            SELECT schema_name, view_name, 'view' FROM duckdb_views()
+            WHERE database_name = current_database() AND NOT internal
+            ORDER BY 1, 2
+            """
+        ).fetchall()
+        wanted = set(schemas) if schemas is not None else None
+        relations = [
+            r
+            for r in relations
+            if r[0] not in SYSTEM_SCHEMAS and (wanted is None or r[0] in wanted)
+        ]
+        column_rows = cursor.execute(
+            """
+            SELECT schema_name, table_name, column_name, data_type, is_nullable
+            FROM duckdb_columns() WHERE database_name = current_database() AND NOT internal
+            ORDER BY schema_name, table_name, column_index
+            """
+        ).fetchall()
+        columns: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
+        for schema, table, name, data_type, nullable in column_rows:
+            columns.setdefault((schema, table), []).append((name, data_type, bool(nullable)))
+        constraint_rows = cursor.execute(
+            """
+            SELECT schema_name, table_name, constraint_type, constraint_name,
+                   constraint_column_names, referenced_table, referenced_column_names
+            FROM duckdb_constraints()
+            WHERE database_name = current_database()
+              AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')
+            ORDER BY schema_name, table_name, constraint_index
+            """
+        ).fetchall()
+        primary: dict[tuple[str, str], tuple[str, ...]] = {}
+        foreign: dict[tuple[str, str], list[ForeignKey]] = {}
+        for schema, table, ctype, cname, cols, ref_table, ref_cols in constraint_rows:
+            key = (schema, table)
+            if ctype == "PRIMARY KEY":
+                primary[key] = tuple(cols)
+            else:
+                foreign.setdefault(key, []).append(
+                    ForeignKey(
+                        name=cname,
+                        columns=tuple(cols),
+                        referenced_schema=schema,  # DuckDB keys stay within one schema
+                        referenced_table=ref_table,
+                        referenced_columns=tuple(ref_cols),
+                    )
+                )
+        tables = []
+        for schema, table, kind in relations:
+            arrow_types = self._arrow_types(cursor, schema, table)
+            infos = tuple(
+                ColumnInfo(
+                    name=name,
+                    source_type=data_type,
+                    arrow_type=arrow_types.get(name) if arrow_types else None,
+                    nullable=nullable,
+                )
+                for name, data_type, nullable in columns.get((schema, table), [])
+            )
+            tables.append(
+                TableInfo(
+                    schema=schema,
+                    name=table,
+                    columns=infos,
+                    primary_key=primary.get((schema, table), ()),
+                    foreign_keys=tuple(foreign.get((schema, table), ())),
+                    kind=TableKind.VIEW if kind == "view" else TableKind.TABLE,
+                )
+            )
+        return tables
+
+    @staticmethod
+    def _arrow_types(
+        cursor: duckdb.DuckDBPyConnection, schema: str, table: str
+    ) -> dict[str, pa.DataType] | None:
+        """The Arrow types DuckDB's own export gives this table's columns; None when it
+        cannot (a broken view, a type Arrow cannot carry): those columns show unsupported."""
+        try:
+            reader = cursor.sql(
+                f"SELECT * FROM {_quote(schema)}.{_quote(table)} LIMIT 0"
+            ).to_arrow_reader(1)
+            return {field.name: field.type for field in reader.schema}
+        except (duckdb.Error, pa.ArrowException):
+            return None
+
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> QueryHandle:
+        if batch_rows < 1:
+            raise InvalidArgument("batch_rows must be at least 1")
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("the query's deadline had already passed")
+        return _DuckDBHandle(self._cursor(), sql, params, timeout, batch_rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
