@@ -225,7 +225,10 @@ class TextDecoder:
                 has_text = True
             read_types[csv_name] = read
             self._post.append(post)
-        self.parse_options = pacsv.ParseOptions(newlines_in_values=has_text)
+        # one NULL column gives an empty line: empty lines are rows, never skipped
+        self.parse_options = pacsv.ParseOptions(
+            newlines_in_values=has_text, ignore_empty_lines=False
+        )
         self.convert_options = pacsv.ConvertOptions(
             column_types=read_types,
             null_values=[""],

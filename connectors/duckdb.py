@@ -96,20 +96,38 @@ class _DuckDBHandle(QueryHandle):
         try:
             relation = cursor.sql(sql, params=list(params) if params else None)
             if relation is None:
-                raise SourceQueryError(
-                    "the statement returns no rows; only queries can be run",
-                )
-            source = relation.to_arrow_reader(batch_rows)
+                raise SourceQueryError("the statement returns no rows; only queries can be run")
         except BaseException as exc:
             mapped = self._map(exc)
             self.close()
             raise mapped from None
-        self._source = source
-        self._reader = pa.RecordBatchReader.from_batches(source.schema, self._batches())
+        self._relation: duckdb.DuckDBPyRelation | None = relation
+        self._reader: pa.RecordBatchReader | None = None
 
     @property
     def reader(self) -> pa.RecordBatchReader:
-        return self._reader
+        """Built on first access: DuckDB runs the query until its first rows here, in the
+        reading thread, so `cancel` from another thread can interrupt it."""
+        with self._lock:
+            if self._reader is not None:
+                return self._reader
+            relation = self._relation
+        flagged = self._flag_error()
+        if flagged is not None or relation is None:
+            self.close()
+            raise flagged or Cancelled("the query handle was closed")
+        try:
+            source = relation.to_arrow_reader(self._batch_rows)
+        except BaseException as exc:
+            mapped = self._map(exc)
+            self.close()
+            raise mapped from None
+        self._relation = None
+        self._source = source
+        reader = pa.RecordBatchReader.from_batches(source.schema, self._batches())
+        with self._lock:
+            self._reader = reader
+        return reader
 
     def cancel(self) -> None:
         with self._lock:

@@ -58,10 +58,12 @@ class _Stream:
     def chunks(self) -> Iterator[bytes]:
         try:
             for chunk in self._call:
-                if chunk.arrow_ipc:
-                    yield chunk.arrow_ipc
+                # The summary rides on the last chunk, whose bytes end the IPC stream:
+                # the reader stops right after them, so take the summary first.
                 if chunk.HasField("summary"):
                     self.summary = ResultSummary.of(chunk.summary)
+                if chunk.arrow_ipc:
+                    yield chunk.arrow_ipc
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -75,16 +77,20 @@ class Statement:
     """An open statement: pages of a result, fetched on demand. Close it (or use it as a
     context manager) when done; the gateway drops its rows and parameters at once."""
 
-    def __init__(self, client: FabricClient, first: pb.Page) -> None:
+    def __init__(self, client: FabricClient, first: pb.Page, page_rows: int = 0) -> None:
         self._client = client
+        self.page_rows = page_rows
         self.id = first.statement_id
         self._pages: list[pb.Page] = [first]
         self.done = first.done
         self.summary: ResultSummary | None = (
             ResultSummary.of(first.summary) if first.HasField("summary") else None)
 
-    def fetch(self, page_rows: int = 0) -> pa.Table | None:
-        """The next page, or None when the statement is consumed."""
+    def fetch(self, page_rows: int | None = None) -> pa.Table | None:
+        """The next page (of `page_rows`, by default the size the statement was opened
+        with), or None when the statement is consumed."""
+        if page_rows is None:
+            page_rows = self.page_rows
         if self._pages:
             return decode_page(self._pages.pop().arrow_ipc)
         if self.done:
@@ -183,7 +189,7 @@ class FabricClient:
         request = pb.OpenStatementRequest(
             query=self._request(connection, sql, params, cache_ttl, max_rows),
             page_rows=page_rows)
-        return Statement(self, self._unary(self._stub.OpenStatement, request))
+        return Statement(self, self._unary(self._stub.OpenStatement, request), page_rows)
 
     def close(self) -> None:
         self._channel.close()

@@ -93,15 +93,24 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         result is one gRPC message and a large one travels in few big ones."""
         buffer: list[bytes] = []
         size = 0
-        async for item in items:
-            if isinstance(item, Summary):
-                yield pb.ResultChunk(arrow_ipc=b"".join(buffer), summary=_summary(item))
-                return
-            if buffer and size + len(item) > self._max_message:
-                yield pb.ResultChunk(arrow_ipc=b"".join(buffer))
-                buffer, size = [], 0
-            buffer.append(item)
-            size += len(item)
+        summary: Summary | None = None
+        try:
+            async for item in items:
+                if isinstance(item, Summary):
+                    # Not sent yet: the engine finishes its bookkeeping (cache fill,
+                    # metrics) when its generator runs to the end.
+                    summary = item
+                    continue
+                if buffer and size + len(item) > self._max_message:
+                    yield pb.ResultChunk(arrow_ipc=b"".join(buffer))
+                    buffer, size = [], 0
+                buffer.append(item)
+                size += len(item)
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+        if summary is None:
+            raise InternalError("the result ended without its summary")
+        yield pb.ResultChunk(arrow_ipc=b"".join(buffer), summary=_summary(summary))
 
     async def Execute(self, request: pb.ExecuteRequest,  # noqa: N802 - gRPC names
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:

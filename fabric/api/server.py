@@ -40,13 +40,10 @@ class Gateway:
                  context_provider: ContextProvider = default_context) -> None:
         self.engine = engine
         self.settings = engine.settings
-        self._server = grpc.aio.server(options=channel_options(self.settings))
+        self._servicer = QueryServicer(engine, context_provider)
+        # The grpc.aio server belongs to the event loop that runs it: built in start().
+        self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        query_pb2_grpc.add_QueryServiceServicer_to_server(
-            QueryServicer(engine, context_provider), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (QUERY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_server: Any = None
         self.port: int | None = None
@@ -58,10 +55,16 @@ class Gateway:
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
-        self.port = self._server.add_insecure_port(address)
+        server = grpc.aio.server(options=channel_options(self.settings))
+        query_pb2_grpc.add_QueryServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (QUERY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
-        await self._server.start()
+        self._server = server
+        await server.start()
         for service in (QUERY_SERVICE, ""):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(
@@ -75,14 +78,16 @@ class Gateway:
         return self.port
 
     async def wait(self) -> None:
-        await self._server.wait_for_termination()
+        if self._server is not None:
+            await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, let running ones finish within `grace` seconds, then drop
         everything held in memory."""
         for service in (QUERY_SERVICE, ""):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.stop(grace)
+        if self._server is not None:
+            await self._server.stop(grace)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

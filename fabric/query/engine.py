@@ -206,9 +206,9 @@ class QueryEngine:
         self.open_statements: StatementRegistry[PagedResult] = StatementRegistry(
             idle_limit=settings.statement_idle_limit, max_open=settings.max_open_statements,
             clock=clock)
-        self.metrics = GatewayMetrics(self.snapshot)
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
+        self.metrics = GatewayMetrics(self.snapshot)
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ def client(h: Harness, tenant: str = "default", stage: str = "development") -> F
 def direct(h: Harness, sql: str, params: list[object] | None = None) -> pa.Table:
     path = h.store.get_connection("default", "shop").settings_for("development")["path"]
     with duckdb.connect(str(path), read_only=True) as con:
-        return con.execute(sql, params or []).fetch_arrow_table()
+        return con.sql(sql, params=params or None).to_arrow_table()
 
 
 def test_query_returns_what_the_source_returns(harness: Harness) -> None:
