@@ -77,7 +77,7 @@ class Settings:
                 raise InvalidArgument(
                     f"FABRIC_{f.name.upper()} must be a {type(default).__name__}"
                 ) from None
-        settings = replace(cls(), **values, **overrides)
+        settings = replace(cls(), **{**values, **overrides})
         settings.validate()
         return settings
 

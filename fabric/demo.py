@@ -8,6 +8,7 @@ process and runs realistic aggregate queries through the real gRPC client.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 import time
 from typing import Any
 
@@ -117,7 +118,7 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
 
 def run_demo(settings: Settings, scale: int = 1) -> None:
     store = prepare(settings, scale)
-    demo_settings = Settings.from_env(metrics_port=0, home=settings.home)
+    demo_settings = replace(settings, metrics_port=0)
     with BackgroundGateway(Gateway.build(demo_settings, store)) as gateway, \
             FabricClient(gateway.address, timeout=60) as client:
         print(f"gateway listening on {gateway.address} (gRPC, Arrow IPC results)")
