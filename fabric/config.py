@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ MIB = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    home: Path = Path("~/.fabric").expanduser()
+    home: Path = field(default_factory=lambda: Path("~/.fabric").expanduser())
     """Data directory (FABRIC_HOME): metadata store and demo files live here."""
     listen: str = "127.0.0.1:50051"
     """gRPC listen address (FABRIC_LISTEN)."""
@@ -57,11 +57,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        defaults = cls()
         for f in fields(cls):
             raw = env.get(f"FABRIC_{f.name.upper()}")
             if raw is None:
                 continue
-            default = getattr(cls(), f.name)
+            default = getattr(defaults, f.name)
             try:
                 if isinstance(default, Path):
                     values[f.name] = Path(raw).expanduser()
@@ -77,7 +78,7 @@ class Settings:
                 raise InvalidArgument(
                     f"FABRIC_{f.name.upper()} must be a {type(default).__name__}"
                 ) from None
-        settings = replace(cls(), **{**values, **overrides})
+        settings = replace(defaults, **{**values, **overrides})
         settings.validate()
         return settings
 

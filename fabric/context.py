@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 DEFAULT_TENANT = "default"
 DEFAULT_STAGE = "development"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     APP = "app"
     DEVELOPER = "developer"
     ADMIN = "admin"

@@ -7,9 +7,10 @@ process and runs realistic aggregate queries through the real gRPC client.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from dataclasses import replace
 import time
+from dataclasses import replace
 from typing import Any
 
 from fabric.api.background import BackgroundGateway
@@ -101,10 +102,8 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
           + ", ".join(f"{n} {t}" for t, n in counts.items()))
     store = SqliteMetadataStore(demo_home / "metadata.sqlite")
     manager = catalog_manager(store)
-    try:
+    with contextlib.suppress(NotFound):
         manager.delete_connection(DEFAULT_TENANT, CONNECTION)
-    except NotFound:
-        pass
     manager.create_connection(DEFAULT_TENANT, CONNECTION, "duckdb", {"*": {"path": str(database)}})
     for table in ("regions", "products", "orders", "order_items"):
         manager.select(DEFAULT_TENANT, CONNECTION, DEFAULT_STAGE, table)

@@ -81,7 +81,7 @@ def _page(page: Page) -> pb.Page:
                    summary=_summary(page.summary) if page.summary is not None else None)
 
 
-class QueryServicer(pb_grpc.QueryServiceServicer):
+class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
     def __init__(self, engine: QueryEngine,
                  context_provider: ContextProvider = default_context) -> None:
         self._engine = engine
@@ -112,7 +112,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
             raise InternalError("the result ended without its summary")
         yield pb.ResultChunk(arrow_ipc=b"".join(buffer), summary=_summary(summary))
 
-    async def Execute(self, request: pb.ExecuteRequest,  # noqa: N802 - gRPC names
+    async def Execute(self, request: pb.ExecuteRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
         async with translated_errors(context, "Execute"):
             ctx = self._context(context)
@@ -120,7 +120,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
             async for chunk in self._stream(items):
                 yield chunk
 
-    async def Preview(self, request: pb.PreviewRequest,  # noqa: N802
+    async def Preview(self, request: pb.PreviewRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
         async with translated_errors(context, "Preview"):
             ctx = self._context(context)
@@ -130,7 +130,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
                                                                  _deadline(context))):
                 yield chunk
 
-    async def OpenStatement(self, request: pb.OpenStatementRequest,  # noqa: N802
+    async def OpenStatement(self, request: pb.OpenStatementRequest,
                             context: grpc.aio.ServicerContext) -> pb.Page:
         async with translated_errors(context, "OpenStatement"):
             ctx = self._context(context)
@@ -139,14 +139,14 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
             return _page(page)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def Fetch(self, request: pb.FetchRequest,  # noqa: N802
+    async def Fetch(self, request: pb.FetchRequest,
                     context: grpc.aio.ServicerContext) -> pb.Page:
         async with translated_errors(context, "Fetch"):
             ctx = self._context(context)
             return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))
         raise AssertionError("unreachable: errors abort the call")
 
-    async def CloseStatement(self, request: pb.CloseStatementRequest,  # noqa: N802
+    async def CloseStatement(self, request: pb.CloseStatementRequest,
                              context: grpc.aio.ServicerContext) -> pb.CloseStatementResponse:
         async with translated_errors(context, "CloseStatement"):
             await self._engine.close_statement(self._context(context), request.statement_id)

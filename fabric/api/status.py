@@ -44,7 +44,7 @@ SQLSTATE_KEY = "fabric-sqlstate"
 
 def status_for(error: errors.FabricError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
-        status = GRPC_STATUS.get(cls)  # type: ignore[arg-type]
+        status = GRPC_STATUS.get(cls)
         if status is not None:
             return status
     return grpc.StatusCode.INTERNAL

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 
 import pyarrow as pa
@@ -19,7 +19,7 @@ ALL_STAGES = "*"
 """Stage key of a configuration that applies to every stage without its own."""
 
 
-class ConnectionKind(str, Enum):
+class ConnectionKind(StrEnum):
     DUCKDB = "duckdb"
     POSTGRES = "postgres"
     SQLSERVER = "sqlserver"
@@ -51,7 +51,7 @@ class ForeignKey:
     referenced_columns: tuple[str, ...]
 
 
-class TableKind(str, Enum):
+class TableKind(StrEnum):
     TABLE = "table"
     VIEW = "view"
 
