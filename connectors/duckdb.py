@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import duckdb
@@ -80,6 +80,7 @@ class _DuckDBHandle(QueryHandle):
         params: Sequence[Any],
         timeout: float | None,
         batch_rows: int,
+        on_close: Callable[[_DuckDBHandle], None],
     ) -> None:
         self._cursor: duckdb.DuckDBPyConnection | None = cursor
         self._batch_rows = batch_rows
@@ -88,6 +89,8 @@ class _DuckDBHandle(QueryHandle):
         self._cancelled = False
         self._timed_out = False
         self._closed = False
+        self._executing = False
+        self._on_close = on_close
         self._timer: threading.Timer | None = None
         if timeout is not None:
             self._timer = threading.Timer(timeout, self._on_deadline)
@@ -117,7 +120,11 @@ class _DuckDBHandle(QueryHandle):
             self.close()
             raise flagged or Cancelled("the query handle was closed")
         try:
-            source = relation.to_arrow_reader(self._batch_rows)
+            self._enter()
+            try:
+                source = relation.to_arrow_reader(self._batch_rows)
+            finally:
+                self._leave()
         except BaseException as exc:
             mapped = self._map(exc)
             self.close()
@@ -134,34 +141,64 @@ class _DuckDBHandle(QueryHandle):
             if self._closed or self._timed_out or self._cancelled:
                 return
             self._cancelled = True
-            self._interrupt()
+        self._interrupt()
 
     def close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
-            cursor, self._cursor = self._cursor, None
-        if cursor is not None:
-            try:
+            cursor = self._cursor
+        if cursor is None:
+            return
+        try:
+            if first:
                 cursor.interrupt()
-                cursor.close()
-            except duckdb.Error:
-                pass
+            cursor.close()
+        except duckdb.Error:
+            # busy in a reading thread: the interrupt ends its call, and that thread
+            # closes the cursor on its way out (it calls close() again)
+            return
+        with self._lock:
+            self._cursor = None
+        self._on_close(self)
 
     def _on_deadline(self) -> None:
         with self._lock:
             if self._closed or self._cancelled:
                 return
             self._timed_out = True
-            self._interrupt()
+        self._interrupt()
 
     def _interrupt(self) -> None:
-        cursor = self._cursor
-        if cursor is not None:
+        """Interrupt the cursor; while a call into DuckDB is in flight, repeat every 50 ms
+        (an interrupt that lands just before DuckDB starts executing is otherwise lost)."""
+        with self._lock:
+            cursor = self._cursor
+            executing = self._executing
+        if cursor is None:
+            return
+        try:
             cursor.interrupt()
+        except duckdb.Error:
+            pass
+        if executing:
+            again = threading.Timer(0.05, self._interrupt)
+            again.daemon = True
+            again.start()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._executing = True
+        flagged = self._flag_error()
+        if flagged is not None:
+            self._leave()
+            raise flagged
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._executing = False
 
     def _flag_error(self) -> FabricError | None:
         if self._timed_out:
@@ -190,7 +227,11 @@ class _DuckDBHandle(QueryHandle):
                 if flagged is not None:
                     raise flagged
                 try:
-                    batch = self._source.read_next_batch()
+                    self._enter()
+                    try:
+                        batch = self._source.read_next_batch()
+                    finally:
+                        self._leave()
                 except StopIteration:
                     break
                 except Exception as exc:
@@ -220,6 +261,7 @@ class DuckDBConnector(Connector):
             raise InvalidArgument("a DuckDB connection needs the `path` of its database file")
         self._path = path
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._handles: set[_DuckDBHandle] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -367,11 +409,25 @@ class DuckDBConnector(Connector):
             raise InvalidArgument("batch_rows must be at least 1")
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("the query's deadline had already passed")
-        return _DuckDBHandle(self._cursor(), sql, params, timeout, batch_rows)
+        handle = _DuckDBHandle(self._cursor(), sql, params, timeout, batch_rows, self._forget)
+        with self._lock:
+            if not handle._closed:
+                self._handles.add(handle)
+        return handle
+
+    def _forget(self, handle: _DuckDBHandle) -> None:
+        with self._lock:
+            self._handles.discard(handle)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             db, self._db = self._db, None
+            handles = list(self._handles)
+        for handle in handles:
+            handle.close()
         if db is not None:
-            db.close()
+            try:
+                db.close()
+            except duckdb.Error:
+                pass  # a query still finishing holds the database; it closes with it

@@ -169,6 +169,7 @@ class _CopySource:
         self._lock = threading.Lock()
         self._stopped = False
         self._eof = False
+        self.total = 0
         self.error: BaseException | None = None
 
     def readable(self) -> bool:
@@ -195,6 +196,7 @@ class _CopySource:
             except BaseException as exc:
                 self.error = exc
                 raise
+            self.total += len(buf)
             return bytes(buf)
 
     def shutdown(self) -> None:
@@ -342,8 +344,14 @@ class _PgHandle(QueryHandle):
             with cur.copy(copy_sql) as copy:
                 source = _CopySource(copy, self)
                 try:
-                    reader = decoder.open_stream(source, _COPY_BLOCK)
-                    while True:
+                    try:
+                        reader = decoder.open_stream(source, _COPY_BLOCK)
+                    except pa.ArrowInvalid:
+                        if source.error is None and source.total == 0:
+                            reader = None  # no rows: pyarrow refuses an empty CSV
+                        else:
+                            raise
+                    while reader is not None:
                         self._check()
                         try:
                             batch = reader.read_next_batch()

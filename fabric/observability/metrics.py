@@ -25,6 +25,7 @@ COUNTERS = {
     "result_cache_misses": "Cacheable queries not found in the result cache.",
     "result_cache_evictions": "Results evicted to keep within the byte budget.",
     "result_cache_rejected_too_large": "Results that streamed through without being held.",
+    "result_cache_coalesced": "Queries that waited for an identical one in flight.",
     "compiled_statement_hits": "Compilations skipped thanks to the statement cache.",
     "compiled_statement_misses": "SQL texts compiled.",
 }

@@ -208,6 +208,7 @@ class QueryEngine:
             clock=clock)
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
+        self._coalesced = 0
         self.metrics = GatewayMetrics(self.snapshot)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -317,6 +318,7 @@ class QueryEngine:
                     break
                 # Identical query already running: wait for it, then look again. If it
                 # could not be cached, one of the waiters runs it next.
+                self._coalesced += 1
                 await leader.wait()
             settled = asyncio.Event()
             self._inflight[key] = settled
@@ -517,6 +519,7 @@ class QueryEngine:
             "result_cache_misses": cache.misses,
             "result_cache_evictions": cache.evictions,
             "result_cache_rejected_too_large": cache.rejected_too_large,
+            "result_cache_coalesced": self._coalesced,
             "compiled_statements": self.statements.size,
             "compiled_statement_hits": self.statements.hits,
             "compiled_statement_misses": self.statements.misses,

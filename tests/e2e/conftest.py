@@ -28,10 +28,12 @@ from fabric.wiring import catalog_manager
 class RecordingConnector(Connector):
     """The real connector, with every statement it is asked to run written down."""
 
-    def __init__(self, inner: Connector, log: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def __init__(self, inner: Connector, log: list[tuple[str, tuple[Any, ...]]],
+                 gate: threading.Event) -> None:
         super().__init__(inner.config)
         self.inner = inner
         self.log = log
+        self.gate = gate
         self.kind = inner.kind  # type: ignore[misc]
         self.dialect = inner.dialect  # type: ignore[misc]
         self.param_style = inner.param_style  # type: ignore[misc]
@@ -45,6 +47,9 @@ class RecordingConnector(Connector):
     def execute(self, sql: str, params: Sequence[Any] = (), *, timeout: float | None = None,
                 batch_rows: int = 65_536) -> QueryHandle:
         self.log.append((sql, tuple(params)))
+        # A test may hold queries at the source's door (the gate) to line up callers.
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
         return self.inner.execute(sql, params, timeout=timeout, batch_rows=batch_rows)
 
     def close(self) -> None:
@@ -58,6 +63,7 @@ class Harness:
     clock: FakeClock
     store: SqliteMetadataStore
     executed: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
 
     @property
     def address(self) -> str:
@@ -101,19 +107,21 @@ def start_harness(tmp_path: Path, **overrides: Any) -> Harness:
         manager.select(tenant, "shop", DEFAULT_STAGE, "customers", ["id", "name", "country"])
         manager.select(tenant, "shop", DEFAULT_STAGE, "orders")
     executed: list[tuple[str, tuple[Any, ...]]] = []
+    gate = threading.Event()
+    gate.set()
     lock = threading.Lock()
 
     def factory(connection: Connection, settings: Mapping[str, SettingValue],
                 password: str | None) -> Connector:
         with lock:
             return RecordingConnector(default_connector_factory(connection, settings, password),
-                                      executed)
+                                      executed, gate)
 
     clock = FakeClock()
     settings = Settings(home=tmp_path, metrics_port=0, **overrides)
     engine = QueryEngine(store, settings, clock=clock, connector_factory=factory)
     gateway = BackgroundGateway(Gateway(engine, context_provider=tenant_from_metadata)).start()
-    return Harness(gateway, engine, clock, store, executed)
+    return Harness(gateway, engine, clock, store, executed, gate)
 
 
 @pytest.fixture

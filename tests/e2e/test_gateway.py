@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import time
 import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -269,3 +272,53 @@ def test_metrics_count_queries_and_cache(harness: Harness) -> None:
     assert 'fabric_queries_total{method="execute",outcome="query_rejected"} 1.0' in text
     assert "fabric_result_cache_hits_total 1.0" in text
     assert "fabric_result_cache_bytes " in text
+
+
+def _wait_for(predicate: Callable[[], bool], within: float = 10.0) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_identical_queries_in_flight_run_once(harness: Harness) -> None:
+    harness.gate.clear()  # the first query waits at the source until every caller is in
+    callers = 6
+    results: list[object] = []
+
+    def ask() -> None:
+        with client(harness) as c:
+            results.append(c.execute("shop", REVENUE, {"min_amount": 3}, cache_ttl=60))
+
+    with ThreadPoolExecutor(callers) as pool:
+        futures = [pool.submit(ask) for _ in range(callers)]
+        try:
+            assert _wait_for(lambda: harness.engine.snapshot()["result_cache_coalesced"]
+                             == callers - 1)
+            assert len(harness.executed) == 1
+        finally:
+            harness.gate.set()
+        for future in futures:
+            future.result(timeout=30)
+    assert len(harness.executed) == 1
+    tables = [r.table for r in results]  # type: ignore[attr-defined]
+    assert all(t.equals(tables[0]) for t in tables)
+    assert sum(r.summary.from_cache for r in results) == callers - 1  # type: ignore[attr-defined]
+
+
+def test_waiters_run_themselves_when_the_first_result_cannot_be_cached(harness: Harness) -> None:
+    harness.gate.clear()
+    truncating = "SELECT id FROM orders ORDER BY id"
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: client(harness).execute("shop", truncating, max_rows=3,
+                                                            cache_ttl=60))
+        assert _wait_for(lambda: len(harness.executed) == 1)
+        second = pool.submit(lambda: client(harness).execute("shop", truncating, max_rows=3,
+                                                             cache_ttl=60))
+        assert _wait_for(lambda: harness.engine.snapshot()["result_cache_coalesced"] == 1)
+        harness.gate.set()
+        a, b = first.result(timeout=30), second.result(timeout=30)
+    assert a.summary.truncated and b.summary.truncated and not b.summary.from_cache
+    assert len(harness.executed) == 2
