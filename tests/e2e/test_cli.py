@@ -1,0 +1,131 @@
+"""The `fabric` command as a user runs it: separate processes, real gRPC, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fabric.demo_data import create_demo_database
+
+FABRIC = [sys.executable, "-m", "fabric.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(home: Path, port: int, metrics_port: int) -> dict[str, str]:
+    return {**os.environ, "FABRIC_HOME": str(home), "FABRIC_LISTEN": f"127.0.0.1:{port}",
+            "FABRIC_METRICS_PORT": str(metrics_port)}
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FABRIC, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], int, int]]:
+    port, metrics_port = _free_port(), _free_port()
+    env = _env(tmp_path, port, metrics_port)
+    database = tmp_path / "retail.duckdb"
+    create_demo_database(database)
+    steps = [
+        ("connection", "create", "retail", "--kind", "duckdb", "--set", f"path={database}"),
+        ("catalog", "select", "retail", "orders"),
+        ("catalog", "select", "retail", "customers", "--columns", "name,segment"),
+    ]
+    for step in steps:
+        done = _run(env, *step)
+        assert done.returncode == 0, done.stderr
+    with open(tmp_path / "serve.log", "w") as log, \
+            subprocess.Popen([*FABRIC, "serve"], env=env, stdout=log,
+                             stderr=subprocess.STDOUT) as server:
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=30)
+                health = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="fabric.v1.QueryService"), timeout=10)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+            yield env, port, metrics_port
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                assert server.wait(timeout=30) == 0, (tmp_path / "serve.log").read_text()
+            finally:
+                if server.poll() is None:
+                    server.kill()
+                    server.wait(timeout=10)
+
+
+def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], int, int]) -> None:
+    env, _port, metrics_port = served
+    listed = _run(env, "catalog", "list", "retail")
+    assert listed.returncode == 0
+    assert "customers = main.customers key(id): id INTEGER, name VARCHAR, segment VARCHAR" in \
+        listed.stdout
+
+    query = _run(env, "query", "retail",
+                 "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
+                 "GROUP BY status ORDER BY status", "-p", "since:date=2024-01-01",
+                 "--format", "json", "--cache-ttl", "30")
+    assert query.returncode == 0, query.stderr
+    rows = [json.loads(line) for line in query.stdout.splitlines()]
+    expected = duckdb.connect(str(Path(env["FABRIC_HOME"]) / "retail.duckdb"), read_only=True) \
+        .sql("SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= DATE '2024-01-01' "
+             "GROUP BY status ORDER BY status").fetchall()
+    assert [(r["status"], r["n"]) for r in rows] == expected
+    assert "rows" in query.stderr
+
+    again = _run(env, "query", "retail",
+                 "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
+                 "GROUP BY status ORDER BY status", "-p", "since:date=2024-01-01",
+                 "--format", "csv", "--cache-ttl", "30")
+    assert again.returncode == 0 and "from cache" in again.stderr
+    assert again.stdout.splitlines()[0] == '"status","n"'
+
+    preview = _run(env, "preview", "retail", "customers", "--limit", "3")
+    assert preview.returncode == 0 and len(preview.stdout.splitlines()) == 5  # header, rule, 3
+
+    rejected = _run(env, "query", "retail", "SELECT email FROM customers")
+    assert rejected.returncode == 2
+    assert "query_rejected" in rejected.stderr and "email" in rejected.stderr
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'fabric_queries_total{method="execute",outcome="ok"} 3.0' in metrics
+    assert "fabric_result_cache_hits_total 1.0" in metrics
+
+
+def test_reflection_lists_the_services(served: tuple[dict[str, str], int, int]) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _env_, port, _ = served
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"fabric.v1.QueryService", "grpc.health.v1.Health"} <= names
+
+
+def test_demo_runs_and_serves_the_second_query_from_memory(tmp_path: Path) -> None:
+    done = subprocess.run([*FABRIC, "demo"], env={**os.environ, "FABRIC_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "second run: served from memory" in done.stdout
+    assert "identical: True" in done.stdout
+    assert "rejected before reaching the database (query_rejected)" in done.stdout
