@@ -113,7 +113,7 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
 def test_reflection_lists_the_services(served: tuple[dict[str, str], int, int]) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    _env_, port, _ = served
+    _, port, _ = served
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(
