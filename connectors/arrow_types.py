@@ -211,7 +211,7 @@ class TextDecoder:
         read_types: dict[str, pa.DataType] = {}
         self._post: list[Callable[[pa.Array], pa.Array] | None] = []
         has_text = False
-        for csv_name, column, field in zip(self._csv_names, self.columns, self.schema):
+        for csv_name, column, field in zip(self._csv_names, self.columns, self.schema, strict=True):
             target = field.type
             post: Callable[[pa.Array], pa.Array] | None = None
             read = target
@@ -267,7 +267,7 @@ class TextDecoder:
             return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
         if not rows:
             return self.empty()
-        columns = [pa.array(col, pa.string()) for col in zip(*rows)]
+        columns = [pa.array(col, pa.string()) for col in zip(*rows, strict=True)]
         table = pa.Table.from_arrays(columns, names=self._csv_names)
         sink = io.BytesIO()
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))

@@ -18,6 +18,7 @@ cast names the string it could not convert), so they are never passed on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -58,8 +59,7 @@ def _map_duckdb_error(exc: BaseException) -> FabricError:
         )
     if isinstance(exc, duckdb.InvalidInputException) and "read-only" in str(exc):
         return SourceQueryError(
-            "the source refused the query: the database is opened read-only "
-            f"(DuckDB {name})",
+            f"the source refused the query: the database is opened read-only (DuckDB {name})",
             sqlstate="25006",
         )
     if isinstance(exc, duckdb.Error):
@@ -179,10 +179,8 @@ class _DuckDBHandle(QueryHandle):
             executing = self._executing
         if cursor is None:
             return
-        try:
+        with contextlib.suppress(duckdb.Error):
             cursor.interrupt()
-        except duckdb.Error:
-            pass
         if executing:
             again = threading.Timer(0.05, self._interrupt)
             again.daemon = True
@@ -276,8 +274,7 @@ class DuckDBConnector(Connector):
                     else:
                         if not os.path.exists(self._path):
                             raise SourceUnavailable(
-                                "the DuckDB database file does not exist; check the `path` "
-                                "setting"
+                                "the DuckDB database file does not exist; check the `path` setting"
                             )
                         db = duckdb.connect(self._path, read_only=True)
                     db.execute("SET GLOBAL TimeZone = 'UTC'")
@@ -427,7 +424,6 @@ class DuckDBConnector(Connector):
         for handle in handles:
             handle.close()
         if db is not None:
-            try:
+            # a query still finishing holds the database; it closes with that query
+            with contextlib.suppress(duckdb.Error):
                 db.close()
-            except duckdb.Error:
-                pass  # a query still finishing holds the database; it closes with it

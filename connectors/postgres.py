@@ -357,8 +357,7 @@ class _PgHandle(QueryHandle):
                             batch = reader.read_next_batch()
                         except StopIteration:
                             break
-                        for piece in slices(decoder.finish(batch), self._batch_rows):
-                            yield piece
+                        yield from slices(decoder.finish(batch), self._batch_rows)
                     self._check()
                 except BaseException as exc:
                     if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
@@ -513,9 +512,7 @@ class PostgresConnector(Connector):
             conn.close()
 
     def _begin(self, conn: psycopg.Connection[Any], timeout: float | None) -> None:
-        statements = "BEGIN TRANSACTION READ ONLY; " + _SESSION.format(
-            idle=_IDLE_IN_TRANSACTION_MS
-        )
+        statements = "BEGIN TRANSACTION READ ONLY; " + _SESSION.format(idle=_IDLE_IN_TRANSACTION_MS)
         if timeout is not None:
             statements += f"; SET LOCAL statement_timeout = {max(1, math.ceil(timeout * 1000))}"
         conn.execute(statements.encode())
@@ -592,6 +589,13 @@ class PostgresConnector(Connector):
         if decoder is None:
             decoder = self._describe(conn, text)
             self._describe_cache.put(text, decoder)
+        if not decoder.columns:
+            # no result columns: not a query (a write, refused by the read-only
+            # transaction) or a zero-column SELECT; run it as is, there is nothing to read
+            conn.execute(text.encode(conn.info.encoding))
+            handle._start(decoder.schema, iter(()))
+            handle._release(ok=True)
+            return
         copy_sql = f"COPY ({text}\n) TO STDOUT (FORMAT csv)"
         handle._start(decoder.schema, handle._copy_batches(copy_sql, decoder, text))
 
@@ -679,8 +683,7 @@ class PostgresConnector(Connector):
             "authentication" in text or "role" in text or "password" in text
         ):
             return SourceUnavailable(
-                f"PostgreSQL at {self._where} refused the credentials; check the user and "
-                "password"
+                f"PostgreSQL at {self._where} refused the credentials; check the user and password"
             )
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
             return SourceUnavailable(

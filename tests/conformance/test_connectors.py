@@ -43,23 +43,61 @@ TYPES: dict[str, tuple[str, str, pa.DataType, list[Any]]] = {
             None,
         ],
     ),
-    "decimal_10_2": ("numeric(10,2)", "DECIMAL(10,2)", pa.decimal128(10, 2),
-                     [Decimal("12345678.90"), Decimal("-0.01"), None]),
-    "text": ("text", "VARCHAR", pa.string(),
-             ["héllo wörld", "😀 emoji ✓ 漢字", "", None, 'quote " comma , newline \n tab \t',
-              "back\\slash"]),
+    "decimal_10_2": (
+        "numeric(10,2)",
+        "DECIMAL(10,2)",
+        pa.decimal128(10, 2),
+        [Decimal("12345678.90"), Decimal("-0.01"), None],
+    ),
+    "text": (
+        "text",
+        "VARCHAR",
+        pa.string(),
+        [
+            "héllo wörld",
+            "😀 emoji ✓ 漢字",
+            "",
+            None,
+            'quote " comma , newline \n tab \t',
+            "back\\slash",
+        ],
+    ),
     "bool": ("bool", "BOOLEAN", pa.bool_(), [True, False, None]),
-    "date": ("date", "DATE", pa.date32(),
-             [dt.date(1970, 1, 1), dt.date(2024, 2, 29), dt.date(9999, 12, 31), None]),
-    "timestamp": ("timestamp", "TIMESTAMP", pa.timestamp("us"),
-                  [dt.datetime(2024, 1, 2, 3, 4, 5, 678901), dt.datetime(1900, 1, 1), None]),
-    "timestamptz": ("timestamptz", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC"),
-                    [dt.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=PLUS2),
-                     dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC), None]),
-    "bytes": ("bytea", "BLOB", pa.binary(), [b"\x00\xff\x10\n,\"", b"", None]),
-    "time": ("time", "TIME", pa.time64("us"), [dt.time(1, 2, 3, 250000), dt.time(23, 59, 59), None]),
-    "interval": ("interval", "INTERVAL", pa.month_day_nano_interval(),
-                 [dt.timedelta(days=3, seconds=5, microseconds=7), dt.timedelta(0), None]),
+    "date": (
+        "date",
+        "DATE",
+        pa.date32(),
+        [dt.date(1970, 1, 1), dt.date(2024, 2, 29), dt.date(9999, 12, 31), None],
+    ),
+    "timestamp": (
+        "timestamp",
+        "TIMESTAMP",
+        pa.timestamp("us"),
+        [dt.datetime(2024, 1, 2, 3, 4, 5, 678901), dt.datetime(1900, 1, 1), None],
+    ),
+    "timestamptz": (
+        "timestamptz",
+        "TIMESTAMPTZ",
+        pa.timestamp("us", tz="UTC"),
+        [
+            dt.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=PLUS2),
+            dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+            None,
+        ],
+    ),
+    "bytes": ("bytea", "BLOB", pa.binary(), [b'\x00\xff\x10\n,"', b"", None]),
+    "time": (
+        "time",
+        "TIME",
+        pa.time64("us"),
+        [dt.time(1, 2, 3, 250000), dt.time(23, 59, 59), None],
+    ),
+    "interval": (
+        "interval",
+        "INTERVAL",
+        pa.month_day_nano_interval(),
+        [dt.timedelta(days=3, seconds=5, microseconds=7), dt.timedelta(0), None],
+    ),
 }
 
 
@@ -92,7 +130,8 @@ def test_type_round_trip(source: Source, type_name: str) -> None:
     got = table.column("v").to_pylist()
     if type_name == "interval":
         expected = [
-            None if v is None
+            None
+            if v is None
             else pa.MonthDayNano([0, v.days, (v.seconds * 1_000_000 + v.microseconds) * 1000])
             for v in values
         ]
@@ -115,7 +154,9 @@ def test_nulls_and_empty_strings_are_distinct(source: Source) -> None:
     c = source.connector()
     for params in ([], [0]):
         where = " WHERE id > {p}" if params else ""
-        table = read(c.execute(source.sql("SELECT a, b FROM {s}.t" + where + " ORDER BY id"), params))
+        table = read(
+            c.execute(source.sql("SELECT a, b FROM {s}.t" + where + " ORDER BY id"), params)
+        )
         assert table.to_pylist() == [
             {"a": "", "b": None},
             {"a": None, "b": ""},
@@ -214,17 +255,26 @@ def test_parameter_filters_rows(source: Source) -> None:
     source.run(
         "CREATE TABLE {s}.t (id integer, name text, ts timestamptz)",
         "INSERT INTO {s}.t VALUES ({p}, {p}, {p})",
-        rows=[(i, f"n{i}", dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(hours=i))
-              for i in range(10)],
+        rows=[
+            (i, f"n{i}", dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(hours=i))
+            for i in range(10)
+        ],
     )
     c = source.connector()
-    table = read(c.execute(
-        source.sql("SELECT id FROM {s}.t WHERE name LIKE {p} AND ts >= {p} ORDER BY id"),
-        ["n%", dt.datetime(2024, 1, 1, 7, tzinfo=UTC)],
-    ))
+    table = read(
+        c.execute(
+            source.sql("SELECT id FROM {s}.t WHERE name LIKE {p} AND ts >= {p} ORDER BY id"),
+            ["n%", dt.datetime(2024, 1, 1, 7, tzinfo=UTC)],
+        )
+    )
     assert table.column("id").to_pylist() == [7, 8, 9]
-    literal = read(c.execute(source.sql("SELECT count(*) AS n FROM {s}.t WHERE name LIKE 'n1%'")
-                             .replace("%", "%%" if source.p == "%s" else "%")))
+    literal = read(
+        c.execute(
+            source.sql("SELECT count(*) AS n FROM {s}.t WHERE name LIKE 'n1%'").replace(
+                "%", "%%" if source.p == "%s" else "%"
+            )
+        )
+    )
     assert literal.column("n").to_pylist() == [1]
 
 
@@ -265,8 +315,11 @@ def test_long_value(source: Source) -> None:
 def test_batch_rows_respected(source: Source, with_params: bool) -> None:
     c = source.connector()
     n = "{p}" if with_params else "10000"
-    with c.execute(source.sql(f"SELECT i FROM {source.series(n)} ORDER BY i"),
-                   [10000] if with_params else [], batch_rows=1000) as handle:
+    with c.execute(
+        source.sql(f"SELECT i FROM {source.series(n)} ORDER BY i"),
+        [10000] if with_params else [],
+        batch_rows=1000,
+    ) as handle:
         sizes = [batch.num_rows for batch in handle.reader]
     assert sum(sizes) == 10000
     assert len(sizes) >= 10
@@ -388,9 +441,7 @@ def test_writes_are_refused(source: Source) -> None:
     c = source.connector()
     with pytest.raises(SourceQueryError):
         read(c.execute(source.sql("INSERT INTO {s}.t VALUES (1)")))
-    assert read(c.execute(source.sql("SELECT count(*) AS n FROM {s}.t"))).to_pylist() == [
-        {"n": 0}
-    ]
+    assert read(c.execute(source.sql("SELECT count(*) AS n FROM {s}.t"))).to_pylist() == [{"n": 0}]
 
 
 def test_concurrent_queries(source: Source) -> None:
