@@ -3,6 +3,7 @@ public catalog API, with its health, Prometheus metrics and resident memory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -129,7 +130,7 @@ class GatewayProcess:
     def metrics(self) -> dict[str, float]:
         """The Prometheus exposition, as name{labels} -> value."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         values: dict[str, float] = {}
         for line in text.splitlines():
@@ -137,10 +138,8 @@ class GatewayProcess:
                 continue
             match = re.match(r"^(\S+?)(\{.*\})?\s+(\S+)$", line)
             if match:
-                try:
+                with contextlib.suppress(ValueError):
                     values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-                except ValueError:
-                    pass
         return values
 
     def stop(self) -> None:

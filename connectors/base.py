@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -19,7 +19,7 @@ import pyarrow as pa
 from fabric.catalog.model import SettingValue, TableInfo
 
 
-class ParamStyle(str, Enum):
+class ParamStyle(StrEnum):
     """How a connector's driver expects bound parameters in the SQL text. The compiler
     emits these placeholders; the engine passes values positionally, in placeholder order."""
 

@@ -1,0 +1,198 @@
+"""Writing the results: `latest.json` (every sample), `latest.md` (the README's table) and
+`latest.png` (each scenario's ratio against its target)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value * 1e6:.1f} µs"
+
+
+def _ratio(value: float | None, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.{digits}f}x"
+
+
+def _cells(s: dict[str, Any]) -> tuple[str, str, str]:
+    """(Fabric, anchor, ratio) cells of one scenario."""
+    n, f, a = s["number"], s.get("fabric", {}), s.get("anchors", {})
+    if n == 1:
+        r = s["ratios"]
+        return (fmt_seconds(f["median"]),
+                f"psql \\copy floor {fmt_seconds(a['psql_copy_floor']['median'])}; "
+                f"ADBC {fmt_seconds(a['adbc_direct']['median'])}",
+                f"{_ratio(r['vs_floor'])} floor; {_ratio(r['vs_adbc'])} ADBC")
+    if n == 2:
+        e = a["echo"]
+        return (f"p50 {fmt_seconds(f['median'])}, p99 {fmt_seconds(f['p99'])}",
+                f"echo p50 {fmt_seconds(e['median'])}, p99 {fmt_seconds(e['p99'])}",
+                _ratio(s["ratio"]))
+    if n == 3:
+        d, e = a["direct_psycopg_prepared"], a["echo"]
+        return (f"p50 {fmt_seconds(f['median'])}",
+                f"psycopg prepared {fmt_seconds(d['median'])} + echo {fmt_seconds(e['median'])}",
+                _ratio(s["ratio"]))
+    if n == 4:
+        return (f"{f['median']:,.0f} req/s, {f['errors']} errors",
+                f"echo {a['echo']['median']:,.0f} req/s", _ratio(s["ratio"]))
+    if n == 5:
+        return (f"hit {fmt_seconds(f['median'])}",
+                f"first compile {fmt_seconds(a['first_compile']['median'])}",
+                f"{s['ratio'] * 100:.3f}%")
+    if n == 6:
+        return (f"+{f['median'] / MIB:,.0f} MiB RSS ({s['rows']:,} rows in "
+                f"{fmt_seconds(f['seconds'])})",
+                f"RSS before {a['rss_before']['median'] / MIB:,.0f} MiB",
+                f"{s['ratio']:.2f} of budget")
+    if n == 7:
+        c = s["counts"]
+        parts = [f"{v} {k.replace('_', ' ')}" for k, v in sorted(c.items())]
+        return ("geomean " + fmt_seconds(f.get("median")),
+                "psycopg geomean " + fmt_seconds(a.get("direct_psycopg", {}).get("median"))
+                + " (" + ", ".join(parts) + ")",
+                _ratio(s["ratio"], 3))
+    return ("-", "-", _ratio(s.get("ratio")))
+
+
+def _met(s: dict[str, Any], quick: bool) -> str:
+    if s.get("error"):
+        return "**error**"
+    text = "yes" if s.get("met") else "**no**"
+    return text + (" (not asserted)" if quick else "")
+
+
+def markdown(run: dict[str, Any]) -> str:
+    m, quick = run["machine"], run["quick"]
+    lines = [
+        "# Fabric benchmark results",
+        "",
+        f"`{run['command']}` on {m['date']}: TPC-H scale factor {run['scale']}"
+        + (" (**quick mode: a smoke test on small data; ratios not asserted**)" if quick
+           else "") + ".",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, "
+        f"{(m['memory_bytes'] or 0) / (1 << 30):.0f} GiB; Python {m['python']}; "
+        f"PostgreSQL {m['postgresql_server']} on loopback; Fabric {m['fabric_commit']}.",
+        "",
+        "| # | scenario | Fabric | anchor (same run) | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in run["scenarios"]:
+        if s.get("error") and "fabric" not in s:
+            cells = (f"error: {s['error'][:120]}", "-", "-")
+        else:
+            try:
+                cells = _cells(s)
+            except (KeyError, TypeError) as exc:
+                cells = (f"(incomplete: {exc})", "-", "-")
+        tgt = " and ".join(t["text"] for t in s.get("targets", [s.get("target") or {}])
+                           if t) or "-"
+        lines.append(f"| {s['number']} | {s['name']} | {cells[0]} | {cells[1]} | {cells[2]} "
+                     f"| {tgt} | {_met(s, quick)} |")
+    extra = run["also"]
+    lines += [
+        "",
+        "Also measured (no target yet): cold start of `fabric serve` to a SERVING health "
+        f"check {', '.join(fmt_seconds(x) for x in extra['cold_start_seconds']) or '-'}; "
+        "compiled-statement cache hit ratio over the run "
+        + (f"{extra['compiled_statement_hit_ratio'] * 100:.1f}%"
+           if extra.get("compiled_statement_hit_ratio") is not None else "-")
+        + f" ({extra.get('compiled_statement_hits', 0):,.0f} hits, "
+        f"{extra.get('compiled_statement_misses', 0):,.0f} misses); result cache bytes held "
+        + (f"{extra['result_cache_bytes']:,.0f}" if extra.get("result_cache_bytes") is not None
+           else "-")
+        + f" in {extra.get('result_cache_entries', 0):,.0f} entries (from the gateway's "
+        "Prometheus endpoint at the end of the run).",
+    ]
+    tpch = next((s for s in run["scenarios"] if s["number"] == 7 and "queries" in s), None)
+    if tpch:
+        lines += ["", "<details><summary>TPC-H per query</summary>", "",
+                  "| query | status | rows | direct (psycopg) | Fabric | ratio |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for q in tpch["queries"]:
+            if q["status"] == "ok":
+                lines.append(f"| {q['query']} | ok | {q['rows']} | "
+                             f"{fmt_seconds(q['direct']['median'])} | "
+                             f"{fmt_seconds(q['fabric']['median'])} | {_ratio(q['ratio'], 3)} |")
+            else:
+                reason = str(q.get("reason", "")).replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {q['query']} | {q['status'].replace('_', ' ')} | - | - | - | "
+                             f"{reason[:160]} |")
+        lines += ["", "</details>"]
+    lines += ["", "Medians of repeated runs after a warm-up; every sample is in "
+              "`benchmarks/results/latest.json`. Targets are from issue 7 and are never "
+              "loosened; a missed target says **no**.", ""]
+    return "\n".join(lines)
+
+
+def _score(s: dict[str, Any]) -> float | None:
+    """The scenario's figure against its target, oriented so that <= 1 means met."""
+    if s.get("ratio") is None or not isinstance(s.get("ratio"), (int, float)):
+        return None
+    if math.isnan(s["ratio"]):
+        return None
+    if s["number"] == 1:
+        r = s["ratios"]
+        return max(r["vs_floor"] / 1.25, r["vs_adbc"] / 1.0)
+    t = s["target"]
+    if t["op"] == ">=":
+        return t["value"] / s["ratio"] if s["ratio"] > 0 else math.inf
+    return s["ratio"] / t["value"]
+
+
+def plot(run: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(s, _score(s)) for s in run["scenarios"]]
+    rows = [(s, v) for s, v in rows if v is not None and math.isfinite(v)]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * max(3, len(rows)) + 1.4))
+    labels = [f"{s['number']}. {s['name'][:46]}" for s, _ in rows]
+    values = [v for _, v in rows]
+    colors = ["#2e7d32" if v <= 1 else "#c62828" for v in values]
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, values, color=colors, height=0.6)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("figure / target (log scale; left of the dashed line = target met)")
+    for yi, (s, v) in zip(y, rows, strict=True):
+        tgt = " and ".join(t["text"] for t in s.get("targets", [s["target"]]))
+        ratio = (f"{s['ratio'] * 100:.3f}%" if s["number"] == 5 else f"{s['ratio']:.2f}x")
+        ax.text(v * 1.05, yi, f"{ratio}  (target {tgt})", va="center", fontsize=7)
+    lo = min(values + [0.5]) / 2
+    hi = max(values + [2.0]) * 8
+    ax.set_xlim(lo, hi)
+    mode = "quick, not asserted" if run["quick"] else "full"
+    ax.set_title(f"Fabric vs anchors, TPC-H SF{run['scale']} ({mode}), "
+                 f"{run['machine']['date'][:10]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(run: dict[str, Any], directory: Path, stem: str = "latest") -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{stem}.json", directory / f"{stem}.md", directory / f"{stem}.png"]
+    paths[0].write_text(json.dumps(run, indent=1, default=str) + "\n")
+    paths[1].write_text(markdown(run))
+    try:
+        plot(run, paths[2])
+    except ImportError:
+        paths.pop()
+    return paths
