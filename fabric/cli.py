@@ -139,15 +139,20 @@ def _describe_entity(entity: Entity) -> str:
 # -- commands ---------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.api.server import Gateway
+    from fabric.api.server import Gateway, is_loopback
     from fabric.wiring import open_store
 
     if args.role != "all":
         raise InvalidArgument("only --role all is available in this release")
+    listen = args.listen or settings.listen
+    if not settings.tls and not is_loopback(listen) and not args.insecure:
+        raise InvalidArgument(
+            f"refusing to listen on {listen} without TLS: set FABRIC_TLS_CERT and "
+            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly")
 
     async def run() -> None:
         gateway = Gateway.build(settings, open_store(settings))
-        port = await gateway.start(args.listen or settings.listen)
+        port = await gateway.start(listen)
         print(f"fabric gateway serving on port {port}"
               + (f", metrics on 127.0.0.1:{gateway.metrics_port}/metrics"
                  if gateway.metrics_port else ""), flush=True)
@@ -266,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "127.0.0.1:50051)")
     serve.add_argument("--role", default="all", choices=["all"],
                        help="planes to run in this process")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback address without TLS (not for production)")
     serve.set_defaults(func=cmd_serve)
 
     conn = sub.add_parser("connection", help="manage connections").add_subparsers(

@@ -126,11 +126,20 @@ class FabricClient:
 
     def __init__(self, address: str, token: str | None = None, *,
                  timeout: float | None = None,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
-        self._channel = grpc.insecure_channel(address, options=[
+                 metadata: Sequence[tuple[str, str]] = (),
+                 tls_ca: bytes | None = None, tls_cert: bytes | None = None,
+                 tls_key: bytes | None = None, tls: bool = False) -> None:
+        """`tls_ca` (PEM) trusts the gateway's CA; `tls_cert`/`tls_key` are the client's
+        own certificate for mutual TLS; `tls=True` alone uses the system's roots."""
+        options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-        ])
+        ]
+        if tls or tls_ca or tls_cert:
+            credentials = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.QueryServiceStub(self._channel)
         auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = (*auth, *metadata)

@@ -22,6 +22,12 @@ class Settings:
     """Data directory (FABRIC_HOME): metadata store and demo files live here."""
     listen: str = "127.0.0.1:50051"
     """gRPC listen address (FABRIC_LISTEN)."""
+    tls_cert: str = ""
+    """PEM certificate chain the gateway serves (FABRIC_TLS_CERT); with tls_key, TLS is on."""
+    tls_key: str = ""
+    """PEM private key of tls_cert (FABRIC_TLS_KEY)."""
+    tls_client_ca: str = ""
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     metrics_port: int = 9464
     """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
     max_rows: int = 10_000_000
@@ -48,6 +54,10 @@ class Settings:
     """Rows per record batch read from a source."""
     worker_threads: int = 16
     """Threads that run blocking driver calls off the event loop."""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def metadata_path(self) -> Path:
@@ -92,5 +102,10 @@ class Settings:
         for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument("TLS needs both FABRIC_TLS_CERT and FABRIC_TLS_KEY")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidArgument("mutual TLS (FABRIC_TLS_CLIENT_CA) needs a server "
+                                  "certificate and key too")
         if self.cache_max_ttl < 0:
             raise InvalidArgument("setting cache_max_ttl must not be negative")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +17,7 @@ from prometheus_client import start_http_server
 from fabric.api.query_service import ContextProvider, QueryServicer, default_context
 from fabric.catalog.store import MetadataStore
 from fabric.config import Settings
+from fabric.errors import InvalidArgument
 from fabric.query.engine import QueryEngine
 from fabric.v1 import query_pb2, query_pb2_grpc
 
@@ -31,6 +34,31 @@ def channel_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
     ]
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate and key are configured; mutual TLS when a client CA is too."""
+    if not settings.tls:
+        return None
+    try:
+        cert = Path(settings.tls_cert).read_bytes()
+        key = Path(settings.tls_key).read_bytes()
+        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    except OSError as error:
+        raise InvalidArgument(f"cannot read a TLS file: {error.filename}") from None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listen address (host:port, [v6]:port) only accepts local connections."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard: assume reachable from elsewhere
 
 
 class Gateway:
@@ -60,7 +88,11 @@ class Gateway:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (QUERY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self._server = server
