@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import logging
 import re
 import signal
 import sys
@@ -20,8 +19,7 @@ from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValu
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument
-
-log = logging.getLogger("fabric")
+from fabric.observability.logging import configure as configure_logging
 
 _TYPED_PARAM = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$",
                           re.DOTALL)
@@ -338,10 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        configure_logging("debug" if args.verbose else settings.log_level, settings.log_format)
         return int(args.func(args, settings))
     except FabricError as error:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)

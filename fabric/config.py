@@ -30,6 +30,10 @@ class Settings:
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     metrics_port: int = 9464
     """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
+    log_level: str = "warning"
+    """debug, info, warning or error (FABRIC_LOG_LEVEL)."""
+    log_format: str = "text"
+    """text or json: one JSON object per line (FABRIC_LOG_FORMAT)."""
     max_rows: int = 10_000_000
     """Cap on rows one query may return (FABRIC_MAX_ROWS); also the default."""
     query_timeout: float = 300.0
@@ -102,6 +106,10 @@ class Settings:
         for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise InvalidArgument("FABRIC_LOG_LEVEL must be debug, info, warning or error")
+        if self.log_format not in ("text", "json"):
+            raise InvalidArgument("FABRIC_LOG_FORMAT must be text or json")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("TLS needs both FABRIC_TLS_CERT and FABRIC_TLS_KEY")
         if self.tls_client_ca and not self.tls_cert:

@@ -27,7 +27,8 @@ from fabric.catalog.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
 from fabric.context import RequestContext
-from fabric.errors import FabricError, InvalidArgument, NotFound
+from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
+from fabric.observability.logging import mask_literals
 from fabric.observability.metrics import GatewayMetrics
 from fabric.query.compiler import CompiledStatement, StatementCompiler
 from fabric.query.sources import (
@@ -341,6 +342,7 @@ class QueryEngine:
                 self._settle(key, settled)
         except FabricError as error:
             outcome = error.code
+            log_failure(ctx, request, error, started)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
@@ -408,6 +410,14 @@ class QueryEngine:
     async def open_statement(self, ctx: RequestContext, request: QueryRequest, page_rows: int,
                              deadline: float | None = None) -> Page:
         started = time.perf_counter()
+        try:
+            return await self._open_statement(ctx, request, page_rows, deadline, started)
+        except FabricError as error:
+            log_failure(ctx, request, error, started)
+            raise
+
+    async def _open_statement(self, ctx: RequestContext, request: QueryRequest,
+                              page_rows: int, deadline: float | None, started: float) -> Page:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
         ttl = self._ttl(request.cache_ttl)
@@ -537,6 +547,18 @@ class QueryEngine:
         self.statements.clear()
         self.sources.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def log_failure(ctx: RequestContext, request: QueryRequest, error: FabricError,
+                started: float) -> None:
+    """The one log line of a failed query: literals masked, no parameter values, no rows,
+    no database message text (errors carry none)."""
+    level = logging.INFO if isinstance(error, QueryRejected | Cancelled) else logging.WARNING
+    log.log(level, "query failed: %s", error.message, extra={
+        "code": error.code, "sqlstate": error.sqlstate, "tenant": ctx.tenant,
+        "stage": ctx.stage, "connection": request.connection,
+        "sql": mask_literals(request.sql), "params": sorted(request.params),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
 
 
 def _elapsed_us(started: float) -> int:
