@@ -35,8 +35,16 @@ def mask_literals(sql: str) -> str:
     except Exception:
         masked = _FALLBACK.sub("?", sql)
         return " ".join(masked.split())[:MAX_LOGGED_SQL]
-    parts = ["?" if token.token_type in _LITERALS else token.text for token in tokens]
-    return " ".join(parts)[:MAX_LOGGED_SQL]
+    # Rebuilt from the tokens, so comments (not tokens) vanish; a gap in the original text
+    # between two tokens becomes one space.
+    parts: list[str] = []
+    previous_end = None
+    for token in tokens:
+        if previous_end is not None and token.start > previous_end + 1:
+            parts.append(" ")
+        parts.append("?" if token.token_type in _LITERALS else sql[token.start:token.end + 1])
+        previous_end = token.end
+    return "".join(parts)[:MAX_LOGGED_SQL]
 
 
 class JsonFormatter(logging.Formatter):

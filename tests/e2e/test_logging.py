@@ -19,7 +19,7 @@ CANARY = "canary-7f3a9c"
     ("SELECT name FROM t WHERE email = 'bob@example.com' AND id = 42",
      "SELECT name FROM t WHERE email = ? AND id = ?"),
     ("SELECT $$hidden$$, E'a\\'b', 1.5e3, U&'d\\0061t' FROM t -- note",
-     "SELECT ? , ? , ? , ? FROM t"),
+     "SELECT ?, ?, ?, ? FROM t"),
     ("SELECT 'unterminated secret", "SELECT ?"),
 ])
 def test_literals_are_masked(sql: str, masked: str) -> None:
