@@ -2,7 +2,8 @@
 
     FabricError                      (code)                -> gRPC status (fabric/api/status.py)
     ├── InvalidArgument              invalid_argument      -> INVALID_ARGUMENT
-    │   └── QueryRejected            query_rejected        -> INVALID_ARGUMENT
+    │   ├── QueryRejected            query_rejected        -> INVALID_ARGUMENT
+    │   └── IntegrityError           integrity_error       -> INVALID_ARGUMENT
     ├── NotFound                     not_found             -> NOT_FOUND
     ├── AlreadyExists                already_exists        -> ALREADY_EXISTS
     ├── FailedPrecondition           failed_precondition   -> FAILED_PRECONDITION
@@ -49,6 +50,13 @@ class QueryRejected(InvalidArgument):
     """The SQL text was refused by the compiler; the message names the offending part."""
 
     code = "query_rejected"
+
+
+class IntegrityError(InvalidArgument):
+    """Sealed data failed authentication: tampered, truncated, or opened with the wrong
+    context (tenant, purpose, subject) or an unknown key; nothing of it is returned."""
+
+    code = "integrity_error"
 
 
 class NotFound(FabricError):
@@ -107,6 +115,7 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     FabricError,
     InvalidArgument,
     QueryRejected,
+    IntegrityError,
     NotFound,
     AlreadyExists,
     FailedPrecondition,

@@ -9,6 +9,7 @@ from fabric import errors
 GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.QueryRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.IntegrityError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
