@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fabric.catalog.manager import CatalogManager
 from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
@@ -138,7 +139,7 @@ def _describe_entity(entity: Entity) -> str:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.api.server import Gateway, is_loopback
-    from fabric.wiring import open_store
+    from fabric.wiring import open_secret_store, open_store
 
     if args.role != "all":
         raise InvalidArgument("only --role all is available in this release")
@@ -149,7 +150,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly")
 
     async def run() -> None:
-        gateway = Gateway.build(settings, open_store(settings))
+        gateway = Gateway.build(settings, open_store(settings),
+                                secrets=open_secret_store(settings).get)
         port = await gateway.start(listen)
         print(f"fabric gateway serving on port {port}"
               + (f", metrics on 127.0.0.1:{gateway.metrics_port}/metrics"
@@ -166,28 +168,48 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _manager(settings: Settings):  # type: ignore[no-untyped-def]
-    from fabric.wiring import catalog_manager, open_store
+def _manager(settings: Settings) -> CatalogManager:
+    from fabric.wiring import catalog_manager, open_secret_store, open_store
 
-    return catalog_manager(open_store(settings))
+    secrets = open_secret_store(settings)
+    return catalog_manager(open_store(settings), secrets.get)
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password_prompt:
+        import getpass
+
+        password = getpass.getpass("password: ")
+    else:
+        return None
+    if not password:
+        raise InvalidArgument("the password is empty")
+    return password
 
 
 def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.wiring import create_connection, delete_connection, open_secret_store
+
     manager = _manager(settings)
     tenant = args.tenant
     if args.action == "create":
         stage_settings = dict(parse_setting(s) for s in args.set or [])
-        connection = manager.create_connection(tenant, args.name, ConnectionKind(args.kind),
-                                               {args.stage: stage_settings})
+        password = _read_password(args)
+        connection = create_connection(manager, open_secret_store(settings), tenant, args.name,
+                                       ConnectionKind(args.kind).value, args.stage,
+                                       stage_settings, password)
         print(f"created connection {connection.name!r} ({connection.kind.value}) "
-              f"for stage {args.stage!r}")
+              f"for stage {args.stage!r}" + (", password sealed in the secret store"
+                                             if password else ""))
     elif args.action == "list":
         for connection in manager.list_connections(tenant):
             stages = ", ".join(sorted(connection.stages))
             print(f"{connection.name}\t{connection.kind.value}\tstages: {stages}")
     elif args.action == "delete":
-        manager.delete_connection(tenant, args.name)
-        print(f"deleted connection {args.name!r}")
+        delete_connection(manager, open_secret_store(settings), tenant, args.name)
+        print(f"deleted connection {args.name!r} and its secrets")
     elif args.action == "test":
         manager.test_connection(tenant, args.name, args.stage_name)
         print(f"connection {args.name!r} works in stage {args.stage_name!r}")
@@ -282,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a setting (host, port, database, user, path, ...); repeat")
     create.add_argument("--stage", default=ALL_STAGES,
                         help="stage these settings are for (default: all stages)")
+    secret = create.add_mutually_exclusive_group()
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    secret.add_argument("--password-prompt", action="store_true",
+                        help="ask for the password without echoing it")
     conn.add_parser("list", help="list connections")
     delete = conn.add_parser("delete", help="delete a connection and its selection")
     delete.add_argument("name")

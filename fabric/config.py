@@ -30,6 +30,11 @@ class Settings:
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     metrics_port: int = 9464
     """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
+    vault_addr: str = ""
+    """Vault address (FABRIC_VAULT_ADDR): secrets in KV v2, keys in transit. Unset: a
+    sealed local file and a local key ring under FABRIC_HOME."""
+    vault_token: str = field(default="", repr=False)
+    """Vault token (FABRIC_VAULT_TOKEN); never logged."""
     log_level: str = "warning"
     """debug, info, warning or error (FABRIC_LOG_LEVEL)."""
     log_format: str = "text"
@@ -62,6 +67,14 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.home / "keyring.json"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.home / "secrets.sealed"
 
     @property
     def metadata_path(self) -> Path:

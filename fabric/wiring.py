@@ -1,21 +1,42 @@
-"""How the parts are put together for one process: store, catalog manager, connectors."""
+"""How the parts are put together for one process: store, secrets, catalog manager."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from connectors import Connector
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.model import Connection
+from fabric.catalog.model import Connection, SettingValue
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition
 from fabric.query.sources import SecretResolver, default_connector_factory, no_secret_store
+from fabric.security.kms import LocalKeyRing
+from fabric.security.secrets import SealedFileSecretStore, SecretStore
 
 
 def open_store(settings: Settings) -> SqliteMetadataStore:
     return SqliteMetadataStore(settings.metadata_path)
 
 
-def stage_connector_factory(secrets: SecretResolver = no_secret_store):  # type: ignore[no-untyped-def]
+def open_secret_store(settings: Settings) -> SecretStore:
+    """Vault KV v2 when FABRIC_VAULT_ADDR is set, else the sealed local file."""
+    if settings.vault_addr:
+        from fabric.security.vault import VaultKvSecretStore, vault_client
+
+        return VaultKvSecretStore(vault_client(settings.vault_addr, settings.vault_token))
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return SealedFileSecretStore(settings.secrets_path, LocalKeyRing.open(settings.keyring_path))
+
+
+def secret_ref(tenant: str, connection: str, stage: str) -> str:
+    """Where a connection's password for a stage lives in the secret store."""
+    stage_part = "all" if stage == "*" else stage
+    return f"connections/{tenant}/{connection}/{stage_part}"
+
+
+def stage_connector_factory(
+        secrets: SecretResolver = no_secret_store) -> Callable[[Connection, str], Connector]:
     """A (connection, stage) -> connector factory for the catalog manager, resolving the
     stage's settings and password the same way the runtime does."""
 
@@ -33,3 +54,33 @@ def stage_connector_factory(secrets: SecretResolver = no_secret_store):  # type:
 def catalog_manager(store: SqliteMetadataStore,
                     secrets: SecretResolver = no_secret_store) -> CatalogManager:
     return CatalogManager(store, stage_connector_factory(secrets))
+
+
+def create_connection(manager: CatalogManager, secrets: SecretStore, tenant: str, name: str,
+                      kind: str, stage: str, settings: dict[str, SettingValue],
+                      password: str | None) -> Connection:
+    """Register a connection; its password (if any) goes to the secret store only.
+
+    The record is created first, so a duplicate name fails before any secret is written
+    (and cannot overwrite another connection's password); a failed secret write removes
+    the record again, so nothing half-made remains.
+    """
+    ref = secret_ref(tenant, name, stage) if password is not None else None
+    connection = manager.create_connection(tenant, name, kind, {stage: settings},
+                                           {stage: ref} if ref else None)
+    if ref is not None and password is not None:
+        try:
+            secrets.put(ref, password)
+        except BaseException:
+            manager.delete_connection(tenant, name)
+            raise
+    return connection
+
+
+def delete_connection(manager: CatalogManager, secrets: SecretStore, tenant: str,
+                      name: str) -> None:
+    """Delete a connection's metadata and every secret it refers to."""
+    connection = manager.get_connection(tenant, name)
+    manager.delete_connection(tenant, name)
+    for ref in set(connection.secret_refs.values()):
+        secrets.delete(ref)

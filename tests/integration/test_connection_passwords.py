@@ -1,0 +1,99 @@
+"""A password-protected PostgreSQL: the password is sealed in the secret store, used by
+the gateway, and found nowhere at rest in clear; a wrong password is a clear error."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fabric.api.background import BackgroundGateway
+from fabric.api.server import Gateway
+from fabric.client import FabricClient
+from fabric.config import Settings
+from fabric.wiring import open_secret_store, open_store
+from tests.support.pg_instance import PgInstance, private_postgres
+
+PASSWORD = "Canary-Pass-4d9e1b"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgInstance]:
+    with private_postgres(PASSWORD) as instance:
+        with psycopg.connect(instance.url(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text)")
+            conn.execute("INSERT INTO accounts VALUES (1, 'ann'), (2, 'bob')")
+        yield instance
+
+
+def _fabric(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fabric.cli", *args], input=stdin,
+                          env={**os.environ, "FABRIC_HOME": str(home)}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _register(home: Path, name: str, pg: PgInstance, password: str) -> None:
+    done = _fabric(home, "connection", "create", name, "--kind", "postgres",
+                   "--set", "host=127.0.0.1", "--set", f"port={pg.port}",
+                   "--set", "database=postgres", "--set", f"user={pg.user}",
+                   "--password-stdin", stdin=password + "\n")
+    assert done.returncode == 0, done.stderr
+    assert password not in done.stdout + done.stderr
+
+
+def _files_containing(home: Path, secret: str) -> list[Path]:
+    forms = [secret.encode(), base64.b64encode(secret.encode()), secret.encode().hex().encode(),
+             secret.encode("utf-16-le")]
+    return [path for path in home.rglob("*") if path.is_file()
+            and any(form in path.read_bytes() for form in forms)]
+
+
+def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance,
+                                                            tmp_path: Path) -> None:
+    _register(tmp_path, "vault", pg, PASSWORD)
+    tested = _fabric(tmp_path, "connection", "test", "vault")
+    assert tested.returncode == 0, tested.stderr
+    selected = _fabric(tmp_path, "catalog", "select", "vault", "public.accounts")
+    assert selected.returncode == 0, selected.stderr
+
+    settings = Settings(home=tmp_path, metrics_port=0)
+    store, secrets = open_store(settings), open_secret_store(settings)
+    try:
+        with BackgroundGateway(Gateway.build(settings, store, secrets=secrets.get)) as gateway, \
+                FabricClient(gateway.address, timeout=30) as client:
+            rows = client.query("vault", "SELECT owner FROM accounts ORDER BY id").to_pylist()
+        assert rows == [{"owner": "ann"}, {"owner": "bob"}]
+        assert secrets.refs() == ["connections/default/vault/all"]
+    finally:
+        store.close()
+    assert _files_containing(tmp_path, PASSWORD) == []
+
+    deleted = _fabric(tmp_path, "connection", "delete", "vault")
+    assert deleted.returncode == 0, deleted.stderr
+    assert open_secret_store(settings).refs() == []
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(pg: PgInstance,
+                                                               tmp_path: Path) -> None:
+    wrong = "Wrong-Guess-77aa"
+    _register(tmp_path, "bad", pg, wrong)
+    tested = _fabric(tmp_path, "connection", "test", "bad")
+    assert tested.returncode == 2
+    assert "source_unavailable" in tested.stderr
+    assert wrong not in tested.stderr and PASSWORD not in tested.stderr
+    assert _files_containing(tmp_path, wrong) == []
+
+
+def test_duplicate_name_does_not_touch_the_existing_password(pg: PgInstance,
+                                                              tmp_path: Path) -> None:
+    _register(tmp_path, "main", pg, PASSWORD)
+    again = _fabric(tmp_path, "connection", "create", "main", "--kind", "postgres",
+                    "--set", "host=127.0.0.1", "--password-stdin", stdin="other-password\n")
+    assert again.returncode == 2 and "already_exists" in again.stderr
+    assert _fabric(tmp_path, "connection", "test", "main").returncode == 0
