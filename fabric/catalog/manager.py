@@ -11,6 +11,10 @@ into what apps may query (`Entity`), with the rules that go with it:
 - entity names are plain SQL identifiers, unique per connection ignoring case, and an
   entity name already used for another table is not silently re-pointed.
 
+Every change names its `actor` ("system" by default); the store writes the audit event in
+the same transaction as the change. Selections are written with the catalog version the
+manager checked them against, so a concurrent change is never overwritten unseen.
+
 Connectors: the manager asks `connector_factory(connection, stage)` for a connector on
 every call that needs the source, and closes it before returning. A factory that wants
 to share a pooled connector should hand out a wrapper whose `close` does nothing.
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from connectors.base import Connector
+from fabric.catalog.audit import SYSTEM_ACTOR
 from fabric.catalog.model import (
     ColumnInfo,
     Connection,
@@ -39,6 +44,7 @@ ConnectorFactory = Callable[[Connection, str], Connector]
 the factory owns the connector and closes it."""
 
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SELECT_ATTEMPTS = 5
 
 
 class CatalogManager:
@@ -62,6 +68,8 @@ class CatalogManager:
         kind: ConnectionKind | str,
         stages: Mapping[str, Mapping[str, SettingValue]],
         secret_refs: Mapping[str, str] | None = None,
+        *,
+        actor: str = SYSTEM_ACTOR,
     ) -> Connection:
         """Register a connection (no secrets in `stages`; passwords go to the secret store
         and are referred to by `secret_refs`). AlreadyExists / InvalidArgument."""
@@ -70,7 +78,9 @@ class CatalogManager:
         except ValueError:
             known = ", ".join(k.value for k in ConnectionKind)
             raise InvalidArgument(f"unknown connection kind {kind!r}; use one of {known}") from None
-        return self._store.create_connection(tenant, name, kind, stages, secret_refs)
+        return self._store.create_connection(
+            tenant, name, kind, stages, secret_refs, actor=actor
+        )
 
     def get_connection(self, tenant: str, name: str) -> Connection:
         """The connection; NotFound if absent."""
@@ -80,9 +90,39 @@ class CatalogManager:
         """The tenant's connections."""
         return self._store.list_connections(tenant)
 
-    def delete_connection(self, tenant: str, name: str) -> None:
+    def update_connection(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        stages: Mapping[str, Mapping[str, SettingValue]] | None = None,
+        secret_refs: Mapping[str, str] | None = None,
+        expected_version: int,
+        actor: str = SYSTEM_ACTOR,
+    ) -> Connection:
+        """Replace a connection's stages and/or secret references if it is still at
+        `expected_version` (FailedPrecondition otherwise: reload and retry)."""
+        return self._store.update_connection(
+            tenant,
+            name,
+            stages=stages,
+            secret_refs=secret_refs,
+            expected_version=expected_version,
+            actor=actor,
+        )
+
+    def delete_connection(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        expected_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> None:
         """Delete a connection and its selection; NotFound if absent."""
-        self._store.delete_connection(tenant, name)
+        self._store.delete_connection(
+            tenant, name, expected_version=expected_version, actor=actor
+        )
 
     def test_connection(self, tenant: str, connection: str, stage: str) -> None:
         """Connect to the source of `connection` in `stage` and run a trivial query; raises
@@ -112,6 +152,8 @@ class CatalogManager:
         table: str,
         columns: Sequence[str] | None = None,
         entity_name: str | None = None,
+        *,
+        actor: str = SYSTEM_ACTOR,
     ) -> Entity:
         """Select one remote table for apps and return the stored entity.
 
@@ -139,8 +181,7 @@ class CatalogManager:
             )
         name = entity_name if entity_name is not None else info.name
         entity = _entity_from_table(info, name, columns)
-        self._check_not_repointed(tenant, connection, [entity])
-        self._store.select_entities(tenant, connection, [entity])
+        self._select_checked(tenant, connection, stage, [entity], actor)
         return self._stored(tenant, connection, entity.name)
 
     def select_all(
@@ -149,6 +190,8 @@ class CatalogManager:
         connection: str,
         stage: str,
         schemas: Sequence[str] | None = None,
+        *,
+        actor: str = SYSTEM_ACTOR,
     ) -> list[Entity]:
         """Select every discovered table and view (in `schemas`, or all user schemas) with
         all its supported columns, in one catalog change; returns the stored entities.
@@ -171,17 +214,30 @@ class CatalogManager:
             entities.append(_entity_from_table(info, name, None))
         if not entities:
             return []
-        self._check_not_repointed(tenant, connection, entities)
-        self._store.select_entities(tenant, connection, entities)
+        self._select_checked(tenant, connection, stage, entities, actor)
         snapshot = self._store.catalog(tenant, connection)
         return [snapshot.entities[entity.name.lower()] for entity in entities]
 
-    def unselect(self, tenant: str, connection: str, names: str | Sequence[str]) -> int:
+    def unselect(
+        self,
+        tenant: str,
+        connection: str,
+        names: str | Sequence[str],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> int:
         """Remove entities from the selection (all or none); returns the new catalog
         version. NotFound names the entities that are not selected."""
         if isinstance(names, str):
             names = [names]
-        return self._store.unselect_entities(tenant, connection, list(names))
+        return self._store.unselect_entities(
+            tenant,
+            connection,
+            list(names),
+            expected_catalog_version=expected_catalog_version,
+            actor=actor,
+        )
 
     def list_entities(self, tenant: str, connection: str) -> list[Entity]:
         """The selected entities of a connection, by name; NotFound if no connection."""
@@ -208,10 +264,42 @@ class CatalogManager:
         finally:
             connector.close()
 
+    def _select_checked(
+        self,
+        tenant: str,
+        connection: str,
+        stage: str,
+        entities: Sequence[Entity],
+        actor: str,
+    ) -> int:
+        """Select `entities` after checking none re-points an entity name, against the very
+        catalog version that was checked; a concurrent change makes it check again."""
+        for _ in range(_SELECT_ATTEMPTS - 1):
+            version = self._check_not_repointed(tenant, connection, entities)
+            try:
+                return self._store.select_entities(
+                    tenant,
+                    connection,
+                    entities,
+                    expected_catalog_version=version,
+                    actor=actor,
+                    stage=stage,
+                )
+            except FailedPrecondition:
+                continue  # the catalog changed between the check and the write
+        version = self._check_not_repointed(tenant, connection, entities)
+        return self._store.select_entities(
+            tenant, connection, entities, expected_catalog_version=version, actor=actor,
+            stage=stage,
+        )
+
     def _check_not_repointed(
         self, tenant: str, connection: str, entities: Sequence[Entity]
-    ) -> None:
-        selected = self._store.catalog(tenant, connection).entities
+    ) -> int:
+        """The catalog version checked; AlreadyExists when an entity name already stands
+        for another table."""
+        snapshot = self._store.catalog(tenant, connection)
+        selected = snapshot.entities
         for entity in entities:
             current = selected.get(entity.name.lower())
             if current is not None and (current.schema, current.table) != (
@@ -223,6 +311,7 @@ class CatalogManager:
                     f"{current.schema}.{current.table}; unselect it first or choose "
                     "another entity name"
                 )
+        return snapshot.version
 
     def _stored(self, tenant: str, connection: str, name: str) -> Entity:
         entity = self._store.catalog(tenant, connection).entity(name)

@@ -1,84 +1,102 @@
 """The embedded metadata store: one SQLite file, metadata only.
 
-What it keeps: connections (kind, per-stage non-secret settings, secret store references),
-the entities selected for apps (physical schema and table, columns with their exact Arrow
-types, primary and foreign keys) and one catalog version per connection.
+What it keeps: connections (kind, per-stage non-secret settings, secret store references,
+an optimistic version), the entities selected for apps (physical schema and table, columns
+with their exact Arrow types, primary and foreign keys), one catalog version per
+connection, and the audit trail of administrative changes.
 
-What it never keeps: a secret, a row or a parameter value. Settings whose key names a
-secret (`password`, `token`, ...) are refused; the secret belongs in the secret store and
-the connection only refers to it (`secret_refs`).
+What it never keeps: a secret, a row or a parameter value. Settings and audit details whose
+key names a secret (`password`, `token`, `client_secret`, ...) are refused before anything
+is written; the secret belongs in the secret store and the connection only refers to it
+(`secret_refs`). Validation and encodings are shared with the PostgreSQL store
+(fabric.catalog.serialization); the semantics are the MetadataStore contract's
+(fabric.catalog.store).
 
 Catalog versions come from one store-wide counter that only ever goes up. A connection's
 version therefore increases on every selection change, and a connection deleted and
 created again under the same name starts above every version the old one ever had, so a
 cache keyed by (tenant, connection, version) can never serve the old connection's data.
 
-Thread safety: one SQLite connection (`check_same_thread=False`) guarded by a lock; the
-gateway calls the store from worker threads. Files are created with mode 0600, in WAL
-mode, with foreign keys enforced. The schema is versioned by `schema_migrations` and
-migrated forward, in one transaction, when the store is opened.
+Concurrency: every write is one `BEGIN IMMEDIATE` transaction, so writers (threads, or
+processes and other store instances on the same file) are serialized by SQLite; the
+version checks are compare-and-set updates (`... WHERE version = ?`) all the same. One
+SQLite connection (`check_same_thread=False`) per store, guarded by a lock; files are
+created with mode 0600, in WAL mode, with foreign keys enforced. The schema is versioned by
+`schema_migrations` and migrated forward, in one transaction, when the store is opened.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import os
-import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
-import pyarrow as pa
-
+from fabric.catalog import audit
+from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.model import (
     CatalogSnapshot,
-    ColumnInfo,
     Connection,
     ConnectionKind,
     Entity,
-    ForeignKey,
     SettingValue,
 )
-from fabric.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InternalError,
-    InvalidArgument,
-    NotFound,
+from fabric.catalog.serialization import (
+    CONNECTION_NAME_RE,
+    IDENTIFIER_RE,
+    SECRET_SETTING_KEYS,
+    EntityDocument,
+    Migration,
+    arrow_type_from_text,
+    arrow_type_to_text,
+    audit_details_document,
+    catalog_changed,
+    check_actor,
+    check_audit_limit,
+    check_connection_name,
+    check_expected_version,
+    check_kind,
+    check_migrations,
+    check_stage_name,
+    check_tenant,
+    check_utc,
+    connection_changed,
+    connection_from_documents,
+    connection_not_found,
+    dumps,
+    entity_from_documents,
+    missing_entities,
+    plain_stages,
+    schema_too_new,
+    secret_refs_document,
+    selection_documents,
+    stages_document,
+    unselect_keys,
+    utc_now,
 )
+from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+
+__all__ = [
+    "CONNECTION_NAME_RE",
+    "IDENTIFIER_RE",
+    "MEMORY",
+    "MIGRATIONS",
+    "SECRET_SETTING_KEYS",
+    "Migration",
+    "SqliteMetadataStore",
+    "apply_migrations",
+    "arrow_type_from_text",
+    "arrow_type_to_text",
+]
 
 MEMORY: Final = ":memory:"
-
-SECRET_SETTING_KEYS: Final = frozenset(
-    {"password", "passwd", "pwd", "secret", "token", "api_key", "private_key"}
-)
-"""Setting keys (compared case-insensitively) that name a secret and are refused."""
-
-IDENTIFIER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-"""What an entity name must look like: a plain, unquoted SQL identifier."""
-
-CONNECTION_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-"""What a connection name must look like."""
-
-_MAX_NAME_LENGTH: Final = 128
 _CATALOG_SEQUENCE: Final = "catalog_version"
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One forward step of the schema; `statements` run in order, in one transaction."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
 
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
@@ -134,6 +152,27 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """,
         ),
     ),
+    Migration(
+        version=2,
+        description="audit events",
+        statements=(
+            # No foreign key to connections: the events of a deleted connection are history.
+            """
+            CREATE TABLE audit_events (
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                at         TEXT    NOT NULL,  -- ISO 8601 in UTC, microseconds
+                tenant     TEXT    NOT NULL,
+                actor      TEXT    NOT NULL,
+                action     TEXT    NOT NULL,
+                connection TEXT,
+                stage      TEXT,
+                details    TEXT    NOT NULL   -- JSON: {name: scalar}, never a secret
+            )
+            """,
+            "CREATE INDEX audit_events_by_tenant ON audit_events (tenant, at, id)",
+            "CREATE INDEX audit_events_by_connection ON audit_events (tenant, connection, at, id)",
+        ),
+    ),
 )
 """Every schema version, oldest first. Append; never edit a released migration."""
 
@@ -141,13 +180,12 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
 def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
     """Bring `db` (opened with `isolation_level=None`) up to the last of `migrations`.
 
-    The pending migrations run in order inside one transaction: either all of them apply
-    or none does. Applying twice is a no-op. Returns the schema version reached. Raises
-    FailedPrecondition when the file was written by a newer release (unknown version).
+    The pending migrations run in order inside one `BEGIN IMMEDIATE` transaction (which
+    also keeps two processes opening the file at once from both migrating): either all of
+    them apply or none does. Applying twice is a no-op. Returns the schema version reached.
+    Raises FailedPrecondition when the file was written by a newer release.
     """
-    versions = [migration.version for migration in migrations]
-    if versions != sorted(set(versions)):
-        raise InternalError("migrations must have unique, increasing versions")
+    latest = check_migrations(migrations)
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute(
@@ -156,12 +194,8 @@ def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration]) ->
         )
         row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
         current = int(row[0])
-        latest = versions[-1] if versions else 0
         if current > latest:
-            raise FailedPrecondition(
-                f"the metadata store has schema version {current}, newer than this release "
-                f"knows ({latest}); upgrade Fabric or use another metadata store file"
-            )
+            raise schema_too_new(current, latest)
         for migration in migrations:
             if migration.version <= current:
                 continue
@@ -169,7 +203,7 @@ def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration]) ->
                 db.execute(statement)
             db.execute(
                 "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.description, _now()),
+                (migration.version, migration.description, _text(utc_now())),
             )
             current = migration.version
         db.execute("COMMIT")
@@ -180,17 +214,23 @@ def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration]) ->
 
 
 class SqliteMetadataStore:
-    """MetadataStore on a SQLite file (or `:memory:`); see the module docstring."""
+    """MetadataStore on a SQLite file (or `:memory:`); see the module docstring.
 
-    def __init__(self, path: str | Path) -> None:
+    `clock` gives the wall-clock time written to audit events and timestamps (UTC).
+    """
+
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self._path = str(path)
+        self._clock = clock
         if self._path != MEMORY:
             _prepare_file(Path(self._path))
         self._lock = threading.RLock()
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA busy_timeout = 10000")
             if self._path != MEMORY:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -214,18 +254,22 @@ class SqliteMetadataStore:
         kind: ConnectionKind,
         stages: Mapping[str, Mapping[str, SettingValue]],
         secret_refs: Mapping[str, str] | None = None,
+        *,
+        actor: str = SYSTEM_ACTOR,
     ) -> Connection:
         """Register a connection; AlreadyExists when the tenant has one of that name.
 
         InvalidArgument when the name, kind, stages or secret references are malformed,
         or when a setting's key names a secret (those go to the secret store).
         """
-        _check_tenant(tenant)
-        _check_connection_name(name)
-        kind = _check_kind(kind)
-        stages_json = _stages_json(stages)
-        refs_json = _secret_refs_json(secret_refs or {})
-        now = _now()
+        check_tenant(tenant)
+        check_connection_name(name)
+        kind = check_kind(kind)
+        stages_doc = stages_document(stages)
+        refs_doc = secret_refs_document(secret_refs or {})
+        check_actor(actor)
+        at = self._now()
+        now = _text(at)
         with self._transaction() as db:
             exists = db.execute(
                 "SELECT 1 FROM connections WHERE tenant = ? AND name = ?", (tenant, name)
@@ -239,18 +283,18 @@ class SqliteMetadataStore:
                 "INSERT INTO connections"
                 " (tenant, name, kind, stages, secret_refs, version, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
-                (tenant, name, kind.value, stages_json, refs_json, now, now),
+                (tenant, name, kind.value, dumps(stages_doc), dumps(refs_doc), now, now),
             )
             connection_id = cursor.lastrowid
+            catalog_version = self._next_version(db)
             db.execute(
                 "INSERT INTO catalog_versions (connection_id, version, updated_at)"
                 " VALUES (?, ?, ?)",
-                (connection_id, self._next_version(db), now),
+                (connection_id, catalog_version, now),
             )
-            row = db.execute(
-                f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = ?", (connection_id,)
-            ).fetchone()
-        return _connection_from_row(row)
+            created = connection_from_documents(tenant, name, kind.value, stages_doc, refs_doc, 1)
+            self._audit(db, audit.connection_created(at, actor, created, catalog_version))
+        return created
 
     def get_connection(self, tenant: str, name: str) -> Connection:
         """NotFound when the tenant has no connection of that name."""
@@ -260,7 +304,7 @@ class SqliteMetadataStore:
                 (tenant, name),
             ).fetchone()
         if row is None:
-            raise _connection_not_found(tenant, name)
+            raise connection_not_found(tenant, name)
         return _connection_from_row(row)
 
     def list_connections(self, tenant: str) -> list[Connection]:
@@ -272,77 +316,150 @@ class SqliteMetadataStore:
             ).fetchall()
         return [_connection_from_row(row) for row in rows]
 
-    def delete_connection(self, tenant: str, name: str) -> None:
-        """Deletes the connection and its selected entities; NotFound if absent."""
+    def update_connection(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        stages: Mapping[str, Mapping[str, SettingValue]] | None = None,
+        secret_refs: Mapping[str, str] | None = None,
+        expected_version: int,
+        actor: str = SYSTEM_ACTOR,
+    ) -> Connection:
+        """Compare-and-set update of the stages and/or secret references; see
+        MetadataStore.update_connection. The catalog version moves on too: settings may now
+        point at another database, so nothing cached under the old version may be served.
+        """
+        if stages is None and secret_refs is None:
+            raise InvalidArgument("nothing to update: give stages, secret_refs or both")
+        check_expected_version(expected_version, "expected_version")
+        if expected_version is None:
+            raise InvalidArgument("expected_version is required: pass the version you read")
+        stages_doc = None if stages is None else stages_document(stages)
+        refs_doc = None if secret_refs is None else secret_refs_document(secret_refs)
+        check_actor(actor)
+        at = self._now()
+        now = _text(at)
         with self._transaction() as db:
+            row = db.execute(
+                f"SELECT id, {_CONNECTION_COLUMNS} FROM connections WHERE tenant = ? AND name = ?",
+                (tenant, name),
+            ).fetchone()
+            if row is None:
+                raise connection_not_found(tenant, name)
+            connection_id, old = int(row[0]), _connection_from_row(row[1:])
+            if old.version != expected_version:
+                raise connection_changed(name, expected_version, old.version)
+            new_stages = stages_doc if stages_doc is not None else old.stages
+            new_refs = refs_doc if refs_doc is not None else old.secret_refs
             cursor = db.execute(
-                "DELETE FROM connections WHERE tenant = ? AND name = ?", (tenant, name)
+                "UPDATE connections SET stages = ?, secret_refs = ?, version = version + 1,"
+                " updated_at = ? WHERE id = ? AND version = ?",
+                (
+                    dumps(plain_stages(new_stages)),
+                    dumps(dict(new_refs)),
+                    now,
+                    connection_id,
+                    expected_version,
+                ),
             )
-            if cursor.rowcount == 0:
-                raise _connection_not_found(tenant, name)
+            if cursor.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never lose one
+                raise connection_changed(name, expected_version, expected_version + 1)
+            catalog_version = self._bump_version(db, connection_id, now)
+            updated = connection_from_documents(
+                tenant, name, old.kind.value, new_stages, new_refs, expected_version + 1
+            )
+            self._audit(db, audit.connection_updated(at, actor, old, updated, catalog_version))
+        return updated
+
+    def delete_connection(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        expected_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> None:
+        """Deletes the connection and its selected entities (its audit events stay);
+        NotFound if absent; FailedPrecondition when not at `expected_version` (if given)."""
+        check_expected_version(expected_version, "expected_version")
+        check_actor(actor)
+        at = self._now()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT c.id, c.version, (SELECT COUNT(*) FROM entities e"
+                " WHERE e.connection_id = c.id) FROM connections c"
+                " WHERE c.tenant = ? AND c.name = ?",
+                (tenant, name),
+            ).fetchone()
+            if row is None:
+                raise connection_not_found(tenant, name)
+            connection_id, version, entity_count = (int(value) for value in row)
+            if expected_version is not None and version != expected_version:
+                raise connection_changed(name, expected_version, version)
+            db.execute("DELETE FROM connections WHERE id = ?", (connection_id,))
+            self._audit(
+                db, audit.connection_deleted(at, actor, tenant, name, version, entity_count)
+            )
 
     # -- selection -----------------------------------------------------------------------
 
-    def select_entities(self, tenant: str, connection: str, entities: Sequence[Entity]) -> int:
+    def select_entities(
+        self,
+        tenant: str,
+        connection: str,
+        entities: Sequence[Entity],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
         """Add or replace the given entities (by entity name, case-insensitively) in the
         selection, all or none; returns the new catalog version.
 
         InvalidArgument for an empty list, a name that is not a plain SQL identifier, two
         entities whose names differ only in case, or an entity that is not consistent
         (no columns, duplicate columns, key columns that are not among its columns).
+        FailedPrecondition when the catalog is not at `expected_catalog_version`.
         """
-        if not entities:
-            raise InvalidArgument("select at least one entity")
-        rows: list[tuple[str, str, str, str, str, str, str]] = []
-        seen: dict[str, str] = {}
-        for entity in entities:
-            _check_entity(entity)
-            key = entity.name.lower()
-            if key in seen:
-                raise InvalidArgument(
-                    f"entity names {seen[key]!r} and {entity.name!r} collide: entity names "
-                    "are unique per connection, ignoring case"
-                )
-            seen[key] = entity.name
-            rows.append(
-                (
-                    key,
-                    entity.name,
-                    entity.schema,
-                    entity.table,
-                    _columns_json(entity.columns),
-                    json.dumps(list(entity.primary_key)),
-                    _foreign_keys_json(entity.foreign_keys),
-                )
-            )
-        now = _now()
+        documents = selection_documents(entities, allow_empty=False)
+        self._check_change(expected_catalog_version, actor, stage)
+        at = self._now()
         with self._transaction() as db:
-            connection_id = self._connection_id(db, tenant, connection)
-            db.executemany(
-                "INSERT INTO entities (connection_id, name_key, name, schema_name, table_name,"
-                " columns, primary_key, foreign_keys, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
-                " name = excluded.name, schema_name = excluded.schema_name,"
-                " table_name = excluded.table_name, columns = excluded.columns,"
-                " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
-                " updated_at = excluded.updated_at",
-                [(connection_id, *row, now, now) for row in rows],
+            connection_id = self._catalog_for_change(
+                db, tenant, connection, expected_catalog_version
             )
-            return self._bump_version(db, connection_id, now)
+            self._upsert(db, connection_id, documents, _text(at))
+            version = self._bump_version(db, connection_id, _text(at))
+            self._audit(
+                db,
+                audit.catalog_changed(
+                    at, actor, audit.CATALOG_SELECT, tenant, connection, stage,
+                    [d.name for d in documents], version,
+                ),
+            )
+            return version
 
-    def unselect_entities(self, tenant: str, connection: str, names: Sequence[str]) -> int:
+    def unselect_entities(
+        self,
+        tenant: str,
+        connection: str,
+        names: Sequence[str],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
         """Remove entities (names compared ignoring case) from the selection, all or none;
         returns the new catalog version. NotFound names the entities that are not
         selected, and then nothing is removed."""
-        if isinstance(names, str):
-            names = [names]
-        if not names:
-            raise InvalidArgument("name at least one entity to unselect")
-        keys = list(dict.fromkeys(name.lower() for name in names))
-        now = _now()
+        names, keys = unselect_keys(names)
+        self._check_change(expected_catalog_version, actor, stage)
+        at = self._now()
         with self._transaction() as db:
-            connection_id = self._connection_id(db, tenant, connection)
+            connection_id = self._catalog_for_change(
+                db, tenant, connection, expected_catalog_version
+            )
             selected = {
                 row[0]
                 for row in db.execute(
@@ -351,15 +468,72 @@ class SqliteMetadataStore:
             }
             missing = [name for name in names if name.lower() not in selected]
             if missing:
-                raise NotFound(
-                    f"connection {connection!r} has no selected entity named "
-                    f"{', '.join(repr(name) for name in missing)}"
-                )
+                raise missing_entities(connection, missing)
             db.executemany(
                 "DELETE FROM entities WHERE connection_id = ? AND name_key = ?",
                 [(connection_id, key) for key in keys],
             )
-            return self._bump_version(db, connection_id, now)
+            version = self._bump_version(db, connection_id, _text(at))
+            self._audit(
+                db,
+                audit.catalog_changed(
+                    at, actor, audit.CATALOG_UNSELECT, tenant, connection, stage, names, version
+                ),
+            )
+            return version
+
+    def replace_entities(
+        self,
+        tenant: str,
+        connection: str,
+        entities: Sequence[Entity],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        """Make `entities` (possibly none) the whole selection, atomically; returns the new
+        catalog version. Same checks as `select_entities`, an empty list aside."""
+        documents = selection_documents(entities, allow_empty=True)
+        self._check_change(expected_catalog_version, actor, stage)
+        at = self._now()
+        with self._transaction() as db:
+            connection_id = self._catalog_for_change(
+                db, tenant, connection, expected_catalog_version
+            )
+            db.execute("DELETE FROM entities WHERE connection_id = ?", (connection_id,))
+            self._upsert(db, connection_id, documents, _text(at))
+            version = self._bump_version(db, connection_id, _text(at))
+            self._audit(
+                db,
+                audit.catalog_changed(
+                    at, actor, audit.CATALOG_REPLACE, tenant, connection, stage,
+                    [d.name for d in documents], version,
+                ),
+            )
+            return version
+
+    def bump_catalog_version(
+        self,
+        tenant: str,
+        connection: str,
+        *,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        """Move the catalog version on (the remote schema changed); returns it."""
+        self._check_change(None, actor, stage)
+        at = self._now()
+        with self._transaction() as db:
+            connection_id = self._catalog_for_change(db, tenant, connection, None)
+            version = self._bump_version(db, connection_id, _text(at))
+            self._audit(
+                db,
+                audit.catalog_changed(
+                    at, actor, audit.CATALOG_BUMP, tenant, connection, stage, (), version
+                ),
+            )
+            return version
 
     def catalog(self, tenant: str, connection: str) -> CatalogSnapshot:
         """The selected entities (keyed by lower-cased name, in name order) and the catalog
@@ -372,7 +546,7 @@ class SqliteMetadataStore:
                 (tenant, connection),
             ).fetchone()
             if row is None:
-                raise _connection_not_found(tenant, connection)
+                raise connection_not_found(tenant, connection)
             connection_id, version = int(row[0]), int(row[1])
             entity_rows = db.execute(
                 "SELECT name_key, name, schema_name, table_name, columns, primary_key,"
@@ -397,8 +571,33 @@ class SqliteMetadataStore:
                 (tenant, connection),
             ).fetchone()
         if row is None:
-            raise _connection_not_found(tenant, connection)
+            raise connection_not_found(tenant, connection)
         return int(row[0])
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def record_audit(self, event: AuditEvent) -> None:
+        """Record an administrative action; InvalidArgument for a secret-looking detail."""
+        if not isinstance(event, AuditEvent):
+            raise InvalidArgument(f"expected an AuditEvent, not {type(event).__name__}")
+        with self._transaction() as db:
+            self._audit(db, event)
+
+    def list_audit(
+        self, tenant: str, *, connection: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        """The tenant's audit events, newest first, optionally about one connection."""
+        check_audit_limit(limit)
+        query = f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE tenant = ?"
+        params: list[Any] = [tenant]
+        if connection is not None:
+            query += " AND connection = ?"
+            params.append(connection)
+        query += " ORDER BY at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        with self._locked() as db:
+            rows = db.execute(query, params).fetchall()
+        return [_audit_from_row(row) for row in rows]
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -428,6 +627,9 @@ class SqliteMetadataStore:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _now(self) -> datetime:
+        return check_utc(self._clock(), "the store's clock")
+
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -447,13 +649,57 @@ class SqliteMetadataStore:
             db.execute("COMMIT")
 
     @staticmethod
-    def _connection_id(db: sqlite3.Connection, tenant: str, name: str) -> int:
+    def _check_change(expected: int | None, actor: str, stage: str | None) -> None:
+        check_expected_version(expected, "expected_catalog_version")
+        check_actor(actor)
+        check_stage_name(stage)
+
+    @staticmethod
+    def _catalog_for_change(
+        db: sqlite3.Connection, tenant: str, name: str, expected: int | None
+    ) -> int:
+        """The connection's id, after checking its catalog is at `expected` (if given)."""
         row = db.execute(
-            "SELECT id FROM connections WHERE tenant = ? AND name = ?", (tenant, name)
+            "SELECT c.id, v.version FROM connections c"
+            " JOIN catalog_versions v ON v.connection_id = c.id"
+            " WHERE c.tenant = ? AND c.name = ?",
+            (tenant, name),
         ).fetchone()
         if row is None:
-            raise _connection_not_found(tenant, name)
+            raise connection_not_found(tenant, name)
+        if expected is not None and int(row[1]) != expected:
+            raise catalog_changed(name, expected, int(row[1]))
         return int(row[0])
+
+    @staticmethod
+    def _upsert(
+        db: sqlite3.Connection, connection_id: int, documents: Sequence[EntityDocument], now: str
+    ) -> None:
+        db.executemany(
+            "INSERT INTO entities (connection_id, name_key, name, schema_name, table_name,"
+            " columns, primary_key, foreign_keys, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
+            " name = excluded.name, schema_name = excluded.schema_name,"
+            " table_name = excluded.table_name, columns = excluded.columns,"
+            " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
+            " updated_at = excluded.updated_at",
+            [
+                (
+                    connection_id,
+                    d.name_key,
+                    d.name,
+                    d.schema,
+                    d.table,
+                    dumps(d.columns),
+                    dumps(d.primary_key),
+                    dumps(d.foreign_keys),
+                    now,
+                    now,
+                )
+                for d in documents
+            ],
+        )
 
     @staticmethod
     def _next_version(db: sqlite3.Connection) -> int:
@@ -472,6 +718,25 @@ class SqliteMetadataStore:
         db.execute("UPDATE connections SET updated_at = ? WHERE id = ?", (now, connection_id))
         return version
 
+    @staticmethod
+    def _audit(db: sqlite3.Connection, event: AuditEvent) -> None:
+        # The details are checked again here: the event may have been tampered with after
+        # it was built, and the store is the last line before the file.
+        details = audit_details_document(event.details)
+        db.execute(
+            "INSERT INTO audit_events (at, tenant, actor, action, connection, stage, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                _text(check_utc(event.at)),
+                event.tenant,
+                event.actor,
+                event.action,
+                event.connection,
+                event.stage,
+                dumps(details),
+            ),
+        )
+
 
 # -- files -------------------------------------------------------------------------------
 
@@ -485,211 +750,39 @@ def _prepare_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+def _text(at: datetime) -> str:
+    """A UTC time as sortable ISO 8601 text (fixed width: microseconds, +00:00)."""
+    return at.isoformat(timespec="microseconds")
 
 
-# -- validation --------------------------------------------------------------------------
-
-
-def _check_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not tenant or len(tenant) > _MAX_NAME_LENGTH:
-        raise InvalidArgument(f"tenant must be a non-empty string of at most {_MAX_NAME_LENGTH}")
-
-
-def _check_connection_name(name: str) -> None:
-    if not isinstance(name, str) or CONNECTION_NAME_RE.fullmatch(name) is None:
-        raise InvalidArgument(
-            f"connection name {name!r} is not valid: use 1 to {_MAX_NAME_LENGTH} letters, "
-            "digits, '_', '.' or '-', not starting with '.' or '-'"
-        )
-
-
-def _check_kind(kind: ConnectionKind | str) -> ConnectionKind:
-    try:
-        return ConnectionKind(kind)
-    except ValueError:
-        known = ", ".join(k.value for k in ConnectionKind)
-        raise InvalidArgument(f"unknown connection kind {kind!r}; use one of {known}") from None
-
-
-def _stages_json(stages: Mapping[str, Mapping[str, SettingValue]]) -> str:
-    if not isinstance(stages, Mapping) or not stages:
-        raise InvalidArgument("a connection needs settings for at least one stage")
-    plain: dict[str, dict[str, SettingValue]] = {}
-    for stage, settings in stages.items():
-        if not isinstance(stage, str) or not stage:
-            raise InvalidArgument("stage names must be non-empty strings")
-        if not isinstance(settings, Mapping):
-            raise InvalidArgument(f"settings of stage {stage!r} must be a mapping")
-        plain[stage] = {}
-        for key, value in settings.items():
-            if not isinstance(key, str) or not key:
-                raise InvalidArgument(f"setting names of stage {stage!r} must be strings")
-            if key.lower() in SECRET_SETTING_KEYS:
-                raise InvalidArgument(
-                    f"setting {key!r} of stage {stage!r} looks like a secret: put secrets in "
-                    "the secret store and refer to them with a secret reference; the metadata "
-                    "store never keeps a secret"
-                )
-            if not isinstance(value, str | int | float | bool) or (
-                isinstance(value, float) and not math.isfinite(value)
-            ):
-                raise InvalidArgument(
-                    f"setting {key!r} of stage {stage!r} must be a string, integer, finite "
-                    f"number or boolean, not {type(value).__name__}"
-                )
-            plain[stage][key] = value
-    return json.dumps(plain, sort_keys=True)
-
-
-def _secret_refs_json(secret_refs: Mapping[str, str]) -> str:
-    if not isinstance(secret_refs, Mapping):
-        raise InvalidArgument("secret_refs must map a stage to a secret reference")
-    for stage, ref in secret_refs.items():
-        if not isinstance(stage, str) or not stage or not isinstance(ref, str) or not ref:
-            raise InvalidArgument(
-                "secret_refs must map non-empty stage names to non-empty secret references"
-            )
-    return json.dumps(dict(secret_refs), sort_keys=True)
-
-
-def _check_entity(entity: Entity) -> None:
-    if not isinstance(entity.name, str) or IDENTIFIER_RE.fullmatch(entity.name) is None:
-        raise InvalidArgument(
-            f"entity name {entity.name!r} is not a valid SQL identifier: use letters, digits "
-            "and '_', not starting with a digit"
-        )
-    if len(entity.name) > _MAX_NAME_LENGTH:
-        raise InvalidArgument(f"entity name {entity.name!r} is longer than {_MAX_NAME_LENGTH}")
-    if not entity.schema or not entity.table:
-        raise InvalidArgument(f"entity {entity.name!r} needs a schema and a table")
-    if not entity.columns:
-        raise InvalidArgument(f"entity {entity.name!r} needs at least one column")
-    names = [column.name for column in entity.columns]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise InvalidArgument(f"entity {entity.name!r} repeats column(s) {duplicates}")
-    known = set(names)
-    missing = [name for name in entity.primary_key if name not in known]
-    if missing:
-        raise InvalidArgument(
-            f"primary key column(s) {missing} of entity {entity.name!r} are not among its columns"
-        )
-    for fk in entity.foreign_keys:
-        missing = [name for name in fk.columns if name not in known]
-        if missing or not fk.columns or len(fk.columns) != len(fk.referenced_columns):
-            raise InvalidArgument(
-                f"foreign key {fk.name!r} of entity {entity.name!r} must use selected columns "
-                "and reference as many columns as it has"
-            )
-
-
-def _connection_not_found(tenant: str, name: str) -> NotFound:
-    return NotFound(f"connection {name!r} not found in tenant {tenant!r}")
-
-
-# -- (de)serialization -------------------------------------------------------------------
+# -- rows --------------------------------------------------------------------------------
 
 _CONNECTION_COLUMNS: Final = "tenant, name, kind, stages, secret_refs, version"
+_AUDIT_COLUMNS: Final = "at, tenant, actor, action, connection, stage, details"
 
 
 def _connection_from_row(row: Sequence[Any]) -> Connection:
     tenant, name, kind, stages_json, refs_json, version = row
-    stages = json.loads(stages_json)
-    return Connection(
-        tenant=tenant,
-        name=name,
-        kind=ConnectionKind(kind),
-        stages=MappingProxyType(
-            {stage: MappingProxyType(settings) for stage, settings in stages.items()}
-        ),
-        secret_refs=MappingProxyType(json.loads(refs_json)),
-        version=int(version),
-    )
-
-
-def arrow_type_to_text(arrow_type: pa.DataType | None) -> str | None:
-    """An Arrow type as text that `arrow_type_from_text` turns back into an equal type
-    (the IPC schema encoding, base64): exact for decimals, time zones, units, nesting."""
-    if arrow_type is None:
-        return None
-    schema = pa.schema([pa.field("t", arrow_type)])
-    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
-
-
-def arrow_type_from_text(text: str | None) -> pa.DataType | None:
-    """The inverse of `arrow_type_to_text`."""
-    if text is None:
-        return None
-    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
-    arrow_type: pa.DataType = schema.field(0).type
-    return arrow_type
-
-
-def _columns_json(columns: Sequence[ColumnInfo]) -> str:
-    return json.dumps(
-        [
-            {
-                "name": column.name,
-                "source_type": column.source_type,
-                "nullable": column.nullable,
-                # Readable form for people looking at the file; `arrow_ipc` is the truth.
-                "arrow": None if column.arrow_type is None else str(column.arrow_type),
-                "arrow_ipc": arrow_type_to_text(column.arrow_type),
-            }
-            for column in columns
-        ]
-    )
-
-
-def _columns_from_json(text: str) -> tuple[ColumnInfo, ...]:
-    return tuple(
-        ColumnInfo(
-            name=item["name"],
-            source_type=item["source_type"],
-            arrow_type=arrow_type_from_text(item["arrow_ipc"]),
-            nullable=bool(item["nullable"]),
-        )
-        for item in json.loads(text)
-    )
-
-
-def _foreign_keys_json(foreign_keys: Sequence[ForeignKey]) -> str:
-    return json.dumps(
-        [
-            {
-                "name": fk.name,
-                "columns": list(fk.columns),
-                "referenced_schema": fk.referenced_schema,
-                "referenced_table": fk.referenced_table,
-                "referenced_columns": list(fk.referenced_columns),
-            }
-            for fk in foreign_keys
-        ]
-    )
-
-
-def _foreign_keys_from_json(text: str) -> tuple[ForeignKey, ...]:
-    return tuple(
-        ForeignKey(
-            name=item["name"],
-            columns=tuple(item["columns"]),
-            referenced_schema=item["referenced_schema"],
-            referenced_table=item["referenced_table"],
-            referenced_columns=tuple(item["referenced_columns"]),
-        )
-        for item in json.loads(text)
+    return connection_from_documents(
+        tenant, name, kind, json.loads(stages_json), json.loads(refs_json), int(version)
     )
 
 
 def _entity_from_row(row: Sequence[Any]) -> Entity:
     name, schema, table, columns, primary_key, foreign_keys = row
-    return Entity(
-        name=name,
-        schema=schema,
-        table=table,
-        columns=_columns_from_json(columns),
-        primary_key=tuple(json.loads(primary_key)),
-        foreign_keys=_foreign_keys_from_json(foreign_keys),
+    return entity_from_documents(
+        name, schema, table, json.loads(columns), json.loads(primary_key), json.loads(foreign_keys)
+    )
+
+
+def _audit_from_row(row: Sequence[Any]) -> AuditEvent:
+    at, tenant, actor, action, connection, stage, details = row
+    return AuditEvent(
+        at=datetime.fromisoformat(at),
+        tenant=tenant,
+        actor=actor,
+        action=action,
+        connection=connection,
+        stage=stage,
+        details=json.loads(details),
     )

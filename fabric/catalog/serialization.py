@@ -1,0 +1,497 @@
+"""What both metadata stores share: input checks, the no-secrets rule, encodings, migrations.
+
+Every metadata store (SQLite, PostgreSQL) validates its input and encodes it here, so the
+two cannot drift apart: the same names are refused, the same keys are treated as secrets,
+and an entity is written as the same JSON documents (columns with their exact Arrow types
+as base64 IPC schemas, keys kept whole and in order) whichever store keeps it.
+
+Everything here is checked before a store sends anything to its database: a value that is
+refused never reaches a file, a table or a write-ahead log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Final
+
+import pyarrow as pa
+
+from fabric.catalog.model import (
+    ColumnInfo,
+    Connection,
+    ConnectionKind,
+    Entity,
+    ForeignKey,
+    SettingValue,
+)
+from fabric.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
+
+# -- the no-secrets rule -------------------------------------------------------------------
+
+SECRET_SETTING_KEYS: Final = frozenset(
+    {"password", "passwd", "pwd", "secret", "token", "api_key", "private_key"}
+)
+"""Keys (compared case-insensitively) that name a secret and are refused outright."""
+
+SECRET_KEY_SUFFIXES: Final = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "private_key",
+    "secret_key",
+)
+"""Endings (case-insensitive) that also name a secret: `db_password`, `client_secret`,
+`sslpassword`, `access_token`. Keys that merely mention one (`password_ref`, `token_url`)
+are allowed: they name where a secret is, not the secret."""
+
+
+def looks_like_secret(key: str) -> bool:
+    """True when a setting or audit detail named `key` would hold a secret."""
+    folded = key.lower()
+    return folded in SECRET_SETTING_KEYS or folded.endswith(SECRET_KEY_SUFFIXES)
+
+
+# -- names -----------------------------------------------------------------------------------
+
+MAX_NAME_LENGTH: Final = 128
+MAX_ACTOR_LENGTH: Final = 256
+
+IDENTIFIER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What an entity name must look like: a plain, unquoted SQL identifier."""
+
+CONNECTION_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+"""What a connection name must look like."""
+
+AUDIT_ACTION_RE: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+"""What an audit action must look like: dotted lower-case words (`connection.create`)."""
+
+MAX_AUDIT_DETAILS: Final = 64
+MAX_AUDIT_TEXT: Final = 4096
+
+
+def check_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"tenant must be a non-empty string of at most {MAX_NAME_LENGTH}")
+
+
+def check_connection_name(name: str) -> None:
+    if not isinstance(name, str) or CONNECTION_NAME_RE.fullmatch(name) is None:
+        raise InvalidArgument(
+            f"connection name {name!r} is not valid: use 1 to {MAX_NAME_LENGTH} letters, "
+            "digits, '_', '.' or '-', not starting with '.' or '-'"
+        )
+
+
+def check_kind(kind: ConnectionKind | str) -> ConnectionKind:
+    try:
+        return ConnectionKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in ConnectionKind)
+        raise InvalidArgument(f"unknown connection kind {kind!r}; use one of {known}") from None
+
+
+def check_actor(actor: str) -> None:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > MAX_ACTOR_LENGTH:
+        raise InvalidArgument(
+            f"actor must be a non-empty string of at most {MAX_ACTOR_LENGTH} characters"
+        )
+
+
+def check_stage_name(stage: str | None, what: str = "stage") -> None:
+    if stage is not None and (
+        not isinstance(stage, str) or not stage or len(stage) > MAX_NAME_LENGTH
+    ):
+        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH}")
+
+
+def check_expected_version(value: int | None, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{what} must be a non-negative integer, not {value!r}")
+
+
+def connection_not_found(tenant: str, name: str) -> NotFound:
+    return NotFound(f"connection {name!r} not found in tenant {tenant!r}")
+
+
+def connection_changed(name: str, expected: int, current: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"connection {name!r} changed since version {expected} (now {current}); "
+        "reload and retry"
+    )
+
+
+def catalog_changed(name: str, expected: int, current: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"catalog of connection {name!r} changed since version {expected} (now {current}); "
+        "reload and retry"
+    )
+
+
+def utc_now() -> datetime:
+    """The wall clock in UTC (stores take it as a parameter so tests can fix it)."""
+    return datetime.now(UTC)
+
+
+def check_utc(at: datetime, what: str = "time") -> datetime:
+    """`at` in UTC; InvalidArgument for a naive datetime (its zone would be a guess)."""
+    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidArgument(f"{what} must be a timezone-aware datetime")
+    return at.astimezone(UTC)
+
+
+# -- connections -------------------------------------------------------------------------
+
+
+def stages_document(
+    stages: Mapping[str, Mapping[str, SettingValue]],
+) -> dict[str, dict[str, SettingValue]]:
+    """The stages of a connection as plain dicts, after checking them: at least one stage,
+    scalar settings only, and no setting whose key names a secret."""
+    if not isinstance(stages, Mapping) or not stages:
+        raise InvalidArgument("a connection needs settings for at least one stage")
+    plain: dict[str, dict[str, SettingValue]] = {}
+    for stage, settings in stages.items():
+        if not isinstance(stage, str) or not stage:
+            raise InvalidArgument("stage names must be non-empty strings")
+        if not isinstance(settings, Mapping):
+            raise InvalidArgument(f"settings of stage {stage!r} must be a mapping")
+        plain[stage] = {}
+        for key, value in settings.items():
+            if not isinstance(key, str) or not key:
+                raise InvalidArgument(f"setting names of stage {stage!r} must be strings")
+            if looks_like_secret(key):
+                raise InvalidArgument(
+                    f"setting {key!r} of stage {stage!r} looks like a secret: put secrets in "
+                    "the secret store and refer to them with a secret reference; the metadata "
+                    "store never keeps a secret"
+                )
+            if not isinstance(value, str | int | float | bool) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                raise InvalidArgument(
+                    f"setting {key!r} of stage {stage!r} must be a string, integer, finite "
+                    f"number or boolean, not {type(value).__name__}"
+                )
+            plain[stage][key] = value
+    return plain
+
+
+def secret_refs_document(secret_refs: Mapping[str, str]) -> dict[str, str]:
+    """Stage -> secret store reference, checked (references, never secrets)."""
+    if not isinstance(secret_refs, Mapping):
+        raise InvalidArgument("secret_refs must map a stage to a secret reference")
+    for stage, ref in secret_refs.items():
+        if not isinstance(stage, str) or not stage or not isinstance(ref, str) or not ref:
+            raise InvalidArgument(
+                "secret_refs must map non-empty stage names to non-empty secret references"
+            )
+    return dict(secret_refs)
+
+
+def connection_from_documents(
+    tenant: str,
+    name: str,
+    kind: str,
+    stages: Mapping[str, Mapping[str, SettingValue]],
+    secret_refs: Mapping[str, str],
+    version: int,
+) -> Connection:
+    """A read-only Connection from stored values (documents already decoded)."""
+    return Connection(
+        tenant=tenant,
+        name=name,
+        kind=ConnectionKind(kind),
+        stages=MappingProxyType(
+            {stage: MappingProxyType(dict(settings)) for stage, settings in stages.items()}
+        ),
+        secret_refs=MappingProxyType(dict(secret_refs)),
+        version=int(version),
+    )
+
+
+def plain_stages(
+    stages: Mapping[str, Mapping[str, SettingValue]],
+) -> dict[str, dict[str, SettingValue]]:
+    """Stored (already checked) stages as plain dicts, to write them back unchanged."""
+    return {stage: dict(settings) for stage, settings in stages.items()}
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Keys added, removed or whose value differs, sorted (used for audit details)."""
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
+# -- entities ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntityDocument:
+    """An entity as a store writes it: the lower-cased key and JSON-ready documents."""
+
+    name_key: str
+    name: str
+    schema: str
+    table: str
+    columns: list[dict[str, Any]]
+    primary_key: list[str]
+    foreign_keys: list[dict[str, Any]]
+
+
+def check_entity(entity: Entity) -> None:
+    """InvalidArgument unless `entity` is consistent and its name a plain identifier."""
+    if not isinstance(entity.name, str) or IDENTIFIER_RE.fullmatch(entity.name) is None:
+        raise InvalidArgument(
+            f"entity name {entity.name!r} is not a valid SQL identifier: use letters, digits "
+            "and '_', not starting with a digit"
+        )
+    if len(entity.name) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"entity name {entity.name!r} is longer than {MAX_NAME_LENGTH}")
+    if not entity.schema or not entity.table:
+        raise InvalidArgument(f"entity {entity.name!r} needs a schema and a table")
+    if not entity.columns:
+        raise InvalidArgument(f"entity {entity.name!r} needs at least one column")
+    names = [column.name for column in entity.columns]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidArgument(f"entity {entity.name!r} repeats column(s) {duplicates}")
+    known = set(names)
+    missing = [name for name in entity.primary_key if name not in known]
+    if missing:
+        raise InvalidArgument(
+            f"primary key column(s) {missing} of entity {entity.name!r} are not among its columns"
+        )
+    for fk in entity.foreign_keys:
+        missing = [name for name in fk.columns if name not in known]
+        if missing or not fk.columns or len(fk.columns) != len(fk.referenced_columns):
+            raise InvalidArgument(
+                f"foreign key {fk.name!r} of entity {entity.name!r} must use selected columns "
+                "and reference as many columns as it has"
+            )
+
+
+def selection_documents(entities: Sequence[Entity], *, allow_empty: bool) -> list[EntityDocument]:
+    """Check a selection as a whole (all or none) and encode it.
+
+    InvalidArgument for an empty list (unless `allow_empty`), an inconsistent entity, or two
+    entities whose names differ only in case.
+    """
+    if isinstance(entities, Entity):
+        entities = [entities]
+    if not entities and not allow_empty:
+        raise InvalidArgument("select at least one entity")
+    documents: list[EntityDocument] = []
+    seen: dict[str, str] = {}
+    for entity in entities:
+        if not isinstance(entity, Entity):
+            raise InvalidArgument(f"expected an Entity, not {type(entity).__name__}")
+        check_entity(entity)
+        key = entity.name.lower()
+        if key in seen:
+            raise InvalidArgument(
+                f"entity names {seen[key]!r} and {entity.name!r} collide: entity names "
+                "are unique per connection, ignoring case"
+            )
+        seen[key] = entity.name
+        documents.append(
+            EntityDocument(
+                name_key=key,
+                name=entity.name,
+                schema=entity.schema,
+                table=entity.table,
+                columns=columns_document(entity.columns),
+                primary_key=list(entity.primary_key),
+                foreign_keys=foreign_keys_document(entity.foreign_keys),
+            )
+        )
+    return documents
+
+
+def unselect_keys(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(names as given, distinct lower-cased keys) of an unselect request; InvalidArgument
+    when it names nothing."""
+    if isinstance(names, str):
+        names = [names]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise InvalidArgument("name at least one entity to unselect")
+    return list(names), list(dict.fromkeys(name.lower() for name in names))
+
+
+def missing_entities(connection: str, missing: Sequence[str]) -> NotFound:
+    return NotFound(
+        f"connection {connection!r} has no selected entity named "
+        f"{', '.join(repr(name) for name in missing)}"
+    )
+
+
+def arrow_type_to_text(arrow_type: pa.DataType | None) -> str | None:
+    """An Arrow type as text that `arrow_type_from_text` turns back into an equal type
+    (the IPC schema encoding, base64): exact for decimals, time zones, units, nesting."""
+    if arrow_type is None:
+        return None
+    schema = pa.schema([pa.field("t", arrow_type)])
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def arrow_type_from_text(text: str | None) -> pa.DataType | None:
+    """The inverse of `arrow_type_to_text`."""
+    if text is None:
+        return None
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    arrow_type: pa.DataType = schema.field(0).type
+    return arrow_type
+
+
+def columns_document(columns: Sequence[ColumnInfo]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": column.name,
+            "source_type": column.source_type,
+            "nullable": column.nullable,
+            # Readable form for people looking at the store; `arrow_ipc` is the truth.
+            "arrow": None if column.arrow_type is None else str(column.arrow_type),
+            "arrow_ipc": arrow_type_to_text(column.arrow_type),
+        }
+        for column in columns
+    ]
+
+
+def columns_from_document(items: Sequence[Mapping[str, Any]]) -> tuple[ColumnInfo, ...]:
+    return tuple(
+        ColumnInfo(
+            name=item["name"],
+            source_type=item["source_type"],
+            arrow_type=arrow_type_from_text(item["arrow_ipc"]),
+            nullable=bool(item["nullable"]),
+        )
+        for item in items
+    )
+
+
+def foreign_keys_document(foreign_keys: Sequence[ForeignKey]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": fk.name,
+            "columns": list(fk.columns),
+            "referenced_schema": fk.referenced_schema,
+            "referenced_table": fk.referenced_table,
+            "referenced_columns": list(fk.referenced_columns),
+        }
+        for fk in foreign_keys
+    ]
+
+
+def foreign_keys_from_document(items: Sequence[Mapping[str, Any]]) -> tuple[ForeignKey, ...]:
+    return tuple(
+        ForeignKey(
+            name=item["name"],
+            columns=tuple(item["columns"]),
+            referenced_schema=item["referenced_schema"],
+            referenced_table=item["referenced_table"],
+            referenced_columns=tuple(item["referenced_columns"]),
+        )
+        for item in items
+    )
+
+
+def entity_from_documents(
+    name: str,
+    schema: str,
+    table: str,
+    columns: Sequence[Mapping[str, Any]],
+    primary_key: Sequence[str],
+    foreign_keys: Sequence[Mapping[str, Any]],
+) -> Entity:
+    return Entity(
+        name=name,
+        schema=schema,
+        table=table,
+        columns=columns_from_document(columns),
+        primary_key=tuple(primary_key),
+        foreign_keys=foreign_keys_from_document(foreign_keys),
+    )
+
+
+# -- audit details -----------------------------------------------------------------------
+
+AuditValue = str | int | bool
+
+
+def audit_details_document(details: Mapping[str, AuditValue]) -> dict[str, AuditValue]:
+    """Audit details as a plain dict, after checking them: scalar values only, bounded, and
+    no key that names a secret (the message never repeats the refused value)."""
+    if not isinstance(details, Mapping):
+        raise InvalidArgument("audit details must be a mapping")
+    if len(details) > MAX_AUDIT_DETAILS:
+        raise InvalidArgument(f"audit events carry at most {MAX_AUDIT_DETAILS} details")
+    plain: dict[str, AuditValue] = {}
+    for key, value in details.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_NAME_LENGTH:
+            raise InvalidArgument("audit detail names must be non-empty strings")
+        if looks_like_secret(key):
+            raise InvalidArgument(
+                f"audit detail {key!r} looks like a secret; an audit event says who changed "
+                "what, never a secret value"
+            )
+        if not isinstance(value, str | int | bool):
+            raise InvalidArgument(
+                f"audit detail {key!r} must be a string, integer or boolean, "
+                f"not {type(value).__name__}"
+            )
+        if isinstance(value, str) and len(value) > MAX_AUDIT_TEXT:
+            raise InvalidArgument(f"audit detail {key!r} is longer than {MAX_AUDIT_TEXT}")
+        plain[key] = value
+    return dict(sorted(plain.items()))
+
+
+def dumps(document: Any) -> str:
+    """A document as compact JSON text, keys sorted (the SQLite store's column format)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+# -- migrations --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward step of a store's schema; `statements` run in order, in one transaction
+    together with every other pending step."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def check_migrations(migrations: Sequence[Migration]) -> int:
+    """The latest version of `migrations`; InternalError unless unique and increasing."""
+    versions = [migration.version for migration in migrations]
+    if versions != sorted(set(versions)) or any(v < 1 for v in versions):
+        raise InternalError("migrations must have unique, increasing, positive versions")
+    return versions[-1] if versions else 0
+
+
+def schema_too_new(current: int, latest: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the metadata store has schema version {current}, newer than this release "
+        f"knows ({latest}); upgrade Fabric or use another metadata store"
+    )
+
+
+MAX_AUDIT_LIMIT: Final = 10_000
+
+
+def check_audit_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_AUDIT_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_AUDIT_LIMIT}")
