@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from fabric.catalog.manager import CatalogManager
+from fabric.client import FabricClient
 from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
@@ -144,6 +145,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.role != "all":
         raise InvalidArgument("only --role all is available in this release")
     listen = args.listen or settings.listen
+    if settings.auth == "none" and not is_loopback(listen):
+        raise InvalidArgument(f"FABRIC_AUTH=none is allowed only on a loopback address, "
+                              f"not {listen}")
     if not settings.tls and not is_loopback(listen) and not args.insecure:
         raise InvalidArgument(
             f"refusing to listen on {listen} without TLS: set FABRIC_TLS_CERT and "
@@ -251,11 +255,32 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+def _token(args: argparse.Namespace, settings: Settings) -> str | None:
+    """--token, else FABRIC_TOKEN, else (FABRIC_AUTH=local) a short-lived token minted with
+    the local key, whose file only the gateway's owner can read."""
+    import os
+
+    token = args.token or os.environ.get("FABRIC_TOKEN")
+    if token:
+        return str(token)
+    if settings.auth == "local" and settings.token_key_path.exists():
+        from fabric.wiring import local_token
+
+        return local_token(settings, tenant=args.tenant, stage=args.stage_name,
+                           subject="fabric-cli", ttl=300)
+    return None
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> FabricClient:
     from fabric.client import FabricClient
 
+    return FabricClient(args.address or settings.listen, _token(args, settings),
+                        timeout=args.timeout)
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     params = dict(parse_param(p) for p in args.param or [])
-    with FabricClient(args.address or settings.listen, timeout=args.timeout) as client:
+    with _client(args, settings) as client:
         result = client.execute(args.connection, args.sql, params, args.cache_ttl, args.max_rows)
     write_result(result.table, args.format)
     s = result.summary
@@ -266,10 +291,16 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.client import FabricClient
-
-    with FabricClient(args.address or settings.listen, timeout=args.timeout) as client:
+    with _client(args, settings) as client:
         write_result(client.preview(args.connection, args.entity, args.limit), args.format)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.wiring import local_token
+
+    print(local_token(settings, tenant=args.tenant, stage=args.stage_name, role=args.role,
+                      subject=args.subject, ttl=args.ttl))
     return 0
 
 
@@ -352,8 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int, default=0)
         p.add_argument("--format", choices=["table", "csv", "json"], default="table")
         p.add_argument("--address", help="gateway address (default FABRIC_LISTEN)")
+        p.add_argument("--token", help="bearer token (default FABRIC_TOKEN, or one minted "
+                                       "with the local key)")
+        p.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE,
+                       help="stage of the minted local token")
         p.add_argument("--timeout", type=float, default=300.0, help="seconds")
         p.set_defaults(func=func)
+
+    token = sub.add_parser("token", help="mint a development token with the local key")
+    token.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
+    token.add_argument("--role", default="app", choices=["app", "developer", "admin"])
+    token.add_argument("--subject", default="developer")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
 
     demo = sub.add_parser("demo", help="run the embedded demo (no servers needed)")
     demo.add_argument("--scale", type=int, default=1)

@@ -30,6 +30,16 @@ class Settings:
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     metrics_port: int = 9464
     """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
+    auth: str = "local"
+    """How calls authenticate (FABRIC_AUTH): `local` (HS256 tokens signed with a key under
+    FABRIC_HOME, minted by `fabric token`), `jwt` (tokens from your issuer, verified with
+    FABRIC_JWT_* settings) or `none` (every call is the default tenant; loopback only)."""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_algorithms: str = "RS256,ES256"
+    """Comma-separated algorithms accepted (pinned; never taken from the token)."""
+    jwt_jwks: str = ""
+    """Path of a JWKS file with the issuer's public keys (read at start-up, never fetched)."""
     vault_addr: str = ""
     """Vault address (FABRIC_VAULT_ADDR): secrets in KV v2, keys in transit. Unset: a
     sealed local file and a local key ring under FABRIC_HOME."""
@@ -67,6 +77,10 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def token_key_path(self) -> Path:
+        return self.home / "token.key"
 
     @property
     def keyring_path(self) -> Path:
@@ -119,6 +133,11 @@ class Settings:
         for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
+        if self.auth not in ("local", "jwt", "none"):
+            raise InvalidArgument("FABRIC_AUTH must be local, jwt or none")
+        if self.auth == "jwt" and not (self.jwt_issuer and self.jwt_audience and self.jwt_jwks):
+            raise InvalidArgument("FABRIC_AUTH=jwt needs FABRIC_JWT_ISSUER, FABRIC_JWT_AUDIENCE "
+                                  "and FABRIC_JWT_JWKS")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise InvalidArgument("FABRIC_LOG_LEVEL must be debug, info, warning or error")
         if self.log_format not in ("text", "json"):

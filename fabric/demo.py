@@ -22,7 +22,7 @@ from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.demo_data import create_demo_database
 from fabric.errors import FabricError, NotFound
-from fabric.wiring import catalog_manager
+from fabric.wiring import catalog_manager, local_token
 
 CONNECTION = "retail"
 
@@ -118,8 +118,10 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
 def run_demo(settings: Settings, scale: int = 1) -> None:
     store = prepare(settings, scale)
     demo_settings = replace(settings, metrics_port=0)
+    token = local_token(demo_settings, subject="fabric-demo", ttl=600) \
+        if demo_settings.auth == "local" else None
     with BackgroundGateway(Gateway.build(demo_settings, store)) as gateway, \
-            FabricClient(gateway.address, timeout=60) as client:
+            FabricClient(gateway.address, token, timeout=60) as client:
         print(f"gateway listening on {gateway.address} (gRPC, Arrow IPC results)")
         for title, sql, params in QUERIES:
             _heading(title)

@@ -3,20 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from connectors import Connector
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.model import Connection, SettingValue
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.config import Settings
-from fabric.errors import FailedPrecondition
+from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
+from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.query.sources import SecretResolver, default_connector_factory, no_secret_store
 from fabric.security.kms import LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore, SecretStore
+from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
 
 
 def open_store(settings: Settings) -> SqliteMetadataStore:
     return SqliteMetadataStore(settings.metadata_path)
+
+
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """The verifier FABRIC_AUTH asks for: the local HS256 key (created on first use), the
+    issuer's JWKS, or None when authentication is off."""
+    if settings.auth == "none":
+        return None
+    if settings.auth == "local":
+        key = LocalKey.load_or_generate(settings.token_key_path)
+        return TokenVerifier(TokenConfig.for_local_key(key))
+    algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
+    try:
+        config = TokenConfig(issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                             algorithms=algorithms, jwks_path=Path(settings.jwt_jwks))
+    except ValueError as error:
+        raise InvalidArgument(f"the JWT settings are not usable: {error}") from None
+    return TokenVerifier(config)
+
+
+def local_token(settings: Settings, *, tenant: str = DEFAULT_TENANT,
+                stage: str = DEFAULT_STAGE, role: str = "admin", subject: str = "local",
+                ttl: float = 3600.0) -> str:
+    """A token signed with the local key (FABRIC_AUTH=local), for development and the CLI."""
+    if settings.auth != "local":
+        raise FailedPrecondition("tokens can be minted only with FABRIC_AUTH=local; "
+                                 "get one from your identity provider")
+    key = LocalKey.load_or_generate(settings.token_key_path)
+    return mint_token(TokenConfig.for_local_key(key), tenant=tenant, stage=stage, role=role,
+                      subject=subject, ttl=ttl)
 
 
 def open_secret_store(settings: Settings) -> SecretStore:

@@ -14,11 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from fabric.api.auth import AuthInterceptor, verified_context
 from fabric.api.query_service import ContextProvider, QueryServicer, default_context
 from fabric.catalog.store import MetadataStore
 from fabric.config import Settings
 from fabric.errors import InvalidArgument
 from fabric.query.engine import QueryEngine
+from fabric.security.authz import TokenVerifierLike
 from fabric.v1 import query_pb2, query_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,15 @@ def is_loopback(address: str) -> bool:
 class Gateway:
     """One runtime gateway: a QueryEngine behind a gRPC server."""
 
-    def __init__(self, engine: QueryEngine, *,
-                 context_provider: ContextProvider = default_context) -> None:
+    def __init__(self, engine: QueryEngine, *, verifier: TokenVerifierLike | None = None,
+                 context_provider: ContextProvider | None = None) -> None:
+        """With a `verifier`, every call must carry a valid bearer token and the identity
+        comes from it; without one, `context_provider` (default: the default tenant)."""
         self.engine = engine
         self.settings = engine.settings
+        self._interceptors = [AuthInterceptor(verifier)] if verifier is not None else []
+        if context_provider is None:
+            context_provider = verified_context if verifier is not None else default_context
         self._servicer = QueryServicer(engine, context_provider)
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
@@ -79,11 +86,16 @@ class Gateway:
 
     @classmethod
     def build(cls, settings: Settings, store: MetadataStore, **engine_options: Any) -> Gateway:
-        return cls(QueryEngine(store, settings, **engine_options))
+        """A gateway as configured: authentication from settings (FABRIC_AUTH)."""
+        from fabric.wiring import token_verifier
+
+        return cls(QueryEngine(store, settings, **engine_options),
+                   verifier=token_verifier(settings))
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
-        server = grpc.aio.server(options=channel_options(self.settings))
+        server = grpc.aio.server(options=channel_options(self.settings),
+                                 interceptors=self._interceptors)
         query_pb2_grpc.add_QueryServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -97,13 +97,19 @@ def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
                           stage=metadata.get("x-stage", DEFAULT_STAGE))
 
 
-def start_harness(tmp_path: Path, **overrides: Any) -> Harness:
+def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> Harness:
     database = tmp_path / "shop.duckdb"
     make_shop(database)
     store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
     manager = catalog_manager(store)
     for tenant in (DEFAULT_TENANT, "other"):
         manager.create_connection(tenant, "shop", "duckdb", {"*": {"path": str(database)}})
+    manager.create_connection("default", "prod_only", "duckdb",
+                              {"production": {"path": str(database)}})
+    manager.select("default", "prod_only", "production", "orders")
+    manager.create_connection("other", "b_only", "duckdb", {"*": {"path": str(database)}})
+    manager.select("other", "b_only", DEFAULT_STAGE, "orders")
+    for tenant in (DEFAULT_TENANT, "other"):
         manager.select(tenant, "shop", DEFAULT_STAGE, "customers", ["id", "name", "country"])
         manager.select(tenant, "shop", DEFAULT_STAGE, "orders")
     executed: list[tuple[str, tuple[Any, ...]]] = []
@@ -120,7 +126,9 @@ def start_harness(tmp_path: Path, **overrides: Any) -> Harness:
     clock = FakeClock()
     settings = Settings(home=tmp_path, metrics_port=0, **overrides)
     engine = QueryEngine(store, settings, clock=clock, connector_factory=factory)
-    gateway = BackgroundGateway(Gateway(engine, context_provider=tenant_from_metadata)).start()
+    gateway = BackgroundGateway(
+        Gateway(engine, verifier=verifier) if verifier is not None
+        else Gateway(engine, context_provider=tenant_from_metadata)).start()
     return Harness(gateway, engine, clock, store, executed, gate)
 
 

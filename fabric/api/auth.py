@@ -1,0 +1,117 @@
+"""Authentication on every gRPC call: a server interceptor verifies the bearer token and
+checks the method's role before any handler (and so any pool or database) runs; the
+verified identity reaches the servicers through a context variable."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from fabric.api.status import ERROR_CODE_KEY, status_for
+from fabric.context import RequestContext
+from fabric.errors import FabricError, InternalError
+from fabric.security.authz import TokenVerifierLike, authenticate
+
+_CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "fabric_request_context", default=None)
+
+
+def verified_context(_: grpc.aio.ServicerContext) -> RequestContext:
+    """The context provider servicers use when authentication is on."""
+    ctx = _CURRENT.get()
+    if ctx is None:
+        # The interceptor sets it for every non-public method; reaching here is a bug,
+        # and failing closed is the only safe answer.
+        raise InternalError("the call reached a servicer without a verified identity")
+    return ctx
+
+
+def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
+        await context.abort(status_for(error), error.message)
+
+    return refuse
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler,
+                      error: FabricError) -> grpc.RpcMethodHandler:
+    refuse = _refusal(error)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        async def refuse_stream(request: Any, context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[Any]:
+            await refuse(request, context)
+            yield  # pragma: no cover - abort raises
+
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer)
+
+    async def refuse_streams(requests: Any, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[Any]:
+        await refuse(requests, context)
+        yield  # pragma: no cover - abort raises
+
+    return grpc.stream_stream_rpc_method_handler(
+        refuse_streams, handler.request_deserializer, handler.response_serializer)
+
+
+def _with_identity(handler: grpc.RpcMethodHandler,
+                   ctx: RequestContext) -> grpc.RpcMethodHandler:
+    """The same handler, run with `ctx` as the call's verified identity."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = _CURRENT.set(ctx)
+            try:
+                return await inner_uu(request, context)
+            finally:
+                _CURRENT.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[Any]:
+            token = _CURRENT.set(ctx)
+            try:
+                async for response in inner_us(request, context):
+                    yield response
+            finally:
+                _CURRENT.reset(token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer)
+    raise InternalError("streaming requests are not part of Fabric's API")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, verifier: TokenVerifierLike) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails],
+                                     Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        try:
+            ctx = authenticate(details.method, details.invocation_metadata, self._verifier)
+        except FabricError as error:
+            return _refusing_handler(handler, error)
+        if ctx is None:  # a public method (health, reflection)
+            return handler
+        return _with_identity(handler, ctx)
