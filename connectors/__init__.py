@@ -18,6 +18,16 @@ def connector_class(kind: str) -> type[Connector]:
         from connectors.postgres import PostgresConnector
 
         return PostgresConnector
+    if kind == "mysql":
+        from connectors.mysql import MySQLConnector
+
+        return MySQLConnector
+    if kind == "sqlserver":
+        from connectors.sqlserver import SqlServerConnector
+
+        return SqlServerConnector
     from fabric.errors import InvalidArgument
 
-    raise InvalidArgument(f"no connector for kind {kind!r}; available: duckdb, postgres")
+    raise InvalidArgument(
+        f"no connector for kind {kind!r}; available: duckdb, postgres, mysql, sqlserver"
+    )

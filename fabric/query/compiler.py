@@ -324,6 +324,7 @@ class StatementCompiler:
             ):
                 # sqlglot emulates it with a subquery that moves our LIMIT inside: wrong rows.
                 raise QueryRejected(f"DISTINCT ON is not supported on {dialect}")
+            tree = _adapt_for_dialect(tree, dialect)
             for identifier in tree.find_all(exp.Identifier):
                 identifier.set("quoted", True)
             text, names = _generate(tree, dialect, param_style, sql)
@@ -585,6 +586,7 @@ class _Resolver:
             sources[source.alias] = source
         self._sources[id(scope)] = sources
         self._expand_stars(select, sources)
+        _inline_group_aliases(select, sources)
         aliases = {p.alias for p in select.expressions if isinstance(p, exp.Alias)}
         for node in list(scope.walk()):
             if type(node) is exp.Column and id(node) not in self._bound:
@@ -750,8 +752,6 @@ class _Resolver:
             self._bind(column, candidates[0])
         elif candidates:
             _ambiguous(column, candidates)
-        elif context == "group" and name in aliases:
-            self._bound.add(id(column))  # GROUP BY an output name, after input columns
         else:
             self._defer(scope, column)
 
@@ -762,6 +762,7 @@ class _Resolver:
 
     def _resolve_outer(self, scope: Scope, column: exp.Column) -> None:
         outer = _outer_scope(scope)
+        nearer = [scope]  # scopes the database searches before `outer` for a qualifier
         while outer is not None:
             sources = self._sources.get(id(outer), {})
             if column.table:
@@ -772,12 +773,27 @@ class _Resolver:
             else:
                 candidates = _candidates(sources, column.this)
                 if len(candidates) == 1:
+                    self._check_not_shadowed(column, candidates[0].alias, nearer)
                     self._bind(column, candidates[0])
                     return
                 if candidates:
                     _ambiguous(column, candidates)
+            nearer.append(outer)
             outer = _outer_scope(outer)
         _not_found(column, self._sources.get(id(scope), {}))
+
+    def _check_not_shadowed(self, column: exp.Column, alias: str, nearer: list[Scope]) -> None:
+        # The output qualifies the column with `alias`; if a nearer FROM clause also has a
+        # table called `alias`, the database binds it there instead, to a column of that
+        # table that may not be selected (`... FROM managers x WHERE EXISTS (SELECT 1
+        # FROM employees x WHERE salary > 0)` would read employees.salary).
+        for scope in nearer:
+            if alias in self._sources.get(id(scope), {}):
+                raise QueryRejected(
+                    f"column '{column.name}' would come from '{alias}' in an outer query, "
+                    f"but the subquery also has a table named '{alias}'; "
+                    "give the tables different aliases"
+                )
 
     def _bind(self, column: exp.Column, source: _Source) -> None:
         found = _matching(source.columns, column.this)
@@ -834,9 +850,46 @@ def _alias_context(column: exp.Column, select: exp.Select) -> str | None:
     parent = column.parent
     if isinstance(parent, exp.Ordered) and parent.parent is select.args.get("order"):
         return "order"
-    if isinstance(parent, exp.Group) and parent is select.args.get("group"):
-        return "group"
     return None
+
+
+def _inline_group_aliases(select: exp.Select, sources: dict[str, _Source]) -> None:
+    """Replace each GROUP BY reference to an output alias with the aliased expression.
+
+    PostgreSQL, DuckDB and MySQL look a GROUP BY name up among the FROM clause's columns
+    before the output names, and the source has columns the selection hides:
+    `SELECT amount AS secret ... GROUP BY secret` would group by the hidden `secret`.
+    T-SQL has no alias references at all. The copy is checked like any other expression.
+    """
+    group = select.args.get("group")
+    if group is None:
+        return
+    outputs: dict[str, list[exp.Expr]] = {}
+    for projection in select.expressions:
+        if isinstance(projection, exp.Alias):
+            outputs.setdefault(projection.alias, []).append(projection.this)
+    for item in list(group.expressions):
+        if (
+            type(item) is not exp.Column
+            or item.table
+            or not isinstance(item.this, exp.Identifier)
+            or _candidates(sources, item.this)  # an input column wins, as in PostgreSQL
+        ):
+            continue
+        targets = outputs.get(item.name)
+        if not targets:
+            continue
+        if len(targets) > 1:
+            raise QueryRejected(f"GROUP BY '{item.name}' is ambiguous: several outputs have it")
+        target = targets[0]
+        if isinstance(target, (exp.Literal, exp.Null, exp.Boolean, exp.Placeholder)) or (
+            target.find(exp.AggFunc, exp.Window, exp.Subquery, exp.Select) is not None
+        ):
+            raise QueryRejected(
+                f"GROUP BY '{item.name}' names an output that is a constant, a parameter, "
+                "an aggregate or a subquery; group by an expression of columns"
+            )
+        item.replace(target.copy())
 
 
 def _outer_scope(scope: Scope) -> Scope | None:
@@ -889,6 +942,162 @@ def _apply_row_limit(tree: exp.Expr, max_rows: int) -> int:
             )
     tree.set("limit", exp.Limit(expression=exp.Literal.number(cap)))
     return cap
+
+
+# -- dialect adaptation ------------------------------------------------------------------
+#
+# Rewrites of the checked tree where sqlglot would generate text the target rejects or
+# reads differently (proven by tests/unit/test_dialects.py: MySQL text runs on a real
+# MariaDB, T-SQL text is parsed back and checked for constructs SQL Server refuses).
+
+_INTERVAL_UNITS = frozenset(
+    {"YEAR", "QUARTER", "MONTH", "WEEK", "DAY", "HOUR", "MINUTE", "SECOND", "MILLISECOND"}
+)
+# Aggregates that ignore NULL inputs, so `agg(x) FILTER (WHERE c)` is `agg(CASE WHEN c
+# THEN x END)` exactly.
+_NULL_IGNORING_AGGREGATES: tuple[type[exp.Expr], ...] = (
+    exp.Count,
+    exp.Sum,
+    exp.Avg,
+    exp.Min,
+    exp.Max,
+    exp.Stddev,
+    exp.StddevPop,
+    exp.StddevSamp,
+    exp.Variance,
+    exp.VariancePop,
+    exp.GroupConcat,
+)
+_TSQL_TEXT_TYPES = {
+    exp.DataType.Type.TEXT: exp.DataType.Type.NVARCHAR,
+    exp.DataType.Type.VARCHAR: exp.DataType.Type.NVARCHAR,
+    exp.DataType.Type.CHAR: exp.DataType.Type.NCHAR,
+}
+
+
+def _adapt_for_dialect(tree: exp.Expr, dialect: str) -> exp.Expr:
+    """Make the checked tree generate text `dialect` accepts with PostgreSQL's meaning,
+    or raise QueryRejected naming the construct."""
+    if dialect not in ("tsql", "mysql"):
+        return tree
+    for ordered_set in tree.find_all(exp.WithinGroup):
+        inner = ordered_set.this
+        name = function_name(inner).upper() if isinstance(inner, exp.Func) else "an"
+        raise QueryRejected(
+            f"{name} ordered-set aggregate (WITHIN GROUP) is not supported on {dialect}"
+        )
+    for interval in list(tree.find_all(exp.Interval)):
+        _simple_interval(interval, dialect)
+    if dialect == "mysql":
+        for filtered in list(tree.find_all(exp.Filter)):
+            filtered.replace(_filter_as_case(filtered, dialect))
+        return tree
+    # T-SQL
+    for arithmetic in list(tree.find_all(exp.Add, exp.Sub)):
+        if isinstance(arithmetic.expression, exp.Interval):
+            negate = isinstance(arithmetic, exp.Sub)
+            arithmetic.replace(_dateadd(arithmetic.this, arithmetic.expression, negate=negate))
+        elif isinstance(arithmetic.this, exp.Interval) and isinstance(arithmetic, exp.Add):
+            arithmetic.replace(_dateadd(arithmetic.expression, arithmetic.this, negate=False))
+    if any(True for _ in tree.find_all(exp.Interval)):
+        raise QueryRejected("an INTERVAL on tsql may only be added to or subtracted from a date")
+    for today in list(tree.find_all(exp.CurrentDate)):
+        today.replace(exp.Cast(this=exp.Anonymous(this="GETDATE"), to=exp.DataType.build("DATE")))
+    for concat in list(tree.find_all(exp.DPipe)):
+        # `+` adds numbers; PostgreSQL's `||` concatenates text (NULL in, NULL out, as `+`)
+        concat.replace(
+            exp.Add(this=_as_nvarchar(concat.this), expression=_as_nvarchar(concat.expression))
+        )
+    for data_type in list(tree.find_all(exp.DataType)):
+        replacement = _TSQL_TEXT_TYPES.get(data_type.this)
+        if replacement is not None:
+            data_type.set("this", replacement)
+    for select in list(tree.find_all(exp.Select)):
+        for projection in select.expressions:
+            value = projection.this if isinstance(projection, exp.Alias) else projection
+            if _is_predicate(value):
+                value.replace(_predicate_as_bit(value))
+    return tree
+
+
+def _is_predicate(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Predicate | exp.Connector | exp.Not | exp.Boolean) or (
+        isinstance(node, exp.Paren) and _is_predicate(node.this)
+    )
+
+
+def _predicate_as_bit(node: exp.Expr) -> exp.Expr:
+    """T-SQL has no boolean values: a predicate as a value becomes BIT (NULL when unknown)."""
+    bit = exp.DataType.build("BIT")
+    return exp.Case(
+        ifs=[
+            exp.If(this=node.copy(), true=exp.Cast(this=exp.Literal.number(1), to=bit)),
+            exp.If(
+                this=exp.Not(this=exp.Paren(this=node.copy())),
+                true=exp.Cast(this=exp.Literal.number(0), to=bit.copy()),
+            ),
+        ]
+    )
+
+
+def _as_nvarchar(node: exp.Expr) -> exp.Expr:
+    if isinstance(node, exp.Literal) and node.is_string:
+        return node
+    return exp.Cast(this=node, to=exp.DataType.build("NVARCHAR(MAX)", dialect="tsql"))
+
+
+def _simple_interval(node: exp.Interval, dialect: str) -> None:
+    """Only `INTERVAL 'n' UNIT` (one whole number, one unit) has a MySQL and T-SQL form."""
+    unit = node.args.get("unit")
+    amount = node.this
+    unit_name = unit.name.upper() if isinstance(unit, exp.Var) else ""
+    unit_name = unit_name[:-1] if unit_name.endswith("S") else unit_name
+    text = amount.name if isinstance(amount, exp.Literal) else ""
+    if unit_name not in _INTERVAL_UNITS or not re.fullmatch(r"-?\d+", text.strip()):
+        raise QueryRejected(
+            f"on {dialect} an INTERVAL must be one whole number and one unit "
+            "(INTERVAL '90' DAY); write several intervals for a mixed one"
+        )
+    node.set("this", exp.Literal.string(text.strip()))
+    node.set("unit", exp.Var(this=unit_name))
+
+
+def _dateadd(target: exp.Expr, interval: exp.Interval, *, negate: bool) -> exp.Expr:
+    amount = int(interval.this.name)
+    return exp.Anonymous(
+        this="DATEADD",
+        expressions=[
+            exp.Var(this=interval.args["unit"].name),
+            exp.Literal.number(-amount if negate else amount),
+            target.copy(),
+        ],
+    )
+
+
+def _filter_as_case(node: exp.Filter, dialect: str) -> exp.Expr:
+    aggregate = node.this
+    condition = node.expression.this if isinstance(node.expression, exp.Where) else None
+    if not isinstance(aggregate, _NULL_IGNORING_AGGREGATES) or condition is None:
+        raise QueryRejected(f"FILTER (WHERE ...) on this aggregate is not supported on {dialect}")
+    aggregate = aggregate.copy()
+    argument = aggregate.this
+    if isinstance(argument, exp.Star):
+        when = exp.If(this=condition.copy(), true=exp.Literal.number(1))
+        aggregate.set("this", exp.Case(ifs=[when]))
+    elif isinstance(argument, exp.Distinct):
+        argument.set(
+            "expressions",
+            [
+                exp.Case(ifs=[exp.If(this=condition.copy(), true=e.copy())])
+                for e in argument.expressions
+            ],
+        )
+    elif argument is not None:
+        when = exp.If(this=condition.copy(), true=argument.copy())
+        aggregate.set("this", exp.Case(ifs=[when]))
+    else:
+        raise QueryRejected(f"FILTER (WHERE ...) on this aggregate is not supported on {dialect}")
+    return aggregate
 
 
 def _generate(
