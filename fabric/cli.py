@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from fabric.catalog.manager import CatalogManager
-from fabric.client import FabricClient
 from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
+from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument

@@ -77,9 +77,9 @@ def test_a_tenant_cannot_see_another_tenants_connections(
 
 def test_a_stage_token_reaches_only_its_stage(secured: tuple[Harness, TokenConfig]) -> None:
     h, config = secured
-    with FabricClient(h.address, token(config, stage="development"), timeout=10) as dev:
-        with pytest.raises(NotFound, match="stage 'development'"):
-            dev.query("prod_only", QUERY)
+    with FabricClient(h.address, token(config, stage="development"), timeout=10) as dev, \
+            pytest.raises(NotFound, match="stage 'development'"):
+        dev.query("prod_only", QUERY)
     with FabricClient(h.address, token(config, stage="production"), timeout=10) as prod:
         assert prod.query("prod_only", QUERY).column("n")[0].as_py() == 20_000
     assert [sql for sql, _ in h.executed] and all("orders" in sql for sql, _ in h.executed)
