@@ -17,7 +17,7 @@ from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
 from fabric.client import FabricClient
 from fabric.config import Settings
-from fabric.wiring import open_secret_store, open_store
+from fabric.wiring import local_token, open_secret_store, open_store
 from tests.support.pg_instance import PgInstance, private_postgres
 
 PASSWORD = "Canary-Pass-4d9e1b"
@@ -65,8 +65,9 @@ def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance,
     settings = Settings(home=tmp_path, metrics_port=0)
     store, secrets = open_store(settings), open_secret_store(settings)
     try:
-        with BackgroundGateway(Gateway.build(settings, store, secrets=secrets.get)) as gateway, \
-                FabricClient(gateway.address, timeout=30) as client:
+        gateway_under_test = Gateway.build(settings, store, secrets=secrets.get)
+        with BackgroundGateway(gateway_under_test) as gateway, \
+                FabricClient(gateway.address, local_token(settings), timeout=30) as client:
             rows = client.query("vault", "SELECT owner FROM accounts ORDER BY id").to_pylist()
         assert rows == [{"owner": "ann"}, {"owner": "bob"}]
         assert secrets.refs() == ["connections/default/vault/all"]
