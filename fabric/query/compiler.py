@@ -52,7 +52,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 from connectors.base import ParamStyle
 from fabric.catalog.model import CatalogSnapshot, Entity
 from fabric.errors import InternalError, InvalidArgument, QueryRejected
-from fabric.query.functions import function_name, is_allowed_function
+from fabric.query.functions import dialect_refusal, function_name, is_allowed_function
 
 __all__ = ["INPUT_DIALECT", "TARGET_DIALECTS", "CompiledStatement", "StatementCompiler"]
 
@@ -314,6 +314,7 @@ class StatementCompiler:
         try:
             tree = self._parse(sql, tokens)
             _check_structure(tree, catalog)
+            _check_dialect_functions(tree, dialect)
             # PostgreSQL folding: unquoted identifiers become lower case, quoted stay as is.
             tree = normalize_identifiers(tree, dialect=INPUT_DIALECT)
             resolver = _Resolver(catalog)
@@ -462,6 +463,16 @@ def _positional_parameters() -> QueryRejected:
     return QueryRejected(
         "positional parameters ('?', '$1', '%s') are not allowed; use named parameters (:name)"
     )
+
+
+def _check_dialect_functions(tree: exp.Expr, dialect: str) -> None:
+    """The per-dialect part of the function allow-list."""
+    for node in tree.find_all(exp.Func):
+        reason = dialect_refusal(node, dialect)
+        if reason is not None:
+            raise QueryRejected(
+                f"function '{function_name(node)}' is not available on this connection: "
+                f"{dialect} {reason}")
 
 
 def _check_structure(tree: exp.Expr, catalog: CatalogSnapshot) -> None:
@@ -991,6 +1002,11 @@ def _adapt_for_dialect(tree: exp.Expr, dialect: str) -> exp.Expr:
     if dialect == "mysql":
         for filtered in list(tree.find_all(exp.Filter)):
             filtered.replace(_filter_as_case(filtered, dialect))
+        for truncated in list(tree.find_all(exp.DateTrunc, exp.TimestampTrunc)):
+            # MySQL has no DATE_TRUNC; sqlglot's DATE_ADD rewrite starts from a string
+            # literal and so returns text: cast it back to the timestamp PostgreSQL returns.
+            truncated.replace(exp.Cast(this=truncated.copy(),
+                                       to=exp.DataType.build("DATETIME", dialect="mysql")))
         return tree
     # T-SQL
     for arithmetic in list(tree.find_all(exp.Add, exp.Sub)):

@@ -4,6 +4,10 @@ The runtime keeps, per (tenant, connection, stage), the connection's settings, t
 selected entities at the current catalog version and a connector (with its pool). A
 cheap catalog-version read on every request notices changes made by another process
 (the CLI filling the store while the gateway runs); then only what changed is rebuilt.
+
+The catalog a request gets is the stage's view (`CatalogSnapshot.for_stage`): entity
+names stay what apps write, schema and table are that stage's physical names, so the
+compiler emits the right table for the stage without knowing stages exist.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ class SourceRegistry:
     ) -> BoundSource:
         tenant, name, stage = key
         connection = self._store.get_connection(tenant, name)
-        catalog = self._store.catalog(tenant, name)
+        catalog = self._store.catalog(tenant, name).for_stage(stage)
         settings = connection.settings_for(stage)
         if settings is None:
             raise NotFound(
@@ -113,6 +117,11 @@ class SourceRegistry:
         if previous is not None and previous[0].connector is not connector:
             self._close(previous[0].connector)
         return bound
+
+    def held(self) -> list[tuple[str, str, str]]:
+        """The (tenant, connection, stage) whose metadata and connector are held now."""
+        with self._lock:
+            return sorted(self._bound)
 
     def purge(self, tenant: str, connection: str) -> int:
         """Forget every stage of a connection and close its connectors; returns how many."""

@@ -2,6 +2,8 @@
 
 A hit is one dictionary lookup on a tuple of strings and ints, under a lock: no parsing.
 The catalog version is part of the key, so a selection or schema change misses at once;
+so is the catalog's stage (`CatalogSnapshot.stage`): two stages may map one entity to
+different physical tables at the same catalog version, and must not share a statement;
 `purge_connection` drops a connection's entries when the platform updates or deletes it.
 Compiles run outside the lock, so a slow compile never blocks hits on other statements;
 two threads missing on the same key may both compile, and the first stored result wins.
@@ -20,8 +22,9 @@ from fabric.query.compiler import CompiledStatement, StatementCompiler
 
 __all__ = ["StatementCache"]
 
-# (tenant, connection, catalog version, dialect, param style, max_rows, sql text)
-_Key = tuple[str, str, int, str, str, int, str]
+# (tenant, connection, catalog version, stage ("" for a stage-less snapshot), dialect,
+#  param style, max_rows, sql text)
+_Key = tuple[str, str, int, str, str, str, int, str]
 
 
 class StatementCache:
@@ -66,6 +69,7 @@ class StatementCache:
             tenant,
             connection,
             catalog.version,
+            catalog.stage or "",
             dialect,
             param_style.value,
             max_rows,

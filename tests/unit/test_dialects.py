@@ -291,7 +291,7 @@ def test_tsql_rewrites() -> None:
             "WITHIN GROUP",
         ),
         ("SELECT ordered_at - INTERVAL '1 day 2 hours' AS t FROM orders", "INTERVAL"),
-        ("SELECT array_agg(id) FILTER (WHERE id > 1) AS a FROM orders", "FILTER"),
+        ("SELECT array_agg(id) FILTER (WHERE id > 1) AS a FROM orders", "array_agg"),
     ],
 )
 def test_rejected_with_clear_message(dialect: str, sql: str, message: str) -> None:
