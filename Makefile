@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint proto serve clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: setup demo test lint proto serve bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,18 @@ demo: setup
 test: setup
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/pytest
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Full run (TPC-H SF1 in PostgreSQL, several minutes); writes benchmarks/results/latest.*
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Same scenarios on small data in well under a minute; no ratio asserted.
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

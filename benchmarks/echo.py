@@ -100,7 +100,9 @@ class EchoProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> EchoProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.echo"],
+        from benchmarks.common import ROOT
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.echo"], cwd=ROOT,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)

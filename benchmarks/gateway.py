@@ -48,6 +48,20 @@ class FabricHome:
         finally:
             store.close()
 
+    def token(self) -> str | None:
+        """A bearer token for the benchmark's calls: with FABRIC_AUTH=local (the default)
+        one minted with this home's local key (role app, as a runtime app would hold);
+        otherwise FABRIC_TOKEN, if set. Call before starting the gateway (the key file is
+        created on first use and the gateway reads the same one)."""
+        from fabric.config import Settings
+
+        settings = Settings.from_env({**os.environ, "FABRIC_HOME": str(self.path)})
+        if settings.auth == "local":
+            from fabric.wiring import local_token
+
+            return local_token(settings, role="app", subject="fabric-bench", ttl=4 * 3600)
+        return os.environ.get("FABRIC_TOKEN")
+
     def cleanup(self) -> None:
         self._tmp.cleanup()
 

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import psycopg
 
-from benchmarks.common import Pg, geomean, rounded, summarize
+from benchmarks.common import Pg, cpu_seconds, geomean, rounded, summarize
 from benchmarks.echo import EXECUTE, EchoProcess
 from benchmarks.gateway import CONNECTION, FabricHome, GatewayProcess
 from benchmarks.tpch import Dataset, queries
@@ -91,11 +91,17 @@ class Bench:
     echo: EchoProcess
     plan: Plan
     cold_starts: list[float] = field(default_factory=list)
+    token: str | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def client(self, address: str | None = None, timeout: float = 600.0) -> Any:
+        """The public client; the echo gets the same client with the same token."""
         from fabric.client import FabricClient
 
-        return FabricClient(address or self.gateway.address, timeout=timeout)
+        return FabricClient(address or self.gateway.address, self.token, timeout=timeout)
 
     def direct(self, **extra: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(self.pg.conninfo(schema=self.data.schema, connect_timeout=10,
@@ -118,12 +124,12 @@ def _raw_request(sql: str, params: dict[str, Any] | None = None, cache_ttl: int 
                              cache_ttl_seconds=cache_ttl).SerializeToString()
 
 
-def record_response(address: str, request: bytes) -> list[bytes]:
+def record_response(b: Bench, request: bytes) -> list[bytes]:
     """The gateway's response messages to `request`, byte for byte (for the echo)."""
-    with grpc.insecure_channel(address, options=[
+    with grpc.insecure_channel(b.gateway.address, options=[
             ("grpc.max_receive_message_length", 1 << 30)]) as channel:
         call = channel.unary_stream(EXECUTE)
-        return list(call(request, timeout=120))
+        return list(call(request, timeout=120, metadata=b.metadata))
 
 
 def _interleaved(paths: dict[str, Callable[[], Any]], warmup: int, repeat: int
@@ -227,7 +233,7 @@ def cache_hit(b: Bench) -> dict[str, Any]:
             raise WrongResult("the second identical cacheable query was not a cache hit")
         if not first.table.equals(second.table):
             raise WrongResult("the cached result differs from the first result")
-        messages = record_response(b.gateway.address, _raw_request(AGGREGATE_SQL,
+        messages = record_response(b, _raw_request(AGGREGATE_SQL,
                                                                    cache_ttl=CACHE_TTL))
         b.echo.set(b"", messages)
         misses = 0
@@ -285,7 +291,7 @@ def point_query(b: Bench) -> dict[str, Any]:
                               f"{len(direct_rows)} direct; expected 1")
         if table.column("o_orderkey")[0].as_py() != direct_rows[0][0]:
             raise WrongResult("point query returned another order than the database")
-        b.echo.set(b"", record_response(b.gateway.address, _raw_request(POINT_SQL,
+        b.echo.set(b"", record_response(b, _raw_request(POINT_SQL,
                                                                         {"k": probe})))
         bad = 0
 
@@ -324,7 +330,12 @@ def point_query(b: Bench) -> dict[str, Any]:
 # -- 4: throughput ------------------------------------------------------------------------
 
 async def _load(address: str, request: bytes, clients: int, seconds: float,
-                warmup: float, expected_bytes: int) -> dict[str, Any]:
+                warmup: float, expected: Sequence[bytes],
+                metadata: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """`clients` concurrent callers for `seconds` after `warmup`; a response counts when it
+    has the expected number of messages and size (the summary's elapsed time may change
+    the size by a few bytes)."""
+    expected_count, expected_bytes = len(expected), sum(len(m) for m in expected)
     options = [("grpc.max_receive_message_length", 1 << 28),
                ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(clients)]
@@ -339,11 +350,13 @@ async def _load(address: str, request: bytes, clients: int, seconds: float,
         async def worker(call: Any) -> None:
             while time.perf_counter() < stop_at:
                 try:
-                    size = 0
-                    async for message in call(request, timeout=30):
+                    size = count = 0
+                    async for message in call(request, timeout=30, metadata=metadata):
                         size += len(message)
-                    if size != expected_bytes:
-                        errors.append(f"response of {size} bytes, expected {expected_bytes}")
+                        count += 1
+                    if count != expected_count or abs(size - expected_bytes) > 16:
+                        errors.append(f"response of {count} messages, {size} bytes; expected "
+                                      f"{expected_count}, {expected_bytes}")
                     elif measuring:
                         done.append(time.perf_counter())
                 except grpc.RpcError as exc:
@@ -368,15 +381,26 @@ async def _load(address: str, request: bytes, clients: int, seconds: float,
 
 def throughput(b: Bench) -> dict[str, Any]:
     request = _raw_request(AGGREGATE_SQL, cache_ttl=CACHE_TTL)
-    messages = record_response(b.gateway.address, request)
+    messages = record_response(b, request)
     b.echo.set(b"", messages)
-    size = sum(len(m) for m in messages)
     plan = b.plan
     warm = 1.0 if plan.quick else 2.0
-    fabric = asyncio.run(_load(b.gateway.address, request, plan.clients,
-                               plan.throughput_seconds, warm, size))
-    echo = asyncio.run(_load(b.echo.address, request, plan.clients,
-                             plan.throughput_seconds, warm, size))
+
+    def measured(address: str, server_pid: int) -> dict[str, Any]:
+        # CPU used by the server and by this (client) process over the whole load
+        # (warm-up included), as a fraction of the wall time: shows which side saturates.
+        wall, client_cpu, server_cpu = time.perf_counter(), time.process_time(), \
+            cpu_seconds(server_pid)
+        out = asyncio.run(_load(address, request, plan.clients, plan.throughput_seconds,
+                                warm, messages, b.metadata))
+        wall = time.perf_counter() - wall
+        out["client_cpu_fraction"] = (time.process_time() - client_cpu) / wall
+        out["server_cpu_fraction"] = (cpu_seconds(server_pid) - server_cpu) / wall
+        return out
+
+    assert b.echo.proc is not None
+    fabric = measured(b.gateway.address, b.gateway.pid)
+    echo = measured(b.echo.address, b.echo.proc.pid)
     ratio = fabric["rps"] / echo["rps"]
     tgt = target(">=", 0.6, ">= 0.6 x echo req/s, zero errors")
     return {
@@ -391,7 +415,8 @@ def throughput(b: Bench) -> dict[str, Any]:
         "samples": {"fabric_per_second": fabric["per_second"],
                     "echo_per_second": echo["per_second"]},
         "client": "grpc.aio in the benchmark process, raw bytes, one channel (own TCP "
-                  "connection) per client; identical for the echo",
+                  "connection) per client; identical for the echo. client_cpu_fraction near "
+                  "1.0 means the load generator (one Python process) is the limit",
         "errors": fabric["errors"] + echo["errors"],
     }
 
@@ -455,16 +480,16 @@ class _RssSampler(threading.Thread):
         super().__init__(daemon=True, name="rss-sampler")
         self.gateway, self.interval = gateway, interval
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.perf_counter()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.samples.append((time.perf_counter() - self._t0, self.gateway.rss()))
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def finish(self) -> list[tuple[float, int]]:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
         return self.samples
 
