@@ -43,6 +43,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 import jwt
+from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -273,7 +274,8 @@ class TokenVerifier:
     thread-safe and does no I/O.
     """
 
-    def __init__(self, config: TokenConfig, *, clock: WallClock = SYSTEM_WALL_CLOCK) -> None:
+    def __init__(self, config: TokenConfig, *, clock: WallClock = SYSTEM_WALL_CLOCK,
+                 verified_cache_size: int = 10_000) -> None:
         self.config = config
         self._clock = clock
         self._algorithms = frozenset(config.algorithms)
@@ -284,6 +286,12 @@ class TokenVerifier:
             for key in _load_jwks(config.jwks_path):
                 _add_key(keys, key)
         self._keys: Mapping[str, _PublicKey] = MappingProxyType(keys)
+        # Verified tokens, so a client reusing its token costs a dictionary lookup and a
+        # time check, not a signature check per call. Only successes are kept, with the
+        # claims' times, which are checked again on every hit against the clock.
+        self._verified: LRUCache[str, tuple[RequestContext, dict[str, Any]]] = LRUCache(
+            maxsize=verified_cache_size)
+        self._verified_lock = threading.Lock()
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -292,6 +300,19 @@ class TokenVerifier:
 
     def verify(self, token: str) -> RequestContext:
         """The verified identity in `token`, or Unauthenticated saying what was wrong."""
+        if isinstance(token, str):
+            with self._verified_lock:
+                known = self._verified.get(token)
+            if known is not None:
+                ctx, times = known
+                self._check_times(times)
+                return ctx
+        ctx, times = self._verify_fully(token)
+        with self._verified_lock:
+            self._verified[token] = (ctx, times)
+        return ctx
+
+    def _verify_fully(self, token: str) -> tuple[RequestContext, dict[str, Any]]:
         if not isinstance(token, str) or not token:
             raise Unauthenticated("no bearer token was presented")
         if len(token) > self.config.max_token_length:
@@ -352,7 +373,8 @@ class TokenVerifier:
         if not isinstance(claims, dict):
             raise Unauthenticated("the bearer token's payload is not a JSON object")
         self._check_times(claims)
-        return _context(claims)
+        times = {name: claims[name] for name in ("exp", "nbf", "iat") if name in claims}
+        return _context(claims), times
 
     def _key_for(self, alg: str, kid: object) -> Any:
         if alg in HMAC_ALGORITHMS:

@@ -610,3 +610,28 @@ def test_local_key_drives_a_local_configuration(tmp_path: Path, clock: FakeWallC
     assert TokenVerifier(config, clock=clock).verify(token).role is Role.ADMIN
     other = TokenConfig.for_local_key(LocalKey.generate(tmp_path / "other.key"))
     rejected(TokenVerifier(other, clock=clock), token, "signature does not verify")
+
+
+def test_a_verified_token_is_remembered_but_still_expires(
+    hs_verifier: TokenVerifier, clock: FakeWallClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    first = hs_verifier.verify(token)
+    decodes = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    assert hs_verifier.verify(token) == first  # from memory: no second signature check
+    assert decodes == 0
+    clock.set(NOW + 300 + hs_verifier.config.leeway)  # the exact instant it expires
+    with pytest.raises(Unauthenticated, match="expired"):
+        hs_verifier.verify(token)
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    with pytest.raises(Unauthenticated):
+        hs_verifier.verify(tampered)  # a different string is verified in full
+    assert decodes == 1
