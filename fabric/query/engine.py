@@ -12,6 +12,7 @@ query at the source before the connection returns to its pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -98,6 +99,9 @@ class SourceRun:
         self.rows = 0
         self.truncated = False
         self.finished = False
+        self.exhausted = False
+        """Every row has been read (the source was closed at once)."""
+        self.closed = False
 
     @property
     def schema(self) -> pa.Schema:
@@ -109,7 +113,7 @@ class SourceRun:
         return message
 
     def header(self) -> bytes:
-        return self._keep(self.chunker.schema_message())
+        return self._keep(_schema_message(self.chunker.schema))
 
     def trailer(self) -> bytes:
         return self._keep(self.chunker.end_of_stream())
@@ -146,8 +150,12 @@ class SourceRun:
             return None
 
     def read_messages(self) -> list[bytes] | None:
+        """The next batch as IPC messages; None at the end, when the source has just been
+        closed in the same call (one thread hop less per query)."""
         batch = self.read_batch()
         if batch is None:
+            self.exhausted = True
+            self.close()
             return None
         return [self._keep(m) for m in self.chunker.batch_messages(batch)]
 
@@ -155,7 +163,9 @@ class SourceRun:
         self.handle.cancel()
 
     def close(self) -> None:
-        self.handle.close()
+        if not self.closed:
+            self.closed = True
+            self.handle.close()
 
 
 class PagedResult:
@@ -270,10 +280,61 @@ class QueryEngine:
 
         return await self._blocking(start)
 
+    async def _start_streaming(self, bound: BoundSource, compiled: CompiledStatement,
+                               args: tuple[Any, ...], deadline: float | None,
+                               builder: ResultBuilder | None) -> tuple[SourceRun, list[bytes]]:
+        """Start the query and read its first batch in the same worker call: a small
+        result is whole (and its source closed) after one thread hop. A caller that goes
+        away while that call blocks (a slow first row) still cancels the source query."""
+        timeout = self._timeout(deadline)
+        loop = asyncio.get_running_loop()
+        created = asyncio.Event()
+        started: list[SourceRun] = []
+
+        def start() -> tuple[SourceRun, list[bytes]]:
+            handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
+                                             batch_rows=self.settings.batch_rows)
+            try:
+                run = SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
+                                builder)
+            except BaseException:
+                handle.close()
+                raise
+            started.append(run)
+            loop.call_soon_threadsafe(created.set)
+            first = [run.header()]
+            first.extend(run.read_messages() or ())
+            return run, first
+
+        future = loop.run_in_executor(self.executor, start)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abandon_start(future, created, started))
+            raise
+
+    async def _abandon_start(self, future: asyncio.Future[tuple[SourceRun, list[bytes]]],
+                             created: asyncio.Event, started: list[SourceRun]) -> None:
+        """Cancel a query whose start is still in a worker thread, as soon as its handle
+        exists, then close it once the worker has returned."""
+        waiter = asyncio.ensure_future(created.wait())
+        try:
+            await asyncio.wait({future, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if started:
+            await self._blocking(started[0].cancel)
+        await asyncio.gather(future, return_exceptions=True)
+        if started:
+            await self._blocking(started[0].close)
+
     async def _stop(self, run: SourceRun, pending: asyncio.Future[Any] | None,
                     cancel: bool) -> None:
         """Stop a run (cancelling it at the source if it has not finished) and close it,
         after any read still in a worker thread has returned."""
+        if not cancel and pending is None and run.closed:
+            return  # nothing left to stop: no thread hop
+
         async def stop() -> None:
             if cancel:
                 await self._blocking(run.cancel)
@@ -363,16 +424,18 @@ class QueryEngine:
                    on_complete: Callable[[SourceRun], None] | None = None,
                    on_uncacheable: Callable[[], None] | None = None,
                    ) -> AsyncIterator[bytes | Summary]:
-        run = await self._start(bound, compiled, args, deadline, builder)
+        run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
         pending: asyncio.Future[list[bytes] | None] | None = None
         finished = False
         try:
-            yield run.header()
             loop = asyncio.get_running_loop()
             # One batch ahead: the next batch is read and encoded in a worker thread while
             # this one goes out to the caller.
-            pending = loop.run_in_executor(self.executor, run.read_messages)
-            while True:
+            if not run.exhausted:
+                pending = loop.run_in_executor(self.executor, run.read_messages)
+            for message in first:
+                yield message
+            while pending is not None:
                 messages = await pending
                 pending = None
                 if messages is None:
@@ -559,6 +622,14 @@ def log_failure(ctx: RequestContext, request: QueryRequest, error: FabricError,
         "stage": ctx.stage, "connection": request.connection,
         "sql": mask_literals(request.sql), "params": sorted(request.params),
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+@functools.lru_cache(maxsize=512)
+def _schema_message(schema: pa.Schema) -> bytes:
+    """The IPC schema message, encoded once per distinct schema (results of one compiled
+    statement share theirs)."""
+    message: bytes = schema.serialize().to_pybytes()
+    return message
 
 
 def _elapsed_us(started: float) -> int:
