@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> None:
         gateway = Gateway.build(settings, open_store(settings),
-                                secrets=open_secret_store(settings).get)
+                                secret_store=open_secret_store(settings))
         port = await gateway.start(listen)
         print(f"fabric gateway serving on port {port}"
               + (f", metrics on 127.0.0.1:{gateway.metrics_port}/metrics"
@@ -217,7 +217,31 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "test":
         manager.test_connection(tenant, args.name, args.stage_name)
         print(f"connection {args.name!r} works in stage {args.stage_name!r}")
+    elif args.action == "update":
+        _update_connection(args, settings, manager)
     return 0
+
+
+def _update_connection(args: argparse.Namespace, settings: Settings,
+                       manager: CatalogManager) -> None:
+    """`fabric connection update`: one stage's settings and/or password, or removals."""
+    from fabric.platform.connections import ConnectionAdmin, StageInput
+    from fabric.platform.departure import ChangeListeners
+    from fabric.wiring import open_secret_store
+
+    password = _read_password(args)
+    stage_settings = dict(parse_setting(s) for s in args.set or [])
+    stages = ({args.stage: StageInput(stage_settings, password)}
+              if stage_settings or password is not None else {})
+    # No runtime in this process: running gateways see the new version on their next call.
+    admin = ConnectionAdmin(manager, open_secret_store(settings), ChangeListeners())
+    connection = admin.update(args.tenant, args.name, stages=stages,
+                              remove_stages=args.remove_stage or [],
+                              clear_passwords=[args.stage] if args.clear_password else [],
+                              expected_version=args.expected_version, verify=args.verify)
+    print(f"updated connection {connection.name!r} to version {connection.version}; stages: "
+          + ", ".join(f"{stage}{' (password)' if stage in connection.secret_refs else ''}"
+                      for stage in sorted(connection.stages)))
 
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
@@ -252,6 +276,31 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "list":
         for entity in manager.list_entities(tenant, args.connection):
             print(_describe_entity(entity))
+    elif args.action == "refresh":
+        from fabric.platform.refresh import refresh_catalog
+
+        report = refresh_catalog(manager, tenant, args.connection, stage)
+        for drift in report.drift:
+            where = f".{drift.column}" if drift.column else ""
+            types = (f" {drift.old_type or '-'} -> {drift.new_type or '-'}"
+                     if drift.old_type or drift.new_type else "")
+            detail = f" ({drift.detail})" if drift.detail else ""
+            print(f"{drift.kind.value}: {drift.entity} = {drift.schema}.{drift.table}"
+                  f"{where}{types}{detail}")
+        if not report.drift:
+            print("no drift")
+        print(f"catalog version {report.previous_version} -> {report.catalog_version}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    """`fabric audit list`: administrative changes, newest first; never a secret."""
+    manager = _manager(settings)
+    for event in manager.store.list_audit(args.tenant, connection=args.connection,
+                                          limit=args.limit):
+        details = " ".join(f"{k}={v}" for k, v in event.details.items())
+        print(f"{event.at.isoformat(timespec='seconds')}\t{event.actor}\t{event.action}\t"
+              f"{event.connection or '-'}\t{event.stage or '-'}\t{details}")
     return 0
 
 
@@ -346,6 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     test = conn.add_parser("test", help="connect and run a trivial query")
     test.add_argument("name")
     test.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
+    update = conn.add_parser("update", help="change a stage's settings or password")
+    update.add_argument("name")
+    update.add_argument("--stage", default=ALL_STAGES,
+                        help="stage to change (default: the all-stages settings)")
+    update.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="the stage's settings, replacing its old ones; repeat")
+    new_secret = update.add_mutually_exclusive_group()
+    new_secret.add_argument("--password-stdin", action="store_true",
+                            help="read the new password from the first line of standard input")
+    new_secret.add_argument("--password-prompt", action="store_true",
+                            help="ask for the new password without echoing it")
+    new_secret.add_argument("--clear-password", action="store_true",
+                            help="remove the stage's password")
+    update.add_argument("--remove-stage", action="append", metavar="STAGE",
+                        help="remove a stage's settings and password; repeat")
+    update.add_argument("--expected-version", type=int,
+                        help="apply only if the connection is still at this version")
+    update.add_argument("--verify", action="store_true",
+                        help="test the changed stage before storing anything")
     conn_parser = sub.choices["connection"]
     conn_parser.set_defaults(func=cmd_connection)
 
@@ -355,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("discover", "list remote tables, columns and keys"),
                        ("select", "select a table (some columns, or all) for apps"),
                        ("unselect", "remove entities from the selection"),
-                       ("list", "list selected entities")):
+                       ("list", "list selected entities"),
+                       ("refresh", "re-read the selected tables and report drift")):
         p = cat_sub.add_parser(name, help=text)
         p.add_argument("connection")
         p.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
@@ -396,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="developer")
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    audit = sub.add_parser("audit", help="administrative changes").add_subparsers(
+        dest="action", required=True)
+    audit_list = audit.add_parser("list", help="list changes, newest first")
+    audit_list.add_argument("--connection", help="only changes of this connection")
+    audit_list.add_argument("--limit", type=int, default=100)
+    sub.choices["audit"].set_defaults(func=cmd_audit)
 
     demo = sub.add_parser("demo", help="run the embedded demo (no servers needed)")
     demo.add_argument("--scale", type=int, default=1)

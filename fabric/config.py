@@ -73,6 +73,11 @@ class Settings:
     """Rows per record batch read from a source."""
     worker_threads: int = 16
     """Threads that run blocking driver calls off the event loop."""
+    metadata_stale_after: float = 4 * 3600.0
+    """Seconds after which in-memory metadata of a connection whose environment is gone,
+    and that could not be confirmed since, is dropped (FABRIC_METADATA_STALE_AFTER)."""
+    metadata_sweep_interval: float = 60.0
+    """Seconds between sweeps for stale in-memory metadata."""
 
     @property
     def tls(self) -> bool:
@@ -130,7 +135,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
-        for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval"):
+        for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval",
+                     "metadata_stale_after", "metadata_sweep_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
         if self.auth not in ("local", "jwt", "none"):

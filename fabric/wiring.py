@@ -12,7 +12,12 @@ from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FailedPrecondition, InvalidArgument
-from fabric.query.sources import SecretResolver, default_connector_factory, no_secret_store
+from fabric.query.sources import (
+    ConnectorFactory,
+    SecretResolver,
+    default_connector_factory,
+    no_secret_store,
+)
 from fabric.security.kms import LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore, SecretStore
 from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
@@ -68,7 +73,9 @@ def secret_ref(tenant: str, connection: str, stage: str) -> str:
 
 
 def stage_connector_factory(
-        secrets: SecretResolver = no_secret_store) -> Callable[[Connection, str], Connector]:
+        secrets: SecretResolver = no_secret_store,
+        builder: ConnectorFactory = default_connector_factory,
+) -> Callable[[Connection, str], Connector]:
     """A (connection, stage) -> connector factory for the catalog manager, resolving the
     stage's settings and password the same way the runtime does."""
 
@@ -78,7 +85,7 @@ def stage_connector_factory(
             raise FailedPrecondition(
                 f"connection {connection.name!r} has no settings for stage {stage!r}")
         ref = connection.secret_ref_for(stage)
-        return default_connector_factory(connection, settings, secrets(ref) if ref else None)
+        return builder(connection, settings, secrets(ref) if ref else None)
 
     return build
 

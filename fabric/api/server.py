@@ -15,17 +15,26 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from fabric.api.auth import AuthInterceptor, verified_context
+from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, QueryServicer, default_context
 from fabric.catalog.store import MetadataStore
+from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
 from fabric.errors import InvalidArgument
+from fabric.platform.departure import ChangeListeners, EnginePurger, StaleMetadataSweeper
+from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
+from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.authz import TokenVerifierLike
-from fabric.v1 import query_pb2, query_pb2_grpc
+from fabric.security.secrets import SecretStore
+from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2, query_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+CONNECTION_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name
+CATALOG_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
+SERVICES = (QUERY_SERVICE, CONNECTION_SERVICE, CATALOG_SERVICE)
 
 
 def channel_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -64,18 +73,39 @@ def is_loopback(address: str) -> bool:
 
 
 class Gateway:
-    """One runtime gateway: a QueryEngine behind a gRPC server."""
+    """One gateway running both planes: a QueryEngine (runtime) and the platform services
+    (connections, catalog, audit) behind one gRPC server."""
 
     def __init__(self, engine: QueryEngine, *, verifier: TokenVerifierLike | None = None,
-                 context_provider: ContextProvider | None = None) -> None:
+                 context_provider: ContextProvider | None = None,
+                 secret_store: SecretStore | None = None,
+                 connector_builder: ConnectorFactory = default_connector_factory,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         """With a `verifier`, every call must carry a valid bearer token and the identity
-        comes from it; without one, `context_provider` (default: the default tenant)."""
+        comes from it; without one, `context_provider` (default: the default tenant).
+
+        Platform changes reach the runtime through `listeners` (in-process: `purger`,
+        which purges the engine at once; a bus publisher is added there too).
+        `secret_store` keeps connection passwords (None: passwords are refused);
+        `connector_builder` builds the connectors the platform uses for discovery and
+        tests; `clock` drives the stale-metadata sweeper.
+        """
         self.engine = engine
         self.settings = engine.settings
         self._interceptors = [AuthInterceptor(verifier)] if verifier is not None else []
         if context_provider is None:
             context_provider = verified_context if verifier is not None else default_context
         self._servicer = QueryServicer(engine, context_provider)
+        self.purger = EnginePurger(engine)
+        engine.metrics.add_snapshot(self.purger.snapshot)
+        self.listeners = ChangeListeners([self.purger])
+        self.platform = Platform.build(engine.store, self.listeners, secret_store=secret_store,
+                                       connector_builder=connector_builder)
+        self.stale_sweeper = StaleMetadataSweeper(
+            engine, self.purger, max_age=self.settings.metadata_stale_after, clock=clock)
+        self._connection_servicer = ConnectionServicer(self.platform, context_provider)
+        self._catalog_servicer = CatalogServicer(self.platform, context_provider)
+        self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -85,21 +115,29 @@ class Gateway:
         self.metrics_port: int | None = None
 
     @classmethod
-    def build(cls, settings: Settings, store: MetadataStore, **engine_options: Any) -> Gateway:
-        """A gateway as configured: authentication from settings (FABRIC_AUTH)."""
+    def build(cls, settings: Settings, store: MetadataStore, *,
+              secret_store: SecretStore | None = None, **engine_options: Any) -> Gateway:
+        """A gateway as configured: authentication from settings (FABRIC_AUTH); with
+        `secret_store`, connection passwords are kept there and the runtime reads them
+        from it."""
         from fabric.wiring import token_verifier
 
+        if secret_store is not None:
+            engine_options.setdefault("secrets", secret_store.get)
         return cls(QueryEngine(store, settings, **engine_options),
-                   verifier=token_verifier(settings))
+                   verifier=token_verifier(settings), secret_store=secret_store)
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
         server = grpc.aio.server(options=channel_options(self.settings),
                                  interceptors=self._interceptors)
         query_pb2_grpc.add_QueryServiceServicer_to_server(self._servicer, server)
+        platform_pb2_grpc.add_ConnectionServiceServicer_to_server(self._connection_servicer,
+                                                                  server)
+        platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (QUERY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         credentials = server_credentials(self.settings)
         if credentials is None:
             self.port = server.add_insecure_port(address)
@@ -109,10 +147,12 @@ class Gateway:
             raise OSError(f"cannot listen on {address}")
         self._server = server
         await server.start()
-        for service in (QUERY_SERVICE, ""):
+        for service in (*SERVICES, ""):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(
             self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval))
+        self._stale_task = asyncio.create_task(
+            self.stale_sweeper.run(self.settings.metadata_sweep_interval))
         if metrics and self.settings.metrics_port:
             server, _thread = start_http_server(self.settings.metrics_port, "127.0.0.1",
                                                 registry=self.engine.metrics.registry)
@@ -128,14 +168,15 @@ class Gateway:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, let running ones finish within `grace` seconds, then drop
         everything held in memory."""
-        for service in (QUERY_SERVICE, ""):
+        for service in (*SERVICES, ""):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._stale_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -9,7 +9,10 @@ into what apps may query (`Entity`), with the rules that go with it:
   and is skipped when all columns are asked for;
 - a foreign key is kept only when all its columns are selected;
 - entity names are plain SQL identifiers, unique per connection ignoring case, and an
-  entity name already used for another table is not silently re-pointed.
+  entity name already used for another table is not silently re-pointed;
+- an entity's `schema.table` serves every stage unless the entity maps a stage to its own
+  physical table (`stage_tables`); such a table is checked in its stage when it is mapped
+  (it must exist and carry every selected column with the same type).
 
 Every change names its `actor` ("system" by default); the store writes the audit event in
 the same transaction as the change. Selections are written with the catalog version the
@@ -25,6 +28,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from connectors.base import Connector
 from fabric.catalog.audit import SYSTEM_ACTOR
@@ -45,6 +50,18 @@ the factory owns the connector and closes it."""
 
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SELECT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TableChoice:
+    """One table to select: `table` is `schema.table` or a bare table name, `columns` None
+    means every supported column, `entity_name` None means the table name, and
+    `stage_tables` maps other stages to their own `schema.table` for this entity."""
+
+    table: str
+    columns: Sequence[str] | None = None
+    entity_name: str | None = None
+    stage_tables: Mapping[str, str] = field(default_factory=dict)
 
 
 class CatalogManager:
@@ -153,6 +170,7 @@ class CatalogManager:
         columns: Sequence[str] | None = None,
         entity_name: str | None = None,
         *,
+        stage_tables: Mapping[str, str] | None = None,
         actor: str = SYSTEM_ACTOR,
     ) -> Entity:
         """Select one remote table for apps and return the stored entity.
@@ -164,25 +182,61 @@ class CatalogManager:
         included. `entity_name` defaults to the table name. Selecting a table again under
         the same entity name refreshes the entity; an entity name that already stands for
         another table raises AlreadyExists (unselect it first or choose another name).
+        `stage_tables` maps other stages to their own `schema.table` (see `select_tables`).
         """
-        if not isinstance(table, str) or not table:
-            raise InvalidArgument("name the table to select, as 'schema.table' or 'table'")
-        qualified_schema = table.split(".", 1)[0] if "." in table else None
-        with self._connector(tenant, connection, stage) as connector:
-            tables = connector.introspect([qualified_schema]) if qualified_schema else []
-            info = _match_table(tables, table)
+        choice = TableChoice(table, columns, entity_name, dict(stage_tables or {}))
+        return self.select_tables(tenant, connection, stage, [choice], actor=actor)[0]
+
+    def select_tables(
+        self,
+        tenant: str,
+        connection: str,
+        stage: str,
+        choices: Sequence[TableChoice],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> list[Entity]:
+        """Select several tables in one catalog change, all or none; returns the stored
+        entities in the order asked.
+
+        Tables are looked up in `stage` (see `select` for the rules). A choice's
+        `stage_tables` maps another stage to the physical table that stage uses for the
+        entity: it is looked up in that stage and must have every selected column, with
+        the same type (InvalidArgument names the column), else nothing is selected.
+        Selecting an existing entity again keeps its stage mappings and adds the given
+        ones (mapping a stage to the entity's own `schema.table` removes its override).
+        `expected_catalog_version` (when given) must be the current catalog version.
+        """
+        if not choices:
+            raise InvalidArgument("select at least one table")
+        for choice in choices:
+            if not isinstance(choice.table, str) or not choice.table:
+                raise InvalidArgument("name the table to select, as 'schema.table' or 'table'")
+        tables = self._introspect_for(tenant, connection, stage, [c.table for c in choices])
+        entities: list[Entity] = []
+        for choice in choices:
+            info = _match_table(tables, choice.table)
             if info is None:
-                tables = connector.introspect(None)
-                info = _match_table(tables, table)
-        if info is None:
-            raise NotFound(
-                f"no table or view {table!r} in connection {connection!r} (stage {stage!r}); "
-                "discover the connection to see what it has"
-            )
-        name = entity_name if entity_name is not None else info.name
-        entity = _entity_from_table(info, name, columns)
-        self._select_checked(tenant, connection, stage, [entity], actor)
-        return self._stored(tenant, connection, entity.name)
+                raise NotFound(
+                    f"no table or view {choice.table!r} in connection {connection!r} "
+                    f"(stage {stage!r}); discover the connection to see what it has"
+                )
+            name = choice.entity_name if choice.entity_name else info.name
+            entity = _entity_from_table(info, name, choice.columns)
+            entities.append(entity)
+        entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
+        self._select_checked(
+            tenant, connection, stage, entities, actor, expected_catalog_version
+        )
+        snapshot = self._store.catalog(tenant, connection)
+        stored = []
+        for entity in entities:
+            found = snapshot.entity(entity.name)
+            if found is None:  # only if someone unselected it in between
+                raise NotFound(f"entity {entity.name!r} is no longer selected in {connection!r}")
+            stored.append(found)
+        return stored
 
     def select_all(
         self,
@@ -264,6 +318,61 @@ class CatalogManager:
         finally:
             connector.close()
 
+    def _introspect_for(
+        self, tenant: str, connection: str, stage: str, tables: Sequence[str]
+    ) -> list[TableInfo]:
+        """What introspection in `stage` finds for the named tables: only their schemas
+        when every name is qualified and found, else every user schema."""
+        qualified = all("." in t for t in tables)
+        schemas = sorted({t.split(".", 1)[0] for t in tables})
+        with self._connector(tenant, connection, stage) as connector:
+            if qualified:
+                found = connector.introspect(schemas)
+                if all(_match_table(found, t) is not None for t in tables):
+                    return found
+            return connector.introspect(None)
+
+    def _with_stage_tables(
+        self,
+        tenant: str,
+        connection: str,
+        stage: str,
+        choices: Sequence[TableChoice],
+        entities: Sequence[Entity],
+    ) -> list[Entity]:
+        """`entities` with their choices' stage mappings, each checked in its stage."""
+        by_stage: dict[str, list[tuple[int, str]]] = {}
+        for index, choice in enumerate(choices):
+            for other, table in choice.stage_tables.items():
+                if not isinstance(other, str) or not other:
+                    raise InvalidArgument("stage_tables must map stage names to tables")
+                if other == stage:
+                    raise InvalidArgument(
+                        f"stage {stage!r} uses the selected table itself; map only other "
+                        "stages in stage_tables"
+                    )
+                if not isinstance(table, str) or "." not in table:
+                    raise InvalidArgument(
+                        f"the table of stage {other!r} must be written 'schema.table'"
+                    )
+                by_stage.setdefault(other, []).append((index, table))
+        result = list(entities)
+        for other, wanted in sorted(by_stage.items()):
+            found = self._introspect_for(tenant, connection, other, [t for _, t in wanted])
+            for index, table in wanted:
+                info = _match_table(found, table)
+                if info is None:
+                    raise NotFound(
+                        f"no table or view {table!r} in connection {connection!r} "
+                        f"(stage {other!r}); it cannot stand for entity "
+                        f"{result[index].name!r} there"
+                    )
+                _check_stage_table(result[index], info, other)
+                mapped = dict(result[index].stage_tables)
+                mapped[other] = (info.schema, info.name)
+                result[index] = replace(result[index], stage_tables=MappingProxyType(mapped))
+        return result
+
     def _select_checked(
         self,
         tenant: str,
@@ -271,53 +380,96 @@ class CatalogManager:
         stage: str,
         entities: Sequence[Entity],
         actor: str,
+        expected_catalog_version: int | None = None,
     ) -> int:
         """Select `entities` after checking none re-points an entity name, against the very
-        catalog version that was checked; a concurrent change makes it check again."""
-        for _ in range(_SELECT_ATTEMPTS - 1):
-            version = self._check_not_repointed(tenant, connection, entities)
+        catalog version that was checked; a concurrent change makes it check again (unless
+        the caller named the version it expects, which then must still hold)."""
+        attempts = 1 if expected_catalog_version is not None else _SELECT_ATTEMPTS
+        for attempt in range(attempts):
+            version, merged = self._check_not_repointed(tenant, connection, stage, entities)
+            if expected_catalog_version is not None:
+                version = expected_catalog_version
             try:
                 return self._store.select_entities(
                     tenant,
                     connection,
-                    entities,
+                    merged,
                     expected_catalog_version=version,
                     actor=actor,
                     stage=stage,
                 )
             except FailedPrecondition:
-                continue  # the catalog changed between the check and the write
-        version = self._check_not_repointed(tenant, connection, entities)
-        return self._store.select_entities(
-            tenant, connection, entities, expected_catalog_version=version, actor=actor,
-            stage=stage,
-        )
+                if attempt == attempts - 1:
+                    raise
+                # the catalog changed between the check and the write: check again
+        raise AssertionError("unreachable")
 
     def _check_not_repointed(
-        self, tenant: str, connection: str, entities: Sequence[Entity]
-    ) -> int:
-        """The catalog version checked; AlreadyExists when an entity name already stands
-        for another table."""
+        self, tenant: str, connection: str, stage: str, entities: Sequence[Entity]
+    ) -> tuple[int, list[Entity]]:
+        """The catalog version checked and the entities merged with what is selected
+        (stage mappings kept); AlreadyExists when an entity name already stands for
+        another table in `stage`."""
         snapshot = self._store.catalog(tenant, connection)
         selected = snapshot.entities
+        merged: list[Entity] = []
         for entity in entities:
             current = selected.get(entity.name.lower())
-            if current is not None and (current.schema, current.table) != (
-                entity.schema,
-                entity.table,
-            ):
+            if current is None:
+                merged.append(_without_default_overrides(entity))
+                continue
+            if current.physical(stage) != (entity.schema, entity.table):
+                schema, table = current.physical(stage)
                 raise AlreadyExists(
-                    f"entity {current.name!r} already stands for "
-                    f"{current.schema}.{current.table}; unselect it first or choose "
-                    "another entity name"
+                    f"entity {current.name!r} already stands for {schema}.{table} in stage "
+                    f"{stage!r}; unselect it first or choose another entity name"
                 )
-        return snapshot.version
+            mapped = {**current.stage_tables, **entity.stage_tables}
+            merged.append(
+                _without_default_overrides(
+                    replace(
+                        entity,
+                        schema=current.schema,
+                        table=current.table,
+                        stage_tables=MappingProxyType(mapped),
+                    )
+                )
+            )
+        return snapshot.version, merged
 
     def _stored(self, tenant: str, connection: str, name: str) -> Entity:
         entity = self._store.catalog(tenant, connection).entity(name)
         if entity is None:  # only if someone unselected it in between
             raise NotFound(f"entity {name!r} is no longer selected in {connection!r}")
         return entity
+
+
+def _without_default_overrides(entity: Entity) -> Entity:
+    """`entity` without stage mappings that name its own default table."""
+    default = (entity.schema, entity.table)
+    kept = {s: t for s, t in entity.stage_tables.items() if t != default}
+    if len(kept) == len(entity.stage_tables):
+        return entity
+    return replace(entity, stage_tables=MappingProxyType(kept))
+
+
+def _check_stage_table(entity: Entity, info: TableInfo, stage: str) -> None:
+    """InvalidArgument unless `info` (a table of `stage`) carries every column of `entity`
+    with the same type, so the entity reads the same in every stage."""
+    for column in entity.columns:
+        found = info.column(column.name)
+        if found is None:
+            raise InvalidArgument(
+                f"{info.schema}.{info.name} (stage {stage!r}) has no column "
+                f"{column.name!r}, which entity {entity.name!r} selects"
+            )
+        if found.arrow_type != column.arrow_type:
+            raise InvalidArgument(
+                f"column {column.name!r} of {info.schema}.{info.name} (stage {stage!r}) is "
+                f"{found.source_type!r}, not {column.source_type!r} as entity "
+                f"{entity.name!r} has it; both stages must agree on its type"
+            )
 
 
 def _schema_list(schemas: Sequence[str] | None) -> list[str] | None:

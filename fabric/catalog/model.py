@@ -7,7 +7,7 @@ value; a connection's password lives in the secret store and is referred to by n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -79,6 +79,8 @@ class Entity:
     """A table selected for apps, under the name apps use, with the columns they may read.
 
     `schema` and `table` are the physical names in the source; `name` is what queries say.
+    `stage_tables` maps a stage to its own physical (schema, table) where that stage's
+    database names the table differently; stages without an entry use `schema.table`.
     """
 
     name: str
@@ -87,12 +89,27 @@ class Entity:
     columns: tuple[ColumnInfo, ...]
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = ()
+    stage_tables: Mapping[str, tuple[str, str]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
 
     def column(self, name: str) -> ColumnInfo | None:
         for column in self.columns:
             if column.name == name:
                 return column
         return None
+
+    def physical(self, stage: str) -> tuple[str, str]:
+        """The (schema, table) that holds this entity's rows in `stage`."""
+        return self.stage_tables.get(stage, (self.schema, self.table))
+
+    def for_stage(self, stage: str) -> Entity:
+        """This entity as `stage` sees it: `schema` and `table` are that stage's physical
+        names (the same object when the stage has no override)."""
+        physical = self.stage_tables.get(stage)
+        if physical is None or physical == (self.schema, self.table):
+            return self
+        return replace(self, schema=physical[0], table=physical[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,15 @@ class CatalogSnapshot:
     connection: str
     version: int
     entities: Mapping[str, Entity]
+    stage: str | None = None
+    """None for the snapshot as stored; a stage name for the view `for_stage` made, whose
+    entities carry that stage's physical schema and table (what the compiler emits)."""
 
     def entity(self, name: str) -> Entity | None:
         return self.entities.get(name.lower())
+
+    def for_stage(self, stage: str) -> CatalogSnapshot:
+        """The snapshot as `stage` sees it: every entity's schema and table replaced by that
+        stage's physical names. Caches keyed on the view must include its `stage`."""
+        entities = {key: entity.for_stage(stage) for key, entity in self.entities.items()}
+        return replace(self, entities=MappingProxyType(entities), stage=stage)

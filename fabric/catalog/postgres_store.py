@@ -158,6 +158,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " ON {s}.audit_events (tenant, connection, at DESC, id DESC)",
         ),
     ),
+    Migration(
+        version=2,
+        description="per-stage physical tables of entities",
+        statements=(
+            # stage -> [schema, table]; '{}' when every stage uses schema_name.table_name.
+            "ALTER TABLE {s}.entities ADD COLUMN stage_tables JSONB NOT NULL DEFAULT '{{}}'",
+        ),
+    ),
 )
 """Every schema version, oldest first; `{s}` stands for the quoted schema name. Append;
 never edit a released migration."""
@@ -571,7 +579,7 @@ class PostgresMetadataStore:
             rows = conn.execute(
                 self._q(
                     "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
-                    " e.columns, e.primary_key, e.foreign_keys"
+                    " e.columns, e.primary_key, e.foreign_keys, e.stage_tables"
                     " FROM {s}.connections c"
                     " JOIN {s}.catalog_versions v ON v.connection_id = c.id"
                     " LEFT JOIN {s}.entities e ON e.connection_id = c.id"
@@ -765,13 +773,13 @@ class PostgresMetadataStore:
             cursor.executemany(
                 self._q(
                     "INSERT INTO {s}.entities (connection_id, name_key, name, schema_name,"
-                    " table_name, columns, primary_key, foreign_keys, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " table_name, columns, primary_key, foreign_keys, stage_tables, created_at,"
+                    " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
                     " name = excluded.name, schema_name = excluded.schema_name,"
                     " table_name = excluded.table_name, columns = excluded.columns,"
                     " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
-                    " updated_at = excluded.updated_at"
+                    " stage_tables = excluded.stage_tables, updated_at = excluded.updated_at"
                 ),
                 [
                     (
@@ -783,6 +791,7 @@ class PostgresMetadataStore:
                         Jsonb(d.columns),
                         Jsonb(d.primary_key),
                         Jsonb(d.foreign_keys),
+                        Jsonb(d.stage_tables),
                         at,
                         at,
                     )

@@ -248,6 +248,8 @@ class EntityDocument:
     columns: list[dict[str, Any]]
     primary_key: list[str]
     foreign_keys: list[dict[str, Any]]
+    stage_tables: dict[str, list[str]]
+    """Stage -> [schema, table] where a stage names the table differently."""
 
 
 def check_entity(entity: Entity) -> None:
@@ -263,6 +265,22 @@ def check_entity(entity: Entity) -> None:
         raise InvalidArgument(f"entity {entity.name!r} needs a schema and a table")
     if not entity.columns:
         raise InvalidArgument(f"entity {entity.name!r} needs at least one column")
+    if not isinstance(entity.stage_tables, Mapping):
+        raise InvalidArgument(f"stage_tables of entity {entity.name!r} must be a mapping")
+    for stage, physical in entity.stage_tables.items():
+        if (
+            not isinstance(stage, str)
+            or not stage
+            or len(stage) > MAX_NAME_LENGTH
+            or not isinstance(physical, tuple)
+            or len(physical) != 2
+            or not all(isinstance(part, str) for part in physical)
+            or not physical[1]
+        ):
+            raise InvalidArgument(
+                f"stage_tables of entity {entity.name!r} must map stage names to "
+                "(schema, table) pairs with a table name"
+            )
     names = [column.name for column in entity.columns]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -314,9 +332,25 @@ def selection_documents(entities: Sequence[Entity], *, allow_empty: bool) -> lis
                 columns=columns_document(entity.columns),
                 primary_key=list(entity.primary_key),
                 foreign_keys=foreign_keys_document(entity.foreign_keys),
+                stage_tables=stage_tables_document(entity.stage_tables),
             )
         )
     return documents
+
+
+def stage_tables_document(stage_tables: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
+    """Stage -> [schema, table], stages sorted (an empty dict when there are none)."""
+    return {stage: [schema, table] for stage, (schema, table) in sorted(stage_tables.items())}
+
+
+def stage_tables_from_document(
+    document: Mapping[str, Sequence[str]] | None,
+) -> Mapping[str, tuple[str, str]]:
+    """The inverse of `stage_tables_document` (None, from rows written before stage
+    tables existed, is no override)."""
+    return MappingProxyType(
+        {stage: (str(pair[0]), str(pair[1])) for stage, pair in (document or {}).items()}
+    )
 
 
 def unselect_keys(names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -413,6 +447,7 @@ def entity_from_documents(
     columns: Sequence[Mapping[str, Any]],
     primary_key: Sequence[str],
     foreign_keys: Sequence[Mapping[str, Any]],
+    stage_tables: Mapping[str, Sequence[str]] | None = None,
 ) -> Entity:
     return Entity(
         name=name,
@@ -421,6 +456,7 @@ def entity_from_documents(
         columns=columns_from_document(columns),
         primary_key=tuple(primary_key),
         foreign_keys=foreign_keys_from_document(foreign_keys),
+        stage_tables=stage_tables_from_document(stage_tables),
     )
 
 

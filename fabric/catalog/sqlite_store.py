@@ -173,6 +173,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX audit_events_by_connection ON audit_events (tenant, connection, at, id)",
         ),
     ),
+    Migration(
+        version=3,
+        description="per-stage physical tables of entities",
+        statements=(
+            # JSON: stage -> [schema, table]; '{}' when every stage uses schema_name.table_name.
+            "ALTER TABLE entities ADD COLUMN stage_tables TEXT NOT NULL DEFAULT '{}'",
+        ),
+    ),
 )
 """Every schema version, oldest first. Append; never edit a released migration."""
 
@@ -550,7 +558,8 @@ class SqliteMetadataStore:
             connection_id, version = int(row[0]), int(row[1])
             entity_rows = db.execute(
                 "SELECT name_key, name, schema_name, table_name, columns, primary_key,"
-                " foreign_keys FROM entities WHERE connection_id = ? ORDER BY name_key",
+                " foreign_keys, stage_tables FROM entities WHERE connection_id = ?"
+                " ORDER BY name_key",
                 (connection_id,),
             ).fetchall()
         entities = {row[0]: _entity_from_row(row[1:]) for row in entity_rows}
@@ -677,13 +686,13 @@ class SqliteMetadataStore:
     ) -> None:
         db.executemany(
             "INSERT INTO entities (connection_id, name_key, name, schema_name, table_name,"
-            " columns, primary_key, foreign_keys, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " columns, primary_key, foreign_keys, stage_tables, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
             " name = excluded.name, schema_name = excluded.schema_name,"
             " table_name = excluded.table_name, columns = excluded.columns,"
             " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
-            " updated_at = excluded.updated_at",
+            " stage_tables = excluded.stage_tables, updated_at = excluded.updated_at",
             [
                 (
                     connection_id,
@@ -694,6 +703,7 @@ class SqliteMetadataStore:
                     dumps(d.columns),
                     dumps(d.primary_key),
                     dumps(d.foreign_keys),
+                    dumps(d.stage_tables),
                     now,
                     now,
                 )
@@ -769,9 +779,15 @@ def _connection_from_row(row: Sequence[Any]) -> Connection:
 
 
 def _entity_from_row(row: Sequence[Any]) -> Entity:
-    name, schema, table, columns, primary_key, foreign_keys = row
+    name, schema, table, columns, primary_key, foreign_keys, stage_tables = row
     return entity_from_documents(
-        name, schema, table, json.loads(columns), json.loads(primary_key), json.loads(foreign_keys)
+        name,
+        schema,
+        table,
+        json.loads(columns),
+        json.loads(primary_key),
+        json.loads(foreign_keys),
+        json.loads(stage_tables),
     )
 
 

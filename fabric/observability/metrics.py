@@ -30,15 +30,23 @@ COUNTERS = {
     "compiled_statement_misses": "SQL texts compiled.",
 }
 PURGE_REASONS = ("statement_idle", "statement_closed", "result_expired",
-                 "connection_purged", "compiled_purged")
+                 "connection_purged", "compiled_purged",
+                 # the platform's departures (fabric.platform.departure)
+                 "connection_changed", "connection_deleted", "metadata_stale",
+                 "result_purged", "source_purged")
 
 
 class _SnapshotCollector(Collector):
     def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
+        self._snapshots = [snapshot]
+
+    def add(self, snapshot: Snapshot) -> None:
+        self._snapshots.append(snapshot)
 
     def collect(self) -> Iterator[Metric]:
-        values = self._snapshot()
+        values: dict[str, float] = {}
+        for snapshot in list(self._snapshots):
+            values.update(snapshot())
         for name, doc in GAUGES.items():
             g = GaugeMetricFamily(f"fabric_{name}", doc)
             g.add_metric([], float(values.get(name, 0)))
@@ -63,4 +71,10 @@ class GatewayMetrics:
                                  ["method", "source"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
         self.rows = Counter("fabric_rows_sent", "Rows sent to callers.", registry=self.registry)
-        self.registry.register(_SnapshotCollector(snapshot))
+        self._collector = _SnapshotCollector(snapshot)
+        self.registry.register(self._collector)
+
+    def add_snapshot(self, snapshot: Snapshot) -> None:
+        """Read more figures at scrape time (another component's purge counts, say); each
+        name must have one owner."""
+        self._collector.add(snapshot)

@@ -139,3 +139,24 @@ def test_concurrent_lookups_share_one_entry() -> None:
     assert cache.size == 1
     assert cache.hits + cache.misses == 400
     assert len({id(result) for result in results[-10:]}) == 1
+
+
+def test_stages_with_their_own_tables_do_not_share_a_statement() -> None:
+    """Two stages at one catalog version may map an entity to different tables: the
+    stage is part of the key, and each stage's statement names its own table."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    base = sales_catalog()
+    orders = replace(base.entities["orders"],
+                     stage_tables=MappingProxyType({"production": ("sales_prod", "orders_p")}))
+    catalog = replace(base, entities=MappingProxyType({**base.entities, "orders": orders}))
+    compiler = CountingCompiler()
+    cache = StatementCache(compiler)
+    sql = "SELECT id FROM orders"
+    development = lookup(cache, sql, catalog=catalog.for_stage("development"))
+    production = lookup(cache, sql, catalog=catalog.for_stage("production"))
+    again = lookup(cache, sql, catalog=catalog.for_stage("production"))
+    assert compiler.calls == 2 and again is production
+    assert '"sales_prod"."orders_p"' in production.sql
+    assert "orders_p" not in development.sql and '"orders"' in development.sql
