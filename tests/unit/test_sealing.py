@@ -1,0 +1,402 @@
+"""Sealed bus payloads, and the query protocol's checks, on the in-process bus.
+
+`BusSealer` binds tenant, stage, subject and purpose; whatever does not open, or is too
+large, is refused, counted by reason and logged without content. The forwarder refuses
+a reply stream with a gap, a duplicate, a short ending or more chunks than its window,
+and ignores (counting) forged messages on its inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from fabric.context import RequestContext
+from fabric.errors import (
+    DeadlineExceeded,
+    IntegrityError,
+    InternalError,
+    InvalidArgument,
+    ResourceExhausted,
+    SourceQueryError,
+    SourceUnavailable,
+)
+from fabric.messaging import InProcessBus, Message
+from fabric.messaging.query_rpc import (
+    BusQueryForwarder,
+    Frame,
+    FrameKind,
+    RuntimeReplica,
+    _Records,
+    _Request,
+    query_subject,
+    reply_subject,
+    stage_query_filter,
+)
+from fabric.messaging.sealing import BusSealer, Purpose
+from fabric.query.engine import QueryRequest, Summary
+from fabric.results.ipc import IpcChunker, open_ipc_stream
+from fabric.security.kms import LocalKeyRing
+from tests.support.nats import run_bounded
+
+SECRET = b"row value Jorunn-Aasgaard 0475-112233"
+SUBJECT = "fabric.acme.production.reply.abc123"
+CTX = {"tenant": "acme", "stage": "production", "subject": SUBJECT,
+       "purpose": Purpose.QUERY_REPLY}
+
+
+class CountingKms:
+    """A key ring that counts unwraps (to show oversized messages are never opened)."""
+
+    def __init__(self, inner: LocalKeyRing) -> None:
+        self.inner = inner
+        self.unwraps = 0
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    @property
+    def current_version(self) -> int:
+        return self.inner.current_version
+
+    def generate_data_key(self, context: Mapping[str, str]) -> Any:
+        return self.inner.generate_data_key(context)
+
+    def unwrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
+        self.unwraps += 1
+        return self.inner.unwrap(wrapped, context)
+
+    def rewrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
+        return self.inner.rewrap(wrapped, context)
+
+    def rotate(self) -> int:
+        return self.inner.rotate()
+
+
+@pytest.fixture
+def kms(tmp_path: Path) -> LocalKeyRing:
+    return LocalKeyRing.create(tmp_path / "keyring.json")
+
+
+def test_round_trip_and_counters(kms: LocalKeyRing) -> None:
+    sealer = BusSealer(kms)
+    blob = sealer.seal(SECRET, **CTX)
+    assert SECRET not in blob
+    assert sealer.open(blob, **CTX) == SECRET
+    assert sealer.counters["sealed"] == 1 and sealer.counters["opened"] == 1
+    assert sealer.rejected == 0
+    assert len(blob) - len(SECRET) <= sealer.overhead
+    assert sealer.snapshot()["bus_sealed"] == 1.0
+
+
+@pytest.mark.parametrize("change", [
+    {"tenant": "globex", "subject": "fabric.globex.production.reply.abc123"},
+    {"stage": "test", "subject": "fabric.acme.test.reply.abc123"},
+    {"subject": "fabric.acme.production.reply.other"},
+    {"purpose": Purpose.QUERY_REQUEST},
+    {"purpose": Purpose.QUERY_CONTROL},
+])
+def test_another_tenant_stage_subject_or_purpose_does_not_open(
+    kms: LocalKeyRing, change: dict[str, Any]
+) -> None:
+    sealer = BusSealer(kms)
+    blob = sealer.seal(SECRET, **CTX)
+    with pytest.raises(IntegrityError):
+        sealer.open(blob, **{**CTX, **change})
+    assert sealer.counters["rejected_integrity"] == 1
+
+
+def test_any_altered_byte_or_cut_is_rejected_and_counted(kms: LocalKeyRing) -> None:
+    sealer = BusSealer(kms)
+    blob = sealer.seal(SECRET, **CTX)
+    positions = range(0, len(blob), max(1, len(blob) // 40))
+    for position in positions:
+        tampered = bytearray(blob)
+        tampered[position] ^= 0x40
+        with pytest.raises(IntegrityError):
+            sealer.open(bytes(tampered), **CTX)
+    for cut in (blob[:-1], blob[:20], blob + b"\x00", b""):
+        with pytest.raises(IntegrityError):
+            sealer.open(cut, **CTX)
+    assert sealer.counters["rejected_integrity"] == len(positions) + 4
+    assert sealer.counters["opened"] == 0
+
+
+def test_oversized_is_refused_unopened_and_counted(tmp_path: Path) -> None:
+    kms = CountingKms(LocalKeyRing.create(tmp_path / "kr.json"))
+    sealer = BusSealer(kms, max_message_bytes=1024)
+    blob = sealer.seal(b"x" * 2000, **CTX)
+    with pytest.raises(ResourceExhausted, match="over the limit"):
+        sealer.open(blob, **CTX)
+    assert kms.unwraps == 0
+    assert sealer.counters["rejected_oversized"] == 1
+
+
+def test_a_subject_outside_the_tenant_or_stage_is_refused(kms: LocalKeyRing) -> None:
+    sealer = BusSealer(kms)
+    for subject in ("fabric.globex.production.reply.x", "fabric.acme.test.reply.x",
+                    "other.acme.production.reply", "fabric.acme.production"):
+        with pytest.raises(InvalidArgument):
+            sealer.seal(SECRET, **{**CTX, "subject": subject})
+
+
+def test_rejections_are_logged_without_content(
+    kms: LocalKeyRing, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sealer = BusSealer(kms)
+    blob = sealer.seal(SECRET, **CTX)
+    for _ in range(3):
+        with pytest.raises(IntegrityError):
+            sealer.open(blob, **{**CTX, "purpose": Purpose.QUERY_CONTROL})
+    rejections = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert [r.levelno for r in rejections] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert SUBJECT in rejections[0].getMessage()
+    assert "integrity" in rejections[0].getMessage()
+    for text in (SECRET.decode(), SECRET.hex(), blob.hex()[:32]):
+        assert text not in caplog.text
+    assert all(not isinstance(a, bytes | bytearray) for r in caplog.records for a in r.args or ())
+
+
+# -- frames and records ------------------------------------------------------------------
+
+
+def test_frames_round_trip_and_refuse_garbage() -> None:
+    frame = Frame(FrameKind.CHUNK, b"r" * 16, 7, b"body")
+    assert Frame.decode(frame.encode()) == frame
+    for garbage in (b"", b"FQ", b"XX" + frame.encode()[2:], frame.encode()[:3] + b"\x63"
+                    + frame.encode()[4:]):
+        with pytest.raises(InvalidArgument):
+            Frame.decode(garbage)
+
+
+def test_records_are_reassembled_across_any_cut() -> None:
+    messages = [b"a" * 5, b"", b"b" * 300, b"c"]
+    stream = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
+    for size in (1, 3, 4, 7, 64, len(stream)):
+        records = _Records()
+        out: list[bytes] = []
+        for start in range(0, len(stream), size):
+            out += records.feed(stream[start:start + size])
+        assert out == messages and records.pending == 0
+
+
+# -- the protocol on the in-process bus ----------------------------------------------------
+
+
+def _ipc(rows: int) -> list[bytes]:
+    table = pa.table({"id": list(range(rows)), "name": [f"name {i}" for i in range(rows)]})
+    chunker = IpcChunker(table.schema, 1 << 20)
+    messages = [chunker.schema_message()]
+    for batch in table.to_batches(max_chunksize=1000):
+        messages += chunker.batch_messages(chunker.to_wire(batch))
+    return [*messages, chunker.end_of_stream()]
+
+
+class StubEngine:
+    """Stands in for QueryEngine.execute: a fixed result, an error, or a hold."""
+
+    def __init__(self, messages: list[bytes] | None = None, error: Exception | None = None,
+                 hold: asyncio.Event | None = None) -> None:
+        self.messages = messages or _ipc(10)
+        self.error = error
+        self.hold = hold
+        self.calls: list[tuple[RequestContext, QueryRequest, float | None]] = []
+        self.closed = 0
+
+    async def execute(self, ctx: RequestContext, request: QueryRequest,
+                      deadline: float | None = None) -> AsyncIterator[bytes | Summary]:
+        self.calls.append((ctx, request, deadline))
+        try:
+            if self.error is not None:
+                raise self.error
+            for message in self.messages:
+                if self.hold is not None:
+                    await self.hold.wait()
+                yield message
+            yield Summary(10, False, False, 5)
+        finally:
+            self.closed += 1
+
+
+async def _collect(items: AsyncIterator[bytes | Summary]) -> tuple[list[bytes], Summary]:
+    messages: list[bytes] = []
+    summary = None
+    async for item in items:
+        if isinstance(item, Summary):
+            summary = item
+        else:
+            messages.append(item)
+    assert summary is not None
+    return messages, summary
+
+
+CALLER = RequestContext(tenant="acme", stage="production")
+
+
+def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus(max_payload=4096)
+        engine = StubEngine(_ipc(2000))
+        replica = RuntimeReplica(bus, engine, kms, stage="production")  # type: ignore[arg-type]
+        await replica.start()
+        forwarder = BusQueryForwarder(bus, kms, timeout=2.0, window=2)
+        params = {"name": "Jorunn", "n": 5, "none": None}
+        deadline = time.monotonic() + 10
+        messages, summary = await _collect(forwarder.execute(
+            CALLER, QueryRequest("crm", "SELECT 1", params, cache_ttl=2.5, max_rows=9),
+            deadline))
+        assert messages == engine.messages
+        assert summary.rows == 10
+        ctx, request, remote_deadline = engine.calls[0]
+        assert (ctx.tenant, ctx.stage, ctx.role, ctx.principal) == ("acme", "production",
+                                                                     CALLER.role, "local")
+        assert request.params == params and request.cache_ttl == 2.5 and request.max_rows == 9
+        assert remote_deadline is not None and remote_deadline <= deadline + 0.5
+        assert replica.stats.chunks_sent > 10  # 4 KiB payloads
+        assert forwarder.stats.chunks_received == replica.stats.chunks_sent
+        assert open_ipc_stream(messages).read_all().num_rows == 2000
+        await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+def test_errors_keep_class_message_and_sqlstate(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus()
+        error = SourceQueryError("the source refused the query (DuckDB ConversionException)",
+                                 sqlstate="22018")
+        replica = RuntimeReplica(bus, StubEngine(error=error), kms,  # type: ignore[arg-type]
+                                 stage="production")
+        await replica.start()
+        forwarder = BusQueryForwarder(bus, kms, timeout=2.0)
+        with pytest.raises(SourceQueryError) as raised:
+            await _collect(forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1")))
+        assert raised.value.message == error.message
+        assert raised.value.sqlstate == "22018"
+        assert replica.stats.failed == 1
+        await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+def test_no_replica_is_unavailable_after_bounded_retries(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus()
+        forwarder = BusQueryForwarder(bus, kms, timeout=1.0, retries=2, backoff=0.001)
+        with pytest.raises(SourceUnavailable, match="no responders"):
+            await _collect(forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1")))
+        assert forwarder.stats.attempts == 3 and forwarder.stats.retries == 2
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+def test_cancel_reaches_the_replica_and_closes_the_query(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus(max_payload=4096)  # many chunks: the replica is mid-result
+        hold = asyncio.Event()
+        hold.set()
+        engine = StubEngine(_ipc(3000), hold=hold)
+        replica = RuntimeReplica(bus, engine, kms, stage="production")  # type: ignore[arg-type]
+        await replica.start()
+        forwarder = BusQueryForwarder(bus, kms, timeout=2.0)
+        items = forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1"))
+        assert isinstance(await items.__anext__(), bytes)
+        hold.clear()  # the source is mid-result
+        tasks = [s.task for s in replica._serving.values() if s.task is not None]
+        assert len(tasks) == 1
+        await items.aclose()  # type: ignore[attr-defined]
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert replica.in_flight == 0
+        assert replica.stats.cancelled == 1 and engine.closed == 1
+        await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+class FakeReplica:
+    """Answers a request with ACCEPT, then sends the frames a test scripts."""
+
+    def __init__(self, bus: InProcessBus, kms: LocalKeyRing,
+                 script: list[tuple[FrameKind, int, bytes]]) -> None:
+        self.bus = bus
+        self.sealer = BusSealer(kms)
+        self.script = script
+
+    async def start(self) -> None:
+        await self.bus.subscribe(stage_query_filter("production"), self.on_request, "q")
+
+    def sealed(self, request: _Request, kind: FrameKind, seq: int, body: bytes) -> bytes:
+        frame = Frame(kind, request.request_id, seq, body).encode()
+        return self.sealer.seal(frame, tenant="acme", stage="production",
+                                subject=request.reply, purpose=Purpose.QUERY_REPLY)
+
+    async def on_request(self, msg: Message) -> None:
+        data = self.sealer.open(msg.payload, tenant="acme", stage="production",
+                                subject=msg.subject, purpose=Purpose.QUERY_REQUEST)
+        request = _Request.decode(Frame.decode(data), "acme", "production")
+        # A forged message on the inbox first: ignored, counted.
+        await self.bus.publish(request.reply, b"FBSL" + b"\x00" * 200)
+        # Every scripted frame is queued at the forwarder's inbox before the acceptance,
+        # so the forwarder finds them all there when it starts reading.
+        for kind, seq, body in self.script:
+            await self.bus.publish(request.reply, self.sealed(request, kind, seq, body))
+        await msg.respond(self.sealed(request, FrameKind.ACCEPT, 0, b'{"replica":"fake"}'))
+
+
+def _record(message: bytes) -> bytes:
+    return len(message).to_bytes(4, "big") + message
+
+
+END = b'{"rows":1,"truncated":false,"from_cache":false,"elapsed_us":1}'
+
+
+@pytest.mark.parametrize(("script", "error", "match"), [
+    ([(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 2, _record(b"m2"))],
+     SourceUnavailable, "a gap at chunk 1"),
+    ([(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 0, _record(b"m0"))],
+     SourceUnavailable, "a duplicate at chunk 1"),
+    ([(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.END, 2, END)],
+     SourceUnavailable, "ended after 1 of 2 chunks"),
+    ([(FrameKind.CHUNK, 0, _record(b"m0")[:3]), (FrameKind.END, 1, END)],
+     SourceUnavailable, "inside a message"),
+    ([(FrameKind.CHUNK, n, _record(b"m")) for n in range(5)],
+     InternalError, "flow-control window"),
+    ([(FrameKind.CHUNK, 0, _record(b"m0")),
+      (FrameKind.ERROR, 1, b'{"code":"deadline_exceeded","message":"too slow"}')],
+     DeadlineExceeded, "too slow"),
+])
+def test_the_forwarder_never_returns_a_broken_stream(
+    kms: LocalKeyRing, script: list[tuple[FrameKind, int, bytes]], error: type[Exception],
+    match: str,
+) -> None:
+    async def body() -> None:
+        bus = InProcessBus()
+        await FakeReplica(bus, kms, script).start()
+        forwarder = BusQueryForwarder(bus, kms, timeout=1.0, window=2, retries=0)
+        with pytest.raises(error, match=match):
+            await _collect(forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1")))
+        assert forwarder.sealer.counters["rejected_integrity"] == 1  # the forged one
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+def test_subjects_are_namespaced_by_tenant_and_stage() -> None:
+    assert query_subject("acme", "production") == "fabric.acme.production.query"
+    assert stage_query_filter("production") == "fabric.*.production.query"
+    assert reply_subject("acme", "test", b"\x01" * 16).startswith("fabric.acme.test.reply.")
+    with pytest.raises(InvalidArgument):
+        query_subject("acme.*", "production")
