@@ -41,12 +41,17 @@ Other values Arrow cannot hold (dates/timestamps `infinity` or BC, time 24:00:00
 same way, never silently. Error messages name the column and the type; they never carry
 the value (Arrow's own conversion messages do, so they are never passed on).
 
-Decoding is text -> Arrow by pyarrow's C++ CSV reader with explicit column types, so
-there is no Python object per row: the COPY path feeds it `COPY ... (FORMAT csv)` blocks;
-the parameterized path re-encodes the text columns of a fetched batch as CSV with
-`pyarrow.csv.write_csv` (strings quoted, NULL unquoted-empty) and parses them with the
-same options, so both paths give identical types and values. Only bytea and interval
-columns go through one Python object per value (hex decode, interval fields).
+Decoding is text -> Arrow with explicit column types, never through a Python value of
+the column's type: the COPY path feeds pyarrow's C++ CSV reader `COPY ... (FORMAT csv)`
+blocks; the parameterized path gets rows of text values (psycopg's C text loader) and
+turns each column into an Arrow string array, then into its type with Arrow's cast, which
+parses with the same C++ value parsers as the CSV reader (`bool` is matched against
+`t`/`f` exactly as the CSV reader's true/false values are). A column type the cast
+cannot parse (time) sends the batch through the CSV reader instead (re-encoded with
+`pyarrow.csv.write_csv`: strings quoted, NULL unquoted-empty). Both routes give identical
+types, values and errors (tests/integration/test_postgres_connector.py checks it). Only
+bytea and interval columns go through one Python object per value (hex decode, interval
+fields).
 """
 
 from __future__ import annotations
@@ -198,6 +203,44 @@ def _decimal_from_text(arrow_type: pa.DataType) -> Callable[[pa.Array], pa.Array
     return convert
 
 
+def _identity(array: pa.Array) -> pa.Array:
+    return array
+
+
+def _bool_from_text(array: pa.Array) -> pa.Array:
+    """`t`/`f` -> bool, anything else an error (the CSV reader's true/false values)."""
+    true = pc.equal(array, "t")
+    known = pc.or_(true, pc.equal(array, "f"))
+    if not pc.all(pc.fill_null(known, True)).as_py():
+        raise ValueError("not a PostgreSQL boolean")
+    return true
+
+
+def _cast_to(arrow_type: pa.DataType) -> Callable[[pa.Array], pa.Array]:
+    def convert(array: pa.Array) -> pa.Array:
+        return array.cast(arrow_type)  # safe cast: a value that does not parse raises
+
+    return convert
+
+
+def _fast_converter(arrow_type: pa.DataType) -> Callable[[pa.Array], pa.Array] | None:
+    """string -> `arrow_type` by Arrow's cast, for the types whose cast parses text with
+    the CSV reader's own parsers; None for a type that must take the CSV route."""
+    if pa.types.is_string(arrow_type):
+        return _identity
+    if pa.types.is_boolean(arrow_type):
+        return _bool_from_text
+    if (
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_date32(arrow_type)
+        or pa.types.is_timestamp(arrow_type)
+        or pa.types.is_decimal128(arrow_type)
+    ):
+        return _cast_to(arrow_type)
+    return None
+
+
 class TextDecoder:
     """Turns PostgreSQL's text form of a result (CSV blocks, or text rows) into record
     batches of the schema `pg_arrow_type` gives, without a Python object per row."""
@@ -225,6 +268,14 @@ class TextDecoder:
                 has_text = True
             read_types[csv_name] = read
             self._post.append(post)
+        self._fast: list[Callable[[pa.Array], pa.Array] | None] | None = []
+        for field, post in zip(self.schema, self._post, strict=True):
+            fast = post if post is not None else _fast_converter(field.type)
+            if fast is None:
+                self._fast = None  # a type the cast cannot parse: the CSV route
+                break
+            self._fast.append(None if fast is _identity else fast)
+        self._text_struct = pa.struct([pa.field(n, pa.string()) for n in self._csv_names])
         # one NULL column gives an empty line: empty lines are rows, never skipped
         self.parse_options = pacsv.ParseOptions(
             newlines_in_values=has_text, ignore_empty_lines=False
@@ -267,6 +318,16 @@ class TextDecoder:
             return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
         if not rows:
             return self.empty()
+        if self._fast is not None:
+            return self._from_text_rows_fast(rows, self._fast)
+        return self.from_text_rows_csv(rows)
+
+    def from_text_rows_csv(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch:
+        """`from_text_rows` through the CSV reader (the route for every column type)."""
+        if not self.columns:
+            return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
+        if not rows:
+            return self.empty()
         columns = [pa.array(col, pa.string()) for col in zip(*rows, strict=True)]
         table = pa.Table.from_arrays(columns, names=self._csv_names)
         sink = io.BytesIO()
@@ -281,6 +342,29 @@ class TextDecoder:
         )
         batch = parsed.combine_chunks().to_batches()[0]
         return self.finish(batch)
+
+    def _from_text_rows_fast(
+        self,
+        rows: Sequence[Sequence[str | None]],
+        converters: list[Callable[[pa.Array], pa.Array] | None],
+    ) -> pa.RecordBatch:
+        try:
+            texts = pa.array(rows, self._text_struct).flatten()
+        except (pa.ArrowException, TypeError, ValueError):
+            raise SourceQueryError(
+                "the result could not be converted to its Arrow schema (the result's shape "
+                "changed); run the query again"
+            ) from None
+        arrays = []
+        for i, (text, convert) in enumerate(zip(texts, converters, strict=True)):
+            if convert is None:
+                arrays.append(text)
+                continue
+            try:
+                arrays.append(convert(text))
+            except (pa.ArrowException, ValueError):
+                raise self.unrepresentable(i) from None
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     def empty(self) -> pa.RecordBatch:
         return pa.RecordBatch.from_pylist([], schema=self.schema)

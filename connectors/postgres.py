@@ -1,29 +1,41 @@
 """PostgreSQL connector: psycopg 3 with a bounded connection pool, results into Arrow.
 
-Every query runs in its own `BEGIN READ ONLY` transaction whose first round trip also
-sets, with SET LOCAL, `statement_timeout` (from the query's timeout),
+Every query runs read-only with `statement_timeout` (from the query's timeout),
 `idle_in_transaction_session_timeout`, `TimeZone = UTC`, `DateStyle = ISO`,
-`IntervalStyle = iso_8601`, `bytea_output = hex` and `extra_float_digits = 1`, so the text
-form of every value is the one `connectors.arrow_types` parses (SET LOCAL rather than
-startup options, so it also holds behind a transaction-pooling proxy).
+`IntervalStyle = iso_8601`, `bytea_output = hex` and `extra_float_digits = 1` set for its
+own transaction only, so the text form of every value is the one `connectors.arrow_types`
+parses and nothing a query changes in the session (`set_config(..., false)` is allowed in
+a read-only transaction) reaches the next one. Pooled connections also get these as
+session defaults (with `default_transaction_read_only = on`) when they are opened.
 
-Two result paths, neither builds a Python object per row:
+Two result paths, neither builds a Python value of a column's type per row:
 
-* no parameters: `COPY (sql) TO STDOUT (FORMAT csv)`, read block by block and parsed by
-  pyarrow's streaming CSV reader with explicit column types. The types come from
-  describing the statement (`PQprepare` + `PQdescribePrepared` of the unnamed statement),
-  cached per SQL text in a small LRU with a time limit (a stale entry is dropped on the
-  first conversion error, so an ALTER TABLE heals itself).
-* parameters: COPY cannot take bound parameters and values are never interpolated, so
-  the statement runs as a server-side cursor (`DECLARE ... CURSOR FOR sql` with the
-  values bound by the server), fetched `batch_rows` rows at a time in text format (every
-  type loaded as its text by psycopg's C text loader) and decoded column-wise by the same
-  CSV decoder as the COPY path, so both paths return identical types and values.
+* no parameters: `BEGIN READ ONLY` + SET LOCALs in one round trip, then
+  `COPY (sql) TO STDOUT (FORMAT csv)`, read block by block and parsed by pyarrow's
+  streaming CSV reader with explicit column types. The types come from describing the
+  statement (`PQprepare` + `PQdescribePrepared` of the unnamed statement), cached per SQL
+  text in a small LRU with a time limit (a stale entry is dropped on the first conversion
+  error, so an ALTER TABLE heals itself).
+* parameters (a query: SELECT, WITH, VALUES, TABLE): COPY cannot take bound parameters
+  and values are never interpolated, so the statement runs with the extended protocol,
+  values bound by the server, in one libpq pipeline and one round trip: a prepared guard
+  statement (`SELECT set_config(..., true), ...`: `transaction_read_only = on`, the
+  timeout and the formats above, for the pipeline's implicit transaction), then the
+  query (prepared on the connection from its second execution there; describe and flush
+  first, so `execute` returns with the schema while the query runs), then a sync. Rows
+  come in chunks of `batch_rows` (libpq >= 17 chunked-rows mode; single rows otherwise),
+  so memory stays bounded, as text (psycopg's C text loader) decoded column-wise by
+  `TextDecoder.from_text_rows` into exactly the types and values of the COPY path. A
+  prepared statement that went stale (its result type changed, or it was deallocated)
+  fails that query once at most and is dropped. Any other statement with parameters
+  (never run outside a transaction block: CALL can end transactions) takes the former
+  transaction path: `BEGIN READ ONLY` + SET LOCALs, `DECLARE ... CURSOR FOR sql`, FETCH.
 
 Cancellation: `QueryHandle.cancel` sends a cancel request to the server
-(`Connection.cancel_safe`); a client-side timer does the same when the timeout passes
-(statement_timeout alone would bound each FETCH of a cursor, not the whole query). The
-connection then goes back to the pool after a ROLLBACK, or is closed (the pool replaces
+(`Connection.cancel_safe`); one shared deadline-watcher thread (a heap of deadlines)
+does the same when a query's timeout passes (statement_timeout alone bounds each
+statement, not the whole query). The connection then goes back to the pool once it is
+idle again (ROLLBACK, or the rest of the pipeline read), or is closed (the pool replaces
 it) when it cannot be brought back to idle.
 
 Errors: connection failures, authentication failures and pool timeouts are
@@ -34,19 +46,25 @@ server's message (it can echo values) and never the password.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
+import os
 import re
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
 import pyarrow as pa
-from psycopg import pq
+from psycopg import capabilities, generators, pq
+from psycopg.abc import Transformer as TransformerProtocol
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -70,6 +88,10 @@ _IDLE_IN_TRANSACTION_MS = 60_000
 _DESCRIBE_CACHE_SIZE = 256
 _DESCRIBE_CACHE_TTL = 300.0
 _CANCEL_TIMEOUT = 5.0
+_CANCEL_RESEND = 0.25
+"""Seconds between cancel requests while a cancelled query still holds its connection:
+the server ignores a cancel that lands between two statements of a pipeline."""
+_CANCEL_ATTEMPTS = 40
 _CURSOR_NAME = "fabric_rows"
 _COPY_BLOCK = 1 << 21
 
@@ -79,6 +101,45 @@ _SESSION = (
     "SET LOCAL IntervalStyle = 'iso_8601'; SET LOCAL bytea_output = 'hex'; "
     "SET LOCAL extra_float_digits = 1"
 )
+# The same settings for the whole session (plus read-only by default), applied when a
+# pooled connection is opened and again, after RESET ALL, every time one comes back.
+_SESSION_SETTINGS = (
+    "SET default_transaction_read_only = on; "
+    f"SET idle_in_transaction_session_timeout = {_IDLE_IN_TRANSACTION_MS}; "
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'iso_8601'; "
+    "SET bytea_output = 'hex'; SET extra_float_digits = 1"
+)
+# Sent before every parameterized query, in the same pipeline (one round trip) and the
+# same implicit transaction: that transaction is read-only whatever the session's
+# defaults, its statement_timeout is the query's ($1; NULL keeps the server's), and the
+# text forms are the ones `connectors.arrow_types` parses. All transaction-local, like
+# the SET LOCALs of the transaction path, so nothing a query changed in the session
+# can reach the next one.
+_GUARD_NAME = b"fabric_guard"
+_GUARD_SQL = (
+    b"SELECT set_config('transaction_read_only', 'on', true), "
+    b"set_config('statement_timeout', $1, true), "
+    b"set_config('idle_in_transaction_session_timeout', '%d', true), "
+    b"set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO', true), "
+    b"set_config('IntervalStyle', 'iso_8601', true), set_config('bytea_output', 'hex', true), "
+    b"set_config('extra_float_digits', '1', true)"
+) % _IDLE_IN_TRANSACTION_MS
+_TEXT_OID = 25
+_PREPARE_AFTER = 2  # executions of the same statement on a connection before preparing it
+_PREPARED_MAX = 128  # prepared statements kept per connection
+_SEEN_MAX = 512
+_DECODER_CACHE_SIZE = 256
+_CHUNKED = capabilities.has_stream_chunked()
+_ROWS = (pq.ExecStatus.TUPLES_CHUNK, pq.ExecStatus.SINGLE_TUPLE)
+# A statement that can run outside an explicit transaction: a query (the session is
+# read-only by default, so a data-modifying WITH is refused), never CALL or DO (which can
+# end transactions). Leading comments may not nest; anything unsure takes the
+# transaction path.
+_QUERY_START = re.compile(
+    r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*(?:(?!/\*).)*?\*/|\()*(?:select|with|values|table)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_PLACEHOLDER = re.compile(r"%(.|\Z)", re.DOTALL)
 
 
 def _snake(name: str) -> str:
@@ -122,6 +183,144 @@ def _unescape_percent(sql: str) -> str:
         )
 
     return re.sub(r"%(.|$)", repl, sql, flags=re.DOTALL)
+
+
+def _to_server_placeholders(sql: str, count: int) -> str:
+    """FORMAT-style text (`%s`, `%%`) -> the server's `$1, $2, ...`; one value per `%s`."""
+    seen = 0
+
+    def repl(match: re.Match[str]) -> str:
+        nonlocal seen
+        char = match.group(1)
+        if char == "%":
+            return "%"
+        if char == "s":
+            seen += 1
+            return f"${seen}"
+        raise InvalidArgument(
+            "the statement has a placeholder other than %s; the compiler emits only %s"
+        )
+
+    text = _PLACEHOLDER.sub(repl, sql)
+    if seen != count:
+        raise InvalidArgument(
+            f"the statement has {seen} placeholders but {count} parameters were given; pass "
+            "one value per placeholder"
+        )
+    return text
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """A new pooled connection: text loaders and the session settings."""
+    _register_text_loaders(conn)
+    conn.execute(_SESSION_SETTINGS.encode())
+
+
+class _Session:
+    """What the connector keeps per pooled connection: whether the guard statement is
+    prepared there, and the query statements it prepared there."""
+
+    __slots__ = ("counter", "guard", "prepared", "seen", "stale")
+
+    def __init__(self) -> None:
+        self.guard = False
+        self.stale: list[bytes] = []  # evicted prepared statements, deallocated later
+        self.seen: OrderedDict[tuple[bytes, tuple[int, ...]], int] = OrderedDict()
+        self.prepared: OrderedDict[tuple[bytes, tuple[int, ...]], bytes] = OrderedDict()
+        self.counter = 0
+
+
+def _forget_prepared(conn: psycopg.Connection[Any], session: _Session) -> None:
+    """Drop every statement the connector prepared on the connection."""
+    session.guard = False
+    session.prepared.clear()
+    session.seen.clear()
+    session.stale.clear()
+    conn.execute(b"DEALLOCATE ALL")
+
+
+def _end_pipeline(
+    conn: psycopg.Connection[Any], cancel: Callable[[], None] | None = None
+) -> None:
+    """Read what is left of a pipeline up to its sync and leave pipeline mode; raises
+    when the connection cannot be brought back (the caller closes it). `cancel` is
+    called first when the server has not sent everything yet (a query still running)."""
+    pgconn = conn.pgconn
+    with conn.lock:
+        if cancel is not None:
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                cancel()
+        nulls = 0
+        while pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            res = conn.wait(generators.fetch(pgconn))
+            if res is not None and res.status != pq.ExecStatus.PIPELINE_SYNC:
+                nulls = 0
+                continue
+            nulls += res is None
+            if res is not None or nulls > 1:
+                pgconn.exit_pipeline_mode()
+
+
+class _DeadlineWatcher:
+    """One daemon thread for every query deadline: a heap of (when, seq, callback) and a
+    condition variable, instead of a timer thread per query. An expired callback runs in
+    its own short-lived thread (a cancel request can block for a while)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._removed = 0
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, delay: float, callback: Callable[[], None]) -> list[Any]:
+        entry: list[Any] = [time.monotonic() + delay, next(self._seq), callback]
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid():  # first use, or forked
+                self._heap, self._removed, self._pid = [], 0, os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="fabric-postgres-deadlines", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    def remove(self, entry: list[Any]) -> None:
+        with self._cond:
+            if entry[2] is None:
+                return
+            entry[2] = None
+            self._removed += 1
+            if self._removed > 64 and self._removed * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+                self._removed = 0
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    heap = self._heap
+                    while heap and heap[0][2] is None:
+                        heapq.heappop(heap)
+                        self._removed -= 1
+                    if not heap:
+                        self._cond.wait()
+                        continue
+                    wait = heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        entry = heapq.heappop(heap)
+                        callback, entry[2] = entry[2], None
+                        break
+                    self._cond.wait(wait)
+            threading.Thread(target=callback, name="fabric-postgres-deadline", daemon=True).start()
+
+
+_DEADLINES = _DeadlineWatcher()
 
 
 class _DescribeCache:
@@ -221,14 +420,17 @@ class _PgHandle(QueryHandle):
         self._cancel_sent = False
         self._closed = False
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        # Held while a cancel request is on its way, and by _release before the
+        # connection goes back to the pool: a cancel never reaches another query.
+        self._cancel_lock = threading.Lock()
+        self._released = threading.Event()
         self._reader: pa.RecordBatchReader | None = None
         self._gen: Iterator[pa.RecordBatch] | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
+        self._deadline: list[Any] | None = None
+        self._pipeline = False  # the connection may be in a libpq pipeline of this query
         if timeout is not None:
-            self._timer = threading.Timer(timeout, self._on_deadline)
-            self._timer.daemon = True
-            self._timer.start()
+            self._deadline = _DEADLINES.add(timeout, self._on_deadline)
 
     # -- public -------------------------------------------------------------------------
 
@@ -251,9 +453,9 @@ class _PgHandle(QueryHandle):
             self._closed = True
         self._stop_timer()
         gen = self._gen
-        if gen is not None:
+        if gen is not None and hasattr(gen, "close"):
             try:
-                gen.close()  # type: ignore[attr-defined]
+                gen.close()
             except ValueError:
                 # Another thread is inside the generator: stop the query there; that
                 # thread releases the connection when its read fails.
@@ -276,17 +478,39 @@ class _PgHandle(QueryHandle):
 
     def _cancel_at_server(self) -> None:
         conn = self._conn
-        if conn is None or self._cancel_sent:
+        if conn is not None:
+            self._cancel_at_server_on(conn)
+
+    def _cancel_at_server_on(self, conn: psycopg.Connection[Any]) -> None:
+        if self._cancel_sent:
             return
         self._cancel_sent = True
-        try:
-            conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
-        except Exception as exc:  # the read then fails or ends by itself
-            log.warning("postgres cancel request failed: %s", type(exc).__name__)
+        if not self._send_cancel(conn):
+            return
+        # Until the reading side lets go of the connection, ask again now and then.
+        threading.Thread(target=self._cancel_until_released, args=(conn,),
+                         name="fabric-postgres-cancel", daemon=True).start()
+
+    def _send_cancel(self, conn: psycopg.Connection[Any]) -> bool:
+        """One cancel request, unless the connection was already released; whether the
+        query may still need one."""
+        with self._cancel_lock:
+            if self._released.is_set():
+                return False
+            try:
+                conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
+            except Exception as exc:  # the read then fails or ends by itself
+                log.warning("postgres cancel request failed: %s", type(exc).__name__)
+            return True
+
+    def _cancel_until_released(self, conn: psycopg.Connection[Any]) -> None:
+        for _ in range(_CANCEL_ATTEMPTS):
+            if self._released.wait(_CANCEL_RESEND) or not self._send_cancel(conn):
+                return
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._deadline is not None:
+            _DEADLINES.remove(self._deadline)
 
     def _flag_error(self) -> FabricError:
         if self._timed_out:
@@ -323,11 +547,18 @@ class _PgHandle(QueryHandle):
             cursor, self._cursor = self._cursor, None
         if conn is None:
             return
+        if self._pipeline and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            try:
+                _end_pipeline(conn, lambda: self._cancel_at_server_on(conn))
+            except Exception:
+                conn.close()  # the pool drops it
         if cursor is not None:
             try:
                 cursor.close()
             except Exception:
                 conn.close()  # the pool drops it
+        with self._cancel_lock:
+            self._released.set()
         self._connector._give_back(conn, commit=ok and not self._cancel_sent)
 
     # -- result paths -------------------------------------------------------------------
@@ -404,6 +635,59 @@ class _PgHandle(QueryHandle):
             self._release(ok=ok)
 
 
+    def _stream_batches(
+        self,
+        conn: psycopg.Connection[Any],
+        tx: TransformerProtocol,
+        decoder: TextDecoder,
+        session: _Session,
+    ) -> Iterator[pa.RecordBatch]:
+        """The rows of the pipelined query, chunk by chunk (at most `batch_rows` rows
+        each), then the rest of the pipeline; on an early stop the query is cancelled."""
+        pgconn = conn.pgconn
+        encoding = conn.info.encoding
+        ok = False
+        rows: list[Any] = []
+        first = True
+        try:
+            self._check()
+            with conn.lock:
+                res = conn.wait(generators.fetch(pgconn))
+            while res is not None:
+                self._check()
+                status = res.status
+                if status in _ROWS:
+                    tx.set_pgresult(res, set_loaders=first)
+                    first = False
+                    rows.extend(tx.load_rows(0, res.ntuples, tuple))
+                    if len(rows) >= self._batch_rows or _CHUNKED:
+                        batch, rows = decoder.from_text_rows(rows), []
+                        yield from slices(batch, self._batch_rows)
+                elif status == pq.ExecStatus.FATAL_ERROR:
+                    error = psycopg.errors.error_from_result(res, encoding=encoding)
+                    if error.sqlstate in ("0A000", "26000"):
+                        # a prepared statement went stale: drop them all before the
+                        # connection's next query (this one fails, the next one heals)
+                        session.guard = False
+                        session.prepared.clear()
+                        session.seen.clear()
+                        session.stale[:] = [b"ALL"]
+                    raise self._map(error)
+                with conn.lock:
+                    res = conn.wait(generators.fetch(pgconn))
+            if rows:
+                yield decoder.from_text_rows(rows)
+            _end_pipeline(conn)
+            self._check()
+            ok = True
+        except (GeneratorExit, FabricError):
+            raise
+        except Exception as exc:
+            raise self._map(exc) from None
+        finally:
+            self._release(ok=ok)  # cancels and drains a pipeline still running
+
+
 class PostgresConnector(Connector):
     """PostgreSQL through psycopg 3 and psycopg_pool.
 
@@ -460,6 +744,11 @@ class PostgresConnector(Connector):
         self._pool_lock = threading.Lock()
         self._closed = False
         self._describe_cache = _DescribeCache(_DESCRIBE_CACHE_SIZE, _DESCRIBE_CACHE_TTL)
+        self._decoders: dict[tuple[tuple[bytes | None, int, int], ...], TextDecoder] = {}
+        self._sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], _Session] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sessions_lock = threading.Lock()
 
     # -- connections --------------------------------------------------------------------
 
@@ -474,7 +763,7 @@ class PostgresConnector(Connector):
                     min_size=self._pool_min,
                     max_size=self._pool_max,
                     timeout=self._pool_timeout,
-                    configure=_register_text_loaders,
+                    configure=_configure,
                     name=f"fabric-postgres-{self._where}",
                     open=False,
                 )
@@ -492,6 +781,13 @@ class PostgresConnector(Connector):
                 "the server is down or unreachable, rejects the credentials, or every pooled "
                 "connection is busy; check the connection settings and try again"
             ) from None
+
+    def _session(self, conn: psycopg.Connection[Any]) -> _Session:
+        with self._sessions_lock:
+            session = self._sessions.get(conn)
+            if session is None:
+                session = self._sessions[conn] = _Session()
+            return session
 
     def _give_back(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
         pool = self._pool
@@ -560,11 +856,17 @@ class PostgresConnector(Connector):
         conn = self._acquire()
         handle = _PgHandle(self, conn, timeout, batch_rows)
         try:
-            self._begin(conn, timeout)
-            if params:
-                self._start_cursor(handle, conn, sql, params)
-            else:
+            if not params:
+                self._begin(conn, timeout)
                 self._start_copy(handle, conn, sql)
+            elif (
+                conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+                and _QUERY_START.match(sql)
+            ):
+                self._start_stream(handle, conn, sql, params, timeout)
+            else:
+                self._begin(conn, timeout)
+                self._start_cursor(handle, conn, sql, params)
         except BaseException as exc:
             mapped = handle._map(exc) if not isinstance(exc, FabricError) else exc
             handle._release(ok=False)
@@ -620,6 +922,145 @@ class PostgresConnector(Connector):
                 )
             )
         return TextDecoder(columns)
+
+    def _start_stream(
+        self,
+        handle: _PgHandle,
+        conn: psycopg.Connection[Any],
+        sql: str,
+        params: tuple[Any, ...],
+        timeout: float | None,
+    ) -> None:
+        """A query with parameters in one round trip: a libpq pipeline of the guard
+        statement, the query (the extended protocol, values bound by the server, the
+        statement prepared on the connection once it repeats; a statement to prepare is
+        prepared in the same pipeline) and a sync; the rows then come in chunks of
+        `batch_rows` (libpq chunked-rows mode), so memory stays bounded. The deadline
+        watcher enforces the whole-query timeout; statement_timeout is a backstop."""
+        session = self._session(conn)
+        encoding = conn.info.encoding
+        query = _to_server_placeholders(sql, len(params)).encode(encoding)
+        tx = Transformer.from_context(conn)
+        try:
+            values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        except (psycopg.ProgrammingError, psycopg.DataError, TypeError, ValueError) as exc:
+            if getattr(exc, "sqlstate", None):
+                raise
+            raise InvalidArgument(
+                "the parameters do not match the statement (one value per placeholder, of a "
+                "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
+                "None)"
+            ) from None
+        types = tuple(tx.types or ())
+        formats = list(tx.formats or ())
+        key = (query, types)
+        statement_timeout = (
+            None if timeout is None else str(max(1, math.ceil(timeout * 1000))).encode()
+        )
+        while session.stale:
+            conn.execute(b"DEALLOCATE " + session.stale.pop())
+        pgconn = conn.pgconn
+        handle._pipeline = True
+        for attempt in (0, 1):
+            name = self._prepared_name(session, key) if attempt == 0 else None
+            to_prepare = name is None or key not in session.prepared
+            statement = b"" if name is None else name
+            with conn.lock:
+                pgconn.enter_pipeline_mode()
+                if not session.guard:
+                    pgconn.send_prepare(_GUARD_NAME, _GUARD_SQL, param_types=[_TEXT_OID])
+                pgconn.send_query_prepared(
+                    _GUARD_NAME, [statement_timeout], param_formats=[0],
+                    result_format=pq.Format.TEXT,
+                )
+                if to_prepare:
+                    pgconn.send_prepare(statement, query, param_types=types)
+                pgconn.send_describe_prepared(statement)
+                # the server sends what it has so far (the description) before it runs
+                # the query, so execute() returns while the query runs
+                pgconn.send_flush_request()
+                pgconn.send_query_prepared(
+                    statement, values, param_formats=formats, result_format=pq.Format.TEXT
+                )
+                pgconn.pipeline_sync()
+                conn.wait(generators.send(pgconn))
+                error: psycopg.Error | None = None
+                description: pq.abc.PGresult | None = None
+                steps = 2 + (not session.guard) + to_prepare
+                for _ in range(steps):  # each: one result, then None
+                    res = conn.wait(generators.fetch(pgconn))
+                    if res is not None and res.status not in (
+                        pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
+                    ) and error is None:
+                        error = psycopg.errors.error_from_result(res, encoding=encoding)
+                    description = res
+                    while res is not None:
+                        res = conn.wait(generators.fetch(pgconn))
+                if error is None:
+                    if _CHUNKED:
+                        pgconn.set_chunked_rows_mode(handle._batch_rows)
+                    else:
+                        pgconn.set_single_row_mode()
+            if error is None:
+                session.guard = True
+                if to_prepare and name is not None:
+                    self._remember_prepared(conn, session, key, name)
+                break
+            _end_pipeline(conn)
+            if error.sqlstate in ("0A000", "26000") and attempt == 0:
+                # a prepared statement is gone (DEALLOCATE) or its result type changed
+                # (cached plan must not change result type): forget them, run the text
+                _forget_prepared(conn, session)
+                continue
+            raise error
+        if description is None:
+            raise InternalError("the PostgreSQL server sent no description of the result")
+        decoder = self._decoder(description, encoding)
+        handle._start(decoder.schema, handle._stream_batches(conn, tx, decoder, session))
+
+    def _prepared_name(
+        self, session: _Session, key: tuple[bytes, tuple[int, ...]]
+    ) -> bytes | None:
+        """The name of the statement on this connection: prepared already, or to prepare
+        now (its second execution there); None to run it unprepared."""
+        name = session.prepared.get(key)
+        if name is not None:
+            session.prepared.move_to_end(key)
+            return name
+        count = session.seen.pop(key, 0) + 1
+        if count < _PREPARE_AFTER:
+            session.seen[key] = count
+            while len(session.seen) > _SEEN_MAX:
+                session.seen.popitem(last=False)
+            return None
+        session.counter += 1
+        return f"fabric_{session.counter}".encode()
+
+    def _remember_prepared(
+        self,
+        conn: psycopg.Connection[Any],
+        session: _Session,
+        key: tuple[bytes, tuple[int, ...]],
+        name: bytes,
+    ) -> None:
+        session.prepared[key] = name
+        while len(session.prepared) > _PREPARED_MAX:
+            _, old = session.prepared.popitem(last=False)
+            session.stale.append(old)
+
+    def _decoder(self, res: pq.abc.PGresult, encoding: str) -> TextDecoder:
+        """The decoder of a result's description, cached (building one costs more than a
+        point query)."""
+        key = tuple((res.fname(i), res.ftype(i), res.fmod(i)) for i in range(res.nfields))
+        decoder = self._decoders.get(key)
+        if decoder is None:
+            decoder = TextDecoder(
+                [PgColumn((name or b"").decode(encoding), oid, mod) for name, oid, mod in key]
+            )
+            if len(self._decoders) >= _DECODER_CACHE_SIZE:
+                self._decoders.clear()
+            self._decoders[key] = decoder
+        return decoder
 
     def _start_cursor(
         self,

@@ -285,3 +285,122 @@ def test_schema_change_is_picked_up(env: Env) -> None:
     except SourceQueryError:
         table = read(env.connector.execute(sql))
     assert table.to_pylist() == [{"v": Decimal("1.500")}]
+
+
+# -- the parameterized path: one pipelined round trip, prepared statements, fast decode --
+
+_DECODE_CASES: list[tuple[int, int, list[str]]] = [
+    (20, -1, ["0", "-9223372036854775808", "9223372036854775807", "9223372036854775808"]),
+    (21, -1, ["32767", "-32768", "32768"]),
+    (23, -1, ["2147483647", "-2147483648", "2147483648"]),
+    (700, -1, ["NaN", "Infinity", "-Infinity", "3.4028235e+38", "1.4e-45", "-0", "0.1"]),
+    (701, -1, ["NaN", "-Infinity", "1.7976931348623157e+308", "5e-324", "-0", "0.1",
+               "1.2345678901234567e-300", "123456789012345680000"]),
+    (1700, ((10 << 16) | 2) + 4, ["12345.67", "-0.00", "-99999999.99", "NaN", "Infinity",
+                                  "123456789.00"]),
+    (1700, -1, ["0.33333333333333333333", "1e-38", "NaN",
+                "12345678901234567890123456789012345678.5", "0." + "0" * 38 + "1"]),
+    (16, -1, ["t", "f", "true"]),
+    (1082, -1, ["2024-02-29", "0001-01-01", "infinity", "0044-03-15 BC", "10000-01-01"]),
+    (1114, -1, ["2024-01-02 03:04:05.123456", "1999-12-31 23:59:59", "infinity",
+                "0044-03-15 00:00:00 BC"]),
+    (1184, -1, ["2024-01-02 08:04:05.123456+00", "2000-01-01 00:00:00+05:30", "infinity"]),
+    (1083, -1, ["04:05:06.5", "23:59:59.999999", "24:00:00"]),
+    (17, -1, ["\\x00ff", "\\x", "00"]),
+    (1186, -1, ["P1Y2M-3DT4H5M6.5S", "PT0S", "1 day"]),
+    (25, -1, ["", "héllo", 'line\nbreak, "q"', "NULL"]),
+]
+
+
+@pytest.mark.parametrize(("oid", "typmod", "values"), _DECODE_CASES,
+                         ids=[str(c[0]) for c in _DECODE_CASES])
+def test_fast_decode_equals_the_csv_route(oid: int, typmod: int, values: list[str]) -> None:
+    from connectors.arrow_types import PgColumn, TextDecoder
+
+    decoder = TextDecoder([PgColumn("v", oid, typmod), PgColumn("n", 23)])
+
+    def outcome(fn: Any, value: str | None) -> Any:
+        try:
+            batch = fn([(value, "1"), (None, None)])
+        except SourceQueryError as exc:
+            return ("error", str(exc))
+        return ("ok", batch.schema, [repr(v) for v in batch.column(0).to_pylist()])
+
+    for value in [*values, None]:
+        assert outcome(decoder.from_text_rows, value) == outcome(
+            decoder.from_text_rows_csv, value
+        ), value
+
+
+def test_a_query_cannot_change_the_session_of_the_next_ones(typed: Env) -> None:
+    env = typed
+    # session-level changes a read-only query may make (set_config(..., false))
+    tamper = (
+        "SELECT set_config('extra_float_digits', '-10', false) AS a, "
+        "set_config('default_transaction_read_only', 'off', false) AS b, "
+        "set_config('bytea_output', 'escape', false) AS c, "
+        "set_config('TimeZone', 'Asia/Kolkata', false) AS d, "
+        "set_config('statement_timeout', '1', false) AS e WHERE 1 = %s"
+    )
+    check = (
+        "SELECT 0.1::float8 + 0.2::float8 AS f, '\\x00ff'::bytea AS b, "
+        "timestamptz '2000-01-01 00:00:00+00' AS t, pg_sleep(0.01)::text AS s WHERE 1 = %s"
+    )
+    for _ in range(6):  # both pooled connections, prepared and not
+        read(env.connector.execute(tamper, [1]))
+        row = read(env.connector.execute(check, [1])).to_pylist()[0]
+        assert row["f"] == 0.30000000000000004 and row["b"] == b"\x00\xff"
+        assert row["t"] == dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        with pytest.raises(SourceQueryError) as info:
+            read(env.connector.execute(
+                f"WITH w AS (INSERT INTO {env.schema}.t (id) VALUES (%s) RETURNING id) "
+                "SELECT * FROM w", [97]))
+        assert info.value.sqlstate == "25006"
+        with pytest.raises(SourceQueryError) as info:
+            read(env.connector.execute(f"INSERT INTO {env.schema}.t (id) VALUES (%s)", [96]))
+        # not a query: it takes the transaction path, where a cursor cannot hold it
+        assert info.value.sqlstate in ("25006", "42601")
+    count = env.admin.execute(f"SELECT count(*) FROM {env.schema}.t").fetchone()
+    assert count == (3,)
+
+
+def test_empty_parameterized_result_has_its_schema(typed: Env) -> None:
+    for _ in range(3):
+        table = read(typed.connector.execute(
+            f"SELECT id, m, tz FROM {typed.schema}.t WHERE id = %s", [12345]))
+        assert table.num_rows == 0
+        assert table.schema.types == [
+            pa.int32(), pa.decimal128(10, 2), pa.timestamp("us", tz="UTC")]
+
+
+def test_prepared_statements_heal_after_changes(env: Env) -> None:
+    env.admin.execute(f"CREATE TABLE {env.schema}.p (v int4)")
+    env.admin.execute(f"INSERT INTO {env.schema}.p VALUES (1)")
+    sql = f"SELECT * FROM {env.schema}.p WHERE v >= %s"
+    for _ in range(4):  # prepared on both pooled connections
+        assert read(env.connector.execute(sql, [0])).to_pylist() == [{"v": 1}]
+    env.admin.execute(f"ALTER TABLE {env.schema}.p ADD COLUMN w text DEFAULT 'x'")
+    for _ in range(4):  # a stale statement fails at most once per connection, never wrong
+        try:
+            table = read(env.connector.execute(sql, [0]))
+        except SourceQueryError:
+            continue
+        assert table.to_pylist() == [{"v": 1, "w": "x"}]
+    assert read(env.connector.execute(sql, [0])).to_pylist() == [{"v": 1, "w": "x"}]
+    # statements dropped behind the connector's back (the parameter-free path runs it)
+    for _ in range(3):
+        read(env.connector.execute("DEALLOCATE ALL"))
+        assert read(env.connector.execute(sql, [0])).to_pylist() == [{"v": 1, "w": "x"}]
+
+
+def test_closing_early_leaves_the_pool_healthy(env: Env) -> None:
+    sql = "SELECT i, md5(i::text) AS h FROM generate_series(1, %s) AS g(i)"
+    for _ in range(3):
+        handle = env.connector.execute(sql, [2_000_000], batch_rows=1000)
+        assert handle.reader.read_next_batch().num_rows == 1000
+        handle.close()
+        handle = env.connector.execute(sql, [10])
+        handle.close()  # never read
+    for i in range(4):
+        assert read(env.connector.execute("SELECT %s::int AS i", [i])).to_pylist() == [{"i": i}]
+    wait_until(lambda: env.active() == 0, 2.0)
