@@ -20,7 +20,7 @@ from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValu
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
-from fabric.errors import FabricError, InvalidArgument
+from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
 from fabric.observability.logging import configure as configure_logging
 
 _TYPED_PARAM = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$",
@@ -138,37 +138,56 @@ def _describe_entity(entity: Entity) -> str:
 
 # -- commands ---------------------------------------------------------------------------
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.api.server import Gateway, is_loopback
-    from fabric.wiring import open_secret_store, open_store
+def _check_listen(listen: str, settings: Settings, insecure: bool) -> None:
+    from fabric.api.server import is_loopback
 
-    if args.role != "all":
-        raise InvalidArgument("only --role all is available in this release")
-    listen = args.listen or settings.listen
     if settings.auth == "none" and not is_loopback(listen):
         raise InvalidArgument(f"FABRIC_AUTH=none is allowed only on a loopback address, "
                               f"not {listen}")
-    if not settings.tls and not is_loopback(listen) and not args.insecure:
+    if not settings.tls and not is_loopback(listen) and not insecure:
         raise InvalidArgument(
             f"refusing to listen on {listen} without TLS: set FABRIC_TLS_CERT and "
             "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly")
 
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/roles.py)."""
+    from fabric.roles import open_role
+
+    if args.role == "runtime":
+        if not args.stage_name:
+            raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
+        listen = args.listen  # QueryService only when asked for; health always
+        if listen:
+            _check_listen(listen, settings, args.insecure)
+    else:
+        if args.stage_name:
+            raise InvalidArgument("--stage is for --role runtime; the platform serves every "
+                                  "stage")
+        listen = args.listen or settings.listen
+        _check_listen(listen, settings, args.insecure)
+
     async def run() -> None:
-        gateway = Gateway.build(settings, open_store(settings),
-                                secret_store=open_secret_store(settings))
-        port = await gateway.start(listen)
-        print(f"fabric gateway serving on port {port}"
-              + (f", metrics on 127.0.0.1:{gateway.metrics_port}/metrics"
-                 if gateway.metrics_port else ""), flush=True)
+        process = await open_role(args.role, settings, stage=args.stage_name, listen=listen)
+        try:
+            ready = await process.start()
+        except BaseException:
+            await process.stop(grace=0)
+            raise
+        print(ready, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("stopping: letting running queries finish", flush=True)
-        await gateway.stop(grace=10.0)
+        await process.stop(grace=10.0)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError as error:  # a port in use, a socket refused
+        raise SourceUnavailable(f"cannot start the {args.role} process: "
+                                f"{error.strerror or type(error).__name__}") from None
     return 0
 
 
@@ -369,8 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--listen", help="address to listen on (default FABRIC_LISTEN or "
                                         "127.0.0.1:50051)")
-    serve.add_argument("--role", default="all", choices=["all"],
-                       help="planes to run in this process")
+    serve.add_argument("--role", default="all", choices=["all", "platform", "runtime"],
+                       help="all: both planes in one process (default); platform: the "
+                            "gRPC gateway, forwarding queries over NATS; runtime: one "
+                            "replica of --stage on NATS")
+    serve.add_argument("--stage", dest="stage_name",
+                       help="the stage a runtime replica serves")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a non-loopback address without TLS (not for production)")
     serve.set_defaults(func=cmd_serve)

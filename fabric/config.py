@@ -20,6 +20,9 @@ MIB = 1 << 20
 class Settings:
     home: Path = field(default_factory=lambda: Path("~/.fabric").expanduser())
     """Data directory (FABRIC_HOME): metadata store and demo files live here."""
+    metadata_url: str = ""
+    """Metadata store (FABRIC_METADATA_URL): `postgresql://...` in production; unset, a
+    SQLite file under FABRIC_HOME."""
     listen: str = "127.0.0.1:50051"
     """gRPC listen address (FABRIC_LISTEN)."""
     tls_cert: str = ""
@@ -78,10 +81,44 @@ class Settings:
     and that could not be confirmed since, is dropped (FABRIC_METADATA_STALE_AFTER)."""
     metadata_sweep_interval: float = 60.0
     """Seconds between sweeps for stale in-memory metadata."""
+    nats_url: str = ""
+    """NATS server URL(s), comma-separated (FABRIC_NATS_URL); user and password may be in
+    the URL. Unset: the in-process bus (one process, `--role all`)."""
+    nats_creds: str = ""
+    """NATS credentials file (JWT + nkey seed) (FABRIC_NATS_CREDS)."""
+    nats_tls_ca: str = ""
+    """PEM CA bundle that signed the NATS servers' certificates, for tls:// URLs
+    (FABRIC_NATS_TLS_CA); unset: the system's trust store."""
+    replica_id: str = ""
+    """This runtime replica's id (FABRIC_REPLICA_ID): names its durable event consumer,
+    so it must be unique per replica and stable across restarts. Default: host name and
+    stage."""
+    health_listen: str = "127.0.0.1:0"
+    """Address of a runtime replica's gRPC health endpoint when it serves no QueryService
+    (`fabric serve --role runtime` without --listen) (FABRIC_HEALTH_LISTEN); port 0 picks
+    a free port and prints it."""
+    bus_connect_timeout: float = 10.0
+    """Seconds the first connection to NATS may take before start-up fails
+    (FABRIC_BUS_CONNECT_TIMEOUT)."""
+    bus_timeout: float = 10.0
+    """Longest silence, in seconds, a forwarded query accepts from a runtime replica
+    (acceptance, then between result chunks) (FABRIC_BUS_TIMEOUT)."""
+    bus_retries: int = 2
+    """Extra attempts of a forwarded query before its first result byte (FABRIC_BUS_RETRIES)."""
+    bus_publish_timeout: float = 5.0
+    """Seconds JetStream may take to confirm a platform event (FABRIC_BUS_PUBLISH_TIMEOUT)."""
+    bus_max_concurrent: int = 64
+    """Queries one runtime replica runs at once; more are refused as busy and retried on
+    another replica (FABRIC_BUS_MAX_CONCURRENT)."""
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS URLs of FABRIC_NATS_URL (empty: no NATS, the in-process bus)."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
     @property
     def token_key_path(self) -> Path:
@@ -136,7 +173,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
         for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval",
-                     "metadata_stale_after", "metadata_sweep_interval"):
+                     "metadata_stale_after", "metadata_sweep_interval", "bus_connect_timeout",
+                     "bus_timeout", "bus_publish_timeout", "bus_max_concurrent"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
         if self.auth not in ("local", "jwt", "none"):
@@ -153,5 +191,7 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("mutual TLS (FABRIC_TLS_CLIENT_CA) needs a server "
                                   "certificate and key too")
+        if self.bus_retries < 0:
+            raise InvalidArgument("setting bus_retries must not be negative")
         if self.cache_max_ttl < 0:
             raise InvalidArgument("setting cache_max_ttl must not be negative")

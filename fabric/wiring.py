@@ -8,7 +8,8 @@ from pathlib import Path
 from connectors import Connector
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.model import Connection, SettingValue
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.store import MetadataStore
+from fabric.catalog.stores import open_metadata_store
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FailedPrecondition, InvalidArgument
@@ -23,8 +24,10 @@ from fabric.security.secrets import SealedFileSecretStore, SecretStore
 from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
 
 
-def open_store(settings: Settings) -> SqliteMetadataStore:
-    return SqliteMetadataStore(settings.metadata_path)
+def open_store(settings: Settings) -> MetadataStore:
+    """FABRIC_METADATA_URL (a postgresql:// URL or a SQLite path) when set, else the SQLite
+    file under FABRIC_HOME."""
+    return open_metadata_store(settings.metadata_url or settings.metadata_path)
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -90,7 +93,7 @@ def stage_connector_factory(
     return build
 
 
-def catalog_manager(store: SqliteMetadataStore,
+def catalog_manager(store: MetadataStore,
                     secrets: SecretResolver = no_secret_store) -> CatalogManager:
     return CatalogManager(store, stage_connector_factory(secrets))
 

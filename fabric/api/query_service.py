@@ -21,6 +21,10 @@ from fabric.v1 import query_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 ContextProvider = Callable[[grpc.aio.ServicerContext], RequestContext]
+Execute = Callable[[RequestContext, QueryRequest, "float | None"],
+                   AsyncIterator["bytes | Summary"]]
+"""Runs a query and yields Arrow IPC messages, then one Summary: `QueryEngine.execute`,
+or `BusQueryForwarder.execute` on a platform that forwards to runtime replicas."""
 
 
 def default_context(_: grpc.aio.ServicerContext) -> RequestContext:
@@ -82,10 +86,17 @@ def _page(page: Page) -> pb.Page:
 
 
 class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
+    """Execute and Preview run through `execute` (default: the engine's; a platform that
+    forwards queries to runtime replicas passes the forwarder's). Preview's query is
+    built from the local metadata; paging (OpenStatement, Fetch, CloseStatement) always
+    runs on the local engine, since an open statement lives in one process's memory."""
+
     def __init__(self, engine: QueryEngine,
-                 context_provider: ContextProvider = default_context) -> None:
+                 context_provider: ContextProvider = default_context,
+                 execute: Execute | None = None) -> None:
         self._engine = engine
         self._context = context_provider
+        self._execute: Execute = engine.execute if execute is None else execute
         self._max_message = engine.settings.max_message_bytes
 
     async def _stream(self, items: AsyncIterator[bytes | Summary]) -> AsyncIterator[pb.ResultChunk]:
@@ -116,7 +127,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
         async with translated_errors(context, "Execute"):
             ctx = self._context(context)
-            items = self._engine.execute(ctx, _request(request), _deadline(context))
+            items = self._execute(ctx, _request(request), _deadline(context))
             async for chunk in self._stream(items):
                 yield chunk
 
@@ -126,8 +137,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
             ctx = self._context(context)
             query = self._engine.preview_request(ctx, request.connection, request.entity,
                                                  request.limit)
-            async for chunk in self._stream(self._engine.execute(ctx, query,
-                                                                 _deadline(context))):
+            async for chunk in self._stream(self._execute(ctx, query, _deadline(context))):
                 yield chunk
 
     async def OpenStatement(self, request: pb.OpenStatementRequest,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,18 @@ from prometheus_client import start_http_server
 
 from fabric.api.auth import AuthInterceptor, verified_context
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
-from fabric.api.query_service import ContextProvider, QueryServicer, default_context
+from fabric.api.query_service import (
+    ContextProvider,
+    Execute,
+    QueryServicer,
+    abort_with,
+    default_context,
+)
 from fabric.catalog.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
-from fabric.errors import InvalidArgument
+from fabric.errors import FabricError, InvalidArgument
+from fabric.messaging.platform_events import Announcements, PlatformEventPublisher
 from fabric.platform.departure import ChangeListeners, EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
@@ -35,6 +44,7 @@ QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 CONNECTION_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name
 CATALOG_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
 SERVICES = (QUERY_SERVICE, CONNECTION_SERVICE, CATALOG_SERVICE)
+PLATFORM_SERVICES = (CONNECTION_SERVICE, CATALOG_SERVICE)
 
 
 def channel_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -72,6 +82,38 @@ def is_loopback(address: str) -> bool:
         return False  # a name or a wildcard: assume reachable from elsewhere
 
 
+class AnnouncingCatalogServicer(CatalogServicer):
+    """CatalogService that announces committed selection changes as platform events.
+    The change is committed before the announcement; if the event cannot be stored the
+    caller gets `EventNotPublished` (which says so), and the event is retried."""
+
+    def __init__(self, platform: Platform, context_provider: ContextProvider,
+                 announcements: Announcements) -> None:
+        super().__init__(platform, context_provider)
+        self._announcements = announcements
+
+    async def _announce(self, context: grpc.aio.ServicerContext, connection: str,
+                        stage: str | None, version: int) -> None:
+        try:
+            ctx = self._context(context)
+            await self._announcements.selection_changed(ctx.tenant, connection, stage, version)
+        except FabricError as error:
+            await abort_with(context, error)
+
+    async def Select(self, request: platform_pb2.SelectRequest,
+                     context: grpc.aio.ServicerContext) -> platform_pb2.SelectResponse:
+        response = await super().Select(request, context)
+        await self._announce(context, request.connection, request.stage or None,
+                             response.catalog_version)
+        return response
+
+    async def Unselect(self, request: platform_pb2.UnselectRequest,
+                       context: grpc.aio.ServicerContext) -> platform_pb2.UnselectResponse:
+        response = await super().Unselect(request, context)
+        await self._announce(context, request.connection, None, response.catalog_version)
+        return response
+
+
 class Gateway:
     """One gateway running both planes: a QueryEngine (runtime) and the platform services
     (connections, catalog, audit) behind one gRPC server."""
@@ -80,31 +122,45 @@ class Gateway:
                  context_provider: ContextProvider | None = None,
                  secret_store: SecretStore | None = None,
                  connector_builder: ConnectorFactory = default_connector_factory,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, execute: Execute | None = None,
+                 services: Collection[str] = SERVICES) -> None:
         """With a `verifier`, every call must carry a valid bearer token and the identity
         comes from it; without one, `context_provider` (default: the default tenant).
 
-        Platform changes reach the runtime through `listeners` (in-process: `purger`,
-        which purges the engine at once; a bus publisher is added there too).
+        Platform changes reach the runtime through `announcements`: the in-process
+        `listeners` first (`purger`, which purges the engine at once), then, once
+        `attach_publisher` was called, platform events on the bus.
         `secret_store` keeps connection passwords (None: passwords are refused);
         `connector_builder` builds the connectors the platform uses for discovery and
-        tests; `clock` drives the stale-metadata sweeper.
+        tests; `clock` drives the stale-metadata sweeper. `execute` runs Execute and
+        Preview (default: the engine; a platform role passes the bus forwarder's).
+        `services`: the gRPC services served (health always is); a runtime replica
+        serves QueryService or none.
         """
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise InvalidArgument(f"unknown services {sorted(unknown)}")
         self.engine = engine
         self.settings = engine.settings
+        self.services = tuple(s for s in SERVICES if s in services)
         self._interceptors = [AuthInterceptor(verifier)] if verifier is not None else []
         if context_provider is None:
             context_provider = verified_context if verifier is not None else default_context
-        self._servicer = QueryServicer(engine, context_provider)
+        self._servicer = QueryServicer(engine, context_provider, execute)
         self.purger = EnginePurger(engine)
         engine.metrics.add_snapshot(self.purger.snapshot)
         self.listeners = ChangeListeners([self.purger])
-        self.platform = Platform.build(engine.store, self.listeners, secret_store=secret_store,
+        self.announcements = Announcements(self.listeners)
+        self.platform = Platform.build(engine.store, self.announcements,
+                                       secret_store=secret_store,
                                        connector_builder=connector_builder)
         self.stale_sweeper = StaleMetadataSweeper(
             engine, self.purger, max_age=self.settings.metadata_stale_after, clock=clock)
         self._connection_servicer = ConnectionServicer(self.platform, context_provider)
-        self._catalog_servicer = CatalogServicer(self.platform, context_provider)
+        refreshing = dataclasses.replace(self.platform,
+                                         listener=self.announcements.refreshes())
+        self._catalog_servicer = AnnouncingCatalogServicer(refreshing, context_provider,
+                                                           self.announcements)
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
@@ -116,7 +172,8 @@ class Gateway:
 
     @classmethod
     def build(cls, settings: Settings, store: MetadataStore, *,
-              secret_store: SecretStore | None = None, **engine_options: Any) -> Gateway:
+              secret_store: SecretStore | None = None, execute: Execute | None = None,
+              services: Collection[str] = SERVICES, **engine_options: Any) -> Gateway:
         """A gateway as configured: authentication from settings (FABRIC_AUTH); with
         `secret_store`, connection passwords are kept there and the runtime reads them
         from it."""
@@ -125,19 +182,30 @@ class Gateway:
         if secret_store is not None:
             engine_options.setdefault("secrets", secret_store.get)
         return cls(QueryEngine(store, settings, **engine_options),
-                   verifier=token_verifier(settings), secret_store=secret_store)
+                   verifier=token_verifier(settings), secret_store=secret_store,
+                   execute=execute, services=services)
+
+    def attach_publisher(self, publisher: PlatformEventPublisher) -> None:
+        """Announce platform changes on the bus too (after the in-process purge); its
+        counts join this gateway's metrics."""
+        self.announcements.publisher = publisher
+        self.engine.metrics.add_snapshot(publisher.snapshot)
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
         server = grpc.aio.server(options=channel_options(self.settings),
                                  interceptors=self._interceptors)
-        query_pb2_grpc.add_QueryServiceServicer_to_server(self._servicer, server)
-        platform_pb2_grpc.add_ConnectionServiceServicer_to_server(self._connection_servicer,
-                                                                  server)
-        platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer, server)
+        if QUERY_SERVICE in self.services:
+            query_pb2_grpc.add_QueryServiceServicer_to_server(self._servicer, server)
+        if CONNECTION_SERVICE in self.services:
+            platform_pb2_grpc.add_ConnectionServiceServicer_to_server(
+                self._connection_servicer, server)
+        if CATALOG_SERVICE in self.services:
+            platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer,
+                                                                   server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         credentials = server_credentials(self.settings)
         if credentials is None:
             self.port = server.add_insecure_port(address)
@@ -147,8 +215,7 @@ class Gateway:
             raise OSError(f"cannot listen on {address}")
         self._server = server
         await server.start()
-        for service in (*SERVICES, ""):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_serving(True)
         self._sweeper = asyncio.create_task(
             self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval))
         self._stale_task = asyncio.create_task(
@@ -161,6 +228,13 @@ class Gateway:
         log.info("gateway listening on port %s", self.port)
         return self.port
 
+    async def set_serving(self, serving: bool) -> None:
+        """Report the served services (and the server, "") as SERVING or NOT_SERVING."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in (*self.services, ""):
+            await self._health.set(service, status)
+
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
@@ -168,8 +242,7 @@ class Gateway:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, let running ones finish within `grace` seconds, then drop
         everything held in memory."""
-        for service in (*SERVICES, ""):
-            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.set_serving(False)
         if self._server is not None:
             await self._server.stop(grace)
         for task in (self._sweeper, self._stale_task):

@@ -36,6 +36,64 @@ PURGE_REASONS = ("statement_idle", "statement_closed", "result_expired",
                  "result_purged", "source_purged")
 
 
+# Bus figures (fabric.messaging: replica, forwarder, sealer, platform events, NATS link),
+# reported only by a process that has a bus.
+BUS_GAUGES = {
+    "bus_connected": "1 while the NATS connection is up.",
+    "bus_replica_in_flight": "Queries this runtime replica is serving now.",
+    "bus_events_pending": "Platform events waiting in the outbox to be published again.",
+}
+BUS_COUNTERS = {
+    "bus_reconnects": "Reconnections to NATS.",
+    "bus_replica_accepted": "Bus queries this replica accepted.",
+    "bus_replica_served": "Bus queries this replica answered to the end.",
+    "bus_replica_failed": "Bus queries that ended in an error on this replica.",
+    "bus_replica_cancelled": "Bus queries cancelled (caller gone, shutdown).",
+    "bus_replica_stalled": "Bus queries cancelled for lack of flow-control credit.",
+    "bus_replica_busy": "Bus queries refused as busy (retried elsewhere).",
+    "bus_replica_chunks_sent": "Sealed result chunks sent.",
+    "bus_replica_bytes_sent": "Sealed result bytes sent.",
+    "bus_forwarder_requests": "Queries forwarded to runtime replicas.",
+    "bus_forwarder_attempts": "Attempts of forwarded queries.",
+    "bus_forwarder_retries": "Retried attempts of forwarded queries.",
+    "bus_forwarder_completed": "Forwarded queries that completed.",
+    "bus_forwarder_failed": "Forwarded queries that failed.",
+    "bus_forwarder_cancelled": "Forwarded queries cancelled by their caller.",
+    "bus_forwarder_chunks_received": "Result chunks received from replicas.",
+    "bus_forwarder_protocol_errors": "Result streams with a gap, duplicate or overflow.",
+    "bus_sealed": "Bus payloads sealed.",
+    "bus_opened": "Bus payloads opened.",
+    "bus_events_published": "Platform events stored on JetStream at the first try.",
+    "bus_events_publish_failed": "Platform events JetStream did not store at once "
+                                 "(the admin call reported it).",
+    "bus_events_republished": "Platform events stored by a background retry.",
+    "bus_events_outbox_dropped": "Platform events dropped from a full outbox.",
+    "bus_events_applied": "Platform events applied by this replica (once per event).",
+    "bus_events_duplicates": "Redelivered platform events skipped as already applied.",
+    "bus_events_apply_failed": "Platform event applications that failed (redelivered).",
+    "bus_events_ignored": "Platform events with nothing to apply here (keys rotated).",
+}
+BUS_REJECT_REASONS = ("integrity", "oversized", "malformed", "expired", "duplicate",
+                      "unexpected")
+
+
+def _bus_metrics(values: Mapping[str, float]) -> Iterator[Metric]:
+    for name, doc in BUS_GAUGES.items():
+        g = GaugeMetricFamily(f"fabric_{name}", doc)
+        g.add_metric([], float(values.get(name, 0)))
+        yield g
+    for name, doc in BUS_COUNTERS.items():
+        c = CounterMetricFamily(f"fabric_{name}", doc)
+        c.add_metric([], float(values.get(name, 0)))
+        yield c
+    rejected = CounterMetricFamily("fabric_bus_rejected",
+                                   "Bus messages refused, by reason (never opened in clear).",
+                                   labels=["reason"])
+    for reason in BUS_REJECT_REASONS:
+        rejected.add_metric([reason], float(values.get(f"bus_rejected_{reason}", 0)))
+    yield rejected
+
+
 class _SnapshotCollector(Collector):
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshots = [snapshot]
@@ -60,6 +118,8 @@ class _SnapshotCollector(Collector):
         for reason in PURGE_REASONS:
             purges.add_metric([reason], float(values.get(f"purge_{reason}", 0)))
         yield purges
+        if any(name.startswith("bus_") for name in values):
+            yield from _bus_metrics(values)
 
 
 class GatewayMetrics:

@@ -317,9 +317,10 @@ class QueryEngine:
                              created: asyncio.Event, started: list[SourceRun]) -> None:
         """Cancel a query whose start is still in a worker thread, as soon as its handle
         exists, then close it once the worker has returned."""
-        waiter = asyncio.ensure_future(created.wait())
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(created.wait())
+        racers: set[asyncio.Future[Any]] = {future, waiter}
         try:
-            await asyncio.wait({future, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
         if started:

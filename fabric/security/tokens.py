@@ -373,7 +373,8 @@ class TokenVerifier:
         if not isinstance(claims, dict):
             raise Unauthenticated("the bearer token's payload is not a JSON object")
         self._check_times(claims)
-        times = {name: claims[name] for name in ("exp", "nbf", "iat") if name in claims}
+        times: dict[str, Any] = {name: claims[name] for name in ("exp", "nbf", "iat")
+                                 if name in claims}
         return _context(claims), times
 
     def _key_for(self, alg: str, kid: object) -> Any:
