@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from fabric.catalog.model import SettingValue, TableInfo
+from fabric.errors import DeadlineExceeded, InvalidArgument
 
 
 class ParamStyle(StrEnum):
@@ -118,3 +119,11 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release pools and clients; idempotent."""
+
+
+def check_execute_arguments(timeout: float | None, batch_rows: int) -> None:
+    """The argument checks every `Connector.execute` starts with."""
+    if batch_rows < 1:
+        raise InvalidArgument("batch_rows must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise DeadlineExceeded("the query's deadline had already passed")

@@ -28,7 +28,13 @@ import duckdb
 import pyarrow as pa
 
 from connectors.arrow_types import slices
-from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
+from connectors.base import (
+    Connector,
+    ConnectorConfig,
+    ParamStyle,
+    QueryHandle,
+    check_execute_arguments,
+)
 from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
@@ -402,10 +408,7 @@ class DuckDBConnector(Connector):
         timeout: float | None = None,
         batch_rows: int = 65_536,
     ) -> QueryHandle:
-        if batch_rows < 1:
-            raise InvalidArgument("batch_rows must be at least 1")
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded("the query's deadline had already passed")
+        check_execute_arguments(timeout, batch_rows)
         handle = _DuckDBHandle(self._cursor(), sql, params, timeout, batch_rows, self._forget)
         with self._lock:
             if not handle._closed:

@@ -65,9 +65,16 @@ import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import ER, FIELD_TYPE, FLAG  # type: ignore[import-untyped]
 
 from connectors.arrow_types import unrepresentable
-from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
+from connectors.base import (
+    Connector,
+    ConnectorConfig,
+    ParamStyle,
+    QueryHandle,
+    check_execute_arguments,
+)
+from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
-from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.catalog.model import ColumnInfo, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -837,10 +844,7 @@ class MySQLConnector(Connector):
         timeout: float | None = None,
         batch_rows: int = 65_536,
     ) -> QueryHandle:
-        if batch_rows < 1:
-            raise InvalidArgument("batch_rows must be at least 1")
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded("the query's deadline had already passed")
+        check_execute_arguments(timeout, batch_rows)
         bound = tuple(_bind_value(value) for value in params)
         conn = self._acquire()
         try:
@@ -946,8 +950,7 @@ def _text(value: Any) -> str:
 
 
 def _build_tables(column_rows: Sequence[Any], key_rows: Sequence[Any]) -> list[TableInfo]:
-    columns: dict[tuple[str, str], list[ColumnInfo]] = {}
-    kinds: dict[tuple[str, str], TableKind] = {}
+    tables = TableAssembler()
     for (
         schema,
         table,
@@ -960,51 +963,24 @@ def _build_tables(column_rows: Sequence[Any], key_rows: Sequence[Any]) -> list[T
         nullable,
         charset,
     ) in column_rows:
-        key = (_text(schema), _text(table))
-        kinds[key] = TableKind.VIEW if _text(table_type) == "VIEW" else TableKind.TABLE
-        columns.setdefault(key, []).append(
-            ColumnInfo(
-                name=_text(name),
-                source_type=_text(column_type),
-                arrow_type=mysql_column_arrow_type(
-                    _text(data_type),
-                    _text(column_type),
-                    None if precision is None else int(precision),
-                    None if scale is None else int(scale),
-                    None if charset is None else _text(charset),
-                ),
-                nullable=_text(nullable) == "YES",
-            )
-        )
-    primary: dict[tuple[str, str], list[str]] = {}
-    foreign: dict[tuple[str, str], dict[str, tuple[list[str], str, str, list[str]]]] = {}
-    for schema, table, constraint, ctype, column, ref_schema, ref_table, ref_column in key_rows:
-        key = (_text(schema), _text(table))
-        if _text(ctype) == "PRIMARY KEY":
-            primary.setdefault(key, []).append(_text(column))
-            continue
-        entry = foreign.setdefault(key, {}).setdefault(
-            _text(constraint), ([], _text(ref_schema), _text(ref_table), [])
-        )
-        entry[0].append(_text(column))
-        entry[3].append(_text(ref_column))
-    return [
-        TableInfo(
-            schema=key[0],
-            name=key[1],
-            columns=tuple(cols),
-            primary_key=tuple(primary.get(key, ())),
-            foreign_keys=tuple(
-                ForeignKey(
-                    name=name,
-                    columns=tuple(fk[0]),
-                    referenced_schema=fk[1],
-                    referenced_table=fk[2],
-                    referenced_columns=tuple(fk[3]),
-                )
-                for name, fk in foreign.get(key, {}).items()
+        kind = TableKind.VIEW if _text(table_type) == "VIEW" else TableKind.TABLE
+        tables.add_column(_text(schema), _text(table), kind, ColumnInfo(
+            name=_text(name),
+            source_type=_text(column_type),
+            arrow_type=mysql_column_arrow_type(
+                _text(data_type),
+                _text(column_type),
+                None if precision is None else int(precision),
+                None if scale is None else int(scale),
+                None if charset is None else _text(charset),
             ),
-            kind=kinds[key],
-        )
-        for key, cols in columns.items()
-    ]
+            nullable=_text(nullable) == "YES",
+        ))
+    for schema, table, constraint, ctype, column, ref_schema, ref_table, ref_column in key_rows:
+        if _text(ctype) == "PRIMARY KEY":
+            tables.add_primary_key_column(_text(schema), _text(table), _text(column))
+        else:
+            tables.add_foreign_key_column(_text(schema), _text(table), _text(constraint),
+                                          _text(column), _text(ref_schema), _text(ref_table),
+                                          _text(ref_column))
+    return tables.tables()

@@ -69,8 +69,15 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from connectors.arrow_types import PgColumn, TextDecoder, pg_arrow_type, slices
-from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
-from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from connectors.base import (
+    Connector,
+    ConnectorConfig,
+    ParamStyle,
+    QueryHandle,
+    check_execute_arguments,
+)
+from connectors.discovery import TableAssembler
+from fabric.catalog.model import ColumnInfo, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -848,10 +855,7 @@ class PostgresConnector(Connector):
         timeout: float | None = None,
         batch_rows: int = 65_536,
     ) -> QueryHandle:
-        if batch_rows < 1:
-            raise InvalidArgument("batch_rows must be at least 1")
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded("the query's deadline had already passed")
+        check_execute_arguments(timeout, batch_rows)
         params = tuple(params)
         conn = self._acquire()
         handle = _PgHandle(self, conn, timeout, batch_rows)
@@ -1182,43 +1186,21 @@ ORDER BY n.nspname, c.relname, con.conname
 def _build_tables(column_rows: list[Any], constraint_rows: list[Any]) -> list[TableInfo]:
     import json
 
-    columns: dict[tuple[str, str], list[ColumnInfo]] = {}
-    kinds: dict[tuple[str, str], TableKind] = {}
+    tables = TableAssembler()
     for schema, table, relkind, name, source_type, oid, typmod, notnull in column_rows:
-        key = (schema, table)
-        kinds[key] = TableKind.VIEW if relkind in ("v", "m") else TableKind.TABLE
-        columns.setdefault(key, []).append(
-            ColumnInfo(
-                name=name,
-                source_type=source_type,
-                arrow_type=pg_arrow_type(int(oid), int(typmod)),
-                nullable=notnull not in ("t", True),
-            )
-        )
-    primary: dict[tuple[str, str], tuple[str, ...]] = {}
-    foreign: dict[tuple[str, str], list[ForeignKey]] = {}
+        kind = TableKind.VIEW if relkind in ("v", "m") else TableKind.TABLE
+        tables.add_column(schema, table, kind, ColumnInfo(
+            name=name,
+            source_type=source_type,
+            arrow_type=pg_arrow_type(int(oid), int(typmod)),
+            nullable=notnull not in ("t", True),
+        ))
     for schema, table, contype, name, cols, ref_schema, ref_table, ref_cols in constraint_rows:
-        key = (schema, table)
         if contype == "p":
-            primary[key] = tuple(json.loads(cols))
+            for column in json.loads(cols):
+                tables.add_primary_key_column(schema, table, column)
         else:
-            foreign.setdefault(key, []).append(
-                ForeignKey(
-                    name=name,
-                    columns=tuple(json.loads(cols)),
-                    referenced_schema=ref_schema,
-                    referenced_table=ref_table,
-                    referenced_columns=tuple(json.loads(ref_cols)),
-                )
-            )
-    return [
-        TableInfo(
-            schema=key[0],
-            name=key[1],
-            columns=tuple(cols),
-            primary_key=primary.get(key, ()),
-            foreign_keys=tuple(foreign.get(key, ())),
-            kind=kinds[key],
-        )
-        for key, cols in columns.items()
-    ]
+            for column, referenced in zip(json.loads(cols), json.loads(ref_cols), strict=True):
+                tables.add_foreign_key_column(schema, table, name, column, ref_schema,
+                                              ref_table, referenced)
+    return tables.tables()

@@ -73,9 +73,16 @@ import pyarrow as pa
 import pymssql
 
 from connectors.arrow_types import slices, unrepresentable
-from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
+from connectors.base import (
+    Connector,
+    ConnectorConfig,
+    ParamStyle,
+    QueryHandle,
+    check_execute_arguments,
+)
+from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
-from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.catalog.model import ColumnInfo, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -711,10 +718,7 @@ class SqlServerConnector(Connector):
         timeout: float | None = None,
         batch_rows: int = 65_536,
     ) -> QueryHandle:
-        if batch_rows < 1:
-            raise InvalidArgument("batch_rows must be at least 1")
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded("the query's deadline had already passed")
+        check_execute_arguments(timeout, batch_rows)
         deadline = None if timeout is None else time.monotonic() + timeout
         statement, declarations, batch = bind_statement(sql, params)
         conn = self._acquire()
@@ -841,8 +845,7 @@ def _source_type(type_name: str, max_length: int, precision: int, scale: int) ->
 
 def build_tables(column_rows: Sequence[Any], key_rows: Sequence[Any]) -> list[TableInfo]:
     """TableInfos from the rows of COLUMNS_SQL and KEYS_SQL."""
-    columns: dict[tuple[str, str], list[ColumnInfo]] = {}
-    kinds: dict[tuple[str, str], TableKind] = {}
+    tables = TableAssembler()
     for (
         schema,
         table,
@@ -855,48 +858,19 @@ def build_tables(column_rows: Sequence[Any], key_rows: Sequence[Any]) -> list[Ta
         scale,
         nullable,
     ) in column_rows:
-        key = (str(schema), str(table))
-        kinds[key] = TableKind.VIEW if str(object_type).strip() == "V" else TableKind.TABLE
+        kind = TableKind.VIEW if str(object_type).strip() == "V" else TableKind.TABLE
         # an alias type (CREATE TYPE ... FROM) maps through its base type
         effective = str(base_type or type_name)
         source = _source_type(str(type_name), int(max_length), int(precision), int(scale))
         arrow_type = mssql_arrow_type(effective, int(precision), int(scale))
         if effective.lower() == "float":
             arrow_type = pa.float32() if int(precision) <= 24 else pa.float64()
-        columns.setdefault(key, []).append(
-            ColumnInfo(
-                name=str(name), source_type=source, arrow_type=arrow_type, nullable=bool(nullable)
-            )
-        )
-    primary: dict[tuple[str, str], list[str]] = {}
-    foreign: dict[tuple[str, str], dict[str, tuple[list[str], str, str, list[str]]]] = {}
+        tables.add_column(str(schema), str(table), kind, ColumnInfo(
+            name=str(name), source_type=source, arrow_type=arrow_type, nullable=bool(nullable)))
     for schema, table, key_type, key_name, column, _, ref_schema, ref_table, ref_column in key_rows:
-        key = (str(schema), str(table))
         if key_type == "PK":
-            primary.setdefault(key, []).append(str(column))
-            continue
-        entry = foreign.setdefault(key, {}).setdefault(
-            str(key_name), ([], str(ref_schema), str(ref_table), [])
-        )
-        entry[0].append(str(column))
-        entry[3].append(str(ref_column))
-    return [
-        TableInfo(
-            schema=key[0],
-            name=key[1],
-            columns=tuple(cols),
-            primary_key=tuple(primary.get(key, ())),
-            foreign_keys=tuple(
-                ForeignKey(
-                    name=name,
-                    columns=tuple(fk[0]),
-                    referenced_schema=fk[1],
-                    referenced_table=fk[2],
-                    referenced_columns=tuple(fk[3]),
-                )
-                for name, fk in foreign.get(key, {}).items()
-            ),
-            kind=kinds[key],
-        )
-        for key, cols in columns.items()
-    ]
+            tables.add_primary_key_column(str(schema), str(table), str(column))
+        else:
+            tables.add_foreign_key_column(str(schema), str(table), str(key_name), str(column),
+                                          str(ref_schema), str(ref_table), str(ref_column))
+    return tables.tables()
