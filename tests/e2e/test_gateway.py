@@ -18,6 +18,7 @@ import pytest
 
 from fabric.client import FabricClient
 from fabric.errors import InvalidArgument, NotFound, QueryRejected
+from fabric.v1 import query_pb2 as pb
 from tests.e2e.conftest import Harness, start_harness
 
 REVENUE = """
@@ -203,7 +204,7 @@ def test_paging_walks_the_result_and_closing_drops_it(harness: Harness) -> None:
         other.close()
         assert harness.engine.open_statements.stats.open == 0
         with pytest.raises(NotFound):
-            c._unary(c._stub.Fetch, __import__("fabric.v1.query_pb2").v1.query_pb2.FetchRequest(
+            c._unary(c._stub.Fetch, pb.FetchRequest(
                 statement_id=other.id))
 
 
@@ -230,7 +231,7 @@ def test_other_tenant_cannot_touch_a_statement(harness: Harness) -> None:
     with client(harness) as a, client(harness, tenant="other") as b:
         statement = a.open_statement("shop", "SELECT id FROM orders", page_rows=10)
         with pytest.raises(NotFound):
-            b._unary(b._stub.Fetch, __import__("fabric.v1.query_pb2").v1.query_pb2.FetchRequest(
+            b._unary(b._stub.Fetch, pb.FetchRequest(
                 statement_id=statement.id))
         assert statement.fetch() is not None
         statement.close()
