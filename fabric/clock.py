@@ -13,13 +13,23 @@ class Clock(Protocol):
         ...
 
 
+class WallClock(Protocol):
+    def time(self) -> float:
+        """Seconds since the Unix epoch: calendar time, as token claims count it."""
+        ...
+
+
 class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def time(self) -> float:
+        return time.time()
+
 
 class FakeClock:
-    """A clock that moves only when told to; thread-safe."""
+    """A clock that moves only when told to, for both monotonic and calendar time (they
+    read the same number); thread-safe."""
 
     def __init__(self, start: float = 1_000.0) -> None:
         self._now = start
@@ -28,6 +38,16 @@ class FakeClock:
     def monotonic(self) -> float:
         with self._lock:
             return self._now
+
+    def time(self) -> float:
+        with self._lock:
+            return self._now
+
+    def set(self, now: float) -> None:
+        """Jump to `now`, as a calendar clock may (tests of exact token-time edges); code
+        reading `monotonic()` should be driven with `advance` only."""
+        with self._lock:
+            self._now = now
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:

@@ -34,19 +34,19 @@ import re
 import secrets
 import stat
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from fabric.clock import SYSTEM_CLOCK, WallClock
 from fabric.context import RequestContext, Role
 from fabric.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 
@@ -57,13 +57,9 @@ __all__ = [
     "LOCAL_AUDIENCE",
     "LOCAL_ISSUER",
     "SUPPORTED_ALGORITHMS",
-    "SYSTEM_WALL_CLOCK",
-    "FakeWallClock",
     "LocalKey",
-    "SystemWallClock",
     "TokenConfig",
     "TokenVerifier",
-    "WallClock",
     "mint_token",
 ]
 
@@ -105,48 +101,6 @@ _ROLES = ", ".join(role.value for role in Role)
 _REQUIRED_CLAIMS = ("exp", "iss", "aud", "sub", "tenant", "stage", "role")
 
 
-# -- time ----------------------------------------------------------------------------
-
-
-class WallClock(Protocol):
-    """Calendar time, as token claims count it (fabric.clock.Clock is monotonic only)."""
-
-    def time(self) -> float:
-        """Seconds since the Unix epoch."""
-        ...
-
-
-class SystemWallClock:
-    """The real calendar clock."""
-
-    def time(self) -> float:
-        return time.time()
-
-
-class FakeWallClock:
-    """A calendar clock that moves only when told to; thread-safe. For tests."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def time(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a clock does not go backwards")
-        with self._lock:
-            self._now += seconds
-
-    def set(self, now: float) -> None:
-        """Jump to `now` (tests of exact edges)."""
-        with self._lock:
-            self._now = now
-
-
-SYSTEM_WALL_CLOCK = SystemWallClock()
 
 
 # -- configuration -------------------------------------------------------------------
@@ -274,7 +228,7 @@ class TokenVerifier:
     thread-safe and does no I/O.
     """
 
-    def __init__(self, config: TokenConfig, *, clock: WallClock = SYSTEM_WALL_CLOCK,
+    def __init__(self, config: TokenConfig, *, clock: WallClock = SYSTEM_CLOCK,
                  verified_cache_size: int = 10_000) -> None:
         self.config = config
         self._clock = clock
@@ -541,7 +495,7 @@ def mint_token(
     ):
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise ValueError(f"{name} is empty or has characters a token may not carry")
-    issued = SYSTEM_WALL_CLOCK.time() if now is None else float(now)
+    issued = SYSTEM_CLOCK.time() if now is None else float(now)
     claims = {
         "iss": config.issuer,
         "aud": config.audience,

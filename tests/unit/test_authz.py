@@ -5,6 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
+from fabric.clock import FakeClock
 from fabric.context import RequestContext, Role
 from fabric.errors import NotFound, PermissionDenied, Unauthenticated
 from fabric.security.authz import (
@@ -20,7 +21,7 @@ from fabric.security.authz import (
     required_role,
     role_allows,
 )
-from fabric.security.tokens import FakeWallClock, TokenConfig, TokenVerifier, mint_token
+from fabric.security.tokens import TokenConfig, TokenVerifier, mint_token
 
 NOW = 1_700_000_000
 SECRET = b"k" * 32
@@ -42,7 +43,7 @@ def token(role: str = "app", *, tenant: str = "acme", stage: str = "production")
 
 @pytest.fixture
 def verifier() -> TokenVerifier:
-    return TokenVerifier(CONFIG, clock=FakeWallClock(NOW + 1))
+    return TokenVerifier(CONFIG, clock=FakeClock(NOW + 1))
 
 
 @pytest.mark.parametrize(

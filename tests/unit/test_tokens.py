@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from fabric.clock import FakeClock
 from fabric.context import RequestContext, Role
 from fabric.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from fabric.security.tokens import (
-    FakeWallClock,
     LocalKey,
     TokenConfig,
     TokenVerifier,
@@ -101,18 +101,18 @@ def hs256_config(**overrides: Any) -> TokenConfig:
 
 
 @pytest.fixture
-def clock() -> FakeWallClock:
-    return FakeWallClock(NOW + 10)
+def clock() -> FakeClock:
+    return FakeClock(NOW + 10)
 
 
 @pytest.fixture
-def hs_verifier(clock: FakeWallClock) -> TokenVerifier:
+def hs_verifier(clock: FakeClock) -> TokenVerifier:
     return TokenVerifier(hs256_config(), clock=clock)
 
 
 @pytest.fixture
 def pk_verifier(
-    clock: FakeWallClock, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+    clock: FakeClock, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
 ) -> TokenVerifier:
     config = TokenConfig(
         issuer=ISSUER,
@@ -182,7 +182,7 @@ def test_audience_list_containing_ours_is_accepted(hs_verifier: TokenVerifier) -
 
 def test_jwks_file(
     tmp_path: Path,
-    clock: FakeWallClock,
+    clock: FakeClock,
     rsa_key: rsa.RSAPrivateKey,
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
@@ -232,7 +232,7 @@ def test_hs256_signed_with_the_rs256_public_key_is_refused(
 
 
 def test_confusion_refused_even_when_hs256_is_also_pinned(
-    clock: FakeWallClock, rsa_key: rsa.RSAPrivateKey
+    clock: FakeClock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     # With HS256 pinned too, HS256 tokens are checked with the HS secret only.
     config = TokenConfig(
@@ -399,14 +399,14 @@ def test_time_claims_must_be_numbers(hs_verifier: TokenVerifier, claim: str) -> 
 # -- time, with the controllable clock -----------------------------------------------
 
 
-def test_expired(hs_verifier: TokenVerifier, clock: FakeWallClock) -> None:
+def test_expired(hs_verifier: TokenVerifier, clock: FakeClock) -> None:
     token = jwt.encode(claims(exp=NOW + 60), SECRET, algorithm="HS256")
     assert hs_verifier.verify(token).tenant == "acme"
     clock.advance(3600)
     rejected(hs_verifier, token, "has expired")
 
 
-def test_not_yet_valid(hs_verifier: TokenVerifier, clock: FakeWallClock) -> None:
+def test_not_yet_valid(hs_verifier: TokenVerifier, clock: FakeClock) -> None:
     token = jwt.encode(claims(nbf=NOW + 600, exp=NOW + 3600), SECRET, algorithm="HS256")
     rejected(hs_verifier, token, "not valid yet")
     clock.advance(600)
@@ -418,7 +418,7 @@ def test_issued_in_the_future(hs_verifier: TokenVerifier) -> None:
     rejected(hs_verifier, token, "issued in the future")
 
 
-def test_leeway_edges_are_exact(clock: FakeWallClock) -> None:
+def test_leeway_edges_are_exact(clock: FakeClock) -> None:
     verifier = TokenVerifier(hs256_config(leeway=30), clock=clock)
     exp = NOW + 100
     token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
@@ -435,7 +435,7 @@ def test_leeway_edges_are_exact(clock: FakeWallClock) -> None:
     rejected(verifier, early, "not valid yet")
 
 
-def test_zero_leeway(clock: FakeWallClock) -> None:
+def test_zero_leeway(clock: FakeClock) -> None:
     verifier = TokenVerifier(hs256_config(leeway=0), clock=clock)
     token = jwt.encode(claims(exp=NOW + 100), SECRET, algorithm="HS256")
     clock.set(NOW + 99.999)
@@ -472,7 +472,7 @@ def test_secret_is_not_in_repr() -> None:
     assert SECRET.decode() not in repr(hs256_config())
 
 
-def test_bad_keys_fail_at_start_up(tmp_path: Path, clock: FakeWallClock) -> None:
+def test_bad_keys_fail_at_start_up(tmp_path: Path, clock: FakeClock) -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     for pem, match in (("not a pem", "not a PEM public key"), (public_pem(weak), "2048 bits")):
         config = TokenConfig(ISSUER, AUDIENCE, algorithms=("RS256",), public_keys={"k": pem})
@@ -492,7 +492,7 @@ def test_bad_keys_fail_at_start_up(tmp_path: Path, clock: FakeWallClock) -> None
     ],
 )
 def test_bad_jwks_entries(
-    tmp_path: Path, clock: FakeWallClock, jwk: dict[str, str], match: str
+    tmp_path: Path, clock: FakeClock, jwk: dict[str, str], match: str
 ) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [jwk]}), encoding="utf-8")
@@ -502,7 +502,7 @@ def test_bad_jwks_entries(
 
 
 def test_jwks_with_private_key_is_refused(
-    tmp_path: Path, clock: FakeWallClock, rsa_key: rsa.RSAPrivateKey
+    tmp_path: Path, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     private = RSAAlgorithm.to_jwk(rsa_key, as_dict=True)
     private["kid"] = "oops"
@@ -517,7 +517,7 @@ def test_jwks_with_private_key_is_refused(
 # -- minting and the local key -------------------------------------------------------
 
 
-def test_minted_token_round_trips(clock: FakeWallClock) -> None:
+def test_minted_token_round_trips(clock: FakeClock) -> None:
     config = hs256_config()
     token = mint_token(
         config,
@@ -601,7 +601,7 @@ def test_local_key_refuses_exposed_or_garbled_files(tmp_path: Path) -> None:
         LocalKey.load(garbled)
 
 
-def test_local_key_drives_a_local_configuration(tmp_path: Path, clock: FakeWallClock) -> None:
+def test_local_key_drives_a_local_configuration(tmp_path: Path, clock: FakeClock) -> None:
     key = LocalKey.load_or_generate(tmp_path / "token.key")
     config = TokenConfig.for_local_key(key)
     token = mint_token(
@@ -613,7 +613,7 @@ def test_local_key_drives_a_local_configuration(tmp_path: Path, clock: FakeWallC
 
 
 def test_a_verified_token_is_remembered_but_still_expires(
-    hs_verifier: TokenVerifier, clock: FakeWallClock, monkeypatch: pytest.MonkeyPatch
+    hs_verifier: TokenVerifier, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = jwt.encode(claims(), SECRET, algorithm="HS256")
     first = hs_verifier.verify(token)
