@@ -462,16 +462,9 @@ class PostgresMetadataStore:
             connection_id = self._catalog_for_change(
                 conn, tenant, connection, expected_catalog_version
             )
-            self._upsert(conn, connection_id, documents, at)
-            version = self._bump_version(conn, connection_id, at)
-            self._audit(
-                conn,
-                audit.catalog_changed(
-                    at, actor, audit.CATALOG_SELECT, tenant, connection, stage,
-                    [d.name for d in documents], version,
-                ),
-            )
-            return version
+            return self._store_selection(
+                conn, connection_id, documents, at, actor=actor, action=audit.CATALOG_SELECT,
+                tenant=tenant, connection=connection, stage=stage)
 
     def unselect_entities(
         self,
@@ -539,16 +532,9 @@ class PostgresMetadataStore:
             conn.execute(
                 self._q("DELETE FROM {s}.entities WHERE connection_id = %s"), [connection_id]
             )
-            self._upsert(conn, connection_id, documents, at)
-            version = self._bump_version(conn, connection_id, at)
-            self._audit(
-                conn,
-                audit.catalog_changed(
-                    at, actor, audit.CATALOG_REPLACE, tenant, connection, stage,
-                    [d.name for d in documents], version,
-                ),
-            )
-            return version
+            return self._store_selection(
+                conn, connection_id, documents, at, actor=actor, action=audit.CATALOG_REPLACE,
+                tenant=tenant, connection=connection, stage=stage)
 
     def bump_catalog_version(
         self,
@@ -759,6 +745,19 @@ class PostgresMetadataStore:
         if expected is not None and int(current[0]) != expected:
             raise catalog_changed(name, expected, int(current[0]))
         return connection_id
+
+    def _store_selection(
+        self, conn: psycopg.Connection[Any], connection_id: int,
+        documents: Sequence[EntityDocument], at: datetime, *, actor: str, action: str,
+        tenant: str, connection: str, stage: str | None,
+    ) -> int:
+        """Write the entities, move the catalog version and audit the change, all in the
+        caller's transaction; returns the new version."""
+        self._upsert(conn, connection_id, documents, at)
+        version = self._bump_version(conn, connection_id, at)
+        self._audit(conn, audit.catalog_changed(at, actor, action, tenant, connection, stage,
+                                               [d.name for d in documents], version))
+        return version
 
     def _upsert(
         self,

@@ -437,16 +437,9 @@ class SqliteMetadataStore:
             connection_id = self._catalog_for_change(
                 db, tenant, connection, expected_catalog_version
             )
-            self._upsert(db, connection_id, documents, _text(at))
-            version = self._bump_version(db, connection_id, _text(at))
-            self._audit(
-                db,
-                audit.catalog_changed(
-                    at, actor, audit.CATALOG_SELECT, tenant, connection, stage,
-                    [d.name for d in documents], version,
-                ),
-            )
-            return version
+            return self._store_selection(
+                db, connection_id, documents, at, actor=actor, action=audit.CATALOG_SELECT,
+                tenant=tenant, connection=connection, stage=stage)
 
     def unselect_entities(
         self,
@@ -510,16 +503,9 @@ class SqliteMetadataStore:
                 db, tenant, connection, expected_catalog_version
             )
             db.execute("DELETE FROM entities WHERE connection_id = ?", (connection_id,))
-            self._upsert(db, connection_id, documents, _text(at))
-            version = self._bump_version(db, connection_id, _text(at))
-            self._audit(
-                db,
-                audit.catalog_changed(
-                    at, actor, audit.CATALOG_REPLACE, tenant, connection, stage,
-                    [d.name for d in documents], version,
-                ),
-            )
-            return version
+            return self._store_selection(
+                db, connection_id, documents, at, actor=actor, action=audit.CATALOG_REPLACE,
+                tenant=tenant, connection=connection, stage=stage)
 
     def bump_catalog_version(
         self,
@@ -679,6 +665,19 @@ class SqliteMetadataStore:
         if expected is not None and int(row[1]) != expected:
             raise catalog_changed(name, expected, int(row[1]))
         return int(row[0])
+
+    def _store_selection(
+        self, db: sqlite3.Connection, connection_id: int, documents: Sequence[EntityDocument],
+        at: datetime, *, actor: str, action: str, tenant: str, connection: str,
+        stage: str | None,
+    ) -> int:
+        """Write the entities, move the catalog version and audit the change, all in the
+        caller's transaction; returns the new version."""
+        self._upsert(db, connection_id, documents, _text(at))
+        version = self._bump_version(db, connection_id, _text(at))
+        self._audit(db, audit.catalog_changed(at, actor, action, tenant, connection, stage,
+                                               [d.name for d in documents], version))
+        return version
 
     @staticmethod
     def _upsert(
