@@ -263,22 +263,24 @@ class QueryEngine:
             max_rows=max_rows)
         return bound, compiled, compiled.bind(request.params)
 
+    def _open_run(self, bound: BoundSource, compiled: CompiledStatement,
+                  args: tuple[Any, ...], timeout: float,
+                  builder: ResultBuilder | None) -> SourceRun:
+        """Start the query at its source (blocking; in a worker thread)."""
+        handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
+                                         batch_rows=self.settings.batch_rows)
+        try:
+            return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
+                             builder)
+        except BaseException:
+            handle.close()
+            raise
+
     async def _start(self, bound: BoundSource, compiled: CompiledStatement,
                      args: tuple[Any, ...], deadline: float | None,
                      builder: ResultBuilder | None) -> SourceRun:
-        timeout = self._timeout(deadline)
-
-        def start() -> SourceRun:
-            handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
-                                             batch_rows=self.settings.batch_rows)
-            try:
-                return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
-                                 builder)
-            except BaseException:
-                handle.close()
-                raise
-
-        return await self._blocking(start)
+        return await self._blocking(self._open_run, bound, compiled, args,
+                                    self._timeout(deadline), builder)
 
     async def _start_streaming(self, bound: BoundSource, compiled: CompiledStatement,
                                args: tuple[Any, ...], deadline: float | None,
@@ -292,14 +294,7 @@ class QueryEngine:
         started: list[SourceRun] = []
 
         def start() -> tuple[SourceRun, list[bytes]]:
-            handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
-                                             batch_rows=self.settings.batch_rows)
-            try:
-                run = SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
-                                builder)
-            except BaseException:
-                handle.close()
-                raise
+            run = self._open_run(bound, compiled, args, timeout, builder)
             started.append(run)
             loop.call_soon_threadsafe(created.set)
             first = [run.header()]
