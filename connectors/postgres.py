@@ -108,8 +108,9 @@ _SESSION = (
     "SET LOCAL IntervalStyle = 'iso_8601'; SET LOCAL bytea_output = 'hex'; "
     "SET LOCAL extra_float_digits = 1"
 )
-# The same settings for the whole session (plus read-only by default), applied when a
-# pooled connection is opened and again, after RESET ALL, every time one comes back.
+# The same settings for the whole session (plus read-only by default), applied once when
+# a pooled connection is opened; each query's transaction sets them again (the guard or
+# the SET LOCALs), so the session's values are only a default.
 _SESSION_SETTINGS = (
     "SET default_transaction_read_only = on; "
     f"SET idle_in_transaction_session_timeout = {_IDLE_IN_TRANSACTION_MS}; "
@@ -281,6 +282,8 @@ class _DeadlineWatcher:
         self._removed = 0
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._wake_at = math.inf
+        """When the thread wakes up next on its own (inf: only when notified)."""
 
     def add(self, delay: float, callback: Callable[[], None]) -> list[Any]:
         entry: list[Any] = [time.monotonic() + delay, next(self._seq), callback]
@@ -292,7 +295,11 @@ class _DeadlineWatcher:
                 )
                 self._thread.start()
             heapq.heappush(self._heap, entry)
-            if self._heap[0] is entry:
+            # Wake the thread only for a deadline earlier than its next wake-up: with
+            # queries of like timeouts that is seldom, and a wake-up per query would cost
+            # each query a context switch.
+            if entry[0] < self._wake_at:
+                self._wake_at = entry[0]
                 self._cond.notify()
         return entry
 
@@ -316,12 +323,15 @@ class _DeadlineWatcher:
                         heapq.heappop(heap)
                         self._removed -= 1
                     if not heap:
+                        self._wake_at = math.inf
                         self._cond.wait()
                         continue
-                    wait = heap[0][0] - time.monotonic()
+                    self._wake_at = heap[0][0]
+                    wait = self._wake_at - time.monotonic()
                     if wait <= 0:
                         entry = heapq.heappop(heap)
                         callback, entry[2] = entry[2], None
+                        self._wake_at = -math.inf  # it looks at the heap again before waiting
                         break
                     self._cond.wait(wait)
             threading.Thread(target=callback, name="fabric-postgres-deadline", daemon=True).start()

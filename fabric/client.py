@@ -54,8 +54,9 @@ class _Stream:
     def __init__(self, call: Iterator[pb.ResultChunk]) -> None:
         self._call = call
         self.summary: ResultSummary | None = None
+        self.chunks: Iterator[bytes] = self._pull()
 
-    def chunks(self) -> Iterator[bytes]:
+    def _pull(self) -> Iterator[bytes]:
         try:
             for chunk in self._call:
                 # The summary rides on the last chunk, whose bytes end the IPC stream:
@@ -66,6 +67,13 @@ class _Stream:
                     yield chunk.arrow_ipc
         except grpc.RpcError as error:
             raise _translate(error) from None
+
+    def finish(self) -> None:
+        """Read the call to its end once the IPC stream has ended, so it completes with
+        the gateway's status instead of being cancelled when dropped (a cancelled call
+        costs the gateway an abort and hides a status that arrives late)."""
+        for _ in self.chunks:
+            raise FabricError("the gateway sent data after the end of the result")
 
     def cancel(self) -> None:
         cancel = getattr(self._call, "cancel", None)
@@ -160,7 +168,8 @@ class FabricClient:
     def _read(self, call: Iterator[pb.ResultChunk]) -> QueryResult:
         stream = _Stream(call)
         try:
-            table = open_ipc_stream(stream.chunks()).read_all()
+            table = open_ipc_stream(stream.chunks).read_all()
+            stream.finish()
         except BaseException:
             stream.cancel()
             raise
@@ -185,7 +194,17 @@ class FabricClient:
         request = self._request(connection, sql, params, cache_ttl, max_rows)
         stream = _Stream(self._stub.Execute(request, timeout=self._timeout,
                                             metadata=self._metadata))
-        return open_ipc_stream(stream.chunks())
+        reader = open_ipc_stream(stream.chunks)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from reader
+                stream.finish()
+            except BaseException:
+                stream.cancel()
+                raise
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
     def preview(self, connection: str, entity: str, limit: int = 0) -> pa.Table:
         request = pb.PreviewRequest(connection=connection, entity=entity, limit=limit)

@@ -64,38 +64,6 @@ def _refusing_handler(handler: grpc.RpcMethodHandler,
         refuse_streams, handler.request_deserializer, handler.response_serializer)
 
 
-def _with_identity(handler: grpc.RpcMethodHandler,
-                   ctx: RequestContext) -> grpc.RpcMethodHandler:
-    """The same handler, run with `ctx` as the call's verified identity."""
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = _CURRENT.set(ctx)
-            try:
-                return await inner_uu(request, context)
-            finally:
-                _CURRENT.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext
-                               ) -> AsyncIterator[Any]:
-            token = _CURRENT.set(ctx)
-            try:
-                async for response in inner_us(request, context):
-                    yield response
-            finally:
-                _CURRENT.reset(token)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer)
-    raise InternalError("streaming requests are not part of Fabric's API")
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, verifier: TokenVerifierLike) -> None:
         self._verifier = verifier
@@ -111,7 +79,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             ctx = authenticate(details.method, details.invocation_metadata, self._verifier)
         except FabricError as error:
+            _CURRENT.set(None)
             return _refusing_handler(handler, error)
-        if ctx is None:  # a public method (health, reflection)
-            return handler
-        return _with_identity(handler, ctx)
+        # grpc.aio runs each call in its own task, awaiting the interceptors and then the
+        # handler in that task: a variable set here is the handler's and no other call's,
+        # and it ends with the task. (A wrapping generator that reset it could be finalized
+        # in another task's context when the client leaves early, which fails.) None for
+        # a public method (health, reflection); servicers then fail closed.
+        _CURRENT.set(ctx)
+        return handler

@@ -140,6 +140,9 @@ class NatsBus:
             self._disconnected.set()
         self._closing = False
         self._last_error: str | None = None
+        self._refused: str | None = None
+        """The server's refusal of our credentials, if any: kept over later errors (a
+        reset connection after it) because it is the cause worth reporting."""
 
     @classmethod
     async def connect(
@@ -237,7 +240,7 @@ class NatsBus:
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             with contextlib.suppress(Exception):
                 await nc.close()
-            cause = bus._last_error or type(exc).__name__
+            cause = bus._refused or bus._last_error or type(exc).__name__
             raise SourceUnavailable(
                 f"cannot connect to NATS (last error: {cause}); check FABRIC_NATS_URL, "
                 "credentials and TLS settings"
@@ -251,6 +254,8 @@ class NatsBus:
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = _error_label(exc)
+        if isinstance(exc, nats.errors.AuthorizationError):
+            self._refused = self._last_error
         if isinstance(exc, nats.errors.SlowConsumerError):
             log.error(
                 "bus %s: slow consumer on %s; NATS dropped messages for it",

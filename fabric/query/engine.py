@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -149,15 +150,23 @@ class SourceRun:
         except StopIteration:
             return None
 
-    def read_messages(self) -> list[bytes] | None:
-        """The next batch as IPC messages; None at the end, when the source has just been
-        closed in the same call (one thread hop less per query)."""
-        batch = self.read_batch()
-        if batch is None:
-            self.exhausted = True
-            self.close()
-            return None
-        return [self._keep(m) for m in self.chunker.batch_messages(batch)]
+    def read_messages(self, min_bytes: int = 1) -> list[bytes] | None:
+        """The next batches as IPC messages, read on until at least `min_bytes` are ready
+        or the source ends; None when nothing was left. At the end the source is closed
+        in the same call: a small result costs one thread hop, not one more to find out
+        that it has ended."""
+        messages: list[bytes] = []
+        size = 0
+        while size < min_bytes and not self.exhausted:
+            batch = self.read_batch()
+            if batch is None:
+                self.exhausted = True
+                self.close()
+                break
+            for message in self.chunker.batch_messages(batch):
+                messages.append(self._keep(message))
+                size += len(message)
+        return messages if messages else None
 
     def cancel(self) -> None:
         self.handle.cancel()
@@ -194,6 +203,34 @@ class PagedResult:
 
     def close(self) -> None:
         self._close()
+
+
+class _Start:
+    """A query being started in a worker thread, seen from the event loop. The loop is
+    woken when the source run exists only if a caller that went away is waiting for it
+    (to cancel it): the usual start costs no wake-up besides its result."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.run: SourceRun | None = None
+        self._opened: asyncio.Event | None = None
+
+    def opened(self, run: SourceRun, loop: asyncio.AbstractEventLoop) -> None:
+        """In the worker: the run exists."""
+        with self._lock:
+            self.run = run
+            waiting = self._opened
+        if waiting is not None:
+            loop.call_soon_threadsafe(waiting.set)
+
+    def watch(self) -> asyncio.Event:
+        """On the loop: an event set once the run exists (already set if it does)."""
+        event = asyncio.Event()
+        with self._lock:
+            self._opened = event
+            if self.run is not None:
+                event.set()
+        return event
 
 
 class QueryEngine:
@@ -285,44 +322,43 @@ class QueryEngine:
     async def _start_streaming(self, bound: BoundSource, compiled: CompiledStatement,
                                args: tuple[Any, ...], deadline: float | None,
                                builder: ResultBuilder | None) -> tuple[SourceRun, list[bytes]]:
-        """Start the query and read its first batch in the same worker call: a small
+        """Start the query and read its first messages in the same worker call: a small
         result is whole (and its source closed) after one thread hop. A caller that goes
         away while that call blocks (a slow first row) still cancels the source query."""
         timeout = self._timeout(deadline)
         loop = asyncio.get_running_loop()
-        created = asyncio.Event()
-        started: list[SourceRun] = []
+        start = _Start()
 
-        def start() -> tuple[SourceRun, list[bytes]]:
+        def run_start() -> tuple[SourceRun, list[bytes]]:
             run = self._open_run(bound, compiled, args, timeout, builder)
-            started.append(run)
-            loop.call_soon_threadsafe(created.set)
+            start.opened(run, loop)
             first = [run.header()]
-            first.extend(run.read_messages() or ())
+            first.extend(run.read_messages(self.settings.max_message_bytes) or ())
             return run, first
 
-        future = loop.run_in_executor(self.executor, start)
+        future = loop.run_in_executor(self.executor, run_start)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            await asyncio.shield(self._abandon_start(future, created, started))
+            await asyncio.shield(self._abandon_start(future, start))
             raise
 
     async def _abandon_start(self, future: asyncio.Future[tuple[SourceRun, list[bytes]]],
-                             created: asyncio.Event, started: list[SourceRun]) -> None:
+                             start: _Start) -> None:
         """Cancel a query whose start is still in a worker thread, as soon as its handle
         exists, then close it once the worker has returned."""
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(created.wait())
-        racers: set[asyncio.Future[Any]] = {future, waiter}
-        try:
-            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if started:
-            await self._blocking(started[0].cancel)
+        opened = start.watch()
+        if not opened.is_set():
+            waiter: asyncio.Future[Any] = asyncio.ensure_future(opened.wait())
+            try:
+                await asyncio.wait({future, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        if start.run is not None:
+            await self._blocking(start.run.cancel)
         await asyncio.gather(future, return_exceptions=True)
-        if started:
-            await self._blocking(started[0].close)
+        if start.run is not None:
+            await self._blocking(start.run.close)
 
     async def _stop(self, run: SourceRun, pending: asyncio.Future[Any] | None,
                     cancel: bool) -> None:
@@ -425,10 +461,11 @@ class QueryEngine:
         finished = False
         try:
             loop = asyncio.get_running_loop()
-            # One batch ahead: the next batch is read and encoded in a worker thread while
-            # this one goes out to the caller.
+            # One step ahead: the next messages (a gRPC message's worth) are read and
+            # encoded in a worker thread while these go out to the caller.
+            read_ahead = functools.partial(run.read_messages, self.settings.max_message_bytes)
             if not run.exhausted:
-                pending = loop.run_in_executor(self.executor, run.read_messages)
+                pending = loop.run_in_executor(self.executor, read_ahead)
             for message in first:
                 yield message
             while pending is not None:
@@ -436,7 +473,8 @@ class QueryEngine:
                 pending = None
                 if messages is None:
                     break
-                pending = loop.run_in_executor(self.executor, run.read_messages)
+                if not run.exhausted:
+                    pending = loop.run_in_executor(self.executor, read_ahead)
                 if (on_uncacheable is not None and builder is not None
                         and not builder.active):
                     on_uncacheable()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,28 @@ def test_a_stage_token_reaches_only_its_stage(secured: tuple[Harness, TokenConfi
     with FabricClient(h.address, token(config, stage="production"), timeout=10) as prod:
         assert prod.query("prod_only", QUERY).column("n")[0].as_py() == 20_000
     assert [sql for sql, _ in h.executed] and all("orders" in sql for sql, _ in h.executed)
+
+
+def test_concurrent_calls_each_see_their_own_identity(
+        secured: tuple[Harness, TokenConfig]) -> None:
+    """The interceptor hands the identity to the handler through the call's own task:
+    calls of two tenants interleaved on many threads never see each other's."""
+    h, config = secured
+    mine, theirs = token(config), token(config, tenant="other")
+    outcomes: list[str] = []
+
+    def work(tok: str, expect_visible: bool) -> None:
+        with FabricClient(h.address, tok, timeout=10) as client:
+            for _ in range(15):
+                try:
+                    client.query("b_only", QUERY)
+                    outcomes.append("ok" if expect_visible else "LEAKED")
+                except NotFound:
+                    outcomes.append("ok" if not expect_visible else "HIDDEN")
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(work, tok, visible) for tok, visible in
+                   [(mine, False), (theirs, True)] * 4]
+        for future in futures:
+            future.result()
+    assert outcomes == ["ok"] * 120

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabric.demo_data import create_demo_database
+from fabric.v1 import query_pb2, query_pb2_grpc
 
 FABRIC = [sys.executable, "-m", "fabric.cli"]
 
@@ -129,3 +130,28 @@ def test_demo_runs_and_serves_the_second_query_from_memory(tmp_path: Path) -> No
     assert "second run: served from memory" in done.stdout
     assert "identical: True" in done.stdout
     assert "rejected before reaching the database (query_rejected)" in done.stdout
+
+
+def test_clients_leaving_after_the_result_leave_the_gateway_quiet(
+        served: tuple[dict[str, str], int, int], tmp_path: Path) -> None:
+    """A client that stops reading once it has the result (before the call's status)
+    cancels the call. The gateway ends such calls quietly: no error or traceback in its
+    log (the identity's clean-up once failed there, on every such call), and it keeps
+    answering."""
+    env, port, _ = served
+    minted = _run(env, "token", "--role", "app")
+    assert minted.returncode == 0, minted.stderr
+    metadata = (("authorization", f"Bearer {minted.stdout.strip()}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        for _ in range(20):
+            call = stub.Execute(query_pb2.ExecuteRequest(
+                connection="retail", sql="SELECT COUNT(*) AS n FROM orders"),
+                metadata=metadata, timeout=10)
+            while not next(call).HasField("summary"):
+                pass
+            call.cancel()
+    again = _run(env, "query", "retail", "SELECT COUNT(*) AS n FROM orders")
+    assert again.returncode == 0, again.stderr
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import grpc
@@ -323,3 +324,41 @@ def test_waiters_run_themselves_when_the_first_result_cannot_be_cached(harness: 
         a, b = first.result(timeout=30), second.result(timeout=30)
     assert a.summary.truncated and b.summary.truncated and not b.summary.from_cache
     assert len(harness.executed) == 2
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """The engine's worker pool, counting the calls handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2, thread_name_prefix="counted")
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_small_result_costs_one_worker_call_and_a_large_one_streams(tmp_path: Path) -> None:
+    """Starting the query, reading the whole small result and closing the source happen
+    in one worker call (each hop to a thread costs a point query much of its time); a
+    result bigger than a gRPC message still comes in several reads, each read ahead."""
+    harness = start_harness(tmp_path, max_message_bytes=256 * 1024)
+    counting = _CountingExecutor()
+    harness.engine.executor = counting
+    try:
+        with FabricClient(harness.address, timeout=10) as client:
+            client.query("shop", "SELECT COUNT(*) AS n FROM orders")  # builds the connector
+            counting.calls = 0
+            small = client.query("shop", "SELECT id, amount FROM orders WHERE id = :id",
+                                 {"id": 42})
+            assert small.to_pylist() == [{"id": 42, "amount": Decimal("52.50")}]
+            assert counting.calls == 1
+            counting.calls = 0
+            big = client.query("shop", "SELECT a.id, a.note, b.note AS other FROM orders a "
+                                       "JOIN orders b ON b.id <= 400 WHERE a.id <= 400")
+            assert big.num_rows == 160_000
+            assert counting.calls >= 4  # about 3 MB in reads of 256 KiB or more
+    finally:
+        harness.gateway.stop()
+        harness.store.close()
+        counting.shutdown(wait=True)

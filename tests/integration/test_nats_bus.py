@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections import Counter
 from pathlib import Path
@@ -72,7 +73,13 @@ def test_wrong_password_is_refused_and_never_logged(
                 url, user="fabric", password=secret, connect_timeout=0.5,
                 connect_deadline=1.5, reconnect_wait=0.1,
             )
-        assert "AuthorizationError" in str(raised.value)
+        # The server writes its refusal and closes at once; the client often reads the
+        # refusal (and then keeps it over later errors), but when its own unread CONNECT
+        # makes the close a reset, the refusal is lost in the kernel and only the reset
+        # is left to report.
+        assert re.search(r"last error: (AuthorizationError|ConnectionResetError)",
+                         str(raised.value))
+        assert "credentials" in str(raised.value)
         assert secret not in str(raised.value)
         bus = await NatsBus.connect(url, user="fabric", password="right-one")
         await bus.close()
