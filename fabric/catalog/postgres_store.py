@@ -24,6 +24,10 @@ connection are serialized while writes to others run in parallel. Version checks
 under that lock and the update itself is a compare-and-set (`... WHERE version = %s`).
 Reads are single statements, so a catalog snapshot is always consistent.
 
+Catalog versions, read on every query, come from memory while a LISTEN connection hears
+of every change (a trigger on `catalog_versions` notifies at commit; see
+fabric.catalog.version_watch); without it they are read from the database.
+
 The URL's password, if any, is used to connect and never appears in an error or a log
 line written here. A server that cannot be reached is SourceUnavailable (gRPC
 UNAVAILABLE); any other server error is InternalError with its SQLSTATE.
@@ -81,6 +85,7 @@ from fabric.catalog.serialization import (
     unselect_keys,
     utc_now,
 )
+from fabric.catalog.version_watch import CatalogVersionWatch
 from fabric.errors import (
     AlreadyExists,
     FabricError,
@@ -164,6 +169,24 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         statements=(
             # stage -> [schema, table]; '{}' when every stage uses schema_name.table_name.
             "ALTER TABLE {s}.entities ADD COLUMN stage_tables JSONB NOT NULL DEFAULT '{{}}'",
+        ),
+    ),
+    Migration(
+        version=3,
+        description="notify every change of a catalog version (at its commit)",
+        statements=(
+            """
+            CREATE FUNCTION {s}.notify_catalog_change() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('fabric_catalog', TG_TABLE_SCHEMA);
+                RETURN NULL;
+            END
+            $$
+            """,
+            "CREATE TRIGGER catalog_versions_notify"
+            " AFTER INSERT OR UPDATE OR DELETE ON {s}.catalog_versions"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_catalog_change()",
         ),
     ),
 )
@@ -255,6 +278,7 @@ class PostgresMetadataStore:
         pool_max: int = 4,
         timeout: float = 10.0,
         clock: Callable[[], datetime] = utc_now,
+        watch_versions: bool = True,
     ) -> None:
         check_schema_name(schema)
         if not 0 <= pool_min <= pool_max or pool_max < 1:
@@ -273,6 +297,7 @@ class PostgresMetadataStore:
             open=False,
         )
         self._pool: ConnectionPool[PgConnection] | None = pool
+        self.version_watch: CatalogVersionWatch | None = None
         try:
             try:
                 pool.open(wait=pool_min > 0, timeout=timeout)
@@ -280,6 +305,8 @@ class PostgresMetadataStore:
                 raise _unreachable() from exc
             with self._connection() as conn:
                 apply_migrations(conn, schema, MIGRATIONS)
+            if watch_versions:
+                self.version_watch = CatalogVersionWatch(url, schema)
         except BaseException:
             self.close()
             raise
@@ -587,7 +614,18 @@ class PostgresMetadataStore:
         )
 
     def catalog_version(self, tenant: str, connection: str) -> int:
-        """Cheap read of the current catalog version; NotFound if no such connection."""
+        """Cheap read of the current catalog version; NotFound if no such connection.
+
+        Served from memory while the version watch is listening (no round trip on the
+        query path); read from the database otherwise."""
+        watch = self.version_watch
+        key = (tenant, connection)
+        generation = None
+        if watch is not None:
+            held = watch.get(key)
+            if held is not None:
+                return held
+            generation = watch.generation()
         with self._connection() as conn:
             row = conn.execute(
                 self._q(
@@ -599,7 +637,10 @@ class PostgresMetadataStore:
             ).fetchone()
         if row is None:
             raise connection_not_found(tenant, connection)
-        return int(row[0])
+        version = int(row[0])
+        if watch is not None:
+            watch.keep(key, version, generation)
+        return version
 
     # -- audit ---------------------------------------------------------------------------
 
@@ -647,6 +688,9 @@ class PostgresMetadataStore:
 
     def close(self) -> None:
         """Close the pool; idempotent. Any later call raises FailedPrecondition."""
+        watch, self.version_watch = self.version_watch, None
+        if watch is not None:
+            watch.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -703,8 +747,15 @@ class PostgresMetadataStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[PgConnection]:
-        with self._connection() as conn, conn.transaction():
-            yield conn
+        try:
+            with self._connection() as conn, conn.transaction():
+                yield conn
+        finally:
+            # This process sees its own change at once, not when the notification of
+            # it comes back.
+            watch = self.version_watch
+            if watch is not None:
+                watch.invalidate()
 
     def _lock_connection(
         self, conn: PgConnection, tenant: str, name: str

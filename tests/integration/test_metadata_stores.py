@@ -6,6 +6,7 @@ cases specific to one backend follow at the end (SQLite files: tests/unit/test_s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1048,4 +1049,83 @@ def test_postgres_migrations_apply_in_order_once_and_all_or_nothing(postgres_url
             with pytest.raises(FailedPrecondition, match="newer"):
                 apply_migrations(conn, schema, [first])
     finally:
+        _drop_schema(postgres_url, schema)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `condition` (bounded): notifications arrive on another thread."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+@pytest.mark.postgres
+def test_postgres_catalog_versions_are_served_from_memory_and_follow_other_writers(
+    postgres_url: str,
+) -> None:
+    """The query path reads catalog versions from memory while the store LISTENs; a change
+    made by another store (another process) reaches it by notification, and its own
+    changes are seen at once."""
+    schema = _unique_schema()
+    reader = PostgresMetadataStore(postgres_url, schema=schema)
+    writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
+    try:
+        watch = reader.version_watch
+        assert watch is not None and _until(lambda: watch.listening)
+        writer.create_connection("t", "c", ConnectionKind.POSTGRES,
+                                 {"*": {"host": "h", "database": "d", "user": "u"}})
+        first = reader.catalog_version("t", "c")
+        # Once the creation's own notification is in, a read is kept and served from
+        # memory.
+        assert _until(lambda: reader.catalog_version("t", "c") == first and watch.held() == 1)
+        assert reader.catalog_version("t", "c") == first
+
+        writer.select_entities("t", "c", [entity()])
+        moved = writer.catalog_version("t", "c")
+        assert moved > first
+        assert _until(lambda: reader.catalog_version("t", "c") == moved)
+
+        reader.select_entities("t", "c", [entity("lines", "lines")])
+        assert reader.catalog_version("t", "c") > moved  # its own change, at once
+
+        writer.delete_connection("t", "c")
+        assert _until(lambda: watch.held() == 0)
+        with pytest.raises(NotFound):
+            reader.catalog_version("t", "c")
+    finally:
+        reader.close()
+        writer.close()
+        _drop_schema(postgres_url, schema)
+
+
+@pytest.mark.postgres
+def test_postgres_lost_version_listener_reads_through_until_it_is_back(
+    postgres_url: str,
+) -> None:
+    schema = _unique_schema()
+    reader = PostgresMetadataStore(postgres_url, schema=schema)
+    writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
+    try:
+        watch = reader.version_watch
+        assert watch is not None and _until(lambda: watch.listening)
+        writer.create_connection("t", "c", ConnectionKind.POSTGRES,
+                                 {"*": {"host": "h", "database": "d", "user": "u"}})
+        reader.catalog_version("t", "c")
+        lost_pid = watch.listener_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [lost_pid])
+            assert _until(lambda: watch.listener_pid != lost_pid)
+            # Whether or not it is back yet, a change is never missed.
+            writer.select_entities("t", "c", [entity()])
+            assert reader.catalog_version("t", "c") == writer.catalog_version("t", "c")
+        assert _until(lambda: watch.listening and watch.listener_pid not in (None, lost_pid))
+        writer.select_entities("t", "c", [entity("lines", "lines")])
+        assert _until(lambda: reader.catalog_version("t", "c") ==
+                      writer.catalog_version("t", "c"))
+    finally:
+        reader.close()
+        writer.close()
         _drop_schema(postgres_url, schema)
