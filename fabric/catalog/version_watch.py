@@ -120,8 +120,12 @@ class CatalogVersionWatch:
             # Anything committed before LISTEN took effect was never notified: start empty.
             self._set_listening(True)
             pgconn = conn.pgconn
+            # poll, not select: a busy gateway may hold descriptors above select's limit
+            poller = select.poll()
+            poller.register(pgconn.socket, select.POLLIN)
+            poller.register(self._wake_read, select.POLLIN)
             while not self._closed.is_set():
-                ready, _, _ = select.select([pgconn.socket, self._wake_read], [], [])
+                ready = {fd for fd, _ in poller.poll()}
                 if self._wake_read in ready:
                     return
                 pgconn.consume_input()  # raises once the connection is gone
@@ -135,8 +139,9 @@ class CatalogVersionWatch:
 
     def _wait_for_wake(self, seconds: float) -> bool:
         """Wait before reconnecting; True when closed meanwhile."""
-        ready, _, _ = select.select([self._wake_read], [], [], seconds)
-        return bool(ready) or self._closed.is_set()
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        return bool(poller.poll(seconds * 1000)) or self._closed.is_set()
 
     def close(self) -> None:
         if self._closed.is_set():
