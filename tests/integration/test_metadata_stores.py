@@ -38,6 +38,7 @@ from fabric.catalog.serialization import Migration, arrow_type_from_text, arrow_
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.catalog.store import MetadataStore
 from fabric.catalog.stores import open_metadata_store, split_schema
+from fabric.catalog.version_watch import CatalogVersionWatch
 from fabric.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -1062,70 +1063,72 @@ def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return condition()
 
 
+@dataclass
+class WatchedStores:
+    reader: PostgresMetadataStore  # keeps versions in memory
+    writer: PostgresMetadataStore  # another process, as far as the reader can tell
+    watch: CatalogVersionWatch
+
+
+@pytest.fixture
+def watched(postgres_url: str) -> Iterator[WatchedStores]:
+    """Two stores on one schema holding connection t/c; the reader listens."""
+    schema = _unique_schema()
+    reader = PostgresMetadataStore(postgres_url, schema=schema)
+    writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
+    try:
+        watch = reader.version_watch
+        assert watch is not None and _until(lambda: watch.listening)
+        writer.create_connection("t", "c", ConnectionKind.POSTGRES,
+                                 {"*": {"host": "h", "database": "d", "user": "u"}})
+        yield WatchedStores(reader, writer, watch)
+    finally:
+        reader.close()
+        writer.close()
+        _drop_schema(postgres_url, schema)
+
+
 @pytest.mark.postgres
 def test_postgres_catalog_versions_are_served_from_memory_and_follow_other_writers(
-    postgres_url: str,
+    watched: WatchedStores,
 ) -> None:
     """The query path reads catalog versions from memory while the store LISTENs; a change
     made by another store (another process) reaches it by notification, and its own
     changes are seen at once."""
-    schema = _unique_schema()
-    reader = PostgresMetadataStore(postgres_url, schema=schema)
-    writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
-    try:
-        watch = reader.version_watch
-        assert watch is not None and _until(lambda: watch.listening)
-        writer.create_connection("t", "c", ConnectionKind.POSTGRES,
-                                 {"*": {"host": "h", "database": "d", "user": "u"}})
-        first = reader.catalog_version("t", "c")
-        # Once the creation's own notification is in, a read is kept and served from
-        # memory.
-        assert _until(lambda: reader.catalog_version("t", "c") == first and watch.held() == 1)
-        assert reader.catalog_version("t", "c") == first
+    reader, writer, watch = watched.reader, watched.writer, watched.watch
+    first = reader.catalog_version("t", "c")
+    # Once the creation's own notification is in, a read is kept and served from memory.
+    assert _until(lambda: reader.catalog_version("t", "c") == first and watch.held() == 1)
+    assert reader.catalog_version("t", "c") == first
 
-        writer.select_entities("t", "c", [entity()])
-        moved = writer.catalog_version("t", "c")
-        assert moved > first
-        assert _until(lambda: reader.catalog_version("t", "c") == moved)
+    writer.select_entities("t", "c", [entity()])
+    moved = writer.catalog_version("t", "c")
+    assert moved > first
+    assert _until(lambda: reader.catalog_version("t", "c") == moved)
 
-        reader.select_entities("t", "c", [entity("lines", "lines")])
-        assert reader.catalog_version("t", "c") > moved  # its own change, at once
+    reader.select_entities("t", "c", [entity("lines", "lines")])
+    assert reader.catalog_version("t", "c") > moved  # its own change, at once
 
-        writer.delete_connection("t", "c")
-        assert _until(lambda: watch.held() == 0)
-        with pytest.raises(NotFound):
-            reader.catalog_version("t", "c")
-    finally:
-        reader.close()
-        writer.close()
-        _drop_schema(postgres_url, schema)
+    writer.delete_connection("t", "c")
+    assert _until(lambda: watch.held() == 0)
+    with pytest.raises(NotFound):
+        reader.catalog_version("t", "c")
 
 
 @pytest.mark.postgres
 def test_postgres_lost_version_listener_reads_through_until_it_is_back(
-    postgres_url: str,
+    watched: WatchedStores, postgres_url: str,
 ) -> None:
-    schema = _unique_schema()
-    reader = PostgresMetadataStore(postgres_url, schema=schema)
-    writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
-    try:
-        watch = reader.version_watch
-        assert watch is not None and _until(lambda: watch.listening)
-        writer.create_connection("t", "c", ConnectionKind.POSTGRES,
-                                 {"*": {"host": "h", "database": "d", "user": "u"}})
-        reader.catalog_version("t", "c")
-        lost_pid = watch.listener_pid
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", [lost_pid])
-            assert _until(lambda: watch.listener_pid != lost_pid)
-            # Whether or not it is back yet, a change is never missed.
-            writer.select_entities("t", "c", [entity()])
-            assert reader.catalog_version("t", "c") == writer.catalog_version("t", "c")
-        assert _until(lambda: watch.listening and watch.listener_pid not in (None, lost_pid))
-        writer.select_entities("t", "c", [entity("lines", "lines")])
-        assert _until(lambda: reader.catalog_version("t", "c") ==
-                      writer.catalog_version("t", "c"))
-    finally:
-        reader.close()
-        writer.close()
-        _drop_schema(postgres_url, schema)
+    reader, writer, watch = watched.reader, watched.writer, watched.watch
+    reader.catalog_version("t", "c")
+    lost_pid = watch.listener_pid
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [lost_pid])
+    assert _until(lambda: watch.listener_pid != lost_pid)
+    # Whether or not it is back yet, a change is never missed (nothing is held across
+    # the loss, so this read goes to the database).
+    writer.select_entities("t", "c", [entity()])
+    assert reader.catalog_version("t", "c") == writer.catalog_version("t", "c")
+    assert _until(lambda: watch.listening and watch.listener_pid not in (None, lost_pid))
+    writer.select_entities("t", "c", [entity("lines", "lines")])
+    assert _until(lambda: reader.catalog_version("t", "c") == writer.catalog_version("t", "c"))
