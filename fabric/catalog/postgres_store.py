@@ -36,6 +36,7 @@ UNAVAILABLE); any other server error is InternalError with its SQLSTATE.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -297,7 +298,12 @@ class PostgresMetadataStore:
             open=False,
         )
         self._pool: ConnectionPool[PgConnection] | None = pool
+        self._url = url
+        self._watch_versions = watch_versions
+        self._watch_lock = threading.Lock()
         self.version_watch: CatalogVersionWatch | None = None
+        """Started by the first catalog_version call (the query path): a process that
+        never asks (a CLI command) opens no listening connection."""
         try:
             try:
                 pool.open(wait=pool_min > 0, timeout=timeout)
@@ -305,8 +311,6 @@ class PostgresMetadataStore:
                 raise _unreachable() from exc
             with self._connection() as conn:
                 apply_migrations(conn, schema, MIGRATIONS)
-            if watch_versions:
-                self.version_watch = CatalogVersionWatch(url, schema)
         except BaseException:
             self.close()
             raise
@@ -618,7 +622,7 @@ class PostgresMetadataStore:
 
         Served from memory while the version watch is listening (no round trip on the
         query path); read from the database otherwise."""
-        watch = self.version_watch
+        watch = self.version_watch or self._start_watch()
         key = (tenant, connection)
         generation = None
         if watch is not None:
@@ -641,6 +645,12 @@ class PostgresMetadataStore:
         if watch is not None:
             watch.keep(key, version, generation)
         return version
+
+    def _start_watch(self) -> CatalogVersionWatch | None:
+        with self._watch_lock:
+            if self.version_watch is None and self._watch_versions and self._pool is not None:
+                self.version_watch = CatalogVersionWatch(self._url, self._schema)
+            return self.version_watch
 
     # -- audit ---------------------------------------------------------------------------
 
@@ -688,7 +698,9 @@ class PostgresMetadataStore:
 
     def close(self) -> None:
         """Close the pool; idempotent. Any later call raises FailedPrecondition."""
-        watch, self.version_watch = self.version_watch, None
+        with self._watch_lock:
+            self._watch_versions = False
+            watch, self.version_watch = self.version_watch, None
         if watch is not None:
             watch.close()
         pool, self._pool = self._pool, None

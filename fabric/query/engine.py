@@ -150,7 +150,7 @@ class SourceRun:
         except StopIteration:
             return None
 
-    def read_messages(self, min_bytes: int = 1) -> list[bytes] | None:
+    def read_messages(self, min_bytes: int) -> list[bytes] | None:
         """The next batches as IPC messages, read on until at least `min_bytes` are ready
         or the source ends; None when nothing was left. At the end the source is closed
         in the same call: a small result costs one thread hop, not one more to find out

@@ -1077,10 +1077,13 @@ def watched(postgres_url: str) -> Iterator[WatchedStores]:
     reader = PostgresMetadataStore(postgres_url, schema=schema)
     writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
     try:
-        watch = reader.version_watch
-        assert watch is not None and _until(lambda: watch.listening)
         writer.create_connection("t", "c", ConnectionKind.POSTGRES,
                                  {"*": {"host": "h", "database": "d", "user": "u"}})
+        assert reader.version_watch is None  # no listener until versions are asked for
+        reader.catalog_version("t", "c")
+        watch = reader.version_watch
+        assert watch is not None and _until(lambda: watch.listening)
+        assert writer.version_watch is None
         yield WatchedStores(reader, writer, watch)
     finally:
         reader.close()
