@@ -41,8 +41,14 @@ Other values Arrow cannot hold (dates/timestamps `infinity` or BC, time 24:00:00
 same way, never silently. Error messages name the column and the type; they never carry
 the value (Arrow's own conversion messages do, so they are never passed on).
 
-Decoding is text -> Arrow with explicit column types, never through a Python value of
-the column's type: the COPY path feeds pyarrow's C++ CSV reader `COPY ... (FORMAT csv)`
+Decoding is text -> Arrow with explicit column types. Only a handful of rows (a point
+query) goes through a Python value per field: up to `SMALL_ROWS` rows, each text value
+is parsed with Python's own exact parsers (`int`, `float`, `Decimal`, `date`/`datetime`/
+`time.fromisoformat`) and the batch is built in one pyarrow call, which costs a fraction
+of one Arrow cast per column; pyarrow refuses any value that does not fit its type
+exactly (a decimal with too many digits, an integer out of range), and any value either
+side refuses sends the batch down the vectorized route below, so values and errors are
+the same either way. Otherwise the COPY path feeds pyarrow's C++ CSV reader `COPY ... (FORMAT csv)`
 blocks; the parameterized path gets rows of text values (psycopg's C text loader) and
 turns each column into an Arrow string array, then into its type with Arrow's cast, which
 parses with the same C++ value parsers as the CSV reader (`bool` is matched against
@@ -56,6 +62,8 @@ fields).
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
 import re
 from collections.abc import Callable, Sequence
@@ -241,6 +249,71 @@ def _fast_converter(arrow_type: pa.DataType) -> Callable[[pa.Array], pa.Array] |
     return None
 
 
+SMALL_ROWS = 32
+"""Up to this many rows, parsing in Python beats Arrow's per-column cast (whose fixed cost
+dominates a point query); above it the vectorized route is faster."""
+
+_NOT_PARSED = ValueError, TypeError, ArithmeticError, pa.ArrowException
+
+
+def _strict(pattern: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse`, for text in PostgreSQL's canonical output form only. Python's parsers also
+    take forms Arrow refuses (`1_000`, ` 5`, `1e5` for a decimal); refusing them here
+    keeps the two routes equal for any input, not only for what a server sends."""
+    match = re.compile(pattern).fullmatch
+
+    def parse_canonical(text: str) -> Any:
+        if match(text) is None:
+            raise ValueError("not in canonical form")
+        return parse(text)
+
+    return parse_canonical
+
+
+def _pg_bool(text: str) -> bool:
+    if text == "t":
+        return True
+    if text == "f":
+        return False
+    raise ValueError("not a PostgreSQL boolean")
+
+
+_DIGITS = r"-?[0-9]+"
+_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_TIME = r"[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+_PARSE_INT = _strict(_DIGITS, int)
+_PARSE_FLOAT = _strict(r"-?[0-9]+(?:\.[0-9]+)?(?:e[-+][0-9]+)?|NaN|-?Infinity", float)
+_PARSE_DECIMAL = _strict(r"-?[0-9]+(?:\.[0-9]+)?", decimal.Decimal)
+_PARSE_DATE = _strict(_DATE, datetime.date.fromisoformat)
+_PARSE_TIMESTAMP = _strict(f"{_DATE} {_TIME}", datetime.datetime.fromisoformat)
+_PARSE_TIMESTAMPTZ = _strict(f"{_DATE} {_TIME}[-+][0-9]{{2}}(?::[0-9]{{2}})?",
+                             datetime.datetime.fromisoformat)
+_PARSE_TIME = _strict(_TIME, datetime.time.fromisoformat)
+
+
+def _python_parser(arrow_type: pa.DataType) -> Callable[[str], Any] | None:
+    """The exact text -> Python value parser for one target type (`str` for text);
+    None when the type has none (the batch then takes the vectorized route)."""
+    if pa.types.is_string(arrow_type):
+        return str
+    if pa.types.is_integer(arrow_type):
+        return _PARSE_INT
+    if pa.types.is_float64(arrow_type):
+        # float32 is left out: text -> double -> float could round twice
+        return _PARSE_FLOAT
+    if pa.types.is_boolean(arrow_type):
+        return _pg_bool
+    if pa.types.is_decimal(arrow_type):
+        return _PARSE_DECIMAL
+    if pa.types.is_date32(arrow_type):
+        return _PARSE_DATE
+    if pa.types.is_timestamp(arrow_type) and arrow_type.unit == "us":
+        return _PARSE_TIMESTAMPTZ if arrow_type.tz is not None else _PARSE_TIMESTAMP
+    if pa.types.is_time64(arrow_type) and arrow_type.unit == "us":
+        return _PARSE_TIME
+    return None
+
+
 class TextDecoder:
     """Turns PostgreSQL's text form of a result (CSV blocks, or text rows) into record
     batches of the schema `pg_arrow_type` gives, without a Python object per row."""
@@ -276,6 +349,16 @@ class TextDecoder:
                 break
             self._fast.append(None if fast is _identity else fast)
         self._text_struct = pa.struct([pa.field(n, pa.string()) for n in self._csv_names])
+        # The Python route for a few rows: a parser per column (None: keep the text), or
+        # no route at all when some column type has no exact parser.
+        self._row_struct = pa.struct(list(self.schema))
+        parsers = [_python_parser(field.type) for field in self.schema]
+        self._parsers: tuple[Callable[[str], Any] | None, ...] | None = (
+            tuple(None if p is str else p for p in parsers)
+            if all(p is not None for p in parsers) and all(
+                c.type_oid not in (BYTEA, INTERVAL) for c in self.columns)
+            else None
+        )
         # one NULL column gives an empty line: empty lines are rows, never skipped
         self.parse_options = pacsv.ParseOptions(
             newlines_in_values=has_text, ignore_empty_lines=False
@@ -318,9 +401,31 @@ class TextDecoder:
             return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
         if not rows:
             return self.empty()
+        if len(rows) <= SMALL_ROWS:
+            batch = self.from_text_rows_python(rows)
+            if batch is not None:
+                return batch
         if self._fast is not None:
             return self._from_text_rows_fast(rows, self._fast)
         return self.from_text_rows_csv(rows)
+
+    def from_text_rows_python(self, rows: Sequence[Sequence[str | None]]
+                              ) -> pa.RecordBatch | None:
+        """`from_text_rows` by parsing each value in Python (for a few rows); None when a
+        column type has no exact parser or a value does not parse or fit (the vectorized
+        routes then give the value or the error)."""
+        parsers = self._parsers
+        if parsers is None or not rows:
+            return None
+        try:
+            values = [
+                tuple(v if p is None or v is None else p(v)
+                      for p, v in zip(parsers, row, strict=True))
+                for row in rows
+            ]
+            return pa.RecordBatch.from_struct_array(pa.array(values, self._row_struct))
+        except _NOT_PARSED:
+            return None
 
     def from_text_rows_csv(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch:
         """`from_text_rows` through the CSV reader (the route for every column type)."""
@@ -342,6 +447,16 @@ class TextDecoder:
         )
         batch = parsed.combine_chunks().to_batches()[0]
         return self.finish(batch)
+
+    def from_text_rows_arrow(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch:
+        """`from_text_rows` without the Python route (Arrow casts, or the CSV reader)."""
+        if not self.columns:
+            return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
+        if not rows:
+            return self.empty()
+        if self._fast is not None:
+            return self._from_text_rows_fast(rows, self._fast)
+        return self.from_text_rows_csv(rows)
 
     def _from_text_rows_fast(
         self,

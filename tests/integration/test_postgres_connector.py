@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 import uuid
@@ -292,19 +293,20 @@ def test_schema_change_is_picked_up(env: Env) -> None:
 _DECODE_CASES: list[tuple[int, int, list[str]]] = [
     (20, -1, ["0", "-9223372036854775808", "9223372036854775807", "9223372036854775808"]),
     (21, -1, ["32767", "-32768", "32768"]),
-    (23, -1, ["2147483647", "-2147483648", "2147483648"]),
+    (23, -1, ["2147483647", "-2147483648", "2147483648", "+5", "1_000", "٣", "5.0"]),
     (700, -1, ["NaN", "Infinity", "-Infinity", "3.4028235e+38", "1.4e-45", "-0", "0.1"]),
     (701, -1, ["NaN", "-Infinity", "1.7976931348623157e+308", "5e-324", "-0", "0.1",
                "1.2345678901234567e-300", "123456789012345680000"]),
     (1700, ((10 << 16) | 2) + 4, ["12345.67", "-0.00", "-99999999.99", "NaN", "Infinity",
-                                  "123456789.00"]),
+                                  "123456789.00", "1.5", "1.555", "1.550", "1e2", "1_0.5"]),
     (1700, -1, ["0.33333333333333333333", "1e-38", "NaN",
                 "12345678901234567890123456789012345678.5", "0." + "0" * 38 + "1"]),
     (16, -1, ["t", "f", "true"]),
     (1082, -1, ["2024-02-29", "0001-01-01", "infinity", "0044-03-15 BC", "10000-01-01"]),
     (1114, -1, ["2024-01-02 03:04:05.123456", "1999-12-31 23:59:59", "infinity",
                 "0044-03-15 00:00:00 BC"]),
-    (1184, -1, ["2024-01-02 08:04:05.123456+00", "2000-01-01 00:00:00+05:30", "infinity"]),
+    (1184, -1, ["2024-01-02 08:04:05.123456+00", "2000-01-01 00:00:00+05:30", "infinity",
+                "2024-01-02 08:04:05+00", "2024-01-02T08:04:05Z", "2024-01-02 08:04:05"]),
     (1083, -1, ["04:05:06.5", "23:59:59.999999", "24:00:00"]),
     (17, -1, ["\\x00ff", "\\x", "00"]),
     (1186, -1, ["P1Y2M-3DT4H5M6.5S", "PT0S", "1 day"]),
@@ -314,7 +316,10 @@ _DECODE_CASES: list[tuple[int, int, list[str]]] = [
 
 @pytest.mark.parametrize(("oid", "typmod", "values"), _DECODE_CASES,
                          ids=[str(c[0]) for c in _DECODE_CASES])
-def test_fast_decode_equals_the_csv_route(oid: int, typmod: int, values: list[str]) -> None:
+def test_every_decode_route_gives_the_same_values_and_errors(
+        oid: int, typmod: int, values: list[str]) -> None:
+    """Python parsing (a few rows), Arrow casts and the CSV reader agree on every value,
+    including the ones that must fail."""
     from connectors.arrow_types import PgColumn, TextDecoder
 
     decoder = TextDecoder([PgColumn("v", oid, typmod), PgColumn("n", 23)])
@@ -327,9 +332,59 @@ def test_fast_decode_equals_the_csv_route(oid: int, typmod: int, values: list[st
         return ("ok", batch.schema, [repr(v) for v in batch.column(0).to_pylist()])
 
     for value in [*values, None]:
-        assert outcome(decoder.from_text_rows, value) == outcome(
-            decoder.from_text_rows_csv, value
-        ), value
+        csv = outcome(decoder.from_text_rows_csv, value)
+        assert outcome(decoder.from_text_rows_arrow, value) == csv, value
+        assert outcome(decoder.from_text_rows, value) == csv, value
+        python = decoder.from_text_rows_python([(value, "1"), (None, None)])
+        if python is not None:
+            assert outcome(lambda _rows, b=python: b, value) == csv, value
+
+
+_CANONICAL: list[tuple[int, int, str, Any]] = [
+    (20, -1, "-9223372036854775808", -9223372036854775808),
+    (21, -1, "32767", 32767),
+    (23, -1, "-17", -17),
+    (701, -1, "0.1", 0.1),
+    (701, -1, "-Infinity", float("-inf")),
+    (1700, ((10 << 16) | 2) + 4, "-12345.67", Decimal("-12345.67")),
+    (1700, -1, "0.33333333333333333333", Decimal("0.33333333333333333333")),
+    (16, -1, "t", True),
+    (1082, -1, "2024-02-29", dt.date(2024, 2, 29)),
+    (1114, -1, "2024-01-02 03:04:05.123456", dt.datetime(2024, 1, 2, 3, 4, 5, 123456)),
+    (1184, -1, "2024-01-02 08:04:05+00",
+     dt.datetime(2024, 1, 2, 8, 4, 5, tzinfo=dt.UTC)),
+    (1083, -1, "04:05:06.5", dt.time(4, 5, 6, 500000)),
+    (25, -1, 'line\nbreak, "q"', 'line\nbreak, "q"'),
+]
+
+
+@pytest.mark.parametrize(("oid", "typmod", "text", "expected"), _CANONICAL,
+                         ids=[f"{c[0]}:{c[2]}" for c in _CANONICAL])
+def test_a_few_rows_of_canonical_values_take_the_python_route(
+        oid: int, typmod: int, text: str, expected: Any) -> None:
+    from connectors.arrow_types import SMALL_ROWS, PgColumn, TextDecoder
+
+    decoder = TextDecoder([PgColumn("v", oid, typmod), PgColumn("n", 23)])
+    batch = decoder.from_text_rows_python([(text, "1"), (None, None)])
+    assert batch is not None, "a canonical value fell back to the vectorized route"
+    assert batch.schema == decoder.schema
+    got = batch.column(0).to_pylist()[0]
+    if isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == expected and type(got) is type(expected)
+    assert batch.equals(decoder.from_text_rows_arrow([(text, "1"), (None, None)]))
+    # more rows than SMALL_ROWS take the vectorized route, with the same values
+    many = [(text, "1")] * (SMALL_ROWS + 1)
+    assert decoder.from_text_rows(many).equals(decoder.from_text_rows_arrow(many))
+
+
+def test_types_without_an_exact_python_parser_take_the_vectorized_route() -> None:
+    from connectors.arrow_types import PgColumn, TextDecoder
+
+    for oid in (700, 17, 1186):  # float4 (double rounding), bytea, interval
+        decoder = TextDecoder([PgColumn("v", oid), PgColumn("n", 23)])
+        assert decoder.from_text_rows_python([("1", "1")]) is None
 
 
 def test_a_query_cannot_change_the_session_of_the_next_ones(typed: Env) -> None:
