@@ -64,6 +64,13 @@ class QueryHandle(abc.ABC):
     @abc.abstractmethod
     def reader(self) -> pa.RecordBatchReader: ...
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The result's schema. A connector that hands every result of a statement the
+        same schema object should return that object: the engine keeps per-schema work
+        (the IPC schema message) keyed on its identity."""
+        return self.reader.schema
+
     @abc.abstractmethod
     def cancel(self) -> None: ...
 

@@ -442,6 +442,7 @@ class _PgHandle(QueryHandle):
         self._cancel_lock = threading.Lock()
         self._released = threading.Event()
         self._reader: pa.RecordBatchReader | None = None
+        self._schema: pa.Schema | None = None
         self._gen: Iterator[pa.RecordBatch] | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._deadline: list[Any] | None = None
@@ -455,6 +456,11 @@ class _PgHandle(QueryHandle):
     def reader(self) -> pa.RecordBatchReader:
         assert self._reader is not None
         return self._reader
+
+    @property
+    def schema(self) -> pa.Schema:
+        assert self._schema is not None
+        return self._schema  # the cached decoder's: one object per statement
 
     def cancel(self) -> None:
         with self._lock:
@@ -483,6 +489,7 @@ class _PgHandle(QueryHandle):
     # -- internals ----------------------------------------------------------------------
 
     def _start(self, schema: pa.Schema, gen: Iterator[pa.RecordBatch]) -> None:
+        self._schema = schema
         self._gen = gen
         self._reader = pa.RecordBatchReader.from_batches(schema, gen)
 

@@ -94,7 +94,7 @@ class SourceRun:
                  builder: ResultBuilder | None) -> None:
         self.handle = handle
         self._reader = handle.reader
-        self.chunker = IpcChunker(self._reader.schema, max_message_bytes)
+        self.chunker = IpcChunker.shared(handle.schema, max_message_bytes)
         self.builder = builder
         self.max_rows = max_rows
         self.rows = 0
@@ -114,7 +114,7 @@ class SourceRun:
         return message
 
     def header(self) -> bytes:
-        return self._keep(_schema_message(self.chunker.schema))
+        return self._keep(self.chunker.schema_message())
 
     def trailer(self) -> bytes:
         return self._keep(self.chunker.end_of_stream())
@@ -656,14 +656,6 @@ def log_failure(ctx: RequestContext, request: QueryRequest, error: FabricError,
         "stage": ctx.stage, "connection": request.connection,
         "sql": mask_literals(request.sql), "params": sorted(request.params),
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
-
-
-@functools.lru_cache(maxsize=512)
-def _schema_message(schema: pa.Schema) -> bytes:
-    """The IPC schema message, encoded once per distinct schema (results of one compiled
-    statement share theirs)."""
-    message: bytes = schema.serialize().to_pybytes()
-    return message
 
 
 def _elapsed_us(started: float) -> int:

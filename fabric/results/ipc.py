@@ -88,6 +88,10 @@ def wire_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([_decoded_field(f) for f in schema], metadata=schema.metadata)
 
 
+_SHARED: dict[tuple[int, int], IpcChunker] = {}
+_SHARED_MAX = 512
+
+
 class IpcChunker:
     """Cuts record batches into IPC messages of at most ``max_message_bytes`` each.
 
@@ -95,7 +99,7 @@ class IpcChunker:
     so the same instance may be reused for several results of the same schema.
     """
 
-    __slots__ = ("_decode", "_max", "_source_schema", "_wire_schema")
+    __slots__ = ("_decode", "_max", "_schema_message", "_source_schema", "_wire_schema")
 
     def __init__(self, schema: pa.Schema, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         if max_message_bytes <= 0:
@@ -104,6 +108,23 @@ class IpcChunker:
         self._source_schema = schema
         self._wire_schema = wire_schema(schema)
         self._decode = self._wire_schema is not schema
+        self._schema_message: bytes | None = None
+
+    @classmethod
+    def shared(cls, schema: pa.Schema,
+               max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> IpcChunker:
+        """The chunker of this schema *object* and limit, built once and reused. Sources
+        hand every result of a statement the same schema object (the PostgreSQL decoder
+        does), and building a chunker and its schema message costs more than encoding a
+        point query's batch; hashing a schema would cost about as much, so the key is the
+        object's identity (the cache holds the schema, so the identity stays its own)."""
+        key = (id(schema), max_message_bytes)
+        chunker = _SHARED.get(key)
+        if chunker is None or chunker._source_schema is not schema:
+            if len(_SHARED) >= _SHARED_MAX:
+                _SHARED.clear()
+            chunker = _SHARED[key] = cls(schema, max_message_bytes)
+        return chunker
 
     @property
     def schema(self) -> pa.Schema:
@@ -116,7 +137,9 @@ class IpcChunker:
 
     def schema_message(self) -> bytes:
         """The encapsulated schema message: the first message of every stream."""
-        message: bytes = self._wire_schema.serialize().to_pybytes()
+        message = self._schema_message
+        if message is None:
+            message = self._schema_message = self._wire_schema.serialize().to_pybytes()
         return message
 
     def end_of_stream(self) -> bytes:

@@ -269,3 +269,16 @@ def test_truncated_stream_is_an_error_not_a_short_result() -> None:
     # Nothing at all.
     with pytest.raises(EOFError):
         open_ipc_stream(iter([]))
+
+
+def test_shared_chunkers_are_kept_per_schema_object_and_limit() -> None:
+    schema = pa.schema([("a", pa.int32()), ("b", pa.string())])
+    chunker = IpcChunker.shared(schema, 1024)
+    assert IpcChunker.shared(schema, 1024) is chunker
+    assert IpcChunker.shared(schema, 2048) is not chunker
+    # an equal schema that is another object gets its own chunker (identity, not hashing)
+    twin = pa.schema([("a", pa.int32()), ("b", pa.string())])
+    assert IpcChunker.shared(twin, 1024) is not chunker
+    # the schema message is encoded once and is the stream's first message
+    assert chunker.schema_message() is chunker.schema_message()
+    assert chunker.schema_message() == schema.serialize().to_pybytes()
