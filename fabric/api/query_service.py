@@ -135,8 +135,8 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
         async with translated_errors(context, "Preview"):
             ctx = self._context(context)
-            query = self._engine.preview_request(ctx, request.connection, request.entity,
-                                                 request.limit)
+            query = await self._engine.preview_request(ctx, request.connection,
+                                                       request.entity, request.limit)
             async for chunk in self._stream(self._execute(ctx, query, _deadline(context))):
                 yield chunk
 

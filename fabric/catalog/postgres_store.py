@@ -646,6 +646,12 @@ class PostgresMetadataStore:
             watch.keep(key, version, generation)
         return version
 
+    def known_catalog_version(self, tenant: str, connection: str) -> int | None:
+        """The version the version watch holds; None while it is not listening (or not
+        started: starting it connects) or does not hold this connection yet."""
+        watch = self.version_watch
+        return None if watch is None else watch.get((tenant, connection))
+
     def _start_watch(self) -> CatalogVersionWatch | None:
         with self._watch_lock:
             if self.version_watch is None and self._watch_versions and self._pool is not None:

@@ -569,6 +569,11 @@ class SqliteMetadataStore:
             raise connection_not_found(tenant, connection)
         return int(row[0])
 
+    def known_catalog_version(self, tenant: str, connection: str) -> int:
+        """Always known: the store is a local file, read in microseconds (WAL readers
+        never wait for a writer)."""
+        return self.catalog_version(tenant, connection)
+
     # -- audit ---------------------------------------------------------------------------
 
     def record_audit(self, event: AuditEvent) -> None:

@@ -162,6 +162,13 @@ class MetadataStore(Protocol):
         """Cheap read of the current catalog version (used on the hot path)."""
         ...
 
+    def known_catalog_version(self, tenant: str, connection: str) -> int | None:
+        """The current catalog version when the store has it without a round trip to a
+        server (a local file, or versions kept in memory), else None. The query path
+        calls it on the event loop and goes to a worker thread only on None. NotFound
+        when the store knows there is no such connection."""
+        ...
+
     # -- audit ---------------------------------------------------------------------------
 
     def record_audit(self, event: AuditEvent) -> None:

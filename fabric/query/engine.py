@@ -288,11 +288,20 @@ class QueryEngine:
             raise InvalidArgument("cache_ttl must not be negative")
         return min(requested, self.settings.cache_max_ttl)
 
-    def _compile(self, ctx: RequestContext, request: QueryRequest,
-                 max_rows: int) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
-        if not request.connection:
+    async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
+        """The connection's source, from memory when it is known current without I/O;
+        otherwise resolved in a worker thread (metadata store, secret store, connector)."""
+        if not connection:
             raise InvalidArgument("connection is required")
-        bound = self.sources.resolve(ctx.tenant, request.connection, ctx.stage)
+        bound = self.sources.current(ctx.tenant, connection, ctx.stage)
+        if bound is None:
+            bound = await self._blocking(self.sources.resolve, ctx.tenant, connection,
+                                         ctx.stage)
+        return bound
+
+    async def _compile(self, ctx: RequestContext, request: QueryRequest, max_rows: int
+                       ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+        bound = await self._source(ctx, request.connection)
         connector = bound.connector
         compiled = self.statements.get_or_compile(
             tenant=ctx.tenant, connection=request.connection, sql=request.sql,
@@ -389,7 +398,7 @@ class QueryEngine:
         try:
             max_rows = self._max_rows(request.max_rows)
             ttl = self._ttl(request.cache_ttl)
-            bound, compiled, args = self._compile(ctx, request, max_rows)
+            bound, compiled, args = await self._compile(ctx, request, max_rows)
             if ttl <= 0:
                 async for item in self._run(bound, compiled, args, deadline, started, None):
                     yield item
@@ -492,11 +501,9 @@ class QueryEngine:
 
     # -- Preview --------------------------------------------------------------------------
 
-    def preview_request(self, ctx: RequestContext, connection: str, entity: str,
-                        limit: int) -> QueryRequest:
-        if not connection:
-            raise InvalidArgument("connection is required")
-        bound = self.sources.resolve(ctx.tenant, connection, ctx.stage)
+    async def preview_request(self, ctx: RequestContext, connection: str, entity: str,
+                              limit: int) -> QueryRequest:
+        bound = await self._source(ctx, connection)
         if not _ENTITY_NAME.match(entity or "") or bound.catalog.entity(entity) is None:
             raise NotFound(f"entity {entity!r} is not selected on connection {connection!r}")
         rows = limit or self.settings.preview_rows
@@ -518,7 +525,7 @@ class QueryEngine:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
         ttl = self._ttl(request.cache_ttl)
-        bound, compiled, args = self._compile(ctx, request, max_rows)
+        bound, compiled, args = await self._compile(ctx, request, max_rows)
         key = None
         if ttl > 0:
             key = ResultKey.build(ctx.tenant, ctx.stage, request.connection,

@@ -4,6 +4,9 @@ The runtime keeps, per (tenant, connection, stage), the connection's settings, t
 selected entities at the current catalog version and a connector (with its pool). A
 cheap catalog-version read on every request notices changes made by another process
 (the CLI filling the store while the gateway runs); then only what changed is rebuilt.
+That read happens on the event loop only when it needs no round trip (`current`);
+everything else (store reads, the secret store, building a connector) runs in a worker
+thread (`resolve`), so a slow metadata database or secret store never stalls other calls.
 
 The catalog a request gets is the stage's view (`CatalogSnapshot.for_stage`): entity
 names stay what apps write, schema and table are that stage's physical names, so the
@@ -77,15 +80,40 @@ class SourceRegistry:
         self._closer = closer
         self._lock = threading.Lock()
         self._bound: dict[tuple[str, str, str], tuple[BoundSource, _ConnectorIdentity]] = {}
+        # One rebuild at a time per (tenant, connection, stage): calls that find the same
+        # change wait for the first one's result instead of each building a connector
+        # (and closing the one another call is using).
+        self._rebuilding: dict[tuple[str, str, str], threading.Lock] = {}
+
+    def current(self, tenant: str, connection: str, stage: str) -> BoundSource | None:
+        """The source held for this stage when it is still current and that is known
+        without any I/O beyond a local read; None when `resolve` must run (a first use, a
+        change, or a store that would need a round trip). Safe on the event loop."""
+        version = self._store.known_catalog_version(tenant, connection)
+        if version is None:
+            return None
+        with self._lock:
+            current = self._bound.get((tenant, connection, stage))
+        if current is not None and current[0].catalog.version == version:
+            return current[0]
+        return None
 
     def resolve(self, tenant: str, connection: str, stage: str) -> BoundSource:
+        """The current source, rebuilt from the store (and the secret store, and a new
+        connector) when the catalog changed. May block on I/O: a worker thread's call."""
         version = self._store.catalog_version(tenant, connection)
         key = (tenant, connection, stage)
         with self._lock:
             current = self._bound.get(key)
+            rebuilding = self._rebuilding.setdefault(key, threading.Lock())
         if current is not None and current[0].catalog.version == version:
             return current[0]
-        return self._rebuild(key, current)
+        with rebuilding:
+            with self._lock:
+                current = self._bound.get(key)
+            if current is not None and current[0].catalog.version >= version:
+                return current[0]  # another call rebuilt it meanwhile
+            return self._rebuild(key, current)
 
     def _rebuild(
         self,
@@ -128,6 +156,8 @@ class SourceRegistry:
         with self._lock:
             keys = [k for k in self._bound if k[0] == tenant and k[1] == connection]
             dropped = [self._bound.pop(k)[0] for k in keys]
+            for key in [k for k in self._rebuilding if k[0] == tenant and k[1] == connection]:
+                del self._rebuilding[key]
         for bound in dropped:
             self._close(bound.connector)
         return len(dropped)

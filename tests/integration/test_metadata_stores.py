@@ -504,6 +504,12 @@ def test_versions_strictly_increase(store: MetadataStore) -> None:
     seen.append(store.unselect_entities(T, "shop", ["ORDERS"]))
     assert seen == sorted(set(seen))
     assert store.catalog_version(T, "shop") == seen[-1]
+    # Known without a round trip: the same version, or (a store that would need one) None;
+    # a local file always knows.
+    known = store.known_catalog_version(T, "shop")
+    assert known in (seen[-1], None)
+    if isinstance(store, SqliteMetadataStore):
+        assert known == seen[-1]
 
     # Delete and re-create: the new connection starts above everything the old one had.
     store.delete_connection(T, "shop")
@@ -1103,6 +1109,10 @@ def test_postgres_catalog_versions_are_served_from_memory_and_follow_other_write
     # Once the creation's own notification is in, a read is kept and served from memory.
     assert _until(lambda: reader.catalog_version("t", "c") == first and watch.held() == 1)
     assert reader.catalog_version("t", "c") == first
+    # What the query path may read on the event loop: held versions only, never a query.
+    assert reader.known_catalog_version("t", "c") == first
+    assert reader.known_catalog_version("t", "other") is None
+    assert writer.known_catalog_version("t", "c") is None  # no watch: it would need a trip
 
     writer.select_entities("t", "c", [entity()])
     moved = writer.catalog_version("t", "c")
