@@ -250,6 +250,10 @@ class CompiledStatement:
     """One name per placeholder, in text order (a name used twice appears twice)."""
     row_limit: int
     """The LIMIT on the outermost query: max_rows + 1, or the query's own smaller LIMIT."""
+    row_bound: int
+    """The most rows the source can return: `row_limit`, or 1 for a lookup by the whole
+    primary key of the only table in FROM (see `_key_lookup`). A small bound lets the
+    engine run the query without a worker thread."""
     max_rows: int
     """Rows the caller may receive; reading more than this many means truncated."""
     entities: tuple[str, ...]
@@ -320,6 +324,7 @@ class StatementCompiler:
             resolver = _Resolver(catalog)
             resolver.resolve(tree)
             row_limit = _apply_row_limit(tree, max_rows)
+            row_bound = min(row_limit, 1) if _key_lookup(tree, resolver.root_sources) else row_limit
             if dialect not in _DISTINCT_ON_DIALECTS and any(
                 d.args.get("on") for d in tree.find_all(exp.Distinct)
             ):
@@ -345,6 +350,7 @@ class StatementCompiler:
             sql=text,
             param_names=names,
             row_limit=row_limit,
+            row_bound=row_bound,
             max_rows=max_rows,
             entities=tuple(sorted(resolver.entities)),
             fingerprint=fingerprint,
@@ -558,6 +564,8 @@ class _Resolver:
         self._outputs: dict[int, tuple[str, ...]] = {}
         self._bound: set[int] = set()
         self._pending: list[tuple[Scope, exp.Column]] = []
+        self.root_sources: dict[str, _Source] = {}
+        """The FROM items of the outermost query, by alias (after `resolve`)."""
 
     def resolve(self, tree: exp.Expr) -> None:
         root = build_scope(tree)
@@ -572,6 +580,7 @@ class _Resolver:
                 raise QueryRejected(f"SQL construct '{scope.expression.key}' is not allowed")
         for scope, column in self._pending:
             self._resolve_outer(scope, column)
+        self.root_sources = self._sources.get(id(root), {})
         for node in tree.walk():
             if isinstance(node, (exp.Column, exp.Table)) and id(node) not in self._bound:
                 # Fail closed: a reference the scopes did not account for is not trusted.
@@ -931,6 +940,37 @@ def _cte_alias(query: exp.Expr) -> exp.Expr | None:
     while isinstance(parent, exp.Subquery):
         parent = parent.parent
     return parent.args.get("alias") if isinstance(parent, exp.CTE) else None
+
+
+def _key_lookup(tree: exp.Expr, sources: Mapping[str, _Source]) -> bool:
+    """Whether the outermost query reads at most one row of one entity: a SELECT whose
+    FROM is that entity alone and whose WHERE ANDs, at its top, `column = constant` for
+    every column of the entity's primary key (a constant: a parameter or a literal, so
+    never a volatile function evaluated per row). Grouping, DISTINCT, windows and
+    aggregates cannot make more rows of one, and the allow-list has no function that
+    returns a set of rows. Runs on the resolved tree: columns are qualified by their
+    source's alias, with the catalog's spelling."""
+    if not isinstance(tree, exp.Select) or len(sources) != 1:
+        return False
+    ((alias, source),) = sources.items()
+    entity = source.entity
+    where = tree.args.get("where")
+    if entity is None or not entity.primary_key or where is None:
+        return False
+    pending: list[exp.Expr] = [where.this]
+    equal: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if isinstance(node, exp.Paren):
+            pending.append(node.this)
+        elif isinstance(node, exp.And):
+            pending.extend((node.this, node.expression))
+        elif isinstance(node, exp.EQ):
+            for column, value in ((node.this, node.expression), (node.expression, node.this)):
+                if (isinstance(column, exp.Column) and column.table == alias
+                        and isinstance(value, exp.Placeholder | exp.Literal)):
+                    equal.add(column.name)
+    return set(entity.primary_key) <= equal
 
 
 def _apply_row_limit(tree: exp.Expr, max_rows: int) -> int:

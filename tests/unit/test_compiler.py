@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any
 
 import pytest
 
@@ -223,3 +225,43 @@ def test_compiled_statement_is_immutable() -> None:
     compiled = compile_sql("SELECT 1")
     with pytest.raises(AttributeError):
         compiled.sql = "DROP TABLE x"  # type: ignore[misc]
+
+
+def _keyed_catalog() -> Any:
+    catalog = sales_catalog()
+    entities = dict(catalog.entities)
+    entities["orders"] = dataclasses.replace(entities["orders"], primary_key=("id",))
+    entities["order_items"] = dataclasses.replace(entities["order_items"],
+                                                  primary_key=("order_id", "product_id"))
+    return dataclasses.replace(catalog, entities=entities)
+
+
+@pytest.mark.parametrize(
+    ("sql", "row_bound"),
+    [
+        # the whole primary key equal to a parameter or a literal: one row at most
+        ("SELECT * FROM orders WHERE id = :k", 1),
+        ("SELECT amount FROM orders o WHERE o.id = 7", 1),
+        ("SELECT * FROM orders WHERE :k = id AND status = 'open'", 1),
+        ("SELECT * FROM orders WHERE (status = :s AND (id = :k))", 1),
+        ("SELECT count(*) FROM orders WHERE id = :k GROUP BY status", 1),
+        ("SELECT * FROM order_items WHERE order_id = :o AND product_id = :p", 1),
+        # not provably one row
+        ("SELECT * FROM order_items WHERE order_id = :o", 101),
+        ("SELECT * FROM orders WHERE id = :k OR status = 'open'", 101),
+        ("SELECT * FROM orders WHERE id > :k", 101),
+        ("SELECT * FROM orders WHERE id = customer_id", 101),
+        ("SELECT * FROM orders WHERE id = :k + 1", 101),
+        ("SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = :k", 101),
+        ("SELECT * FROM (SELECT * FROM orders) o WHERE o.id = :k", 101),
+        ("SELECT id FROM orders WHERE id = :k UNION ALL SELECT id FROM orders WHERE id = :k",
+         101),
+        ("SELECT * FROM customers WHERE id = :k", 101),  # no primary key in the catalog
+        ("SELECT id FROM orders LIMIT 5", 5),
+    ],
+)
+def test_row_bound_proves_key_lookups(sql: str, row_bound: int) -> None:
+    compiled = StatementCompiler().compile(sql, _keyed_catalog(), dialect="postgres",
+                                           param_style=ParamStyle.FORMAT, max_rows=100)
+    assert compiled.row_bound == row_bound
+    assert compiled.row_limit == (5 if "LIMIT 5" in sql else 101)  # the LIMIT is unchanged
