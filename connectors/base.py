@@ -60,6 +60,10 @@ class QueryHandle(abc.ABC):
     `DeadlineExceeded` when the timeout fired) and the source has stopped the query.
     `close` is idempotent and returns every resource (connection to its pool)."""
 
+    buffered: ClassVar[bool] = False
+    """Every row is in memory and the source is released: reading does no I/O, so the
+    engine may read it on the event loop."""
+
     @property
     @abc.abstractmethod
     def reader(self) -> pa.RecordBatchReader: ...
@@ -82,6 +86,34 @@ class QueryHandle(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class BufferedHandle(QueryHandle):
+    """A result whole in memory, its source already released (`buffered`)."""
+
+    buffered: ClassVar[bool] = True
+
+    def __init__(self, schema: pa.Schema, batches: Sequence[pa.RecordBatch]) -> None:
+        self._schema = schema
+        self._batches = list(batches)
+        self._reader: pa.RecordBatchReader | None = None
+
+    @property
+    def reader(self) -> pa.RecordBatchReader:
+        if self._reader is None:
+            self._reader = pa.RecordBatchReader.from_batches(self._schema, self._batches)
+        return self._reader
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def cancel(self) -> None:
+        """Nothing runs at the source any more."""
+
+    def close(self) -> None:
+        self._batches = []  # drop the rows at once
+        self._reader = None
 
 
 class Connector(abc.ABC):
@@ -122,6 +154,23 @@ class Connector(abc.ABC):
         its handle. `timeout` (seconds) bounds the whole query at the source; when it
         passes, reading raises DeadlineExceeded. Batches hold at most `batch_rows` rows.
         Errors are FabricErrors whose messages carry no row or parameter value."""
+
+    async def execute_small(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        max_rows: int,
+    ) -> QueryHandle | None:
+        """Run a query the compiler proved returns at most `max_rows` rows (a lookup by
+        primary key) from the event loop, without blocking it, and return its handle,
+        usually `buffered` (the whole result). None when this connector, statement or
+        moment cannot: the engine then calls `execute` in a worker thread, which must
+        give the same result. A caller that goes away cancels the query at the source.
+        The default is None: every source but PostgreSQL answers through a blocking
+        driver."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -46,6 +46,8 @@ server's message (it can echo values) and never the password.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -62,7 +64,8 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 import pyarrow as pa
-from psycopg import capabilities, generators, pq
+from psycopg import capabilities, generators, pq, waiting
+from psycopg.abc import PQGen
 from psycopg.abc import Transformer as TransformerProtocol
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.types.string import TextLoader
@@ -70,6 +73,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from connectors.arrow_types import PgColumn, TextDecoder, pg_arrow_type, slices
 from connectors.base import (
+    BufferedHandle,
     Connector,
     ConnectorConfig,
     ParamStyle,
@@ -148,6 +152,18 @@ _QUERY_START = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _PLACEHOLDER = re.compile(r"%(.|\Z)", re.DOTALL)
+_STALE_STATEMENT = ("0A000", "26000")  # result type changed; prepared statement gone
+_SMALL_MAX_ROWS = 64
+"""The most rows `execute_small` takes on: decoding that many on the event loop costs
+less than the two thread hops it saves."""
+_SMALL_CHUNK_ROWS = 256
+"""Chunk size of a small query: more rows than this means the statement's bound was
+wrong (a stale catalog), and the rest streams from a worker thread."""
+_NO_WAIT = 0.001  # getconn's timeout once the pool has said a connection is free
+_WAIT_INTERVAL = 1.0
+"""How often `wait_async` wakes without news from the socket (psycopg's default, 0, would
+poll the socket on every turn of the event loop); the deadline watcher, not this, ends
+a query that runs too long."""
 
 
 def _snake(name: str) -> str:
@@ -247,6 +263,138 @@ def _forget_prepared(conn: psycopg.Connection[Any], session: _Session) -> None:
     conn.execute(b"DEALLOCATE ALL")
 
 
+def _mark_all_stale(session: _Session) -> None:
+    """Forget the connection's prepared statements; the next query deallocates them all."""
+    session.guard = False
+    session.prepared.clear()
+    session.seen.clear()
+    session.stale[:] = [b"ALL"]
+
+
+class _Plan:
+    """What a parameterized query sends (see `PostgresConnector._plan`)."""
+
+    __slots__ = ("encoding", "formats", "key", "query", "statement_timeout", "tx", "types",
+                 "values")
+
+    def __init__(self, query: bytes, values: Sequence[Any], formats: list[Any],
+                 types: tuple[int, ...], key: tuple[bytes, tuple[int, ...]],
+                 statement_timeout: bytes | None, tx: TransformerProtocol,
+                 encoding: str) -> None:
+        self.query = query
+        self.values = values
+        self.formats = formats
+        self.types = types
+        self.key = key
+        self.statement_timeout = statement_timeout
+        self.tx = tx
+        self.encoding = encoding
+
+
+class _SmallOutcome:
+    """What the small exchange read: an error, or the description and row results;
+    `complete` unless more rows came than a small query takes (the pipeline is then
+    still running)."""
+
+    __slots__ = ("complete", "description", "error", "results")
+
+    def __init__(self, error: psycopg.Error | None, description: pq.abc.PGresult | None,
+                 results: list[pq.abc.PGresult], complete: bool) -> None:
+        self.error = error
+        self.description = description
+        self.results = results
+        self.complete = complete
+
+
+def _send_pipeline(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
+                   name: bytes | None, to_prepare: bool, *, flush: bool) -> None:
+    """Queue the pipeline: [prepare the guard], run the guard, [prepare the query],
+    describe it, [flush], run it, sync. `name` None runs the unnamed statement."""
+    statement = b"" if name is None else name
+    pgconn.enter_pipeline_mode()
+    if not session.guard:
+        pgconn.send_prepare(_GUARD_NAME, _GUARD_SQL, param_types=[_TEXT_OID])
+    pgconn.send_query_prepared(
+        _GUARD_NAME, [plan.statement_timeout], param_formats=[0], result_format=pq.Format.TEXT
+    )
+    if to_prepare:
+        pgconn.send_prepare(statement, plan.query, param_types=plan.types)
+    pgconn.send_describe_prepared(statement)
+    if flush:
+        pgconn.send_flush_request()
+    pgconn.send_query_prepared(
+        statement, plan.values, param_formats=plan.formats, result_format=pq.Format.TEXT
+    )
+    pgconn.pipeline_sync()
+
+
+def _leading_results(
+    pgconn: pq.abc.PGconn, session: _Session, to_prepare: bool, encoding: str
+) -> PQGen[tuple[psycopg.Error | None, pq.abc.PGresult | None]]:
+    """Read the results before the query's rows (guard, prepares, description): the
+    first error, and the description."""
+    error: psycopg.Error | None = None
+    description: pq.abc.PGresult | None = None
+    for _ in range(2 + (not session.guard) + to_prepare):  # each: one result, then None
+        res = yield from generators.fetch(pgconn)
+        if res is not None and res.status not in (
+            pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
+        ) and error is None:
+            error = psycopg.errors.error_from_result(res, encoding=encoding)
+        description = res
+        while res is not None:
+            res = yield from generators.fetch(pgconn)
+    return error, description
+
+
+def _end_pipeline_gen(pgconn: pq.abc.PGconn) -> PQGen[None]:
+    """Read what is left of the pipeline up to its sync, then leave pipeline mode."""
+    nulls = 0
+    while pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        res = yield from generators.fetch(pgconn)
+        if res is not None and res.status != pq.ExecStatus.PIPELINE_SYNC:
+            nulls = 0
+            continue
+        nulls += res is None
+        if res is not None or nulls > 1:
+            pgconn.exit_pipeline_mode()
+
+
+def _small_exchange(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
+                    name: bytes | None, to_prepare: bool) -> PQGen[_SmallOutcome]:
+    """The whole pipeline of a small query, as one generator the event loop drives."""
+    _send_pipeline(pgconn, session, plan, name, to_prepare, flush=False)
+    yield from generators.send(pgconn)
+    error, description = yield from _leading_results(pgconn, session, to_prepare,
+                                                     plan.encoding)
+    results: list[pq.abc.PGresult] = []
+    if error is None:
+        if _CHUNKED:
+            pgconn.set_chunked_rows_mode(_SMALL_CHUNK_ROWS)
+        else:
+            pgconn.set_single_row_mode()
+        rows = 0
+        while True:
+            res = yield from generators.fetch(pgconn)
+            if res is None:
+                break
+            if res.status in _ROWS:
+                results.append(res)
+                rows += res.ntuples
+                if rows >= _SMALL_CHUNK_ROWS:
+                    return _SmallOutcome(None, description, results, False)
+            elif res.status == pq.ExecStatus.FATAL_ERROR and error is None:
+                error = psycopg.errors.error_from_result(res, encoding=plan.encoding)
+    yield from _end_pipeline_gen(pgconn)
+    return _SmallOutcome(error, description, results, True)
+
+
+async def _in_worker(cleanup: Callable[[], None]) -> None:
+    """Run a blocking cleanup in a worker thread and wait for it; a second cancellation
+    of the caller stops the waiting, never the cleanup."""
+    await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, cleanup))
+
+
 def _end_pipeline(
     conn: psycopg.Connection[Any], cancel: Callable[[], None] | None = None
 ) -> None:
@@ -259,15 +407,7 @@ def _end_pipeline(
             pgconn.consume_input()
             if pgconn.is_busy():
                 cancel()
-        nulls = 0
-        while pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            res = conn.wait(generators.fetch(pgconn))
-            if res is not None and res.status != pq.ExecStatus.PIPELINE_SYNC:
-                nulls = 0
-                continue
-            nulls += res is None
-            if res is not None or nulls > 1:
-                pgconn.exit_pipeline_mode()
+        conn.wait(_end_pipeline_gen(pgconn))
 
 
 class _DeadlineWatcher:
@@ -486,6 +626,12 @@ class _PgHandle(QueryHandle):
                 return
         self._release(ok=False)
 
+    def abandon(self) -> None:
+        """Stop the query wherever it is and give the connection back (blocking: a
+        worker thread's call), for a start that failed or whose caller went away."""
+        self.cancel()
+        self.close()
+
     # -- internals ----------------------------------------------------------------------
 
     def _start(self, schema: pa.Schema, gen: Iterator[pa.RecordBatch]) -> None:
@@ -665,14 +811,16 @@ class _PgHandle(QueryHandle):
         tx: TransformerProtocol,
         decoder: TextDecoder,
         session: _Session,
+        seed: list[Any] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The rows of the pipelined query, chunk by chunk (at most `batch_rows` rows
-        each), then the rest of the pipeline; on an early stop the query is cancelled."""
+        each), then the rest of the pipeline; on an early stop the query is cancelled.
+        `seed`: rows already read (their loaders set), which come first."""
         pgconn = conn.pgconn
         encoding = conn.info.encoding
         ok = False
-        rows: list[Any] = []
-        first = True
+        rows: list[Any] = seed or []
+        first = seed is None
         try:
             self._check()
             with conn.lock:
@@ -689,13 +837,10 @@ class _PgHandle(QueryHandle):
                         yield from slices(batch, self._batch_rows)
                 elif status == pq.ExecStatus.FATAL_ERROR:
                     error = psycopg.errors.error_from_result(res, encoding=encoding)
-                    if error.sqlstate in ("0A000", "26000"):
+                    if error.sqlstate in _STALE_STATEMENT:
                         # a prepared statement went stale: drop them all before the
                         # connection's next query (this one fails, the next one heals)
-                        session.guard = False
-                        session.prepared.clear()
-                        session.seen.clear()
-                        session.stale[:] = [b"ALL"]
+                        _mark_all_stale(session)
                     raise self._map(error)
                 with conn.lock:
                     res = conn.wait(generators.fetch(pgconn))
@@ -805,6 +950,20 @@ class PostgresConnector(Connector):
                 "the server is down or unreachable, rejects the credentials, or every pooled "
                 "connection is busy; check the connection settings and try again"
             ) from None
+
+    def _acquire_now(self) -> psycopg.Connection[Any] | None:
+        """A pooled connection that is free now, or None (never waits: the event loop's
+        call; a pool still opening, full or down leaves the query to a worker thread)."""
+        try:
+            pool = self._get_pool()
+        except SourceUnavailable:
+            return None
+        if not pool.get_stats().get("pool_available", 0):
+            return None
+        try:
+            return pool.getconn(timeout=_NO_WAIT)
+        except PoolTimeout:
+            return None
 
     def _session(self, conn: psycopg.Connection[Any]) -> _Session:
         with self._sessions_lock:
@@ -944,6 +1103,32 @@ class PostgresConnector(Connector):
             )
         return TextDecoder(columns)
 
+    def _plan(
+        self, conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...],
+        timeout: float | None,
+    ) -> _Plan:
+        """What a parameterized query sends: its text with server placeholders, the values
+        dumped by psycopg, their types and formats, and the statement timeout."""
+        encoding = conn.info.encoding
+        query = _to_server_placeholders(sql, len(params)).encode(encoding)
+        tx = Transformer.from_context(conn)
+        try:
+            values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        except (psycopg.ProgrammingError, psycopg.DataError, TypeError, ValueError) as exc:
+            if getattr(exc, "sqlstate", None):
+                raise
+            raise InvalidArgument(
+                "the parameters do not match the statement (one value per placeholder, of a "
+                "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
+                "None)"
+            ) from None
+        types = tuple(tx.types or ())
+        statement_timeout = (
+            None if timeout is None else str(max(1, math.ceil(timeout * 1000))).encode()
+        )
+        return _Plan(query, values, list(tx.formats or ()), types, (query, types),
+                     statement_timeout, tx, encoding)
+
     def _start_stream(
         self,
         handle: _PgHandle,
@@ -959,64 +1144,21 @@ class PostgresConnector(Connector):
         `batch_rows` (libpq chunked-rows mode), so memory stays bounded. The deadline
         watcher enforces the whole-query timeout; statement_timeout is a backstop."""
         session = self._session(conn)
-        encoding = conn.info.encoding
-        query = _to_server_placeholders(sql, len(params)).encode(encoding)
-        tx = Transformer.from_context(conn)
-        try:
-            values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
-        except (psycopg.ProgrammingError, psycopg.DataError, TypeError, ValueError) as exc:
-            if getattr(exc, "sqlstate", None):
-                raise
-            raise InvalidArgument(
-                "the parameters do not match the statement (one value per placeholder, of a "
-                "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
-                "None)"
-            ) from None
-        types = tuple(tx.types or ())
-        formats = list(tx.formats or ())
-        key = (query, types)
-        statement_timeout = (
-            None if timeout is None else str(max(1, math.ceil(timeout * 1000))).encode()
-        )
+        plan = self._plan(conn, sql, params, timeout)
         while session.stale:
             conn.execute(b"DEALLOCATE " + session.stale.pop())
         pgconn = conn.pgconn
         handle._pipeline = True
         for attempt in (0, 1):
-            name = self._prepared_name(session, key) if attempt == 0 else None
-            to_prepare = name is None or key not in session.prepared
-            statement = b"" if name is None else name
+            name = self._prepared_name(session, plan.key) if attempt == 0 else None
+            to_prepare = name is None or plan.key not in session.prepared
             with conn.lock:
-                pgconn.enter_pipeline_mode()
-                if not session.guard:
-                    pgconn.send_prepare(_GUARD_NAME, _GUARD_SQL, param_types=[_TEXT_OID])
-                pgconn.send_query_prepared(
-                    _GUARD_NAME, [statement_timeout], param_formats=[0],
-                    result_format=pq.Format.TEXT,
-                )
-                if to_prepare:
-                    pgconn.send_prepare(statement, query, param_types=types)
-                pgconn.send_describe_prepared(statement)
-                # the server sends what it has so far (the description) before it runs
+                # the flush request makes the server send the description before it runs
                 # the query, so execute() returns while the query runs
-                pgconn.send_flush_request()
-                pgconn.send_query_prepared(
-                    statement, values, param_formats=formats, result_format=pq.Format.TEXT
-                )
-                pgconn.pipeline_sync()
+                _send_pipeline(pgconn, session, plan, name, to_prepare, flush=True)
                 conn.wait(generators.send(pgconn))
-                error: psycopg.Error | None = None
-                description: pq.abc.PGresult | None = None
-                steps = 2 + (not session.guard) + to_prepare
-                for _ in range(steps):  # each: one result, then None
-                    res = conn.wait(generators.fetch(pgconn))
-                    if res is not None and res.status not in (
-                        pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
-                    ) and error is None:
-                        error = psycopg.errors.error_from_result(res, encoding=encoding)
-                    description = res
-                    while res is not None:
-                        res = conn.wait(generators.fetch(pgconn))
+                error, description = conn.wait(
+                    _leading_results(pgconn, session, to_prepare, plan.encoding))
                 if error is None:
                     if _CHUNKED:
                         pgconn.set_chunked_rows_mode(handle._batch_rows)
@@ -1025,10 +1167,10 @@ class PostgresConnector(Connector):
             if error is None:
                 session.guard = True
                 if to_prepare and name is not None:
-                    self._remember_prepared(conn, session, key, name)
+                    self._remember_prepared(conn, session, plan.key, name)
                 break
             _end_pipeline(conn)
-            if error.sqlstate in ("0A000", "26000") and attempt == 0:
+            if error.sqlstate in _STALE_STATEMENT and attempt == 0:
                 # a prepared statement is gone (DEALLOCATE) or its result type changed
                 # (cached plan must not change result type): forget them, run the text
                 _forget_prepared(conn, session)
@@ -1036,8 +1178,98 @@ class PostgresConnector(Connector):
             raise error
         if description is None:
             raise InternalError("the PostgreSQL server sent no description of the result")
-        decoder = self._decoder(description, encoding)
-        handle._start(decoder.schema, handle._stream_batches(conn, tx, decoder, session))
+        decoder = self._decoder(description, plan.encoding)
+        handle._start(decoder.schema, handle._stream_batches(conn, plan.tx, decoder, session))
+
+    async def execute_small(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        max_rows: int,
+    ) -> QueryHandle | None:
+        """The parameterized path, driven by the event loop (psycopg's `wait_async` on the
+        connection's socket) for a statement of at most `max_rows` rows: the same
+        pipeline, guard and prepared statements as `execute`, without a flush request
+        (the whole answer comes in one read), the rows decoded at once. None, before
+        anything is sent, when a worker thread must do it: no parameters (the COPY
+        path), not a plain query, no free pooled connection at this moment, or
+        statements to deallocate first. If more rows come than `max_rows` allows (a
+        stale primary key in the catalog), the handle streams the rest from a worker
+        thread like `execute`'s. A caller that goes away cancels the query at the server
+        and cleans up the connection in a worker thread."""
+        check_execute_arguments(timeout, max(1, max_rows))
+        params = tuple(params)
+        if not params or not _QUERY_START.match(sql) or max_rows > _SMALL_MAX_ROWS:
+            return None
+        conn = self._acquire_now()
+        if conn is None:
+            return None
+        session = self._session(conn)
+        if session.stale or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(self._give_back, conn, commit=False))
+            return None
+        handle = _PgHandle(self, conn, timeout, _SMALL_CHUNK_ROWS)
+        try:
+            plan = self._plan(conn, sql, params, timeout)
+            name = self._prepared_name(session, plan.key)
+            to_prepare = name is None or plan.key not in session.prepared
+            handle._pipeline = True
+            pgconn = conn.pgconn
+            outcome = await waiting.wait_async(
+                _small_exchange(pgconn, session, plan, name, to_prepare), pgconn.socket,
+                interval=_WAIT_INTERVAL)
+        except asyncio.CancelledError:
+            await _in_worker(handle.abandon)
+            raise
+        except BaseException as exc:
+            await _in_worker(handle.abandon)
+            if isinstance(exc, FabricError):
+                raise
+            raise handle._map(exc) from None
+        try:
+            return self._small_result(handle, conn, session, plan, name, to_prepare, outcome)
+        except BaseException:
+            await _in_worker(handle.abandon)
+            raise
+
+    def _small_result(
+        self, handle: _PgHandle, conn: psycopg.Connection[Any], session: _Session,
+        plan: _Plan, name: bytes | None, to_prepare: bool, outcome: _SmallOutcome,
+    ) -> QueryHandle | None:
+        error = outcome.error
+        if error is not None:
+            if error.sqlstate in _STALE_STATEMENT:
+                # The next query on this connection deallocates them all first (in a
+                # worker thread); this one runs there now, unprepared.
+                _mark_all_stale(session)
+                handle._release(ok=False)
+                return None
+            handle._release(ok=False)
+            raise handle._map(error)
+        session.guard = True
+        if to_prepare and name is not None:
+            self._remember_prepared(conn, session, plan.key, name)
+        if outcome.description is None:
+            raise InternalError("the PostgreSQL server sent no description of the result")
+        decoder = self._decoder(outcome.description, plan.encoding)
+        rows: list[Any] = []
+        first = True
+        for res in outcome.results:
+            plan.tx.set_pgresult(res, set_loaders=first)
+            first = False
+            rows.extend(plan.tx.load_rows(0, res.ntuples, tuple))
+        if not outcome.complete:
+            # More rows than the statement was proven to return: stream the rest from a
+            # worker thread, these rows first.
+            handle._start(decoder.schema,
+                          handle._stream_batches(conn, plan.tx, decoder, session, rows))
+            return handle
+        batches = [decoder.from_text_rows(rows)] if rows else []
+        handle._release(ok=True)
+        return BufferedHandle(decoder.schema, batches)
 
     def _prepared_name(
         self, session: _Session, key: tuple[bytes, tuple[int, ...]]

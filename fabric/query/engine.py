@@ -48,6 +48,9 @@ from fabric.results.statements import StatementRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SMALL_RESULT_ROWS = 64
+"""Statements proven to return at most this many rows are offered to the connector's
+`execute_small` (run from the event loop) before a worker thread."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -315,6 +318,10 @@ class QueryEngine:
         """Start the query at its source (blocking; in a worker thread)."""
         handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
                                          batch_rows=self.settings.batch_rows)
+        return self._new_run(handle, compiled, builder)
+
+    def _new_run(self, handle: QueryHandle, compiled: CompiledStatement,
+                 builder: ResultBuilder | None) -> SourceRun:
         try:
             return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
                              builder)
@@ -335,6 +342,17 @@ class QueryEngine:
         result is whole (and its source closed) after one thread hop. A caller that goes
         away while that call blocks (a slow first row) still cancels the source query."""
         timeout = self._timeout(deadline)
+        if args and compiled.row_bound <= SMALL_RESULT_ROWS:
+            # A lookup by key: the connector may run it from the event loop, which saves
+            # the two thread hops that cost more than the query itself.
+            handle = await bound.connector.execute_small(compiled.sql, args, timeout=timeout,
+                                                         max_rows=compiled.row_bound)
+            if handle is not None:
+                run = self._new_run(handle, compiled, builder)
+                first = [run.header()]
+                if handle.buffered:  # in memory: reading it is a few microseconds
+                    first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                return run, first
         loop = asyncio.get_running_loop()
         start = _Start()
 
