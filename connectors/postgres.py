@@ -296,22 +296,30 @@ class _SmallOutcome:
     `complete` unless more rows came than a small query takes (the pipeline is then
     still running)."""
 
-    __slots__ = ("complete", "description", "error", "results")
+    __slots__ = ("complete", "description", "error", "leading", "results")
 
     def __init__(self, error: psycopg.Error | None, description: pq.abc.PGresult | None,
-                 results: list[pq.abc.PGresult], complete: bool) -> None:
+                 results: list[pq.abc.PGresult], complete: bool, *,
+                 leading: bool = False) -> None:
         self.error = error
         self.description = description
         self.results = results
         self.complete = complete
+        self.leading = leading
+        """The error came before the rows (a deallocation, the guard, a prepare, the
+        description)."""
 
 
 def _send_pipeline(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
-                   name: bytes | None, to_prepare: bool, *, flush: bool) -> None:
-    """Queue the pipeline: [prepare the guard], run the guard, [prepare the query],
-    describe it, [flush], run it, sync. `name` None runs the unnamed statement."""
+                   name: bytes | None, to_prepare: bool, *, flush: bool) -> int:
+    """Queue the pipeline: [deallocate stale statements], [prepare the guard], run the
+    guard, [prepare the query], describe it, [flush], run it, sync. `name` None runs the
+    unnamed statement. Returns how many results come before the query's rows."""
     statement = b"" if name is None else name
     pgconn.enter_pipeline_mode()
+    leading = 2 + (not session.guard) + to_prepare + len(session.stale)
+    for stale in session.stale:
+        pgconn.send_query_params(b"DEALLOCATE " + stale, None)
     if not session.guard:
         pgconn.send_prepare(_GUARD_NAME, _GUARD_SQL, param_types=[_TEXT_OID])
     pgconn.send_query_prepared(
@@ -326,16 +334,17 @@ def _send_pipeline(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
         statement, plan.values, param_formats=plan.formats, result_format=pq.Format.TEXT
     )
     pgconn.pipeline_sync()
+    return leading
 
 
 def _leading_results(
-    pgconn: pq.abc.PGconn, session: _Session, to_prepare: bool, encoding: str
+    pgconn: pq.abc.PGconn, leading: int, encoding: str
 ) -> PQGen[tuple[psycopg.Error | None, pq.abc.PGresult | None]]:
-    """Read the results before the query's rows (guard, prepares, description): the
-    first error, and the description."""
+    """Read the results before the query's rows (deallocations, guard, prepares,
+    description): the first error, and the description."""
     error: psycopg.Error | None = None
     description: pq.abc.PGresult | None = None
-    for _ in range(2 + (not session.guard) + to_prepare):  # each: one result, then None
+    for _ in range(leading):  # each: one result, then None
         res = yield from generators.fetch(pgconn)
         if res is not None and res.status not in (
             pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
@@ -363,28 +372,29 @@ def _end_pipeline_gen(pgconn: pq.abc.PGconn) -> PQGen[None]:
 def _small_exchange(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
                     name: bytes | None, to_prepare: bool) -> PQGen[_SmallOutcome]:
     """The whole pipeline of a small query, as one generator the event loop drives."""
-    _send_pipeline(pgconn, session, plan, name, to_prepare, flush=False)
+    leading = _send_pipeline(pgconn, session, plan, name, to_prepare, flush=False)
     yield from generators.send(pgconn)
-    error, description = yield from _leading_results(pgconn, session, to_prepare,
-                                                     plan.encoding)
+    error, description = yield from _leading_results(pgconn, leading, plan.encoding)
     results: list[pq.abc.PGresult] = []
-    if error is None:
-        if _CHUNKED:
-            pgconn.set_chunked_rows_mode(_SMALL_CHUNK_ROWS)
-        else:
-            pgconn.set_single_row_mode()
-        rows = 0
-        while True:
-            res = yield from generators.fetch(pgconn)
-            if res is None:
-                break
-            if res.status in _ROWS:
-                results.append(res)
-                rows += res.ntuples
-                if rows >= _SMALL_CHUNK_ROWS:
-                    return _SmallOutcome(None, description, results, False)
-            elif res.status == pq.ExecStatus.FATAL_ERROR and error is None:
-                error = psycopg.errors.error_from_result(res, encoding=plan.encoding)
+    if error is not None:
+        yield from _end_pipeline_gen(pgconn)
+        return _SmallOutcome(error, None, [], True, leading=True)
+    if _CHUNKED:
+        pgconn.set_chunked_rows_mode(_SMALL_CHUNK_ROWS)
+    else:
+        pgconn.set_single_row_mode()
+    rows = 0
+    while True:
+        res = yield from generators.fetch(pgconn)
+        if res is None:
+            break
+        if res.status in _ROWS:
+            results.append(res)
+            rows += res.ntuples
+            if rows >= _SMALL_CHUNK_ROWS:
+                return _SmallOutcome(None, description, results, False)
+        elif res.status == pq.ExecStatus.FATAL_ERROR and error is None:
+            error = psycopg.errors.error_from_result(res, encoding=plan.encoding)
     yield from _end_pipeline_gen(pgconn)
     return _SmallOutcome(error, description, results, True)
 
@@ -1145,8 +1155,6 @@ class PostgresConnector(Connector):
         watcher enforces the whole-query timeout; statement_timeout is a backstop."""
         session = self._session(conn)
         plan = self._plan(conn, sql, params, timeout)
-        while session.stale:
-            conn.execute(b"DEALLOCATE " + session.stale.pop())
         pgconn = conn.pgconn
         handle._pipeline = True
         for attempt in (0, 1):
@@ -1155,10 +1163,10 @@ class PostgresConnector(Connector):
             with conn.lock:
                 # the flush request makes the server send the description before it runs
                 # the query, so execute() returns while the query runs
-                _send_pipeline(pgconn, session, plan, name, to_prepare, flush=True)
+                leading = _send_pipeline(pgconn, session, plan, name, to_prepare, flush=True)
                 conn.wait(generators.send(pgconn))
                 error, description = conn.wait(
-                    _leading_results(pgconn, session, to_prepare, plan.encoding))
+                    _leading_results(pgconn, leading, plan.encoding))
                 if error is None:
                     if _CHUNKED:
                         pgconn.set_chunked_rows_mode(handle._batch_rows)
@@ -1166,6 +1174,7 @@ class PostgresConnector(Connector):
                         pgconn.set_single_row_mode()
             if error is None:
                 session.guard = True
+                session.stale.clear()
                 if to_prepare and name is not None:
                     self._remember_prepared(conn, session, plan.key, name)
                 break
@@ -1175,6 +1184,10 @@ class PostgresConnector(Connector):
                 # (cached plan must not change result type): forget them, run the text
                 _forget_prepared(conn, session)
                 continue
+            # What the pipeline prepared before the error exists on the server (prepared
+            # statements outlive a failed transaction): deallocate it all with the
+            # connection's next query, or the guard's PREPARE would fail from then on.
+            _mark_all_stale(session)
             raise error
         if description is None:
             raise InternalError("the PostgreSQL server sent no description of the result")
@@ -1194,8 +1207,10 @@ class PostgresConnector(Connector):
         pipeline, guard and prepared statements as `execute`, without a flush request
         (the whole answer comes in one read), the rows decoded at once. None, before
         anything is sent, when a worker thread must do it: no parameters (the COPY
-        path), not a plain query, no free pooled connection at this moment, or
-        statements to deallocate first. If more rows come than `max_rows` allows (a
+        path), not a plain query, or no free pooled connection at this moment; None too
+        when the server says a prepared statement went stale (this query then runs in a
+        worker thread; the pipeline of the connection's next query deallocates them). If
+        more rows come than `max_rows` allows (a
         stale primary key in the catalog), the handle streams the rest from a worker
         thread like `execute`'s. A caller that goes away cancels the query at the server
         and cleans up the connection in a worker thread."""
@@ -1207,7 +1222,7 @@ class PostgresConnector(Connector):
         if conn is None:
             return None
         session = self._session(conn)
-        if session.stale or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
             await asyncio.get_running_loop().run_in_executor(
                 None, functools.partial(self._give_back, conn, commit=False))
             return None
@@ -1241,15 +1256,16 @@ class PostgresConnector(Connector):
     ) -> QueryHandle | None:
         error = outcome.error
         if error is not None:
-            if error.sqlstate in _STALE_STATEMENT:
-                # The next query on this connection deallocates them all first (in a
-                # worker thread); this one runs there now, unprepared.
+            if outcome.leading:
+                # Before the rows: what the pipeline prepared may exist on the server or
+                # be stale; the connection's next pipeline deallocates it all first.
                 _mark_all_stale(session)
-                handle._release(ok=False)
-                return None
             handle._release(ok=False)
+            if outcome.leading and error.sqlstate in _STALE_STATEMENT:
+                return None  # a stale prepared statement: this one runs in a worker
             raise handle._map(error)
         session.guard = True
+        session.stale.clear()
         if to_prepare and name is not None:
             self._remember_prepared(conn, session, plan.key, name)
         if outcome.description is None:

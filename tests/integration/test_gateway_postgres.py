@@ -7,6 +7,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,45 @@ def test_timestamps_and_dates_as_parameters(gateway: tuple[BackgroundGateway, Qu
                                      "WHERE at_zone >= %s AND day <= %s",
                        [since, dt.date(2024, 6, 1)])
     assert got.to_pylist() == expected
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """The engine's worker pool, counting the calls handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2, thread_name_prefix="counted")
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_key_lookups_run_on_the_event_loop(gateway: tuple[BackgroundGateway, QueryEngine],
+                                           postgres_url: str, pg_schema: str) -> None:
+    """A lookup by primary key (the compiler proves it returns one row at most) runs
+    without a worker thread and returns what psycopg returns; anything else, and the
+    first use of a connection, still goes to a worker thread."""
+    background, engine = gateway
+    columns = "id, small, num, label, day, at_local, at_zone, flag, ratio"
+    counting = _CountingExecutor()
+    original, engine.executor = engine.executor, counting
+    try:
+        with FabricClient(background.address, timeout=60) as client:
+            client.query("pg", "SELECT id FROM facts WHERE id = :id", {"id": 1})
+            counting.calls = 0
+            for key in (7, 5000, 35, 999_999):
+                table = client.query("pg", f"SELECT {columns} FROM facts WHERE id = :id",
+                                     {"id": key})
+                expected = _direct(postgres_url, f"SELECT {columns} FROM {pg_schema}.facts "
+                                                 "WHERE id = %s", [key])
+                assert table.to_pylist() == expected
+                assert table.num_rows == (0 if key == 999_999 else 1)
+            assert counting.calls == 0
+            ranged = client.query("pg", "SELECT id FROM facts WHERE id < :n ORDER BY id",
+                                  {"n": 4})
+            assert ranged.column("id").to_pylist() == [1, 2, 3]
+            assert counting.calls >= 1
+    finally:
+        engine.executor = original
+        counting.shutdown(wait=True)
