@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import time
@@ -195,6 +196,15 @@ def test_type_round_trip(request: pytest.FixtureRequest, source: Source, type_na
     # the same through the parameterized path
     table2 = read(c.execute(source.sql("SELECT v FROM {s}.t WHERE id >= {p} ORDER BY id"), [0]))
     assert table2.equals(table)
+    # and row by row through a key lookup, from an event loop where the connector can
+    # (execute_small), else from execute: the same values either way
+    lookup = source.sql("SELECT v FROM {s}.t WHERE id = {p}")
+    for key in range(len(values)):
+        handle = asyncio.run(c.execute_small(lookup, [key], timeout=30, max_rows=1))
+        if source.name == "postgres":
+            assert handle is not None and handle.buffered
+        if handle is not None:
+            assert read(handle).equals(read(c.execute(lookup, [key])))
 
 
 def test_nulls_and_empty_strings_are_distinct(source: Source) -> None:
