@@ -296,7 +296,7 @@ class _SmallOutcome:
     `complete` unless more rows came than a small query takes (the pipeline is then
     still running)."""
 
-    __slots__ = ("complete", "description", "error", "leading", "results")
+    __slots__ = ("complete", "description", "error", "leading", "released", "results")
 
     def __init__(self, error: psycopg.Error | None, description: pq.abc.PGresult | None,
                  results: list[pq.abc.PGresult], complete: bool, *,
@@ -308,6 +308,8 @@ class _SmallOutcome:
         self.leading = leading
         """The error came before the rows (a deallocation, the guard, a prepare, the
         description)."""
+        self.released = False
+        """The connection went back to the pool, or to a handle that owns it."""
 
 
 def _send_pipeline(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
@@ -640,6 +642,11 @@ class _PgHandle(QueryHandle):
         """Stop the query wherever it is and give the connection back (blocking: a
         worker thread's call), for a start that failed or whose caller went away."""
         self.cancel()
+        self.close()
+
+    def expire(self) -> None:
+        """`abandon` for a query whose timeout passed: reading then says so."""
+        self._on_deadline()
         self.close()
 
     # -- internals ----------------------------------------------------------------------
@@ -1226,33 +1233,47 @@ class PostgresConnector(Connector):
             await asyncio.get_running_loop().run_in_executor(
                 None, functools.partial(self._give_back, conn, commit=False))
             return None
-        handle = _PgHandle(self, conn, timeout, _SMALL_CHUNK_ROWS)
         try:
             plan = self._plan(conn, sql, params, timeout)
             name = self._prepared_name(session, plan.key)
             to_prepare = name is None or plan.key not in session.prepared
-            handle._pipeline = True
             pgconn = conn.pgconn
-            outcome = await waiting.wait_async(
-                _small_exchange(pgconn, session, plan, name, to_prepare), pgconn.socket,
-                interval=_WAIT_INTERVAL)
+            # No handle (and no deadline-watcher entry) on the way of a successful lookup:
+            # the loop's own timer bounds it, a handle is made only to clean up.
+            async with asyncio.timeout(timeout):
+                outcome = await waiting.wait_async(
+                    _small_exchange(pgconn, session, plan, name, to_prepare), pgconn.socket,
+                    interval=_WAIT_INTERVAL)
         except asyncio.CancelledError:
-            await _in_worker(handle.abandon)
+            await _in_worker(self._cleanup_handle(conn, timeout).abandon)
             raise
+        except TimeoutError:
+            handle = self._cleanup_handle(conn, timeout)
+            await _in_worker(handle.expire)
+            raise handle._flag_error() from None
         except BaseException as exc:
+            handle = self._cleanup_handle(conn, timeout)
             await _in_worker(handle.abandon)
             if isinstance(exc, FabricError):
                 raise
             raise handle._map(exc) from None
         try:
-            return self._small_result(handle, conn, session, plan, name, to_prepare, outcome)
+            return self._small_result(conn, session, plan, name, to_prepare, outcome, timeout)
         except BaseException:
-            await _in_worker(handle.abandon)
+            if not outcome.released:
+                await _in_worker(self._cleanup_handle(conn, timeout).abandon)
             raise
 
+    def _cleanup_handle(self, conn: psycopg.Connection[Any], timeout: float | None
+                        ) -> _PgHandle:
+        """A handle over a small query's connection, to cancel it and give it back."""
+        handle = _PgHandle(self, conn, timeout, _SMALL_CHUNK_ROWS)
+        handle._pipeline = True
+        return handle
+
     def _small_result(
-        self, handle: _PgHandle, conn: psycopg.Connection[Any], session: _Session,
-        plan: _Plan, name: bytes | None, to_prepare: bool, outcome: _SmallOutcome,
+        self, conn: psycopg.Connection[Any], session: _Session, plan: _Plan,
+        name: bytes | None, to_prepare: bool, outcome: _SmallOutcome, timeout: float | None,
     ) -> QueryHandle | None:
         error = outcome.error
         if error is not None:
@@ -1260,10 +1281,13 @@ class PostgresConnector(Connector):
                 # Before the rows: what the pipeline prepared may exist on the server or
                 # be stale; the connection's next pipeline deallocates it all first.
                 _mark_all_stale(session)
-            handle._release(ok=False)
+            handle = self._cleanup_handle(conn, timeout)
+            mapped = handle._map(error)
+            outcome.released = True
+            handle._release(ok=False)  # the pipeline is over: no I/O
             if outcome.leading and error.sqlstate in _STALE_STATEMENT:
                 return None  # a stale prepared statement: this one runs in a worker
-            raise handle._map(error)
+            raise mapped
         session.guard = True
         session.stale.clear()
         if to_prepare and name is not None:
@@ -1280,11 +1304,16 @@ class PostgresConnector(Connector):
         if not outcome.complete:
             # More rows than the statement was proven to return: stream the rest from a
             # worker thread, these rows first.
+            handle = self._cleanup_handle(conn, timeout)
             handle._start(decoder.schema,
                           handle._stream_batches(conn, plan.tx, decoder, session, rows))
+            outcome.released = True  # the handle owns the connection now
             return handle
-        batches = [decoder.from_text_rows(rows)] if rows else []
-        handle._release(ok=True)
+        try:
+            batches = [decoder.from_text_rows(rows)] if rows else []
+        finally:
+            outcome.released = True
+            self._give_back(conn, commit=True)  # idle after the sync: no I/O
         return BufferedHandle(decoder.schema, batches)
 
     def _prepared_name(

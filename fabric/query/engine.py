@@ -391,8 +391,8 @@ class QueryEngine:
                     cancel: bool) -> None:
         """Stop a run (cancelling it at the source if it has not finished) and close it,
         after any read still in a worker thread has returned."""
-        if not cancel and pending is None and run.closed:
-            return  # nothing left to stop: no thread hop
+        if pending is None and run.closed:
+            return  # the source is done and released: nothing to stop, no thread hop
 
         async def stop() -> None:
             if cancel:
@@ -484,6 +484,17 @@ class QueryEngine:
                    on_uncacheable: Callable[[], None] | None = None,
                    ) -> AsyncIterator[bytes | Summary]:
         run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
+        if run.exhausted:
+            # The whole result came with the start (its source is already released): no
+            # read-ahead, nothing to stop.
+            first.append(run.trailer())
+            if on_complete is not None and not run.truncated:
+                on_complete(run)
+            self.metrics.rows.inc(run.rows)
+            for message in first:
+                yield message
+            yield Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            return
         pending: asyncio.Future[list[bytes] | None] | None = None
         finished = False
         try:
