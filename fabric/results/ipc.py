@@ -51,6 +51,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 """The IPC end-of-stream marker: continuation token followed by a zero metadata length."""
 
+# Bytes allowed per column (and once more for the message) for a record batch message's
+# metadata and padding beyond its buffers: far above what Arrow writes (a few dozen bytes
+# per buffer), so a batch within it is within the limit without measuring.
+_METADATA_ALLOWANCE = 1024
+
 # Slices are sized for this fraction of the limit, so that the estimate (which is a
 # proportion of the serialized size) rarely overshoots and forces a re-slice.
 _FILL = 0.9
@@ -174,6 +179,13 @@ class IpcChunker:
             return
         batch = self.to_wire(batch)
         limit = self._max
+        if (batch.get_total_buffer_size() + _METADATA_ALLOWANCE * (1 + batch.num_columns)
+                <= limit // 2):
+            # Surely within the limit (the buffers, a generous allowance for metadata and
+            # padding, and half the limit to spare for nested types' extra fields): no
+            # sizing pass, which costs a small batch as much as serializing it.
+            yield batch.serialize().to_pybytes()
+            return
         size = pa_ipc.get_record_batch_size(batch)
         if size <= limit:
             yield batch.serialize().to_pybytes()
