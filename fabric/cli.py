@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import re
 import signal
@@ -175,6 +176,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             await process.stop(grace=0)
             raise
         print(ready, flush=True)
+        # Everything loaded so far (modules, the catalog, pools) lives as long as the
+        # process: keep it out of the collector's full passes, which would otherwise walk
+        # it again and again, a pause felt by every query in flight.
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
