@@ -31,6 +31,14 @@ Two result paths, neither builds a Python value of a column's type per row:
   (never run outside a transaction block: CALL can end transactions) takes the former
   transaction path: `BEGIN READ ONLY` + SET LOCALs, `DECLARE ... CURSOR FOR sql`, FETCH.
 
+Key lookups (`execute_small`, a statement the compiler proved returns at most a few
+rows): the same pipeline, without the flush request, driven from the event loop with
+psycopg's `wait_async` on the connection's socket, so the whole answer comes in one read
+and no worker thread is involved; the rows are decoded at once (`TextDecoder`'s Python
+route) into a `BufferedHandle`. Its own timer bounds it; a caller that goes away, a
+timeout or an error hands the connection to a worker thread to cancel and clean up. More
+rows than proven (a stale catalog) stream on from a worker thread like `execute`'s.
+
 Cancellation: `QueryHandle.cancel` sends a cancel request to the server
 (`Connection.cancel_safe`); one shared deadline-watcher thread (a heap of deadlines)
 does the same when a query's timeout passes (statement_timeout alone bounds each

@@ -23,6 +23,10 @@ Decisions (documented for the engine and the Studio):
 - WITH RECURSIVE is refused: analytics queries rarely need it and it can run unbounded.
 - LIMIT on the outermost query must be an integer literal (or ALL/absent): a parameter
   cannot be compared with max_rows at compile time. OFFSET may be a parameter.
+- Row bound: `row_bound` is 1 when the outermost query reads one entity alone and its
+  WHERE ANDs `column = parameter or literal` over the entity's whole primary key (from
+  the catalog); otherwise `row_limit`. The engine runs small bounds without a worker
+  thread; a stale key in the catalog costs speed there, never rows.
 - Truncation: `row_limit` is max_rows + 1 unless the query's own literal LIMIT is not
   larger than max_rows. The engine reads at most `row_limit` rows; reading more than
   `max_rows` rows means the result was truncated (drop the extra row, flag truncated).

@@ -5,8 +5,13 @@ resolve the connection -> compile (or hit the statement cache) -> bind -> result
 IPC messages there too, one batch ahead of the caller -> fill the cache while streaming.
 
 The event loop never blocks on a driver: every call that may wait on a source runs in
-the engine's thread pool. A caller that goes away, or a deadline that passes, cancels the
-query at the source before the connection returns to its pool.
+the engine's thread pool, except a statement the compiler proved returns a handful of
+rows (a lookup by primary key), which a connector may run from the loop without blocking
+it (`Connector.execute_small`: PostgreSQL waits on its socket through the loop), saving
+the two thread hops that cost more than such a query. Resolving a connection (metadata
+store, secret store, building a connector) also runs in a worker thread unless the
+catalog version is known without I/O. A caller that goes away, or a deadline that
+passes, cancels the query at the source before the connection returns to its pool.
 """
 
 from __future__ import annotations
