@@ -10,7 +10,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import grpc
@@ -21,6 +20,7 @@ from fabric.client import FabricClient
 from fabric.errors import InvalidArgument, NotFound, QueryRejected
 from fabric.v1 import query_pb2 as pb
 from tests.e2e.conftest import Harness, start_harness
+from tests.support.executors import CountingExecutor
 
 REVENUE = """
     SELECT c.country, COUNT(*) AS orders, SUM(o.amount) AS revenue
@@ -326,24 +326,12 @@ def test_waiters_run_themselves_when_the_first_result_cannot_be_cached(harness: 
     assert len(harness.executed) == 2
 
 
-class _CountingExecutor(ThreadPoolExecutor):
-    """The engine's worker pool, counting the calls handed to it."""
-
-    def __init__(self) -> None:
-        super().__init__(2, thread_name_prefix="counted")
-        self.calls = 0
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return super().submit(fn, *args, **kwargs)
-
-
 def test_a_small_result_costs_one_worker_call_and_a_large_one_streams(tmp_path: Path) -> None:
     """Starting the query, reading the whole small result and closing the source happen
     in one worker call (each hop to a thread costs a point query much of its time); a
     result bigger than a gRPC message still comes in several reads, each read ahead."""
     harness = start_harness(tmp_path, max_message_bytes=256 * 1024)
-    counting = _CountingExecutor()
+    counting = CountingExecutor()
     harness.engine.executor = counting
     try:
         with FabricClient(harness.address, timeout=10) as client:

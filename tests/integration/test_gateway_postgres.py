@@ -7,7 +7,6 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from fabric.config import Settings
 from fabric.errors import DeadlineExceeded
 from fabric.query.engine import QueryEngine
 from fabric.wiring import catalog_manager
+from tests.support.executors import CountingExecutor
 
 pytestmark = pytest.mark.postgres
 
@@ -190,18 +190,6 @@ def test_timestamps_and_dates_as_parameters(gateway: tuple[BackgroundGateway, Qu
     assert got.to_pylist() == expected
 
 
-class _CountingExecutor(ThreadPoolExecutor):
-    """The engine's worker pool, counting the calls handed to it."""
-
-    def __init__(self) -> None:
-        super().__init__(2, thread_name_prefix="counted")
-        self.calls = 0
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return super().submit(fn, *args, **kwargs)
-
-
 def test_key_lookups_run_on_the_event_loop(gateway: tuple[BackgroundGateway, QueryEngine],
                                            postgres_url: str, pg_schema: str) -> None:
     """A lookup by primary key (the compiler proves it returns one row at most) runs
@@ -209,7 +197,7 @@ def test_key_lookups_run_on_the_event_loop(gateway: tuple[BackgroundGateway, Que
     first use of a connection, still goes to a worker thread."""
     background, engine = gateway
     columns = "id, small, num, label, day, at_local, at_zone, flag, ratio"
-    counting = _CountingExecutor()
+    counting = CountingExecutor()
     original, engine.executor = engine.executor, counting
     try:
         with FabricClient(background.address, timeout=60) as client:
