@@ -1252,15 +1252,17 @@ class PostgresConnector(Connector):
                 outcome = await waiting.wait_async(
                     _small_exchange(pgconn, session, plan, name, to_prepare), pgconn.socket,
                     interval=_WAIT_INTERVAL)
-        except asyncio.CancelledError:
-            await _in_worker(self._cleanup_handle(conn, timeout).abandon)
-            raise
-        except TimeoutError:
-            handle = self._cleanup_handle(conn, timeout)
-            await _in_worker(handle.expire)
-            raise handle._flag_error() from None
         except BaseException as exc:
+            # Stopped part-way: what the pipeline got to prepare is unknown, so the
+            # connection's next pipeline deallocates it all first.
+            _mark_all_stale(session)
             handle = self._cleanup_handle(conn, timeout)
+            if isinstance(exc, asyncio.CancelledError):
+                await _in_worker(handle.abandon)
+                raise
+            if isinstance(exc, TimeoutError):
+                await _in_worker(handle.expire)
+                raise handle._flag_error() from None
             await _in_worker(handle.abandon)
             if isinstance(exc, FabricError):
                 raise
@@ -1284,6 +1286,13 @@ class PostgresConnector(Connector):
         name: bytes | None, to_prepare: bool, outcome: _SmallOutcome, timeout: float | None,
     ) -> QueryHandle | None:
         error = outcome.error
+        if error is None or not outcome.leading:
+            # Everything before the rows went through: the guard and the statement are
+            # prepared on the server now, whatever the rows do.
+            session.guard = True
+            session.stale.clear()
+            if to_prepare and name is not None:
+                self._remember_prepared(conn, session, plan.key, name)
         if error is not None:
             if outcome.leading:
                 # Before the rows: what the pipeline prepared may exist on the server or
@@ -1296,10 +1305,6 @@ class PostgresConnector(Connector):
             if outcome.leading and error.sqlstate in _STALE_STATEMENT:
                 return None  # a stale prepared statement: this one runs in a worker
             raise mapped
-        session.guard = True
-        session.stale.clear()
-        if to_prepare and name is not None:
-            self._remember_prepared(conn, session, plan.key, name)
         if outcome.description is None:
             raise InternalError("the PostgreSQL server sent no description of the result")
         decoder = self._decoder(outcome.description, plan.encoding)

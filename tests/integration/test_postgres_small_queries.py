@@ -136,8 +136,10 @@ def test_a_caller_that_goes_away_stops_the_query_at_the_server(env: Env) -> None
 
     asyncio.run(scenario())
     wait_until(lambda: env.active() == 0, 10)
-    handle = small(env, "SELECT %s::int AS one", (1,))
-    assert handle is not None and read(handle).column("one").to_pylist() == [1]
+    for _ in range(4):  # every pooled connection answers both paths after it
+        handle = small(env, "SELECT %s::int AS one", (1,))
+        assert handle is not None and read(handle).column("one").to_pylist() == [1]
+        assert read(env.connector.execute("SELECT %s::int AS one", (1,))).num_rows == 1
 
 
 def test_the_timeout_stops_the_query_at_the_server(env: Env) -> None:
@@ -146,6 +148,9 @@ def test_the_timeout_stops_the_query_at_the_server(env: Env) -> None:
         small(env, "SELECT pg_sleep(%s)::text AS slept", (30,), timeout=0.5)
     assert time.monotonic() - started < 10
     wait_until(lambda: env.active() == 0, 10)
+    for _ in range(4):
+        handle = small(env, "SELECT %s::int AS one", (1,))
+        assert handle is not None and read(handle).column("one").to_pylist() == [1]
 
 
 def test_a_stale_prepared_statement_falls_back_and_heals(env: Env) -> None:
@@ -188,11 +193,16 @@ def test_no_free_connection_means_no_waiting_on_the_loop(env: Env) -> None:
 
 
 @pytest.mark.parametrize("path", ["execute", "execute_small"])
-def test_a_query_refused_before_its_rows_does_not_poison_the_connection(
-        env: Env, path: str) -> None:
-    """A connection's first pipeline prepares the guard; when the query is then refused
-    (a column dropped at the source), the guard exists on the server all the same, and
-    later queries on that connection must not fail preparing it again (42P05 once did)."""
+@pytest.mark.parametrize("failing", [
+    "SELECT nope FROM {s}.k WHERE id = %s",  # refused before its rows
+    "SELECT id / (id - %s) AS q FROM {s}.k WHERE id = 1",  # fails in its rows
+], ids=["before-rows", "in-rows"])
+def test_a_failed_first_query_does_not_poison_the_connection(
+        env: Env, path: str, failing: str) -> None:
+    """A connection's first pipeline prepares the guard; when the query then fails
+    (refused: a column dropped at the source; or while running), the guard exists on the
+    server all the same, and later queries on that connection must not fail preparing
+    it again (42P05 once did)."""
     env.admin.execute(f"CREATE TABLE {env.schema}.k (id int PRIMARY KEY)")
     env.admin.execute(f"INSERT INTO {env.schema}.k VALUES (1)")
     config = env.connector.config
@@ -208,9 +218,10 @@ def test_a_query_refused_before_its_rows_does_not_poison_the_connection(
             assert handle is not None
             return read(handle)
 
-        with pytest.raises(SourceQueryError) as refused:
-            run(f"SELECT nope FROM {env.schema}.k WHERE id = %s")
-        assert refused.value.sqlstate == "42703"
+        for _ in range(3):  # the third run of a statement is a prepared one
+            with pytest.raises(SourceQueryError) as failed:
+                run(failing.replace("{s}", env.schema))
+            assert failed.value.sqlstate in ("42703", "22012")
         for _ in range(3):
             assert run(f"SELECT id FROM {env.schema}.k WHERE id = %s").num_rows == 1
     finally:
