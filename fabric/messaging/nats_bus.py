@@ -75,6 +75,7 @@ EVENTS_STREAM = "FABRIC_EVENTS"
 """JetStream stream holding platform events."""
 
 _STREAM_NAME_IN_USE = 10058  # JetStream err_code: stream exists with another config
+_SUBJECTS_OVERLAP = 10065  # JetStream err_code: another stream captures these subjects
 
 
 def nats_url_from_env(default: str = DEFAULT_NATS_URL) -> list[str]:
@@ -613,9 +614,17 @@ class JetStreamEventLog:
                     info = await self._js.add_stream(config)
                     log.info("created JetStream stream %s", self.stream)
                 except nats.js.errors.APIError as exc:
-                    if exc.err_code != _STREAM_NAME_IN_USE:
+                    if exc.err_code not in (_STREAM_NAME_IN_USE, _SUBJECTS_OVERLAP):
                         raise
-                    info = await self._js.stream_info(self.stream)  # another replica won
+                    # Another replica created it first (the server may say either), or
+                    # another stream already captures the subjects.
+                    try:
+                        info = await self._js.stream_info(self.stream)
+                    except nats.js.errors.NotFoundError:
+                        raise FailedPrecondition(
+                            f"another JetStream stream already captures {wanted}; remove it "
+                            f"or name it in the settings instead of {self.stream}"
+                        ) from None
         except (nats.errors.Error, OSError) as exc:
             raise SourceUnavailable(
                 f"JetStream stream {self.stream} is not available ({type(exc).__name__}); "

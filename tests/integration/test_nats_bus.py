@@ -144,6 +144,9 @@ def test_stream_creation_is_idempotent_and_checked(tmp_path: Path) -> None:
             await buses[0].jetstream().add_stream(name="ODD", subjects=["odd.>"])
             with pytest.raises(FailedPrecondition, match="does not capture"):
                 await JetStreamEventLog.open(buses[0], stream="ODD")
+            # So is a name of our own when another stream already captures the events.
+            with pytest.raises(FailedPrecondition, match="already captures"):
+                await JetStreamEventLog.open(buses[0], stream="OTHER_NAME")
         finally:
             for bus in buses:
                 await bus.close()
