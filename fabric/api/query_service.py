@@ -12,6 +12,7 @@ import grpc
 
 from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, status_for
 from fabric.api.values import params_from_proto
+from fabric.api.wire import result_chunk
 from fabric.context import RequestContext
 from fabric.errors import FabricError, InternalError, InvalidArgument
 from fabric.query.engine import Page, QueryEngine, QueryRequest, Summary
@@ -99,9 +100,10 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
         self._execute: Execute = engine.execute if execute is None else execute
         self._max_message = engine.settings.max_message_bytes
 
-    async def _stream(self, items: AsyncIterator[bytes | Summary]) -> AsyncIterator[pb.ResultChunk]:
+    async def _stream(self, items: AsyncIterator[bytes | Summary]) -> AsyncIterator[bytes]:
         """Coalesce IPC messages into gRPC messages of up to max_message_bytes, so a small
-        result is one gRPC message and a large one travels in few big ones."""
+        result is one gRPC message and a large one travels in few big ones; each is a
+        `ResultChunk` already encoded (`fabric.api.wire`)."""
         buffer: list[bytes] = []
         size = 0
         summary: Summary | None = None
@@ -113,7 +115,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
                     summary = item
                     continue
                 if buffer and size + len(item) > self._max_message:
-                    yield pb.ResultChunk(arrow_ipc=b"".join(buffer))
+                    yield result_chunk(b"".join(buffer))
                     buffer, size = [], 0
                 buffer.append(item)
                 size += len(item)
@@ -121,10 +123,10 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
             await items.aclose()  # type: ignore[attr-defined]
         if summary is None:
             raise InternalError("the result ended without its summary")
-        yield pb.ResultChunk(arrow_ipc=b"".join(buffer), summary=_summary(summary))
+        yield result_chunk(b"".join(buffer), _summary(summary))
 
     async def Execute(self, request: pb.ExecuteRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async with translated_errors(context, "Execute"):
             ctx = self._context(context)
             items = self._execute(ctx, _request(request), _deadline(context))
@@ -132,7 +134,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
                 yield chunk
 
     async def Preview(self, request: pb.PreviewRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async with translated_errors(context, "Preview"):
             ctx = self._context(context)
             query = await self._engine.preview_request(ctx, request.connection,

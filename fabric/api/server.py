@@ -25,6 +25,7 @@ from fabric.api.query_service import (
     abort_with,
     default_context,
 )
+from fabric.api.wire import add_query_service
 from fabric.catalog.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
@@ -36,7 +37,7 @@ from fabric.query.engine import QueryEngine
 from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.authz import TokenVerifierLike
 from fabric.security.secrets import SecretStore
-from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2, query_pb2_grpc
+from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Gateway:
         server = grpc.aio.server(options=channel_options(self.settings),
                                  interceptors=self._interceptors)
         if QUERY_SERVICE in self.services:
-            query_pb2_grpc.add_QueryServiceServicer_to_server(self._servicer, server)
+            add_query_service(self._servicer, server)
         if CONNECTION_SERVICE in self.services:
             platform_pb2_grpc.add_ConnectionServiceServicer_to_server(
                 self._connection_servicer, server)

@@ -1,0 +1,75 @@
+"""The streamed result's messages, encoded by hand: `ResultChunk` without upb.
+
+Building and serializing a `ResultChunk` whose `arrow_ipc` holds 4 MiB takes upb (the
+protobuf runtime) about 8 ms (fresh arenas, page faults on every large buffer), against
+0.15 ms to write the same bytes with one join; a large result is tens of such messages,
+so that was a sixth of its time in the gateway. The encoding here is protobuf's own:
+field 1 (`arrow_ipc`, bytes) then field 2 (`summary`, serialized by protobuf: it is
+small), each left out when protobuf would leave it out, so the bytes are exactly what
+`ResultChunk.SerializeToString` gives and every client parses them as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from fabric.v1 import query_pb2 as pb
+
+_ARROW_IPC = b"\x0a"  # field 1, length-delimited
+_SUMMARY = b"\x12"  # field 2, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def result_chunk(arrow_ipc: bytes, summary: pb.ResultSummary | None = None) -> bytes:
+    """The wire form of `ResultChunk(arrow_ipc=arrow_ipc, summary=summary)`."""
+    parts: list[bytes] = []
+    if arrow_ipc:
+        parts += (_ARROW_IPC, _varint(len(arrow_ipc)), arrow_ipc)
+    if summary is not None:
+        encoded = summary.SerializeToString()
+        parts += (_SUMMARY, _varint(len(encoded)), encoded)
+    return b"".join(parts)
+
+
+def serialize_result_chunk(chunk: pb.ResultChunk | bytes) -> bytes:
+    """The response serializer of the streaming methods: chunks the servicer encoded
+    already pass as they are; a message object is serialized by protobuf."""
+    if isinstance(chunk, bytes):
+        return chunk
+    encoded: bytes = chunk.SerializeToString()
+    return encoded
+
+
+def add_query_service(servicer: Any, server: grpc.aio.Server) -> None:
+    """`add_QueryServiceServicer_to_server`, with the streaming methods' responses
+    serialized by `serialize_result_chunk`."""
+    handlers = {
+        "Execute": grpc.unary_stream_rpc_method_handler(
+            servicer.Execute, request_deserializer=pb.ExecuteRequest.FromString,
+            response_serializer=serialize_result_chunk),
+        "Preview": grpc.unary_stream_rpc_method_handler(
+            servicer.Preview, request_deserializer=pb.PreviewRequest.FromString,
+            response_serializer=serialize_result_chunk),
+        "OpenStatement": grpc.unary_unary_rpc_method_handler(
+            servicer.OpenStatement, request_deserializer=pb.OpenStatementRequest.FromString,
+            response_serializer=pb.Page.SerializeToString),
+        "Fetch": grpc.unary_unary_rpc_method_handler(
+            servicer.Fetch, request_deserializer=pb.FetchRequest.FromString,
+            response_serializer=pb.Page.SerializeToString),
+        "CloseStatement": grpc.unary_unary_rpc_method_handler(
+            servicer.CloseStatement, request_deserializer=pb.CloseStatementRequest.FromString,
+            response_serializer=pb.CloseStatementResponse.SerializeToString),
+    }
+    service = pb.DESCRIPTOR.services_by_name["QueryService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
