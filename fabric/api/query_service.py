@@ -12,7 +12,7 @@ import grpc
 
 from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, status_for
 from fabric.api.values import params_from_proto
-from fabric.api.wire import result_chunk
+from fabric.api.wire import page, result_chunk
 from fabric.context import RequestContext
 from fabric.errors import FabricError, InternalError, InvalidArgument
 from fabric.query.engine import Page, QueryEngine, QueryRequest, Summary
@@ -80,10 +80,9 @@ def _request(message: pb.ExecuteRequest) -> QueryRequest:
     )
 
 
-def _page(page: Page) -> pb.Page:
-    return pb.Page(statement_id=page.statement_id, arrow_ipc=page.arrow_ipc, rows=page.rows,
-                   done=page.done,
-                   summary=_summary(page.summary) if page.summary is not None else None)
+def _page(result: Page) -> bytes:
+    return page(result.statement_id, result.arrow_ipc, result.rows, result.done,
+                _summary(result.summary) if result.summary is not None else None)
 
 
 class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
@@ -143,7 +142,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
                 yield chunk
 
     async def OpenStatement(self, request: pb.OpenStatementRequest,
-                            context: grpc.aio.ServicerContext) -> pb.Page:
+                            context: grpc.aio.ServicerContext) -> bytes:
         async with translated_errors(context, "OpenStatement"):
             ctx = self._context(context)
             page = await self._engine.open_statement(ctx, _request(request.query),
@@ -152,7 +151,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
         raise AssertionError("unreachable: errors abort the call")
 
     async def Fetch(self, request: pb.FetchRequest,
-                    context: grpc.aio.ServicerContext) -> pb.Page:
+                    context: grpc.aio.ServicerContext) -> bytes:
         async with translated_errors(context, "Fetch"):
             ctx = self._context(context)
             return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))

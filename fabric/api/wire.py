@@ -1,4 +1,4 @@
-"""The streamed result's messages, encoded by hand: `ResultChunk` without upb.
+"""Result messages encoded by hand: `ResultChunk` and `Page` without upb.
 
 Building and serializing a `ResultChunk` whose `arrow_ipc` holds 4 MiB takes upb (the
 protobuf runtime) about 8 ms (fresh arenas, page faults on every large buffer), against
@@ -41,9 +41,23 @@ def result_chunk(arrow_ipc: bytes, summary: pb.ResultSummary | None = None) -> b
     return b"".join(parts)
 
 
-def serialize_result_chunk(chunk: pb.ResultChunk | bytes) -> bytes:
-    """The response serializer of the streaming methods: chunks the servicer encoded
-    already pass as they are; a message object is serialized by protobuf."""
+_PAGE_ARROW_IPC = b"\x12"  # Page field 2, length-delimited
+
+
+def page(statement_id: str, arrow_ipc: bytes, rows: int, done: bool,
+         summary: pb.ResultSummary | None) -> bytes:
+    """The wire form of a `Page`: protobuf writes the small fields around the bytes
+    field (1, then 3 to 5), so the order, and the bytes, are protobuf's own."""
+    head: bytes = pb.Page(statement_id=statement_id).SerializeToString()
+    tail: bytes = pb.Page(rows=rows, done=done, summary=summary).SerializeToString()
+    if not arrow_ipc:
+        return head + tail
+    return b"".join((head, _PAGE_ARROW_IPC, _varint(len(arrow_ipc)), arrow_ipc, tail))
+
+
+def serialize_result_chunk(chunk: pb.ResultChunk | pb.Page | bytes) -> bytes:
+    """The response serializer of the methods that carry results: messages the servicer
+    encoded already pass as they are; a message object is serialized by protobuf."""
     if isinstance(chunk, bytes):
         return chunk
     encoded: bytes = chunk.SerializeToString()
@@ -51,7 +65,7 @@ def serialize_result_chunk(chunk: pb.ResultChunk | bytes) -> bytes:
 
 
 def add_query_service(servicer: Any, server: grpc.aio.Server) -> None:
-    """`add_QueryServiceServicer_to_server`, with the streaming methods' responses
+    """`add_QueryServiceServicer_to_server`, with the responses that carry results
     serialized by `serialize_result_chunk`."""
     handlers = {
         "Execute": grpc.unary_stream_rpc_method_handler(
@@ -62,10 +76,10 @@ def add_query_service(servicer: Any, server: grpc.aio.Server) -> None:
             response_serializer=serialize_result_chunk),
         "OpenStatement": grpc.unary_unary_rpc_method_handler(
             servicer.OpenStatement, request_deserializer=pb.OpenStatementRequest.FromString,
-            response_serializer=pb.Page.SerializeToString),
+            response_serializer=serialize_result_chunk),
         "Fetch": grpc.unary_unary_rpc_method_handler(
             servicer.Fetch, request_deserializer=pb.FetchRequest.FromString,
-            response_serializer=pb.Page.SerializeToString),
+            response_serializer=serialize_result_chunk),
         "CloseStatement": grpc.unary_unary_rpc_method_handler(
             servicer.CloseStatement, request_deserializer=pb.CloseStatementRequest.FromString,
             response_serializer=pb.CloseStatementResponse.SerializeToString),

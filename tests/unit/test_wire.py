@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fabric.api.wire import result_chunk, serialize_result_chunk
+from fabric.api.wire import page, result_chunk, serialize_result_chunk
 from fabric.v1 import query_pb2 as pb
 
 SUMMARIES = [
@@ -34,3 +34,15 @@ def test_the_serializer_passes_encoded_chunks_and_serializes_messages() -> None:
     assert serialize_result_chunk(encoded) is encoded
     message = pb.ResultChunk(arrow_ipc=b"abc", summary=pb.ResultSummary(rows=3))
     assert serialize_result_chunk(message) == encoded
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 70_000])
+@pytest.mark.parametrize("summary", SUMMARIES, ids=["none", "empty", "rows", "full"])
+@pytest.mark.parametrize(("statement_id", "rows", "done"),
+                         [("", 0, False), ("st-1", 5, False), ("", 70_000, True)])
+def test_page_is_protobufs_encoding(size: int, summary: pb.ResultSummary | None,
+                                    statement_id: str, rows: int, done: bool) -> None:
+    data = bytes(i % 251 for i in range(size))
+    expected = pb.Page(statement_id=statement_id, arrow_ipc=data, rows=rows, done=done,
+                       summary=summary).SerializeToString()
+    assert page(statement_id, data, rows, done, summary) == expected
