@@ -160,6 +160,10 @@ _QUERY_START = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _PLACEHOLDER = re.compile(r"%(.|\Z)", re.DOTALL)
+_PARAMS_MISMATCH = (
+    "the parameters do not match the statement (one value per placeholder, of a supported "
+    "type: int, float, Decimal, str, bool, date, time, datetime, bytes, None)"
+)
 _STALE_STATEMENT = ("0A000", "26000")  # result type changed; prepared statement gone
 _SMALL_MAX_ROWS = 64
 """The most rows `execute_small` takes on: decoding that many on the event loop costs
@@ -260,15 +264,6 @@ class _Session:
         self.seen: OrderedDict[tuple[bytes, tuple[int, ...]], int] = OrderedDict()
         self.prepared: OrderedDict[tuple[bytes, tuple[int, ...]], bytes] = OrderedDict()
         self.counter = 0
-
-
-def _forget_prepared(conn: psycopg.Connection[Any], session: _Session) -> None:
-    """Drop every statement the connector prepared on the connection."""
-    session.guard = False
-    session.prepared.clear()
-    session.seen.clear()
-    session.stale.clear()
-    conn.execute(b"DEALLOCATE ALL")
 
 
 def _mark_all_stale(session: _Session) -> None:
@@ -1142,11 +1137,7 @@ class PostgresConnector(Connector):
         except (psycopg.ProgrammingError, psycopg.DataError, TypeError, ValueError) as exc:
             if getattr(exc, "sqlstate", None):
                 raise
-            raise InvalidArgument(
-                "the parameters do not match the statement (one value per placeholder, of a "
-                "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
-                "None)"
-            ) from None
+            raise InvalidArgument(_PARAMS_MISMATCH) from None
         types = tuple(tx.types or ())
         statement_timeout = (
             None if timeout is None else str(max(1, math.ceil(timeout * 1000))).encode()
@@ -1194,15 +1185,15 @@ class PostgresConnector(Connector):
                     self._remember_prepared(conn, session, plan.key, name)
                 break
             _end_pipeline(conn)
+            # What the pipeline prepared before the error exists on the server (prepared
+            # statements outlive a failed transaction), or a statement went stale: the
+            # next pipeline deallocates them all first, or the guard's PREPARE would fail
+            # from then on.
+            _mark_all_stale(session)
             if error.sqlstate in _STALE_STATEMENT and attempt == 0:
                 # a prepared statement is gone (DEALLOCATE) or its result type changed
-                # (cached plan must not change result type): forget them, run the text
-                _forget_prepared(conn, session)
+                # (cached plan must not change result type): run the text once more
                 continue
-            # What the pipeline prepared before the error exists on the server (prepared
-            # statements outlive a failed transaction): deallocate it all with the
-            # connection's next query, or the guard's PREPARE would fail from then on.
-            _mark_all_stale(session)
             raise error
         if description is None:
             raise InternalError("the PostgreSQL server sent no description of the result")
@@ -1387,11 +1378,7 @@ class PostgresConnector(Connector):
         except (psycopg.ProgrammingError, TypeError) as exc:
             if getattr(exc, "sqlstate", None):
                 raise
-            raise InvalidArgument(
-                "the parameters do not match the statement (one value per placeholder, of a "
-                "supported type: int, float, Decimal, str, bool, date, time, datetime, bytes, "
-                "None)"
-            ) from None
+            raise InvalidArgument(_PARAMS_MISMATCH) from None
         res = cur.pgresult
         encoding = conn.info.encoding
         decoder = TextDecoder(

@@ -55,7 +55,7 @@ def page(statement_id: str, arrow_ipc: bytes, rows: int, done: bool,
     return b"".join((head, _PAGE_ARROW_IPC, _varint(len(arrow_ipc)), arrow_ipc, tail))
 
 
-def serialize_result_chunk(chunk: pb.ResultChunk | pb.Page | bytes) -> bytes:
+def serialize_result(chunk: pb.ResultChunk | pb.Page | bytes) -> bytes:
     """The response serializer of the methods that carry results: messages the servicer
     encoded already pass as they are; a message object is serialized by protobuf."""
     if isinstance(chunk, bytes):
@@ -66,20 +66,20 @@ def serialize_result_chunk(chunk: pb.ResultChunk | pb.Page | bytes) -> bytes:
 
 def add_query_service(servicer: Any, server: grpc.aio.Server) -> None:
     """`add_QueryServiceServicer_to_server`, with the responses that carry results
-    serialized by `serialize_result_chunk`."""
+    serialized by `serialize_result`."""
     handlers = {
         "Execute": grpc.unary_stream_rpc_method_handler(
             servicer.Execute, request_deserializer=pb.ExecuteRequest.FromString,
-            response_serializer=serialize_result_chunk),
+            response_serializer=serialize_result),
         "Preview": grpc.unary_stream_rpc_method_handler(
             servicer.Preview, request_deserializer=pb.PreviewRequest.FromString,
-            response_serializer=serialize_result_chunk),
+            response_serializer=serialize_result),
         "OpenStatement": grpc.unary_unary_rpc_method_handler(
             servicer.OpenStatement, request_deserializer=pb.OpenStatementRequest.FromString,
-            response_serializer=serialize_result_chunk),
+            response_serializer=serialize_result),
         "Fetch": grpc.unary_unary_rpc_method_handler(
             servicer.Fetch, request_deserializer=pb.FetchRequest.FromString,
-            response_serializer=serialize_result_chunk),
+            response_serializer=serialize_result),
         "CloseStatement": grpc.unary_unary_rpc_method_handler(
             servicer.CloseStatement, request_deserializer=pb.CloseStatementRequest.FromString,
             response_serializer=pb.CloseStatementResponse.SerializeToString),

@@ -154,26 +154,41 @@ def test_the_timeout_stops_the_query_at_the_server(env: Env) -> None:
 
 
 def test_a_stale_prepared_statement_falls_back_and_heals(env: Env) -> None:
+    """On one connection: the statement is prepared by its second run; after the table's
+    type changes, the next lookup is left to `execute` once (which runs it), and the
+    one after that is a lookup again."""
     env.admin.execute(f"CREATE TABLE {env.schema}.s (id int PRIMARY KEY, v numeric(5,2))")
     env.admin.execute(f"INSERT INTO {env.schema}.s VALUES (1, 1.5)")
+    single = _single_connection(env)
     sql = f"SELECT * FROM {env.schema}.s WHERE id = %s"
-    for _ in range(3):  # prepared on the connection by now
-        handle = small(env, sql, (1,))
-        assert handle is not None
-        assert read(handle).column("v").to_pylist() == [Decimal("1.50")]
-    env.admin.execute(f"ALTER TABLE {env.schema}.s ALTER v TYPE numeric(6,3)")
-    outcomes = []
-    for _ in range(3):
-        handle = small(env, sql, (1,))
-        if handle is None:  # the stale statement was seen: this run goes to a worker
-            outcomes.append("fallback")
-            handle = env.connector.execute(sql, (1,))
-        else:
-            outcomes.append("small")
-        table = read(handle)
+
+    def lookup() -> QueryHandle | None:
+        return asyncio.run(single.execute_small(sql, (1,), timeout=30, max_rows=1))
+
+    try:
+        for _ in range(3):
+            handle = lookup()
+            assert handle is not None
+            assert read(handle).column("v").to_pylist() == [Decimal("1.50")]
+        env.admin.execute(f"ALTER TABLE {env.schema}.s ALTER v TYPE numeric(6,3)")
+        assert lookup() is None  # the stale statement was seen: a worker runs this one
+        table = read(single.execute(sql, (1,)))
         assert table.schema.field("v").type == pa.decimal128(6, 3)
         assert table.column("v").to_pylist() == [Decimal("1.500")]
-    assert outcomes[-1] == "small"  # healed
+        handle = lookup()
+        assert handle is not None and handle.buffered
+        assert read(handle).column("v").to_pylist() == [Decimal("1.500")]
+    finally:
+        single.close()
+
+
+def _single_connection(env: Env) -> PostgresConnector:
+    """A connector over the env's database with one pooled connection, open and idle."""
+    config = env.connector.config
+    single = PostgresConnector(ConnectorConfig({**config.settings, "pool_min": 1,
+                                                "pool_max": 1}, password=config.password))
+    single._get_pool().wait(timeout=10)
+    return single
 
 
 def test_no_free_connection_means_no_waiting_on_the_loop(env: Env) -> None:
@@ -205,11 +220,8 @@ def test_a_failed_first_query_does_not_poison_the_connection(
     it again (42P05 once did)."""
     env.admin.execute(f"CREATE TABLE {env.schema}.k (id int PRIMARY KEY)")
     env.admin.execute(f"INSERT INTO {env.schema}.k VALUES (1)")
-    config = env.connector.config
-    single = PostgresConnector(ConnectorConfig({**config.settings, "pool_min": 1,
-                                                "pool_max": 1}, password=config.password))
+    single = _single_connection(env)  # its one connection, with nothing prepared
     try:
-        single._get_pool().wait(timeout=10)  # its one connection, with nothing prepared
 
         def run(sql: str) -> pa.Table:
             if path == "execute":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fabric.api.wire import page, result_chunk, serialize_result_chunk
+from fabric.api.wire import page, result_chunk, serialize_result
 from fabric.v1 import query_pb2 as pb
 
 SUMMARIES = [
@@ -31,9 +31,9 @@ def test_result_chunk_is_protobufs_encoding(size: int, summary: pb.ResultSummary
 
 def test_the_serializer_passes_encoded_chunks_and_serializes_messages() -> None:
     encoded = result_chunk(b"abc", pb.ResultSummary(rows=3))
-    assert serialize_result_chunk(encoded) is encoded
+    assert serialize_result(encoded) is encoded
     message = pb.ResultChunk(arrow_ipc=b"abc", summary=pb.ResultSummary(rows=3))
-    assert serialize_result_chunk(message) == encoded
+    assert serialize_result(message) == encoded
 
 
 @pytest.mark.parametrize("size", [0, 1, 200, 70_000])
