@@ -23,6 +23,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/fabric_bench"
 
 # -- PostgreSQL ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Pg:
     """The benchmark database, from FABRIC_BENCH_POSTGRES_URL (default: a dedicated
@@ -43,15 +44,24 @@ class Pg:
         host = str(info.get("host") or "127.0.0.1")
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise SystemExit(f"the benchmark only talks to 127.0.0.1; got host {host!r}")
-        return Pg(host=host, port=int(info.get("port") or 5432),
-                  user=str(info.get("user") or "postgres"),
-                  database=str(info.get("dbname") or "fabric_bench"),
-                  password=info.get("password"))  # type: ignore[arg-type]
+        return Pg(
+            host=host,
+            port=int(info.get("port") or 5432),
+            user=str(info.get("user") or "postgres"),
+            database=str(info.get("dbname") or "fabric_bench"),
+            password=info.get("password"),  # type: ignore[arg-type]
+        )
 
-    def conninfo(self, *, database: str | None = None, schema: str | None = None,
-                 **extra: Any) -> str:
-        parts = {"host": self.host, "port": self.port, "user": self.user,
-                 "dbname": database or self.database, **extra}
+    def conninfo(
+        self, *, database: str | None = None, schema: str | None = None, **extra: Any
+    ) -> str:
+        parts = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": database or self.database,
+            **extra,
+        }
         if self.password:
             parts["password"] = self.password
         if schema:
@@ -79,6 +89,7 @@ class Pg:
 
 
 # -- statistics ---------------------------------------------------------------------------
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100)."""
@@ -120,6 +131,7 @@ def rounded(samples: Sequence[float], digits: int = 7) -> list[float]:
 
 # -- processes and ports ------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -142,6 +154,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 # -- machine facts ------------------------------------------------------------------------
+
 
 def _cpu_model() -> str:
     try:
@@ -167,8 +180,9 @@ def _mem_total() -> int | None:
 
 def _run(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                              cwd=ROOT).stdout.strip()
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=10, cwd=ROOT
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 

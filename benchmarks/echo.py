@@ -41,7 +41,7 @@ def unframe(data: bytes) -> list[bytes]:
     for _ in range(count):
         (size,) = struct.unpack_from(">I", data, offset)
         offset += 4
-        items.append(data[offset:offset + size])
+        items.append(data[offset : offset + size])
         offset += size
     return items
 
@@ -50,8 +50,9 @@ class _Echo:
     def __init__(self) -> None:
         self.responses: dict[bytes, list[bytes]] = {}
 
-    async def execute(self, request: bytes, context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[bytes]:
+    async def execute(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         messages = self.responses.get(request) or self.responses.get(b"")
         if messages is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nothing recorded")
@@ -71,12 +72,17 @@ async def serve(listen: str) -> None:
 
     server = grpc.aio.server(options=channel_options(Settings.from_env()))
     echo = _Echo()
-    server.add_generic_rpc_handlers((
-        grpc.method_handlers_generic_handler("fabric.v1.QueryService", {
-            "Execute": grpc.unary_stream_rpc_method_handler(echo.execute)}),
-        grpc.method_handlers_generic_handler("fabric.bench.Echo", {
-            "Set": grpc.unary_unary_rpc_method_handler(echo.set)}),
-    ))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "fabric.v1.QueryService",
+                {"Execute": grpc.unary_stream_rpc_method_handler(echo.execute)},
+            ),
+            grpc.method_handlers_generic_handler(
+                "fabric.bench.Echo", {"Set": grpc.unary_unary_rpc_method_handler(echo.set)}
+            ),
+        )
+    )
     port = server.add_insecure_port(listen)
     await server.start()
     print(f"echo serving on port {port}", flush=True)
@@ -102,8 +108,9 @@ class EchoProcess:
     def start(self, timeout: float = 30.0) -> EchoProcess:
         from benchmarks.common import ROOT
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.echo"], cwd=ROOT,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.echo"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""  # the port comes first
@@ -115,8 +122,9 @@ class EchoProcess:
 
     def set(self, request: bytes, messages: Sequence[bytes]) -> None:
         """Answer `request` (b"" = any request) with these response messages."""
-        with grpc.insecure_channel(self.address, options=[
-                ("grpc.max_send_message_length", 1 << 30)]) as channel:
+        with grpc.insecure_channel(
+            self.address, options=[("grpc.max_send_message_length", 1 << 30)]
+        ) as channel:
             channel.unary_unary(SET)(frame([request, *messages]), timeout=60)
 
     def stop(self) -> None:

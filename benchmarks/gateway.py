@@ -40,9 +40,20 @@ class FabricHome:
         store = SqliteMetadataStore(self.path / "metadata.sqlite")
         try:
             manager = catalog_manager(store)
-            manager.create_connection(DEFAULT_TENANT, CONNECTION, "postgres", {"*": {
-                "host": pg.host, "port": pg.port, "database": pg.database, "user": pg.user,
-                "application_name": "fabric-bench"}})
+            manager.create_connection(
+                DEFAULT_TENANT,
+                CONNECTION,
+                "postgres",
+                {
+                    "*": {
+                        "host": pg.host,
+                        "port": pg.port,
+                        "database": pg.database,
+                        "user": pg.user,
+                        "application_name": "fabric-bench",
+                    }
+                },
+            )
             entities = manager.select_all(DEFAULT_TENANT, CONNECTION, DEFAULT_STAGE, [schema])
             return sorted(e.name for e in entities)
         finally:
@@ -70,8 +81,9 @@ class GatewayProcess:
     """`python -m fabric.cli serve` on a free port, metrics on another; cold start is the
     time from spawning the process to the first SERVING health check."""
 
-    def __init__(self, home: FabricHome, pg: Pg, *, extra_env: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(
+        self, home: FabricHome, pg: Pg, *, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.pg = pg
         self.extra_env = extra_env or {}
@@ -93,18 +105,24 @@ class GatewayProcess:
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         self.port, self.metrics_port = free_port(), free_port()
         env = self.pg.env()
-        env.update({
-            "FABRIC_HOME": str(self.home.path),
-            "FABRIC_LISTEN": f"127.0.0.1:{self.port}",
-            "FABRIC_METRICS_PORT": str(self.metrics_port),
-            "FABRIC_MAX_ROWS": str(1_000_000_000),
-            **self.extra_env,
-        })
+        env.update(
+            {
+                "FABRIC_HOME": str(self.home.path),
+                "FABRIC_LISTEN": f"127.0.0.1:{self.port}",
+                "FABRIC_METRICS_PORT": str(self.metrics_port),
+                "FABRIC_MAX_ROWS": str(1_000_000_000),
+                **self.extra_env,
+            }
+        )
         log_path = self.home.path / f"gateway-{self.port}.log"
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "fabric.cli", "serve"], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fabric.cli", "serve"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             self._wait_healthy(started, timeout)
         except BaseException:
@@ -127,8 +145,9 @@ class GatewayProcess:
                 except grpc.RpcError:
                     pass
                 if time.perf_counter() - started > timeout:
-                    raise RuntimeError(f"the gateway was not healthy after {timeout:.0f} s:\n"
-                                       + self.log_tail())
+                    raise RuntimeError(
+                        f"the gateway was not healthy after {timeout:.0f} s:\n" + self.log_tail()
+                    )
                 time.sleep(0.01)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -177,6 +196,8 @@ class GatewayProcess:
 
 
 def gateway_env_note() -> str:
-    return ("gateway: `python -m fabric.cli serve` with default settings except "
-            "FABRIC_MAX_ROWS=1e9 (so the 6 M-row scenario is not truncated); "
-            f"pid-isolated, {os.cpu_count()} cores shared with the client")
+    return (
+        "gateway: `python -m fabric.cli serve` with default settings except "
+        "FABRIC_MAX_ROWS=1e9 (so the 6 M-row scenario is not truncated); "
+        f"pid-isolated, {os.cpu_count()} cores shared with the client"
+    )

@@ -32,39 +32,57 @@ def _cells(s: dict[str, Any]) -> tuple[str, str, str]:
     n, f, a = s["number"], s.get("fabric", {}), s.get("anchors", {})
     if n == 1:
         r = s["ratios"]
-        return (fmt_seconds(f["median"]),
-                f"psql \\copy floor {fmt_seconds(a['psql_copy_floor']['median'])}; "
-                f"ADBC {fmt_seconds(a['adbc_direct']['median'])}",
-                f"{_ratio(r['vs_floor'])} floor; {_ratio(r['vs_adbc'])} ADBC")
+        return (
+            fmt_seconds(f["median"]),
+            f"psql \\copy floor {fmt_seconds(a['psql_copy_floor']['median'])}; "
+            f"ADBC {fmt_seconds(a['adbc_direct']['median'])}",
+            f"{_ratio(r['vs_floor'])} floor; {_ratio(r['vs_adbc'])} ADBC",
+        )
     if n == 2:
         e = a["echo"]
-        return (f"p50 {fmt_seconds(f['median'])}, p99 {fmt_seconds(f['p99'])}",
-                f"echo p50 {fmt_seconds(e['median'])}, p99 {fmt_seconds(e['p99'])}",
-                _ratio(s["ratio"]))
+        return (
+            f"p50 {fmt_seconds(f['median'])}, p99 {fmt_seconds(f['p99'])}",
+            f"echo p50 {fmt_seconds(e['median'])}, p99 {fmt_seconds(e['p99'])}",
+            _ratio(s["ratio"]),
+        )
     if n == 3:
         d, e = a["direct_psycopg_prepared"], a["echo"]
-        return (f"p50 {fmt_seconds(f['median'])}",
-                f"psycopg prepared {fmt_seconds(d['median'])} + echo {fmt_seconds(e['median'])}",
-                _ratio(s["ratio"]))
+        return (
+            f"p50 {fmt_seconds(f['median'])}",
+            f"psycopg prepared {fmt_seconds(d['median'])} + echo {fmt_seconds(e['median'])}",
+            _ratio(s["ratio"]),
+        )
     if n == 4:
-        return (f"{f['median']:,.0f} req/s, {f['errors']} errors",
-                f"echo {a['echo']['median']:,.0f} req/s", _ratio(s["ratio"]))
+        return (
+            f"{f['median']:,.0f} req/s, {f['errors']} errors",
+            f"echo {a['echo']['median']:,.0f} req/s",
+            _ratio(s["ratio"]),
+        )
     if n == 5:
-        return (f"hit {fmt_seconds(f['median'])}",
-                f"first compile {fmt_seconds(a['first_compile']['median'])}",
-                f"{s['ratio'] * 100:.3f}%")
+        return (
+            f"hit {fmt_seconds(f['median'])}",
+            f"first compile {fmt_seconds(a['first_compile']['median'])}",
+            f"{s['ratio'] * 100:.3f}%",
+        )
     if n == 6:
-        return (f"+{f['median'] / MIB:,.0f} MiB RSS ({s['rows']:,} rows in "
-                f"{fmt_seconds(f['seconds'])})",
-                f"RSS before {a['rss_before']['median'] / MIB:,.0f} MiB",
-                f"{s['ratio']:.2f} of budget")
+        return (
+            f"+{f['median'] / MIB:,.0f} MiB RSS ({s['rows']:,} rows in "
+            f"{fmt_seconds(f['seconds'])})",
+            f"RSS before {a['rss_before']['median'] / MIB:,.0f} MiB",
+            f"{s['ratio']:.2f} of budget",
+        )
     if n == 7:
         c = s["counts"]
         parts = [f"{v} {k.replace('_', ' ')}" for k, v in sorted(c.items())]
-        return ("geomean " + fmt_seconds(f.get("median")),
-                "psycopg geomean " + fmt_seconds(a.get("direct_psycopg", {}).get("median"))
-                + " (" + ", ".join(parts) + ")",
-                _ratio(s["ratio"], 3))
+        return (
+            "geomean " + fmt_seconds(f.get("median")),
+            "psycopg geomean "
+            + fmt_seconds(a.get("direct_psycopg", {}).get("median"))
+            + " ("
+            + ", ".join(parts)
+            + ")",
+            _ratio(s["ratio"], 3),
+        )
     return ("-", "-", _ratio(s.get("ratio")))
 
 
@@ -81,8 +99,8 @@ def markdown(run: dict[str, Any]) -> str:
         "# Fabric benchmark results",
         "",
         f"`{run['command']}` on {m['date']}: TPC-H scale factor {run['scale']}"
-        + (" (**quick mode: a smoke test on small data; ratios not asserted**)" if quick
-           else "") + ".",
+        + (" (**quick mode: a smoke test on small data; ratios not asserted**)" if quick else "")
+        + ".",
         f"Machine: {m['cpu_model']}, {m['cores']} cores, "
         f"{(m['memory_bytes'] or 0) / (1 << 30):.0f} GiB; Python {m['python']}; "
         f"PostgreSQL {m['postgresql_server']} on loopback; Fabric {m['fabric_commit']}.",
@@ -98,43 +116,62 @@ def markdown(run: dict[str, Any]) -> str:
                 cells = _cells(s)
             except (KeyError, TypeError) as exc:
                 cells = (f"(incomplete: {exc})", "-", "-")
-        tgt = " and ".join(t["text"] for t in s.get("targets", [s.get("target") or {}])
-                           if t) or "-"
-        lines.append(f"| {s['number']} | {s['name']} | {cells[0]} | {cells[1]} | {cells[2]} "
-                     f"| {tgt} | {_met(s, quick)} |")
+        tgt = " and ".join(t["text"] for t in s.get("targets", [s.get("target") or {}]) if t) or "-"
+        lines.append(
+            f"| {s['number']} | {s['name']} | {cells[0]} | {cells[1]} | {cells[2]} "
+            f"| {tgt} | {_met(s, quick)} |"
+        )
     extra = run["also"]
     lines += [
         "",
         "Also measured (no target yet): cold start of `fabric serve` to a SERVING health "
         f"check {', '.join(fmt_seconds(x) for x in extra['cold_start_seconds']) or '-'}; "
         "compiled-statement cache hit ratio over the run "
-        + (f"{extra['compiled_statement_hit_ratio'] * 100:.1f}%"
-           if extra.get("compiled_statement_hit_ratio") is not None else "-")
+        + (
+            f"{extra['compiled_statement_hit_ratio'] * 100:.1f}%"
+            if extra.get("compiled_statement_hit_ratio") is not None
+            else "-"
+        )
         + f" ({extra.get('compiled_statement_hits', 0):,.0f} hits, "
         f"{extra.get('compiled_statement_misses', 0):,.0f} misses); result cache bytes held "
-        + (f"{extra['result_cache_bytes']:,.0f}" if extra.get("result_cache_bytes") is not None
-           else "-")
+        + (
+            f"{extra['result_cache_bytes']:,.0f}"
+            if extra.get("result_cache_bytes") is not None
+            else "-"
+        )
         + f" in {extra.get('result_cache_entries', 0):,.0f} entries (from the gateway's "
         "Prometheus endpoint at the end of the run).",
     ]
     tpch = next((s for s in run["scenarios"] if s["number"] == 7 and "queries" in s), None)
     if tpch:
-        lines += ["", "<details><summary>TPC-H per query</summary>", "",
-                  "| query | status | rows | direct (psycopg) | Fabric | ratio |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "<details><summary>TPC-H per query</summary>",
+            "",
+            "| query | status | rows | direct (psycopg) | Fabric | ratio |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for q in tpch["queries"]:
             if q["status"] == "ok":
-                lines.append(f"| {q['query']} | ok | {q['rows']} | "
-                             f"{fmt_seconds(q['direct']['median'])} | "
-                             f"{fmt_seconds(q['fabric']['median'])} | {_ratio(q['ratio'], 3)} |")
+                lines.append(
+                    f"| {q['query']} | ok | {q['rows']} | "
+                    f"{fmt_seconds(q['direct']['median'])} | "
+                    f"{fmt_seconds(q['fabric']['median'])} | {_ratio(q['ratio'], 3)} |"
+                )
             else:
                 reason = str(q.get("reason", "")).replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| {q['query']} | {q['status'].replace('_', ' ')} | - | - | - | "
-                             f"{reason[:160]} |")
+                lines.append(
+                    f"| {q['query']} | {q['status'].replace('_', ' ')} | - | - | - | "
+                    f"{reason[:160]} |"
+                )
         lines += ["", "</details>"]
-    lines += ["", "Medians of repeated runs after a warm-up; every sample is in "
-              "`benchmarks/results/latest.json`. Targets are from issue 7 and are never "
-              "loosened; a missed target says **no**.", ""]
+    lines += [
+        "",
+        "Medians of repeated runs after a warm-up; every sample is in "
+        "`benchmarks/results/latest.json`. Targets are from issue 7 and are never "
+        "loosened; a missed target says **no**.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -184,14 +221,16 @@ def plot(run: dict[str, Any], path: Path) -> None:
         elif s["number"] == 6:
             text = f"+{s['fabric']['median'] / MIB:,.0f} MiB"
         elif s["number"] == 1:
-            text = (f"{s['ratios']['vs_floor']:.2f}x floor, "
-                    f"{s['ratios']['vs_adbc']:.2f}x ADBC")
+            text = f"{s['ratios']['vs_floor']:.2f}x floor, {s['ratios']['vs_adbc']:.2f}x ADBC"
         else:
             text = f"{s['ratio']:.2f}x"
         ax.text(v * 1.08, yi, text, va="center", fontsize=8)
     mode = "quick mode, not asserted" if run["quick"] else "full run"
-    ax.set_title(f"Fabric vs anchors measured in the same run: TPC-H SF{run['scale']} "
-                 f"({mode}), {run['machine']['date'][:10]}", fontsize=10)
+    ax.set_title(
+        f"Fabric vs anchors measured in the same run: TPC-H SF{run['scale']} "
+        f"({mode}), {run['machine']['date'][:10]}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -25,21 +25,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Fabric benchmarks (issue 7): ratios against anchors measured in the "
-                    "same run. PostgreSQL: FABRIC_BENCH_POSTGRES_URL (default "
-                    "postgresql://postgres@127.0.0.1:5432/fabric_bench).")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: scale {QUICK_SCALE}, fewer repetitions, 3 s of "
-                             "throughput; targets reported, not asserted")
-    parser.add_argument("--scale", type=float, help="TPC-H scale factor (default 1; quick "
-                                                    f"{QUICK_SCALE})")
+        "same run. PostgreSQL: FABRIC_BENCH_POSTGRES_URL (default "
+        "postgresql://postgres@127.0.0.1:5432/fabric_bench).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: scale {QUICK_SCALE}, fewer repetitions, 3 s of "
+        "throughput; targets reported, not asserted",
+    )
+    parser.add_argument(
+        "--scale", type=float, help=f"TPC-H scale factor (default 1; quick {QUICK_SCALE})"
+    )
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,2")
-    parser.add_argument("--repeat", type=int, help="measured repetitions of the long "
-                                                   "scenarios (default 5; quick 3)")
+    parser.add_argument(
+        "--repeat", type=int, help="measured repetitions of the long scenarios (default 5; quick 3)"
+    )
     parser.add_argument("--reload", action="store_true", help="regenerate and reload the data")
     parser.add_argument("--output", default=str(RESULTS), help="results directory")
-    parser.add_argument("--name", help="file stem of the results (default: latest for a full "
-                                       "run of every scenario, quick for --quick, partial "
-                                       "for --only)")
+    parser.add_argument(
+        "--name",
+        help="file stem of the results (default: latest for a full "
+        "run of every scenario, quick for --quick, partial "
+        "for --only)",
+    )
     args = parser.parse_args(argv)
     if args.scale is None:
         args.scale = QUICK_SCALE if args.quick else 1.0
@@ -64,8 +73,12 @@ def _scale_text(scale: float) -> float | int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = " ".join(["python -m benchmarks", *(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+    command = " ".join(
+        [
+            "python -m benchmarks",
+            *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        ]
+    )
     plan = Plan.make(args.quick, args.repeat)
     pg = Pg.from_env()
     started = time.perf_counter()
@@ -84,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo.start()
         gateway = GatewayProcess(home, pg).start()
         cold_starts.append(gateway.cold_start_seconds)
-        print(f"gateway healthy in {gateway.cold_start_seconds:.2f} s on {gateway.address}; "
-              f"echo on {echo.address}", flush=True)
+        print(
+            f"gateway healthy in {gateway.cold_start_seconds:.2f} s on {gateway.address}; "
+            f"echo on {echo.address}",
+            flush=True,
+        )
         bench = Bench(pg, data, home, gateway, echo, plan, cold_starts, token)
         # The memory scenario runs last, in its own fresh gateway, after the main gateway's
         # counters are read and it is stopped.
@@ -108,16 +124,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     also["cold_start_seconds"] = cold_starts
     run = {
         "suite": "fabric benchmarks (issue 7)",
-        "command": command, "quick": args.quick, "scale": _scale_text(args.scale),
-        "dataset": {"database": pg.database, "schema": data.schema, "rows": data.rows,
-                    "generator": data.generator, "reused": data.reused,
-                    "load_seconds": data.load_seconds},
-        "plan": vars(plan), "machine": machine_facts(pg), "scenarios": results, "also": also,
-        "errors": failures, "seconds": time.perf_counter() - started,
+        "command": command,
+        "quick": args.quick,
+        "scale": _scale_text(args.scale),
+        "dataset": {
+            "database": pg.database,
+            "schema": data.schema,
+            "rows": data.rows,
+            "generator": data.generator,
+            "reused": data.reused,
+            "load_seconds": data.load_seconds,
+        },
+        "plan": vars(plan),
+        "machine": machine_facts(pg),
+        "scenarios": results,
+        "also": also,
+        "errors": failures,
+        "seconds": time.perf_counter() - started,
         "targets_asserted": not args.quick,
     }
-    stem = args.name or ("quick" if args.quick else
-                         "latest" if len(args.only) == len(SCENARIOS) else "partial")
+    stem = args.name or (
+        "quick" if args.quick else "latest" if len(args.only) == len(SCENARIOS) else "partial"
+    )
     paths = report.write(run, Path(args.output), stem)
     print(report.markdown(run))
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
@@ -137,8 +165,13 @@ def _run_one(scenario: Any, bench: Bench, failures: list[str]) -> dict[str, Any]
         kind = "wrong result" if isinstance(exc, WrongResult) else type(exc).__name__
         message = f"{kind}: {exc}"
         partial = exc.result if isinstance(exc, ErrorWith) else {}
-        result = {**base, **partial, "met": False, "error": message,
-                  "traceback": traceback.format_exc(limit=8)}
+        result = {
+            **base,
+            **partial,
+            "met": False,
+            "error": message,
+            "traceback": traceback.format_exc(limit=8),
+        }
         failures.append(f"scenario {scenario.number}: {message}")
         print(f"   ERROR {message}", flush=True)
         if bench.gateway.proc is not None:
@@ -147,8 +180,11 @@ def _run_one(scenario: Any, bench: Bench, failures: list[str]) -> dict[str, Any]
                 result["gateway_log_tail"] = tail
     result["wall_seconds"] = time.perf_counter() - t0
     if "error" not in result:
-        print(f"   ratio {result.get('ratio'):.4g} target {result['target']['text']} "
-              f"met={result['met']} ({result['wall_seconds']:.1f} s)", flush=True)
+        print(
+            f"   ratio {result.get('ratio'):.4g} target {result['target']['text']} "
+            f"met={result['met']} ({result['wall_seconds']:.1f} s)",
+            flush=True,
+        )
     return result
 
 
@@ -167,7 +203,8 @@ def _gateway_figures(gateway: GatewayProcess) -> dict[str, Any]:
     hits, misses = get("fabric_compiled_statement_hits"), get("fabric_compiled_statement_misses")
     ratio = hits / (hits + misses) if hits is not None and misses and hits + misses else None
     return {
-        "compiled_statement_hits": hits, "compiled_statement_misses": misses,
+        "compiled_statement_hits": hits,
+        "compiled_statement_misses": misses,
         "compiled_statement_hit_ratio": ratio,
         "result_cache_bytes": get("fabric_result_cache_bytes"),
         "result_cache_entries": get("fabric_result_cache_entries"),

@@ -69,9 +69,18 @@ class Plan:
     @staticmethod
     def make(quick: bool, repeat: int | None) -> Plan:
         if quick:
-            plan = Plan(quick=True, repeat=3, latency_calls=300, latency_warmup=50,
-                        point_calls=200, throughput_seconds=3.0, compile_misses=20,
-                        hit_batches=50, memory_runs=1, tpch_repeat=2)
+            plan = Plan(
+                quick=True,
+                repeat=3,
+                latency_calls=300,
+                latency_warmup=50,
+                point_calls=200,
+                throughput_seconds=3.0,
+                compile_misses=20,
+                hit_batches=50,
+                memory_runs=1,
+                tpch_repeat=2,
+            )
         else:
             plan = Plan(quick=False)
         if repeat is not None:
@@ -104,8 +113,9 @@ class Bench:
         return FabricClient(address or self.gateway.address, self.token, timeout=timeout)
 
     def direct(self, **extra: Any) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.pg.conninfo(schema=self.data.schema, connect_timeout=10,
-                                                **extra), autocommit=True)
+        return psycopg.connect(
+            self.pg.conninfo(schema=self.data.schema, connect_timeout=10, **extra), autocommit=True
+        )
 
 
 def target(op: str, value: float, text: str) -> dict[str, Any]:
@@ -120,20 +130,23 @@ def _raw_request(sql: str, params: dict[str, Any] | None = None, cache_ttl: int 
     from fabric.api.values import params_to_proto
     from fabric.v1 import query_pb2 as pb
 
-    return pb.ExecuteRequest(connection=CONNECTION, sql=sql, params=params_to_proto(params),
-                             cache_ttl_seconds=cache_ttl).SerializeToString()
+    return pb.ExecuteRequest(
+        connection=CONNECTION, sql=sql, params=params_to_proto(params), cache_ttl_seconds=cache_ttl
+    ).SerializeToString()
 
 
 def record_response(b: Bench, request: bytes) -> list[bytes]:
     """The gateway's response messages to `request`, byte for byte (for the echo)."""
-    with grpc.insecure_channel(b.gateway.address, options=[
-            ("grpc.max_receive_message_length", 1 << 30)]) as channel:
+    with grpc.insecure_channel(
+        b.gateway.address, options=[("grpc.max_receive_message_length", 1 << 30)]
+    ) as channel:
         call = channel.unary_stream(EXECUTE)
         return list(call(request, timeout=120, metadata=b.metadata))
 
 
-def _interleaved(paths: dict[str, Callable[[], Any]], warmup: int, repeat: int
-                 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any]]:
+def _interleaved(
+    paths: dict[str, Callable[[], Any]], warmup: int, repeat: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any]]:
     """Run each path once per round, rotating the order; the first `warmup` rounds are
     kept apart. Returns (samples, warm-up samples, last result per path)."""
     samples: dict[str, list[float]] = {name: [] for name in paths}
@@ -152,6 +165,7 @@ def _interleaved(paths: dict[str, Callable[[], Any]], warmup: int, repeat: int
 
 # -- 1: large result ----------------------------------------------------------------------
 
+
 def large_result(b: Bench) -> dict[str, Any]:
     import adbc_driver_postgresql.dbapi as adbc
 
@@ -159,8 +173,23 @@ def large_result(b: Bench) -> dict[str, Any]:
     with b.direct() as conn:
         expected = conn.execute(f"SELECT count(*) FROM ({LARGE_SQL}) q").fetchone()[0]
     copy = f"\\copy ({LARGE_SQL}) to '/dev/null' with (format csv)"
-    psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host, "-p", str(pg.port),
-            "-U", pg.user, "-d", pg.database, "-c", copy]
+    psql = [
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        pg.host,
+        "-p",
+        str(pg.port),
+        "-U",
+        pg.user,
+        "-d",
+        pg.database,
+        "-c",
+        copy,
+    ]
     env = pg.env(schema)
 
     def floor() -> int:
@@ -170,6 +199,7 @@ def large_result(b: Bench) -> dict[str, Any]:
     adbc_conn = adbc.connect(pg.uri(schema))
     client = b.client()
     try:
+
         def adbc_direct() -> int:
             with adbc_conn.cursor() as cur:
                 cur.execute(LARGE_SQL)
@@ -180,7 +210,9 @@ def large_result(b: Bench) -> dict[str, Any]:
 
         samples, warm, last = _interleaved(
             {"psql_copy_floor": floor, "adbc_direct": adbc_direct, "fabric": fabric},
-            b.plan.warmup, b.plan.repeat)
+            b.plan.warmup,
+            b.plan.repeat,
+        )
     finally:
         client.close()
         adbc_conn.close()
@@ -193,12 +225,18 @@ def large_result(b: Bench) -> dict[str, Any]:
     ratio, ratio_adbc = fab / floor_med, fab / adbc_med
     t1, t2 = target("<=", 1.25, "<= 1.25 x floor"), target("<", 1.0, "faster than ADBC")
     return {
-        "metric": "seconds to a client pyarrow.Table", "unit": "s", "rows": expected,
+        "metric": "seconds to a client pyarrow.Table",
+        "unit": "s",
+        "rows": expected,
         "fabric": summarize(samples["fabric"]),
-        "anchors": {"psql_copy_floor": summarize(samples["psql_copy_floor"]),
-                    "adbc_direct": summarize(samples["adbc_direct"])},
-        "ratio": ratio, "ratios": {"vs_floor": ratio, "vs_adbc": ratio_adbc},
-        "target": t1, "targets": [t1, t2],
+        "anchors": {
+            "psql_copy_floor": summarize(samples["psql_copy_floor"]),
+            "adbc_direct": summarize(samples["adbc_direct"]),
+        },
+        "ratio": ratio,
+        "ratios": {"vs_floor": ratio, "vs_adbc": ratio_adbc},
+        "target": t1,
+        "targets": [t1, t2],
         "met": ratio <= 1.25 and ratio_adbc < 1.0,
         "samples": {k: rounded(v) for k, v in samples.items()},
         "warmup_samples": {k: rounded(v) for k, v in warm.items()},
@@ -207,8 +245,10 @@ def large_result(b: Bench) -> dict[str, Any]:
 
 # -- 2: cache hit latency -----------------------------------------------------------------
 
-def _latency_blocks(calls: dict[str, Callable[[], Any]], total: int, warmup: int,
-                    block: int = 50) -> dict[str, list[float]]:
+
+def _latency_blocks(
+    calls: dict[str, Callable[[], Any]], total: int, warmup: int, block: int = 50
+) -> dict[str, list[float]]:
     for fn in calls.values():
         for _ in range(warmup):
             fn()
@@ -233,22 +273,23 @@ def cache_hit(b: Bench) -> dict[str, Any]:
             raise WrongResult("the second identical cacheable query was not a cache hit")
         if not first.table.equals(second.table):
             raise WrongResult("the cached result differs from the first result")
-        messages = record_response(b, _raw_request(AGGREGATE_SQL,
-                                                                   cache_ttl=CACHE_TTL))
+        messages = record_response(b, _raw_request(AGGREGATE_SQL, cache_ttl=CACHE_TTL))
         b.echo.set(b"", messages)
         misses = 0
 
         def fabric() -> None:
             nonlocal misses
-            if not client.execute(CONNECTION, AGGREGATE_SQL, cache_ttl=CACHE_TTL
-                                  ).summary.from_cache:
+            if not client.execute(
+                CONNECTION, AGGREGATE_SQL, cache_ttl=CACHE_TTL
+            ).summary.from_cache:
                 misses += 1
 
         def echo() -> None:
             echo_client.execute(CONNECTION, AGGREGATE_SQL, cache_ttl=CACHE_TTL)
 
-        samples = _latency_blocks({"fabric": fabric, "echo": echo}, b.plan.latency_calls,
-                                  b.plan.latency_warmup)
+        samples = _latency_blocks(
+            {"fabric": fabric, "echo": echo}, b.plan.latency_calls, b.plan.latency_warmup
+        )
     finally:
         client.close()
         echo_client.close()
@@ -256,30 +297,46 @@ def cache_hit(b: Bench) -> dict[str, Any]:
     ratio = fab["median"] / ech["median"]
     tgt = target("<=", 1.5, "p50 <= 1.5 x echo p50")
     return {
-        "metric": "latency of a cached aggregate (p50, p99)", "unit": "s",
-        "response_bytes": sum(len(m) for m in messages), "response_messages": len(messages),
-        "rows": second.table.num_rows, "not_from_cache": misses,
-        "fabric": fab, "anchors": {"echo": ech},
-        "ratio": ratio, "ratios": {"p50_vs_echo": ratio, "p99_vs_echo": fab["p99"] / ech["p99"]},
-        "target": tgt, "met": is_met(ratio, tgt),
+        "metric": "latency of a cached aggregate (p50, p99)",
+        "unit": "s",
+        "response_bytes": sum(len(m) for m in messages),
+        "response_messages": len(messages),
+        "rows": second.table.num_rows,
+        "not_from_cache": misses,
+        "fabric": fab,
+        "anchors": {"echo": ech},
+        "ratio": ratio,
+        "ratios": {"p50_vs_echo": ratio, "p99_vs_echo": fab["p99"] / ech["p99"]},
+        "target": tgt,
+        "met": is_met(ratio, tgt),
         "samples": {k: rounded(v) for k, v in samples.items()},
     }
 
 
 # -- 3: point query -----------------------------------------------------------------------
 
+
 def point_query(b: Bench) -> dict[str, Any]:
     from psycopg_pool import ConnectionPool
 
     rng = random.Random(7)
     with b.direct() as conn:
-        keys = [r[0] for r in conn.execute(
-            "SELECT o_orderkey FROM orders ORDER BY random() LIMIT %s",
-            (b.plan.point_calls * 4,)).fetchall()]
+        keys = [
+            r[0]
+            for r in conn.execute(
+                "SELECT o_orderkey FROM orders ORDER BY random() LIMIT %s",
+                (b.plan.point_calls * 4,),
+            ).fetchall()
+        ]
     client, echo_client = b.client(), b.client(b.echo.address)
-    pool = ConnectionPool(b.pg.conninfo(schema=b.data.schema, connect_timeout=10),
-                          min_size=1, max_size=1, open=True, kwargs={"autocommit": True},
-                          name="bench-direct")
+    pool = ConnectionPool(
+        b.pg.conninfo(schema=b.data.schema, connect_timeout=10),
+        min_size=1,
+        max_size=1,
+        open=True,
+        kwargs={"autocommit": True},
+        name="bench-direct",
+    )
     try:
         pool.wait(timeout=30)
         probe = keys[0]
@@ -287,12 +344,13 @@ def point_query(b: Bench) -> dict[str, Any]:
         with pool.connection() as conn:
             direct_rows = conn.execute(POINT_SQL_PG, (probe,), prepare=True).fetchall()
         if table.num_rows != 1 or len(direct_rows) != 1:
-            raise WrongResult(f"point query returned {table.num_rows} rows through Fabric, "
-                              f"{len(direct_rows)} direct; expected 1")
+            raise WrongResult(
+                f"point query returned {table.num_rows} rows through Fabric, "
+                f"{len(direct_rows)} direct; expected 1"
+            )
         if table.column("o_orderkey")[0].as_py() != direct_rows[0][0]:
             raise WrongResult("point query returned another order than the database")
-        b.echo.set(b"", record_response(b, _raw_request(POINT_SQL,
-                                                                        {"k": probe})))
+        b.echo.set(b"", record_response(b, _raw_request(POINT_SQL, {"k": probe})))
         bad = 0
 
         def fabric() -> None:
@@ -307,8 +365,11 @@ def point_query(b: Bench) -> dict[str, Any]:
         def echo() -> None:
             echo_client.execute(CONNECTION, POINT_SQL, {"k": rng.choice(keys)})
 
-        samples = _latency_blocks({"fabric": fabric, "direct_psycopg": direct, "echo": echo},
-                                  b.plan.point_calls, max(20, b.plan.point_calls // 10))
+        samples = _latency_blocks(
+            {"fabric": fabric, "direct_psycopg": direct, "echo": echo},
+            b.plan.point_calls,
+            max(20, b.plan.point_calls // 10),
+        )
     finally:
         client.close()
         echo_client.close()
@@ -319,25 +380,35 @@ def point_query(b: Bench) -> dict[str, Any]:
     ratio = fab["median"] / (dire["median"] + ech["median"])
     tgt = target("<=", 1.3, "p50 <= 1.3 x (direct p50 + echo p50)")
     return {
-        "metric": "latency of an uncached point query (p50)", "unit": "s",
-        "fabric": fab, "anchors": {"direct_psycopg_prepared": dire, "echo": ech},
+        "metric": "latency of an uncached point query (p50)",
+        "unit": "s",
+        "fabric": fab,
+        "anchors": {"direct_psycopg_prepared": dire, "echo": ech},
         "anchor_median": dire["median"] + ech["median"],
-        "ratio": ratio, "target": tgt, "met": is_met(ratio, tgt),
+        "ratio": ratio,
+        "target": tgt,
+        "met": is_met(ratio, tgt),
         "samples": {k: rounded(v) for k, v in samples.items()},
     }
 
 
 # -- 4: throughput ------------------------------------------------------------------------
 
-async def _load(address: str, request: bytes, clients: int, seconds: float,
-                warmup: float, expected: Sequence[bytes],
-                metadata: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+
+async def _load(
+    address: str,
+    request: bytes,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    expected: Sequence[bytes],
+    metadata: tuple[tuple[str, str], ...],
+) -> dict[str, Any]:
     """`clients` concurrent callers for `seconds` after `warmup`; a response counts when it
     has the expected number of messages and size (the summary's elapsed time may change
     the size by a few bytes)."""
     expected_count, expected_bytes = len(expected), sum(len(m) for m in expected)
-    options = [("grpc.max_receive_message_length", 1 << 28),
-               ("grpc.use_local_subchannel_pool", 1)]
+    options = [("grpc.max_receive_message_length", 1 << 28), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(clients)]
     try:
         calls = [ch.unary_stream(EXECUTE) for ch in channels]
@@ -355,8 +426,10 @@ async def _load(address: str, request: bytes, clients: int, seconds: float,
                         size += len(message)
                         count += 1
                     if count != expected_count or abs(size - expected_bytes) > 16:
-                        errors.append(f"response of {count} messages, {size} bytes; expected "
-                                      f"{expected_count}, {expected_bytes}")
+                        errors.append(
+                            f"response of {count} messages, {size} bytes; expected "
+                            f"{expected_count}, {expected_bytes}"
+                        )
                     elif measuring:
                         done.append(time.perf_counter())
                 except grpc.RpcError as exc:
@@ -371,9 +444,14 @@ async def _load(address: str, request: bytes, clients: int, seconds: float,
         per_second = [0] * max(1, int(seconds + 0.999))
         for t in done:
             per_second[min(len(per_second) - 1, int(t - began))] += 1
-        return {"requests": len(done), "seconds": ended - began,
-                "rps": len(done) / (ended - began), "errors": len(errors),
-                "error_kinds": sorted(set(errors))[:5], "per_second": per_second}
+        return {
+            "requests": len(done),
+            "seconds": ended - began,
+            "rps": len(done) / (ended - began),
+            "errors": len(errors),
+            "error_kinds": sorted(set(errors))[:5],
+            "per_second": per_second,
+        }
     finally:
         for ch in channels:
             await ch.close()
@@ -389,10 +467,16 @@ def throughput(b: Bench) -> dict[str, Any]:
     def measured(address: str, server_pid: int) -> dict[str, Any]:
         # CPU used by the server and by this (client) process over the whole load
         # (warm-up included), as a fraction of the wall time: shows which side saturates.
-        wall, client_cpu, server_cpu = time.perf_counter(), time.process_time(), \
-            cpu_seconds(server_pid)
-        out = asyncio.run(_load(address, request, plan.clients, plan.throughput_seconds,
-                                warm, messages, b.metadata))
+        wall, client_cpu, server_cpu = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(server_pid),
+        )
+        out = asyncio.run(
+            _load(
+                address, request, plan.clients, plan.throughput_seconds, warm, messages, b.metadata
+            )
+        )
         wall = time.perf_counter() - wall
         out["client_cpu_fraction"] = (time.process_time() - client_cpu) / wall
         out["server_cpu_fraction"] = (cpu_seconds(server_pid) - server_cpu) / wall
@@ -404,24 +488,33 @@ def throughput(b: Bench) -> dict[str, Any]:
     ratio = fabric["rps"] / echo["rps"]
     tgt = target(">=", 0.6, ">= 0.6 x echo req/s, zero errors")
     return {
-        "metric": f"requests/s, {plan.clients} concurrent clients, cached query", "unit": "req/s",
-        "clients": plan.clients, "seconds": plan.throughput_seconds,
-        "fabric": {"median": fabric["rps"], **{k: v for k, v in fabric.items()
-                                              if k != "per_second"}},
-        "anchors": {"echo": {"median": echo["rps"], **{k: v for k, v in echo.items()
-                                                        if k != "per_second"}}},
-        "ratio": ratio, "target": tgt,
+        "metric": f"requests/s, {plan.clients} concurrent clients, cached query",
+        "unit": "req/s",
+        "clients": plan.clients,
+        "seconds": plan.throughput_seconds,
+        "fabric": {
+            "median": fabric["rps"],
+            **{k: v for k, v in fabric.items() if k != "per_second"},
+        },
+        "anchors": {
+            "echo": {"median": echo["rps"], **{k: v for k, v in echo.items() if k != "per_second"}}
+        },
+        "ratio": ratio,
+        "target": tgt,
         "met": is_met(ratio, tgt) and fabric["errors"] == 0,
-        "samples": {"fabric_per_second": fabric["per_second"],
-                    "echo_per_second": echo["per_second"]},
+        "samples": {
+            "fabric_per_second": fabric["per_second"],
+            "echo_per_second": echo["per_second"],
+        },
         "client": "grpc.aio in the benchmark process, raw bytes, one channel (own TCP "
-                  "connection) per client; identical for the echo. client_cpu_fraction near "
-                  "1.0 means the load generator (one Python process) is the limit",
+        "connection) per client; identical for the echo. client_cpu_fraction near "
+        "1.0 means the load generator (one Python process) is the limit",
         "errors": fabric["errors"] + echo["errors"],
     }
 
 
 # -- 5: statement compile -----------------------------------------------------------------
+
 
 def compile_cache(b: Bench) -> dict[str, Any]:
     from connectors import connector_class
@@ -437,9 +530,15 @@ def compile_cache(b: Bench) -> dict[str, Any]:
     finally:
         store.close()
     cls = connector_class("postgres")
-    args = {"tenant": DEFAULT_TENANT, "connection": CONNECTION, "sql": AGGREGATE_SQL,
-            "catalog": catalog, "dialect": cls.dialect, "param_style": cls.param_style,
-            "max_rows": Settings().max_rows}
+    args = {
+        "tenant": DEFAULT_TENANT,
+        "connection": CONNECTION,
+        "sql": AGGREGATE_SQL,
+        "catalog": catalog,
+        "dialect": cls.dialect,
+        "param_style": cls.param_style,
+        "max_rows": Settings().max_rows,
+    }
     compiler = StatementCompiler()
     perf = time.perf_counter
 
@@ -465,15 +564,19 @@ def compile_cache(b: Bench) -> dict[str, Any]:
     ratio = hit["median"] / mis["median"]
     tgt = target("<=", 0.02, "hit <= 2% of a miss")
     return {
-        "metric": "StatementCache.get_or_compile of the Q1-style text, in process", "unit": "s",
-        "fabric": hit, "anchors": {"first_compile": mis},
-        "ratio": ratio, "target": tgt, "met": is_met(ratio, tgt),
-        "samples": {"hit_per_call_batches_of_200": rounded(hits, 9),
-                    "miss": rounded(misses, 9)},
+        "metric": "StatementCache.get_or_compile of the Q1-style text, in process",
+        "unit": "s",
+        "fabric": hit,
+        "anchors": {"first_compile": mis},
+        "ratio": ratio,
+        "target": tgt,
+        "met": is_met(ratio, tgt),
+        "samples": {"hit_per_call_batches_of_200": rounded(hits, 9), "miss": rounded(misses, 9)},
     }
 
 
 # -- 6: memory ----------------------------------------------------------------------------
+
 
 class _RssSampler(threading.Thread):
     def __init__(self, gateway: GatewayProcess, interval: float = 0.01) -> None:
@@ -521,9 +624,16 @@ def memory(b: Bench) -> dict[str, Any]:
                 time.sleep(0.5)
                 peak = max(r for _, r in timeline)
                 step = max(1, len(timeline) // 400)
-                runs.append({"rows": rows, "seconds": elapsed, "peak_rss": peak,
-                             "growth_bytes": peak - before, "rss_after": gateway.rss(),
-                             "rss_timeline": [[round(t, 3), r] for t, r in timeline[::step]]})
+                runs.append(
+                    {
+                        "rows": rows,
+                        "seconds": elapsed,
+                        "peak_rss": peak,
+                        "growth_bytes": peak - before,
+                        "rss_after": gateway.rss(),
+                        "rss_timeline": [[round(t, 3), r] for t, r in timeline[::step]],
+                    }
+                )
         finally:
             client.close()
     finally:
@@ -532,21 +642,28 @@ def memory(b: Bench) -> dict[str, Any]:
     tgt = target("<=", 256 * MIB, "growth <= 256 MiB, every row received")
     return {
         "metric": "gateway RSS growth streaming the whole lineitem table uncached",
-        "unit": "bytes", "rows": expected, "rss_before": before,
-        "fabric": {"median": growth, "growth_mib": growth / MIB,
-                   "seconds": summarize([r["seconds"] for r in runs])["median"],
-                   "rows_per_second": expected / summarize([r["seconds"] for r in runs])[
-                       "median"]},
+        "unit": "bytes",
+        "rows": expected,
+        "rss_before": before,
+        "fabric": {
+            "median": growth,
+            "growth_mib": growth / MIB,
+            "seconds": summarize([r["seconds"] for r in runs])["median"],
+            "rows_per_second": expected / summarize([r["seconds"] for r in runs])["median"],
+        },
         "anchors": {"rss_before": {"median": before}},
-        "ratio": growth / (256 * MIB), "target": tgt, "met": growth <= 256 * MIB,
+        "ratio": growth / (256 * MIB),
+        "target": tgt,
+        "met": growth <= 256 * MIB,
         "samples": {"runs": runs},
         "note": "fresh gateway process; growth = max over runs of (peak RSS during the "
-                "query - RSS before the first query), sampled every 10 ms from "
-                "/proc/PID/status VmRSS",
+        "query - RSS before the first query), sampled every 10 ms from "
+        "/proc/PID/status VmRSS",
     }
 
 
 # -- 7: TPC-H -----------------------------------------------------------------------------
+
 
 def _norm(value: Any) -> Any:
     if isinstance(value, Decimal):
@@ -563,8 +680,9 @@ def _rows_arrow(table: Any) -> list[tuple[Any, ...]]:
     return [tuple(_norm(v) for v in row) for row in zip(*columns, strict=True)]
 
 
-def _compare(fabric: list[tuple[Any, ...]], direct: list[tuple[Any, ...]], ordered: bool
-             ) -> str | None:
+def _compare(
+    fabric: list[tuple[Any, ...]], direct: list[tuple[Any, ...]], ordered: bool
+) -> str | None:
     if len(fabric) != len(direct):
         return f"{len(fabric)} rows through Fabric, {len(direct)} direct"
     if fabric and len(fabric[0]) != len(direct[0]):
@@ -603,8 +721,9 @@ def tpch_queries(b: Bench) -> dict[str, Any]:
                 direct_rows = cursor.fetchall()
                 first_direct = time.perf_counter() - started
             except psycopg.errors.QueryCanceled:
-                entry.update(status="over_cap",
-                             reason=f"PostgreSQL took over {TPCH_CAP_SECONDS:.0f} s")
+                entry.update(
+                    status="over_cap", reason=f"PostgreSQL took over {TPCH_CAP_SECONDS:.0f} s"
+                )
                 continue
             try:
                 started = time.perf_counter()
@@ -626,16 +745,29 @@ def tpch_queries(b: Bench) -> dict[str, Any]:
                 wrong.append(f"Q{q.number}: {diff}")
                 continue
             samples, _warm, _ = _interleaved(
-                {"direct": lambda sql=q.sql: conn.execute(sql).fetchall(),
-                 "fabric": lambda sql=q.sql: client.query(CONNECTION, sql)},
-                0, b.plan.tpch_repeat)
+                {
+                    "direct": lambda sql=q.sql: conn.execute(sql).fetchall(),
+                    "fabric": lambda sql=q.sql: client.query(CONNECTION, sql),
+                },
+                0,
+                b.plan.tpch_repeat,
+            )
             d, f = summarize(samples["direct"]), summarize(samples["fabric"])
-            entry.update(status="ok", rows=len(direct_rows), direct=d, fabric=f,
-                         ratio=f["median"] / d["median"],
-                         samples={"direct": rounded(samples["direct"]),
-                                  "fabric": rounded(samples["fabric"])},
-                         warmup_samples={"direct": [round(first_direct, 7)],
-                                         "fabric": [round(first_fabric, 7)]})
+            entry.update(
+                status="ok",
+                rows=len(direct_rows),
+                direct=d,
+                fabric=f,
+                ratio=f["median"] / d["median"],
+                samples={
+                    "direct": rounded(samples["direct"]),
+                    "fabric": rounded(samples["fabric"]),
+                },
+                warmup_samples={
+                    "direct": [round(first_direct, 7)],
+                    "fabric": [round(first_fabric, 7)],
+                },
+            )
     finally:
         client.close()
         conn.close()
@@ -648,13 +780,19 @@ def tpch_queries(b: Bench) -> dict[str, Any]:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
     result = {
         "metric": "TPC-H queries through Fabric vs direct psycopg (geometric mean of the "
-                  "per-query median ratios)", "unit": "ratio",
+        "per-query median ratios)",
+        "unit": "ratio",
         "fabric": {"median": geomean([e["fabric"]["median"] for e in ok]) if ok else None},
-        "anchors": {"direct_psycopg": {"median": geomean([e["direct"]["median"] for e in ok])
-                                       if ok else None}},
-        "ratio": ratio, "target": tgt,
+        "anchors": {
+            "direct_psycopg": {
+                "median": geomean([e["direct"]["median"] for e in ok]) if ok else None
+            }
+        },
+        "ratio": ratio,
+        "target": tgt,
         "met": bool(ok) and ratio <= 1.05 and len(ok) == len(eligible),
-        "counts": counts, "queries": per_query,
+        "counts": counts,
+        "queries": per_query,
         "samples": {e["query"]: e.get("samples") for e in ok},
         "cap_seconds": TPCH_CAP_SECONDS,
     }

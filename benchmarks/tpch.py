@@ -64,9 +64,14 @@ TABLES: dict[str, str] = {
 }
 
 PRIMARY_KEYS = {
-    "region": "r_regionkey", "nation": "n_nationkey", "part": "p_partkey",
-    "supplier": "s_suppkey", "partsupp": "ps_partkey, ps_suppkey", "customer": "c_custkey",
-    "orders": "o_orderkey", "lineitem": "l_orderkey, l_linenumber",
+    "region": "r_regionkey",
+    "nation": "n_nationkey",
+    "part": "p_partkey",
+    "supplier": "s_suppkey",
+    "partsupp": "ps_partkey, ps_suppkey",
+    "customer": "c_custkey",
+    "orders": "o_orderkey",
+    "lineitem": "l_orderkey, l_linenumber",
 }
 
 # (table, columns, referenced table, referenced columns); each also gets an index.
@@ -98,8 +103,9 @@ def generator() -> str:
 
 
 def generator_version() -> str:
-    out = subprocess.run([generator(), "--version"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout.strip()
+    out = subprocess.run(
+        [generator(), "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
     return out or "tpchgen-cli (unknown version)"
 
 
@@ -121,25 +127,36 @@ def _ensure_database(pg: Pg) -> None:
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-    with psycopg.connect(pg.conninfo(database="postgres", connect_timeout=5),
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        pg.conninfo(database="postgres", connect_timeout=5), autocommit=True
+    ) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(pg.database)))
     print(f"created database {pg.database}", flush=True)
 
 
 def _marker(conn: psycopg.Connection, schema: str) -> dict[str, object] | None:
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
-    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.loaded (
+    conn.execute(
+        sql.SQL("""CREATE TABLE IF NOT EXISTS {}.loaded (
         schema_name text PRIMARY KEY, scale numeric NOT NULL, generator text NOT NULL,
         layout integer NOT NULL, rows jsonb NOT NULL, seconds double precision,
-        loaded_at timestamptz NOT NULL DEFAULT now())""").format(sql.Identifier(META_SCHEMA)))
-    row = conn.execute(sql.SQL("SELECT scale, generator, layout, rows, seconds FROM {}.loaded "
-                               "WHERE schema_name = %s").format(sql.Identifier(META_SCHEMA)),
-                       (schema,)).fetchone()
+        loaded_at timestamptz NOT NULL DEFAULT now())""").format(sql.Identifier(META_SCHEMA))
+    )
+    row = conn.execute(
+        sql.SQL(
+            "SELECT scale, generator, layout, rows, seconds FROM {}.loaded WHERE schema_name = %s"
+        ).format(sql.Identifier(META_SCHEMA)),
+        (schema,),
+    ).fetchone()
     if row is None:
         return None
-    return {"scale": row[0], "generator": row[1], "layout": row[2], "rows": row[3],
-            "seconds": row[4]}
+    return {
+        "scale": row[0],
+        "generator": row[1],
+        "layout": row[2],
+        "rows": row[3],
+        "seconds": row[4],
+    }
 
 
 def prepare(pg: Pg, scale: float, *, force: bool = False) -> Dataset:
@@ -149,32 +166,46 @@ def prepare(pg: Pg, scale: float, *, force: bool = False) -> Dataset:
     version = generator_version()
     with psycopg.connect(pg.conninfo(connect_timeout=5), autocommit=True) as conn:
         marker = _marker(conn, schema)
-        if (not force and marker is not None and Decimal(str(marker["scale"]))
-                == Decimal(str(scale)) and marker["generator"] == version
-                and marker["layout"] == LAYOUT):
+        if (
+            not force
+            and marker is not None
+            and Decimal(str(marker["scale"])) == Decimal(str(scale))
+            and marker["generator"] == version
+            and marker["layout"] == LAYOUT
+        ):
             rows = dict(marker["rows"])  # type: ignore[call-overload]
-            print(f"TPC-H SF{scale} already loaded in {pg.database}.{schema} "
-                  f"({rows.get('lineitem', 0):,} lineitem rows); reusing it", flush=True)
-            return Dataset(pg, scale, schema, version, rows, True,
-                           float(marker["seconds"] or 0))  # type: ignore[arg-type]
+            print(
+                f"TPC-H SF{scale} already loaded in {pg.database}.{schema} "
+                f"({rows.get('lineitem', 0):,} lineitem rows); reusing it",
+                flush=True,
+            )
+            return Dataset(pg, scale, schema, version, rows, True, float(marker["seconds"] or 0))  # type: ignore[arg-type]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fabric-bench-tpch-") as tmp:
         print(f"generating TPC-H SF{scale} with {version} ...", flush=True)
-        subprocess.run([generator(), "csv", "-s", str(scale), "-o", tmp, "--no-progress",
-                        "-q"], check=True, timeout=3600)
+        subprocess.run(
+            [generator(), "csv", "-s", str(scale), "-o", tmp, "--no-progress", "-q"],
+            check=True,
+            timeout=3600,
+        )
         generated = time.perf_counter()
-        print(f"  generated in {generated - started:.1f} s; loading {pg.database}.{schema}",
-              flush=True)
+        print(
+            f"  generated in {generated - started:.1f} s; loading {pg.database}.{schema}",
+            flush=True,
+        )
         rows = _load(pg, schema, Path(tmp))
     seconds = time.perf_counter() - started
     with psycopg.connect(pg.conninfo(connect_timeout=5), autocommit=True) as conn:
-        conn.execute(sql.SQL("""INSERT INTO {}.loaded (schema_name, scale, generator, layout,
+        conn.execute(
+            sql.SQL("""INSERT INTO {}.loaded (schema_name, scale, generator, layout,
                 rows, seconds) VALUES (%s, %s, %s, %s, %s, %s)
                 ON CONFLICT (schema_name) DO UPDATE SET scale = EXCLUDED.scale,
                 generator = EXCLUDED.generator, layout = EXCLUDED.layout,
-                rows = EXCLUDED.rows, seconds = EXCLUDED.seconds, loaded_at = now()""")
-                     .format(sql.Identifier(META_SCHEMA)),
-                     (schema, Decimal(str(scale)), version, LAYOUT, json.dumps(rows), seconds))
+                rows = EXCLUDED.rows, seconds = EXCLUDED.seconds, loaded_at = now()""").format(
+                sql.Identifier(META_SCHEMA)
+            ),
+            (schema, Decimal(str(scale)), version, LAYOUT, json.dumps(rows), seconds),
+        )
     print(f"  loaded in {seconds:.1f} s ({rows['lineitem']:,} lineitem rows)", flush=True)
     return Dataset(pg, scale, schema, version, rows, False, seconds)
 
@@ -188,32 +219,44 @@ def _load(pg: Pg, schema: str, directory: Path) -> dict[str, int]:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
         for table, columns in TABLES.items():
-            conn.execute(sql.SQL("CREATE TABLE {}.{} (" + columns + ")")
-                         .format(ident, sql.Identifier(table)))
+            conn.execute(
+                sql.SQL("CREATE TABLE {}.{} (" + columns + ")").format(ident, sql.Identifier(table))
+            )
         for table in TABLES:
             t0 = time.perf_counter()
-            copy_sql = sql.SQL("COPY {}.{} FROM STDIN (FORMAT csv, HEADER true, FREEZE true)"
-                               ).format(ident, sql.Identifier(table))
+            copy_sql = sql.SQL(
+                "COPY {}.{} FROM STDIN (FORMAT csv, HEADER true, FREEZE true)"
+            ).format(ident, sql.Identifier(table))
             with conn.cursor() as cur:
                 with cur.copy(copy_sql) as copy, open(directory / f"{table}.csv", "rb") as f:
                     while block := f.read(1 << 20):
                         copy.write(block)
                 rows[table] = cur.rowcount
-            print(f"    {table}: {rows[table]:,} rows in {time.perf_counter() - t0:.1f} s",
-                  flush=True)
+            print(
+                f"    {table}: {rows[table]:,} rows in {time.perf_counter() - t0:.1f} s", flush=True
+            )
         conn.commit()
     t0 = time.perf_counter()
     with psycopg.connect(pg.conninfo(connect_timeout=5), autocommit=True) as conn:
         for table, key in PRIMARY_KEYS.items():
-            conn.execute(sql.SQL("ALTER TABLE {}.{} ADD PRIMARY KEY (" + key + ")")
-                         .format(ident, sql.Identifier(table)))
+            conn.execute(
+                sql.SQL("ALTER TABLE {}.{} ADD PRIMARY KEY (" + key + ")").format(
+                    ident, sql.Identifier(table)
+                )
+            )
         for table, cols, ref, ref_cols in FOREIGN_KEYS:
-            conn.execute(sql.SQL("ALTER TABLE {}.{} ADD FOREIGN KEY (" + cols + ") "
-                                 "REFERENCES {}.{} (" + ref_cols + ")")
-                         .format(ident, sql.Identifier(table), ident, sql.Identifier(ref)))
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {}.{} ADD FOREIGN KEY (" + cols + ") "
+                    "REFERENCES {}.{} (" + ref_cols + ")"
+                ).format(ident, sql.Identifier(table), ident, sql.Identifier(ref))
+            )
             if (table, cols) not in _INDEXED_BY_PK:
-                conn.execute(sql.SQL("CREATE INDEX ON {}.{} (" + cols + ")")
-                             .format(ident, sql.Identifier(table)))
+                conn.execute(
+                    sql.SQL("CREATE INDEX ON {}.{} (" + cols + ")").format(
+                        ident, sql.Identifier(table)
+                    )
+                )
         for table in TABLES:
             conn.execute(sql.SQL("VACUUM ANALYZE {}.{}").format(ident, sql.Identifier(table)))
     print(f"    keys, indexes, VACUUM ANALYZE in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -221,6 +264,7 @@ def _load(pg: Pg, schema: str, directory: Path) -> dict[str, int]:
 
 
 # -- the 22 queries ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TpchQuery:
@@ -236,7 +280,8 @@ def queries(scale: float) -> list[TpchQuery]:
     names), with the specification's validation parameters. Q15's view is a CTE."""
     fraction = Decimal("0.0001") / Decimal(str(scale))
     texts: dict[int, tuple[str, bool]] = {
-        1: ("""
+        1: (
+            """
 select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty,
        sum(l_extendedprice) as sum_base_price,
        sum(l_extendedprice * (1 - l_discount)) as sum_disc_price,
@@ -246,8 +291,11 @@ select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty,
 from lineitem
 where l_shipdate <= date '1998-12-01' - interval '90' day
 group by l_returnflag, l_linestatus
-order by l_returnflag, l_linestatus""", True),
-        2: ("""
+order by l_returnflag, l_linestatus""",
+            True,
+        ),
+        2: (
+            """
 select s_acctbal, s_name, n_name, p_partkey, p_mfgr, s_address, s_phone, s_comment
 from part, supplier, partsupp, nation, region
 where p_partkey = ps_partkey and s_suppkey = ps_suppkey and p_size = 15
@@ -258,8 +306,11 @@ where p_partkey = ps_partkey and s_suppkey = ps_suppkey and p_size = 15
       where p_partkey = ps_partkey and s_suppkey = ps_suppkey
         and s_nationkey = n_nationkey and n_regionkey = r_regionkey and r_name = 'EUROPE')
 order by s_acctbal desc, n_name, s_name, p_partkey
-limit 100""", True),
-        3: ("""
+limit 100""",
+            True,
+        ),
+        3: (
+            """
 select l_orderkey, sum(l_extendedprice * (1 - l_discount)) as revenue, o_orderdate,
        o_shippriority
 from customer, orders, lineitem
@@ -267,8 +318,11 @@ where c_mktsegment = 'BUILDING' and c_custkey = o_custkey and l_orderkey = o_ord
   and o_orderdate < date '1995-03-15' and l_shipdate > date '1995-03-15'
 group by l_orderkey, o_orderdate, o_shippriority
 order by revenue desc, o_orderdate
-limit 10""", False),
-        4: ("""
+limit 10""",
+            False,
+        ),
+        4: (
+            """
 select o_orderpriority, count(*) as order_count
 from orders
 where o_orderdate >= date '1993-07-01'
@@ -276,8 +330,11 @@ where o_orderdate >= date '1993-07-01'
   and exists (select * from lineitem
               where l_orderkey = o_orderkey and l_commitdate < l_receiptdate)
 group by o_orderpriority
-order by o_orderpriority""", True),
-        5: ("""
+order by o_orderpriority""",
+            True,
+        ),
+        5: (
+            """
 select n_name, sum(l_extendedprice * (1 - l_discount)) as revenue
 from customer, orders, lineitem, supplier, nation, region
 where c_custkey = o_custkey and l_orderkey = o_orderkey and l_suppkey = s_suppkey
@@ -286,15 +343,21 @@ where c_custkey = o_custkey and l_orderkey = o_orderkey and l_suppkey = s_suppke
   and o_orderdate >= date '1994-01-01'
   and o_orderdate < date '1994-01-01' + interval '1' year
 group by n_name
-order by revenue desc""", False),
-        6: ("""
+order by revenue desc""",
+            False,
+        ),
+        6: (
+            """
 select sum(l_extendedprice * l_discount) as revenue
 from lineitem
 where l_shipdate >= date '1994-01-01'
   and l_shipdate < date '1994-01-01' + interval '1' year
   and l_discount between 0.06 - 0.01 and 0.06 + 0.01
-  and l_quantity < 24""", True),
-        7: ("""
+  and l_quantity < 24""",
+            True,
+        ),
+        7: (
+            """
 select supp_nation, cust_nation, l_year, sum(volume) as revenue
 from (
   select n1.n_name as supp_nation, n2.n_name as cust_nation,
@@ -308,8 +371,11 @@ from (
     and l_shipdate between date '1995-01-01' and date '1996-12-31'
 ) as shipping
 group by supp_nation, cust_nation, l_year
-order by supp_nation, cust_nation, l_year""", True),
-        8: ("""
+order by supp_nation, cust_nation, l_year""",
+            True,
+        ),
+        8: (
+            """
 select o_year,
        sum(case when nation = 'BRAZIL' then volume else 0 end) / sum(volume) as mkt_share
 from (
@@ -324,8 +390,11 @@ from (
     and p_type = 'ECONOMY ANODIZED STEEL'
 ) as all_nations
 group by o_year
-order by o_year""", True),
-        9: ("""
+order by o_year""",
+            True,
+        ),
+        9: (
+            """
 select nation, o_year, sum(amount) as sum_profit
 from (
   select n_name as nation, extract(year from o_orderdate) as o_year,
@@ -336,8 +405,11 @@ from (
     and p_name like '%green%'
 ) as profit
 group by nation, o_year
-order by nation, o_year desc""", True),
-        10: ("""
+order by nation, o_year desc""",
+            True,
+        ),
+        10: (
+            """
 select c_custkey, c_name, sum(l_extendedprice * (1 - l_discount)) as revenue, c_acctbal,
        n_name, c_address, c_phone, c_comment
 from customer, orders, lineitem, nation
@@ -347,8 +419,11 @@ where c_custkey = o_custkey and l_orderkey = o_orderkey
   and l_returnflag = 'R' and c_nationkey = n_nationkey
 group by c_custkey, c_name, c_acctbal, c_phone, n_name, c_address, c_comment
 order by revenue desc
-limit 20""", False),
-        11: (f"""
+limit 20""",
+            False,
+        ),
+        11: (
+            f"""
 select ps_partkey, sum(ps_supplycost * ps_availqty) as value
 from partsupp, supplier, nation
 where ps_suppkey = s_suppkey and s_nationkey = n_nationkey and n_name = 'GERMANY'
@@ -357,8 +432,11 @@ having sum(ps_supplycost * ps_availqty) > (
     select sum(ps_supplycost * ps_availqty) * {fraction}
     from partsupp, supplier, nation
     where ps_suppkey = s_suppkey and s_nationkey = n_nationkey and n_name = 'GERMANY')
-order by value desc""", False),
-        12: ("""
+order by value desc""",
+            False,
+        ),
+        12: (
+            """
 select l_shipmode,
        sum(case when o_orderpriority = '1-URGENT' or o_orderpriority = '2-HIGH'
                 then 1 else 0 end) as high_line_count,
@@ -370,8 +448,11 @@ where o_orderkey = l_orderkey and l_shipmode in ('MAIL', 'SHIP')
   and l_receiptdate >= date '1994-01-01'
   and l_receiptdate < date '1994-01-01' + interval '1' year
 group by l_shipmode
-order by l_shipmode""", True),
-        13: ("""
+order by l_shipmode""",
+            True,
+        ),
+        13: (
+            """
 select c_count, count(*) as custdist
 from (
   select c_custkey, count(o_orderkey) as c_count
@@ -380,15 +461,21 @@ from (
   group by c_custkey
 ) as c_orders
 group by c_count
-order by custdist desc, c_count desc""", True),
-        14: ("""
+order by custdist desc, c_count desc""",
+            True,
+        ),
+        14: (
+            """
 select 100.00 * sum(case when p_type like 'PROMO%' then l_extendedprice * (1 - l_discount)
                          else 0 end) / sum(l_extendedprice * (1 - l_discount))
        as promo_revenue
 from lineitem, part
 where l_partkey = p_partkey and l_shipdate >= date '1995-09-01'
-  and l_shipdate < date '1995-09-01' + interval '1' month""", True),
-        15: ("""
+  and l_shipdate < date '1995-09-01' + interval '1' month""",
+            True,
+        ),
+        15: (
+            """
 with revenue0 as (
   select l_suppkey as supplier_no, sum(l_extendedprice * (1 - l_discount)) as total_revenue
   from lineitem
@@ -400,8 +487,11 @@ select s_suppkey, s_name, s_address, s_phone, total_revenue
 from supplier, revenue0
 where s_suppkey = supplier_no
   and total_revenue = (select max(total_revenue) from revenue0)
-order by s_suppkey""", True),
-        16: ("""
+order by s_suppkey""",
+            True,
+        ),
+        16: (
+            """
 select p_brand, p_type, p_size, count(distinct ps_suppkey) as supplier_cnt
 from partsupp, part
 where p_partkey = ps_partkey and p_brand <> 'Brand#45'
@@ -409,14 +499,20 @@ where p_partkey = ps_partkey and p_brand <> 'Brand#45'
   and ps_suppkey not in (select s_suppkey from supplier
                          where s_comment like '%Customer%Complaints%')
 group by p_brand, p_type, p_size
-order by supplier_cnt desc, p_brand, p_type, p_size""", True),
-        17: ("""
+order by supplier_cnt desc, p_brand, p_type, p_size""",
+            True,
+        ),
+        17: (
+            """
 select sum(l_extendedprice) / 7.0 as avg_yearly
 from lineitem, part
 where p_partkey = l_partkey and p_brand = 'Brand#23' and p_container = 'MED BOX'
   and l_quantity < (select 0.2 * avg(l_quantity) from lineitem
-                    where l_partkey = p_partkey)""", True),
-        18: ("""
+                    where l_partkey = p_partkey)""",
+            True,
+        ),
+        18: (
+            """
 select c_name, c_custkey, o_orderkey, o_orderdate, o_totalprice, sum(l_quantity)
 from customer, orders, lineitem
 where o_orderkey in (select l_orderkey from lineitem
@@ -424,8 +520,11 @@ where o_orderkey in (select l_orderkey from lineitem
   and c_custkey = o_custkey and o_orderkey = l_orderkey
 group by c_name, c_custkey, o_orderkey, o_orderdate, o_totalprice
 order by o_totalprice desc, o_orderdate
-limit 100""", False),
-        19: ("""
+limit 100""",
+            False,
+        ),
+        19: (
+            """
 select sum(l_extendedprice * (1 - l_discount)) as revenue
 from lineitem, part
 where (p_partkey = l_partkey and p_brand = 'Brand#12'
@@ -440,8 +539,10 @@ where (p_partkey = l_partkey and p_brand = 'Brand#12'
        and p_container in ('LG CASE', 'LG BOX', 'LG PACK', 'LG PKG')
        and l_quantity >= 20 and l_quantity <= 20 + 10 and p_size between 1 and 15
        and l_shipmode in ('AIR', 'AIR REG') and l_shipinstruct = 'DELIVER IN PERSON')""",
-             True),
-        20: ("""
+            True,
+        ),
+        20: (
+            """
 select s_name, s_address
 from supplier, nation
 where s_suppkey in (
@@ -452,8 +553,11 @@ where s_suppkey in (
                            and l_shipdate >= date '1994-01-01'
                            and l_shipdate < date '1994-01-01' + interval '1' year))
   and s_nationkey = n_nationkey and n_name = 'CANADA'
-order by s_name""", True),
-        21: ("""
+order by s_name""",
+            True,
+        ),
+        21: (
+            """
 select s_name, count(*) as numwait
 from supplier, lineitem l1, orders, nation
 where s_suppkey = l1.l_suppkey and o_orderkey = l1.l_orderkey and o_orderstatus = 'F'
@@ -466,8 +570,11 @@ where s_suppkey = l1.l_suppkey and o_orderkey = l1.l_orderkey and o_orderstatus 
   and s_nationkey = n_nationkey and n_name = 'SAUDI ARABIA'
 group by s_name
 order by numwait desc, s_name
-limit 100""", True),
-        22: ("""
+limit 100""",
+            True,
+        ),
+        22: (
+            """
 select cntrycode, count(*) as numcust, sum(c_acctbal) as totacctbal
 from (
   select substring(c_phone from 1 for 2) as cntrycode, c_acctbal
@@ -480,6 +587,8 @@ from (
     and not exists (select * from orders where o_custkey = c_custkey)
 ) as custsale
 group by cntrycode
-order by cntrycode""", True),
+order by cntrycode""",
+            True,
+        ),
     }
     return [TpchQuery(n, text.strip(), total) for n, (text, total) in sorted(texts.items())]

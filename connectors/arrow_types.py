@@ -286,8 +286,9 @@ _PARSE_FLOAT = _strict(r"-?[0-9]+(?:\.[0-9]+)?(?:e[-+][0-9]+)?|NaN|-?Infinity", 
 _PARSE_DECIMAL = _strict(r"-?[0-9]+(?:\.[0-9]+)?", decimal.Decimal)
 _PARSE_DATE = _strict(_DATE, datetime.date.fromisoformat)
 _PARSE_TIMESTAMP = _strict(f"{_DATE} {_TIME}", datetime.datetime.fromisoformat)
-_PARSE_TIMESTAMPTZ = _strict(f"{_DATE} {_TIME}[-+][0-9]{{2}}(?::[0-9]{{2}})?",
-                             datetime.datetime.fromisoformat)
+_PARSE_TIMESTAMPTZ = _strict(
+    f"{_DATE} {_TIME}[-+][0-9]{{2}}(?::[0-9]{{2}})?", datetime.datetime.fromisoformat
+)
 _PARSE_TIME = _strict(_TIME, datetime.time.fromisoformat)
 
 
@@ -355,8 +356,8 @@ class TextDecoder:
         parsers = [_python_parser(field.type) for field in self.schema]
         self._parsers: tuple[Callable[[str], Any] | None, ...] | None = (
             tuple(None if p is str else p for p in parsers)
-            if all(p is not None for p in parsers) and all(
-                c.type_oid not in (BYTEA, INTERVAL) for c in self.columns)
+            if all(p is not None for p in parsers)
+            and all(c.type_oid not in (BYTEA, INTERVAL) for c in self.columns)
             else None
         )
         # one NULL column gives an empty line: empty lines are rows, never skipped
@@ -409,8 +410,7 @@ class TextDecoder:
             return self._from_text_rows_fast(rows, self._fast)
         return self.from_text_rows_csv(rows)
 
-    def from_text_rows_python(self, rows: Sequence[Sequence[str | None]]
-                              ) -> pa.RecordBatch | None:
+    def from_text_rows_python(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch | None:
         """`from_text_rows` by parsing each value in Python (for a few rows); None when a
         column type has no exact parser or a value does not parse or fit (the vectorized
         routes then give the value or the error)."""
@@ -419,8 +419,9 @@ class TextDecoder:
             return None
         try:
             values = [
-                tuple(v if p is None or v is None else p(v)
-                      for p, v in zip(parsers, row, strict=True))
+                tuple(
+                    v if p is None or v is None else p(v) for p, v in zip(parsers, row, strict=True)
+                )
                 for row in rows
             ]
             return pa.RecordBatch.from_struct_array(pa.array(values, self._row_struct))

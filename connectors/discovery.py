@@ -36,11 +36,19 @@ class TableAssembler:
     def add_primary_key_column(self, schema: str, table: str, column: str) -> None:
         self._primary.setdefault((schema, table), []).append(column)
 
-    def add_foreign_key_column(self, schema: str, table: str, name: str, column: str,
-                               referenced_schema: str, referenced_table: str,
-                               referenced_column: str) -> None:
+    def add_foreign_key_column(
+        self,
+        schema: str,
+        table: str,
+        name: str,
+        column: str,
+        referenced_schema: str,
+        referenced_table: str,
+        referenced_column: str,
+    ) -> None:
         parts = self._foreign.setdefault((schema, table), {}).setdefault(
-            name, _ForeignKeyParts(referenced_schema, referenced_table))
+            name, _ForeignKeyParts(referenced_schema, referenced_table)
+        )
         parts.columns.append(column)
         parts.referenced_columns.append(referenced_column)
 
@@ -52,10 +60,13 @@ class TableAssembler:
                 columns=tuple(columns),
                 primary_key=tuple(self._primary.get(key, ())),
                 foreign_keys=tuple(
-                    ForeignKey(name=name, columns=tuple(fk.columns),
-                               referenced_schema=fk.referenced_schema,
-                               referenced_table=fk.referenced_table,
-                               referenced_columns=tuple(fk.referenced_columns))
+                    ForeignKey(
+                        name=name,
+                        columns=tuple(fk.columns),
+                        referenced_schema=fk.referenced_schema,
+                        referenced_table=fk.referenced_table,
+                        referenced_columns=tuple(fk.referenced_columns),
+                    )
                     for name, fk in self._foreign.get(key, {}).items()
                 ),
                 kind=self._kinds[key],

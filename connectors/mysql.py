@@ -964,23 +964,34 @@ def _build_tables(column_rows: Sequence[Any], key_rows: Sequence[Any]) -> list[T
         charset,
     ) in column_rows:
         kind = TableKind.VIEW if _text(table_type) == "VIEW" else TableKind.TABLE
-        tables.add_column(_text(schema), _text(table), kind, ColumnInfo(
-            name=_text(name),
-            source_type=_text(column_type),
-            arrow_type=mysql_column_arrow_type(
-                _text(data_type),
-                _text(column_type),
-                None if precision is None else int(precision),
-                None if scale is None else int(scale),
-                None if charset is None else _text(charset),
+        tables.add_column(
+            _text(schema),
+            _text(table),
+            kind,
+            ColumnInfo(
+                name=_text(name),
+                source_type=_text(column_type),
+                arrow_type=mysql_column_arrow_type(
+                    _text(data_type),
+                    _text(column_type),
+                    None if precision is None else int(precision),
+                    None if scale is None else int(scale),
+                    None if charset is None else _text(charset),
+                ),
+                nullable=_text(nullable) == "YES",
             ),
-            nullable=_text(nullable) == "YES",
-        ))
+        )
     for schema, table, constraint, ctype, column, ref_schema, ref_table, ref_column in key_rows:
         if _text(ctype) == "PRIMARY KEY":
             tables.add_primary_key_column(_text(schema), _text(table), _text(column))
         else:
-            tables.add_foreign_key_column(_text(schema), _text(table), _text(constraint),
-                                          _text(column), _text(ref_schema), _text(ref_table),
-                                          _text(ref_column))
+            tables.add_foreign_key_column(
+                _text(schema),
+                _text(table),
+                _text(constraint),
+                _text(column),
+                _text(ref_schema),
+                _text(ref_table),
+                _text(ref_column),
+            )
     return tables.tables()

@@ -277,13 +277,28 @@ def _mark_all_stale(session: _Session) -> None:
 class _Plan:
     """What a parameterized query sends (see `PostgresConnector._plan`)."""
 
-    __slots__ = ("encoding", "formats", "key", "query", "statement_timeout", "tx", "types",
-                 "values")
+    __slots__ = (
+        "encoding",
+        "formats",
+        "key",
+        "query",
+        "statement_timeout",
+        "tx",
+        "types",
+        "values",
+    )
 
-    def __init__(self, query: bytes, values: Sequence[Any], formats: list[Any],
-                 types: tuple[int, ...], key: tuple[bytes, tuple[int, ...]],
-                 statement_timeout: bytes | None, tx: TransformerProtocol,
-                 encoding: str) -> None:
+    def __init__(
+        self,
+        query: bytes,
+        values: Sequence[Any],
+        formats: list[Any],
+        types: tuple[int, ...],
+        key: tuple[bytes, tuple[int, ...]],
+        statement_timeout: bytes | None,
+        tx: TransformerProtocol,
+        encoding: str,
+    ) -> None:
         self.query = query
         self.values = values
         self.formats = formats
@@ -301,9 +316,15 @@ class _SmallOutcome:
 
     __slots__ = ("complete", "description", "error", "leading", "released", "results")
 
-    def __init__(self, error: psycopg.Error | None, description: pq.abc.PGresult | None,
-                 results: list[pq.abc.PGresult], complete: bool, *,
-                 leading: bool = False) -> None:
+    def __init__(
+        self,
+        error: psycopg.Error | None,
+        description: pq.abc.PGresult | None,
+        results: list[pq.abc.PGresult],
+        complete: bool,
+        *,
+        leading: bool = False,
+    ) -> None:
         self.error = error
         self.description = description
         self.results = results
@@ -315,8 +336,15 @@ class _SmallOutcome:
         """The connection went back to the pool, or to a handle that owns it."""
 
 
-def _send_pipeline(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
-                   name: bytes | None, to_prepare: bool, *, flush: bool) -> int:
+def _send_pipeline(
+    pgconn: pq.abc.PGconn,
+    session: _Session,
+    plan: _Plan,
+    name: bytes | None,
+    to_prepare: bool,
+    *,
+    flush: bool,
+) -> int:
     """Queue the pipeline: [deallocate stale statements], [prepare the guard], run the
     guard, [prepare the query], describe it, [flush], run it, sync. `name` None runs the
     unnamed statement. Returns how many results come before the query's rows."""
@@ -351,9 +379,11 @@ def _leading_results(
     description: pq.abc.PGresult | None = None
     for _ in range(leading):  # each: one result, then None
         res = yield from generators.fetch(pgconn)
-        if res is not None and res.status not in (
-            pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
-        ) and error is None:
+        if (
+            res is not None
+            and res.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+            and error is None
+        ):
             error = psycopg.errors.error_from_result(res, encoding=encoding)
         description = res
         while res is not None:
@@ -374,8 +404,9 @@ def _end_pipeline_gen(pgconn: pq.abc.PGconn) -> PQGen[None]:
             pgconn.exit_pipeline_mode()
 
 
-def _small_exchange(pgconn: pq.abc.PGconn, session: _Session, plan: _Plan,
-                    name: bytes | None, to_prepare: bool) -> PQGen[_SmallOutcome]:
+def _small_exchange(
+    pgconn: pq.abc.PGconn, session: _Session, plan: _Plan, name: bytes | None, to_prepare: bool
+) -> PQGen[_SmallOutcome]:
     """The whole pipeline of a small query, as one generator the event loop drives."""
     leading = _send_pipeline(pgconn, session, plan, name, to_prepare, flush=False)
     yield from generators.send(pgconn)
@@ -410,9 +441,7 @@ async def _in_worker(cleanup: Callable[[], None]) -> None:
     await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, cleanup))
 
 
-def _end_pipeline(
-    conn: psycopg.Connection[Any], cancel: Callable[[], None] | None = None
-) -> None:
+def _end_pipeline(conn: psycopg.Connection[Any], cancel: Callable[[], None] | None = None) -> None:
     """Read what is left of a pipeline up to its sync and leave pipeline mode; raises
     when the connection cannot be brought back (the caller closes it). `cancel` is
     called first when the server has not sent everything yet (a query still running)."""
@@ -678,8 +707,12 @@ class _PgHandle(QueryHandle):
         if not self._send_cancel(conn):
             return
         # Until the reading side lets go of the connection, ask again now and then.
-        threading.Thread(target=self._cancel_until_released, args=(conn,),
-                         name="fabric-postgres-cancel", daemon=True).start()
+        threading.Thread(
+            target=self._cancel_until_released,
+            args=(conn,),
+            name="fabric-postgres-cancel",
+            daemon=True,
+        ).start()
 
     def _send_cancel(self, conn: psycopg.Connection[Any]) -> bool:
         """One cancel request, unless the connection was already released; whether the
@@ -823,7 +856,6 @@ class _PgHandle(QueryHandle):
             ok = True
         finally:
             self._release(ok=ok)
-
 
     def _stream_batches(
         self,
@@ -1059,9 +1091,8 @@ class PostgresConnector(Connector):
             if not params:
                 self._begin(conn, timeout)
                 self._start_copy(handle, conn, sql)
-            elif (
-                conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-                and _QUERY_START.match(sql)
+            elif conn.pgconn.transaction_status == pq.TransactionStatus.IDLE and _QUERY_START.match(
+                sql
             ):
                 self._start_stream(handle, conn, sql, params, timeout)
             else:
@@ -1124,7 +1155,10 @@ class PostgresConnector(Connector):
         return TextDecoder(columns)
 
     def _plan(
-        self, conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...],
+        self,
+        conn: psycopg.Connection[Any],
+        sql: str,
+        params: tuple[Any, ...],
         timeout: float | None,
     ) -> _Plan:
         """What a parameterized query sends: its text with server placeholders, the values
@@ -1142,8 +1176,16 @@ class PostgresConnector(Connector):
         statement_timeout = (
             None if timeout is None else str(max(1, math.ceil(timeout * 1000))).encode()
         )
-        return _Plan(query, values, list(tx.formats or ()), types, (query, types),
-                     statement_timeout, tx, encoding)
+        return _Plan(
+            query,
+            values,
+            list(tx.formats or ()),
+            types,
+            (query, types),
+            statement_timeout,
+            tx,
+            encoding,
+        )
 
     def _start_stream(
         self,
@@ -1171,8 +1213,7 @@ class PostgresConnector(Connector):
                 # the query, so execute() returns while the query runs
                 leading = _send_pipeline(pgconn, session, plan, name, to_prepare, flush=True)
                 conn.wait(generators.send(pgconn))
-                error, description = conn.wait(
-                    _leading_results(pgconn, leading, plan.encoding))
+                error, description = conn.wait(_leading_results(pgconn, leading, plan.encoding))
                 if error is None:
                     if _CHUNKED:
                         pgconn.set_chunked_rows_mode(handle._batch_rows)
@@ -1230,7 +1271,8 @@ class PostgresConnector(Connector):
         session = self._session(conn)
         if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
             await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(self._give_back, conn, commit=False))
+                None, functools.partial(self._give_back, conn, commit=False)
+            )
             return None
         try:
             plan = self._plan(conn, sql, params, timeout)
@@ -1241,8 +1283,10 @@ class PostgresConnector(Connector):
             # the loop's own timer bounds it, a handle is made only to clean up.
             async with asyncio.timeout(timeout):
                 outcome = await waiting.wait_async(
-                    _small_exchange(pgconn, session, plan, name, to_prepare), pgconn.socket,
-                    interval=_WAIT_INTERVAL)
+                    _small_exchange(pgconn, session, plan, name, to_prepare),
+                    pgconn.socket,
+                    interval=_WAIT_INTERVAL,
+                )
         except BaseException as exc:
             # Stopped part-way: what the pipeline got to prepare is unknown, so the
             # connection's next pipeline deallocates it all first.
@@ -1265,16 +1309,21 @@ class PostgresConnector(Connector):
                 await _in_worker(self._cleanup_handle(conn, timeout).abandon)
             raise
 
-    def _cleanup_handle(self, conn: psycopg.Connection[Any], timeout: float | None
-                        ) -> _PgHandle:
+    def _cleanup_handle(self, conn: psycopg.Connection[Any], timeout: float | None) -> _PgHandle:
         """A handle over a small query's connection, to cancel it and give it back."""
         handle = _PgHandle(self, conn, timeout, _SMALL_CHUNK_ROWS)
         handle._pipeline = True
         return handle
 
     def _small_result(
-        self, conn: psycopg.Connection[Any], session: _Session, plan: _Plan,
-        name: bytes | None, to_prepare: bool, outcome: _SmallOutcome, timeout: float | None,
+        self,
+        conn: psycopg.Connection[Any],
+        session: _Session,
+        plan: _Plan,
+        name: bytes | None,
+        to_prepare: bool,
+        outcome: _SmallOutcome,
+        timeout: float | None,
     ) -> QueryHandle | None:
         error = outcome.error
         if error is None or not outcome.leading:
@@ -1309,8 +1358,9 @@ class PostgresConnector(Connector):
             # More rows than the statement was proven to return: stream the rest from a
             # worker thread, these rows first.
             handle = self._cleanup_handle(conn, timeout)
-            handle._start(decoder.schema,
-                          handle._stream_batches(conn, plan.tx, decoder, session, rows))
+            handle._start(
+                decoder.schema, handle._stream_batches(conn, plan.tx, decoder, session, rows)
+            )
             outcome.released = True  # the handle owns the connection now
             return handle
         try:
@@ -1320,9 +1370,7 @@ class PostgresConnector(Connector):
             self._give_back(conn, commit=True)  # idle after the sync: no I/O
         return BufferedHandle(decoder.schema, batches)
 
-    def _prepared_name(
-        self, session: _Session, key: tuple[bytes, tuple[int, ...]]
-    ) -> bytes | None:
+    def _prepared_name(self, session: _Session, key: tuple[bytes, tuple[int, ...]]) -> bytes | None:
         """The name of the statement on this connection: prepared already, or to prepare
         now (its second execution there); None to run it unprepared."""
         name = session.prepared.get(key)
@@ -1483,18 +1531,24 @@ def _build_tables(column_rows: list[Any], constraint_rows: list[Any]) -> list[Ta
     tables = TableAssembler()
     for schema, table, relkind, name, source_type, oid, typmod, notnull in column_rows:
         kind = TableKind.VIEW if relkind in ("v", "m") else TableKind.TABLE
-        tables.add_column(schema, table, kind, ColumnInfo(
-            name=name,
-            source_type=source_type,
-            arrow_type=pg_arrow_type(int(oid), int(typmod)),
-            nullable=notnull not in ("t", True),
-        ))
+        tables.add_column(
+            schema,
+            table,
+            kind,
+            ColumnInfo(
+                name=name,
+                source_type=source_type,
+                arrow_type=pg_arrow_type(int(oid), int(typmod)),
+                nullable=notnull not in ("t", True),
+            ),
+        )
     for schema, table, contype, name, cols, ref_schema, ref_table, ref_cols in constraint_rows:
         if contype == "p":
             for column in json.loads(cols):
                 tables.add_primary_key_column(schema, table, column)
         else:
             for column, referenced in zip(json.loads(cols), json.loads(ref_cols), strict=True):
-                tables.add_foreign_key_column(schema, table, name, column, ref_schema,
-                                              ref_table, referenced)
+                tables.add_foreign_key_column(
+                    schema, table, name, column, ref_schema, ref_table, referenced
+                )
     return tables.tables()

@@ -865,12 +865,25 @@ def build_tables(column_rows: Sequence[Any], key_rows: Sequence[Any]) -> list[Ta
         arrow_type = mssql_arrow_type(effective, int(precision), int(scale))
         if effective.lower() == "float":
             arrow_type = pa.float32() if int(precision) <= 24 else pa.float64()
-        tables.add_column(str(schema), str(table), kind, ColumnInfo(
-            name=str(name), source_type=source, arrow_type=arrow_type, nullable=bool(nullable)))
+        tables.add_column(
+            str(schema),
+            str(table),
+            kind,
+            ColumnInfo(
+                name=str(name), source_type=source, arrow_type=arrow_type, nullable=bool(nullable)
+            ),
+        )
     for schema, table, key_type, key_name, column, _, ref_schema, ref_table, ref_column in key_rows:
         if key_type == "PK":
             tables.add_primary_key_column(str(schema), str(table), str(column))
         else:
-            tables.add_foreign_key_column(str(schema), str(table), str(key_name), str(column),
-                                          str(ref_schema), str(ref_table), str(ref_column))
+            tables.add_foreign_key_column(
+                str(schema),
+                str(table),
+                str(key_name),
+                str(column),
+                str(ref_schema),
+                str(ref_table),
+                str(ref_column),
+            )
     return tables.tables()

@@ -24,11 +24,13 @@ from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
 from fabric.observability.logging import configure as configure_logging
 
-_TYPED_PARAM = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$",
-                          re.DOTALL)
+_TYPED_PARAM = re.compile(
+    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$", re.DOTALL
+)
 
 
 # -- argument values --------------------------------------------------------------------
+
 
 def parse_setting(text: str) -> tuple[str, SettingValue]:
     key, sep, raw = text.partition("=")
@@ -68,15 +70,21 @@ def _convert(kind: str | None, raw: str) -> Any:
             return float(raw)
         return raw
     converters: dict[str, Any] = {
-        "str": str, "int": int, "float": float, "decimal": Decimal,
+        "str": str,
+        "int": int,
+        "float": float,
+        "decimal": Decimal,
         "bool": lambda v: {"true": True, "false": False}[v.lower()],
-        "date": dt.date.fromisoformat, "time": dt.time.fromisoformat,
-        "timestamp": dt.datetime.fromisoformat, "bytes": bytes.fromhex,
+        "date": dt.date.fromisoformat,
+        "time": dt.time.fromisoformat,
+        "timestamp": dt.datetime.fromisoformat,
+        "bytes": bytes.fromhex,
         "null": lambda v: None,
     }
     if kind not in converters:
-        raise InvalidArgument(f"unknown parameter type {kind!r}; use one of "
-                              + ", ".join(sorted(converters)))
+        raise InvalidArgument(
+            f"unknown parameter type {kind!r}; use one of " + ", ".join(sorted(converters))
+        )
     try:
         return converters[kind](raw)
     except KeyError:
@@ -84,6 +92,7 @@ def _convert(kind: str | None, raw: str) -> Any:
 
 
 # -- output ---------------------------------------------------------------------------
+
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -96,8 +105,9 @@ def _cell(value: Any) -> str:
 def format_table(table: pa.Table, max_width: int = 40) -> str:
     rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
     headers = table.column_names
-    widths = [min(max_width, max([len(h)] + [len(r[i]) for r in rows])) for i, h in
-              enumerate(headers)]
+    widths = [
+        min(max_width, max([len(h)] + [len(r[i]) for r in rows])) for i, h in enumerate(headers)
+    ]
 
     def line(cells: Sequence[str]) -> str:
         return " | ".join(c[:w].ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
@@ -139,16 +149,19 @@ def _describe_entity(entity: Entity) -> str:
 
 # -- commands ---------------------------------------------------------------------------
 
+
 def _check_listen(listen: str, settings: Settings, insecure: bool) -> None:
     from fabric.api.server import is_loopback
 
     if settings.auth == "none" and not is_loopback(listen):
-        raise InvalidArgument(f"FABRIC_AUTH=none is allowed only on a loopback address, "
-                              f"not {listen}")
+        raise InvalidArgument(
+            f"FABRIC_AUTH=none is allowed only on a loopback address, not {listen}"
+        )
     if not settings.tls and not is_loopback(listen) and not insecure:
         raise InvalidArgument(
             f"refusing to listen on {listen} without TLS: set FABRIC_TLS_CERT and "
-            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly")
+            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly"
+        )
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -163,8 +176,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             _check_listen(listen, settings, args.insecure)
     else:
         if args.stage_name:
-            raise InvalidArgument("--stage is for --role runtime; the platform serves every "
-                                  "stage")
+            raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
         listen = args.listen or settings.listen
         _check_listen(listen, settings, args.insecure)
 
@@ -191,8 +203,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         asyncio.run(run())
     except OSError as error:  # a port in use, a socket refused
-        raise SourceUnavailable(f"cannot start the {args.role} process: "
-                                f"{error.strerror or type(error).__name__}") from None
+        raise SourceUnavailable(
+            f"cannot start the {args.role} process: {error.strerror or type(error).__name__}"
+        ) from None
     return 0
 
 
@@ -225,12 +238,21 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "create":
         stage_settings = dict(parse_setting(s) for s in args.set or [])
         password = _read_password(args)
-        connection = create_connection(manager, open_secret_store(settings), tenant, args.name,
-                                       ConnectionKind(args.kind).value, args.stage,
-                                       stage_settings, password)
-        print(f"created connection {connection.name!r} ({connection.kind.value}) "
-              f"for stage {args.stage!r}" + (", password sealed in the secret store"
-                                             if password else ""))
+        connection = create_connection(
+            manager,
+            open_secret_store(settings),
+            tenant,
+            args.name,
+            ConnectionKind(args.kind).value,
+            args.stage,
+            stage_settings,
+            password,
+        )
+        print(
+            f"created connection {connection.name!r} ({connection.kind.value}) "
+            f"for stage {args.stage!r}"
+            + (", password sealed in the secret store" if password else "")
+        )
     elif args.action == "list":
         for connection in manager.list_connections(tenant):
             stages = ", ".join(sorted(connection.stages))
@@ -246,8 +268,9 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _update_connection(args: argparse.Namespace, settings: Settings,
-                       manager: CatalogManager) -> None:
+def _update_connection(
+    args: argparse.Namespace, settings: Settings, manager: CatalogManager
+) -> None:
     """`fabric connection update`: one stage's settings and/or password, or removals."""
     from fabric.platform.connections import ConnectionAdmin, StageInput
     from fabric.platform.departure import ChangeListeners
@@ -255,17 +278,29 @@ def _update_connection(args: argparse.Namespace, settings: Settings,
 
     password = _read_password(args)
     stage_settings = dict(parse_setting(s) for s in args.set or [])
-    stages = ({args.stage: StageInput(stage_settings, password)}
-              if stage_settings or password is not None else {})
+    stages = (
+        {args.stage: StageInput(stage_settings, password)}
+        if stage_settings or password is not None
+        else {}
+    )
     # No runtime in this process: running gateways see the new version on their next call.
     admin = ConnectionAdmin(manager, open_secret_store(settings), ChangeListeners())
-    connection = admin.update(args.tenant, args.name, stages=stages,
-                              remove_stages=args.remove_stage or [],
-                              clear_passwords=[args.stage] if args.clear_password else [],
-                              expected_version=args.expected_version, verify=args.verify)
-    print(f"updated connection {connection.name!r} to version {connection.version}; stages: "
-          + ", ".join(f"{stage}{' (password)' if stage in connection.secret_refs else ''}"
-                      for stage in sorted(connection.stages)))
+    connection = admin.update(
+        args.tenant,
+        args.name,
+        stages=stages,
+        remove_stages=args.remove_stage or [],
+        clear_passwords=[args.stage] if args.clear_password else [],
+        expected_version=args.expected_version,
+        verify=args.verify,
+    )
+    print(
+        f"updated connection {connection.name!r} to version {connection.version}; stages: "
+        + ", ".join(
+            f"{stage}{' (password)' if stage in connection.secret_refs else ''}"
+            for stage in sorted(connection.stages)
+        )
+    )
 
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,15 +315,20 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
                 null = "" if column.nullable else " not null"
                 print(f"    {column.name}: {column.source_type} -> {kind}{null}")
             for fk in table.foreign_keys:
-                print(f"    fk ({', '.join(fk.columns)}) -> {fk.referenced_schema}."
-                      f"{fk.referenced_table} ({', '.join(fk.referenced_columns)})")
+                print(
+                    f"    fk ({', '.join(fk.columns)}) -> {fk.referenced_schema}."
+                    f"{fk.referenced_table} ({', '.join(fk.referenced_columns)})"
+                )
     elif args.action == "select":
         if args.all:
             entities = manager.select_all(tenant, args.connection, stage, args.schema or None)
         elif args.table:
             columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-            entities = [manager.select(tenant, args.connection, stage, args.table, columns,
-                                       args.entity_name)]
+            entities = [
+                manager.select(
+                    tenant, args.connection, stage, args.table, columns, args.entity_name
+                )
+            ]
         else:
             raise InvalidArgument("name a TABLE to select, or pass --all")
         for entity in entities:
@@ -306,11 +346,16 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
         report = refresh_catalog(manager, tenant, args.connection, stage)
         for drift in report.drift:
             where = f".{drift.column}" if drift.column else ""
-            types = (f" {drift.old_type or '-'} -> {drift.new_type or '-'}"
-                     if drift.old_type or drift.new_type else "")
+            types = (
+                f" {drift.old_type or '-'} -> {drift.new_type or '-'}"
+                if drift.old_type or drift.new_type
+                else ""
+            )
             detail = f" ({drift.detail})" if drift.detail else ""
-            print(f"{drift.kind.value}: {drift.entity} = {drift.schema}.{drift.table}"
-                  f"{where}{types}{detail}")
+            print(
+                f"{drift.kind.value}: {drift.entity} = {drift.schema}.{drift.table}"
+                f"{where}{types}{detail}"
+            )
         if not report.drift:
             print("no drift")
         print(f"catalog version {report.previous_version} -> {report.catalog_version}")
@@ -320,11 +365,14 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     """`fabric audit list`: administrative changes, newest first; never a secret."""
     manager = _manager(settings)
-    for event in manager.store.list_audit(args.tenant, connection=args.connection,
-                                          limit=args.limit):
+    for event in manager.store.list_audit(
+        args.tenant, connection=args.connection, limit=args.limit
+    ):
         details = " ".join(f"{k}={v}" for k, v in event.details.items())
-        print(f"{event.at.isoformat(timespec='seconds')}\t{event.actor}\t{event.action}\t"
-              f"{event.connection or '-'}\t{event.stage or '-'}\t{details}")
+        print(
+            f"{event.at.isoformat(timespec='seconds')}\t{event.actor}\t{event.action}\t"
+            f"{event.connection or '-'}\t{event.stage or '-'}\t{details}"
+        )
     return 0
 
 
@@ -339,16 +387,18 @@ def _token(args: argparse.Namespace, settings: Settings) -> str | None:
     if settings.auth == "local" and settings.token_key_path.exists():
         from fabric.wiring import local_token
 
-        return local_token(settings, tenant=args.tenant, stage=args.stage_name,
-                           subject="fabric-cli", ttl=300)
+        return local_token(
+            settings, tenant=args.tenant, stage=args.stage_name, subject="fabric-cli", ttl=300
+        )
     return None
 
 
 def _client(args: argparse.Namespace, settings: Settings) -> FabricClient:
     from fabric.client import FabricClient
 
-    return FabricClient(args.address or settings.listen, _token(args, settings),
-                        timeout=args.timeout)
+    return FabricClient(
+        args.address or settings.listen, _token(args, settings), timeout=args.timeout
+    )
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
@@ -357,9 +407,11 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
         result = client.execute(args.connection, args.sql, params, args.cache_ttl, args.max_rows)
     write_result(result.table, args.format)
     s = result.summary
-    print(f"-- {s.rows} rows{' (truncated)' if s.truncated else ''}"
-          f"{', from cache' if s.from_cache else ''}, {s.elapsed_us / 1000:.1f} ms in the gateway",
-          file=sys.stderr)
+    print(
+        f"-- {s.rows} rows{' (truncated)' if s.truncated else ''}"
+        f"{', from cache' if s.from_cache else ''}, {s.elapsed_us / 1000:.1f} ms in the gateway",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -372,8 +424,16 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.wiring import local_token
 
-    print(local_token(settings, tenant=args.tenant, stage=args.stage_name, role=args.role,
-                      subject=args.subject, ttl=args.ttl))
+    print(
+        local_token(
+            settings,
+            tenant=args.tenant,
+            stage=args.stage_name,
+            role=args.role,
+            subject=args.subject,
+            ttl=args.ttl,
+        )
+    )
     return 0
 
 
@@ -391,32 +451,49 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--listen", help="address to listen on (default FABRIC_LISTEN or "
-                                        "127.0.0.1:50051)")
-    serve.add_argument("--role", default="all", choices=["all", "platform", "runtime"],
-                       help="all: both planes in one process (default); platform: the "
-                            "gRPC gateway, forwarding queries over NATS; runtime: one "
-                            "replica of --stage on NATS")
-    serve.add_argument("--stage", dest="stage_name",
-                       help="the stage a runtime replica serves")
-    serve.add_argument("--insecure", action="store_true",
-                       help="allow a non-loopback address without TLS (not for production)")
+    serve.add_argument(
+        "--listen", help="address to listen on (default FABRIC_LISTEN or 127.0.0.1:50051)"
+    )
+    serve.add_argument(
+        "--role",
+        default="all",
+        choices=["all", "platform", "runtime"],
+        help="all: both planes in one process (default); platform: the "
+        "gRPC gateway, forwarding queries over NATS; runtime: one "
+        "replica of --stage on NATS",
+    )
+    serve.add_argument("--stage", dest="stage_name", help="the stage a runtime replica serves")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without TLS (not for production)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     conn = sub.add_parser("connection", help="manage connections").add_subparsers(
-        dest="action", required=True)
+        dest="action", required=True
+    )
     create = conn.add_parser("create", help="register a connection")
     create.add_argument("name")
     create.add_argument("--kind", required=True, choices=[k.value for k in ConnectionKind])
-    create.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="a setting (host, port, database, user, path, ...); repeat")
-    create.add_argument("--stage", default=ALL_STAGES,
-                        help="stage these settings are for (default: all stages)")
+    create.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a setting (host, port, database, user, path, ...); repeat",
+    )
+    create.add_argument(
+        "--stage", default=ALL_STAGES, help="stage these settings are for (default: all stages)"
+    )
     secret = create.add_mutually_exclusive_group()
-    secret.add_argument("--password-stdin", action="store_true",
-                        help="read the password from the first line of standard input")
-    secret.add_argument("--password-prompt", action="store_true",
-                        help="ask for the password without echoing it")
+    secret.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    secret.add_argument(
+        "--password-prompt", action="store_true", help="ask for the password without echoing it"
+    )
     conn.add_parser("list", help="list connections")
     delete = conn.add_parser("delete", help="delete a connection and its selection")
     delete.add_argument("name")
@@ -425,34 +502,52 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
     update = conn.add_parser("update", help="change a stage's settings or password")
     update.add_argument("name")
-    update.add_argument("--stage", default=ALL_STAGES,
-                        help="stage to change (default: the all-stages settings)")
-    update.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="the stage's settings, replacing its old ones; repeat")
+    update.add_argument(
+        "--stage", default=ALL_STAGES, help="stage to change (default: the all-stages settings)"
+    )
+    update.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="the stage's settings, replacing its old ones; repeat",
+    )
     new_secret = update.add_mutually_exclusive_group()
-    new_secret.add_argument("--password-stdin", action="store_true",
-                            help="read the new password from the first line of standard input")
-    new_secret.add_argument("--password-prompt", action="store_true",
-                            help="ask for the new password without echoing it")
-    new_secret.add_argument("--clear-password", action="store_true",
-                            help="remove the stage's password")
-    update.add_argument("--remove-stage", action="append", metavar="STAGE",
-                        help="remove a stage's settings and password; repeat")
-    update.add_argument("--expected-version", type=int,
-                        help="apply only if the connection is still at this version")
-    update.add_argument("--verify", action="store_true",
-                        help="test the changed stage before storing anything")
+    new_secret.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the new password from the first line of standard input",
+    )
+    new_secret.add_argument(
+        "--password-prompt", action="store_true", help="ask for the new password without echoing it"
+    )
+    new_secret.add_argument(
+        "--clear-password", action="store_true", help="remove the stage's password"
+    )
+    update.add_argument(
+        "--remove-stage",
+        action="append",
+        metavar="STAGE",
+        help="remove a stage's settings and password; repeat",
+    )
+    update.add_argument(
+        "--expected-version", type=int, help="apply only if the connection is still at this version"
+    )
+    update.add_argument(
+        "--verify", action="store_true", help="test the changed stage before storing anything"
+    )
     conn_parser = sub.choices["connection"]
     conn_parser.set_defaults(func=cmd_connection)
 
     cat = sub.add_parser("catalog", help="discover and select what apps may query")
     cat.set_defaults(func=cmd_catalog)
     cat_sub = cat.add_subparsers(dest="action", required=True)
-    for name, text in (("discover", "list remote tables, columns and keys"),
-                       ("select", "select a table (some columns, or all) for apps"),
-                       ("unselect", "remove entities from the selection"),
-                       ("list", "list selected entities"),
-                       ("refresh", "re-read the selected tables and report drift")):
+    for name, text in (
+        ("discover", "list remote tables, columns and keys"),
+        ("select", "select a table (some columns, or all) for apps"),
+        ("unselect", "remove entities from the selection"),
+        ("list", "list selected entities"),
+        ("refresh", "re-read the selected tables and report drift"),
+    ):
         p = cat_sub.add_parser(name, help=text)
         p.add_argument("connection")
         p.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
@@ -467,8 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("entities", nargs="+")
 
     for name, func in (("query", cmd_query), ("preview", cmd_preview)):
-        p = sub.add_parser(name, help="run a query through the gateway" if name == "query"
-                           else "show the first rows of a selected entity")
+        p = sub.add_parser(
+            name,
+            help="run a query through the gateway"
+            if name == "query"
+            else "show the first rows of a selected entity",
+        )
         p.add_argument("connection")
         if name == "query":
             p.add_argument("sql")
@@ -480,10 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int, default=0)
         p.add_argument("--format", choices=["table", "csv", "json"], default="table")
         p.add_argument("--address", help="gateway address (default FABRIC_LISTEN)")
-        p.add_argument("--token", help="bearer token (default FABRIC_TOKEN, or one minted "
-                                       "with the local key)")
-        p.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE,
-                       help="stage of the minted local token")
+        p.add_argument(
+            "--token", help="bearer token (default FABRIC_TOKEN, or one minted with the local key)"
+        )
+        p.add_argument(
+            "--stage",
+            dest="stage_name",
+            default=DEFAULT_STAGE,
+            help="stage of the minted local token",
+        )
         p.add_argument("--timeout", type=float, default=300.0, help="seconds")
         p.set_defaults(func=func)
 
@@ -495,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     audit = sub.add_parser("audit", help="administrative changes").add_subparsers(
-        dest="action", required=True)
+        dest="action", required=True
+    )
     audit_list = audit.add_parser("list", help="list changes, newest first")
     audit_list.add_argument("--connection", help="only changes of this connection")
     audit_list.add_argument("--limit", type=int, default=100)

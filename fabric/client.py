@@ -31,8 +31,9 @@ class ResultSummary:
 
     @staticmethod
     def of(message: pb.ResultSummary) -> ResultSummary:
-        return ResultSummary(message.rows, message.truncated, message.from_cache,
-                             message.elapsed_us)
+        return ResultSummary(
+            message.rows, message.truncated, message.from_cache, message.elapsed_us
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +45,9 @@ class QueryResult:
 def _translate(error: grpc.RpcError) -> FabricError:
     call: Any = error
     trailing = dict(call.trailing_metadata() or ())
-    return error_from_rpc(call.code(), call.details() or "", trailing.get(ERROR_CODE_KEY),
-                          trailing.get(SQLSTATE_KEY))
+    return error_from_rpc(
+        call.code(), call.details() or "", trailing.get(ERROR_CODE_KEY), trailing.get(SQLSTATE_KEY)
+    )
 
 
 class _Stream:
@@ -92,7 +94,8 @@ class Statement:
         self._pages: list[pb.Page] = [first]
         self.done = first.done
         self.summary: ResultSummary | None = (
-            ResultSummary.of(first.summary) if first.HasField("summary") else None)
+            ResultSummary.of(first.summary) if first.HasField("summary") else None
+        )
 
     def fetch(self, page_rows: int | None = None) -> pa.Table | None:
         """The next page (of `page_rows`, by default the size the statement was opened
@@ -103,8 +106,9 @@ class Statement:
             return decode_page(self._pages.pop().arrow_ipc)
         if self.done:
             return None
-        page = self._client._unary(self._client._stub.Fetch,
-                                   pb.FetchRequest(statement_id=self.id, page_rows=page_rows))
+        page = self._client._unary(
+            self._client._stub.Fetch, pb.FetchRequest(statement_id=self.id, page_rows=page_rows)
+        )
         self.done = page.done
         if page.HasField("summary"):
             self.summary = ResultSummary.of(page.summary)
@@ -118,8 +122,9 @@ class Statement:
         if not self.done and self.id:
             self.done = True
             self._pages.clear()
-            self._client._unary(self._client._stub.CloseStatement,
-                                pb.CloseStatementRequest(statement_id=self.id))
+            self._client._unary(
+                self._client._stub.CloseStatement, pb.CloseStatementRequest(statement_id=self.id)
+            )
 
     def __enter__(self) -> Statement:
         return self
@@ -132,11 +137,18 @@ class FabricClient:
     """`FabricClient("127.0.0.1:50051")`; errors are the gateway's own FabricError classes
     (QueryRejected, NotFound, SourceUnavailable, ...)."""
 
-    def __init__(self, address: str, token: str | None = None, *,
-                 timeout: float | None = None,
-                 metadata: Sequence[tuple[str, str]] = (),
-                 tls_ca: bytes | None = None, tls_cert: bytes | None = None,
-                 tls_key: bytes | None = None, tls: bool = False) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls: bool = False,
+    ) -> None:
         """`tls_ca` (PEM) trusts the gateway's CA; `tls_cert`/`tls_key` are the client's
         own certificate for mutual TLS; `tls=True` alone uses the system's roots."""
         options = [
@@ -153,11 +165,21 @@ class FabricClient:
         self._metadata = (*auth, *metadata)
         self._timeout = timeout
 
-    def _request(self, connection: str, sql: str, params: Mapping[str, Any] | None,
-                 cache_ttl: int, max_rows: int | None) -> pb.ExecuteRequest:
-        return pb.ExecuteRequest(connection=connection, sql=sql,
-                                 params=params_to_proto(params),
-                                 cache_ttl_seconds=cache_ttl, max_rows=max_rows)
+    def _request(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None,
+        cache_ttl: int,
+        max_rows: int | None,
+    ) -> pb.ExecuteRequest:
+        return pb.ExecuteRequest(
+            connection=connection,
+            sql=sql,
+            params=params_to_proto(params),
+            cache_ttl_seconds=cache_ttl,
+            max_rows=max_rows,
+        )
 
     def _unary(self, method: Any, request: Any) -> Any:
         try:
@@ -177,23 +199,43 @@ class FabricClient:
             raise FabricError("the gateway ended the result without its summary")
         return QueryResult(table, stream.summary)
 
-    def execute(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
-                cache_ttl: int = 0, max_rows: int | None = None) -> QueryResult:
+    def execute(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        cache_ttl: int = 0,
+        max_rows: int | None = None,
+    ) -> QueryResult:
         """The whole result and its summary (rows, truncated, from_cache, time spent)."""
         request = self._request(connection, sql, params, cache_ttl, max_rows)
-        return self._read(self._stub.Execute(request, timeout=self._timeout,
-                                             metadata=self._metadata))
+        return self._read(
+            self._stub.Execute(request, timeout=self._timeout, metadata=self._metadata)
+        )
 
-    def query(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
-              cache_ttl: int = 0, max_rows: int | None = None) -> pa.Table:
+    def query(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        cache_ttl: int = 0,
+        max_rows: int | None = None,
+    ) -> pa.Table:
         return self.execute(connection, sql, params, cache_ttl, max_rows).table
 
-    def query_batches(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
-                      cache_ttl: int = 0, max_rows: int | None = None) -> pa.RecordBatchReader:
+    def query_batches(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        cache_ttl: int = 0,
+        max_rows: int | None = None,
+    ) -> pa.RecordBatchReader:
         """Stream the result batch by batch as it arrives."""
         request = self._request(connection, sql, params, cache_ttl, max_rows)
-        stream = _Stream(self._stub.Execute(request, timeout=self._timeout,
-                                            metadata=self._metadata))
+        stream = _Stream(
+            self._stub.Execute(request, timeout=self._timeout, metadata=self._metadata)
+        )
         reader = open_ipc_stream(stream.chunks)
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -208,15 +250,22 @@ class FabricClient:
 
     def preview(self, connection: str, entity: str, limit: int = 0) -> pa.Table:
         request = pb.PreviewRequest(connection=connection, entity=entity, limit=limit)
-        return self._read(self._stub.Preview(request, timeout=self._timeout,
-                                             metadata=self._metadata)).table
+        return self._read(
+            self._stub.Preview(request, timeout=self._timeout, metadata=self._metadata)
+        ).table
 
-    def open_statement(self, connection: str, sql: str, params: Mapping[str, Any] | None = None,
-                       cache_ttl: int = 0, max_rows: int | None = None,
-                       page_rows: int = 0) -> Statement:
+    def open_statement(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        cache_ttl: int = 0,
+        max_rows: int | None = None,
+        page_rows: int = 0,
+    ) -> Statement:
         request = pb.OpenStatementRequest(
-            query=self._request(connection, sql, params, cache_ttl, max_rows),
-            page_rows=page_rows)
+            query=self._request(connection, sql, params, cache_ttl, max_rows), page_rows=page_rows
+        )
         return Statement(self, self._unary(self._stub.OpenStatement, request), page_rows)
 
     def close(self) -> None:

@@ -166,22 +166,39 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("max_rows", "cache_max_bytes", "page_rows", "preview_rows",
-                    "max_message_bytes", "compiled_statements", "batch_rows",
-                    "worker_threads", "max_open_statements")
+        positive = (
+            "max_rows",
+            "cache_max_bytes",
+            "page_rows",
+            "preview_rows",
+            "max_message_bytes",
+            "compiled_statements",
+            "batch_rows",
+            "worker_threads",
+            "max_open_statements",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
-        for name in ("query_timeout", "statement_idle_limit", "statement_sweep_interval",
-                     "metadata_stale_after", "metadata_sweep_interval", "bus_connect_timeout",
-                     "bus_timeout", "bus_publish_timeout", "bus_max_concurrent"):
+        for name in (
+            "query_timeout",
+            "statement_idle_limit",
+            "statement_sweep_interval",
+            "metadata_stale_after",
+            "metadata_sweep_interval",
+            "bus_connect_timeout",
+            "bus_timeout",
+            "bus_publish_timeout",
+            "bus_max_concurrent",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")
         if self.auth not in ("local", "jwt", "none"):
             raise InvalidArgument("FABRIC_AUTH must be local, jwt or none")
         if self.auth == "jwt" and not (self.jwt_issuer and self.jwt_audience and self.jwt_jwks):
-            raise InvalidArgument("FABRIC_AUTH=jwt needs FABRIC_JWT_ISSUER, FABRIC_JWT_AUDIENCE "
-                                  "and FABRIC_JWT_JWKS")
+            raise InvalidArgument(
+                "FABRIC_AUTH=jwt needs FABRIC_JWT_ISSUER, FABRIC_JWT_AUDIENCE and FABRIC_JWT_JWKS"
+            )
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise InvalidArgument("FABRIC_LOG_LEVEL must be debug, info, warning or error")
         if self.log_format not in ("text", "json"):
@@ -189,8 +206,9 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("TLS needs both FABRIC_TLS_CERT and FABRIC_TLS_KEY")
         if self.tls_client_ca and not self.tls_cert:
-            raise InvalidArgument("mutual TLS (FABRIC_TLS_CLIENT_CA) needs a server "
-                                  "certificate and key too")
+            raise InvalidArgument(
+                "mutual TLS (FABRIC_TLS_CLIENT_CA) needs a server certificate and key too"
+            )
         if self.bus_retries < 0:
             raise InvalidArgument("setting bus_retries must not be negative")
         if self.cache_max_ttl < 0:

@@ -98,8 +98,10 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
     database = demo_home / "retail.duckdb"
     started = time.perf_counter()
     counts = create_demo_database(database, scale=scale)
-    print(f"generated {database} in {time.perf_counter() - started:.1f} s: "
-          + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    print(
+        f"generated {database} in {time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{n} {t}" for t, n in counts.items())
+    )
     store = SqliteMetadataStore(demo_home / "metadata.sqlite")
     manager = catalog_manager(store)
     with contextlib.suppress(NotFound):
@@ -107,21 +109,30 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
     manager.create_connection(DEFAULT_TENANT, CONNECTION, "duckdb", {"*": {"path": str(database)}})
     for table in ("regions", "products", "orders", "order_items"):
         manager.select(DEFAULT_TENANT, CONNECTION, DEFAULT_STAGE, table)
-    manager.select(DEFAULT_TENANT, CONNECTION, DEFAULT_STAGE, "customers",
-                   ["id", "name", "region_id", "signup_date", "segment"])
+    manager.select(
+        DEFAULT_TENANT,
+        CONNECTION,
+        DEFAULT_STAGE,
+        "customers",
+        ["id", "name", "region_id", "signup_date", "segment"],
+    )
     names = ", ".join(e.name for e in manager.list_entities(DEFAULT_TENANT, CONNECTION))
-    print(f"registered connection {CONNECTION!r} and selected: {names} "
-          "(customers.email left out)")
+    print(f"registered connection {CONNECTION!r} and selected: {names} (customers.email left out)")
     return store
 
 
 def run_demo(settings: Settings, scale: int = 1) -> None:
     store = prepare(settings, scale)
     demo_settings = replace(settings, metrics_port=0)
-    token = local_token(demo_settings, subject="fabric-demo", ttl=600) \
-        if demo_settings.auth == "local" else None
-    with BackgroundGateway(Gateway.build(demo_settings, store)) as gateway, \
-            FabricClient(gateway.address, token, timeout=60) as client:
+    token = (
+        local_token(demo_settings, subject="fabric-demo", ttl=600)
+        if demo_settings.auth == "local"
+        else None
+    )
+    with (
+        BackgroundGateway(Gateway.build(demo_settings, store)) as gateway,
+        FabricClient(gateway.address, token, timeout=60) as client,
+    ):
         print(f"gateway listening on {gateway.address} (gRPC, Arrow IPC results)")
         for title, sql, params in QUERIES:
             _heading(title)
@@ -134,11 +145,15 @@ def run_demo(settings: Settings, scale: int = 1) -> None:
         first = client.execute(CONNECTION, sql, cache_ttl=60)
         second = client.execute(CONNECTION, sql, cache_ttl=60)
         print(format_table(first.table.slice(0, 6)))
-        print(f"-- first run: {first.summary.rows} rows from the source in "
-              f"{first.summary.elapsed_us / 1000:.2f} ms")
-        print(f"-- second run: {'served from memory' if second.summary.from_cache else 'MISSED'}"
-              f" in {second.summary.elapsed_us / 1000:.2f} ms; identical: "
-              f"{first.table.equals(second.table)}")
+        print(
+            f"-- first run: {first.summary.rows} rows from the source in "
+            f"{first.summary.elapsed_us / 1000:.2f} ms"
+        )
+        print(
+            f"-- second run: {'served from memory' if second.summary.from_cache else 'MISSED'}"
+            f" in {second.summary.elapsed_us / 1000:.2f} ms; identical: "
+            f"{first.table.equals(second.table)}"
+        )
 
         title, sql = REJECTED
         _heading(title)

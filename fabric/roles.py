@@ -111,24 +111,31 @@ async def connect_bus(settings: Settings, name: str) -> Any:
     from fabric.messaging.nats_bus import NatsBus
 
     if not settings.nats_servers:
-        raise FailedPrecondition("this role needs NATS: set FABRIC_NATS_URL "
-                                 "(e.g. nats://127.0.0.1:4222)")
+        raise FailedPrecondition(
+            "this role needs NATS: set FABRIC_NATS_URL (e.g. nats://127.0.0.1:4222)"
+        )
     tls = None
     if settings.nats_tls_ca:
         try:
             tls = ssl.create_default_context(cafile=settings.nats_tls_ca)
         except (OSError, ssl.SSLError):
-            raise InvalidArgument(f"cannot read FABRIC_NATS_TLS_CA {settings.nats_tls_ca}"
-                                  ) from None
+            raise InvalidArgument(
+                f"cannot read FABRIC_NATS_TLS_CA {settings.nats_tls_ca}"
+            ) from None
     deadline = settings.bus_connect_timeout
     try:
         return await NatsBus.connect(
-            settings.nats_servers, name=name, creds_file=settings.nats_creds or None,
-            tls=tls, connect_timeout=min(5.0, deadline), connect_deadline=deadline)
+            settings.nats_servers,
+            name=name,
+            creds_file=settings.nats_creds or None,
+            tls=tls,
+            connect_timeout=min(5.0, deadline),
+            connect_deadline=deadline,
+        )
     except SourceUnavailable as error:
         raise BusUnreachable(
-            f"NATS at {nats_where(settings)} did not answer within {deadline:g}s "
-            f"({error.message})") from None
+            f"NATS at {nats_where(settings)} did not answer within {deadline:g}s ({error.message})"
+        ) from None
 
 
 async def open_event_log(bus: Any, settings: Settings) -> Any:
@@ -138,16 +145,18 @@ async def open_event_log(bus: Any, settings: Settings) -> Any:
     try:
         # One event per pull: a pull of several waits for the batch (up to the fetch
         # timeout) before handing over the first, and purges must be quick.
-        return await JetStreamEventLog.open(bus, fetch_batch=1,
-                                            fetch_timeout=EVENT_FETCH_TIMEOUT,
-                                            api_timeout=settings.bus_publish_timeout)
+        return await JetStreamEventLog.open(
+            bus,
+            fetch_batch=1,
+            fetch_timeout=EVENT_FETCH_TIMEOUT,
+            api_timeout=settings.bus_publish_timeout,
+        )
     except SourceUnavailable as error:
         raise BusUnreachable(f"NATS at {nats_where(settings)}: {error.message}") from None
 
 
 def bus_snapshot(bus: Any) -> Mapping[str, float]:
-    return {"bus_connected": 1.0 if bus.connected else 0.0,
-            "bus_reconnects": float(bus.reconnects)}
+    return {"bus_connected": 1.0 if bus.connected else 0.0, "bus_reconnects": float(bus.reconnects)}
 
 
 async def _close_quietly(bus: Any) -> None:
@@ -161,8 +170,9 @@ async def _close_quietly(bus: Any) -> None:
 class PlatformProcess:
     """`--role platform` (`forward=True`) or `--role all` (`forward=False`)."""
 
-    def __init__(self, settings: Settings, *, role: str, listen: str | None = None,
-                 **engine_options: Any) -> None:
+    def __init__(
+        self, settings: Settings, *, role: str, listen: str | None = None, **engine_options: Any
+    ) -> None:
         self.settings = settings
         self.role = role
         self.listen = listen or settings.listen
@@ -174,8 +184,14 @@ class PlatformProcess:
         self.gateway: Gateway
 
     @classmethod
-    async def open(cls, settings: Settings, *, role: str = "platform",
-                   listen: str | None = None, **engine_options: Any) -> PlatformProcess:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        role: str = "platform",
+        listen: str | None = None,
+        **engine_options: Any,
+    ) -> PlatformProcess:
         """Connect to NATS (required for `platform`, optional for `all`), then build the
         gateway; nothing is listening yet."""
         from fabric.wiring import open_secret_store, open_store
@@ -192,19 +208,27 @@ class PlatformProcess:
                     from fabric.messaging.query_rpc import BusQueryForwarder
 
                     process.forwarder = BusQueryForwarder(
-                        process.bus, open_kms(settings), timeout=settings.bus_timeout,
-                        retries=settings.bus_retries)
+                        process.bus,
+                        open_kms(settings),
+                        timeout=settings.bus_timeout,
+                        retries=settings.bus_retries,
+                    )
                     execute = process.forwarder.execute
             except BaseException:
                 await _close_quietly(process.bus)
                 raise
-        process.gateway = Gateway.build(settings, open_store(settings),
-                                        secret_store=open_secret_store(settings),
-                                        execute=execute, services=SERVICES,
-                                        **engine_options)
+        process.gateway = Gateway.build(
+            settings,
+            open_store(settings),
+            secret_store=open_secret_store(settings),
+            execute=execute,
+            services=SERVICES,
+            **engine_options,
+        )
         if process.events is not None:
             process.publisher = PlatformEventPublisher(
-                process.events, timeout=settings.bus_publish_timeout)
+                process.events, timeout=settings.bus_publish_timeout
+            )
             process.gateway.attach_publisher(process.publisher)
             metrics = process.gateway.engine.metrics
             bus = process.bus
@@ -245,8 +269,14 @@ class RuntimeProcess:
 
     role = "runtime"
 
-    def __init__(self, settings: Settings, *, stage: str, listen: str | None = None,
-                 health_listen: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stage: str,
+        listen: str | None = None,
+        health_listen: str | None = None,
+    ) -> None:
         self.settings = settings
         self.stage = stage
         self.listen = listen
@@ -261,9 +291,15 @@ class RuntimeProcess:
         self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, stage: str, listen: str | None = None,
-                   health_listen: str | None = None,
-                   **engine_options: Any) -> RuntimeProcess:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        stage: str,
+        listen: str | None = None,
+        health_listen: str | None = None,
+        **engine_options: Any,
+    ) -> RuntimeProcess:
         """Connect to NATS and build the engine and the replica; nothing runs yet."""
         from fabric.messaging.bus import subject_token
         from fabric.messaging.query_rpc import RuntimeReplica
@@ -275,11 +311,20 @@ class RuntimeProcess:
         try:
             process.events = await open_event_log(process.bus, settings)
             process.gateway = Gateway.build(
-                settings, open_store(settings), secret_store=open_secret_store(settings),
-                services=(QUERY_SERVICE,) if listen else (), **engine_options)
+                settings,
+                open_store(settings),
+                secret_store=open_secret_store(settings),
+                services=(QUERY_SERVICE,) if listen else (),
+                **engine_options,
+            )
             process.replica = RuntimeReplica(
-                process.bus, process.gateway.engine, open_kms(settings), stage=stage,
-                replica_id=process.replica_id, max_concurrent=settings.bus_max_concurrent)
+                process.bus,
+                process.gateway.engine,
+                open_kms(settings),
+                stage=stage,
+                replica_id=process.replica_id,
+                max_concurrent=settings.bus_max_concurrent,
+            )
         except BaseException:
             await _close_quietly(process.bus)
             raise
@@ -319,16 +364,20 @@ class RuntimeProcess:
         if await self._durable_in_use():
             raise FailedPrecondition(
                 f"another process is consuming platform events as {self.durable_name!r}: "
-                "give every runtime replica its own FABRIC_REPLICA_ID")
+                "give every runtime replica its own FABRIC_REPLICA_ID"
+            )
         await self.applier.start(self.events, self.durable_name)
         await self.replica.start()
         address = self.listen or self.health_listen
         port = await self.gateway.start(address)
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_bus(),
-                                                               name="runtime:health")
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch_bus(), name="runtime:health"
+        )
         what = "queries and health" if self.listen else "health"
-        line = (f"fabric runtime replica {self.replica_id} of stage {self.stage} serving "
-                f"{what} on port {port}, NATS at {nats_where(self.settings)}")
+        line = (
+            f"fabric runtime replica {self.replica_id} of stage {self.stage} serving "
+            f"{what} on port {port}, NATS at {nats_where(self.settings)}"
+        )
         if self.gateway.metrics_port:
             line += f", metrics on 127.0.0.1:{self.gateway.metrics_port}/metrics"
         return line
@@ -360,16 +409,22 @@ class RuntimeProcess:
                 await self.bus.close()
 
 
-async def open_role(role: str, settings: Settings, *, stage: str | None = None,
-                    listen: str | None = None, health_listen: str | None = None,
-                    **engine_options: Any) -> PlatformProcess | RuntimeProcess:
+async def open_role(
+    role: str,
+    settings: Settings,
+    *,
+    stage: str | None = None,
+    listen: str | None = None,
+    health_listen: str | None = None,
+    **engine_options: Any,
+) -> PlatformProcess | RuntimeProcess:
     """Assemble the process for `role` (connects to NATS where the role needs it)."""
     if role == "runtime":
         if not stage:
             raise InvalidArgument("--role runtime needs --stage NAME")
-        return await RuntimeProcess.open(settings, stage=stage, listen=listen,
-                                         health_listen=health_listen, **engine_options)
+        return await RuntimeProcess.open(
+            settings, stage=stage, listen=listen, health_listen=health_listen, **engine_options
+        )
     if role in ("platform", "all"):
-        return await PlatformProcess.open(settings, role=role, listen=listen,
-                                          **engine_options)
+        return await PlatformProcess.open(settings, role=role, listen=listen, **engine_options)
     raise InvalidArgument(f"unknown role {role!r}; use one of {', '.join(ROLES)}")

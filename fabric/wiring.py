@@ -40,23 +40,40 @@ def token_verifier(settings: Settings) -> TokenVerifier | None:
         return TokenVerifier(TokenConfig.for_local_key(key))
     algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
     try:
-        config = TokenConfig(issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-                             algorithms=algorithms, jwks_path=Path(settings.jwt_jwks))
+        config = TokenConfig(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            algorithms=algorithms,
+            jwks_path=Path(settings.jwt_jwks),
+        )
     except ValueError as error:
         raise InvalidArgument(f"the JWT settings are not usable: {error}") from None
     return TokenVerifier(config)
 
 
-def local_token(settings: Settings, *, tenant: str = DEFAULT_TENANT,
-                stage: str = DEFAULT_STAGE, role: str = "admin", subject: str = "local",
-                ttl: float = 3600.0) -> str:
+def local_token(
+    settings: Settings,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    stage: str = DEFAULT_STAGE,
+    role: str = "admin",
+    subject: str = "local",
+    ttl: float = 3600.0,
+) -> str:
     """A token signed with the local key (FABRIC_AUTH=local), for development and the CLI."""
     if settings.auth != "local":
-        raise FailedPrecondition("tokens can be minted only with FABRIC_AUTH=local; "
-                                 "get one from your identity provider")
+        raise FailedPrecondition(
+            "tokens can be minted only with FABRIC_AUTH=local; get one from your identity provider"
+        )
     key = LocalKey.load_or_generate(settings.token_key_path)
-    return mint_token(TokenConfig.for_local_key(key), tenant=tenant, stage=stage, role=role,
-                      subject=subject, ttl=ttl)
+    return mint_token(
+        TokenConfig.for_local_key(key),
+        tenant=tenant,
+        stage=stage,
+        role=role,
+        subject=subject,
+        ttl=ttl,
+    )
 
 
 def open_secret_store(settings: Settings) -> SecretStore:
@@ -76,8 +93,8 @@ def secret_ref(tenant: str, connection: str, stage: str) -> str:
 
 
 def stage_connector_factory(
-        secrets: SecretResolver = no_secret_store,
-        builder: ConnectorFactory = default_connector_factory,
+    secrets: SecretResolver = no_secret_store,
+    builder: ConnectorFactory = default_connector_factory,
 ) -> Callable[[Connection, str], Connector]:
     """A (connection, stage) -> connector factory for the catalog manager, resolving the
     stage's settings and password the same way the runtime does."""
@@ -86,21 +103,30 @@ def stage_connector_factory(
         settings = connection.settings_for(stage)
         if settings is None:
             raise FailedPrecondition(
-                f"connection {connection.name!r} has no settings for stage {stage!r}")
+                f"connection {connection.name!r} has no settings for stage {stage!r}"
+            )
         ref = connection.secret_ref_for(stage)
         return builder(connection, settings, secrets(ref) if ref else None)
 
     return build
 
 
-def catalog_manager(store: MetadataStore,
-                    secrets: SecretResolver = no_secret_store) -> CatalogManager:
+def catalog_manager(
+    store: MetadataStore, secrets: SecretResolver = no_secret_store
+) -> CatalogManager:
     return CatalogManager(store, stage_connector_factory(secrets))
 
 
-def create_connection(manager: CatalogManager, secrets: SecretStore, tenant: str, name: str,
-                      kind: str, stage: str, settings: dict[str, SettingValue],
-                      password: str | None) -> Connection:
+def create_connection(
+    manager: CatalogManager,
+    secrets: SecretStore,
+    tenant: str,
+    name: str,
+    kind: str,
+    stage: str,
+    settings: dict[str, SettingValue],
+    password: str | None,
+) -> Connection:
     """Register a connection; its password (if any) goes to the secret store only.
 
     The record is created first, so a duplicate name fails before any secret is written
@@ -108,8 +134,9 @@ def create_connection(manager: CatalogManager, secrets: SecretStore, tenant: str
     the record again, so nothing half-made remains.
     """
     ref = secret_ref(tenant, name, stage) if password is not None else None
-    connection = manager.create_connection(tenant, name, kind, {stage: settings},
-                                           {stage: ref} if ref else None)
+    connection = manager.create_connection(
+        tenant, name, kind, {stage: settings}, {stage: ref} if ref else None
+    )
     if ref is not None and password is not None:
         try:
             secrets.put(ref, password)
@@ -119,8 +146,9 @@ def create_connection(manager: CatalogManager, secrets: SecretStore, tenant: str
     return connection
 
 
-def delete_connection(manager: CatalogManager, secrets: SecretStore, tenant: str,
-                      name: str) -> None:
+def delete_connection(
+    manager: CatalogManager, secrets: SecretStore, tenant: str, name: str
+) -> None:
     """Delete a connection's metadata and every secret it refers to."""
     connection = manager.get_connection(tenant, name)
     manager.delete_connection(tenant, name)

@@ -52,8 +52,9 @@ def main() -> int:
                 for n in names | committed
                 if n not in names
                 or n not in committed
-                or not filecmp.cmp(Path(tmp) / "fabric" / "v1" / n, GENERATED_DIR / n,
-                                   shallow=False)
+                or not filecmp.cmp(
+                    Path(tmp) / "fabric" / "v1" / n, GENERATED_DIR / n, shallow=False
+                )
             )
             if stale:
                 print(f"fabric/v1 is stale ({', '.join(stale)}); run: make proto", file=sys.stderr)

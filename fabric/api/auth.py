@@ -16,7 +16,8 @@ from fabric.errors import FabricError, InternalError
 from fabric.security.authz import TokenVerifierLike, authenticate
 
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
-    "fabric_request_context", default=None)
+    "fabric_request_context", default=None
+)
 
 
 def verified_context(_: grpc.aio.ServicerContext) -> RequestContext:
@@ -37,31 +38,37 @@ def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:
     return refuse
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler,
-                      error: FabricError) -> grpc.RpcMethodHandler:
+def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grpc.RpcMethodHandler:
     refuse = _refusal(error)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer)
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
     if handler.unary_stream:
-        async def refuse_stream(request: Any, context: grpc.aio.ServicerContext
-                                ) -> AsyncIterator[Any]:
+
+        async def refuse_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             await refuse(request, context)
             yield  # pragma: no cover - abort raises
 
         return grpc.unary_stream_rpc_method_handler(
-            refuse_stream, handler.request_deserializer, handler.response_serializer)
+            refuse_stream, handler.request_deserializer, handler.response_serializer
+        )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer)
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
 
-    async def refuse_streams(requests: Any, context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[Any]:
+    async def refuse_streams(
+        requests: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         await refuse(requests, context)
         yield  # pragma: no cover - abort raises
 
     return grpc.stream_stream_rpc_method_handler(
-        refuse_streams, handler.request_deserializer, handler.response_serializer)
+        refuse_streams, handler.request_deserializer, handler.response_serializer
+    )
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -69,8 +76,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._verifier = verifier
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails],
-                                     Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)

@@ -11,14 +11,16 @@ from fabric.api.server import Gateway
 
 
 class BackgroundGateway:
-    def __init__(self, gateway: Gateway, address: str = "127.0.0.1:0", *,
-                 metrics: bool = False) -> None:
+    def __init__(
+        self, gateway: Gateway, address: str = "127.0.0.1:0", *, metrics: bool = False
+    ) -> None:
         self.gateway = gateway
         self._address = address
         self._metrics = metrics
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fabric-gateway",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fabric-gateway", daemon=True
+        )
         self.port = 0
 
     @property

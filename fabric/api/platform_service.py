@@ -105,27 +105,38 @@ def _column(column: ColumnInfo) -> pb.Column:
 
 
 def _foreign_key(fk: ForeignKey) -> pb.ForeignKey:
-    return pb.ForeignKey(name=fk.name, columns=list(fk.columns),
-                         referenced_schema=fk.referenced_schema,
-                         referenced_table=fk.referenced_table,
-                         referenced_columns=list(fk.referenced_columns))
+    return pb.ForeignKey(
+        name=fk.name,
+        columns=list(fk.columns),
+        referenced_schema=fk.referenced_schema,
+        referenced_table=fk.referenced_table,
+        referenced_columns=list(fk.referenced_columns),
+    )
 
 
 def table_proto(table: TableInfo) -> pb.Table:
-    return pb.Table(schema=table.schema, name=table.name, kind=table.kind.value,
-                    columns=[_column(c) for c in table.columns],
-                    primary_key=list(table.primary_key),
-                    foreign_keys=[_foreign_key(fk) for fk in table.foreign_keys])
+    return pb.Table(
+        schema=table.schema,
+        name=table.name,
+        kind=table.kind.value,
+        columns=[_column(c) for c in table.columns],
+        primary_key=list(table.primary_key),
+        foreign_keys=[_foreign_key(fk) for fk in table.foreign_keys],
+    )
 
 
 def entity_proto(entity: Entity) -> pb.Entity:
     return pb.Entity(
-        name=entity.name, schema=entity.schema, table=entity.table,
+        name=entity.name,
+        schema=entity.schema,
+        table=entity.table,
         columns=[_column(c) for c in entity.columns],
         primary_key=list(entity.primary_key),
         foreign_keys=[_foreign_key(fk) for fk in entity.foreign_keys],
-        stage_tables=[pb.StageTable(stage=stage, schema=schema, table=table)
-                      for stage, (schema, table) in sorted(entity.stage_tables.items())],
+        stage_tables=[
+            pb.StageTable(stage=stage, schema=schema, table=table)
+            for stage, (schema, table) in sorted(entity.stage_tables.items())
+        ],
     )
 
 
@@ -137,17 +148,30 @@ def _audit_value(value: object) -> str:
 
 def audit_proto(event: AuditEvent) -> pb.AuditEvent:
     return pb.AuditEvent(
-        at=event.at.isoformat(timespec="microseconds"), actor=event.actor,
-        action=event.action, connection=event.connection or "", stage=event.stage or "",
+        at=event.at.isoformat(timespec="microseconds"),
+        actor=event.actor,
+        action=event.action,
+        connection=event.connection or "",
+        stage=event.stage or "",
         details={k: _audit_value(v) for k, v in event.details.items()},
     )
 
 
 def _report_proto(report: RefreshReport) -> pb.RefreshResponse:
     return pb.RefreshResponse(
-        drift=[pb.Drift(kind=d.kind.value, entity=d.entity, schema=d.schema, table=d.table,
-                        column=d.column, old_type=d.old_type, new_type=d.new_type,
-                        detail=d.detail) for d in report.drift],
+        drift=[
+            pb.Drift(
+                kind=d.kind.value,
+                entity=d.entity,
+                schema=d.schema,
+                table=d.table,
+                column=d.column,
+                old_type=d.old_type,
+                new_type=d.new_type,
+                detail=d.detail,
+            )
+            for d in report.drift
+        ],
         previous_catalog_version=report.previous_version,
         catalog_version=report.catalog_version,
         entities=[entity_proto(e) for e in report.entities],
@@ -166,8 +190,9 @@ def _required(value: str, what: str) -> str:
 class ConnectionServicer(pb_grpc.ConnectionServiceServicer):  # type: ignore[misc]
     """Connections per stage, with write-only passwords; and the audit trail."""
 
-    def __init__(self, platform: Platform,
-                 context_provider: ContextProvider = default_context) -> None:
+    def __init__(
+        self, platform: Platform, context_provider: ContextProvider = default_context
+    ) -> None:
         self._platform = platform
         self._context = context_provider
 
@@ -175,96 +200,127 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):  # type: ignore[mis
         version = self._platform.manager.catalog_version(connection.tenant, connection.name)
         return connection_proto(connection, version)
 
-    async def CreateConnection(self, request: pb.CreateConnectionRequest,
-                               context: grpc.aio.ServicerContext) -> pb.Connection:
+    async def CreateConnection(
+        self, request: pb.CreateConnectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Connection:
         async with translated_errors(context, "CreateConnection"):
             ctx = self._context(context)
 
             def create() -> pb.Connection:
                 connection = self._platform.connections.create(
-                    ctx.tenant, _required(request.name, "name"),
-                    _required(request.kind, "kind"), _stage_inputs(request.stages),
-                    verify=request.verify, actor=ctx.principal)
+                    ctx.tenant,
+                    _required(request.name, "name"),
+                    _required(request.kind, "kind"),
+                    _stage_inputs(request.stages),
+                    verify=request.verify,
+                    actor=ctx.principal,
+                )
                 return self._proto(connection)
 
             return await _blocking(create)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def GetConnection(self, request: pb.GetConnectionRequest,
-                            context: grpc.aio.ServicerContext) -> pb.Connection:
+    async def GetConnection(
+        self, request: pb.GetConnectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Connection:
         async with translated_errors(context, "GetConnection"):
             ctx = self._context(context)
 
             def get() -> pb.Connection:
-                return self._proto(self._platform.connections.get(
-                    ctx.tenant, _required(request.name, "name")))
+                return self._proto(
+                    self._platform.connections.get(ctx.tenant, _required(request.name, "name"))
+                )
 
             return await _blocking(get)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def ListConnections(self, request: pb.ListConnectionsRequest,
-                              context: grpc.aio.ServicerContext) -> pb.ListConnectionsResponse:
+    async def ListConnections(
+        self, request: pb.ListConnectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListConnectionsResponse:
         async with translated_errors(context, "ListConnections"):
             ctx = self._context(context)
 
             def listing() -> pb.ListConnectionsResponse:
-                return pb.ListConnectionsResponse(connections=[
-                    self._proto(c) for c in self._platform.connections.list(ctx.tenant)])
+                return pb.ListConnectionsResponse(
+                    connections=[
+                        self._proto(c) for c in self._platform.connections.list(ctx.tenant)
+                    ]
+                )
 
             return await _blocking(listing)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def UpdateConnection(self, request: pb.UpdateConnectionRequest,
-                               context: grpc.aio.ServicerContext) -> pb.Connection:
+    async def UpdateConnection(
+        self, request: pb.UpdateConnectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Connection:
         async with translated_errors(context, "UpdateConnection"):
             ctx = self._context(context)
 
             def update() -> pb.Connection:
                 connection = self._platform.connections.update(
-                    ctx.tenant, _required(request.name, "name"),
+                    ctx.tenant,
+                    _required(request.name, "name"),
                     stages=_stage_inputs(request.stages),
                     remove_stages=list(request.remove_stages),
                     clear_passwords=list(request.clear_password_stages),
-                    expected_version=(request.expected_version
-                                      if request.HasField("expected_version") else None),
-                    verify=request.verify, actor=ctx.principal)
+                    expected_version=(
+                        request.expected_version if request.HasField("expected_version") else None
+                    ),
+                    verify=request.verify,
+                    actor=ctx.principal,
+                )
                 return self._proto(connection)
 
             return await _blocking(update)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def DeleteConnection(self, request: pb.DeleteConnectionRequest,
-                               context: grpc.aio.ServicerContext) -> pb.DeleteConnectionResponse:
+    async def DeleteConnection(
+        self, request: pb.DeleteConnectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteConnectionResponse:
         async with translated_errors(context, "DeleteConnection"):
             ctx = self._context(context)
             report = await _blocking(
-                self._platform.connections.delete, ctx.tenant, _required(request.name, "name"),
-                expected_version=(request.expected_version
-                                  if request.HasField("expected_version") else None),
-                actor=ctx.principal)
+                self._platform.connections.delete,
+                ctx.tenant,
+                _required(request.name, "name"),
+                expected_version=(
+                    request.expected_version if request.HasField("expected_version") else None
+                ),
+                actor=ctx.principal,
+            )
             return pb.DeleteConnectionResponse(secrets_removed=report.secrets_removed)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def TestConnection(self, request: pb.TestConnectionRequest,
-                             context: grpc.aio.ServicerContext) -> pb.TestConnectionResponse:
+    async def TestConnection(
+        self, request: pb.TestConnectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TestConnectionResponse:
         async with translated_errors(context, "TestConnection"):
             ctx = self._context(context)
             stage = request.stage or ctx.stage
             started = time.perf_counter()
-            await _blocking(self._platform.connections.test, ctx.tenant,
-                            _required(request.name, "name"), stage, actor=ctx.principal)
+            await _blocking(
+                self._platform.connections.test,
+                ctx.tenant,
+                _required(request.name, "name"),
+                stage,
+                actor=ctx.principal,
+            )
             return pb.TestConnectionResponse(
-                stage=stage, elapsed_us=int((time.perf_counter() - started) * 1_000_000))
+                stage=stage, elapsed_us=int((time.perf_counter() - started) * 1_000_000)
+            )
         raise AssertionError("unreachable: errors abort the call")
 
-    async def ListAudit(self, request: pb.ListAuditRequest,
-                        context: grpc.aio.ServicerContext) -> pb.ListAuditResponse:
+    async def ListAudit(
+        self, request: pb.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAuditResponse:
         async with translated_errors(context, "ListAudit"):
             ctx = self._context(context)
             events = await _blocking(
-                self._platform.manager.store.list_audit, ctx.tenant,
+                self._platform.manager.store.list_audit,
+                ctx.tenant,
                 connection=request.connection or None,
-                limit=request.limit or _DEFAULT_AUDIT_LIMIT)
+                limit=request.limit or _DEFAULT_AUDIT_LIMIT,
+            )
             return pb.ListAuditResponse(events=[audit_proto(e) for e in events])
         raise AssertionError("unreachable: errors abort the call")
 
@@ -272,89 +328,132 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):  # type: ignore[mis
 class CatalogServicer(pb_grpc.CatalogServiceServicer):  # type: ignore[misc]
     """Discovery, selection and refresh of what apps may query."""
 
-    def __init__(self, platform: Platform,
-                 context_provider: ContextProvider = default_context) -> None:
+    def __init__(
+        self, platform: Platform, context_provider: ContextProvider = default_context
+    ) -> None:
         self._platform = platform
         self._context = context_provider
 
-    async def Discover(self, request: pb.DiscoverRequest,
-                       context: grpc.aio.ServicerContext) -> pb.DiscoverResponse:
+    async def Discover(
+        self, request: pb.DiscoverRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DiscoverResponse:
         async with translated_errors(context, "Discover"):
             ctx = self._context(context)
             tables = await _blocking(
-                self._platform.manager.discover, ctx.tenant,
-                _required(request.connection, "connection"), request.stage or ctx.stage,
-                list(request.schemas) or None)
+                self._platform.manager.discover,
+                ctx.tenant,
+                _required(request.connection, "connection"),
+                request.stage or ctx.stage,
+                list(request.schemas) or None,
+            )
             return pb.DiscoverResponse(tables=[table_proto(t) for t in tables])
         raise AssertionError("unreachable: errors abort the call")
 
-    async def Select(self, request: pb.SelectRequest,
-                     context: grpc.aio.ServicerContext) -> pb.SelectResponse:
+    async def Select(
+        self, request: pb.SelectRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SelectResponse:
         async with translated_errors(context, "Select"):
             ctx = self._context(context)
             connection = _required(request.connection, "connection")
             stage = request.stage or ctx.stage
             manager = self._platform.manager
-            expected = (request.expected_catalog_version
-                        if request.HasField("expected_catalog_version") else None)
+            expected = (
+                request.expected_catalog_version
+                if request.HasField("expected_catalog_version")
+                else None
+            )
 
             def select() -> pb.SelectResponse:
                 if request.all_tables:
                     if request.tables:
                         raise InvalidArgument("give tables or all_tables, not both")
-                    entities = manager.select_all(ctx.tenant, connection, stage,
-                                                  list(request.schemas) or None,
-                                                  actor=ctx.principal)
+                    entities = manager.select_all(
+                        ctx.tenant,
+                        connection,
+                        stage,
+                        list(request.schemas) or None,
+                        actor=ctx.principal,
+                    )
                 else:
                     if not request.tables:
                         raise InvalidArgument("name at least one table, or set all_tables")
-                    choices = [TableChoice(t.table, list(t.columns) or None,
-                                           t.entity_name or None, dict(t.stage_tables))
-                               for t in request.tables]
-                    entities = manager.select_tables(ctx.tenant, connection, stage, choices,
-                                                     expected_catalog_version=expected,
-                                                     actor=ctx.principal)
+                    choices = [
+                        TableChoice(
+                            t.table,
+                            list(t.columns) or None,
+                            t.entity_name or None,
+                            dict(t.stage_tables),
+                        )
+                        for t in request.tables
+                    ]
+                    entities = manager.select_tables(
+                        ctx.tenant,
+                        connection,
+                        stage,
+                        choices,
+                        expected_catalog_version=expected,
+                        actor=ctx.principal,
+                    )
                 version = manager.catalog_version(ctx.tenant, connection)
-                return pb.SelectResponse(entities=[entity_proto(e) for e in entities],
-                                         catalog_version=version)
+                return pb.SelectResponse(
+                    entities=[entity_proto(e) for e in entities], catalog_version=version
+                )
 
             return await _blocking(select)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def Unselect(self, request: pb.UnselectRequest,
-                       context: grpc.aio.ServicerContext) -> pb.UnselectResponse:
+    async def Unselect(
+        self, request: pb.UnselectRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnselectResponse:
         async with translated_errors(context, "Unselect"):
             ctx = self._context(context)
             version = await _blocking(
-                self._platform.manager.store.unselect_entities, ctx.tenant,
-                _required(request.connection, "connection"), list(request.entities),
-                expected_catalog_version=(request.expected_catalog_version
-                                          if request.HasField("expected_catalog_version")
-                                          else None),
-                actor=ctx.principal, stage=ctx.stage)
+                self._platform.manager.store.unselect_entities,
+                ctx.tenant,
+                _required(request.connection, "connection"),
+                list(request.entities),
+                expected_catalog_version=(
+                    request.expected_catalog_version
+                    if request.HasField("expected_catalog_version")
+                    else None
+                ),
+                actor=ctx.principal,
+                stage=ctx.stage,
+            )
             return pb.UnselectResponse(catalog_version=version)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def ListEntities(self, request: pb.ListEntitiesRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ListEntitiesResponse:
+    async def ListEntities(
+        self, request: pb.ListEntitiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEntitiesResponse:
         async with translated_errors(context, "ListEntities"):
             ctx = self._context(context)
-            snapshot = await _blocking(self._platform.manager.store.catalog, ctx.tenant,
-                                       _required(request.connection, "connection"))
+            snapshot = await _blocking(
+                self._platform.manager.store.catalog,
+                ctx.tenant,
+                _required(request.connection, "connection"),
+            )
             return pb.ListEntitiesResponse(
                 entities=[entity_proto(e) for e in snapshot.entities.values()],
-                catalog_version=snapshot.version)
+                catalog_version=snapshot.version,
+            )
         raise AssertionError("unreachable: errors abort the call")
 
-    async def Refresh(self, request: pb.RefreshRequest,
-                      context: grpc.aio.ServicerContext) -> pb.RefreshResponse:
+    async def Refresh(
+        self, request: pb.RefreshRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefreshResponse:
         async with translated_errors(context, "Refresh"):
             ctx = self._context(context)
             connection = _required(request.connection, "connection")
 
             def refresh() -> RefreshReport:
-                report = refresh_catalog(self._platform.manager, ctx.tenant, connection,
-                                         request.stage or ctx.stage, actor=ctx.principal)
+                report = refresh_catalog(
+                    self._platform.manager,
+                    ctx.tenant,
+                    connection,
+                    request.stage or ctx.stage,
+                    actor=ctx.principal,
+                )
                 # The version moved already; purging now frees memory at once too.
                 self._platform.listener.connection_changed(ctx.tenant, connection)
                 return report

@@ -22,8 +22,7 @@ from fabric.v1 import query_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 ContextProvider = Callable[[grpc.aio.ServicerContext], RequestContext]
-Execute = Callable[[RequestContext, QueryRequest, "float | None"],
-                   AsyncIterator["bytes | Summary"]]
+Execute = Callable[[RequestContext, QueryRequest, "float | None"], AsyncIterator["bytes | Summary"]]
 """Runs a query and yields Arrow IPC messages, then one Summary: `QueryEngine.execute`,
 or `BusQueryForwarder.execute` on a platform that forwards to runtime replicas."""
 
@@ -54,8 +53,9 @@ async def translated_errors(context: grpc.aio.ServicerContext, method: str) -> A
         raise
     except Exception as error:
         log.error("internal error in %s: %s", method, type(error).__name__)
-        await abort_with(context, InternalError(
-            "internal error in the gateway; its log names the error type"))
+        await abort_with(
+            context, InternalError("internal error in the gateway; its log names the error type")
+        )
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -64,8 +64,12 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 def _summary(summary: Summary) -> pb.ResultSummary:
-    return pb.ResultSummary(rows=summary.rows, truncated=summary.truncated,
-                            from_cache=summary.from_cache, elapsed_us=summary.elapsed_us)
+    return pb.ResultSummary(
+        rows=summary.rows,
+        truncated=summary.truncated,
+        from_cache=summary.from_cache,
+        elapsed_us=summary.elapsed_us,
+    )
 
 
 def _request(message: pb.ExecuteRequest) -> QueryRequest:
@@ -81,8 +85,13 @@ def _request(message: pb.ExecuteRequest) -> QueryRequest:
 
 
 def _page(result: Page) -> bytes:
-    return page(result.statement_id, result.arrow_ipc, result.rows, result.done,
-                _summary(result.summary) if result.summary is not None else None)
+    return page(
+        result.statement_id,
+        result.arrow_ipc,
+        result.rows,
+        result.done,
+        _summary(result.summary) if result.summary is not None else None,
+    )
 
 
 class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
@@ -91,9 +100,12 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
     built from the local metadata; paging (OpenStatement, Fetch, CloseStatement) always
     runs on the local engine, since an open statement lives in one process's memory."""
 
-    def __init__(self, engine: QueryEngine,
-                 context_provider: ContextProvider = default_context,
-                 execute: Execute | None = None) -> None:
+    def __init__(
+        self,
+        engine: QueryEngine,
+        context_provider: ContextProvider = default_context,
+        execute: Execute | None = None,
+    ) -> None:
         self._engine = engine
         self._context = context_provider
         self._execute: Execute = engine.execute if execute is None else execute
@@ -124,41 +136,46 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
             raise InternalError("the result ended without its summary")
         yield result_chunk(b"".join(buffer), _summary(summary))
 
-    async def Execute(self, request: pb.ExecuteRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         async with translated_errors(context, "Execute"):
             ctx = self._context(context)
             items = self._execute(ctx, _request(request), _deadline(context))
             async for chunk in self._stream(items):
                 yield chunk
 
-    async def Preview(self, request: pb.PreviewRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def Preview(
+        self, request: pb.PreviewRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         async with translated_errors(context, "Preview"):
             ctx = self._context(context)
-            query = await self._engine.preview_request(ctx, request.connection,
-                                                       request.entity, request.limit)
+            query = await self._engine.preview_request(
+                ctx, request.connection, request.entity, request.limit
+            )
             async for chunk in self._stream(self._execute(ctx, query, _deadline(context))):
                 yield chunk
 
-    async def OpenStatement(self, request: pb.OpenStatementRequest,
-                            context: grpc.aio.ServicerContext) -> bytes:
+    async def OpenStatement(
+        self, request: pb.OpenStatementRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         async with translated_errors(context, "OpenStatement"):
             ctx = self._context(context)
-            page = await self._engine.open_statement(ctx, _request(request.query),
-                                                     request.page_rows, _deadline(context))
+            page = await self._engine.open_statement(
+                ctx, _request(request.query), request.page_rows, _deadline(context)
+            )
             return _page(page)
         raise AssertionError("unreachable: errors abort the call")
 
-    async def Fetch(self, request: pb.FetchRequest,
-                    context: grpc.aio.ServicerContext) -> bytes:
+    async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> bytes:
         async with translated_errors(context, "Fetch"):
             ctx = self._context(context)
             return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))
         raise AssertionError("unreachable: errors abort the call")
 
-    async def CloseStatement(self, request: pb.CloseStatementRequest,
-                             context: grpc.aio.ServicerContext) -> pb.CloseStatementResponse:
+    async def CloseStatement(
+        self, request: pb.CloseStatementRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloseStatementResponse:
         async with translated_errors(context, "CloseStatement"):
             await self._engine.close_statement(self._context(context), request.statement_id)
             return pb.CloseStatementResponse()

@@ -68,8 +68,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
     except OSError as error:
         raise InvalidArgument(f"cannot read a TLS file: {error.filename}") from None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def is_loopback(address: str) -> bool:
@@ -88,28 +89,33 @@ class AnnouncingCatalogServicer(CatalogServicer):
     The change is committed before the announcement; if the event cannot be stored the
     caller gets `EventNotPublished` (which says so), and the event is retried."""
 
-    def __init__(self, platform: Platform, context_provider: ContextProvider,
-                 announcements: Announcements) -> None:
+    def __init__(
+        self, platform: Platform, context_provider: ContextProvider, announcements: Announcements
+    ) -> None:
         super().__init__(platform, context_provider)
         self._announcements = announcements
 
-    async def _announce(self, context: grpc.aio.ServicerContext, connection: str,
-                        stage: str | None, version: int) -> None:
+    async def _announce(
+        self, context: grpc.aio.ServicerContext, connection: str, stage: str | None, version: int
+    ) -> None:
         try:
             ctx = self._context(context)
             await self._announcements.selection_changed(ctx.tenant, connection, stage, version)
         except FabricError as error:
             await abort_with(context, error)
 
-    async def Select(self, request: platform_pb2.SelectRequest,
-                     context: grpc.aio.ServicerContext) -> platform_pb2.SelectResponse:
+    async def Select(
+        self, request: platform_pb2.SelectRequest, context: grpc.aio.ServicerContext
+    ) -> platform_pb2.SelectResponse:
         response = await super().Select(request, context)
-        await self._announce(context, request.connection, request.stage or None,
-                             response.catalog_version)
+        await self._announce(
+            context, request.connection, request.stage or None, response.catalog_version
+        )
         return response
 
-    async def Unselect(self, request: platform_pb2.UnselectRequest,
-                       context: grpc.aio.ServicerContext) -> platform_pb2.UnselectResponse:
+    async def Unselect(
+        self, request: platform_pb2.UnselectRequest, context: grpc.aio.ServicerContext
+    ) -> platform_pb2.UnselectResponse:
         response = await super().Unselect(request, context)
         await self._announce(context, request.connection, None, response.catalog_version)
         return response
@@ -119,12 +125,18 @@ class Gateway:
     """One gateway running both planes: a QueryEngine (runtime) and the platform services
     (connections, catalog, audit) behind one gRPC server."""
 
-    def __init__(self, engine: QueryEngine, *, verifier: TokenVerifierLike | None = None,
-                 context_provider: ContextProvider | None = None,
-                 secret_store: SecretStore | None = None,
-                 connector_builder: ConnectorFactory = default_connector_factory,
-                 clock: Clock = SYSTEM_CLOCK, execute: Execute | None = None,
-                 services: Collection[str] = SERVICES) -> None:
+    def __init__(
+        self,
+        engine: QueryEngine,
+        *,
+        verifier: TokenVerifierLike | None = None,
+        context_provider: ContextProvider | None = None,
+        secret_store: SecretStore | None = None,
+        connector_builder: ConnectorFactory = default_connector_factory,
+        clock: Clock = SYSTEM_CLOCK,
+        execute: Execute | None = None,
+        services: Collection[str] = SERVICES,
+    ) -> None:
         """With a `verifier`, every call must carry a valid bearer token and the identity
         comes from it; without one, `context_provider` (default: the default tenant).
 
@@ -152,16 +164,20 @@ class Gateway:
         engine.metrics.add_snapshot(self.purger.snapshot)
         self.listeners = ChangeListeners([self.purger])
         self.announcements = Announcements(self.listeners)
-        self.platform = Platform.build(engine.store, self.announcements,
-                                       secret_store=secret_store,
-                                       connector_builder=connector_builder)
+        self.platform = Platform.build(
+            engine.store,
+            self.announcements,
+            secret_store=secret_store,
+            connector_builder=connector_builder,
+        )
         self.stale_sweeper = StaleMetadataSweeper(
-            engine, self.purger, max_age=self.settings.metadata_stale_after, clock=clock)
+            engine, self.purger, max_age=self.settings.metadata_stale_after, clock=clock
+        )
         self._connection_servicer = ConnectionServicer(self.platform, context_provider)
-        refreshing = dataclasses.replace(self.platform,
-                                         listener=self.announcements.refreshes())
-        self._catalog_servicer = AnnouncingCatalogServicer(refreshing, context_provider,
-                                                           self.announcements)
+        refreshing = dataclasses.replace(self.platform, listener=self.announcements.refreshes())
+        self._catalog_servicer = AnnouncingCatalogServicer(
+            refreshing, context_provider, self.announcements
+        )
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
@@ -172,9 +188,16 @@ class Gateway:
         self.metrics_port: int | None = None
 
     @classmethod
-    def build(cls, settings: Settings, store: MetadataStore, *,
-              secret_store: SecretStore | None = None, execute: Execute | None = None,
-              services: Collection[str] = SERVICES, **engine_options: Any) -> Gateway:
+    def build(
+        cls,
+        settings: Settings,
+        store: MetadataStore,
+        *,
+        secret_store: SecretStore | None = None,
+        execute: Execute | None = None,
+        services: Collection[str] = SERVICES,
+        **engine_options: Any,
+    ) -> Gateway:
         """A gateway as configured: authentication from settings (FABRIC_AUTH); with
         `secret_store`, connection passwords are kept there and the runtime reads them
         from it."""
@@ -182,9 +205,13 @@ class Gateway:
 
         if secret_store is not None:
             engine_options.setdefault("secrets", secret_store.get)
-        return cls(QueryEngine(store, settings, **engine_options),
-                   verifier=token_verifier(settings), secret_store=secret_store,
-                   execute=execute, services=services)
+        return cls(
+            QueryEngine(store, settings, **engine_options),
+            verifier=token_verifier(settings),
+            secret_store=secret_store,
+            execute=execute,
+            services=services,
+        )
 
     def attach_publisher(self, publisher: PlatformEventPublisher) -> None:
         """Announce platform changes on the bus too (after the in-process purge); its
@@ -194,19 +221,21 @@ class Gateway:
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
-        server = grpc.aio.server(options=channel_options(self.settings),
-                                 interceptors=self._interceptors)
+        server = grpc.aio.server(
+            options=channel_options(self.settings), interceptors=self._interceptors
+        )
         if QUERY_SERVICE in self.services:
             add_query_service(self._servicer, server)
         if CONNECTION_SERVICE in self.services:
             platform_pb2_grpc.add_ConnectionServiceServicer_to_server(
-                self._connection_servicer, server)
+                self._connection_servicer, server
+            )
         if CATALOG_SERVICE in self.services:
-            platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer,
-                                                                   server)
+            platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         credentials = server_credentials(self.settings)
         if credentials is None:
             self.port = server.add_insecure_port(address)
@@ -218,12 +247,15 @@ class Gateway:
         await server.start()
         await self.set_serving(True)
         self._sweeper = asyncio.create_task(
-            self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval))
+            self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval)
+        )
         self._stale_task = asyncio.create_task(
-            self.stale_sweeper.run(self.settings.metadata_sweep_interval))
+            self.stale_sweeper.run(self.settings.metadata_sweep_interval)
+        )
         if metrics and self.settings.metrics_port:
-            server, _thread = start_http_server(self.settings.metrics_port, "127.0.0.1",
-                                                registry=self.engine.metrics.registry)
+            server, _thread = start_http_server(
+                self.settings.metrics_port, "127.0.0.1", registry=self.engine.metrics.registry
+            )
             self._metrics_server = server
             self.metrics_port = server.server_port
         log.info("gateway listening on port %s", self.port)
@@ -231,8 +263,11 @@ class Gateway:
 
     async def set_serving(self, serving: bool) -> None:
         """Report the served services (and the server, "") as SERVING or NOT_SERVING."""
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in (*self.services, ""):
             await self._health.set(service, status)
 

@@ -51,8 +51,9 @@ def status_for(error: errors.FabricError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def error_from_rpc(code: grpc.StatusCode, details: str, error_code: str | None,
-                   sqlstate: str | None) -> errors.FabricError:
+def error_from_rpc(
+    code: grpc.StatusCode, details: str, error_code: str | None, sqlstate: str | None
+) -> errors.FabricError:
     """Rebuild the gateway's error on the client side, keeping its exact class when the
     server said which one it was."""
     by_code = {cls.code: cls for cls in errors.ALL_ERRORS}

@@ -39,8 +39,9 @@ def from_proto(name: str, value: pb.Value) -> Any:
             return dt.datetime.fromisoformat(value.timestamp_value)
     except (ValueError, InvalidOperation):
         # The value itself stays out of the message: it may be personal data.
-        raise InvalidArgument(f"parameter {name!r} is not a valid {kind.removesuffix('_value')}")\
-            from None
+        raise InvalidArgument(
+            f"parameter {name!r} is not a valid {kind.removesuffix('_value')}"
+        ) from None
     raise InvalidArgument(f"parameter {name!r} has an unsupported kind {kind!r}")
 
 

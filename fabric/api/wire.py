@@ -44,8 +44,9 @@ def result_chunk(arrow_ipc: bytes, summary: pb.ResultSummary | None = None) -> b
 _PAGE_ARROW_IPC = b"\x12"  # Page field 2, length-delimited
 
 
-def page(statement_id: str, arrow_ipc: bytes, rows: int, done: bool,
-         summary: pb.ResultSummary | None) -> bytes:
+def page(
+    statement_id: str, arrow_ipc: bytes, rows: int, done: bool, summary: pb.ResultSummary | None
+) -> bytes:
     """The wire form of a `Page`: protobuf writes the small fields around the bytes
     field (1, then 3 to 5), so the order, and the bytes, are protobuf's own."""
     head: bytes = pb.Page(statement_id=statement_id).SerializeToString()
@@ -69,20 +70,30 @@ def add_query_service(servicer: Any, server: grpc.aio.Server) -> None:
     serialized by `serialize_result`."""
     handlers = {
         "Execute": grpc.unary_stream_rpc_method_handler(
-            servicer.Execute, request_deserializer=pb.ExecuteRequest.FromString,
-            response_serializer=serialize_result),
+            servicer.Execute,
+            request_deserializer=pb.ExecuteRequest.FromString,
+            response_serializer=serialize_result,
+        ),
         "Preview": grpc.unary_stream_rpc_method_handler(
-            servicer.Preview, request_deserializer=pb.PreviewRequest.FromString,
-            response_serializer=serialize_result),
+            servicer.Preview,
+            request_deserializer=pb.PreviewRequest.FromString,
+            response_serializer=serialize_result,
+        ),
         "OpenStatement": grpc.unary_unary_rpc_method_handler(
-            servicer.OpenStatement, request_deserializer=pb.OpenStatementRequest.FromString,
-            response_serializer=serialize_result),
+            servicer.OpenStatement,
+            request_deserializer=pb.OpenStatementRequest.FromString,
+            response_serializer=serialize_result,
+        ),
         "Fetch": grpc.unary_unary_rpc_method_handler(
-            servicer.Fetch, request_deserializer=pb.FetchRequest.FromString,
-            response_serializer=serialize_result),
+            servicer.Fetch,
+            request_deserializer=pb.FetchRequest.FromString,
+            response_serializer=serialize_result,
+        ),
         "CloseStatement": grpc.unary_unary_rpc_method_handler(
-            servicer.CloseStatement, request_deserializer=pb.CloseStatementRequest.FromString,
-            response_serializer=pb.CloseStatementResponse.SerializeToString),
+            servicer.CloseStatement,
+            request_deserializer=pb.CloseStatementRequest.FromString,
+            response_serializer=pb.CloseStatementResponse.SerializeToString,
+        ),
     }
     service = pb.DESCRIPTOR.services_by_name["QueryService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))

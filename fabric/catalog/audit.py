@@ -71,9 +71,7 @@ class AuditEvent:
             )
         check_stage_name(self.connection, "the connection of an audit event")
         check_stage_name(self.stage, "the stage of an audit event")
-        object.__setattr__(
-            self, "details", MappingProxyType(audit_details_document(self.details))
-        )
+        object.__setattr__(self, "details", MappingProxyType(audit_details_document(self.details)))
 
 
 def names_text(names: Iterable[str]) -> str:

@@ -95,9 +95,7 @@ class CatalogManager:
         except ValueError:
             known = ", ".join(k.value for k in ConnectionKind)
             raise InvalidArgument(f"unknown connection kind {kind!r}; use one of {known}") from None
-        return self._store.create_connection(
-            tenant, name, kind, stages, secret_refs, actor=actor
-        )
+        return self._store.create_connection(tenant, name, kind, stages, secret_refs, actor=actor)
 
     def get_connection(self, tenant: str, name: str) -> Connection:
         """The connection; NotFound if absent."""
@@ -137,9 +135,7 @@ class CatalogManager:
         actor: str = SYSTEM_ACTOR,
     ) -> None:
         """Delete a connection and its selection; NotFound if absent."""
-        self._store.delete_connection(
-            tenant, name, expected_version=expected_version, actor=actor
-        )
+        self._store.delete_connection(tenant, name, expected_version=expected_version, actor=actor)
 
     def test_connection(self, tenant: str, connection: str, stage: str) -> None:
         """Connect to the source of `connection` in `stage` and run a trivial query; raises
@@ -226,9 +222,7 @@ class CatalogManager:
             entity = _entity_from_table(info, name, choice.columns)
             entities.append(entity)
         entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
-        self._select_checked(
-            tenant, connection, stage, entities, actor, expected_catalog_version
-        )
+        self._select_checked(tenant, connection, stage, entities, actor, expected_catalog_version)
         snapshot = self._store.catalog(tenant, connection)
         stored = []
         for entity in entities:

@@ -229,9 +229,7 @@ def apply_migrations(conn: PgConnection, schema: str, migrations: Sequence[Migra
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [migration_lock_key(schema)])
         # Look before creating: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database
         # even when the schema exists, which a least-privilege role may not have.
-        exists = conn.execute(
-            "SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
         if exists is None:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
         conn.execute(
@@ -387,7 +385,7 @@ class PostgresMetadataStore:
             rows = conn.execute(
                 self._q(
                     f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
-                    " WHERE tenant = %s ORDER BY name COLLATE \"C\""
+                    ' WHERE tenant = %s ORDER BY name COLLATE "C"'
                 ),
                 [tenant],
             ).fetchall()
@@ -494,8 +492,16 @@ class PostgresMetadataStore:
                 conn, tenant, connection, expected_catalog_version
             )
             return self._store_selection(
-                conn, connection_id, documents, at, actor=actor, action=audit.CATALOG_SELECT,
-                tenant=tenant, connection=connection, stage=stage)
+                conn,
+                connection_id,
+                documents,
+                at,
+                actor=actor,
+                action=audit.CATALOG_SELECT,
+                tenant=tenant,
+                connection=connection,
+                stage=stage,
+            )
 
     def unselect_entities(
         self,
@@ -527,9 +533,7 @@ class PostgresMetadataStore:
             if missing:
                 raise missing_entities(connection, missing)
             conn.execute(
-                self._q(
-                    "DELETE FROM {s}.entities WHERE connection_id = %s AND name_key = ANY(%s)"
-                ),
+                self._q("DELETE FROM {s}.entities WHERE connection_id = %s AND name_key = ANY(%s)"),
                 [connection_id, keys],
             )
             version = self._bump_version(conn, connection_id, at)
@@ -564,8 +568,16 @@ class PostgresMetadataStore:
                 self._q("DELETE FROM {s}.entities WHERE connection_id = %s"), [connection_id]
             )
             return self._store_selection(
-                conn, connection_id, documents, at, actor=actor, action=audit.CATALOG_REPLACE,
-                tenant=tenant, connection=connection, stage=stage)
+                conn,
+                connection_id,
+                documents,
+                at,
+                actor=actor,
+                action=audit.CATALOG_REPLACE,
+                tenant=tenant,
+                connection=connection,
+                stage=stage,
+            )
 
     def bump_catalog_version(
         self,
@@ -607,9 +619,7 @@ class PostgresMetadataStore:
             ).fetchall()
         if not rows:
             raise connection_not_found(tenant, connection)
-        entities = {
-            row[1]: entity_from_documents(*row[2:]) for row in rows if row[1] is not None
-        }
+        entities = {row[1]: entity_from_documents(*row[2:]) for row in rows if row[1] is not None}
         return CatalogSnapshot(
             tenant=tenant,
             connection=connection,
@@ -796,8 +806,7 @@ class PostgresMetadataStore:
         """Lock the connection, then check its catalog is at `expected` (if given)."""
         row = conn.execute(
             self._q(
-                "SELECT id FROM {s}.connections WHERE tenant = %s AND name = %s"
-                " FOR NO KEY UPDATE"
+                "SELECT id FROM {s}.connections WHERE tenant = %s AND name = %s FOR NO KEY UPDATE"
             ),
             [tenant, name],
         ).fetchone()
@@ -816,16 +825,28 @@ class PostgresMetadataStore:
         return connection_id
 
     def _store_selection(
-        self, conn: psycopg.Connection[Any], connection_id: int,
-        documents: Sequence[EntityDocument], at: datetime, *, actor: str, action: str,
-        tenant: str, connection: str, stage: str | None,
+        self,
+        conn: psycopg.Connection[Any],
+        connection_id: int,
+        documents: Sequence[EntityDocument],
+        at: datetime,
+        *,
+        actor: str,
+        action: str,
+        tenant: str,
+        connection: str,
+        stage: str | None,
     ) -> int:
         """Write the entities, move the catalog version and audit the change, all in the
         caller's transaction; returns the new version."""
         self._upsert(conn, connection_id, documents, at)
         version = self._bump_version(conn, connection_id, at)
-        self._audit(conn, audit.catalog_changed(at, actor, action, tenant, connection, stage,
-                                               [d.name for d in documents], version))
+        self._audit(
+            conn,
+            audit.catalog_changed(
+                at, actor, action, tenant, connection, stage, [d.name for d in documents], version
+            ),
+        )
         return version
 
     def _upsert(

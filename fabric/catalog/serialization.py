@@ -128,8 +128,7 @@ def connection_not_found(tenant: str, name: str) -> NotFound:
 
 def connection_changed(name: str, expected: int, current: int) -> FailedPrecondition:
     return FailedPrecondition(
-        f"connection {name!r} changed since version {expected} (now {current}); "
-        "reload and retry"
+        f"connection {name!r} changed since version {expected} (now {current}); reload and retry"
     )
 
 

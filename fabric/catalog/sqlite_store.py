@@ -227,9 +227,7 @@ class SqliteMetadataStore:
     `clock` gives the wall-clock time written to audit events and timestamps (UTC).
     """
 
-    def __init__(
-        self, path: str | Path, *, clock: Callable[[], datetime] = utc_now
-    ) -> None:
+    def __init__(self, path: str | Path, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._path = str(path)
         self._clock = clock
         if self._path != MEMORY:
@@ -438,8 +436,16 @@ class SqliteMetadataStore:
                 db, tenant, connection, expected_catalog_version
             )
             return self._store_selection(
-                db, connection_id, documents, at, actor=actor, action=audit.CATALOG_SELECT,
-                tenant=tenant, connection=connection, stage=stage)
+                db,
+                connection_id,
+                documents,
+                at,
+                actor=actor,
+                action=audit.CATALOG_SELECT,
+                tenant=tenant,
+                connection=connection,
+                stage=stage,
+            )
 
     def unselect_entities(
         self,
@@ -504,8 +510,16 @@ class SqliteMetadataStore:
             )
             db.execute("DELETE FROM entities WHERE connection_id = ?", (connection_id,))
             return self._store_selection(
-                db, connection_id, documents, at, actor=actor, action=audit.CATALOG_REPLACE,
-                tenant=tenant, connection=connection, stage=stage)
+                db,
+                connection_id,
+                documents,
+                at,
+                actor=actor,
+                action=audit.CATALOG_REPLACE,
+                tenant=tenant,
+                connection=connection,
+                stage=stage,
+            )
 
     def bump_catalog_version(
         self,
@@ -672,16 +686,28 @@ class SqliteMetadataStore:
         return int(row[0])
 
     def _store_selection(
-        self, db: sqlite3.Connection, connection_id: int, documents: Sequence[EntityDocument],
-        at: datetime, *, actor: str, action: str, tenant: str, connection: str,
+        self,
+        db: sqlite3.Connection,
+        connection_id: int,
+        documents: Sequence[EntityDocument],
+        at: datetime,
+        *,
+        actor: str,
+        action: str,
+        tenant: str,
+        connection: str,
         stage: str | None,
     ) -> int:
         """Write the entities, move the catalog version and audit the change, all in the
         caller's transaction; returns the new version."""
         self._upsert(db, connection_id, documents, _text(at))
         version = self._bump_version(db, connection_id, _text(at))
-        self._audit(db, audit.catalog_changed(at, actor, action, tenant, connection, stage,
-                                               [d.name for d in documents], version))
+        self._audit(
+            db,
+            audit.catalog_changed(
+                at, actor, action, tenant, connection, stage, [d.name for d in documents], version
+            ),
+        )
         return version
 
     @staticmethod

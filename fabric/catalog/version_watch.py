@@ -47,8 +47,9 @@ class CatalogVersionWatch:
         self._closed = threading.Event()
         self._wake_read, self._wake_write = os.pipe()
         self._listener_pid: int | None = None
-        self._thread = threading.Thread(target=self._run, name=f"fabric-catalog-watch-{schema}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"fabric-catalog-watch-{schema}", daemon=True
+        )
         self._thread.start()
 
     # -- the query path --------------------------------------------------------------------
@@ -103,9 +104,12 @@ class CatalogVersionWatch:
                 self._listen_once()
             except Exception as exc:  # the database went away: read through until back
                 if not self._closed.is_set():
-                    log.warning("catalog version watch on schema %s lost its connection (%s); "
-                                "reading versions from the database until it is back",
-                                self._schema, type(exc).__name__)
+                    log.warning(
+                        "catalog version watch on schema %s lost its connection (%s); "
+                        "reading versions from the database until it is back",
+                        self._schema,
+                        type(exc).__name__,
+                    )
             finally:
                 self._listener_pid = None
                 self._set_listening(False)
@@ -113,8 +117,9 @@ class CatalogVersionWatch:
                 break
 
     def _listen_once(self) -> None:
-        with psycopg.connect(self._url, autocommit=True, connect_timeout=10,
-                             application_name="fabric-catalog-watch") as conn:
+        with psycopg.connect(
+            self._url, autocommit=True, connect_timeout=10, application_name="fabric-catalog-watch"
+        ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self._listener_pid = conn.info.backend_pid
             # Anything committed before LISTEN took effect was never notified: start empty.

@@ -60,8 +60,7 @@ class Message:
         """Send the reply to the requester; errors as `Bus.publish`."""
         if self._responder is None or not self.reply_subject:
             raise InvalidArgument(
-                f"a message on {self.subject!r} has no reply subject; only requests "
-                "can be answered"
+                f"a message on {self.subject!r} has no reply subject; only requests can be answered"
             )
         await self._responder(payload, headers)
 

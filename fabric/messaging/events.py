@@ -262,7 +262,8 @@ def watch_task(task: asyncio.Task[None]) -> asyncio.Task[None]:
     def report(done: asyncio.Task[None]) -> None:
         if not done.cancelled() and done.exception() is not None:
             log.error(
-                "event consumer %s stopped by %s", done.get_name(),
+                "event consumer %s stopped by %s",
+                done.get_name(),
                 type(done.exception()).__name__,
             )
 

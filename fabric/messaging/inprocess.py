@@ -62,9 +62,7 @@ class _InProcessSubscription:
         self._queue = queue
         self._handler = handler
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"bus-sub:{subject}"
-        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"bus-sub:{subject}")
         self.active = True
 
     @property
@@ -95,9 +93,7 @@ class _InProcessSubscription:
             try:
                 await self._handler(item)
             except Exception as exc:  # a handler's failure must not end the subscription
-                log.error(
-                    "bus handler for %s failed (%s)", self._subject, type(exc).__name__
-                )
+                log.error("bus handler for %s failed (%s)", self._subject, type(exc).__name__)
 
     async def unsubscribe(self) -> None:
         """Stop delivery; messages already queued for this subscriber are dropped, as on
@@ -221,9 +217,7 @@ class InProcessBus:
             try:
                 message = await asyncio.wait_for(reply, timeout)
             except TimeoutError:
-                raise DeadlineExceeded(
-                    f"no reply on {subject!r} within {timeout:g}s"
-                ) from None
+                raise DeadlineExceeded(f"no reply on {subject!r} within {timeout:g}s") from None
             return message.payload
         finally:
             self._inboxes.pop(inbox, None)
@@ -318,14 +312,20 @@ class _InProcessEventConsumer:
                     del durable.pending[seq]
                     log.error(
                         "platform event %s (%s) dropped by %s after %d failed deliveries (%s)",
-                        event.id, event.kind.value, durable.name, deliveries,
+                        event.id,
+                        event.kind.value,
+                        durable.name,
+                        deliveries,
                         type(exc).__name__,
                     )
                 else:
                     durable.pending[seq] = (loop.time() + policy.delay(deliveries), deliveries)
                     log.warning(
                         "platform event %s (%s) failed in %s (%s); redelivery %d",
-                        event.id, event.kind.value, durable.name, type(exc).__name__,
+                        event.id,
+                        event.kind.value,
+                        durable.name,
+                        type(exc).__name__,
                         deliveries + 1,
                     )
             else:

@@ -260,7 +260,8 @@ class NatsBus:
         if isinstance(exc, nats.errors.SlowConsumerError):
             log.error(
                 "bus %s: slow consumer on %s; NATS dropped messages for it",
-                self._name, exc.subject,
+                self._name,
+                exc.subject,
             )
         else:
             log.warning("bus %s: NATS error (%s)", self._name, self._last_error)
@@ -465,7 +466,8 @@ class _JetStreamConsumer:
                 if not failing:  # once per outage, not once per attempt
                     log.warning(
                         "events %s: fetch failed (%s); waiting for the bus",
-                        self._durable_name, type(exc).__name__,
+                        self._durable_name,
+                        type(exc).__name__,
                     )
                 failing = True
                 with contextlib.suppress(DeadlineExceeded, SourceUnavailable):
@@ -489,7 +491,9 @@ class _JetStreamConsumer:
         except InvalidArgument as exc:
             log.error(
                 "events %s: undecodable event on %s terminated (%s)",
-                self._durable_name, msg.subject, exc.message,
+                self._durable_name,
+                msg.subject,
+                exc.message,
             )
             await _settle(msg.term(), self._durable_name)
             return
@@ -503,14 +507,20 @@ class _JetStreamConsumer:
             if deliveries >= policy.max_deliver:
                 log.error(
                     "platform event %s (%s) dropped by %s after %d failed deliveries (%s)",
-                    event.id, event.kind.value, self._durable_name, deliveries,
+                    event.id,
+                    event.kind.value,
+                    self._durable_name,
+                    deliveries,
                     type(exc).__name__,
                 )
                 await _settle(msg.term(), self._durable_name)
             else:
                 log.warning(
                     "platform event %s (%s) failed in %s (%s); redelivery %d",
-                    event.id, event.kind.value, self._durable_name, type(exc).__name__,
+                    event.id,
+                    event.kind.value,
+                    self._durable_name,
+                    type(exc).__name__,
                     deliveries + 1,
                 )
                 await _settle(msg.nak(delay=policy.delay(deliveries)), self._durable_name)
@@ -548,7 +558,8 @@ async def _settle(ack: Any, durable_name: str) -> None:
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         log.warning(
             "events %s: acknowledgement not confirmed (%s); the event may be redelivered",
-            durable_name, type(exc).__name__,
+            durable_name,
+            type(exc).__name__,
         )
 
 

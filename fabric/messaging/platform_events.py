@@ -74,9 +74,14 @@ class PlatformEventPublisher:
     background instead, failures going to the outbox as usual.
     """
 
-    def __init__(self, events: EventLog, *, timeout: float = DEFAULT_PUBLISH_TIMEOUT,
-                 retry_interval: float = DEFAULT_RETRY_INTERVAL,
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+    def __init__(
+        self,
+        events: EventLog,
+        *,
+        timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
         if timeout <= 0 or retry_interval <= 0 or max_pending < 1:
             raise ValueError("timeout, retry_interval and max_pending must be positive")
         self._events = events
@@ -86,8 +91,7 @@ class PlatformEventPublisher:
         self.max_pending = max_pending
         self._pending: OrderedDict[str, PlatformEvent] = OrderedDict()
         self._lock = threading.Lock()
-        self._counts = {"published": 0, "publish_failed": 0, "republished": 0,
-                        "outbox_dropped": 0}
+        self._counts = {"published": 0, "publish_failed": 0, "republished": 0, "outbox_dropped": 0}
         self._wake = asyncio.Event()
         self._retrier: asyncio.Task[None] | None = None
 
@@ -98,7 +102,8 @@ class PlatformEventPublisher:
             await asyncio.wait_for(self._events.publish_event(event), self.timeout)
         except TimeoutError:
             raise SourceUnavailable(
-                f"JetStream did not confirm the event within {self.timeout:g}s") from None
+                f"JetStream did not confirm the event within {self.timeout:g}s"
+            ) from None
 
     async def publish(self, event: PlatformEvent, change: str) -> None:
         """Store `event`; `change` says what was committed ("connection 'crm' was
@@ -108,14 +113,19 @@ class PlatformEventPublisher:
         except FabricError as error:
             self._count("publish_failed")
             self._keep(event)
-            log.error("platform event %s (%s) not published (%s); kept for retry",
-                      event.id, event.kind.value, error.code)
+            log.error(
+                "platform event %s (%s) not published (%s); kept for retry",
+                event.id,
+                event.kind.value,
+                error.code,
+            )
             raise EventNotPublished(
                 f"{change} and the change is committed, but the runtime replicas could not "
                 f"be told: the {event.kind.value} event was not stored on the bus "
                 f"({error.message}). Fabric keeps publishing it in the background; do not "
                 "repeat the change. Until it is stored, replicas may keep serving results "
-                "they cached for this connection.") from None
+                "they cached for this connection."
+            ) from None
         self._count("published")
 
     def publish_blocking(self, event: PlatformEvent, change: str) -> None:
@@ -138,16 +148,21 @@ class PlatformEventPublisher:
             raise EventNotPublished(
                 f"{change} and the change is committed, but publishing its "
                 f"{event.kind.value} event did not finish in time; Fabric keeps publishing "
-                "it in the background; do not repeat the change.") from None
+                "it in the background; do not repeat the change."
+            ) from None
 
     # ChangeListener
     def connection_changed(self, tenant: str, connection: str) -> None:
-        self.publish_blocking(PlatformEvent(EventKind.CONNECTION_UPDATED, tenant, connection),
-                              f"connection {connection!r} was updated")
+        self.publish_blocking(
+            PlatformEvent(EventKind.CONNECTION_UPDATED, tenant, connection),
+            f"connection {connection!r} was updated",
+        )
 
     def connection_deleted(self, tenant: str, connection: str) -> None:
-        self.publish_blocking(PlatformEvent(EventKind.CONNECTION_DELETED, tenant, connection),
-                              f"connection {connection!r} was deleted")
+        self.publish_blocking(
+            PlatformEvent(EventKind.CONNECTION_DELETED, tenant, connection),
+            f"connection {connection!r} was deleted",
+        )
 
     # -- the outbox -----------------------------------------------------------------------
 
@@ -187,8 +202,7 @@ class PlatformEventPublisher:
                 self._pending.pop(event.id, None)
                 self._counts["republished"] += 1
             stored += 1
-            log.info("platform event %s (%s) published after a retry", event.id,
-                     event.kind.value)
+            log.info("platform event %s (%s) published after a retry", event.id, event.kind.value)
 
     async def _retry(self) -> None:
         while True:
@@ -242,7 +256,8 @@ class _RefreshListener:
         if publisher is not None:
             publisher.publish_blocking(
                 PlatformEvent(EventKind.METADATA_REFRESHED, tenant, connection),
-                f"the metadata of connection {connection!r} was refreshed")
+                f"the metadata of connection {connection!r} was refreshed",
+            )
 
     def connection_deleted(self, tenant: str, connection: str) -> None:
         self._owner.connection_deleted(tenant, connection)
@@ -253,8 +268,9 @@ class Announcements:
     are logged, never the caller's), then the bus publisher, if any (its failure is the
     caller's: `EventNotPublished`)."""
 
-    def __init__(self, local: ChangeListeners,
-                 publisher: PlatformEventPublisher | None = None) -> None:
+    def __init__(
+        self, local: ChangeListeners, publisher: PlatformEventPublisher | None = None
+    ) -> None:
         self.local = local
         self.publisher = publisher
 
@@ -272,16 +288,23 @@ class Announcements:
         """The listener for metadata refreshes (announced as metadata.refreshed)."""
         return _RefreshListener(self)
 
-    async def selection_changed(self, tenant: str, connection: str, stage: str | None,
-                                catalog_version: int | None) -> None:
+    async def selection_changed(
+        self, tenant: str, connection: str, stage: str | None, catalog_version: int | None
+    ) -> None:
         """Announce a committed selection change (from a coroutine on the loop)."""
         if self.publisher is None:
             return
         await self.publisher.publish(
-            PlatformEvent(EventKind.SELECTION_CHANGED, tenant, connection,
-                          stage=stage or None, catalog_version=catalog_version),
+            PlatformEvent(
+                EventKind.SELECTION_CHANGED,
+                tenant,
+                connection,
+                stage=stage or None,
+                catalog_version=catalog_version,
+            ),
             f"the selection of connection {connection!r} changed (catalog version "
-            f"{catalog_version})")
+            f"{catalog_version})",
+        )
 
 
 class PlatformEventApplier:
@@ -309,11 +332,11 @@ class PlatformEventApplier:
             with self._lock:
                 self._ignored += 1
             return
-        reason = (CONNECTION_DELETED if event.kind is EventKind.CONNECTION_DELETED
-                  else CONNECTION_CHANGED)
+        reason = (
+            CONNECTION_DELETED if event.kind is EventKind.CONNECTION_DELETED else CONNECTION_CHANGED
+        )
         try:
-            await asyncio.to_thread(self._purger.purge, event.tenant, event.connection,
-                                    reason)
+            await asyncio.to_thread(self._purger.purge, event.tenant, event.connection, reason)
         except Exception:
             with self._lock:
                 self._failed += 1
@@ -332,8 +355,9 @@ class PlatformEventApplier:
         """Deliveries skipped because their event was applied already."""
         return self._handler.skipped
 
-    async def start(self, events: EventLog, durable_name: str,
-                    tenant: str | None = None) -> EventConsumer:
+    async def start(
+        self, events: EventLog, durable_name: str, tenant: str | None = None
+    ) -> EventConsumer:
         """Consume `events` under `durable_name` (resuming where it stopped)."""
         self._consumer = await events.consume(durable_name, self, tenant=tenant)
         return self._consumer
@@ -345,8 +369,10 @@ class PlatformEventApplier:
 
     def snapshot(self) -> Mapping[str, float]:
         with self._lock:
-            figures = {"bus_events_applied": float(sum(self._applied.values())),
-                       "bus_events_apply_failed": float(self._failed),
-                       "bus_events_ignored": float(self._ignored)}
+            figures = {
+                "bus_events_applied": float(sum(self._applied.values())),
+                "bus_events_apply_failed": float(self._failed),
+                "bus_events_ignored": float(self._ignored),
+            }
         figures["bus_events_duplicates"] = float(self._handler.skipped)
         return figures

@@ -132,8 +132,9 @@ class Frame:
     body: bytes = b""
 
     def encode(self) -> bytes:
-        return _FRAME.pack(_MAGIC, PROTOCOL_VERSION, self.kind, self.request_id,
-                           self.seq) + self.body
+        return (
+            _FRAME.pack(_MAGIC, PROTOCOL_VERSION, self.kind, self.request_id, self.seq) + self.body
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Frame:
@@ -148,7 +149,7 @@ class Frame:
             frame_kind = FrameKind(kind)
         except ValueError:
             raise InvalidArgument("bus frame has an unknown kind") from None
-        return cls(frame_kind, request_id, seq, data[_FRAME.size:])
+        return cls(frame_kind, request_id, seq, data[_FRAME.size :])
 
 
 def query_subject(tenant: str, stage: str) -> str:
@@ -184,16 +185,24 @@ def _unjson(data: bytes) -> dict[str, Any]:
 
 
 def _error_body(error: FabricError, retryable: bool = False) -> bytes:
-    return _json({"code": error.code, "message": error.message, "sqlstate": error.sqlstate,
-                  "retryable": retryable})
+    return _json(
+        {
+            "code": error.code,
+            "message": error.message,
+            "sqlstate": error.sqlstate,
+            "retryable": retryable,
+        }
+    )
 
 
 def _error_from(body: bytes) -> tuple[FabricError, bool]:
     data = _unjson(body)
     cls = _ERRORS_BY_CODE.get(str(data.get("code")), InternalError)
     sqlstate = data.get("sqlstate")
-    error = cls(str(data.get("message") or cls.code),
-                sqlstate=sqlstate if isinstance(sqlstate, str) else None)
+    error = cls(
+        str(data.get("message") or cls.code),
+        sqlstate=sqlstate if isinstance(sqlstate, str) else None,
+    )
     return error, bool(data.get("retryable"))
 
 
@@ -223,13 +232,22 @@ class _Request:
     stall: float
 
     def encode(self) -> bytes:
-        head = _json({
-            "connection": self.query.connection, "sql": self.query.sql,
-            "cache_ttl": self.query.cache_ttl, "max_rows": self.query.max_rows,
-            "role": self.role, "principal": self.principal, "timeout": self.timeout,
-            "sent_at": self.sent_at, "reply": self.reply, "window": self.window,
-            "heartbeat": self.heartbeat, "stall": self.stall,
-        })
+        head = _json(
+            {
+                "connection": self.query.connection,
+                "sql": self.query.sql,
+                "cache_ttl": self.query.cache_ttl,
+                "max_rows": self.query.max_rows,
+                "role": self.role,
+                "principal": self.principal,
+                "timeout": self.timeout,
+                "sent_at": self.sent_at,
+                "reply": self.reply,
+                "window": self.window,
+                "heartbeat": self.heartbeat,
+                "stall": self.stall,
+            }
+        )
         params = pb.ExecuteRequest(params=params_to_proto(self.query.params))
         encoded: bytes = params.SerializeToString()
         return _RECORD.pack(len(head)) + head + encoded
@@ -242,26 +260,36 @@ class _Request:
         (head_len,) = _RECORD.unpack_from(body)
         if len(body) < _RECORD.size + head_len:
             raise InvalidArgument("query request is truncated")
-        head = _unjson(body[_RECORD.size:_RECORD.size + head_len])
+        head = _unjson(body[_RECORD.size : _RECORD.size + head_len])
         params = pb.ExecuteRequest()
         try:
-            params.ParseFromString(body[_RECORD.size + head_len:])
+            params.ParseFromString(body[_RECORD.size + head_len :])
         except Exception:
             raise InvalidArgument("query request parameters do not parse") from None
         try:
             max_rows = head.get("max_rows")
             timeout = head.get("timeout")
             query = QueryRequest(
-                connection=str(head["connection"]), sql=str(head["sql"]),
+                connection=str(head["connection"]),
+                sql=str(head["sql"]),
                 params=params_from_proto(params.params),
                 cache_ttl=float(head["cache_ttl"]),
-                max_rows=None if max_rows is None else int(max_rows))
+                max_rows=None if max_rows is None else int(max_rows),
+            )
             request = cls(
-                frame.request_id, tenant, stage, Role(head["role"]).value,
-                str(head["principal"]), query,
-                None if timeout is None else float(timeout), float(head["sent_at"]),
-                str(head["reply"]), int(head["window"]), float(head["heartbeat"]),
-                float(head["stall"]))
+                frame.request_id,
+                tenant,
+                stage,
+                Role(head["role"]).value,
+                str(head["principal"]),
+                query,
+                None if timeout is None else float(timeout),
+                float(head["sent_at"]),
+                str(head["reply"]),
+                int(head["window"]),
+                float(head["heartbeat"]),
+                float(head["stall"]),
+            )
         except (KeyError, TypeError, ValueError):
             raise InvalidArgument("query request head is malformed") from None
         if request.reply != reply_subject(tenant, stage, frame.request_id):
@@ -321,8 +349,9 @@ class _ReplyStream:
         replica = self._replica
         request = self._serving.request
         frame = Frame(kind, request.request_id, seq, body).encode()
-        sealed = await replica._seal(frame, request.tenant, request.stage, self._subject,
-                                     Purpose.QUERY_REPLY)
+        sealed = await replica._seal(
+            frame, request.tenant, request.stage, self._subject, Purpose.QUERY_REPLY
+        )
         await replica.bus.publish(self._subject, sealed)
         self._last_sent = asyncio.get_running_loop().time()
         if kind == FrameKind.CHUNK:
@@ -334,8 +363,8 @@ class _ReplyStream:
             self._buffer += _RECORD.pack(len(message))
             self._buffer += message
             while len(self._buffer) >= self._budget:
-                piece = bytes(self._buffer[:self._budget])
-                del self._buffer[:self._budget]
+                piece = bytes(self._buffer[: self._budget])
+                del self._buffer[: self._budget]
                 await self._chunk(piece)
 
     async def _chunk(self, body: bytes) -> None:
@@ -365,9 +394,18 @@ class _ReplyStream:
     async def finish(self, summary: Summary) -> None:
         await self.flush()
         async with self._lock:
-            await self.send(FrameKind.END, self._seq, _json({
-                "rows": summary.rows, "truncated": summary.truncated,
-                "from_cache": summary.from_cache, "elapsed_us": summary.elapsed_us}))
+            await self.send(
+                FrameKind.END,
+                self._seq,
+                _json(
+                    {
+                        "rows": summary.rows,
+                        "truncated": summary.truncated,
+                        "from_cache": summary.from_cache,
+                        "elapsed_us": summary.elapsed_us,
+                    }
+                ),
+            )
 
     async def error(self, error: FabricError, retryable: bool = False) -> None:
         await self.send(FrameKind.ERROR, self._seq, _error_body(error, retryable))
@@ -479,9 +517,14 @@ class RuntimeReplica:
             self._control_subs.append(await self.bus.subscribe(subject, self._on_control))
         for subject in requests:
             self._request_subs.append(
-                await self.bus.subscribe(subject, self._on_request, queue=self.queue))
-        log.info("runtime replica %s serving stage %s (queue %s)", self.replica_id,
-                 self.stage, self.queue)
+                await self.bus.subscribe(subject, self._on_request, queue=self.queue)
+            )
+        log.info(
+            "runtime replica %s serving stage %s (queue %s)",
+            self.replica_id,
+            self.stage,
+            self.queue,
+        )
 
     async def stop(self, grace: float = 10.0) -> None:
         """Leave the queue group (no new requests), let queries in flight finish for
@@ -513,21 +556,21 @@ class RuntimeReplica:
 
     def snapshot(self) -> dict[str, float]:
         """Counters for metrics: queries by outcome, chunks, rejected messages."""
-        figures = {f"bus_replica_{name}": float(value)
-                   for name, value in vars(self.stats).items()}
+        figures = {f"bus_replica_{name}": float(value) for name, value in vars(self.stats).items()}
         figures["bus_replica_in_flight"] = float(len(self._serving))
         figures.update(self.sealer.snapshot())
         return figures
 
     # -- internals -----------------------------------------------------------------------
 
-    async def _seal(self, data: bytes, tenant: str, stage: str, subject: str,
-                    purpose: Purpose) -> bytes:
+    async def _seal(
+        self, data: bytes, tenant: str, stage: str, subject: str, purpose: Purpose
+    ) -> bytes:
         if self._offload(len(data)):
-            return await asyncio.to_thread(self.sealer.seal, data, tenant=tenant,
-                                           stage=stage, subject=subject, purpose=purpose)
-        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject,
-                                purpose=purpose)
+            return await asyncio.to_thread(
+                self.sealer.seal, data, tenant=tenant, stage=stage, subject=subject, purpose=purpose
+            )
+        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject, purpose=purpose)
 
     def _tenant_of(self, subject: str) -> str | None:
         tokens = subject.split(".")
@@ -540,8 +583,9 @@ class RuntimeReplica:
 
     def _open(self, msg: Message, tenant: str, purpose: Purpose) -> Frame | None:
         try:
-            data = self.sealer.open(msg.payload, tenant=tenant, stage=self.stage,
-                                    subject=msg.subject, purpose=purpose)
+            data = self.sealer.open(
+                msg.payload, tenant=tenant, stage=self.stage, subject=msg.subject, purpose=purpose
+            )
         except FabricError:
             return None  # counted and logged (without content) by the sealer
         try:
@@ -566,8 +610,9 @@ class RuntimeReplica:
             self.sealer.reject(RejectReason.MALFORMED, msg.subject, len(msg.payload), error)
             return
         age = time.time() - request.sent_at
-        if abs(age) > self.max_request_age or (request.timeout is not None
-                                               and request.timeout <= age):
+        if abs(age) > self.max_request_age or (
+            request.timeout is not None and request.timeout <= age
+        ):
             self.sealer.reject(RejectReason.EXPIRED, msg.subject, len(msg.payload))
             return
         if request.request_id in self._seen:
@@ -578,19 +623,25 @@ class RuntimeReplica:
             self._seen.popitem(last=False)
         if len(self._serving) >= self.max_concurrent or not self._request_subs:
             self.stats.busy += 1
-            await self._answer(msg, request, FrameKind.ERROR, _error_body(ResourceExhausted(
-                f"runtime replica {self.replica_id} is busy; another replica may serve"),
-                retryable=True))
+            await self._answer(
+                msg,
+                request,
+                FrameKind.ERROR,
+                _error_body(
+                    ResourceExhausted(
+                        f"runtime replica {self.replica_id} is busy; another replica may serve"
+                    ),
+                    retryable=True,
+                ),
+            )
             return
         serving = _Serving(request, control_subject(tenant, self.stage, self.replica_id))
         self._serving[request.request_id] = serving
         try:
-            await self._answer(msg, request, FrameKind.ACCEPT,
-                               _json({"replica": self.replica_id}))
+            await self._answer(msg, request, FrameKind.ACCEPT, _json({"replica": self.replica_id}))
         except FabricError as error:
             del self._serving[request.request_id]
-            log.warning("replica %s could not accept a request (%s)", self.replica_id,
-                        error.code)
+            log.warning("replica %s could not accept a request (%s)", self.replica_id, error.code)
             return
         self.stats.accepted += 1
         if serving.cancel_reason is not None:  # cancelled while the acceptance went out
@@ -598,21 +649,26 @@ class RuntimeReplica:
             self.stats.cancelled += 1
             return
         serving.task = asyncio.get_running_loop().create_task(
-            self._serve(serving), name=f"bus-query:{request.request_id.hex()}")
+            self._serve(serving), name=f"bus-query:{request.request_id.hex()}"
+        )
 
-    async def _answer(self, msg: Message, request: _Request, kind: FrameKind,
-                      body: bytes) -> None:
+    async def _answer(self, msg: Message, request: _Request, kind: FrameKind, body: bytes) -> None:
         """Reply to the request itself (sealed for its reply inbox subject)."""
         frame = Frame(kind, request.request_id, 0, body).encode()
-        sealed = await self._seal(frame, request.tenant, request.stage, request.reply,
-                                  Purpose.QUERY_REPLY)
+        sealed = await self._seal(
+            frame, request.tenant, request.stage, request.reply, Purpose.QUERY_REPLY
+        )
         await msg.respond(sealed)
 
     async def _serve(self, serving: _Serving) -> None:
         request = serving.request
         stream = _ReplyStream(self, serving)
-        ctx = RequestContext(tenant=request.tenant, stage=request.stage,
-                             role=Role(request.role), principal=request.principal)
+        ctx = RequestContext(
+            tenant=request.tenant,
+            stage=request.stage,
+            role=Role(request.role),
+            principal=request.principal,
+        )
         deadline = None if request.timeout is None else time.monotonic() + request.timeout
         ticker = asyncio.get_running_loop().create_task(stream.tick(self.linger))
         try:
@@ -622,7 +678,8 @@ class RuntimeReplica:
             except TimeoutError:
                 raise DeadlineExceeded(
                     "the query ran past the caller's deadline on the runtime replica; "
-                    "it was cancelled") from None
+                    "it was cancelled"
+                ) from None
             await stream.stop_ticker(ticker)
             await stream.finish(summary)
             self.stats.served += 1
@@ -634,18 +691,27 @@ class RuntimeReplica:
         except _Stalled:
             self.stats.stalled += 1
             ticker.cancel()
-            log.warning("replica %s: query %s got no credit for %gs; cancelled",
-                        self.replica_id, request.request_id.hex(), request.stall)
+            log.warning(
+                "replica %s: query %s got no credit for %gs; cancelled",
+                self.replica_id,
+                request.request_id.hex(),
+                request.stall,
+            )
             with contextlib.suppress(FabricError):
-                await stream.error(DeadlineExceeded(
-                    "the result was not taken in time; the runtime replica cancelled it"))
+                await stream.error(
+                    DeadlineExceeded(
+                        "the result was not taken in time; the runtime replica cancelled it"
+                    )
+                )
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             if serving.cancel_reason == "shutdown":
                 ticker.cancel()
                 with contextlib.suppress(FabricError):
-                    await stream.error(SourceUnavailable(
-                        "the runtime replica is shutting down; retry"), retryable=True)
+                    await stream.error(
+                        SourceUnavailable("the runtime replica is shutting down; retry"),
+                        retryable=True,
+                    )
             elif serving.cancel_reason is None:
                 raise
         except Exception as error:
@@ -653,16 +719,20 @@ class RuntimeReplica:
             ticker.cancel()
             log.error("replica %s: query failed (%s)", self.replica_id, type(error).__name__)
             with contextlib.suppress(FabricError):
-                await stream.error(InternalError(
-                    "internal error on a runtime replica; its log names the error type"))
+                await stream.error(
+                    InternalError(
+                        "internal error on a runtime replica; its log names the error type"
+                    )
+                )
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await ticker
             self._serving.pop(request.request_id, None)
 
-    async def _run(self, ctx: RequestContext, query: QueryRequest, deadline: float | None,
-                   stream: _ReplyStream) -> Summary:
+    async def _run(
+        self, ctx: RequestContext, query: QueryRequest, deadline: float | None, stream: _ReplyStream
+    ) -> Summary:
         summary: Summary | None = None
         items = self.engine.execute(ctx, query, deadline)
         try:
@@ -726,8 +796,15 @@ class _Retry(Exception):
 class _Inbox:
     """Frames of one request's reply stream, opened and queued in arrival order."""
 
-    def __init__(self, forwarder: BusQueryForwarder, tenant: str, stage: str, subject: str,
-                 request_id: bytes, window: int) -> None:
+    def __init__(
+        self,
+        forwarder: BusQueryForwarder,
+        tenant: str,
+        stage: str,
+        subject: str,
+        request_id: bytes,
+        window: int,
+    ) -> None:
         self._forwarder = forwarder
         self._tenant = tenant
         self._stage = stage
@@ -745,22 +822,25 @@ class _Inbox:
         if self.failed:
             return
         try:
-            frame = await self._forwarder._open(msg.payload, self._tenant, self._stage,
-                                                self.subject)
+            frame = await self._forwarder._open(
+                msg.payload, self._tenant, self._stage, self.subject
+            )
         except FabricError:
             return  # counted by the sealer; a forged message changes nothing
         if frame.request_id != self._request_id:
-            self._forwarder.sealer.reject(RejectReason.MALFORMED, msg.subject,
-                                          len(msg.payload))
+            self._forwarder.sealer.reject(RejectReason.MALFORMED, msg.subject, len(msg.payload))
             return
         if frame.kind == FrameKind.CHUNK:
             self._chunks_queued += 1
             if self._chunks_queued > self._window:
                 self.failed = True
                 self._forwarder.stats.protocol_errors += 1
-                self.queue.put_nowait(InternalError(
-                    "a runtime replica sent more result chunks than the flow-control window "
-                    "allows; the result was abandoned"))
+                self.queue.put_nowait(
+                    InternalError(
+                        "a runtime replica sent more result chunks than the flow-control window "
+                        "allows; the result was abandoned"
+                    )
+                )
                 return
         self.queue.put_nowait(frame)
 
@@ -803,14 +883,19 @@ class BusQueryForwarder:
         self.stats = ForwarderStats()
 
     def snapshot(self) -> dict[str, float]:
-        figures = {f"bus_forwarder_{name}": float(value)
-                   for name, value in vars(self.stats).items()}
+        figures = {
+            f"bus_forwarder_{name}": float(value) for name, value in vars(self.stats).items()
+        }
         figures.update(self.sealer.snapshot())
         return figures
 
     async def _open(self, payload: bytes, tenant: str, stage: str, subject: str) -> Frame:
-        kwargs: dict[str, Any] = {"tenant": tenant, "stage": stage, "subject": subject,
-                                  "purpose": Purpose.QUERY_REPLY}
+        kwargs: dict[str, Any] = {
+            "tenant": tenant,
+            "stage": stage,
+            "subject": subject,
+            "purpose": Purpose.QUERY_REPLY,
+        }
         if self._offload(len(payload)):
             data = await asyncio.to_thread(self.sealer.open, payload, **kwargs)
         else:
@@ -818,16 +903,16 @@ class BusQueryForwarder:
         try:
             return Frame.decode(data)
         except InvalidArgument as error:
-            raise self.sealer.reject(RejectReason.MALFORMED, subject, len(payload),
-                                     error) from None
+            raise self.sealer.reject(RejectReason.MALFORMED, subject, len(payload), error) from None
 
-    async def _seal(self, data: bytes, tenant: str, stage: str, subject: str,
-                    purpose: Purpose) -> bytes:
+    async def _seal(
+        self, data: bytes, tenant: str, stage: str, subject: str, purpose: Purpose
+    ) -> bytes:
         if self._offload(len(data)):
-            return await asyncio.to_thread(self.sealer.seal, data, tenant=tenant,
-                                           stage=stage, subject=subject, purpose=purpose)
-        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject,
-                                purpose=purpose)
+            return await asyncio.to_thread(
+                self.sealer.seal, data, tenant=tenant, stage=stage, subject=subject, purpose=purpose
+            )
+        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject, purpose=purpose)
 
     def _remaining(self, deadline: float | None) -> float | None:
         if deadline is None:
@@ -841,8 +926,9 @@ class BusQueryForwarder:
         remaining = self._remaining(deadline)
         return self.timeout if remaining is None else min(self.timeout, remaining)
 
-    async def execute(self, ctx: RequestContext, request: QueryRequest,
-                      deadline: float | None = None) -> AsyncIterator[bytes | Summary]:
+    async def execute(
+        self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
+    ) -> AsyncIterator[bytes | Summary]:
         """Yield the result as Arrow IPC messages, then one Summary (as
         `QueryEngine.execute`); errors are the replica's, re-raised as the same class."""
         started = time.perf_counter()
@@ -867,8 +953,9 @@ class BusQueryForwarder:
                     remaining = self._remaining(deadline)
                     if remaining is not None and pause >= remaining:
                         raise retry.error from None
-                    log.debug("bus query attempt %d failed (%s); retrying", attempt,
-                              retry.error.code)
+                    log.debug(
+                        "bus query attempt %d failed (%s); retrying", attempt, retry.error.code
+                    )
                     await asyncio.sleep(pause)
                 finally:
                     await attempt_items.aclose()  # type: ignore[attr-defined]
@@ -883,24 +970,41 @@ class BusQueryForwarder:
             else:
                 self.stats.failed += 1
 
-    async def _attempt(self, ctx: RequestContext, request: QueryRequest,
-                       deadline: float | None, started: float,
-                       ) -> AsyncIterator[bytes | Summary]:
+    async def _attempt(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        deadline: float | None,
+        started: float,
+    ) -> AsyncIterator[bytes | Summary]:
         tenant, stage = ctx.tenant, ctx.stage
         subject = query_subject(tenant, stage)
         request_id = uuid.uuid4().bytes
-        inbox = _Inbox(self, tenant, stage, reply_subject(tenant, stage, request_id),
-                       request_id, self.window)
+        inbox = _Inbox(
+            self, tenant, stage, reply_subject(tenant, stage, request_id), request_id, self.window
+        )
         remaining = self._remaining(deadline)
-        wire = _Request(request_id, tenant, stage, ctx.role.value, ctx.principal, request,
-                        remaining, time.time(), inbox.subject, self.window,
-                        self.timeout / 3, self.stall)
+        wire = _Request(
+            request_id,
+            tenant,
+            stage,
+            ctx.role.value,
+            ctx.principal,
+            request,
+            remaining,
+            time.time(),
+            inbox.subject,
+            self.window,
+            self.timeout / 3,
+            self.stall,
+        )
         frame = Frame(FrameKind.REQUEST, request_id, 0, wire.encode()).encode()
         sealed = await self._seal(frame, tenant, stage, subject, Purpose.QUERY_REQUEST)
         if len(sealed) > self.bus.max_payload:
             raise ResourceExhausted(
                 f"the query and its parameters take {len(sealed)} bytes sealed, over the "
-                f"bus maximum of {self.bus.max_payload}; use fewer or smaller parameters")
+                f"bus maximum of {self.bus.max_payload}; use fewer or smaller parameters"
+            )
         sub = await self.bus.subscribe(inbox.subject, inbox.on_message)
         control: str | None = None
         finished = False
@@ -917,8 +1021,7 @@ class BusQueryForwarder:
                 refused, retryable = _error_from(accepted.body)
                 raise _Retry(refused) if retryable else refused
             if accepted.kind != FrameKind.ACCEPT:
-                raise InternalError("a runtime replica answered a query with an unexpected "
-                                    "frame")
+                raise InternalError("a runtime replica answered a query with an unexpected frame")
             replica = subject_token(str(_unjson(accepted.body).get("replica")), "replica id")
             control = control_subject(tenant, stage, replica)
             records = _Records()
@@ -931,8 +1034,8 @@ class BusQueryForwarder:
                 except TimeoutError:
                     self._remaining(deadline)  # the caller's deadline: DeadlineExceeded
                     silent = SourceUnavailable(
-                        f"the runtime replica sent nothing for {wait:g}s; the result is "
-                        "incomplete")
+                        f"the runtime replica sent nothing for {wait:g}s; the result is incomplete"
+                    )
                     if yielded:
                         raise silent from None
                     raise _Retry(silent) from None
@@ -947,7 +1050,8 @@ class BusQueryForwarder:
                         what = "a duplicate" if item.seq < expected else "a gap"
                         raise SourceUnavailable(
                             f"the result stream has {what} at chunk {expected} (got "
-                            f"{item.seq}); the result is incomplete, retry the query")
+                            f"{item.seq}); the result is incomplete, retry the query"
+                        )
                     expected += 1
                     self.stats.chunks_received += 1
                     for message in records.feed(item.body):
@@ -955,8 +1059,9 @@ class BusQueryForwarder:
                         yield message
                     if expected - acked >= max(1, self.window // 2):
                         acked = expected
-                        await self._control(FrameKind.ACK, request_id, acked, tenant, stage,
-                                            control)
+                        await self._control(
+                            FrameKind.ACK, request_id, acked, tenant, stage, control
+                        )
                     continue
                 if item.kind == FrameKind.ERROR:
                     failure, retryable = _error_from(item.body)
@@ -966,16 +1071,23 @@ class BusQueryForwarder:
                 if item.kind == FrameKind.END:
                     if item.seq != expected or records.pending:
                         self.stats.protocol_errors += 1
-                        where = (f"after {expected} of {item.seq} chunks"
-                                 if item.seq != expected else "inside a message")
+                        where = (
+                            f"after {expected} of {item.seq} chunks"
+                            if item.seq != expected
+                            else "inside a message"
+                        )
                         raise SourceUnavailable(
                             f"the result stream ended {where}; the result is incomplete, "
-                            "retry the query")
+                            "retry the query"
+                        )
                     body = _unjson(item.body)
                     finished = True
-                    yield Summary(int(body["rows"]), bool(body["truncated"]),
-                                  bool(body["from_cache"]),
-                                  int((time.perf_counter() - started) * 1_000_000))
+                    yield Summary(
+                        int(body["rows"]),
+                        bool(body["truncated"]),
+                        bool(body["from_cache"]),
+                        int((time.perf_counter() - started) * 1_000_000),
+                    )
                     return
                 raise InternalError("a runtime replica sent an unexpected frame")
         finally:
@@ -984,11 +1096,11 @@ class BusQueryForwarder:
             if not finished and control is not None:
                 # The consumer went away or the stream failed: stop the source query.
                 with contextlib.suppress(FabricError):
-                    await self._control(FrameKind.CANCEL, request_id, 0, tenant, stage,
-                                        control)
+                    await self._control(FrameKind.CANCEL, request_id, 0, tenant, stage, control)
 
-    async def _control(self, kind: FrameKind, request_id: bytes, seq: int, tenant: str,
-                       stage: str, subject: str) -> None:
+    async def _control(
+        self, kind: FrameKind, request_id: bytes, seq: int, tenant: str, stage: str, subject: str
+    ) -> None:
         frame = Frame(kind, request_id, seq).encode()
         sealed = await self._seal(frame, tenant, stage, subject, Purpose.QUERY_CONTROL)
         await self.bus.publish(subject, sealed)
@@ -1012,12 +1124,14 @@ class _Records:
         while len(buffer) - offset >= _RECORD.size:
             (size,) = _RECORD.unpack_from(buffer, offset)
             if size > MAX_RECORD_BYTES:
-                raise InternalError("a result message from a runtime replica is implausibly "
-                                    "large; the stream is corrupt")
+                raise InternalError(
+                    "a result message from a runtime replica is implausibly "
+                    "large; the stream is corrupt"
+                )
             end = offset + _RECORD.size + size
             if len(buffer) < end:
                 break
-            out.append(bytes(buffer[offset + _RECORD.size:end]))
+            out.append(bytes(buffer[offset + _RECORD.size : end]))
             offset = end
         if offset:
             del buffer[:offset]

@@ -69,8 +69,9 @@ def envelope_context(tenant: str, stage: str, subject: str, purpose: Purpose) ->
         raise InvalidArgument(
             f"bus subject {subject!r} is not in tenant {tenant!r}'s stage {stage!r}"
         )
-    return EnvelopeContext(tenant=tenant, purpose=Purpose(purpose).value,
-                           subject=f"{stage}|{subject}")
+    return EnvelopeContext(
+        tenant=tenant, purpose=Purpose(purpose).value, subject=f"{stage}|{subject}"
+    )
 
 
 class BusSealer:
@@ -94,25 +95,30 @@ class BusSealer:
         self.overhead = len(seal(kms, b"", probe)) + SEAL_MARGIN
         """Bytes sealing adds to a payload, with a margin: plan chunk sizes with it."""
 
-    def seal(self, payload: bytes, *, tenant: str, stage: str, subject: str,
-             purpose: Purpose) -> bytes:
+    def seal(
+        self, payload: bytes, *, tenant: str, stage: str, subject: str, purpose: Purpose
+    ) -> bytes:
         """Encrypt `payload` for `subject` (which must be the tenant's and stage's)."""
         blob = seal(self._kms, payload, envelope_context(tenant, stage, subject, purpose))
         with self._lock:
             self._sealed += 1
         return blob
 
-    def open(self, blob: bytes, *, tenant: str, stage: str, subject: str,
-             purpose: Purpose) -> bytes:
+    def open(
+        self, blob: bytes, *, tenant: str, stage: str, subject: str, purpose: Purpose
+    ) -> bytes:
         """The plaintext of a message received on `subject`. Refused (counted, logged
         without content): `ResourceExhausted` over the size limit, `IntegrityError` when
         it does not open with this context."""
         if len(blob) > self.max_message_bytes:
             raise self.reject(
-                RejectReason.OVERSIZED, subject, len(blob),
+                RejectReason.OVERSIZED,
+                subject,
+                len(blob),
                 ResourceExhausted(
                     f"bus message of {len(blob)} bytes is over the limit of "
-                    f"{self.max_message_bytes} bytes; it was refused unopened"),
+                    f"{self.max_message_bytes} bytes; it was refused unopened"
+                ),
             )
         try:
             context = envelope_context(tenant, stage, subject, purpose)
@@ -125,8 +131,9 @@ class BusSealer:
             self._opened += 1
         return plaintext
 
-    def reject(self, reason: RejectReason, subject: str, size: int,
-               error: FabricError | None = None) -> FabricError:
+    def reject(
+        self, reason: RejectReason, subject: str, size: int, error: FabricError | None = None
+    ) -> FabricError:
         """Count a refused message and log it by subject, reason and size (never its
         content); returns the error to raise."""
         with self._lock:
@@ -135,10 +142,19 @@ class BusSealer:
         # The first of each reason at WARNING, then every 100th: a flood of forged
         # messages must not flood the log too.
         level = logging.WARNING if count == 1 or count % 100 == 0 else logging.DEBUG
-        log.log(level, "bus message on %s rejected (%s, %d bytes; %d so far)",
-                subject, reason.value, size, count)
-        return error if error is not None else IntegrityError(
-            f"bus message on {subject!r} was rejected ({reason.value})")
+        log.log(
+            level,
+            "bus message on %s rejected (%s, %d bytes; %d so far)",
+            subject,
+            reason.value,
+            size,
+            count,
+        )
+        return (
+            error
+            if error is not None
+            else IntegrityError(f"bus message on {subject!r} was rejected ({reason.value})")
+        )
 
     @property
     def counters(self) -> Mapping[str, int]:

@@ -8,8 +8,25 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 
 # (name, help, kind) of figures read from components at scrape time, so each number
 # has one owner and is never counted twice.
@@ -29,11 +46,19 @@ COUNTERS = {
     "compiled_statement_hits": "Compilations skipped thanks to the statement cache.",
     "compiled_statement_misses": "SQL texts compiled.",
 }
-PURGE_REASONS = ("statement_idle", "statement_closed", "result_expired",
-                 "connection_purged", "compiled_purged",
-                 # the platform's departures (fabric.platform.departure)
-                 "connection_changed", "connection_deleted", "metadata_stale",
-                 "result_purged", "source_purged")
+PURGE_REASONS = (
+    "statement_idle",
+    "statement_closed",
+    "result_expired",
+    "connection_purged",
+    "compiled_purged",
+    # the platform's departures (fabric.platform.departure)
+    "connection_changed",
+    "connection_deleted",
+    "metadata_stale",
+    "result_purged",
+    "source_purged",
+)
 
 
 # Bus figures (fabric.messaging: replica, forwarder, sealer, platform events, NATS link),
@@ -65,7 +90,7 @@ BUS_COUNTERS = {
     "bus_opened": "Bus payloads opened.",
     "bus_events_published": "Platform events stored on JetStream at the first try.",
     "bus_events_publish_failed": "Platform events JetStream did not store at once "
-                                 "(the admin call reported it).",
+    "(the admin call reported it).",
     "bus_events_republished": "Platform events stored by a background retry.",
     "bus_events_outbox_dropped": "Platform events dropped from a full outbox.",
     "bus_events_applied": "Platform events applied by this replica (once per event).",
@@ -73,8 +98,7 @@ BUS_COUNTERS = {
     "bus_events_apply_failed": "Platform event applications that failed (redelivered).",
     "bus_events_ignored": "Platform events with nothing to apply here (keys rotated).",
 }
-BUS_REJECT_REASONS = ("integrity", "oversized", "malformed", "expired", "duplicate",
-                      "unexpected")
+BUS_REJECT_REASONS = ("integrity", "oversized", "malformed", "expired", "duplicate", "unexpected")
 
 
 def _bus_metrics(values: Mapping[str, float]) -> Iterator[Metric]:
@@ -86,9 +110,11 @@ def _bus_metrics(values: Mapping[str, float]) -> Iterator[Metric]:
         c = CounterMetricFamily(f"fabric_{name}", doc)
         c.add_metric([], float(values.get(name, 0)))
         yield c
-    rejected = CounterMetricFamily("fabric_bus_rejected",
-                                   "Bus messages refused, by reason (never opened in clear).",
-                                   labels=["reason"])
+    rejected = CounterMetricFamily(
+        "fabric_bus_rejected",
+        "Bus messages refused, by reason (never opened in clear).",
+        labels=["reason"],
+    )
     for reason in BUS_REJECT_REASONS:
         rejected.add_metric([reason], float(values.get(f"bus_rejected_{reason}", 0)))
     yield rejected
@@ -113,8 +139,9 @@ class _SnapshotCollector(Collector):
             c = CounterMetricFamily(f"fabric_{name}", doc)
             c.add_metric([], float(values.get(name, 0)))
             yield c
-        purges = CounterMetricFamily("fabric_purges", "Data dropped from memory, by reason.",
-                                     labels=["reason"])
+        purges = CounterMetricFamily(
+            "fabric_purges", "Data dropped from memory, by reason.", labels=["reason"]
+        )
         for reason in PURGE_REASONS:
             purges.add_metric([reason], float(values.get(f"purge_{reason}", 0)))
         yield purges
@@ -125,11 +152,19 @@ class _SnapshotCollector(Collector):
 class GatewayMetrics:
     def __init__(self, snapshot: Snapshot) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.queries = Counter("fabric_queries", "Queries by method and outcome.",
-                               ["method", "outcome"], registry=self.registry)
-        self.latency = Histogram("fabric_query_seconds", "Gateway time per query.",
-                                 ["method", "source"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
+        self.queries = Counter(
+            "fabric_queries",
+            "Queries by method and outcome.",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fabric_query_seconds",
+            "Gateway time per query.",
+            ["method", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.rows = Counter("fabric_rows_sent", "Rows sent to callers.", registry=self.registry)
         self._collector = _SnapshotCollector(snapshot)
         self.registry.register(self._collector)

@@ -147,8 +147,9 @@ class ConnectionAdmin:
             raise AlreadyExists(f"connection {name!r} already exists in tenant {tenant!r}")
         refs = {stage: secret_ref(tenant, name, stage) for stage in passwords}
         if verify:
-            draft = Connection(tenant, name, kind_value,
-                               MappingProxyType(plain), MappingProxyType(refs))
+            draft = Connection(
+                tenant, name, kind_value, MappingProxyType(plain), MappingProxyType(refs)
+            )
             for stage in sorted(plain):
                 self._test_draft(draft, stage, passwords.get(stage))
         connection = self._manager.create_connection(
@@ -218,8 +219,9 @@ class ConnectionAdmin:
             current = self._manager.get_connection(tenant, name)
             version = current.version if expected_version is None else expected_version
             try:
-                updated = self._update_once(current, version, stages, remove_stages,
-                                            clear_passwords, verify, actor)
+                updated = self._update_once(
+                    current, version, stages, remove_stages, clear_passwords, verify, actor
+                )
             except FailedPrecondition as error:
                 if attempt == attempts - 1 or "changed since version" not in error.message:
                     raise
@@ -239,9 +241,7 @@ class ConnectionAdmin:
         actor: str,
     ) -> Connection:
         tenant, name = current.tenant, current.name
-        missing = sorted(
-            s for s in [*remove_stages, *clear_passwords] if s not in current.stages
-        )
+        missing = sorted(s for s in [*remove_stages, *clear_passwords] if s not in current.stages)
         new_stages = {s: dict(v) for s, v in current.stages.items()}
         for stage, given in stages.items():
             if given.settings or stage not in current.stages:
@@ -266,8 +266,14 @@ class ConnectionAdmin:
             # points at the new one, and a failed update leaves it untouched.
             new_refs[stage] = f"{secret_ref(tenant, name, stage)}-v{version + 1}"
         if verify:
-            draft = Connection(tenant, name, current.kind, MappingProxyType(plain),
-                               MappingProxyType(new_refs), version)
+            draft = Connection(
+                tenant,
+                name,
+                current.kind,
+                MappingProxyType(plain),
+                MappingProxyType(new_refs),
+                version,
+            )
             for stage in sorted(set(stages) | set(clear_passwords)):
                 if stage in plain:
                     self._test_draft(draft, stage, passwords.get(stage))
@@ -288,8 +294,9 @@ class ConnectionAdmin:
             self._delete_refs(written)
             raise
         still_used = set(new_refs.values())
-        self._delete_refs([r for r in set(current.secret_refs.values()) if r not in still_used],
-                          quiet=True)
+        self._delete_refs(
+            [r for r in set(current.secret_refs.values()) if r not in still_used], quiet=True
+        )
         return updated
 
     # -- delete ----------------------------------------------------------------------------
@@ -339,10 +346,17 @@ class ConnectionAdmin:
     # -- internals -------------------------------------------------------------------------
 
     def _audit_test(self, tenant: str, name: str, stage: str, actor: str, outcome: str) -> None:
-        self._manager.store.record_audit(AuditEvent(
-            at=utc_now(), tenant=tenant, actor=actor, action=CONNECTION_TEST,
-            connection=name, stage=stage, details={"outcome": outcome},
-        ))
+        self._manager.store.record_audit(
+            AuditEvent(
+                at=utc_now(),
+                tenant=tenant,
+                actor=actor,
+                action=CONNECTION_TEST,
+                connection=name,
+                stage=stage,
+                details={"outcome": outcome},
+            )
+        )
 
     def _exists(self, tenant: str, name: str) -> bool:
         try:

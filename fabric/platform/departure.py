@@ -76,12 +76,14 @@ class ChangeListeners:
                 log.error("a change listener failed on %s: %s", what, type(error).__name__)
 
     def connection_changed(self, tenant: str, connection: str) -> None:
-        self._each(lambda listener: listener.connection_changed(tenant, connection),
-                   CONNECTION_CHANGED)
+        self._each(
+            lambda listener: listener.connection_changed(tenant, connection), CONNECTION_CHANGED
+        )
 
     def connection_deleted(self, tenant: str, connection: str) -> None:
-        self._each(lambda listener: listener.connection_deleted(tenant, connection),
-                   CONNECTION_DELETED)
+        self._each(
+            lambda listener: listener.connection_deleted(tenant, connection), CONNECTION_DELETED
+        )
 
 
 class EnginePurger:
@@ -114,8 +116,7 @@ class EnginePurger:
             self._counts[reason] = self._counts.get(reason, 0) + 1
             self._counts["result_purged"] += dropped.get("results", 0)
             self._counts["source_purged"] += dropped.get("sources", 0)
-        log.info("purged connection %r of tenant %r (%s): %s", connection, tenant, reason,
-                 dropped)
+        log.info("purged connection %r of tenant %r (%s): %s", connection, tenant, reason, dropped)
         return dropped
 
     def snapshot(self) -> Mapping[str, float]:
@@ -153,9 +154,15 @@ class StaleMetadataSweeper:
     `metadata_stale`). Time comes from `clock`, so tests move it instead of waiting.
     """
 
-    def __init__(self, engine: QueryEngine, purger: EnginePurger, *,
-                 max_age: float = DEFAULT_STALE_AFTER, clock: Clock = SYSTEM_CLOCK,
-                 probe: Probe | None = None) -> None:
+    def __init__(
+        self,
+        engine: QueryEngine,
+        purger: EnginePurger,
+        *,
+        max_age: float = DEFAULT_STALE_AFTER,
+        clock: Clock = SYSTEM_CLOCK,
+        probe: Probe | None = None,
+    ) -> None:
         if max_age <= 0:
             raise ValueError("max_age must be positive")
         self._engine = engine
@@ -182,8 +189,9 @@ class StaleMetadataSweeper:
             try:
                 current = self._probe(tenant, connection, stage)
             except Exception as error:  # cannot tell: not confirmed, not yet gone
-                log.warning("cannot confirm metadata of connection %r: %s", connection,
-                            type(error).__name__)
+                log.warning(
+                    "cannot confirm metadata of connection %r: %s", connection, type(error).__name__
+                )
                 current = False
             if current:
                 self._confirmed[key] = now

@@ -34,6 +34,7 @@ class Platform:
         `connector_builder` with passwords from `secret_store` (None: no passwords)."""
         resolver = secret_store.get if secret_store is not None else no_secret_store
         manager = CatalogManager(store, stage_connector_factory(resolver, connector_builder))
-        connections = ConnectionAdmin(manager, secret_store, listener,
-                                      connector_builder=connector_builder)
+        connections = ConnectionAdmin(
+            manager, secret_store, listener, connector_builder=connector_builder
+        )
         return cls(manager, connections, listener)

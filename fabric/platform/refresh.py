@@ -82,8 +82,9 @@ def _reconcile(entity: Entity, info: TableInfo) -> tuple[Entity | None, list[Dri
     schema, table = info.schema, info.name
     drift: list[Drift] = []
 
-    def report(kind: DriftKind, column: str = "", old: str = "", new: str = "",
-               detail: str = "") -> None:
+    def report(
+        kind: DriftKind, column: str = "", old: str = "", new: str = "", detail: str = ""
+    ) -> None:
         drift.append(Drift(kind, entity.name, schema, table, column, old, new, detail))
 
     keep: dict[str, ColumnInfo] = {}
@@ -94,15 +95,13 @@ def _reconcile(entity: Entity, info: TableInfo) -> tuple[Entity | None, list[Dri
             continue
         if now.arrow_type != column.arrow_type or now.source_type != column.source_type:
             detail = "" if now.supported else "unsupported: the column leaves the entity"
-            report(DriftKind.TYPE_CHANGED, column.name, _type_text(column), _type_text(now),
-                   detail)
+            report(DriftKind.TYPE_CHANGED, column.name, _type_text(column), _type_text(now), detail)
             if not now.supported:
                 continue
         keep[now.name] = now
     selected_before = {c.name for c in entity.columns}
     primary_key = info.primary_key
-    if primary_key and all((c := info.column(k)) is not None and c.supported
-                           for k in primary_key):
+    if primary_key and all((c := info.column(k)) is not None and c.supported for k in primary_key):
         for name in primary_key:
             key_column = info.column(name)
             if name not in keep and key_column is not None:
@@ -111,20 +110,28 @@ def _reconcile(entity: Entity, info: TableInfo) -> tuple[Entity | None, list[Dri
         primary_key = ()
     for column in info.columns:
         if column.name not in selected_before and column.name not in keep:
-            report(DriftKind.NEW_COLUMN, column.name, new=_type_text(column),
-                   detail="" if column.supported else "unsupported")
+            report(
+                DriftKind.NEW_COLUMN,
+                column.name,
+                new=_type_text(column),
+                detail="" if column.supported else "unsupported",
+            )
     if not keep:
         report(DriftKind.ENTITY_REMOVED, detail="no selected column is left")
         return None, drift
     columns = tuple(c for c in info.columns if c.name in keep)
     foreign_keys = tuple(fk for fk in info.foreign_keys if all(c in keep for c in fk.columns))
     if tuple(primary_key) != tuple(entity.primary_key):
-        report(DriftKind.KEY_CHANGED, detail=f"primary key ({', '.join(entity.primary_key)}) "
-                                             f"is now ({', '.join(primary_key)})")
+        report(
+            DriftKind.KEY_CHANGED,
+            detail=f"primary key ({', '.join(entity.primary_key)}) "
+            f"is now ({', '.join(primary_key)})",
+        )
     if foreign_keys != entity.foreign_keys:
         report(DriftKind.KEY_CHANGED, detail="foreign keys changed")
-    return replace(entity, columns=columns, primary_key=tuple(primary_key),
-                   foreign_keys=foreign_keys), drift
+    return replace(
+        entity, columns=columns, primary_key=tuple(primary_key), foreign_keys=foreign_keys
+    ), drift
 
 
 def plan_refresh(
@@ -138,8 +145,15 @@ def plan_refresh(
         schema, table = entity.physical(stage)
         info = tables.get((schema, table))
         if info is None:
-            drift.append(Drift(DriftKind.TABLE_GONE, entity.name, schema, table,
-                               detail="the entity leaves the selection"))
+            drift.append(
+                Drift(
+                    DriftKind.TABLE_GONE,
+                    entity.name,
+                    schema,
+                    table,
+                    detail="the entity leaves the selection",
+                )
+            )
             continue
         reconciled, found = _reconcile(entity, info)
         drift.extend(found)
@@ -174,29 +188,42 @@ def refresh_catalog(
             record = manager.get_connection(tenant, connection)
             if record.settings_for(stage) is None:
                 raise FailedPrecondition(
-                    f"connection {connection!r} has no settings for stage {stage!r}")
+                    f"connection {connection!r} has no settings for stage {stage!r}"
+                )
         tables = {(t.schema, t.name): t for t in found}
         reconciled, drift = plan_refresh(entities, stage, tables)
         try:
             if reconciled != entities:
                 version = store.replace_entities(
-                    tenant, connection, reconciled,
-                    expected_catalog_version=snapshot.version, actor=actor, stage=stage)
+                    tenant,
+                    connection,
+                    reconciled,
+                    expected_catalog_version=snapshot.version,
+                    actor=actor,
+                    stage=stage,
+                )
             else:
-                version = store.bump_catalog_version(tenant, connection, actor=actor,
-                                                     stage=stage)
+                version = store.bump_catalog_version(tenant, connection, actor=actor, stage=stage)
         except FailedPrecondition:
             if attempt == _ATTEMPTS - 1:
                 raise
             continue
-        counts: dict[str, str | int | bool] = {"catalog_version": version,
-                                               "drift": len(drift)}
+        counts: dict[str, str | int | bool] = {"catalog_version": version, "drift": len(drift)}
         for kind in DriftKind:
             counts[kind.value] = sum(1 for d in drift if d.kind is kind)
-        store.record_audit(AuditEvent(at=utc_now(), tenant=tenant, actor=actor,
-                                      action=CATALOG_REFRESH, connection=connection,
-                                      stage=stage, details=counts))
+        store.record_audit(
+            AuditEvent(
+                at=utc_now(),
+                tenant=tenant,
+                actor=actor,
+                action=CATALOG_REFRESH,
+                connection=connection,
+                stage=stage,
+                details=counts,
+            )
+        )
         after = store.catalog(tenant, connection)
-        return RefreshReport(stage, snapshot.version, version, tuple(drift),
-                             tuple(after.entities.values()))
+        return RefreshReport(
+            stage, snapshot.version, version, tuple(drift), tuple(after.entities.values())
+        )
     raise AssertionError("unreachable")

@@ -482,7 +482,8 @@ def _check_dialect_functions(tree: exp.Expr, dialect: str) -> None:
         if reason is not None:
             raise QueryRejected(
                 f"function '{function_name(node)}' is not available on this connection: "
-                f"{dialect} {reason}")
+                f"{dialect} {reason}"
+            )
 
 
 def _check_structure(tree: exp.Expr, catalog: CatalogSnapshot) -> None:
@@ -971,8 +972,11 @@ def _key_lookup(tree: exp.Expr, sources: Mapping[str, _Source]) -> bool:
             pending.extend((node.this, node.expression))
         elif isinstance(node, exp.EQ):
             for column, value in ((node.this, node.expression), (node.expression, node.this)):
-                if (isinstance(column, exp.Column) and column.table == alias
-                        and isinstance(value, exp.Placeholder | exp.Literal)):
+                if (
+                    isinstance(column, exp.Column)
+                    and column.table == alias
+                    and isinstance(value, exp.Placeholder | exp.Literal)
+                ):
                     equal.add(column.name)
     return set(entity.primary_key) <= equal
 
@@ -1049,8 +1053,9 @@ def _adapt_for_dialect(tree: exp.Expr, dialect: str) -> exp.Expr:
         for truncated in list(tree.find_all(exp.DateTrunc, exp.TimestampTrunc)):
             # MySQL has no DATE_TRUNC; sqlglot's DATE_ADD rewrite starts from a string
             # literal and so returns text: cast it back to the timestamp PostgreSQL returns.
-            truncated.replace(exp.Cast(this=truncated.copy(),
-                                       to=exp.DataType.build("DATETIME", dialect="mysql")))
+            truncated.replace(
+                exp.Cast(this=truncated.copy(), to=exp.DataType.build("DATETIME", dialect="mysql"))
+            )
         return tree
     # T-SQL
     for arithmetic in list(tree.find_all(exp.Add, exp.Sub)):

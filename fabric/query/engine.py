@@ -71,8 +71,10 @@ class QueryRequest:
 
     def __repr__(self) -> str:
         # Parameter values stay out of logs and tracebacks; names are fine.
-        return (f"QueryRequest(connection={self.connection!r}, params=<{sorted(self.params)}>, "
-                f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows})")
+        return (
+            f"QueryRequest(connection={self.connection!r}, params=<{sorted(self.params)}>, "
+            f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,13 @@ class SourceRun:
     reading past max_rows means truncated) and encodes IPC messages, filling a cache
     builder when the result is cacheable."""
 
-    def __init__(self, handle: QueryHandle, max_rows: int, max_message_bytes: int,
-                 builder: ResultBuilder | None) -> None:
+    def __init__(
+        self,
+        handle: QueryHandle,
+        max_rows: int,
+        max_message_bytes: int,
+        builder: ResultBuilder | None,
+    ) -> None:
         self.handle = handle
         self._reader = handle.reader
         self.chunker = IpcChunker.shared(handle.schema, max_message_bytes)
@@ -188,8 +195,13 @@ class SourceRun:
 class PagedResult:
     """The payload of an open statement: the rest of a result, read page by page."""
 
-    def __init__(self, schema: pa.Schema, read: Callable[[int], pa.RecordBatch | None],
-                 close: Callable[[], None], on_done: Callable[[], Summary]) -> None:
+    def __init__(
+        self,
+        schema: pa.Schema,
+        read: Callable[[int], pa.RecordBatch | None],
+        close: Callable[[], None],
+        on_done: Callable[[], Summary],
+    ) -> None:
         self.schema = schema
         self._read = read
         self._close = close
@@ -254,14 +266,18 @@ class QueryEngine:
         self.settings = settings
         self.store = store
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
-        self.sources = SourceRegistry(store, secrets=secrets, connector_factory=connector_factory,
-                                      closer=self.executor)
+        self.sources = SourceRegistry(
+            store, secrets=secrets, connector_factory=connector_factory, closer=self.executor
+        )
         self.statements = StatementCache(StatementCompiler(), settings.compiled_statements)
-        self.results = ResultCache(max_bytes=settings.cache_max_bytes,
-                                   max_ttl=settings.cache_max_ttl, clock=clock)
+        self.results = ResultCache(
+            max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
+        )
         self.open_statements: StatementRegistry[PagedResult] = StatementRegistry(
-            idle_limit=settings.statement_idle_limit, max_open=settings.max_open_statements,
-            clock=clock)
+            idle_limit=settings.statement_idle_limit,
+            max_open=settings.max_open_statements,
+            clock=clock,
+        )
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
@@ -303,46 +319,68 @@ class QueryEngine:
             raise InvalidArgument("connection is required")
         bound = self.sources.current(ctx.tenant, connection, ctx.stage)
         if bound is None:
-            bound = await self._blocking(self.sources.resolve, ctx.tenant, connection,
-                                         ctx.stage)
+            bound = await self._blocking(self.sources.resolve, ctx.tenant, connection, ctx.stage)
         return bound
 
-    async def _compile(self, ctx: RequestContext, request: QueryRequest, max_rows: int
-                       ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+    async def _compile(
+        self, ctx: RequestContext, request: QueryRequest, max_rows: int
+    ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
         bound = await self._source(ctx, request.connection)
         connector = bound.connector
         compiled = self.statements.get_or_compile(
-            tenant=ctx.tenant, connection=request.connection, sql=request.sql,
-            catalog=bound.catalog, dialect=connector.dialect, param_style=connector.param_style,
-            max_rows=max_rows)
+            tenant=ctx.tenant,
+            connection=request.connection,
+            sql=request.sql,
+            catalog=bound.catalog,
+            dialect=connector.dialect,
+            param_style=connector.param_style,
+            max_rows=max_rows,
+        )
         return bound, compiled, compiled.bind(request.params)
 
-    def _open_run(self, bound: BoundSource, compiled: CompiledStatement,
-                  args: tuple[Any, ...], timeout: float,
-                  builder: ResultBuilder | None) -> SourceRun:
+    def _open_run(
+        self,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        timeout: float,
+        builder: ResultBuilder | None,
+    ) -> SourceRun:
         """Start the query at its source (blocking; in a worker thread)."""
-        handle = bound.connector.execute(compiled.sql, args, timeout=timeout,
-                                         batch_rows=self.settings.batch_rows)
+        handle = bound.connector.execute(
+            compiled.sql, args, timeout=timeout, batch_rows=self.settings.batch_rows
+        )
         return self._new_run(handle, compiled, builder)
 
-    def _new_run(self, handle: QueryHandle, compiled: CompiledStatement,
-                 builder: ResultBuilder | None) -> SourceRun:
+    def _new_run(
+        self, handle: QueryHandle, compiled: CompiledStatement, builder: ResultBuilder | None
+    ) -> SourceRun:
         try:
-            return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes,
-                             builder)
+            return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes, builder)
         except BaseException:
             handle.close()
             raise
 
-    async def _start(self, bound: BoundSource, compiled: CompiledStatement,
-                     args: tuple[Any, ...], deadline: float | None,
-                     builder: ResultBuilder | None) -> SourceRun:
-        return await self._blocking(self._open_run, bound, compiled, args,
-                                    self._timeout(deadline), builder)
+    async def _start(
+        self,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        deadline: float | None,
+        builder: ResultBuilder | None,
+    ) -> SourceRun:
+        return await self._blocking(
+            self._open_run, bound, compiled, args, self._timeout(deadline), builder
+        )
 
-    async def _start_streaming(self, bound: BoundSource, compiled: CompiledStatement,
-                               args: tuple[Any, ...], deadline: float | None,
-                               builder: ResultBuilder | None) -> tuple[SourceRun, list[bytes]]:
+    async def _start_streaming(
+        self,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        deadline: float | None,
+        builder: ResultBuilder | None,
+    ) -> tuple[SourceRun, list[bytes]]:
         """Start the query and read its first messages in the same worker call: a small
         result is whole (and its source closed) after one thread hop. A caller that goes
         away while that call blocks (a slow first row) still cancels the source query."""
@@ -350,8 +388,9 @@ class QueryEngine:
         if args and compiled.row_bound <= SMALL_RESULT_ROWS:
             # A lookup by key: the connector may run it from the event loop, which saves
             # the two thread hops that cost more than the query itself.
-            handle = await bound.connector.execute_small(compiled.sql, args, timeout=timeout,
-                                                         max_rows=compiled.row_bound)
+            handle = await bound.connector.execute_small(
+                compiled.sql, args, timeout=timeout, max_rows=compiled.row_bound
+            )
             if handle is not None:
                 run = self._new_run(handle, compiled, builder)
                 first = [run.header()]
@@ -375,8 +414,9 @@ class QueryEngine:
             await asyncio.shield(self._abandon_start(future, start))
             raise
 
-    async def _abandon_start(self, future: asyncio.Future[tuple[SourceRun, list[bytes]]],
-                             start: _Start) -> None:
+    async def _abandon_start(
+        self, future: asyncio.Future[tuple[SourceRun, list[bytes]]], start: _Start
+    ) -> None:
         """Cancel a query whose start is still in a worker thread, as soon as its handle
         exists, then close it once the worker has returned."""
         opened = start.watch()
@@ -392,8 +432,9 @@ class QueryEngine:
         if start.run is not None:
             await self._blocking(start.run.close)
 
-    async def _stop(self, run: SourceRun, pending: asyncio.Future[Any] | None,
-                    cancel: bool) -> None:
+    async def _stop(
+        self, run: SourceRun, pending: asyncio.Future[Any] | None, cancel: bool
+    ) -> None:
         """Stop a run (cancelling it at the source if it has not finished) and close it,
         after any read still in a worker thread has returned."""
         if pending is None and run.closed:
@@ -411,8 +452,9 @@ class QueryEngine:
 
     # -- Execute --------------------------------------------------------------------------
 
-    async def execute(self, ctx: RequestContext, request: QueryRequest,
-                      deadline: float | None = None) -> AsyncIterator[bytes | Summary]:
+    async def execute(
+        self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
+    ) -> AsyncIterator[bytes | Summary]:
         """Yield the result as Arrow IPC messages (schema first, end-of-stream last), then
         one Summary."""
         started = time.perf_counter()
@@ -427,8 +469,14 @@ class QueryEngine:
                     yield item
                 outcome = "ok"
                 return
-            key = ResultKey.build(ctx.tenant, ctx.stage, request.connection,
-                                  bound.catalog.version, compiled.fingerprint, request.params)
+            key = ResultKey.build(
+                ctx.tenant,
+                ctx.stage,
+                request.connection,
+                bound.catalog.version,
+                compiled.fingerprint,
+                request.params,
+            )
             while True:
                 hit = self.results.get(key)
                 if hit is not None:
@@ -457,9 +505,16 @@ class QueryEngine:
                     self.results.put(key, cached, ttl, epoch=epoch)
 
             try:
-                async for item in self._run(bound, compiled, args, deadline, started, builder,
-                                            on_complete=store,
-                                            on_uncacheable=lambda: self._settle(key, settled)):
+                async for item in self._run(
+                    bound,
+                    compiled,
+                    args,
+                    deadline,
+                    started,
+                    builder,
+                    on_complete=store,
+                    on_uncacheable=lambda: self._settle(key, settled),
+                ):
                     yield item
                 outcome = "ok"
             finally:
@@ -475,19 +530,25 @@ class QueryEngine:
         finally:
             self.metrics.queries.labels("execute", outcome).inc()
             self.metrics.latency.labels("execute", "cache" if from_cache else "source").observe(
-                time.perf_counter() - started)
+                time.perf_counter() - started
+            )
 
     def _settle(self, key: ResultKey, event: asyncio.Event) -> None:
         if self._inflight.get(key) is event:
             del self._inflight[key]
         event.set()
 
-    async def _run(self, bound: BoundSource, compiled: CompiledStatement,
-                   args: tuple[Any, ...], deadline: float | None, started: float,
-                   builder: ResultBuilder | None,
-                   on_complete: Callable[[SourceRun], None] | None = None,
-                   on_uncacheable: Callable[[], None] | None = None,
-                   ) -> AsyncIterator[bytes | Summary]:
+    async def _run(
+        self,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        deadline: float | None,
+        started: float,
+        builder: ResultBuilder | None,
+        on_complete: Callable[[SourceRun], None] | None = None,
+        on_uncacheable: Callable[[], None] | None = None,
+    ) -> AsyncIterator[bytes | Summary]:
         run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
         if run.exhausted:
             # The whole result came with the start (its source is already released): no
@@ -518,8 +579,7 @@ class QueryEngine:
                     break
                 if not run.exhausted:
                     pending = loop.run_in_executor(self.executor, read_ahead)
-                if (on_uncacheable is not None and builder is not None
-                        and not builder.active):
+                if on_uncacheable is not None and builder is not None and not builder.active:
                     on_uncacheable()
                     on_uncacheable = None
                 for message in messages:
@@ -535,8 +595,9 @@ class QueryEngine:
 
     # -- Preview --------------------------------------------------------------------------
 
-    async def preview_request(self, ctx: RequestContext, connection: str, entity: str,
-                              limit: int) -> QueryRequest:
+    async def preview_request(
+        self, ctx: RequestContext, connection: str, entity: str, limit: int
+    ) -> QueryRequest:
         bound = await self._source(ctx, connection)
         if not _ENTITY_NAME.match(entity or "") or bound.catalog.entity(entity) is None:
             raise NotFound(f"entity {entity!r} is not selected on connection {connection!r}")
@@ -545,8 +606,13 @@ class QueryEngine:
 
     # -- Statements (paging) --------------------------------------------------------------
 
-    async def open_statement(self, ctx: RequestContext, request: QueryRequest, page_rows: int,
-                             deadline: float | None = None) -> Page:
+    async def open_statement(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        page_rows: int,
+        deadline: float | None = None,
+    ) -> Page:
         started = time.perf_counter()
         try:
             return await self._open_statement(ctx, request, page_rows, deadline, started)
@@ -554,16 +620,28 @@ class QueryEngine:
             log_failure(ctx, request, error, started)
             raise
 
-    async def _open_statement(self, ctx: RequestContext, request: QueryRequest,
-                              page_rows: int, deadline: float | None, started: float) -> Page:
+    async def _open_statement(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        page_rows: int,
+        deadline: float | None,
+        started: float,
+    ) -> Page:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
         ttl = self._ttl(request.cache_ttl)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
         key = None
         if ttl > 0:
-            key = ResultKey.build(ctx.tenant, ctx.stage, request.connection,
-                                  bound.catalog.version, compiled.fingerprint, request.params)
+            key = ResultKey.build(
+                ctx.tenant,
+                ctx.stage,
+                request.connection,
+                bound.catalog.version,
+                compiled.fingerprint,
+                request.params,
+            )
             hit = self.results.get(key)
             if hit is not None:
                 reader = open_ipc_stream(hit.messages)
@@ -596,16 +674,18 @@ class QueryEngine:
                 run.cancel()
             run.close()
 
-        return await self._first_page(ctx, request.connection,
-                                      PagedResult(run.schema, read, close, on_done), page_rows)
+        return await self._first_page(
+            ctx, request.connection, PagedResult(run.schema, read, close, on_done), page_rows
+        )
 
     def _page_rows(self, requested: int) -> int:
         if requested < 0:
             raise InvalidArgument("page_rows must not be negative")
         return min(requested or self.settings.page_rows, self.settings.max_rows)
 
-    async def _first_page(self, ctx: RequestContext, connection: str, pager: PagedResult,
-                          page_rows: int) -> Page:
+    async def _first_page(
+        self, ctx: RequestContext, connection: str, pager: PagedResult, page_rows: int
+    ) -> Page:
         try:
             data, rows, summary = await self._blocking(pager.next_page, page_rows)
         except BaseException:
@@ -614,15 +694,21 @@ class QueryEngine:
         if pager.done:
             await self._blocking(pager.close)
             return Page("", data, rows, True, summary)
-        statement = self.open_statements.open(tenant=ctx.tenant, stage=ctx.stage,
-                                              principal=ctx.principal, payload=pager,
-                                              close_fn=pager.close, connection=connection)
+        statement = self.open_statements.open(
+            tenant=ctx.tenant,
+            stage=ctx.stage,
+            principal=ctx.principal,
+            payload=pager,
+            close_fn=pager.close,
+            connection=connection,
+        )
         return Page(statement.id, data, rows, False, None)
 
     async def fetch(self, ctx: RequestContext, statement_id: str, page_rows: int) -> Page:
         page_rows = self._page_rows(page_rows)
-        with self.open_statements.lease(statement_id, tenant=ctx.tenant,
-                                        stage=ctx.stage) as statement:
+        with self.open_statements.lease(
+            statement_id, tenant=ctx.tenant, stage=ctx.stage
+        ) as statement:
             pager = statement.payload
             try:
                 data, rows, summary = await self._blocking(pager.next_page, page_rows)
@@ -687,16 +773,27 @@ class QueryEngine:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def log_failure(ctx: RequestContext, request: QueryRequest, error: FabricError,
-                started: float) -> None:
+def log_failure(
+    ctx: RequestContext, request: QueryRequest, error: FabricError, started: float
+) -> None:
     """The one log line of a failed query: literals masked, no parameter values, no rows,
     no database message text (errors carry none)."""
     level = logging.INFO if isinstance(error, QueryRejected | Cancelled) else logging.WARNING
-    log.log(level, "query failed: %s", error.message, extra={
-        "code": error.code, "sqlstate": error.sqlstate, "tenant": ctx.tenant,
-        "stage": ctx.stage, "connection": request.connection,
-        "sql": mask_literals(request.sql), "params": sorted(request.params),
-        "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
+    log.log(
+        level,
+        "query failed: %s",
+        error.message,
+        extra={
+            "code": error.code,
+            "sqlstate": error.sqlstate,
+            "tenant": ctx.tenant,
+            "stage": ctx.stage,
+            "connection": request.connection,
+            "sql": mask_literals(request.sql),
+            "params": sorted(request.params),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+        },
+    )
 
 
 def _elapsed_us(started: float) -> int:
@@ -719,5 +816,6 @@ def _cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> Pa
             batch = batch.slice(0, limit)
         return batch
 
-    return PagedResult(reader.schema, read, reader.close,
-                       lambda: Summary(rows, False, True, _elapsed_us(started)))
+    return PagedResult(
+        reader.schema, read, reader.close, lambda: Summary(rows, False, True, _elapsed_us(started))
+    )

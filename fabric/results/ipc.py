@@ -116,8 +116,9 @@ class IpcChunker:
         self._schema_message: bytes | None = None
 
     @classmethod
-    def shared(cls, schema: pa.Schema,
-               max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> IpcChunker:
+    def shared(
+        cls, schema: pa.Schema, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> IpcChunker:
         """The chunker of this schema *object* and limit, built once and reused. Sources
         hand every result of a statement the same schema object (the PostgreSQL decoder
         does), and building a chunker and its schema message costs more than encoding a
@@ -179,8 +180,10 @@ class IpcChunker:
             return
         batch = self.to_wire(batch)
         limit = self._max
-        if (batch.get_total_buffer_size() + _METADATA_ALLOWANCE * (1 + batch.num_columns)
-                <= limit // 2):
+        if (
+            batch.get_total_buffer_size() + _METADATA_ALLOWANCE * (1 + batch.num_columns)
+            <= limit // 2
+        ):
             # Surely within the limit (the buffers, a generous allowance for metadata and
             # padding, and half the limit to spare for nested types' extra fields): no
             # sizing pass, which costs a small batch as much as serializing it.

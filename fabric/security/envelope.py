@@ -84,7 +84,8 @@ def seal(kms: Kms, plaintext: bytes, context: EnvelopeContext) -> bytes:
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, data_key.key_version, len(wrapped)) + wrapped
     nonce = secrets.token_bytes(NONCE_BYTES)
     body = AESGCM(data_key.plaintext).encrypt(
-        nonce, bytes(plaintext), _associated_data(header, data_key.key_version, context))
+        nonce, bytes(plaintext), _associated_data(header, data_key.key_version, context)
+    )
     return header + nonce + body
 
 
@@ -98,8 +99,7 @@ def open_sealed(kms: Kms, blob: bytes, context: EnvelopeContext) -> bytes:
     if len(data_key) != 32:
         raise IntegrityError("the sealed data's key does not unwrap to an AES-256 key")
     try:
-        return AESGCM(data_key).decrypt(
-            nonce, body, _associated_data(header, key_version, context))
+        return AESGCM(data_key).decrypt(nonce, body, _associated_data(header, key_version, context))
     except InvalidTag:
         raise IntegrityError(
             "the sealed data does not open: it was altered, or it belongs to another "
@@ -135,15 +135,17 @@ def _split(blob: bytes) -> tuple[int, bytes, bytes, bytes, bytes]:
     if len(blob) < header_end + NONCE_BYTES + TAG_BYTES or wrapped_len == 0:
         raise IntegrityError("the sealed data is truncated")
     header = blob[:header_end]
-    wrapped = blob[_HEADER.size:header_end]
-    nonce = blob[header_end:header_end + NONCE_BYTES]
-    return key_version, header, wrapped, nonce, blob[header_end + NONCE_BYTES:]
+    wrapped = blob[_HEADER.size : header_end]
+    nonce = blob[header_end : header_end + NONCE_BYTES]
+    return key_version, header, wrapped, nonce, blob[header_end + NONCE_BYTES :]
 
 
 def _associated_data(header: bytes, key_version: int, context: EnvelopeContext) -> bytes:
-    bound = canonical_context({
-        "format": str(FORMAT_VERSION),
-        "key_version": str(key_version),
-        **context.kms_context(),
-    })
+    bound = canonical_context(
+        {
+            "format": str(FORMAT_VERSION),
+            "key_version": str(key_version),
+            **context.kms_context(),
+        }
+    )
     return b"fabric.envelope/1\x00" + struct.pack(">I", len(header)) + header + bound

@@ -150,8 +150,10 @@ class LocalKeyRing:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"LocalKeyRing(path={str(self._path)!r}, key_id={self.key_id!r}, " \
-               f"current_version={self._current})"
+        return (
+            f"LocalKeyRing(path={str(self._path)!r}, key_id={self.key_id!r}, "
+            f"current_version={self._current})"
+        )
 
     # -- construction -----------------------------------------------------------------
 
@@ -212,8 +214,9 @@ class LocalKeyRing:
         plaintext = AESGCM.generate_key(bit_length=256)
         with self._lock:
             version, master = self._current, self._keys[self._current]
-        return DataKey(plaintext, self._wrap(master, version, plaintext, checked),
-                       version, self.key_id)
+        return DataKey(
+            plaintext, self._wrap(master, version, plaintext, checked), version, self.key_id
+        )
 
     def unwrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """The data key in `wrapped`; `IntegrityError` on any tampering or other context."""
@@ -224,8 +227,8 @@ class LocalKeyRing:
         if fmt != _WRAP_FORMAT:
             raise IntegrityError("the wrapped data key has an unknown format")
         master = self._master(version)
-        nonce = bytes(wrapped[_WRAP_HEADER.size:_WRAP_HEADER.size + _NONCE_BYTES])
-        body = bytes(wrapped[_WRAP_HEADER.size + _NONCE_BYTES:])
+        nonce = bytes(wrapped[_WRAP_HEADER.size : _WRAP_HEADER.size + _NONCE_BYTES])
+        body = bytes(wrapped[_WRAP_HEADER.size + _NONCE_BYTES :])
         try:
             return master.decrypt(nonce, body, self._aad(version, checked))
         except InvalidTag:
@@ -261,11 +264,16 @@ class LocalKeyRing:
     # -- internals ------------------------------------------------------------------------
 
     def _aad(self, version: int, context: Mapping[str, str]) -> bytes:
-        return b"fabric.kms.local/1\x00" + self.key_id.encode() + struct.pack(">I", version) \
+        return (
+            b"fabric.kms.local/1\x00"
+            + self.key_id.encode()
+            + struct.pack(">I", version)
             + canonical_context(context)
+        )
 
-    def _wrap(self, master: AESGCM, version: int, plaintext: bytes,
-              context: Mapping[str, str]) -> bytes:
+    def _wrap(
+        self, master: AESGCM, version: int, plaintext: bytes, context: Mapping[str, str]
+    ) -> bytes:
         nonce = secrets.token_bytes(_NONCE_BYTES)
         body = master.encrypt(nonce, plaintext, self._aad(version, context))
         return _WRAP_HEADER.pack(_WRAP_FORMAT, version) + nonce + body
@@ -275,8 +283,7 @@ class LocalKeyRing:
             master = self._keys.get(version)
             if master is None:
                 # Perhaps rotated in by another process since we loaded: look once more.
-                key_id, keys, current = _parse(
-                    self._path, read_private(self._path, "key ring"))
+                key_id, keys, current = _parse(self._path, read_private(self._path, "key ring"))
                 if key_id == self.key_id and version in keys:
                     self._keys = {v: AESGCM(material) for v, material in keys.items()}
                     self._current = current
@@ -298,9 +305,12 @@ def _dump(key_id: str, keys: Mapping[int, bytes], current: int) -> bytes:
         "key_id": key_id,
         "current": current,
         "keys": [
-            {"version": version, "algorithm": "AES-256-GCM",
-             "material": base64.b64encode(keys[version]).decode("ascii"),
-             "created_at": now}
+            {
+                "version": version,
+                "algorithm": "AES-256-GCM",
+                "material": base64.b64encode(keys[version]).decode("ascii"),
+                "created_at": now,
+            }
             for version in sorted(keys)
         ],
     }
@@ -309,9 +319,7 @@ def _dump(key_id: str, keys: Mapping[int, bytes], current: int) -> bytes:
 
 def _parse(path: Path, raw: bytes) -> tuple[str, dict[int, bytes], int]:
     def malformed(why: str) -> FailedPrecondition:
-        return FailedPrecondition(
-            f"key ring {path} is malformed ({why}); restore it from a backup"
-        )
+        return FailedPrecondition(f"key ring {path} is malformed ({why}); restore it from a backup")
 
     try:
         document: Any = json.loads(raw)
@@ -319,8 +327,7 @@ def _parse(path: Path, raw: bytes) -> tuple[str, dict[int, bytes], int]:
         raise malformed("not JSON") from None
     if not isinstance(document, dict) or document.get("format") != _FILE_FORMAT:
         raise malformed(f"expected format {_FILE_FORMAT}")
-    key_id, current, entries = document.get("key_id"), document.get("current"), \
-        document.get("keys")
+    key_id, current, entries = document.get("key_id"), document.get("current"), document.get("keys")
     if not isinstance(key_id, str) or not key_id or not isinstance(entries, list):
         raise malformed("no key_id or keys")
     keys: dict[int, bytes] = {}
@@ -328,8 +335,12 @@ def _parse(path: Path, raw: bytes) -> tuple[str, dict[int, bytes], int]:
         if not isinstance(entry, dict):
             raise malformed("a key entry is not an object")
         version, material = entry.get("version"), entry.get("material")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1 \
-                or version in keys:
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or version < 1
+            or version in keys
+        ):
             raise malformed("a key version is not a unique positive integer")
         try:
             decoded = base64.b64decode(str(material), validate=True)

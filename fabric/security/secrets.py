@@ -163,10 +163,12 @@ class SealedFileSecretStore:
         except (UnicodeDecodeError, json.JSONDecodeError):
             document = None
         secrets = document.get("secrets") if isinstance(document, dict) else None
-        if (not isinstance(document, dict) or document.get("format") != _FILE_FORMAT
-                or not isinstance(secrets, dict)
-                or not all(isinstance(k, str) and isinstance(v, str)
-                           for k, v in secrets.items())):
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != _FILE_FORMAT
+            or not isinstance(secrets, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in secrets.items())
+        ):
             raise FailedPrecondition(
                 f"secret file {self._path} is malformed; restore it from a backup"
             )

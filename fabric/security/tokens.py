@@ -101,8 +101,6 @@ _ROLES = ", ".join(role.value for role in Role)
 _REQUIRED_CLAIMS = ("exp", "iss", "aud", "sub", "tenant", "stage", "role")
 
 
-
-
 # -- configuration -------------------------------------------------------------------
 
 
@@ -228,8 +226,13 @@ class TokenVerifier:
     thread-safe and does no I/O.
     """
 
-    def __init__(self, config: TokenConfig, *, clock: WallClock = SYSTEM_CLOCK,
-                 verified_cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        config: TokenConfig,
+        *,
+        clock: WallClock = SYSTEM_CLOCK,
+        verified_cache_size: int = 10_000,
+    ) -> None:
         self.config = config
         self._clock = clock
         self._algorithms = frozenset(config.algorithms)
@@ -244,7 +247,8 @@ class TokenVerifier:
         # time check, not a signature check per call. Only successes are kept, with the
         # claims' times, which are checked again on every hit against the clock.
         self._verified: LRUCache[str, tuple[RequestContext, dict[str, Any]]] = LRUCache(
-            maxsize=verified_cache_size)
+            maxsize=verified_cache_size
+        )
         self._verified_lock = threading.Lock()
 
     @property
@@ -327,8 +331,9 @@ class TokenVerifier:
         if not isinstance(claims, dict):
             raise Unauthenticated("the bearer token's payload is not a JSON object")
         self._check_times(claims)
-        times: dict[str, Any] = {name: claims[name] for name in ("exp", "nbf", "iat")
-                                 if name in claims}
+        times: dict[str, Any] = {
+            name: claims[name] for name in ("exp", "nbf", "iat") if name in claims
+        }
         return _context(claims), times
 
     def _key_for(self, alg: str, kid: object) -> Any:

@@ -52,12 +52,17 @@ _STATUS = {
 }
 
 
-def vault_client(url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 verify: bool | str = True, namespace: str | None = None) -> Any:
+def vault_client(
+    url: str,
+    token: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    verify: bool | str = True,
+    namespace: str | None = None,
+) -> Any:
     """An hvac client for `url` with a short timeout. `verify` is True, False (tests
     only) or the path of a CA bundle. The token stays inside the client."""
-    return hvac.Client(url=url, token=token, timeout=timeout, verify=verify,
-                       namespace=namespace)
+    return hvac.Client(url=url, token=token, timeout=timeout, verify=verify, namespace=namespace)
 
 
 def _address(client: Any) -> str:
@@ -75,8 +80,14 @@ def _unavailable(client: Any, action: str, why: str) -> SourceUnavailable:
     )
 
 
-def _translate(client: Any, action: str, exc: Exception, *,
-               on_missing: FabricError | None, on_invalid: FabricError | None) -> FabricError:
+def _translate(
+    client: Any,
+    action: str,
+    exc: Exception,
+    *,
+    on_missing: FabricError | None,
+    on_invalid: FabricError | None,
+) -> FabricError:
     if isinstance(exc, FabricError):
         return exc
     if isinstance(exc, requests.exceptions.Timeout):
@@ -96,9 +107,11 @@ def _translate(client: Any, action: str, exc: Exception, *,
         return _unavailable(client, action, "Vault is down or in standby (HTTP 503)")
     if isinstance(exc, hvac.exceptions.Unauthorized | hvac.exceptions.Forbidden):
         return _unavailable(
-            client, action,
+            client,
+            action,
             f"Vault refused the gateway's token (HTTP {_STATUS[type(exc)]}); "
-            "check the token and its policy")
+            "check the token and its policy",
+        )
     if isinstance(exc, hvac.exceptions.VaultError):
         status = _STATUS.get(type(exc))
         what = f"HTTP {status}" if status else type(exc).__name__
@@ -106,9 +119,14 @@ def _translate(client: Any, action: str, exc: Exception, *,
     return _unavailable(client, action, f"unexpected failure ({type(exc).__name__})")
 
 
-def _call(client: Any, action: str, fn: Callable[[], T], *,
-          on_missing: FabricError | None = None,
-          on_invalid: FabricError | None = None) -> T:
+def _call(
+    client: Any,
+    action: str,
+    fn: Callable[[], T],
+    *,
+    on_missing: FabricError | None = None,
+    on_invalid: FabricError | None = None,
+) -> T:
     """Run one hvac call; any failure becomes a gateway error raised with no chained
     hvac/requests exception (their texts may carry request content)."""
     try:
@@ -148,8 +166,14 @@ class VaultTransitKms:
     tenant's even inside Vault.
     """
 
-    def __init__(self, client: Any, *, key_name: str = "fabric", mount_point: str = "transit",
-                 derived: bool = True) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_name: str = "fabric",
+        mount_point: str = "transit",
+        derived: bool = True,
+    ) -> None:
         """`client` is an authenticated hvac client (see `vault_client`)."""
         self._client = client
         self._key_name = key_name
@@ -157,8 +181,10 @@ class VaultTransitKms:
         self._derived = derived
 
     def __repr__(self) -> str:
-        return (f"VaultTransitKms(address={_address(self._client)!r}, "
-                f"key={self._mount}/{self._key_name!s}, derived={self._derived})")
+        return (
+            f"VaultTransitKms(address={_address(self._client)!r}, "
+            f"key={self._mount}/{self._key_name!s}, derived={self._derived})"
+        )
 
     @property
     def key_id(self) -> str:
@@ -177,26 +203,42 @@ class VaultTransitKms:
     def ensure_key(self) -> None:
         """Create the transit key (aes256-gcm96, derived as configured) if it is missing."""
         transit = self._client.secrets.transit
-        existing = _call(self._client, "read transit key", _or_none(
-            lambda: transit.read_key(name=self._key_name, mount_point=self._mount)))
+        existing = _call(
+            self._client,
+            "read transit key",
+            _or_none(lambda: transit.read_key(name=self._key_name, mount_point=self._mount)),
+        )
         if existing is None:
-            _call(self._client, "create transit key",
-                  lambda: transit.create_key(name=self._key_name, key_type="aes256-gcm96",
-                                             derived=self._derived, mount_point=self._mount))
+            _call(
+                self._client,
+                "create transit key",
+                lambda: transit.create_key(
+                    name=self._key_name,
+                    key_type="aes256-gcm96",
+                    derived=self._derived,
+                    mount_point=self._mount,
+                ),
+            )
 
     def generate_data_key(self, context: Mapping[str, str]) -> DataKey:
         """A fresh 256-bit data key from Vault, wrapped by the transit key."""
         derivation = self._derivation(context)
         transit = self._client.secrets.transit
         response = _call(
-            self._client, "generate data key",
+            self._client,
+            "generate data key",
             lambda: transit.generate_data_key(
-                name=self._key_name, key_type="plaintext", context=derivation, bits=256,
-                mount_point=self._mount),
+                name=self._key_name,
+                key_type="plaintext",
+                context=derivation,
+                bits=256,
+                mount_point=self._mount,
+            ),
             on_missing=self._missing_key(),
             on_invalid=FailedPrecondition(
                 f"Vault refused to generate a data key with transit key {self.key_id}; "
-                "check that the key exists and is derived as configured"),
+                "check that the key exists and is derived as configured"
+            ),
         )
         data = _data(response, "generate data key", self._client)
         ciphertext, plaintext_b64 = data.get("ciphertext"), data.get("plaintext")
@@ -205,8 +247,7 @@ class VaultTransitKms:
         plaintext = base64.b64decode(plaintext_b64)
         if len(plaintext) != DATA_KEY_BYTES:
             raise _unavailable(self._client, "generate data key", "wrong key length")
-        return DataKey(plaintext, ciphertext.encode("ascii"), _version_of(ciphertext),
-                       self.key_id)
+        return DataKey(plaintext, ciphertext.encode("ascii"), _version_of(ciphertext), self.key_id)
 
     def unwrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """The data key in `wrapped` (a transit ciphertext); `IntegrityError` if Vault
@@ -215,13 +256,19 @@ class VaultTransitKms:
         ciphertext = _ciphertext_text(wrapped)
         transit = self._client.secrets.transit
         response = _call(
-            self._client, "unwrap data key",
-            lambda: transit.decrypt_data(name=self._key_name, ciphertext=ciphertext,
-                                         context=derivation, mount_point=self._mount),
+            self._client,
+            "unwrap data key",
+            lambda: transit.decrypt_data(
+                name=self._key_name,
+                ciphertext=ciphertext,
+                context=derivation,
+                mount_point=self._mount,
+            ),
             on_missing=self._missing_key(),
             on_invalid=IntegrityError(
                 "the wrapped data key does not open: it was altered, or it belongs to "
-                "another tenant or transit key"),
+                "another tenant or transit key"
+            ),
         )
         plaintext_b64 = _data(response, "unwrap data key", self._client).get("plaintext")
         if not isinstance(plaintext_b64, str):
@@ -234,9 +281,14 @@ class VaultTransitKms:
         ciphertext = _ciphertext_text(wrapped)
         transit = self._client.secrets.transit
         response = _call(
-            self._client, "rewrap data key",
-            lambda: transit.rewrap_data(name=self._key_name, ciphertext=ciphertext,
-                                        context=derivation, mount_point=self._mount),
+            self._client,
+            "rewrap data key",
+            lambda: transit.rewrap_data(
+                name=self._key_name,
+                ciphertext=ciphertext,
+                context=derivation,
+                mount_point=self._mount,
+            ),
             on_missing=self._missing_key(),
             on_invalid=IntegrityError("the wrapped data key does not open (altered?)"),
         )
@@ -248,20 +300,28 @@ class VaultTransitKms:
     def rotate(self) -> int:
         """Rotate the transit key; returns the new latest version."""
         transit = self._client.secrets.transit
-        _call(self._client, "rotate transit key",
-              lambda: transit.rotate_key(name=self._key_name, mount_point=self._mount),
-              on_missing=self._missing_key())
+        _call(
+            self._client,
+            "rotate transit key",
+            lambda: transit.rotate_key(name=self._key_name, mount_point=self._mount),
+            on_missing=self._missing_key(),
+        )
         return self.current_version
 
     def _read_key(self) -> Any:
         transit = self._client.secrets.transit
-        return _call(self._client, "read transit key",
-                     lambda: transit.read_key(name=self._key_name, mount_point=self._mount),
-                     on_missing=self._missing_key())
+        return _call(
+            self._client,
+            "read transit key",
+            lambda: transit.read_key(name=self._key_name, mount_point=self._mount),
+            on_missing=self._missing_key(),
+        )
 
     def _missing_key(self) -> NotFound:
-        return NotFound(f"transit key {self.key_id} does not exist; create it "
-                        f"(vault write -f {self._mount}/keys/{self._key_name} derived=true)")
+        return NotFound(
+            f"transit key {self.key_id} does not exist; create it "
+            f"(vault write -f {self._mount}/keys/{self._key_name} derived=true)"
+        )
 
     def _derivation(self, context: Mapping[str, str]) -> str | None:
         tenant = validate_context(context)["tenant"]
@@ -295,8 +355,9 @@ class VaultKvSecretStore:
     raise `SourceUnavailable`; there is no fallback.
     """
 
-    def __init__(self, client: Any, *, mount_point: str = "secret",
-                 path_prefix: str = "fabric") -> None:
+    def __init__(
+        self, client: Any, *, mount_point: str = "secret", path_prefix: str = "fabric"
+    ) -> None:
         """`client` is an authenticated hvac client (see `vault_client`); `path_prefix`
         (slash-separated, may be empty) keeps the gateway's secrets apart."""
         self._client = client
@@ -306,42 +367,57 @@ class VaultKvSecretStore:
             validate_ref(self._prefix)
 
     def __repr__(self) -> str:
-        return (f"VaultKvSecretStore(address={_address(self._client)!r}, "
-                f"mount={self._mount!r}, prefix={self._prefix!r})")
+        return (
+            f"VaultKvSecretStore(address={_address(self._client)!r}, "
+            f"mount={self._mount!r}, prefix={self._prefix!r})"
+        )
 
     def put(self, ref: str, secret: str) -> None:
         """Write `secret` under `ref` (a new KV version)."""
         path = self._path(ref)
         value = encode_secret(secret).decode("utf-8")
         kv = self._client.secrets.kv.v2
-        _call(self._client, "write secret",
-              lambda: kv.create_or_update_secret(path=path, secret={"value": value},
-                                                 mount_point=self._mount),
-              on_invalid=InvalidArgument(f"Vault refused the secret for reference {ref!r}"))
+        _call(
+            self._client,
+            "write secret",
+            lambda: kv.create_or_update_secret(
+                path=path, secret={"value": value}, mount_point=self._mount
+            ),
+            on_invalid=InvalidArgument(f"Vault refused the secret for reference {ref!r}"),
+        )
 
     def get(self, ref: str) -> str:
         """The latest version of the secret under `ref`; `NotFound` if none."""
         path = self._path(ref)
         kv = self._client.secrets.kv.v2
         response = _call(
-            self._client, "read secret",
-            lambda: kv.read_secret_version(path=path, mount_point=self._mount,
-                                           raise_on_deleted_version=True),
-            on_missing=NotFound(f"no secret is stored under reference {ref!r}"))
+            self._client,
+            "read secret",
+            lambda: kv.read_secret_version(
+                path=path, mount_point=self._mount, raise_on_deleted_version=True
+            ),
+            on_missing=NotFound(f"no secret is stored under reference {ref!r}"),
+        )
         data = _data(response, "read secret", self._client).get("data")
         value = data.get("value") if isinstance(data, dict) else None
         if not isinstance(value, str):
             raise FailedPrecondition(
                 f"the Vault secret for reference {ref!r} has no string 'value' field; "
-                "write it through the gateway")
+                "write it through the gateway"
+            )
         return value
 
     def delete(self, ref: str) -> None:
         """Remove every version of `ref`; succeed quietly if it does not exist."""
         path = self._path(ref)
         kv = self._client.secrets.kv.v2
-        _call(self._client, "delete secret", _or_none(
-            lambda: kv.delete_metadata_and_all_versions(path=path, mount_point=self._mount)))
+        _call(
+            self._client,
+            "delete secret",
+            _or_none(
+                lambda: kv.delete_metadata_and_all_versions(path=path, mount_point=self._mount)
+            ),
+        )
 
     def refs(self) -> list[str]:
         """Every reference under the prefix, sorted (walks sub-folders)."""
@@ -351,8 +427,11 @@ class VaultKvSecretStore:
         while pending:
             folder = pending.pop()
             listed = self._prefix + "/" + folder if self._prefix else folder
-            response = _call(self._client, "list secrets", _or_none(
-                partial(kv.list_secrets, path=listed, mount_point=self._mount)))
+            response = _call(
+                self._client,
+                "list secrets",
+                _or_none(partial(kv.list_secrets, path=listed, mount_point=self._mount)),
+            )
             if response is None:
                 continue
             keys = _data(response, "list secrets", self._client).get("keys") or []

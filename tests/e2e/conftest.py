@@ -28,8 +28,9 @@ from fabric.wiring import catalog_manager
 class RecordingConnector(Connector):
     """The real connector, with every statement it is asked to run written down."""
 
-    def __init__(self, inner: Connector, log: list[tuple[str, tuple[Any, ...]]],
-                 gate: threading.Event) -> None:
+    def __init__(
+        self, inner: Connector, log: list[tuple[str, tuple[Any, ...]]], gate: threading.Event
+    ) -> None:
         super().__init__(inner.config)
         self.inner = inner
         self.log = log
@@ -44,8 +45,14 @@ class RecordingConnector(Connector):
     def introspect(self, schemas: Sequence[str] | None = None) -> Any:
         return self.inner.introspect(schemas)
 
-    def execute(self, sql: str, params: Sequence[Any] = (), *, timeout: float | None = None,
-                batch_rows: int = 65_536) -> QueryHandle:
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> QueryHandle:
         self.log.append((sql, tuple(params)))
         # A test may hold queries at the source's door (the gate) to line up callers.
         if not self.gate.wait(timeout=30):
@@ -93,8 +100,10 @@ def make_shop(path: Path) -> None:
 def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
     """Test-only identity: tenant and stage from call metadata (tokens come later)."""
     metadata = dict(context.invocation_metadata() or ())
-    return RequestContext(tenant=metadata.get("x-tenant", DEFAULT_TENANT),
-                          stage=metadata.get("x-stage", DEFAULT_STAGE))
+    return RequestContext(
+        tenant=metadata.get("x-tenant", DEFAULT_TENANT),
+        stage=metadata.get("x-stage", DEFAULT_STAGE),
+    )
 
 
 def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> Harness:
@@ -104,8 +113,9 @@ def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> 
     manager = catalog_manager(store)
     for tenant in (DEFAULT_TENANT, "other"):
         manager.create_connection(tenant, "shop", "duckdb", {"*": {"path": str(database)}})
-    manager.create_connection("default", "prod_only", "duckdb",
-                              {"production": {"path": str(database)}})
+    manager.create_connection(
+        "default", "prod_only", "duckdb", {"production": {"path": str(database)}}
+    )
     manager.select("default", "prod_only", "production", "orders")
     manager.create_connection("other", "b_only", "duckdb", {"*": {"path": str(database)}})
     manager.select("other", "b_only", DEFAULT_STAGE, "orders")
@@ -117,18 +127,22 @@ def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> 
     gate.set()
     lock = threading.Lock()
 
-    def factory(connection: Connection, settings: Mapping[str, SettingValue],
-                password: str | None) -> Connector:
+    def factory(
+        connection: Connection, settings: Mapping[str, SettingValue], password: str | None
+    ) -> Connector:
         with lock:
-            return RecordingConnector(default_connector_factory(connection, settings, password),
-                                      executed, gate)
+            return RecordingConnector(
+                default_connector_factory(connection, settings, password), executed, gate
+            )
 
     clock = FakeClock()
     settings = Settings(home=tmp_path, metrics_port=0, **overrides)
     engine = QueryEngine(store, settings, clock=clock, connector_factory=factory)
     gateway = BackgroundGateway(
-        Gateway(engine, verifier=verifier) if verifier is not None
-        else Gateway(engine, context_provider=tenant_from_metadata)).start()
+        Gateway(engine, verifier=verifier)
+        if verifier is not None
+        else Gateway(engine, context_provider=tenant_from_metadata)
+    ).start()
     return Harness(gateway, engine, clock, store, executed, gate)
 
 

@@ -28,18 +28,37 @@ def secured(tmp_path: Path) -> Iterator[tuple[Harness, TokenConfig]]:
         h.store.close()
 
 
-def token(config: TokenConfig, *, role: str = "app", tenant: str = "default",
-          stage: str = "development", issued_ago: float = 0) -> str:
-    return mint_token(config, tenant=tenant, stage=stage, role=role, subject="tester", ttl=300,
-                      now=time.time() - issued_ago)
+def token(
+    config: TokenConfig,
+    *,
+    role: str = "app",
+    tenant: str = "default",
+    stage: str = "development",
+    issued_ago: float = 0,
+) -> str:
+    return mint_token(
+        config,
+        tenant=tenant,
+        stage=stage,
+        role=role,
+        subject="tester",
+        ttl=300,
+        now=time.time() - issued_ago,
+    )
 
 
 def test_calls_without_a_valid_token_never_reach_a_source(
-        secured: tuple[Harness, TokenConfig], tmp_path: Path) -> None:
+    secured: tuple[Harness, TokenConfig], tmp_path: Path
+) -> None:
     h, config = secured
     forged = TokenConfig.for_local_key(LocalKey.generate(tmp_path / "forged.key"))
-    bad_tokens = [None, "not-a-jwt", token(forged), token(config, issued_ago=3600),
-                  token(config)[:-3] + "abc"]
+    bad_tokens = [
+        None,
+        "not-a-jwt",
+        token(forged),
+        token(config, issued_ago=3600),
+        token(config)[:-3] + "abc",
+    ]
     for bad in bad_tokens:
         with FabricClient(h.address, bad, timeout=10) as client:
             with pytest.raises(Unauthenticated) as caught:
@@ -63,31 +82,34 @@ def test_roles_decide_the_methods(secured: tuple[Harness, TokenConfig]) -> None:
 
 
 def test_a_tenant_cannot_see_another_tenants_connections(
-        secured: tuple[Harness, TokenConfig]) -> None:
+    secured: tuple[Harness, TokenConfig],
+) -> None:
     h, config = secured
     with FabricClient(h.address, token(config), timeout=10) as client:
         with pytest.raises(NotFound) as theirs:
             client.query("b_only", QUERY)
         with pytest.raises(NotFound) as nobodys:
             client.query("no_such_connection", QUERY)
-    assert theirs.value.message.replace("b_only", "X") == \
-        nobodys.value.message.replace("no_such_connection", "X")
+    assert theirs.value.message.replace("b_only", "X") == nobodys.value.message.replace(
+        "no_such_connection", "X"
+    )
     with FabricClient(h.address, token(config, tenant="other"), timeout=10) as other:
         assert other.query("b_only", QUERY).column("n")[0].as_py() == 20_000
 
 
 def test_a_stage_token_reaches_only_its_stage(secured: tuple[Harness, TokenConfig]) -> None:
     h, config = secured
-    with FabricClient(h.address, token(config, stage="development"), timeout=10) as dev, \
-            pytest.raises(NotFound, match="stage 'development'"):
+    with (
+        FabricClient(h.address, token(config, stage="development"), timeout=10) as dev,
+        pytest.raises(NotFound, match="stage 'development'"),
+    ):
         dev.query("prod_only", QUERY)
     with FabricClient(h.address, token(config, stage="production"), timeout=10) as prod:
         assert prod.query("prod_only", QUERY).column("n")[0].as_py() == 20_000
     assert [sql for sql, _ in h.executed] and all("orders" in sql for sql, _ in h.executed)
 
 
-def test_concurrent_calls_each_see_their_own_identity(
-        secured: tuple[Harness, TokenConfig]) -> None:
+def test_concurrent_calls_each_see_their_own_identity(secured: tuple[Harness, TokenConfig]) -> None:
     """The interceptor hands the identity to the handler through the call's own task:
     calls of two tenants interleaved on many threads never see each other's."""
     h, config = secured
@@ -104,8 +126,9 @@ def test_concurrent_calls_each_see_their_own_identity(
                     outcomes.append("ok" if not expect_visible else "HIDDEN")
 
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(work, tok, visible) for tok, visible in
-                   [(mine, False), (theirs, True)] * 4]
+        futures = [
+            pool.submit(work, tok, visible) for tok, visible in [(mine, False), (theirs, True)] * 4
+        ]
         for future in futures:
             future.result()
     assert outcomes == ["ok"] * 120

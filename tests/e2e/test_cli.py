@@ -30,8 +30,12 @@ def _free_port() -> int:
 
 
 def _env(home: Path, port: int, metrics_port: int) -> dict[str, str]:
-    return {**os.environ, "FABRIC_HOME": str(home), "FABRIC_LISTEN": f"127.0.0.1:{port}",
-            "FABRIC_METRICS_PORT": str(metrics_port)}
+    return {
+        **os.environ,
+        "FABRIC_HOME": str(home),
+        "FABRIC_LISTEN": f"127.0.0.1:{port}",
+        "FABRIC_METRICS_PORT": str(metrics_port),
+    }
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -52,14 +56,18 @@ def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], int, int]]:
     for step in steps:
         done = _run(env, *step)
         assert done.returncode == 0, done.stderr
-    with open(tmp_path / "serve.log", "w") as log, \
-            subprocess.Popen([*FABRIC, "serve"], env=env, stdout=log,
-                             stderr=subprocess.STDOUT) as server:
+    with (
+        open(tmp_path / "serve.log", "w") as log,
+        subprocess.Popen(
+            [*FABRIC, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        ) as server,
+    ):
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 grpc.channel_ready_future(channel).result(timeout=30)
                 health = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service="fabric.v1.QueryService"), timeout=10)
+                    health_pb2.HealthCheckRequest(service="fabric.v1.QueryService"), timeout=10
+                )
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
             yield env, port, metrics_port
         finally:
@@ -76,25 +84,50 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
     env, _port, metrics_port = served
     listed = _run(env, "catalog", "list", "retail")
     assert listed.returncode == 0
-    assert "customers = main.customers key(id): id INTEGER, name VARCHAR, segment VARCHAR" in \
-        listed.stdout
+    assert (
+        "customers = main.customers key(id): id INTEGER, name VARCHAR, segment VARCHAR"
+        in listed.stdout
+    )
 
-    query = _run(env, "query", "retail",
-                 "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
-                 "GROUP BY status ORDER BY status", "-p", "since:date=2024-01-01",
-                 "--format", "json", "--cache-ttl", "30")
+    query = _run(
+        env,
+        "query",
+        "retail",
+        "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
+        "GROUP BY status ORDER BY status",
+        "-p",
+        "since:date=2024-01-01",
+        "--format",
+        "json",
+        "--cache-ttl",
+        "30",
+    )
     assert query.returncode == 0, query.stderr
     rows = [json.loads(line) for line in query.stdout.splitlines()]
-    expected = duckdb.connect(str(Path(env["FABRIC_HOME"]) / "retail.duckdb"), read_only=True) \
-        .sql("SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= DATE '2024-01-01' "
-             "GROUP BY status ORDER BY status").fetchall()
+    expected = (
+        duckdb.connect(str(Path(env["FABRIC_HOME"]) / "retail.duckdb"), read_only=True)
+        .sql(
+            "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= DATE '2024-01-01' "
+            "GROUP BY status ORDER BY status"
+        )
+        .fetchall()
+    )
     assert [(r["status"], r["n"]) for r in rows] == expected
     assert "rows" in query.stderr
 
-    again = _run(env, "query", "retail",
-                 "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
-                 "GROUP BY status ORDER BY status", "-p", "since:date=2024-01-01",
-                 "--format", "csv", "--cache-ttl", "30")
+    again = _run(
+        env,
+        "query",
+        "retail",
+        "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
+        "GROUP BY status ORDER BY status",
+        "-p",
+        "since:date=2024-01-01",
+        "--format",
+        "csv",
+        "--cache-ttl",
+        "30",
+    )
     assert again.returncode == 0 and "from cache" in again.stderr
     assert again.stdout.splitlines()[0] == '"status","n"'
 
@@ -118,14 +151,20 @@ def test_reflection_lists_the_services(served: tuple[dict[str, str], int, int]) 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"fabric.v1.QueryService", "grpc.health.v1.Health"} <= names
 
 
 def test_demo_runs_and_serves_the_second_query_from_memory(tmp_path: Path) -> None:
-    done = subprocess.run([*FABRIC, "demo"], env={**os.environ, "FABRIC_HOME": str(tmp_path)},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*FABRIC, "demo"],
+        env={**os.environ, "FABRIC_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "second run: served from memory" in done.stdout
     assert "identical: True" in done.stdout
@@ -133,7 +172,8 @@ def test_demo_runs_and_serves_the_second_query_from_memory(tmp_path: Path) -> No
 
 
 def test_clients_leaving_after_the_result_leave_the_gateway_quiet(
-        served: tuple[dict[str, str], int, int], tmp_path: Path) -> None:
+    served: tuple[dict[str, str], int, int], tmp_path: Path
+) -> None:
     """A client that stops reading once it has the result (before the call's status)
     cancels the call. The gateway ends such calls quietly: no error or traceback in its
     log (the identity's clean-up once failed there, on every such call), and it keeps
@@ -145,9 +185,13 @@ def test_clients_leaving_after_the_result_leave_the_gateway_quiet(
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         for _ in range(20):
-            call = stub.Execute(query_pb2.ExecuteRequest(
-                connection="retail", sql="SELECT COUNT(*) AS n FROM orders"),
-                metadata=metadata, timeout=10)
+            call = stub.Execute(
+                query_pb2.ExecuteRequest(
+                    connection="retail", sql="SELECT COUNT(*) AS n FROM orders"
+                ),
+                metadata=metadata,
+                timeout=10,
+            )
             while not next(call).HasField("summary"):
                 pass
             call.cancel()

@@ -28,8 +28,9 @@ def _stream(extra: bool) -> list[pb.ResultChunk]:
     for batch in table.to_batches(max_chunksize=5_000):
         messages.extend(chunker.batch_messages(batch))
     chunks = [pb.ResultChunk(arrow_ipc=m) for m in messages]
-    chunks.append(pb.ResultChunk(arrow_ipc=chunker.end_of_stream(),
-                                 summary=pb.ResultSummary(rows=ROWS)))
+    chunks.append(
+        pb.ResultChunk(arrow_ipc=chunker.end_of_stream(), summary=pb.ResultSummary(rows=ROWS))
+    )
     if extra:  # a misbehaving server: bytes after the end of the stream
         chunks.append(pb.ResultChunk(arrow_ipc=b"\0" * 8))
     return chunks
@@ -40,8 +41,9 @@ class RecordingQueryService(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
         self.endings: list[str] = []
         self.ended = threading.Condition()
 
-    async def Execute(self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[pb.ResultChunk]:
+    async def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ResultChunk]:
         chunks = _stream(extra=request.sql == "extra")
         if request.sql == "endless":  # the rest never comes: the client must cancel
             chunks = chunks[:3]
@@ -91,8 +93,7 @@ def peer() -> Iterator[tuple[str, RecordingQueryService]]:
         loop.close()
 
 
-def test_a_result_read_whole_completes_the_call(
-        peer: tuple[str, RecordingQueryService]) -> None:
+def test_a_result_read_whole_completes_the_call(peer: tuple[str, RecordingQueryService]) -> None:
     address, service = peer
     with FabricClient(address, timeout=10) as client:
         result = client.execute("c", "whole")
@@ -112,15 +113,19 @@ def test_a_stream_dropped_early_is_cancelled(peer: tuple[str, RecordingQueryServ
 
 
 def test_data_after_the_end_of_the_result_is_an_error(
-        peer: tuple[str, RecordingQueryService]) -> None:
+    peer: tuple[str, RecordingQueryService],
+) -> None:
     address, _ = peer
-    with FabricClient(address, timeout=10) as client, \
-            pytest.raises(FabricError, match="after the end of the result"):
+    with (
+        FabricClient(address, timeout=10) as client,
+        pytest.raises(FabricError, match="after the end of the result"),
+    ):
         client.execute("c", "extra")
 
 
 def test_a_status_after_the_whole_result_still_reaches_the_caller(
-        peer: tuple[str, RecordingQueryService]) -> None:
+    peer: tuple[str, RecordingQueryService],
+) -> None:
     """The client reads the call's status: a failure reported after the last message is
     raised, not hidden behind a result that looked whole."""
     address, _ = peer

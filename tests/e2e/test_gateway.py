@@ -31,8 +31,7 @@ REVENUE = """
 
 
 def client(h: Harness, tenant: str = "default", stage: str = "development") -> FabricClient:
-    return FabricClient(h.address, timeout=30, metadata=[("x-tenant", tenant),
-                                                         ("x-stage", stage)])
+    return FabricClient(h.address, timeout=30, metadata=[("x-tenant", tenant), ("x-stage", stage)])
 
 
 def direct(h: Harness, sql: str, params: list[object] | None = None) -> pa.Table:
@@ -44,10 +43,13 @@ def direct(h: Harness, sql: str, params: list[object] | None = None) -> pa.Table
 def test_query_returns_what_the_source_returns(harness: Harness) -> None:
     with client(harness) as c:
         result = c.execute("shop", REVENUE, {"min_amount": Decimal("100.00")})
-    expected = direct(harness, """
+    expected = direct(
+        harness,
+        """
         SELECT c.country, COUNT(*) AS orders, SUM(o.amount) AS revenue
         FROM orders o JOIN customers c ON c.id = o.customer_id
-        WHERE o.amount >= 100 GROUP BY c.country ORDER BY c.country""")
+        WHERE o.amount >= 100 GROUP BY c.country ORDER BY c.country""",
+    )
     assert result.table.to_pylist() == expected.to_pylist()
     assert result.table.schema.field("revenue").type == expected.schema.field("revenue").type
     assert result.summary.rows == 3
@@ -101,8 +103,11 @@ def test_rejection_is_invalid_argument_on_the_wire(harness: Harness) -> None:
     with grpc.insecure_channel(harness.address) as channel:
         stub = pb_grpc.QueryServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            list(stub.Execute(pb.ExecuteRequest(connection="shop",
-                                                sql="SELECT email FROM customers")))
+            list(
+                stub.Execute(
+                    pb.ExecuteRequest(connection="shop", sql="SELECT email FROM customers")
+                )
+            )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(caught.value.trailing_metadata())["fabric-error-code"] == "query_rejected"
 
@@ -145,8 +150,7 @@ def test_cache_entries_are_not_shared_across_tenants_stages_or_values(harness: H
         a.query("shop", REVENUE, {"min_amount": 10}, cache_ttl=60)
         assert not b.execute("shop", REVENUE, {"min_amount": 10}, cache_ttl=60).summary.from_cache
         assert not a.execute("shop", REVENUE, {"min_amount": 11}, cache_ttl=60).summary.from_cache
-        assert not a.execute("shop", REVENUE, {"min_amount": 10.0},
-                             cache_ttl=60).summary.from_cache
+        assert not a.execute("shop", REVENUE, {"min_amount": 10.0}, cache_ttl=60).summary.from_cache
         assert a.execute("shop", REVENUE, {"min_amount": 10}, cache_ttl=60).summary.from_cache
     with client(harness, stage="production") as p:
         # The connection's settings apply to every stage; each stage still gets its own
@@ -190,8 +194,12 @@ def test_result_larger_than_the_budget_streams_through(tmp_path: Path) -> None:
 
 def test_paging_walks_the_result_and_closing_drops_it(harness: Harness) -> None:
     with client(harness) as c:
-        statement = c.open_statement("shop", "SELECT id FROM orders WHERE id <= :n ORDER BY id",
-                                     {"n": 2_500}, page_rows=1_000)
+        statement = c.open_statement(
+            "shop",
+            "SELECT id FROM orders WHERE id <= :n ORDER BY id",
+            {"n": 2_500},
+            page_rows=1_000,
+        )
         pages = list(statement)
         assert [p.num_rows for p in pages] == [1_000, 1_000, 500]
         assert pa.concat_tables(pages).column("id").to_pylist() == list(range(1, 2_501))
@@ -205,18 +213,19 @@ def test_paging_walks_the_result_and_closing_drops_it(harness: Harness) -> None:
         other.close()
         assert harness.engine.open_statements.stats.open == 0
         with pytest.raises(NotFound):
-            c._unary(c._stub.Fetch, pb.FetchRequest(
-                statement_id=other.id))
+            c._unary(c._stub.Fetch, pb.FetchRequest(statement_id=other.id))
 
 
 def test_idle_statement_is_purged_with_its_parameters(harness: Harness) -> None:
     with client(harness) as c:
-        statement = c.open_statement("shop", "SELECT id FROM orders WHERE id > :after",
-                                     {"after": 7}, page_rows=10)
+        statement = c.open_statement(
+            "shop", "SELECT id FROM orders WHERE id > :after", {"after": 7}, page_rows=10
+        )
         assert statement.fetch() is not None
         registry = harness.engine.open_statements
-        held = weakref.ref(registry.get(statement.id, tenant="default",
-                                        stage="development").payload)
+        held = weakref.ref(
+            registry.get(statement.id, tenant="default", stage="development").payload
+        )
         harness.clock.advance(299.0)
         assert registry.sweep() == 0
         harness.clock.advance(1.0)
@@ -232,8 +241,7 @@ def test_other_tenant_cannot_touch_a_statement(harness: Harness) -> None:
     with client(harness) as a, client(harness, tenant="other") as b:
         statement = a.open_statement("shop", "SELECT id FROM orders", page_rows=10)
         with pytest.raises(NotFound):
-            b._unary(b._stub.Fetch, pb.FetchRequest(
-                statement_id=statement.id))
+            b._unary(b._stub.Fetch, pb.FetchRequest(statement_id=statement.id))
         assert statement.fetch() is not None
         statement.close()
 
@@ -253,11 +261,26 @@ def test_parameters_of_every_type_bind(harness: Harness) -> None:
                AND customer_id IN (SELECT id FROM customers WHERE country = :country)"""
     since = dt.datetime(2024, 1, 1, 12, 0, tzinfo=dt.UTC)
     with client(harness) as c:
-        n = c.query("shop", sql, {"since": since, "amount": Decimal("10.50"), "note": "n1",
-                                  "country": "ÉIRE"}).column("n")[0].as_py()
-    expected = direct(harness, """SELECT COUNT(*) FROM orders WHERE placed_at >= ? AND
+        n = (
+            c.query(
+                "shop",
+                sql,
+                {"since": since, "amount": Decimal("10.50"), "note": "n1", "country": "ÉIRE"},
+            )
+            .column("n")[0]
+            .as_py()
+        )
+    expected = (
+        direct(
+            harness,
+            """SELECT COUNT(*) FROM orders WHERE placed_at >= ? AND
         amount > ? AND note <> ? AND customer_id IN (SELECT id FROM customers WHERE
-        country = ?)""", [since, Decimal("10.50"), "n1", "ÉIRE"]).column(0)[0].as_py()
+        country = ?)""",
+            [since, Decimal("10.50"), "n1", "ÉIRE"],
+        )
+        .column(0)[0]
+        .as_py()
+    )
     assert n == expected and n > 0
 
 
@@ -297,8 +320,9 @@ def test_identical_queries_in_flight_run_once(harness: Harness) -> None:
     with ThreadPoolExecutor(callers) as pool:
         futures = [pool.submit(ask) for _ in range(callers)]
         try:
-            assert _wait_for(lambda: harness.engine.snapshot()["result_cache_coalesced"]
-                             == callers - 1)
+            assert _wait_for(
+                lambda: harness.engine.snapshot()["result_cache_coalesced"] == callers - 1
+            )
             assert len(harness.executed) == 1
         finally:
             harness.gate.set()
@@ -314,11 +338,13 @@ def test_waiters_run_themselves_when_the_first_result_cannot_be_cached(harness: 
     harness.gate.clear()
     truncating = "SELECT id FROM orders ORDER BY id"
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(lambda: client(harness).execute("shop", truncating, max_rows=3,
-                                                            cache_ttl=60))
+        first = pool.submit(
+            lambda: client(harness).execute("shop", truncating, max_rows=3, cache_ttl=60)
+        )
         assert _wait_for(lambda: len(harness.executed) == 1)
-        second = pool.submit(lambda: client(harness).execute("shop", truncating, max_rows=3,
-                                                             cache_ttl=60))
+        second = pool.submit(
+            lambda: client(harness).execute("shop", truncating, max_rows=3, cache_ttl=60)
+        )
         assert _wait_for(lambda: harness.engine.snapshot()["result_cache_coalesced"] == 1)
         harness.gate.set()
         a, b = first.result(timeout=30), second.result(timeout=30)
@@ -337,13 +363,15 @@ def test_a_small_result_costs_one_worker_call_and_a_large_one_streams(tmp_path: 
         with FabricClient(harness.address, timeout=10) as client:
             client.query("shop", "SELECT COUNT(*) AS n FROM orders")  # builds the connector
             counting.calls = 0
-            small = client.query("shop", "SELECT id, amount FROM orders WHERE id = :id",
-                                 {"id": 42})
+            small = client.query("shop", "SELECT id, amount FROM orders WHERE id = :id", {"id": 42})
             assert small.to_pylist() == [{"id": 42, "amount": Decimal("52.50")}]
             assert counting.calls == 1
             counting.calls = 0
-            big = client.query("shop", "SELECT a.id, a.note, b.note AS other FROM orders a "
-                                       "JOIN orders b ON b.id <= 400 WHERE a.id <= 400")
+            big = client.query(
+                "shop",
+                "SELECT a.id, a.note, b.note AS other FROM orders a "
+                "JOIN orders b ON b.id <= 400 WHERE a.id <= 400",
+            )
             assert big.num_rows == 160_000
             assert counting.calls >= 4  # about 3 MB in reads of 256 KiB or more
     finally:

@@ -34,9 +34,11 @@ PASSWORD = "Platform-Canary-9f3c2a"
 def caller(context: grpc.aio.ServicerContext) -> RequestContext:
     """Test identity from call metadata: stage and principal (tokens are tested elsewhere)."""
     metadata = dict(context.invocation_metadata() or ())
-    return RequestContext(tenant=metadata.get("x-tenant", DEFAULT_TENANT),
-                          stage=metadata.get("x-stage", "development"),
-                          principal=metadata.get("x-principal", "local"))
+    return RequestContext(
+        tenant=metadata.get("x-tenant", DEFAULT_TENANT),
+        stage=metadata.get("x-stage", "development"),
+        principal=metadata.get("x-principal", "local"),
+    )
 
 
 @dataclass
@@ -58,32 +60,49 @@ class Platform:
     def engine(self) -> QueryEngine:
         return self.gateway.engine
 
-    def call(self, method: Any, request: Message, *, stage: str = "development",
-             principal: str = "alice@example.com") -> Any:
+    def call(
+        self,
+        method: Any,
+        request: Message,
+        *,
+        stage: str = "development",
+        principal: str = "alice@example.com",
+    ) -> Any:
         """Call a platform method; every response is kept, to scan for secrets later."""
-        response = method(request, timeout=60,
-                          metadata=[("x-stage", stage), ("x-principal", principal)])
+        response = method(
+            request, timeout=60, metadata=[("x-stage", stage), ("x-principal", principal)]
+        )
         self.responses.append(response)
         return response
 
     def client(self, stage: str = "development") -> FabricClient:
-        return FabricClient(self.background.address, timeout=60,
-                            metadata=[("x-stage", stage)])
+        return FabricClient(self.background.address, timeout=60, metadata=[("x-stage", stage)])
 
 
 def start_platform(home: Path) -> Platform:
     store = SqliteMetadataStore(home / "metadata.sqlite")
-    secrets = SealedFileSecretStore(home / "secrets.sealed",
-                                    LocalKeyRing.open(home / "keyring.json"))
+    secrets = SealedFileSecretStore(
+        home / "secrets.sealed", LocalKeyRing.open(home / "keyring.json")
+    )
     clock = FakeClock()
-    engine = QueryEngine(store, Settings(home=home, metrics_port=0), clock=clock,
-                         secrets=secrets.get)
+    engine = QueryEngine(
+        store, Settings(home=home, metrics_port=0), clock=clock, secrets=secrets.get
+    )
     gateway = Gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
     background = BackgroundGateway(gateway).start()
     channel = grpc.insecure_channel(background.address)
-    return Platform(home, background, gateway, store, secrets, clock, channel,
-                    pb_grpc.ConnectionServiceStub(channel), pb_grpc.CatalogServiceStub(channel),
-                    [])
+    return Platform(
+        home,
+        background,
+        gateway,
+        store,
+        secrets,
+        clock,
+        channel,
+        pb_grpc.ConnectionServiceStub(channel),
+        pb_grpc.CatalogServiceStub(channel),
+        [],
+    )
 
 
 def stop_platform(platform: Platform) -> None:
@@ -96,10 +115,17 @@ def files_containing(home: Path, secret: str) -> list[Path]:
     """Files under `home` holding `secret` in clear (or in a common encoding of it)."""
     import base64
 
-    forms = [secret.encode(), base64.b64encode(secret.encode()), secret.encode().hex().encode(),
-             secret.encode("utf-16-le")]
-    return [path for path in home.rglob("*") if path.is_file()
-            and any(form in path.read_bytes() for form in forms)]
+    forms = [
+        secret.encode(),
+        base64.b64encode(secret.encode()),
+        secret.encode().hex().encode(),
+        secret.encode("utf-16-le"),
+    ]
+    return [
+        path
+        for path in home.rglob("*")
+        if path.is_file() and any(form in path.read_bytes() for form in forms)
+    ]
 
 
 def rpc_error(fn: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
@@ -115,8 +141,7 @@ def setting(value: str | int) -> pb.SettingValue:
     return pb.SettingValue(string_value=value)
 
 
-def stage_config(stage: str, password: str | None = None,
-                 **settings: str | int) -> pb.StageConfig:
+def stage_config(stage: str, password: str | None = None, **settings: str | int) -> pb.StageConfig:
     config = pb.StageConfig(stage=stage, settings={k: setting(v) for k, v in settings.items()})
     if password is not None:
         config.password = password
@@ -151,36 +176,57 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 
 
 def create_shop(p: Platform, name: str = "shop", password: str | None = PASSWORD) -> pb.Connection:
-    return p.call(p.connections.CreateConnection, pb.CreateConnectionRequest(
-        name=name, kind="duckdb",
-        stages=[stage_config("*", password, path=str(p.home / "shop.duckdb"))]))
+    return p.call(
+        p.connections.CreateConnection,
+        pb.CreateConnectionRequest(
+            name=name,
+            kind="duckdb",
+            stages=[stage_config("*", password, path=str(p.home / "shop.duckdb"))],
+        ),
+    )
 
 
 def select_orders(p: Platform) -> pb.SelectResponse:
-    return p.call(p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-        pb.TableSelection(table="dev_sales.orders", entity_name="orders",
-                          stage_tables={"production": "prod_sales.orders_p"})]))
+    return p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="shop",
+            tables=[
+                pb.TableSelection(
+                    table="dev_sales.orders",
+                    entity_name="orders",
+                    stage_tables={"production": "prod_sales.orders_p"},
+                )
+            ],
+        ),
+    )
 
 
 def state(p: Platform) -> tuple[Any, ...]:
     """Everything at rest a bad request must leave as it was."""
     connections = p.store.list_connections(DEFAULT_TENANT)
     catalogs = {c.name: p.store.catalog(DEFAULT_TENANT, c.name) for c in connections}
-    return (connections, catalogs, p.secrets.refs(),
-            len(p.store.list_audit(DEFAULT_TENANT, limit=10_000)))
+    return (
+        connections,
+        catalogs,
+        p.secrets.refs(),
+        len(p.store.list_audit(DEFAULT_TENANT, limit=10_000)),
+    )
 
 
 # -- connections ----------------------------------------------------------------------------
 
 
 def test_connection_lifecycle_with_a_write_only_password(
-        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    platform: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     p = platform
     created = create_shop(p)
     assert created.version == 1 and created.kind == "duckdb"
     assert [(s.stage, s.has_password, s.HasField("password")) for s in created.stages] == [
-        ("*", True, False)]
+        ("*", True, False)
+    ]
     assert p.secrets.refs() == ["connections/default/shop/all"]
 
     got = p.call(p.connections.GetConnection, pb.GetConnectionRequest(name="shop"))
@@ -192,16 +238,24 @@ def test_connection_lifecycle_with_a_write_only_password(
 
     # A new password for production only: a new reference, the old one still serves '*'.
     rotated = "Rotated-" + PASSWORD
-    updated = p.call(p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-        name="shop", expected_version=1,
-        stages=[stage_config("production", rotated, path=str(p.home / "shop.duckdb"))]))
+    updated = p.call(
+        p.connections.UpdateConnection,
+        pb.UpdateConnectionRequest(
+            name="shop",
+            expected_version=1,
+            stages=[stage_config("production", rotated, path=str(p.home / "shop.duckdb"))],
+        ),
+    )
     assert updated.version == 2
-    assert {s.stage: s.has_password for s in updated.stages} == {"*": True,
-                                                                 "production": True}
-    assert p.secrets.refs() == ["connections/default/shop/all",
-                                "connections/default/shop/production-v2"]
-    cleared = p.call(p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-        name="shop", clear_password_stages=["production"]))
+    assert {s.stage: s.has_password for s in updated.stages} == {"*": True, "production": True}
+    assert p.secrets.refs() == [
+        "connections/default/shop/all",
+        "connections/default/shop/production-v2",
+    ]
+    cleared = p.call(
+        p.connections.UpdateConnection,
+        pb.UpdateConnectionRequest(name="shop", clear_password_stages=["production"]),
+    )
     assert cleared.version == 3 and p.secrets.refs() == ["connections/default/shop/all"]
 
     deleted = p.call(p.connections.DeleteConnection, pb.DeleteConnectionRequest(name="shop"))
@@ -222,56 +276,144 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(platform: Platform)
     before = state(p)
     path = str(p.home / "shop.duckdb")
     cases: list[tuple[Any, Message, grpc.StatusCode, str]] = [
-        (p.connections.CreateConnection, pb.CreateConnectionRequest(
-            name="x", kind="oracle", stages=[stage_config("*", path=path)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "unknown connection kind"),
-        (p.connections.CreateConnection, pb.CreateConnectionRequest(name="x", kind="duckdb"),
-         grpc.StatusCode.INVALID_ARGUMENT, "at least one stage"),
-        (p.connections.CreateConnection, pb.CreateConnectionRequest(
-            name="shop", kind="duckdb", stages=[stage_config("*", "other-pw", path=path)]),
-         grpc.StatusCode.ALREADY_EXISTS, "already exists"),
-        (p.connections.CreateConnection, pb.CreateConnectionRequest(
-            name="pg", kind="postgres", verify=True,
-            stages=[stage_config("*", PASSWORD, host="127.0.0.1", port=1, database="x",
-                                 user="u")]),
-         grpc.StatusCode.UNAVAILABLE, ""),
-        (p.connections.CreateConnection, pb.CreateConnectionRequest(
-            name="x", kind="duckdb", stages=[stage_config("*", path=path, db_password="v")]),
-         grpc.StatusCode.INVALID_ARGUMENT, "looks like a secret"),
-        (p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-            name="shop", expected_version=7, stages=[stage_config("test", path=path)]),
-         grpc.StatusCode.FAILED_PRECONDITION, "changed since version 7"),
-        (p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-            name="shop", remove_stages=["nowhere"]),
-         grpc.StatusCode.NOT_FOUND, "no stage 'nowhere'"),
-        (p.connections.DeleteConnection, pb.DeleteConnectionRequest(name="ghost"),
-         grpc.StatusCode.NOT_FOUND, "ghost"),
-        (p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-            pb.TableSelection(table="dev_sales.nothing")]),
-         grpc.StatusCode.NOT_FOUND, "dev_sales.nothing"),
-        (p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-            pb.TableSelection(table="dev_sales.orders", columns=["id", "ghost_column"])]),
-         grpc.StatusCode.INVALID_ARGUMENT, "ghost_column"),
+        (
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(
+                name="x", kind="oracle", stages=[stage_config("*", path=path)]
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown connection kind",
+        ),
+        (
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(name="x", kind="duckdb"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "at least one stage",
+        ),
+        (
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(
+                name="shop", kind="duckdb", stages=[stage_config("*", "other-pw", path=path)]
+            ),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "already exists",
+        ),
+        (
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(
+                name="pg",
+                kind="postgres",
+                verify=True,
+                stages=[
+                    stage_config("*", PASSWORD, host="127.0.0.1", port=1, database="x", user="u")
+                ],
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "",
+        ),
+        (
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(
+                name="x", kind="duckdb", stages=[stage_config("*", path=path, db_password="v")]
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "looks like a secret",
+        ),
+        (
+            p.connections.UpdateConnection,
+            pb.UpdateConnectionRequest(
+                name="shop", expected_version=7, stages=[stage_config("test", path=path)]
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "changed since version 7",
+        ),
+        (
+            p.connections.UpdateConnection,
+            pb.UpdateConnectionRequest(name="shop", remove_stages=["nowhere"]),
+            grpc.StatusCode.NOT_FOUND,
+            "no stage 'nowhere'",
+        ),
+        (
+            p.connections.DeleteConnection,
+            pb.DeleteConnectionRequest(name="ghost"),
+            grpc.StatusCode.NOT_FOUND,
+            "ghost",
+        ),
+        (
+            p.catalog.Select,
+            pb.SelectRequest(
+                connection="shop", tables=[pb.TableSelection(table="dev_sales.nothing")]
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "dev_sales.nothing",
+        ),
+        (
+            p.catalog.Select,
+            pb.SelectRequest(
+                connection="shop",
+                tables=[
+                    pb.TableSelection(table="dev_sales.orders", columns=["id", "ghost_column"])
+                ],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ghost_column",
+        ),
         # All or none: a good table and a bad one select neither.
-        (p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-            pb.TableSelection(table="prod_sales.narrow"),
-            pb.TableSelection(table="dev_sales.orders", columns=["nope"])]),
-         grpc.StatusCode.INVALID_ARGUMENT, "nope"),
+        (
+            p.catalog.Select,
+            pb.SelectRequest(
+                connection="shop",
+                tables=[
+                    pb.TableSelection(table="prod_sales.narrow"),
+                    pb.TableSelection(table="dev_sales.orders", columns=["nope"]),
+                ],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "nope",
+        ),
         # The production table must have every selected column.
-        (p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-            pb.TableSelection(table="dev_sales.orders", entity_name="orders2",
-                              stage_tables={"production": "prod_sales.narrow"})]),
-         grpc.StatusCode.INVALID_ARGUMENT, "no column 'amount'"),
-        (p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-            pb.TableSelection(table="prod_sales.orders_p", entity_name="orders")]),
-         grpc.StatusCode.ALREADY_EXISTS, "already stands for"),
-        (p.catalog.Unselect, pb.UnselectRequest(connection="shop", entities=["ghost"]),
-         grpc.StatusCode.NOT_FOUND, "ghost"),
-        (p.catalog.Unselect, pb.UnselectRequest(connection="shop", entities=["orders"],
-                                                expected_catalog_version=1),
-         grpc.StatusCode.FAILED_PRECONDITION, "changed since version 1"),
-        (p.catalog.Discover, pb.DiscoverRequest(connection="nope"),
-         grpc.StatusCode.NOT_FOUND, "nope"),
+        (
+            p.catalog.Select,
+            pb.SelectRequest(
+                connection="shop",
+                tables=[
+                    pb.TableSelection(
+                        table="dev_sales.orders",
+                        entity_name="orders2",
+                        stage_tables={"production": "prod_sales.narrow"},
+                    )
+                ],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no column 'amount'",
+        ),
+        (
+            p.catalog.Select,
+            pb.SelectRequest(
+                connection="shop",
+                tables=[pb.TableSelection(table="prod_sales.orders_p", entity_name="orders")],
+            ),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "already stands for",
+        ),
+        (
+            p.catalog.Unselect,
+            pb.UnselectRequest(connection="shop", entities=["ghost"]),
+            grpc.StatusCode.NOT_FOUND,
+            "ghost",
+        ),
+        (
+            p.catalog.Unselect,
+            pb.UnselectRequest(connection="shop", entities=["orders"], expected_catalog_version=1),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "changed since version 1",
+        ),
+        (
+            p.catalog.Discover,
+            pb.DiscoverRequest(connection="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "nope",
+        ),
     ]
     for method, request, code, text in cases:
         error = rpc_error(method, request, timeout=60)
@@ -280,11 +422,16 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(platform: Platform)
         assert PASSWORD not in (error.details() or "")
         assert state(p) == before, request
     # A stage the connection has no settings for.
-    p.call(p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-        name="shop", stages=[stage_config("test", path=path)], remove_stages=["*"]))
+    p.call(
+        p.connections.UpdateConnection,
+        pb.UpdateConnectionRequest(
+            name="shop", stages=[stage_config("test", path=path)], remove_stages=["*"]
+        ),
+    )
     before = state(p)
-    error = rpc_error(p.catalog.Discover, pb.DiscoverRequest(connection="shop", stage="qa"),
-                      timeout=60)
+    error = rpc_error(
+        p.catalog.Discover, pb.DiscoverRequest(connection="shop", stage="qa"), timeout=60
+    )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no settings for stage 'qa'" in (error.details() or "")
     assert state(p) == before
@@ -296,14 +443,18 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(platform: Platform)
 def test_discovery_shows_keys_and_selects_nothing(platform: Platform) -> None:
     p = platform
     create_shop(p)
-    found = p.call(p.catalog.Discover, pb.DiscoverRequest(connection="shop",
-                                                          schemas=["prod_sales"]))
+    found = p.call(
+        p.catalog.Discover, pb.DiscoverRequest(connection="shop", schemas=["prod_sales"])
+    )
     tables = {f"{t.schema}.{t.name}": t for t in found.tables}
     assert set(tables) == {"prod_sales.orders_p", "prod_sales.narrow"}
     orders = tables["prod_sales.orders_p"]
     assert list(orders.primary_key) == ["id"]
     assert [(c.name, c.arrow_type, c.supported) for c in orders.columns] == [
-        ("id", "int32", True), ("amount", "int32", True), ("note", "string", True)]
+        ("id", "int32", True),
+        ("amount", "int32", True),
+        ("note", "string", True),
+    ]
     listed = p.call(p.catalog.ListEntities, pb.ListEntitiesRequest(connection="shop"))
     assert list(listed.entities) == []
 
@@ -315,7 +466,8 @@ def test_entity_names_map_to_each_stages_own_table(platform: Platform) -> None:
     [entity] = selected.entities
     assert (entity.name, entity.schema, entity.table) == ("orders", "dev_sales", "orders")
     assert [(s.stage, s.schema, s.table) for s in entity.stage_tables] == [
-        ("production", "prod_sales", "orders_p")]
+        ("production", "prod_sales", "orders_p")
+    ]
     sql = "SELECT COUNT(*) AS n, SUM(amount) AS total, MIN(note) AS note FROM orders"
     with p.client("development") as dev, p.client("production") as prod:
         assert dev.query("shop", sql).to_pylist() == [{"n": 3, "total": 6, "note": "dev"}]
@@ -326,9 +478,17 @@ def test_entity_names_map_to_each_stages_own_table(platform: Platform) -> None:
     # Same text, same catalog version, three stages: three compiled statements.
     assert p.engine.statements.size == 3
     # Selecting again keeps the stage mapping.
-    again = p.call(p.catalog.Select, pb.SelectRequest(connection="shop", tables=[
-        pb.TableSelection(table="dev_sales.orders", entity_name="orders",
-                          columns=["id", "amount"])]))
+    again = p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="shop",
+            tables=[
+                pb.TableSelection(
+                    table="dev_sales.orders", entity_name="orders", columns=["id", "amount"]
+                )
+            ],
+        ),
+    )
     assert [c.name for c in again.entities[0].columns] == ["id", "amount"]
     assert len(again.entities[0].stage_tables) == 1
 
@@ -418,14 +578,16 @@ def test_stale_metadata_is_dropped_after_the_configured_time(platform: Platform)
 # -- audit ---------------------------------------------------------------------------------------
 
 
-def test_audit_lists_every_change_with_actor_and_stage_and_no_secret(
-        platform: Platform) -> None:
+def test_audit_lists_every_change_with_actor_and_stage_and_no_secret(platform: Platform) -> None:
     p = platform
     create_shop(p)
     select_orders(p)
     p.call(p.catalog.Refresh, pb.RefreshRequest(connection="shop"), stage="production")
-    p.call(p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-        name="shop", stages=[stage_config("*", "New-" + PASSWORD)]), principal="bob")
+    p.call(
+        p.connections.UpdateConnection,
+        pb.UpdateConnectionRequest(name="shop", stages=[stage_config("*", "New-" + PASSWORD)]),
+        principal="bob",
+    )
     p.call(p.catalog.Unselect, pb.UnselectRequest(connection="shop", entities=["orders"]))
     p.call(p.connections.DeleteConnection, pb.DeleteConnectionRequest(name="shop"))
     events = p.call(p.connections.ListAudit, pb.ListAuditRequest(connection="shop")).events

@@ -40,8 +40,9 @@ def test_a_stuck_secret_store_does_not_stall_other_connections(tmp_path: Path) -
     store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
     manager = catalog_manager(store, secrets)
     manager.create_connection(DEFAULT_TENANT, "shop", "duckdb", {"*": {"path": str(database)}})
-    manager.create_connection(DEFAULT_TENANT, "locked", "duckdb",
-                              {"*": {"path": str(database)}}, {"*": SECRET_REF})
+    manager.create_connection(
+        DEFAULT_TENANT, "locked", "duckdb", {"*": {"path": str(database)}}, {"*": SECRET_REF}
+    )
     for name in ("shop", "locked"):
         manager.select(DEFAULT_TENANT, name, DEFAULT_STAGE, "payroll")
     armed.set()
@@ -49,9 +50,11 @@ def test_a_stuck_secret_store_does_not_stall_other_connections(tmp_path: Path) -
     engine = QueryEngine(store, Settings(home=tmp_path, metrics_port=0), secrets=secrets)
     gateway = BackgroundGateway(Gateway(engine, context_provider=tenant_from_metadata)).start()
     try:
-        with FabricClient(gateway.address, timeout=30) as slow, \
-                FabricClient(gateway.address, timeout=10) as other, \
-                ThreadPoolExecutor(1) as pool:
+        with (
+            FabricClient(gateway.address, timeout=30) as slow,
+            FabricClient(gateway.address, timeout=10) as other,
+            ThreadPoolExecutor(1) as pool,
+        ):
             stuck = pool.submit(slow.query, "locked", "SELECT id FROM payroll")
             assert entered.wait(timeout=30), "the locked connection was never resolved"
             # While that call waits on its secret store, another connection answers.

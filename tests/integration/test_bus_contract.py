@@ -139,6 +139,7 @@ def test_publish_reaches_every_plain_subscriber_with_headers(backend: Backend) -
         async with backend.session() as s:
             got: list[asyncio.Future[Message]] = [_future(), _future()]
             for fut in got:
+
                 async def handler(msg: Message, fut: asyncio.Future[Message] = fut) -> None:
                     fut.set_result(msg)
 
@@ -150,8 +151,10 @@ def test_publish_reaches_every_plain_subscriber_with_headers(backend: Backend) -
 
             await s.bus.subscribe(f"fabric.{s.tenant}.*.query", on_any)
             await s.bus.publish(s.subject(), b"\x00payload\xff", {"Fabric-Kind": "test"})
-            for msg in [*await asyncio.wait_for(asyncio.gather(*got), WAIT),
-                        await asyncio.wait_for(wildcard, WAIT)]:
+            for msg in [
+                *await asyncio.wait_for(asyncio.gather(*got), WAIT),
+                await asyncio.wait_for(wildcard, WAIT),
+            ]:
                 assert msg.subject == s.subject()
                 assert msg.payload == b"\x00payload\xff"
                 assert msg.headers.get("Fabric-Kind") == "test"
@@ -193,6 +196,7 @@ def test_queue_group_delivers_each_message_to_exactly_one_member(backend: Backen
             all_in = asyncio.Event()
 
             for member in range(3):
+
                 async def handler(msg: Message, member: int = member) -> None:
                     received[msg.payload] += 1
                     per_member[member] += 1
@@ -215,6 +219,7 @@ def test_queue_group_delivers_each_message_to_exactly_one_member(backend: Backen
 def test_request_reply(backend: Backend) -> None:
     async def body() -> None:
         async with backend.session() as s:
+
             async def echo(msg: Message) -> None:
                 await msg.respond(b"re:" + msg.payload, {"Fabric-Reply": "1"})
 
@@ -477,8 +482,10 @@ def test_every_durable_gets_every_event_and_only_its_tenant(backend: Backend) ->
             queues: list[asyncio.Queue[PlatformEvent]] = [asyncio.Queue() for _ in range(3)]
             consumers = []
             for index, queue in enumerate(queues):
-                async def handler(event: PlatformEvent, q: asyncio.Queue[PlatformEvent] = queue
-                                  ) -> None:
+
+                async def handler(
+                    event: PlatformEvent, q: asyncio.Queue[PlatformEvent] = queue
+                ) -> None:
                     await q.put(event)
 
                 consumers.append(

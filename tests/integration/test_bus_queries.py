@@ -105,8 +105,7 @@ def make_site(tmp_path: Path, *stages: str) -> Site:
     try:
         manager = catalog_manager(store)
         for tenant in (TENANT, OTHER_TENANT):
-            manager.create_connection(tenant, CONNECTION, "duckdb",
-                                      {"*": {"path": str(database)}})
+            manager.create_connection(tenant, CONNECTION, "duckdb", {"*": {"path": str(database)}})
             for stage in stages:
                 manager.select(tenant, CONNECTION, stage, "people")
                 manager.select(tenant, CONNECTION, stage, "big")
@@ -135,8 +134,14 @@ class CountingConnector(Connector):
     def introspect(self, schemas: Sequence[str] | None = None) -> Any:
         return self.inner.introspect(schemas)
 
-    def execute(self, sql: str, params: Sequence[Any] = (), *, timeout: float | None = None,
-                batch_rows: int = 65_536) -> QueryHandle:
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> QueryHandle:
         self.counter[0] += 1
         if not self.gate.wait(timeout=20):
             raise TimeoutError("the test never opened the gate")
@@ -162,10 +167,12 @@ def make_engine(site: Site, name: str, gate: threading.Event | None = None) -> E
     held = site.gate if gate is None else gate
     executions = [0]
 
-    def factory(connection: Connection, settings: Mapping[str, SettingValue],
-                password: str | None) -> Connector:
-        return CountingConnector(default_connector_factory(connection, settings, password),
-                                 executions, held)
+    def factory(
+        connection: Connection, settings: Mapping[str, SettingValue], password: str | None
+    ) -> Connector:
+        return CountingConnector(
+            default_connector_factory(connection, settings, password), executions, held
+        )
 
     home = site.root / name
     home.mkdir(exist_ok=True)
@@ -183,6 +190,7 @@ def new_stage() -> str:
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Wait for `condition` (checked every few ms), failing after `timeout` seconds."""
+
     async def check() -> None:
         while not condition():
             await asyncio.sleep(0.005)
@@ -201,8 +209,9 @@ class Node(RuntimeReplica):
 
 
 @asynccontextmanager
-async def replicas(site: Site, url: str, stage: str, count: int,
-                   **options: Any) -> AsyncIterator[list[Node]]:
+async def replicas(
+    site: Site, url: str, stage: str, count: int, **options: Any
+) -> AsyncIterator[list[Node]]:
     """`count` replicas of `stage`, each with its own engine and NATS connection."""
     async with AsyncExitStack() as stack:
         started: list[Node] = []
@@ -223,9 +232,14 @@ async def replicas(site: Site, url: str, stage: str, count: int,
         yield started
 
 
-async def run_query(forwarder: BusQueryForwarder, ctx: RequestContext, sql: str,
-                    params: Mapping[str, Any] | None = None, *,
-                    deadline: float | None = None) -> tuple[pa.Table, Summary]:
+async def run_query(
+    forwarder: BusQueryForwarder,
+    ctx: RequestContext,
+    sql: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    deadline: float | None = None,
+) -> tuple[pa.Table, Summary]:
     messages: list[bytes] = []
     summary: Summary | None = None
     items = forwarder.execute(ctx, QueryRequest(CONNECTION, sql, dict(params or {})), deadline)
@@ -298,22 +312,26 @@ def test_capture_of_every_bus_message_holds_no_planted_value(tmp_path: Path) -> 
                     forwarder = BusQueryForwarder(bus, site.kms, timeout=5.0)
                     ctx = ctx_for(stage)
                     table, summary = await run_query(
-                        forwarder, ctx,
+                        forwarder,
+                        ctx,
                         "SELECT id, name, email, note, score FROM people "
                         "WHERE code = :code OR score = :score OR name = :name",
-                        {"code": PLANTED_PARAM, "score": PLANTED_NUMBER,
-                         "name": PLANTED_NAME})
+                        {"code": PLANTED_PARAM, "score": PLANTED_NUMBER, "name": PLANTED_NAME},
+                    )
                     assert table.num_rows == 1 and summary.rows == 1
                     assert table.column("name").to_pylist() == [PLANTED_NAME]
                     assert table.column("email").to_pylist() == [PLANTED_EMAIL]
                     # A whole table, planted row included, in many chunks.
-                    table, _ = await run_query(forwarder, ctx, "SELECT * FROM people "
-                                               "CROSS JOIN big WHERE people.id = 42 "
-                                               "ORDER BY big.id")
+                    table, _ = await run_query(
+                        forwarder,
+                        ctx,
+                        "SELECT * FROM people CROSS JOIN big WHERE people.id = 42 ORDER BY big.id",
+                    )
                     assert table.num_rows == BIG_ROWS
                     assert set(table.column("note").to_pylist()) == {PLANTED_NOTE}
-                    big, _ = await run_query(forwarder, ctx_for(stage, OTHER_TENANT),
-                                             "SELECT * FROM big ORDER BY id")
+                    big, _ = await run_query(
+                        forwarder, ctx_for(stage, OTHER_TENANT), "SELECT * FROM big ORDER BY id"
+                    )
                     assert big.to_pylist() == expected(site, "SELECT * FROM big ORDER BY id")
                     chunks = first.stats.chunks_sent + second.stats.chunks_sent
                     assert chunks >= 4, "the large results should have needed several chunks"
@@ -372,9 +390,15 @@ def test_three_replicas_serve_each_query_exactly_once(tmp_path: Path) -> None:
     run_bounded(body(make_site(tmp_path, new_stage())), 90)
 
 
-async def _run_many(forwarder: BusQueryForwarder, stage: str, queries: int, *,
-                    concurrency: int, client_retries: int = 0,
-                    after: Callable[[int], Awaitable[None]] | None = None) -> dict[int, str]:
+async def _run_many(
+    forwarder: BusQueryForwarder,
+    stage: str,
+    queries: int,
+    *,
+    concurrency: int,
+    client_retries: int = 0,
+    after: Callable[[int], Awaitable[None]] | None = None,
+) -> dict[int, str]:
     """Run `queries` point queries (id = 1..N) `concurrency` at a time; a client retry
     repeats a query that failed with a transient error. Returns id -> name."""
     answers: dict[int, str] = {}
@@ -388,8 +412,11 @@ async def _run_many(forwarder: BusQueryForwarder, stage: str, queries: int, *,
             for attempt in range(client_retries + 1):
                 try:
                     table, summary = await run_query(
-                        forwarder, ctx_for(stage), "SELECT id, name FROM people WHERE id = :id",
-                        {"id": key})
+                        forwarder,
+                        ctx_for(stage),
+                        "SELECT id, name FROM people WHERE id = :id",
+                        {"id": key},
+                    )
                     break
                 except (SourceUnavailable, DeadlineExceeded):
                     if attempt == client_retries:
@@ -426,8 +453,9 @@ def test_stopping_a_replica_mid_run_loses_no_retried_query(how: str, tmp_path: P
                 leaving.gate.clear()
                 started = leaving.executions[0]
                 # Any query that reaches the source from now on waits at the gate.
-                await until(lambda: leaving.executions[0] > started, 10,
-                            "a query held by the replica")
+                await until(
+                    lambda: leaving.executions[0] > started, 10, "a query held by the replica"
+                )
                 at_stop.extend(r.stats.served for r in staying)
                 if how == "graceful":
                     stopping = asyncio.create_task(leaving.stop(grace=10.0))
@@ -444,8 +472,9 @@ def test_stopping_a_replica_mid_run_loses_no_retried_query(how: str, tmp_path: P
             bus = await NatsBus.connect(url, name="gateway")
             try:
                 forwarder = BusQueryForwarder(bus, site.kms, timeout=1.0, retries=3)
-                answers = await _run_many(forwarder, stage, queries, concurrency=6,
-                                          client_retries=2, after=stop_one)
+                answers = await _run_many(
+                    forwarder, stage, queries, concurrency=6, client_retries=2, after=stop_one
+                )
             finally:
                 await bus.close()
             assert answers == {i: name_of(i) for i in range(1, queries + 1)}
@@ -473,8 +502,9 @@ def test_nats_restart_replicas_reconnect_and_serve_again(tmp_path: Path) -> None
     async def body(server: NatsServerProcess, site: Site) -> None:
         stage = site.stages[0]
         async with replicas(site, server.url, stage, 2) as group:
-            bus = await NatsBus.connect(server.url, name="gateway", reconnect_wait=0.05,
-                                        max_reconnect_wait=0.2)
+            bus = await NatsBus.connect(
+                server.url, name="gateway", reconnect_wait=0.05, max_reconnect_wait=0.2
+            )
             try:
                 forwarder = BusQueryForwarder(bus, site.kms, timeout=2.0, retries=5)
                 answers = await _run_many(forwarder, stage, 6, concurrency=2)
@@ -485,8 +515,7 @@ def test_nats_restart_replicas_reconnect_and_serve_again(tmp_path: Path) -> None
                     await connection.wait_connected(15)
                 # Replicas resubscribe on reconnect; the forwarder retries "no responders"
                 # in the moment before that.
-                answers = await _run_many(forwarder, stage, 12, concurrency=3,
-                                          client_retries=2)
+                answers = await _run_many(forwarder, stage, 12, concurrency=3, client_retries=2)
                 assert answers == {i: name_of(i) for i in range(1, 13)}
                 assert sum(r.stats.served for r in group) >= 18
             finally:
@@ -543,8 +572,9 @@ def test_large_result_streams_in_bounded_chunks_with_flow_control(tmp_path: Path
 def _waiting_for_credit(replica: Node) -> bool:
     serving = list(replica._serving.values())
     return bool(serving) and all(
-        s.acked + s.request.window <= replica.stats.chunks_sent
-        and not s.credit.is_set() for s in serving)
+        s.acked + s.request.window <= replica.stats.chunks_sent and not s.credit.is_set()
+        for s in serving
+    )
 
 
 def test_errors_travel_as_the_same_class_and_deadlines_propagate(tmp_path: Path) -> None:
@@ -560,13 +590,18 @@ def test_errors_travel_as_the_same_class_and_deadlines_propagate(tmp_path: Path)
                     await run_query(forwarder, ctx_for(stage), "DELETE FROM people")
                 assert rejected.value.code == "query_rejected"
                 with pytest.raises(FabricError) as failed:
-                    await run_query(forwarder, ctx_for(stage),
-                                    "SELECT CAST(name AS INTEGER) AS n FROM people")
+                    await run_query(
+                        forwarder, ctx_for(stage), "SELECT CAST(name AS INTEGER) AS n FROM people"
+                    )
                 direct = make_engine(site, "direct")
                 try:
                     with pytest.raises(FabricError) as local:
-                        items = direct.engine.execute(ctx_for(stage), QueryRequest(
-                            CONNECTION, "SELECT CAST(name AS INTEGER) AS n FROM people"))
+                        items = direct.engine.execute(
+                            ctx_for(stage),
+                            QueryRequest(
+                                CONNECTION, "SELECT CAST(name AS INTEGER) AS n FROM people"
+                            ),
+                        )
                         async for _ in items:
                             pass
                 finally:
@@ -581,8 +616,12 @@ def test_errors_travel_as_the_same_class_and_deadlines_propagate(tmp_path: Path)
                 loop = asyncio.get_running_loop()
                 started = loop.time()
                 with pytest.raises(DeadlineExceeded):
-                    await run_query(forwarder, ctx_for(stage), "SELECT id FROM people",
-                                    deadline=time.monotonic() + 0.5)
+                    await run_query(
+                        forwarder,
+                        ctx_for(stage),
+                        "SELECT id FROM people",
+                        deadline=time.monotonic() + 0.5,
+                    )
                 assert loop.time() - started < 3.0
                 replica.gate.set()
                 await until(lambda: replica.in_flight == 0, 10, "the replica to let go")
@@ -590,8 +629,12 @@ def test_errors_travel_as_the_same_class_and_deadlines_propagate(tmp_path: Path)
                 # A query too large to send is refused with a clear error, not cut.
                 huge = "x" * (bus.max_payload + 1)
                 with pytest.raises(ResourceExhausted, match="bus maximum"):
-                    await run_query(forwarder, ctx_for(stage),
-                                    "SELECT id FROM people WHERE code = :c", {"c": huge})
+                    await run_query(
+                        forwarder,
+                        ctx_for(stage),
+                        "SELECT id FROM people WHERE code = :c",
+                        {"c": huge},
+                    )
             finally:
                 await bus.close()
 
@@ -602,7 +645,8 @@ def test_errors_travel_as_the_same_class_and_deadlines_propagate(tmp_path: Path)
 
 
 def test_tampered_replayed_and_oversized_messages_are_rejected_counted_not_logged(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     url = nats_url()
     caplog.set_level(logging.DEBUG)
@@ -619,8 +663,10 @@ def test_tampered_replayed_and_oversized_messages_are_rejected_counted_not_logge
             await spy.subscribe(query_subject(TENANT, stage), cb=keep)
             await spy.flush()
             small = BusSealer(site.kms, max_message_bytes=16 * 1024)
-            async with replicas(site, url, stage, 1, sealer=small) as (replica,), \
-                    replicas(site, url, other_stage, 1) as (elsewhere,):
+            async with (
+                replicas(site, url, stage, 1, sealer=small) as (replica,),
+                replicas(site, url, other_stage, 1) as (elsewhere,),
+            ):
                 bus = await NatsBus.connect(url, name="gateway")
                 try:
                     forwarder = BusQueryForwarder(bus, site.kms, timeout=5.0)
@@ -634,12 +680,12 @@ def test_tampered_replayed_and_oversized_messages_are_rejected_counted_not_logge
                     tampered[len(tampered) // 2] ^= 0x01
 
                     subject = query_subject(TENANT, stage)
-                    await spy.publish(subject, bytes(tampered))          # tampered
-                    await spy.publish(subject, sealed[:-1])              # cut short
+                    await spy.publish(subject, bytes(tampered))  # tampered
+                    await spy.publish(subject, sealed[:-1])  # cut short
                     await spy.publish(query_subject(OTHER_TENANT, stage), sealed)  # tenant
                     await spy.publish(query_subject(TENANT, other_stage), sealed)  # stage
-                    await spy.publish(subject, sealed)                   # replayed as is
-                    await spy.publish(subject, b"\x00" * (64 * 1024))    # oversized
+                    await spy.publish(subject, sealed)  # replayed as is
+                    await spy.publish(subject, b"\x00" * (64 * 1024))  # oversized
                     await spy.flush()
                     # What the server already has for a replica reaches it before any
                     # later request; a query on each stage marks the end.

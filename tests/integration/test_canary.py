@@ -49,9 +49,11 @@ def _wait_for_active_query(pg: PgInstance, marker: str, within: float = 10.0) ->
     deadline = time.monotonic() + within
     with psycopg.connect(pg.url(), autocommit=True) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                               "AND query LIKE %s AND pid <> pg_backend_pid()",
-                               [f"%{marker}%"]).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE %s AND pid <> pg_backend_pid()",
+                [f"%{marker}%"],
+            ).fetchone()
             if row and row[0]:
                 return True
             time.sleep(0.02)  # polling with a deadline
@@ -63,8 +65,11 @@ def pg() -> Iterator[PgInstance]:
     with private_postgres(PASSWORD) as instance:
         with psycopg.connect(instance.url(), autocommit=True) as conn:
             conn.execute("CREATE TABLE people (id int PRIMARY KEY, name text, code text)")
-            conn.execute("INSERT INTO people SELECT i, CASE WHEN i = 7 THEN %s ELSE 'p' || i "
-                         "END, i::text FROM generate_series(1, 2000) i", [ROW])
+            conn.execute(
+                "INSERT INTO people SELECT i, CASE WHEN i = 7 THEN %s ELSE 'p' || i "
+                "END, i::text FROM generate_series(1, 2000) i",
+                [ROW],
+            )
         yield instance
 
 
@@ -72,14 +77,49 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {**os.environ, "FABRIC_HOME": str(home)}
     created = subprocess.run(
-        [sys.executable, "-m", "fabric.cli", "--verbose", "connection", "create", "crm",
-         "--kind", "postgres", "--set", "host=127.0.0.1", "--set", f"port={pg.port}",
-         "--set", "database=postgres", "--set", f"user={pg.user}", "--password-stdin"],
-        input=PASSWORD + "\n", env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "--verbose",
+            "connection",
+            "create",
+            "crm",
+            "--kind",
+            "postgres",
+            "--set",
+            "host=127.0.0.1",
+            "--set",
+            f"port={pg.port}",
+            "--set",
+            "database=postgres",
+            "--set",
+            f"user={pg.user}",
+            "--password-stdin",
+        ],
+        input=PASSWORD + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert created.returncode == 0, created.stderr
     selected = subprocess.run(
-        [sys.executable, "-m", "fabric.cli", "--verbose", "catalog", "select", "crm",
-         "public.people"], env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "--verbose",
+            "catalog",
+            "select",
+            "crm",
+            "public.people",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert selected.returncode == 0, selected.stderr
 
     sink = io.StringIO()
@@ -97,23 +137,35 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
             token = local_token(settings)
             with FabricClient(background.address, token, timeout=30) as client:
                 # success: the row canary comes back to the caller, and only to the caller
-                found = client.query("crm", "SELECT name FROM people WHERE name = :n OR "
-                                            "code = :c", {"n": ROW, "c": PARAM}, cache_ttl=30)
+                found = client.query(
+                    "crm",
+                    "SELECT name FROM people WHERE name = :n OR code = :c",
+                    {"n": ROW, "c": PARAM},
+                    cache_ttl=30,
+                )
                 assert found.column("name").to_pylist() == [ROW]
                 # rejection, with the canary as a literal and as a parameter
                 with pytest.raises(QueryRejected):
-                    client.query("crm", f"SELECT secret FROM people WHERE name = '{PARAM}'",
-                                 {"p": PARAM})
+                    client.query(
+                        "crm", f"SELECT secret FROM people WHERE name = '{PARAM}'", {"p": PARAM}
+                    )
                 # source error whose database text would echo the value
                 with pytest.raises(SourceQueryError) as bad_cast:
-                    client.query("crm", "SELECT CAST(name AS integer) AS n FROM people "
-                                        "WHERE name = :n", {"n": ROW})
+                    client.query(
+                        "crm",
+                        "SELECT CAST(name AS integer) AS n FROM people WHERE name = :n",
+                        {"n": ROW},
+                    )
                 assert not _leaks(str(bad_cast.value).encode())
             # timeout
-            slow = ("SELECT COUNT(*) AS n FROM people a CROSS JOIN people b CROSS JOIN "
-                    "people c WHERE a.name <> :n")
-            with FabricClient(background.address, token, timeout=1.0) as hurried, \
-                    pytest.raises(DeadlineExceeded):
+            slow = (
+                "SELECT COUNT(*) AS n FROM people a CROSS JOIN people b CROSS JOIN "
+                "people c WHERE a.name <> :n"
+            )
+            with (
+                FabricClient(background.address, token, timeout=1.0) as hurried,
+                pytest.raises(DeadlineExceeded),
+            ):
                 hurried.query("crm", slow, {"n": PARAM})
             # cancellation
             from fabric.v1 import query_pb2 as pb
@@ -121,9 +173,11 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
 
             with grpc.insecure_channel(background.address) as channel:
                 call = pb_grpc.QueryServiceStub(channel).Execute(
-                    pb.ExecuteRequest(connection="crm", sql=slow,
-                                      params={"n": pb.Value(string_value=PARAM)}),
-                    metadata=[("authorization", f"Bearer {token}")])
+                    pb.ExecuteRequest(
+                        connection="crm", sql=slow, params={"n": pb.Value(string_value=PARAM)}
+                    ),
+                    metadata=[("authorization", f"Bearer {token}")],
+                )
                 done = threading.Event()
 
                 def consume() -> None:
@@ -151,10 +205,10 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
     for line in log_text.splitlines():
         json.loads(line)  # ...as JSON lines
     assert _leaks(log_text.encode()) == []  # ...without a single canary
-    assert _leaks((created.stdout + created.stderr + selected.stdout +
-                   selected.stderr).encode()) == []
+    assert (
+        _leaks((created.stdout + created.stderr + selected.stdout + selected.stderr).encode()) == []
+    )
     written = [p for p in home.rglob("*") if p.is_file()]
     assert any(p.name == "metadata.sqlite" for p in written)
     leaking = {str(p.relative_to(home)): _leaks(p.read_bytes()) for p in written}
     assert {name: found for name, found in leaking.items() if found} == {}
-

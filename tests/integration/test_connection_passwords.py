@@ -33,29 +33,54 @@ def pg() -> Iterator[PgInstance]:
 
 
 def _fabric(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fabric.cli", *args], input=stdin,
-                          env={**os.environ, "FABRIC_HOME": str(home)}, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fabric.cli", *args],
+        input=stdin,
+        env={**os.environ, "FABRIC_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _register(home: Path, name: str, pg: PgInstance, password: str) -> None:
-    done = _fabric(home, "connection", "create", name, "--kind", "postgres",
-                   "--set", "host=127.0.0.1", "--set", f"port={pg.port}",
-                   "--set", "database=postgres", "--set", f"user={pg.user}",
-                   "--password-stdin", stdin=password + "\n")
+    done = _fabric(
+        home,
+        "connection",
+        "create",
+        name,
+        "--kind",
+        "postgres",
+        "--set",
+        "host=127.0.0.1",
+        "--set",
+        f"port={pg.port}",
+        "--set",
+        "database=postgres",
+        "--set",
+        f"user={pg.user}",
+        "--password-stdin",
+        stdin=password + "\n",
+    )
     assert done.returncode == 0, done.stderr
     assert password not in done.stdout + done.stderr
 
 
 def _files_containing(home: Path, secret: str) -> list[Path]:
-    forms = [secret.encode(), base64.b64encode(secret.encode()), secret.encode().hex().encode(),
-             secret.encode("utf-16-le")]
-    return [path for path in home.rglob("*") if path.is_file()
-            and any(form in path.read_bytes() for form in forms)]
+    forms = [
+        secret.encode(),
+        base64.b64encode(secret.encode()),
+        secret.encode().hex().encode(),
+        secret.encode("utf-16-le"),
+    ]
+    return [
+        path
+        for path in home.rglob("*")
+        if path.is_file() and any(form in path.read_bytes() for form in forms)
+    ]
 
 
-def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance,
-                                                            tmp_path: Path) -> None:
+def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance, tmp_path: Path) -> None:
     _register(tmp_path, "vault", pg, PASSWORD)
     tested = _fabric(tmp_path, "connection", "test", "vault")
     assert tested.returncode == 0, tested.stderr
@@ -66,8 +91,10 @@ def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance,
     store, secrets = open_store(settings), open_secret_store(settings)
     try:
         gateway_under_test = Gateway.build(settings, store, secrets=secrets.get)
-        with BackgroundGateway(gateway_under_test) as gateway, \
-                FabricClient(gateway.address, local_token(settings), timeout=30) as client:
+        with (
+            BackgroundGateway(gateway_under_test) as gateway,
+            FabricClient(gateway.address, local_token(settings), timeout=30) as client,
+        ):
             rows = client.query("vault", "SELECT owner FROM accounts ORDER BY id").to_pylist()
         assert rows == [{"owner": "ann"}, {"owner": "bob"}]
         assert secrets.refs() == ["connections/default/vault/all"]
@@ -80,8 +107,9 @@ def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance,
     assert open_secret_store(settings).refs() == []
 
 
-def test_wrong_password_is_a_clear_error_without_the_password(pg: PgInstance,
-                                                               tmp_path: Path) -> None:
+def test_wrong_password_is_a_clear_error_without_the_password(
+    pg: PgInstance, tmp_path: Path
+) -> None:
     wrong = "Wrong-Guess-77aa"
     _register(tmp_path, "bad", pg, wrong)
     tested = _fabric(tmp_path, "connection", "test", "bad")
@@ -91,10 +119,21 @@ def test_wrong_password_is_a_clear_error_without_the_password(pg: PgInstance,
     assert _files_containing(tmp_path, wrong) == []
 
 
-def test_duplicate_name_does_not_touch_the_existing_password(pg: PgInstance,
-                                                              tmp_path: Path) -> None:
+def test_duplicate_name_does_not_touch_the_existing_password(
+    pg: PgInstance, tmp_path: Path
+) -> None:
     _register(tmp_path, "main", pg, PASSWORD)
-    again = _fabric(tmp_path, "connection", "create", "main", "--kind", "postgres",
-                    "--set", "host=127.0.0.1", "--password-stdin", stdin="other-password\n")
+    again = _fabric(
+        tmp_path,
+        "connection",
+        "create",
+        "main",
+        "--kind",
+        "postgres",
+        "--set",
+        "host=127.0.0.1",
+        "--password-stdin",
+        stdin="other-password\n",
+    )
     assert again.returncode == 2 and "already_exists" in again.stderr
     assert _fabric(tmp_path, "connection", "test", "main").returncode == 0

@@ -12,11 +12,25 @@ from fabric.errors import QueryRejected
 from fabric.query.compiler import StatementCompiler
 from fabric.query.functions import DIALECT_EXCLUDED
 
-CATALOG = CatalogSnapshot("t", "c", 1, {"m": Entity(
-    "m", "public", "m",
-    (ColumnInfo("x", "int", pa.int32()), ColumnInfo("y", "double", pa.float64()),
-     ColumnInfo("s", "text", pa.string()), ColumnInfo("d", "date", pa.date32())),
-    ("x",))})
+CATALOG = CatalogSnapshot(
+    "t",
+    "c",
+    1,
+    {
+        "m": Entity(
+            "m",
+            "public",
+            "m",
+            (
+                ColumnInfo("x", "int", pa.int32()),
+                ColumnInfo("y", "double", pa.float64()),
+                ColumnInfo("s", "text", pa.string()),
+                ColumnInfo("d", "date", pa.date32()),
+            ),
+            ("x",),
+        )
+    },
+)
 
 PROBES = {
     "corr": "SELECT CORR(x, y) AS v FROM m",
@@ -31,8 +45,11 @@ PROBES = {
 
 
 def compile_for(sql: str, dialect: str) -> str:
-    return StatementCompiler().compile(sql, CATALOG, dialect=dialect,
-                                       param_style=ParamStyle.FORMAT, max_rows=10).sql
+    return (
+        StatementCompiler()
+        .compile(sql, CATALOG, dialect=dialect, param_style=ParamStyle.FORMAT, max_rows=10)
+        .sql
+    )
 
 
 @pytest.mark.parametrize("dialect", ["mysql", "tsql"])
@@ -40,10 +57,16 @@ def compile_for(sql: str, dialect: str) -> str:
 def test_excluded_functions_are_refused_by_name(dialect: str, name: str) -> None:
     excluded_names = {cls.__name__ for cls in DIALECT_EXCLUDED[dialect]}
     sql = PROBES[name]
-    tree_name = {"corr": "Corr", "cbrt": "Cbrt", "starts_with": "StartsWith",
-                 "array_agg": "ArrayAgg", "date_trunc": "TimestampTrunc",
-                 "nth_value": "NthValue", "greatest": "Greatest",
-                 "bool_and": "LogicalAnd"}[name]
+    tree_name = {
+        "corr": "Corr",
+        "cbrt": "Cbrt",
+        "starts_with": "StartsWith",
+        "array_agg": "ArrayAgg",
+        "date_trunc": "TimestampTrunc",
+        "nth_value": "NthValue",
+        "greatest": "Greatest",
+        "bool_and": "LogicalAnd",
+    }[name]
     if tree_name in excluded_names or (name == "date_trunc" and "DateTrunc" in excluded_names):
         with pytest.raises(QueryRejected, match=f"not available on this connection: {dialect}"):
             compile_for(sql, dialect)
@@ -71,29 +94,45 @@ def test_allowed_functions_really_run_on_mariadb() -> None:
 
     url = urlparse(mariadb_url())
     database = f"fabric_fn_{secrets.token_hex(4)}"
-    admin = pymysql.connect(host=url.hostname, port=url.port or 3306,
-                            user=url.username or "root", password=url.password or "")
+    admin = pymysql.connect(
+        host=url.hostname,
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+    )
     try:
         with admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE {database}")
-            cur.execute(f"CREATE TABLE {database}.m (x int PRIMARY KEY, y double, "
-                        "s varchar(10), d date)")
-            cur.execute(f"INSERT INTO {database}.m VALUES (1, 2.5, 'abc', '2024-02-03'), "
-                        "(3, 4.5, 'bcd', '2024-05-06')")
+            cur.execute(
+                f"CREATE TABLE {database}.m (x int PRIMARY KEY, y double, s varchar(10), d date)"
+            )
+            cur.execute(
+                f"INSERT INTO {database}.m VALUES (1, 2.5, 'abc', '2024-02-03'), "
+                "(3, 4.5, 'bcd', '2024-05-06')"
+            )
         admin.commit()
         entity = CATALOG.entities["m"]
-        catalog = CatalogSnapshot("t", "c", 1, {"m": Entity(
-            "m", database, "m", entity.columns, entity.primary_key)})
-        connector = MySQLConnector(ConnectorConfig({
-            "host": url.hostname or "127.0.0.1", "port": url.port or 3306,
-            "user": url.username or "root", "database": database}, url.password or None))
+        catalog = CatalogSnapshot(
+            "t", "c", 1, {"m": Entity("m", database, "m", entity.columns, entity.primary_key)}
+        )
+        connector = MySQLConnector(
+            ConnectorConfig(
+                {
+                    "host": url.hostname or "127.0.0.1",
+                    "port": url.port or 3306,
+                    "user": url.username or "root",
+                    "database": database,
+                },
+                url.password or None,
+            )
+        )
         ran = []
         try:
             for name, sql in sorted(PROBES.items()):
                 try:
                     compiled = StatementCompiler().compile(
-                        sql, catalog, dialect="mysql", param_style=ParamStyle.FORMAT,
-                        max_rows=10)
+                        sql, catalog, dialect="mysql", param_style=ParamStyle.FORMAT, max_rows=10
+                    )
                 except QueryRejected as error:
                     assert "not available on this connection" in error.message
                     continue

@@ -30,9 +30,12 @@ pytestmark = pytest.mark.postgres
 
 def _settings_from_url(url: str) -> dict[str, Any]:
     info = psycopg.conninfo.conninfo_to_dict(url)
-    settings: dict[str, Any] = {"host": info.get("host", "127.0.0.1"),
-                                "port": int(info.get("port", 5432)),
-                                "database": info["dbname"], "user": info.get("user", "postgres")}
+    settings: dict[str, Any] = {
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "database": info["dbname"],
+        "user": info.get("user", "postgres"),
+    }
     return settings
 
 
@@ -68,8 +71,9 @@ def pg_schema(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, postgres_url: str,
-            pg_schema: str) -> Iterator[tuple[BackgroundGateway, QueryEngine]]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, pg_schema: str
+) -> Iterator[tuple[BackgroundGateway, QueryEngine]]:
     home: Path = tmp_path_factory.mktemp("pg_gateway")
     store = SqliteMetadataStore(home / "metadata.sqlite")
     manager = catalog_manager(store)
@@ -91,15 +95,19 @@ def _direct(url: str, sql: str, params: list[Any] | None = None) -> list[dict[st
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def test_rows_and_types_match_psycopg(gateway: tuple[BackgroundGateway, QueryEngine],
-                                      postgres_url: str, pg_schema: str) -> None:
+def test_rows_and_types_match_psycopg(
+    gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str, pg_schema: str
+) -> None:
     background, _ = gateway
     columns = "id, small, num, label, day, at_local, at_zone, flag, ratio"
     with FabricClient(background.address, timeout=60) as client:
         unbound = client.query("pg", f"SELECT {columns} FROM facts ORDER BY id")
-        bound = client.query("pg", f"SELECT {columns} FROM facts WHERE id > :after "
-                                   "AND label IS DISTINCT FROM :label ORDER BY id",
-                             {"after": 10, "label": "nothing"})
+        bound = client.query(
+            "pg",
+            f"SELECT {columns} FROM facts WHERE id > :after "
+            "AND label IS DISTINCT FROM :label ORDER BY id",
+            {"after": 10, "label": "nothing"},
+        )
     expected = _direct(postgres_url, f"SELECT {columns} FROM {pg_schema}.facts ORDER BY id")
     assert unbound.to_pylist() == expected
     assert bound.to_pylist() == [r for r in expected if r["id"] > 10]
@@ -115,7 +123,9 @@ def _activity(url: str, marker: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
-            "AND pid <> pg_backend_pid()", [f"%{marker}%"]).fetchone()
+            "AND pid <> pg_backend_pid()",
+            [f"%{marker}%"],
+        ).fetchone()
         return int(row[0]) if row else 0
 
 
@@ -130,12 +140,15 @@ def _wait_until(predicate: Any, within: float) -> bool:
 
 def _slow_sql(marker: str) -> str:
     # A cross join of the table with itself runs for minutes; the marker finds it.
-    return (f"SELECT COUNT(*) AS n FROM facts a CROSS JOIN facts b CROSS JOIN facts c "
-            f"WHERE a.label <> '{marker}'")
+    return (
+        f"SELECT COUNT(*) AS n FROM facts a CROSS JOIN facts b CROSS JOIN facts c "
+        f"WHERE a.label <> '{marker}'"
+    )
 
 
 def test_cancelled_call_cancels_the_query_in_postgres(
-        gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str) -> None:
+    gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str
+) -> None:
     background, _ = gateway
     marker = f"cancel_{secrets.token_hex(4)}"
     from fabric.v1 import query_pb2 as pb
@@ -164,34 +177,45 @@ def _swallow(call: Any) -> Iterator[Any]:
 
 
 def test_deadline_cancels_the_query_in_postgres(
-        gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str) -> None:
+    gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str
+) -> None:
     background, _ = gateway
     marker = f"deadline_{secrets.token_hex(4)}"
-    with FabricClient(background.address, timeout=1.5) as client, \
-            pytest.raises(DeadlineExceeded):
+    with FabricClient(background.address, timeout=1.5) as client, pytest.raises(DeadlineExceeded):
         client.query("pg", _slow_sql(marker))
     assert _wait_until(lambda: _activity(postgres_url, marker) == 0, within=1.0)
     with FabricClient(background.address, timeout=30) as client:
         for _ in range(3):  # more than one pooled connection is healthy
-            assert client.query("pg", "SELECT COUNT(*) AS n FROM facts WHERE id < :k",
-                                {"k": 11}).column("n")[0].as_py() == 10
+            assert (
+                client.query("pg", "SELECT COUNT(*) AS n FROM facts WHERE id < :k", {"k": 11})
+                .column("n")[0]
+                .as_py()
+                == 10
+            )
 
 
-def test_timestamps_and_dates_as_parameters(gateway: tuple[BackgroundGateway, QueryEngine],
-                                            postgres_url: str, pg_schema: str) -> None:
+def test_timestamps_and_dates_as_parameters(
+    gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str, pg_schema: str
+) -> None:
     background, _ = gateway
     since = dt.datetime(2024, 1, 1, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=5)))
     with FabricClient(background.address, timeout=30) as client:
-        got = client.query("pg", "SELECT COUNT(*) AS n FROM facts WHERE at_zone >= :since "
-                                 "AND day <= :day", {"since": since, "day": dt.date(2024, 6, 1)})
-    expected = _direct(postgres_url, f"SELECT COUNT(*) AS n FROM {pg_schema}.facts "
-                                     "WHERE at_zone >= %s AND day <= %s",
-                       [since, dt.date(2024, 6, 1)])
+        got = client.query(
+            "pg",
+            "SELECT COUNT(*) AS n FROM facts WHERE at_zone >= :since AND day <= :day",
+            {"since": since, "day": dt.date(2024, 6, 1)},
+        )
+    expected = _direct(
+        postgres_url,
+        f"SELECT COUNT(*) AS n FROM {pg_schema}.facts WHERE at_zone >= %s AND day <= %s",
+        [since, dt.date(2024, 6, 1)],
+    )
     assert got.to_pylist() == expected
 
 
-def test_key_lookups_run_on_the_event_loop(gateway: tuple[BackgroundGateway, QueryEngine],
-                                           postgres_url: str, pg_schema: str) -> None:
+def test_key_lookups_run_on_the_event_loop(
+    gateway: tuple[BackgroundGateway, QueryEngine], postgres_url: str, pg_schema: str
+) -> None:
     """A lookup by primary key (the compiler proves it returns one row at most) runs
     without a worker thread and returns what psycopg returns; anything else, and the
     first use of a connection, still goes to a worker thread."""
@@ -204,15 +228,16 @@ def test_key_lookups_run_on_the_event_loop(gateway: tuple[BackgroundGateway, Que
             client.query("pg", "SELECT id FROM facts WHERE id = :id", {"id": 1})
             counting.calls = 0
             for key in (7, 5000, 35, 999_999):
-                table = client.query("pg", f"SELECT {columns} FROM facts WHERE id = :id",
-                                     {"id": key})
-                expected = _direct(postgres_url, f"SELECT {columns} FROM {pg_schema}.facts "
-                                                 "WHERE id = %s", [key])
+                table = client.query(
+                    "pg", f"SELECT {columns} FROM facts WHERE id = :id", {"id": key}
+                )
+                expected = _direct(
+                    postgres_url, f"SELECT {columns} FROM {pg_schema}.facts WHERE id = %s", [key]
+                )
                 assert table.to_pylist() == expected
                 assert table.num_rows == (0 if key == 999_999 else 1)
             assert counting.calls == 0
-            ranged = client.query("pg", "SELECT id FROM facts WHERE id < :n ORDER BY id",
-                                  {"n": 4})
+            ranged = client.query("pg", "SELECT id FROM facts WHERE id < :n ORDER BY id", {"n": 4})
             assert ranged.column("id").to_pylist() == [1, 2, 3]
             assert counting.calls >= 1
     finally:

@@ -90,9 +90,7 @@ def _sqlite_backend(path: Path) -> Backend:
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")]
         return b"".join(p.read_bytes() for p in files if p.exists())
 
-    return Backend(
-        "sqlite", lambda **kw: SqliteMetadataStore(path, **kw), dump, path=path
-    )
+    return Backend("sqlite", lambda **kw: SqliteMetadataStore(path, **kw), dump, path=path)
 
 
 def _postgres_backend(url: str, schema: str) -> Backend:
@@ -107,8 +105,12 @@ def _postgres_backend(url: str, schema: str) -> Backend:
                 [schema],
             ).fetchall()
             assert {name for name, _ in relations} >= {
-                "connections", "catalog_versions", "entities", "audit_events",
-                "schema_migrations", "catalog_version_seq",
+                "connections",
+                "catalog_versions",
+                "entities",
+                "audit_events",
+                "schema_migrations",
+                "catalog_version_seq",
             }
             for name, _ in relations:
                 query = sql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(
@@ -211,8 +213,17 @@ def test_connection_crud(store: MetadataStore) -> None:
 
 
 def test_setting_types_round_trip(store: MetadataStore) -> None:
-    settings = {"s": "text", "i": 7, "f": 1.5, "b": False, "t": True, "e": 1e20, "w": 2.0,
-                "big": 2**62, "u": "grüße ✓"}
+    settings = {
+        "s": "text",
+        "i": 7,
+        "f": 1.5,
+        "b": False,
+        "t": True,
+        "e": 1e20,
+        "w": 2.0,
+        "big": 2**62,
+        "u": "grüße ✓",
+    }
     store.create_connection(T, "c", ConnectionKind.DUCKDB, {"dev": settings})
     stored = store.get_connection(T, "c").stages["dev"]
     assert dict(stored) == settings
@@ -274,8 +285,19 @@ def test_invalid_connection_arguments(
 
 
 SECRET_KEYS = [
-    "password", "PASSWORD", "Passwd", "pwd", "secret", "Token", "api_key", "PRIVATE_KEY",
-    "db_password", "sslpassword", "client_secret", "access_token", "passphrase",
+    "password",
+    "PASSWORD",
+    "Passwd",
+    "pwd",
+    "secret",
+    "Token",
+    "api_key",
+    "PRIVATE_KEY",
+    "db_password",
+    "sslpassword",
+    "client_secret",
+    "access_token",
+    "passphrase",
 ]
 
 
@@ -313,9 +335,7 @@ def test_update_connection_bumps_versions(store: MetadataStore) -> None:
     # Settings may now point elsewhere: caches keyed by the catalog version must miss.
     assert store.catalog_version(T, "shop") > catalog_before
 
-    refs = store.update_connection(
-        T, "shop", secret_refs={"production": "r2"}, expected_version=2
-    )
+    refs = store.update_connection(T, "shop", secret_refs={"production": "r2"}, expected_version=2)
     assert refs.version == 3
     assert dict(refs.secret_refs) == {"production": "r2"}
     assert {k: dict(v) for k, v in refs.stages.items()} == new_stages
@@ -336,7 +356,9 @@ def test_stale_update_fails_and_changes_nothing(backend: Backend) -> None:
         match=r"connection 'shop' changed since version 1 \(now 2\); reload and retry",
     ):
         first.update_connection(
-            T, "shop", stages={"development": {"path": "a"}},
+            T,
+            "shop",
+            stages={"development": {"path": "a"}},
             expected_version=read_by_first.version,
         )
     current = first.get_connection(T, "shop")
@@ -416,7 +438,10 @@ def test_concurrent_connection_updates_lose_nothing(backend: Backend) -> None:
                 stages = {k: dict(v) for k, v in current.stages.items()}
                 stages[f"stage_{i}_{r}"] = {"path": f"/data/{i}/{r}.duckdb"}
                 store.update_connection(
-                    T, "shop", stages=stages, expected_version=current.version,
+                    T,
+                    "shop",
+                    stages=stages,
+                    expected_version=current.version,
                     actor=f"writer-{i}",
                 )
 
@@ -447,9 +472,7 @@ def test_concurrent_selection_rewrites_lose_nothing(backend: Backend) -> None:
             snapshot = store.catalog(T, "shop")
             wanted = [*snapshot.entities.values(), entity(f"e{i}", f"t{i}")]
             versions.append(
-                store.replace_entities(
-                    T, "shop", wanted, expected_catalog_version=snapshot.version
-                )
+                store.replace_entities(T, "shop", wanted, expected_catalog_version=snapshot.version)
             )
 
         _retrying(add_entity)
@@ -753,15 +776,23 @@ def test_columns_round_trip_through_the_store(backend: Backend) -> None:
 def test_every_change_is_audited_in_its_transaction(backend: Backend) -> None:
     store = backend.open(clock=TickingClock())
     store.create_connection(
-        T, "shop", ConnectionKind.POSTGRES, {"production": {"host": "db"}},
-        {"production": "secret/shop/production"}, actor="alice",
+        T,
+        "shop",
+        ConnectionKind.POSTGRES,
+        {"production": {"host": "db"}},
+        {"production": "secret/shop/production"},
+        actor="alice",
     )
     store.update_connection(
-        T, "shop", stages={"production": {"host": "db2"}, "test": {"host": "t"}},
-        expected_version=1, actor="bob",
+        T,
+        "shop",
+        stages={"production": {"host": "db2"}, "test": {"host": "t"}},
+        expected_version=1,
+        actor="bob",
     )
-    v = store.select_entities(T, "shop", [entity(), entity("items")], actor="carol",
-                              stage="production")
+    v = store.select_entities(
+        T, "shop", [entity(), entity("items")], actor="carol", stage="production"
+    )
     store.unselect_entities(T, "shop", ["items"], actor="carol", stage="production")
     store.replace_entities(T, "shop", [entity("customers")], actor="refresher")
     store.bump_catalog_version(T, "shop")
@@ -783,8 +814,11 @@ def test_every_change_is_audited_in_its_transaction(backend: Backend) -> None:
     create, update, select = events[-1], events[-2], events[-3]
     assert create.stage == "production"
     assert dict(create.details) == {
-        "kind": "postgres", "stages": "production", "secret_ref_stages": "production",
-        "version": 1, "catalog_version": 1,
+        "kind": "postgres",
+        "stages": "production",
+        "secret_ref_stages": "production",
+        "version": 1,
+        "catalog_version": 1,
     }
     assert update.stage is None  # two stages changed: both named in the details
     assert update.details["stages_changed"] == "production,test"
@@ -817,8 +851,15 @@ def test_record_and_list_audit(backend: Backend) -> None:
     store = backend.open()
     at = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     events = [
-        AuditEvent(at + timedelta(minutes=i), T, f"user-{i}", "connection.test",
-                   f"c{i % 2}", "production", {"ok": i % 2 == 0, "attempt": i, "note": "é"})
+        AuditEvent(
+            at + timedelta(minutes=i),
+            T,
+            f"user-{i}",
+            "connection.test",
+            f"c{i % 2}",
+            "production",
+            {"ok": i % 2 == 0, "attempt": i, "note": "é"},
+        )
         for i in range(5)
     ]
     for event in events:
@@ -873,9 +914,12 @@ def test_a_password_never_reaches_the_store(backend: Backend) -> None:
     canary = f"canary-pw-{uuid.uuid4().hex}"
     store = backend.open()
     store.create_connection(
-        T, "shop", ConnectionKind.POSTGRES,
+        T,
+        "shop",
+        ConnectionKind.POSTGRES,
         {"production": {"host": "db.internal", "user": "app"}},
-        {"production": "secret/shop/production"}, actor="alice",
+        {"production": "secret/shop/production"},
+        actor="alice",
     )
     tampered = AuditEvent(START, T, "alice", "connection.test", "shop", "production", {"ok": True})
     object.__setattr__(tampered, "details", {"password": canary})
@@ -887,15 +931,18 @@ def test_a_password_never_reaches_the_store(backend: Backend) -> None:
             T, "leak", ConnectionKind.POSTGRES, {"dev": {"host": "h", "sslpassword": canary}}
         ),
         lambda: store.update_connection(
-            T, "shop", stages={"production": {"host": "db", "Password": canary}},
+            T,
+            "shop",
+            stages={"production": {"host": "db", "Password": canary}},
             expected_version=1,
         ),
         lambda: store.update_connection(
             T, "shop", stages={"production": {"client_secret": canary}}, expected_version=1
         ),
         lambda: store.record_audit(
-            AuditEvent(START, T, "alice", "connection.test", "shop", "production",
-                       {"password": canary})
+            AuditEvent(
+                START, T, "alice", "connection.test", "shop", "production", {"password": canary}
+            )
         ),
         lambda: store.record_audit(tampered),
     ]
@@ -906,8 +953,11 @@ def test_a_password_never_reaches_the_store(backend: Backend) -> None:
 
     # Legitimate changes around the attempts, so there is something to scan.
     store.update_connection(
-        T, "shop", secret_refs={"production": "secret/shop/production/v2"},
-        expected_version=1, actor="alice",
+        T,
+        "shop",
+        secret_refs={"production": "secret/shop/production/v2"},
+        expected_version=1,
+        actor="alice",
     )
     store.select_entities(T, "shop", [entity()], actor="alice", stage="production")
     store.record_audit(
@@ -1083,8 +1133,9 @@ def watched(postgres_url: str) -> Iterator[WatchedStores]:
     reader = PostgresMetadataStore(postgres_url, schema=schema)
     writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
     try:
-        writer.create_connection("t", "c", ConnectionKind.POSTGRES,
-                                 {"*": {"host": "h", "database": "d", "user": "u"}})
+        writer.create_connection(
+            "t", "c", ConnectionKind.POSTGRES, {"*": {"host": "h", "database": "d", "user": "u"}}
+        )
         assert reader.version_watch is None  # no listener until versions are asked for
         reader.catalog_version("t", "c")
         watch = reader.version_watch
@@ -1130,7 +1181,8 @@ def test_postgres_catalog_versions_are_served_from_memory_and_follow_other_write
 
 @pytest.mark.postgres
 def test_postgres_lost_version_listener_reads_through_until_it_is_back(
-    watched: WatchedStores, postgres_url: str,
+    watched: WatchedStores,
+    postgres_url: str,
 ) -> None:
     reader, writer, watch = watched.reader, watched.writer, watched.watch
     reader.catalog_version("t", "c")

@@ -21,9 +21,23 @@ def test_cli_and_gateway_share_a_postgres_catalog(postgres_url: str, tmp_path: P
     env = {**os.environ, "FABRIC_HOME": str(tmp_path), "FABRIC_METADATA_URL": url}
     try:
         created = subprocess.run(
-            [sys.executable, "-m", "fabric.cli", "connection", "create", "shared",
-             "--kind", "duckdb", "--set", f"path={tmp_path / 'x.duckdb'}"],
-            env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "fabric.cli",
+                "connection",
+                "create",
+                "shared",
+                "--kind",
+                "duckdb",
+                "--set",
+                f"path={tmp_path / 'x.duckdb'}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert created.returncode == 0, created.stderr
         store = open_store(Settings.from_env(env))
         try:

@@ -55,8 +55,10 @@ def test_connect_to_nothing_is_unavailable_within_the_deadline() -> None:
     async def body() -> None:
         with pytest.raises(SourceUnavailable, match="cannot connect to NATS"):
             await NatsBus.connect(
-                f"nats://127.0.0.1:{_closed_port()}", connect_timeout=0.5,
-                connect_deadline=1.0, reconnect_wait=0.1,
+                f"nats://127.0.0.1:{_closed_port()}",
+                connect_timeout=0.5,
+                connect_deadline=1.0,
+                reconnect_wait=0.1,
             )
 
     run_bounded(body(), 10)
@@ -70,15 +72,20 @@ def test_wrong_password_is_refused_and_never_logged(
     async def body(url: str) -> None:
         with pytest.raises(SourceUnavailable) as raised:
             await NatsBus.connect(
-                url, user="fabric", password=secret, connect_timeout=0.5,
-                connect_deadline=1.5, reconnect_wait=0.1,
+                url,
+                user="fabric",
+                password=secret,
+                connect_timeout=0.5,
+                connect_deadline=1.5,
+                reconnect_wait=0.1,
             )
         # The server writes its refusal and closes at once; the client often reads the
         # refusal (and then keeps it over later errors), but when its own unread CONNECT
         # makes the close a reset, the refusal is lost in the kernel and only the reset
         # is left to report.
-        assert re.search(r"last error: (AuthorizationError|ConnectionResetError)",
-                         str(raised.value))
+        assert re.search(
+            r"last error: (AuthorizationError|ConnectionResetError)", str(raised.value)
+        )
         assert "credentials" in str(raised.value)
         assert secret not in str(raised.value)
         bus = await NatsBus.connect(url, user="fabric", password="right-one")
@@ -189,9 +196,13 @@ def test_server_restart_reconnects_and_applies_events_exactly_once(tmp_path: Pat
 
     async def body(server: NatsServerProcess) -> None:
         server_url = server.url
+
         async def connect(name: str) -> NatsBus:
             return await NatsBus.connect(
-                server_url, name=name, reconnect_wait=0.05, max_reconnect_wait=0.5,
+                server_url,
+                name=name,
+                reconnect_wait=0.05,
+                max_reconnect_wait=0.5,
                 connect_timeout=1.0,
             )
 
@@ -275,9 +286,9 @@ def test_server_restart_reconnects_and_applies_events_exactly_once(tmp_path: Pat
             for name in ("b", "c"):
                 assert set(effects[name]) == every
                 assert all(count == 1 for count in effects[name].values()), effects[name]
-                assert await (log_b if name == "b" else log_c).unacknowledged(
-                    f"replica-{name}"
-                ) == 0
+                assert (
+                    await (log_b if name == "b" else log_c).unacknowledged(f"replica-{name}") == 0
+                )
             assert platform.reconnects >= 1 and replica_b.reconnects >= 1
             info = await platform.jetstream().stream_info("FABRIC_EVENTS")
             assert info.state.messages == len(every)  # the retried publish was deduplicated

@@ -33,8 +33,12 @@ PASSWORD = "Pg-Platform-Canary-5e71"
 
 def _settings(url: str) -> dict[str, Any]:
     info = psycopg.conninfo.conninfo_to_dict(url)
-    return {"host": info.get("host", "127.0.0.1"), "port": int(info.get("port", 5432)),
-            "database": info["dbname"], "user": info.get("user", "postgres")}
+    return {
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "database": info["dbname"],
+        "user": info.get("user", "postgres"),
+    }
 
 
 @pytest.fixture
@@ -64,48 +68,80 @@ def pg_schema(postgres_url: str) -> Iterator[str]:
 def platform(tmp_path: Path, postgres_url: str) -> Iterator[Platform]:
     running = start_platform(tmp_path)
     settings = {k: v for k, v in _settings(postgres_url).items()}
-    running.call(running.connections.CreateConnection, pb.CreateConnectionRequest(
-        name="pg", kind="postgres", verify=True, stages=[stage_config("*", **settings)]))
+    running.call(
+        running.connections.CreateConnection,
+        pb.CreateConnectionRequest(
+            name="pg", kind="postgres", verify=True, stages=[stage_config("*", **settings)]
+        ),
+    )
     try:
         yield running
     finally:
         stop_platform(running)
 
 
-def test_discovery_keeps_composite_keys_whole_and_ordered(platform: Platform,
-                                                          pg_schema: str) -> None:
+def test_discovery_keeps_composite_keys_whole_and_ordered(
+    platform: Platform, pg_schema: str
+) -> None:
     p = platform
-    found = p.call(p.catalog.Discover, pb.DiscoverRequest(connection="pg",
-                                                          schemas=[pg_schema]))
+    found = p.call(p.catalog.Discover, pb.DiscoverRequest(connection="pg", schemas=[pg_schema]))
     tables = {t.name: t for t in found.tables}
     assert set(tables) == {"parent", "child", "facts", "doomed"}
     # Key order, not column order: the key is (b, a) though a comes first in the table.
     assert list(tables["parent"].primary_key) == ["b", "a"]
     [fk] = tables["child"].foreign_keys
-    assert (fk.name, list(fk.columns), fk.referenced_schema, fk.referenced_table,
-            list(fk.referenced_columns)) == ("child_parent", ["pb", "pa"], pg_schema,
-                                             "parent", ["b", "a"])
-    assert list(p.call(p.catalog.ListEntities,
-                       pb.ListEntitiesRequest(connection="pg")).entities) == []
+    assert (
+        fk.name,
+        list(fk.columns),
+        fk.referenced_schema,
+        fk.referenced_table,
+        list(fk.referenced_columns),
+    ) == ("child_parent", ["pb", "pa"], pg_schema, "parent", ["b", "a"])
+    assert (
+        list(p.call(p.catalog.ListEntities, pb.ListEntitiesRequest(connection="pg")).entities) == []
+    )
     # Selected, the composite foreign key stays whole; without one of its columns it goes.
-    whole = p.call(p.catalog.Select, pb.SelectRequest(connection="pg", tables=[
-        pb.TableSelection(table=f"{pg_schema}.child"),
-        pb.TableSelection(table=f"{pg_schema}.parent")])).entities
+    whole = p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="pg",
+            tables=[
+                pb.TableSelection(table=f"{pg_schema}.child"),
+                pb.TableSelection(table=f"{pg_schema}.parent"),
+            ],
+        ),
+    ).entities
     assert [list(f.columns) for f in whole[0].foreign_keys] == [["pb", "pa"]]
     assert list(whole[1].primary_key) == ["b", "a"]
-    partial = p.call(p.catalog.Select, pb.SelectRequest(connection="pg", tables=[
-        pb.TableSelection(table=f"{pg_schema}.child", entity_name="child_lite",
-                          columns=["pb", "note"])])).entities[0]
+    partial = p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="pg",
+            tables=[
+                pb.TableSelection(
+                    table=f"{pg_schema}.child", entity_name="child_lite", columns=["pb", "note"]
+                )
+            ],
+        ),
+    ).entities[0]
     assert [c.name for c in partial.columns] == ["id", "pb", "note"]
     assert list(partial.foreign_keys) == []
 
 
-def test_drift_is_reported_and_the_runtime_follows(platform: Platform, pg_schema: str,
-                                                   postgres_url: str) -> None:
+def test_drift_is_reported_and_the_runtime_follows(
+    platform: Platform, pg_schema: str, postgres_url: str
+) -> None:
     p = platform
-    p.call(p.catalog.Select, pb.SelectRequest(connection="pg", tables=[
-        pb.TableSelection(table=f"{pg_schema}.facts"),
-        pb.TableSelection(table=f"{pg_schema}.doomed")]))
+    p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="pg",
+            tables=[
+                pb.TableSelection(table=f"{pg_schema}.facts"),
+                pb.TableSelection(table=f"{pg_schema}.doomed"),
+            ],
+        ),
+    )
     uses_dropped = "SELECT id, drop_col FROM facts ORDER BY id"
     other = "SELECT id, keep_col, retype_col FROM facts ORDER BY id"
     with p.client() as client:
@@ -124,10 +160,12 @@ def test_drift_is_reported_and_the_runtime_follows(platform: Platform, pg_schema
         """)
     report = p.call(p.catalog.Refresh, pb.RefreshRequest(connection="pg"))
     drift = {(d.kind, d.entity, d.column): d for d in report.drift}
-    assert set(drift) == {("column_dropped", "facts", "drop_col"),
-                          ("type_changed", "facts", "retype_col"),
-                          ("new_column", "facts", "added_col"),
-                          ("table_gone", "doomed", "")}
+    assert set(drift) == {
+        ("column_dropped", "facts", "drop_col"),
+        ("type_changed", "facts", "retype_col"),
+        ("new_column", "facts", "added_col"),
+        ("table_gone", "doomed", ""),
+    }
     retyped = drift[("type_changed", "facts", "retype_col")]
     assert (retyped.old_type, retyped.new_type) == ("integer", "text")
     assert [e.name for e in report.entities] == ["facts"]
@@ -144,8 +182,10 @@ def test_drift_is_reported_and_the_runtime_follows(platform: Platform, pg_schema
     assert after.summary.from_cache is False
     assert after.table.column("keep_col").to_pylist() == [10, 20, 30, 40]
     assert after.table.column("retype_col").to_pylist() == ["3", "6", "9", "12"]
-    actions = [e.action for e in p.call(p.connections.ListAudit,
-                                        pb.ListAuditRequest(connection="pg")).events]
+    actions = [
+        e.action
+        for e in p.call(p.connections.ListAudit, pb.ListAuditRequest(connection="pg")).events
+    ]
     assert actions[:2] == ["catalog.refresh", "catalog.replace"]
 
 
@@ -159,36 +199,63 @@ def private_pg() -> Iterator[PgInstance]:
 
 
 def test_password_is_write_only_and_a_wrong_one_changes_nothing(
-        private_pg: PgInstance, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    private_pg: PgInstance, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "Wrong-Guess-0b9d"
     p = start_platform(tmp_path)
     try:
-        settings = {"host": "127.0.0.1", "port": private_pg.port, "database": "postgres",
-                    "user": private_pg.user}
+        settings = {
+            "host": "127.0.0.1",
+            "port": private_pg.port,
+            "database": "postgres",
+            "user": private_pg.user,
+        }
         before = state(p)
-        error = rpc_error(p.connections.CreateConnection, pb.CreateConnectionRequest(
-            name="vault", kind="postgres", verify=True,
-            stages=[stage_config("*", wrong, **settings)]), timeout=60)
+        error = rpc_error(
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(
+                name="vault",
+                kind="postgres",
+                verify=True,
+                stages=[stage_config("*", wrong, **settings)],
+            ),
+            timeout=60,
+        )
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert wrong not in (error.details() or "")
         assert state(p) == before
 
-        created = p.call(p.connections.CreateConnection, pb.CreateConnectionRequest(
-            name="vault", kind="postgres", verify=True,
-            stages=[stage_config("*", PASSWORD, **settings)]))
+        created = p.call(
+            p.connections.CreateConnection,
+            pb.CreateConnectionRequest(
+                name="vault",
+                kind="postgres",
+                verify=True,
+                stages=[stage_config("*", PASSWORD, **settings)],
+            ),
+        )
         assert created.stages[0].has_password
         p.call(p.connections.TestConnection, pb.TestConnectionRequest(name="vault"))
-        p.call(p.catalog.Select, pb.SelectRequest(connection="vault", tables=[
-            pb.TableSelection(table="public.accounts")]))
+        p.call(
+            p.catalog.Select,
+            pb.SelectRequest(
+                connection="vault", tables=[pb.TableSelection(table="public.accounts")]
+            ),
+        )
         with p.client() as client:
             rows = client.query("vault", "SELECT owner FROM accounts ORDER BY id")
         assert rows.to_pylist() == [{"owner": "ann"}, {"owner": "bob"}]
 
         # A wrong new password with verify is refused; the old one keeps working.
         before = state(p)
-        error = rpc_error(p.connections.UpdateConnection, pb.UpdateConnectionRequest(
-            name="vault", verify=True, stages=[stage_config("*", wrong)]), timeout=60)
+        error = rpc_error(
+            p.connections.UpdateConnection,
+            pb.UpdateConnectionRequest(
+                name="vault", verify=True, stages=[stage_config("*", wrong)]
+            ),
+            timeout=60,
+        )
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert state(p) == before
         p.call(p.connections.TestConnection, pb.TestConnectionRequest(name="vault"))

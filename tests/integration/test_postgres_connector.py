@@ -295,18 +295,67 @@ _DECODE_CASES: list[tuple[int, int, list[str]]] = [
     (21, -1, ["32767", "-32768", "32768"]),
     (23, -1, ["2147483647", "-2147483648", "2147483648", "+5", "1_000", "٣", "5.0"]),
     (700, -1, ["NaN", "Infinity", "-Infinity", "3.4028235e+38", "1.4e-45", "-0", "0.1"]),
-    (701, -1, ["NaN", "-Infinity", "1.7976931348623157e+308", "5e-324", "-0", "0.1",
-               "1.2345678901234567e-300", "123456789012345680000"]),
-    (1700, ((10 << 16) | 2) + 4, ["12345.67", "-0.00", "-99999999.99", "NaN", "Infinity",
-                                  "123456789.00", "1.5", "1.555", "1.550", "1e2", "1_0.5"]),
-    (1700, -1, ["0.33333333333333333333", "1e-38", "NaN",
-                "12345678901234567890123456789012345678.5", "0." + "0" * 38 + "1"]),
+    (
+        701,
+        -1,
+        [
+            "NaN",
+            "-Infinity",
+            "1.7976931348623157e+308",
+            "5e-324",
+            "-0",
+            "0.1",
+            "1.2345678901234567e-300",
+            "123456789012345680000",
+        ],
+    ),
+    (
+        1700,
+        ((10 << 16) | 2) + 4,
+        [
+            "12345.67",
+            "-0.00",
+            "-99999999.99",
+            "NaN",
+            "Infinity",
+            "123456789.00",
+            "1.5",
+            "1.555",
+            "1.550",
+            "1e2",
+            "1_0.5",
+        ],
+    ),
+    (
+        1700,
+        -1,
+        [
+            "0.33333333333333333333",
+            "1e-38",
+            "NaN",
+            "12345678901234567890123456789012345678.5",
+            "0." + "0" * 38 + "1",
+        ],
+    ),
     (16, -1, ["t", "f", "true"]),
     (1082, -1, ["2024-02-29", "0001-01-01", "infinity", "0044-03-15 BC", "10000-01-01"]),
-    (1114, -1, ["2024-01-02 03:04:05.123456", "1999-12-31 23:59:59", "infinity",
-                "0044-03-15 00:00:00 BC"]),
-    (1184, -1, ["2024-01-02 08:04:05.123456+00", "2000-01-01 00:00:00+05:30", "infinity",
-                "2024-01-02 08:04:05+00", "2024-01-02T08:04:05Z", "2024-01-02 08:04:05"]),
+    (
+        1114,
+        -1,
+        ["2024-01-02 03:04:05.123456", "1999-12-31 23:59:59", "infinity", "0044-03-15 00:00:00 BC"],
+    ),
+    (
+        1184,
+        -1,
+        [
+            "2024-01-02 08:04:05.123456+00",
+            "2000-01-01 00:00:00+05:30",
+            "infinity",
+            "2024-01-02 08:04:05+00",
+            "2024-01-02T08:04:05Z",
+            "2024-01-02 08:04:05",
+        ],
+    ),
     (1083, -1, ["04:05:06.5", "23:59:59.999999", "24:00:00"]),
     (17, -1, ["\\x00ff", "\\x", "00"]),
     (1186, -1, ["P1Y2M-3DT4H5M6.5S", "PT0S", "1 day"]),
@@ -314,10 +363,12 @@ _DECODE_CASES: list[tuple[int, int, list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("oid", "typmod", "values"), _DECODE_CASES,
-                         ids=[str(c[0]) for c in _DECODE_CASES])
+@pytest.mark.parametrize(
+    ("oid", "typmod", "values"), _DECODE_CASES, ids=[str(c[0]) for c in _DECODE_CASES]
+)
 def test_every_decode_route_gives_the_same_values_and_errors(
-        oid: int, typmod: int, values: list[str]) -> None:
+    oid: int, typmod: int, values: list[str]
+) -> None:
     """Python parsing (a few rows), Arrow casts and the CSV reader agree on every value,
     including the ones that must fail."""
     from connectors.arrow_types import PgColumn, TextDecoder
@@ -351,17 +402,18 @@ _CANONICAL: list[tuple[int, int, str, Any]] = [
     (16, -1, "t", True),
     (1082, -1, "2024-02-29", dt.date(2024, 2, 29)),
     (1114, -1, "2024-01-02 03:04:05.123456", dt.datetime(2024, 1, 2, 3, 4, 5, 123456)),
-    (1184, -1, "2024-01-02 08:04:05+00",
-     dt.datetime(2024, 1, 2, 8, 4, 5, tzinfo=dt.UTC)),
+    (1184, -1, "2024-01-02 08:04:05+00", dt.datetime(2024, 1, 2, 8, 4, 5, tzinfo=dt.UTC)),
     (1083, -1, "04:05:06.5", dt.time(4, 5, 6, 500000)),
     (25, -1, 'line\nbreak, "q"', 'line\nbreak, "q"'),
 ]
 
 
-@pytest.mark.parametrize(("oid", "typmod", "text", "expected"), _CANONICAL,
-                         ids=[f"{c[0]}:{c[2]}" for c in _CANONICAL])
+@pytest.mark.parametrize(
+    ("oid", "typmod", "text", "expected"), _CANONICAL, ids=[f"{c[0]}:{c[2]}" for c in _CANONICAL]
+)
 def test_a_few_rows_of_canonical_values_take_the_python_route(
-        oid: int, typmod: int, text: str, expected: Any) -> None:
+    oid: int, typmod: int, text: str, expected: Any
+) -> None:
     from connectors.arrow_types import SMALL_ROWS, PgColumn, TextDecoder
 
     decoder = TextDecoder([PgColumn("v", oid, typmod), PgColumn("n", 23)])
@@ -407,9 +459,13 @@ def test_a_query_cannot_change_the_session_of_the_next_ones(typed: Env) -> None:
         assert row["f"] == 0.30000000000000004 and row["b"] == b"\x00\xff"
         assert row["t"] == dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
         with pytest.raises(SourceQueryError) as info:
-            read(env.connector.execute(
-                f"WITH w AS (INSERT INTO {env.schema}.t (id) VALUES (%s) RETURNING id) "
-                "SELECT * FROM w", [97]))
+            read(
+                env.connector.execute(
+                    f"WITH w AS (INSERT INTO {env.schema}.t (id) VALUES (%s) RETURNING id) "
+                    "SELECT * FROM w",
+                    [97],
+                )
+            )
         assert info.value.sqlstate == "25006"
         with pytest.raises(SourceQueryError) as info:
             read(env.connector.execute(f"INSERT INTO {env.schema}.t (id) VALUES (%s)", [96]))
@@ -421,11 +477,17 @@ def test_a_query_cannot_change_the_session_of_the_next_ones(typed: Env) -> None:
 
 def test_empty_parameterized_result_has_its_schema(typed: Env) -> None:
     for _ in range(3):
-        table = read(typed.connector.execute(
-            f"SELECT id, m, tz FROM {typed.schema}.t WHERE id = %s", [12345]))
+        table = read(
+            typed.connector.execute(
+                f"SELECT id, m, tz FROM {typed.schema}.t WHERE id = %s", [12345]
+            )
+        )
         assert table.num_rows == 0
         assert table.schema.types == [
-            pa.int32(), pa.decimal128(10, 2), pa.timestamp("us", tz="UTC")]
+            pa.int32(),
+            pa.decimal128(10, 2),
+            pa.timestamp("us", tz="UTC"),
+        ]
 
 
 def test_prepared_statements_heal_after_changes(env: Env) -> None:

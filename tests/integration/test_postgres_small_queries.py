@@ -45,14 +45,16 @@ def typed(env: Env) -> Env:
     with env.admin.cursor() as cur:
         cur.executemany(
             f"INSERT INTO {env.schema}.t VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
-            "0.1, 1.5, '1 day 02:00:00', '\\x00ff', '04:05:06.5')", ROWS)
+            "0.1, 1.5, '1 day 02:00:00', '\\x00ff', '04:05:06.5')",
+            ROWS,
+        )
     return env
 
 
-def small(env: Env, sql: str, params: tuple[Any, ...], *, timeout: float | None = 30,
-          max_rows: int = 1) -> QueryHandle | None:
-    return asyncio.run(env.connector.execute_small(sql, params, timeout=timeout,
-                                                   max_rows=max_rows))
+def small(
+    env: Env, sql: str, params: tuple[Any, ...], *, timeout: float | None = 30, max_rows: int = 1
+) -> QueryHandle | None:
+    return asyncio.run(env.connector.execute_small(sql, params, timeout=timeout, max_rows=max_rows))
 
 
 def test_a_key_lookup_gives_what_execute_gives(typed: Env) -> None:
@@ -69,8 +71,7 @@ def test_a_key_lookup_gives_what_execute_gives(typed: Env) -> None:
             assert got.num_rows == (0 if key == 4 else 1)
 
 
-def test_the_statement_is_prepared_on_repeat_and_the_connection_stays_healthy(
-        typed: Env) -> None:
+def test_the_statement_is_prepared_on_repeat_and_the_connection_stays_healthy(typed: Env) -> None:
     sql = f"SELECT id, txt FROM {typed.schema}.t WHERE id = %s"
     for _ in range(3):  # unprepared, prepared now, prepared
         for key in (1, 3):
@@ -107,8 +108,10 @@ def test_a_pool_still_opening_is_left_to_execute(postgres_url: str) -> None:
 def test_what_it_does_not_take_is_left_to_execute(typed: Env) -> None:
     assert small(typed, f"SELECT id FROM {typed.schema}.t WHERE id = 1", ()) is None  # COPY
     assert small(typed, "CALL nothing(%s)", (1,)) is None  # not a plain query
-    assert small(typed, f"SELECT id FROM {typed.schema}.t WHERE id = %s", (1,),
-                 max_rows=10_000) is None
+    assert (
+        small(typed, f"SELECT id FROM {typed.schema}.t WHERE id = %s", (1,), max_rows=10_000)
+        is None
+    )
 
 
 def test_more_rows_than_proven_stream_from_a_worker(env: Env) -> None:
@@ -124,8 +127,11 @@ def test_more_rows_than_proven_stream_from_a_worker(env: Env) -> None:
 
 def test_a_caller_that_goes_away_stops_the_query_at_the_server(env: Env) -> None:
     async def scenario() -> None:
-        task = asyncio.ensure_future(env.connector.execute_small(
-            "SELECT pg_sleep(%s)::text AS slept", (30,), timeout=60, max_rows=1))
+        task = asyncio.ensure_future(
+            env.connector.execute_small(
+                "SELECT pg_sleep(%s)::text AS slept", (30,), timeout=60, max_rows=1
+            )
+        )
         started = time.monotonic()
         while env.active() == 0:
             assert time.monotonic() - started < 10, "the query never reached the server"
@@ -185,15 +191,18 @@ def test_a_stale_prepared_statement_falls_back_and_heals(env: Env) -> None:
 def _single_connection(env: Env) -> PostgresConnector:
     """A connector over the env's database with one pooled connection, open and idle."""
     config = env.connector.config
-    single = PostgresConnector(ConnectorConfig({**config.settings, "pool_min": 1,
-                                                "pool_max": 1}, password=config.password))
+    single = PostgresConnector(
+        ConnectorConfig({**config.settings, "pool_min": 1, "pool_max": 1}, password=config.password)
+    )
     single._get_pool().wait(timeout=10)
     return single
 
 
 def test_no_free_connection_means_no_waiting_on_the_loop(env: Env) -> None:
-    held = [env.connector.execute("SELECT pg_sleep(%s)::text AS slept", (30,), timeout=60)
-            for _ in range(2)]  # pool_max is 2: both connections busy
+    held = [
+        env.connector.execute("SELECT pg_sleep(%s)::text AS slept", (30,), timeout=60)
+        for _ in range(2)
+    ]  # pool_max is 2: both connections busy
     try:
         started = time.monotonic()
         assert small(env, "SELECT %s::int AS one", (1,)) is None
@@ -208,12 +217,17 @@ def test_no_free_connection_means_no_waiting_on_the_loop(env: Env) -> None:
 
 
 @pytest.mark.parametrize("path", ["execute", "execute_small"])
-@pytest.mark.parametrize("failing", [
-    "SELECT nope FROM {s}.k WHERE id = %s",  # refused before its rows
-    "SELECT id / (id - %s) AS q FROM {s}.k WHERE id = 1",  # fails in its rows
-], ids=["before-rows", "in-rows"])
+@pytest.mark.parametrize(
+    "failing",
+    [
+        "SELECT nope FROM {s}.k WHERE id = %s",  # refused before its rows
+        "SELECT id / (id - %s) AS q FROM {s}.k WHERE id = 1",  # fails in its rows
+    ],
+    ids=["before-rows", "in-rows"],
+)
 def test_a_failed_first_query_does_not_poison_the_connection(
-        env: Env, path: str, failing: str) -> None:
+    env: Env, path: str, failing: str
+) -> None:
     """A connection's first pipeline prepares the guard; when the query then fails
     (refused: a column dropped at the source; or while running), the guard exists on the
     server all the same, and later queries on that connection must not fail preparing

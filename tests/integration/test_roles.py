@@ -54,9 +54,11 @@ FABRIC = [sys.executable, "-m", "fabric.cli"]
 def make_site(home: Path, tenant: str, stage: str) -> Path:
     database = home / "crm.duckdb"
     with duckdb.connect(str(database)) as con:
-        con.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name VARCHAR, score BIGINT);"
-                    "INSERT INTO people SELECT i, 'person ' || i, i * 10 "
-                    "FROM range(1, 101) t(i);")
+        con.execute(
+            "CREATE TABLE people (id INTEGER PRIMARY KEY, name VARCHAR, score BIGINT);"
+            "INSERT INTO people SELECT i, 'person ' || i, i * 10 "
+            "FROM range(1, 101) t(i);"
+        )
     store = SqliteMetadataStore(home / "metadata.sqlite")
     try:
         manager = catalog_manager(store)
@@ -69,8 +71,9 @@ def make_site(home: Path, tenant: str, stage: str) -> Path:
 
 def expected(database: Path, minimum: int) -> list[dict[str, Any]]:
     with duckdb.connect(str(database), read_only=True) as con:
-        n, total = con.execute("SELECT count(*), sum(score) FROM people WHERE score > ?",
-                               [minimum]).fetchone()  # type: ignore[misc]
+        n, total = con.execute(
+            "SELECT count(*), sum(score) FROM people WHERE score > ?", [minimum]
+        ).fetchone()  # type: ignore[misc]
     return [{"n": n, "total": total}]
 
 
@@ -80,8 +83,14 @@ def names() -> tuple[str, str]:
 
 
 def settings_for(home: Path, url: str, **overrides: Any) -> Settings:
-    return Settings(home=home, metrics_port=0, nats_url=url, bus_connect_timeout=5.0,
-                    bus_publish_timeout=2.0, **overrides)
+    return Settings(
+        home=home,
+        metrics_port=0,
+        nats_url=url,
+        bus_connect_timeout=5.0,
+        bus_publish_timeout=2.0,
+        **overrides,
+    )
 
 
 async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -95,20 +104,18 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> flo
 
 
 @asynccontextmanager
-async def cluster(settings: Settings, stage: str,
-                  replicas: int = 2) -> AsyncIterator[tuple[PlatformProcess,
-                                                            list[RuntimeProcess]]]:
+async def cluster(
+    settings: Settings, stage: str, replicas: int = 2
+) -> AsyncIterator[tuple[PlatformProcess, list[RuntimeProcess]]]:
     """A platform and `replicas` runtime replicas of `stage`, in this process."""
     async with AsyncExitStack() as stack:
-        platform = await PlatformProcess.open(settings, role="platform",
-                                              listen="127.0.0.1:0")
+        platform = await PlatformProcess.open(settings, role="platform", listen="127.0.0.1:0")
         stack.push_async_callback(platform.stop, 1.0)
         await platform.start()
         runtimes = []
         for index in range(replicas):
             own = dataclasses.replace(settings, replica_id=f"{stage}-r{index}")
-            runtime = await RuntimeProcess.open(own, stage=stage,
-                                                health_listen="127.0.0.1:0")
+            runtime = await RuntimeProcess.open(own, stage=stage, health_listen="127.0.0.1:0")
             stack.push_async_callback(runtime.stop, 1.0)
             await runtime.start()
             runtimes.append(runtime)
@@ -161,8 +168,7 @@ def test_deleting_a_connection_purges_every_replica_within_a_second(tmp_path: Pa
     async def body() -> None:
         async with cluster(settings, stage) as (platform, runtimes):
             with FabricClient(address(platform), token, timeout=30) as client:
-                result = await asyncio.to_thread(client.execute, CONNECTION, SQL,
-                                                 {"min": 500})
+                result = await asyncio.to_thread(client.execute, CONNECTION, SQL, {"min": 500})
                 assert result.table.to_pylist() == expected(database, 500)
                 await fill_caches(client, runtimes)
             served = sum(r.replica.stats.served for r in runtimes)
@@ -171,16 +177,25 @@ def test_deleting_a_connection_purges_every_replica_within_a_second(tmp_path: Pa
             channel, connections, _ = admin(platform, token)
             with channel:
                 started = time.monotonic()
-                await asyncio.to_thread(connections.DeleteConnection,
-                                        ppb.DeleteConnectionRequest(name=CONNECTION),
-                                        metadata=bearer(token), timeout=30)
-                await until(lambda: all(cached(r) == 0 for r in runtimes), 5.0,
-                            "every replica to drop the connection's results")
+                await asyncio.to_thread(
+                    connections.DeleteConnection,
+                    ppb.DeleteConnectionRequest(name=CONNECTION),
+                    metadata=bearer(token),
+                    timeout=30,
+                )
+                await until(
+                    lambda: all(cached(r) == 0 for r in runtimes),
+                    5.0,
+                    "every replica to drop the connection's results",
+                )
                 elapsed = time.monotonic() - started
             assert elapsed < 1.0, f"the purge took {elapsed:.3f}s"
             for runtime in runtimes:  # counted by the purger, then by the applier
-                await until(lambda r=runtime: r.applier.applied == 1,  # type: ignore[misc]
-                            5.0, "the event to be counted as applied")
+                await until(
+                    lambda r=runtime: r.applier.applied == 1,  # type: ignore[misc]
+                    5.0,
+                    "the event to be counted as applied",
+                )
                 assert purges(runtime, "connection_deleted") == 1
                 assert runtime.applier.snapshot()["bus_events_apply_failed"] == 0
             assert platform.publisher is not None
@@ -188,7 +203,8 @@ def test_deleting_a_connection_purges_every_replica_within_a_second(tmp_path: Pa
             assert figures["bus_events_published"] == 1
             assert figures["bus_events_publish_failed"] == 0
             scraped = platform.gateway.engine.metrics.registry.get_sample_value(
-                "fabric_bus_forwarder_completed_total")
+                "fabric_bus_forwarder_completed_total"
+            )
             assert scraped is not None and scraped >= served
 
     run_bounded(body(), 90)
@@ -206,8 +222,10 @@ def test_role_all_with_nats_publishes_events_for_outside_replicas(tmp_path: Path
     async def body() -> None:
         both = await PlatformProcess.open(settings, role="all", listen="127.0.0.1:0")
         outside = await RuntimeProcess.open(
-            dataclasses.replace(settings, replica_id=f"{stage}-outside"), stage=stage,
-            health_listen="127.0.0.1:0")
+            dataclasses.replace(settings, replica_id=f"{stage}-outside"),
+            stage=stage,
+            health_listen="127.0.0.1:0",
+        )
         try:
             assert (await both.start()).startswith("fabric gateway serving on port")
             await outside.start()
@@ -217,12 +235,18 @@ def test_role_all_with_nats_publishes_events_for_outside_replicas(tmp_path: Path
             assert outside.replica.stats.accepted == 0  # served in-process
             channel, connections, _ = admin(both, token)
             with channel:
-                await asyncio.to_thread(connections.DeleteConnection,
-                                        ppb.DeleteConnectionRequest(name=CONNECTION),
-                                        metadata=bearer(token), timeout=30)
+                await asyncio.to_thread(
+                    connections.DeleteConnection,
+                    ppb.DeleteConnectionRequest(name=CONNECTION),
+                    metadata=bearer(token),
+                    timeout=30,
+                )
             assert both.gateway.purger.snapshot()["purge_connection_deleted"] == 1
-            await until(lambda: purges(outside, "connection_deleted") == 1, 5.0,
-                        "the outside replica to apply the deletion")
+            await until(
+                lambda: purges(outside, "connection_deleted") == 1,
+                5.0,
+                "the outside replica to apply the deletion",
+            )
         finally:
             await outside.stop(1.0)
             await both.stop(1.0)
@@ -242,8 +266,7 @@ def test_two_replicas_cannot_share_one_replica_id(tmp_path: Path) -> None:
         first = await RuntimeProcess.open(settings, stage=stage, health_listen="127.0.0.1:0")
         try:
             await first.start()
-            second = await RuntimeProcess.open(settings, stage=stage,
-                                               health_listen="127.0.0.1:0")
+            second = await RuntimeProcess.open(settings, stage=stage, health_listen="127.0.0.1:0")
             try:
                 with pytest.raises(FailedPrecondition, match="FABRIC_REPLICA_ID"):
                     await second.start()
@@ -275,11 +298,13 @@ def test_nats_restart_queued_events_are_applied_exactly_once(tmp_path: Path) -> 
                 await loop.run_in_executor(None, server.stop)
                 await platform.bus.wait_disconnected(10)
                 path = ppb.SettingValue(string_value=str(database))
-                update = ppb.UpdateConnectionRequest(name=CONNECTION, stages=[
-                    ppb.StageConfig(stage="*", settings={"path": path})])
+                update = ppb.UpdateConnectionRequest(
+                    name=CONNECTION, stages=[ppb.StageConfig(stage="*", settings={"path": path})]
+                )
                 with pytest.raises(grpc.RpcError) as refused:
-                    await asyncio.to_thread(connections.UpdateConnection, update,
-                                            metadata=bearer(token), timeout=30)
+                    await asyncio.to_thread(
+                        connections.UpdateConnection, update, metadata=bearer(token), timeout=30
+                    )
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "change is committed" in (refused.value.details() or "")
                 assert platform.publisher is not None
@@ -290,9 +315,11 @@ def test_nats_restart_queued_events_are_applied_exactly_once(tmp_path: Path) -> 
                 await loop.run_in_executor(None, server.start)
                 for bus in (platform.bus, *(r.bus for r in runtimes)):
                     await bus.wait_connected(20)
-                await until(lambda: all(purges(r, "connection_changed") == 1
-                                        for r in runtimes), 20.0,
-                            "the queued update to reach every replica")
+                await until(
+                    lambda: all(purges(r, "connection_changed") == 1 for r in runtimes),
+                    20.0,
+                    "the queued update to reach every replica",
+                )
                 assert all(cached(r) == 0 for r in runtimes)
                 publisher = platform.publisher
                 await until(lambda: publisher.pending == 0, 5.0, "the outbox to empty")
@@ -301,21 +328,36 @@ def test_nats_restart_queued_events_are_applied_exactly_once(tmp_path: Path) -> 
                 # -- events after the restart: a selection change, then the deletion
                 await asyncio.to_thread(
                     catalog.Select,
-                    ppb.SelectRequest(connection=CONNECTION, stage=stage,
-                                      tables=[ppb.TableSelection(table="people")]),
-                    metadata=bearer(token), timeout=30)
-                await until(lambda: all(purges(r, "connection_changed") == 2
-                                        for r in runtimes), 10.0,
-                            "the selection change to reach every replica")
-                await asyncio.to_thread(connections.DeleteConnection,
-                                        ppb.DeleteConnectionRequest(name=CONNECTION),
-                                        metadata=bearer(token), timeout=30)
-                await until(lambda: all(purges(r, "connection_deleted") == 1
-                                        for r in runtimes), 10.0,
-                            "the deletion to reach every replica")
+                    ppb.SelectRequest(
+                        connection=CONNECTION,
+                        stage=stage,
+                        tables=[ppb.TableSelection(table="people")],
+                    ),
+                    metadata=bearer(token),
+                    timeout=30,
+                )
+                await until(
+                    lambda: all(purges(r, "connection_changed") == 2 for r in runtimes),
+                    10.0,
+                    "the selection change to reach every replica",
+                )
+                await asyncio.to_thread(
+                    connections.DeleteConnection,
+                    ppb.DeleteConnectionRequest(name=CONNECTION),
+                    metadata=bearer(token),
+                    timeout=30,
+                )
+                await until(
+                    lambda: all(purges(r, "connection_deleted") == 1 for r in runtimes),
+                    10.0,
+                    "the deletion to reach every replica",
+                )
             for runtime in runtimes:  # exactly once in effect: one purge per event
-                await until(lambda r=runtime: r.applier.applied == 3,  # type: ignore[misc]
-                            5.0, "the events to be counted as applied")
+                await until(
+                    lambda r=runtime: r.applier.applied == 3,  # type: ignore[misc]
+                    5.0,
+                    "the events to be counted as applied",
+                )
                 assert purges(runtime, "connection_changed") == 2
                 assert purges(runtime, "connection_deleted") == 1
                 assert runtime.applier.applied == 3
@@ -342,8 +384,9 @@ class Served:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*FABRIC, "serve", *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.proc = subprocess.Popen(
+            [*FABRIC, "serve", *args], env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log_path = log
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -418,20 +461,27 @@ def test_query_through_platform_and_two_runtime_subprocesses(tmp_path: Path) -> 
     tenant, stage = names()
     database = make_site(tmp_path, tenant, stage)
     port = _free_port()
-    base = {**os.environ, "FABRIC_HOME": str(tmp_path), "FABRIC_NATS_URL": url,
-            "FABRIC_AUTH": "local", "FABRIC_BUS_CONNECT_TIMEOUT": "10"}
+    base = {
+        **os.environ,
+        "FABRIC_HOME": str(tmp_path),
+        "FABRIC_NATS_URL": url,
+        "FABRIC_AUTH": "local",
+        "FABRIC_BUS_CONNECT_TIMEOUT": "10",
+    }
     base.pop("FABRIC_REPLICA_ID", None)
     metrics = [_free_port(), _free_port()]
     platform_env = {**base, "FABRIC_LISTEN": f"127.0.0.1:{port}", "FABRIC_METRICS_PORT": "0"}
-    runtime_envs = [{**base, "FABRIC_REPLICA_ID": f"{stage}-p{i}",
-                     "FABRIC_METRICS_PORT": str(metrics[i])} for i in range(2)]
+    runtime_envs = [
+        {**base, "FABRIC_REPLICA_ID": f"{stage}-p{i}", "FABRIC_METRICS_PORT": str(metrics[i])}
+        for i in range(2)
+    ]
     token = local_token(Settings(home=tmp_path), tenant=tenant, stage=stage, role="developer")
 
-    with served(["--role", "runtime", "--stage", stage], runtime_envs[0],
-                tmp_path / "r0.log") as r0, \
-            served(["--role", "runtime", "--stage", stage], runtime_envs[1],
-                   tmp_path / "r1.log") as r1, \
-            served(["--role", "platform"], platform_env, tmp_path / "platform.log") as platform:
+    with (
+        served(["--role", "runtime", "--stage", stage], runtime_envs[0], tmp_path / "r0.log") as r0,
+        served(["--role", "runtime", "--stage", stage], runtime_envs[1], tmp_path / "r1.log") as r1,
+        served(["--role", "platform"], platform_env, tmp_path / "platform.log") as platform,
+    ):
         for process in (r0, r1):
             line = process.ready()
             assert f"of stage {stage} serving health on port" in line
@@ -451,19 +501,35 @@ def test_query_through_platform_and_two_runtime_subprocesses(tmp_path: Path) -> 
         assert sum(served_by) == queries, served_by  # every query ran on a replica
 
         assert [process.stop() for process in (platform, r0, r1)] == [0, 0, 0], (
-            (tmp_path / "r0.log").read_text() + (tmp_path / "platform.log").read_text())
+            tmp_path / "r0.log"
+        ).read_text() + (tmp_path / "platform.log").read_text()
 
 
 def test_serve_refuses_to_start_without_nats(tmp_path: Path) -> None:
     closed = _free_port()
-    env = {**os.environ, "FABRIC_HOME": str(tmp_path), "FABRIC_METRICS_PORT": "0",
-           "FABRIC_NATS_URL": f"nats://127.0.0.1:{closed}", "FABRIC_BUS_CONNECT_TIMEOUT": "1"}
-    runtime = subprocess.run([*FABRIC, "serve", "--role", "runtime", "--stage", "dev"],
-                             env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "FABRIC_HOME": str(tmp_path),
+        "FABRIC_METRICS_PORT": "0",
+        "FABRIC_NATS_URL": f"nats://127.0.0.1:{closed}",
+        "FABRIC_BUS_CONNECT_TIMEOUT": "1",
+    }
+    runtime = subprocess.run(
+        [*FABRIC, "serve", "--role", "runtime", "--stage", "dev"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert runtime.returncode == 2
     assert f"NATS at 127.0.0.1:{closed} did not answer" in runtime.stderr
     env.pop("FABRIC_NATS_URL")
-    platform = subprocess.run([*FABRIC, "serve", "--role", "platform"], env=env,
-                              capture_output=True, text=True, timeout=60)
+    platform = subprocess.run(
+        [*FABRIC, "serve", "--role", "platform"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert platform.returncode == 2
     assert "set FABRIC_NATS_URL" in platform.stderr

@@ -33,8 +33,9 @@ def test_concurrent_first_resolves_build_one_connector(tmp_path: Path) -> None:
     lock = threading.Lock()
     start = threading.Barrier(8)
 
-    def factory(connection: Connection, settings: Mapping[str, SettingValue],
-                password: str | None) -> Connector:
+    def factory(
+        connection: Connection, settings: Mapping[str, SettingValue], password: str | None
+    ) -> Connector:
         connector = default_connector_factory(connection, settings, password)
         real_close = connector.close
 

@@ -54,8 +54,11 @@ def run_bounded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
 
 def nats_server_binary() -> str:
     """The nats-server binary; skipped (failed under CI=true) when there is none."""
-    candidates = [os.environ.get(NATS_SERVER_ENV), shutil.which("nats-server"),
-                  "/usr/sbin/nats-server"]
+    candidates = [
+        os.environ.get(NATS_SERVER_ENV),
+        shutil.which("nats-server"),
+        "/usr/sbin/nats-server",
+    ]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate

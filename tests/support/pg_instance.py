@@ -71,19 +71,54 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
     port = _free_port()
     server: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", user,
-                                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8",
-                                     "--no-sync"]),
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    user,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         pwfile.unlink()
         server = subprocess.Popen(
-            _as_postgres([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-                          "-k", str(sockets), "-c", "listen_addresses=127.0.0.1",
-                          "-c", "fsync=off"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _as_postgres(
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
-        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True, timeout=10).returncode != 0:
+        while (
+            subprocess.run(
+                [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                capture_output=True,
+                timeout=10,
+            ).returncode
+            != 0
+        ):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the private PostgreSQL server did not start")
             time.sleep(0.05)  # polling readiness with a deadline, not a fixed wait

@@ -38,8 +38,9 @@ def live_vault_client() -> Any:
     return vault_client(addr, token, timeout=10.0)
 
 
-def ensure_engine(client: Any, path: str, engine: str, options: dict[str, str] | None = None
-                  ) -> None:
+def ensure_engine(
+    client: Any, path: str, engine: str, options: dict[str, str] | None = None
+) -> None:
     """Mount a secrets engine at `path` unless something is mounted there already."""
     mounted = client.sys.list_mounted_secrets_engines()
     mounts = mounted.get("data", mounted)
@@ -91,8 +92,9 @@ def failing_vault(status: int, errors: list[str]) -> Iterator[FailingVault]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     peer = FailingVault(url=f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     try:
         yield peer
@@ -122,7 +124,6 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-
 @contextmanager
 def live_transit_kms() -> Iterator[Any]:
     """A `VaultTransitKms` on a fresh derived transit key of the live test Vault (or a
@@ -150,8 +151,9 @@ def live_kv_store() -> Iterator[Any]:
 
     client = live_vault_client()
     ensure_engine(client, "secret", "kv", options={"version": "2"})
-    store = VaultKvSecretStore(client, mount_point="secret",
-                               path_prefix=f"fabric-tests/{unique_name('run')}")
+    store = VaultKvSecretStore(
+        client, mount_point="secret", path_prefix=f"fabric-tests/{unique_name('run')}"
+    )
     try:
         yield store
     finally:

@@ -21,17 +21,36 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_matches_the_proto_files() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("value", [
-    None, True, False, 0, -(1 << 63), (1 << 63) - 1, 1.5, float("inf"), "", "ünï 🚀",
-    b"\x00\xff", Decimal("12345678901234567890.123456789"), dt.date(2024, 2, 29),
-    dt.time(23, 59, 59, 999999), dt.datetime(2024, 1, 1, 12, 30),
-    dt.datetime(2024, 1, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -(1 << 63),
+        (1 << 63) - 1,
+        1.5,
+        float("inf"),
+        "",
+        "ünï 🚀",
+        b"\x00\xff",
+        Decimal("12345678901234567890.123456789"),
+        dt.date(2024, 2, 29),
+        dt.time(23, 59, 59, 999999),
+        dt.datetime(2024, 1, 1, 12, 30),
+        dt.datetime(2024, 1, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
+    ],
+)
 def test_parameter_values_round_trip_exactly(value: object) -> None:
     back = from_proto("p", to_proto("p", value))
     assert back == value and type(back) is type(value)
@@ -64,13 +83,17 @@ def test_every_error_class_has_a_status_and_survives_the_wire() -> None:
         assert type(rebuilt) is cls and rebuilt.sqlstate == "22012"
     assert status_for(errors.QueryRejected("x")) == grpc.StatusCode.INVALID_ARGUMENT
     assert status_for(errors.SourceUnavailable("x")) == grpc.StatusCode.UNAVAILABLE
-    assert type(error_from_rpc(grpc.StatusCode.DEADLINE_EXCEEDED, "", None, None)) is \
-        errors.DeadlineExceeded
+    assert (
+        type(error_from_rpc(grpc.StatusCode.DEADLINE_EXCEEDED, "", None, None))
+        is errors.DeadlineExceeded
+    )
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
-    settings = Settings.from_env({"FABRIC_HOME": str(tmp_path), "FABRIC_MAX_ROWS": "50",
-                                  "FABRIC_CACHE_MAX_TTL": "2.5"}, metrics_port=0)
+    settings = Settings.from_env(
+        {"FABRIC_HOME": str(tmp_path), "FABRIC_MAX_ROWS": "50", "FABRIC_CACHE_MAX_TTL": "2.5"},
+        metrics_port=0,
+    )
     assert settings.home == tmp_path and settings.max_rows == 50
     assert settings.cache_max_ttl == 2.5 and settings.metrics_port == 0
     assert settings.metadata_path == tmp_path / "metadata.sqlite"
@@ -88,8 +111,9 @@ def test_cli_parameters_are_typed() -> None:
     assert parse_param("code:str=007") == ("code", "007")
     assert parse_param("d:date=2024-02-29") == ("d", dt.date(2024, 2, 29))
     assert parse_param("m:decimal=1.10") == ("m", Decimal("1.10"))
-    assert parse_param("t:timestamp=2024-01-01T00:00:00+02:00")[1].utcoffset() == \
-        dt.timedelta(hours=2)
+    assert parse_param("t:timestamp=2024-01-01T00:00:00+02:00")[1].utcoffset() == dt.timedelta(
+        hours=2
+    )
     assert parse_param("b:bool=TRUE") == ("b", True)
     for bad in ("n", "1x=2", "d:date=yesterday", "q:weird=1", "b:bool=maybe"):
         with pytest.raises(errors.InvalidArgument):

@@ -231,8 +231,9 @@ def _keyed_catalog() -> Any:
     catalog = sales_catalog()
     entities = dict(catalog.entities)
     entities["orders"] = dataclasses.replace(entities["orders"], primary_key=("id",))
-    entities["order_items"] = dataclasses.replace(entities["order_items"],
-                                                  primary_key=("order_id", "product_id"))
+    entities["order_items"] = dataclasses.replace(
+        entities["order_items"], primary_key=("order_id", "product_id")
+    )
     return dataclasses.replace(catalog, entities=entities)
 
 
@@ -254,14 +255,14 @@ def _keyed_catalog() -> Any:
         ("SELECT * FROM orders WHERE id = :k + 1", 101),
         ("SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = :k", 101),
         ("SELECT * FROM (SELECT * FROM orders) o WHERE o.id = :k", 101),
-        ("SELECT id FROM orders WHERE id = :k UNION ALL SELECT id FROM orders WHERE id = :k",
-         101),
+        ("SELECT id FROM orders WHERE id = :k UNION ALL SELECT id FROM orders WHERE id = :k", 101),
         ("SELECT * FROM customers WHERE id = :k", 101),  # no primary key in the catalog
         ("SELECT id FROM orders LIMIT 5", 5),
     ],
 )
 def test_row_bound_proves_key_lookups(sql: str, row_bound: int) -> None:
-    compiled = StatementCompiler().compile(sql, _keyed_catalog(), dialect="postgres",
-                                           param_style=ParamStyle.FORMAT, max_rows=100)
+    compiled = StatementCompiler().compile(
+        sql, _keyed_catalog(), dialect="postgres", param_style=ParamStyle.FORMAT, max_rows=100
+    )
     assert compiled.row_bound == row_bound
     assert compiled.row_limit == (5 if "LIMIT 5" in sql else 101)  # the LIMIT is unchanged

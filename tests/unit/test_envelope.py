@@ -77,12 +77,15 @@ def test_cutting_or_extending_fails(kms: Kms) -> None:
         open_sealed(kms, blob + b"\x00", CTX)
 
 
-@pytest.mark.parametrize("wrong", [
-    EnvelopeContext("globex", "secret", "orders-db/password"),
-    EnvelopeContext("acme", "cache", "orders-db/password"),
-    EnvelopeContext("acme", "secret", "orders-db/user"),
-    EnvelopeContext("Acme", "secret", "orders-db/password"),
-])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        EnvelopeContext("globex", "secret", "orders-db/password"),
+        EnvelopeContext("acme", "cache", "orders-db/password"),
+        EnvelopeContext("acme", "secret", "orders-db/user"),
+        EnvelopeContext("Acme", "secret", "orders-db/password"),
+    ],
+)
 def test_a_wrong_context_fails(kms: Kms, wrong: EnvelopeContext) -> None:
     blob = seal(kms, PLANTED, CTX)
     with pytest.raises(IntegrityError) as caught:
@@ -90,8 +93,7 @@ def test_a_wrong_context_fails(kms: Kms, wrong: EnvelopeContext) -> None:
     assert PLANTED.decode() not in str(caught.value)
 
 
-def test_rotation_keeps_old_blobs_readable_and_seals_new_ones_on_the_new_version(
-        kms: Kms) -> None:
+def test_rotation_keeps_old_blobs_readable_and_seals_new_ones_on_the_new_version(kms: Kms) -> None:
     first = kms.current_version
     old = seal(kms, b"sealed before the rotation", CTX)
     second = kms.rotate()
@@ -121,7 +123,7 @@ def test_every_message_gets_a_fresh_key_and_nonce(kms: Kms) -> None:
     wrapped_len = struct.unpack_from(">H", blobs[0], 9)[0]
     nonce_at = 11 + wrapped_len
     assert len({b[11:nonce_at] for b in blobs}) == 3
-    assert len({b[nonce_at:nonce_at + NONCE_BYTES] for b in blobs}) == 3
+    assert len({b[nonce_at : nonce_at + NONCE_BYTES] for b in blobs}) == 3
 
 
 def test_another_key_ring_cannot_open(tmp_path: Path) -> None:
@@ -140,9 +142,15 @@ def test_integrity_errors_are_invalid_argument_on_the_wire(tmp_path: Path) -> No
     assert status_for(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize(("tenant", "purpose", "subject"), [
-    ("", "secret", "s"), ("t", "", "s"), ("t", "secret", ""), ("t" * 1025, "p", "s"),
-])
+@pytest.mark.parametrize(
+    ("tenant", "purpose", "subject"),
+    [
+        ("", "secret", "s"),
+        ("t", "", "s"),
+        ("t", "secret", ""),
+        ("t" * 1025, "p", "s"),
+    ],
+)
 def test_a_context_needs_three_short_names(tenant: str, purpose: str, subject: str) -> None:
     with pytest.raises(InvalidArgument):
         EnvelopeContext(tenant, purpose, subject)

@@ -99,12 +99,23 @@ def test_headers_are_checked_not_rewritten_and_counted() -> None:
 
 def test_platform_event_round_trips_as_json_without_extra_fields() -> None:
     event = PlatformEvent(
-        EventKind.METADATA_REFRESHED, "acme", "warehouse", stage="production",
+        EventKind.METADATA_REFRESHED,
+        "acme",
+        "warehouse",
+        stage="production",
         catalog_version=12,
     )
     body = json.loads(event.to_json())
-    assert set(body) == {"v", "id", "kind", "tenant", "connection", "stage",
-                         "catalog_version", "at"}
+    assert set(body) == {
+        "v",
+        "id",
+        "kind",
+        "tenant",
+        "connection",
+        "stage",
+        "catalog_version",
+        "at",
+    }
     assert PlatformEvent.from_json(event.to_json()) == event
     assert event.subject == "fabric.events.acme.metadata.refreshed"
     assert uuid.UUID(event.id)
@@ -114,13 +125,42 @@ def test_platform_event_round_trips_as_json_without_extra_fields() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"not json", b"[]", b'{"v": 2}', b'{"v": 1, "kind": "connection.updated"}',
-     json.dumps({"v": 1, "id": "nope", "kind": "connection.updated", "tenant": "acme",
-                 "connection": "pg", "at": "2026-01-01T00:00:00+00:00"}).encode(),
-     json.dumps({"v": 1, "id": str(uuid.uuid4()), "kind": "table.dropped", "tenant": "acme",
-                 "connection": "pg", "at": "2026-01-01T00:00:00+00:00"}).encode(),
-     json.dumps({"v": 1, "id": str(uuid.uuid4()), "kind": "keys.rotated", "tenant": "a.b",
-                 "connection": "pg", "at": "2026-01-01T00:00:00+00:00"}).encode()],
+    [
+        b"not json",
+        b"[]",
+        b'{"v": 2}',
+        b'{"v": 1, "kind": "connection.updated"}',
+        json.dumps(
+            {
+                "v": 1,
+                "id": "nope",
+                "kind": "connection.updated",
+                "tenant": "acme",
+                "connection": "pg",
+                "at": "2026-01-01T00:00:00+00:00",
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "v": 1,
+                "id": str(uuid.uuid4()),
+                "kind": "table.dropped",
+                "tenant": "acme",
+                "connection": "pg",
+                "at": "2026-01-01T00:00:00+00:00",
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "v": 1,
+                "id": str(uuid.uuid4()),
+                "kind": "keys.rotated",
+                "tenant": "a.b",
+                "connection": "pg",
+                "at": "2026-01-01T00:00:00+00:00",
+            }
+        ).encode(),
+    ],
 )
 def test_malformed_events_are_refused_without_echoing_them(data: bytes) -> None:
     with pytest.raises(InvalidArgument) as raised:
@@ -207,7 +247,8 @@ def test_backends_satisfy_the_protocols() -> None:
 def test_public_names_match_all() -> None:
     exported = set(messaging.__all__)
     defined = {
-        name for name, value in vars(messaging).items()
+        name
+        for name, value in vars(messaging).items()
         if not name.startswith("_") and not inspect.ismodule(value)
     } - {"annotations", "TYPE_CHECKING", "Any"}
     assert defined | {"NatsBus", "JetStreamEventLog"} == exported  # those two load lazily
@@ -223,6 +264,7 @@ def test_queue_group_is_round_robin_in_process() -> None:
         seen: Counter[int] = Counter()
         done = asyncio.Event()
         for member in range(3):
+
             async def handler(msg: Message, member: int = member) -> None:
                 seen[member] += 1
                 if sum(seen.values()) == 9:

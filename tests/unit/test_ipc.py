@@ -285,8 +285,9 @@ def test_shared_chunkers_are_kept_per_schema_object_and_limit() -> None:
 
 
 def test_small_batches_skip_the_sizing_pass_with_the_same_bytes() -> None:
-    batch = pa.RecordBatch.from_pydict({"a": pa.array([1, None, 3], pa.int64()),
-                                        "s": pa.array(["x", "yy", None])})
+    batch = pa.RecordBatch.from_pydict(
+        {"a": pa.array([1, None, 3], pa.int64()), "s": pa.array(["x", "yy", None])}
+    )
     chunker = IpcChunker(batch.schema, max_message_bytes=1 << 20)
     assert list(chunker.batch_messages(batch)) == [batch.serialize().to_pybytes()]
     # near the limit the exact size decides, and the batch is cut

@@ -99,10 +99,11 @@ def test_no_key_material_in_repr(kms: Kms) -> None:
     assert repr(key.wrapped) not in shown
 
 
-@pytest.mark.parametrize("context", [{}, {"tenant": ""}, {"purpose": "secret"},
-                                     {"tenant": "acme", "n": 1}, {"tenant": "x" * 2000}])
-def test_a_context_needs_a_tenant_and_only_short_strings(kms: Kms, context: dict[str, Any]
-                                                         ) -> None:
+@pytest.mark.parametrize(
+    "context",
+    [{}, {"tenant": ""}, {"purpose": "secret"}, {"tenant": "acme", "n": 1}, {"tenant": "x" * 2000}],
+)
+def test_a_context_needs_a_tenant_and_only_short_strings(kms: Kms, context: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
         kms.generate_data_key(context)
 
@@ -125,8 +126,7 @@ def test_key_ring_file_is_private_json_without_data_keys(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o700])
-def test_a_ring_open_to_group_or_others_is_refused_with_the_fix(tmp_path: Path, mode: int
-                                                                ) -> None:
+def test_a_ring_open_to_group_or_others_is_refused_with_the_fix(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "keyring.json"
     LocalKeyRing.create(path)
     os.chmod(path, mode)
@@ -158,12 +158,18 @@ def test_open_creates_once_then_loads(tmp_path: Path) -> None:
     assert second.unwrap(key.wrapped, ACME) == key.plaintext
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"not json", b"[]", b'{"format": 2}',
-    b'{"format": 1, "key_id": "k", "current": 1, "keys": []}',
-    b'{"format": 1, "key_id": "k", "current": 1, "keys": [{"version": 1, "material": "AAAA"}]}',
-    b'{"format": 1, "key_id": "k", "current": 1, "keys": [{"version": 1, "material": "!!"}]}',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"format": 2}',
+        b'{"format": 1, "key_id": "k", "current": 1, "keys": []}',
+        b'{"format": 1, "key_id": "k", "current": 1, "keys": [{"version": 1, "material": "AAAA"}]}',
+        b'{"format": 1, "key_id": "k", "current": 1, "keys": [{"version": 1, "material": "!!"}]}',
+    ],
+)
 def test_a_malformed_ring_is_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "keyring.json"
     path.write_bytes(content)
@@ -226,8 +232,11 @@ def test_local_wrapping_binds_purpose_subject_and_ring(tmp_path: Path) -> None:
     ring = LocalKeyRing.create(tmp_path / "a.json")
     other = LocalKeyRing.create(tmp_path / "b.json")
     key = ring.generate_data_key(ACME)
-    for changed in ({**ACME, "purpose": "cache"}, {**ACME, "subject": "other"},
-                    {**ACME, "extra": "x"}):
+    for changed in (
+        {**ACME, "purpose": "cache"},
+        {**ACME, "subject": "other"},
+        {**ACME, "extra": "x"},
+    ):
         with pytest.raises(IntegrityError):
             ring.unwrap(key.wrapped, changed)
     with pytest.raises(IntegrityError):
@@ -256,7 +265,11 @@ def test_public_names_match_all() -> None:
 
     import fabric.security as package
 
-    public = {name for name, value in vars(package).items()
-              if not name.startswith("_") and not isinstance(value, types.ModuleType)
-              and name != "annotations"}
+    public = {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"
+    }
     assert public == set(package.__all__)

@@ -11,35 +11,53 @@ from fabric.platform.refresh import DriftKind, plan_refresh
 
 
 def col(name: str, source: str = "integer", arrow: pa.DataType | None = None) -> ColumnInfo:
-    return ColumnInfo(name, source, arrow if arrow is not None or source == "geometry"
-                      else pa.int32())
+    return ColumnInfo(
+        name, source, arrow if arrow is not None or source == "geometry" else pa.int32()
+    )
 
 
 def test_drift_kinds_and_the_reconciled_entity() -> None:
     fk = ForeignKey("fk", ("a", "b"), "s", "p", ("x", "y"))
-    entity = Entity("e", "s", "t", (col("id"), col("a"), col("b"), col("gone"), col("geo")),
-                    ("id",), (fk,))
-    table = TableInfo("s", "t", (col("id"), col("a"), col("b", "text", pa.string()),
-                                 col("geo", "geometry"), col("fresh")), ("id",), (fk,))
+    entity = Entity(
+        "e", "s", "t", (col("id"), col("a"), col("b"), col("gone"), col("geo")), ("id",), (fk,)
+    )
+    table = TableInfo(
+        "s",
+        "t",
+        (col("id"), col("a"), col("b", "text", pa.string()), col("geo", "geometry"), col("fresh")),
+        ("id",),
+        (fk,),
+    )
     [kept], drift = plan_refresh([entity], "development", {("s", "t"): table})
     kinds = {(d.kind, d.column) for d in drift}
-    assert kinds == {(DriftKind.COLUMN_DROPPED, "gone"), (DriftKind.TYPE_CHANGED, "b"),
-                     (DriftKind.TYPE_CHANGED, "geo"), (DriftKind.NEW_COLUMN, "fresh")}
+    assert kinds == {
+        (DriftKind.COLUMN_DROPPED, "gone"),
+        (DriftKind.TYPE_CHANGED, "b"),
+        (DriftKind.TYPE_CHANGED, "geo"),
+        (DriftKind.NEW_COLUMN, "fresh"),
+    }
     assert [c.name for c in kept.columns] == ["id", "a", "b"]
     assert kept.column("b") == col("b", "text", pa.string())
     assert kept.foreign_keys == (fk,) and kept.primary_key == ("id",)
 
 
 def test_the_stage_table_is_checked_and_a_gone_table_leaves() -> None:
-    entity = Entity("e", "dev", "t", (col("id"),), ("id",),
-                    stage_tables=MappingProxyType({"production": ("prod", "t2")}))
-    kept, drift = plan_refresh([entity], "production",
-                               {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))})
+    entity = Entity(
+        "e",
+        "dev",
+        "t",
+        (col("id"),),
+        ("id",),
+        stage_tables=MappingProxyType({"production": ("prod", "t2")}),
+    )
+    kept, drift = plan_refresh(
+        [entity], "production", {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))}
+    )
     assert kept == []
-    assert [(d.kind, d.schema, d.table) for d in drift] == [
-        (DriftKind.TABLE_GONE, "prod", "t2")]
-    kept, drift = plan_refresh([entity], "development",
-                               {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))})
+    assert [(d.kind, d.schema, d.table) for d in drift] == [(DriftKind.TABLE_GONE, "prod", "t2")]
+    kept, drift = plan_refresh(
+        [entity], "development", {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))}
+    )
     assert kept == [entity] and drift == []
 
 

@@ -48,8 +48,7 @@ from tests.support.nats import run_bounded
 
 SECRET = b"row value Jorunn-Aasgaard 0475-112233"
 SUBJECT = "fabric.acme.production.reply.abc123"
-CTX = {"tenant": "acme", "stage": "production", "subject": SUBJECT,
-       "purpose": Purpose.QUERY_REPLY}
+CTX = {"tenant": "acme", "stage": "production", "subject": SUBJECT, "purpose": Purpose.QUERY_REPLY}
 
 
 class CountingKms:
@@ -97,13 +96,16 @@ def test_round_trip_and_counters(kms: LocalKeyRing) -> None:
     assert sealer.snapshot()["bus_sealed"] == 1.0
 
 
-@pytest.mark.parametrize("change", [
-    {"tenant": "globex", "subject": "fabric.globex.production.reply.abc123"},
-    {"stage": "test", "subject": "fabric.acme.test.reply.abc123"},
-    {"subject": "fabric.acme.production.reply.other"},
-    {"purpose": Purpose.QUERY_REQUEST},
-    {"purpose": Purpose.QUERY_CONTROL},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tenant": "globex", "subject": "fabric.globex.production.reply.abc123"},
+        {"stage": "test", "subject": "fabric.acme.test.reply.abc123"},
+        {"subject": "fabric.acme.production.reply.other"},
+        {"purpose": Purpose.QUERY_REQUEST},
+        {"purpose": Purpose.QUERY_CONTROL},
+    ],
+)
 def test_another_tenant_stage_subject_or_purpose_does_not_open(
     kms: LocalKeyRing, change: dict[str, Any]
 ) -> None:
@@ -142,8 +144,12 @@ def test_oversized_is_refused_unopened_and_counted(tmp_path: Path) -> None:
 
 def test_a_subject_outside_the_tenant_or_stage_is_refused(kms: LocalKeyRing) -> None:
     sealer = BusSealer(kms)
-    for subject in ("fabric.globex.production.reply.x", "fabric.acme.test.reply.x",
-                    "other.acme.production.reply", "fabric.acme.production"):
+    for subject in (
+        "fabric.globex.production.reply.x",
+        "fabric.acme.test.reply.x",
+        "other.acme.production.reply",
+        "fabric.acme.production",
+    ):
         with pytest.raises(InvalidArgument):
             sealer.seal(SECRET, **{**CTX, "subject": subject})
 
@@ -172,8 +178,12 @@ def test_rejections_are_logged_without_content(
 def test_frames_round_trip_and_refuse_garbage() -> None:
     frame = Frame(FrameKind.CHUNK, b"r" * 16, 7, b"body")
     assert Frame.decode(frame.encode()) == frame
-    for garbage in (b"", b"FQ", b"XX" + frame.encode()[2:], frame.encode()[:3] + b"\x63"
-                    + frame.encode()[4:]):
+    for garbage in (
+        b"",
+        b"FQ",
+        b"XX" + frame.encode()[2:],
+        frame.encode()[:3] + b"\x63" + frame.encode()[4:],
+    ):
         with pytest.raises(InvalidArgument):
             Frame.decode(garbage)
 
@@ -185,7 +195,7 @@ def test_records_are_reassembled_across_any_cut() -> None:
         records = _Records()
         out: list[bytes] = []
         for start in range(0, len(stream), size):
-            out += records.feed(stream[start:start + size])
+            out += records.feed(stream[start : start + size])
         assert out == messages and records.pending == 0
 
 
@@ -204,16 +214,21 @@ def _ipc(rows: int) -> list[bytes]:
 class StubEngine:
     """Stands in for QueryEngine.execute: a fixed result, an error, or a hold."""
 
-    def __init__(self, messages: list[bytes] | None = None, error: Exception | None = None,
-                 hold: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        messages: list[bytes] | None = None,
+        error: Exception | None = None,
+        hold: asyncio.Event | None = None,
+    ) -> None:
         self.messages = messages or _ipc(10)
         self.error = error
         self.hold = hold
         self.calls: list[tuple[RequestContext, QueryRequest, float | None]] = []
         self.closed = 0
 
-    async def execute(self, ctx: RequestContext, request: QueryRequest,
-                      deadline: float | None = None) -> AsyncIterator[bytes | Summary]:
+    async def execute(
+        self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
+    ) -> AsyncIterator[bytes | Summary]:
         self.calls.append((ctx, request, deadline))
         try:
             if self.error is not None:
@@ -251,14 +266,20 @@ def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> 
         forwarder = BusQueryForwarder(bus, kms, timeout=2.0, window=2)
         params = {"name": "Jorunn", "n": 5, "none": None}
         deadline = time.monotonic() + 10
-        messages, summary = await _collect(forwarder.execute(
-            CALLER, QueryRequest("crm", "SELECT 1", params, cache_ttl=2.5, max_rows=9),
-            deadline))
+        messages, summary = await _collect(
+            forwarder.execute(
+                CALLER, QueryRequest("crm", "SELECT 1", params, cache_ttl=2.5, max_rows=9), deadline
+            )
+        )
         assert messages == engine.messages
         assert summary.rows == 10
         ctx, request, remote_deadline = engine.calls[0]
-        assert (ctx.tenant, ctx.stage, ctx.role, ctx.principal) == ("acme", "production",
-                                                                     CALLER.role, "local")
+        assert (ctx.tenant, ctx.stage, ctx.role, ctx.principal) == (
+            "acme",
+            "production",
+            CALLER.role,
+            "local",
+        )
         assert request.params == params and request.cache_ttl == 2.5 and request.max_rows == 9
         assert remote_deadline is not None and remote_deadline <= deadline + 0.5
         assert replica.stats.chunks_sent > 10  # 4 KiB payloads
@@ -273,10 +294,15 @@ def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> 
 def test_errors_keep_class_message_and_sqlstate(kms: LocalKeyRing) -> None:
     async def body() -> None:
         bus = InProcessBus()
-        error = SourceQueryError("the source refused the query (DuckDB ConversionException)",
-                                 sqlstate="22018")
-        replica = RuntimeReplica(bus, StubEngine(error=error), kms,  # type: ignore[arg-type]
-                                 stage="production")
+        error = SourceQueryError(
+            "the source refused the query (DuckDB ConversionException)", sqlstate="22018"
+        )
+        replica = RuntimeReplica(
+            bus,
+            StubEngine(error=error),
+            kms,  # type: ignore[arg-type]
+            stage="production",
+        )
         await replica.start()
         forwarder = BusQueryForwarder(bus, kms, timeout=2.0)
         with pytest.raises(SourceQueryError) as raised:
@@ -329,8 +355,9 @@ def test_cancel_reaches_the_replica_and_closes_the_query(kms: LocalKeyRing) -> N
 class FakeReplica:
     """Answers a request with ACCEPT, then sends the frames a test scripts."""
 
-    def __init__(self, bus: InProcessBus, kms: LocalKeyRing,
-                 script: list[tuple[FrameKind, int, bytes]]) -> None:
+    def __init__(
+        self, bus: InProcessBus, kms: LocalKeyRing, script: list[tuple[FrameKind, int, bytes]]
+    ) -> None:
         self.bus = bus
         self.sealer = BusSealer(kms)
         self.script = script
@@ -340,12 +367,22 @@ class FakeReplica:
 
     def sealed(self, request: _Request, kind: FrameKind, seq: int, body: bytes) -> bytes:
         frame = Frame(kind, request.request_id, seq, body).encode()
-        return self.sealer.seal(frame, tenant="acme", stage="production",
-                                subject=request.reply, purpose=Purpose.QUERY_REPLY)
+        return self.sealer.seal(
+            frame,
+            tenant="acme",
+            stage="production",
+            subject=request.reply,
+            purpose=Purpose.QUERY_REPLY,
+        )
 
     async def on_request(self, msg: Message) -> None:
-        data = self.sealer.open(msg.payload, tenant="acme", stage="production",
-                                subject=msg.subject, purpose=Purpose.QUERY_REQUEST)
+        data = self.sealer.open(
+            msg.payload,
+            tenant="acme",
+            stage="production",
+            subject=msg.subject,
+            purpose=Purpose.QUERY_REQUEST,
+        )
         request = _Request.decode(Frame.decode(data), "acme", "production")
         # A forged message on the inbox first: ignored, counted.
         await self.bus.publish(request.reply, b"FBSL" + b"\x00" * 200)
@@ -363,23 +400,48 @@ def _record(message: bytes) -> bytes:
 END = b'{"rows":1,"truncated":false,"from_cache":false,"elapsed_us":1}'
 
 
-@pytest.mark.parametrize(("script", "error", "match"), [
-    ([(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 2, _record(b"m2"))],
-     SourceUnavailable, "a gap at chunk 1"),
-    ([(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 0, _record(b"m0"))],
-     SourceUnavailable, "a duplicate at chunk 1"),
-    ([(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.END, 2, END)],
-     SourceUnavailable, "ended after 1 of 2 chunks"),
-    ([(FrameKind.CHUNK, 0, _record(b"m0")[:3]), (FrameKind.END, 1, END)],
-     SourceUnavailable, "inside a message"),
-    ([(FrameKind.CHUNK, n, _record(b"m")) for n in range(5)],
-     InternalError, "flow-control window"),
-    ([(FrameKind.CHUNK, 0, _record(b"m0")),
-      (FrameKind.ERROR, 1, b'{"code":"deadline_exceeded","message":"too slow"}')],
-     DeadlineExceeded, "too slow"),
-])
+@pytest.mark.parametrize(
+    ("script", "error", "match"),
+    [
+        (
+            [(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 2, _record(b"m2"))],
+            SourceUnavailable,
+            "a gap at chunk 1",
+        ),
+        (
+            [(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 0, _record(b"m0"))],
+            SourceUnavailable,
+            "a duplicate at chunk 1",
+        ),
+        (
+            [(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.END, 2, END)],
+            SourceUnavailable,
+            "ended after 1 of 2 chunks",
+        ),
+        (
+            [(FrameKind.CHUNK, 0, _record(b"m0")[:3]), (FrameKind.END, 1, END)],
+            SourceUnavailable,
+            "inside a message",
+        ),
+        (
+            [(FrameKind.CHUNK, n, _record(b"m")) for n in range(5)],
+            InternalError,
+            "flow-control window",
+        ),
+        (
+            [
+                (FrameKind.CHUNK, 0, _record(b"m0")),
+                (FrameKind.ERROR, 1, b'{"code":"deadline_exceeded","message":"too slow"}'),
+            ],
+            DeadlineExceeded,
+            "too slow",
+        ),
+    ],
+)
 def test_the_forwarder_never_returns_a_broken_stream(
-    kms: LocalKeyRing, script: list[tuple[FrameKind, int, bytes]], error: type[Exception],
+    kms: LocalKeyRing,
+    script: list[tuple[FrameKind, int, bytes]],
+    error: type[Exception],
     match: str,
 ) -> None:
     async def body() -> None:

@@ -40,10 +40,10 @@ def _same_backend(store: SecretStore) -> SecretStore:
     from fabric.security.vault import VaultKvSecretStore, vault_client
 
     original: VaultKvSecretStore = store  # type: ignore[assignment]
-    client = vault_client(os.environ["FABRIC_TEST_VAULT_ADDR"],
-                          os.environ.get("FABRIC_TEST_VAULT_TOKEN", "root"))
-    return VaultKvSecretStore(client, mount_point=original._mount,
-                              path_prefix=original._prefix)
+    client = vault_client(
+        os.environ["FABRIC_TEST_VAULT_ADDR"], os.environ.get("FABRIC_TEST_VAULT_TOKEN", "root")
+    )
+    return VaultKvSecretStore(client, mount_point=original._mount, path_prefix=original._prefix)
 
 
 # -- the contract, on every backend -----------------------------------------------------------
@@ -61,8 +61,16 @@ def test_put_replaces(store: SecretStore) -> None:
     assert store.refs() == ["acme/db"]
 
 
-@pytest.mark.parametrize("secret", ["", " ", "a" * MAX_SECRET_BYTES, "line1\nline2\x00",
-                                    "-----BEGIN KEY-----\nMIIB\n-----END KEY-----\n"])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "",
+        " ",
+        "a" * MAX_SECRET_BYTES,
+        "line1\nline2\x00",
+        "-----BEGIN KEY-----\nMIIB\n-----END KEY-----\n",
+    ],
+)
 def test_any_text_is_kept_exactly(store: SecretStore, secret: str) -> None:
     store.put("acme/value", secret)
     assert store.get("acme/value") == secret
@@ -97,8 +105,26 @@ def test_refs_lists_names_only_sorted(store: SecretStore) -> None:
     assert CANARY not in repr(refs)
 
 
-@pytest.mark.parametrize("ref", ["", "/a", "a/", "a//b", "../x", "a/../b", "a/./b", ".hidden",
-                                 "a b", "a\nb", "a\\b", "ä", "a" * 201, "a?b", "a%2fb"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "",
+        "/a",
+        "a/",
+        "a//b",
+        "../x",
+        "a/../b",
+        "a/./b",
+        ".hidden",
+        "a b",
+        "a\nb",
+        "a\\b",
+        "ä",
+        "a" * 201,
+        "a?b",
+        "a%2fb",
+    ],
+)
 def test_invalid_refs_are_rejected(store: SecretStore, ref: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         store.put(ref, CANARY)
@@ -173,20 +199,31 @@ def sealed(tmp_path: Path, ring: LocalKeyRing) -> SealedFileSecretStore:
 
 def _forms(secret: str) -> list[bytes]:
     raw = secret.encode("utf-8")
-    return [raw, raw[:12], secret.encode("utf-16-le")[:24], base64.b64encode(raw)[:16],
-            raw.hex().encode()[:24], json.dumps(secret).encode()[1:13]]
+    return [
+        raw,
+        raw[:12],
+        secret.encode("utf-16-le")[:24],
+        base64.b64encode(raw)[:16],
+        raw.hex().encode()[:24],
+        json.dumps(secret).encode()[1:13],
+    ]
 
 
-def test_no_file_ever_holds_the_secret_in_the_clear(tmp_path: Path,
-                                                   sealed: SealedFileSecretStore) -> None:
+def test_no_file_ever_holds_the_secret_in_the_clear(
+    tmp_path: Path, sealed: SealedFileSecretStore
+) -> None:
     sealed.put("acme/db", CANARY)
     sealed.put("acme/db", CANARY + "2")
     sealed.put("acme/other", CANARY)
     sealed.delete("acme/other")
     assert sealed.get("acme/db") == CANARY + "2"
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {p.name for p in written} == {"keyring.json", "keyring.json.lock",
-                                         "secrets.sealed", "secrets.sealed.lock"}
+    assert {p.name for p in written} == {
+        "keyring.json",
+        "keyring.json.lock",
+        "secrets.sealed",
+        "secrets.sealed.lock",
+    }
     for path in written:
         content = path.read_bytes()
         for form in _forms(CANARY):
@@ -204,14 +241,12 @@ def test_file_is_private(sealed: SealedFileSecretStore) -> None:
 def test_a_file_open_to_others_is_refused(sealed: SealedFileSecretStore) -> None:
     sealed.put("acme/db", CANARY)
     os.chmod(sealed.path, 0o644)
-    for call in (lambda: sealed.get("acme/db"), sealed.refs,
-                 lambda: sealed.put("acme/x", "y")):
+    for call in (lambda: sealed.get("acme/db"), sealed.refs, lambda: sealed.put("acme/x", "y")):
         with pytest.raises(FailedPrecondition, match="chmod 600"):
             call()
 
 
-def test_a_sealed_value_moved_to_another_ref_does_not_open(
-        sealed: SealedFileSecretStore) -> None:
+def test_a_sealed_value_moved_to_another_ref_does_not_open(sealed: SealedFileSecretStore) -> None:
     sealed.put("acme/db", CANARY)
     sealed.put("acme/api", "public-ish")
     document = json.loads(sealed.path.read_bytes())
@@ -234,8 +269,10 @@ def test_an_altered_value_does_not_open(sealed: SealedFileSecretStore) -> None:
         sealed.get("acme/db")
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"format": 9, "secrets": {}}',
-                                     b'{"format": 1, "secrets": {"a": 1}}'])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"[]", b'{"format": 9, "secrets": {}}', b'{"format": 1, "secrets": {"a": 1}}'],
+)
 def test_a_malformed_file_is_refused(sealed: SealedFileSecretStore, content: bytes) -> None:
     sealed.path.write_bytes(content)
     os.chmod(sealed.path, 0o600)
@@ -243,20 +280,21 @@ def test_a_malformed_file_is_refused(sealed: SealedFileSecretStore, content: byt
         sealed.refs()
 
 
-def test_another_tenant_or_key_ring_cannot_open(tmp_path: Path, ring: LocalKeyRing,
-                                                sealed: SealedFileSecretStore) -> None:
+def test_another_tenant_or_key_ring_cannot_open(
+    tmp_path: Path, ring: LocalKeyRing, sealed: SealedFileSecretStore
+) -> None:
     sealed.put("acme/db", CANARY)
     as_globex = SealedFileSecretStore(sealed.path, ring, tenant="globex")
     with pytest.raises(IntegrityError):
         as_globex.get("acme/db")
-    stranger = SealedFileSecretStore(sealed.path,
-                                     LocalKeyRing.create(tmp_path / "other-ring.json"))
+    stranger = SealedFileSecretStore(sealed.path, LocalKeyRing.create(tmp_path / "other-ring.json"))
     with pytest.raises(IntegrityError):
         stranger.get("acme/db")
 
 
 def test_rotation_keeps_old_secrets_and_seals_new_ones_on_the_new_version(
-        ring: LocalKeyRing, sealed: SealedFileSecretStore) -> None:
+    ring: LocalKeyRing, sealed: SealedFileSecretStore
+) -> None:
     sealed.put("acme/old", "before")
     assert ring.rotate() == 2
     sealed.put("acme/new", "after")
@@ -269,15 +307,15 @@ def test_rotation_keeps_old_secrets_and_seals_new_ones_on_the_new_version(
     assert (sealed.get("acme/old"), sealed.get("acme/new")) == ("before", "after")
 
 
-def test_no_temporary_files_are_left_behind(tmp_path: Path,
-                                            sealed: SealedFileSecretStore) -> None:
+def test_no_temporary_files_are_left_behind(tmp_path: Path, sealed: SealedFileSecretStore) -> None:
     for i in range(20):
         sealed.put(f"acme/s{i}", CANARY)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_no_file_is_written_until_the_first_put(tmp_path: Path,
-                                                sealed: SealedFileSecretStore) -> None:
+def test_no_file_is_written_until_the_first_put(
+    tmp_path: Path, sealed: SealedFileSecretStore
+) -> None:
     assert sealed.refs() == []
     with pytest.raises(NotFound):
         sealed.get("acme/db")

@@ -148,8 +148,10 @@ def test_stages_with_their_own_tables_do_not_share_a_statement() -> None:
     from types import MappingProxyType
 
     base = sales_catalog()
-    orders = replace(base.entities["orders"],
-                     stage_tables=MappingProxyType({"production": ("sales_prod", "orders_p")}))
+    orders = replace(
+        base.entities["orders"],
+        stage_tables=MappingProxyType({"production": ("sales_prod", "orders_p")}),
+    )
     catalog = replace(base, entities=MappingProxyType({**base.entities, "orders": orders}))
     compiler = CountingCompiler()
     cache = StatementCache(compiler)

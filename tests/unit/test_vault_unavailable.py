@@ -45,8 +45,9 @@ def _operations() -> dict[str, Callable[[Any], object]]:
         "kms.rotate": lambda c: kms(c).rotate(),
         "kms.current_version": lambda c: kms(c).current_version,
         "kms.ensure_key": lambda c: kms(c).ensure_key(),
-        "envelope.seal": lambda c: seal(kms(c), CANARY_SECRET.encode(),
-                                        EnvelopeContext("acme", "secret", "acme/db")),
+        "envelope.seal": lambda c: seal(
+            kms(c), CANARY_SECRET.encode(), EnvelopeContext("acme", "secret", "acme/db")
+        ),
         "kv.put": lambda c: kv(c).put("acme/db", CANARY_SECRET),
         "kv.get": lambda c: kv(c).get("acme/db"),
         "kv.delete": lambda c: kv(c).delete("acme/db"),
@@ -117,18 +118,22 @@ def test_a_sealed_vault_receives_the_write_and_nothing_else_keeps_it(tmp_path: P
             assert CANARY_SECRET.encode() not in path.read_bytes()
 
 
-@pytest.mark.parametrize(("status", "errors", "says"), [
-    (503, [], "Vault is down or in standby (HTTP 503)"),
-    (500, ["internal error"], "HTTP 500"),
-    (502, ["bad gateway"], "HTTP 502"),
-    (501, ["Vault is not initialized"], "HTTP 501"),
-    (429, ["rate limited"], "HTTP 429"),
-    (403, ["permission denied"], "refused the gateway's token (HTTP 403)"),
-    (401, ["missing client token"], "refused the gateway's token (HTTP 401)"),
-])
+@pytest.mark.parametrize(
+    ("status", "errors", "says"),
+    [
+        (503, [], "Vault is down or in standby (HTTP 503)"),
+        (500, ["internal error"], "HTTP 500"),
+        (502, ["bad gateway"], "HTTP 502"),
+        (501, ["Vault is not initialized"], "HTTP 501"),
+        (429, ["rate limited"], "HTTP 429"),
+        (403, ["permission denied"], "refused the gateway's token (HTTP 403)"),
+        (401, ["missing client token"], "refused the gateway's token (HTTP 401)"),
+    ],
+)
 @pytest.mark.parametrize("name", ["kms.generate_data_key", "kms.unwrap", "kv.put", "kv.get"])
-def test_other_failures_are_unavailable(status: int, errors: list[str], says: str,
-                                        name: str) -> None:
+def test_other_failures_are_unavailable(
+    status: int, errors: list[str], says: str, name: str
+) -> None:
     with failing_vault(status, errors) as peer, pytest.raises(SourceUnavailable) as caught:
         OPERATIONS[name](vault_client(peer.url, CANARY_TOKEN))
     _assert_unavailable(caught.value, says=says)

@@ -15,11 +15,11 @@ SUMMARIES = [
 ]
 
 
-@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 2_097_151,
-                                  2_097_152, 4 << 20])
+@pytest.mark.parametrize(
+    "size", [0, 1, 127, 128, 300, 16_383, 16_384, 2_097_151, 2_097_152, 4 << 20]
+)
 @pytest.mark.parametrize("summary", SUMMARIES, ids=["none", "empty", "rows", "full"])
-def test_result_chunk_is_protobufs_encoding(size: int, summary: pb.ResultSummary | None
-                                            ) -> None:
+def test_result_chunk_is_protobufs_encoding(size: int, summary: pb.ResultSummary | None) -> None:
     data = bytes(i % 251 for i in range(size))
     expected = pb.ResultChunk(arrow_ipc=data, summary=summary).SerializeToString()
     encoded = result_chunk(data, summary)
@@ -38,11 +38,14 @@ def test_the_serializer_passes_encoded_chunks_and_serializes_messages() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 200, 70_000])
 @pytest.mark.parametrize("summary", SUMMARIES, ids=["none", "empty", "rows", "full"])
-@pytest.mark.parametrize(("statement_id", "rows", "done"),
-                         [("", 0, False), ("st-1", 5, False), ("", 70_000, True)])
-def test_page_is_protobufs_encoding(size: int, summary: pb.ResultSummary | None,
-                                    statement_id: str, rows: int, done: bool) -> None:
+@pytest.mark.parametrize(
+    ("statement_id", "rows", "done"), [("", 0, False), ("st-1", 5, False), ("", 70_000, True)]
+)
+def test_page_is_protobufs_encoding(
+    size: int, summary: pb.ResultSummary | None, statement_id: str, rows: int, done: bool
+) -> None:
     data = bytes(i % 251 for i in range(size))
-    expected = pb.Page(statement_id=statement_id, arrow_ipc=data, rows=rows, done=done,
-                       summary=summary).SerializeToString()
+    expected = pb.Page(
+        statement_id=statement_id, arrow_ipc=data, rows=rows, done=done, summary=summary
+    ).SerializeToString()
     assert page(statement_id, data, rows, done, summary) == expected
