@@ -127,7 +127,7 @@ def is_met(ratio: float, tgt: dict[str, Any]) -> bool:
 
 
 def _raw_request(sql: str, params: dict[str, Any] | None = None, cache_ttl: int = 0) -> bytes:
-    from fabric.api.values import params_to_proto
+    from fabric.proto_values import params_to_proto
     from fabric.v1 import query_pb2 as pb
 
     return pb.ExecuteRequest(

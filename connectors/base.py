@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from fabric.catalog.model import SettingValue, TableInfo
 from fabric.errors import DeadlineExceeded, InvalidArgument
+from fabric.model import SettingValue, TableInfo
 
 
 class ParamStyle(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.model import ColumnInfo, ForeignKey, TableInfo, TableKind
 
 TableKey = tuple[str, str]
 

@@ -35,7 +35,6 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
-from fabric.catalog.model import ColumnInfo, ForeignKey, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -45,6 +44,7 @@ from fabric.errors import (
     SourceQueryError,
     SourceUnavailable,
 )
+from fabric.model import ColumnInfo, ForeignKey, TableInfo, TableKind
 
 SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")
 SYSTEM_CATALOGS = ("system", "temp")

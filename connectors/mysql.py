@@ -74,7 +74,6 @@ from connectors.base import (
 )
 from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
-from fabric.catalog.model import ColumnInfo, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -84,6 +83,7 @@ from fabric.errors import (
     SourceQueryError,
     SourceUnavailable,
 )
+from fabric.model import ColumnInfo, TableInfo, TableKind
 
 __all__ = ["MySQLConnector", "mysql_column_arrow_type", "mysql_result_arrow_type"]
 

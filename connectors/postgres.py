@@ -89,7 +89,6 @@ from connectors.base import (
     check_execute_arguments,
 )
 from connectors.discovery import TableAssembler
-from fabric.catalog.model import ColumnInfo, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -99,6 +98,7 @@ from fabric.errors import (
     SourceQueryError,
     SourceUnavailable,
 )
+from fabric.model import ColumnInfo, TableInfo, TableKind
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,6 @@ from connectors.base import (
 )
 from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
-from fabric.catalog.model import ColumnInfo, TableInfo, TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -92,6 +91,7 @@ from fabric.errors import (
     SourceQueryError,
     SourceUnavailable,
 )
+from fabric.model import ColumnInfo, TableInfo, TableKind
 
 __all__ = ["SqlServerConnector", "bind_statement", "mssql_arrow_type"]
 

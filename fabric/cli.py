@@ -17,11 +17,11 @@ from typing import Any
 import pyarrow as pa
 
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
+from fabric.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
 from fabric.observability.logging import configure as configure_logging
 
 _TYPED_PARAM = re.compile(

@@ -10,8 +10,8 @@ import grpc
 import pyarrow as pa
 
 from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, error_from_rpc
-from fabric.api.values import params_to_proto
 from fabric.errors import FabricError
+from fabric.proto_values import params_to_proto
 from fabric.results.ipc import decode_page, open_ipc_stream
 from fabric.v1 import query_pb2 as pb
 from fabric.v1 import query_pb2_grpc as pb_grpc

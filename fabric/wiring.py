@@ -7,12 +7,12 @@ from pathlib import Path
 
 from connectors import Connector
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.model import Connection, SettingValue
 from fabric.catalog.store import MetadataStore
 from fabric.catalog.stores import open_metadata_store
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FailedPrecondition, InvalidArgument
+from fabric.model import Connection, SettingValue
 from fabric.query.sources import (
     ConnectorFactory,
     SecretResolver,

@@ -19,7 +19,8 @@ import grpc
 from fabric.api.query_service import ContextProvider, default_context, translated_errors
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.manager import TableChoice
-from fabric.catalog.model import (
+from fabric.errors import InvalidArgument
+from fabric.model import (
     ColumnInfo,
     Connection,
     Entity,
@@ -27,7 +28,6 @@ from fabric.catalog.model import (
     SettingValue,
     TableInfo,
 )
-from fabric.errors import InvalidArgument
 from fabric.platform.connections import StageInput
 from fabric.platform.plane import Platform
 from fabric.platform.refresh import RefreshReport, refresh_catalog

@@ -18,7 +18,6 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Final
 
-from fabric.catalog.model import Connection
 from fabric.catalog.serialization import (
     AUDIT_ACTION_RE,
     AuditValue,
@@ -30,6 +29,7 @@ from fabric.catalog.serialization import (
     check_utc,
 )
 from fabric.errors import InvalidArgument
+from fabric.model import Connection
 
 SYSTEM_ACTOR: Final = "system"
 """The actor of changes made without a caller (the CLI, the demo, migrations of data)."""

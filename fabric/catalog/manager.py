@@ -33,7 +33,9 @@ from types import MappingProxyType
 
 from connectors.base import Connector
 from fabric.catalog.audit import SYSTEM_ACTOR
-from fabric.catalog.model import (
+from fabric.catalog.store import MetadataStore
+from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fabric.model import (
     ColumnInfo,
     Connection,
     ConnectionKind,
@@ -41,8 +43,6 @@ from fabric.catalog.model import (
     SettingValue,
     TableInfo,
 )
-from fabric.catalog.store import MetadataStore
-from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 ConnectorFactory = Callable[[Connection, str], Connector]
 """Builds a connector for a connection in a stage (resolving its secret); the caller of

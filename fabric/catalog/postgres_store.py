@@ -51,13 +51,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
-from fabric.catalog.model import (
-    CatalogSnapshot,
-    Connection,
-    ConnectionKind,
-    Entity,
-    SettingValue,
-)
 from fabric.catalog.serialization import (
     IDENTIFIER_RE,
     EntityDocument,
@@ -94,6 +87,13 @@ from fabric.errors import (
     InternalError,
     InvalidArgument,
     SourceUnavailable,
+)
+from fabric.model import (
+    CatalogSnapshot,
+    Connection,
+    ConnectionKind,
+    Entity,
+    SettingValue,
 )
 
 PgConnection = psycopg.Connection[TupleRow]

@@ -23,7 +23,8 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from fabric.catalog.model import (
+from fabric.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
+from fabric.model import (
     ColumnInfo,
     Connection,
     ConnectionKind,
@@ -31,7 +32,6 @@ from fabric.catalog.model import (
     ForeignKey,
     SettingValue,
 )
-from fabric.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
 
 # -- the no-secrets rule -------------------------------------------------------------------
 

@@ -40,13 +40,6 @@ from typing import Any, Final
 
 from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
-from fabric.catalog.model import (
-    CatalogSnapshot,
-    Connection,
-    ConnectionKind,
-    Entity,
-    SettingValue,
-)
 from fabric.catalog.serialization import (
     CONNECTION_NAME_RE,
     IDENTIFIER_RE,
@@ -81,6 +74,13 @@ from fabric.catalog.serialization import (
     utc_now,
 )
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from fabric.model import (
+    CatalogSnapshot,
+    Connection,
+    ConnectionKind,
+    Entity,
+    SettingValue,
+)
 
 __all__ = [
     "CONNECTION_NAME_RE",

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from fabric.catalog.audit import AuditEvent
-from fabric.catalog.model import (
+from fabric.model import (
     CatalogSnapshot,
     Connection,
     ConnectionKind,

@@ -61,7 +61,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from fabric.api.values import params_from_proto, params_to_proto
 from fabric.context import RequestContext, Role
 from fabric.errors import (
     ALL_ERRORS,
@@ -83,6 +82,7 @@ from fabric.messaging.bus import (
     subject_token,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
+from fabric.proto_values import params_from_proto, params_to_proto
 from fabric.query.engine import QueryEngine, QueryRequest, Summary
 from fabric.security.kms import Kms, LocalKeyRing
 from fabric.v1 import query_pb2 as pb

@@ -27,7 +27,6 @@ from typing import Final
 
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.model import ALL_STAGES, Connection, SettingValue
 from fabric.catalog.serialization import (
     check_connection_name,
     check_kind,
@@ -41,6 +40,7 @@ from fabric.errors import (
     InvalidArgument,
     NotFound,
 )
+from fabric.model import ALL_STAGES, Connection, SettingValue
 from fabric.platform.departure import ChangeListener
 from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.secrets import SecretStore

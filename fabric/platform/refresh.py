@@ -31,9 +31,9 @@ from typing import Final
 
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.model import ColumnInfo, Entity, TableInfo
 from fabric.catalog.serialization import utc_now
 from fabric.errors import FailedPrecondition
+from fabric.model import ColumnInfo, Entity, TableInfo
 
 CATALOG_REFRESH: Final = "catalog.refresh"
 _ATTEMPTS: Final = 3

@@ -54,8 +54,8 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.tokenizer_core import Token, TokenType
 
 from connectors.base import ParamStyle
-from fabric.catalog.model import CatalogSnapshot, Entity
 from fabric.errors import InternalError, InvalidArgument, QueryRejected
+from fabric.model import CatalogSnapshot, Entity
 from fabric.query.functions import dialect_refusal, function_name, is_allowed_function
 
 __all__ = ["INPUT_DIALECT", "TARGET_DIALECTS", "CompiledStatement", "StatementCompiler"]

@@ -22,9 +22,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from connectors import Connector, ConnectorConfig, connector_class
-from fabric.catalog.model import CatalogSnapshot, Connection, SettingValue
 from fabric.catalog.store import MetadataStore
 from fabric.errors import FailedPrecondition, NotFound
+from fabric.model import CatalogSnapshot, Connection, SettingValue
 
 log = logging.getLogger(__name__)
 

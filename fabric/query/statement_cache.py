@@ -16,8 +16,8 @@ import threading
 from collections import OrderedDict
 
 from connectors.base import ParamStyle
-from fabric.catalog.model import CatalogSnapshot
 from fabric.errors import InternalError
+from fabric.model import CatalogSnapshot
 from fabric.query.compiler import CompiledStatement, StatementCompiler
 
 __all__ = ["StatementCache"]

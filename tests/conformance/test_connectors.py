@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 from connectors.base import ParamStyle, QueryHandle
-from fabric.catalog.model import TableKind
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -21,6 +20,7 @@ from fabric.errors import (
     SourceQueryError,
     SourceUnavailable,
 )
+from fabric.model import TableKind
 from tests.conformance.conftest import Source, expect_failure
 
 UTC = dt.UTC

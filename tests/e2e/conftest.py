@@ -15,11 +15,11 @@ import pytest
 from connectors import Connector, QueryHandle
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
-from fabric.catalog.model import Connection, SettingValue
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.clock import FakeClock
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext
+from fabric.model import Connection, SettingValue
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import default_connector_factory
 from fabric.wiring import catalog_manager

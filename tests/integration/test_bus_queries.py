@@ -29,7 +29,6 @@ import pytest
 from nats.aio.msg import Msg
 
 from connectors import Connector, QueryHandle
-from fabric.catalog.model import Connection, SettingValue
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.config import Settings
 from fabric.context import RequestContext
@@ -47,6 +46,7 @@ from fabric.messaging.query_rpc import (
     query_subject,
 )
 from fabric.messaging.sealing import BusSealer
+from fabric.model import Connection, SettingValue
 from fabric.query.engine import QueryEngine, QueryRequest, Summary
 from fabric.query.sources import default_connector_factory
 from fabric.results.ipc import open_ipc_stream

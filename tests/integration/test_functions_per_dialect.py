@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from connectors.base import ParamStyle
-from fabric.catalog.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.errors import QueryRejected
+from fabric.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.query.compiler import StatementCompiler
 from fabric.query.functions import DIALECT_EXCLUDED
 

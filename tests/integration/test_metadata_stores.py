@@ -20,13 +20,6 @@ import pytest
 from psycopg import sql
 
 from fabric.catalog.audit import AuditEvent
-from fabric.catalog.model import (
-    ALL_STAGES,
-    ColumnInfo,
-    ConnectionKind,
-    Entity,
-    ForeignKey,
-)
 from fabric.catalog.postgres_store import (
     MIGRATIONS as PG_MIGRATIONS,
 )
@@ -45,6 +38,13 @@ from fabric.errors import (
     InvalidArgument,
     NotFound,
     SourceUnavailable,
+)
+from fabric.model import (
+    ALL_STAGES,
+    ColumnInfo,
+    ConnectionKind,
+    Entity,
+    ForeignKey,
 )
 
 T = "acme"

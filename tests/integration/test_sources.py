@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 
 from connectors import Connector
-from fabric.catalog.model import Connection, SettingValue
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
+from fabric.model import Connection, SettingValue
 from fabric.query.sources import SourceRegistry, default_connector_factory
 from fabric.wiring import catalog_manager
 

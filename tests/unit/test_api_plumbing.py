@@ -13,9 +13,9 @@ import pytest
 
 from fabric import errors
 from fabric.api.status import GRPC_STATUS, error_from_rpc, status_for
-from fabric.api.values import from_proto, to_proto
 from fabric.cli import parse_param, parse_setting
 from fabric.config import Settings
+from fabric.proto_values import from_proto, to_proto
 
 ROOT = Path(__file__).resolve().parents[2]
 

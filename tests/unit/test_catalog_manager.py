@@ -13,10 +13,10 @@ import pytest
 from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
 from connectors.duckdb import DuckDBConnector
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.model import Connection, ConnectionKind, Entity, TableInfo
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.demo_data import create_demo_database
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fabric.model import Connection, ConnectionKind, Entity, TableInfo
 
 T = "acme"
 DEV = "development"

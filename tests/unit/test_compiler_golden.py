@@ -22,8 +22,8 @@ import pyarrow as pa
 import pytest
 
 from connectors.base import ParamStyle
-from fabric.catalog.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.errors import QueryRejected
+from fabric.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.query.compiler import StatementCompiler
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "compiler"

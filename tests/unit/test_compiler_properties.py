@@ -27,8 +27,8 @@ from sqlglot import exp, parse_one
 from sqlglot.optimizer.scope import Scope, build_scope
 
 from connectors.base import ParamStyle
-from fabric.catalog.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.errors import QueryRejected
+from fabric.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.query.compiler import StatementCompiler
 
 SELECTED: dict[str, tuple[str, ...]] = {"t1": ("a", "b", "c"), "t2": ("a", "d", "e")}

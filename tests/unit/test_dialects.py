@@ -23,8 +23,8 @@ import sqlglot
 from sqlglot import exp
 
 from connectors.base import ConnectorConfig, ParamStyle
-from fabric.catalog.model import CatalogSnapshot, Entity
 from fabric.errors import QueryRejected
+from fabric.model import CatalogSnapshot, Entity
 from fabric.query.compiler import StatementCompiler
 from tests.support.servers import mariadb_url
 from tests.unit.test_compiler_golden import GOLDEN_DIR, sales_catalog

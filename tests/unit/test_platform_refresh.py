@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 import pyarrow as pa
 
-from fabric.catalog.model import ColumnInfo, Entity, ForeignKey, TableInfo
+from fabric.model import ColumnInfo, Entity, ForeignKey, TableInfo
 from fabric.platform.refresh import DriftKind, plan_refresh
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from fabric.catalog.model import ColumnInfo, ConnectionKind, Entity
 from fabric.catalog.sqlite_store import (
     MIGRATIONS,
     Migration,
@@ -24,6 +23,7 @@ from fabric.catalog.sqlite_store import (
 )
 from fabric.catalog.store import MetadataStore
 from fabric.errors import FailedPrecondition
+from fabric.model import ColumnInfo, ConnectionKind, Entity
 
 T = "acme"
 STAGES = {"development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}}

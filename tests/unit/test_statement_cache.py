@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from connectors.base import ParamStyle
-from fabric.catalog.model import CatalogSnapshot
 from fabric.errors import InternalError, QueryRejected
+from fabric.model import CatalogSnapshot
 from fabric.query.compiler import CompiledStatement, StatementCompiler
 from fabric.query.statement_cache import StatementCache
 from tests.unit.test_compiler_golden import sales_catalog

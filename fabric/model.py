@@ -1,4 +1,5 @@
-"""The catalog's value objects: connections, discovered tables, selected entities.
+"""Value objects shared by connectors, the catalog and the engine: connections, discovered
+tables, selected entities.
 
 All of it is metadata. None of these objects ever holds a secret, a row or a parameter
 value; a connection's password lives in the secret store and is referred to by name.
