@@ -22,8 +22,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -403,8 +404,14 @@ class QueryEngine:
         def run_start() -> tuple[SourceRun, list[bytes]]:
             run = self._open_run(bound, compiled, args, timeout, builder)
             start.opened(run, loop)
-            first = [run.header()]
-            first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+            try:
+                first = [run.header()]
+                first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+            except BaseException:
+                # A source that fails in its first rows is released here: the caller
+                # never gets the run to stop it.
+                run.close()
+                raise
             return run, first
 
         future = loop.run_in_executor(self.executor, run_start)
@@ -465,8 +472,13 @@ class QueryEngine:
             ttl = self._ttl(request.cache_ttl)
             bound, compiled, args = await self._compile(ctx, request, max_rows)
             if ttl <= 0:
-                async for item in self._run(bound, compiled, args, deadline, started, None):
-                    yield item
+                # aclosing: a caller that stops reading stops the source now, not when
+                # the inner generator is collected.
+                async with aclosing(
+                    self._run(bound, compiled, args, deadline, started, None)
+                ) as items:
+                    async for item in items:
+                        yield item
                 outcome = "ok"
                 return
             key = ResultKey.build(
@@ -505,7 +517,7 @@ class QueryEngine:
                     self.results.put(key, cached, ttl, epoch=epoch)
 
             try:
-                async for item in self._run(
+                run = self._run(
                     bound,
                     compiled,
                     args,
@@ -514,8 +526,10 @@ class QueryEngine:
                     builder,
                     on_complete=store,
                     on_uncacheable=lambda: self._settle(key, settled),
-                ):
-                    yield item
+                )
+                async with aclosing(run) as items:
+                    async for item in items:
+                        yield item
                 outcome = "ok"
             finally:
                 builder.abandon()
@@ -548,7 +562,7 @@ class QueryEngine:
         builder: ResultBuilder | None,
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
-    ) -> AsyncIterator[bytes | Summary]:
+    ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
         if run.exhausted:
             # The whole result came with the start (its source is already released): no
