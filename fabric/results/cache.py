@@ -21,8 +21,8 @@ the cache refuse such stale results (counted in ``rejected_stale``).
 
 Why its own and not ``cachetools.TLRUCache`` (which the plain LRUs elsewhere use): the
 cache must refuse an entry larger than the whole budget without evicting anything for
-it, refuse a result filled before a purge (the epoch), purge by tenant and connection
-without a scan under a foreign lock, and count every eviction, expiry and refusal for
+it, refuse a result filled before a purge (the epoch), purge by tenant and connection,
+and count every eviction, expiry and refusal for
 the metrics that prove the data rules. TLRUCache has no hook for the refusals or the
 purges, and its counting would have to wrap every path.
 
