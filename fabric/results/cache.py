@@ -22,9 +22,9 @@ the cache refuse such stale results (counted in ``rejected_stale``).
 Why its own and not ``cachetools.TLRUCache`` (which the plain LRUs elsewhere use): the
 cache must refuse an entry larger than the whole budget without evicting anything for
 it, refuse a result filled before a purge (the epoch), purge by tenant and connection,
-and count every eviction, expiry and refusal for
-the metrics that prove the data rules. TLRUCache has no hook for the refusals or the
-purges, and its counting would have to wrap every path.
+and count every eviction, expiry and refusal for the metrics that prove the data rules.
+TLRUCache has no hook for the refusals or the purges, and its counting would have to
+wrap every path.
 
 Thread-safe: one ``threading.Lock`` around a few dictionary operations; no call made under
 the lock blocks or allocates much, so calling from the event loop is fine.
