@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -461,7 +461,7 @@ class QueryEngine:
 
     async def execute(
         self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
-    ) -> AsyncIterator[bytes | Summary]:
+    ) -> AsyncGenerator[bytes | Summary, None]:
         """Yield the result as Arrow IPC messages (schema first, end-of-stream last), then
         one Summary."""
         started = time.perf_counter()
