@@ -742,7 +742,7 @@ class RuntimeReplica:
                 else:
                     await stream.add(item)
         finally:
-            await items.aclose()  # type: ignore[attr-defined]
+            await items.aclose()
         if summary is None:
             raise InternalError("the result ended without its summary")
         return summary
