@@ -1,4 +1,4 @@
-"""Fabric's benchmark suite (issue 7): how fast the gateway is, as ratios against the best
+"""Fabric's benchmark suite: how fast the gateway is, as ratios against the best
 a user could pick instead, each anchor measured in the same run.
 
 `python -m benchmarks [--quick] [--scale N] [--only 1,2] [--repeat N]`; results go to

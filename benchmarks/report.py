@@ -168,8 +168,8 @@ def markdown(run: dict[str, Any]) -> str:
     lines += [
         "",
         "Medians of repeated runs after a warm-up; every sample is in "
-        "`benchmarks/results/latest.json`. Targets are from issue 7 and are never "
-        "loosened; a missed target says **no**.",
+        "`benchmarks/results/latest.json`. Targets are set in `benchmarks/scenarios.py` "
+        "and are never loosened; a missed target says **no**.",
         "",
     ]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ QUICK_SCALE = 0.01
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Fabric benchmarks (issue 7): ratios against anchors measured in the "
+        description="Fabric benchmarks: ratios against anchors measured in the "
         "same run. PostgreSQL: FABRIC_BENCH_POSTGRES_URL (default "
         "postgresql://postgres@127.0.0.1:5432/fabric_bench).",
     )
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.sort(key=lambda s: s["number"])
     also["cold_start_seconds"] = cold_starts
     run = {
-        "suite": "fabric benchmarks (issue 7)",
+        "suite": "fabric benchmarks",
         "command": command,
         "quick": args.quick,
         "scale": _scale_text(args.scale),

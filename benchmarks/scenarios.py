@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 7, each against an anchor measured in the same run.
+"""The seven benchmark scenarios, each against an anchor measured in the same run.
 
 Every scenario function takes the run's `Bench` and returns a result dict (see
 `report.py` for the shape). A wrong result raises `WrongResult`; that, like any other
