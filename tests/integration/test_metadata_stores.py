@@ -20,17 +20,17 @@ import pytest
 from psycopg import sql
 
 from fabric.catalog.audit import AuditEvent
-from fabric.catalog.postgres_store import (
+from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.open import open_metadata_store, split_schema
+from fabric.catalog.metadata.postgres import (
     MIGRATIONS as PG_MIGRATIONS,
 )
-from fabric.catalog.postgres_store import (
+from fabric.catalog.metadata.postgres import (
     PostgresMetadataStore,
     apply_migrations,
 )
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.catalog.serialization import Migration, arrow_type_from_text, arrow_type_to_text
-from fabric.catalog.sqlite_store import SqliteMetadataStore
-from fabric.catalog.store import MetadataStore
-from fabric.catalog.stores import open_metadata_store, split_schema
 from fabric.catalog.version_watch import CatalogVersionWatch
 from fabric.errors import (
     AlreadyExists,

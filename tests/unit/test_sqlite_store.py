@@ -15,13 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from fabric.catalog.sqlite_store import (
-    MIGRATIONS,
-    Migration,
-    SqliteMetadataStore,
-    apply_migrations,
-)
-from fabric.catalog.store import MetadataStore
+from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.sqlite import MIGRATIONS, SqliteMetadataStore, apply_migrations
+from fabric.catalog.serialization import Migration
 from fabric.errors import FailedPrecondition
 from fabric.model import ColumnInfo, ConnectionKind, Entity
 
@@ -135,8 +131,8 @@ def test_file_is_private_in_wal_mode_with_parents_created(tmp_path: Path) -> Non
 
 
 def test_foreign_keys_are_enforced(store: SqliteMetadataStore) -> None:
-    with store._locked() as db, pytest.raises(sqlite3.IntegrityError):
-        db.execute(
+    with store._driver.reading() as session, pytest.raises(sqlite3.IntegrityError):
+        session.run(
             "INSERT INTO entities (connection_id, name_key, name, schema_name, table_name,"
             " columns, primary_key, foreign_keys, created_at, updated_at)"
             " VALUES (999, 'x', 'x', 's', 't', '[]', '[]', '[]', '', '')"

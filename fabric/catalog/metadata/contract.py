@@ -3,7 +3,7 @@
 It keeps metadata only: never a secret, a row or a parameter value. Two implementations
 pass the same test suite (tests/integration/test_metadata_stores.py): SQLite
 (`SqliteMetadataStore`, the embedded default) and PostgreSQL (`PostgresMetadataStore`);
-`fabric.catalog.stores.open_metadata_store` picks one from a URL or a path.
+`fabric.catalog.metadata.open.open_metadata_store` picks one from a URL or a path.
 
 Semantics every implementation keeps:
 
