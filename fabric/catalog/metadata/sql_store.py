@@ -32,6 +32,7 @@ from typing import Final, Self
 
 from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
+from fabric.catalog.metadata.contract import MetadataStore
 from fabric.catalog.metadata.driver import Row, SqlDriver, SqlSession
 from fabric.catalog.serialization import (
     EntityDocument,
@@ -64,8 +65,9 @@ _CONNECTION_COLUMNS: Final = "tenant, name, kind, stages, secret_refs, version"
 _AUDIT_COLUMNS: Final = "at, tenant, actor, action, connection, stage, details"
 
 
-class SqlMetadataStore:
-    """MetadataStore on the database `driver` opens; see the module docstring.
+class SqlMetadataStore(MetadataStore):
+    """MetadataStore on the database `driver` opens; see the module docstring. What each
+    method promises is documented once, on the contract.
 
     `clock` gives the wall-clock time written to audit events and timestamps (UTC).
     """
@@ -87,11 +89,6 @@ class SqlMetadataStore:
         *,
         actor: str = SYSTEM_ACTOR,
     ) -> Connection:
-        """Register a connection; AlreadyExists when the tenant has one of that name.
-
-        InvalidArgument when the name, kind, stages or secret references are malformed,
-        or when a setting's key names a secret (those go to the secret store).
-        """
         check_tenant(tenant)
         check_connection_name(name)
         kind_name = str(check_kind(kind))
@@ -132,7 +129,6 @@ class SqlMetadataStore:
         return created
 
     def get_connection(self, tenant: str, name: str) -> Connection:
-        """NotFound when the tenant has no connection of that name."""
         with self._driver.reading() as session:
             row = session.one(
                 f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
@@ -144,7 +140,6 @@ class SqlMetadataStore:
         return self._connection_from_row(row)
 
     def list_connections(self, tenant: str) -> list[Connection]:
-        """The tenant's connections, by name."""
         with self._driver.reading() as session:
             rows = session.all(
                 f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
@@ -163,10 +158,6 @@ class SqlMetadataStore:
         expected_version: int,
         actor: str = SYSTEM_ACTOR,
     ) -> Connection:
-        """Compare-and-set update of the stages and/or secret references; see
-        MetadataStore.update_connection. The catalog version moves on too: settings may now
-        point at another database, so nothing cached under the old version may be served.
-        """
         if stages is None and secret_refs is None:
             raise InvalidArgument("nothing to update: give stages, secret_refs or both")
         check_expected_version(expected_version, "expected_version")
@@ -204,6 +195,8 @@ class SqlMetadataStore:
             )
             if updated_row is None:  # cannot happen under the row lock; never lose an update
                 raise connection_changed(name, expected_version, expected_version + 1)
+            # Settings may now point at another database: nothing cached under the old
+            # catalog version may be served.
             catalog_version = self._bump_version(session, connection_id, at)
             updated = connection_from_documents(
                 tenant, name, str(old.kind), new_stages, new_refs, int(updated_row[0])
@@ -219,8 +212,6 @@ class SqlMetadataStore:
         expected_version: int | None = None,
         actor: str = SYSTEM_ACTOR,
     ) -> None:
-        """Deletes the connection and its selected entities (its audit events stay);
-        NotFound if absent; FailedPrecondition when not at `expected_version` (if given)."""
         check_expected_version(expected_version, "expected_version")
         check_actor(actor)
         at = self._now()
@@ -256,14 +247,6 @@ class SqlMetadataStore:
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        """Add or replace the given entities (by entity name, case-insensitively) in the
-        selection, all or none; returns the new catalog version.
-
-        InvalidArgument for an empty list, a name that is not a plain SQL identifier, two
-        entities whose names differ only in case, or an entity that is not consistent
-        (no columns, duplicate columns, key columns that are not among its columns).
-        FailedPrecondition when the catalog is not at `expected_catalog_version`.
-        """
         documents = selection_documents(entities, allow_empty=False)
         return self._change_selection(
             audit.CATALOG_SELECT,
@@ -285,9 +268,6 @@ class SqlMetadataStore:
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        """Remove entities (names compared ignoring case) from the selection, all or none;
-        returns the new catalog version. NotFound names the entities that are not
-        selected, and then nothing is removed."""
         names, keys = unselect_keys(names)
         return self._change_selection(
             audit.CATALOG_UNSELECT,
@@ -309,8 +289,6 @@ class SqlMetadataStore:
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        """Make `entities` (possibly none) the whole selection, atomically; returns the new
-        catalog version. Same checks as `select_entities`, an empty list aside."""
         documents = selection_documents(entities, allow_empty=True)
         return self._change_selection(
             audit.CATALOG_REPLACE,
@@ -331,12 +309,9 @@ class SqlMetadataStore:
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        """Move the catalog version on (the remote schema changed); returns it."""
         return self._change_selection(audit.CATALOG_BUMP, tenant, connection, None, actor, stage)
 
     def catalog(self, tenant: str, connection: str) -> CatalogSnapshot:
-        """The selected entities (keyed by lower-cased name, in name order) and the catalog
-        version, read in one statement; NotFound if no such connection."""
         with self._driver.reading() as session:
             rows = session.all(
                 "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
@@ -401,7 +376,6 @@ class SqlMetadataStore:
     # -- audit ---------------------------------------------------------------------------
 
     def record_audit(self, event: AuditEvent) -> None:
-        """Record an administrative action; InvalidArgument for a secret-looking detail."""
         if not isinstance(event, AuditEvent):
             raise InvalidArgument(f"expected an AuditEvent, not {type(event).__name__}")
         audit_details_document(event.details)  # refuse before connecting
@@ -411,33 +385,26 @@ class SqlMetadataStore:
     def list_audit(
         self, tenant: str, *, connection: str | None = None, limit: int = 100
     ) -> list[AuditEvent]:
-        """The tenant's audit events, newest first, optionally about one connection."""
         check_audit_limit(limit)
+        # Two statements rather than one with `(? IS NULL OR ...)`: each uses its index.
+        about = "" if connection is None else " AND connection = ?"
+        params = [tenant] if connection is None else [tenant, connection]
         with self._driver.reading() as session:
-            if connection is None:
-                rows = session.all(
-                    f"SELECT {_AUDIT_COLUMNS} FROM {{s}}.audit_events WHERE tenant = ?"
-                    " ORDER BY at DESC, id DESC LIMIT ?",
-                    [tenant, limit],
-                )
-            else:
-                rows = session.all(
-                    f"SELECT {_AUDIT_COLUMNS} FROM {{s}}.audit_events"
-                    " WHERE tenant = ? AND connection = ? ORDER BY at DESC, id DESC LIMIT ?",
-                    [tenant, connection, limit],
-                )
+            rows = session.all(
+                f"SELECT {_AUDIT_COLUMNS} FROM {{s}}.audit_events WHERE tenant = ?{about}"
+                " ORDER BY at DESC, id DESC LIMIT ?",
+                [*params, limit],
+            )
         return [self._audit_from_row(row) for row in rows]
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        """The schema version (the last applied migration)."""
         with self._driver.reading() as session:
             row = session.one("SELECT MAX(version) FROM {s}.schema_migrations")
         return int(row[0]) if row is not None and row[0] is not None else 0
 
     def close(self) -> None:
-        """Release the database; idempotent. Any later call raises FailedPrecondition."""
         self._driver.close()
 
     def __enter__(self) -> Self:
