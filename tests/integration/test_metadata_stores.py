@@ -43,10 +43,13 @@ from fabric.model import (
     ConnectionKind,
     Entity,
     ForeignKey,
+    SettingValue,
 )
 
 T = "acme"
-STAGES = {"development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}}
+STAGES: dict[str, dict[str, SettingValue]] = {
+    "development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}
+}
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -249,7 +252,7 @@ def test_connection_crud(store: MetadataStore) -> None:
 
 
 def test_setting_types_round_trip(store: MetadataStore) -> None:
-    settings = {
+    settings: dict[str, SettingValue] = {
         "s": "text",
         "i": 7,
         "f": 1.5,
@@ -350,7 +353,12 @@ def test_secret_looking_settings_are_refused(backend: Backend, key: str) -> None
 
 
 def test_non_secret_keys_that_mention_secrets_are_allowed(store: MetadataStore) -> None:
-    settings = {"user": "app", "password_ref": "vault:x", "token_url": "https://idp", "keys": 2}
+    settings: dict[str, SettingValue] = {
+        "user": "app",
+        "password_ref": "vault:x",
+        "token_url": "https://idp",
+        "keys": 2,
+    }
     store.create_connection(T, "c", ConnectionKind.POSTGRES, {"dev": settings})
     assert dict(store.get_connection(T, "c").stages["dev"]) == settings
 

@@ -16,10 +16,12 @@ import pyarrow as pa
 import pytest
 
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
-from fabric.model import ColumnInfo, ConnectionKind, Entity
+from fabric.model import ColumnInfo, ConnectionKind, Entity, SettingValue
 
 T = "acme"
-STAGES = {"development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}}
+STAGES: dict[str, dict[str, SettingValue]] = {
+    "development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}
+}
 
 
 @pytest.fixture
