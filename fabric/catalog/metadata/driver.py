@@ -47,7 +47,8 @@ class DbConnection(Protocol):
 class SqlDialect(ABC):
     """How one database spells the store's SQL and takes its values.
 
-    Templates use `?` for every parameter and these words, which `render` fills in:
+    Templates use `?` for every parameter (and nowhere else) and these words, which
+    `render` fills in:
 
     - `{s}`: the schema that holds the store's tables (`{s}.connections`);
     - `{row_lock}`, `{delete_lock}`: ends a SELECT of the connection row that the
@@ -192,10 +193,10 @@ SCHEMA_MIGRATIONS: Final = (
 def migrate(session: SqlSession, migrations: Sequence[Migration]) -> int:
     """Bring the store's schema up to the last of `migrations`, in the session's transaction.
 
-    The caller's transaction also keeps every other process from migrating at the same
-    time, so either all pending steps apply or none does, once. Applying twice is a no-op.
-    Returns the schema version reached; FailedPrecondition when the schema was written by a
-    newer release.
+    The caller's transaction also keeps other processes from migrating at the same time
+    (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so either all pending steps
+    apply or none does, once. Applying twice is a no-op. Returns the schema version
+    reached; FailedPrecondition when the schema was written by a newer release.
     """
     latest = check_migrations(migrations)
     session.run(SCHEMA_MIGRATIONS)

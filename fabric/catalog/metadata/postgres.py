@@ -15,7 +15,7 @@ a store is opened, in one transaction, under a transaction-scoped advisory lock 
 from the schema name: when several processes start at once, one migrates and the others
 wait, then find nothing left to do.
 
-Concurrency: connections come from a pool, in autocommit; a write is one transaction that
+Concurrency: connections come from a pool, in autocommit. A write is one transaction that
 locks the connection's row first (`FOR NO KEY UPDATE`, or `FOR UPDATE` to delete it), so
 writes to one connection are serialized while writes to others run in parallel.
 

@@ -10,17 +10,12 @@ before anything is sent to the database; the semantics are the MetadataStore con
 encodings, migrations, transactions, change notification) is the driver's
 (fabric.catalog.metadata.driver).
 
-Catalog versions come from one store-wide counter that only ever goes up. A connection's
-version therefore increases on every selection change, and a connection deleted and
-created again under the same name starts above every version the old one ever had, so a
-cache keyed by (tenant, connection, version) can never serve the old connection's data.
-
-Concurrency: every write transaction first locks the connection's row (`{row_lock}`, or
-the UPDATE/DELETE itself) and only then touches its catalog version, entities and audit
-rows. One lock order for every writer means no deadlocks, and writes to one connection are
-serialized. Version checks happen under that lock and the update itself is a
-compare-and-set (`... WHERE version = ?`) all the same. Reads are single statements, so a
-catalog snapshot is always consistent.
+Concurrency: every write transaction first locks the connection's row (`{row_lock}` or
+`{delete_lock}`; SQLite's write transaction holds the whole file instead) and only then
+touches its catalog version, entities and audit rows. One lock order for every writer means
+no deadlocks, and writes to one connection are serialized. Version checks happen under that
+lock and the update itself is a compare-and-set (`... WHERE version = ?`) all the same.
+Reads are single statements, so a catalog snapshot is always consistent.
 """
 
 from __future__ import annotations

@@ -159,6 +159,10 @@ class SqliteDriver(SqlDriver):
     reads_are_local: ClassVar[bool] = True
 
     def __init__(self, path: str | Path) -> None:
+        if sqlite3.sqlite_version_info < (3, 35):  # RETURNING
+            raise FailedPrecondition(
+                f"the metadata store needs SQLite 3.35 or later, not {sqlite3.sqlite_version}"
+            )
         self.path = str(path)
         self.dialect = SqliteDialect()
         if self.path != MEMORY:
