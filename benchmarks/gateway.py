@@ -33,7 +33,7 @@ class FabricHome:
     def register(self, pg: Pg, schema: str) -> list[str]:
         """Create the `tpch` connection and select every table of the schema; returns
         the entity names."""
-        from fabric.catalog.sqlite_store import SqliteMetadataStore
+        from fabric.catalog.metadata.sqlite import SqliteMetadataStore
         from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
         from fabric.wiring import catalog_manager
 

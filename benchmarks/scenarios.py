@@ -518,7 +518,7 @@ def throughput(b: Bench) -> dict[str, Any]:
 
 def compile_cache(b: Bench) -> dict[str, Any]:
     from connectors import connector_class
-    from fabric.catalog.sqlite_store import SqliteMetadataStore
+    from fabric.catalog.metadata.sqlite import SqliteMetadataStore
     from fabric.config import Settings
     from fabric.context import DEFAULT_TENANT
     from fabric.query.compiler import StatementCompiler

@@ -15,7 +15,7 @@ from typing import Any
 
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.cli import format_table
 from fabric.client import FabricClient
 from fabric.config import Settings

@@ -26,7 +26,7 @@ from fabric.api.query_service import (
     default_context,
 )
 from fabric.api.wire import add_query_service
-from fabric.catalog.store import MetadataStore
+from fabric.catalog.metadata.contract import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
 from fabric.errors import FabricError, InvalidArgument

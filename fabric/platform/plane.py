@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.store import MetadataStore
+from fabric.catalog.metadata.contract import MetadataStore
 from fabric.platform.connections import ConnectionAdmin
 from fabric.platform.departure import ChangeListener
 from fabric.query.sources import ConnectorFactory, default_connector_factory, no_secret_store

@@ -15,7 +15,7 @@ import pytest
 from connectors import Connector, QueryHandle
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.clock import FakeClock
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext

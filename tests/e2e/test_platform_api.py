@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.clock import FakeClock
 from fabric.config import Settings

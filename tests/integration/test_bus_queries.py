@@ -29,7 +29,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from connectors import Connector, QueryHandle
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import (

@@ -17,7 +17,7 @@ import pytest
 
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import DeadlineExceeded

@@ -1,15 +1,18 @@
 """One suite, every metadata store: SQLite in a temporary file, PostgreSQL in a schema of
-its own (created for each test, dropped after). Both must pass every generic case; the
-cases specific to one backend follow at the end (SQLite files: tests/unit/test_sqlite_store.py).
+its own (created for each test, dropped after). Both must pass every generic case, the
+migrations included; the cases specific to one backend follow at the end (SQLite files:
+tests/unit/test_sqlite_store.py).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,17 +23,12 @@ import pytest
 from psycopg import sql
 
 from fabric.catalog.audit import AuditEvent
-from fabric.catalog.postgres_store import (
-    MIGRATIONS as PG_MIGRATIONS,
-)
-from fabric.catalog.postgres_store import (
-    PostgresMetadataStore,
-    apply_migrations,
-)
+from fabric.catalog.metadata import postgres, sqlite
+from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.open import open_metadata_store, split_schema
+from fabric.catalog.metadata.postgres import PostgresMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.catalog.serialization import Migration, arrow_type_from_text, arrow_type_to_text
-from fabric.catalog.sqlite_store import SqliteMetadataStore
-from fabric.catalog.store import MetadataStore
-from fabric.catalog.stores import open_metadata_store, split_schema
 from fabric.catalog.version_watch import CatalogVersionWatch
 from fabric.errors import (
     AlreadyExists,
@@ -45,10 +43,13 @@ from fabric.model import (
     ConnectionKind,
     Entity,
     ForeignKey,
+    SettingValue,
 )
 
 T = "acme"
-STAGES = {"development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}}
+STAGES: dict[str, dict[str, SettingValue]] = {
+    "development": {"path": "/data/dev.duckdb", "read_only": True, "threads": 4}
+}
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -67,11 +68,21 @@ class TickingClock:
 
 @dataclass
 class Backend:
-    """One metadata store backend: how to open it (again) and how to read all it keeps."""
+    """One metadata store backend: how to open it (again), how to read all it keeps, and
+    how to reach its database without a store (to migrate it, or to write an old schema)."""
 
     name: str
     opener: Callable[..., MetadataStore]
     dump: Callable[[], bytes]
+    raw: Callable[[], AbstractContextManager[Any]]
+    """A DB-API connection of the store's database, in autocommit."""
+    migrations: Sequence[Migration]
+    apply_migrations: Callable[[Any, Sequence[Migration]], int]
+    tables: Callable[[Any], set[str]]
+    """The tables the store's schema holds, read on a raw connection."""
+    syntax_error: type[Exception]
+    prefix: str = ""
+    """What qualifies a table name in raw SQL ('"schema".' on PostgreSQL)."""
     url: str = ""
     schema: str = ""
     path: Path | None = None
@@ -90,7 +101,20 @@ def _sqlite_backend(path: Path) -> Backend:
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")]
         return b"".join(p.read_bytes() for p in files if p.exists())
 
-    return Backend("sqlite", lambda **kw: SqliteMetadataStore(path, **kw), dump, path=path)
+    def tables(db: Any) -> set[str]:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    return Backend(
+        "sqlite",
+        lambda **kw: SqliteMetadataStore(path, **kw),
+        dump,
+        raw=lambda: closing(sqlite3.connect(path, isolation_level=None)),
+        migrations=sqlite.MIGRATIONS,
+        apply_migrations=sqlite.apply_migrations,
+        tables=tables,
+        syntax_error=sqlite3.OperationalError,
+        path=path,
+    )
 
 
 def _postgres_backend(url: str, schema: str) -> Backend:
@@ -120,10 +144,25 @@ def _postgres_backend(url: str, schema: str) -> Backend:
                     chunks.extend(bytes(data) for data in copy)
         return b"".join(chunks)
 
+    def tables(conn: Any) -> set[str]:
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                [schema],
+            )
+        }
+
     return Backend(
         "postgres",
         lambda **kw: PostgresMetadataStore(url, schema=schema, **kw),
         dump,
+        raw=lambda: psycopg.connect(url, autocommit=True),
+        migrations=postgres.MIGRATIONS,
+        apply_migrations=lambda conn, steps: postgres.apply_migrations(conn, schema, steps),
+        tables=tables,
+        syntax_error=psycopg.errors.SyntaxError,
+        prefix=f'"{schema}".',
         url=url,
         schema=schema,
     )
@@ -213,7 +252,7 @@ def test_connection_crud(store: MetadataStore) -> None:
 
 
 def test_setting_types_round_trip(store: MetadataStore) -> None:
-    settings = {
+    settings: dict[str, SettingValue] = {
         "s": "text",
         "i": 7,
         "f": 1.5,
@@ -314,7 +353,12 @@ def test_secret_looking_settings_are_refused(backend: Backend, key: str) -> None
 
 
 def test_non_secret_keys_that_mention_secrets_are_allowed(store: MetadataStore) -> None:
-    settings = {"user": "app", "password_ref": "vault:x", "token_url": "https://idp", "keys": 2}
+    settings: dict[str, SettingValue] = {
+        "user": "app",
+        "password_ref": "vault:x",
+        "token_url": "https://idp",
+        "keys": 2,
+    }
     store.create_connection(T, "c", ConnectionKind.POSTGRES, {"dev": settings})
     assert dict(store.get_connection(T, "c").stages["dev"]) == settings
 
@@ -995,7 +1039,85 @@ def test_migrations_are_idempotent_on_reopen(backend: Backend) -> None:
         store = backend.open()
         versions.add(store.schema_version())
         store.close()
-    assert len(versions) == 1 and versions.pop() >= 1
+    assert versions == {backend.migrations[-1].version}
+    with backend.raw() as conn:
+        rows = conn.execute(
+            f"SELECT version FROM {backend.prefix}schema_migrations ORDER BY version"
+        ).fetchall()
+    assert [r[0] for r in rows] == [m.version for m in backend.migrations]
+
+
+def test_migrations_apply_in_order_once_and_all_or_nothing(backend: Backend) -> None:
+    a, b = f"{backend.prefix}a", f"{backend.prefix}b"
+    first = Migration(1, "one", (f"CREATE TABLE {a} (x INTEGER)",))
+    second = Migration(
+        2, "two", (f"ALTER TABLE {a} ADD COLUMN y TEXT", f"INSERT INTO {a} VALUES (1, 'y')")
+    )
+    bad = Migration(3, "bad", (f"CREATE TABLE {b} (x INTEGER)", "THIS IS NOT SQL"))
+    with backend.raw() as conn:
+        with pytest.raises(backend.syntax_error):
+            backend.apply_migrations(conn, [first, bad])
+        assert backend.tables(conn) == set()  # not even the table of applied migrations
+        assert backend.apply_migrations(conn, [first]) == 1
+        assert backend.apply_migrations(conn, [first, second]) == 2
+        assert backend.apply_migrations(conn, [first, second]) == 2
+        assert conn.execute(f"SELECT x, y FROM {a}").fetchall() == [(1, "y")]
+        with pytest.raises(backend.syntax_error):
+            backend.apply_migrations(conn, [first, second, bad])
+        assert backend.tables(conn) == {"a", "schema_migrations"}
+        with pytest.raises(FailedPrecondition, match="newer"):
+            backend.apply_migrations(conn, [first])
+
+
+# The first release's schema as its code wrote it: the table of applied migrations (which
+# that code created itself) and its first migration, with one connection at version 1.
+# `{s}` stands for the quoted schema name.
+FIRST_RELEASE: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        *sqlite.MIGRATIONS[0].statements,
+        "INSERT INTO schema_migrations (version, description, applied_at) VALUES"
+        " (1, 'connections, entities, catalog versions', '2024-01-01T00:00:00.000000+00:00')",
+        "UPDATE sequences SET value = 1 WHERE name = 'catalog_version'",
+        "INSERT INTO connections (tenant, name, kind, stages, secret_refs, version,"
+        """ created_at, updated_at) VALUES ('acme', 'shop', 'duckdb',"""
+        """ '{"dev":{"path":"/x.duckdb"}}', '{}', 1, '', '')""",
+        "INSERT INTO catalog_versions VALUES (1, 1, '')",
+    ),
+    "postgres": (
+        "CREATE SCHEMA {s}",
+        "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+        " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        *postgres.MIGRATIONS[0].statements,
+        "INSERT INTO {s}.schema_migrations (version, description)"
+        " VALUES (1, 'connections, entities, catalog versions, audit events')",
+        "INSERT INTO {s}.connections (tenant, name, kind, stages, secret_refs, version,"
+        """ created_at, updated_at) VALUES ('acme', 'shop', 'duckdb',"""
+        """ '{"dev":{"path":"/x.duckdb"}}', '{}', 1, now(), now())""",
+        "INSERT INTO {s}.catalog_versions"
+        " SELECT id, nextval('{s}.catalog_version_seq'), now() FROM {s}.connections",
+    ),
+}
+
+
+def test_a_schema_of_the_first_release_is_migrated_forward(backend: Backend) -> None:
+    with backend.raw() as conn:
+        for statement in FIRST_RELEASE[backend.name]:
+            conn.execute(statement.replace("{s}", f'"{backend.schema}"'))
+    store = backend.open()
+    assert store.schema_version() == backend.migrations[-1].version
+    assert store.get_connection(T, "shop").stages["dev"]["path"] == "/x.duckdb"
+    assert store.catalog_version(T, "shop") == 1
+    assert store.list_audit(T) == []
+    store.update_connection(T, "shop", stages={"dev": {"path": "/y"}}, expected_version=1)
+    updated = store.catalog_version(T, "shop")
+    assert updated > 1
+    staged = replace(entity(), stage_tables={"production": ("p", "orders")})
+    assert store.select_entities(T, "shop", [staged]) > updated
+    assert store.catalog(T, "shop").entity("orders") == staged
+    assert [e.action for e in store.list_audit(T)] == ["catalog.select", "connection.update"]
 
 
 def test_close_is_idempotent_and_final(backend: Backend) -> None:
@@ -1064,48 +1186,17 @@ def test_postgres_processes_starting_at_once_migrate_once(postgres_url: str) -> 
 
     try:
         _run_threads(6, start)
-        assert {s.schema_version() for s in stores} == {PG_MIGRATIONS[-1].version}
+        assert {s.schema_version() for s in stores} == {postgres.MIGRATIONS[-1].version}
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             rows = conn.execute(
                 sql.SQL("SELECT version FROM {} ORDER BY version").format(
                     sql.Identifier(schema, "schema_migrations")
                 )
             ).fetchall()
-        assert [r[0] for r in rows] == [m.version for m in PG_MIGRATIONS]
+        assert [r[0] for r in rows] == [m.version for m in postgres.MIGRATIONS]
     finally:
         for opened in stores:
             opened.close()
-        _drop_schema(postgres_url, schema)
-
-
-@pytest.mark.postgres
-def test_postgres_migrations_apply_in_order_once_and_all_or_nothing(postgres_url: str) -> None:
-    schema = _unique_schema()
-    first = Migration(1, "one", ("CREATE TABLE {s}.a (x INTEGER)",))
-    second = Migration(
-        2, "two", ("ALTER TABLE {s}.a ADD COLUMN y TEXT", "INSERT INTO {s}.a VALUES (1, 'y')")
-    )
-    bad = Migration(3, "bad", ("CREATE TABLE {s}.b (x INTEGER)", "THIS IS NOT SQL"))
-    table = sql.Identifier(schema, "a")
-    try:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            assert apply_migrations(conn, schema, [first]) == 1
-            assert apply_migrations(conn, schema, [first, second]) == 2
-            assert apply_migrations(conn, schema, [first, second]) == 2
-            assert conn.execute(sql.SQL("SELECT x, y FROM {}").format(table)).fetchall() == [
-                (1, "y")
-            ]
-            with pytest.raises(psycopg.errors.SyntaxError):
-                apply_migrations(conn, schema, [first, second, bad])
-            tables = conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
-                " ORDER BY table_name",
-                [schema],
-            ).fetchall()
-            assert [t[0] for t in tables] == ["a", "schema_migrations"]
-            with pytest.raises(FailedPrecondition, match="newer"):
-                apply_migrations(conn, schema, [first])
-    finally:
         _drop_schema(postgres_url, schema)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from fabric.catalog.postgres_store import PostgresMetadataStore
+from fabric.catalog.metadata.postgres import PostgresMetadataStore
 from fabric.config import Settings
 from fabric.wiring import open_store
 

@@ -33,7 +33,7 @@ import duckdb
 import grpc
 import pytest
 
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from connectors import Connector
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.model import Connection, SettingValue
 from fabric.query.sources import SourceRegistry, default_connector_factory

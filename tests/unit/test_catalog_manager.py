@@ -13,7 +13,7 @@ import pytest
 from connectors.base import Connector, ConnectorConfig, ParamStyle, QueryHandle
 from connectors.duckdb import DuckDBConnector
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.demo_data import create_demo_database
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fabric.model import Connection, ConnectionKind, Entity, TableInfo

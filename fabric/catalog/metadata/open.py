@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from fabric.catalog.postgres_store import DEFAULT_SCHEMA, PostgresMetadataStore
-from fabric.catalog.sqlite_store import SqliteMetadataStore
-from fabric.catalog.store import MetadataStore
+from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.postgres import DEFAULT_SCHEMA, PostgresMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.errors import InvalidArgument
 
 POSTGRES_SCHEMES: Final = ("postgresql", "postgres")

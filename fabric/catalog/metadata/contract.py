@@ -1,9 +1,10 @@
 """The metadata store contract: connections, selected entities, catalog versions, audit.
 
-It keeps metadata only: never a secret, a row or a parameter value. Two implementations
-pass the same test suite (tests/integration/test_metadata_stores.py): SQLite
-(`SqliteMetadataStore`, the embedded default) and PostgreSQL (`PostgresMetadataStore`);
-`fabric.catalog.stores.open_metadata_store` picks one from a URL or a path.
+It keeps metadata only: never a secret, a row or a parameter value. One implementation,
+`fabric.catalog.metadata.sql_store.SqlMetadataStore`, runs on SQLite
+(`SqliteMetadataStore`, the embedded default) and PostgreSQL (`PostgresMetadataStore`), and
+passes the same test suite on both (tests/integration/test_metadata_stores.py);
+`fabric.catalog.metadata.open.open_metadata_store` picks one from a URL or a path.
 
 Semantics every implementation keeps:
 
@@ -109,7 +110,10 @@ class MetadataStore(Protocol):
     ) -> int:
         """Add or replace the given entities (by entity name) in the selection, all or none;
         returns the new catalog version. Entity names are unique per connection,
-        case-insensitively. FailedPrecondition when the catalog is no longer at
+        case-insensitively. InvalidArgument for an empty list, a name that is not a plain
+        SQL identifier, two entities whose names differ only in case, or an entity that is
+        not consistent (no columns, duplicate columns, key columns that are not among its
+        columns). FailedPrecondition when the catalog is no longer at
         `expected_catalog_version` (when given)."""
         ...
 
@@ -123,8 +127,8 @@ class MetadataStore(Protocol):
         actor: str = "system",
         stage: str | None = None,
     ) -> int:
-        """Remove entities from the selection, all or none (NotFound names the ones not
-        selected); returns the new catalog version."""
+        """Remove entities (names compared ignoring case) from the selection, all or none
+        (NotFound names the ones not selected); returns the new catalog version."""
         ...
 
     def replace_entities(
@@ -138,7 +142,8 @@ class MetadataStore(Protocol):
         stage: str | None = None,
     ) -> int:
         """Make `entities` (possibly none) the whole selection, atomically; returns the new
-        catalog version. What `refresh` uses after re-reading the remote schema."""
+        catalog version. Same checks as `select_entities`, an empty list aside. What
+        `refresh` uses after re-reading the remote schema."""
         ...
 
     def bump_catalog_version(
@@ -154,8 +159,8 @@ class MetadataStore(Protocol):
         ...
 
     def catalog(self, tenant: str, connection: str) -> CatalogSnapshot:
-        """The selected entities and the catalog version, read together; NotFound if no
-        such connection."""
+        """The selected entities (keyed by lower-cased name, in name order) and the catalog
+        version, read together; NotFound if no such connection."""
         ...
 
     def catalog_version(self, tenant: str, connection: str) -> int:

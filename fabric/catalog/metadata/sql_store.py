@@ -1,0 +1,575 @@
+"""The metadata store on a SQL database: every query and rule once, over a driver per backend.
+
+What it keeps: connections (kind, per-stage non-secret settings, secret store references,
+an optimistic version), the entities selected for apps (physical schema and table, columns
+with their exact Arrow types, primary and foreign keys), one catalog version per
+connection, and the audit trail of administrative changes. What it never keeps: a secret,
+a row or a parameter value. Input is checked and encoded by fabric.catalog.serialization
+before anything is sent to the database; the semantics are the MetadataStore contract's
+(fabric.catalog.metadata.contract). What differs per database (SQL spelling, value
+encodings, migrations, transactions, change notification) is the driver's
+(fabric.catalog.metadata.driver).
+
+Concurrency: every write transaction first locks the connection's row (`{row_lock}` or
+`{delete_lock}`; SQLite's write transaction holds the whole file instead) and only then
+touches its catalog version, entities and audit rows. One lock order for every writer means
+no deadlocks, and writes to one connection are serialized. Version checks happen under that
+lock and the update itself is a compare-and-set (`... WHERE version = ?`) all the same.
+Reads are single statements, so a catalog snapshot is always consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from types import MappingProxyType, TracebackType
+from typing import Final, Self
+
+from fabric.catalog import audit
+from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
+from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.driver import Row, SqlDriver, SqlSession
+from fabric.catalog.serialization import (
+    EntityDocument,
+    audit_details_document,
+    catalog_changed,
+    check_actor,
+    check_audit_limit,
+    check_connection_name,
+    check_expected_version,
+    check_kind,
+    check_stage_name,
+    check_tenant,
+    check_utc,
+    connection_changed,
+    connection_from_documents,
+    connection_not_found,
+    entity_from_documents,
+    missing_entities,
+    plain_stages,
+    secret_refs_document,
+    selection_documents,
+    stages_document,
+    unselect_keys,
+    utc_now,
+)
+from fabric.errors import AlreadyExists, InternalError, InvalidArgument
+from fabric.model import CatalogSnapshot, Connection, ConnectionKind, Entity, SettingValue
+
+_CONNECTION_COLUMNS: Final = "tenant, name, kind, stages, secret_refs, version"
+_AUDIT_COLUMNS: Final = "at, tenant, actor, action, connection, stage, details"
+
+
+class SqlMetadataStore(MetadataStore):
+    """MetadataStore on the database `driver` opens; see the module docstring. What each
+    method promises is documented once, on the contract.
+
+    `clock` gives the wall-clock time written to audit events and timestamps (UTC).
+    """
+
+    def __init__(self, driver: SqlDriver, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._driver = driver
+        self._dialect = driver.dialect
+        self._clock = clock
+
+    # -- connections ---------------------------------------------------------------------
+
+    def create_connection(
+        self,
+        tenant: str,
+        name: str,
+        kind: ConnectionKind,
+        stages: Mapping[str, Mapping[str, SettingValue]],
+        secret_refs: Mapping[str, str] | None = None,
+        *,
+        actor: str = SYSTEM_ACTOR,
+    ) -> Connection:
+        check_tenant(tenant)
+        check_connection_name(name)
+        kind_name = str(check_kind(kind))
+        stages_doc = stages_document(stages)
+        refs_doc = secret_refs_document(secret_refs or {})
+        check_actor(actor)
+        at = self._now()
+        encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
+        with self._driver.writing() as session:
+            row = session.one(
+                "INSERT INTO {s}.connections"
+                " (tenant, name, kind, stages, secret_refs, version, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (tenant, name) DO NOTHING RETURNING id",
+                [
+                    tenant,
+                    name,
+                    kind_name,
+                    encode(stages_doc, exact=True),
+                    encode(refs_doc),
+                    now,
+                    now,
+                ],
+            )
+            if row is None:
+                raise AlreadyExists(
+                    f"connection {name!r} already exists in tenant {tenant!r}; "
+                    "delete it first or choose another name"
+                )
+            catalog_version = self._dialect.next_catalog_version(session)
+            session.run(
+                "INSERT INTO {s}.catalog_versions (connection_id, version, updated_at)"
+                " VALUES (?, ?, ?)",
+                [row[0], catalog_version, now],
+            )
+            created = connection_from_documents(tenant, name, kind_name, stages_doc, refs_doc, 1)
+            self._audit(session, audit.connection_created(at, actor, created, catalog_version))
+        return created
+
+    def get_connection(self, tenant: str, name: str) -> Connection:
+        with self._driver.reading() as session:
+            row = session.one(
+                f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
+                " WHERE tenant = ? AND name = ?",
+                [tenant, name],
+            )
+        if row is None:
+            raise connection_not_found(tenant, name)
+        return self._connection_from_row(row)
+
+    def list_connections(self, tenant: str) -> list[Connection]:
+        with self._driver.reading() as session:
+            rows = session.all(
+                f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
+                " WHERE tenant = ? ORDER BY name {bytewise}",
+                [tenant],
+            )
+        return [self._connection_from_row(row) for row in rows]
+
+    def update_connection(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        stages: Mapping[str, Mapping[str, SettingValue]] | None = None,
+        secret_refs: Mapping[str, str] | None = None,
+        expected_version: int,
+        actor: str = SYSTEM_ACTOR,
+    ) -> Connection:
+        if stages is None and secret_refs is None:
+            raise InvalidArgument("nothing to update: give stages, secret_refs or both")
+        check_expected_version(expected_version, "expected_version")
+        if expected_version is None:
+            raise InvalidArgument("expected_version is required: pass the version you read")
+        stages_doc = None if stages is None else stages_document(stages)
+        refs_doc = None if secret_refs is None else secret_refs_document(secret_refs)
+        check_actor(actor)
+        at = self._now()
+        encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
+        with self._driver.writing() as session:
+            row = session.one(
+                f"SELECT id, {_CONNECTION_COLUMNS} FROM {{s}}.connections"
+                " WHERE tenant = ? AND name = ? {row_lock}",
+                [tenant, name],
+            )
+            if row is None:
+                raise connection_not_found(tenant, name)
+            connection_id, old = int(row[0]), self._connection_from_row(row[1:])
+            if old.version != expected_version:
+                raise connection_changed(name, expected_version, old.version)
+            new_stages = stages_doc if stages_doc is not None else plain_stages(old.stages)
+            new_refs = refs_doc if refs_doc is not None else dict(old.secret_refs)
+            updated_row = session.one(
+                "UPDATE {s}.connections SET stages = ?, secret_refs = ?,"
+                " version = version + 1, updated_at = ?"
+                " WHERE id = ? AND version = ? RETURNING version",
+                [
+                    encode(new_stages, exact=True),
+                    encode(new_refs),
+                    now,
+                    connection_id,
+                    expected_version,
+                ],
+            )
+            if updated_row is None:  # cannot happen under the row lock; never lose an update
+                raise connection_changed(name, expected_version, expected_version + 1)
+            # Settings may now point at another database: nothing cached under the old
+            # catalog version may be served.
+            catalog_version = self._bump_version(session, connection_id, at)
+            updated = connection_from_documents(
+                tenant, name, str(old.kind), new_stages, new_refs, int(updated_row[0])
+            )
+            self._audit(session, audit.connection_updated(at, actor, old, updated, catalog_version))
+        return updated
+
+    def delete_connection(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        expected_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> None:
+        check_expected_version(expected_version, "expected_version")
+        check_actor(actor)
+        at = self._now()
+        with self._driver.writing() as session:
+            row = session.one(
+                "SELECT id, version FROM {s}.connections"
+                " WHERE tenant = ? AND name = ? {delete_lock}",
+                [tenant, name],
+            )
+            if row is None:
+                raise connection_not_found(tenant, name)
+            connection_id, version = int(row[0]), int(row[1])
+            if expected_version is not None and version != expected_version:
+                raise connection_changed(name, expected_version, version)
+            count = session.one(
+                "SELECT COUNT(*) FROM {s}.entities WHERE connection_id = ?", [connection_id]
+            )
+            session.run("DELETE FROM {s}.connections WHERE id = ?", [connection_id])
+            entities = int(count[0]) if count is not None else 0
+            self._audit(
+                session, audit.connection_deleted(at, actor, tenant, name, version, entities)
+            )
+
+    # -- selection -----------------------------------------------------------------------
+
+    def select_entities(
+        self,
+        tenant: str,
+        connection: str,
+        entities: Sequence[Entity],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        documents = selection_documents(entities, allow_empty=False)
+        return self._change_selection(
+            audit.CATALOG_SELECT,
+            tenant,
+            connection,
+            expected_catalog_version,
+            actor,
+            stage,
+            upsert=documents,
+        )
+
+    def unselect_entities(
+        self,
+        tenant: str,
+        connection: str,
+        names: Sequence[str],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        names, keys = unselect_keys(names)
+        return self._change_selection(
+            audit.CATALOG_UNSELECT,
+            tenant,
+            connection,
+            expected_catalog_version,
+            actor,
+            stage,
+            remove=(names, keys),
+        )
+
+    def replace_entities(
+        self,
+        tenant: str,
+        connection: str,
+        entities: Sequence[Entity],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        documents = selection_documents(entities, allow_empty=True)
+        return self._change_selection(
+            audit.CATALOG_REPLACE,
+            tenant,
+            connection,
+            expected_catalog_version,
+            actor,
+            stage,
+            upsert=documents,
+            replace=True,
+        )
+
+    def bump_catalog_version(
+        self,
+        tenant: str,
+        connection: str,
+        *,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        return self._change_selection(audit.CATALOG_BUMP, tenant, connection, None, actor, stage)
+
+    def catalog(self, tenant: str, connection: str) -> CatalogSnapshot:
+        with self._driver.reading() as session:
+            rows = session.all(
+                "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
+                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables"
+                " FROM {s}.connections c"
+                " JOIN {s}.catalog_versions v ON v.connection_id = c.id"
+                " LEFT JOIN {s}.entities e ON e.connection_id = c.id"
+                " WHERE c.tenant = ? AND c.name = ?"
+                " ORDER BY e.name_key {bytewise}",
+                [tenant, connection],
+            )
+        if not rows:
+            raise connection_not_found(tenant, connection)
+        decode = self._dialect.decode_document
+        entities = {
+            row[1]: entity_from_documents(*row[2:5], *(decode(value) for value in row[5:]))
+            for row in rows
+            if row[1] is not None
+        }
+        return CatalogSnapshot(
+            tenant=tenant,
+            connection=connection,
+            version=int(rows[0][0]),
+            entities=MappingProxyType(entities),
+        )
+
+    def catalog_version(self, tenant: str, connection: str) -> int:
+        """Cheap read of the current catalog version; NotFound if no such connection.
+
+        Served from memory while the driver hears of every change (no round trip on the
+        query path); read from the database otherwise."""
+        held = self._driver.held_versions(start=True)
+        key = (tenant, connection)
+        generation = None
+        if held is not None:
+            version = held.get(key)
+            if version is not None:
+                return version
+            generation = held.generation()
+        with self._driver.reading() as session:
+            row = session.one(
+                "SELECT v.version FROM {s}.connections c"
+                " JOIN {s}.catalog_versions v ON v.connection_id = c.id"
+                " WHERE c.tenant = ? AND c.name = ?",
+                [tenant, connection],
+            )
+        if row is None:
+            raise connection_not_found(tenant, connection)
+        if held is not None:
+            held.keep(key, int(row[0]), generation)
+        return int(row[0])
+
+    def known_catalog_version(self, tenant: str, connection: str) -> int | None:
+        """Read at once where reads are local (a file: microseconds, and WAL readers never
+        wait for a writer); else the version held in memory, or None when none is held
+        (or the driver is not listening yet: starting to listen connects)."""
+        if self._driver.reads_are_local:
+            return self.catalog_version(tenant, connection)
+        held = self._driver.held_versions(start=False)
+        return None if held is None else held.get((tenant, connection))
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def record_audit(self, event: AuditEvent) -> None:
+        if not isinstance(event, AuditEvent):
+            raise InvalidArgument(f"expected an AuditEvent, not {type(event).__name__}")
+        audit_details_document(event.details)  # refuse before connecting
+        with self._driver.writing() as session:
+            self._audit(session, event)
+
+    def list_audit(
+        self, tenant: str, *, connection: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        check_audit_limit(limit)
+        # Two statements rather than one with `(? IS NULL OR ...)`: each uses its index.
+        about = "" if connection is None else " AND connection = ?"
+        params = [tenant] if connection is None else [tenant, connection]
+        with self._driver.reading() as session:
+            rows = session.all(
+                f"SELECT {_AUDIT_COLUMNS} FROM {{s}}.audit_events WHERE tenant = ?{about}"
+                " ORDER BY at DESC, id DESC LIMIT ?",
+                [*params, limit],
+            )
+        return [self._audit_from_row(row) for row in rows]
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._driver.reading() as session:
+            row = session.one("SELECT MAX(version) FROM {s}.schema_migrations")
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def close(self) -> None:
+        self._driver.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return check_utc(self._clock(), "the store's clock")
+
+    def _change_selection(
+        self,
+        action: str,
+        tenant: str,
+        connection: str,
+        expected: int | None,
+        actor: str,
+        stage: str | None,
+        *,
+        upsert: Sequence[EntityDocument] = (),
+        remove: tuple[list[str], list[str]] | None = None,
+        replace: bool = False,
+    ) -> int:
+        """One selection change in one transaction: lock the connection, check its catalog
+        version, remove (`remove`: names as given and their keys, all or none) or replace
+        entities, write `upsert`, move the catalog version on and audit the change;
+        returns the new version."""
+        check_expected_version(expected, "expected_catalog_version")
+        check_actor(actor)
+        check_stage_name(stage)
+        at = self._now()
+        with self._driver.writing() as session:
+            connection_id = self._catalog_for_change(session, tenant, connection, expected)
+            names: Sequence[str] = [d.name for d in upsert]
+            if remove is not None:
+                names, keys = remove
+                selected = {
+                    row[0]
+                    for row in session.all(
+                        "SELECT name_key FROM {s}.entities WHERE connection_id = ?",
+                        [connection_id],
+                    )
+                }
+                missing = [name for name in names if name.lower() not in selected]
+                if missing:
+                    raise missing_entities(connection, missing)
+                session.run_many(
+                    "DELETE FROM {s}.entities WHERE connection_id = ? AND name_key = ?",
+                    [(connection_id, key) for key in keys],
+                )
+            if replace:
+                session.run("DELETE FROM {s}.entities WHERE connection_id = ?", [connection_id])
+            self._upsert(session, connection_id, upsert, at)
+            version = self._bump_version(session, connection_id, at)
+            self._audit(
+                session,
+                audit.catalog_changed(at, actor, action, tenant, connection, stage, names, version),
+            )
+            return version
+
+    @staticmethod
+    def _catalog_for_change(
+        session: SqlSession, tenant: str, name: str, expected: int | None
+    ) -> int:
+        """Lock the connection, then check its catalog is at `expected` (if given)."""
+        row = session.one(
+            "SELECT id FROM {s}.connections WHERE tenant = ? AND name = ? {row_lock}",
+            [tenant, name],
+        )
+        if row is None:
+            raise connection_not_found(tenant, name)
+        connection_id = int(row[0])
+        # A statement of its own, after the lock: it sees the latest committed version.
+        current = session.one(
+            "SELECT version FROM {s}.catalog_versions WHERE connection_id = ?", [connection_id]
+        )
+        if current is None:
+            raise InternalError(f"connection {name!r} has no catalog version")
+        if expected is not None and int(current[0]) != expected:
+            raise catalog_changed(name, expected, int(current[0]))
+        return connection_id
+
+    def _upsert(
+        self,
+        session: SqlSession,
+        connection_id: int,
+        documents: Sequence[EntityDocument],
+        at: datetime,
+    ) -> None:
+        encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
+        session.run_many(
+            "INSERT INTO {s}.entities (connection_id, name_key, name, schema_name,"
+            " table_name, columns, primary_key, foreign_keys, stage_tables, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
+            " name = excluded.name, schema_name = excluded.schema_name,"
+            " table_name = excluded.table_name, columns = excluded.columns,"
+            " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
+            " stage_tables = excluded.stage_tables, updated_at = excluded.updated_at",
+            [
+                (
+                    connection_id,
+                    d.name_key,
+                    d.name,
+                    d.schema,
+                    d.table,
+                    encode(d.columns),
+                    encode(d.primary_key),
+                    encode(d.foreign_keys),
+                    encode(d.stage_tables),
+                    now,
+                    now,
+                )
+                for d in documents
+            ],
+        )
+
+    def _bump_version(self, session: SqlSession, connection_id: int, at: datetime) -> int:
+        # Called with the connection's row locked, so versions of one connection are
+        # drawn (and committed) in order.
+        version = self._dialect.next_catalog_version(session)
+        now = self._dialect.encode_time(at)
+        session.run(
+            "UPDATE {s}.catalog_versions SET version = ?, updated_at = ? WHERE connection_id = ?",
+            [version, now, connection_id],
+        )
+        session.run("UPDATE {s}.connections SET updated_at = ? WHERE id = ?", [now, connection_id])
+        return version
+
+    def _audit(self, session: SqlSession, event: AuditEvent) -> None:
+        # The details are checked again here: the event may have been tampered with after
+        # it was built, and the store is the last line before the database.
+        details = audit_details_document(event.details)
+        session.run(
+            "INSERT INTO {s}.audit_events (at, tenant, actor, action, connection, stage, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                self._dialect.encode_time(check_utc(event.at)),
+                event.tenant,
+                event.actor,
+                event.action,
+                event.connection,
+                event.stage,
+                self._dialect.encode_document(details),
+            ],
+        )
+
+    def _connection_from_row(self, row: Row) -> Connection:
+        tenant, name, kind, stages, secret_refs, version = row
+        decode = self._dialect.decode_document
+        return connection_from_documents(
+            tenant, name, kind, decode(stages), decode(secret_refs), int(version)
+        )
+
+    def _audit_from_row(self, row: Row) -> AuditEvent:
+        at, tenant, actor, action, connection, stage, details = row
+        return AuditEvent(
+            at=self._dialect.decode_time(at),
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            connection=connection,
+            stage=stage,
+            details=self._dialect.decode_document(details),
+        )
