@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.sqlite_store import SqliteMetadataStore
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.clock import FakeClock
 from fabric.config import Settings
 from fabric.context import RequestContext, Role
