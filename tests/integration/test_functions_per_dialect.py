@@ -6,11 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from connectors import registry
 from connectors.base import ParamStyle
 from fabric.errors import QueryRejected
 from fabric.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.query.compiler import StatementCompiler
-from fabric.query.functions import DIALECT_EXCLUDED
 
 CATALOG = CatalogSnapshot(
     "t",
@@ -55,7 +55,7 @@ def compile_for(sql: str, dialect: str) -> str:
 @pytest.mark.parametrize("dialect", ["mysql", "tsql"])
 @pytest.mark.parametrize("name", sorted(PROBES))
 def test_excluded_functions_are_refused_by_name(dialect: str, name: str) -> None:
-    excluded_names = {cls.__name__ for cls in DIALECT_EXCLUDED[dialect]}
+    excluded_names = {cls.__name__ for cls in registry.excluded_functions(dialect)}
     sql = PROBES[name]
     tree_name = {
         "corr": "Corr",
