@@ -21,6 +21,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 
 from connectors.base import Connector, ParamStyle
 from fabric.errors import InvalidArgument
@@ -38,6 +39,7 @@ __all__ = [
     "kinds",
     "register",
     "specs",
+    "unregister",
 ]
 
 
@@ -148,6 +150,19 @@ class ConnectorSpec:
             raise TypeError(f"{self.connector} is not a Connector class")
         return cls
 
+    def describe(self) -> str:
+        """The kind and its settings as help text, one setting a line."""
+        lines = [f"{self.kind}: {self.description}"]
+        for s in self.settings:
+            notes = ["required" if s.required else None, "secret" if s.secret else None]
+            if s.default is not None:
+                notes.append(f"default {s.default}")
+            note = ", ".join(n for n in notes if n)
+            lines.append(
+                f"  {s.name} ({s.type.value}{', ' + note if note else ''}): {s.description}"
+            )
+        return "\n".join(lines)
+
     def setting(self, name: str) -> SettingSpec | None:
         for setting in self.settings:
             if setting.name == name:
@@ -183,11 +198,19 @@ _REGISTRY: dict[str, ConnectorSpec] = {}
 
 
 def register(spec: ConnectorSpec) -> ConnectorSpec:
-    """Add a kind; ValueError when the kind is already registered."""
+    """Add a kind; ValueError when the kind is already registered or sqlglot does not
+    know its dialect."""
     if spec.kind in _REGISTRY:
         raise ValueError(f"connector kind {spec.kind!r} is already registered")
+    if Dialect.get(spec.dialect) is None:
+        raise ValueError(f"sqlglot has no dialect {spec.dialect!r}")
     _REGISTRY[spec.kind] = spec
     return spec
+
+
+def unregister(kind: str) -> None:
+    """Remove a kind (a plug-in's tests); nothing happens when it is not registered."""
+    _REGISTRY.pop(kind, None)
 
 
 def get(kind: str) -> ConnectorSpec:
@@ -312,48 +335,6 @@ register(
 
 register(
     ConnectorSpec(
-        kind="mysql",
-        dialect="mysql",
-        param_style=ParamStyle.FORMAT,
-        connector="connectors.mysql:MySQLConnector",
-        description="MySQL or MariaDB",
-        settings=(
-            *_host(3306),
-            SettingSpec("database", SettingType.STRING, "default database"),
-            SettingSpec("connect_timeout", SettingType.INTEGER, "seconds to connect", default=10),
-            SettingSpec(
-                "read_timeout", SettingType.INTEGER, "seconds a read from the server may take"
-            ),
-            SettingSpec(
-                "charset", SettingType.STRING, "connection character set", default="utf8mb4"
-            ),
-            SettingSpec(
-                "zero_dates",
-                SettingType.STRING,
-                "a zero date ('0000-00-00') reads as 'null' or fails the query ('error')",
-                default="null",
-            ),
-            SettingSpec("ssl_ca", SettingType.STRING, "CA certificate file for TLS"),
-            *_pool(0, 5, 10.0),
-        ),
-        identifier_limit=IdentifierLimit(64),
-        # Each entry was run on MariaDB 10.11 through the compiler's MySQL output
-        # (tests/integration/test_functions_per_dialect.py keeps it honest).
-        excluded_functions=MappingProxyType(
-            {
-                exp.Corr: _NO_STATISTICS,
-                exp.CovarPop: _NO_STATISTICS,
-                exp.CovarSamp: _NO_STATISTICS,
-                exp.Cbrt: "has no CBRT function",
-                exp.StartsWith: "has no STARTS_WITH function",
-                exp.ArrayAgg: "has no arrays (GROUP_CONCAT would silently return text)",
-            }
-        ),
-    )
-)
-
-register(
-    ConnectorSpec(
         kind="sqlserver",
         dialect="tsql",
         param_style=ParamStyle.FORMAT,
@@ -391,6 +372,48 @@ register(
                 exp.TimestampTrunc: "has DATETRUNC only from SQL Server 2022",
                 exp.Greatest: "has GREATEST only from SQL Server 2022",
                 exp.Least: "has LEAST only from SQL Server 2022",
+            }
+        ),
+    )
+)
+
+register(
+    ConnectorSpec(
+        kind="mysql",
+        dialect="mysql",
+        param_style=ParamStyle.FORMAT,
+        connector="connectors.mysql:MySQLConnector",
+        description="MySQL or MariaDB",
+        settings=(
+            *_host(3306),
+            SettingSpec("database", SettingType.STRING, "default database"),
+            SettingSpec("connect_timeout", SettingType.INTEGER, "seconds to connect", default=10),
+            SettingSpec(
+                "read_timeout", SettingType.INTEGER, "seconds a read from the server may take"
+            ),
+            SettingSpec(
+                "charset", SettingType.STRING, "connection character set", default="utf8mb4"
+            ),
+            SettingSpec(
+                "zero_dates",
+                SettingType.STRING,
+                "a zero date ('0000-00-00') reads as 'null' or fails the query ('error')",
+                default="null",
+            ),
+            SettingSpec("ssl_ca", SettingType.STRING, "CA certificate file for TLS"),
+            *_pool(0, 5, 10.0),
+        ),
+        identifier_limit=IdentifierLimit(64),
+        # Each entry was run on MariaDB 10.11 through the compiler's MySQL output
+        # (tests/integration/test_functions_per_dialect.py keeps it honest).
+        excluded_functions=MappingProxyType(
+            {
+                exp.Corr: _NO_STATISTICS,
+                exp.CovarPop: _NO_STATISTICS,
+                exp.CovarSamp: _NO_STATISTICS,
+                exp.Cbrt: "has no CBRT function",
+                exp.StartsWith: "has no STARTS_WITH function",
+                exp.ArrayAgg: "has no arrays (GROUP_CONCAT would silently return text)",
             }
         ),
     )
