@@ -1,6 +1,7 @@
-"""The connector registry: one registration per connection kind, the one place that knows
-each kind's dialect, parameter style, declared settings, capabilities and function
-exclusions.
+"""The connector registry: one registration per connection kind.
+
+It is the one place that knows each kind's dialect, parameter style, declared settings,
+capabilities and function exclusions.
 
 Everything per kind derives from here: `connectors.connector_class`, the kinds a
 connection may have, the dialects the compiler generates for, the functions a dialect
@@ -169,9 +170,12 @@ class ConnectorSpec:
                 return setting
         return None
 
-    def check_settings(self, settings: Mapping[str, SettingValue]) -> dict[str, SettingValue]:
+    def check_settings(
+        self, settings: Mapping[str, SettingValue], *, complete: bool = True
+    ) -> dict[str, SettingValue]:
         """`settings` checked against the declared ones and converted to their types;
-        InvalidArgument naming an unknown, secret, missing or mistyped setting."""
+        InvalidArgument naming an unknown, secret or mistyped setting, or (when
+        `complete`) a missing required one."""
         checked: dict[str, SettingValue] = {}
         for name, value in settings.items():
             declared = self.setting(name)
@@ -187,7 +191,7 @@ class ConnectorSpec:
                 )
             checked[name] = declared.convert(value)
         missing = [s.name for s in self.settings if s.required and s.name not in checked]
-        if missing:
+        if complete and missing:
             raise InvalidArgument(
                 f"{self.kind} connections need the setting(s) {', '.join(missing)}"
             )

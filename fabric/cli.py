@@ -238,7 +238,9 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
     tenant = args.tenant
     if args.action == "create":
         spec = registry.get(args.kind)
-        stage_settings = spec.check_settings(dict(parse_setting(s) for s in args.set or []))
+        # Names and types now; what is missing shows when the connection is tested.
+        given = dict(parse_setting(s) for s in args.set or [])
+        stage_settings = spec.check_settings(given, complete=False)
         password = _read_password(args)
         connection = create_connection(
             manager,

@@ -4,8 +4,10 @@ settings checked at create time)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlglot import exp
@@ -78,6 +80,7 @@ def test_settings_are_checked_and_converted() -> None:
         spec.check_settings({"hots": "db", "database": "d", "user": "u"})
     with pytest.raises(InvalidArgument, match="need the setting\\(s\\) host, database"):
         spec.check_settings({"user": "u"})
+    assert spec.check_settings({"user": "u"}, complete=False) == {"user": "u"}
     with pytest.raises(InvalidArgument, match="'port' must be an integer"):
         spec.check_settings({"host": "db", "port": "5432x", "database": "d", "user": "u"})
     with pytest.raises(InvalidArgument, match="'password' is a secret"):
@@ -192,3 +195,31 @@ def test_a_dialect_sqlglot_does_not_know_is_refused_at_registration() -> None:
     with pytest.raises(ValueError, match="sqlglot has no dialect 'nowhere-sql'"):
         registry.register(spec)
     assert "test-nowhere" not in registry.kinds()
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fabric.cli", *args],
+        env={**os.environ, "FABRIC_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_create_help_lists_each_kind_and_its_settings(tmp_path: Path) -> None:
+    shown = _cli(tmp_path, "connection", "create", "--help")
+    assert shown.returncode == 0, shown.stderr
+    for spec in registry.specs():
+        assert f"{spec.kind}: {spec.description}" in shown.stdout
+    assert "port (integer, default 5432): server port" in shown.stdout
+
+
+def test_cli_create_refuses_an_unknown_or_mistyped_setting(tmp_path: Path) -> None:
+    typo = _cli(tmp_path, "connection", "create", "c", "--kind", "duckdb", "--set", "pth=/x")
+    assert typo.returncode == 2
+    assert "duckdb connections have no setting 'pth'; known: path" in typo.stderr
+    mistyped = _cli(tmp_path, "connection", "create", "c", "--kind", "mysql", "--set", "port=abc")
+    assert mistyped.returncode == 2 and "'port' must be an integer" in mistyped.stderr
+    listed = _cli(tmp_path, "connection", "list")
+    assert listed.returncode == 0 and listed.stdout == ""

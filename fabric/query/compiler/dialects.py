@@ -1,5 +1,7 @@
-"""Target dialects: the rules that make a checked tree generate text each source accepts
-with PostgreSQL's meaning, as sqlglot `Dialect` subclasses.
+"""Target dialects: sqlglot `Dialect` subclasses holding each source's generation rules.
+
+The rules make a checked tree generate text each source accepts with PostgreSQL's
+meaning.
 
 sqlglot's generators are compiled (mypyc) and cannot be subclassed from Python, so the
 rules hook into the `Dialect` instead: `generate` checks what the target cannot express

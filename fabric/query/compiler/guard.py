@@ -2,8 +2,8 @@
 
 Node types, clauses (arguments of a node) and types are allowed only when listed here;
 functions only when `fabric.query.functions` lists them, and only where the target
-dialect can run them. Anything not positively recognised is refused with a message
-naming it.
+dialect can run them; names the query introduces only when the target keeps them whole.
+Anything not positively recognised is refused with a message naming it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""Row bounds of a resolved query: the LIMIT put on the outermost query, and whether it
-is a lookup by a whole primary key (at most one row)."""
+"""Row bounds of a resolved query: the outermost LIMIT and the key-lookup bound.
+
+The LIMIT caps what the source returns; a lookup by a whole primary key returns at most
+one row, which lets the engine run it without a worker thread.
+"""
 
 from __future__ import annotations
 

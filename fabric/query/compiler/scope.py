@@ -1,5 +1,4 @@
-"""Scope resolution: every table bound to a selected entity, every column to a selected
-column, rewriting the tree as it goes.
+"""Scope resolution: every table and column bound to the selection, rewriting the tree.
 
 sqlglot's scope machinery gives the scopes; the binding rules are ours. The rewrite
 leaves physical `"schema"."table" AS "alias"`, columns qualified by their source alias
