@@ -72,31 +72,21 @@ class SettingSpec:
         """`value` as this setting's type; InvalidArgument when it is not one. Whole
         numbers are accepted where text or a fractional number is expected (the CLI reads
         `database=2024` as a number)."""
-        kind = self.type
-        if (
-            kind is SettingType.STRING
-            and isinstance(value, str | int)
-            and not isinstance(value, bool)
+        accepted, expected = _ACCEPTED[self.type]
+        if isinstance(value, bool) != (self.type is SettingType.BOOLEAN) or not isinstance(
+            value, accepted
         ):
-            return str(value)
-        if kind is SettingType.INTEGER and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if (
-            kind is SettingType.NUMBER
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-        ):
-            return value
-        if kind is SettingType.BOOLEAN and isinstance(value, bool):
-            return value
-        raise InvalidArgument(f"setting {self.name!r} must be {_ARTICLE[kind]} {kind.value}")
+            raise InvalidArgument(f"setting {self.name!r} must be {expected}")
+        return str(value) if self.type is SettingType.STRING else value
 
 
-_ARTICLE = {
-    SettingType.STRING: "a",
-    SettingType.INTEGER: "an",
-    SettingType.NUMBER: "a",
-    SettingType.BOOLEAN: "a",
+# Python types a setting of each type accepts (bool apart: it is an int to Python), and
+# how a message names the type.
+_ACCEPTED: dict[SettingType, tuple[tuple[type, ...], str]] = {
+    SettingType.STRING: ((str, int), "text"),
+    SettingType.INTEGER: ((int,), "an integer"),
+    SettingType.NUMBER: ((int, float), "a number"),
+    SettingType.BOOLEAN: ((bool,), "true or false"),
 }
 
 

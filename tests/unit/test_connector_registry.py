@@ -99,12 +99,16 @@ def test_every_kind_declares_its_settings_with_descriptions() -> None:
 def test_a_setting_spec_converts_by_type() -> None:
     flag = SettingSpec("flag", SettingType.BOOLEAN, "a flag")
     assert flag.convert(True) is True
-    with pytest.raises(InvalidArgument, match="'flag' must be a boolean"):
+    with pytest.raises(InvalidArgument, match="'flag' must be true or false"):
         flag.convert(1)
     number = SettingSpec("n", SettingType.NUMBER, "a number")
     assert number.convert(2) == 2 and number.convert(2.5) == 2.5
     with pytest.raises(InvalidArgument, match="must be a number"):
         number.convert(True)
+    text = SettingSpec("t", SettingType.STRING, "text")
+    assert text.convert(2024) == "2024"
+    with pytest.raises(InvalidArgument, match="'t' must be text"):
+        text.convert(1.5)
 
 
 def test_identifier_limit_counts_bytes_or_characters() -> None:
