@@ -92,18 +92,22 @@ _ACCEPTED: dict[SettingType, tuple[tuple[type, ...], str]] = {
 
 @dataclass(frozen=True, slots=True)
 class IdentifierLimit:
-    """The longest name a source keeps as written. PostgreSQL counts bytes and cuts a
-    longer name silently (a result column would come back renamed); others count
-    characters and fail the query."""
+    """The longest names a source keeps as written. PostgreSQL counts bytes and cuts a
+    longer name silently, MariaDB cuts an output name silently at 255 characters (a
+    result column would come back renamed); the others fail the query."""
 
     length: int
+    """Names of CTEs, table and subquery aliases, column alias lists."""
+    output_length: int | None = None
+    """Output column names (`AS name`), when the source keeps them longer than `length`."""
     in_bytes: bool = False
 
     def measure(self, name: str) -> int:
         return len(name.encode()) if self.in_bytes else len(name)
 
-    def fits(self, name: str) -> bool:
-        return self.measure(name) <= self.length
+    def longest(self, *, output: bool) -> int:
+        """The longest name of that sort the source keeps."""
+        return (self.output_length or self.length) if output else self.length
 
     @property
     def unit(self) -> str:
@@ -124,9 +128,9 @@ class ConnectorSpec:
     """Import path of the connector class, `module:Class`, imported on first use."""
     description: str
     settings: tuple[SettingSpec, ...]
-    identifier_limit: IdentifierLimit
+    identifier_limit: IdentifierLimit | None
     """Names the query introduces (aliases, CTE names) longer than this are refused by
-    the compiler rather than cut or failed by the source."""
+    the compiler rather than cut or failed by the source; None when it has no limit."""
     excluded_functions: Mapping[type[exp.Expr], str] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -243,7 +247,11 @@ def excluded_functions(dialect: str) -> Mapping[type[exp.Expr], str]:
 def identifier_limits(dialect: str) -> tuple[IdentifierLimit, ...]:
     """The identifier limits of every kind generating `dialect` (a name must fit them all)."""
     return tuple(
-        dict.fromkeys(s.identifier_limit for s in _REGISTRY.values() if s.dialect == dialect)
+        dict.fromkeys(
+            s.identifier_limit
+            for s in _REGISTRY.values()
+            if s.dialect == dialect and s.identifier_limit is not None
+        )
     )
 
 
@@ -303,7 +311,7 @@ register(
                 required=True,
             ),
         ),
-        identifier_limit=IdentifierLimit(255),
+        identifier_limit=None,  # names of any length are kept whole
     )
 )
 
@@ -397,7 +405,7 @@ register(
             SettingSpec("ssl_ca", SettingType.STRING, "CA certificate file for TLS"),
             *_pool(0, 5, 10.0),
         ),
-        identifier_limit=IdentifierLimit(64),
+        identifier_limit=IdentifierLimit(64, output_length=255),
         # Each entry was run on MariaDB 10.11 through the compiler's MySQL output
         # (tests/integration/test_functions_per_dialect.py keeps it honest).
         excluded_functions=MappingProxyType(

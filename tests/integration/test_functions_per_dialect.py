@@ -142,6 +142,20 @@ def test_allowed_functions_really_run_on_mariadb() -> None:
                 if name == "date_trunc":
                     assert pa.types.is_timestamp(table.schema.field("v").type)
                 ran.append(name)
+            # The name limits the compiler enforces for mysql are the server's own: the
+            # longest accepted names come back whole; a longer output name would be cut.
+            output, cte = "o" * 255, "n" * 64
+            compiled = StatementCompiler().compile(
+                f"WITH {cte} AS (SELECT x FROM m) SELECT x AS {output} FROM {cte}",
+                catalog,
+                dialect="mysql",
+                param_style=ParamStyle.FORMAT,
+                max_rows=10,
+            )
+            with connector.execute(compiled.sql, ()) as handle:
+                assert handle.reader.read_all().column_names == [output]
+            with connector.execute(f"SELECT 1 AS {'o' * 256}", ()) as handle:
+                assert handle.reader.read_all().column_names == [output]
         finally:
             connector.close()
         assert {"date_trunc", "greatest", "nth_value", "bool_and"} <= set(ran)

@@ -38,8 +38,9 @@ Decisions (documented for the engine and the Studio):
   lower case first (PostgreSQL rules), so output column names are the same on every
   source. Unquoted names match catalog names case-insensitively, quoted ones exactly.
 - A name the query introduces (an output, table, subquery or CTE alias) longer than the
-  target keeps (`connectors.registry`'s identifier limit) is refused: PostgreSQL would
-  cut it silently and return a renamed column; the others would fail the query.
+  target keeps (`connectors.registry`'s identifier limit) is refused: PostgreSQL, and
+  MariaDB for output names, would cut it silently and return a renamed column; the
+  others would fail the query.
 - With ParamStyle.FORMAT every `%` in the text is written `%%`, so connectors must always
   pass a parameter sequence (possibly empty), never None, to the driver.
 """

@@ -282,27 +282,28 @@ def _check_star(node: exp.Expr) -> None:
 
 
 def check_name_lengths(tree: exp.Expr, dialect: str) -> None:
-    """Refuse a name the query introduces (an output alias, a table, subquery or CTE
-    alias, a column alias list) longer than a source of `dialect` keeps: PostgreSQL would
-    cut it silently (a result column coming back renamed), others fail the query."""
+    """Refuse a name the query introduces (an output name, a table, subquery or CTE
+    alias, a column alias list) longer than a source of `dialect` keeps: PostgreSQL and
+    MariaDB would cut it silently (a result column coming back renamed), others fail."""
     limits = registry.identifier_limits(dialect)
     if not limits:
         return
     for node in tree.walk():
         if isinstance(node, exp.Alias):
-            names = [node.args.get("alias")]
+            names, output = [node.args.get("alias")], True
         elif isinstance(node, exp.TableAlias):
-            names = [node.this, *(node.args.get("columns") or [])]
+            names, output = [node.this, *(node.args.get("columns") or [])], False
         else:
             continue
         for name in names:
             if not isinstance(name, exp.Identifier):
                 continue
             for limit in limits:
-                if not limit.fits(name.name):
+                longest, length = limit.longest(output=output), limit.measure(name.name)
+                if length > longest:
                     shown = name.name if len(name.name) <= 40 else name.name[:40] + "..."
+                    sort = "an output name" if output else "a name"
                     raise QueryRejected(
-                        f"name '{shown}' is {limit.measure(name.name)} {limit.unit} long; "
-                        f"{dialect} keeps at most {limit.length} {limit.unit} of a name: "
-                        "use a shorter alias"
+                        f"name '{shown}' is {length} {limit.unit} long; {dialect} keeps at "
+                        f"most {longest} {limit.unit} of {sort}: use a shorter alias"
                     )
