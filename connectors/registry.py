@@ -195,6 +195,35 @@ class ConnectorSpec:
 _REGISTRY: dict[str, ConnectorSpec] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class _DialectRules:
+    """What every kind generating one dialect requires of it, merged (the compiler reads
+    it per query, so it is derived once per registry change, not per call)."""
+
+    excluded_functions: Mapping[type[exp.Expr], str]
+    identifier_limits: tuple[IdentifierLimit, ...]
+
+
+_NO_RULES = _DialectRules(MappingProxyType({}), ())
+_dialects: tuple[str, ...] = ()
+_rules: dict[str, _DialectRules] = {}
+
+
+def _derive() -> None:
+    global _dialects, _rules
+    dialects = tuple(dict.fromkeys(spec.dialect for spec in _REGISTRY.values()))
+    rules: dict[str, _DialectRules] = {}
+    for dialect in dialects:
+        using = [spec for spec in _REGISTRY.values() if spec.dialect == dialect]
+        excluded: dict[type[exp.Expr], str] = {}
+        for spec in using:
+            for function, reason in spec.excluded_functions.items():
+                excluded.setdefault(function, reason)
+        limits = (s.identifier_limit for s in using if s.identifier_limit is not None)
+        rules[dialect] = _DialectRules(MappingProxyType(excluded), tuple(dict.fromkeys(limits)))
+    _dialects, _rules = dialects, rules
+
+
 def register(spec: ConnectorSpec) -> ConnectorSpec:
     """Add a kind; ValueError when the kind is already registered or sqlglot does not
     know its dialect."""
@@ -203,12 +232,14 @@ def register(spec: ConnectorSpec) -> ConnectorSpec:
     if Dialect.get(spec.dialect) is None:
         raise ValueError(f"sqlglot has no dialect {spec.dialect!r}")
     _REGISTRY[spec.kind] = spec
+    _derive()
     return spec
 
 
 def unregister(kind: str) -> None:
     """Remove a kind (a plug-in's tests); nothing happens when it is not registered."""
-    _REGISTRY.pop(kind, None)
+    if _REGISTRY.pop(kind, None) is not None:
+        _derive()
 
 
 def get(kind: str) -> ConnectorSpec:
@@ -231,28 +262,17 @@ def kinds() -> tuple[str, ...]:
 
 def dialects() -> tuple[str, ...]:
     """The sqlglot dialects of the registered kinds, each once, in registration order."""
-    return tuple(dict.fromkeys(spec.dialect for spec in _REGISTRY.values()))
+    return _dialects
 
 
 def excluded_functions(dialect: str) -> Mapping[type[exp.Expr], str]:
     """The functions `dialect` cannot run, with why: those of every kind generating it."""
-    merged: dict[type[exp.Expr], str] = {}
-    for spec in _REGISTRY.values():
-        if spec.dialect == dialect:
-            for function, reason in spec.excluded_functions.items():
-                merged.setdefault(function, reason)
-    return MappingProxyType(merged)
+    return _rules.get(dialect, _NO_RULES).excluded_functions
 
 
 def identifier_limits(dialect: str) -> tuple[IdentifierLimit, ...]:
     """The identifier limits of every kind generating `dialect` (a name must fit them all)."""
-    return tuple(
-        dict.fromkeys(
-            s.identifier_limit
-            for s in _REGISTRY.values()
-            if s.dialect == dialect and s.identifier_limit is not None
-        )
-    )
+    return _rules.get(dialect, _NO_RULES).identifier_limits
 
 
 # -- the built-in connectors ----------------------------------------------------------------
