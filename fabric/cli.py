@@ -16,12 +16,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from connectors import registry
 from fabric.catalog.manager import CatalogManager
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
-from fabric.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
+from fabric.model import ALL_STAGES, Entity, SettingValue
 from fabric.observability.logging import configure as configure_logging
 
 _TYPED_PARAM = re.compile(
@@ -236,14 +237,17 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
     manager = _manager(settings)
     tenant = args.tenant
     if args.action == "create":
-        stage_settings = dict(parse_setting(s) for s in args.set or [])
+        spec = registry.get(args.kind)
+        # Names and types now; what is missing shows when the connection is tested.
+        given = dict(parse_setting(s) for s in args.set or [])
+        stage_settings = spec.check_settings(given, complete=False)
         password = _read_password(args)
         connection = create_connection(
             manager,
             open_secret_store(settings),
             tenant,
             args.name,
-            ConnectionKind(args.kind).value,
+            spec.kind,
             args.stage,
             stage_settings,
             password,
@@ -473,9 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     conn = sub.add_parser("connection", help="manage connections").add_subparsers(
         dest="action", required=True
     )
-    create = conn.add_parser("create", help="register a connection")
+    create = conn.add_parser(
+        "create",
+        help="register a connection",
+        epilog="settings by kind:\n" + "\n".join(s.describe() for s in registry.specs()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     create.add_argument("name")
-    create.add_argument("--kind", required=True, choices=[k.value for k in ConnectionKind])
+    create.add_argument("--kind", required=True, choices=registry.kinds())
     create.add_argument(
         "--set",
         action="append",

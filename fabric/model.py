@@ -21,6 +21,10 @@ ALL_STAGES = "*"
 
 
 class ConnectionKind(StrEnum):
+    """The kinds a stored connection may have: one member per kind registered in
+    `connectors.registry`, which knows everything else about each kind (this leaf
+    module cannot import it; tests/unit/test_connector_registry.py keeps the two equal)."""
+
     DUCKDB = "duckdb"
     POSTGRES = "postgres"
     SQLSERVER = "sqlserver"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from connectors import registry
+
 AGGREGATES: frozenset[type[exp.Expr]] = frozenset(
     {
         exp.Count,
@@ -112,39 +114,6 @@ Empty on purpose: an unknown function is generated verbatim into every dialect, 
 added here only after checking what it does on every source."""
 
 
-_NO_STATISTICS = "has no CORR/COVAR functions"
-DIALECT_EXCLUDED: dict[str, dict[type[exp.Expr], str]] = {
-    # Each entry was run on MariaDB 10.11 through the compiler's MySQL output
-    # (tests/integration/test_functions_per_dialect.py keeps it honest).
-    "mysql": {
-        exp.Corr: _NO_STATISTICS,
-        exp.CovarPop: _NO_STATISTICS,
-        exp.CovarSamp: _NO_STATISTICS,
-        exp.Cbrt: "has no CBRT function",
-        exp.StartsWith: "has no STARTS_WITH function",
-        exp.ArrayAgg: "has no arrays (GROUP_CONCAT would silently return text)",
-    },
-    # No SQL Server runs here: these follow its documentation, failing closed where a
-    # function exists only in recent releases.
-    "tsql": {
-        exp.Corr: _NO_STATISTICS,
-        exp.CovarPop: _NO_STATISTICS,
-        exp.CovarSamp: _NO_STATISTICS,
-        exp.Cbrt: "has no CBRT function",
-        exp.StartsWith: "has no STARTS_WITH function",
-        exp.ArrayAgg: "has no arrays",
-        exp.NthValue: "has no NTH_VALUE function",
-        exp.LogicalAnd: "has no BOOL_AND (no boolean type)",
-        exp.LogicalOr: "has no BOOL_OR (no boolean type)",
-        exp.DateTrunc: "has DATETRUNC only from SQL Server 2022",
-        exp.TimestampTrunc: "has DATETRUNC only from SQL Server 2022",
-        exp.Greatest: "has GREATEST only from SQL Server 2022",
-        exp.Least: "has LEAST only from SQL Server 2022",
-    },
-}
-"""Functions allowed in Fabric SQL that a target dialect cannot run faithfully, with why."""
-
-
 def is_allowed_function(node: exp.Expr) -> bool:
     """Whether `node` (an `exp.Func`) is a call the compiler lets through."""
     if type(node) is exp.Anonymous:
@@ -153,8 +122,9 @@ def is_allowed_function(node: exp.Expr) -> bool:
 
 
 def dialect_refusal(node: exp.Expr, dialect: str) -> str | None:
-    """Why `dialect` cannot run the allowed function `node`, or None when it can."""
-    return DIALECT_EXCLUDED.get(dialect, {}).get(type(node))
+    """Why `dialect` cannot run the allowed function `node`, or None when it can (the
+    exclusions are declared per connector kind in `connectors.registry`)."""
+    return registry.excluded_functions(dialect).get(type(node))
 
 
 def function_name(node: exp.Expr) -> str:

@@ -13,7 +13,8 @@ Rejections are not cached: they are cheap to redo and carry no state worth keepi
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+
+from cachetools import LRUCache
 
 from connectors.base import ParamStyle
 from fabric.errors import InternalError
@@ -37,7 +38,7 @@ class StatementCache:
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[_Key, CompiledStatement] = OrderedDict()
+        self._entries: LRUCache[_Key, CompiledStatement] = LRUCache(maxsize=max_entries)
         # Keys per (tenant, connection), so a purge does not scan the whole cache.
         self._by_connection: dict[tuple[str, str], set[_Key]] = {}
         self._lock = threading.Lock()
@@ -76,9 +77,8 @@ class StatementCache:
             sql,
         )
         with self._lock:
-            found = self._entries.get(key)
+            found = self._entries.get(key)  # a hit becomes the most recently used
             if found is not None:
-                self._entries.move_to_end(key)
                 self.hits += 1
                 return found
             self.misses += 1
@@ -89,11 +89,13 @@ class StatementCache:
             existing = self._entries.get(key)
             if existing is not None:
                 return existing  # another thread compiled it meanwhile; share one object
+            if len(self._entries) >= self.max_entries:
+                # Evicted here rather than by the cache itself, so its key leaves the
+                # per-connection index with it.
+                old_key, _ = self._entries.popitem()
+                self._forget(old_key)
             self._entries[key] = compiled
             self._by_connection.setdefault((tenant, connection), set()).add(key)
-            while len(self._entries) > self.max_entries:
-                old_key, _ = self._entries.popitem(last=False)
-                self._forget(old_key)
         return compiled
 
     def purge_connection(self, tenant: str, connection: str) -> int:

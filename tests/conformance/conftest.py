@@ -27,7 +27,8 @@ import duckdb
 import psycopg
 import pytest
 
-from connectors.base import Connector, ConnectorConfig
+from connectors import registry
+from connectors.base import Connector, ConnectorConfig, ParamStyle
 from connectors.duckdb import DuckDBConnector
 from connectors.postgres import PostgresConnector
 from tests.support.servers import mariadb_url, mssql_url
@@ -37,11 +38,19 @@ class Source:
     """A connector plus the means to plant data in its database before it opens."""
 
     name: str
-    dialect: str
-    p: str  # placeholder of the connector's param style
+    """The connection kind, as registered in `connectors.registry`."""
     schema: str
     length_function = "length"
     """SQL function giving a string's length in characters."""
+
+    @property
+    def dialect(self) -> str:
+        return registry.get(self.name).dialect
+
+    @property
+    def p(self) -> str:
+        """Placeholder of the connector's param style."""
+        return "?" if registry.get(self.name).param_style is ParamStyle.QMARK else "%s"
 
     def run(self, *statements: str, rows: Sequence[Sequence[Any]] = ()) -> None:
         raise NotImplementedError
@@ -69,8 +78,6 @@ class Source:
 
 class DuckDBSource(Source):
     name = "duckdb"
-    dialect = "duckdb"
-    p = "?"
     schema = "fab"
 
     def __init__(self, tmp_path: Path) -> None:
@@ -106,8 +113,6 @@ class DuckDBSource(Source):
 
 class PostgresSource(Source):
     name = "postgres"
-    dialect = "postgres"
-    p = "%s"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -210,8 +215,6 @@ class MySQLSource(Source):
     """MariaDB/MySQL: a unique database, planted through PyMySQL (session in UTC)."""
 
     name = "mysql"
-    dialect = "mysql"
-    p = "%s"
     length_function = "char_length"  # LENGTH counts bytes in MySQL
 
     def __init__(self, url: str) -> None:
@@ -323,8 +326,6 @@ class SqlServerSource(Source):
     FABRIC_TEST_MSSQL_URL (mssql://user:password@host:port/database)."""
 
     name = "sqlserver"
-    dialect = "tsql"
-    p = "%s"
     length_function = "len"
 
     def __init__(self, url: str) -> None:
@@ -502,17 +503,23 @@ def mssql_server_url() -> str:
     return mssql_url()
 
 
-@pytest.fixture(params=["duckdb", "postgres", "mysql", "sqlserver"])
+# How to build each registered kind's Source: a kind registered without one fails here.
+SOURCES: dict[str, Callable[[pytest.FixtureRequest, Path], Source]] = {
+    "duckdb": lambda request, tmp_path: DuckDBSource(tmp_path),
+    "postgres": lambda request, tmp_path: PostgresSource(request.getfixturevalue("postgres_url")),
+    "mysql": lambda request, tmp_path: MySQLSource(request.getfixturevalue("mariadb_server_url")),
+    "sqlserver": lambda request, tmp_path: SqlServerSource(
+        request.getfixturevalue("mssql_server_url")
+    ),
+}
+
+
+@pytest.fixture(params=registry.kinds())
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
-    src: Source
-    if request.param == "duckdb":
-        src = DuckDBSource(tmp_path)
-    elif request.param == "postgres":
-        src = PostgresSource(request.getfixturevalue("postgres_url"))
-    elif request.param == "mysql":
-        src = MySQLSource(request.getfixturevalue("mariadb_server_url"))
-    else:
-        src = SqlServerSource(request.getfixturevalue("mssql_server_url"))
+    build = SOURCES.get(request.param)
+    if build is None:
+        pytest.fail(f"connector kind {request.param!r} has no conformance Source in SOURCES")
+    src = build(request, tmp_path)
     try:
         yield src
     finally:

@@ -266,3 +266,67 @@ def test_row_bound_proves_key_lookups(sql: str, row_bound: int) -> None:
     )
     assert compiled.row_bound == row_bound
     assert compiled.row_limit == (5 if "LIMIT 5" in sql else 101)  # the LIMIT is unchanged
+
+
+@pytest.mark.parametrize(
+    ("dialect", "longest", "longest_output", "unit"),
+    [
+        ("postgres", 63, 63, "bytes"),
+        ("mysql", 64, 255, "characters"),
+        ("tsql", 128, 128, "characters"),
+    ],
+)
+def test_a_name_longer_than_the_source_keeps_is_refused(
+    dialect: str, longest: int, longest_output: int, unit: str
+) -> None:
+    fits = "a" * longest_output
+    compiled = compile_sql(f"SELECT id AS {fits} FROM orders", dialect=dialect)
+    assert fits in compiled.sql
+    with pytest.raises(QueryRejected, match=f"at most {longest_output} {unit} of an output"):
+        compile_sql(f"SELECT id AS {'o' * (longest_output + 1)} FROM orders", dialect=dialect)
+    name = "n" * longest
+    assert compile_sql(f"SELECT {name}.id FROM orders {name}", dialect=dialect)
+    too_long = "b" * (longest + 1)
+    for sql in (
+        f"SELECT {too_long}.id FROM orders {too_long}",
+        f"WITH {too_long} AS (SELECT id FROM orders) SELECT id FROM {too_long}",
+        f"SELECT x.id FROM (SELECT id FROM orders) x ({too_long})",
+    ):
+        with pytest.raises(QueryRejected, match=f"at most {longest} {unit} of a name"):
+            compile_sql(sql, dialect=dialect)
+
+
+def test_duckdb_keeps_names_of_any_length() -> None:
+    name = "d" * 2000
+    sql = f"WITH {name} AS (SELECT id AS {name} FROM orders) SELECT {name} FROM {name}"
+    assert name in compile_sql(sql, dialect="duckdb", style=ParamStyle.QMARK).sql
+
+
+def test_postgres_counts_an_alias_in_bytes() -> None:
+    # 32 two-byte characters are 64 bytes: PostgreSQL would cut the name to 63 bytes.
+    alias = '"' + "é" * 32 + '"'
+    with pytest.raises(QueryRejected, match="is 64 bytes long; postgres keeps at most 63 bytes"):
+        compile_sql(f"SELECT id AS {alias} FROM orders")
+    assert compile_sql(f"SELECT id AS {alias} FROM orders", dialect="mysql")
+
+
+def test_long_entity_and_column_names_from_the_catalog_are_not_refused() -> None:
+    # Only names the query introduces are checked: catalog names exist in the source.
+    catalog = sales_catalog()
+    long_name = "c" * 70
+    entity = dataclasses.replace(catalog.entities["orders"], name=long_name)
+    catalog = dataclasses.replace(catalog, entities={long_name: entity})
+    compiled = StatementCompiler().compile(
+        f"SELECT id FROM {long_name}",
+        catalog,
+        dialect="postgres",
+        param_style=ParamStyle.FORMAT,
+        max_rows=10,
+    )
+    assert long_name in compiled.sql
+
+
+def test_an_overlong_alias_message_does_not_echo_the_whole_name() -> None:
+    with pytest.raises(QueryRejected) as caught:
+        compile_sql(f"SELECT id AS {'z' * 5000} FROM orders")
+    assert len(str(caught.value)) < 200

@@ -1,0 +1,55 @@
+"""Compile Fabric SQL into checked, parameterised SQL for one source dialect.
+
+Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compile is:
+
+1. cheap checks on the text and its tokens, before the recursive parser sees it: empty,
+   too long, nested too deeply, not starting like a query, more than one statement;
+2. one parse (sqlglot, `postgres`), then a walk of the whole tree against an allow-list of
+   node types, clauses and functions (anything not positively recognised is refused);
+3. scope-by-scope resolution of every table to a selected entity and of every column to a
+   selected column (sqlglot's scope machinery gives the scopes; the binding rules are ours),
+   rewriting as it goes: physical `"schema"."table" AS "alias"`, columns qualified by their
+   source alias with the catalog's exact spelling, `*` expanded to the selected columns;
+4. the row limit on the outermost query, then generation from the checked tree with
+   sentinel placeholders that become the driver's `?` or `%s`, through the target's
+   dialect rules (what it cannot express is refused, the rest rewritten).
+
+The modules follow those steps: `reader` (1), `guard` (2), `scope` (3), `rows` and
+`generate` (4), `dialects` (the target rules), `statement_compiler` (the pipeline).
+
+Decisions (documented for the engine and the Studio):
+
+- Schema-qualified (`sales.orders`) and cross-database (`db.sales.orders`) names are
+  refused: apps use entity names, and a physical name would bypass the selection.
+- VALUES lists, LATERAL, table functions, NATURAL joins and JOIN ... USING are refused.
+  NATURAL would join on hidden columns too; USING merges columns in ways `*` expansion
+  would have to imitate per dialect. Write JOIN ... ON.
+- WITH RECURSIVE is refused: analytics queries rarely need it and it can run unbounded.
+- LIMIT on the outermost query must be an integer literal (or ALL/absent): a parameter
+  cannot be compared with max_rows at compile time. OFFSET may be a parameter.
+- Row bound: `row_bound` is 1 when the outermost query reads one entity alone and its
+  WHERE ANDs `column = parameter or literal` over the entity's whole primary key (from
+  the catalog); otherwise `row_limit`. The engine runs small bounds without a worker
+  thread; a stale key in the catalog costs speed there, never rows.
+- Truncation: `row_limit` is max_rows + 1 unless the query's own literal LIMIT is not
+  larger than max_rows. The engine reads at most `row_limit` rows; reading more than
+  `max_rows` rows means the result was truncated (drop the extra row, flag truncated).
+- Identifiers are all quoted in the output; unquoted input identifiers are folded to
+  lower case first (PostgreSQL rules), so output column names are the same on every
+  source. Unquoted names match catalog names case-insensitively, quoted ones exactly.
+- A name the query introduces (an output, table, subquery or CTE alias) longer than the
+  target keeps (`connectors.registry`'s identifier limit) is refused: PostgreSQL, and
+  MariaDB for output names, would cut it silently and return a renamed column; the
+  others would fail the query.
+- With ParamStyle.FORMAT every `%` in the text is written `%%`, so connectors must always
+  pass a parameter sequence (possibly empty), never None, to the driver.
+"""
+
+from __future__ import annotations
+
+from fabric.query.compiler.dialects import TARGET_DIALECTS
+from fabric.query.compiler.reader import INPUT_DIALECT
+from fabric.query.compiler.statement import CompiledStatement
+from fabric.query.compiler.statement_compiler import StatementCompiler
+
+__all__ = ["INPUT_DIALECT", "TARGET_DIALECTS", "CompiledStatement", "StatementCompiler"]

@@ -1,0 +1,90 @@
+"""The compile pipeline: read, guard, resolve, bound the rows, generate."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlglot import exp
+from sqlglot.errors import SqlglotError, UnsupportedError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from connectors.base import ParamStyle
+from fabric.errors import InvalidArgument, QueryRejected
+from fabric.model import CatalogSnapshot
+from fabric.query.compiler.dialects import target_dialect
+from fabric.query.compiler.generate import generate
+from fabric.query.compiler.guard import (
+    check_dialect_functions,
+    check_name_lengths,
+    check_structure,
+)
+from fabric.query.compiler.reader import INPUT_DIALECT, QueryReader
+from fabric.query.compiler.rows import apply_row_limit, key_lookup
+from fabric.query.compiler.scope import ScopeResolver
+from fabric.query.compiler.statement import CompiledStatement
+
+
+class StatementCompiler:
+    """Turns Fabric SQL into a CompiledStatement, or raises QueryRejected saying why not.
+
+    Stateless after construction, so one instance may serve every thread.
+    """
+
+    def __init__(self, *, max_sql_length: int = 100_000, max_nesting_depth: int = 64) -> None:
+        if max_sql_length < 1 or max_nesting_depth < 1:
+            raise ValueError("max_sql_length and max_nesting_depth must be positive")
+        self.max_sql_length = max_sql_length
+        self.max_nesting_depth = max_nesting_depth
+        self._reader = QueryReader(
+            max_sql_length=max_sql_length, max_nesting_depth=max_nesting_depth
+        )
+
+    def compile(
+        self,
+        sql: str,
+        catalog: CatalogSnapshot,
+        *,
+        dialect: str,
+        param_style: ParamStyle,
+        max_rows: int,
+    ) -> CompiledStatement:
+        target = target_dialect(dialect)
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise InvalidArgument("max_rows must be a positive integer")
+        tokens = self._reader.tokenize(sql)
+        try:
+            tree = self._reader.parse(sql, tokens)
+            check_structure(tree, catalog)
+            check_dialect_functions(tree, dialect)
+            # PostgreSQL folding: unquoted identifiers become lower case, quoted stay as is.
+            tree = normalize_identifiers(tree, dialect=INPUT_DIALECT)
+            check_name_lengths(tree, dialect)
+            resolver = ScopeResolver(catalog)
+            resolver.resolve(tree)
+            row_limit = apply_row_limit(tree, max_rows)
+            row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
+            for identifier in tree.find_all(exp.Identifier):
+                identifier.set("quoted", True)
+            # The target refuses what it cannot express and rewrites the rest as it generates.
+            text, names = generate(tree, target, param_style, sql)
+        except RecursionError:
+            raise QueryRejected(
+                f"query is nested too deeply (the limit is {self.max_nesting_depth} levels)"
+            ) from None
+        except UnsupportedError as error:
+            raise QueryRejected(
+                f"the query uses a construct {dialect} does not support: {error}"
+            ) from None
+        except SqlglotError:
+            # sqlglot's own messages may quote query text; say less rather than echo it.
+            raise QueryRejected("the query could not be checked (unsupported construct)") from None
+        fingerprint = hashlib.blake2b(f"{dialect}\x00{text}".encode(), digest_size=16).hexdigest()
+        return CompiledStatement(
+            sql=text,
+            param_names=names,
+            row_limit=row_limit,
+            row_bound=row_bound,
+            max_rows=max_rows,
+            entities=tuple(sorted(resolver.entities)),
+            fingerprint=fingerprint,
+        )
