@@ -14,7 +14,8 @@ import pytest
 
 from connectors import Connector, QueryHandle
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import assemble_gateway
+from fabric.app.parts import catalog_manager
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.clock import FakeClock
 from fabric.config import Settings
@@ -22,7 +23,6 @@ from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext
 from fabric.model import Connection, SettingValue
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import default_connector_factory
-from fabric.wiring import catalog_manager
 
 
 class RecordingConnector(Connector):
@@ -139,9 +139,9 @@ def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> 
     settings = Settings(home=tmp_path, metrics_port=0, **overrides)
     engine = QueryEngine(store, settings, clock=clock, connector_factory=factory)
     gateway = BackgroundGateway(
-        Gateway(engine, verifier=verifier)
+        assemble_gateway(engine, verifier=verifier)
         if verifier is not None
-        else Gateway(engine, context_provider=tenant_from_metadata)
+        else assemble_gateway(engine, context_provider=tenant_from_metadata)
     ).start()
     return Harness(gateway, engine, clock, store, executed, gate)
 

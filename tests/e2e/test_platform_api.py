@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
+from fabric.app.gateway import assemble_gateway
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.clock import FakeClock
@@ -88,7 +89,7 @@ def start_platform(home: Path) -> Platform:
     engine = QueryEngine(
         store, Settings(home=home, metrics_port=0), clock=clock, secrets=secrets.get
     )
-    gateway = Gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
+    gateway = assemble_gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
     background = BackgroundGateway(gateway).start()
     channel = grpc.insecure_channel(background.address)
     return Platform(

@@ -29,6 +29,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from connectors import Connector, QueryHandle
+from fabric.app.parts import catalog_manager
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.config import Settings
 from fabric.context import RequestContext
@@ -51,7 +52,6 @@ from fabric.query.engine import QueryEngine, QueryRequest, Summary
 from fabric.query.sources import default_connector_factory
 from fabric.results.ipc import open_ipc_stream
 from fabric.security.kms import LocalKeyRing
-from fabric.wiring import catalog_manager
 from tests.support.nats import NatsServerProcess, nats_url, private_nats_server, run_bounded
 
 TENANT = "acme"
