@@ -19,7 +19,7 @@ from fabric.app.parts import catalog_manager
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.clock import FakeClock
 from fabric.config import Settings
-from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext
+from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.model import Connection, SettingValue
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import default_connector_factory
@@ -103,6 +103,8 @@ def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
     return RequestContext(
         tenant=metadata.get("x-tenant", DEFAULT_TENANT),
         stage=metadata.get("x-stage", DEFAULT_STAGE),
+        role=Role.ADMIN,
+        principal="local",
     )
 
 

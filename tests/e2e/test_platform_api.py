@@ -21,7 +21,7 @@ from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.clock import FakeClock
 from fabric.config import Settings
-from fabric.context import DEFAULT_TENANT, RequestContext
+from fabric.context import DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import NotFound, QueryRejected
 from fabric.query.engine import QueryEngine
 from fabric.security.kms import LocalKeyRing
@@ -38,6 +38,7 @@ def caller(context: grpc.aio.ServicerContext) -> RequestContext:
     return RequestContext(
         tenant=metadata.get("x-tenant", DEFAULT_TENANT),
         stage=metadata.get("x-stage", "development"),
+        role=Role.ADMIN,
         principal=metadata.get("x-principal", "local"),
     )
 

@@ -32,7 +32,7 @@ from connectors import Connector, QueryHandle
 from fabric.app.parts import catalog_manager
 from fabric.catalog.sqlite_store import SqliteMetadataStore
 from fabric.config import Settings
-from fabric.context import RequestContext
+from fabric.context import RequestContext, Role
 from fabric.errors import (
     DeadlineExceeded,
     FabricError,
@@ -263,7 +263,7 @@ def expected(site: Site, sql: str) -> list[dict[str, Any]]:
 
 
 def ctx_for(stage: str, tenant: str = TENANT) -> RequestContext:
-    return RequestContext(tenant=tenant, stage=stage)
+    return RequestContext(tenant=tenant, stage=stage, role=Role.ADMIN, principal="local")
 
 
 # -- must-hold 1: nothing readable on the bus ----------------------------------------------

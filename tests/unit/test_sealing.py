@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from fabric.context import RequestContext
+from fabric.context import RequestContext, Role
 from fabric.errors import (
     DeadlineExceeded,
     IntegrityError,
@@ -254,7 +254,7 @@ async def _collect(items: AsyncIterator[bytes | Summary]) -> tuple[list[bytes], 
     return messages, summary
 
 
-CALLER = RequestContext(tenant="acme", stage="production")
+CALLER = RequestContext(tenant="acme", stage="production", role=Role.ADMIN, principal="local")
 
 
 def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> None:
