@@ -11,9 +11,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fabric.app.processes import ProcessRole
+from fabric.app.process_role import ProcessRole
 from fabric.catalog.manager import CatalogManager
 from fabric.client import FabricClient
 from fabric.config import Settings
@@ -22,7 +22,9 @@ from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
 from fabric.model import ALL_STAGES, ConnectionKind, Entity, SettingValue
 from fabric.observability.logging import configure as configure_logging
-from fabric.platform.connections import ConnectionAdmin
+
+if TYPE_CHECKING:
+    from fabric.platform.connections import ConnectionAdmin
 
 _TYPED_PARAM = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$", re.DOTALL

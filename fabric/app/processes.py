@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from enum import StrEnum
 from typing import Any, Protocol
 
 from fabric.api.server import QUERY_SERVICE, SERVICES, Gateway
@@ -45,18 +44,11 @@ from fabric.app.bus import (
 )
 from fabric.app.gateway import attach_publisher, configured_gateway
 from fabric.app.parts import open_kms, open_secret_store, open_store
+from fabric.app.process_role import ProcessRole
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
-
-
-class ProcessRole(StrEnum):
-    """What a process of `fabric serve` is (not who a caller is: that is `context.Role`)."""
-
-    ALL = "all"
-    PLATFORM = "platform"
-    RUNTIME = "runtime"
 
 
 class RoleProcess(Protocol):
