@@ -10,14 +10,13 @@ from typing import Any
 from fabric.api.auth import local_admin_context, verified_context
 from fabric.api.query_service import ContextProvider, Execute
 from fabric.api.server import SERVICES, Gateway
-from fabric.app.parts import token_verifier
+from fabric.app.parts import platform_plane, token_verifier
 from fabric.catalog.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
 from fabric.errors import InvalidArgument
 from fabric.messaging.platform_events import Announcements, PlatformEventPublisher
 from fabric.platform.departure import ChangeListeners, EnginePurger, StaleMetadataSweeper
-from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.authz import TokenVerifierLike
@@ -53,7 +52,7 @@ def assemble_gateway(
     purger = EnginePurger(engine)
     engine.metrics.add_snapshot(purger.snapshot)
     announcements = Announcements(ChangeListeners([purger]))
-    platform = Platform.build(
+    platform = platform_plane(
         engine.store, announcements, secret_store=secret_store, connector_builder=connector_builder
     )
     stale_sweeper = StaleMetadataSweeper(

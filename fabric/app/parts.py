@@ -3,18 +3,26 @@ token verifier, and the catalog and connection administration on top of them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from connectors import Connector
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.store import MetadataStore
 from fabric.catalog.stores import open_metadata_store
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FailedPrecondition, InvalidArgument
+from fabric.model import Connection
 from fabric.platform.connections import ConnectionAdmin
-from fabric.platform.departure import ChangeListeners
-from fabric.platform.plane import stage_connector_factory
-from fabric.query.sources import SecretResolver, no_secret_store
+from fabric.platform.departure import ChangeListener, ChangeListeners
+from fabric.platform.plane import Platform
+from fabric.query.sources import (
+    ConnectorFactory,
+    SecretResolver,
+    default_connector_factory,
+    no_secret_store,
+)
 from fabric.security.kms import Kms, LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore, SecretStore
 from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
@@ -94,16 +102,55 @@ def local_token(
     )
 
 
+def stage_connector_factory(
+    secrets: SecretResolver = no_secret_store,
+    builder: ConnectorFactory = default_connector_factory,
+) -> Callable[[Connection, str], Connector]:
+    """A (connection, stage) -> connector factory for the catalog manager, resolving the
+    stage's settings and password the same way the runtime does."""
+
+    def build(connection: Connection, stage: str) -> Connector:
+        settings = connection.settings_for(stage)
+        if settings is None:
+            raise FailedPrecondition(
+                f"connection {connection.name!r} has no settings for stage {stage!r}"
+            )
+        ref = connection.secret_ref_for(stage)
+        return builder(connection, settings, secrets(ref) if ref else None)
+
+    return build
+
+
 def catalog_manager(
-    store: MetadataStore, secrets: SecretResolver = no_secret_store
+    store: MetadataStore,
+    secrets: SecretResolver = no_secret_store,
+    connector_builder: ConnectorFactory = default_connector_factory,
 ) -> CatalogManager:
-    """The catalog manager on `store`; its connectors get passwords from `secrets`."""
-    return CatalogManager(store, stage_connector_factory(secrets))
+    """The catalog manager on `store`; its connectors are built by `connector_builder`
+    with passwords from `secrets`."""
+    return CatalogManager(store, stage_connector_factory(secrets, connector_builder))
+
+
+def platform_plane(
+    store: MetadataStore,
+    listener: ChangeListener,
+    *,
+    secret_store: SecretStore | None = None,
+    connector_builder: ConnectorFactory = default_connector_factory,
+) -> Platform:
+    """The platform plane on `store`: connectors for discovery and tests are built by
+    `connector_builder` with passwords from `secret_store` (None: no passwords); every
+    committed change is announced to `listener`."""
+    resolver = secret_store.get if secret_store is not None else no_secret_store
+    manager = catalog_manager(store, resolver, connector_builder)
+    connections = ConnectionAdmin(
+        manager, secret_store, listener, connector_builder=connector_builder
+    )
+    return Platform(manager, connections, listener)
 
 
 def connection_admin(store: MetadataStore, secrets: SecretStore | None) -> ConnectionAdmin:
     """Connection administration for a process without a runtime of its own (the CLI, the
     demo's set-up): nothing to purge here, running gateways see the new catalog version
     on their next call."""
-    resolver = secrets.get if secrets is not None else no_secret_store
-    return ConnectionAdmin(catalog_manager(store, resolver), secrets, ChangeListeners())
+    return platform_plane(store, ChangeListeners(), secret_store=secrets).connections
