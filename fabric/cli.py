@@ -102,38 +102,18 @@ def _describe_entity(entity: Entity) -> str:
 # -- commands ---------------------------------------------------------------------------
 
 
-def _check_listen(listen: str, settings: Settings, insecure: bool) -> None:
-    from fabric.api.server import is_loopback
-
-    if settings.auth == "none" and not is_loopback(listen):
-        raise InvalidArgument(
-            f"FABRIC_AUTH=none is allowed only on a loopback address, not {listen}"
-        )
-    if not settings.tls and not is_loopback(listen) and not insecure:
-        raise InvalidArgument(
-            f"refusing to listen on {listen} without TLS: set FABRIC_TLS_CERT and "
-            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly"
-        )
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/app/processes.py)."""
     from fabric.app.processes import open_process
 
-    if args.role == ProcessRole.RUNTIME:
-        if not args.stage_name:
-            raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
-        listen = args.listen  # QueryService only when asked for; health always
-        if listen:
-            _check_listen(listen, settings, args.insecure)
-    else:
-        if args.stage_name:
-            raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
-        listen = args.listen or settings.listen
-        _check_listen(listen, settings, args.insecure)
-
     async def run() -> None:
-        process = await open_process(args.role, settings, stage=args.stage_name, listen=listen)
+        process = await open_process(
+            args.role,
+            settings,
+            stage=args.stage_name,
+            listen=args.listen,
+            insecure=args.insecure,
+        )
         try:
             ready = await process.start()
         except BaseException:

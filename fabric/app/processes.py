@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 from typing import Any, Protocol
 
-from fabric.api.server import QUERY_SERVICE, SERVICES, Gateway
+from fabric.api.server import QUERY_SERVICE, SERVICES, Gateway, is_loopback
 from fabric.app.bus import (
     EVENT_FETCH_TIMEOUT,
     bus_snapshot,
@@ -308,6 +308,20 @@ class RuntimeProcess:
                 await self.bus.close()
 
 
+def check_listen(address: str, settings: Settings, *, insecure: bool = False) -> None:
+    """InvalidArgument for an address a process may not serve on: a non-loopback one with
+    authentication off, or without TLS unless `insecure` says so explicitly."""
+    if settings.auth == "none" and not is_loopback(address):
+        raise InvalidArgument(
+            f"FABRIC_AUTH=none is allowed only on a loopback address, not {address}"
+        )
+    if not settings.tls and not is_loopback(address) and not insecure:
+        raise InvalidArgument(
+            f"refusing to listen on {address} without TLS: set FABRIC_TLS_CERT and "
+            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly"
+        )
+
+
 async def open_process(
     role: ProcessRole | str,
     settings: Settings,
@@ -315,16 +329,28 @@ async def open_process(
     stage: str | None = None,
     listen: str | None = None,
     health_listen: str | None = None,
+    insecure: bool = False,
     **engine_options: Any,
 ) -> PlatformProcess | RuntimeProcess:
-    """Assemble the process for `role` (connects to NATS where the role needs it)."""
+    """Assemble the process for `role` (connects to NATS where the role needs it).
+
+    A platform or `all` process serves every stage on `listen` (default FABRIC_LISTEN);
+    a runtime replica serves `stage`, and QueryService only when `listen` is given
+    (health always, on FABRIC_HEALTH_LISTEN otherwise). The address is checked with
+    `check_listen` first."""
     if role == ProcessRole.RUNTIME:
         if not stage:
-            raise InvalidArgument("--role runtime needs --stage NAME")
+            raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
+        if listen:
+            check_listen(listen, settings, insecure=insecure)
         return await RuntimeProcess.open(
             settings, stage=stage, listen=listen, health_listen=health_listen, **engine_options
         )
     if role in (ProcessRole.PLATFORM, ProcessRole.ALL):
-        return await PlatformProcess.open(settings, role=role, listen=listen, **engine_options)
+        if stage:
+            raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
+        address = listen or settings.listen
+        check_listen(address, settings, insecure=insecure)
+        return await PlatformProcess.open(settings, role=role, listen=address, **engine_options)
     known = ", ".join(r.value for r in ProcessRole)
     raise InvalidArgument(f"unknown role {role!r}; use one of {known}")
