@@ -66,7 +66,8 @@ class RoleProcess(Protocol):
 
 
 class PlatformProcess:
-    """`--role platform` (`forward=True`) or `--role all` (`forward=False`)."""
+    """`--role platform` (queries forwarded over NATS) or `--role all` (queries run on its
+    own engine)."""
 
     def __init__(
         self,
