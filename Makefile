@@ -35,9 +35,12 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
+# Style, formatting, types (strict) and the package layers of pyproject.toml.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy fabric connectors
+	$(BIN)/lint-imports --no-cache
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py

@@ -33,9 +33,9 @@ class FabricHome:
     def register(self, pg: Pg, schema: str) -> list[str]:
         """Create the `tpch` connection and select every table of the schema; returns
         the entity names."""
+        from fabric.app.parts import catalog_manager
         from fabric.catalog.metadata.sqlite import SqliteMetadataStore
         from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
-        from fabric.wiring import catalog_manager
 
         store = SqliteMetadataStore(self.path / "metadata.sqlite")
         try:
@@ -68,7 +68,7 @@ class FabricHome:
 
         settings = Settings.from_env({**os.environ, "FABRIC_HOME": str(self.path)})
         if settings.auth == "local":
-            from fabric.wiring import local_token
+            from fabric.app.parts import local_token
 
             return local_token(settings, role="app", subject="fabric-bench", ttl=4 * 3600)
         return os.environ.get("FABRIC_TOKEN")

@@ -6,24 +6,26 @@ import argparse
 import asyncio
 import datetime as dt
 import gc
-import json
 import re
 import signal
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from connectors import registry
+from fabric.app.process_role import ProcessRole
 from fabric.catalog.manager import CatalogManager
 from fabric.client import FabricClient
 from fabric.config import Settings
+from fabric.console import write_result
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
 from fabric.model import ALL_STAGES, Entity, SettingValue
 from fabric.observability.logging import configure as configure_logging
+
+if TYPE_CHECKING:
+    from fabric.platform.connections import ConnectionAdmin
 
 _TYPED_PARAM = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$", re.DOTALL
@@ -92,56 +94,6 @@ def _convert(kind: str | None, raw: str) -> Any:
         raise ValueError(kind) from None
 
 
-# -- output ---------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bytes):
-        return "\\x" + value.hex()
-    return str(value)
-
-
-def format_table(table: pa.Table, max_width: int = 40) -> str:
-    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
-    headers = table.column_names
-    widths = [
-        min(max_width, max([len(h)] + [len(r[i]) for r in rows])) for i, h in enumerate(headers)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        return " | ".join(c[:w].ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    out = [line(headers), "-+-".join("-" * w for w in widths)]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out)
-
-
-def write_result(table: pa.Table, fmt: str) -> None:
-    if fmt == "table":
-        print(format_table(table))
-    elif fmt == "csv":
-        import pyarrow.csv as pacsv
-
-        sink = pa.BufferOutputStream()
-        pacsv.write_csv(table, sink)
-        sys.stdout.write(sink.getvalue().to_pybytes().decode())
-    else:
-        for row in table.to_pylist():
-            print(json.dumps(row, default=_json_default, ensure_ascii=False))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.date | dt.time | dt.datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
 def _describe_entity(entity: Entity) -> str:
     columns = ", ".join(f"{c.name} {c.source_type}" for c in entity.columns)
     key = f" key({', '.join(entity.primary_key)})" if entity.primary_key else ""
@@ -151,38 +103,18 @@ def _describe_entity(entity: Entity) -> str:
 # -- commands ---------------------------------------------------------------------------
 
 
-def _check_listen(listen: str, settings: Settings, insecure: bool) -> None:
-    from fabric.api.server import is_loopback
-
-    if settings.auth == "none" and not is_loopback(listen):
-        raise InvalidArgument(
-            f"FABRIC_AUTH=none is allowed only on a loopback address, not {listen}"
-        )
-    if not settings.tls and not is_loopback(listen) and not insecure:
-        raise InvalidArgument(
-            f"refusing to listen on {listen} without TLS: set FABRIC_TLS_CERT and "
-            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly"
-        )
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/roles.py)."""
-    from fabric.roles import open_role
-
-    if args.role == "runtime":
-        if not args.stage_name:
-            raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
-        listen = args.listen  # QueryService only when asked for; health always
-        if listen:
-            _check_listen(listen, settings, args.insecure)
-    else:
-        if args.stage_name:
-            raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
-        listen = args.listen or settings.listen
-        _check_listen(listen, settings, args.insecure)
+    """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/app/processes.py)."""
+    from fabric.app.processes import open_process
 
     async def run() -> None:
-        process = await open_role(args.role, settings, stage=args.stage_name, listen=listen)
+        process = await open_process(
+            args.role,
+            settings,
+            stage=args.stage_name,
+            listen=args.listen,
+            insecure=args.insecure,
+        )
         try:
             ready = await process.start()
         except BaseException:
@@ -211,10 +143,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _manager(settings: Settings) -> CatalogManager:
-    from fabric.wiring import catalog_manager, open_secret_store, open_store
+    from fabric.app.parts import catalog_manager, open_secret_store, open_store
 
     secrets = open_secret_store(settings)
     return catalog_manager(open_store(settings), secrets.get)
+
+
+def _admin(settings: Settings) -> ConnectionAdmin:
+    """Connection administration on the configured stores. No runtime runs in this
+    process: running gateways see the new catalog version on their next call."""
+    from fabric.app.parts import connection_admin, open_secret_store, open_store
+
+    return connection_admin(open_store(settings), open_secret_store(settings))
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
@@ -232,9 +172,9 @@ def _read_password(args: argparse.Namespace) -> str | None:
 
 
 def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.wiring import create_connection, delete_connection, open_secret_store
+    from fabric.platform.connections import StageInput
 
-    manager = _manager(settings)
+    admin = _admin(settings)
     tenant = args.tenant
     if args.action == "create":
         spec = registry.get(args.kind)
@@ -242,15 +182,11 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
         given = dict(parse_setting(s) for s in args.set or [])
         stage_settings = spec.check_settings(given, complete=False)
         password = _read_password(args)
-        connection = create_connection(
-            manager,
-            open_secret_store(settings),
+        connection = admin.create(
             tenant,
             args.name,
             spec.kind,
-            args.stage,
-            stage_settings,
-            password,
+            {args.stage: StageInput(stage_settings, password)},
         )
         print(
             f"created connection {connection.name!r} ({connection.kind.value}) "
@@ -258,27 +194,23 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
             + (", password sealed in the secret store" if password else "")
         )
     elif args.action == "list":
-        for connection in manager.list_connections(tenant):
+        for connection in admin.list(tenant):
             stages = ", ".join(sorted(connection.stages))
             print(f"{connection.name}\t{connection.kind.value}\tstages: {stages}")
     elif args.action == "delete":
-        delete_connection(manager, open_secret_store(settings), tenant, args.name)
+        admin.delete(tenant, args.name)
         print(f"deleted connection {args.name!r} and its secrets")
     elif args.action == "test":
-        manager.test_connection(tenant, args.name, args.stage_name)
+        admin.manager.test_connection(tenant, args.name, args.stage_name)
         print(f"connection {args.name!r} works in stage {args.stage_name!r}")
     elif args.action == "update":
-        _update_connection(args, settings, manager)
+        _update_connection(args, admin)
     return 0
 
 
-def _update_connection(
-    args: argparse.Namespace, settings: Settings, manager: CatalogManager
-) -> None:
+def _update_connection(args: argparse.Namespace, admin: ConnectionAdmin) -> None:
     """`fabric connection update`: one stage's settings and/or password, or removals."""
-    from fabric.platform.connections import ConnectionAdmin, StageInput
-    from fabric.platform.departure import ChangeListeners
-    from fabric.wiring import open_secret_store
+    from fabric.platform.connections import StageInput
 
     password = _read_password(args)
     stage_settings = dict(parse_setting(s) for s in args.set or [])
@@ -287,8 +219,6 @@ def _update_connection(
         if stage_settings or password is not None
         else {}
     )
-    # No runtime in this process: running gateways see the new version on their next call.
-    admin = ConnectionAdmin(manager, open_secret_store(settings), ChangeListeners())
     connection = admin.update(
         args.tenant,
         args.name,
@@ -389,7 +319,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> str | None:
     if token:
         return str(token)
     if settings.auth == "local" and settings.token_key_path.exists():
-        from fabric.wiring import local_token
+        from fabric.app.parts import local_token
 
         return local_token(
             settings, tenant=args.tenant, stage=args.stage_name, subject="fabric-cli", ttl=300
@@ -426,7 +356,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.wiring import local_token
+    from fabric.app.parts import local_token
 
     print(
         local_token(
@@ -461,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--role",
         default="all",
-        choices=["all", "platform", "runtime"],
+        choices=[role.value for role in ProcessRole],
         help="all: both planes in one process (default); platform: the "
         "gRPC gateway, forwarding queries over NATS; runtime: one "
         "replica of --stage on NATS",

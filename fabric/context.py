@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 DEFAULT_TENANT = "default"
+"""The tenant of the embedded default (and of a local token unless told otherwise)."""
 DEFAULT_STAGE = "development"
+"""The stage of the embedded default (and of a local token unless told otherwise)."""
 
 
 class Role(StrEnum):
@@ -17,10 +19,12 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """The verified identity of one call. Until token verification lands (identity issue)
-    the gateway builds the default one; nothing below the API layer invents its own."""
+    """The verified identity of one call: built from a verified token's claims, or, with
+    authentication off, as the local administrator (`fabric.api.auth.LOCAL_ADMIN`).
+    Every field is given explicitly: there is no identity by default, so a context
+    nobody filled in cannot exist, let alone be the most powerful one."""
 
-    tenant: str = DEFAULT_TENANT
-    stage: str = DEFAULT_STAGE
-    role: Role = Role.ADMIN
-    principal: str = "local"
+    tenant: str
+    stage: str
+    role: Role
+    principal: str

@@ -14,15 +14,17 @@ from dataclasses import replace
 from typing import Any
 
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import configured_gateway
+from fabric.app.parts import connection_admin, local_token
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
-from fabric.cli import format_table
 from fabric.client import FabricClient
 from fabric.config import Settings
+from fabric.console import format_table
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.demo_data import create_demo_database
 from fabric.errors import FabricError, NotFound
-from fabric.wiring import catalog_manager, local_token
+from fabric.model import ALL_STAGES
+from fabric.platform.connections import StageInput
 
 CONNECTION = "retail"
 
@@ -103,10 +105,13 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
         + ", ".join(f"{n} {t}" for t, n in counts.items())
     )
     store = SqliteMetadataStore(demo_home / "metadata.sqlite")
-    manager = catalog_manager(store)
+    admin = connection_admin(store, secrets=None)
+    manager = admin.manager
     with contextlib.suppress(NotFound):
-        manager.delete_connection(DEFAULT_TENANT, CONNECTION)
-    manager.create_connection(DEFAULT_TENANT, CONNECTION, "duckdb", {"*": {"path": str(database)}})
+        admin.delete(DEFAULT_TENANT, CONNECTION)
+    admin.create(
+        DEFAULT_TENANT, CONNECTION, "duckdb", {ALL_STAGES: StageInput({"path": str(database)})}
+    )
     for table in ("regions", "products", "orders", "order_items"):
         manager.select(DEFAULT_TENANT, CONNECTION, DEFAULT_STAGE, table)
     manager.select(
@@ -130,7 +135,7 @@ def run_demo(settings: Settings, scale: int = 1) -> None:
         else None
     )
     with (
-        BackgroundGateway(Gateway.build(demo_settings, store)) as gateway,
+        BackgroundGateway(configured_gateway(demo_settings, store)) as gateway,
         FabricClient(gateway.address, token, timeout=60) as client,
     ):
         print(f"gateway listening on {gateway.address} (gRPC, Arrow IPC results)")

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from fabric.api.status import ERROR_CODE_KEY, status_for
-from fabric.context import RequestContext
+from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import FabricError, InternalError
 from fabric.security.authz import TokenVerifierLike, authenticate
 
@@ -28,6 +28,18 @@ def verified_context(_: grpc.aio.ServicerContext) -> RequestContext:
         # and failing closed is the only safe answer.
         raise InternalError("the call reached a servicer without a verified identity")
     return ctx
+
+
+LOCAL_ADMIN = RequestContext(
+    tenant=DEFAULT_TENANT, stage=DEFAULT_STAGE, role=Role.ADMIN, principal="local"
+)
+"""Who every call is when authentication is off (FABRIC_AUTH=none, loopback only)."""
+
+
+def local_admin_context(_: grpc.aio.ServicerContext) -> RequestContext:
+    """The context provider servicers use when authentication is off: every call is the
+    local administrator of the default tenant and stage."""
+    return LOCAL_ADMIN
 
 
 def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:

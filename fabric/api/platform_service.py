@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fabric.api.query_service import ContextProvider, default_context, translated_errors
+from fabric.api.query_service import ContextProvider, translated_errors
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.manager import TableChoice
 from fabric.errors import InvalidArgument
@@ -190,9 +190,7 @@ def _required(value: str, what: str) -> str:
 class ConnectionServicer(pb_grpc.ConnectionServiceServicer):  # type: ignore[misc]
     """Connections per stage, with write-only passwords; and the audit trail."""
 
-    def __init__(
-        self, platform: Platform, context_provider: ContextProvider = default_context
-    ) -> None:
+    def __init__(self, platform: Platform, context_provider: ContextProvider) -> None:
         self._platform = platform
         self._context = context_provider
 
@@ -328,9 +326,7 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):  # type: ignore[mis
 class CatalogServicer(pb_grpc.CatalogServiceServicer):  # type: ignore[misc]
     """Discovery, selection and refresh of what apps may query."""
 
-    def __init__(
-        self, platform: Platform, context_provider: ContextProvider = default_context
-    ) -> None:
+    def __init__(self, platform: Platform, context_provider: ContextProvider) -> None:
         self._platform = platform
         self._context = context_provider
 

@@ -27,12 +27,6 @@ Execute = Callable[[RequestContext, QueryRequest, "float | None"], AsyncIterator
 or `BusQueryForwarder.execute` on a platform that forwards to runtime replicas."""
 
 
-def default_context(_: grpc.aio.ServicerContext) -> RequestContext:
-    # Until token verification lands every call is the default tenant and stage; the
-    # provider is the one seam where verified claims will come in.
-    return RequestContext()
-
-
 async def abort_with(context: grpc.aio.ServicerContext, error: FabricError) -> None:
     metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, error.code)]
     if error.sqlstate:
@@ -103,7 +97,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         engine: QueryEngine,
-        context_provider: ContextProvider = default_context,
+        context_provider: ContextProvider,
         execute: Execute | None = None,
     ) -> None:
         self._engine = engine

@@ -16,27 +16,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from fabric.api.auth import AuthInterceptor, verified_context
+from fabric.api.auth import AuthInterceptor
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
-from fabric.api.query_service import (
-    ContextProvider,
-    Execute,
-    QueryServicer,
-    abort_with,
-    default_context,
-)
+from fabric.api.query_service import ContextProvider, Execute, QueryServicer, abort_with
 from fabric.api.wire import add_query_service
-from fabric.catalog.metadata.contract import MetadataStore
-from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
 from fabric.errors import FabricError, InvalidArgument
-from fabric.messaging.platform_events import Announcements, PlatformEventPublisher
-from fabric.platform.departure import ChangeListeners, EnginePurger, StaleMetadataSweeper
+from fabric.messaging.platform_events import Announcements
+from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
-from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.authz import TokenVerifierLike
-from fabric.security.secrets import SecretStore
 from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2
 
 log = logging.getLogger(__name__)
@@ -122,33 +112,31 @@ class AnnouncingCatalogServicer(CatalogServicer):
 
 
 class Gateway:
-    """One gateway running both planes: a QueryEngine (runtime) and the platform services
-    (connections, catalog, audit) behind one gRPC server."""
+    """One gRPC server in front of a QueryEngine (runtime) and the platform services
+    (connections, catalog, audit), with health, reflection and metrics. It serves what it
+    is given; `fabric.app` assembles it."""
 
     def __init__(
         self,
         engine: QueryEngine,
+        platform: Platform,
+        announcements: Announcements,
+        purger: EnginePurger,
+        stale_sweeper: StaleMetadataSweeper,
         *,
+        context_provider: ContextProvider,
         verifier: TokenVerifierLike | None = None,
-        context_provider: ContextProvider | None = None,
-        secret_store: SecretStore | None = None,
-        connector_builder: ConnectorFactory = default_connector_factory,
-        clock: Clock = SYSTEM_CLOCK,
         execute: Execute | None = None,
         services: Collection[str] = SERVICES,
     ) -> None:
-        """With a `verifier`, every call must carry a valid bearer token and the identity
-        comes from it; without one, `context_provider` (default: the default tenant).
+        """`context_provider` says who each call is; with a `verifier`, every call must
+        carry a valid bearer token first (the provider is then `verified_context`).
 
-        Platform changes reach the runtime through `announcements`: the in-process
-        `listeners` first (`purger`, which purges the engine at once), then, once
-        `attach_publisher` was called, platform events on the bus.
-        `secret_store` keeps connection passwords (None: passwords are refused);
-        `connector_builder` builds the connectors the platform uses for discovery and
-        tests; `clock` drives the stale-metadata sweeper. `execute` runs Execute and
-        Preview (default: the engine; a platform role passes the bus forwarder's).
-        `services`: the gRPC services served (health always is); a runtime replica
-        serves QueryService or none.
+        Platform changes reach the runtime through `announcements` (the purger of
+        `engine` among its local listeners); `stale_sweeper` runs while serving.
+        `execute` runs Execute and Preview (default: the engine; a platform role passes
+        the bus forwarder's). `services`: the gRPC services served (health always is);
+        a runtime replica serves QueryService or none.
         """
         unknown = set(services) - set(SERVICES)
         if unknown:
@@ -157,26 +145,15 @@ class Gateway:
         self.settings = engine.settings
         self.services = tuple(s for s in SERVICES if s in services)
         self._interceptors = [AuthInterceptor(verifier)] if verifier is not None else []
-        if context_provider is None:
-            context_provider = verified_context if verifier is not None else default_context
         self._servicer = QueryServicer(engine, context_provider, execute)
-        self.purger = EnginePurger(engine)
-        engine.metrics.add_snapshot(self.purger.snapshot)
-        self.listeners = ChangeListeners([self.purger])
-        self.announcements = Announcements(self.listeners)
-        self.platform = Platform.build(
-            engine.store,
-            self.announcements,
-            secret_store=secret_store,
-            connector_builder=connector_builder,
-        )
-        self.stale_sweeper = StaleMetadataSweeper(
-            engine, self.purger, max_age=self.settings.metadata_stale_after, clock=clock
-        )
-        self._connection_servicer = ConnectionServicer(self.platform, context_provider)
-        refreshing = dataclasses.replace(self.platform, listener=self.announcements.refreshes())
+        self.purger = purger
+        self.announcements = announcements
+        self.platform = platform
+        self.stale_sweeper = stale_sweeper
+        self._connection_servicer = ConnectionServicer(platform, context_provider)
+        refreshing = dataclasses.replace(platform, listener=announcements.refreshes())
         self._catalog_servicer = AnnouncingCatalogServicer(
-            refreshing, context_provider, self.announcements
+            refreshing, context_provider, announcements
         )
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
@@ -186,38 +163,6 @@ class Gateway:
         self._metrics_server: Any = None
         self.port: int | None = None
         self.metrics_port: int | None = None
-
-    @classmethod
-    def build(
-        cls,
-        settings: Settings,
-        store: MetadataStore,
-        *,
-        secret_store: SecretStore | None = None,
-        execute: Execute | None = None,
-        services: Collection[str] = SERVICES,
-        **engine_options: Any,
-    ) -> Gateway:
-        """A gateway as configured: authentication from settings (FABRIC_AUTH); with
-        `secret_store`, connection passwords are kept there and the runtime reads them
-        from it."""
-        from fabric.wiring import token_verifier
-
-        if secret_store is not None:
-            engine_options.setdefault("secrets", secret_store.get)
-        return cls(
-            QueryEngine(store, settings, **engine_options),
-            verifier=token_verifier(settings),
-            secret_store=secret_store,
-            execute=execute,
-            services=services,
-        )
-
-    def attach_publisher(self, publisher: PlatformEventPublisher) -> None:
-        """Announce platform changes on the bus too (after the in-process purge); its
-        counts join this gateway's metrics."""
-        self.announcements.publisher = publisher
-        self.engine.metrics.add_snapshot(publisher.snapshot)
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen

@@ -1,7 +1,7 @@
 """Filling the catalog: create connections, discover remote tables, select entities.
 
-This is the Python API the CLI and the demo use (the admin gRPC services come later and
-will call it too). It is the one place that turns what discovery found (`TableInfo`)
+This is the Python API under the platform's connection admin and catalog services, the
+CLI and the demo. It is the one place that turns what discovery found (`TableInfo`)
 into what apps may query (`Entity`), with the rules that go with it:
 
 - primary key columns are always part of an entity (so rows stay identifiable);
@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol
 
-from connectors.base import Connector
 from fabric.catalog.audit import SYSTEM_ACTOR
 from fabric.catalog.metadata.contract import MetadataStore
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -44,7 +44,20 @@ from fabric.model import (
     TableInfo,
 )
 
-ConnectorFactory = Callable[[Connection, str], Connector]
+
+class SourceInspector(Protocol):
+    """What the catalog needs from a connector: test the source, list its tables, close.
+    Every `connectors.Connector` is one; the catalog names only this, so it does not
+    depend on the connectors package."""
+
+    def test(self) -> None: ...
+
+    def introspect(self, schemas: Sequence[str] | None = None) -> list[TableInfo]: ...
+
+    def close(self) -> None: ...
+
+
+ConnectorFactory = Callable[[Connection, str], SourceInspector]
 """Builds a connector for a connection in a stage (resolving its secret); the caller of
 the factory owns the connector and closes it."""
 
@@ -298,7 +311,7 @@ class CatalogManager:
     # -- internals -----------------------------------------------------------------------
 
     @contextmanager
-    def _connector(self, tenant: str, connection: str, stage: str) -> Iterator[Connector]:
+    def _connector(self, tenant: str, connection: str, stage: str) -> Iterator[SourceInspector]:
         record = self._store.get_connection(tenant, connection)
         if record.settings_for(stage) is None:
             configured = ", ".join(sorted(record.stages)) or "none"

@@ -44,7 +44,6 @@ from fabric.model import ALL_STAGES, Connection, SettingValue
 from fabric.platform.departure import ChangeListener
 from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.secrets import SecretStore
-from fabric.wiring import secret_ref
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,12 @@ class DeleteReport:
     """What a delete removed at rest."""
 
     secrets_removed: int
+
+
+def secret_ref(tenant: str, connection: str, stage: str) -> str:
+    """Where a connection's password for a stage lives in the secret store."""
+    stage_part = "all" if stage == ALL_STAGES else stage
+    return f"connections/{tenant}/{connection}/{stage_part}"
 
 
 def check_stage(stage: str) -> str:

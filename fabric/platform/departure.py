@@ -5,7 +5,8 @@ after a connection's settings, secrets or catalog changed (update, refresh) and
 `connection_deleted` after it was deleted. In one process the listener is
 `EnginePurger`, which calls `QueryEngine.purge_connection` at once: compiled statements,
 cached results, open statements and connectors of the connection are dropped. Across
-replicas the same calls become bus events (the messaging issue); the seam stays this one.
+replicas the same calls become bus events (`fabric.messaging.platform_events`); the seam
+stays this one.
 
 `StaleMetadataSweeper` is the backstop for what no event reached: in-memory metadata of a
 connection whose environment is gone (the connection, or its settings for the stage, no

@@ -14,15 +14,15 @@ import pytest
 
 from connectors import Connector, QueryHandle
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import assemble_gateway
+from fabric.app.parts import catalog_manager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.clock import FakeClock
 from fabric.config import Settings
-from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext
+from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.model import Connection, SettingValue
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import default_connector_factory
-from fabric.wiring import catalog_manager
 
 
 class RecordingConnector(Connector):
@@ -103,6 +103,8 @@ def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
     return RequestContext(
         tenant=metadata.get("x-tenant", DEFAULT_TENANT),
         stage=metadata.get("x-stage", DEFAULT_STAGE),
+        role=Role.ADMIN,
+        principal="local",
     )
 
 
@@ -139,9 +141,9 @@ def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> 
     settings = Settings(home=tmp_path, metrics_port=0, **overrides)
     engine = QueryEngine(store, settings, clock=clock, connector_factory=factory)
     gateway = BackgroundGateway(
-        Gateway(engine, verifier=verifier)
+        assemble_gateway(engine, verifier=verifier)
         if verifier is not None
-        else Gateway(engine, context_provider=tenant_from_metadata)
+        else assemble_gateway(engine, context_provider=tenant_from_metadata)
     ).start()
     return Harness(gateway, engine, clock, store, executed, gate)
 

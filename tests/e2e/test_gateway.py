@@ -160,7 +160,7 @@ def test_cache_entries_are_not_shared_across_tenants_stages_or_values(harness: H
 
 
 def test_catalog_change_misses_the_cache(harness: Harness) -> None:
-    from fabric.wiring import catalog_manager
+    from fabric.app.parts import catalog_manager
 
     with client(harness) as c:
         c.query("shop", REVENUE, {"min_amount": 10}, cache_ttl=60)

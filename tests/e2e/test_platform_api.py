@@ -16,11 +16,12 @@ from google.protobuf.message import Message
 
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway
+from fabric.app.gateway import assemble_gateway
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.clock import FakeClock
 from fabric.config import Settings
-from fabric.context import DEFAULT_TENANT, RequestContext
+from fabric.context import DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import NotFound, QueryRejected
 from fabric.query.engine import QueryEngine
 from fabric.security.kms import LocalKeyRing
@@ -37,6 +38,7 @@ def caller(context: grpc.aio.ServicerContext) -> RequestContext:
     return RequestContext(
         tenant=metadata.get("x-tenant", DEFAULT_TENANT),
         stage=metadata.get("x-stage", "development"),
+        role=Role.ADMIN,
         principal=metadata.get("x-principal", "local"),
     )
 
@@ -88,7 +90,7 @@ def start_platform(home: Path) -> Platform:
     engine = QueryEngine(
         store, Settings(home=home, metrics_port=0), clock=clock, secrets=secrets.get
     )
-    gateway = Gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
+    gateway = assemble_gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
     background = BackgroundGateway(gateway).start()
     channel = grpc.insecure_channel(background.address)
     return Platform(

@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import assemble_gateway
+from fabric.app.parts import catalog_manager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.query.engine import QueryEngine
-from fabric.wiring import catalog_manager
 from tests.e2e.conftest import make_shop, tenant_from_metadata
 
 SECRET_REF = "connections/default/locked/all"
@@ -48,7 +48,9 @@ def test_a_stuck_secret_store_does_not_stall_other_connections(tmp_path: Path) -
     armed.set()
 
     engine = QueryEngine(store, Settings(home=tmp_path, metrics_port=0), secrets=secrets)
-    gateway = BackgroundGateway(Gateway(engine, context_provider=tenant_from_metadata)).start()
+    gateway = BackgroundGateway(
+        assemble_gateway(engine, context_provider=tenant_from_metadata)
+    ).start()
     try:
         with (
             FabricClient(gateway.address, timeout=30) as slow,

@@ -29,9 +29,10 @@ import pytest
 from nats.aio.msg import Msg
 
 from connectors import Connector, QueryHandle
+from fabric.app.parts import catalog_manager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.config import Settings
-from fabric.context import RequestContext
+from fabric.context import RequestContext, Role
 from fabric.errors import (
     DeadlineExceeded,
     FabricError,
@@ -51,7 +52,6 @@ from fabric.query.engine import QueryEngine, QueryRequest, Summary
 from fabric.query.sources import default_connector_factory
 from fabric.results.ipc import open_ipc_stream
 from fabric.security.kms import LocalKeyRing
-from fabric.wiring import catalog_manager
 from tests.support.nats import NatsServerProcess, nats_url, private_nats_server, run_bounded
 
 TENANT = "acme"
@@ -263,7 +263,7 @@ def expected(site: Site, sql: str) -> list[dict[str, Any]]:
 
 
 def ctx_for(stage: str, tenant: str = TENANT) -> RequestContext:
-    return RequestContext(tenant=tenant, stage=stage)
+    return RequestContext(tenant=tenant, stage=stage, role=Role.ADMIN, principal="local")
 
 
 # -- must-hold 1: nothing readable on the bus ----------------------------------------------

@@ -22,12 +22,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import configured_gateway
+from fabric.app.parts import local_token, open_secret_store, open_store
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import DeadlineExceeded, QueryRejected, SourceQueryError
 from fabric.observability.logging import JsonFormatter
-from fabric.wiring import local_token, open_secret_store, open_store
 from tests.support.pg_instance import PgInstance, private_postgres
 
 PASSWORD = "CanaryPassword-91b2"
@@ -132,7 +132,7 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
     settings = Settings(home=home, metrics_port=0, log_level="debug")
     store, secrets = open_store(settings), open_secret_store(settings)
     try:
-        gateway = Gateway.build(settings, store, secrets=secrets.get)
+        gateway = configured_gateway(settings, store, secrets=secrets.get)
         with BackgroundGateway(gateway) as background:
             token = local_token(settings)
             with FabricClient(background.address, token, timeout=30) as client:

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import configured_gateway
+from fabric.app.parts import local_token, open_secret_store, open_store
 from fabric.client import FabricClient
 from fabric.config import Settings
-from fabric.wiring import local_token, open_secret_store, open_store
 from tests.support.pg_instance import PgInstance, private_postgres
 
 PASSWORD = "Canary-Pass-4d9e1b"
@@ -90,7 +90,7 @@ def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance, tmp_
     settings = Settings(home=tmp_path, metrics_port=0)
     store, secrets = open_store(settings), open_secret_store(settings)
     try:
-        gateway_under_test = Gateway.build(settings, store, secrets=secrets.get)
+        gateway_under_test = configured_gateway(settings, store, secrets=secrets.get)
         with (
             BackgroundGateway(gateway_under_test) as gateway,
             FabricClient(gateway.address, local_token(settings), timeout=30) as client,

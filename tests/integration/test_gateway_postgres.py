@@ -15,14 +15,15 @@ import grpc
 import psycopg
 import pytest
 
+from fabric.api.auth import local_admin_context
 from fabric.api.background import BackgroundGateway
-from fabric.api.server import Gateway
+from fabric.app.gateway import assemble_gateway
+from fabric.app.parts import catalog_manager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import DeadlineExceeded
 from fabric.query.engine import QueryEngine
-from fabric.wiring import catalog_manager
 from tests.support.executors import CountingExecutor
 
 pytestmark = pytest.mark.postgres
@@ -80,7 +81,9 @@ def gateway(
     manager.create_connection("default", "pg", "postgres", {"*": _settings_from_url(postgres_url)})
     manager.select("default", "pg", "development", f"{pg_schema}.facts")
     engine = QueryEngine(store, Settings(home=home, metrics_port=0))
-    background = BackgroundGateway(Gateway(engine)).start()
+    background = BackgroundGateway(
+        assemble_gateway(engine, context_provider=local_admin_context)
+    ).start()
     try:
         yield background, engine
     finally:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import psycopg
 
+from fabric.app.parts import open_store
 from fabric.catalog.metadata.postgres import PostgresMetadataStore
 from fabric.config import Settings
-from fabric.wiring import open_store
 
 
 def test_cli_and_gateway_share_a_postgres_catalog(postgres_url: str, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ Real NATS (the shared 127.0.0.1:4222, or FABRIC_TEST_NATS_URL), or a private nat
 (killed in `finally`) for the restart; a real DuckDB source and a real SQLite metadata
 store shared by every process through FABRIC_HOME, with the local key ring. Each test
 uses its own tenant, stage and replica ids, so runs sharing the server do not meet. The
-in-process tests assemble the roles with `fabric.roles` on one event loop; the last test
+in-process tests assemble the roles with `fabric.app.processes` on one event loop; the last test
 starts `python -m fabric.cli serve ...` subprocesses, killed in `finally`. Every wait is
 bounded (`until`, `run_bounded`, subprocess timeouts).
 """
@@ -33,14 +33,14 @@ import duckdb
 import grpc
 import pytest
 
+from fabric.app.parts import catalog_manager, local_token
+from fabric.app.processes import PlatformProcess, RuntimeProcess
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition
-from fabric.roles import PlatformProcess, RuntimeProcess
 from fabric.v1 import platform_pb2 as ppb
 from fabric.v1 import platform_pb2_grpc as ppb_grpc
-from fabric.wiring import catalog_manager, local_token
 from tests.support.nats import NatsServerProcess, nats_url, private_nats_server, run_bounded
 
 CONNECTION = "crm"

@@ -12,11 +12,11 @@ from pathlib import Path
 import duckdb
 
 from connectors import Connector
+from fabric.app.parts import catalog_manager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.model import Connection, SettingValue
 from fabric.query.sources import SourceRegistry, default_connector_factory
-from fabric.wiring import catalog_manager
 
 
 def test_concurrent_first_resolves_build_one_connector(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from fabric.context import RequestContext
+from fabric.context import RequestContext, Role
 from fabric.errors import (
     DeadlineExceeded,
     IntegrityError,
@@ -33,9 +33,9 @@ from fabric.messaging.query_rpc import (
     BusQueryForwarder,
     Frame,
     FrameKind,
+    RecordSplitter,
     RuntimeReplica,
-    _Records,
-    _Request,
+    WireRequest,
     query_subject,
     reply_subject,
     stage_query_filter,
@@ -192,7 +192,7 @@ def test_records_are_reassembled_across_any_cut() -> None:
     messages = [b"a" * 5, b"", b"b" * 300, b"c"]
     stream = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
     for size in (1, 3, 4, 7, 64, len(stream)):
-        records = _Records()
+        records = RecordSplitter()
         out: list[bytes] = []
         for start in range(0, len(stream), size):
             out += records.feed(stream[start : start + size])
@@ -254,7 +254,7 @@ async def _collect(items: AsyncIterator[bytes | Summary]) -> tuple[list[bytes], 
     return messages, summary
 
 
-CALLER = RequestContext(tenant="acme", stage="production")
+CALLER = RequestContext(tenant="acme", stage="production", role=Role.ADMIN, principal="local")
 
 
 def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> None:
@@ -365,7 +365,7 @@ class FakeReplica:
     async def start(self) -> None:
         await self.bus.subscribe(stage_query_filter("production"), self.on_request, "q")
 
-    def sealed(self, request: _Request, kind: FrameKind, seq: int, body: bytes) -> bytes:
+    def sealed(self, request: WireRequest, kind: FrameKind, seq: int, body: bytes) -> bytes:
         frame = Frame(kind, request.request_id, seq, body).encode()
         return self.sealer.seal(
             frame,
@@ -383,7 +383,7 @@ class FakeReplica:
             subject=msg.subject,
             purpose=Purpose.QUERY_REQUEST,
         )
-        request = _Request.decode(Frame.decode(data), "acme", "production")
+        request = WireRequest.decode(Frame.decode(data), "acme", "production")
         # A forged message on the inbox first: ignored, counted.
         await self.bus.publish(request.reply, b"FBSL" + b"\x00" * 200)
         # Every scripted frame is queued at the forwarder's inbox before the acceptance,

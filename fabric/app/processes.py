@@ -29,37 +29,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import re
-import socket
-import ssl
-from collections.abc import Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-from fabric.api.server import QUERY_SERVICE, SERVICES, Gateway
+from fabric.api.server import QUERY_SERVICE, SERVICES, Gateway, is_loopback
+from fabric.app.bus import (
+    EVENT_FETCH_TIMEOUT,
+    bus_snapshot,
+    close_quietly,
+    connect_bus,
+    durable_name,
+    nats_where,
+    open_event_log,
+    replica_id,
+)
+from fabric.app.gateway import attach_publisher, configured_gateway
+from fabric.app.parts import open_kms, open_secret_store, open_store
+from fabric.app.process_role import ProcessRole
 from fabric.config import Settings
-from fabric.errors import FailedPrecondition, InvalidArgument, SourceUnavailable
+from fabric.errors import FailedPrecondition, InvalidArgument
+from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
-from fabric.security.kms import Kms, LocalKeyRing
-
-log = logging.getLogger(__name__)
-
-ROLES = ("all", "platform", "runtime")
-EVENT_FETCH_TIMEOUT = 1.0
-"""Seconds one pull of the event consumer waits; also bounds how long stopping it takes."""
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-class BusUnreachable(SourceUnavailable):
-    """NATS (or JetStream) could not be reached when the process started."""
 
 
 class RoleProcess(Protocol):
     """A process assembled for a role: `start` returns the line printed when ready."""
 
-    role: str
+    role: ProcessRole
     gateway: Gateway
 
     async def start(self) -> str: ...
@@ -67,114 +62,23 @@ class RoleProcess(Protocol):
     async def stop(self, grace: float = 10.0) -> None: ...
 
 
-# -- parts --------------------------------------------------------------------------------
-
-
-def open_kms(settings: Settings) -> Kms:
-    """The KMS the platform and every replica share: Vault transit when FABRIC_VAULT_ADDR
-    is set, else the local key ring under FABRIC_HOME (the same file for every process
-    of one machine; on several machines use Vault)."""
-    if settings.vault_addr:
-        from fabric.security.vault import VaultTransitKms, vault_client
-
-        return VaultTransitKms(vault_client(settings.vault_addr, settings.vault_token))
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return LocalKeyRing.open(settings.keyring_path)
-
-
-def nats_where(settings: Settings) -> str:
-    """host:port of the configured NATS servers, never a credential from a URL."""
-    places = []
-    for url in settings.nats_servers:
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
-        places.append(f"{parts.hostname}:{parts.port or 4222}")
-    return ", ".join(places) or "(none)"
-
-
-def replica_id(settings: Settings, stage: str) -> str:
-    """FABRIC_REPLICA_ID, else `<host name>-<stage>`: one bus token, stable across
-    restarts of the same replica (it names the replica's durable event consumer)."""
-    raw = settings.replica_id or f"{socket.gethostname()}-{stage}"
-    cleaned = _UNSAFE.sub("-", raw).strip("-")[:100]
-    if not cleaned:
-        raise InvalidArgument("FABRIC_REPLICA_ID must contain letters or digits")
-    return cleaned
-
-
-def durable_name(replica: str) -> str:
-    """The JetStream durable consumer of a replica's platform events."""
-    return f"runtime-{replica}"
-
-
-async def connect_bus(settings: Settings, name: str) -> Any:
-    """A `NatsBus` on FABRIC_NATS_URL, or `BusUnreachable` with what to check."""
-    from fabric.messaging.nats_bus import NatsBus
-
-    if not settings.nats_servers:
-        raise FailedPrecondition(
-            "this role needs NATS: set FABRIC_NATS_URL (e.g. nats://127.0.0.1:4222)"
-        )
-    tls = None
-    if settings.nats_tls_ca:
-        try:
-            tls = ssl.create_default_context(cafile=settings.nats_tls_ca)
-        except (OSError, ssl.SSLError):
-            raise InvalidArgument(
-                f"cannot read FABRIC_NATS_TLS_CA {settings.nats_tls_ca}"
-            ) from None
-    deadline = settings.bus_connect_timeout
-    try:
-        return await NatsBus.connect(
-            settings.nats_servers,
-            name=name,
-            creds_file=settings.nats_creds or None,
-            tls=tls,
-            connect_timeout=min(5.0, deadline),
-            connect_deadline=deadline,
-        )
-    except SourceUnavailable as error:
-        raise BusUnreachable(
-            f"NATS at {nats_where(settings)} did not answer within {deadline:g}s ({error.message})"
-        ) from None
-
-
-async def open_event_log(bus: Any, settings: Settings) -> Any:
-    """The JetStream event log (stream created when missing), or `BusUnreachable`."""
-    from fabric.messaging.nats_bus import JetStreamEventLog
-
-    try:
-        # One event per pull: a pull of several waits for the batch (up to the fetch
-        # timeout) before handing over the first, and purges must be quick.
-        return await JetStreamEventLog.open(
-            bus,
-            fetch_batch=1,
-            fetch_timeout=EVENT_FETCH_TIMEOUT,
-            api_timeout=settings.bus_publish_timeout,
-        )
-    except SourceUnavailable as error:
-        raise BusUnreachable(f"NATS at {nats_where(settings)}: {error.message}") from None
-
-
-def bus_snapshot(bus: Any) -> Mapping[str, float]:
-    return {"bus_connected": 1.0 if bus.connected else 0.0, "bus_reconnects": float(bus.reconnects)}
-
-
-async def _close_quietly(bus: Any) -> None:
-    with contextlib.suppress(Exception):
-        await bus.close()
-
-
 # -- platform and all ---------------------------------------------------------------------
 
 
 class PlatformProcess:
-    """`--role platform` (`forward=True`) or `--role all` (`forward=False`)."""
+    """`--role platform` (queries forwarded over NATS) or `--role all` (queries run on its
+    own engine)."""
 
     def __init__(
-        self, settings: Settings, *, role: str, listen: str | None = None, **engine_options: Any
+        self,
+        settings: Settings,
+        *,
+        role: ProcessRole | str,
+        listen: str | None = None,
+        **engine_options: Any,
     ) -> None:
         self.settings = settings
-        self.role = role
+        self.role = ProcessRole(role)
         self.listen = listen or settings.listen
         self._engine_options = engine_options
         self.bus: Any = None
@@ -188,23 +92,21 @@ class PlatformProcess:
         cls,
         settings: Settings,
         *,
-        role: str = "platform",
+        role: ProcessRole | str = ProcessRole.PLATFORM,
         listen: str | None = None,
         **engine_options: Any,
     ) -> PlatformProcess:
         """Connect to NATS (required for `platform`, optional for `all`), then build the
         gateway; nothing is listening yet."""
-        from fabric.wiring import open_secret_store, open_store
-
-        if role not in ("platform", "all"):
+        if role not in (ProcessRole.PLATFORM, ProcessRole.ALL):
             raise InvalidArgument(f"PlatformProcess cannot run role {role!r}")
         process = cls(settings, role=role, listen=listen, **engine_options)
         execute = None
-        if role == "platform" or settings.nats_servers:
+        if role == ProcessRole.PLATFORM or settings.nats_servers:
             process.bus = await connect_bus(settings, f"fabric-{role}")
             try:
                 process.events = await open_event_log(process.bus, settings)
-                if role == "platform":
+                if role == ProcessRole.PLATFORM:
                     from fabric.messaging.query_rpc import BusQueryForwarder
 
                     process.forwarder = BusQueryForwarder(
@@ -215,9 +117,9 @@ class PlatformProcess:
                     )
                     execute = process.forwarder.execute
             except BaseException:
-                await _close_quietly(process.bus)
+                await close_quietly(process.bus)
                 raise
-        process.gateway = Gateway.build(
+        process.gateway = configured_gateway(
             settings,
             open_store(settings),
             secret_store=open_secret_store(settings),
@@ -229,7 +131,7 @@ class PlatformProcess:
             process.publisher = PlatformEventPublisher(
                 process.events, timeout=settings.bus_publish_timeout
             )
-            process.gateway.attach_publisher(process.publisher)
+            attach_publisher(process.gateway, process.publisher)
             metrics = process.gateway.engine.metrics
             bus = process.bus
             metrics.add_snapshot(lambda: bus_snapshot(bus))
@@ -241,7 +143,7 @@ class PlatformProcess:
         if self.publisher is not None:
             self.publisher.start()
         port = await self.gateway.start(self.listen)
-        name = "gateway" if self.role == "all" else "platform"
+        name = "gateway" if self.role == ProcessRole.ALL else "platform"
         line = f"fabric {name} serving on port {port}"
         if self.bus is not None:
             line += f", NATS at {nats_where(self.settings)}"
@@ -267,7 +169,7 @@ class PlatformProcess:
 class RuntimeProcess:
     """`--role runtime --stage S`: one replica of stage S."""
 
-    role = "runtime"
+    role = ProcessRole.RUNTIME
 
     def __init__(
         self,
@@ -301,16 +203,14 @@ class RuntimeProcess:
         **engine_options: Any,
     ) -> RuntimeProcess:
         """Connect to NATS and build the engine and the replica; nothing runs yet."""
-        from fabric.messaging.bus import subject_token
         from fabric.messaging.query_rpc import RuntimeReplica
-        from fabric.wiring import open_secret_store, open_store
 
         subject_token(stage, "stage")
         process = cls(settings, stage=stage, listen=listen, health_listen=health_listen)
         process.bus = await connect_bus(settings, f"fabric-runtime-{process.replica_id}")
         try:
             process.events = await open_event_log(process.bus, settings)
-            process.gateway = Gateway.build(
+            process.gateway = configured_gateway(
                 settings,
                 open_store(settings),
                 secret_store=open_secret_store(settings),
@@ -326,7 +226,7 @@ class RuntimeProcess:
                 max_concurrent=settings.bus_max_concurrent,
             )
         except BaseException:
-            await _close_quietly(process.bus)
+            await close_quietly(process.bus)
             raise
         process.applier = PlatformEventApplier(process.gateway.purger)
         metrics = process.gateway.engine.metrics
@@ -409,22 +309,49 @@ class RuntimeProcess:
                 await self.bus.close()
 
 
-async def open_role(
-    role: str,
+def check_listen(address: str, settings: Settings, *, insecure: bool = False) -> None:
+    """InvalidArgument for an address a process may not serve on: a non-loopback one with
+    authentication off, or without TLS unless `insecure` says so explicitly."""
+    if settings.auth == "none" and not is_loopback(address):
+        raise InvalidArgument(
+            f"FABRIC_AUTH=none is allowed only on a loopback address, not {address}"
+        )
+    if not settings.tls and not is_loopback(address) and not insecure:
+        raise InvalidArgument(
+            f"refusing to listen on {address} without TLS: set FABRIC_TLS_CERT and "
+            "FABRIC_TLS_KEY, listen on a loopback address, or pass --insecure explicitly"
+        )
+
+
+async def open_process(
+    role: ProcessRole | str,
     settings: Settings,
     *,
     stage: str | None = None,
     listen: str | None = None,
     health_listen: str | None = None,
+    insecure: bool = False,
     **engine_options: Any,
 ) -> PlatformProcess | RuntimeProcess:
-    """Assemble the process for `role` (connects to NATS where the role needs it)."""
-    if role == "runtime":
+    """Assemble the process for `role` (connects to NATS where the role needs it).
+
+    A platform or `all` process serves every stage on `listen` (default FABRIC_LISTEN);
+    a runtime replica serves `stage`, and QueryService only when `listen` is given
+    (health always, on FABRIC_HEALTH_LISTEN otherwise). The address is checked with
+    `check_listen` first."""
+    if role == ProcessRole.RUNTIME:
         if not stage:
-            raise InvalidArgument("--role runtime needs --stage NAME")
+            raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
+        if listen:
+            check_listen(listen, settings, insecure=insecure)
         return await RuntimeProcess.open(
             settings, stage=stage, listen=listen, health_listen=health_listen, **engine_options
         )
-    if role in ("platform", "all"):
-        return await PlatformProcess.open(settings, role=role, listen=listen, **engine_options)
-    raise InvalidArgument(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    if role in (ProcessRole.PLATFORM, ProcessRole.ALL):
+        if stage:
+            raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
+        address = listen or settings.listen
+        check_listen(address, settings, insecure=insecure)
+        return await PlatformProcess.open(settings, role=role, listen=address, **engine_options)
+    known = ", ".join(r.value for r in ProcessRole)
+    raise InvalidArgument(f"unknown role {role!r}; use one of {known}")

@@ -1,4 +1,5 @@
-"""How the parts are put together for one process: store, secrets, catalog manager."""
+"""The parts of a process, opened as the settings say: metadata store, secret store, KMS,
+token verifier, and the catalog and connection administration on top of them."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from fabric.catalog.metadata.open import open_metadata_store
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FailedPrecondition, InvalidArgument
-from fabric.model import Connection, SettingValue
+from fabric.model import Connection
+from fabric.platform.connections import ConnectionAdmin
+from fabric.platform.departure import ChangeListener, ChangeListeners
+from fabric.platform.plane import Platform
 from fabric.query.sources import (
     ConnectorFactory,
     SecretResolver,
     default_connector_factory,
     no_secret_store,
 )
-from fabric.security.kms import LocalKeyRing
+from fabric.security.kms import Kms, LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore, SecretStore
 from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
 
@@ -28,6 +32,28 @@ def open_store(settings: Settings) -> MetadataStore:
     """FABRIC_METADATA_URL (a postgresql:// URL or a SQLite path) when set, else the SQLite
     file under FABRIC_HOME."""
     return open_metadata_store(settings.metadata_url or settings.metadata_path)
+
+
+def open_secret_store(settings: Settings) -> SecretStore:
+    """Vault KV v2 when FABRIC_VAULT_ADDR is set, else the sealed local file."""
+    if settings.vault_addr:
+        from fabric.security.vault import VaultKvSecretStore, vault_client
+
+        return VaultKvSecretStore(vault_client(settings.vault_addr, settings.vault_token))
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return SealedFileSecretStore(settings.secrets_path, LocalKeyRing.open(settings.keyring_path))
+
+
+def open_kms(settings: Settings) -> Kms:
+    """The KMS the platform and every replica share: Vault transit when FABRIC_VAULT_ADDR
+    is set, else the local key ring under FABRIC_HOME (the same file for every process
+    of one machine; on several machines use Vault)."""
+    if settings.vault_addr:
+        from fabric.security.vault import VaultTransitKms, vault_client
+
+        return VaultTransitKms(vault_client(settings.vault_addr, settings.vault_token))
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return LocalKeyRing.open(settings.keyring_path)
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -76,22 +102,6 @@ def local_token(
     )
 
 
-def open_secret_store(settings: Settings) -> SecretStore:
-    """Vault KV v2 when FABRIC_VAULT_ADDR is set, else the sealed local file."""
-    if settings.vault_addr:
-        from fabric.security.vault import VaultKvSecretStore, vault_client
-
-        return VaultKvSecretStore(vault_client(settings.vault_addr, settings.vault_token))
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return SealedFileSecretStore(settings.secrets_path, LocalKeyRing.open(settings.keyring_path))
-
-
-def secret_ref(tenant: str, connection: str, stage: str) -> str:
-    """Where a connection's password for a stage lives in the secret store."""
-    stage_part = "all" if stage == "*" else stage
-    return f"connections/{tenant}/{connection}/{stage_part}"
-
-
 def stage_connector_factory(
     secrets: SecretResolver = no_secret_store,
     builder: ConnectorFactory = default_connector_factory,
@@ -112,45 +122,35 @@ def stage_connector_factory(
 
 
 def catalog_manager(
-    store: MetadataStore, secrets: SecretResolver = no_secret_store
+    store: MetadataStore,
+    secrets: SecretResolver = no_secret_store,
+    connector_builder: ConnectorFactory = default_connector_factory,
 ) -> CatalogManager:
-    return CatalogManager(store, stage_connector_factory(secrets))
+    """The catalog manager on `store`; its connectors are built by `connector_builder`
+    with passwords from `secrets`."""
+    return CatalogManager(store, stage_connector_factory(secrets, connector_builder))
 
 
-def create_connection(
-    manager: CatalogManager,
-    secrets: SecretStore,
-    tenant: str,
-    name: str,
-    kind: str,
-    stage: str,
-    settings: dict[str, SettingValue],
-    password: str | None,
-) -> Connection:
-    """Register a connection; its password (if any) goes to the secret store only.
-
-    The record is created first, so a duplicate name fails before any secret is written
-    (and cannot overwrite another connection's password); a failed secret write removes
-    the record again, so nothing half-made remains.
-    """
-    ref = secret_ref(tenant, name, stage) if password is not None else None
-    connection = manager.create_connection(
-        tenant, name, kind, {stage: settings}, {stage: ref} if ref else None
+def platform_plane(
+    store: MetadataStore,
+    listener: ChangeListener,
+    *,
+    secret_store: SecretStore | None = None,
+    connector_builder: ConnectorFactory = default_connector_factory,
+) -> Platform:
+    """The platform plane on `store`: connectors for discovery and tests are built by
+    `connector_builder` with passwords from `secret_store` (None: no passwords); every
+    committed change is announced to `listener`."""
+    resolver = secret_store.get if secret_store is not None else no_secret_store
+    manager = catalog_manager(store, resolver, connector_builder)
+    connections = ConnectionAdmin(
+        manager, secret_store, listener, connector_builder=connector_builder
     )
-    if ref is not None and password is not None:
-        try:
-            secrets.put(ref, password)
-        except BaseException:
-            manager.delete_connection(tenant, name)
-            raise
-    return connection
+    return Platform(manager, connections, listener)
 
 
-def delete_connection(
-    manager: CatalogManager, secrets: SecretStore, tenant: str, name: str
-) -> None:
-    """Delete a connection's metadata and every secret it refers to."""
-    connection = manager.get_connection(tenant, name)
-    manager.delete_connection(tenant, name)
-    for ref in set(connection.secret_refs.values()):
-        secrets.delete(ref)
+def connection_admin(store: MetadataStore, secrets: SecretStore | None) -> ConnectionAdmin:
+    """Connection administration for a process without a runtime of its own (the CLI, the
+    demo's set-up): nothing to purge here, running gateways see the new catalog version
+    on their next call."""
+    return platform_plane(store, ChangeListeners(), secret_store=secrets).connections

@@ -1,0 +1,103 @@
+"""A gateway assembled: the engine, the platform on the same store, and the purge path
+from platform changes to the engine (in-process, and on the bus once a publisher is
+attached)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from fabric.api.auth import local_admin_context, verified_context
+from fabric.api.query_service import ContextProvider, Execute
+from fabric.api.server import SERVICES, Gateway
+from fabric.app.parts import platform_plane, token_verifier
+from fabric.catalog.metadata.contract import MetadataStore
+from fabric.clock import SYSTEM_CLOCK, Clock
+from fabric.config import Settings
+from fabric.errors import InvalidArgument
+from fabric.messaging.platform_events import Announcements, PlatformEventPublisher
+from fabric.platform.departure import ChangeListeners, EnginePurger, StaleMetadataSweeper
+from fabric.query.engine import QueryEngine
+from fabric.query.sources import ConnectorFactory, default_connector_factory
+from fabric.security.authz import TokenVerifierLike
+from fabric.security.secrets import SecretStore
+
+
+def assemble_gateway(
+    engine: QueryEngine,
+    *,
+    verifier: TokenVerifierLike | None = None,
+    context_provider: ContextProvider | None = None,
+    secret_store: SecretStore | None = None,
+    connector_builder: ConnectorFactory = default_connector_factory,
+    clock: Clock = SYSTEM_CLOCK,
+    execute: Execute | None = None,
+    services: Collection[str] = SERVICES,
+) -> Gateway:
+    """A gateway running both planes on `engine` and its store.
+
+    Who a call is: with a `verifier`, the verified bearer token; without one, what
+    `context_provider` says (`local_admin_context` when authentication is off). One of
+    the two is required. Platform changes reach the runtime through the gateway's
+    `announcements`: the `purger` of `engine` first (at once, in-process), then, once
+    `attach_publisher` was called, platform events on the bus. `secret_store` keeps
+    connection passwords (None: passwords are refused); `connector_builder` builds the
+    connectors the platform uses for discovery and tests; `clock` drives the
+    stale-metadata sweeper; `execute` and `services` as for `Gateway`.
+    """
+    if verifier is not None:
+        context_provider = verified_context
+    elif context_provider is None:
+        raise InvalidArgument("a gateway needs a token verifier or a context provider")
+    purger = EnginePurger(engine)
+    engine.metrics.add_snapshot(purger.snapshot)
+    announcements = Announcements(ChangeListeners([purger]))
+    platform = platform_plane(
+        engine.store, announcements, secret_store=secret_store, connector_builder=connector_builder
+    )
+    stale_sweeper = StaleMetadataSweeper(
+        engine, purger, max_age=engine.settings.metadata_stale_after, clock=clock
+    )
+    return Gateway(
+        engine,
+        platform,
+        announcements,
+        purger,
+        stale_sweeper,
+        context_provider=context_provider,
+        verifier=verifier,
+        execute=execute,
+        services=services,
+    )
+
+
+def configured_gateway(
+    settings: Settings,
+    store: MetadataStore,
+    *,
+    secret_store: SecretStore | None = None,
+    execute: Execute | None = None,
+    services: Collection[str] = SERVICES,
+    **engine_options: Any,
+) -> Gateway:
+    """A gateway as configured: authentication from settings (FABRIC_AUTH: with `none`,
+    every call is the local administrator); with `secret_store`, connection passwords
+    are kept there and the runtime reads them from it. `engine_options` go to
+    `QueryEngine`."""
+    if secret_store is not None:
+        engine_options.setdefault("secrets", secret_store.get)
+    return assemble_gateway(
+        QueryEngine(store, settings, **engine_options),
+        verifier=token_verifier(settings),
+        context_provider=local_admin_context,
+        secret_store=secret_store,
+        execute=execute,
+        services=services,
+    )
+
+
+def attach_publisher(gateway: Gateway, publisher: PlatformEventPublisher) -> None:
+    """Announce the gateway's platform changes on the bus too (after the in-process
+    purge); the publisher's counts join the gateway's metrics."""
+    gateway.announcements.publisher = publisher
+    gateway.engine.metrics.add_snapshot(publisher.snapshot)

@@ -1,0 +1,101 @@
+"""Queries over the bus: runtime replicas that serve them, and the gateway's forwarder.
+
+`RuntimeReplica` subscribes, in a queue group, to its stage's query subject of every
+tenant it serves, so each request is served by exactly one replica of the stage and more
+replicas mean more capacity. `BusQueryForwarder.execute` has the contract of
+`QueryEngine.execute` (Arrow IPC messages, then one `Summary`), so the gRPC servicer can
+drive either.
+
+Subjects (`<t>` tenant, `<s>` stage; all built with `subject_for`)::
+
+    fabric.<t>.<s>.query                requests; replicas subscribe `fabric.*.<s>.query`
+                                        (every tenant) or one subject per tenant, queue
+                                        group `fabric-runtime-<s>`
+    fabric.<t>.<s>.reply.<request id>   one request's reply stream (the forwarder's inbox)
+    fabric.<t>.<s>.control.<replica>    credit and cancellation for a replica's requests
+
+Protocol. Every payload is one sealed blob (`BusSealer`; tenant, stage, exact subject
+and purpose bound as context); there are no headers, so nothing readable crosses the
+bus but the subject names. Inside the seal a frame is::
+
+    magic b"FQ" | version u8 | kind u8 | request id 16 bytes | seq u32 | body
+
+1. The forwarder subscribes to the reply inbox, then sends REQUEST with `Bus.request`
+   (so "no responders" is detected at once). The body is a JSON head (connection, SQL,
+   cache lifetime, row cap, role, principal, time left, send time, reply inbox, window,
+   heartbeat and stall intervals) and the parameters as a protobuf `ExecuteRequest`.
+2. The replica answers the request with ACCEPT (its replica id) or a retryable ERROR
+   (busy, shutting down), then streams on the inbox: CHUNK frames numbered 0, 1, 2...
+   whose bodies, concatenated, are a stream of length-prefixed (u32) Arrow IPC
+   messages cut to fit the bus's `max_payload`; HEARTBEAT while the source is quiet; and
+   finally END (the summary, `seq` = number of chunks) or ERROR (code, message,
+   SQLSTATE; `seq` = chunks sent before it).
+3. Flow control: the replica sends chunk `n` only while `n < acked + window`; the
+   forwarder publishes ACK(`seq` = chunks its consumer has taken) on the replica's
+   control subject every `window // 2` chunks. A replica without credit for `stall`
+   seconds gives up and cancels the query. A forwarder whose consumer goes away
+   publishes CANCEL; the replica cancels the query at its source.
+4. The forwarder checks every chunk's number (a gap or a duplicate fails the query),
+   that END counts as many chunks as it received, and that something arrives at least
+   every `timeout` seconds: a result is complete or the call fails, never cut short.
+
+Retries: queries are read-only, so before any byte of a result has been handed to the
+caller the forwarder retries (bounded: `retries` more attempts, within the deadline) on
+no responders, a bus that is reconnecting, no acceptance in time, a replica that
+accepted and went silent, and retryable errors. After the first byte it fails instead.
+
+The code is in three modules: `wire` (frames, subjects, the request, records),
+`replica` (`RuntimeReplica`, the serving side) and `forwarder` (`BusQueryForwarder`).
+"""
+
+from __future__ import annotations
+
+from fabric.messaging.query_rpc.forwarder import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WINDOW,
+    BusQueryForwarder,
+    ForwarderStats,
+)
+from fabric.messaging.query_rpc.replica import (
+    DEFAULT_LINGER,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_REQUEST_AGE,
+    ReplicaStats,
+    RuntimeReplica,
+)
+from fabric.messaging.query_rpc.wire import (
+    MAX_RECORD_BYTES,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameKind,
+    RecordSplitter,
+    WireRequest,
+    control_subject,
+    query_subject,
+    reply_subject,
+    stage_query_filter,
+)
+
+__all__ = [
+    "DEFAULT_LINGER",
+    "DEFAULT_MAX_CONCURRENT",
+    "DEFAULT_MAX_REQUEST_AGE",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WINDOW",
+    "MAX_RECORD_BYTES",
+    "PROTOCOL_VERSION",
+    "BusQueryForwarder",
+    "ForwarderStats",
+    "Frame",
+    "FrameKind",
+    "RecordSplitter",
+    "ReplicaStats",
+    "RuntimeReplica",
+    "WireRequest",
+    "control_subject",
+    "query_subject",
+    "reply_subject",
+    "stage_query_filter",
+]

@@ -1,0 +1,381 @@
+"""The gateway side of queries over the bus: the forwarder that sends a query to its
+stage's runtime replicas and hands the result on as `QueryEngine.execute` would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fabric.context import RequestContext
+from fabric.errors import (
+    DeadlineExceeded,
+    FabricError,
+    IntegrityError,
+    InternalError,
+    InvalidArgument,
+    ResourceExhausted,
+    SourceUnavailable,
+)
+from fabric.messaging.bus import Bus, Message, subject_token
+from fabric.messaging.query_rpc.wire import (
+    Frame,
+    FrameKind,
+    RecordSplitter,
+    WireRequest,
+    control_subject,
+    decode_json,
+    error_from_body,
+    offload_policy,
+    query_subject,
+    reply_subject,
+)
+from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
+from fabric.query.engine import QueryRequest, Summary
+from fabric.security.kms import Kms
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 8
+"""Chunks a replica may have in flight, unacknowledged, per query."""
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_RETRIES = 2
+
+
+@dataclass
+class ForwarderStats:
+    requests: int = 0
+    attempts: int = 0
+    retries: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    chunks_received: int = 0
+    protocol_errors: int = 0
+
+
+class _Retry(Exception):
+    """This attempt failed in a way another attempt may fix (nothing was yielded)."""
+
+    def __init__(self, error: FabricError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Inbox:
+    """Frames of one request's reply stream, opened and queued in arrival order."""
+
+    def __init__(
+        self,
+        forwarder: BusQueryForwarder,
+        tenant: str,
+        stage: str,
+        subject: str,
+        request_id: bytes,
+        window: int,
+    ) -> None:
+        self._forwarder = forwarder
+        self._tenant = tenant
+        self._stage = stage
+        self.subject = subject
+        self._request_id = request_id
+        self._window = window
+        self.queue: asyncio.Queue[Frame | FabricError] = asyncio.Queue()
+        self._chunks_queued = 0
+        self.failed = False
+
+    def consumed_chunk(self) -> None:
+        self._chunks_queued -= 1
+
+    async def on_message(self, msg: Message) -> None:
+        if self.failed:
+            return
+        try:
+            frame = await self._forwarder._open(
+                msg.payload, self._tenant, self._stage, self.subject
+            )
+        except FabricError:
+            return  # counted by the sealer; a forged message changes nothing
+        if frame.request_id != self._request_id:
+            self._forwarder.sealer.reject(RejectReason.MALFORMED, msg.subject, len(msg.payload))
+            return
+        if frame.kind == FrameKind.CHUNK:
+            self._chunks_queued += 1
+            if self._chunks_queued > self._window:
+                self.failed = True
+                self._forwarder.stats.protocol_errors += 1
+                self.queue.put_nowait(
+                    InternalError(
+                        "a runtime replica sent more result chunks than the flow-control window "
+                        "allows; the result was abandoned"
+                    )
+                )
+                return
+        self.queue.put_nowait(frame)
+
+
+class BusQueryForwarder:
+    """Sends queries to the stage's runtime replicas over the bus.
+
+    `execute(ctx, request, deadline)` yields what `QueryEngine.execute` yields. The
+    stage is `ctx.stage`, the tenant `ctx.tenant`. `timeout`: longest silence accepted
+    from a replica (acceptance, then between frames; replicas send heartbeats every
+    `timeout / 3`). `retries`: extra attempts before the first result byte (see the
+    module docstring). `window`: chunks in flight per query. `stall`: how long a replica
+    waits for this forwarder's consumer to take chunks before it gives up.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        kms: Kms,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        window: int = DEFAULT_WINDOW,
+        stall: float = 60.0,
+        backoff: float = 0.05,
+        sealer: BusSealer | None = None,
+    ) -> None:
+        if timeout <= 0 or stall <= 0 or backoff < 0:
+            raise InvalidArgument("timeout and stall must be positive, backoff not negative")
+        if retries < 0 or window < 1:
+            raise InvalidArgument("retries must not be negative and window must be positive")
+        self.bus = bus
+        self.timeout = timeout
+        self.retries = retries
+        self.window = window
+        self.stall = stall
+        self.backoff = backoff
+        self.sealer = sealer or BusSealer(kms, max_message_bytes=bus.max_payload)
+        self._offload = offload_policy(kms)
+        self.stats = ForwarderStats()
+
+    def snapshot(self) -> dict[str, float]:
+        figures = {
+            f"bus_forwarder_{name}": float(value) for name, value in vars(self.stats).items()
+        }
+        figures.update(self.sealer.snapshot())
+        return figures
+
+    async def _open(self, payload: bytes, tenant: str, stage: str, subject: str) -> Frame:
+        kwargs: dict[str, Any] = {
+            "tenant": tenant,
+            "stage": stage,
+            "subject": subject,
+            "purpose": Purpose.QUERY_REPLY,
+        }
+        if self._offload(len(payload)):
+            data = await asyncio.to_thread(self.sealer.open, payload, **kwargs)
+        else:
+            data = self.sealer.open(payload, **kwargs)
+        try:
+            return Frame.decode(data)
+        except InvalidArgument as error:
+            raise self.sealer.reject(RejectReason.MALFORMED, subject, len(payload), error) from None
+
+    async def _seal(
+        self, data: bytes, tenant: str, stage: str, subject: str, purpose: Purpose
+    ) -> bytes:
+        if self._offload(len(data)):
+            return await asyncio.to_thread(
+                self.sealer.seal, data, tenant=tenant, stage=stage, subject=subject, purpose=purpose
+            )
+        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject, purpose=purpose)
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the result came")
+        return remaining
+
+    def _wait(self, deadline: float | None) -> float:
+        remaining = self._remaining(deadline)
+        return self.timeout if remaining is None else min(self.timeout, remaining)
+
+    async def execute(
+        self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
+    ) -> AsyncIterator[bytes | Summary]:
+        """Yield the result as Arrow IPC messages, then one Summary (as
+        `QueryEngine.execute`); errors are the replica's, re-raised as the same class."""
+        started = time.perf_counter()
+        self.stats.requests += 1
+        attempt = 0
+        outcome = "failed"
+        try:
+            while True:
+                attempt += 1
+                self.stats.attempts += 1
+                attempt_items = self._attempt(ctx, request, deadline, started)
+                try:
+                    async for item in attempt_items:
+                        yield item
+                    outcome = "completed"
+                    return
+                except _Retry as retry:
+                    if attempt > self.retries:
+                        raise retry.error from None
+                    self.stats.retries += 1
+                    pause = self.backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                    remaining = self._remaining(deadline)
+                    if remaining is not None and pause >= remaining:
+                        raise retry.error from None
+                    log.debug(
+                        "bus query attempt %d failed (%s); retrying", attempt, retry.error.code
+                    )
+                    await asyncio.sleep(pause)
+                finally:
+                    await attempt_items.aclose()  # type: ignore[attr-defined]
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"
+            raise
+        finally:
+            if outcome == "completed":
+                self.stats.completed += 1
+            elif outcome == "cancelled":
+                self.stats.cancelled += 1
+            else:
+                self.stats.failed += 1
+
+    async def _attempt(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        deadline: float | None,
+        started: float,
+    ) -> AsyncIterator[bytes | Summary]:
+        tenant, stage = ctx.tenant, ctx.stage
+        subject = query_subject(tenant, stage)
+        request_id = uuid.uuid4().bytes
+        inbox = _Inbox(
+            self, tenant, stage, reply_subject(tenant, stage, request_id), request_id, self.window
+        )
+        remaining = self._remaining(deadline)
+        wire = WireRequest(
+            request_id,
+            tenant,
+            stage,
+            ctx.role.value,
+            ctx.principal,
+            request,
+            remaining,
+            time.time(),
+            inbox.subject,
+            self.window,
+            self.timeout / 3,
+            self.stall,
+        )
+        frame = Frame(FrameKind.REQUEST, request_id, 0, wire.encode()).encode()
+        sealed = await self._seal(frame, tenant, stage, subject, Purpose.QUERY_REQUEST)
+        if len(sealed) > self.bus.max_payload:
+            raise ResourceExhausted(
+                f"the query and its parameters take {len(sealed)} bytes sealed, over the "
+                f"bus maximum of {self.bus.max_payload}; use fewer or smaller parameters"
+            )
+        sub = await self.bus.subscribe(inbox.subject, inbox.on_message)
+        control: str | None = None
+        finished = False
+        yielded = False
+        try:
+            try:
+                answer = await self.bus.request(subject, sealed, self._wait(deadline))
+            except (SourceUnavailable, DeadlineExceeded) as unanswered:
+                raise _Retry(unanswered) from None
+            accepted = await self._open(answer, tenant, stage, inbox.subject)
+            if accepted.request_id != request_id:
+                raise IntegrityError("the acceptance answers another request")
+            if accepted.kind == FrameKind.ERROR:
+                refused, retryable = error_from_body(accepted.body)
+                raise _Retry(refused) if retryable else refused
+            if accepted.kind != FrameKind.ACCEPT:
+                raise InternalError("a runtime replica answered a query with an unexpected frame")
+            replica = subject_token(str(decode_json(accepted.body).get("replica")), "replica id")
+            control = control_subject(tenant, stage, replica)
+            records = RecordSplitter()
+            expected = 0
+            acked = 0
+            while True:
+                wait = self._wait(deadline)
+                try:
+                    item = await asyncio.wait_for(inbox.queue.get(), wait)
+                except TimeoutError:
+                    self._remaining(deadline)  # the caller's deadline: DeadlineExceeded
+                    silent = SourceUnavailable(
+                        f"the runtime replica sent nothing for {wait:g}s; the result is incomplete"
+                    )
+                    if yielded:
+                        raise silent from None
+                    raise _Retry(silent) from None
+                if isinstance(item, FabricError):
+                    raise item
+                if item.kind == FrameKind.HEARTBEAT:
+                    continue
+                if item.kind == FrameKind.CHUNK:
+                    inbox.consumed_chunk()
+                    if item.seq != expected:
+                        self.stats.protocol_errors += 1
+                        what = "a duplicate" if item.seq < expected else "a gap"
+                        raise SourceUnavailable(
+                            f"the result stream has {what} at chunk {expected} (got "
+                            f"{item.seq}); the result is incomplete, retry the query"
+                        )
+                    expected += 1
+                    self.stats.chunks_received += 1
+                    for message in records.feed(item.body):
+                        yielded = True
+                        yield message
+                    if expected - acked >= max(1, self.window // 2):
+                        acked = expected
+                        await self._control(
+                            FrameKind.ACK, request_id, acked, tenant, stage, control
+                        )
+                    continue
+                if item.kind == FrameKind.ERROR:
+                    failure, retryable = error_from_body(item.body)
+                    if retryable and not yielded:
+                        raise _Retry(failure)
+                    raise failure
+                if item.kind == FrameKind.END:
+                    if item.seq != expected or records.pending:
+                        self.stats.protocol_errors += 1
+                        where = (
+                            f"after {expected} of {item.seq} chunks"
+                            if item.seq != expected
+                            else "inside a message"
+                        )
+                        raise SourceUnavailable(
+                            f"the result stream ended {where}; the result is incomplete, "
+                            "retry the query"
+                        )
+                    body = decode_json(item.body)
+                    finished = True
+                    yield Summary(
+                        int(body["rows"]),
+                        bool(body["truncated"]),
+                        bool(body["from_cache"]),
+                        int((time.perf_counter() - started) * 1_000_000),
+                    )
+                    return
+                raise InternalError("a runtime replica sent an unexpected frame")
+        finally:
+            inbox.failed = True
+            await sub.unsubscribe()
+            if not finished and control is not None:
+                # The consumer went away or the stream failed: stop the source query.
+                with contextlib.suppress(FabricError):
+                    await self._control(FrameKind.CANCEL, request_id, 0, tenant, stage, control)
+
+    async def _control(
+        self, kind: FrameKind, request_id: bytes, seq: int, tenant: str, stage: str, subject: str
+    ) -> None:
+        frame = Frame(kind, request_id, seq).encode()
+        sealed = await self._seal(frame, tenant, stage, subject, Purpose.QUERY_CONTROL)
+        await self.bus.publish(subject, sealed)

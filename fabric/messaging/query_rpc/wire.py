@@ -1,0 +1,261 @@
+"""The wire format of queries over the bus: frames, subjects, the request, error bodies
+and the length-prefixed records that carry Arrow IPC messages in chunks (the protocol
+is described in `fabric.messaging.query_rpc`)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from fabric.context import Role
+from fabric.errors import ALL_ERRORS, FabricError, InternalError, InvalidArgument
+from fabric.messaging.bus import SUBJECT_ROOT, subject_for, subject_token
+from fabric.proto_values import params_from_proto, params_to_proto
+from fabric.query.engine import QueryRequest
+from fabric.security.kms import Kms, LocalKeyRing
+from fabric.v1 import query_pb2 as pb
+
+PROTOCOL_VERSION = 1
+MAX_RECORD_BYTES = 1 << 30
+
+QUERY_KIND = "query"
+REPLY_KIND = "reply"
+CONTROL_KIND = "control"
+
+FRAME_HEADER = struct.Struct(">2sBB16sI")
+"""magic, version, kind, request id, seq: what precedes a frame's body."""
+RECORD_HEADER = struct.Struct(">I")
+"""The length prefix of one record (an IPC message in a chunk, the request's JSON head)."""
+_MAGIC = b"FQ"
+_OFFLOAD_BYTES = 64 * 1024
+_ERRORS_BY_CODE: dict[str, type[FabricError]] = {cls.code: cls for cls in ALL_ERRORS}
+
+
+class FrameKind(IntEnum):
+    REQUEST = 1
+    ACCEPT = 2
+    CHUNK = 3
+    HEARTBEAT = 4
+    END = 5
+    ERROR = 6
+    ACK = 7
+    CANCEL = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One protocol message, as it is inside the seal."""
+
+    kind: FrameKind
+    request_id: bytes
+    seq: int = 0
+    body: bytes = b""
+
+    def encode(self) -> bytes:
+        return (
+            FRAME_HEADER.pack(_MAGIC, PROTOCOL_VERSION, self.kind, self.request_id, self.seq)
+            + self.body
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Frame:
+        """Parse an opened payload; `InvalidArgument` if it is not a frame of this
+        protocol (the caller counts it as malformed)."""
+        if len(data) < FRAME_HEADER.size:
+            raise InvalidArgument("bus frame is truncated")
+        magic, version, kind, request_id, seq = FRAME_HEADER.unpack_from(data)
+        if magic != _MAGIC or version != PROTOCOL_VERSION:
+            raise InvalidArgument("bus frame has an unknown magic or version")
+        try:
+            frame_kind = FrameKind(kind)
+        except ValueError:
+            raise InvalidArgument("bus frame has an unknown kind") from None
+        return cls(frame_kind, request_id, seq, data[FRAME_HEADER.size :])
+
+
+def query_subject(tenant: str, stage: str) -> str:
+    """Where a tenant's queries for a stage are sent: `fabric.<tenant>.<stage>.query`."""
+    return subject_for(QUERY_KIND, tenant, stage)
+
+
+def stage_query_filter(stage: str) -> str:
+    """Every tenant's query subject of a stage: `fabric.*.<stage>.query`."""
+    return f"{SUBJECT_ROOT}.*.{subject_token(stage, 'stage')}.{QUERY_KIND}"
+
+
+def reply_subject(tenant: str, stage: str, request_id: bytes) -> str:
+    return subject_for(REPLY_KIND, tenant, stage, request_id.hex())
+
+
+def control_subject(tenant: str, stage: str, replica_id: str) -> str:
+    return subject_for(CONTROL_KIND, tenant, stage, replica_id)
+
+
+def encode_json(value: Any) -> bytes:
+    """A frame body as compact JSON."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    """A frame body's JSON object; `InvalidArgument` if it is not one."""
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidArgument("bus frame body is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("bus frame body is not a JSON object")
+    return value
+
+
+def error_body(error: FabricError, retryable: bool = False) -> bytes:
+    """An ERROR frame's body: code, message, SQLSTATE and whether to retry elsewhere."""
+    return encode_json(
+        {
+            "code": error.code,
+            "message": error.message,
+            "sqlstate": error.sqlstate,
+            "retryable": retryable,
+        }
+    )
+
+
+def error_from_body(body: bytes) -> tuple[FabricError, bool]:
+    """The error an ERROR frame carries (unknown codes become InternalError), and
+    whether it may be retried."""
+    data = decode_json(body)
+    cls = _ERRORS_BY_CODE.get(str(data.get("code")), InternalError)
+    sqlstate = data.get("sqlstate")
+    error = cls(
+        str(data.get("message") or cls.code),
+        sqlstate=sqlstate if isinstance(sqlstate, str) else None,
+    )
+    return error, bool(data.get("retryable"))
+
+
+def offload_policy(kms: Kms) -> Callable[[int], bool]:
+    """Whether sealing a payload of some size should leave the event loop: always for a
+    remote KMS (a data key is a round trip), for large payloads with the local ring."""
+    local = isinstance(kms, LocalKeyRing)
+    return lambda size: not local or size >= _OFFLOAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A REQUEST frame's body: the JSON head (query, identity, timing, flow control) and
+    the parameters as a protobuf `ExecuteRequest`."""
+
+    request_id: bytes
+    tenant: str
+    stage: str
+    role: str
+    principal: str
+    query: QueryRequest
+    timeout: float | None
+    sent_at: float
+    reply: str
+    window: int
+    heartbeat: float
+    stall: float
+
+    def encode(self) -> bytes:
+        head = encode_json(
+            {
+                "connection": self.query.connection,
+                "sql": self.query.sql,
+                "cache_ttl": self.query.cache_ttl,
+                "max_rows": self.query.max_rows,
+                "role": self.role,
+                "principal": self.principal,
+                "timeout": self.timeout,
+                "sent_at": self.sent_at,
+                "reply": self.reply,
+                "window": self.window,
+                "heartbeat": self.heartbeat,
+                "stall": self.stall,
+            }
+        )
+        params = pb.ExecuteRequest(params=params_to_proto(self.query.params))
+        encoded: bytes = params.SerializeToString()
+        return RECORD_HEADER.pack(len(head)) + head + encoded
+
+    @classmethod
+    def decode(cls, frame: Frame, tenant: str, stage: str) -> WireRequest:
+        body = frame.body
+        if len(body) < RECORD_HEADER.size:
+            raise InvalidArgument("query request is truncated")
+        (head_len,) = RECORD_HEADER.unpack_from(body)
+        if len(body) < RECORD_HEADER.size + head_len:
+            raise InvalidArgument("query request is truncated")
+        head = decode_json(body[RECORD_HEADER.size : RECORD_HEADER.size + head_len])
+        params = pb.ExecuteRequest()
+        try:
+            params.ParseFromString(body[RECORD_HEADER.size + head_len :])
+        except Exception:
+            raise InvalidArgument("query request parameters do not parse") from None
+        try:
+            max_rows = head.get("max_rows")
+            timeout = head.get("timeout")
+            query = QueryRequest(
+                connection=str(head["connection"]),
+                sql=str(head["sql"]),
+                params=params_from_proto(params.params),
+                cache_ttl=float(head["cache_ttl"]),
+                max_rows=None if max_rows is None else int(max_rows),
+            )
+            request = cls(
+                frame.request_id,
+                tenant,
+                stage,
+                Role(head["role"]).value,
+                str(head["principal"]),
+                query,
+                None if timeout is None else float(timeout),
+                float(head["sent_at"]),
+                str(head["reply"]),
+                int(head["window"]),
+                float(head["heartbeat"]),
+                float(head["stall"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise InvalidArgument("query request head is malformed") from None
+        if request.reply != reply_subject(tenant, stage, frame.request_id):
+            raise InvalidArgument("query request names a reply subject not its own")
+        if request.window < 1 or request.heartbeat <= 0 or request.stall <= 0:
+            raise InvalidArgument("query request has a non-positive window or interval")
+        return request
+
+
+class RecordSplitter:
+    """Cuts the concatenated chunk bodies back into the IPC messages the replica sent."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        out: list[bytes] = []
+        offset = 0
+        buffer = self._buffer
+        while len(buffer) - offset >= RECORD_HEADER.size:
+            (size,) = RECORD_HEADER.unpack_from(buffer, offset)
+            if size > MAX_RECORD_BYTES:
+                raise InternalError(
+                    "a result message from a runtime replica is implausibly "
+                    "large; the stream is corrupt"
+                )
+            end = offset + RECORD_HEADER.size + size
+            if len(buffer) < end:
+                break
+            out.append(bytes(buffer[offset + RECORD_HEADER.size : end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return out
