@@ -189,14 +189,14 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
             {args.stage: StageInput(stage_settings, password)},
         )
         print(
-            f"created connection {connection.name!r} ({connection.kind.value}) "
+            f"created connection {connection.name!r} ({connection.kind}) "
             f"for stage {args.stage!r}"
             + (", password sealed in the secret store" if password else "")
         )
     elif args.action == "list":
         for connection in admin.list(tenant):
             stages = ", ".join(sorted(connection.stages))
-            print(f"{connection.name}\t{connection.kind.value}\tstages: {stages}")
+            print(f"{connection.name}\t{connection.kind}\tstages: {stages}")
     elif args.action == "delete":
         admin.delete(tenant, args.name)
         print(f"deleted connection {args.name!r} and its secrets")

@@ -20,17 +20,6 @@ ALL_STAGES = "*"
 """Stage key of a configuration that applies to every stage without its own."""
 
 
-class ConnectionKind(StrEnum):
-    """The kinds a stored connection may have: one member per kind registered in
-    `connectors.registry`, which knows everything else about each kind (this leaf
-    module cannot import it; tests/unit/test_connector_registry.py keeps the two equal)."""
-
-    DUCKDB = "duckdb"
-    POSTGRES = "postgres"
-    SQLSERVER = "sqlserver"
-    MYSQL = "mysql"
-
-
 @dataclass(frozen=True, slots=True)
 class ColumnInfo:
     name: str
@@ -125,7 +114,8 @@ class Connection:
 
     tenant: str
     name: str
-    kind: ConnectionKind
+    kind: str
+    """A kind registered in `connectors.registry` (checked when the connection is created)."""
     stages: Mapping[str, Mapping[str, SettingValue]]
     secret_refs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     version: int = 1

@@ -80,7 +80,7 @@ def connection_proto(connection: Connection, catalog_version: int) -> pb.Connect
     """A connection as the API shows it: settings and `has_password`, never a secret."""
     return pb.Connection(
         name=connection.name,
-        kind=connection.kind.value,
+        kind=connection.kind,
         stages=[
             pb.StageConfig(
                 stage=stage,

@@ -105,7 +105,7 @@ def connection_created(
         connection=connection.name,
         stage=only(connection.stages),
         details={
-            "kind": connection.kind.value,
+            "kind": connection.kind,
             "stages": names_text(sorted(connection.stages)),
             "secret_ref_stages": names_text(sorted(connection.secret_refs)),
             "version": connection.version,

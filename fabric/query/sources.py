@@ -45,7 +45,7 @@ def no_secret_store(reference: str) -> str:
 def default_connector_factory(
     connection: Connection, settings: Mapping[str, SettingValue], password: str | None
 ) -> Connector:
-    return connector_class(connection.kind.value)(ConnectorConfig(settings, password))
+    return connector_class(connection.kind)(ConnectorConfig(settings, password))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +130,7 @@ class SourceRegistry:
                 "an administrator must add one"
             )
         secret_ref = connection.secret_ref_for(stage)
-        identity = _ConnectorIdentity(
-            connection.kind.value, tuple(sorted(settings.items())), secret_ref
-        )
+        identity = _ConnectorIdentity(connection.kind, tuple(sorted(settings.items())), secret_ref)
         if current is not None and current[1] == identity:
             connector = current[0].connector
         else:

@@ -40,7 +40,6 @@ from fabric.errors import (
 from fabric.model import (
     ALL_STAGES,
     ColumnInfo,
-    ConnectionKind,
     Entity,
     ForeignKey,
     SettingValue,
@@ -225,12 +224,12 @@ def test_connection_crud(store: MetadataStore) -> None:
     created = store.create_connection(
         T,
         "shop",
-        ConnectionKind.POSTGRES,
+        "postgres",
         {"production": {"host": "db", "port": 5432}, ALL_STAGES: {"host": "localhost"}},
         {"production": "secret/shop/prod"},
     )
     assert created.tenant == T and created.name == "shop"
-    assert created.kind is ConnectionKind.POSTGRES
+    assert created.kind == "postgres"
     assert created.version == 1
     assert dict(created.stages["production"]) == {"host": "db", "port": 5432}
     assert created.settings_for("test") == {"host": "localhost"}
@@ -240,8 +239,8 @@ def test_connection_crud(store: MetadataStore) -> None:
         created.stages["production"]["host"] = "x"  # type: ignore[index]
 
     assert store.get_connection(T, "shop") == created
-    store.create_connection(T, "analytics", ConnectionKind.DUCKDB, STAGES)
-    store.create_connection(T, "Zeta", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "analytics", "duckdb", STAGES)
+    store.create_connection(T, "Zeta", "duckdb", STAGES)
     assert [c.name for c in store.list_connections(T)] == ["Zeta", "analytics", "shop"]
     assert store.list_connections("other") == []
 
@@ -263,19 +262,19 @@ def test_setting_types_round_trip(store: MetadataStore) -> None:
         "big": 2**62,
         "u": "grüße ✓",
     }
-    store.create_connection(T, "c", ConnectionKind.DUCKDB, {"dev": settings})
+    store.create_connection(T, "c", "duckdb", {"dev": settings})
     stored = store.get_connection(T, "c").stages["dev"]
     assert dict(stored) == settings
     assert {k: type(v) for k, v in stored.items()} == {k: type(v) for k, v in settings.items()}
 
 
 def test_duplicate_connection_is_already_exists(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     with pytest.raises(AlreadyExists, match="'shop' already exists"):
-        store.create_connection(T, "shop", ConnectionKind.POSTGRES, STAGES)
-    assert store.get_connection(T, "shop").kind is ConnectionKind.DUCKDB
+        store.create_connection(T, "shop", "postgres", STAGES)
+    assert store.get_connection(T, "shop").kind == "duckdb"
     # Names are per tenant.
-    store.create_connection("other", "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection("other", "shop", "duckdb", STAGES)
 
 
 def test_missing_connection_is_not_found(store: MetadataStore) -> None:
@@ -293,7 +292,7 @@ def test_missing_connection_is_not_found(store: MetadataStore) -> None:
         with pytest.raises(NotFound, match="connection 'nope' not found in tenant 'acme'"):
             call()
     # Another tenant's connection is invisible.
-    store.create_connection("other", "shared", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection("other", "shared", "duckdb", STAGES)
     with pytest.raises(NotFound):
         store.catalog_version(T, "shared")
     assert store.list_audit(T) == []
@@ -344,9 +343,7 @@ SECRET_KEYS = [
 def test_secret_looking_settings_are_refused(backend: Backend, key: str) -> None:
     store = backend.open()
     with pytest.raises(InvalidArgument, match="put secrets in the secret store") as raised:
-        store.create_connection(
-            T, "shop", ConnectionKind.POSTGRES, {"dev": {"host": "db", key: "hunter2"}}
-        )
+        store.create_connection(T, "shop", "postgres", {"dev": {"host": "db", key: "hunter2"}})
     assert "hunter2" not in str(raised.value)
     assert store.list_connections(T) == []
     assert b"hunter2" not in backend.dump()
@@ -359,7 +356,7 @@ def test_non_secret_keys_that_mention_secrets_are_allowed(store: MetadataStore) 
         "token_url": "https://idp",
         "keys": 2,
     }
-    store.create_connection(T, "c", ConnectionKind.POSTGRES, {"dev": settings})
+    store.create_connection(T, "c", "postgres", {"dev": settings})
     assert dict(store.get_connection(T, "c").stages["dev"]) == settings
 
 
@@ -367,7 +364,7 @@ def test_non_secret_keys_that_mention_secrets_are_allowed(store: MetadataStore) 
 
 
 def test_update_connection_bumps_versions(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.POSTGRES, STAGES, {"development": "r1"})
+    store.create_connection(T, "shop", "postgres", STAGES, {"development": "r1"})
     catalog_before = store.catalog_version(T, "shop")
 
     new_stages = {"development": {"host": "dev-db"}, "production": {"host": "prod-db"}}
@@ -383,12 +380,12 @@ def test_update_connection_bumps_versions(store: MetadataStore) -> None:
     assert refs.version == 3
     assert dict(refs.secret_refs) == {"production": "r2"}
     assert {k: dict(v) for k, v in refs.stages.items()} == new_stages
-    assert refs.kind is ConnectionKind.POSTGRES
+    assert refs.kind == "postgres"
 
 
 def test_stale_update_fails_and_changes_nothing(backend: Backend) -> None:
     first, second = backend.open(), backend.open()
-    first.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    first.create_connection(T, "shop", "duckdb", STAGES)
     read_by_first = first.get_connection(T, "shop")
     read_by_second = second.get_connection(T, "shop")
     second.update_connection(
@@ -412,7 +409,7 @@ def test_stale_update_fails_and_changes_nothing(backend: Backend) -> None:
 
 
 def test_update_refuses_bad_input_whole(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     with pytest.raises(InvalidArgument, match="nothing to update"):
         store.update_connection(T, "shop", expected_version=1)
     with pytest.raises(InvalidArgument, match="looks like a secret"):
@@ -427,7 +424,7 @@ def test_update_refuses_bad_input_whole(store: MetadataStore) -> None:
 
 
 def test_delete_with_expected_version(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     store.update_connection(T, "shop", stages=STAGES, expected_version=1)
     with pytest.raises(FailedPrecondition, match="changed since version 1"):
         store.delete_connection(T, "shop", expected_version=1)
@@ -469,7 +466,7 @@ def _run_threads(n: int, work: Callable[[int], None]) -> None:
 
 def test_concurrent_connection_updates_lose_nothing(backend: Backend) -> None:
     writers, rounds = 6, 3
-    backend.open().create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    backend.open().create_connection(T, "shop", "duckdb", STAGES)
     stores = [backend.open() for _ in range(writers)]
     lost: list[int] = []
 
@@ -505,7 +502,7 @@ def test_concurrent_connection_updates_lose_nothing(backend: Backend) -> None:
 
 def test_concurrent_selection_rewrites_lose_nothing(backend: Backend) -> None:
     writers = 6
-    backend.open().create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    backend.open().create_connection(T, "shop", "duckdb", STAGES)
     stores = [backend.open() for _ in range(writers)]
     versions: list[int] = []
 
@@ -532,7 +529,7 @@ def test_concurrent_selection_rewrites_lose_nothing(backend: Backend) -> None:
 
 
 def test_select_and_catalog(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     empty = store.catalog(T, "shop")
     assert empty.entities == {} and empty.version == store.catalog_version(T, "shop")
 
@@ -547,7 +544,7 @@ def test_select_and_catalog(store: MetadataStore) -> None:
 
 
 def test_reselect_replaces_by_name_ignoring_case(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     store.select_entities(T, "shop", [entity("Orders")])
     extra = ColumnInfo("note", "VARCHAR", pa.string())
     store.select_entities(T, "shop", [entity("ORDERS", "orders", extra)])
@@ -560,7 +557,7 @@ def test_reselect_replaces_by_name_ignoring_case(store: MetadataStore) -> None:
 
 
 def test_versions_strictly_increase(store: MetadataStore) -> None:
-    first = store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    first = store.create_connection(T, "shop", "duckdb", STAGES)
     assert first.version == 1
     assert store.catalog_version(T, "shop") == 1
     seen = [1]
@@ -580,40 +577,40 @@ def test_versions_strictly_increase(store: MetadataStore) -> None:
 
     # Delete and re-create: the new connection starts above everything the old one had.
     store.delete_connection(T, "shop")
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     recreated = store.catalog_version(T, "shop")
     assert recreated > seen[-1]
     assert store.catalog(T, "shop").entities == {}
     assert store.select_entities(T, "shop", [entity()]) > recreated
 
     # Other connections draw from the same counter: versions never repeat.
-    store.create_connection(T, "other", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "other", "duckdb", STAGES)
     assert store.catalog_version(T, "other") > store.catalog_version(T, "shop")
 
 
 def test_versions_increase_across_reopen(backend: Backend) -> None:
     store = backend.open()
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     last = store.select_entities(T, "shop", [entity()])
     store.delete_connection(T, "shop")
     store.close()
     store = backend.open()
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     assert store.catalog_version(T, "shop") > last
 
 
 def test_delete_connection_removes_its_entities(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     store.select_entities(T, "shop", [entity()])
     store.delete_connection(T, "shop")
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     assert store.catalog(T, "shop").entities == {}
     with pytest.raises(NotFound):
         store.delete_connection(T, "missing")
 
 
 def test_unselect_missing_names_changes_nothing(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     version = store.select_entities(T, "shop", [entity()])
     with pytest.raises(NotFound, match="'ghost'"):
         store.unselect_entities(T, "shop", ["orders", "ghost"])
@@ -624,7 +621,7 @@ def test_unselect_missing_names_changes_nothing(store: MetadataStore) -> None:
 
 
 def test_selection_changes_with_expected_catalog_version(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     v1 = store.catalog_version(T, "shop")
     v2 = store.select_entities(T, "shop", [entity()], expected_catalog_version=v1)
     stale = r"catalog of connection 'shop' changed since version {} \(now {}\); reload and retry"
@@ -641,7 +638,7 @@ def test_selection_changes_with_expected_catalog_version(store: MetadataStore) -
 
 
 def test_replace_entities_replaces_the_whole_selection(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     store.select_entities(T, "shop", [entity("orders"), entity("items", "order_items")])
     narrower = entity("Orders", "orders")
     narrower = Entity(narrower.name, "main", "orders", narrower.columns[:1], ("id",))
@@ -664,7 +661,7 @@ def test_replace_entities_replaces_the_whole_selection(store: MetadataStore) -> 
 
 
 def test_bump_catalog_version_keeps_the_selection(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     version = store.select_entities(T, "shop", [entity()])
     before = store.catalog(T, "shop").entities
     bumped = store.bump_catalog_version(T, "shop", actor="refresher", stage="production")
@@ -704,7 +701,7 @@ def test_bump_catalog_version_keeps_the_selection(store: MetadataStore) -> None:
 def test_invalid_entities_are_refused_whole(
     store: MetadataStore, entities: list[Entity], match: str
 ) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     version = store.catalog_version(T, "shop")
     with pytest.raises(InvalidArgument, match=match):
         store.select_entities(T, "shop", entities)
@@ -713,8 +710,8 @@ def test_invalid_entities_are_refused_whole(
 
 
 def test_concurrent_selects_from_threads(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
-    store.create_connection(T, "other", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
+    store.create_connection(T, "other", "duckdb", STAGES)
     threads_n, per_thread = 8, 15
     versions: list[int] = []
     lock = threading.Lock()
@@ -799,7 +796,7 @@ def test_columns_round_trip_through_the_store(backend: Backend) -> None:
     )
     original = Entity("wide", "main", "wide_table", columns, ("c2", "c1"), fks)
     store = backend.open()
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     store.select_entities(T, "shop", [original])
     store.close()
     loaded = backend.open().catalog(T, "shop").entity("wide")
@@ -822,7 +819,7 @@ def test_every_change_is_audited_in_its_transaction(backend: Backend) -> None:
     store.create_connection(
         T,
         "shop",
-        ConnectionKind.POSTGRES,
+        "postgres",
         {"production": {"host": "db"}},
         {"production": "secret/shop/production"},
         actor="alice",
@@ -877,9 +874,9 @@ def test_every_change_is_audited_in_its_transaction(backend: Backend) -> None:
 
 
 def test_failed_changes_leave_no_audit_event(store: MetadataStore) -> None:
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    store.create_connection(T, "shop", "duckdb", STAGES)
     for call in (
-        lambda: store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES),
+        lambda: store.create_connection(T, "shop", "duckdb", STAGES),
         lambda: store.update_connection(T, "shop", stages=STAGES, expected_version=7),
         lambda: store.unselect_entities(T, "shop", ["ghost"]),
         lambda: store.select_entities(T, "shop", [entity()], expected_catalog_version=99),
@@ -960,7 +957,7 @@ def test_a_password_never_reaches_the_store(backend: Backend) -> None:
     store.create_connection(
         T,
         "shop",
-        ConnectionKind.POSTGRES,
+        "postgres",
         {"production": {"host": "db.internal", "user": "app"}},
         {"production": "secret/shop/production"},
         actor="alice",
@@ -969,10 +966,10 @@ def test_a_password_never_reaches_the_store(backend: Backend) -> None:
     object.__setattr__(tampered, "details", {"password": canary})
     attempts: list[Callable[[], Any]] = [
         lambda: store.create_connection(
-            T, "leak", ConnectionKind.POSTGRES, {"production": {"password": canary}}
+            T, "leak", "postgres", {"production": {"password": canary}}
         ),
         lambda: store.create_connection(
-            T, "leak", ConnectionKind.POSTGRES, {"dev": {"host": "h", "sslpassword": canary}}
+            T, "leak", "postgres", {"dev": {"host": "h", "sslpassword": canary}}
         ),
         lambda: store.update_connection(
             T,
@@ -1021,7 +1018,7 @@ def test_a_password_never_reaches_the_store(backend: Backend) -> None:
 
 def test_persists_across_reopen(backend: Backend) -> None:
     store = backend.open()
-    store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES, {"dev": "ref"})
+    store.create_connection(T, "shop", "duckdb", STAGES, {"dev": "ref"})
     version = store.select_entities(T, "shop", [entity()])
     connection = store.get_connection(T, "shop")
     audit = store.list_audit(T)
@@ -1139,7 +1136,7 @@ def test_open_metadata_store(backend: Backend) -> None:
         assert isinstance(opened, PostgresMetadataStore)
         assert opened.schema == backend.schema
     backend.opened.append(opened)
-    opened.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+    opened.create_connection(T, "shop", "duckdb", STAGES)
     assert [c.name for c in backend.open().list_connections(T)] == ["shop"]
 
 
@@ -1225,7 +1222,7 @@ def watched(postgres_url: str) -> Iterator[WatchedStores]:
     writer = PostgresMetadataStore(postgres_url, schema=schema, watch_versions=False)
     try:
         writer.create_connection(
-            "t", "c", ConnectionKind.POSTGRES, {"*": {"host": "h", "database": "d", "user": "u"}}
+            "t", "c", "postgres", {"*": {"host": "h", "database": "d", "user": "u"}}
         )
         assert reader.version_watch is None  # no listener until versions are asked for
         reader.catalog_version("t", "c")

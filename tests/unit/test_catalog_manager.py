@@ -16,7 +16,7 @@ from fabric.catalog.manager import CatalogManager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.demo_data import create_demo_database
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from fabric.model import Connection, ConnectionKind, Entity, TableInfo
+from fabric.model import Connection, Entity, TableInfo
 
 T = "acme"
 DEV = "development"
@@ -130,10 +130,10 @@ def names(entity: Entity) -> list[str]:
 
 def test_create_connection(manager: CatalogManager) -> None:
     connection = manager.get_connection(T, "shop")
-    assert connection.kind is ConnectionKind.DUCKDB
+    assert connection.kind == "duckdb"
     assert [c.name for c in manager.list_connections(T)] == ["shop"]
     with pytest.raises(AlreadyExists):
-        manager.create_connection(T, "shop", ConnectionKind.DUCKDB, {DEV: {"path": "x"}})
+        manager.create_connection(T, "shop", "duckdb", {DEV: {"path": "x"}})
     with pytest.raises(InvalidArgument, match="unknown connection kind 'oracle'"):
         manager.create_connection(T, "other", "oracle", {DEV: {"path": "x"}})
     with pytest.raises(InvalidArgument, match="secret store"):
@@ -286,7 +286,7 @@ def test_select_all_and_unselect(manager: CatalogManager, factory: Connectors) -
 def test_unsupported_columns(store: SqliteMetadataStore, source: Path) -> None:
     factory = Connectors(wrap=EmailUnsupported)
     manager = CatalogManager(store, factory)
-    manager.create_connection(T, "shop", ConnectionKind.DUCKDB, {DEV: {"path": str(source)}})
+    manager.create_connection(T, "shop", "duckdb", {DEV: {"path": str(source)}})
 
     customers = manager.select(T, "shop", DEV, "customers")
     assert "email" not in names(customers)

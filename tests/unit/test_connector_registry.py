@@ -15,14 +15,35 @@ from sqlglot import exp
 from connectors import connector_class, registry
 from connectors.base import ParamStyle
 from connectors.registry import ConnectorSpec, IdentifierLimit, SettingSpec, SettingType
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.errors import InvalidArgument
-from fabric.model import ConnectionKind
 from fabric.query.compiler import TARGET_DIALECTS
 from fabric.query.functions import dialect_refusal
 
 
-def test_connection_kinds_are_the_registered_kinds() -> None:
-    assert {kind.value for kind in ConnectionKind} == set(registry.kinds())
+def test_a_connection_of_a_kind_registered_later_can_be_created(tmp_path: Path) -> None:
+    """The registry alone says which kinds exist: nothing else lists them."""
+    spec = ConnectorSpec(
+        kind="plugin",
+        dialect="duckdb",
+        param_style=ParamStyle.QMARK,
+        connector="connectors.duckdb:DuckDBConnector",
+        description="a plug-in kind",
+        settings=(),
+        identifier_limit=None,
+    )
+    store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
+    try:
+        with pytest.raises(InvalidArgument, match="unknown connection kind 'plugin'"):
+            store.create_connection("t", "p", "plugin", {"*": {}})
+        registry.register(spec)
+        try:
+            created = store.create_connection("t", "p", "plugin", {"*": {}})
+            assert store.get_connection("t", "p").kind == created.kind == "plugin"
+        finally:
+            registry.unregister("plugin")
+    finally:
+        store.close()
 
 
 def test_compiler_targets_are_the_registered_dialects() -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
-from fabric.model import ColumnInfo, ConnectionKind, Entity, SettingValue
+from fabric.model import ColumnInfo, Entity, SettingValue
 
 T = "acme"
 STAGES: dict[str, dict[str, SettingValue]] = {
@@ -44,7 +44,7 @@ def test_file_is_private_in_wal_mode_with_parents_created(tmp_path: Path) -> Non
     path = tmp_path / "a" / "b" / "meta.sqlite"
     with SqliteMetadataStore(path) as store:
         assert store.path == str(path)
-        store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+        store.create_connection(T, "shop", "duckdb", STAGES)
         for file in path.parent.iterdir():
             assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -66,6 +66,6 @@ def test_foreign_keys_are_enforced(store: SqliteMetadataStore) -> None:
 
 def test_memory_store() -> None:
     with SqliteMetadataStore(":memory:") as store:
-        store.create_connection(T, "shop", ConnectionKind.DUCKDB, STAGES)
+        store.create_connection(T, "shop", "duckdb", STAGES)
         assert store.select_entities(T, "shop", [entity()]) == 2
         assert [e.action for e in store.list_audit(T)] == ["catalog.select", "connection.create"]

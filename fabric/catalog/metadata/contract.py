@@ -37,7 +37,6 @@ from fabric.catalog.audit import AuditEvent
 from fabric.model import (
     CatalogSnapshot,
     Connection,
-    ConnectionKind,
     Entity,
     SettingValue,
 )
@@ -50,7 +49,7 @@ class MetadataStore(Protocol):
         self,
         tenant: str,
         name: str,
-        kind: ConnectionKind,
+        kind: str,
         stages: Mapping[str, Mapping[str, SettingValue]],
         secret_refs: Mapping[str, str] | None = None,
         *,

@@ -54,7 +54,7 @@ from fabric.catalog.serialization import (
     utc_now,
 )
 from fabric.errors import AlreadyExists, InternalError, InvalidArgument
-from fabric.model import CatalogSnapshot, Connection, ConnectionKind, Entity, SettingValue
+from fabric.model import CatalogSnapshot, Connection, Entity, SettingValue
 
 _CONNECTION_COLUMNS: Final = "tenant, name, kind, stages, secret_refs, version"
 _AUDIT_COLUMNS: Final = "at, tenant, actor, action, connection, stage, details"
@@ -78,7 +78,7 @@ class SqlMetadataStore(MetadataStore):
         self,
         tenant: str,
         name: str,
-        kind: ConnectionKind,
+        kind: str,
         stages: Mapping[str, Mapping[str, SettingValue]],
         secret_refs: Mapping[str, str] | None = None,
         *,
@@ -86,7 +86,7 @@ class SqlMetadataStore(MetadataStore):
     ) -> Connection:
         check_tenant(tenant)
         check_connection_name(name)
-        kind_name = str(check_kind(kind))
+        kind_name = check_kind(kind)
         stages_doc = stages_document(stages)
         refs_doc = secret_refs_document(secret_refs or {})
         check_actor(actor)
