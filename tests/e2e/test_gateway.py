@@ -35,7 +35,9 @@ def client(h: Harness, tenant: str = "default", stage: str = "development") -> F
 
 
 def direct(h: Harness, sql: str, params: list[object] | None = None) -> pa.Table:
-    path = h.store.get_connection("default", "shop").settings_for("development")["path"]
+    settings = h.store.get_connection("default", "shop").settings_for("development")
+    assert settings is not None
+    path = settings["path"]
     with duckdb.connect(str(path), read_only=True) as con:
         return con.sql(sql, params=params or None).to_arrow_table()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_literals_are_masked(sql: str, masked: str) -> None:
     assert mask_literals(sql) == masked
 
 
-def _json_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+def _json_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     formatter = JsonFormatter()
     return [json.loads(formatter.format(r)) for r in caplog.records]
 

@@ -86,7 +86,7 @@ def test_allowed_functions_really_run_on_mariadb() -> None:
     import secrets
     from urllib.parse import urlparse
 
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]  # no stubs are published with PyMySQL
 
     from connectors.base import ConnectorConfig
     from connectors.mysql import MySQLConnector

@@ -33,7 +33,7 @@ def _settings_from_url(url: str) -> dict[str, Any]:
     info = psycopg.conninfo.conninfo_to_dict(url)
     settings: dict[str, Any] = {
         "host": info.get("host", "127.0.0.1"),
-        "port": int(info.get("port", 5432)),
+        "port": int(info.get("port") or 5432),
         "database": info["dbname"],
         "user": info.get("user", "postgres"),
     }

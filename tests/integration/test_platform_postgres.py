@@ -35,7 +35,7 @@ def _settings(url: str) -> dict[str, Any]:
     info = psycopg.conninfo.conninfo_to_dict(url)
     return {
         "host": info.get("host", "127.0.0.1"),
-        "port": int(info.get("port", 5432)),
+        "port": int(info.get("port") or 5432),
         "database": info["dbname"],
         "user": info.get("user", "postgres"),
     }
@@ -205,7 +205,7 @@ def test_password_is_write_only_and_a_wrong_one_changes_nothing(
     wrong = "Wrong-Guess-0b9d"
     p = start_platform(tmp_path)
     try:
-        settings = {
+        settings: dict[str, str | int] = {
             "host": "127.0.0.1",
             "port": private_pg.port,
             "database": "postgres",

@@ -16,7 +16,7 @@ from fabric.app.parts import catalog_manager
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.model import Connection, SettingValue
-from fabric.query.sources import SourceRegistry, default_connector_factory
+from fabric.query.sources import BoundSource, SourceRegistry, default_connector_factory
 
 
 def test_concurrent_first_resolves_build_one_connector(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_concurrent_first_resolves_build_one_connector(tmp_path: Path) -> None:
 
     registry = SourceRegistry(store, connector_factory=factory)
 
-    def resolve() -> object:
+    def resolve() -> BoundSource:
         start.wait(timeout=10)
         return registry.resolve(DEFAULT_TENANT, "c", DEFAULT_STAGE)
 

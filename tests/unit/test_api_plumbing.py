@@ -55,6 +55,7 @@ def test_parameter_values_round_trip_exactly(value: object) -> None:
     back = from_proto("p", to_proto("p", value))
     assert back == value and type(back) is type(value)
     if isinstance(value, dt.datetime):
+        assert isinstance(back, dt.datetime)
         assert back.utcoffset() == value.utcoffset()
 
 

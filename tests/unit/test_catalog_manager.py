@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Connectors:
     """A connector factory that records what it opened, to check everything is closed."""
 
-    def __init__(self, wrap: type[Connector] | None = None) -> None:
+    def __init__(self, wrap: Callable[[Connector], Connector] | None = None) -> None:
         self.opened: list[Connector] = []
         self.closed = 0
         self._wrap = wrap
@@ -48,7 +48,7 @@ class Connectors:
         assert settings is not None
         connector: Connector = DuckDBConnector(ConnectorConfig(settings=settings))
         if self._wrap is not None:
-            connector = self._wrap(connector)  # type: ignore[call-arg]
+            connector = self._wrap(connector)
         original_close = connector.close
 
         def close() -> None:

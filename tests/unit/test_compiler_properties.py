@@ -240,7 +240,7 @@ def references(sql: str) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
                     for kind, name in local.values()
                     if kind == "table" and column.name in PHYSICAL[str(name)]
                 ]
-                if in_group or not (column.name in aliases or scope.is_union):
+                if in_group or not (column.name in aliases or scope.is_set_operation):
                     assert not physical or all(column.name in SELECTED[str(t)] for t in physical), (
                         f"hidden column {column.name} read by {sql}"
                     )

@@ -218,7 +218,8 @@ def test_chunks_not_aligned_with_messages() -> None:
 
 
 def test_stream_reader_is_a_file() -> None:
-    reader = IpcStreamReader(iter([b"abc", memoryview(b"de"), bytearray(b"fgh")]))
+    chunks: list[bytes | memoryview | bytearray] = [b"abc", memoryview(b"de"), bytearray(b"fgh")]
+    reader = IpcStreamReader(iter(chunks))
     assert reader.readable()
     buf = bytearray(2)
     assert reader.readinto(buf) == 2 and buf == b"ab"

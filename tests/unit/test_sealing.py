@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pytest
@@ -48,7 +48,21 @@ from tests.support.nats import run_bounded
 
 SECRET = b"row value Jorunn-Aasgaard 0475-112233"
 SUBJECT = "fabric.acme.production.reply.abc123"
-CTX = {"tenant": "acme", "stage": "production", "subject": SUBJECT, "purpose": Purpose.QUERY_REPLY}
+
+
+class SealContext(TypedDict):
+    tenant: str
+    stage: str
+    subject: str
+    purpose: Purpose
+
+
+CTX: SealContext = {
+    "tenant": "acme",
+    "stage": "production",
+    "subject": SUBJECT,
+    "purpose": Purpose.QUERY_REPLY,
+}
 
 
 class CountingKms:
@@ -151,7 +165,7 @@ def test_a_subject_outside_the_tenant_or_stage_is_refused(kms: LocalKeyRing) -> 
         "fabric.acme.production",
     ):
         with pytest.raises(InvalidArgument):
-            sealer.seal(SECRET, **{**CTX, "subject": subject})
+            sealer.seal(SECRET, **(CTX | {"subject": subject}))
 
 
 def test_rejections_are_logged_without_content(
@@ -162,7 +176,7 @@ def test_rejections_are_logged_without_content(
     blob = sealer.seal(SECRET, **CTX)
     for _ in range(3):
         with pytest.raises(IntegrityError):
-            sealer.open(blob, **{**CTX, "purpose": Purpose.QUERY_CONTROL})
+            sealer.open(blob, **(CTX | {"purpose": Purpose.QUERY_CONTROL}))
     rejections = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert [r.levelno for r in rejections] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert SUBJECT in rejections[0].getMessage()
@@ -299,8 +313,8 @@ def test_errors_keep_class_message_and_sqlstate(kms: LocalKeyRing) -> None:
         )
         replica = RuntimeReplica(
             bus,
-            StubEngine(error=error),
-            kms,  # type: ignore[arg-type]
+            StubEngine(error=error),  # type: ignore[arg-type]  # stands in for execute only
+            kms,
             stage="production",
         )
         await replica.start()
