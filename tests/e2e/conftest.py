@@ -98,7 +98,8 @@ def make_shop(path: Path) -> None:
 
 
 def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
-    """Test-only identity: tenant and stage from call metadata (tokens come later)."""
+    """Test-only identity: tenant and stage from call metadata, so the harness can act as
+    any tenant without minting tokens (token verification has its own tests)."""
     metadata = dict(context.invocation_metadata() or ())
     return RequestContext(
         tenant=metadata.get("x-tenant", DEFAULT_TENANT),

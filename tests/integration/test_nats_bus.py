@@ -184,7 +184,7 @@ def test_shared_server_answers_and_reports_its_limits() -> None:
 
 
 def test_server_restart_reconnects_and_applies_events_exactly_once(tmp_path: Path) -> None:
-    """The issue's restart scenario, on a nats-server of our own:
+    """A NATS server restart, on a nats-server of our own:
 
     - replica B keeps consuming through the restart, replica C is down across it;
     - while the server is down a publish is refused, not dropped;
