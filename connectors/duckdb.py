@@ -35,9 +35,9 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.blocking import BlockingQueryHandle
 from fabric.errors import (
     Cancelled,
-    DeadlineExceeded,
     FabricError,
     InternalError,
     InvalidArgument,
@@ -78,7 +78,14 @@ def _map_duckdb_error(exc: BaseException) -> FabricError:
     return InternalError(f"unexpected error in the DuckDB connector ({name})")
 
 
-class _DuckDBHandle(QueryHandle):
+class _DuckDBHandle(BlockingQueryHandle[duckdb.DuckDBPyConnection]):
+    """A query on its own cursor; releasing it closes the cursor."""
+
+    cancelled_message = "the query was cancelled; DuckDB interrupted it"
+    deadline_action = "was interrupted"
+    interrupt_every = 0.05
+    interrupt_attempts = None
+
     def __init__(
         self,
         cursor: duckdb.DuckDBPyConnection,
@@ -88,20 +95,9 @@ class _DuckDBHandle(QueryHandle):
         batch_rows: int,
         on_close: Callable[[_DuckDBHandle], None],
     ) -> None:
-        self._cursor: duckdb.DuckDBPyConnection | None = cursor
         self._batch_rows = batch_rows
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._timed_out = False
-        self._closed = False
-        self._executing = False
         self._on_close = on_close
-        self._timer: threading.Timer | None = None
-        if timeout is not None:
-            self._timer = threading.Timer(timeout, self._on_deadline)
-            self._timer.daemon = True
-            self._timer.start()
+        super().__init__(cursor, timeout)
         try:
             relation = cursor.sql(sql, params=list(params) if params else None)
             if relation is None:
@@ -121,11 +117,9 @@ class _DuckDBHandle(QueryHandle):
             if self._reader is not None:
                 return self._reader
             relation = self._relation
-        flagged = self._flag_error()
-        if flagged is not None or relation is None:
-            self.close()
-            raise flagged or Cancelled("the query handle was closed")
         try:
+            if relation is None:
+                raise Cancelled("the query handle was closed")
             self._enter()
             try:
                 source = relation.to_arrow_reader(self._batch_rows)
@@ -133,7 +127,7 @@ class _DuckDBHandle(QueryHandle):
                 self._leave()
         except BaseException as exc:
             mapped = self._map(exc)
-            self.close()
+            self._release(ok=False)
             raise mapped from None
         self._relation = None
         self._source = source
@@ -142,84 +136,17 @@ class _DuckDBHandle(QueryHandle):
             self._reader = reader
         return reader
 
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._timed_out or self._cancelled:
-                return
-            self._cancelled = True
-        self._interrupt()
-
-    def close(self) -> None:
-        with self._lock:
-            first = not self._closed
-            self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-            cursor = self._cursor
-        if cursor is None:
-            return
-        try:
-            if first:
-                cursor.interrupt()
-            cursor.close()
-        except duckdb.Error:
-            # busy in a reading thread: the interrupt ends its call, and that thread
-            # closes the cursor on its way out (it calls close() again)
-            return
-        with self._lock:
-            self._cursor = None
-        self._on_close(self)
-
-    def _on_deadline(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled:
-                return
-            self._timed_out = True
-        self._interrupt()
-
-    def _interrupt(self) -> None:
-        """Interrupt the cursor; while a call into DuckDB is in flight, repeat every 50 ms
-        (an interrupt that lands just before DuckDB starts executing is otherwise lost)."""
-        with self._lock:
-            cursor = self._cursor
-            executing = self._executing
-        if cursor is None:
-            return
+    def _send_interrupt(self, cursor: duckdb.DuckDBPyConnection) -> bool:
         with contextlib.suppress(duckdb.Error):
             cursor.interrupt()
-        if executing:
-            again = threading.Timer(0.05, self._interrupt)
-            again.daemon = True
-            again.start()
+        return True
 
-    def _enter(self) -> None:
-        with self._lock:
-            self._executing = True
-        flagged = self._flag_error()
-        if flagged is not None:
-            self._leave()
-            raise flagged
+    def _give_back(self, cursor: duckdb.DuckDBPyConnection, *, ok: bool) -> None:
+        with contextlib.suppress(duckdb.Error):
+            cursor.close()
+        self._on_close(self)
 
-    def _leave(self) -> None:
-        with self._lock:
-            self._executing = False
-
-    def _flag_error(self) -> FabricError | None:
-        if self._timed_out:
-            return DeadlineExceeded(
-                f"the query ran past its timeout of {self._timeout}s and was interrupted; "
-                "narrow it or raise the timeout"
-            )
-        if self._cancelled:
-            return Cancelled("the query was cancelled; DuckDB interrupted it")
-        if self._closed:
-            return Cancelled("the query handle was closed")
-        return None
-
-    def _map(self, exc: BaseException) -> FabricError:
-        flagged = self._flag_error()
-        if flagged is not None and not isinstance(exc, FabricError):
-            return flagged
+    def _translate_error(self, exc: BaseException) -> FabricError:
         if isinstance(exc, duckdb.InterruptException):
             return Cancelled("the query was interrupted at the source")
         return _map_duckdb_error(exc)
@@ -227,9 +154,7 @@ class _DuckDBHandle(QueryHandle):
     def _batches(self) -> Iterator[pa.RecordBatch]:
         try:
             while True:
-                flagged = self._flag_error()
-                if flagged is not None:
-                    raise flagged
+                self._check()
                 try:
                     self._enter()
                     try:
@@ -240,12 +165,10 @@ class _DuckDBHandle(QueryHandle):
                     break
                 except Exception as exc:
                     raise self._map(exc) from None
-                flagged = self._flag_error()
-                if flagged is not None:
-                    raise flagged
+                self._check()
                 yield from slices(batch, self._batch_rows)
         finally:
-            self.close()
+            self._release(ok=True)
 
 
 class DuckDBConnector(Connector):
@@ -411,7 +334,7 @@ class DuckDBConnector(Connector):
         check_execute_arguments(timeout, batch_rows)
         handle = _DuckDBHandle(self._cursor(), sql, params, timeout, batch_rows, self._forget)
         with self._lock:
-            if not handle._closed:
+            if not handle._released.is_set():
                 self._handles.add(handle)
         return handle
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -72,6 +71,7 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
 from fabric.errors import (
@@ -406,7 +406,12 @@ def _bind_value(value: Any) -> Any:
     )
 
 
-class _MySQLHandle(QueryHandle):
+class _MySQLHandle(BlockingQueryHandle[_Conn]):
+    """A query on a pooled connection; the interrupt is `KILL QUERY` from a second one."""
+
+    interrupt_every = _KILL_RETRY_S
+    interrupt_attempts = _KILL_RETRIES
+
     def __init__(
         self,
         connector: MySQLConnector,
@@ -417,28 +422,12 @@ class _MySQLHandle(QueryHandle):
         batch_rows: int,
     ) -> None:
         self._connector = connector
-        self._conn: _Conn | None = conn
         self._thread_id = conn.thread_id
         self._sql = sql
         self._params = params
-        self._timeout = timeout
         self._batch_rows = batch_rows
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._timed_out = False
-        self._closed = False
-        self._started = False  # the statement was sent
-        self._finished = False  # the whole result was read (or ended in an error packet)
-        self._busy = False  # a thread is inside a driver call on the connection
-        self._kill_sent = False
         self._reader: pa.RecordBatchReader | None = None
-        self._timer: threading.Timer | None = None
-        if timeout is not None:
-            self._timer = threading.Timer(timeout, self._on_deadline)
-            self._timer.daemon = True
-            self._timer.start()
-
-    # -- public -------------------------------------------------------------------------
+        super().__init__(conn, timeout)
 
     @property
     def reader(self) -> pa.RecordBatchReader:
@@ -448,14 +437,14 @@ class _MySQLHandle(QueryHandle):
             if self._reader is not None:
                 return self._reader
             flagged = self._flag_error()
-            conn = self._conn
+            conn = self._resource
             if flagged is None and conn is None:
                 flagged = Cancelled("the query handle was closed")
             if flagged is None:
                 self._started = True
                 self._busy = True
         if flagged is not None or conn is None:
-            self._release(reuse=not self._started)
+            self._release(ok=not self._started)
             raise flagged or Cancelled("the query handle was closed")
         try:
             cursor = pymysql.cursors.SSCursor(conn.raw)
@@ -480,35 +469,12 @@ class _MySQLHandle(QueryHandle):
         self._leave()
         flagged = self._flag_error()
         if flagged is not None:
-            self._release(reuse=False)
+            self._release(ok=False)
             raise flagged
         reader = pa.RecordBatchReader.from_batches(columns.schema, self._batches(cursor, columns))
         with self._lock:
             self._reader = reader
         return reader
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled or self._timed_out:
-                return
-            self._cancelled = True
-        self._kill()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            busy = self._busy
-        self._stop_timer()
-        if busy:
-            # Another thread is inside the driver: stop the query there; that thread
-            # releases the connection when its call returns.
-            self._kill()
-            return
-        self._release(reuse=not self._started or self._finished)
-
-    # -- internals ----------------------------------------------------------------------
 
     def _batches(
         self, cursor: pymysql.cursors.SSCursor, columns: _ResultColumns
@@ -533,23 +499,10 @@ class _MySQLHandle(QueryHandle):
         except GeneratorExit:
             raise
         except FabricError:
-            reuse = self._finished and not self._kill_sent
+            reuse = self._finished
             raise
         finally:
-            self._release(reuse=reuse and not self._kill_sent)
-
-    def _enter(self) -> None:
-        with self._lock:
-            flagged = self._flag_error()
-            if flagged is None and self._closed:
-                flagged = Cancelled("the query handle was closed")
-            if flagged is not None:
-                raise flagged
-            self._busy = True
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._busy = False
+            self._release(ok=reuse)
 
     def _fail(self, exc: BaseException, *, release: bool = True) -> FabricError:
         """Map a failure of a driver call and, when `release`, give the connection back
@@ -559,94 +512,42 @@ class _MySQLHandle(QueryHandle):
             number is not None
             and number < 2000
             and isinstance(exc, pymysql.MySQLError)
-            and not self._kill_sent
+            and not self._interrupted
         )
         if clean_server_error:
             self._finished = True
         mapped = self._map(exc)
         if release:
-            self._release(reuse=clean_server_error or isinstance(exc, InvalidArgument))
+            self._release(ok=clean_server_error or isinstance(exc, InvalidArgument))
         return mapped
 
-    def _map(self, exc: BaseException) -> FabricError:
-        if isinstance(exc, FabricError) and not isinstance(exc, InvalidArgument):
-            return exc
-        flagged = self._flag_error()
-        if flagged is not None:
-            return flagged
-        if isinstance(exc, FabricError):
-            return exc
-        if self._closed:
-            return Cancelled("the query handle was closed; the query was stopped at the source")
-        number = _error_number(exc)
-        if number in _TIMEOUTS:
-            self._timed_out = True
-            return self._deadline_error()
+    def _is_source_timeout(self, exc: BaseException) -> bool:
+        return _error_number(exc) in _TIMEOUTS
+
+    def _translate_error(self, exc: BaseException) -> FabricError:
         return self._connector._map_error(exc)
 
-    def _on_deadline(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled:
-                return
-            self._timed_out = True
-        self._kill()
-
-    def _kill(self, attempt: int = 0) -> None:
-        """KILL QUERY from a second connection while the statement may run; repeated
-        while a driver call is still in flight (a KILL that lands before the statement
-        reaches the server is otherwise lost)."""
+    def _send_interrupt(self, conn: _Conn) -> bool:
+        """KILL QUERY while the statement may run; re-sent while a driver call is still
+        in flight (a KILL that lands before the statement reaches the server is lost)."""
         with self._lock:
             if not self._started or (self._finished and not self._busy):
-                return
-            if self._conn is None and not self._busy:
-                return
-            self._kill_sent = True
-            busy = self._busy
-        if attempt == 0 or busy:
-            self._connector._kill_query(self._thread_id)
-        if busy and attempt < _KILL_RETRIES:
-            again = threading.Timer(_KILL_RETRY_S, self._kill, args=(attempt + 1,))
-            again.daemon = True
-            again.start()
+                return False
+        self._connector._kill_query(self._thread_id)
+        return True
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _deadline_error(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"the query ran past its timeout of {self._timeout}s and was cancelled at the "
-            "source; narrow it or raise the timeout"
-        )
-
-    def _flag_error(self) -> FabricError | None:
-        if self._timed_out:
-            return self._deadline_error()
-        if self._cancelled:
-            return Cancelled("the query was cancelled; it was stopped at the source")
-        return None
-
-    def _check(self) -> None:
-        flagged = self._flag_error()
-        if flagged is not None:
-            raise flagged
-        if self._closed:
-            raise Cancelled("the query handle was closed")
-
-    def _release(self, *, reuse: bool) -> None:
-        """Give the connection back (rolled back) or discard it; idempotent."""
-        self._stop_timer()
+    def _settle(self, conn: _Conn, *, ok: bool) -> bool:
         with self._lock:
-            conn, self._conn = self._conn, None
             unfinished = self._started and not self._finished
-            kill = unfinished and not self._kill_sent
+            kill = unfinished and not self._interrupted
             if kill:
-                self._kill_sent = True
-        if conn is None:
-            return
+                self._interrupted = True
         if kill:
             self._connector._kill_query(conn.thread_id)  # stop it before the socket goes
-        self._connector._give_back(conn, reuse=reuse and not unfinished and not self._kill_sent)
+        return ok and not unfinished
+
+    def _give_back(self, conn: _Conn, *, ok: bool) -> None:
+        self._connector._give_back(conn, reuse=ok)
 
 
 class MySQLConnector(Connector):

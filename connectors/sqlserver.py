@@ -57,6 +57,7 @@ server's message is never passed on (conversion errors echo values), nor the pas
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -64,13 +65,13 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pymssql
+from cachetools import LRUCache
 
 from connectors.arrow_types import slices, unrepresentable
 from connectors.base import (
@@ -80,6 +81,7 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
 from fabric.errors import (
@@ -395,32 +397,13 @@ class _Columns:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
-class _DescribeCache:
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[tuple[str, str], list[tuple[str, str]]] = OrderedDict()
-        self._lock = threading.Lock()
+class _SqlServerHandle(BlockingQueryHandle[pymssql.Connection]):
+    """A query on a pooled connection. FreeTDS's per-call timeout is its deadline (no
+    watcher), and nothing interrupts it from another thread: `cancel` only flags it, and
+    the reading thread stops at the next batch boundary (dbcancel there)."""
 
-    def get(self, key: tuple[str, str]) -> list[tuple[str, str]] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+    cancelled_message = "the query was cancelled"
 
-    def put(self, key: tuple[str, str], value: list[tuple[str, str]]) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def drop(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._items.pop(key, None)
-
-
-class _SqlServerHandle(QueryHandle):
     def __init__(
         self,
         connector: SqlServerConnector,
@@ -431,53 +414,30 @@ class _SqlServerHandle(QueryHandle):
         batch_rows: int,
         deadline: float | None,
     ) -> None:
+        super().__init__(conn, timeout, deadlines=None)
         self._connector = connector
-        self._conn: pymssql.Connection | None = conn
         self._batch = batch
         self._columns = columns
-        self._timeout = timeout
-        self._deadline = deadline
+        self._deadline_at = deadline
         self._batch_rows = batch_rows
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._timed_out = False
-        self._closed = False
-        self._busy = False
-        self._finished = False
-        self._started = False
         self._reader = pa.RecordBatchReader.from_batches(columns.schema, self._batches())
 
     @property
     def reader(self) -> pa.RecordBatchReader:
         return self._reader
 
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._timed_out:
-                return
-            self._cancelled = True
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            busy = self._busy
-        if not busy:  # a busy reader releases the connection when its call returns
-            self._release(reuse=not self._started or self._finished)
-
     def _batches(self) -> Iterator[pa.RecordBatch]:
         reuse = False
         try:
             self._check()
-            conn = self._conn
+            conn = self._resource
             if conn is None:
                 raise Cancelled("the query handle was closed")
             cursor = conn.cursor()
-            self._call(lambda: cursor.execute(self._batch))
+            self._call(conn, lambda: cursor.execute(self._batch))
             self._started = True
             while True:
-                rows = self._call(lambda: cursor.fetchmany(self._batch_rows))
+                rows = self._call(conn, lambda: cursor.fetchmany(self._batch_rows))
                 if len(rows) < self._batch_rows:
                     self._finished = True
                 self._check()
@@ -489,69 +449,36 @@ class _SqlServerHandle(QueryHandle):
         except GeneratorExit:
             raise
         finally:
-            self._release(reuse=reuse)
+            self._release(ok=reuse)
 
-    def _call(self, fn: Any) -> Any:
+    def _call(self, conn: pymssql.Connection, fn: Any) -> Any:
         """One driver call, bounded by the query's remaining time (the watchdog)."""
-        with self._lock:
-            self._check_locked()
-            self._busy = True
-            conn = self._conn
+        self._enter()
         try:
-            assert conn is not None
-            self._connector._arm(conn, self._deadline)
+            self._connector._arm(conn, self._deadline_at)
             return fn()
         except FabricError:
             raise
         except Exception as exc:
-            number = error_number(exc)
-            if number == _DBLIB_TIMEOUT and self._deadline is not None:
-                self._timed_out = True
             raise self._map(exc) from None
         finally:
-            with self._lock:
-                self._busy = False
+            self._leave()
 
-    def _map(self, exc: BaseException) -> FabricError:
-        flagged = self._flag_error()
-        if flagged is not None:
-            return flagged
+    def _is_source_timeout(self, exc: BaseException) -> bool:
+        return error_number(exc) == _DBLIB_TIMEOUT
+
+    def _translate_error(self, exc: BaseException) -> FabricError:
         return map_mssql_error(exc, self._connector._where)
 
-    def _flag_error(self) -> FabricError | None:
-        if self._timed_out:
-            return DeadlineExceeded(
-                f"the query ran past its timeout of {self._timeout}s and was cancelled at "
-                "the source; narrow it or raise the timeout"
-            )
-        if self._cancelled:
-            return Cancelled("the query was cancelled")
-        if self._closed:
-            return Cancelled("the query handle was closed")
-        return None
-
-    def _check_locked(self) -> None:
-        flagged = self._flag_error()
-        if flagged is not None:
-            raise flagged
-
-    def _check(self) -> None:
-        with self._lock:
-            self._check_locked()
-
-    def _release(self, *, reuse: bool) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            unfinished = self._started and not self._finished
-        if conn is None:
-            return
-        if unfinished:
-            try:
+    def _settle(self, conn: pymssql.Connection, *, ok: bool) -> bool:
+        if self._started and not self._finished:
+            with contextlib.suppress(Exception):
                 conn._conn.cancel()  # dbcancel in this thread: the server stops the query
-            except Exception:
-                reuse = False
-            reuse = False  # state after a cancel is not worth trusting
-        self._connector._give_back(conn, reuse=reuse and not self._timed_out)
+            return False  # state after a cancel is not worth trusting
+        return ok and not self._timed_out
+
+    def _give_back(self, conn: pymssql.Connection, *, ok: bool) -> None:
+        self._connector._give_back(conn, reuse=ok)
 
 
 class SqlServerConnector(Connector):
@@ -621,7 +548,10 @@ class SqlServerConnector(Connector):
         if config.password is not None:
             kwargs["password"] = config.password
         self._connect_kwargs = kwargs
-        self._describe_cache = _DescribeCache(_DESCRIBE_CACHE_SIZE)
+        self._describe_cache: LRUCache[tuple[str, str], list[tuple[str, str]]] = LRUCache(
+            _DESCRIBE_CACHE_SIZE
+        )
+        self._describe_lock = threading.Lock()
         self._pool = BoundedPool[pymssql.Connection](
             self._connect,
             lambda conn: conn.close(),
@@ -748,7 +678,8 @@ class SqlServerConnector(Connector):
 
     def _describe(self, conn: pymssql.Connection, statement: str, declarations: str) -> _Columns:
         key = (statement, declarations)
-        described = self._describe_cache.get(key)
+        with self._describe_lock:
+            described = self._describe_cache.get(key)
         if described is None:
             with conn.cursor() as cur:
                 cur.execute(DESCRIBE_SQL, (statement, declarations or None))
@@ -758,7 +689,8 @@ class SqlServerConnector(Connector):
                 number = str(rows[0][2])
                 raise SourceQueryError(f"the source refused the query: SQL Server error {number}")
             described = [(str(name or ""), str(type_name)) for name, type_name, _ in rows]
-            self._describe_cache.put(key, described)
+            with self._describe_lock:
+                self._describe_cache[key] = described
         return _Columns(described)
 
 
