@@ -56,11 +56,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
-import itertools
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -88,10 +85,9 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler
 from fabric.errors import (
-    Cancelled,
-    DeadlineExceeded,
     FabricError,
     InternalError,
     InvalidArgument,
@@ -454,76 +450,6 @@ def _end_pipeline(conn: psycopg.Connection[Any], cancel: Callable[[], None] | No
         conn.wait(_end_pipeline_gen(pgconn))
 
 
-class _DeadlineWatcher:
-    """One daemon thread for every query deadline: a heap of (when, seq, callback) and a
-    condition variable, instead of a timer thread per query. An expired callback runs in
-    its own short-lived thread (a cancel request can block for a while)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[list[Any]] = []
-        self._seq = itertools.count()
-        self._removed = 0
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-        self._wake_at = math.inf
-        """When the thread wakes up next on its own (inf: only when notified)."""
-
-    def add(self, delay: float, callback: Callable[[], None]) -> list[Any]:
-        entry: list[Any] = [time.monotonic() + delay, next(self._seq), callback]
-        with self._cond:
-            if self._thread is None or self._pid != os.getpid():  # first use, or forked
-                self._heap, self._removed, self._pid = [], 0, os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="fabric-postgres-deadlines", daemon=True
-                )
-                self._thread.start()
-            heapq.heappush(self._heap, entry)
-            # Wake the thread only for a deadline earlier than its next wake-up: with
-            # queries of like timeouts that is seldom, and a wake-up per query would cost
-            # each query a context switch.
-            if entry[0] < self._wake_at:
-                self._wake_at = entry[0]
-                self._cond.notify()
-        return entry
-
-    def remove(self, entry: list[Any]) -> None:
-        with self._cond:
-            if entry[2] is None:
-                return
-            entry[2] = None
-            self._removed += 1
-            if self._removed > 64 and self._removed * 2 > len(self._heap):
-                self._heap = [e for e in self._heap if e[2] is not None]
-                heapq.heapify(self._heap)
-                self._removed = 0
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    heap = self._heap
-                    while heap and heap[0][2] is None:
-                        heapq.heappop(heap)
-                        self._removed -= 1
-                    if not heap:
-                        self._wake_at = math.inf
-                        self._cond.wait()
-                        continue
-                    self._wake_at = heap[0][0]
-                    wait = self._wake_at - time.monotonic()
-                    if wait <= 0:
-                        entry = heapq.heappop(heap)
-                        callback, entry[2] = entry[2], None
-                        self._wake_at = -math.inf  # it looks at the heap again before waiting
-                        break
-                    self._cond.wait(wait)
-            threading.Thread(target=callback, name="fabric-postgres-deadline", daemon=True).start()
-
-
-_DEADLINES = _DeadlineWatcher()
-
-
 class _DescribeCache:
     def __init__(self, size: int, ttl: float) -> None:
         self._size, self._ttl = size, ttl
@@ -580,9 +506,10 @@ class _CopySource:
             if self._stopped or self._eof:
                 return b""
             handle = self._handle
-            if handle._cancelled or handle._timed_out:
-                self.error = handle._flag_error()
-                raise self.error
+            flagged = handle._flag_error() if handle._cancelled or handle._timed_out else None
+            if flagged is not None:
+                self.error = flagged
+                raise flagged
             target = size if size and size > 0 else _COPY_BLOCK
             buf = bytearray()
             read = self._copy.read
@@ -604,7 +531,14 @@ class _CopySource:
             self._stopped = True
 
 
-class _PgHandle(QueryHandle):
+class _PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
+    """A query on a pooled connection; the interrupt is a cancel request
+    (`Connection.cancel_safe`), re-sent until the reading side lets go of the connection
+    (the server ignores a cancel that lands between two statements of a pipeline)."""
+
+    interrupt_every = _CANCEL_RESEND
+    interrupt_attempts = _CANCEL_ATTEMPTS
+
     def __init__(
         self,
         connector: PostgresConnector,
@@ -613,26 +547,13 @@ class _PgHandle(QueryHandle):
         batch_rows: int,
     ) -> None:
         self._connector = connector
-        self._conn: psycopg.Connection[Any] | None = conn
         self._batch_rows = batch_rows
-        self._timeout = timeout
-        self._cancelled = False
-        self._timed_out = False
-        self._cancel_sent = False
-        self._closed = False
-        self._lock = threading.Lock()
-        # Held while a cancel request is on its way, and by _release before the
-        # connection goes back to the pool: a cancel never reaches another query.
-        self._cancel_lock = threading.Lock()
-        self._released = threading.Event()
         self._reader: pa.RecordBatchReader | None = None
         self._schema: pa.Schema | None = None
         self._gen: Iterator[pa.RecordBatch] | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
-        self._deadline: list[Any] | None = None
         self._pipeline = False  # the connection may be in a libpq pipeline of this query
-        if timeout is not None:
-            self._deadline = _DEADLINES.add(timeout, self._on_deadline)
+        super().__init__(conn, timeout)
 
     # -- public -------------------------------------------------------------------------
 
@@ -646,19 +567,12 @@ class _PgHandle(QueryHandle):
         assert self._schema is not None
         return self._schema  # the cached decoder's: one object per statement
 
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled or self._timed_out:
-                return
-            self._cancelled = True
-        self._cancel_at_server()
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._stop_timer()
+        self._stop_deadline()
         gen = self._gen
         if gen is not None and hasattr(gen, "close"):
             try:
@@ -666,7 +580,7 @@ class _PgHandle(QueryHandle):
             except ValueError:
                 # Another thread is inside the generator: stop the query there; that
                 # thread releases the connection when its read fails.
-                self._cancel_at_server()
+                self._stop_at_source()
                 return
         self._release(ok=False)
 
@@ -681,98 +595,37 @@ class _PgHandle(QueryHandle):
         self._on_deadline()
         self.close()
 
-    # -- internals ----------------------------------------------------------------------
+    # -- hooks --------------------------------------------------------------------------
 
     def _start(self, schema: pa.Schema, gen: Iterator[pa.RecordBatch]) -> None:
         self._schema = schema
         self._gen = gen
         self._reader = pa.RecordBatchReader.from_batches(schema, gen)
 
-    def _on_deadline(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled:
-                return
-            self._timed_out = True
-        self._cancel_at_server()
+    def _holds_source(self) -> bool:
+        return True  # until released: the reading side may be between two driver calls
 
-    def _cancel_at_server(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._cancel_at_server_on(conn)
+    def _send_interrupt(self, conn: psycopg.Connection[Any]) -> bool:
+        try:
+            conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
+        except Exception as exc:  # the read then fails or ends by itself
+            log.warning("postgres cancel request failed: %s", type(exc).__name__)
+        return True
 
-    def _cancel_at_server_on(self, conn: psycopg.Connection[Any]) -> None:
-        if self._cancel_sent:
-            return
-        self._cancel_sent = True
-        if not self._send_cancel(conn):
-            return
-        # Until the reading side lets go of the connection, ask again now and then.
-        threading.Thread(
-            target=self._cancel_until_released,
-            args=(conn,),
-            name="fabric-postgres-cancel",
-            daemon=True,
-        ).start()
+    def _is_source_timeout(self, exc: BaseException) -> bool:
+        # statement_timeout fired at the server before the client's deadline did
+        return isinstance(exc, psycopg.errors.QueryCanceled)
 
-    def _send_cancel(self, conn: psycopg.Connection[Any]) -> bool:
-        """One cancel request, unless the connection was already released; whether the
-        query may still need one."""
-        with self._cancel_lock:
-            if self._released.is_set():
-                return False
-            try:
-                conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
-            except Exception as exc:  # the read then fails or ends by itself
-                log.warning("postgres cancel request failed: %s", type(exc).__name__)
-            return True
-
-    def _cancel_until_released(self, conn: psycopg.Connection[Any]) -> None:
-        for _ in range(_CANCEL_ATTEMPTS):
-            if self._released.wait(_CANCEL_RESEND) or not self._send_cancel(conn):
-                return
-
-    def _stop_timer(self) -> None:
-        if self._deadline is not None:
-            _DEADLINES.remove(self._deadline)
-
-    def _flag_error(self) -> FabricError:
-        if self._timed_out:
-            return DeadlineExceeded(
-                f"the query ran past its timeout of {self._timeout}s and was cancelled at "
-                "the source; narrow it or raise the timeout"
-            )
-        return Cancelled("the query was cancelled; it was stopped at the source")
-
-    def _check(self) -> None:
-        if self._cancelled or self._timed_out:
-            raise self._flag_error()
-        if self._closed:
-            raise Cancelled("the query handle was closed")
-
-    def _map(self, exc: BaseException) -> FabricError:
-        if isinstance(exc, FabricError):
-            return exc
-        if self._cancelled or self._timed_out:
-            return self._flag_error()
-        if self._closed:
-            return Cancelled("the query handle was closed; the query was stopped at the source")
-        if isinstance(exc, psycopg.errors.QueryCanceled) and self._timeout is not None:
-            # statement_timeout fired at the server before the client timer did
-            self._timed_out = True
-            return self._flag_error()
+    def _translate_error(self, exc: BaseException) -> FabricError:
         return self._connector._map_error(exc)
 
-    def _release(self, *, ok: bool) -> None:
-        """Finish the transaction and give the connection back; idempotent."""
-        self._stop_timer()
+    def _settle(self, conn: psycopg.Connection[Any], *, ok: bool) -> bool:
+        """Finish the pipeline (cancelling a query still running) and the cursor."""
         with self._lock:
-            conn, self._conn = self._conn, None
             cursor, self._cursor = self._cursor, None
-        if conn is None:
-            return
         if self._pipeline and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
             try:
-                _end_pipeline(conn, lambda: self._cancel_at_server_on(conn))
+                _end_pipeline(conn, lambda: self._stop_at_source(conn))
             except Exception:
                 conn.close()  # the pool drops it
         if cursor is not None:
@@ -780,9 +633,10 @@ class _PgHandle(QueryHandle):
                 cursor.close()
             except Exception:
                 conn.close()  # the pool drops it
-        with self._cancel_lock:
-            self._released.set()
-        self._connector._give_back(conn, commit=ok and not self._cancel_sent)
+        return ok
+
+    def _give_back(self, conn: psycopg.Connection[Any], *, ok: bool) -> None:
+        self._connector._give_back(conn, commit=ok)
 
     # -- result paths -------------------------------------------------------------------
 
@@ -790,7 +644,7 @@ class _PgHandle(QueryHandle):
         self, copy_sql: str, decoder: TextDecoder, cache_key: str
     ) -> Iterator[pa.RecordBatch]:
         ok = False
-        conn = self._conn
+        conn = self._resource
         assert conn is not None
         try:
             self._check()
@@ -815,7 +669,7 @@ class _PgHandle(QueryHandle):
                     self._check()
                 except BaseException as exc:
                     if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
-                        self._cancel_at_server()
+                        self._stop_at_source()
                     source.shutdown()
                     if isinstance(exc, GeneratorExit):
                         raise
@@ -1297,7 +1151,7 @@ class PostgresConnector(Connector):
                 raise
             if isinstance(exc, TimeoutError):
                 await _in_worker(handle.expire)
-                raise handle._flag_error() from None
+                raise handle._deadline_error() from None
             await _in_worker(handle.abandon)
             if isinstance(exc, FabricError):
                 raise
