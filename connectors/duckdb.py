@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from connectors.arrow_types import slices
 from connectors.base import (
     Connector,
     ConnectorConfig,
@@ -35,6 +34,7 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.batches import slices
 from connectors.blocking import BlockingQueryHandle
 from fabric.errors import (
     Cancelled,

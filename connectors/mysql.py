@@ -63,7 +63,6 @@ import pymysql  # type: ignore[import-untyped]  # no stubs are published with Py
 import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import ER, FIELD_TYPE, FLAG  # type: ignore[import-untyped]
 
-from connectors.arrow_types import unrepresentable
 from connectors.base import (
     Connector,
     ConnectorConfig,
@@ -71,6 +70,7 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.batches import unrepresentable
 from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout

@@ -73,7 +73,6 @@ import pyarrow as pa
 import pymssql
 from cachetools import LRUCache
 
-from connectors.arrow_types import slices, unrepresentable
 from connectors.base import (
     Connector,
     ConnectorConfig,
@@ -81,6 +80,7 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.batches import slices, unrepresentable
 from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler
 from connectors.pool import BoundedPool, PoolTimeout
