@@ -64,7 +64,6 @@ import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import ER, FIELD_TYPE, FLAG  # type: ignore[import-untyped]
 
 from connectors.base import (
-    Connector,
     ConnectorConfig,
     ParamStyle,
     QueryHandle,
@@ -72,8 +71,8 @@ from connectors.base import (
 )
 from connectors.batches import unrepresentable
 from connectors.blocking import BlockingQueryHandle
-from connectors.discovery import TableAssembler
-from connectors.pool import BoundedPool, PoolTimeout
+from connectors.discovery import TableAssembler, schema_filter
+from connectors.pooled import PooledConnector, server_settings
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -550,7 +549,7 @@ class _MySQLHandle(BlockingQueryHandle[_Conn]):
         self._connector._give_back(conn, reuse=ok)
 
 
-class MySQLConnector(Connector):
+class MySQLConnector(PooledConnector[_Conn]):
     """MySQL 8 and MariaDB 10.5+ through PyMySQL; see the module docstring.
 
     Settings: host (required), port (3306), database, user (required), connect_timeout
@@ -564,49 +563,28 @@ class MySQLConnector(Connector):
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
     supports_cancel: ClassVar[bool] = True
     max_identifier_length: ClassVar[int] = 64
+    source_name: ClassVar[str] = "MySQL"
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
-        host = config.get_str("host")
-        user = config.get_str("user")
-        if not host:
-            raise InvalidArgument("setting 'host' is required for a MySQL connection")
-        if not user:
-            raise InvalidArgument("setting 'user' is required for a MySQL connection")
-        try:
-            port = config.get_int("port", 3306)
-            connect_timeout = config.get_int("connect_timeout", 10)
-            read_timeout = config.get_int("read_timeout")
-            pool_min = config.get_int("pool_min", 0)
-            pool_max = config.get_int("pool_max", 5)
-            pool_timeout = float(config.settings.get("pool_timeout", 10.0))
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                "port, connect_timeout, read_timeout, pool_min, pool_max and pool_timeout "
-                "must be numbers"
-            ) from None
-        assert port is not None and pool_min is not None and pool_max is not None
-        if not 0 < port < 65536:
-            raise InvalidArgument("port must be between 1 and 65535")
-        if not (0 <= pool_min <= pool_max and pool_max >= 1):
-            raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
-        if connect_timeout is None or connect_timeout < 1:
-            raise InvalidArgument("connect_timeout must be at least 1 second")
-        if read_timeout is not None and read_timeout < 1:
-            raise InvalidArgument("read_timeout must be at least 1 second")
+        server = server_settings(
+            config,
+            self.source_name,
+            default_port=3306,
+            timeouts={"connect_timeout": 10, "read_timeout": None},
+        )
         zero_dates = (config.get_str("zero_dates", "null") or "null").lower()
         if zero_dates not in _ZERO_DATE_MODES:
             raise InvalidArgument("zero_dates must be 'null' or 'error'")
         charset = config.get_str("charset", "utf8mb4") or "utf8mb4"
-        self._where = f"{host}:{port}"
         kwargs: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "user": user,
+            "host": server.host,
+            "port": server.port,
+            "user": server.user,
             "database": config.get_str("database"),
             "charset": charset,
-            "connect_timeout": connect_timeout,
-            "read_timeout": read_timeout,
+            "connect_timeout": server.seconds["connect_timeout"],
+            "read_timeout": server.seconds["read_timeout"],
             "autocommit": True,  # transactions are explicit: START TRANSACTION READ ONLY
             "binary_prefix": True,
             "local_infile": False,
@@ -620,15 +598,7 @@ class MySQLConnector(Connector):
             kwargs["password"] = config.password
         self._connect_kwargs = kwargs
         self._zero_dates = zero_dates
-        self._pool = BoundedPool[_Conn](
-            self._connect,
-            lambda conn: _close_raw(conn.raw),
-            min_size=pool_min,
-            max_size=pool_max,
-            timeout=pool_timeout,
-            check=self._ping,
-        )
-        self._closed = False
+        self._open_pool(server)
 
     # -- connections --------------------------------------------------------------------
 
@@ -652,29 +622,15 @@ class MySQLConnector(Connector):
             raise self._map_error(exc) from None
         return _Conn(raw, "mariadb" in version.lower())
 
-    @staticmethod
-    def _ping(conn: _Conn) -> bool:
+    def _discard(self, conn: _Conn) -> None:
+        _close_raw(conn.raw)
+
+    def _ping(self, conn: _Conn) -> bool:
         conn.raw.ping(reconnect=False)
         return True
 
-    def _acquire(self) -> _Conn:
-        if self._closed:
-            raise SourceUnavailable("the MySQL connector is closed")
-        try:
-            return self._pool.acquire()
-        except PoolTimeout:
-            raise SourceUnavailable(
-                f"no MySQL connection to {self._where} within {self._pool.timeout:g}s: every "
-                "pooled connection is busy; try again later or raise pool_max"
-            ) from None
-
-    def _give_back(self, conn: _Conn, *, reuse: bool) -> None:
-        if reuse:
-            try:
-                conn.raw.rollback()  # read-only: nothing to keep
-            except Exception:
-                reuse = False
-        self._pool.release(conn, reuse=reuse)
+    def _reset(self, conn: _Conn) -> None:
+        conn.raw.rollback()  # read-only: nothing to keep
 
     def _begin(self, conn: _Conn, timeout: float | None) -> None:
         """Set the statement timeout (when it changed) and open the read-only transaction."""
@@ -723,7 +679,7 @@ class MySQLConnector(Connector):
         reuse = False
         try:
             self._begin(conn, None)
-            filter_sql, filter_params = _schema_filter(schemas)
+            filter_sql, filter_params = schema_filter("c.TABLE_SCHEMA", SYSTEM_SCHEMAS, schemas)
             with conn.raw.cursor() as cur:
                 cur.execute(_COLUMNS_SQL.format(filter=filter_sql), filter_params)
                 column_rows = list(cur.fetchall())
@@ -757,10 +713,6 @@ class MySQLConnector(Connector):
                 raise
             raise self._map_error(exc) from None
         return _MySQLHandle(self, conn, sql, bound, timeout, batch_rows)
-
-    def close(self) -> None:
-        self._closed = True
-        self._pool.close()
 
     # -- errors -------------------------------------------------------------------------
 
@@ -808,19 +760,6 @@ class MySQLConnector(Connector):
 
 
 # -- discovery ---------------------------------------------------------------------------
-
-
-def _schema_filter(schemas: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
-    system = tuple(SYSTEM_SCHEMAS)
-    clause = "c.TABLE_SCHEMA NOT IN (" + ", ".join(["%s"] * len(system)) + ")"
-    params: tuple[Any, ...] = system
-    if schemas is not None:
-        wanted = tuple(schemas)
-        if not wanted:
-            return "1 = 0", ()
-        clause += " AND c.TABLE_SCHEMA IN (" + ", ".join(["%s"] * len(wanted)) + ")"
-        params += wanted
-    return clause, params
 
 
 _COLUMNS_SQL = """

@@ -74,7 +74,6 @@ import pymssql
 from cachetools import LRUCache
 
 from connectors.base import (
-    Connector,
     ConnectorConfig,
     ParamStyle,
     QueryHandle,
@@ -82,8 +81,8 @@ from connectors.base import (
 )
 from connectors.batches import slices, unrepresentable
 from connectors.blocking import BlockingQueryHandle
-from connectors.discovery import TableAssembler
-from connectors.pool import BoundedPool, PoolTimeout
+from connectors.discovery import TableAssembler, schema_filter
+from connectors.pooled import PooledConnector, server_settings
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -481,7 +480,7 @@ class _SqlServerHandle(BlockingQueryHandle[pymssql.Connection]):
         self._connector._give_back(conn, reuse=ok)
 
 
-class SqlServerConnector(Connector):
+class SqlServerConnector(PooledConnector[pymssql.Connection]):
     """SQL Server 2016+ (DATETRUNC needs 2022) through pymssql; see the module docstring.
 
     Settings: host (required), port (1433), database, user (required), encryption
@@ -496,46 +495,28 @@ class SqlServerConnector(Connector):
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
     supports_cancel: ClassVar[bool] = False
     max_identifier_length: ClassVar[int] = 128
+    source_name: ClassVar[str] = "SQL Server"
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
-        host = config.get_str("host")
-        user = config.get_str("user")
-        if not host:
-            raise InvalidArgument("setting 'host' is required for a SQL Server connection")
-        if not user:
-            raise InvalidArgument("setting 'user' is required for a SQL Server connection")
-        try:
-            port = config.get_int("port", 1433)
-            login_timeout = config.get_int("login_timeout", 10)
-            timeout = config.get_int("timeout", _DEFAULT_TIMEOUT)
-            pool_min = config.get_int("pool_min", 0)
-            pool_max = config.get_int("pool_max", 5)
-            pool_timeout = float(config.settings.get("pool_timeout", 10.0))
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                "port, login_timeout, timeout, pool_min, pool_max and pool_timeout must be numbers"
-            ) from None
-        assert port is not None and pool_min is not None and pool_max is not None
-        if not 0 < port < 65536:
-            raise InvalidArgument("port must be between 1 and 65535")
-        if login_timeout is None or login_timeout < 1:
-            raise InvalidArgument("login_timeout must be at least 1 second")
-        if timeout is None or timeout < 1:
-            raise InvalidArgument("timeout must be at least 1 second")
-        if not (0 <= pool_min <= pool_max and pool_max >= 1):
-            raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
+        server = server_settings(
+            config,
+            self.source_name,
+            default_port=1433,
+            timeouts={"login_timeout": 10, "timeout": _DEFAULT_TIMEOUT},
+        )
+        timeout = server.seconds["timeout"]
+        assert timeout is not None
         encryption = config.get_str("encryption")
         if encryption is not None and encryption not in ("off", "request", "require"):
             raise InvalidArgument("encryption must be 'off', 'request' or 'require'")
-        self._where = f"{host}:{port}"
         self._call_timeout = timeout
         kwargs: dict[str, Any] = {
-            "server": host,
-            "port": str(port),
-            "user": user,
+            "server": server.host,
+            "port": str(server.port),
+            "user": server.user,
             "database": config.get_str("database") or "",
-            "login_timeout": login_timeout,
+            "login_timeout": server.seconds["login_timeout"],
             "timeout": timeout,
             "appname": config.get_str("application_name", "fabric"),
             "tds_version": config.get_str("tds_version", "7.4"),
@@ -552,15 +533,7 @@ class SqlServerConnector(Connector):
             _DESCRIBE_CACHE_SIZE
         )
         self._describe_lock = threading.Lock()
-        self._pool = BoundedPool[pymssql.Connection](
-            self._connect,
-            lambda conn: conn.close(),
-            min_size=pool_min,
-            max_size=pool_max,
-            timeout=pool_timeout,
-            check=self._ping,
-        )
-        self._closed = False
+        self._open_pool(server)
 
     # -- connections --------------------------------------------------------------------
 
@@ -586,26 +559,13 @@ class SqlServerConnector(Connector):
             seconds = max(1, math.ceil(deadline - time.monotonic()))
         conn._conn.query_timeout = seconds
 
-    def _acquire(self) -> pymssql.Connection:
-        if self._closed:
-            raise SourceUnavailable("the SQL Server connector is closed")
-        try:
-            return self._pool.acquire()
-        except PoolTimeout:
-            raise SourceUnavailable(
-                f"no SQL Server connection to {self._where} within {self._pool.timeout:g}s: "
-                "every pooled connection is busy; try again later or raise pool_max"
-            ) from None
+    def _discard(self, conn: pymssql.Connection) -> None:
+        conn.close()
 
-    def _give_back(self, conn: pymssql.Connection, *, reuse: bool) -> None:
-        if reuse:
-            try:
-                self._arm(conn, None)
-                with conn.cursor() as cur:
-                    cur.execute(_ROLLBACK)
-            except Exception:
-                reuse = False
-        self._pool.release(conn, reuse=reuse)
+    def _reset(self, conn: pymssql.Connection) -> None:
+        self._arm(conn, None)
+        with conn.cursor() as cur:
+            cur.execute(_ROLLBACK)
 
     # -- contract -----------------------------------------------------------------------
 
@@ -670,10 +630,6 @@ class SqlServerConnector(Connector):
             raise map_mssql_error(exc, self._where) from None
         return _SqlServerHandle(self, conn, batch, columns, timeout, batch_rows, deadline)
 
-    def close(self) -> None:
-        self._closed = True
-        self._pool.close()
-
     # -- describe -----------------------------------------------------------------------
 
     def _describe(self, conn: pymssql.Connection, statement: str, declarations: str) -> _Columns:
@@ -705,18 +661,9 @@ ORDER BY column_ordinal
 """Result columns of a statement (parameters: statement text, parameter declarations)."""
 
 
-def discovery_filter(schemas: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+def discovery_filter(schemas: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
     """The WHERE fragment on `s.name` (the schema) and its values, FORMAT style."""
-    system = tuple(SYSTEM_SCHEMAS)
-    clause = "s.name NOT IN (" + ", ".join(["%s"] * len(system)) + ")"
-    params: tuple[Any, ...] = system
-    if schemas is not None:
-        wanted = tuple(schemas)
-        if not wanted:
-            return "1 = 0", ()
-        clause += " AND s.name IN (" + ", ".join(["%s"] * len(wanted)) + ")"
-        params += wanted
-    return clause, params
+    return schema_filter("s.name", SYSTEM_SCHEMAS, schemas)
 
 
 COLUMNS_SQL = """
