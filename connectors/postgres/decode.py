@@ -391,17 +391,11 @@ class TextDecoder:
 
     def from_text_rows(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch:
         """Rows of PostgreSQL text values (psycopg text loaders) -> one record batch."""
-        if not self.columns:
-            return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
-        if not rows:
-            return self.empty()
-        if len(rows) <= SMALL_ROWS:
+        if self.columns and len(rows) <= SMALL_ROWS:
             batch = self.from_text_rows_python(rows)
             if batch is not None:
                 return batch
-        if self._fast is not None:
-            return self._from_text_rows_fast(rows, self._fast)
-        return self.from_text_rows_csv(rows)
+        return self.from_text_rows_arrow(rows)
 
     def from_text_rows_python(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch | None:
         """`from_text_rows` by parsing each value in Python (for a few rows); None when a
