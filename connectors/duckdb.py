@@ -6,8 +6,10 @@ parallel threads) and streams through DuckDB's own Arrow export (`to_arrow_reade
 no Python object is built per row. The session time zone is UTC, so TIMESTAMPTZ comes
 out as timestamp[us, tz=UTC] like the PostgreSQL connector's.
 
-DuckDB has no statement timeout: a timer interrupts the cursor when the timeout passes,
-and `QueryHandle.cancel` interrupts it at once; the interrupt is reported as
+DuckDB has no statement timeout: the shared deadline watcher (`connectors.blocking`)
+interrupts the cursor when the timeout passes, and `QueryHandle.cancel` interrupts it at
+once, every 50 ms while a call into DuckDB is in flight (an interrupt that lands just
+before DuckDB starts executing is otherwise lost); the interrupt is reported as
 DeadlineExceeded or Cancelled according to which of the two fired. Arrow types in
 `introspect` are the ones DuckDB's Arrow export gives for the table (read from a
 `LIMIT 0` query), so discovery and execution always agree.

@@ -39,10 +39,12 @@ by type and substitutes it client-side, so the statement text always goes throug
 formatting, with an empty tuple when there are no parameters. Timezone-aware datetimes
 are bound as UTC wall time (the session time zone), bytes as `_binary'...'`.
 
-Cancellation and timeouts. `cancel`, the client-side deadline timer and `close` of an
-unfinished result send `KILL QUERY <thread id>` from a second, short-lived connection (a
-user may always kill its own threads), then the connection is discarded rather than
-pooled (a late KILL must never hit a later query). The server-side statement timeout is
+Cancellation and timeouts. `cancel`, the client-side deadline (the shared watcher of
+`connectors.blocking`) and `close` of an unfinished result send `KILL QUERY <thread id>`
+from a second, short-lived connection (a user may always kill its own threads), again
+every 0.2 s while a driver call is in flight (a KILL that lands before the statement
+reaches the server is lost), then the connection is discarded rather than pooled (a late
+KILL must never hit a later query). The server-side statement timeout is
 a second line of defence. A killed query reads as Cancelled or DeadlineExceeded.
 
 Errors: MySQL error numbers and their SQLSTATE (where known) only; the server's message
