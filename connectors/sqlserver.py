@@ -78,6 +78,7 @@ from connectors.base import (
     ParamStyle,
     QueryHandle,
     check_execute_arguments,
+    rewrite_format_placeholders,
 )
 from connectors.batches import slices, unrepresentable
 from connectors.blocking import BlockingQueryHandle
@@ -171,8 +172,6 @@ def mssql_arrow_type(
 
 # -- parameters --------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"%(.|$)", re.DOTALL)
-
 
 def _nstring(text: str) -> str:
     return "N'" + text.replace("'", "''") + "'"
@@ -232,24 +231,7 @@ def bind_statement(sql: str, params: Sequence[Any]) -> tuple[str, str, str]:
     parameter declarations, the full `EXEC sp_executesql` batch). InvalidArgument when
     the number of values differs from the number of placeholders."""
     values = list(params)
-    count = 0
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal count
-        follower = match.group(1)
-        if follower == "%":
-            return "%"
-        if follower == "s":
-            count += 1
-            return f"@P{count}"
-        raise InvalidArgument("the statement has a stray '%'; a literal % must be written %%")
-
-    statement = _PLACEHOLDER.sub(replace, sql)
-    if count != len(values):
-        raise InvalidArgument(
-            f"the statement has {count} placeholder(s) but {len(values)} value(s) were given; "
-            "pass one value per placeholder"
-        )
+    statement = rewrite_format_placeholders(sql, len(values), lambda n: f"@P{n}")
     if not values:
         return statement, "", statement
     typed = [_typed_literal(v) for v in values]

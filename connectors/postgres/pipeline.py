@@ -15,6 +15,7 @@ from psycopg.abc import PQGen
 from psycopg.abc import Transformer as TransformerProtocol
 from psycopg.adapt import PyFormat, Transformer
 
+from connectors.base import rewrite_format_placeholders
 from connectors.postgres.session import IDLE_IN_TRANSACTION_MS, Session
 from fabric.errors import InvalidArgument
 
@@ -44,37 +45,11 @@ QUERY_START = re.compile(
     r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*(?:(?!/\*).)*?\*/|\()*(?:select|with|values|table)\b",
     re.IGNORECASE | re.DOTALL,
 )
-_PLACEHOLDER = re.compile(r"%(.|\Z)", re.DOTALL)
 PARAMS_MISMATCH = (
     "the parameters do not match the statement (one value per placeholder, of a supported "
     "type: int, float, Decimal, str, bool, date, time, datetime, bytes, None)"
 )
 STALE_STATEMENT = ("0A000", "26000")  # result type changed; prepared statement gone
-
-
-def _to_server_placeholders(sql: str, count: int) -> str:
-    """FORMAT-style text (`%s`, `%%`) -> the server's `$1, $2, ...`; one value per `%s`."""
-    seen = 0
-
-    def repl(match: re.Match[str]) -> str:
-        nonlocal seen
-        char = match.group(1)
-        if char == "%":
-            return "%"
-        if char == "s":
-            seen += 1
-            return f"${seen}"
-        raise InvalidArgument(
-            "the statement has a placeholder other than %s; the compiler emits only %s"
-        )
-
-    text = _PLACEHOLDER.sub(repl, sql)
-    if seen != count:
-        raise InvalidArgument(
-            f"the statement has {seen} placeholders but {count} parameters were given; pass "
-            "one value per placeholder"
-        )
-    return text
 
 
 class Plan:
@@ -121,7 +96,7 @@ def make_plan(
     """What a parameterized query sends: its text with server placeholders, the values
     dumped by psycopg, their types and formats, and the statement timeout."""
     encoding = conn.info.encoding
-    query = _to_server_placeholders(sql, len(params)).encode(encoding)
+    query = rewrite_format_placeholders(sql, len(params), lambda n: f"${n}").encode(encoding)
     tx = Transformer.from_context(conn)
     try:
         values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))

@@ -5,7 +5,6 @@ the handle that reads it there, on the blocking-driver state machine."""
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import pyarrow as pa
 from psycopg import generators, pq
 from psycopg.abc import Transformer as TransformerProtocol
 
+from connectors.base import rewrite_format_placeholders
 from connectors.batches import slices
 from connectors.blocking import BlockingQueryHandle
 from connectors.postgres.decode import PgColumn, TextDecoder
@@ -44,21 +44,6 @@ the server ignores a cancel that lands between two statements of a pipeline."""
 _CANCEL_ATTEMPTS = 40
 _CURSOR_NAME = "fabric_rows"
 _COPY_BLOCK = 1 << 21
-
-
-def _unescape_percent(sql: str) -> str:
-    """The compiled text of a statement without parameters has every literal `%` doubled
-    (FORMAT style); COPY sends it to the server as is, so undo the doubling."""
-
-    def repl(match: re.Match[str]) -> str:
-        if match.group(1) == "%":
-            return "%"
-        raise InvalidArgument(
-            "the statement has a placeholder but no parameters were given; pass one value "
-            "per placeholder"
-        )
-
-    return re.sub(r"%(.|$)", repl, sql, flags=re.DOTALL)
 
 
 class CopySource:
@@ -369,7 +354,8 @@ def start_copy(
 ) -> None:
     """A statement without parameters, in the transaction `begin` opened: `COPY (sql) TO
     STDOUT (FORMAT csv)`, parsed block by block by pyarrow's CSV reader."""
-    text = _unescape_percent(sql).strip().rstrip(";")
+    # COPY sends the text as is: the doubled literal `%`s of FORMAT style are undone
+    text = rewrite_format_placeholders(sql, 0, str).strip().rstrip(";")
     decoder = connector._statement_decoder(conn, text)
     if not decoder.columns:
         # no result columns: not a query (a write, refused by the read-only
