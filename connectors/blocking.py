@@ -14,6 +14,7 @@ resource to rest before it goes back), `_give_back`, and `_translate_error` (wit
 
 from __future__ import annotations
 
+import abc
 import heapq
 import itertools
 import math
@@ -160,6 +161,7 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         `_stop_at_source(resource)`); whether it can be reused."""
         return ok
 
+    @abc.abstractmethod
     def _give_back(self, resource: R, *, ok: bool) -> None:
         """Return the resource (to its pool when `ok`, else discard it)."""
 
@@ -167,9 +169,9 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         """Whether `exc` is the source's own timeout of this query."""
         return False
 
+    @abc.abstractmethod
     def _translate_error(self, exc: BaseException) -> FabricError:
         """The FabricError of a driver exception, never carrying the source's message."""
-        raise NotImplementedError
 
     # -- public ---------------------------------------------------------------------------
 
