@@ -38,6 +38,7 @@ from connectors.base import (
 )
 from connectors.batches import slices
 from connectors.blocking import BlockingQueryHandle
+from connectors.discovery import TableAssembler
 from fabric.errors import (
     Cancelled,
     FabricError,
@@ -46,7 +47,7 @@ from fabric.errors import (
     SourceQueryError,
     SourceUnavailable,
 )
-from fabric.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.model import ColumnInfo, TableInfo, TableKind
 
 SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")
 SYSTEM_CATALOGS = ("system", "temp")
@@ -246,11 +247,11 @@ class DuckDBConnector(Connector):
             """
         ).fetchall()
         wanted = set(schemas) if schemas is not None else None
-        relations = [
-            r
-            for r in relations
-            if r[0] not in SYSTEM_SCHEMAS and (wanted is None or r[0] in wanted)
-        ]
+        kinds = {
+            (schema, table): TableKind.VIEW if kind == "view" else TableKind.TABLE
+            for schema, table, kind in relations
+            if schema not in SYSTEM_SCHEMAS and (wanted is None or schema in wanted)
+        }
         column_rows = cursor.execute(
             """
             SELECT schema_name, table_name, column_name, data_type, is_nullable
@@ -258,9 +259,6 @@ class DuckDBConnector(Connector):
             ORDER BY schema_name, table_name, column_index
             """
         ).fetchall()
-        columns: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
-        for schema, table, name, data_type, nullable in column_rows:
-            columns.setdefault((schema, table), []).append((name, data_type, bool(nullable)))
         constraint_rows = cursor.execute(
             """
             SELECT schema_name, table_name, constraint_type, constraint_name,
@@ -271,45 +269,28 @@ class DuckDBConnector(Connector):
             ORDER BY schema_name, table_name, constraint_index
             """
         ).fetchall()
-        primary: dict[tuple[str, str], tuple[str, ...]] = {}
-        foreign: dict[tuple[str, str], list[ForeignKey]] = {}
-        for schema, table, ctype, cname, cols, ref_table, ref_cols in constraint_rows:
+        tables = TableAssembler()
+        arrow_types: dict[tuple[str, str], dict[str, pa.DataType] | None] = {}
+        for schema, table, name, data_type, nullable in column_rows:
             key = (schema, table)
+            if key not in kinds:
+                continue
+            if key not in arrow_types:
+                arrow_types[key] = self._arrow_types(cursor, schema, table)
+            types = arrow_types[key]
+            column = ColumnInfo(name, data_type, types.get(name) if types else None, bool(nullable))
+            tables.add_column(schema, table, kinds[key], column)
+        for schema, table, ctype, cname, cols, ref_table, ref_cols in constraint_rows:
             if ctype == "PRIMARY KEY":
-                primary[key] = tuple(cols)
-            else:
-                foreign.setdefault(key, []).append(
-                    ForeignKey(
-                        name=cname,
-                        columns=tuple(cols),
-                        referenced_schema=schema,  # DuckDB keys stay within one schema
-                        referenced_table=ref_table,
-                        referenced_columns=tuple(ref_cols),
-                    )
+                for column_name in cols:
+                    tables.add_primary_key_column(schema, table, column_name)
+                continue
+            for column_name, referenced in zip(cols, ref_cols, strict=True):
+                # DuckDB keys stay within one schema
+                tables.add_foreign_key_column(
+                    schema, table, cname, column_name, schema, ref_table, referenced
                 )
-        tables = []
-        for schema, table, kind in relations:
-            arrow_types = self._arrow_types(cursor, schema, table)
-            infos = tuple(
-                ColumnInfo(
-                    name=name,
-                    source_type=data_type,
-                    arrow_type=arrow_types.get(name) if arrow_types else None,
-                    nullable=nullable,
-                )
-                for name, data_type, nullable in columns.get((schema, table), [])
-            )
-            tables.append(
-                TableInfo(
-                    schema=schema,
-                    name=table,
-                    columns=infos,
-                    primary_key=primary.get((schema, table), ()),
-                    foreign_keys=tuple(foreign.get((schema, table), ())),
-                    kind=TableKind.VIEW if kind == "view" else TableKind.TABLE,
-                )
-            )
-        return tables
+        return tables.tables()
 
     @staticmethod
     def _arrow_types(
