@@ -78,11 +78,11 @@ from connectors.base import (
     ParamStyle,
     QueryHandle,
     check_execute_arguments,
-    rewrite_format_placeholders,
 )
 from connectors.batches import slices, unrepresentable
 from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler, schema_filter
+from connectors.placeholders import rewrite_format_placeholders
 from connectors.pooled import PooledConnector, server_settings
 from fabric.errors import (
     Cancelled,

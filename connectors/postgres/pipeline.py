@@ -15,7 +15,7 @@ from psycopg.abc import PQGen
 from psycopg.abc import Transformer as TransformerProtocol
 from psycopg.adapt import PyFormat, Transformer
 
-from connectors.base import rewrite_format_placeholders
+from connectors.placeholders import rewrite_format_placeholders
 from connectors.postgres.session import IDLE_IN_TRANSACTION_MS, Session
 from fabric.errors import InvalidArgument
 

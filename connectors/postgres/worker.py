@@ -15,9 +15,9 @@ import pyarrow as pa
 from psycopg import generators, pq
 from psycopg.abc import Transformer as TransformerProtocol
 
-from connectors.base import rewrite_format_placeholders
 from connectors.batches import slices
 from connectors.blocking import BlockingQueryHandle
+from connectors.placeholders import rewrite_format_placeholders
 from connectors.postgres.decode import PgColumn, TextDecoder
 from connectors.postgres.pipeline import (
     CHUNKED,
