@@ -161,19 +161,25 @@ def _decimal_type(precision: int, scale: int) -> pa.DataType:
     return pa.string()
 
 
-_SIGNED_INTS = {
-    FIELD_TYPE.TINY: pa.int8(),
-    FIELD_TYPE.SHORT: pa.int16(),
-    FIELD_TYPE.INT24: pa.int32(),
-    FIELD_TYPE.LONG: pa.int32(),
-    FIELD_TYPE.LONGLONG: pa.int64(),
-}
-_UNSIGNED_INTS = {
-    FIELD_TYPE.TINY: pa.uint8(),
-    FIELD_TYPE.SHORT: pa.uint16(),
-    FIELD_TYPE.INT24: pa.uint32(),
-    FIELD_TYPE.LONG: pa.uint32(),
-    FIELD_TYPE.LONGLONG: pa.uint64(),
+# The result column types that have a name in information_schema: a result column maps
+# through `mysql_column_arrow_type` like a table column, so the two always agree.
+_RESULT_TYPE_NAMES = {
+    FIELD_TYPE.TINY: "tinyint",
+    FIELD_TYPE.SHORT: "smallint",
+    FIELD_TYPE.INT24: "mediumint",
+    FIELD_TYPE.LONG: "int",
+    FIELD_TYPE.LONGLONG: "bigint",
+    FIELD_TYPE.FLOAT: "float",
+    FIELD_TYPE.DOUBLE: "double",
+    FIELD_TYPE.YEAR: "year",
+    FIELD_TYPE.DATE: "date",
+    FIELD_TYPE.NEWDATE: "date",
+    FIELD_TYPE.DATETIME: "datetime",
+    FIELD_TYPE.TIMESTAMP: "timestamp",
+    FIELD_TYPE.TIME: "time",
+    FIELD_TYPE.BIT: "bit",
+    FIELD_TYPE.JSON: "json",  # MySQL sends JSON as utf8mb4 text with the binary charset
+    FIELD_TYPE.GEOMETRY: "geometry",
 }
 _TEXT_OR_BYTES = frozenset(
     {
@@ -195,32 +201,13 @@ def mysql_result_arrow_type(
 ) -> pa.DataType:
     """Arrow type of a result column from its column definition packet."""
     unsigned = bool(flags & FLAG.UNSIGNED)
-    if type_code in _SIGNED_INTS:
-        return (_UNSIGNED_INTS if unsigned else _SIGNED_INTS)[type_code]
     if type_code in (FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DECIMAL):
         # length counts the digits plus a point (scale > 0) and a sign (signed)
         precision = length - (1 if scale > 0 else 0) - (0 if unsigned else 1)
         return _decimal_type(precision, scale)
-    if type_code == FIELD_TYPE.FLOAT:
-        return pa.float32()
-    if type_code == FIELD_TYPE.DOUBLE:
-        return pa.float64()
-    if type_code == FIELD_TYPE.YEAR:
-        return pa.int16()
-    if type_code in (FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE):
-        return pa.date32()
-    if type_code == FIELD_TYPE.DATETIME:
-        return pa.timestamp("us")
-    if type_code == FIELD_TYPE.TIMESTAMP:
-        return pa.timestamp("us", tz="UTC")
-    if type_code == FIELD_TYPE.TIME:
-        return pa.duration("us")
-    if type_code == FIELD_TYPE.BIT:
-        return pa.uint64()
-    if type_code == FIELD_TYPE.JSON:
-        return pa.string()  # MySQL sends JSON as utf8mb4 text with the binary charset
-    if type_code == FIELD_TYPE.GEOMETRY:
-        return pa.binary()
+    name = _RESULT_TYPE_NAMES.get(type_code)
+    if name is not None:
+        return mysql_column_arrow_type(name, "unsigned" if unsigned else "")
     if type_code in _TEXT_OR_BYTES:
         return pa.binary() if charsetnr == _BINARY_CHARSET else pa.string()
     return pa.string()  # NULL-typed columns (SELECT NULL) and anything new
