@@ -145,11 +145,18 @@ def read_in_thread(handle: FakeHandle) -> tuple[threading.Thread, list[BaseExcep
     return thread, errors
 
 
-def join_interrupt_threads() -> None:
-    for thread in threading.enumerate():
-        if thread.name == "fabric-query-interrupt":
-            thread.join(timeout=WAIT)
-            assert not thread.is_alive()
+@pytest.fixture
+def join_interrupt_threads() -> Callable[[], None]:
+    """Waits for the interrupt threads this test started (not other tests' ones)."""
+    earlier = set(threading.enumerate())
+
+    def join() -> None:
+        for thread in threading.enumerate():
+            if thread.name == "fabric-query-interrupt" and thread not in earlier:
+                thread.join(timeout=WAIT)
+                assert not thread.is_alive()
+
+    return join
 
 
 def test_a_query_that_finishes_is_given_back_for_reuse_once() -> None:
@@ -164,7 +171,9 @@ def test_a_query_that_finishes_is_given_back_for_reuse_once() -> None:
     assert statement.interrupts == 0
 
 
-def test_the_deadline_interrupts_and_reading_raises_deadline_exceeded() -> None:
+def test_the_deadline_interrupts_and_reading_raises_deadline_exceeded(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
     deadlines = FakeDeadlines()
     statement = FakeStatement()
     handle = FakeHandle(statement, timeout=2.5, deadlines=deadlines)
@@ -179,7 +188,9 @@ def test_the_deadline_interrupts_and_reading_raises_deadline_exceeded() -> None:
     join_interrupt_threads()
 
 
-def test_cancel_re_sends_the_interrupt_until_the_driver_call_lets_go() -> None:
+def test_cancel_re_sends_the_interrupt_until_the_driver_call_lets_go(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
     statement = FakeStatement(lets_go_after=5)  # the first four interrupts are "lost"
     handle = FakeHandle(statement)
     thread, errors = read_in_thread(handle)
@@ -197,7 +208,9 @@ def test_cancel_re_sends_the_interrupt_until_the_driver_call_lets_go() -> None:
     assert statement.given_back == [False]
 
 
-def test_re_sending_stops_after_the_configured_attempts() -> None:
+def test_re_sending_stops_after_the_configured_attempts(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
     class Bounded(FakeHandle):
         interrupt_attempts = 2
 
@@ -213,7 +226,9 @@ def test_re_sending_stops_after_the_configured_attempts() -> None:
     assert statement.given_back == [False]  # interrupted: its state is unsure
 
 
-def test_close_while_a_thread_reads_interrupts_and_that_thread_releases() -> None:
+def test_close_while_a_thread_reads_interrupts_and_that_thread_releases(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
     statement = FakeStatement()
     handle = FakeHandle(statement)
     thread, errors = read_in_thread(handle)
@@ -238,7 +253,9 @@ def test_close_before_reading_releases_at_once_and_reading_then_says_closed() ->
     assert statement.interrupts == 0 and statement.given_back == [True]
 
 
-def test_a_cancel_after_the_deadline_keeps_the_deadline_error() -> None:
+def test_a_cancel_after_the_deadline_keeps_the_deadline_error(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
     deadlines = FakeDeadlines()
     handle = FakeHandle(FakeStatement(), timeout=1.0, deadlines=deadlines)
     deadlines.fire()
