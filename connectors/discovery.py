@@ -3,11 +3,29 @@ connector: columns in table order, composite keys kept whole in key order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fabric.model import ColumnInfo, ForeignKey, TableInfo, TableKind
 
 TableKey = tuple[str, str]
+
+
+def schema_filter(
+    column: str, system: Sequence[str], schemas: Sequence[str] | None
+) -> tuple[str, tuple[str, ...]]:
+    """A WHERE fragment on the schema `column` with its values (FORMAT placeholders):
+    never a `system` schema, and only `schemas` when given (an empty list matches
+    nothing)."""
+    clause = f"{column} NOT IN (" + ", ".join(["%s"] * len(system)) + ")"
+    params = tuple(system)
+    if schemas is not None:
+        wanted = tuple(schemas)
+        if not wanted:
+            return "1 = 0", ()
+        clause += f" AND {column} IN (" + ", ".join(["%s"] * len(wanted)) + ")"
+        params += wanted
+    return clause, params
 
 
 @dataclass

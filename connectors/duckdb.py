@@ -6,8 +6,10 @@ parallel threads) and streams through DuckDB's own Arrow export (`to_arrow_reade
 no Python object is built per row. The session time zone is UTC, so TIMESTAMPTZ comes
 out as timestamp[us, tz=UTC] like the PostgreSQL connector's.
 
-DuckDB has no statement timeout: a timer interrupts the cursor when the timeout passes,
-and `QueryHandle.cancel` interrupts it at once; the interrupt is reported as
+DuckDB has no statement timeout: the shared deadline watcher (`connectors.blocking`)
+interrupts the cursor when the timeout passes, and `QueryHandle.cancel` interrupts it at
+once, every 50 ms while a call into DuckDB is in flight (an interrupt that lands just
+before DuckDB starts executing is otherwise lost); the interrupt is reported as
 DeadlineExceeded or Cancelled according to which of the two fired. Arrow types in
 `introspect` are the ones DuckDB's Arrow export gives for the table (read from a
 `LIMIT 0` query), so discovery and execution always agree.
@@ -27,7 +29,6 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from connectors.arrow_types import slices
 from connectors.base import (
     Connector,
     ConnectorConfig,
@@ -35,16 +36,18 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
+from connectors.batches import slices
+from connectors.blocking import BlockingQueryHandle
+from connectors.discovery import TableAssembler
 from fabric.errors import (
     Cancelled,
-    DeadlineExceeded,
     FabricError,
     InternalError,
     InvalidArgument,
     SourceQueryError,
     SourceUnavailable,
 )
-from fabric.model import ColumnInfo, ForeignKey, TableInfo, TableKind
+from fabric.model import ColumnInfo, TableInfo, TableKind
 
 SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")
 SYSTEM_CATALOGS = ("system", "temp")
@@ -78,7 +81,14 @@ def _map_duckdb_error(exc: BaseException) -> FabricError:
     return InternalError(f"unexpected error in the DuckDB connector ({name})")
 
 
-class _DuckDBHandle(QueryHandle):
+class _DuckDBHandle(BlockingQueryHandle[duckdb.DuckDBPyConnection]):
+    """A query on its own cursor; releasing it closes the cursor."""
+
+    cancelled_message = "the query was cancelled; DuckDB interrupted it"
+    deadline_action = "was interrupted"
+    interrupt_every = 0.05
+    interrupt_attempts = None
+
     def __init__(
         self,
         cursor: duckdb.DuckDBPyConnection,
@@ -88,20 +98,9 @@ class _DuckDBHandle(QueryHandle):
         batch_rows: int,
         on_close: Callable[[_DuckDBHandle], None],
     ) -> None:
-        self._cursor: duckdb.DuckDBPyConnection | None = cursor
         self._batch_rows = batch_rows
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._timed_out = False
-        self._closed = False
-        self._executing = False
         self._on_close = on_close
-        self._timer: threading.Timer | None = None
-        if timeout is not None:
-            self._timer = threading.Timer(timeout, self._on_deadline)
-            self._timer.daemon = True
-            self._timer.start()
+        super().__init__(cursor, timeout)
         try:
             relation = cursor.sql(sql, params=list(params) if params else None)
             if relation is None:
@@ -121,11 +120,9 @@ class _DuckDBHandle(QueryHandle):
             if self._reader is not None:
                 return self._reader
             relation = self._relation
-        flagged = self._flag_error()
-        if flagged is not None or relation is None:
-            self.close()
-            raise flagged or Cancelled("the query handle was closed")
         try:
+            if relation is None:
+                raise Cancelled("the query handle was closed")
             self._enter()
             try:
                 source = relation.to_arrow_reader(self._batch_rows)
@@ -133,7 +130,7 @@ class _DuckDBHandle(QueryHandle):
                 self._leave()
         except BaseException as exc:
             mapped = self._map(exc)
-            self.close()
+            self._release(ok=False)
             raise mapped from None
         self._relation = None
         self._source = source
@@ -142,84 +139,17 @@ class _DuckDBHandle(QueryHandle):
             self._reader = reader
         return reader
 
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._timed_out or self._cancelled:
-                return
-            self._cancelled = True
-        self._interrupt()
-
-    def close(self) -> None:
-        with self._lock:
-            first = not self._closed
-            self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-            cursor = self._cursor
-        if cursor is None:
-            return
-        try:
-            if first:
-                cursor.interrupt()
-            cursor.close()
-        except duckdb.Error:
-            # busy in a reading thread: the interrupt ends its call, and that thread
-            # closes the cursor on its way out (it calls close() again)
-            return
-        with self._lock:
-            self._cursor = None
-        self._on_close(self)
-
-    def _on_deadline(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled:
-                return
-            self._timed_out = True
-        self._interrupt()
-
-    def _interrupt(self) -> None:
-        """Interrupt the cursor; while a call into DuckDB is in flight, repeat every 50 ms
-        (an interrupt that lands just before DuckDB starts executing is otherwise lost)."""
-        with self._lock:
-            cursor = self._cursor
-            executing = self._executing
-        if cursor is None:
-            return
+    def _send_interrupt(self, cursor: duckdb.DuckDBPyConnection) -> bool:
         with contextlib.suppress(duckdb.Error):
             cursor.interrupt()
-        if executing:
-            again = threading.Timer(0.05, self._interrupt)
-            again.daemon = True
-            again.start()
+        return True
 
-    def _enter(self) -> None:
-        with self._lock:
-            self._executing = True
-        flagged = self._flag_error()
-        if flagged is not None:
-            self._leave()
-            raise flagged
+    def _give_back(self, cursor: duckdb.DuckDBPyConnection, *, ok: bool) -> None:
+        with contextlib.suppress(duckdb.Error):
+            cursor.close()
+        self._on_close(self)
 
-    def _leave(self) -> None:
-        with self._lock:
-            self._executing = False
-
-    def _flag_error(self) -> FabricError | None:
-        if self._timed_out:
-            return DeadlineExceeded(
-                f"the query ran past its timeout of {self._timeout}s and was interrupted; "
-                "narrow it or raise the timeout"
-            )
-        if self._cancelled:
-            return Cancelled("the query was cancelled; DuckDB interrupted it")
-        if self._closed:
-            return Cancelled("the query handle was closed")
-        return None
-
-    def _map(self, exc: BaseException) -> FabricError:
-        flagged = self._flag_error()
-        if flagged is not None and not isinstance(exc, FabricError):
-            return flagged
+    def _translate_error(self, exc: BaseException) -> FabricError:
         if isinstance(exc, duckdb.InterruptException):
             return Cancelled("the query was interrupted at the source")
         return _map_duckdb_error(exc)
@@ -227,9 +157,7 @@ class _DuckDBHandle(QueryHandle):
     def _batches(self) -> Iterator[pa.RecordBatch]:
         try:
             while True:
-                flagged = self._flag_error()
-                if flagged is not None:
-                    raise flagged
+                self._check()
                 try:
                     self._enter()
                     try:
@@ -240,12 +168,10 @@ class _DuckDBHandle(QueryHandle):
                     break
                 except Exception as exc:
                     raise self._map(exc) from None
-                flagged = self._flag_error()
-                if flagged is not None:
-                    raise flagged
+                self._check()
                 yield from slices(batch, self._batch_rows)
         finally:
-            self.close()
+            self._release(ok=True)
 
 
 class DuckDBConnector(Connector):
@@ -321,11 +247,11 @@ class DuckDBConnector(Connector):
             """
         ).fetchall()
         wanted = set(schemas) if schemas is not None else None
-        relations = [
-            r
-            for r in relations
-            if r[0] not in SYSTEM_SCHEMAS and (wanted is None or r[0] in wanted)
-        ]
+        kinds = {
+            (schema, table): TableKind.VIEW if kind == "view" else TableKind.TABLE
+            for schema, table, kind in relations
+            if schema not in SYSTEM_SCHEMAS and (wanted is None or schema in wanted)
+        }
         column_rows = cursor.execute(
             """
             SELECT schema_name, table_name, column_name, data_type, is_nullable
@@ -333,9 +259,6 @@ class DuckDBConnector(Connector):
             ORDER BY schema_name, table_name, column_index
             """
         ).fetchall()
-        columns: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
-        for schema, table, name, data_type, nullable in column_rows:
-            columns.setdefault((schema, table), []).append((name, data_type, bool(nullable)))
         constraint_rows = cursor.execute(
             """
             SELECT schema_name, table_name, constraint_type, constraint_name,
@@ -346,45 +269,28 @@ class DuckDBConnector(Connector):
             ORDER BY schema_name, table_name, constraint_index
             """
         ).fetchall()
-        primary: dict[tuple[str, str], tuple[str, ...]] = {}
-        foreign: dict[tuple[str, str], list[ForeignKey]] = {}
-        for schema, table, ctype, cname, cols, ref_table, ref_cols in constraint_rows:
+        tables = TableAssembler()
+        arrow_types: dict[tuple[str, str], dict[str, pa.DataType] | None] = {}
+        for schema, table, name, data_type, nullable in column_rows:
             key = (schema, table)
+            if key not in kinds:
+                continue
+            if key not in arrow_types:
+                arrow_types[key] = self._arrow_types(cursor, schema, table)
+            types = arrow_types[key]
+            column = ColumnInfo(name, data_type, types.get(name) if types else None, bool(nullable))
+            tables.add_column(schema, table, kinds[key], column)
+        for schema, table, ctype, cname, cols, ref_table, ref_cols in constraint_rows:
             if ctype == "PRIMARY KEY":
-                primary[key] = tuple(cols)
-            else:
-                foreign.setdefault(key, []).append(
-                    ForeignKey(
-                        name=cname,
-                        columns=tuple(cols),
-                        referenced_schema=schema,  # DuckDB keys stay within one schema
-                        referenced_table=ref_table,
-                        referenced_columns=tuple(ref_cols),
-                    )
+                for column_name in cols:
+                    tables.add_primary_key_column(schema, table, column_name)
+                continue
+            for column_name, referenced in zip(cols, ref_cols, strict=True):
+                # DuckDB keys stay within one schema
+                tables.add_foreign_key_column(
+                    schema, table, cname, column_name, schema, ref_table, referenced
                 )
-        tables = []
-        for schema, table, kind in relations:
-            arrow_types = self._arrow_types(cursor, schema, table)
-            infos = tuple(
-                ColumnInfo(
-                    name=name,
-                    source_type=data_type,
-                    arrow_type=arrow_types.get(name) if arrow_types else None,
-                    nullable=nullable,
-                )
-                for name, data_type, nullable in columns.get((schema, table), [])
-            )
-            tables.append(
-                TableInfo(
-                    schema=schema,
-                    name=table,
-                    columns=infos,
-                    primary_key=primary.get((schema, table), ()),
-                    foreign_keys=tuple(foreign.get((schema, table), ())),
-                    kind=TableKind.VIEW if kind == "view" else TableKind.TABLE,
-                )
-            )
-        return tables
+        return tables.tables()
 
     @staticmethod
     def _arrow_types(
@@ -411,7 +317,7 @@ class DuckDBConnector(Connector):
         check_execute_arguments(timeout, batch_rows)
         handle = _DuckDBHandle(self._cursor(), sql, params, timeout, batch_rows, self._forget)
         with self._lock:
-            if not handle._closed:
+            if not handle._released.is_set():
                 self._handles.add(handle)
         return handle
 

@@ -39,10 +39,12 @@ by type and substitutes it client-side, so the statement text always goes throug
 formatting, with an empty tuple when there are no parameters. Timezone-aware datetimes
 are bound as UTC wall time (the session time zone), bytes as `_binary'...'`.
 
-Cancellation and timeouts. `cancel`, the client-side deadline timer and `close` of an
-unfinished result send `KILL QUERY <thread id>` from a second, short-lived connection (a
-user may always kill its own threads), then the connection is discarded rather than
-pooled (a late KILL must never hit a later query). The server-side statement timeout is
+Cancellation and timeouts. `cancel`, the client-side deadline (the shared watcher of
+`connectors.blocking`) and `close` of an unfinished result send `KILL QUERY <thread id>`
+from a second, short-lived connection (a user may always kill its own threads), again
+every 0.2 s while a driver call is in flight (a KILL that lands before the statement
+reaches the server is lost), then the connection is discarded rather than pooled (a late
+KILL must never hit a later query). The server-side statement timeout is
 a second line of defence. A killed query reads as Cancelled or DeadlineExceeded.
 
 Errors: MySQL error numbers and their SQLSTATE (where known) only; the server's message
@@ -54,7 +56,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -64,16 +65,16 @@ import pymysql  # type: ignore[import-untyped]  # no stubs are published with Py
 import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import ER, FIELD_TYPE, FLAG  # type: ignore[import-untyped]
 
-from connectors.arrow_types import unrepresentable
 from connectors.base import (
-    Connector,
     ConnectorConfig,
     ParamStyle,
     QueryHandle,
     check_execute_arguments,
 )
-from connectors.discovery import TableAssembler
-from connectors.pool import BoundedPool, PoolTimeout
+from connectors.batches import unrepresentable
+from connectors.blocking import BlockingQueryHandle
+from connectors.discovery import TableAssembler, schema_filter
+from connectors.pooled import PooledConnector, server_settings
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -160,19 +161,25 @@ def _decimal_type(precision: int, scale: int) -> pa.DataType:
     return pa.string()
 
 
-_SIGNED_INTS = {
-    FIELD_TYPE.TINY: pa.int8(),
-    FIELD_TYPE.SHORT: pa.int16(),
-    FIELD_TYPE.INT24: pa.int32(),
-    FIELD_TYPE.LONG: pa.int32(),
-    FIELD_TYPE.LONGLONG: pa.int64(),
-}
-_UNSIGNED_INTS = {
-    FIELD_TYPE.TINY: pa.uint8(),
-    FIELD_TYPE.SHORT: pa.uint16(),
-    FIELD_TYPE.INT24: pa.uint32(),
-    FIELD_TYPE.LONG: pa.uint32(),
-    FIELD_TYPE.LONGLONG: pa.uint64(),
+# The result column types that have a name in information_schema: a result column maps
+# through `mysql_column_arrow_type` like a table column, so the two always agree.
+_RESULT_TYPE_NAMES = {
+    FIELD_TYPE.TINY: "tinyint",
+    FIELD_TYPE.SHORT: "smallint",
+    FIELD_TYPE.INT24: "mediumint",
+    FIELD_TYPE.LONG: "int",
+    FIELD_TYPE.LONGLONG: "bigint",
+    FIELD_TYPE.FLOAT: "float",
+    FIELD_TYPE.DOUBLE: "double",
+    FIELD_TYPE.YEAR: "year",
+    FIELD_TYPE.DATE: "date",
+    FIELD_TYPE.NEWDATE: "date",
+    FIELD_TYPE.DATETIME: "datetime",
+    FIELD_TYPE.TIMESTAMP: "timestamp",
+    FIELD_TYPE.TIME: "time",
+    FIELD_TYPE.BIT: "bit",
+    FIELD_TYPE.JSON: "json",  # MySQL sends JSON as utf8mb4 text with the binary charset
+    FIELD_TYPE.GEOMETRY: "geometry",
 }
 _TEXT_OR_BYTES = frozenset(
     {
@@ -194,32 +201,13 @@ def mysql_result_arrow_type(
 ) -> pa.DataType:
     """Arrow type of a result column from its column definition packet."""
     unsigned = bool(flags & FLAG.UNSIGNED)
-    if type_code in _SIGNED_INTS:
-        return (_UNSIGNED_INTS if unsigned else _SIGNED_INTS)[type_code]
     if type_code in (FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DECIMAL):
         # length counts the digits plus a point (scale > 0) and a sign (signed)
         precision = length - (1 if scale > 0 else 0) - (0 if unsigned else 1)
         return _decimal_type(precision, scale)
-    if type_code == FIELD_TYPE.FLOAT:
-        return pa.float32()
-    if type_code == FIELD_TYPE.DOUBLE:
-        return pa.float64()
-    if type_code == FIELD_TYPE.YEAR:
-        return pa.int16()
-    if type_code in (FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE):
-        return pa.date32()
-    if type_code == FIELD_TYPE.DATETIME:
-        return pa.timestamp("us")
-    if type_code == FIELD_TYPE.TIMESTAMP:
-        return pa.timestamp("us", tz="UTC")
-    if type_code == FIELD_TYPE.TIME:
-        return pa.duration("us")
-    if type_code == FIELD_TYPE.BIT:
-        return pa.uint64()
-    if type_code == FIELD_TYPE.JSON:
-        return pa.string()  # MySQL sends JSON as utf8mb4 text with the binary charset
-    if type_code == FIELD_TYPE.GEOMETRY:
-        return pa.binary()
+    name = _RESULT_TYPE_NAMES.get(type_code)
+    if name is not None:
+        return mysql_column_arrow_type(name, "unsigned" if unsigned else "")
     if type_code in _TEXT_OR_BYTES:
         return pa.binary() if charsetnr == _BINARY_CHARSET else pa.string()
     return pa.string()  # NULL-typed columns (SELECT NULL) and anything new
@@ -406,7 +394,12 @@ def _bind_value(value: Any) -> Any:
     )
 
 
-class _MySQLHandle(QueryHandle):
+class _MySQLHandle(BlockingQueryHandle[_Conn]):
+    """A query on a pooled connection; the interrupt is `KILL QUERY` from a second one."""
+
+    interrupt_every = _KILL_RETRY_S
+    interrupt_attempts = _KILL_RETRIES
+
     def __init__(
         self,
         connector: MySQLConnector,
@@ -417,28 +410,12 @@ class _MySQLHandle(QueryHandle):
         batch_rows: int,
     ) -> None:
         self._connector = connector
-        self._conn: _Conn | None = conn
         self._thread_id = conn.thread_id
         self._sql = sql
         self._params = params
-        self._timeout = timeout
         self._batch_rows = batch_rows
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._timed_out = False
-        self._closed = False
-        self._started = False  # the statement was sent
-        self._finished = False  # the whole result was read (or ended in an error packet)
-        self._busy = False  # a thread is inside a driver call on the connection
-        self._kill_sent = False
         self._reader: pa.RecordBatchReader | None = None
-        self._timer: threading.Timer | None = None
-        if timeout is not None:
-            self._timer = threading.Timer(timeout, self._on_deadline)
-            self._timer.daemon = True
-            self._timer.start()
-
-    # -- public -------------------------------------------------------------------------
+        super().__init__(conn, timeout)
 
     @property
     def reader(self) -> pa.RecordBatchReader:
@@ -448,14 +425,14 @@ class _MySQLHandle(QueryHandle):
             if self._reader is not None:
                 return self._reader
             flagged = self._flag_error()
-            conn = self._conn
+            conn = self._resource
             if flagged is None and conn is None:
                 flagged = Cancelled("the query handle was closed")
             if flagged is None:
                 self._started = True
                 self._busy = True
         if flagged is not None or conn is None:
-            self._release(reuse=not self._started)
+            self._release(ok=not self._started)
             raise flagged or Cancelled("the query handle was closed")
         try:
             cursor = pymysql.cursors.SSCursor(conn.raw)
@@ -480,35 +457,12 @@ class _MySQLHandle(QueryHandle):
         self._leave()
         flagged = self._flag_error()
         if flagged is not None:
-            self._release(reuse=False)
+            self._release(ok=False)
             raise flagged
         reader = pa.RecordBatchReader.from_batches(columns.schema, self._batches(cursor, columns))
         with self._lock:
             self._reader = reader
         return reader
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled or self._timed_out:
-                return
-            self._cancelled = True
-        self._kill()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            busy = self._busy
-        self._stop_timer()
-        if busy:
-            # Another thread is inside the driver: stop the query there; that thread
-            # releases the connection when its call returns.
-            self._kill()
-            return
-        self._release(reuse=not self._started or self._finished)
-
-    # -- internals ----------------------------------------------------------------------
 
     def _batches(
         self, cursor: pymysql.cursors.SSCursor, columns: _ResultColumns
@@ -533,23 +487,10 @@ class _MySQLHandle(QueryHandle):
         except GeneratorExit:
             raise
         except FabricError:
-            reuse = self._finished and not self._kill_sent
+            reuse = self._finished
             raise
         finally:
-            self._release(reuse=reuse and not self._kill_sent)
-
-    def _enter(self) -> None:
-        with self._lock:
-            flagged = self._flag_error()
-            if flagged is None and self._closed:
-                flagged = Cancelled("the query handle was closed")
-            if flagged is not None:
-                raise flagged
-            self._busy = True
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._busy = False
+            self._release(ok=reuse)
 
     def _fail(self, exc: BaseException, *, release: bool = True) -> FabricError:
         """Map a failure of a driver call and, when `release`, give the connection back
@@ -559,97 +500,45 @@ class _MySQLHandle(QueryHandle):
             number is not None
             and number < 2000
             and isinstance(exc, pymysql.MySQLError)
-            and not self._kill_sent
+            and not self._interrupted
         )
         if clean_server_error:
             self._finished = True
         mapped = self._map(exc)
         if release:
-            self._release(reuse=clean_server_error or isinstance(exc, InvalidArgument))
+            self._release(ok=clean_server_error or isinstance(exc, InvalidArgument))
         return mapped
 
-    def _map(self, exc: BaseException) -> FabricError:
-        if isinstance(exc, FabricError) and not isinstance(exc, InvalidArgument):
-            return exc
-        flagged = self._flag_error()
-        if flagged is not None:
-            return flagged
-        if isinstance(exc, FabricError):
-            return exc
-        if self._closed:
-            return Cancelled("the query handle was closed; the query was stopped at the source")
-        number = _error_number(exc)
-        if number in _TIMEOUTS:
-            self._timed_out = True
-            return self._deadline_error()
+    def _is_source_timeout(self, exc: BaseException) -> bool:
+        return _error_number(exc) in _TIMEOUTS
+
+    def _translate_error(self, exc: BaseException) -> FabricError:
         return self._connector._map_error(exc)
 
-    def _on_deadline(self) -> None:
-        with self._lock:
-            if self._closed or self._cancelled:
-                return
-            self._timed_out = True
-        self._kill()
-
-    def _kill(self, attempt: int = 0) -> None:
-        """KILL QUERY from a second connection while the statement may run; repeated
-        while a driver call is still in flight (a KILL that lands before the statement
-        reaches the server is otherwise lost)."""
+    def _send_interrupt(self, conn: _Conn) -> bool:
+        """KILL QUERY while the statement may run; re-sent while a driver call is still
+        in flight (a KILL that lands before the statement reaches the server is lost)."""
         with self._lock:
             if not self._started or (self._finished and not self._busy):
-                return
-            if self._conn is None and not self._busy:
-                return
-            self._kill_sent = True
-            busy = self._busy
-        if attempt == 0 or busy:
-            self._connector._kill_query(self._thread_id)
-        if busy and attempt < _KILL_RETRIES:
-            again = threading.Timer(_KILL_RETRY_S, self._kill, args=(attempt + 1,))
-            again.daemon = True
-            again.start()
+                return False
+        self._connector._kill_query(self._thread_id)
+        return True
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _deadline_error(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"the query ran past its timeout of {self._timeout}s and was cancelled at the "
-            "source; narrow it or raise the timeout"
-        )
-
-    def _flag_error(self) -> FabricError | None:
-        if self._timed_out:
-            return self._deadline_error()
-        if self._cancelled:
-            return Cancelled("the query was cancelled; it was stopped at the source")
-        return None
-
-    def _check(self) -> None:
-        flagged = self._flag_error()
-        if flagged is not None:
-            raise flagged
-        if self._closed:
-            raise Cancelled("the query handle was closed")
-
-    def _release(self, *, reuse: bool) -> None:
-        """Give the connection back (rolled back) or discard it; idempotent."""
-        self._stop_timer()
+    def _settle(self, conn: _Conn, *, ok: bool) -> bool:
         with self._lock:
-            conn, self._conn = self._conn, None
             unfinished = self._started and not self._finished
-            kill = unfinished and not self._kill_sent
+            kill = unfinished and not self._interrupted
             if kill:
-                self._kill_sent = True
-        if conn is None:
-            return
+                self._interrupted = True
         if kill:
             self._connector._kill_query(conn.thread_id)  # stop it before the socket goes
-        self._connector._give_back(conn, reuse=reuse and not unfinished and not self._kill_sent)
+        return ok and not unfinished
+
+    def _give_back(self, conn: _Conn, *, ok: bool) -> None:
+        self._connector._give_back(conn, reuse=ok)
 
 
-class MySQLConnector(Connector):
+class MySQLConnector(PooledConnector[_Conn]):
     """MySQL 8 and MariaDB 10.5+ through PyMySQL; see the module docstring.
 
     Settings: host (required), port (3306), database, user (required), connect_timeout
@@ -663,49 +552,28 @@ class MySQLConnector(Connector):
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
     supports_cancel: ClassVar[bool] = True
     max_identifier_length: ClassVar[int] = 64
+    source_name: ClassVar[str] = "MySQL"
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
-        host = config.get_str("host")
-        user = config.get_str("user")
-        if not host:
-            raise InvalidArgument("setting 'host' is required for a MySQL connection")
-        if not user:
-            raise InvalidArgument("setting 'user' is required for a MySQL connection")
-        try:
-            port = config.get_int("port", 3306)
-            connect_timeout = config.get_int("connect_timeout", 10)
-            read_timeout = config.get_int("read_timeout")
-            pool_min = config.get_int("pool_min", 0)
-            pool_max = config.get_int("pool_max", 5)
-            pool_timeout = float(config.settings.get("pool_timeout", 10.0))
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                "port, connect_timeout, read_timeout, pool_min, pool_max and pool_timeout "
-                "must be numbers"
-            ) from None
-        assert port is not None and pool_min is not None and pool_max is not None
-        if not 0 < port < 65536:
-            raise InvalidArgument("port must be between 1 and 65535")
-        if not (0 <= pool_min <= pool_max and pool_max >= 1):
-            raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
-        if connect_timeout is None or connect_timeout < 1:
-            raise InvalidArgument("connect_timeout must be at least 1 second")
-        if read_timeout is not None and read_timeout < 1:
-            raise InvalidArgument("read_timeout must be at least 1 second")
+        server = server_settings(
+            config,
+            self.source_name,
+            default_port=3306,
+            timeouts={"connect_timeout": 10, "read_timeout": None},
+        )
         zero_dates = (config.get_str("zero_dates", "null") or "null").lower()
         if zero_dates not in _ZERO_DATE_MODES:
             raise InvalidArgument("zero_dates must be 'null' or 'error'")
         charset = config.get_str("charset", "utf8mb4") or "utf8mb4"
-        self._where = f"{host}:{port}"
         kwargs: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "user": user,
+            "host": server.host,
+            "port": server.port,
+            "user": server.user,
             "database": config.get_str("database"),
             "charset": charset,
-            "connect_timeout": connect_timeout,
-            "read_timeout": read_timeout,
+            "connect_timeout": server.seconds["connect_timeout"],
+            "read_timeout": server.seconds["read_timeout"],
             "autocommit": True,  # transactions are explicit: START TRANSACTION READ ONLY
             "binary_prefix": True,
             "local_infile": False,
@@ -719,15 +587,7 @@ class MySQLConnector(Connector):
             kwargs["password"] = config.password
         self._connect_kwargs = kwargs
         self._zero_dates = zero_dates
-        self._pool = BoundedPool[_Conn](
-            self._connect,
-            lambda conn: _close_raw(conn.raw),
-            min_size=pool_min,
-            max_size=pool_max,
-            timeout=pool_timeout,
-            check=self._ping,
-        )
-        self._closed = False
+        self._open_pool(server)
 
     # -- connections --------------------------------------------------------------------
 
@@ -751,29 +611,15 @@ class MySQLConnector(Connector):
             raise self._map_error(exc) from None
         return _Conn(raw, "mariadb" in version.lower())
 
-    @staticmethod
-    def _ping(conn: _Conn) -> bool:
+    def _discard(self, conn: _Conn) -> None:
+        _close_raw(conn.raw)
+
+    def _ping(self, conn: _Conn) -> bool:
         conn.raw.ping(reconnect=False)
         return True
 
-    def _acquire(self) -> _Conn:
-        if self._closed:
-            raise SourceUnavailable("the MySQL connector is closed")
-        try:
-            return self._pool.acquire()
-        except PoolTimeout:
-            raise SourceUnavailable(
-                f"no MySQL connection to {self._where} within {self._pool.timeout:g}s: every "
-                "pooled connection is busy; try again later or raise pool_max"
-            ) from None
-
-    def _give_back(self, conn: _Conn, *, reuse: bool) -> None:
-        if reuse:
-            try:
-                conn.raw.rollback()  # read-only: nothing to keep
-            except Exception:
-                reuse = False
-        self._pool.release(conn, reuse=reuse)
+    def _reset(self, conn: _Conn) -> None:
+        conn.raw.rollback()  # read-only: nothing to keep
 
     def _begin(self, conn: _Conn, timeout: float | None) -> None:
         """Set the statement timeout (when it changed) and open the read-only transaction."""
@@ -822,7 +668,7 @@ class MySQLConnector(Connector):
         reuse = False
         try:
             self._begin(conn, None)
-            filter_sql, filter_params = _schema_filter(schemas)
+            filter_sql, filter_params = schema_filter("c.TABLE_SCHEMA", SYSTEM_SCHEMAS, schemas)
             with conn.raw.cursor() as cur:
                 cur.execute(_COLUMNS_SQL.format(filter=filter_sql), filter_params)
                 column_rows = list(cur.fetchall())
@@ -856,10 +702,6 @@ class MySQLConnector(Connector):
                 raise
             raise self._map_error(exc) from None
         return _MySQLHandle(self, conn, sql, bound, timeout, batch_rows)
-
-    def close(self) -> None:
-        self._closed = True
-        self._pool.close()
 
     # -- errors -------------------------------------------------------------------------
 
@@ -907,19 +749,6 @@ class MySQLConnector(Connector):
 
 
 # -- discovery ---------------------------------------------------------------------------
-
-
-def _schema_filter(schemas: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
-    system = tuple(SYSTEM_SCHEMAS)
-    clause = "c.TABLE_SCHEMA NOT IN (" + ", ".join(["%s"] * len(system)) + ")"
-    params: tuple[Any, ...] = system
-    if schemas is not None:
-        wanted = tuple(schemas)
-        if not wanted:
-            return "1 = 0", ()
-        clause += " AND c.TABLE_SCHEMA IN (" + ", ".join(["%s"] * len(wanted)) + ")"
-        params += wanted
-    return clause, params
 
 
 _COLUMNS_SQL = """

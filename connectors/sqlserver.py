@@ -57,6 +57,7 @@ server's message is never passed on (conversion errors echo values), nor the pas
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -64,24 +65,25 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pymssql
+from cachetools import LRUCache
 
-from connectors.arrow_types import slices, unrepresentable
 from connectors.base import (
-    Connector,
     ConnectorConfig,
     ParamStyle,
     QueryHandle,
     check_execute_arguments,
 )
-from connectors.discovery import TableAssembler
-from connectors.pool import BoundedPool, PoolTimeout
+from connectors.batches import slices, unrepresentable
+from connectors.blocking import BlockingQueryHandle
+from connectors.discovery import TableAssembler, schema_filter
+from connectors.placeholders import rewrite_format_placeholders
+from connectors.pooled import PooledConnector, server_settings
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -170,8 +172,6 @@ def mssql_arrow_type(
 
 # -- parameters --------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"%(.|$)", re.DOTALL)
-
 
 def _nstring(text: str) -> str:
     return "N'" + text.replace("'", "''") + "'"
@@ -231,24 +231,7 @@ def bind_statement(sql: str, params: Sequence[Any]) -> tuple[str, str, str]:
     parameter declarations, the full `EXEC sp_executesql` batch). InvalidArgument when
     the number of values differs from the number of placeholders."""
     values = list(params)
-    count = 0
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal count
-        follower = match.group(1)
-        if follower == "%":
-            return "%"
-        if follower == "s":
-            count += 1
-            return f"@P{count}"
-        raise InvalidArgument("the statement has a stray '%'; a literal % must be written %%")
-
-    statement = _PLACEHOLDER.sub(replace, sql)
-    if count != len(values):
-        raise InvalidArgument(
-            f"the statement has {count} placeholder(s) but {len(values)} value(s) were given; "
-            "pass one value per placeholder"
-        )
+    statement = rewrite_format_placeholders(sql, len(values), lambda n: f"@P{n}")
     if not values:
         return statement, "", statement
     typed = [_typed_literal(v) for v in values]
@@ -395,32 +378,13 @@ class _Columns:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
-class _DescribeCache:
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[tuple[str, str], list[tuple[str, str]]] = OrderedDict()
-        self._lock = threading.Lock()
+class _SqlServerHandle(BlockingQueryHandle[pymssql.Connection]):
+    """A query on a pooled connection. FreeTDS's per-call timeout is its deadline (no
+    watcher), and nothing interrupts it from another thread: `cancel` only flags it, and
+    the reading thread stops at the next batch boundary (dbcancel there)."""
 
-    def get(self, key: tuple[str, str]) -> list[tuple[str, str]] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+    cancelled_message = "the query was cancelled"
 
-    def put(self, key: tuple[str, str], value: list[tuple[str, str]]) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def drop(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._items.pop(key, None)
-
-
-class _SqlServerHandle(QueryHandle):
     def __init__(
         self,
         connector: SqlServerConnector,
@@ -431,53 +395,30 @@ class _SqlServerHandle(QueryHandle):
         batch_rows: int,
         deadline: float | None,
     ) -> None:
+        super().__init__(conn, timeout, deadlines=None)
         self._connector = connector
-        self._conn: pymssql.Connection | None = conn
         self._batch = batch
         self._columns = columns
-        self._timeout = timeout
-        self._deadline = deadline
+        self._deadline_at = deadline
         self._batch_rows = batch_rows
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._timed_out = False
-        self._closed = False
-        self._busy = False
-        self._finished = False
-        self._started = False
         self._reader = pa.RecordBatchReader.from_batches(columns.schema, self._batches())
 
     @property
     def reader(self) -> pa.RecordBatchReader:
         return self._reader
 
-    def cancel(self) -> None:
-        with self._lock:
-            if self._closed or self._timed_out:
-                return
-            self._cancelled = True
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            busy = self._busy
-        if not busy:  # a busy reader releases the connection when its call returns
-            self._release(reuse=not self._started or self._finished)
-
     def _batches(self) -> Iterator[pa.RecordBatch]:
         reuse = False
         try:
             self._check()
-            conn = self._conn
+            conn = self._resource
             if conn is None:
                 raise Cancelled("the query handle was closed")
             cursor = conn.cursor()
-            self._call(lambda: cursor.execute(self._batch))
+            self._call(conn, lambda: cursor.execute(self._batch))
             self._started = True
             while True:
-                rows = self._call(lambda: cursor.fetchmany(self._batch_rows))
+                rows = self._call(conn, lambda: cursor.fetchmany(self._batch_rows))
                 if len(rows) < self._batch_rows:
                     self._finished = True
                 self._check()
@@ -489,72 +430,39 @@ class _SqlServerHandle(QueryHandle):
         except GeneratorExit:
             raise
         finally:
-            self._release(reuse=reuse)
+            self._release(ok=reuse)
 
-    def _call(self, fn: Any) -> Any:
+    def _call(self, conn: pymssql.Connection, fn: Any) -> Any:
         """One driver call, bounded by the query's remaining time (the watchdog)."""
-        with self._lock:
-            self._check_locked()
-            self._busy = True
-            conn = self._conn
+        self._enter()
         try:
-            assert conn is not None
-            self._connector._arm(conn, self._deadline)
+            self._connector._arm(conn, self._deadline_at)
             return fn()
         except FabricError:
             raise
         except Exception as exc:
-            number = error_number(exc)
-            if number == _DBLIB_TIMEOUT and self._deadline is not None:
-                self._timed_out = True
             raise self._map(exc) from None
         finally:
-            with self._lock:
-                self._busy = False
+            self._leave()
 
-    def _map(self, exc: BaseException) -> FabricError:
-        flagged = self._flag_error()
-        if flagged is not None:
-            return flagged
+    def _is_source_timeout(self, exc: BaseException) -> bool:
+        return error_number(exc) == _DBLIB_TIMEOUT
+
+    def _translate_error(self, exc: BaseException) -> FabricError:
         return map_mssql_error(exc, self._connector._where)
 
-    def _flag_error(self) -> FabricError | None:
-        if self._timed_out:
-            return DeadlineExceeded(
-                f"the query ran past its timeout of {self._timeout}s and was cancelled at "
-                "the source; narrow it or raise the timeout"
-            )
-        if self._cancelled:
-            return Cancelled("the query was cancelled")
-        if self._closed:
-            return Cancelled("the query handle was closed")
-        return None
-
-    def _check_locked(self) -> None:
-        flagged = self._flag_error()
-        if flagged is not None:
-            raise flagged
-
-    def _check(self) -> None:
-        with self._lock:
-            self._check_locked()
-
-    def _release(self, *, reuse: bool) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            unfinished = self._started and not self._finished
-        if conn is None:
-            return
-        if unfinished:
-            try:
+    def _settle(self, conn: pymssql.Connection, *, ok: bool) -> bool:
+        if self._started and not self._finished:
+            with contextlib.suppress(Exception):
                 conn._conn.cancel()  # dbcancel in this thread: the server stops the query
-            except Exception:
-                reuse = False
-            reuse = False  # state after a cancel is not worth trusting
-        self._connector._give_back(conn, reuse=reuse and not self._timed_out)
+            return False  # state after a cancel is not worth trusting
+        return ok and not self._timed_out
+
+    def _give_back(self, conn: pymssql.Connection, *, ok: bool) -> None:
+        self._connector._give_back(conn, reuse=ok)
 
 
-class SqlServerConnector(Connector):
+class SqlServerConnector(PooledConnector[pymssql.Connection]):
     """SQL Server 2016+ (DATETRUNC needs 2022) through pymssql; see the module docstring.
 
     Settings: host (required), port (1433), database, user (required), encryption
@@ -569,46 +477,28 @@ class SqlServerConnector(Connector):
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
     supports_cancel: ClassVar[bool] = False
     max_identifier_length: ClassVar[int] = 128
+    source_name: ClassVar[str] = "SQL Server"
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
-        host = config.get_str("host")
-        user = config.get_str("user")
-        if not host:
-            raise InvalidArgument("setting 'host' is required for a SQL Server connection")
-        if not user:
-            raise InvalidArgument("setting 'user' is required for a SQL Server connection")
-        try:
-            port = config.get_int("port", 1433)
-            login_timeout = config.get_int("login_timeout", 10)
-            timeout = config.get_int("timeout", _DEFAULT_TIMEOUT)
-            pool_min = config.get_int("pool_min", 0)
-            pool_max = config.get_int("pool_max", 5)
-            pool_timeout = float(config.settings.get("pool_timeout", 10.0))
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                "port, login_timeout, timeout, pool_min, pool_max and pool_timeout must be numbers"
-            ) from None
-        assert port is not None and pool_min is not None and pool_max is not None
-        if not 0 < port < 65536:
-            raise InvalidArgument("port must be between 1 and 65535")
-        if login_timeout is None or login_timeout < 1:
-            raise InvalidArgument("login_timeout must be at least 1 second")
-        if timeout is None or timeout < 1:
-            raise InvalidArgument("timeout must be at least 1 second")
-        if not (0 <= pool_min <= pool_max and pool_max >= 1):
-            raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
+        server = server_settings(
+            config,
+            self.source_name,
+            default_port=1433,
+            timeouts={"login_timeout": 10, "timeout": _DEFAULT_TIMEOUT},
+        )
+        timeout = server.seconds["timeout"]
+        assert timeout is not None
         encryption = config.get_str("encryption")
         if encryption is not None and encryption not in ("off", "request", "require"):
             raise InvalidArgument("encryption must be 'off', 'request' or 'require'")
-        self._where = f"{host}:{port}"
         self._call_timeout = timeout
         kwargs: dict[str, Any] = {
-            "server": host,
-            "port": str(port),
-            "user": user,
+            "server": server.host,
+            "port": str(server.port),
+            "user": server.user,
             "database": config.get_str("database") or "",
-            "login_timeout": login_timeout,
+            "login_timeout": server.seconds["login_timeout"],
             "timeout": timeout,
             "appname": config.get_str("application_name", "fabric"),
             "tds_version": config.get_str("tds_version", "7.4"),
@@ -621,16 +511,11 @@ class SqlServerConnector(Connector):
         if config.password is not None:
             kwargs["password"] = config.password
         self._connect_kwargs = kwargs
-        self._describe_cache = _DescribeCache(_DESCRIBE_CACHE_SIZE)
-        self._pool = BoundedPool[pymssql.Connection](
-            self._connect,
-            lambda conn: conn.close(),
-            min_size=pool_min,
-            max_size=pool_max,
-            timeout=pool_timeout,
-            check=self._ping,
+        self._describe_cache: LRUCache[tuple[str, str], list[tuple[str, str]]] = LRUCache(
+            _DESCRIBE_CACHE_SIZE
         )
-        self._closed = False
+        self._describe_lock = threading.Lock()
+        self._open_pool(server)
 
     # -- connections --------------------------------------------------------------------
 
@@ -656,26 +541,13 @@ class SqlServerConnector(Connector):
             seconds = max(1, math.ceil(deadline - time.monotonic()))
         conn._conn.query_timeout = seconds
 
-    def _acquire(self) -> pymssql.Connection:
-        if self._closed:
-            raise SourceUnavailable("the SQL Server connector is closed")
-        try:
-            return self._pool.acquire()
-        except PoolTimeout:
-            raise SourceUnavailable(
-                f"no SQL Server connection to {self._where} within {self._pool.timeout:g}s: "
-                "every pooled connection is busy; try again later or raise pool_max"
-            ) from None
+    def _discard(self, conn: pymssql.Connection) -> None:
+        conn.close()
 
-    def _give_back(self, conn: pymssql.Connection, *, reuse: bool) -> None:
-        if reuse:
-            try:
-                self._arm(conn, None)
-                with conn.cursor() as cur:
-                    cur.execute(_ROLLBACK)
-            except Exception:
-                reuse = False
-        self._pool.release(conn, reuse=reuse)
+    def _reset(self, conn: pymssql.Connection) -> None:
+        self._arm(conn, None)
+        with conn.cursor() as cur:
+            cur.execute(_ROLLBACK)
 
     # -- contract -----------------------------------------------------------------------
 
@@ -740,15 +612,12 @@ class SqlServerConnector(Connector):
             raise map_mssql_error(exc, self._where) from None
         return _SqlServerHandle(self, conn, batch, columns, timeout, batch_rows, deadline)
 
-    def close(self) -> None:
-        self._closed = True
-        self._pool.close()
-
     # -- describe -----------------------------------------------------------------------
 
     def _describe(self, conn: pymssql.Connection, statement: str, declarations: str) -> _Columns:
         key = (statement, declarations)
-        described = self._describe_cache.get(key)
+        with self._describe_lock:
+            described = self._describe_cache.get(key)
         if described is None:
             with conn.cursor() as cur:
                 cur.execute(DESCRIBE_SQL, (statement, declarations or None))
@@ -758,7 +627,8 @@ class SqlServerConnector(Connector):
                 number = str(rows[0][2])
                 raise SourceQueryError(f"the source refused the query: SQL Server error {number}")
             described = [(str(name or ""), str(type_name)) for name, type_name, _ in rows]
-            self._describe_cache.put(key, described)
+            with self._describe_lock:
+                self._describe_cache[key] = described
         return _Columns(described)
 
 
@@ -773,18 +643,9 @@ ORDER BY column_ordinal
 """Result columns of a statement (parameters: statement text, parameter declarations)."""
 
 
-def discovery_filter(schemas: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+def discovery_filter(schemas: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
     """The WHERE fragment on `s.name` (the schema) and its values, FORMAT style."""
-    system = tuple(SYSTEM_SCHEMAS)
-    clause = "s.name NOT IN (" + ", ".join(["%s"] * len(system)) + ")"
-    params: tuple[Any, ...] = system
-    if schemas is not None:
-        wanted = tuple(schemas)
-        if not wanted:
-            return "1 = 0", ()
-        clause += " AND s.name IN (" + ", ".join(["%s"] * len(wanted)) + ")"
-        params += wanted
-    return clause, params
+    return schema_filter("s.name", SYSTEM_SCHEMAS, schemas)
 
 
 COLUMNS_SQL = """

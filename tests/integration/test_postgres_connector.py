@@ -371,7 +371,7 @@ def test_every_decode_route_gives_the_same_values_and_errors(
 ) -> None:
     """Python parsing (a few rows), Arrow casts and the CSV reader agree on every value,
     including the ones that must fail."""
-    from connectors.arrow_types import PgColumn, TextDecoder
+    from connectors.postgres.decode import PgColumn, TextDecoder
 
     decoder = TextDecoder([PgColumn("v", oid, typmod), PgColumn("n", 23)])
 
@@ -414,7 +414,7 @@ _CANONICAL: list[tuple[int, int, str, Any]] = [
 def test_a_few_rows_of_canonical_values_take_the_python_route(
     oid: int, typmod: int, text: str, expected: Any
 ) -> None:
-    from connectors.arrow_types import SMALL_ROWS, PgColumn, TextDecoder
+    from connectors.postgres.decode import SMALL_ROWS, PgColumn, TextDecoder
 
     decoder = TextDecoder([PgColumn("v", oid, typmod), PgColumn("n", 23)])
     batch = decoder.from_text_rows_python([(text, "1"), (None, None)])
@@ -432,7 +432,7 @@ def test_a_few_rows_of_canonical_values_take_the_python_route(
 
 
 def test_types_without_an_exact_python_parser_take_the_vectorized_route() -> None:
-    from connectors.arrow_types import PgColumn, TextDecoder
+    from connectors.postgres.decode import PgColumn, TextDecoder
 
     for oid in (700, 17, 1186):  # float4 (double rounding), bytea, interval
         decoder = TextDecoder([PgColumn("v", oid), PgColumn("n", 23)])

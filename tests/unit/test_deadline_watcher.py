@@ -1,4 +1,4 @@
-"""The PostgreSQL connector's deadline watcher: one thread for every query's deadline,
+"""The connectors' deadline watcher: one thread for every query's deadline,
 woken only when a new deadline comes before its next wake-up."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
-from connectors.postgres import _DeadlineWatcher
+from connectors.blocking import DeadlineWatcher
 
 
 def test_an_early_deadline_added_after_late_ones_fires_on_time() -> None:
-    watcher = _DeadlineWatcher()
+    watcher = DeadlineWatcher()
     fired: list[str] = []
     late_fired = threading.Event()
     early_fired = threading.Event()
@@ -26,7 +26,7 @@ def test_an_early_deadline_added_after_late_ones_fires_on_time() -> None:
 
 
 def test_later_deadlines_do_not_wake_the_thread_and_removed_ones_never_fire() -> None:
-    watcher = _DeadlineWatcher()
+    watcher = DeadlineWatcher()
     first = watcher.add(120.0, lambda: None)
     wake_at = watcher._wake_at
     assert wake_at <= time.monotonic() + 120.0

@@ -1,4 +1,4 @@
-"""PostgreSQL type -> Arrow type mapping, and the text -> Arrow decoder both paths share.
+"""PostgreSQL type -> Arrow type mapping, and the text -> Arrow decoder every path shares.
 
 One mapping serves `introspect` (what the catalog shows) and `execute` (what the reader
 returns), so a column never changes type between discovery and query.
@@ -74,6 +74,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from connectors.batches import unrepresentable
 from fabric.errors import SourceQueryError
 
 # PostgreSQL built-in type OIDs (pg_type.dat).
@@ -134,14 +135,6 @@ class PgColumn:
     name: str
     type_oid: int
     typmod: int = -1
-
-
-def unrepresentable(column: int, name: str, arrow_type: pa.DataType) -> SourceQueryError:
-    return SourceQueryError(
-        f"result column #{column + 1} ({name!r}) holds a value that cannot be represented "
-        f"exactly as {arrow_type}; cast or round it in the query (e.g. round(x, 10) or "
-        "x::float8, or ::text)"
-    )
 
 
 _CSV_COLUMN = re.compile(r"CSV column #(\d+)")
@@ -398,17 +391,11 @@ class TextDecoder:
 
     def from_text_rows(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch:
         """Rows of PostgreSQL text values (psycopg text loaders) -> one record batch."""
-        if not self.columns:
-            return pa.RecordBatch.from_pylist([{}] * len(rows), schema=self.schema)
-        if not rows:
-            return self.empty()
-        if len(rows) <= SMALL_ROWS:
+        if self.columns and len(rows) <= SMALL_ROWS:
             batch = self.from_text_rows_python(rows)
             if batch is not None:
                 return batch
-        if self._fast is not None:
-            return self._from_text_rows_fast(rows, self._fast)
-        return self.from_text_rows_csv(rows)
+        return self.from_text_rows_arrow(rows)
 
     def from_text_rows_python(self, rows: Sequence[Sequence[str | None]]) -> pa.RecordBatch | None:
         """`from_text_rows` by parsing each value in Python (for a few rows); None when a
@@ -503,10 +490,3 @@ class TextDecoder:
             return fn()
         except pa.ArrowException as exc:
             raise self.error_from_arrow(exc) from None
-
-
-def slices(batch: pa.RecordBatch, max_rows: int) -> list[pa.RecordBatch]:
-    """The batch cut into zero-copy slices of at most `max_rows` rows."""
-    if batch.num_rows <= max_rows:
-        return [batch]
-    return [batch.slice(i, max_rows) for i in range(0, batch.num_rows, max_rows)]

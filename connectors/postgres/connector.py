@@ -1,0 +1,310 @@
+"""`PostgresConnector`: settings, the connection pool, and which path runs a query."""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import psycopg
+from cachetools import TTLCache
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from connectors.base import (
+    Connector,
+    ConnectorConfig,
+    ParamStyle,
+    QueryHandle,
+    check_execute_arguments,
+)
+from connectors.postgres.decode import PgColumn, TextDecoder
+from connectors.postgres.errors import map_error
+from connectors.postgres.introspection import (
+    COLUMNS_SQL,
+    CONSTRAINTS_SQL,
+    SYSTEM_SCHEMAS,
+    build_tables,
+)
+from connectors.postgres.pipeline import QUERY_START
+from connectors.postgres.session import Session, begin, configure_connection
+from connectors.postgres.small import execute_small
+from connectors.postgres.worker import (
+    PgHandle,
+    describe,
+    start_copy,
+    start_cursor,
+    start_stream,
+)
+from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
+from fabric.model import TableInfo
+
+_DESCRIBE_CACHE_SIZE = 256
+_DESCRIBE_CACHE_TTL = 300.0
+_DECODER_CACHE_SIZE = 256
+_NO_WAIT = 0.001  # getconn's timeout once the pool has said a connection is free
+
+
+class PostgresConnector(Connector):
+    """PostgreSQL through psycopg 3 and psycopg_pool.
+
+    Settings: host (required), port (5432), database (required), user (required),
+    sslmode, connect_timeout (s, default 10), application_name (default "fabric"),
+    pool_min (1), pool_max (10), pool_timeout (s to wait for a free connection, default
+    connect_timeout). The password comes from `config.password` only.
+    """
+
+    kind: ClassVar[str] = "postgres"
+    dialect: ClassVar[str] = "postgres"
+    param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
+    supports_cancel: ClassVar[bool] = True
+    max_identifier_length: ClassVar[int] = 63
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        try:
+            host = config.get_str("host")
+            port = config.get_int("port", 5432)
+            database = config.get_str("database")
+            user = config.get_str("user")
+            connect_timeout = config.get_int("connect_timeout", 10)
+            pool_min = config.get_int("pool_min", 1)
+            pool_max = config.get_int("pool_max", 10)
+            pool_timeout = float(config.settings.get("pool_timeout", connect_timeout or 10))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"invalid PostgreSQL connection setting: {exc}") from None
+        missing = [k for k, v in (("host", host), ("database", database), ("user", user)) if not v]
+        if missing:
+            raise InvalidArgument(f"PostgreSQL connection settings miss {', '.join(missing)}")
+        assert pool_min is not None and pool_max is not None and port is not None
+        if not (0 <= pool_min <= pool_max and pool_max >= 1):
+            raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
+        if connect_timeout is not None and connect_timeout < 1:
+            raise InvalidArgument("connect_timeout must be at least 1 second")
+        self._where = f"{host}:{port}"
+        kwargs: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "dbname": database,
+            "user": user,
+            "connect_timeout": connect_timeout,
+            "application_name": config.get_str("application_name", "fabric"),
+        }
+        sslmode = config.get_str("sslmode")
+        if sslmode:
+            kwargs["sslmode"] = sslmode
+        if config.password is not None:
+            kwargs["password"] = config.password
+        self._connect_kwargs = kwargs
+        self._pool_min, self._pool_max, self._pool_timeout = pool_min, pool_max, pool_timeout
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        # the decoder of a statement without parameters, per text (LRU, time-limited)
+        self._describe_cache: TTLCache[str, TextDecoder] = TTLCache(
+            _DESCRIBE_CACHE_SIZE, _DESCRIBE_CACHE_TTL, timer=time.monotonic
+        )
+        self._describe_lock = threading.Lock()
+        self._decoders: dict[tuple[tuple[bytes | None, int, int], ...], TextDecoder] = {}
+        self._sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], Session] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sessions_lock = threading.Lock()
+
+    # -- connections --------------------------------------------------------------------
+
+    def _get_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        with self._pool_lock:
+            if self._closed:
+                raise SourceUnavailable("the PostgreSQL connector is closed")
+            if self._pool is None:
+                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                    conninfo="",
+                    kwargs={**self._connect_kwargs, "autocommit": True},
+                    min_size=self._pool_min,
+                    max_size=self._pool_max,
+                    timeout=self._pool_timeout,
+                    configure=configure_connection,
+                    name=f"fabric-postgres-{self._where}",
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def _acquire(self) -> psycopg.Connection[Any]:
+        pool = self._get_pool()
+        try:
+            return pool.getconn(timeout=self._pool_timeout)
+        except PoolTimeout:
+            raise SourceUnavailable(
+                f"no PostgreSQL connection to {self._where} within {self._pool_timeout:g}s: "
+                "the server is down or unreachable, rejects the credentials, or every pooled "
+                "connection is busy; check the connection settings and try again"
+            ) from None
+
+    def _acquire_now(self) -> psycopg.Connection[Any] | None:
+        """A pooled connection that is free now, or None (never waits: the event loop's
+        call; a pool still opening, full or down leaves the query to a worker thread)."""
+        try:
+            pool = self._get_pool()
+        except SourceUnavailable:
+            return None
+        if not pool.get_stats().get("pool_available", 0):
+            return None
+        try:
+            return pool.getconn(timeout=_NO_WAIT)
+        except PoolTimeout:
+            return None
+
+    def _session(self, conn: psycopg.Connection[Any]) -> Session:
+        with self._sessions_lock:
+            session = self._sessions.get(conn)
+            if session is None:
+                session = self._sessions[conn] = Session()
+            return session
+
+    def _give_back(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
+        pool = self._pool
+        try:
+            status = conn.pgconn.transaction_status
+            if status == pq.TransactionStatus.ACTIVE:
+                conn.close()  # a query still runs: never hand that connection out
+            elif status != pq.TransactionStatus.IDLE:
+                if commit and status == pq.TransactionStatus.INTRANS:
+                    conn.execute("COMMIT")
+                else:
+                    conn.execute("ROLLBACK")
+        except Exception:
+            conn.close()
+        if pool is not None:
+            pool.putconn(conn)
+        else:
+            conn.close()
+
+    # -- contract -----------------------------------------------------------------------
+
+    def test(self) -> None:
+        try:
+            with psycopg.connect(**self._connect_kwargs, autocommit=True) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from None
+
+    def introspect(self, schemas: Sequence[str] | None = None) -> list[TableInfo]:
+        conn = self._acquire()
+        ok = False
+        try:
+            begin(conn, None)
+            wanted = list(schemas) if schemas is not None else None
+            cur = conn.cursor()
+            cur.execute(COLUMNS_SQL, {"schemas": wanted, "system": list(SYSTEM_SCHEMAS)})
+            column_rows = cur.fetchall()
+            cur.execute(CONSTRAINTS_SQL, {"schemas": wanted, "system": list(SYSTEM_SCHEMAS)})
+            constraint_rows = cur.fetchall()
+            ok = True
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from None
+        finally:
+            self._give_back(conn, commit=ok)
+        return build_tables(column_rows, constraint_rows)
+
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> QueryHandle:
+        check_execute_arguments(timeout, batch_rows)
+        params = tuple(params)
+        conn = self._acquire()
+        handle = PgHandle(self, conn, timeout, batch_rows)
+        try:
+            if not params:
+                begin(conn, timeout)
+                start_copy(self, handle, conn, sql)
+            elif conn.pgconn.transaction_status == pq.TransactionStatus.IDLE and QUERY_START.match(
+                sql
+            ):
+                start_stream(self, handle, conn, sql, params, timeout)
+            else:
+                begin(conn, timeout)
+                start_cursor(handle, conn, sql, params)
+        except BaseException as exc:
+            mapped = handle._map(exc) if not isinstance(exc, FabricError) else exc
+            handle._release(ok=False)
+            if mapped is exc:
+                raise
+            raise mapped from None
+        return handle
+
+    async def execute_small(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        max_rows: int,
+    ) -> QueryHandle | None:
+        """The parameterized path, driven by the event loop (psycopg's `wait_async` on the
+        connection's socket) for a statement of at most `max_rows` rows: the same
+        pipeline, guard and prepared statements as `execute`, without a flush request
+        (the whole answer comes in one read), the rows decoded at once. None, before
+        anything is sent, when a worker thread must do it: no parameters (the COPY
+        path), not a plain query, or no free pooled connection at this moment; None too
+        when the server says a prepared statement went stale (this query then runs in a
+        worker thread; the pipeline of the connection's next query deallocates them). If
+        more rows come than `max_rows` allows (a stale primary key in the catalog), the
+        handle streams the rest from a worker thread like `execute`'s. A caller that goes
+        away cancels the query at the server and cleans up the connection in a worker
+        thread."""
+        return await execute_small(self, sql, params, timeout=timeout, max_rows=max_rows)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        with self._describe_lock:
+            self._describe_cache.clear()
+
+    # -- decoders -----------------------------------------------------------------------
+
+    def _statement_decoder(self, conn: psycopg.Connection[Any], text: str) -> TextDecoder:
+        """The decoder of a statement without parameters, described once per text."""
+        with self._describe_lock:
+            decoder = self._describe_cache.get(text)
+        if decoder is None:
+            decoder = describe(conn, text)
+            with self._describe_lock:
+                self._describe_cache[text] = decoder
+        return decoder
+
+    def _forget_decoder(self, text: str) -> None:
+        """Drop a statement's decoder after a conversion error: an ALTER TABLE heals."""
+        with self._describe_lock:
+            self._describe_cache.pop(text, None)
+
+    def _decoder(self, res: pq.abc.PGresult, encoding: str) -> TextDecoder:
+        """The decoder of a result's description, cached (building one costs more than a
+        point query)."""
+        key = tuple((res.fname(i), res.ftype(i), res.fmod(i)) for i in range(res.nfields))
+        decoder = self._decoders.get(key)
+        if decoder is None:
+            decoder = TextDecoder(
+                [PgColumn((name or b"").decode(encoding), oid, mod) for name, oid, mod in key]
+            )
+            if len(self._decoders) >= _DECODER_CACHE_SIZE:
+                self._decoders.clear()
+            self._decoders[key] = decoder
+        return decoder
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _map_error(self, exc: BaseException) -> FabricError:
+        return map_error(exc, self._where)
