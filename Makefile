@@ -39,7 +39,7 @@ bench-quick: $(BENCH_STAMP)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy fabric connectors
+	$(BIN)/mypy fabric connectors tests
 	$(BIN)/lint-imports --no-cache
 
 proto: setup

@@ -218,7 +218,7 @@ class MySQLSource(Source):
     length_function = "char_length"  # LENGTH counts bytes in MySQL
 
     def __init__(self, url: str) -> None:
-        import pymysql
+        import pymysql  # type: ignore[import-untyped]  # no stubs are published with PyMySQL
 
         self.url = url
         tag = uuid.uuid4().hex[:12]

@@ -61,7 +61,7 @@ class MariaDB:
     """Databases matching the golden catalog, with a few rows, dropped afterwards."""
 
     def __init__(self, url: str) -> None:
-        import pymysql
+        import pymysql  # type: ignore[import-untyped]  # no stubs are published with PyMySQL
 
         tag = uuid.uuid4().hex[:10]
         self.schemas = {"sales": f"fabric_dial_{tag}_sales", "Analytics": f"fabric_dial_{tag}_An"}

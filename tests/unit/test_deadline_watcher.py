@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from connectors.blocking import DeadlineWatcher
 
@@ -14,10 +15,18 @@ def test_an_early_deadline_added_after_late_ones_fires_on_time() -> None:
     fired: list[str] = []
     late_fired = threading.Event()
     early_fired = threading.Event()
-    late = watcher.add(60.0, lambda: (fired.append("late"), late_fired.set()))
+
+    def fire(name: str, event: threading.Event) -> Callable[[], None]:
+        def record() -> None:
+            fired.append(name)
+            event.set()
+
+        return record
+
+    late = watcher.add(60.0, fire("late", late_fired))
     watcher.add(30.0, lambda: fired.append("later still"))
     started = time.monotonic()
-    watcher.add(0.05, lambda: (fired.append("early"), early_fired.set()))
+    watcher.add(0.05, fire("early", early_fired))
     assert early_fired.wait(timeout=5)
     assert time.monotonic() - started >= 0.05
     assert fired == ["early"]

@@ -85,9 +85,9 @@ def test_discovery_sql_is_valid_tsql(name: str, schemas: list[str] | None) -> No
     template = {"COLUMNS_SQL": COLUMNS_SQL, "KEYS_SQL": KEYS_SQL, "DESCRIBE_SQL": DESCRIBE_SQL}[
         name
     ]
-    clause, params = discovery_filter(schemas)
+    clause, schema_params = discovery_filter(schemas)
     sql = template.format(filter=clause) if "{filter}" in template else template
-    params = params * template.count("{filter}")  # as introspect passes them
+    params: tuple[str | None, ...] = schema_params * template.count("{filter}")  # as introspect
     if name == "DESCRIBE_SQL":
         params = ("SELECT 1 AS x", None)
     # pymssql's own substitution, as cursor.execute does it: placeholders == values
