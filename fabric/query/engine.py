@@ -481,14 +481,7 @@ class QueryEngine:
                         yield item
                 outcome = "ok"
                 return
-            key = ResultKey.build(
-                ctx.tenant,
-                ctx.stage,
-                request.connection,
-                bound.catalog.version,
-                compiled.fingerprint,
-                request.params,
-            )
+            key = _result_key(ctx, request, bound, compiled)
             while True:
                 hit = self.results.get(key)
                 if hit is not None:
@@ -648,14 +641,7 @@ class QueryEngine:
         bound, compiled, args = await self._compile(ctx, request, max_rows)
         key = None
         if ttl > 0:
-            key = ResultKey.build(
-                ctx.tenant,
-                ctx.stage,
-                request.connection,
-                bound.catalog.version,
-                compiled.fingerprint,
-                request.params,
-            )
+            key = _result_key(ctx, request, bound, compiled)
             hit = self.results.get(key)
             if hit is not None:
                 reader = open_ipc_stream(hit.messages)
@@ -812,6 +798,21 @@ def log_failure(
 
 def _elapsed_us(started: float) -> int:
     return int((time.perf_counter() - started) * 1_000_000)
+
+
+def _result_key(
+    ctx: RequestContext, request: QueryRequest, bound: BoundSource, compiled: CompiledStatement
+) -> ResultKey:
+    """The result cache key of one execution: the caller's tenant and stage, the catalog
+    version the statement was compiled against, the statement and its parameters."""
+    return ResultKey.build(
+        ctx.tenant,
+        ctx.stage,
+        request.connection,
+        bound.catalog.version,
+        compiled.fingerprint,
+        request.params,
+    )
 
 
 def _cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> PagedResult:
