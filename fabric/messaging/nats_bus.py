@@ -48,8 +48,7 @@ from fabric.messaging.bus import (
     Headers,
     Message,
     Responder,
-    check_headers,
-    check_payload,
+    checked_outgoing,
     events_filter,
     validate_queue,
     validate_subject,
@@ -347,9 +346,7 @@ class NatsBus:
         return SourceUnavailable(f"cannot {what} on {subject!r} ({type(exc).__name__})")
 
     async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None:
-        validate_subject(subject, wildcards=False)
-        checked = check_headers(headers)
-        check_payload(subject, payload, checked, self.max_payload)
+        checked = checked_outgoing(subject, payload, headers, self.max_payload)
         try:
             await self._nc.publish(subject, bytes(payload), headers=checked or None)
         except (nats.errors.Error, OSError) as exc:
@@ -393,11 +390,7 @@ class NatsBus:
         timeout: float,
         headers: Headers | None = None,
     ) -> bytes:
-        validate_subject(subject, wildcards=False)
-        if timeout <= 0:
-            raise InvalidArgument("a request timeout must be positive")
-        checked = check_headers(headers)
-        check_payload(subject, payload, checked, self.max_payload)
+        checked = checked_outgoing(subject, payload, headers, self.max_payload, timeout=timeout)
         try:
             reply = await self._nc.request(
                 subject, bytes(payload), timeout=timeout, headers=checked or None
