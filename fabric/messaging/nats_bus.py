@@ -220,20 +220,17 @@ class NatsBus:
             "drain_timeout": drain_timeout,
             "tls_handshake_first": tls_handshake_first,
         }
-        if user is not None:
-            options["user"] = user
-        if password is not None:
-            options["password"] = password
-        if token is not None:
-            options["token"] = token
-        if creds_file is not None:
-            options["user_credentials"] = creds_file
-        if nkeys_seed_file is not None:
-            options["nkeys_seed"] = nkeys_seed_file
-        if tls is not None:
-            options["tls"] = tls
-        if tls_hostname is not None:
-            options["tls_hostname"] = tls_hostname
+        given = {
+            "user": user,
+            "password": password,
+            "token": token,
+            "user_credentials": creds_file,
+            "nkeys_seed": nkeys_seed_file,
+            "tls": tls,
+            "tls_hostname": tls_hostname,
+        }
+        # Only what was given: nats-py keeps its own defaults for the rest.
+        options.update({key: value for key, value in given.items() if value is not None})
 
         try:
             await asyncio.wait_for(nc.connect(**options), connect_deadline)
