@@ -20,6 +20,7 @@ import grpc
 from fabric.api.query_service import ContextProvider, translated_errors
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.manager import TableChoice
+from fabric.clock import elapsed_us
 from fabric.context import RequestContext
 from fabric.errors import InvalidArgument
 from fabric.model import (
@@ -297,9 +298,7 @@ class ConnectionServicer(_PlatformServicer, pb_grpc.ConnectionServiceServicer): 
         self._platform.connections.test(
             ctx.tenant, _required(request.name, "name"), stage, actor=ctx.principal
         )
-        return pb.TestConnectionResponse(
-            stage=stage, elapsed_us=int((time.perf_counter() - started) * 1_000_000)
-        )
+        return pb.TestConnectionResponse(stage=stage, elapsed_us=elapsed_us(started))
 
     @_blocking_rpc
     def ListAudit(self, request: pb.ListAuditRequest, ctx: RequestContext) -> pb.ListAuditResponse:

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from connectors import QueryHandle
 from fabric.catalog.metadata.contract import MetadataStore
-from fabric.clock import SYSTEM_CLOCK, Clock
+from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
@@ -489,7 +489,7 @@ class QueryEngine:
                     for message in hit.messages:
                         yield message
                     self.metrics.rows.inc(hit.rows)
-                    yield Summary(hit.rows, False, True, _elapsed_us(started))
+                    yield Summary(hit.rows, False, True, elapsed_us(started))
                     outcome = "ok"
                     return
                 leader = self._inflight.get(key)
@@ -566,7 +566,7 @@ class QueryEngine:
             self.metrics.rows.inc(run.rows)
             for message in first:
                 yield message
-            yield Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
             return
         pending: asyncio.Future[list[bytes] | None] | None = None
         finished = False
@@ -596,7 +596,7 @@ class QueryEngine:
             if on_complete is not None and not run.truncated:
                 on_complete(run)
             self.metrics.rows.inc(run.rows)
-            yield Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
         finally:
             await self._stop(run, pending, cancel=not finished)
 
@@ -658,7 +658,7 @@ class QueryEngine:
                 cached = builder.finish(run.rows, run.schema)
                 if cached is not None:
                     self.results.put(key, cached, ttl, epoch=epoch)
-            return Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            return Summary(run.rows, run.truncated, False, elapsed_us(started))
 
         def read(limit: int) -> pa.RecordBatch | None:
             batch = run.read_batch(limit)
@@ -796,10 +796,6 @@ def log_failure(
     )
 
 
-def _elapsed_us(started: float) -> int:
-    return int((time.perf_counter() - started) * 1_000_000)
-
-
 def _result_key(
     ctx: RequestContext, request: QueryRequest, bound: BoundSource, compiled: CompiledStatement
 ) -> ResultKey:
@@ -832,5 +828,5 @@ def _cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> Pa
         return batch
 
     return PagedResult(
-        reader.schema, read, reader.close, lambda: Summary(rows, False, True, _elapsed_us(started))
+        reader.schema, read, reader.close, lambda: Summary(rows, False, True, elapsed_us(started))
     )
