@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fabric.api.query_service import ContextProvider, translated_errors
+from fabric.api.query_service import ContextProvider, unary_rpc
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.manager import TableChoice
 from fabric.clock import elapsed_us
@@ -201,19 +201,19 @@ _Response = TypeVar("_Response")
 def _blocking_rpc(
     method: Callable[[_Servicer, _Request, RequestContext], _Response],
 ) -> Callable[[_Servicer, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
-    """A unary RPC from a blocking method of (request, caller): the caller is read on the
-    event loop, the method runs off it (metadata store, secret store, sources block), and
-    errors become statuses through `translated_errors`, named after the method."""
-    name = method.__name__
+    """A unary RPC (`unary_rpc`) from a blocking method of (request, caller): the caller
+    is read on the event loop, the method runs off it (the metadata store, the secret
+    store and the sources block)."""
 
+    @unary_rpc
     @functools.wraps(method)
     async def rpc(
-        self: _Servicer, request: _Request, context: grpc.aio.ServicerContext
+        self: _Servicer,
+        request: _Request,
+        ctx: RequestContext,
+        context: grpc.aio.ServicerContext,
     ) -> _Response:
-        async with translated_errors(context, name):
-            ctx = self._context(context)
-            return await asyncio.to_thread(method, self, request, ctx)
-        raise AssertionError("unreachable: errors abort the call")
+        return await asyncio.to_thread(method, self, request, ctx)
 
     return rpc
 
