@@ -378,6 +378,23 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_password_sources(
+    parser: argparse.ArgumentParser, password: str
+) -> argparse._MutuallyExclusiveGroup:
+    """--password-stdin and --password-prompt, one or the other (`_read_password` reads
+    them); the group, for a command that has another way to say what becomes of it."""
+    sources = parser.add_mutually_exclusive_group()
+    sources.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help=f"read {password} from the first line of standard input",
+    )
+    sources.add_argument(
+        "--password-prompt", action="store_true", help=f"ask for {password} without echoing it"
+    )
+    return sources
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fabric", description=__doc__)
     parser.add_argument("--tenant", default=DEFAULT_TENANT, help=argparse.SUPPRESS)
@@ -424,15 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--stage", default=ALL_STAGES, help="stage these settings are for (default: all stages)"
     )
-    secret = create.add_mutually_exclusive_group()
-    secret.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input",
-    )
-    secret.add_argument(
-        "--password-prompt", action="store_true", help="ask for the password without echoing it"
-    )
+    _add_password_sources(create, "the password")
     conn.add_parser("list", help="list connections")
     delete = conn.add_parser("delete", help="delete a connection and its selection")
     delete.add_argument("name")
@@ -450,15 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="the stage's settings, replacing its old ones; repeat",
     )
-    new_secret = update.add_mutually_exclusive_group()
-    new_secret.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the new password from the first line of standard input",
-    )
-    new_secret.add_argument(
-        "--password-prompt", action="store_true", help="ask for the new password without echoing it"
-    )
+    new_secret = _add_password_sources(update, "the new password")
     new_secret.add_argument(
         "--clear-password", action="store_true", help="remove the stage's password"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,17 @@ class _Stream:
         costs the gateway an abort and hides a status that arrives late)."""
         for _ in self.chunks:
             raise FabricError("the gateway sent data after the end of the result")
+
+    @contextmanager
+    def finishing(self) -> Iterator[None]:
+        """Around the reading of the IPC stream: `finish` the call when the reading
+        completes, cancel it when the reading fails or is abandoned."""
+        try:
+            yield
+            self.finish()
+        except BaseException:
+            self.cancel()
+            raise
 
     def cancel(self) -> None:
         cancel = getattr(self._call, "cancel", None)
@@ -181,20 +193,20 @@ class FabricClient:
             max_rows=max_rows,
         )
 
+    def _start(self, method: Any, request: Any) -> Any:
+        """Call a stub method with this client's timeout and metadata."""
+        return method(request, timeout=self._timeout, metadata=self._metadata)
+
     def _unary(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self._timeout, metadata=self._metadata)
+            return self._start(method, request)
         except grpc.RpcError as error:
             raise _translate(error) from None
 
     def _read(self, call: Iterator[pb.ResultChunk]) -> QueryResult:
         stream = _Stream(call)
-        try:
+        with stream.finishing():
             table = open_ipc_stream(stream.chunks).read_all()
-            stream.finish()
-        except BaseException:
-            stream.cancel()
-            raise
         if stream.summary is None:
             raise FabricError("the gateway ended the result without its summary")
         return QueryResult(table, stream.summary)
@@ -209,9 +221,7 @@ class FabricClient:
     ) -> QueryResult:
         """The whole result and its summary (rows, truncated, from_cache, time spent)."""
         request = self._request(connection, sql, params, cache_ttl, max_rows)
-        return self._read(
-            self._stub.Execute(request, timeout=self._timeout, metadata=self._metadata)
-        )
+        return self._read(self._start(self._stub.Execute, request))
 
     def query(
         self,
@@ -233,26 +243,18 @@ class FabricClient:
     ) -> pa.RecordBatchReader:
         """Stream the result batch by batch as it arrives."""
         request = self._request(connection, sql, params, cache_ttl, max_rows)
-        stream = _Stream(
-            self._stub.Execute(request, timeout=self._timeout, metadata=self._metadata)
-        )
+        stream = _Stream(self._start(self._stub.Execute, request))
         reader = open_ipc_stream(stream.chunks)
 
         def batches() -> Iterator[pa.RecordBatch]:
-            try:
+            with stream.finishing():
                 yield from reader
-                stream.finish()
-            except BaseException:
-                stream.cancel()
-                raise
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
     def preview(self, connection: str, entity: str, limit: int = 0) -> pa.Table:
         request = pb.PreviewRequest(connection=connection, entity=entity, limit=limit)
-        return self._read(
-            self._stub.Preview(request, timeout=self._timeout, metadata=self._metadata)
-        ).table
+        return self._read(self._start(self._stub.Preview, request)).table
 
     def open_statement(
         self,

@@ -7,6 +7,12 @@ import time
 from typing import Protocol
 
 
+def elapsed_us(started: float) -> int:
+    """Whole microseconds since `started`, a `time.perf_counter()` reading: the time
+    spent that result summaries report."""
+    return int((time.perf_counter() - started) * 1_000_000)
+
+
 class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds on a clock that never goes backwards; only differences mean anything."""

@@ -52,18 +52,18 @@ def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grpc.RpcMethodHandler:
     refuse = _refusal(error)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # For both kinds that answer with a stream; `request` is the request iterator
+        # when the call streams requests too.
+        await refuse(request, context)
+        yield  # pragma: no cover - abort raises
+
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             refuse, handler.request_deserializer, handler.response_serializer
         )
     if handler.unary_stream:
-
-        async def refuse_stream(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            await refuse(request, context)
-            yield  # pragma: no cover - abort raises
-
         return grpc.unary_stream_rpc_method_handler(
             refuse_stream, handler.request_deserializer, handler.response_serializer
         )
@@ -71,15 +71,8 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grp
         return grpc.stream_unary_rpc_method_handler(
             refuse, handler.request_deserializer, handler.response_serializer
         )
-
-    async def refuse_streams(
-        requests: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        await refuse(requests, context)
-        yield  # pragma: no cover - abort raises
-
     return grpc.stream_stream_rpc_method_handler(
-        refuse_streams, handler.request_deserializer, handler.response_serializer
+        refuse_stream, handler.request_deserializer, handler.response_serializer
     )
 
 

@@ -10,15 +10,18 @@ logs or echoes a password: responses say only `has_password`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
-from fabric.api.query_service import ContextProvider, translated_errors
+from fabric.api.query_service import ContextProvider, unary_rpc
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.manager import TableChoice
+from fabric.clock import elapsed_us
+from fabric.context import RequestContext
 from fabric.errors import InvalidArgument
 from fabric.model import (
     ColumnInfo,
@@ -34,12 +37,7 @@ from fabric.platform.refresh import RefreshReport, refresh_catalog
 from fabric.v1 import platform_pb2 as pb
 from fabric.v1 import platform_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
 _DEFAULT_AUDIT_LIMIT = 100
-
-
-async def _blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 # -- conversions -------------------------------------------------------------------------
@@ -187,275 +185,221 @@ def _required(value: str, what: str) -> str:
 # -- servicers ---------------------------------------------------------------------------
 
 
-class ConnectionServicer(pb_grpc.ConnectionServiceServicer):  # type: ignore[misc]
-    """Connections per stage, with write-only passwords; and the audit trail."""
+class _PlatformServicer:
+    """What both platform servicers hold: the platform, and how to read the caller."""
 
     def __init__(self, platform: Platform, context_provider: ContextProvider) -> None:
         self._platform = platform
         self._context = context_provider
+
+
+_Servicer = TypeVar("_Servicer", bound=_PlatformServicer)
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def _blocking_rpc(
+    method: Callable[[_Servicer, _Request, RequestContext], _Response],
+) -> Callable[[_Servicer, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
+    """A unary RPC (`unary_rpc`) from a blocking method of (request, caller): the caller
+    is read on the event loop, the method runs off it (the metadata store, the secret
+    store and the sources block)."""
+
+    @unary_rpc
+    @functools.wraps(method)
+    async def rpc(
+        self: _Servicer,
+        request: _Request,
+        ctx: RequestContext,
+        context: grpc.aio.ServicerContext,
+    ) -> _Response:
+        return await asyncio.to_thread(method, self, request, ctx)
+
+    return rpc
+
+
+def _expected_version(request: Any, field: str) -> int | None:
+    """An optional version field of a request: None when the caller left it unset."""
+    if request.HasField(field):
+        version: int = getattr(request, field)
+        return version
+    return None
+
+
+class ConnectionServicer(_PlatformServicer, pb_grpc.ConnectionServiceServicer):  # type: ignore[misc]
+    """Connections per stage, with write-only passwords; and the audit trail."""
 
     def _proto(self, connection: Connection) -> pb.Connection:
         version = self._platform.manager.catalog_version(connection.tenant, connection.name)
         return connection_proto(connection, version)
 
-    async def CreateConnection(
-        self, request: pb.CreateConnectionRequest, context: grpc.aio.ServicerContext
+    @_blocking_rpc
+    def CreateConnection(
+        self, request: pb.CreateConnectionRequest, ctx: RequestContext
     ) -> pb.Connection:
-        async with translated_errors(context, "CreateConnection"):
-            ctx = self._context(context)
+        connection = self._platform.connections.create(
+            ctx.tenant,
+            _required(request.name, "name"),
+            _required(request.kind, "kind"),
+            _stage_inputs(request.stages),
+            verify=request.verify,
+            actor=ctx.principal,
+        )
+        return self._proto(connection)
 
-            def create() -> pb.Connection:
-                connection = self._platform.connections.create(
-                    ctx.tenant,
-                    _required(request.name, "name"),
-                    _required(request.kind, "kind"),
-                    _stage_inputs(request.stages),
-                    verify=request.verify,
-                    actor=ctx.principal,
-                )
-                return self._proto(connection)
+    @_blocking_rpc
+    def GetConnection(self, request: pb.GetConnectionRequest, ctx: RequestContext) -> pb.Connection:
+        return self._proto(
+            self._platform.connections.get(ctx.tenant, _required(request.name, "name"))
+        )
 
-            return await _blocking(create)
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def GetConnection(
-        self, request: pb.GetConnectionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.Connection:
-        async with translated_errors(context, "GetConnection"):
-            ctx = self._context(context)
-
-            def get() -> pb.Connection:
-                return self._proto(
-                    self._platform.connections.get(ctx.tenant, _required(request.name, "name"))
-                )
-
-            return await _blocking(get)
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def ListConnections(
-        self, request: pb.ListConnectionsRequest, context: grpc.aio.ServicerContext
+    @_blocking_rpc
+    def ListConnections(
+        self, request: pb.ListConnectionsRequest, ctx: RequestContext
     ) -> pb.ListConnectionsResponse:
-        async with translated_errors(context, "ListConnections"):
-            ctx = self._context(context)
+        return pb.ListConnectionsResponse(
+            connections=[self._proto(c) for c in self._platform.connections.list(ctx.tenant)]
+        )
 
-            def listing() -> pb.ListConnectionsResponse:
-                return pb.ListConnectionsResponse(
-                    connections=[
-                        self._proto(c) for c in self._platform.connections.list(ctx.tenant)
-                    ]
-                )
-
-            return await _blocking(listing)
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def UpdateConnection(
-        self, request: pb.UpdateConnectionRequest, context: grpc.aio.ServicerContext
+    @_blocking_rpc
+    def UpdateConnection(
+        self, request: pb.UpdateConnectionRequest, ctx: RequestContext
     ) -> pb.Connection:
-        async with translated_errors(context, "UpdateConnection"):
-            ctx = self._context(context)
+        connection = self._platform.connections.update(
+            ctx.tenant,
+            _required(request.name, "name"),
+            stages=_stage_inputs(request.stages),
+            remove_stages=list(request.remove_stages),
+            clear_passwords=list(request.clear_password_stages),
+            expected_version=_expected_version(request, "expected_version"),
+            verify=request.verify,
+            actor=ctx.principal,
+        )
+        return self._proto(connection)
 
-            def update() -> pb.Connection:
-                connection = self._platform.connections.update(
-                    ctx.tenant,
-                    _required(request.name, "name"),
-                    stages=_stage_inputs(request.stages),
-                    remove_stages=list(request.remove_stages),
-                    clear_passwords=list(request.clear_password_stages),
-                    expected_version=(
-                        request.expected_version if request.HasField("expected_version") else None
-                    ),
-                    verify=request.verify,
-                    actor=ctx.principal,
-                )
-                return self._proto(connection)
-
-            return await _blocking(update)
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def DeleteConnection(
-        self, request: pb.DeleteConnectionRequest, context: grpc.aio.ServicerContext
+    @_blocking_rpc
+    def DeleteConnection(
+        self, request: pb.DeleteConnectionRequest, ctx: RequestContext
     ) -> pb.DeleteConnectionResponse:
-        async with translated_errors(context, "DeleteConnection"):
-            ctx = self._context(context)
-            report = await _blocking(
-                self._platform.connections.delete,
-                ctx.tenant,
-                _required(request.name, "name"),
-                expected_version=(
-                    request.expected_version if request.HasField("expected_version") else None
-                ),
-                actor=ctx.principal,
-            )
-            return pb.DeleteConnectionResponse(secrets_removed=report.secrets_removed)
-        raise AssertionError("unreachable: errors abort the call")
+        report = self._platform.connections.delete(
+            ctx.tenant,
+            _required(request.name, "name"),
+            expected_version=_expected_version(request, "expected_version"),
+            actor=ctx.principal,
+        )
+        return pb.DeleteConnectionResponse(secrets_removed=report.secrets_removed)
 
-    async def TestConnection(
-        self, request: pb.TestConnectionRequest, context: grpc.aio.ServicerContext
+    @_blocking_rpc
+    def TestConnection(
+        self, request: pb.TestConnectionRequest, ctx: RequestContext
     ) -> pb.TestConnectionResponse:
-        async with translated_errors(context, "TestConnection"):
-            ctx = self._context(context)
-            stage = request.stage or ctx.stage
-            started = time.perf_counter()
-            await _blocking(
-                self._platform.connections.test,
-                ctx.tenant,
-                _required(request.name, "name"),
-                stage,
-                actor=ctx.principal,
-            )
-            return pb.TestConnectionResponse(
-                stage=stage, elapsed_us=int((time.perf_counter() - started) * 1_000_000)
-            )
-        raise AssertionError("unreachable: errors abort the call")
+        stage = request.stage or ctx.stage
+        started = time.perf_counter()
+        self._platform.connections.test(
+            ctx.tenant, _required(request.name, "name"), stage, actor=ctx.principal
+        )
+        return pb.TestConnectionResponse(stage=stage, elapsed_us=elapsed_us(started))
 
-    async def ListAudit(
-        self, request: pb.ListAuditRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListAuditResponse:
-        async with translated_errors(context, "ListAudit"):
-            ctx = self._context(context)
-            events = await _blocking(
-                self._platform.manager.store.list_audit,
-                ctx.tenant,
-                connection=request.connection or None,
-                limit=request.limit or _DEFAULT_AUDIT_LIMIT,
-            )
-            return pb.ListAuditResponse(events=[audit_proto(e) for e in events])
-        raise AssertionError("unreachable: errors abort the call")
+    @_blocking_rpc
+    def ListAudit(self, request: pb.ListAuditRequest, ctx: RequestContext) -> pb.ListAuditResponse:
+        events = self._platform.manager.store.list_audit(
+            ctx.tenant,
+            connection=request.connection or None,
+            limit=request.limit or _DEFAULT_AUDIT_LIMIT,
+        )
+        return pb.ListAuditResponse(events=[audit_proto(e) for e in events])
 
 
-class CatalogServicer(pb_grpc.CatalogServiceServicer):  # type: ignore[misc]
+class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # type: ignore[misc]
     """Discovery, selection and refresh of what apps may query."""
 
-    def __init__(self, platform: Platform, context_provider: ContextProvider) -> None:
-        self._platform = platform
-        self._context = context_provider
+    @_blocking_rpc
+    def Discover(self, request: pb.DiscoverRequest, ctx: RequestContext) -> pb.DiscoverResponse:
+        tables = self._platform.manager.discover(
+            ctx.tenant,
+            _required(request.connection, "connection"),
+            request.stage or ctx.stage,
+            list(request.schemas) or None,
+        )
+        return pb.DiscoverResponse(tables=[table_proto(t) for t in tables])
 
-    async def Discover(
-        self, request: pb.DiscoverRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DiscoverResponse:
-        async with translated_errors(context, "Discover"):
-            ctx = self._context(context)
-            tables = await _blocking(
-                self._platform.manager.discover,
+    @_blocking_rpc
+    def Select(self, request: pb.SelectRequest, ctx: RequestContext) -> pb.SelectResponse:
+        connection = _required(request.connection, "connection")
+        stage = request.stage or ctx.stage
+        manager = self._platform.manager
+        if request.all_tables:
+            if request.tables:
+                raise InvalidArgument("give tables or all_tables, not both")
+            entities = manager.select_all(
                 ctx.tenant,
-                _required(request.connection, "connection"),
-                request.stage or ctx.stage,
+                connection,
+                stage,
                 list(request.schemas) or None,
-            )
-            return pb.DiscoverResponse(tables=[table_proto(t) for t in tables])
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def Select(
-        self, request: pb.SelectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SelectResponse:
-        async with translated_errors(context, "Select"):
-            ctx = self._context(context)
-            connection = _required(request.connection, "connection")
-            stage = request.stage or ctx.stage
-            manager = self._platform.manager
-            expected = (
-                request.expected_catalog_version
-                if request.HasField("expected_catalog_version")
-                else None
-            )
-
-            def select() -> pb.SelectResponse:
-                if request.all_tables:
-                    if request.tables:
-                        raise InvalidArgument("give tables or all_tables, not both")
-                    entities = manager.select_all(
-                        ctx.tenant,
-                        connection,
-                        stage,
-                        list(request.schemas) or None,
-                        actor=ctx.principal,
-                    )
-                else:
-                    if not request.tables:
-                        raise InvalidArgument("name at least one table, or set all_tables")
-                    choices = [
-                        TableChoice(
-                            t.table,
-                            list(t.columns) or None,
-                            t.entity_name or None,
-                            dict(t.stage_tables),
-                        )
-                        for t in request.tables
-                    ]
-                    entities = manager.select_tables(
-                        ctx.tenant,
-                        connection,
-                        stage,
-                        choices,
-                        expected_catalog_version=expected,
-                        actor=ctx.principal,
-                    )
-                version = manager.catalog_version(ctx.tenant, connection)
-                return pb.SelectResponse(
-                    entities=[entity_proto(e) for e in entities], catalog_version=version
-                )
-
-            return await _blocking(select)
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def Unselect(
-        self, request: pb.UnselectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.UnselectResponse:
-        async with translated_errors(context, "Unselect"):
-            ctx = self._context(context)
-            version = await _blocking(
-                self._platform.manager.store.unselect_entities,
-                ctx.tenant,
-                _required(request.connection, "connection"),
-                list(request.entities),
-                expected_catalog_version=(
-                    request.expected_catalog_version
-                    if request.HasField("expected_catalog_version")
-                    else None
-                ),
                 actor=ctx.principal,
-                stage=ctx.stage,
             )
-            return pb.UnselectResponse(catalog_version=version)
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def ListEntities(
-        self, request: pb.ListEntitiesRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListEntitiesResponse:
-        async with translated_errors(context, "ListEntities"):
-            ctx = self._context(context)
-            snapshot = await _blocking(
-                self._platform.manager.store.catalog,
-                ctx.tenant,
-                _required(request.connection, "connection"),
-            )
-            return pb.ListEntitiesResponse(
-                entities=[entity_proto(e) for e in snapshot.entities.values()],
-                catalog_version=snapshot.version,
-            )
-        raise AssertionError("unreachable: errors abort the call")
-
-    async def Refresh(
-        self, request: pb.RefreshRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RefreshResponse:
-        async with translated_errors(context, "Refresh"):
-            ctx = self._context(context)
-            connection = _required(request.connection, "connection")
-
-            def refresh() -> RefreshReport:
-                report = refresh_catalog(
-                    self._platform.manager,
-                    ctx.tenant,
-                    connection,
-                    request.stage or ctx.stage,
-                    actor=ctx.principal,
+        else:
+            if not request.tables:
+                raise InvalidArgument("name at least one table, or set all_tables")
+            choices = [
+                TableChoice(
+                    t.table,
+                    list(t.columns) or None,
+                    t.entity_name or None,
+                    dict(t.stage_tables),
                 )
-                # The version moved already; purging now frees memory at once too.
-                self._platform.listener.connection_changed(ctx.tenant, connection)
-                return report
+                for t in request.tables
+            ]
+            entities = manager.select_tables(
+                ctx.tenant,
+                connection,
+                stage,
+                choices,
+                expected_catalog_version=_expected_version(request, "expected_catalog_version"),
+                actor=ctx.principal,
+            )
+        version = manager.catalog_version(ctx.tenant, connection)
+        return pb.SelectResponse(
+            entities=[entity_proto(e) for e in entities], catalog_version=version
+        )
 
-            return _report_proto(await _blocking(refresh))
-        raise AssertionError("unreachable: errors abort the call")
+    @_blocking_rpc
+    def Unselect(self, request: pb.UnselectRequest, ctx: RequestContext) -> pb.UnselectResponse:
+        version = self._platform.manager.store.unselect_entities(
+            ctx.tenant,
+            _required(request.connection, "connection"),
+            list(request.entities),
+            expected_catalog_version=_expected_version(request, "expected_catalog_version"),
+            actor=ctx.principal,
+            stage=ctx.stage,
+        )
+        return pb.UnselectResponse(catalog_version=version)
+
+    @_blocking_rpc
+    def ListEntities(
+        self, request: pb.ListEntitiesRequest, ctx: RequestContext
+    ) -> pb.ListEntitiesResponse:
+        snapshot = self._platform.manager.store.catalog(
+            ctx.tenant, _required(request.connection, "connection")
+        )
+        return pb.ListEntitiesResponse(
+            entities=[entity_proto(e) for e in snapshot.entities.values()],
+            catalog_version=snapshot.version,
+        )
+
+    @_blocking_rpc
+    def Refresh(self, request: pb.RefreshRequest, ctx: RequestContext) -> pb.RefreshResponse:
+        connection = _required(request.connection, "connection")
+        report = refresh_catalog(
+            self._platform.manager,
+            ctx.tenant,
+            connection,
+            request.stage or ctx.stage,
+            actor=ctx.principal,
+        )
+        # The version moved already; purging now frees memory at once too.
+        self._platform.listener.connection_changed(ctx.tenant, connection)
+        return _report_proto(report)
 
 
 def settings_from_mapping(values: Mapping[str, SettingValue]) -> dict[str, pb.SettingValue]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -50,6 +52,38 @@ async def translated_errors(context: grpc.aio.ServicerContext, method: str) -> A
         await abort_with(
             context, InternalError("internal error in the gateway; its log names the error type")
         )
+
+
+class ReadsCaller(Protocol):
+    """A servicer that reads each call's caller through its context provider."""
+
+    _context: ContextProvider
+
+
+_Servicer = TypeVar("_Servicer", bound=ReadsCaller)
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def unary_rpc(
+    method: Callable[
+        [_Servicer, _Request, RequestContext, grpc.aio.ServicerContext], Awaitable[_Response]
+    ],
+) -> Callable[[_Servicer, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
+    """A unary RPC from a method of (request, caller, gRPC context): the caller is read by
+    the servicer's context provider, and every error becomes a status through
+    `translated_errors`, named after the method."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def rpc(
+        self: _Servicer, request: _Request, context: grpc.aio.ServicerContext
+    ) -> _Response:
+        async with translated_errors(context, name):
+            return await method(self, request, self._context(context), context)
+        raise AssertionError("unreachable: errors abort the call")
+
+    return rpc
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -150,27 +184,30 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
             async for chunk in self._stream(self._execute(ctx, query, _deadline(context))):
                 yield chunk
 
+    @unary_rpc
     async def OpenStatement(
-        self, request: pb.OpenStatementRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.OpenStatementRequest,
+        ctx: RequestContext,
+        context: grpc.aio.ServicerContext,
     ) -> bytes:
-        async with translated_errors(context, "OpenStatement"):
-            ctx = self._context(context)
-            page = await self._engine.open_statement(
-                ctx, _request(request.query), request.page_rows, _deadline(context)
-            )
-            return _page(page)
-        raise AssertionError("unreachable: errors abort the call")
+        page = await self._engine.open_statement(
+            ctx, _request(request.query), request.page_rows, _deadline(context)
+        )
+        return _page(page)
 
-    async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> bytes:
-        async with translated_errors(context, "Fetch"):
-            ctx = self._context(context)
-            return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))
-        raise AssertionError("unreachable: errors abort the call")
+    @unary_rpc
+    async def Fetch(
+        self, request: pb.FetchRequest, ctx: RequestContext, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))
 
+    @unary_rpc
     async def CloseStatement(
-        self, request: pb.CloseStatementRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CloseStatementRequest,
+        ctx: RequestContext,
+        context: grpc.aio.ServicerContext,
     ) -> pb.CloseStatementResponse:
-        async with translated_errors(context, "CloseStatement"):
-            await self._engine.close_statement(self._context(context), request.statement_id)
-            return pb.CloseStatementResponse()
-        raise AssertionError("unreachable: errors abort the call")
+        await self._engine.close_statement(ctx, request.statement_id)
+        return pb.CloseStatementResponse()

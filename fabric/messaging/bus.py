@@ -246,3 +246,22 @@ def check_payload(subject: str, payload: bytes, headers: Headers | None, max_pay
             f"message on {subject!r} is {size} bytes with headers, over the bus maximum of "
             f"{max_payload} bytes; split it into chunks of at most max_payload bytes"
         )
+
+
+def checked_outgoing(
+    subject: str,
+    payload: bytes,
+    headers: Headers | None,
+    max_payload: int,
+    *,
+    timeout: float | None = None,
+) -> dict[str, str]:
+    """What every bus checks before a message leaves, in this order: a concrete subject,
+    a positive `timeout` when the message is a request, headers the wire can carry, a
+    size within `max_payload`. Returns the checked headers."""
+    validate_subject(subject, wildcards=False)
+    if timeout is not None and timeout <= 0:
+        raise InvalidArgument("a request timeout must be positive")
+    checked = check_headers(headers)
+    check_payload(subject, payload, checked, max_payload)
+    return checked

@@ -30,8 +30,7 @@ from fabric.messaging.bus import (
     Headers,
     Message,
     Responder,
-    check_headers,
-    check_payload,
+    checked_outgoing,
     events_filter,
     subject_matches,
     validate_queue,
@@ -137,9 +136,7 @@ class InProcessBus:
 
     async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None:
         self._check_open("publish")
-        validate_subject(subject, wildcards=False)
-        checked = check_headers(headers)
-        check_payload(subject, payload, checked, self._max_payload)
+        checked = checked_outgoing(subject, payload, headers, self._max_payload)
         self._dispatch(Message(subject, bytes(payload), checked))
 
     def _dispatch(self, message: Message, reply_subject: str | None = None) -> int:
@@ -203,11 +200,7 @@ class InProcessBus:
         headers: Headers | None = None,
     ) -> bytes:
         self._check_open("send a request")
-        validate_subject(subject, wildcards=False)
-        if timeout <= 0:
-            raise InvalidArgument("a request timeout must be positive")
-        checked = check_headers(headers)
-        check_payload(subject, payload, checked, self._max_payload)
+        checked = checked_outgoing(subject, payload, headers, self._max_payload, timeout=timeout)
         inbox = f"{_INBOX_PREFIX}{uuid.uuid4().hex}"
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._inboxes[inbox] = reply

@@ -48,8 +48,7 @@ from fabric.messaging.bus import (
     Headers,
     Message,
     Responder,
-    check_headers,
-    check_payload,
+    checked_outgoing,
     events_filter,
     validate_queue,
     validate_subject,
@@ -221,20 +220,17 @@ class NatsBus:
             "drain_timeout": drain_timeout,
             "tls_handshake_first": tls_handshake_first,
         }
-        if user is not None:
-            options["user"] = user
-        if password is not None:
-            options["password"] = password
-        if token is not None:
-            options["token"] = token
-        if creds_file is not None:
-            options["user_credentials"] = creds_file
-        if nkeys_seed_file is not None:
-            options["nkeys_seed"] = nkeys_seed_file
-        if tls is not None:
-            options["tls"] = tls
-        if tls_hostname is not None:
-            options["tls_hostname"] = tls_hostname
+        given = {
+            "user": user,
+            "password": password,
+            "token": token,
+            "user_credentials": creds_file,
+            "nkeys_seed": nkeys_seed_file,
+            "tls": tls,
+            "tls_hostname": tls_hostname,
+        }
+        # Only what was given: nats-py keeps its own defaults for the rest.
+        options.update({key: value for key, value in given.items() if value is not None})
 
         try:
             await asyncio.wait_for(nc.connect(**options), connect_deadline)
@@ -347,9 +343,7 @@ class NatsBus:
         return SourceUnavailable(f"cannot {what} on {subject!r} ({type(exc).__name__})")
 
     async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None:
-        validate_subject(subject, wildcards=False)
-        checked = check_headers(headers)
-        check_payload(subject, payload, checked, self.max_payload)
+        checked = checked_outgoing(subject, payload, headers, self.max_payload)
         try:
             await self._nc.publish(subject, bytes(payload), headers=checked or None)
         except (nats.errors.Error, OSError) as exc:
@@ -393,11 +387,7 @@ class NatsBus:
         timeout: float,
         headers: Headers | None = None,
     ) -> bytes:
-        validate_subject(subject, wildcards=False)
-        if timeout <= 0:
-            raise InvalidArgument("a request timeout must be positive")
-        checked = check_headers(headers)
-        check_payload(subject, payload, checked, self.max_payload)
+        checked = checked_outgoing(subject, payload, headers, self.max_payload, timeout=timeout)
         try:
             reply = await self._nc.request(
                 subject, bytes(payload), timeout=timeout, headers=checked or None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -101,23 +101,39 @@ BUS_COUNTERS = {
 BUS_REJECT_REASONS = ("integrity", "oversized", "malformed", "expired", "duplicate", "unexpected")
 
 
-def _bus_metrics(values: Mapping[str, float]) -> Iterator[Metric]:
-    for name, doc in BUS_GAUGES.items():
+def _unlabelled(
+    values: Mapping[str, float], gauges: Mapping[str, str], counters: Mapping[str, str]
+) -> Iterator[Metric]:
+    """One gauge or counter per documented name, 0 where the snapshots have no value."""
+    for name, doc in gauges.items():
         g = GaugeMetricFamily(f"fabric_{name}", doc)
         g.add_metric([], float(values.get(name, 0)))
         yield g
-    for name, doc in BUS_COUNTERS.items():
+    for name, doc in counters.items():
         c = CounterMetricFamily(f"fabric_{name}", doc)
         c.add_metric([], float(values.get(name, 0)))
         yield c
-    rejected = CounterMetricFamily(
+
+
+def _by_reason(
+    values: Mapping[str, float], name: str, doc: str, reasons: Iterable[str], prefix: str
+) -> CounterMetricFamily:
+    """One counter labelled by reason, read from the snapshot values `<prefix><reason>`."""
+    counter = CounterMetricFamily(name, doc, labels=["reason"])
+    for reason in reasons:
+        counter.add_metric([reason], float(values.get(f"{prefix}{reason}", 0)))
+    return counter
+
+
+def _bus_metrics(values: Mapping[str, float]) -> Iterator[Metric]:
+    yield from _unlabelled(values, BUS_GAUGES, BUS_COUNTERS)
+    yield _by_reason(
+        values,
         "fabric_bus_rejected",
         "Bus messages refused, by reason (never opened in clear).",
-        labels=["reason"],
+        BUS_REJECT_REASONS,
+        "bus_rejected_",
     )
-    for reason in BUS_REJECT_REASONS:
-        rejected.add_metric([reason], float(values.get(f"bus_rejected_{reason}", 0)))
-    yield rejected
 
 
 class _SnapshotCollector(Collector):
@@ -131,20 +147,10 @@ class _SnapshotCollector(Collector):
         values: dict[str, float] = {}
         for snapshot in list(self._snapshots):
             values.update(snapshot())
-        for name, doc in GAUGES.items():
-            g = GaugeMetricFamily(f"fabric_{name}", doc)
-            g.add_metric([], float(values.get(name, 0)))
-            yield g
-        for name, doc in COUNTERS.items():
-            c = CounterMetricFamily(f"fabric_{name}", doc)
-            c.add_metric([], float(values.get(name, 0)))
-            yield c
-        purges = CounterMetricFamily(
-            "fabric_purges", "Data dropped from memory, by reason.", labels=["reason"]
+        yield from _unlabelled(values, GAUGES, COUNTERS)
+        yield _by_reason(
+            values, "fabric_purges", "Data dropped from memory, by reason.", PURGE_REASONS, "purge_"
         )
-        for reason in PURGE_REASONS:
-            purges.add_metric([reason], float(values.get(f"purge_{reason}", 0)))
-        yield purges
         if any(name.startswith("bus_") for name in values):
             yield from _bus_metrics(values)
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from connectors import QueryHandle
 from fabric.catalog.metadata.contract import MetadataStore
-from fabric.clock import SYSTEM_CLOCK, Clock
+from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
@@ -481,14 +481,7 @@ class QueryEngine:
                         yield item
                 outcome = "ok"
                 return
-            key = ResultKey.build(
-                ctx.tenant,
-                ctx.stage,
-                request.connection,
-                bound.catalog.version,
-                compiled.fingerprint,
-                request.params,
-            )
+            key = _result_key(ctx, request, bound, compiled)
             while True:
                 hit = self.results.get(key)
                 if hit is not None:
@@ -496,7 +489,7 @@ class QueryEngine:
                     for message in hit.messages:
                         yield message
                     self.metrics.rows.inc(hit.rows)
-                    yield Summary(hit.rows, False, True, _elapsed_us(started))
+                    yield Summary(hit.rows, False, True, elapsed_us(started))
                     outcome = "ok"
                     return
                 leader = self._inflight.get(key)
@@ -573,7 +566,7 @@ class QueryEngine:
             self.metrics.rows.inc(run.rows)
             for message in first:
                 yield message
-            yield Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
             return
         pending: asyncio.Future[list[bytes] | None] | None = None
         finished = False
@@ -603,7 +596,7 @@ class QueryEngine:
             if on_complete is not None and not run.truncated:
                 on_complete(run)
             self.metrics.rows.inc(run.rows)
-            yield Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
         finally:
             await self._stop(run, pending, cancel=not finished)
 
@@ -648,14 +641,7 @@ class QueryEngine:
         bound, compiled, args = await self._compile(ctx, request, max_rows)
         key = None
         if ttl > 0:
-            key = ResultKey.build(
-                ctx.tenant,
-                ctx.stage,
-                request.connection,
-                bound.catalog.version,
-                compiled.fingerprint,
-                request.params,
-            )
+            key = _result_key(ctx, request, bound, compiled)
             hit = self.results.get(key)
             if hit is not None:
                 reader = open_ipc_stream(hit.messages)
@@ -672,7 +658,7 @@ class QueryEngine:
                 cached = builder.finish(run.rows, run.schema)
                 if cached is not None:
                     self.results.put(key, cached, ttl, epoch=epoch)
-            return Summary(run.rows, run.truncated, False, _elapsed_us(started))
+            return Summary(run.rows, run.truncated, False, elapsed_us(started))
 
         def read(limit: int) -> pa.RecordBatch | None:
             batch = run.read_batch(limit)
@@ -810,8 +796,19 @@ def log_failure(
     )
 
 
-def _elapsed_us(started: float) -> int:
-    return int((time.perf_counter() - started) * 1_000_000)
+def _result_key(
+    ctx: RequestContext, request: QueryRequest, bound: BoundSource, compiled: CompiledStatement
+) -> ResultKey:
+    """The result cache key of one execution: the caller's tenant and stage, the catalog
+    version the statement was compiled against, the statement and its parameters."""
+    return ResultKey.build(
+        ctx.tenant,
+        ctx.stage,
+        request.connection,
+        bound.catalog.version,
+        compiled.fingerprint,
+        request.params,
+    )
 
 
 def _cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> PagedResult:
@@ -831,5 +828,5 @@ def _cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> Pa
         return batch
 
     return PagedResult(
-        reader.schema, read, reader.close, lambda: Summary(rows, False, True, _elapsed_us(started))
+        reader.schema, read, reader.close, lambda: Summary(rows, False, True, elapsed_us(started))
     )

@@ -252,50 +252,63 @@ class VaultTransitKms:
     def unwrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """The data key in `wrapped` (a transit ciphertext); `IntegrityError` if Vault
         cannot decrypt it (altered, or another tenant's)."""
-        derivation = self._derivation(context)
-        ciphertext = _ciphertext_text(wrapped)
-        transit = self._client.secrets.transit
-        response = _call(
-            self._client,
+        plaintext_b64 = self._send_wrapped(
             "unwrap data key",
-            lambda: transit.decrypt_data(
-                name=self._key_name,
-                ciphertext=ciphertext,
-                context=derivation,
-                mount_point=self._mount,
-            ),
-            on_missing=self._missing_key(),
+            "decrypt_data",
+            wrapped,
+            context,
+            answer="plaintext",
             on_invalid=IntegrityError(
                 "the wrapped data key does not open: it was altered, or it belongs to "
                 "another tenant or transit key"
             ),
         )
-        plaintext_b64 = _data(response, "unwrap data key", self._client).get("plaintext")
-        if not isinstance(plaintext_b64, str):
-            raise _unavailable(self._client, "unwrap data key", "incomplete answer")
         return base64.b64decode(plaintext_b64)
 
     def rewrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """The same data key wrapped by the latest transit key version, inside Vault."""
+        rewrapped = self._send_wrapped(
+            "rewrap data key",
+            "rewrap_data",
+            wrapped,
+            context,
+            answer="ciphertext",
+            on_invalid=IntegrityError("the wrapped data key does not open (altered?)"),
+        )
+        return rewrapped.encode("ascii")
+
+    def _send_wrapped(
+        self,
+        what: str,
+        operation: str,
+        wrapped: bytes,
+        context: Mapping[str, str],
+        *,
+        answer: str,
+        on_invalid: FabricError,
+    ) -> str:
+        """Send a wrapped data key through a transit operation that takes a ciphertext
+        (`decrypt_data`, `rewrap_data`) under the tenant's derivation context; the text
+        of the answer's `answer` field."""
         derivation = self._derivation(context)
         ciphertext = _ciphertext_text(wrapped)
         transit = self._client.secrets.transit
         response = _call(
             self._client,
-            "rewrap data key",
-            lambda: transit.rewrap_data(
+            what,
+            lambda: getattr(transit, operation)(
                 name=self._key_name,
                 ciphertext=ciphertext,
                 context=derivation,
                 mount_point=self._mount,
             ),
             on_missing=self._missing_key(),
-            on_invalid=IntegrityError("the wrapped data key does not open (altered?)"),
+            on_invalid=on_invalid,
         )
-        rewrapped = _data(response, "rewrap data key", self._client).get("ciphertext")
-        if not isinstance(rewrapped, str):
-            raise _unavailable(self._client, "rewrap data key", "incomplete answer")
-        return rewrapped.encode("ascii")
+        value = _data(response, what, self._client).get(answer)
+        if not isinstance(value, str):
+            raise _unavailable(self._client, what, "incomplete answer")
+        return value
 
     def rotate(self) -> int:
         """Rotate the transit key; returns the new latest version."""

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from fabric.clock import elapsed_us
 from fabric.context import RequestContext
 from fabric.errors import (
     DeadlineExceeded,
@@ -361,7 +362,7 @@ class BusQueryForwarder:
                         int(body["rows"]),
                         bool(body["truncated"]),
                         bool(body["from_cache"]),
-                        int((time.perf_counter() - started) * 1_000_000),
+                        elapsed_us(started),
                     )
                     return
                 raise InternalError("a runtime replica sent an unexpected frame")

@@ -333,7 +333,14 @@ class RuntimeReplica:
             return None
         return tenant
 
-    def _open(self, msg: Message, tenant: str, purpose: Purpose) -> Frame | None:
+    def _open(self, msg: Message, purpose: Purpose) -> tuple[str, Frame] | None:
+        """The tenant the subject names and the frame the message carries; None when the
+        subject is not one this replica serves, or the frame cannot be opened or decoded
+        (counted and logged, without content, by the sealer)."""
+        tenant = self._tenant_of(msg.subject)
+        if tenant is None:
+            self.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
+            return None
         try:
             data = self.sealer.open(
                 msg.payload, tenant=tenant, stage=self.stage, subject=msg.subject, purpose=purpose
@@ -341,19 +348,16 @@ class RuntimeReplica:
         except FabricError:
             return None  # counted and logged (without content) by the sealer
         try:
-            return Frame.decode(data)
+            return tenant, Frame.decode(data)
         except InvalidArgument as error:
             self.sealer.reject(RejectReason.MALFORMED, msg.subject, len(msg.payload), error)
             return None
 
     async def _on_request(self, msg: Message) -> None:
-        tenant = self._tenant_of(msg.subject)
-        if tenant is None:
-            self.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
+        opened = self._open(msg, Purpose.QUERY_REQUEST)
+        if opened is None:
             return
-        frame = self._open(msg, tenant, Purpose.QUERY_REQUEST)
-        if frame is None:
-            return
+        tenant, frame = opened
         try:
             if frame.kind != FrameKind.REQUEST:
                 raise InvalidArgument("not a request frame")
@@ -504,13 +508,10 @@ class RuntimeReplica:
         return summary
 
     async def _on_control(self, msg: Message) -> None:
-        tenant = self._tenant_of(msg.subject)
-        if tenant is None:
-            self.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
+        opened = self._open(msg, Purpose.QUERY_CONTROL)
+        if opened is None:
             return
-        frame = self._open(msg, tenant, Purpose.QUERY_CONTROL)
-        if frame is None:
-            return
+        tenant, frame = opened
         serving = self._serving.get(frame.request_id)
         if serving is None or serving.request.tenant != tenant:
             return  # finished already (a late ack or cancel): nothing to do
