@@ -123,10 +123,6 @@ class Connector(abc.ABC):
     """The sqlglot dialect the compiler generates for this source."""
     param_style: ClassVar[ParamStyle]
     """Placeholder style of the driver."""
-    supports_cancel: ClassVar[bool] = False
-    """Whether `QueryHandle.cancel` stops the query at the source (not only locally)."""
-    max_identifier_length: ClassVar[int] = 63
-    """Longest identifier the source accepts."""
 
     def __init__(self, config: ConnectorConfig) -> None:
         self.config = config

@@ -181,8 +181,6 @@ class DuckDBConnector(Connector):
     kind: ClassVar[str] = "duckdb"
     dialect: ClassVar[str] = "duckdb"
     param_style: ClassVar[ParamStyle] = ParamStyle.QMARK
-    supports_cancel: ClassVar[bool] = True
-    max_identifier_length: ClassVar[int] = 255
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)

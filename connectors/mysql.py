@@ -550,8 +550,6 @@ class MySQLConnector(PooledConnector[_Conn]):
     kind: ClassVar[str] = "mysql"
     dialect: ClassVar[str] = "mysql"
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
-    supports_cancel: ClassVar[bool] = True
-    max_identifier_length: ClassVar[int] = 64
     source_name: ClassVar[str] = "MySQL"
 
     def __init__(self, config: ConnectorConfig) -> None:

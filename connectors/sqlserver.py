@@ -48,8 +48,8 @@ stopped answering (a dead peer cannot hang a reader longer than the timeout). An
 pooled connection is checked with `SELECT 1` before reuse. pymssql's `cancel()`
 (dbcancel) is not safe while another thread is inside the same connection, so `cancel`
 stops the query at the next batch boundary (dbcancel in the reading thread, then the
-connection is discarded), and otherwise within the query timeout:
-`supports_cancel` is False.
+connection is discarded), and otherwise within the query timeout: a cancelled SQL
+Server query is not stopped at the source at once, as the other sources' are.
 
 Errors: SQL Server error numbers (and a SQLSTATE where one is well known) only; the
 server's message is never passed on (conversion errors echo values), nor the password.
@@ -475,8 +475,6 @@ class SqlServerConnector(PooledConnector[pymssql.Connection]):
     kind: ClassVar[str] = "sqlserver"
     dialect: ClassVar[str] = "tsql"
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
-    supports_cancel: ClassVar[bool] = False
-    max_identifier_length: ClassVar[int] = 128
     source_name: ClassVar[str] = "SQL Server"
 
     def __init__(self, config: ConnectorConfig) -> None:

@@ -59,8 +59,6 @@ class PostgresConnector(Connector):
     kind: ClassVar[str] = "postgres"
     dialect: ClassVar[str] = "postgres"
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
-    supports_cancel: ClassVar[bool] = True
-    max_identifier_length: ClassVar[int] = 63
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)

@@ -163,7 +163,6 @@ def test_class_constants(source: Source) -> None:
     assert c.kind == source.name
     assert c.dialect == source.dialect
     assert c.param_style is (ParamStyle.QMARK if source.name == "duckdb" else ParamStyle.FORMAT)
-    assert c.supports_cancel is True
     c.test()
 
 

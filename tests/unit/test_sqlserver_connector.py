@@ -72,7 +72,6 @@ def test_class_constants_and_registry() -> None:
     assert connector_class("sqlserver") is SqlServerConnector
     assert SqlServerConnector.dialect == "tsql"
     assert SqlServerConnector.param_style is ParamStyle.FORMAT
-    assert SqlServerConnector.supports_cancel is False
     with pytest.raises(InvalidArgument):
         SqlServerConnector(ConnectorConfig({"user": "u"}))
     with pytest.raises(InvalidArgument):
