@@ -24,7 +24,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from connectors import registry
-from fabric.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
+from fabric.errors import FailedPrecondition, InvalidArgument, NotFound
 from fabric.model import (
     ColumnInfo,
     Connection,
@@ -494,34 +494,6 @@ def audit_details_document(details: Mapping[str, AuditValue]) -> dict[str, Audit
 def dumps(document: Any) -> str:
     """A document as compact JSON text, keys sorted (the SQLite store's column format)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
-
-
-# -- migrations --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One forward step of a store's schema; `statements` run in order, in one transaction
-    together with every other pending step."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
-def check_migrations(migrations: Sequence[Migration]) -> int:
-    """The latest version of `migrations`; InternalError unless unique and increasing."""
-    versions = [migration.version for migration in migrations]
-    if versions != sorted(set(versions)) or any(v < 1 for v in versions):
-        raise InternalError("migrations must have unique, increasing, positive versions")
-    return versions[-1] if versions else 0
-
-
-def schema_too_new(current: int, latest: int) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"the metadata store has schema version {current}, newer than this release "
-        f"knows ({latest}); upgrade Fabric or use another metadata store"
-    )
 
 
 MAX_AUDIT_LIMIT: Final = 10_000

@@ -18,10 +18,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Final, LiteralString, Protocol
 
-from fabric.catalog.serialization import Migration, check_migrations, schema_too_new, utc_now
+from fabric.catalog.serialization import utc_now
+from fabric.errors import FailedPrecondition, InternalError
 
 Row = tuple[Any, ...]
 
@@ -184,6 +186,17 @@ class SqlDriver(ABC):
 
 # -- migrations ----------------------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward step of a store's schema; `statements` run in order, in one transaction
+    together with every other pending step."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
 SCHEMA_MIGRATIONS: Final = (
     "CREATE TABLE IF NOT EXISTS {s}.schema_migrations"
     " (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at {time} NOT NULL)"
@@ -198,12 +211,18 @@ def migrate(session: SqlSession, migrations: Sequence[Migration]) -> int:
     apply or none does, once. Applying twice is a no-op. Returns the schema version
     reached; FailedPrecondition when the schema was written by a newer release.
     """
-    latest = check_migrations(migrations)
+    versions = [migration.version for migration in migrations]
+    if versions != sorted(set(versions)) or any(v < 1 for v in versions):
+        raise InternalError("migrations must have unique, increasing, positive versions")
+    latest = versions[-1] if versions else 0
     session.run(SCHEMA_MIGRATIONS)
     row = session.one("SELECT COALESCE(MAX(version), 0) FROM {s}.schema_migrations")
     current = int(row[0]) if row is not None else 0
     if current > latest:
-        raise schema_too_new(current, latest)
+        raise FailedPrecondition(
+            f"the metadata store has schema version {current}, newer than this release "
+            f"knows ({latest}); upgrade Fabric or use another metadata store"
+        )
     for migration in migrations:
         if migration.version <= current:
             continue

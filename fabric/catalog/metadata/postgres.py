@@ -21,7 +21,7 @@ writes to one connection are serialized while writes to others run in parallel.
 
 Catalog versions, read on every query, come from memory while a LISTEN connection hears
 of every change (a trigger on `catalog_versions` notifies at commit; see
-fabric.catalog.version_watch); without it they are read from the database.
+fabric.catalog.metadata.version_watch); without it they are read from the database.
 
 The URL's password, if any, is used to connect and never appears in an error or a log
 line written here. A server that cannot be reached is SourceUnavailable (gRPC
@@ -43,10 +43,10 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from fabric.catalog.metadata.driver import SqlDialect, SqlDriver, SqlSession, migrate
+from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
 from fabric.catalog.metadata.sql_store import SqlMetadataStore
-from fabric.catalog.serialization import IDENTIFIER_RE, Migration, utc_now
-from fabric.catalog.version_watch import CatalogVersionWatch
+from fabric.catalog.metadata.version_watch import CatalogVersionWatch
+from fabric.catalog.serialization import IDENTIFIER_RE, utc_now
 from fabric.errors import (
     FabricError,
     FailedPrecondition,

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Final, LiteralString
 
-from fabric.catalog.metadata.driver import SqlDialect, SqlDriver, SqlSession, migrate
+from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
 from fabric.catalog.metadata.sql_store import SqlMetadataStore
-from fabric.catalog.serialization import Migration, dumps, utc_now
+from fabric.catalog.serialization import dumps, utc_now
 from fabric.errors import FailedPrecondition, InternalError
 
 MEMORY: Final = ":memory:"
