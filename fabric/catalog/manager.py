@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from fabric.catalog.audit import SYSTEM_ACTOR
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fabric.model import (
     ColumnInfo,

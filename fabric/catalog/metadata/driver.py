@@ -1,6 +1,6 @@
 """The seam between the SQL metadata store and a database: dialect, session, driver, migrations.
 
-The store (fabric.catalog.metadata.sql_store) writes every query and every rule once. What
+The store (fabric.catalog.metadata.store) writes every query and every rule once. What
 differs between the databases it runs on sits behind three small pieces, one of each per
 backend:
 

@@ -1,6 +1,6 @@
 """The production metadata store: PostgreSQL, metadata only, in one schema of its own.
 
-The queries and rules are the SQL store's (fabric.catalog.metadata.sql_store); this module
+The queries and rules are the store's (fabric.catalog.metadata.store); this module
 is what PostgreSQL does its own way.
 
 Layout: every table lives in `schema` (default `fabric`), created if missing, so several
@@ -44,7 +44,7 @@ from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
-from fabric.catalog.metadata.sql_store import SqlMetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.catalog.metadata.version_watch import CatalogVersionWatch
 from fabric.catalog.serialization import IDENTIFIER_RE, utc_now
 from fabric.errors import (
@@ -320,8 +320,8 @@ class PostgresDriver(SqlDriver):
             ) from exc
 
 
-class PostgresMetadataStore(SqlMetadataStore):
-    """The SQL metadata store on PostgreSQL; see the module docstring.
+class PostgresMetadataStore(MetadataStore):
+    """The metadata store on PostgreSQL; see the module docstring.
 
     `url` is a libpq URL or conninfo string; `schema` holds every table; the pool keeps
     between `pool_min` and `pool_max` connections and waits up to `timeout` seconds for

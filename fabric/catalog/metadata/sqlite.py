@@ -1,6 +1,6 @@
 """The embedded metadata store: one SQLite file (or `:memory:`), metadata only.
 
-The queries and rules are the SQL store's (fabric.catalog.metadata.sql_store); this module
+The queries and rules are the store's (fabric.catalog.metadata.store); this module
 is what SQLite does its own way. Files are created with mode 0600, in WAL mode, with
 foreign keys enforced. One SQLite connection (`check_same_thread=False`) per store, guarded
 by a lock. Every write is one `BEGIN IMMEDIATE` transaction, so writers (threads, or
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, LiteralString
 
 from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
-from fabric.catalog.metadata.sql_store import SqlMetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.catalog.serialization import dumps, utc_now
 from fabric.errors import FailedPrecondition, InternalError
 
@@ -200,8 +200,8 @@ class SqliteDriver(SqlDriver):
                 self._db = None
 
 
-class SqliteMetadataStore(SqlMetadataStore):
-    """The SQL metadata store on a SQLite file (or `:memory:`); see the module docstring.
+class SqliteMetadataStore(MetadataStore):
+    """The metadata store on a SQLite file (or `:memory:`); see the module docstring.
 
     `clock` gives the wall-clock time written to audit events and timestamps (UTC).
     """
