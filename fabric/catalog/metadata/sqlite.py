@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Final, LiteralString
 
 from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
 from fabric.catalog.metadata.store import MetadataStore
-from fabric.catalog.serialization import dumps, utc_now
+from fabric.catalog.serialization import utc_now
 from fabric.errors import FailedPrecondition, InternalError
 
 MEMORY: Final = ":memory:"
@@ -131,7 +131,8 @@ class SqliteDialect(SqlDialect):
         return statement
 
     def encode_document(self, document: Any, *, exact: bool = False) -> str:
-        return dumps(document)
+        # Compact, keys sorted: the same document is always the same text.
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
     def decode_document(self, value: Any) -> Any:
         return json.loads(value)

@@ -52,30 +52,28 @@ from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.metadata.driver import Row, SqlDriver, SqlSession
 from fabric.catalog.serialization import (
-    EntityDocument,
-    audit_details_document,
     catalog_changed,
     check_actor,
-    check_audit_limit,
     check_connection_name,
     check_expected_version,
     check_kind,
+    check_selection,
     check_stage_name,
     check_tenant,
+    check_unselect,
     check_utc,
+    columns_document,
     connection_changed,
     connection_from_documents,
     connection_not_found,
     entity_from_documents,
-    missing_entities,
-    plain_stages,
+    foreign_keys_document,
     secret_refs_document,
-    selection_documents,
+    stage_tables_document,
     stages_document,
-    unselect_keys,
     utc_now,
 )
-from fabric.errors import AlreadyExists, InternalError, InvalidArgument
+from fabric.errors import AlreadyExists, InternalError, InvalidArgument, NotFound
 from fabric.model import CatalogSnapshot, Connection, Entity, SettingValue
 
 _CONNECTION_COLUMNS: Final = "tenant, name, kind, stages, secret_refs, version"
@@ -203,7 +201,9 @@ class MetadataStore:
             connection_id, old = int(row[0]), self._connection_from_row(row[1:])
             if old.version != expected_version:
                 raise connection_changed(name, expected_version, old.version)
-            new_stages = stages_doc if stages_doc is not None else plain_stages(old.stages)
+            new_stages = stages_doc
+            if new_stages is None:  # written back unchanged, as plain dicts
+                new_stages = {stage: dict(settings) for stage, settings in old.stages.items()}
             new_refs = refs_doc if refs_doc is not None else dict(old.secret_refs)
             updated_row = session.one(
                 "UPDATE {s}.connections SET stages = ?, secret_refs = ?,"
@@ -280,7 +280,7 @@ class MetadataStore:
         not consistent (no columns, duplicate columns, key columns that are not among its
         columns). FailedPrecondition when the catalog is no longer at
         `expected_catalog_version` (when given)."""
-        documents = selection_documents(entities, allow_empty=False)
+        documents = check_selection(entities, allow_empty=False)
         return self._change_selection(
             audit.CATALOG_SELECT,
             tenant,
@@ -303,7 +303,6 @@ class MetadataStore:
     ) -> int:
         """Remove entities (names compared ignoring case) from the selection, all or none
         (NotFound names the ones not selected); returns the new catalog version."""
-        names, keys = unselect_keys(names)
         return self._change_selection(
             audit.CATALOG_UNSELECT,
             tenant,
@@ -311,7 +310,7 @@ class MetadataStore:
             expected_catalog_version,
             actor,
             stage,
-            remove=(names, keys),
+            remove=check_unselect(names),
         )
 
     def replace_entities(
@@ -327,7 +326,7 @@ class MetadataStore:
         """Make `entities` (possibly none) the whole selection, atomically; returns the new
         catalog version. Same checks as `select_entities`, an empty list aside. What
         `refresh` uses after re-reading the remote schema."""
-        documents = selection_documents(entities, allow_empty=True)
+        documents = check_selection(entities, allow_empty=True)
         return self._change_selection(
             audit.CATALOG_REPLACE,
             tenant,
@@ -425,7 +424,7 @@ class MetadataStore:
         own changes are recorded with them). InvalidArgument for a secret-looking detail."""
         if not isinstance(event, AuditEvent):
             raise InvalidArgument(f"expected an AuditEvent, not {type(event).__name__}")
-        audit_details_document(event.details)  # refuse before connecting
+        audit.details_document(event.details)  # refuse before connecting
         with self._driver.writing() as session:
             self._audit(session, event)
 
@@ -434,7 +433,7 @@ class MetadataStore:
     ) -> list[AuditEvent]:
         """The tenant's audit events, newest first, optionally about one connection
         (including a deleted one); `limit` between 1 and 10,000."""
-        check_audit_limit(limit)
+        audit.check_limit(limit)
         # Two statements rather than one with `(? IS NULL OR ...)`: each uses its index.
         about = "" if connection is None else " AND connection = ?"
         params = [tenant] if connection is None else [tenant, connection]
@@ -483,12 +482,12 @@ class MetadataStore:
         actor: str,
         stage: str | None,
         *,
-        upsert: Sequence[EntityDocument] = (),
-        remove: tuple[list[str], list[str]] | None = None,
+        upsert: Sequence[Entity] = (),
+        remove: Sequence[str] | None = None,
         replace: bool = False,
     ) -> int:
         """One selection change in one transaction: lock the connection, check its catalog
-        version, remove (`remove`: names as given and their keys, all or none) or replace
+        version, remove (`remove`: names, compared ignoring case; all or none) or replace
         entities, write `upsert`, move the catalog version on and audit the change;
         returns the new version."""
         check_expected_version(expected, "expected_catalog_version")
@@ -497,9 +496,9 @@ class MetadataStore:
         at = self._now()
         with self._driver.writing() as session:
             connection_id = self._catalog_for_change(session, tenant, connection, expected)
-            names: Sequence[str] = [d.name for d in upsert]
+            names: Sequence[str] = [entity.name for entity in upsert]
             if remove is not None:
-                names, keys = remove
+                names = remove
                 selected = {
                     row[0]
                     for row in session.all(
@@ -509,10 +508,13 @@ class MetadataStore:
                 }
                 missing = [name for name in names if name.lower() not in selected]
                 if missing:
-                    raise missing_entities(connection, missing)
+                    raise NotFound(
+                        f"connection {connection!r} has no selected entity named "
+                        f"{', '.join(repr(name) for name in missing)}"
+                    )
                 session.run_many(
                     "DELETE FROM {s}.entities WHERE connection_id = ? AND name_key = ?",
-                    [(connection_id, key) for key in keys],
+                    [(connection_id, key) for key in dict.fromkeys(n.lower() for n in names)],
                 )
             if replace:
                 session.run("DELETE FROM {s}.entities WHERE connection_id = ?", [connection_id])
@@ -550,7 +552,7 @@ class MetadataStore:
         self,
         session: SqlSession,
         connection_id: int,
-        documents: Sequence[EntityDocument],
+        entities: Sequence[Entity],
         at: datetime,
     ) -> None:
         encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
@@ -566,18 +568,18 @@ class MetadataStore:
             [
                 (
                     connection_id,
-                    d.name_key,
-                    d.name,
-                    d.schema,
-                    d.table,
-                    encode(d.columns),
-                    encode(d.primary_key),
-                    encode(d.foreign_keys),
-                    encode(d.stage_tables),
+                    e.name.lower(),
+                    e.name,
+                    e.schema,
+                    e.table,
+                    encode(columns_document(e.columns)),
+                    encode(list(e.primary_key)),
+                    encode(foreign_keys_document(e.foreign_keys)),
+                    encode(stage_tables_document(e.stage_tables)),
                     now,
                     now,
                 )
-                for d in documents
+                for e in entities
             ],
         )
 
@@ -596,7 +598,7 @@ class MetadataStore:
     def _audit(self, session: SqlSession, event: AuditEvent) -> None:
         # The details are checked again here: the event may have been tampered with after
         # it was built, and the store is the last line before the database.
-        details = audit_details_document(event.details)
+        details = audit.details_document(event.details)
         session.run(
             "INSERT INTO {s}.audit_events (at, tenant, actor, action, connection, stage, details)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
