@@ -82,14 +82,16 @@ class CatalogManager:
     def __init__(self, store: MetadataStore, connector_factory: ConnectorFactory) -> None:
         self._store = store
         self._connector_factory = connector_factory
-        # Connections are the store's alone (it checks, versions and audits them): the
-        # manager hands out the store's own methods, documented on MetadataStore.
+        # Connections, and unselecting (which needs no source), are the store's alone (it
+        # checks, versions and audits them): the manager hands out the store's own methods,
+        # documented on MetadataStore.
         self.create_connection = store.create_connection
         self.get_connection = store.get_connection
         self.list_connections = store.list_connections
         self.update_connection = store.update_connection
         self.delete_connection = store.delete_connection
         self.catalog_version = store.catalog_version
+        self.unselect = store.unselect_entities
 
     @property
     def store(self) -> MetadataStore:
@@ -220,25 +222,6 @@ class CatalogManager:
         self._select_checked(tenant, connection, stage, entities, actor)
         snapshot = self._store.catalog(tenant, connection)
         return [snapshot.entities[entity.name.lower()] for entity in entities]
-
-    def unselect(
-        self,
-        tenant: str,
-        connection: str,
-        names: str | Sequence[str],
-        *,
-        expected_catalog_version: int | None = None,
-        actor: str = SYSTEM_ACTOR,
-    ) -> int:
-        """Remove entities from the selection (all or none); returns the new catalog
-        version. NotFound names the entities that are not selected."""
-        return self._store.unselect_entities(
-            tenant,
-            connection,
-            names,
-            expected_catalog_version=expected_catalog_version,
-            actor=actor,
-        )
 
     def list_entities(self, tenant: str, connection: str) -> list[Entity]:
         """The selected entities of a connection, by name; NotFound if no connection."""

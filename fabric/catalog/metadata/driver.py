@@ -15,9 +15,10 @@ backend:
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Final, LiteralString, Protocol
@@ -61,14 +62,8 @@ class SqlDialect(ABC):
     """
 
     def __init__(self) -> None:
-        self._rendered: dict[str, Any] = {}
-
-    def query(self, template: LiteralString) -> Any:
-        """`template` rendered for this database (once; kept for the next call)."""
-        query = self._rendered.get(template)
-        if query is None:
-            query = self._rendered[template] = self.render(template)
-        return query
+        # `query(template)`: rendered once and kept; the store has a fixed set of templates.
+        self.query = functools.cache(self.render)
 
     @abstractmethod
     def render(self, template: LiteralString) -> Any:
@@ -108,21 +103,17 @@ class SqlSession:
         self._connection = connection
         self.dialect = dialect
 
+    # Cursors are closed at once: SQLite keeps a statement with rows left open until then.
+
     def one(self, template: LiteralString, params: Sequence[Any] = ()) -> Row | None:
         """The first row of the result, or None."""
-        cursor = self._connection.execute(self.dialect.query(template), params)
-        try:
+        with closing(self._connection.execute(self.dialect.query(template), params)) as cursor:
             row: Row | None = cursor.fetchone()
             return row
-        finally:
-            cursor.close()  # SQLite keeps a statement with rows left open until then
 
     def all(self, template: LiteralString, params: Sequence[Any] = ()) -> list[Row]:
-        cursor = self._connection.execute(self.dialect.query(template), params)
-        try:
+        with closing(self._connection.execute(self.dialect.query(template), params)) as cursor:
             return cursor.fetchall()
-        finally:
-            cursor.close()
 
     def run(self, template: LiteralString, params: Sequence[Any] = ()) -> None:
         self._connection.execute(self.dialect.query(template), params).close()
@@ -131,11 +122,8 @@ class SqlSession:
         """The statement once per row of parameters (nothing when there are none)."""
         if not rows:
             return
-        cursor = self._connection.cursor()
-        try:
+        with closing(self._connection.cursor()) as cursor:
             cursor.executemany(self.dialect.query(template), rows)
-        finally:
-            cursor.close()
 
     def run_migration(self, statement: str) -> None:
         self._connection.execute(self.dialect.render_migration(statement)).close()
