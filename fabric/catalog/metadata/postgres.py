@@ -363,13 +363,8 @@ class PostgresMetadataStore(MetadataStore):
 
 
 def apply_migrations(conn: PgConnection, schema: str, migrations: Sequence[Migration]) -> int:
-    """Bring `schema` (created if missing) up to the last of `migrations`.
-
-    All pending steps run in one transaction under an advisory lock on the schema, so
-    either all of them apply or none does, and two processes never migrate at once.
-    Applying twice is a no-op. Returns the schema version reached; FailedPrecondition when
-    the schema was written by a newer release.
-    """
+    """`migrate` `schema` (created if missing) in one transaction under an advisory lock
+    on the schema, so that two processes never migrate it at once."""
     check_schema_name(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [migration_lock_key(schema)])

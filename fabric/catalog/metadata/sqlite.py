@@ -219,13 +219,9 @@ class SqliteMetadataStore(MetadataStore):
 
 
 def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
-    """Bring `db` (opened with `isolation_level=None`) up to the last of `migrations`.
-
-    The pending migrations run in order inside one `BEGIN IMMEDIATE` transaction (which
-    also keeps two processes opening the file at once from both migrating): either all of
-    them apply or none does. Applying twice is a no-op. Returns the schema version reached.
-    Raises FailedPrecondition when the file was written by a newer release.
-    """
+    """`migrate` `db` (opened with `isolation_level=None`) in one `BEGIN IMMEDIATE`
+    transaction, which also keeps two processes opening the file at once from both
+    migrating."""
     session = SqlSession(db, SqliteDialect())
     with _immediate_transaction(session):
         return migrate(session, migrations)
