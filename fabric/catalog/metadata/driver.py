@@ -69,26 +69,28 @@ class SqlDialect(ABC):
     def render(self, template: LiteralString) -> Any:
         """`template` as this database's driver takes it."""
 
-    @abstractmethod
     def render_migration(self, statement: str) -> Any:
-        """A statement of one of this backend's own migrations, as its driver takes it."""
+        """A statement of one of this backend's own migrations, as its driver takes it
+        (by default as written)."""
+        return statement
 
     @abstractmethod
     def encode_document(self, document: Any, *, exact: bool = False) -> Any:
         """A JSON document as a parameter; `exact` keeps its text as written (numbers
         included) where the database would otherwise normalise it."""
 
-    @abstractmethod
     def decode_document(self, value: Any) -> Any:
-        """A document column's value as Python objects."""
+        """A document column's value as Python objects (by default the driver's value)."""
+        return value
 
-    @abstractmethod
     def encode_time(self, at: datetime) -> Any:
-        """A UTC time as a parameter."""
+        """A UTC time as a parameter (by default the datetime itself)."""
+        return at
 
-    @abstractmethod
     def decode_time(self, value: Any) -> datetime:
-        """A time column's value as an aware datetime."""
+        """A time column's value as an aware datetime (by default the driver's value)."""
+        assert isinstance(value, datetime)
+        return value
 
     @abstractmethod
     def next_catalog_version(self, session: SqlSession) -> int:

@@ -196,16 +196,6 @@ class PostgresDialect(SqlDialect):
     def encode_document(self, document: Any, *, exact: bool = False) -> Json | Jsonb:
         return Json(document) if exact else Jsonb(document)
 
-    def decode_document(self, value: Any) -> Any:
-        return value
-
-    def encode_time(self, at: datetime) -> datetime:
-        return at
-
-    def decode_time(self, value: Any) -> datetime:
-        assert isinstance(value, datetime)
-        return value
-
     def next_catalog_version(self, session: SqlSession) -> int:
         row = session.one("SELECT nextval(?::regclass)", [self._sequence])
         if row is None:

@@ -127,9 +127,6 @@ class SqliteDialect(SqlDialect):
             s="main", row_lock="", delete_lock="", bytewise="COLLATE BINARY", time="TEXT"
         )
 
-    def render_migration(self, statement: str) -> str:
-        return statement
-
     def encode_document(self, document: Any, *, exact: bool = False) -> str:
         # Compact, keys sorted: the same document is always the same text.
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
