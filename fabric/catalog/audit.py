@@ -22,8 +22,7 @@ from typing import Final
 from fabric.catalog.serialization import (
     MAX_NAME_LENGTH,
     check_actor,
-    check_stage_name,
-    check_tenant,
+    check_name,
     check_utc,
     looks_like_secret,
 )
@@ -69,15 +68,15 @@ class AuditEvent:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "at", check_utc(self.at, "the time of an audit event"))
-        check_tenant(self.tenant)
+        check_name(self.tenant, "tenant")
         check_actor(self.actor)
         if not isinstance(self.action, str) or ACTION_RE.fullmatch(self.action) is None:
             raise InvalidArgument(
                 f"audit action {self.action!r} must be dotted lower-case words, "
                 "like 'connection.create'"
             )
-        check_stage_name(self.connection, "the connection of an audit event")
-        check_stage_name(self.stage, "the stage of an audit event")
+        check_name(self.connection, "the connection of an audit event", optional=True)
+        check_name(self.stage, "the stage of an audit event", optional=True)
         object.__setattr__(self, "details", MappingProxyType(details_document(self.details)))
 
 

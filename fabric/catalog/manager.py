@@ -185,9 +185,9 @@ class CatalogManager:
             entity = _entity_from_table(info, name, choice.columns)
             entities.append(entity)
         entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
-        self._select_checked(tenant, connection, stage, entities, actor, expected_catalog_version)
-        snapshot = self._store.catalog(tenant, connection)
-        return [_stored(snapshot, entity.name) for entity in entities]
+        return self._select_checked(
+            tenant, connection, stage, entities, actor, expected_catalog_version
+        )
 
     def select_all(
         self,
@@ -219,9 +219,7 @@ class CatalogManager:
             entities.append(_entity_from_table(info, name, None))
         if not entities:
             return []
-        self._select_checked(tenant, connection, stage, entities, actor)
-        snapshot = self._store.catalog(tenant, connection)
-        return [snapshot.entities[entity.name.lower()] for entity in entities]
+        return self._select_checked(tenant, connection, stage, entities, actor)
 
     def list_entities(self, tenant: str, connection: str) -> list[Entity]:
         """The selected entities of a connection, by name; NotFound if no connection."""
@@ -307,17 +305,18 @@ class CatalogManager:
         entities: Sequence[Entity],
         actor: str,
         expected_catalog_version: int | None = None,
-    ) -> int:
+    ) -> list[Entity]:
         """Select `entities` after checking none re-points an entity name, against the very
         catalog version that was checked; a concurrent change makes it check again (unless
-        the caller named the version it expects, which then must still hold)."""
+        the caller named the version it expects, which then must still hold). Returns the
+        entities as stored."""
         attempts = 1 if expected_catalog_version is not None else _SELECT_ATTEMPTS
         for attempt in range(attempts):
             version, merged = self._check_not_repointed(tenant, connection, stage, entities)
             if expected_catalog_version is not None:
                 version = expected_catalog_version
             try:
-                return self._store.select_entities(
+                self._store.select_entities(
                     tenant,
                     connection,
                     merged,
@@ -328,7 +327,9 @@ class CatalogManager:
             except FailedPrecondition:
                 if attempt == attempts - 1:
                     raise
-                # the catalog changed between the check and the write: check again
+                continue  # the catalog changed between the check and the write: check again
+            snapshot = self._store.catalog(tenant, connection)
+            return [_stored(snapshot, entity.name) for entity in entities]
         raise AssertionError("unreachable")
 
     def _check_not_repointed(

@@ -68,9 +68,13 @@ CONNECTION_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """What a connection name must look like."""
 
 
-def check_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"tenant must be a non-empty string of at most {MAX_NAME_LENGTH}")
+def check_name(name: str | None, what: str, *, optional: bool = False) -> None:
+    """InvalidArgument unless `name` (a tenant, stage, ...) is a non-empty string of at most
+    MAX_NAME_LENGTH characters, or None where it is `optional`."""
+    if (name is not None or not optional) and (
+        not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH
+    ):
+        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH}")
 
 
 def check_connection_name(name: str) -> None:
@@ -94,13 +98,6 @@ def check_actor(actor: str) -> None:
         raise InvalidArgument(
             f"actor must be a non-empty string of at most {MAX_ACTOR_LENGTH} characters"
         )
-
-
-def check_stage_name(stage: str | None, what: str = "stage") -> None:
-    if stage is not None and (
-        not isinstance(stage, str) or not stage or len(stage) > MAX_NAME_LENGTH
-    ):
-        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH}")
 
 
 def check_expected_version(value: int | None, what: str) -> None:

@@ -57,9 +57,8 @@ from fabric.catalog.serialization import (
     check_connection_name,
     check_expected_version,
     check_kind,
+    check_name,
     check_selection,
-    check_stage_name,
-    check_tenant,
     check_unselect,
     check_utc,
     columns_document,
@@ -105,7 +104,7 @@ class MetadataStore:
     ) -> Connection:
         """Register a connection at version 1; AlreadyExists when the tenant has one of
         that name; InvalidArgument for malformed input or a setting that names a secret."""
-        check_tenant(tenant)
+        check_name(tenant, "tenant")
         check_connection_name(name)
         kind_name = check_kind(kind)
         stages_doc = stages_document(stages)
@@ -492,7 +491,7 @@ class MetadataStore:
         returns the new version."""
         check_expected_version(expected, "expected_catalog_version")
         check_actor(actor)
-        check_stage_name(stage)
+        check_name(stage, "stage", optional=True)
         at = self._now()
         with self._driver.writing() as session:
             connection_id = self._catalog_for_change(session, tenant, connection, expected)
