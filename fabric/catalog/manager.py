@@ -26,6 +26,7 @@ to share a pooled connector should hand out a wrapper whose `close` does nothing
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -181,9 +182,8 @@ class CatalogManager:
                     f"no table or view {choice.table!r} in connection {connection!r} "
                     f"(stage {stage!r}); discover the connection to see what it has"
                 )
-            name = choice.entity_name if choice.entity_name else info.name
-            entity = _entity_from_table(info, name, choice.columns)
-            entities.append(entity)
+            name = choice.entity_name or info.name
+            entities.append(_entity_from_table(info, name, choice.columns))
         entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
         return self._select_checked(
             tenant, connection, stage, entities, actor, expected_catalog_version
@@ -207,9 +207,7 @@ class CatalogManager:
         """
         tables = self.discover(tenant, connection, stage, schemas)
         usable = [t for t in tables if any(c.supported for c in t.columns)]
-        counts: dict[str, int] = {}
-        for info in usable:
-            counts[info.name.lower()] = counts.get(info.name.lower(), 0) + 1
+        counts = Counter(info.name.lower() for info in usable)
         entities: list[Entity] = []
         taken: set[str] = set()
         for info in usable:
