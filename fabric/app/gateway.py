@@ -11,7 +11,7 @@ from fabric.api.auth import local_admin_context, verified_context
 from fabric.api.query_service import ContextProvider, Execute
 from fabric.api.server import SERVICES, Gateway
 from fabric.app.parts import platform_plane, token_verifier
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
 from fabric.errors import InvalidArgument

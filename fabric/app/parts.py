@@ -8,8 +8,8 @@ from pathlib import Path
 
 from connectors import Connector
 from fabric.catalog.manager import CatalogManager
-from fabric.catalog.metadata.contract import MetadataStore
 from fabric.catalog.metadata.open import open_metadata_store
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.config import Settings
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FailedPrecondition, InvalidArgument

@@ -12,6 +12,7 @@ secret, only names, counts and versions; a detail whose key names a secret is re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,14 +20,11 @@ from types import MappingProxyType
 from typing import Final
 
 from fabric.catalog.serialization import (
-    AUDIT_ACTION_RE,
-    AuditValue,
-    audit_details_document,
-    changed_keys,
+    MAX_NAME_LENGTH,
     check_actor,
-    check_stage_name,
-    check_tenant,
+    check_name,
     check_utc,
+    looks_like_secret,
 )
 from fabric.errors import InvalidArgument
 from fabric.model import Connection
@@ -42,7 +40,15 @@ CATALOG_UNSELECT: Final = "catalog.unselect"
 CATALOG_REPLACE: Final = "catalog.replace"
 CATALOG_BUMP: Final = "catalog.bump"
 
+ACTION_RE: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+"""What an audit action must look like: dotted lower-case words (`connection.create`)."""
+
+MAX_DETAILS: Final = 64
+MAX_TEXT: Final = 4096
+MAX_LIMIT: Final = 10_000
 _MAX_NAMES_TEXT: Final = 1000
+
+AuditValue = str | int | bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +68,49 @@ class AuditEvent:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "at", check_utc(self.at, "the time of an audit event"))
-        check_tenant(self.tenant)
+        check_name(self.tenant, "tenant")
         check_actor(self.actor)
-        if not isinstance(self.action, str) or AUDIT_ACTION_RE.fullmatch(self.action) is None:
+        if not isinstance(self.action, str) or ACTION_RE.fullmatch(self.action) is None:
             raise InvalidArgument(
                 f"audit action {self.action!r} must be dotted lower-case words, "
                 "like 'connection.create'"
             )
-        check_stage_name(self.connection, "the connection of an audit event")
-        check_stage_name(self.stage, "the stage of an audit event")
-        object.__setattr__(self, "details", MappingProxyType(audit_details_document(self.details)))
+        check_name(self.connection, "the connection of an audit event", optional=True)
+        check_name(self.stage, "the stage of an audit event", optional=True)
+        object.__setattr__(self, "details", MappingProxyType(details_document(self.details)))
+
+
+def details_document(details: Mapping[str, AuditValue]) -> dict[str, AuditValue]:
+    """Audit details as a plain dict, after checking them: scalar values only, bounded, and
+    no key that names a secret (the message never repeats the refused value)."""
+    if not isinstance(details, Mapping):
+        raise InvalidArgument("audit details must be a mapping")
+    if len(details) > MAX_DETAILS:
+        raise InvalidArgument(f"audit events carry at most {MAX_DETAILS} details")
+    plain: dict[str, AuditValue] = {}
+    for key, value in details.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_NAME_LENGTH:
+            raise InvalidArgument("audit detail names must be non-empty strings")
+        if looks_like_secret(key):
+            raise InvalidArgument(
+                f"audit detail {key!r} looks like a secret; an audit event says who changed "
+                "what, never a secret value"
+            )
+        if not isinstance(value, str | int | bool):
+            raise InvalidArgument(
+                f"audit detail {key!r} must be a string, integer or boolean, "
+                f"not {type(value).__name__}"
+            )
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise InvalidArgument(f"audit detail {key!r} is longer than {MAX_TEXT}")
+        plain[key] = value
+    return dict(sorted(plain.items()))
+
+
+def check_limit(limit: int) -> None:
+    """InvalidArgument unless `limit` (of a listing of events) is from 1 to MAX_LIMIT."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}")
 
 
 def names_text(names: Iterable[str]) -> str:
@@ -114,11 +153,16 @@ def connection_created(
     )
 
 
+def _changed_keys(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
+    """Keys added, removed or whose value differs, sorted."""
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
 def connection_updated(
     at: datetime, actor: str, old: Connection, new: Connection, catalog_version: int
 ) -> AuditEvent:
-    stages = changed_keys(old.stages, new.stages)
-    refs = changed_keys(old.secret_refs, new.secret_refs)
+    stages = _changed_keys(old.stages, new.stages)
+    refs = _changed_keys(old.secret_refs, new.secret_refs)
     return AuditEvent(
         at=at,
         tenant=new.tenant,

@@ -26,6 +26,7 @@ to share a pooled connector should hand out a wrapper whose `close` does nothing
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -33,13 +34,14 @@ from types import MappingProxyType
 from typing import Protocol
 
 from fabric.catalog.audit import SYSTEM_ACTOR
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.store import MetadataStore
+from fabric.catalog.serialization import IDENTIFIER_RE
 from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fabric.model import (
+    CatalogSnapshot,
     ColumnInfo,
     Connection,
     Entity,
-    SettingValue,
     TableInfo,
 )
 
@@ -60,7 +62,6 @@ ConnectorFactory = Callable[[Connection, str], SourceInspector]
 """Builds a connector for a connection in a stage (resolving its secret); the caller of
 the factory owns the connector and closes it."""
 
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SELECT_ATTEMPTS = 5
 
 
@@ -82,6 +83,16 @@ class CatalogManager:
     def __init__(self, store: MetadataStore, connector_factory: ConnectorFactory) -> None:
         self._store = store
         self._connector_factory = connector_factory
+        # Connections, and unselecting (which needs no source), are the store's alone (it
+        # checks, versions and audits them): the manager hands out the store's own methods,
+        # documented on MetadataStore.
+        self.create_connection = store.create_connection
+        self.get_connection = store.get_connection
+        self.list_connections = store.list_connections
+        self.update_connection = store.update_connection
+        self.delete_connection = store.delete_connection
+        self.catalog_version = store.catalog_version
+        self.unselect = store.unselect_entities
 
     @property
     def store(self) -> MetadataStore:
@@ -89,60 +100,6 @@ class CatalogManager:
         return self._store
 
     # -- connections ---------------------------------------------------------------------
-
-    def create_connection(
-        self,
-        tenant: str,
-        name: str,
-        kind: str,
-        stages: Mapping[str, Mapping[str, SettingValue]],
-        secret_refs: Mapping[str, str] | None = None,
-        *,
-        actor: str = SYSTEM_ACTOR,
-    ) -> Connection:
-        """Register a connection (no secrets in `stages`; passwords go to the secret store
-        and are referred to by `secret_refs`). AlreadyExists / InvalidArgument."""
-        return self._store.create_connection(tenant, name, kind, stages, secret_refs, actor=actor)
-
-    def get_connection(self, tenant: str, name: str) -> Connection:
-        """The connection; NotFound if absent."""
-        return self._store.get_connection(tenant, name)
-
-    def list_connections(self, tenant: str) -> list[Connection]:
-        """The tenant's connections."""
-        return self._store.list_connections(tenant)
-
-    def update_connection(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        stages: Mapping[str, Mapping[str, SettingValue]] | None = None,
-        secret_refs: Mapping[str, str] | None = None,
-        expected_version: int,
-        actor: str = SYSTEM_ACTOR,
-    ) -> Connection:
-        """Replace a connection's stages and/or secret references if it is still at
-        `expected_version` (FailedPrecondition otherwise: reload and retry)."""
-        return self._store.update_connection(
-            tenant,
-            name,
-            stages=stages,
-            secret_refs=secret_refs,
-            expected_version=expected_version,
-            actor=actor,
-        )
-
-    def delete_connection(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        expected_version: int | None = None,
-        actor: str = SYSTEM_ACTOR,
-    ) -> None:
-        """Delete a connection and its selection; NotFound if absent."""
-        self._store.delete_connection(tenant, name, expected_version=expected_version, actor=actor)
 
     def test_connection(self, tenant: str, connection: str, stage: str) -> None:
         """Connect to the source of `connection` in `stage` and run a trivial query; raises
@@ -225,19 +182,12 @@ class CatalogManager:
                     f"no table or view {choice.table!r} in connection {connection!r} "
                     f"(stage {stage!r}); discover the connection to see what it has"
                 )
-            name = choice.entity_name if choice.entity_name else info.name
-            entity = _entity_from_table(info, name, choice.columns)
-            entities.append(entity)
+            name = choice.entity_name or info.name
+            entities.append(_entity_from_table(info, name, choice.columns))
         entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
-        self._select_checked(tenant, connection, stage, entities, actor, expected_catalog_version)
-        snapshot = self._store.catalog(tenant, connection)
-        stored = []
-        for entity in entities:
-            found = snapshot.entity(entity.name)
-            if found is None:  # only if someone unselected it in between
-                raise NotFound(f"entity {entity.name!r} is no longer selected in {connection!r}")
-            stored.append(found)
-        return stored
+        return self._select_checked(
+            tenant, connection, stage, entities, actor, expected_catalog_version
+        )
 
     def select_all(
         self,
@@ -257,9 +207,7 @@ class CatalogManager:
         """
         tables = self.discover(tenant, connection, stage, schemas)
         usable = [t for t in tables if any(c.supported for c in t.columns)]
-        counts: dict[str, int] = {}
-        for info in usable:
-            counts[info.name.lower()] = counts.get(info.name.lower(), 0) + 1
+        counts = Counter(info.name.lower() for info in usable)
         entities: list[Entity] = []
         taken: set[str] = set()
         for info in usable:
@@ -269,38 +217,11 @@ class CatalogManager:
             entities.append(_entity_from_table(info, name, None))
         if not entities:
             return []
-        self._select_checked(tenant, connection, stage, entities, actor)
-        snapshot = self._store.catalog(tenant, connection)
-        return [snapshot.entities[entity.name.lower()] for entity in entities]
-
-    def unselect(
-        self,
-        tenant: str,
-        connection: str,
-        names: str | Sequence[str],
-        *,
-        expected_catalog_version: int | None = None,
-        actor: str = SYSTEM_ACTOR,
-    ) -> int:
-        """Remove entities from the selection (all or none); returns the new catalog
-        version. NotFound names the entities that are not selected."""
-        if isinstance(names, str):
-            names = [names]
-        return self._store.unselect_entities(
-            tenant,
-            connection,
-            list(names),
-            expected_catalog_version=expected_catalog_version,
-            actor=actor,
-        )
+        return self._select_checked(tenant, connection, stage, entities, actor)
 
     def list_entities(self, tenant: str, connection: str) -> list[Entity]:
         """The selected entities of a connection, by name; NotFound if no connection."""
         return list(self._store.catalog(tenant, connection).entities.values())
-
-    def catalog_version(self, tenant: str, connection: str) -> int:
-        """The connection's current catalog version."""
-        return self._store.catalog_version(tenant, connection)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -382,17 +303,18 @@ class CatalogManager:
         entities: Sequence[Entity],
         actor: str,
         expected_catalog_version: int | None = None,
-    ) -> int:
+    ) -> list[Entity]:
         """Select `entities` after checking none re-points an entity name, against the very
         catalog version that was checked; a concurrent change makes it check again (unless
-        the caller named the version it expects, which then must still hold)."""
+        the caller named the version it expects, which then must still hold). Returns the
+        entities as stored."""
         attempts = 1 if expected_catalog_version is not None else _SELECT_ATTEMPTS
         for attempt in range(attempts):
             version, merged = self._check_not_repointed(tenant, connection, stage, entities)
             if expected_catalog_version is not None:
                 version = expected_catalog_version
             try:
-                return self._store.select_entities(
+                self._store.select_entities(
                     tenant,
                     connection,
                     merged,
@@ -403,7 +325,9 @@ class CatalogManager:
             except FailedPrecondition:
                 if attempt == attempts - 1:
                     raise
-                # the catalog changed between the check and the write: check again
+                continue  # the catalog changed between the check and the write: check again
+            snapshot = self._store.catalog(tenant, connection)
+            return [_stored(snapshot, entity.name) for entity in entities]
         raise AssertionError("unreachable")
 
     def _check_not_repointed(
@@ -439,11 +363,12 @@ class CatalogManager:
             )
         return snapshot.version, merged
 
-    def _stored(self, tenant: str, connection: str, name: str) -> Entity:
-        entity = self._store.catalog(tenant, connection).entity(name)
-        if entity is None:  # only if someone unselected it in between
-            raise NotFound(f"entity {name!r} is no longer selected in {connection!r}")
-        return entity
+
+def _stored(snapshot: CatalogSnapshot, name: str) -> Entity:
+    entity = snapshot.entity(name)
+    if entity is None:  # only if someone unselected it in between
+        raise NotFound(f"entity {name!r} is no longer selected in {snapshot.connection!r}")
+    return entity
 
 
 def _without_default_overrides(entity: Entity) -> Entity:
@@ -506,7 +431,7 @@ def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None
     """The entity for `info` with the chosen columns (in table order), its primary key
     (always included, dropped only if a key column's type is unsupported) and the foreign
     keys whose columns are all selected."""
-    if not isinstance(name, str) or _IDENTIFIER_RE.fullmatch(name) is None:
+    if not isinstance(name, str) or IDENTIFIER_RE.fullmatch(name) is None:
         raise InvalidArgument(
             f"entity name {name!r} is not a valid SQL identifier (letters, digits and '_', "
             "not starting with a digit); pass entity_name"

@@ -1,22 +1,21 @@
-"""What both metadata stores share: input checks, the no-secrets rule, encodings, migrations.
+"""The metadata store's input checks and JSON documents: names, the no-secrets rule, entities.
 
-Every metadata store (SQLite, PostgreSQL) validates its input and encodes it here, so the
-two cannot drift apart: the same names are refused, the same keys are treated as secrets,
-and an entity is written as the same JSON documents (columns with their exact Arrow types
-as base64 IPC schemas, keys kept whole and in order) whichever store keeps it.
+The store checks and encodes its input here (audit events and the connection admin use the
+same checks), so the same names are refused and the same keys are treated as secrets
+everywhere, and an entity is written as the same JSON documents (columns with their exact
+Arrow types as base64 IPC schemas, keys kept whole and in order) whichever database keeps it.
 
-Everything here is checked before a store sends anything to its database: a value that is
+Everything here is checked before the store sends anything to its database: a value that is
 refused never reaches a file, a table or a write-ahead log.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
@@ -24,7 +23,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from connectors import registry
-from fabric.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
+from fabric.errors import FailedPrecondition, InvalidArgument, NotFound
 from fabric.model import (
     ColumnInfo,
     Connection,
@@ -34,11 +33,6 @@ from fabric.model import (
 )
 
 # -- the no-secrets rule -------------------------------------------------------------------
-
-SECRET_SETTING_KEYS: Final = frozenset(
-    {"password", "passwd", "pwd", "secret", "token", "api_key", "private_key"}
-)
-"""Keys (compared case-insensitively) that name a secret and are refused outright."""
 
 SECRET_KEY_SUFFIXES: Final = (
     "password",
@@ -51,15 +45,15 @@ SECRET_KEY_SUFFIXES: Final = (
     "private_key",
     "secret_key",
 )
-"""Endings (case-insensitive) that also name a secret: `db_password`, `client_secret`,
-`sslpassword`, `access_token`. Keys that merely mention one (`password_ref`, `token_url`)
-are allowed: they name where a secret is, not the secret."""
+"""Endings (case-insensitive) of keys that name a secret: `password`, `db_password`,
+`client_secret`, `sslpassword`, `access_token` (and `pwd`, alone). Keys that merely mention
+one (`password_ref`, `token_url`) are allowed: they name where a secret is, not the secret."""
 
 
 def looks_like_secret(key: str) -> bool:
     """True when a setting or audit detail named `key` would hold a secret."""
     folded = key.lower()
-    return folded in SECRET_SETTING_KEYS or folded.endswith(SECRET_KEY_SUFFIXES)
+    return folded == "pwd" or folded.endswith(SECRET_KEY_SUFFIXES)
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -73,16 +67,14 @@ IDENTIFIER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CONNECTION_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """What a connection name must look like."""
 
-AUDIT_ACTION_RE: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
-"""What an audit action must look like: dotted lower-case words (`connection.create`)."""
 
-MAX_AUDIT_DETAILS: Final = 64
-MAX_AUDIT_TEXT: Final = 4096
-
-
-def check_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"tenant must be a non-empty string of at most {MAX_NAME_LENGTH}")
+def check_name(name: str | None, what: str, *, optional: bool = False) -> None:
+    """InvalidArgument unless `name` (a tenant, stage, ...) is a non-empty string of at most
+    MAX_NAME_LENGTH characters, or None where it is `optional`."""
+    if (name is not None or not optional) and (
+        not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH
+    ):
+        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH}")
 
 
 def check_connection_name(name: str) -> None:
@@ -106,13 +98,6 @@ def check_actor(actor: str) -> None:
         raise InvalidArgument(
             f"actor must be a non-empty string of at most {MAX_ACTOR_LENGTH} characters"
         )
-
-
-def check_stage_name(stage: str | None, what: str = "stage") -> None:
-    if stage is not None and (
-        not isinstance(stage, str) or not stage or len(stage) > MAX_NAME_LENGTH
-    ):
-        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH}")
 
 
 def check_expected_version(value: int | None, what: str) -> None:
@@ -221,34 +206,7 @@ def connection_from_documents(
     )
 
 
-def plain_stages(
-    stages: Mapping[str, Mapping[str, SettingValue]],
-) -> dict[str, dict[str, SettingValue]]:
-    """Stored (already checked) stages as plain dicts, to write them back unchanged."""
-    return {stage: dict(settings) for stage, settings in stages.items()}
-
-
-def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Keys added, removed or whose value differs, sorted (used for audit details)."""
-    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-
-
 # -- entities ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EntityDocument:
-    """An entity as a store writes it: the lower-cased key and JSON-ready documents."""
-
-    name_key: str
-    name: str
-    schema: str
-    table: str
-    columns: list[dict[str, Any]]
-    primary_key: list[str]
-    foreign_keys: list[dict[str, Any]]
-    stage_tables: dict[str, list[str]]
-    """Stage -> [schema, table] where a stage names the table differently."""
 
 
 def check_entity(entity: Entity) -> None:
@@ -299,8 +257,8 @@ def check_entity(entity: Entity) -> None:
             )
 
 
-def selection_documents(entities: Sequence[Entity], *, allow_empty: bool) -> list[EntityDocument]:
-    """Check a selection as a whole (all or none) and encode it.
+def check_selection(entities: Sequence[Entity], *, allow_empty: bool) -> list[Entity]:
+    """The entities of a selection, checked as a whole (all or none).
 
     InvalidArgument for an empty list (unless `allow_empty`), an inconsistent entity, or two
     entities whose names differ only in case.
@@ -309,7 +267,6 @@ def selection_documents(entities: Sequence[Entity], *, allow_empty: bool) -> lis
         entities = [entities]
     if not entities and not allow_empty:
         raise InvalidArgument("select at least one entity")
-    documents: list[EntityDocument] = []
     seen: dict[str, str] = {}
     for entity in entities:
         if not isinstance(entity, Entity):
@@ -322,19 +279,7 @@ def selection_documents(entities: Sequence[Entity], *, allow_empty: bool) -> lis
                 "are unique per connection, ignoring case"
             )
         seen[key] = entity.name
-        documents.append(
-            EntityDocument(
-                name_key=key,
-                name=entity.name,
-                schema=entity.schema,
-                table=entity.table,
-                columns=columns_document(entity.columns),
-                primary_key=list(entity.primary_key),
-                foreign_keys=foreign_keys_document(entity.foreign_keys),
-                stage_tables=stage_tables_document(entity.stage_tables),
-            )
-        )
-    return documents
+    return list(entities)
 
 
 def stage_tables_document(stage_tables: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
@@ -342,31 +287,13 @@ def stage_tables_document(stage_tables: Mapping[str, tuple[str, str]]) -> dict[s
     return {stage: [schema, table] for stage, (schema, table) in sorted(stage_tables.items())}
 
 
-def stage_tables_from_document(
-    document: Mapping[str, Sequence[str]] | None,
-) -> Mapping[str, tuple[str, str]]:
-    """The inverse of `stage_tables_document` (None, from rows written before stage
-    tables existed, is no override)."""
-    return MappingProxyType(
-        {stage: (str(pair[0]), str(pair[1])) for stage, pair in (document or {}).items()}
-    )
-
-
-def unselect_keys(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(names as given, distinct lower-cased keys) of an unselect request; InvalidArgument
-    when it names nothing."""
+def check_unselect(names: Sequence[str]) -> list[str]:
+    """The names of an unselect request; InvalidArgument when it names nothing."""
     if isinstance(names, str):
         names = [names]
     if not names or not all(isinstance(name, str) and name for name in names):
         raise InvalidArgument("name at least one entity to unselect")
-    return list(names), list(dict.fromkeys(name.lower() for name in names))
-
-
-def missing_entities(connection: str, missing: Sequence[str]) -> NotFound:
-    return NotFound(
-        f"connection {connection!r} has no selected entity named "
-        f"{', '.join(repr(name) for name in missing)}"
-    )
+    return list(names)
 
 
 def arrow_type_to_text(arrow_type: pa.DataType | None) -> str | None:
@@ -401,42 +328,9 @@ def columns_document(columns: Sequence[ColumnInfo]) -> list[dict[str, Any]]:
     ]
 
 
-def columns_from_document(items: Sequence[Mapping[str, Any]]) -> tuple[ColumnInfo, ...]:
-    return tuple(
-        ColumnInfo(
-            name=item["name"],
-            source_type=item["source_type"],
-            arrow_type=arrow_type_from_text(item["arrow_ipc"]),
-            nullable=bool(item["nullable"]),
-        )
-        for item in items
-    )
-
-
 def foreign_keys_document(foreign_keys: Sequence[ForeignKey]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": fk.name,
-            "columns": list(fk.columns),
-            "referenced_schema": fk.referenced_schema,
-            "referenced_table": fk.referenced_table,
-            "referenced_columns": list(fk.referenced_columns),
-        }
-        for fk in foreign_keys
-    ]
-
-
-def foreign_keys_from_document(items: Sequence[Mapping[str, Any]]) -> tuple[ForeignKey, ...]:
-    return tuple(
-        ForeignKey(
-            name=item["name"],
-            columns=tuple(item["columns"]),
-            referenced_schema=item["referenced_schema"],
-            referenced_table=item["referenced_table"],
-            referenced_columns=tuple(item["referenced_columns"]),
-        )
-        for item in items
-    )
+    # Every field, by its name; JSON writes the column tuples as lists.
+    return [asdict(fk) for fk in foreign_keys]
 
 
 def entity_from_documents(
@@ -446,87 +340,35 @@ def entity_from_documents(
     columns: Sequence[Mapping[str, Any]],
     primary_key: Sequence[str],
     foreign_keys: Sequence[Mapping[str, Any]],
-    stage_tables: Mapping[str, Sequence[str]] | None = None,
+    stage_tables: Mapping[str, Sequence[str]] | None,
 ) -> Entity:
+    """An entity from its stored documents (the inverse of the `..._document` functions;
+    no `stage_tables`, from a row written before they existed, is no override)."""
     return Entity(
         name=name,
         schema=schema,
         table=table,
-        columns=columns_from_document(columns),
+        columns=tuple(
+            ColumnInfo(
+                name=item["name"],
+                source_type=item["source_type"],
+                arrow_type=arrow_type_from_text(item["arrow_ipc"]),
+                nullable=bool(item["nullable"]),
+            )
+            for item in columns
+        ),
         primary_key=tuple(primary_key),
-        foreign_keys=foreign_keys_from_document(foreign_keys),
-        stage_tables=stage_tables_from_document(stage_tables),
-    )
-
-
-# -- audit details -----------------------------------------------------------------------
-
-AuditValue = str | int | bool
-
-
-def audit_details_document(details: Mapping[str, AuditValue]) -> dict[str, AuditValue]:
-    """Audit details as a plain dict, after checking them: scalar values only, bounded, and
-    no key that names a secret (the message never repeats the refused value)."""
-    if not isinstance(details, Mapping):
-        raise InvalidArgument("audit details must be a mapping")
-    if len(details) > MAX_AUDIT_DETAILS:
-        raise InvalidArgument(f"audit events carry at most {MAX_AUDIT_DETAILS} details")
-    plain: dict[str, AuditValue] = {}
-    for key, value in details.items():
-        if not isinstance(key, str) or not key or len(key) > MAX_NAME_LENGTH:
-            raise InvalidArgument("audit detail names must be non-empty strings")
-        if looks_like_secret(key):
-            raise InvalidArgument(
-                f"audit detail {key!r} looks like a secret; an audit event says who changed "
-                "what, never a secret value"
+        foreign_keys=tuple(
+            ForeignKey(
+                name=item["name"],
+                columns=tuple(item["columns"]),
+                referenced_schema=item["referenced_schema"],
+                referenced_table=item["referenced_table"],
+                referenced_columns=tuple(item["referenced_columns"]),
             )
-        if not isinstance(value, str | int | bool):
-            raise InvalidArgument(
-                f"audit detail {key!r} must be a string, integer or boolean, "
-                f"not {type(value).__name__}"
-            )
-        if isinstance(value, str) and len(value) > MAX_AUDIT_TEXT:
-            raise InvalidArgument(f"audit detail {key!r} is longer than {MAX_AUDIT_TEXT}")
-        plain[key] = value
-    return dict(sorted(plain.items()))
-
-
-def dumps(document: Any) -> str:
-    """A document as compact JSON text, keys sorted (the SQLite store's column format)."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
-
-
-# -- migrations --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One forward step of a store's schema; `statements` run in order, in one transaction
-    together with every other pending step."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
-def check_migrations(migrations: Sequence[Migration]) -> int:
-    """The latest version of `migrations`; InternalError unless unique and increasing."""
-    versions = [migration.version for migration in migrations]
-    if versions != sorted(set(versions)) or any(v < 1 for v in versions):
-        raise InternalError("migrations must have unique, increasing, positive versions")
-    return versions[-1] if versions else 0
-
-
-def schema_too_new(current: int, latest: int) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"the metadata store has schema version {current}, newer than this release "
-        f"knows ({latest}); upgrade Fabric or use another metadata store"
+            for item in foreign_keys
+        ),
+        stage_tables=MappingProxyType(
+            {stage: (str(pair[0]), str(pair[1])) for stage, pair in (stage_tables or {}).items()}
+        ),
     )
-
-
-MAX_AUDIT_LIMIT: Final = 10_000
-
-
-def check_audit_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_AUDIT_LIMIT:
-        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_AUDIT_LIMIT}")

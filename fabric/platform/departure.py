@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.errors import NotFound
 from fabric.query.engine import QueryEngine

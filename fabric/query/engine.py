@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from connectors import QueryHandle
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext

@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from connectors import Connector, ConnectorConfig, connector_class
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.errors import FailedPrecondition, NotFound
 from fabric.model import CatalogSnapshot, Connection, SettingValue
 

@@ -24,12 +24,13 @@ from psycopg import sql
 
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.metadata import postgres, sqlite
-from fabric.catalog.metadata.contract import MetadataStore
+from fabric.catalog.metadata.driver import Migration
 from fabric.catalog.metadata.open import open_metadata_store, split_schema
 from fabric.catalog.metadata.postgres import PostgresMetadataStore
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
-from fabric.catalog.serialization import Migration, arrow_type_from_text, arrow_type_to_text
-from fabric.catalog.version_watch import CatalogVersionWatch
+from fabric.catalog.metadata.store import MetadataStore
+from fabric.catalog.metadata.version_watch import CatalogVersionWatch
+from fabric.catalog.serialization import arrow_type_from_text, arrow_type_to_text
 from fabric.errors import (
     AlreadyExists,
     FailedPrecondition,

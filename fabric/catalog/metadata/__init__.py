@@ -1,1 +1,1 @@
-"""The metadata store: its contract, one SQL implementation, and a driver per database."""
+"""The metadata store: one SQL implementation, and a driver per database."""

@@ -1,6 +1,6 @@
 """The seam between the SQL metadata store and a database: dialect, session, driver, migrations.
 
-The store (fabric.catalog.metadata.sql_store) writes every query and every rule once. What
+The store (fabric.catalog.metadata.store) writes every query and every rule once. What
 differs between the databases it runs on sits behind three small pieces, one of each per
 backend:
 
@@ -15,13 +15,16 @@ backend:
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Final, LiteralString, Protocol
 
-from fabric.catalog.serialization import Migration, check_migrations, schema_too_new, utc_now
+from fabric.catalog.serialization import utc_now
+from fabric.errors import FailedPrecondition, InternalError
 
 Row = tuple[Any, ...]
 
@@ -59,39 +62,35 @@ class SqlDialect(ABC):
     """
 
     def __init__(self) -> None:
-        self._rendered: dict[str, Any] = {}
-
-    def query(self, template: LiteralString) -> Any:
-        """`template` rendered for this database (once; kept for the next call)."""
-        query = self._rendered.get(template)
-        if query is None:
-            query = self._rendered[template] = self.render(template)
-        return query
+        # `query(template)`: rendered once and kept; the store has a fixed set of templates.
+        self.query = functools.cache(self.render)
 
     @abstractmethod
     def render(self, template: LiteralString) -> Any:
         """`template` as this database's driver takes it."""
 
-    @abstractmethod
     def render_migration(self, statement: str) -> Any:
-        """A statement of one of this backend's own migrations, as its driver takes it."""
+        """A statement of one of this backend's own migrations, as its driver takes it
+        (by default as written)."""
+        return statement
 
     @abstractmethod
     def encode_document(self, document: Any, *, exact: bool = False) -> Any:
         """A JSON document as a parameter; `exact` keeps its text as written (numbers
         included) where the database would otherwise normalise it."""
 
-    @abstractmethod
     def decode_document(self, value: Any) -> Any:
-        """A document column's value as Python objects."""
+        """A document column's value as Python objects (by default the driver's value)."""
+        return value
 
-    @abstractmethod
     def encode_time(self, at: datetime) -> Any:
-        """A UTC time as a parameter."""
+        """A UTC time as a parameter (by default the datetime itself)."""
+        return at
 
-    @abstractmethod
     def decode_time(self, value: Any) -> datetime:
-        """A time column's value as an aware datetime."""
+        """A time column's value as an aware datetime (by default the driver's value)."""
+        assert isinstance(value, datetime)
+        return value
 
     @abstractmethod
     def next_catalog_version(self, session: SqlSession) -> int:
@@ -106,21 +105,17 @@ class SqlSession:
         self._connection = connection
         self.dialect = dialect
 
+    # Cursors are closed at once: SQLite keeps a statement with rows left open until then.
+
     def one(self, template: LiteralString, params: Sequence[Any] = ()) -> Row | None:
         """The first row of the result, or None."""
-        cursor = self._connection.execute(self.dialect.query(template), params)
-        try:
+        with closing(self._connection.execute(self.dialect.query(template), params)) as cursor:
             row: Row | None = cursor.fetchone()
             return row
-        finally:
-            cursor.close()  # SQLite keeps a statement with rows left open until then
 
     def all(self, template: LiteralString, params: Sequence[Any] = ()) -> list[Row]:
-        cursor = self._connection.execute(self.dialect.query(template), params)
-        try:
+        with closing(self._connection.execute(self.dialect.query(template), params)) as cursor:
             return cursor.fetchall()
-        finally:
-            cursor.close()
 
     def run(self, template: LiteralString, params: Sequence[Any] = ()) -> None:
         self._connection.execute(self.dialect.query(template), params).close()
@@ -129,11 +124,8 @@ class SqlSession:
         """The statement once per row of parameters (nothing when there are none)."""
         if not rows:
             return
-        cursor = self._connection.cursor()
-        try:
+        with closing(self._connection.cursor()) as cursor:
             cursor.executemany(self.dialect.query(template), rows)
-        finally:
-            cursor.close()
 
     def run_migration(self, statement: str) -> None:
         self._connection.execute(self.dialect.render_migration(statement)).close()
@@ -184,6 +176,17 @@ class SqlDriver(ABC):
 
 # -- migrations ----------------------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward step of a store's schema; `statements` run in order, in one transaction
+    together with every other pending step."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
 SCHEMA_MIGRATIONS: Final = (
     "CREATE TABLE IF NOT EXISTS {s}.schema_migrations"
     " (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at {time} NOT NULL)"
@@ -198,12 +201,18 @@ def migrate(session: SqlSession, migrations: Sequence[Migration]) -> int:
     apply or none does, once. Applying twice is a no-op. Returns the schema version
     reached; FailedPrecondition when the schema was written by a newer release.
     """
-    latest = check_migrations(migrations)
+    versions = [migration.version for migration in migrations]
+    if versions != sorted(set(versions)) or any(v < 1 for v in versions):
+        raise InternalError("migrations must have unique, increasing, positive versions")
+    latest = versions[-1] if versions else 0
     session.run(SCHEMA_MIGRATIONS)
     row = session.one("SELECT COALESCE(MAX(version), 0) FROM {s}.schema_migrations")
     current = int(row[0]) if row is not None else 0
     if current > latest:
-        raise schema_too_new(current, latest)
+        raise FailedPrecondition(
+            f"the metadata store has schema version {current}, newer than this release "
+            f"knows ({latest}); upgrade Fabric or use another metadata store"
+        )
     for migration in migrations:
         if migration.version <= current:
             continue

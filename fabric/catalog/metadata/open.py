@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from fabric.catalog.metadata.contract import MetadataStore
 from fabric.catalog.metadata.postgres import DEFAULT_SCHEMA, PostgresMetadataStore
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
+from fabric.catalog.metadata.store import MetadataStore
 from fabric.errors import InvalidArgument
 
 POSTGRES_SCHEMES: Final = ("postgresql", "postgres")

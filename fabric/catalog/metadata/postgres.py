@@ -1,6 +1,6 @@
 """The production metadata store: PostgreSQL, metadata only, in one schema of its own.
 
-The queries and rules are the SQL store's (fabric.catalog.metadata.sql_store); this module
+The queries and rules are the store's (fabric.catalog.metadata.store); this module
 is what PostgreSQL does its own way.
 
 Layout: every table lives in `schema` (default `fabric`), created if missing, so several
@@ -21,7 +21,7 @@ writes to one connection are serialized while writes to others run in parallel.
 
 Catalog versions, read on every query, come from memory while a LISTEN connection hears
 of every change (a trigger on `catalog_versions` notifies at commit; see
-fabric.catalog.version_watch); without it they are read from the database.
+fabric.catalog.metadata.version_watch); without it they are read from the database.
 
 The URL's password, if any, is used to connect and never appears in an error or a log
 line written here. A server that cannot be reached is SourceUnavailable (gRPC
@@ -43,10 +43,10 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from fabric.catalog.metadata.driver import SqlDialect, SqlDriver, SqlSession, migrate
-from fabric.catalog.metadata.sql_store import SqlMetadataStore
-from fabric.catalog.serialization import IDENTIFIER_RE, Migration, utc_now
-from fabric.catalog.version_watch import CatalogVersionWatch
+from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
+from fabric.catalog.metadata.store import MetadataStore
+from fabric.catalog.metadata.version_watch import CatalogVersionWatch
+from fabric.catalog.serialization import IDENTIFIER_RE, utc_now
 from fabric.errors import (
     FabricError,
     FailedPrecondition,
@@ -196,16 +196,6 @@ class PostgresDialect(SqlDialect):
     def encode_document(self, document: Any, *, exact: bool = False) -> Json | Jsonb:
         return Json(document) if exact else Jsonb(document)
 
-    def decode_document(self, value: Any) -> Any:
-        return value
-
-    def encode_time(self, at: datetime) -> datetime:
-        return at
-
-    def decode_time(self, value: Any) -> datetime:
-        assert isinstance(value, datetime)
-        return value
-
     def next_catalog_version(self, session: SqlSession) -> int:
         row = session.one("SELECT nextval(?::regclass)", [self._sequence])
         if row is None:
@@ -320,8 +310,8 @@ class PostgresDriver(SqlDriver):
             ) from exc
 
 
-class PostgresMetadataStore(SqlMetadataStore):
-    """The SQL metadata store on PostgreSQL; see the module docstring.
+class PostgresMetadataStore(MetadataStore):
+    """The metadata store on PostgreSQL; see the module docstring.
 
     `url` is a libpq URL or conninfo string; `schema` holds every table; the pool keeps
     between `pool_min` and `pool_max` connections and waits up to `timeout` seconds for
@@ -363,13 +353,8 @@ class PostgresMetadataStore(SqlMetadataStore):
 
 
 def apply_migrations(conn: PgConnection, schema: str, migrations: Sequence[Migration]) -> int:
-    """Bring `schema` (created if missing) up to the last of `migrations`.
-
-    All pending steps run in one transaction under an advisory lock on the schema, so
-    either all of them apply or none does, and two processes never migrate at once.
-    Applying twice is a no-op. Returns the schema version reached; FailedPrecondition when
-    the schema was written by a newer release.
-    """
+    """`migrate` `schema` (created if missing) in one transaction under an advisory lock
+    on the schema, so that two processes never migrate it at once."""
     check_schema_name(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [migration_lock_key(schema)])

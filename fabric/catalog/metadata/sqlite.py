@@ -1,6 +1,6 @@
 """The embedded metadata store: one SQLite file (or `:memory:`), metadata only.
 
-The queries and rules are the SQL store's (fabric.catalog.metadata.sql_store); this module
+The queries and rules are the store's (fabric.catalog.metadata.store); this module
 is what SQLite does its own way. Files are created with mode 0600, in WAL mode, with
 foreign keys enforced. One SQLite connection (`check_same_thread=False`) per store, guarded
 by a lock. Every write is one `BEGIN IMMEDIATE` transaction, so writers (threads, or
@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Final, LiteralString
 
-from fabric.catalog.metadata.driver import SqlDialect, SqlDriver, SqlSession, migrate
-from fabric.catalog.metadata.sql_store import SqlMetadataStore
-from fabric.catalog.serialization import Migration, dumps, utc_now
+from fabric.catalog.metadata.driver import Migration, SqlDialect, SqlDriver, SqlSession, migrate
+from fabric.catalog.metadata.store import MetadataStore
+from fabric.catalog.serialization import utc_now
 from fabric.errors import FailedPrecondition, InternalError
 
 MEMORY: Final = ":memory:"
@@ -127,11 +127,9 @@ class SqliteDialect(SqlDialect):
             s="main", row_lock="", delete_lock="", bytewise="COLLATE BINARY", time="TEXT"
         )
 
-    def render_migration(self, statement: str) -> str:
-        return statement
-
     def encode_document(self, document: Any, *, exact: bool = False) -> str:
-        return dumps(document)
+        # Compact, keys sorted: the same document is always the same text.
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
     def decode_document(self, value: Any) -> Any:
         return json.loads(value)
@@ -200,8 +198,8 @@ class SqliteDriver(SqlDriver):
                 self._db = None
 
 
-class SqliteMetadataStore(SqlMetadataStore):
-    """The SQL metadata store on a SQLite file (or `:memory:`); see the module docstring.
+class SqliteMetadataStore(MetadataStore):
+    """The metadata store on a SQLite file (or `:memory:`); see the module docstring.
 
     `clock` gives the wall-clock time written to audit events and timestamps (UTC).
     """
@@ -218,13 +216,9 @@ class SqliteMetadataStore(SqlMetadataStore):
 
 
 def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
-    """Bring `db` (opened with `isolation_level=None`) up to the last of `migrations`.
-
-    The pending migrations run in order inside one `BEGIN IMMEDIATE` transaction (which
-    also keeps two processes opening the file at once from both migrating): either all of
-    them apply or none does. Applying twice is a no-op. Returns the schema version reached.
-    Raises FailedPrecondition when the file was written by a newer release.
-    """
+    """`migrate` `db` (opened with `isolation_level=None`) in one `BEGIN IMMEDIATE`
+    transaction, which also keeps two processes opening the file at once from both
+    migrating."""
     session = SqlSession(db, SqliteDialect())
     with _immediate_transaction(session):
         return migrate(session, migrations)

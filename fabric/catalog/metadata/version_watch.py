@@ -68,11 +68,14 @@ class CatalogVersionWatch:
             if generation is not None and self._listening and generation == self._generation:
                 self._versions[key] = version
 
-    def invalidate(self) -> None:
-        """Forget every version (after a write of this process, or a notification)."""
+    def invalidate(self, *, listening: bool | None = None) -> None:
+        """Forget every version (after a write of this process, or a notification); with
+        `listening`, the listener has started (True) or stopped (False)."""
         with self._lock:
             self._generation += 1
             self._versions.clear()
+            if listening is not None:
+                self._listening = listening
 
     # -- state, for operators and tests ----------------------------------------------------
 
@@ -92,12 +95,6 @@ class CatalogVersionWatch:
 
     # -- the listener ----------------------------------------------------------------------
 
-    def _set_listening(self, listening: bool) -> None:
-        with self._lock:
-            self._generation += 1
-            self._versions.clear()
-            self._listening = listening
-
     def _run(self) -> None:
         while not self._closed.is_set():
             try:
@@ -112,7 +109,7 @@ class CatalogVersionWatch:
                     )
             finally:
                 self._listener_pid = None
-                self._set_listening(False)
+                self.invalidate(listening=False)
             if self._wait_for_wake(self._retry):
                 break
 
@@ -123,7 +120,7 @@ class CatalogVersionWatch:
             conn.execute(f"LISTEN {CHANNEL}")
             self._listener_pid = conn.info.backend_pid
             # Anything committed before LISTEN took effect was never notified: start empty.
-            self._set_listening(True)
+            self.invalidate(listening=True)
             pgconn = conn.pgconn
             # poll, not select: a busy gateway may hold descriptors above select's limit
             poller = select.poll()

@@ -1,14 +1,37 @@
-"""The metadata store on a SQL database: every query and rule once, over a driver per backend.
+"""The metadata store: connections, selected entities, catalog versions, audit, in SQL.
 
 What it keeps: connections (kind, per-stage non-secret settings, secret store references,
 an optimistic version), the entities selected for apps (physical schema and table, columns
 with their exact Arrow types, primary and foreign keys), one catalog version per
 connection, and the audit trail of administrative changes. What it never keeps: a secret,
-a row or a parameter value. Input is checked and encoded by fabric.catalog.serialization
-before anything is sent to the database; the semantics are the MetadataStore contract's
-(fabric.catalog.metadata.contract). What differs per database (SQL spelling, value
-encodings, migrations, transactions, change notification) is the driver's
-(fabric.catalog.metadata.driver).
+a row or a parameter value. Every query and rule is written once, here; what differs per
+database (SQL spelling, value encodings, migrations, transactions, change notification) is
+the driver's (fabric.catalog.metadata.driver). It runs on SQLite (`SqliteMetadataStore`,
+the embedded default) and PostgreSQL (`PostgresMetadataStore`) and passes the same test
+suite on both (tests/integration/test_metadata_stores.py);
+`fabric.catalog.metadata.open.open_metadata_store` picks one from a URL or a path.
+
+Semantics:
+
+- **Connection versions** start at 1 and go up by one on every update. Updates are a
+  compare-and-set on the version the caller read (`expected_version`): when another
+  writer got there first the call raises FailedPrecondition and changes nothing, so
+  concurrent read-modify-write loops that retry never lose an update.
+- **Catalog versions** come from one store-wide counter that only goes up. Every change
+  of a connection's selection, every bump (remote schema changed) and every connection
+  update moves the connection's catalog version to a new, higher number; a connection
+  deleted and created again starts above every version the old one had. Caches keyed by
+  (tenant, connection, catalog version) therefore never serve stale data. Selection
+  changes take an optional `expected_catalog_version` (None: unconditional) with the
+  same compare-and-set behaviour as connection updates.
+- **Audit**: every method that changes something takes `actor` ("system" by default) and
+  writes its audit event (see fabric.catalog.audit) in the same transaction as the
+  change. Selection changes also take the `stage` they were made in, for the record.
+  Audit events outlive the connection they are about (they are history) and never hold
+  a secret.
+- **Validation first**: input is checked and encoded (fabric.catalog.serialization)
+  before anything is sent to the database, so a refused value never reaches a file, a
+  table or a log.
 
 Concurrency: every write transaction first locks the connection's row (`{row_lock}` or
 `{delete_lock}`; SQLite's write transaction holds the whole file instead) and only then
@@ -27,42 +50,37 @@ from typing import Final, Self
 
 from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
-from fabric.catalog.metadata.contract import MetadataStore
 from fabric.catalog.metadata.driver import Row, SqlDriver, SqlSession
 from fabric.catalog.serialization import (
-    EntityDocument,
-    audit_details_document,
     catalog_changed,
     check_actor,
-    check_audit_limit,
     check_connection_name,
     check_expected_version,
     check_kind,
-    check_stage_name,
-    check_tenant,
+    check_name,
+    check_selection,
+    check_unselect,
     check_utc,
+    columns_document,
     connection_changed,
     connection_from_documents,
     connection_not_found,
     entity_from_documents,
-    missing_entities,
-    plain_stages,
+    foreign_keys_document,
     secret_refs_document,
-    selection_documents,
+    stage_tables_document,
     stages_document,
-    unselect_keys,
     utc_now,
 )
-from fabric.errors import AlreadyExists, InternalError, InvalidArgument
+from fabric.errors import AlreadyExists, InternalError, InvalidArgument, NotFound
 from fabric.model import CatalogSnapshot, Connection, Entity, SettingValue
 
 _CONNECTION_COLUMNS: Final = "tenant, name, kind, stages, secret_refs, version"
 _AUDIT_COLUMNS: Final = "at, tenant, actor, action, connection, stage, details"
 
 
-class SqlMetadataStore(MetadataStore):
-    """MetadataStore on the database `driver` opens; see the module docstring. What each
-    method promises is documented once, on the contract.
+class MetadataStore:
+    """The metadata store on the database `driver` opens; see the module docstring.
 
     `clock` gives the wall-clock time written to audit events and timestamps (UTC).
     """
@@ -84,7 +102,9 @@ class SqlMetadataStore(MetadataStore):
         *,
         actor: str = SYSTEM_ACTOR,
     ) -> Connection:
-        check_tenant(tenant)
+        """Register a connection at version 1; AlreadyExists when the tenant has one of
+        that name; InvalidArgument for malformed input or a setting that names a secret."""
+        check_name(tenant, "tenant")
         check_connection_name(name)
         kind_name = check_kind(kind)
         stages_doc = stages_document(stages)
@@ -124,6 +144,7 @@ class SqlMetadataStore(MetadataStore):
         return created
 
     def get_connection(self, tenant: str, name: str) -> Connection:
+        """NotFound when the tenant has no connection of that name."""
         with self._driver.reading() as session:
             row = session.one(
                 f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
@@ -135,6 +156,7 @@ class SqlMetadataStore(MetadataStore):
         return self._connection_from_row(row)
 
     def list_connections(self, tenant: str) -> list[Connection]:
+        """The tenant's connections, by name."""
         with self._driver.reading() as session:
             rows = session.all(
                 f"SELECT {_CONNECTION_COLUMNS} FROM {{s}}.connections"
@@ -153,6 +175,10 @@ class SqlMetadataStore(MetadataStore):
         expected_version: int,
         actor: str = SYSTEM_ACTOR,
     ) -> Connection:
+        """Replace the stages and/or secret references (None keeps them) if the connection
+        is still at `expected_version`; returns it at the next version, with a new catalog
+        version. FailedPrecondition when it changed meanwhile (reload and retry), NotFound,
+        InvalidArgument (nothing to update, malformed input, a secret-looking setting)."""
         if stages is None and secret_refs is None:
             raise InvalidArgument("nothing to update: give stages, secret_refs or both")
         check_expected_version(expected_version, "expected_version")
@@ -174,7 +200,9 @@ class SqlMetadataStore(MetadataStore):
             connection_id, old = int(row[0]), self._connection_from_row(row[1:])
             if old.version != expected_version:
                 raise connection_changed(name, expected_version, old.version)
-            new_stages = stages_doc if stages_doc is not None else plain_stages(old.stages)
+            new_stages = stages_doc
+            if new_stages is None:  # written back unchanged, as plain dicts
+                new_stages = {stage: dict(settings) for stage, settings in old.stages.items()}
             new_refs = refs_doc if refs_doc is not None else dict(old.secret_refs)
             updated_row = session.one(
                 "UPDATE {s}.connections SET stages = ?, secret_refs = ?,"
@@ -207,6 +235,8 @@ class SqlMetadataStore(MetadataStore):
         expected_version: int | None = None,
         actor: str = SYSTEM_ACTOR,
     ) -> None:
+        """Delete the connection and its selected entities (its audit events stay);
+        NotFound if absent, FailedPrecondition if not at `expected_version` (when given)."""
         check_expected_version(expected_version, "expected_version")
         check_actor(actor)
         at = self._now()
@@ -242,7 +272,14 @@ class SqlMetadataStore(MetadataStore):
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        documents = selection_documents(entities, allow_empty=False)
+        """Add or replace the given entities (by entity name) in the selection, all or none;
+        returns the new catalog version. Entity names are unique per connection,
+        case-insensitively. InvalidArgument for an empty list, a name that is not a plain
+        SQL identifier, two entities whose names differ only in case, or an entity that is
+        not consistent (no columns, duplicate columns, key columns that are not among its
+        columns). FailedPrecondition when the catalog is no longer at
+        `expected_catalog_version` (when given)."""
+        documents = check_selection(entities, allow_empty=False)
         return self._change_selection(
             audit.CATALOG_SELECT,
             tenant,
@@ -263,7 +300,8 @@ class SqlMetadataStore(MetadataStore):
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        names, keys = unselect_keys(names)
+        """Remove entities (names compared ignoring case) from the selection, all or none
+        (NotFound names the ones not selected); returns the new catalog version."""
         return self._change_selection(
             audit.CATALOG_UNSELECT,
             tenant,
@@ -271,7 +309,7 @@ class SqlMetadataStore(MetadataStore):
             expected_catalog_version,
             actor,
             stage,
-            remove=(names, keys),
+            remove=check_unselect(names),
         )
 
     def replace_entities(
@@ -284,7 +322,10 @@ class SqlMetadataStore(MetadataStore):
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
-        documents = selection_documents(entities, allow_empty=True)
+        """Make `entities` (possibly none) the whole selection, atomically; returns the new
+        catalog version. Same checks as `select_entities`, an empty list aside. What
+        `refresh` uses after re-reading the remote schema."""
+        documents = check_selection(entities, allow_empty=True)
         return self._change_selection(
             audit.CATALOG_REPLACE,
             tenant,
@@ -304,9 +345,13 @@ class SqlMetadataStore(MetadataStore):
         actor: str = SYSTEM_ACTOR,
         stage: str | None = None,
     ) -> int:
+        """Move the catalog version on without changing the selection (the remote schema
+        changed); returns the new version."""
         return self._change_selection(audit.CATALOG_BUMP, tenant, connection, None, actor, stage)
 
     def catalog(self, tenant: str, connection: str) -> CatalogSnapshot:
+        """The selected entities (keyed by lower-cased name, in name order) and the catalog
+        version, read together; NotFound if no such connection."""
         with self._driver.reading() as session:
             rows = session.all(
                 "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
@@ -360,9 +405,12 @@ class SqlMetadataStore(MetadataStore):
         return int(row[0])
 
     def known_catalog_version(self, tenant: str, connection: str) -> int | None:
-        """Read at once where reads are local (a file: microseconds, and WAL readers never
-        wait for a writer); else the version held in memory, or None when none is held
-        (or the driver is not listening yet: starting to listen connects)."""
+        """The current catalog version when the store has it without a round trip to a
+        server, else None. The query path calls it on the event loop and goes to a worker
+        thread only on None. Read at once where reads are local (a file: microseconds, and
+        WAL readers never wait for a writer); else the version held in memory, if any (not
+        before the driver listens: starting to listen connects). NotFound when the store
+        knows there is no such connection."""
         if self._driver.reads_are_local:
             return self.catalog_version(tenant, connection)
         held = self._driver.held_versions(start=False)
@@ -371,16 +419,20 @@ class SqlMetadataStore(MetadataStore):
     # -- audit ---------------------------------------------------------------------------
 
     def record_audit(self, event: AuditEvent) -> None:
+        """Record an administrative action the store did not make itself (the store's
+        own changes are recorded with them). InvalidArgument for a secret-looking detail."""
         if not isinstance(event, AuditEvent):
             raise InvalidArgument(f"expected an AuditEvent, not {type(event).__name__}")
-        audit_details_document(event.details)  # refuse before connecting
+        audit.details_document(event.details)  # refuse before connecting
         with self._driver.writing() as session:
             self._audit(session, event)
 
     def list_audit(
         self, tenant: str, *, connection: str | None = None, limit: int = 100
     ) -> list[AuditEvent]:
-        check_audit_limit(limit)
+        """The tenant's audit events, newest first, optionally about one connection
+        (including a deleted one); `limit` between 1 and 10,000."""
+        audit.check_limit(limit)
         # Two statements rather than one with `(? IS NULL OR ...)`: each uses its index.
         about = "" if connection is None else " AND connection = ?"
         params = [tenant] if connection is None else [tenant, connection]
@@ -395,11 +447,13 @@ class SqlMetadataStore(MetadataStore):
     # -- lifecycle -----------------------------------------------------------------------
 
     def schema_version(self) -> int:
+        """The store's schema version (its last applied migration)."""
         with self._driver.reading() as session:
             row = session.one("SELECT MAX(version) FROM {s}.schema_migrations")
         return int(row[0]) if row is not None and row[0] is not None else 0
 
     def close(self) -> None:
+        """Release the store's resources; idempotent. Later calls raise FailedPrecondition."""
         self._driver.close()
 
     def __enter__(self) -> Self:
@@ -427,23 +481,23 @@ class SqlMetadataStore(MetadataStore):
         actor: str,
         stage: str | None,
         *,
-        upsert: Sequence[EntityDocument] = (),
-        remove: tuple[list[str], list[str]] | None = None,
+        upsert: Sequence[Entity] = (),
+        remove: Sequence[str] | None = None,
         replace: bool = False,
     ) -> int:
         """One selection change in one transaction: lock the connection, check its catalog
-        version, remove (`remove`: names as given and their keys, all or none) or replace
+        version, remove (`remove`: names, compared ignoring case; all or none) or replace
         entities, write `upsert`, move the catalog version on and audit the change;
         returns the new version."""
         check_expected_version(expected, "expected_catalog_version")
         check_actor(actor)
-        check_stage_name(stage)
+        check_name(stage, "stage", optional=True)
         at = self._now()
         with self._driver.writing() as session:
             connection_id = self._catalog_for_change(session, tenant, connection, expected)
-            names: Sequence[str] = [d.name for d in upsert]
+            names: Sequence[str] = [entity.name for entity in upsert]
             if remove is not None:
-                names, keys = remove
+                names = remove
                 selected = {
                     row[0]
                     for row in session.all(
@@ -453,10 +507,13 @@ class SqlMetadataStore(MetadataStore):
                 }
                 missing = [name for name in names if name.lower() not in selected]
                 if missing:
-                    raise missing_entities(connection, missing)
+                    raise NotFound(
+                        f"connection {connection!r} has no selected entity named "
+                        f"{', '.join(repr(name) for name in missing)}"
+                    )
                 session.run_many(
                     "DELETE FROM {s}.entities WHERE connection_id = ? AND name_key = ?",
-                    [(connection_id, key) for key in keys],
+                    [(connection_id, key) for key in dict.fromkeys(n.lower() for n in names)],
                 )
             if replace:
                 session.run("DELETE FROM {s}.entities WHERE connection_id = ?", [connection_id])
@@ -494,7 +551,7 @@ class SqlMetadataStore(MetadataStore):
         self,
         session: SqlSession,
         connection_id: int,
-        documents: Sequence[EntityDocument],
+        entities: Sequence[Entity],
         at: datetime,
     ) -> None:
         encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
@@ -510,18 +567,18 @@ class SqlMetadataStore(MetadataStore):
             [
                 (
                     connection_id,
-                    d.name_key,
-                    d.name,
-                    d.schema,
-                    d.table,
-                    encode(d.columns),
-                    encode(d.primary_key),
-                    encode(d.foreign_keys),
-                    encode(d.stage_tables),
+                    e.name.lower(),
+                    e.name,
+                    e.schema,
+                    e.table,
+                    encode(columns_document(e.columns)),
+                    encode(list(e.primary_key)),
+                    encode(foreign_keys_document(e.foreign_keys)),
+                    encode(stage_tables_document(e.stage_tables)),
                     now,
                     now,
                 )
-                for d in documents
+                for e in entities
             ],
         )
 
@@ -540,7 +597,7 @@ class SqlMetadataStore(MetadataStore):
     def _audit(self, session: SqlSession, event: AuditEvent) -> None:
         # The details are checked again here: the event may have been tampered with after
         # it was built, and the store is the last line before the database.
-        details = audit_details_document(event.details)
+        details = audit.details_document(event.details)
         session.run(
             "INSERT INTO {s}.audit_events (at, tenant, actor, action, connection, stage, details)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
