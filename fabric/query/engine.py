@@ -36,9 +36,9 @@ from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
-from fabric.observability.logging import mask_literals
+from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
-from fabric.query.compiler import CompiledStatement, StatementCompiler
+from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
 from fabric.query.sources import (
     BoundSource,
     ConnectorFactory,
@@ -270,7 +270,14 @@ class QueryEngine:
         self.sources = SourceRegistry(
             store, secrets=secrets, connector_factory=connector_factory, closer=self.executor
         )
-        self.statements = StatementCache(StatementCompiler(), settings.compiled_statements)
+        limits = QueryLimits(
+            max_length=settings.max_sql_length,
+            max_tokens=settings.max_sql_tokens,
+            max_depth=settings.max_query_depth,
+            max_chain=settings.max_query_chain,
+            max_parts=settings.max_query_parts,
+        )
+        self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
         self.results = ResultCache(
             max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
         )
@@ -326,6 +333,9 @@ class QueryEngine:
     async def _compile(
         self, ctx: RequestContext, request: QueryRequest, max_rows: int
     ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+        # An over-long text is refused before the connection is resolved or the text is
+        # hashed, tokenized or logged.
+        self.statements.compiler.check_length(request.sql)
         bound = await self._source(ctx, request.connection)
         connector = bound.connector
         compiled = self.statements.get_or_compile(
@@ -777,8 +787,11 @@ def log_failure(
     ctx: RequestContext, request: QueryRequest, error: FabricError, started: float
 ) -> None:
     """The one log line of a failed query: literals masked, no parameter values, no rows,
-    no database message text (errors carry none)."""
+    no database message text (errors carry none). Nothing is masked for a line the log
+    level drops, and what is logged is cut to a bounded size first."""
     level = logging.INFO if isinstance(error, QueryRejected | Cancelled) else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
     log.log(
         level,
         "query failed: %s",
@@ -788,9 +801,9 @@ def log_failure(
             "sqlstate": error.sqlstate,
             "tenant": ctx.tenant,
             "stage": ctx.stage,
-            "connection": request.connection,
+            "connection": shorten(request.connection),
             "sql": mask_literals(request.sql),
-            "params": sorted(request.params),
+            "params": sorted(shorten(name) for name in request.params)[:MAX_LOGGED_PARAMS],
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         },
     )
