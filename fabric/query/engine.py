@@ -53,6 +53,11 @@ from fabric.results.ipc import IpcChunker, encode_page, open_ipc_stream
 from fabric.results.statements import StatementRegistry
 
 log = logging.getLogger(__name__)
+
+INLINE_COMPILE_LENGTH = 1_000
+"""Characters of SQL compiled on the event loop: a text this short compiles in a few
+milliseconds; a longer one compiles in a thread of its own pool."""
+COMPILE_THREADS = 2
 T = TypeVar("T")
 SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
@@ -278,6 +283,11 @@ class QueryEngine:
             max_parts=settings.max_query_parts,
         )
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
+        # Compiles of long texts, apart from the source work in `executor` so they never
+        # wait behind a slow source, nor hold its threads.
+        self._compile_executor = ThreadPoolExecutor(
+            COMPILE_THREADS, thread_name_prefix="fabric-compile"
+        )
         self.results = ResultCache(
             max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
         )
@@ -338,15 +348,26 @@ class QueryEngine:
         self.statements.compiler.check_length(request.sql)
         bound = await self._source(ctx, request.connection)
         connector = bound.connector
-        compiled = self.statements.get_or_compile(
-            tenant=ctx.tenant,
-            connection=request.connection,
-            sql=request.sql,
-            catalog=bound.catalog,
-            dialect=connector.dialect,
-            param_style=connector.param_style,
-            max_rows=max_rows,
-        )
+        key: dict[str, Any] = {
+            "tenant": ctx.tenant,
+            "connection": request.connection,
+            "sql": request.sql,
+            "catalog": bound.catalog,
+            "dialect": connector.dialect,
+            "param_style": connector.param_style,
+            "max_rows": max_rows,
+        }
+        compiled = self.statements.lookup(**key)
+        if compiled is None:
+            compile_statement = functools.partial(self.statements.get_or_compile, **key)
+            if len(request.sql) <= INLINE_COMPILE_LENGTH:
+                compiled = compile_statement()
+            else:
+                # A long text may take a parse of tenths of a second even within the
+                # query limits; the event loop keeps serving other calls meanwhile. A
+                # caller gone before the compile starts cancels it.
+                loop = asyncio.get_running_loop()
+                compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
         return bound, compiled, compiled.bind(request.params)
 
     def _open_run(
@@ -781,6 +802,7 @@ class QueryEngine:
         self.statements.clear()
         self.sources.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self._compile_executor.shutdown(wait=True, cancel_futures=True)
 
 
 def log_failure(

@@ -4,6 +4,7 @@ size; failure logs and error messages stay bounded and free of the query's liter
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,23 @@ def test_every_error_message_is_bounded() -> None:
     assert len(error.message) == MAX_MESSAGE_LENGTH and error.message.endswith("...")
     assert str(error) == error.message
     assert NotFound("short").message == "short"
+
+
+def test_a_long_text_compiles_off_the_event_loop(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler = rig.engine.statements.compiler
+    threads: list[str] = []
+    real = compiler.compile
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiler, "compile", recording)
+    short = "SELECT salary FROM payroll"
+    long = short + " WHERE " + " OR ".join(f"id = {i}" for i in range(300))
+    assert len(short) <= engine_module.INLINE_COMPILE_LENGTH < len(long)
+    for sql in (short, long):
+        with pytest.raises(QueryRejected, match="payroll"):
+            run(collect(rig.engine, query(sql)))
+    assert threads[0] == threading.main_thread().name
+    assert threads[1].startswith("fabric-compile")
