@@ -56,6 +56,19 @@ _CHAIN_OPERANDS = (
     | _CLOSERS
 )
 _SET_OPERATIONS = frozenset({TokenType.UNION, TokenType.INTERSECT, TokenType.EXCEPT})
+_LITERAL_TOKENS = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.NUMBER,
+        TokenType.NATIONAL_STRING,
+        TokenType.BIT_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.RAW_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
 _CTE_BODY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN})
 
 
@@ -125,8 +138,7 @@ class QueryReader:
         if first.token_type not in _QUERY_STARTS:
             if first.token_type == TokenType.VALUES:
                 raise QueryRejected("VALUES lists are not allowed; use SELECT with literals")
-            word = first.text.upper() if first.text.isidentifier() else repr(first.text)
-            raise QueryRejected(f"{READ_ONLY_HINT} (found {word[:40]})")
+            raise QueryRejected(f"{READ_ONLY_HINT} (found {_first_word(first)})")
         limits = self.limits
         depth = 0
         prefix_run = 0
@@ -220,6 +232,14 @@ class QueryReader:
             raise QueryRejected(f"{READ_ONLY_HINT} (found {keyword(tree)})")
         tree.pop()  # detach from any Subquery wrapper so it is the root
         return tree
+
+
+def _first_word(token: Token) -> str:
+    """The token a refused text starts with, for the message: a keyword or name as
+    written, any other token by its kind (a literal is never repeated)."""
+    if token.token_type not in _LITERAL_TOKENS and token.text.isidentifier():
+        return token.text.upper()[:40]
+    return token.token_type.name.lower().replace("_", " ")
 
 
 def _opens_cte_body(tokens: list[Token], index: int) -> bool:
