@@ -72,6 +72,20 @@ class Settings:
     """Largest Arrow IPC payload in one gRPC message."""
     compiled_statements: int = 4096
     """Entries of the compiled-statement cache."""
+    max_sql_length: int = 100_000
+    """Characters of one query's SQL text (FABRIC_MAX_SQL_LENGTH); a longer text is
+    refused before any other work on it."""
+    max_sql_tokens: int = 20_000
+    """Tokens (words, names, literals, operators) of one query (FABRIC_MAX_SQL_TOKENS)."""
+    max_query_depth: int = 64
+    """Nesting levels of one query: parentheses, brackets, CASE, prefix operators
+    (FABRIC_MAX_QUERY_DEPTH)."""
+    max_query_chain: int = 32
+    """Subscripts, field accesses, casts and collations chained on one value
+    (FABRIC_MAX_QUERY_CHAIN)."""
+    max_query_parts: int = 100
+    """Subqueries, CTEs, joins, set-operation branches, and arms of one CASE a query may
+    have, each counted on its own (FABRIC_MAX_QUERY_PARTS)."""
     batch_rows: int = 65_536
     """Rows per record batch read from a source."""
     worker_threads: int = 16
@@ -173,6 +187,11 @@ class Settings:
             "preview_rows",
             "max_message_bytes",
             "compiled_statements",
+            "max_sql_length",
+            "max_sql_tokens",
+            "max_query_depth",
+            "max_query_chain",
+            "max_query_parts",
             "batch_rows",
             "worker_threads",
             "max_open_statements",

@@ -18,12 +18,17 @@
 
 Messages say what was wrong and what to do. They never carry a secret, a parameter value
 or a row value: database error texts often echo values, so connectors translate them
-into a SQLSTATE and a fixed description instead of passing them on.
+into a SQLSTATE and a fixed description instead of passing them on. A message names
+constructs, never a query's literals, and is cut to MAX_MESSAGE_LENGTH characters here,
+so a long name or query part it quotes cannot make the error itself too large to send.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+MAX_MESSAGE_LENGTH = 1_000
+"""Characters an error message keeps; the rest is cut and marked with `...`."""
 
 
 class FabricError(Exception):
@@ -32,6 +37,8 @@ class FabricError(Exception):
     code: ClassVar[str] = "internal"
 
     def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE_LENGTH:
+            message = message[: MAX_MESSAGE_LENGTH - 3] + "..."
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate

@@ -33,16 +33,26 @@ _LITERALS = {
 # Fallback when the text does not even tokenize: quoted runs and digit runs go.
 _FALLBACK = re.compile(r"'(?:[^']|'')*'?|\$[^$]*\$.*?(?:\$[^$]*\$|$)|\b\d[\d.eE+-]*\b", re.S)
 MAX_LOGGED_SQL = 2_000
+MAX_LOGGED_NAME = 200
+"""Characters of a name (connection, parameter) a log line keeps."""
+MAX_LOGGED_PARAMS = 100
+"""Parameter names a log line lists."""
 _DIALECT = Postgres()  # Fabric SQL is PostgreSQL-flavoured
 
 
 def mask_literals(sql: str) -> str:
-    """The SQL with every literal replaced by `?`, comments dropped, whitespace squeezed."""
+    """The start of the SQL (at most MAX_LOGGED_SQL characters) with every literal replaced
+    by `?`, comments dropped, whitespace squeezed.
+
+    The text is cut before it is masked, so the work is bounded whatever its length; a
+    literal or comment the cut opens is masked or dropped to the end of the line.
+    """
+    sql = sql[:MAX_LOGGED_SQL]
     try:
         tokens = _DIALECT.tokenize(sql)
     except Exception:
         masked = _FALLBACK.sub("?", sql)
-        return " ".join(masked.split())[:MAX_LOGGED_SQL]
+        return " ".join(masked.split())
     # Rebuilt from the tokens, so comments (not tokens) vanish; a gap in the original text
     # between two tokens becomes one space.
     parts: list[str] = []
@@ -52,7 +62,12 @@ def mask_literals(sql: str) -> str:
             parts.append(" ")
         parts.append("?" if token.token_type in _LITERALS else sql[token.start : token.end + 1])
         previous_end = token.end
-    return "".join(parts)[:MAX_LOGGED_SQL]
+    return "".join(parts)
+
+
+def shorten(text: str, limit: int = MAX_LOGGED_NAME) -> str:
+    """`text` cut to `limit` characters, marked with `...` when it was cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class JsonFormatter(logging.Formatter):

@@ -36,9 +36,9 @@ from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
-from fabric.observability.logging import mask_literals
+from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
-from fabric.query.compiler import CompiledStatement, StatementCompiler
+from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
 from fabric.query.sources import (
     BoundSource,
     ConnectorFactory,
@@ -53,6 +53,11 @@ from fabric.results.ipc import IpcChunker, encode_page, open_ipc_stream
 from fabric.results.statements import StatementRegistry
 
 log = logging.getLogger(__name__)
+
+INLINE_COMPILE_LENGTH = 1_000
+"""Characters of SQL compiled on the event loop: a text this short compiles in a few
+milliseconds; a longer one compiles in a thread of its own pool."""
+COMPILE_THREADS = 2
 T = TypeVar("T")
 SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
@@ -270,7 +275,19 @@ class QueryEngine:
         self.sources = SourceRegistry(
             store, secrets=secrets, connector_factory=connector_factory, closer=self.executor
         )
-        self.statements = StatementCache(StatementCompiler(), settings.compiled_statements)
+        limits = QueryLimits(
+            max_length=settings.max_sql_length,
+            max_tokens=settings.max_sql_tokens,
+            max_depth=settings.max_query_depth,
+            max_chain=settings.max_query_chain,
+            max_parts=settings.max_query_parts,
+        )
+        self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
+        # Compiles of long texts, apart from the source work in `executor` so they never
+        # wait behind a slow source, nor hold its threads.
+        self._compile_executor = ThreadPoolExecutor(
+            COMPILE_THREADS, thread_name_prefix="fabric-compile"
+        )
         self.results = ResultCache(
             max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
         )
@@ -326,17 +343,31 @@ class QueryEngine:
     async def _compile(
         self, ctx: RequestContext, request: QueryRequest, max_rows: int
     ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+        # An over-long text is refused before the connection is resolved or the text is
+        # hashed, tokenized or logged.
+        self.statements.compiler.check_length(request.sql)
         bound = await self._source(ctx, request.connection)
         connector = bound.connector
-        compiled = self.statements.get_or_compile(
-            tenant=ctx.tenant,
-            connection=request.connection,
-            sql=request.sql,
-            catalog=bound.catalog,
-            dialect=connector.dialect,
-            param_style=connector.param_style,
-            max_rows=max_rows,
-        )
+        key: dict[str, Any] = {
+            "tenant": ctx.tenant,
+            "connection": request.connection,
+            "sql": request.sql,
+            "catalog": bound.catalog,
+            "dialect": connector.dialect,
+            "param_style": connector.param_style,
+            "max_rows": max_rows,
+        }
+        compiled = self.statements.lookup(**key)
+        if compiled is None:
+            compile_statement = functools.partial(self.statements.get_or_compile, **key)
+            if len(request.sql) <= INLINE_COMPILE_LENGTH:
+                compiled = compile_statement()
+            else:
+                # A long text may take a parse of tenths of a second even within the
+                # query limits; the event loop keeps serving other calls meanwhile. A
+                # caller gone before the compile starts cancels it.
+                loop = asyncio.get_running_loop()
+                compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
         return bound, compiled, compiled.bind(request.params)
 
     def _open_run(
@@ -771,14 +802,18 @@ class QueryEngine:
         self.statements.clear()
         self.sources.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self._compile_executor.shutdown(wait=True, cancel_futures=True)
 
 
 def log_failure(
     ctx: RequestContext, request: QueryRequest, error: FabricError, started: float
 ) -> None:
     """The one log line of a failed query: literals masked, no parameter values, no rows,
-    no database message text (errors carry none)."""
+    no database message text (errors carry none). Nothing is masked for a line the log
+    level drops, and what is logged is cut to a bounded size first."""
     level = logging.INFO if isinstance(error, QueryRejected | Cancelled) else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
     log.log(
         level,
         "query failed: %s",
@@ -788,9 +823,9 @@ def log_failure(
             "sqlstate": error.sqlstate,
             "tenant": ctx.tenant,
             "stage": ctx.stage,
-            "connection": request.connection,
+            "connection": shorten(request.connection),
             "sql": mask_literals(request.sql),
-            "params": sorted(request.params),
+            "params": sorted(shorten(name) for name in request.params)[:MAX_LOGGED_PARAMS],
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         },
     )

@@ -10,6 +10,8 @@ set of rows, or can be told to allocate unbounded memory (`repeat`, `lpad`).
 
 from __future__ import annotations
 
+import re
+
 from sqlglot import exp
 
 from connectors import registry
@@ -127,6 +129,9 @@ def dialect_refusal(node: exp.Expr, dialect: str) -> str | None:
     return registry.excluded_functions(dialect).get(type(node))
 
 
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*(\.[a-z_][a-z0-9_$]*)?")
+
+
 def function_name(node: exp.Expr) -> str:
     """The name a user would recognise for a function node, for error messages."""
     if isinstance(node, exp.Anonymous):
@@ -138,6 +143,8 @@ def function_name(node: exp.Expr) -> str:
             text = node.sql(dialect="postgres")
         except Exception:  # generation of a refused node may itself be unsupported
             return node.sql_name().lower()
-        head = text.split("(", 1)[0].strip()
-        return head.lower() or node.sql_name().lower()
+        head = text.split("(", 1)[0].strip().lower()
+        # Only a plain (optionally qualified) name: an operator-like function
+        # (`x COLLATE 'c'`) would otherwise be shown with its operands and literals.
+        return head if _PLAIN_NAME.fullmatch(head) else node.sql_name().lower()
     return type(node).__name__.lower()

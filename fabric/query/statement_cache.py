@@ -48,6 +48,26 @@ class StatementCache:
         with self._lock:
             return len(self._entries)
 
+    def lookup(
+        self,
+        *,
+        tenant: str,
+        connection: str,
+        sql: str,
+        catalog: CatalogSnapshot,
+        dialect: str,
+        param_style: ParamStyle,
+        max_rows: int,
+    ) -> CompiledStatement | None:
+        """The compiled statement for this text if it is cached (counted as a hit), else
+        None (not counted: the compile that follows counts the miss). Never compiles."""
+        key = _key(tenant, connection, sql, catalog, dialect, param_style, max_rows)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self.hits += 1
+            return found
+
     def get_or_compile(
         self,
         *,
@@ -63,19 +83,7 @@ class StatementCache:
 
         Raises QueryRejected (not cached) when the compiler refuses the text.
         """
-        if catalog.tenant != tenant or catalog.connection != connection:
-            # A snapshot of another connection would compile against the wrong selection.
-            raise InternalError("catalog snapshot does not belong to this tenant and connection")
-        key: _Key = (
-            tenant,
-            connection,
-            catalog.version,
-            catalog.stage or "",
-            dialect,
-            param_style.value,
-            max_rows,
-            sql,
-        )
+        key = _key(tenant, connection, sql, catalog, dialect, param_style, max_rows)
         with self._lock:
             found = self._entries.get(key)  # a hit becomes the most recently used
             if found is not None:
@@ -118,3 +126,27 @@ class StatementCache:
             keys.discard(key)
             if not keys:
                 del self._by_connection[owner]
+
+
+def _key(
+    tenant: str,
+    connection: str,
+    sql: str,
+    catalog: CatalogSnapshot,
+    dialect: str,
+    param_style: ParamStyle,
+    max_rows: int,
+) -> _Key:
+    if catalog.tenant != tenant or catalog.connection != connection:
+        # A snapshot of another connection would compile against the wrong selection.
+        raise InternalError("catalog snapshot does not belong to this tenant and connection")
+    return (
+        tenant,
+        connection,
+        catalog.version,
+        catalog.stage or "",
+        dialect,
+        param_style.value,
+        max_rows,
+        sql,
+    )

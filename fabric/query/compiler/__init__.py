@@ -3,7 +3,9 @@
 Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compile is:
 
 1. cheap checks on the text and its tokens, before the recursive parser sees it: empty,
-   too long, nested too deeply, not starting like a query, more than one statement;
+   not starting like a query, more than one statement, or beyond `QueryLimits` (length,
+   tokens, nesting, postfix chains such as `x[1][2]`, CTEs, set-operation branches, CASE
+   arms), so the parse and the steps after it do bounded work;
 2. one parse (sqlglot, `postgres`), then a walk of the whole tree against an allow-list of
    node types, clauses and functions (anything not positively recognised is refused);
 3. scope-by-scope resolution of every table to a selected entity and of every column to a
@@ -48,8 +50,14 @@ Decisions (documented for the engine and the Studio):
 from __future__ import annotations
 
 from fabric.query.compiler.dialects import TARGET_DIALECTS
-from fabric.query.compiler.reader import INPUT_DIALECT
+from fabric.query.compiler.reader import INPUT_DIALECT, QueryLimits
 from fabric.query.compiler.statement import CompiledStatement
 from fabric.query.compiler.statement_compiler import StatementCompiler
 
-__all__ = ["INPUT_DIALECT", "TARGET_DIALECTS", "CompiledStatement", "StatementCompiler"]
+__all__ = [
+    "INPUT_DIALECT",
+    "TARGET_DIALECTS",
+    "CompiledStatement",
+    "QueryLimits",
+    "StatementCompiler",
+]

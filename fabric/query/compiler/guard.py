@@ -153,6 +153,8 @@ _CLAUSE_MESSAGES: dict[str, str] = {
     "joins": "parenthesised joins are not supported; remove the parentheses",
 }
 
+_TYPE_NAME = re.compile(r"[a-z_][a-z0-9_ ]*")
+
 _ALLOWED_TYPES = frozenset(
     {
         exp.DataType.Type.SMALLINT,
@@ -192,7 +194,7 @@ def refuse_node(node: exp.Expr) -> QueryRejected:
     if isinstance(node, exp.Parameter):
         return positional_parameters()
     if isinstance(node, exp.DataType):
-        return QueryRejected(f"type '{node.sql(dialect=INPUT_DIALECT).lower()}' is not allowed")
+        return QueryRejected(f"type '{type_name(node)}' is not allowed")
     if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
         qualified = f"{node.this.name}.{function_name(node.expression)}"
         return QueryRejected(f"function '{qualified}' is not allowed")
@@ -201,6 +203,12 @@ def refuse_node(node: exp.Expr) -> QueryRejected:
             return QueryRejected(f"table function '{function_name(node)}' is not allowed")
         return QueryRejected(f"function '{function_name(node)}' is not allowed")
     return QueryRejected(f"SQL construct '{node.key}' is not allowed")
+
+
+def type_name(node: exp.Expr) -> str:
+    """The name of a type as written, without its parameters (which may be literals)."""
+    head = node.sql(dialect=INPUT_DIALECT).split("(", 1)[0].strip().lower()
+    return head if _TYPE_NAME.fullmatch(head) else node.key
 
 
 def check_dialect_functions(tree: exp.Expr, dialect: str) -> None:
@@ -238,7 +246,7 @@ def check_structure(tree: exp.Expr, catalog: CatalogSnapshot) -> None:
                 raise QueryRejected("a date part or unit must be a plain word")
         elif cls is exp.DataType:
             if node.this not in _ALLOWED_TYPES:
-                raise QueryRejected(f"type '{node.sql(dialect=INPUT_DIALECT)}' is not allowed")
+                raise QueryRejected(f"type '{type_name(node)}' is not allowed")
         elif cls is exp.Literal:
             if not node.is_string and not _is_number(node.this):
                 raise QueryRejected("a numeric literal is malformed")

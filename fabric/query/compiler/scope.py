@@ -77,7 +77,7 @@ class ScopeResolver:
         for node in tree.walk():
             if isinstance(node, (exp.Column, exp.Table)) and id(node) not in self._bound:
                 # Fail closed: a reference the scopes did not account for is not trusted.
-                text = node.sql(dialect=INPUT_DIALECT)
+                text = ".".join(part.name for part in node.parts)
                 raise QueryRejected(f"reference '{text}' is not allowed here")
 
     # -- scopes ---------------------------------------------------------------------

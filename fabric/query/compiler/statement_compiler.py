@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from sqlglot import exp
 from sqlglot.errors import SqlglotError, UnsupportedError
@@ -18,7 +19,12 @@ from fabric.query.compiler.guard import (
     check_name_lengths,
     check_structure,
 )
-from fabric.query.compiler.reader import INPUT_DIALECT, QueryReader
+from fabric.query.compiler.reader import (
+    INPUT_DIALECT,
+    QueryLimits,
+    QueryReader,
+    without_literals,
+)
 from fabric.query.compiler.rows import apply_row_limit, key_lookup
 from fabric.query.compiler.scope import ScopeResolver
 from fabric.query.compiler.statement import CompiledStatement
@@ -30,14 +36,24 @@ class StatementCompiler:
     Stateless after construction, so one instance may serve every thread.
     """
 
-    def __init__(self, *, max_sql_length: int = 100_000, max_nesting_depth: int = 64) -> None:
-        if max_sql_length < 1 or max_nesting_depth < 1:
-            raise ValueError("max_sql_length and max_nesting_depth must be positive")
-        self.max_sql_length = max_sql_length
-        self.max_nesting_depth = max_nesting_depth
-        self._reader = QueryReader(
-            max_sql_length=max_sql_length, max_nesting_depth=max_nesting_depth
-        )
+    def __init__(
+        self,
+        limits: QueryLimits | None = None,
+        *,
+        max_sql_length: int | None = None,
+        max_nesting_depth: int | None = None,
+    ) -> None:
+        limits = limits or QueryLimits()
+        if max_sql_length is not None:
+            limits = replace(limits, max_length=max_sql_length)
+        if max_nesting_depth is not None:
+            limits = replace(limits, max_depth=max_nesting_depth)
+        self.limits = limits
+        self._reader = QueryReader(limits)
+
+    def check_length(self, sql: str) -> None:
+        """Refuse an over-long text at once, before any other work on it."""
+        self._reader.check_length(sql)
 
     def compile(
         self,
@@ -69,11 +85,12 @@ class StatementCompiler:
             text, names = generate(tree, target, param_style, sql)
         except RecursionError:
             raise QueryRejected(
-                f"query is nested too deeply (the limit is {self.max_nesting_depth} levels)"
+                f"query is nested too deeply (the limit is {self.limits.max_depth} levels)"
             ) from None
         except UnsupportedError as error:
             raise QueryRejected(
-                f"the query uses a construct {dialect} does not support: {error}"
+                f"the query uses a construct {dialect} does not support: "
+                f"{without_literals(str(error))}"
             ) from None
         except SqlglotError:
             # sqlglot's own messages may quote query text; say less rather than echo it.
