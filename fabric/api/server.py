@@ -312,11 +312,16 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls (health says NOT_SERVING; a new call is refused with
-        UNAVAILABLE and a retry hint), let running ones finish within `grace` seconds,
-        then drop everything held in memory."""
+    async def stop_taking_calls(self) -> None:
+        """Health says NOT_SERVING and a new call is refused with UNAVAILABLE and a retry
+        hint; the calls in flight go on (`stop` waits for them)."""
         await self.set_serving(False)
+        self._admission.draining = True
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls (`stop_taking_calls`), let running ones finish within `grace`
+        seconds, then drop everything held in memory."""
+        await self.stop_taking_calls()
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._admission.drain(grace)
