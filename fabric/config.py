@@ -43,6 +43,10 @@ class Settings:
     """Comma-separated algorithms accepted (pinned; never taken from the token)."""
     jwt_jwks: str = ""
     """Path of a JWKS file with the issuer's public keys (read at start-up, never fetched)."""
+    jwt_max_lifetime: float = 24 * 3600.0
+    """Longest lifetime, in seconds, of a token the gateway accepts (FABRIC_JWT_MAX_LIFETIME):
+    `exp - iat`, or `exp - now` without `iat`; longer-lived tokens are refused, local and
+    issuer tokens alike, and `fabric token --ttl` may not exceed it. Must be positive."""
     vault_addr: str = ""
     """Vault address (FABRIC_VAULT_ADDR): secrets in KV v2, keys in transit. Unset: a
     sealed local file and a local key ring under FABRIC_HOME."""
@@ -209,6 +213,7 @@ class Settings:
             "bus_timeout",
             "bus_publish_timeout",
             "bus_max_concurrent",
+            "jwt_max_lifetime",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"setting {name} must be positive")

@@ -156,10 +156,14 @@ async def execute_small(
         if isinstance(exc, TimeoutError):
             await in_worker(handle.expire)
             raise handle._deadline_error() from None
-        await in_worker(handle.abandon)
         if isinstance(exc, FabricError):
+            await in_worker(handle.abandon)
             raise
-        raise handle._map(exc) from None
+        # Mapped before the cleanup: `abandon` flags the handle as cancelled, and a
+        # connection the database dropped is the source's failure, not a cancel.
+        mapped = handle._map(exc)
+        await in_worker(abandon_or_discard(handle, conn))
+        raise mapped from None
     try:
         return small_result(connector, conn, session, plan, name, to_prepare, outcome, timeout)
     except BaseException:
@@ -175,6 +179,15 @@ def cleanup_handle(
     handle = PgHandle(connector, conn, timeout, SMALL_CHUNK_ROWS)
     handle._pipeline = True
     return handle
+
+
+def abandon_or_discard(handle: PgHandle, conn: psycopg.Connection[Any]) -> Callable[[], None]:
+    """The cleanup of a small query that failed: stop it at the server and give the
+    connection back, or, when the connection is already lost, only discard it (a cancel
+    request to a server that dropped the session cannot reach anything)."""
+    if conn.closed or conn.pgconn.status == pq.ConnStatus.BAD:
+        return functools.partial(handle._release, ok=False)
+    return handle.abandon
 
 
 def small_result(

@@ -51,7 +51,10 @@ def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind that refuses the call with `error`. The request is
+    never decoded (no deserializer): what an unauthenticated caller sent is not parsed."""
     refuse = _refusal(error)
+    undecoded = None
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         # For both kinds that answer with a stream; `request` is the request iterator
@@ -60,19 +63,15 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grp
         yield  # pragma: no cover - abort raises
 
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(refuse, undecoded, handler.response_serializer)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            refuse_stream, handler.request_deserializer, handler.response_serializer
+            refuse_stream, undecoded, handler.response_serializer
         )
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.stream_unary_rpc_method_handler(refuse, undecoded, handler.response_serializer)
     return grpc.stream_stream_rpc_method_handler(
-        refuse_stream, handler.request_deserializer, handler.response_serializer
+        refuse_stream, undecoded, handler.response_serializer
     )
 
 

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from prometheus_client import start_http_server
 from fabric.api.auth import AuthInterceptor
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer, abort_with
-from fabric.api.wire import add_query_service
+from fabric.api.wire import abort_call, add_query_service, guarded_handler
 from fabric.config import Settings
-from fabric.errors import FabricError, InvalidArgument
+from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
 from fabric.messaging.platform_events import Announcements
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
@@ -72,6 +72,93 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name or a wildcard: assume reachable from elsewhere
+
+
+SHUTTING_DOWN = SourceUnavailable(
+    "the gateway is shutting down and takes no new calls; retry the call: another "
+    "replica, or this gateway once it is back, will answer it"
+)
+"""What a call that arrives while the gateway drains gets (UNAVAILABLE: retry)."""
+
+
+class CallAdmission:
+    """The calls in flight, counted, so shutdown can wait for them: while the gateway
+    drains, a new call is refused at once with `SHUTTING_DOWN` instead of being cut off
+    when the server stops (which a client sees as CANCELLED)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+
+    def __call__(self, context: grpc.aio.ServicerContext) -> _AdmittedCall:
+        return _AdmittedCall(self, context)
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls from now on, and wait (at most `grace` seconds) until the
+        calls in flight have ended."""
+        self.draining = True
+        if self.active:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+
+    def _left(self) -> None:
+        self.active -= 1
+        if self.draining and not self.active:
+            self._idle.set()
+
+
+class _AdmittedCall:
+    """One call inside `CallAdmission` (an async context manager)."""
+
+    __slots__ = ("_admission", "_context")
+
+    def __init__(self, admission: CallAdmission, context: grpc.aio.ServicerContext) -> None:
+        self._admission = admission
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        if self._admission.draining:
+            await abort_call(self._context, SHUTTING_DOWN)
+        self._admission.active += 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._admission._left()
+
+
+def _always_admitted(
+    _context: grpc.aio.ServicerContext,
+) -> contextlib.AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
+
+
+class CallGuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every call's request decoded without tracebacks (`guarded_handler`) and, except
+    health and reflection (which answer while the gateway drains), admitted by
+    `admission`."""
+
+    def __init__(self, admission: CallAdmission) -> None:
+        self._admission = admission
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        guarded = self._handlers.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service = method.lstrip("/").split("/", 1)[0]
+        exempt = service in (health.SERVICE_NAME, reflection.SERVICE_NAME)
+        guarded = guarded_handler(handler, method, _always_admitted if exempt else self._admission)
+        self._handlers[method] = guarded
+        return guarded
 
 
 class AnnouncingCatalogServicer(CatalogServicer):
@@ -144,7 +231,12 @@ class Gateway:
         self.engine = engine
         self.settings = engine.settings
         self.services = tuple(s for s in SERVICES if s in services)
-        self._interceptors = [AuthInterceptor(verifier)] if verifier is not None else []
+        self._admission = CallAdmission()
+        # Authentication first: an unauthenticated caller's request is never decoded.
+        self._interceptors: list[grpc.aio.ServerInterceptor] = [
+            *([AuthInterceptor(verifier)] if verifier is not None else []),
+            CallGuardInterceptor(self._admission),
+        ]
         self._servicer = QueryServicer(engine, context_provider, execute)
         self.purger = purger
         self.announcements = announcements
@@ -220,12 +312,21 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, let running ones finish within `grace` seconds, then drop
-        everything held in memory."""
+    async def stop_taking_calls(self) -> None:
+        """Health says NOT_SERVING and a new call is refused with UNAVAILABLE and a retry
+        hint; the calls in flight go on (`stop` waits for them)."""
         await self.set_serving(False)
+        self._admission.draining = True
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls (`stop_taking_calls`), let running ones finish within `grace`
+        seconds, then drop everything held in memory."""
+        await self.stop_taking_calls()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._admission.drain(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(0.0, grace - (loop.time() - started)))
         for task in (self._sweeper, self._stale_task):
             if task is not None:
                 task.cancel()

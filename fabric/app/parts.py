@@ -63,7 +63,7 @@ def token_verifier(settings: Settings) -> TokenVerifier | None:
         return None
     if settings.auth == "local":
         key = LocalKey.load_or_generate(settings.token_key_path)
-        return TokenVerifier(TokenConfig.for_local_key(key))
+        return TokenVerifier(TokenConfig.for_local_key(key, max_lifetime=settings.jwt_max_lifetime))
     algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
     try:
         config = TokenConfig(
@@ -71,6 +71,7 @@ def token_verifier(settings: Settings) -> TokenVerifier | None:
             audience=settings.jwt_audience,
             algorithms=algorithms,
             jwks_path=Path(settings.jwt_jwks),
+            max_lifetime=settings.jwt_max_lifetime,
         )
     except ValueError as error:
         raise InvalidArgument(f"the JWT settings are not usable: {error}") from None
@@ -93,7 +94,7 @@ def local_token(
         )
     key = LocalKey.load_or_generate(settings.token_key_path)
     return mint_token(
-        TokenConfig.for_local_key(key),
+        TokenConfig.for_local_key(key, max_lifetime=settings.jwt_max_lifetime),
         tenant=tenant,
         stage=stage,
         role=role,

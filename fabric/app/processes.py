@@ -22,7 +22,8 @@
 Start-up fails with `BusUnreachable` (exit code 2 from the CLI) when NATS does not answer
 within FABRIC_BUS_CONNECT_TIMEOUT, or JetStream is not enabled. `stop` drains: health
 goes NOT_SERVING, a replica leaves its queue group and lets the queries it runs finish
-(up to `grace`), then everything is closed.
+(up to `grace`), then everything is closed; a gRPC call arriving meanwhile is refused
+with UNAVAILABLE and a retry hint.
 """
 
 from __future__ import annotations
@@ -298,7 +299,9 @@ class RuntimeProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
         try:
-            await self.gateway.set_serving(False)
+            # Its own gRPC calls are refused (UNAVAILABLE, retry) from now on, not only
+            # once the replica has let its bus queries finish.
+            await self.gateway.stop_taking_calls()
             await self.replica.stop(grace)
             await self.applier.stop()
             await self.events.close()

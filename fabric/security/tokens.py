@@ -11,7 +11,9 @@ choices a token must never be able to make for us):
   JWKS *file* read once at start-up. An unknown `kid` is refused; nothing is fetched over
   the network, ever (no `jku`, `x5u` or `jwk` header is honoured).
 - `exp`, `iss`, `aud`, `sub` and the Fabric claims `tenant`, `stage` and `role` are
-  required; `nbf` and `iat` are honoured when present. Times are checked against an
+  required; `nbf` and `iat` are honoured when present. A token may live at most
+  `max_lifetime` (`exp - iat`, or `exp - now` without `iat`): a leaked token whose `exp`
+  is far in the future is refused, not honoured for years. Times are checked against an
   injectable `WallClock` (PyJWT checks the signature, issuer and audience; the times are
   ours, so tests move "now" without sleeping), with a small leeway for clock skew.
 - Every refusal is `Unauthenticated` with a fixed message: never the token, never a claim
@@ -53,6 +55,7 @@ from fabric.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthent
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "DEFAULT_LEEWAY",
+    "DEFAULT_MAX_LIFETIME",
     "HMAC_ALGORITHMS",
     "LOCAL_AUDIENCE",
     "LOCAL_ISSUER",
@@ -79,6 +82,9 @@ SUPPORTED_ALGORITHMS: frozenset[str] = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
 
 DEFAULT_LEEWAY = 30.0
 """Seconds of clock skew tolerated on `exp`, `nbf` and `iat`."""
+
+DEFAULT_MAX_LIFETIME = 24 * 3600.0
+"""Seconds a token may be valid for at most (`exp - iat`)."""
 
 LOCAL_ISSUER = "fabric-local"
 """Issuer of development tokens minted with the local key."""
@@ -130,6 +136,9 @@ class TokenConfig:
     """A JWKS file with the public keys (RSA, EC) by `kid`; never fetched from a URL."""
     max_token_length: int = 8192
     """Longer bearer tokens are refused before they are decoded."""
+    max_lifetime: float = DEFAULT_MAX_LIFETIME
+    """Seconds a token may be valid for at most: `exp - iat`, or `exp - now` for a token
+    without `iat` (beyond `leeway`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algorithms", tuple(self.algorithms))
@@ -155,6 +164,13 @@ class TokenConfig:
             or not 0 <= self.leeway <= _MAX_LEEWAY
         ):
             raise ValueError(f"TokenConfig.leeway must be between 0 and {_MAX_LEEWAY:g} seconds")
+        if (
+            isinstance(self.max_lifetime, bool)
+            or not isinstance(self.max_lifetime, int | float)
+            or not math.isfinite(self.max_lifetime)
+            or self.max_lifetime <= 0
+        ):
+            raise ValueError("TokenConfig.max_lifetime must be a positive number of seconds")
         if self.max_token_length < 256:
             raise ValueError("TokenConfig.max_token_length must be at least 256")
         pinned = set(self.algorithms)
@@ -183,6 +199,7 @@ class TokenConfig:
         issuer: str = LOCAL_ISSUER,
         audience: str = LOCAL_AUDIENCE,
         leeway: float = DEFAULT_LEEWAY,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME,
     ) -> TokenConfig:
         """The local-development configuration: HS256 with the local key, nothing else."""
         secret = key.secret if isinstance(key, LocalKey) else key
@@ -192,6 +209,7 @@ class TokenConfig:
             algorithms=("HS256",),
             leeway=leeway,
             hs256_secret=secret,
+            max_lifetime=max_lifetime,
         )
 
 
@@ -373,6 +391,15 @@ class TokenVerifier:
         iat = _numeric_date(claims, "iat")
         if iat is not None and iat > now + leeway:
             raise Unauthenticated("the bearer token was issued in the future (check clocks)")
+        # Checked on every use, not only the first: without `iat`, `exp - now` shrinks
+        # as the token ages, and a cached token is judged like a new one.
+        lifetime = exp - (now if iat is None else iat)
+        if lifetime > self.config.max_lifetime + leeway:
+            raise Unauthenticated(
+                f"the bearer token is valid for longer than the gateway accepts "
+                f"(at most {self.config.max_lifetime:g}s from issue, FABRIC_JWT_MAX_LIFETIME); "
+                "get a shorter-lived one"
+            )
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
@@ -489,6 +516,11 @@ def mint_token(
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("ttl must be a positive number of seconds")
+    if seconds > config.max_lifetime:
+        raise ValueError(
+            f"ttl must be at most {config.max_lifetime:g} seconds (the longest lifetime "
+            "the gateway accepts, FABRIC_JWT_MAX_LIFETIME)"
+        )
     try:
         role_value = Role(role)
     except ValueError:
