@@ -93,14 +93,19 @@ def local_token(
             "tokens can be minted only with FABRIC_AUTH=local; get one from your identity provider"
         )
     key = LocalKey.load_or_generate(settings.token_key_path)
-    return mint_token(
-        TokenConfig.for_local_key(key, max_lifetime=settings.jwt_max_lifetime),
-        tenant=tenant,
-        stage=stage,
-        role=role,
-        subject=subject,
-        ttl=ttl,
-    )
+    try:
+        return mint_token(
+            TokenConfig.for_local_key(key, max_lifetime=settings.jwt_max_lifetime),
+            tenant=tenant,
+            stage=stage,
+            role=role,
+            subject=subject,
+            ttl=ttl,
+        )
+    except ValueError as error:
+        # What the caller asked for (a lifetime, a tenant name) is not mintable; the
+        # message names the rule and carries no secret.
+        raise InvalidArgument(str(error)) from None
 
 
 def stage_connector_factory(

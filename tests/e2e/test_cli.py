@@ -199,3 +199,26 @@ def test_clients_leaving_after_the_result_leave_the_gateway_quiet(
     assert again.returncode == 0, again.stderr
     log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "--ttl", "31536000"], "ttl must be at most"),
+        (["--tenant", "no tenant", "token"], "tenant is empty or has characters"),
+    ],
+)
+def test_a_token_that_cannot_be_minted_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [*FABRIC, *args],
+        env={**os.environ, "FABRIC_HOME": str(tmp_path), "FABRIC_AUTH": "local"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
