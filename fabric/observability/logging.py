@@ -19,17 +19,21 @@ from typing import Any
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.tokenizer_core import TokenType
 
-_LITERALS = {
-    TokenType.STRING,
-    TokenType.NUMBER,
-    TokenType.NATIONAL_STRING,
-    TokenType.BIT_STRING,
-    TokenType.HEX_STRING,
-    TokenType.BYTE_STRING,
-    TokenType.RAW_STRING,
-    TokenType.HEREDOC_STRING,
-    TokenType.UNICODE_STRING,
-}
+LITERAL_TOKENS = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.NUMBER,
+        TokenType.NATIONAL_STRING,
+        TokenType.BIT_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.RAW_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
+"""sqlglot token types that carry a literal value (masked in logs, never echoed)."""
+
 # Fallback when the text does not even tokenize: quoted runs and digit runs go.
 _FALLBACK = re.compile(r"'(?:[^']|'')*'?|\$[^$]*\$.*?(?:\$[^$]*\$|$)|\b\d[\d.eE+-]*\b", re.S)
 MAX_LOGGED_SQL = 2_000
@@ -60,7 +64,9 @@ def mask_literals(sql: str) -> str:
     for token in tokens:
         if previous_end is not None and token.start > previous_end + 1:
             parts.append(" ")
-        parts.append("?" if token.token_type in _LITERALS else sql[token.start : token.end + 1])
+        parts.append(
+            "?" if token.token_type in LITERAL_TOKENS else sql[token.start : token.end + 1]
+        )
         previous_end = token.end
     return "".join(parts)
 

@@ -61,7 +61,10 @@ class StatementCache:
     ) -> CompiledStatement | None:
         """The compiled statement for this text if it is cached (counted as a hit), else
         None (not counted: the compile that follows counts the miss). Never compiles."""
-        key = _key(tenant, connection, sql, catalog, dialect, param_style, max_rows)
+        return self._hit(_key(tenant, connection, sql, catalog, dialect, param_style, max_rows))
+
+    def _hit(self, key: _Key) -> CompiledStatement | None:
+        """The cached statement (now the most recently used, counted as a hit), or None."""
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
@@ -84,11 +87,10 @@ class StatementCache:
         Raises QueryRejected (not cached) when the compiler refuses the text.
         """
         key = _key(tenant, connection, sql, catalog, dialect, param_style, max_rows)
+        found = self._hit(key)
+        if found is not None:
+            return found
         with self._lock:
-            found = self._entries.get(key)  # a hit becomes the most recently used
-            if found is not None:
-                self.hits += 1
-                return found
             self.misses += 1
         compiled = self.compiler.compile(
             sql, catalog, dialect=dialect, param_style=param_style, max_rows=max_rows

@@ -12,6 +12,7 @@ from sqlglot.parser import Parser
 from sqlglot.tokenizer_core import Token, TokenType
 
 from fabric.errors import QueryRejected
+from fabric.observability.logging import LITERAL_TOKENS
 
 INPUT_DIALECT = "postgres"
 """The dialect Fabric SQL is read in."""
@@ -56,19 +57,6 @@ _CHAIN_OPERANDS = (
     | _CLOSERS
 )
 _SET_OPERATIONS = frozenset({TokenType.UNION, TokenType.INTERSECT, TokenType.EXCEPT})
-_LITERAL_TOKENS = frozenset(
-    {
-        TokenType.STRING,
-        TokenType.NUMBER,
-        TokenType.NATIONAL_STRING,
-        TokenType.BIT_STRING,
-        TokenType.HEX_STRING,
-        TokenType.BYTE_STRING,
-        TokenType.RAW_STRING,
-        TokenType.HEREDOC_STRING,
-        TokenType.UNICODE_STRING,
-    }
-)
 _CTE_BODY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN})
 
 
@@ -237,7 +225,7 @@ class QueryReader:
 def _first_word(token: Token) -> str:
     """The token a refused text starts with, for the message: a keyword or name as
     written, any other token by its kind (a literal is never repeated)."""
-    if token.token_type not in _LITERAL_TOKENS and token.text.isidentifier():
+    if token.token_type not in LITERAL_TOKENS and token.text.isidentifier():
         return token.text.upper()[:40]
     return token.token_type.name.lower().replace("_", " ")
 
