@@ -93,7 +93,7 @@ def test_the_setting_reaches_the_verifier_and_the_local_minter(tmp_path: Path) -
     settings = Settings.from_env({"FABRIC_JWT_MAX_LIFETIME": "3600"}, home=tmp_path)
     verifier = token_verifier(settings)
     assert verifier is not None and verifier.config.max_lifetime == 3600
-    with pytest.raises(ValueError, match="ttl must be at most 3600"):
+    with pytest.raises(InvalidArgument, match="ttl must be at most 3600"):
         local_token(settings, ttl=2 * 3600)
     assert verifier.verify(local_token(settings, ttl=3600)).principal == "local"
 
