@@ -115,6 +115,7 @@ class PlatformProcess:
                         open_kms(settings),
                         timeout=settings.bus_timeout,
                         retries=settings.bus_retries,
+                        max_sql_length=settings.max_sql_length,
                     )
                     execute = process.forwarder.execute
             except BaseException:

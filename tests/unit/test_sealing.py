@@ -24,6 +24,7 @@ from fabric.errors import (
     IntegrityError,
     InternalError,
     InvalidArgument,
+    QueryRejected,
     ResourceExhausted,
     SourceQueryError,
     SourceUnavailable,
@@ -325,6 +326,21 @@ def test_errors_keep_class_message_and_sqlstate(kms: LocalKeyRing) -> None:
         assert raised.value.sqlstate == "22018"
         assert replica.stats.failed == 1
         await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+def test_an_over_long_text_is_refused_before_it_is_sealed_or_sent(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus()
+        forwarder = BusQueryForwarder(bus, kms, timeout=1.0, max_sql_length=100)
+        sql = "SELECT 1 AS x WHERE 'secret-literal' = '" + "x" * 200 + "'"
+        with pytest.raises(QueryRejected, match="longer than 100 characters") as refused:
+            await _collect(forwarder.execute(CALLER, QueryRequest("crm", sql)))
+        assert "secret-literal" not in str(refused.value)
+        assert forwarder.stats.attempts == 0
+        assert forwarder.sealer.counters["sealed"] == 0
         await bus.close()
 
     run_bounded(body(), 20)

@@ -38,6 +38,7 @@ from fabric.messaging.query_rpc.wire import (
     reply_subject,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
+from fabric.query.compiler.reader import check_text_length
 from fabric.query.engine import QueryRequest, Summary
 from fabric.security.kms import Kms
 
@@ -143,6 +144,7 @@ class BusQueryForwarder:
         stall: float = 60.0,
         backoff: float = 0.05,
         sealer: BusSealer | None = None,
+        max_sql_length: int | None = None,
     ) -> None:
         if timeout <= 0 or stall <= 0 or backoff < 0:
             raise InvalidArgument("timeout and stall must be positive, backoff not negative")
@@ -154,6 +156,9 @@ class BusQueryForwarder:
         self.window = window
         self.stall = stall
         self.backoff = backoff
+        self.max_sql_length = max_sql_length
+        """The replicas' FABRIC_MAX_SQL_LENGTH: a longer text is refused here, before it
+        is sealed and sent."""
         self.sealer = sealer or BusSealer(kms, max_message_bytes=bus.max_payload)
         self._offload = offload_policy(kms)
         self.stats = ForwarderStats()
@@ -207,6 +212,8 @@ class BusQueryForwarder:
     ) -> AsyncIterator[bytes | Summary]:
         """Yield the result as Arrow IPC messages, then one Summary (as
         `QueryEngine.execute`); errors are the replica's, re-raised as the same class."""
+        if self.max_sql_length is not None:
+            check_text_length(request.sql, self.max_sql_length)
         started = time.perf_counter()
         self.stats.requests += 1
         attempt = 0

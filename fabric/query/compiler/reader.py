@@ -98,10 +98,7 @@ class QueryReader:
     def check_length(self, sql: str) -> None:
         """Refuse an over-long text; constant time, so it may come before any other work
         on a request."""
-        if isinstance(sql, str) and len(sql) > self.limits.max_length:
-            raise QueryRejected(
-                f"the query text is longer than {self.limits.max_length} characters"
-            )
+        check_text_length(sql, self.limits.max_length)
 
     def tokenize(self, sql: str) -> list[Token]:
         if not isinstance(sql, str) or not sql.strip():
@@ -220,6 +217,13 @@ class QueryReader:
             raise QueryRejected(f"{READ_ONLY_HINT} (found {keyword(tree)})")
         tree.pop()  # detach from any Subquery wrapper so it is the root
         return tree
+
+
+def check_text_length(sql: str, max_length: int) -> None:
+    """QueryRejected when `sql` is longer than `max_length` characters (the text itself
+    is never echoed)."""
+    if isinstance(sql, str) and len(sql) > max_length:
+        raise QueryRejected(f"the query text is longer than {max_length} characters")
 
 
 def _first_word(token: Token) -> str:
