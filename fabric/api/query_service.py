@@ -17,7 +17,8 @@ from fabric.api.wire import page, result_chunk
 from fabric.context import RequestContext
 from fabric.errors import FabricError, InternalError, InvalidArgument
 from fabric.proto_values import params_from_proto
-from fabric.query.engine import Page, QueryEngine, QueryRequest, Summary
+from fabric.query.engine import Page, QueryEngine, QueryRequest
+from fabric.query.runs import Summary
 from fabric.v1 import query_pb2 as pb
 from fabric.v1 import query_pb2_grpc as pb_grpc
 

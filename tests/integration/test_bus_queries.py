@@ -48,7 +48,8 @@ from fabric.messaging.query_rpc import (
 )
 from fabric.messaging.sealing import BusSealer
 from fabric.model import Connection, SettingValue
-from fabric.query.engine import QueryEngine, QueryRequest, Summary
+from fabric.query.engine import QueryEngine, QueryRequest
+from fabric.query.runs import Summary
 from fabric.query.sources import default_connector_factory
 from fabric.results.ipc import open_ipc_stream
 from fabric.security.kms import LocalKeyRing

@@ -29,7 +29,8 @@ from fabric.errors import (
     QueryRejected,
     SourceQueryError,
 )
-from fabric.query.engine import QueryEngine, QueryRequest, Summary
+from fabric.query.engine import QueryEngine, QueryRequest
+from fabric.query.runs import Summary
 from tests.support.memory_connector import MemoryConnector, SourceGate
 
 CTX = RequestContext(tenant="acme", stage="development", role=Role.APP, principal="app")

@@ -42,7 +42,8 @@ from fabric.messaging.query_rpc import (
     stage_query_filter,
 )
 from fabric.messaging.sealing import BusSealer, Purpose
-from fabric.query.engine import QueryRequest, Summary
+from fabric.query.engine import QueryRequest
+from fabric.query.runs import Summary
 from fabric.results.ipc import IpcChunker, open_ipc_stream
 from fabric.security.kms import LocalKeyRing
 from tests.support.nats import run_bounded

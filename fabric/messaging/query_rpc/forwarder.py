@@ -39,7 +39,8 @@ from fabric.messaging.query_rpc.wire import (
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
 from fabric.query.compiler.reader import check_text_length
-from fabric.query.engine import QueryRequest, Summary
+from fabric.query.engine import QueryRequest
+from fabric.query.runs import Summary
 from fabric.security.kms import Kms
 
 log = logging.getLogger(__name__)

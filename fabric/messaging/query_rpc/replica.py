@@ -43,7 +43,8 @@ from fabric.messaging.query_rpc.wire import (
     stage_query_filter,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
-from fabric.query.engine import QueryEngine, QueryRequest, Summary
+from fabric.query.engine import QueryEngine, QueryRequest
+from fabric.query.runs import Summary
 from fabric.security.kms import Kms
 
 log = logging.getLogger(__name__)
