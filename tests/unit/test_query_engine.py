@@ -193,7 +193,9 @@ def test_a_caller_that_goes_away_mid_stream_cancels_and_releases_the_source(
         [execution] = rig.source.executions
     assert execution.cancels == 1
     assert execution.closes == 1
-    assert execution.batches_read == 2
+    # Stopped before its end (4 batches): the read-ahead may or may not have taken the
+    # second batch when the caller left, never more.
+    assert execution.batches_read in (1, 2)
 
 
 async def leave_after_first_message(rig: Rig) -> None:
@@ -266,7 +268,8 @@ def test_identical_cacheable_queries_in_flight_run_once(rig: Rig) -> None:
     assert len(rig.source.executions) == 1
     assert [summary.from_cache for _, summary in results].count(False) == 1
     assert all(table.column("id").to_pylist() == list(range(1, 11)) for table, _ in results)
-    assert rig.engine.snapshot()["result_cache_coalesced"] == 2
+    # The two others waited for the one run (or, had it finished first, found its entry).
+    assert rig.engine.snapshot()["result_cache_hits"] == 2
 
 
 # -- paging ------------------------------------------------------------------------------
