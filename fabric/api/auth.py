@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from fabric.api.status import ERROR_CODE_KEY, status_for
+from fabric.api.status import abort_with
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import FabricError, InternalError
 from fabric.security.authz import TokenVerifierLike, authenticate
@@ -44,8 +44,7 @@ def local_admin_context(_: grpc.aio.ServicerContext) -> RequestContext:
 
 def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
-        await context.abort(status_for(error), error.message)
+        await abort_with(context, error)
 
     return refuse
 

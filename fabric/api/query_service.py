@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, status_for
+from fabric.api.status import abort_with
 from fabric.api.wire import page, result_chunk
 from fabric.context import RequestContext
 from fabric.errors import FabricError, InternalError, InvalidArgument
@@ -28,14 +28,6 @@ ContextProvider = Callable[[grpc.aio.ServicerContext], RequestContext]
 Execute = Callable[[RequestContext, QueryRequest, "float | None"], AsyncIterator["bytes | Summary"]]
 """Runs a query and yields Arrow IPC messages, then one Summary: `QueryEngine.execute`,
 or `BusQueryForwarder.execute` on a platform that forwards to runtime replicas."""
-
-
-async def abort_with(context: grpc.aio.ServicerContext, error: FabricError) -> None:
-    metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, error.code)]
-    if error.sqlstate:
-        metadata.append((SQLSTATE_KEY, error.sqlstate))
-    context.set_trailing_metadata(tuple(metadata))
-    await context.abort(status_for(error), error.message)
 
 
 @asynccontextmanager

@@ -18,8 +18,9 @@ from prometheus_client import start_http_server
 
 from fabric.api.auth import AuthInterceptor
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
-from fabric.api.query_service import ContextProvider, Execute, QueryServicer, abort_with
-from fabric.api.wire import abort_call, add_query_service, guarded_handler
+from fabric.api.query_service import ContextProvider, Execute, QueryServicer
+from fabric.api.status import abort_with
+from fabric.api.wire import add_query_service, guarded_handler
 from fabric.config import Settings
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
 from fabric.messaging.platform_events import Announcements
@@ -120,7 +121,7 @@ class _AdmittedCall:
 
     async def __aenter__(self) -> None:
         if self._admission.draining:
-            await abort_call(self._context, SHUTTING_DOWN)
+            await abort_with(self._context, SHUTTING_DOWN)
         self._admission.active += 1
 
     async def __aexit__(self, *exc_info: object) -> None:

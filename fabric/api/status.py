@@ -43,6 +43,16 @@ ERROR_CODE_KEY = "fabric-error-code"
 SQLSTATE_KEY = "fabric-sqlstate"
 
 
+async def abort_with(context: grpc.aio.ServicerContext, error: errors.FabricError) -> None:
+    """End the call with `error`'s status and message, its code (and SQLSTATE, if any)
+    in the trailing metadata. Raises grpc.aio.AbortError, as `context.abort` does."""
+    metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, error.code)]
+    if error.sqlstate:
+        metadata.append((SQLSTATE_KEY, error.sqlstate))
+    context.set_trailing_metadata(tuple(metadata))
+    await context.abort(status_for(error), error.message)
+
+
 def status_for(error: errors.FabricError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         status = GRPC_STATUS.get(cls)

@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
-from fabric.api.status import ERROR_CODE_KEY, status_for
-from fabric.errors import FabricError, InvalidArgument
+from fabric.api.status import abort_with
+from fabric.errors import InvalidArgument
 from fabric.v1 import query_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,6 @@ Admission = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[Non
 """Wraps each call of a guarded handler (it may refuse the call by aborting)."""
 
 
-async def abort_call(context: grpc.aio.ServicerContext, error: FabricError) -> None:
-    """End the call with `error`'s status, message and code (raises AbortError)."""
-    context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
-    await context.abort(status_for(error), error.message)
-
-
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
@@ -167,7 +161,7 @@ def guarded_handler(
     async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
         if request is MALFORMED:
             log.debug("refused a request to %s that does not parse as %s", method, message)
-            await abort_call(
+            await abort_with(
                 context,
                 InvalidArgument(
                     f"the request to {method} is not a valid {message} message (its bytes "
