@@ -28,6 +28,7 @@ from fabric.security.kms import LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore
 from fabric.v1 import platform_pb2 as pb
 from fabric.v1 import platform_pb2_grpc as pb_grpc
+from tests.support.leaks import files_containing
 
 PASSWORD = "Platform-Canary-9f3c2a"
 
@@ -111,23 +112,6 @@ def stop_platform(platform: Platform) -> None:
     platform.channel.close()
     platform.background.stop()
     platform.store.close()
-
-
-def files_containing(home: Path, secret: str) -> list[Path]:
-    """Files under `home` holding `secret` in clear (or in a common encoding of it)."""
-    import base64
-
-    forms = [
-        secret.encode(),
-        base64.b64encode(secret.encode()),
-        secret.encode().hex().encode(),
-        secret.encode("utf-16-le"),
-    ]
-    return [
-        path
-        for path in home.rglob("*")
-        if path.is_file() and any(form in path.read_bytes() for form in forms)
-    ]
 
 
 def rpc_error(fn: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:

@@ -3,7 +3,6 @@ the gateway, and found nowhere at rest in clear; a wrong password is a clear err
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from fabric.app.gateway import configured_gateway
 from fabric.app.parts import local_token, open_secret_store, open_store
 from fabric.client import FabricClient
 from fabric.config import Settings
+from tests.support.leaks import files_containing
 from tests.support.pg_instance import PgInstance, private_postgres
 
 PASSWORD = "Canary-Pass-4d9e1b"
@@ -66,20 +66,6 @@ def _register(home: Path, name: str, pg: PgInstance, password: str) -> None:
     assert password not in done.stdout + done.stderr
 
 
-def _files_containing(home: Path, secret: str) -> list[Path]:
-    forms = [
-        secret.encode(),
-        base64.b64encode(secret.encode()),
-        secret.encode().hex().encode(),
-        secret.encode("utf-16-le"),
-    ]
-    return [
-        path
-        for path in home.rglob("*")
-        if path.is_file() and any(form in path.read_bytes() for form in forms)
-    ]
-
-
 def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance, tmp_path: Path) -> None:
     _register(tmp_path, "vault", pg, PASSWORD)
     tested = _fabric(tmp_path, "connection", "test", "vault")
@@ -100,7 +86,7 @@ def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance, tmp_
         assert secrets.refs() == ["connections/default/vault/all"]
     finally:
         store.close()
-    assert _files_containing(tmp_path, PASSWORD) == []
+    assert files_containing(tmp_path, PASSWORD) == []
 
     deleted = _fabric(tmp_path, "connection", "delete", "vault")
     assert deleted.returncode == 0, deleted.stderr
@@ -116,7 +102,7 @@ def test_wrong_password_is_a_clear_error_without_the_password(
     assert tested.returncode == 2
     assert "source_unavailable" in tested.stderr
     assert wrong not in tested.stderr and PASSWORD not in tested.stderr
-    assert _files_containing(tmp_path, wrong) == []
+    assert files_containing(tmp_path, wrong) == []
 
 
 def test_duplicate_name_does_not_touch_the_existing_password(

@@ -17,13 +17,13 @@ from fabric.errors import QueryRejected
 from fabric.v1 import platform_pb2 as pb
 from tests.e2e.test_platform_api import (
     Platform,
-    files_containing,
     rpc_error,
     stage_config,
     start_platform,
     state,
     stop_platform,
 )
+from tests.support.leaks import files_containing
 from tests.support.pg_instance import PgInstance, private_postgres
 
 pytestmark = pytest.mark.postgres
