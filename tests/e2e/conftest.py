@@ -23,6 +23,7 @@ from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.model import Connection, SettingValue
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import default_connector_factory
+from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier
 
 
 class RecordingConnector(Connector):
@@ -154,6 +155,18 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     h = start_harness(tmp_path)
     try:
         yield h
+    finally:
+        h.gateway.stop()
+        h.store.close()
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[tuple[Harness, TokenConfig]]:
+    """A harness whose gateway verifies tokens signed with a fresh local key."""
+    config = TokenConfig.for_local_key(LocalKey.generate(tmp_path / "token.key"))
+    h = start_harness(tmp_path, verifier=TokenVerifier(config))
+    try:
+        yield h, config
     finally:
         h.gateway.stop()
         h.store.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,21 +10,10 @@ import pytest
 
 from fabric.client import FabricClient
 from fabric.errors import NotFound, PermissionDenied, Unauthenticated
-from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
-from tests.e2e.conftest import Harness, start_harness
+from fabric.security.tokens import LocalKey, TokenConfig, mint_token
+from tests.e2e.conftest import Harness
 
 QUERY = "SELECT COUNT(*) AS n FROM orders"
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[tuple[Harness, TokenConfig]]:
-    config = TokenConfig.for_local_key(LocalKey.generate(tmp_path / "token.key"))
-    h = start_harness(tmp_path, verifier=TokenVerifier(config))
-    try:
-        yield h, config
-    finally:
-        h.gateway.stop()
-        h.store.close()
 
 
 def token(

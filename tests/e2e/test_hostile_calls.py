@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabric.api.status import ERROR_CODE_KEY
 from fabric.client import FabricClient
-from fabric.security.tokens import LocalKey, TokenConfig, TokenVerifier, mint_token
+from fabric.security.tokens import TokenConfig, mint_token
 from fabric.v1 import query_pb2 as pb
 from tests.e2e.conftest import Harness, start_harness
 from tests.e2e.test_gateway import _wait_for
@@ -29,17 +28,6 @@ UNARY_METHODS = (
     "/fabric.v1.ConnectionService/ListConnections",
 )
 STREAM_METHODS = ("/fabric.v1.QueryService/Execute",)
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[tuple[Harness, TokenConfig]]:
-    config = TokenConfig.for_local_key(LocalKey.generate(tmp_path / "token.key"))
-    h = start_harness(tmp_path, verifier=TokenVerifier(config))
-    try:
-        yield h, config
-    finally:
-        h.gateway.stop()
-        h.store.close()
 
 
 def _send_junk(
