@@ -65,6 +65,7 @@ import pymysql  # type: ignore[import-untyped]  # no stubs are published with Py
 import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import ER, FIELD_TYPE, FLAG  # type: ignore[import-untyped]
 
+from connectors import registry
 from connectors.base import (
     ConnectorConfig,
     ParamStyle,
@@ -553,17 +554,15 @@ class MySQLConnector(PooledConnector[_Conn]):
     source_name: ClassVar[str] = "MySQL"
 
     def __init__(self, config: ConnectorConfig) -> None:
+        config = registry.get(self.kind).with_defaults(config)
         super().__init__(config)
         server = server_settings(
-            config,
-            self.source_name,
-            default_port=3306,
-            timeouts={"connect_timeout": 10, "read_timeout": None},
+            config, self.source_name, timeouts=("connect_timeout", "read_timeout")
         )
-        zero_dates = (config.get_str("zero_dates", "null") or "null").lower()
+        zero_dates = (config.get_str("zero_dates") or "").lower()
         if zero_dates not in _ZERO_DATE_MODES:
             raise InvalidArgument("zero_dates must be 'null' or 'error'")
-        charset = config.get_str("charset", "utf8mb4") or "utf8mb4"
+        charset = config.get_str("charset") or "utf8mb4"
         kwargs: dict[str, Any] = {
             "host": server.host,
             "port": server.port,
@@ -576,7 +575,7 @@ class MySQLConnector(PooledConnector[_Conn]):
             "binary_prefix": True,
             "local_infile": False,
             "init_command": "SET time_zone = '+00:00'",
-            "program_name": config.get_str("application_name", "fabric"),
+            "program_name": config.get_str("application_name"),
         }
         ssl_ca = config.get_str("ssl_ca")
         if ssl_ca:

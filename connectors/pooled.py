@@ -5,7 +5,7 @@ are lent per query and reset (rolled back) when given back."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
@@ -35,27 +35,21 @@ class ServerSettings:
 
 
 def server_settings(
-    config: ConnectorConfig,
-    source: str,
-    *,
-    default_port: int,
-    timeouts: Mapping[str, int | None],
+    config: ConnectorConfig, source: str, *, timeouts: Sequence[str]
 ) -> ServerSettings:
-    """host and user (required), port, the named timeouts (whole seconds, at least 1; one
-    whose default is None may stay unset) and pool_min (0) / pool_max (5) / pool_timeout
-    (10 s), checked; InvalidArgument names what is wrong."""
-    host = config.get_str("host")
-    user = config.get_str("user")
-    for name, value in (("host", host), ("user", user)):
-        if not value:
+    """host, user, port, pool_min, pool_max and pool_timeout (required: the registry's
+    declared defaults are filled in first, `ConnectorSpec.with_defaults`) and the named
+    timeouts (whole seconds, at least 1, unset when they have no default), checked;
+    InvalidArgument names what is wrong."""
+    for name in ("host", "user", "port", "pool_min", "pool_max", "pool_timeout"):
+        if config.settings.get(name) in (None, ""):
             raise InvalidArgument(f"setting {name!r} is required for a {source} connection")
-    assert host is not None and user is not None
     try:
-        port = config.get_int("port", default_port)
-        seconds = {name: config.get_int(name, default) for name, default in timeouts.items()}
-        pool_min = config.get_int("pool_min", 0)
-        pool_max = config.get_int("pool_max", 5)
-        pool_timeout = float(config.settings.get("pool_timeout", 10.0))
+        port = config.get_int("port")
+        seconds = {name: config.get_int(name) for name in timeouts}
+        pool_min = config.get_int("pool_min")
+        pool_max = config.get_int("pool_max")
+        pool_timeout = float(config.settings["pool_timeout"])
     except (TypeError, ValueError):
         names = ", ".join(["port", *timeouts, "pool_min", "pool_max"])
         raise InvalidArgument(f"{names} and pool_timeout must be numbers") from None
@@ -65,8 +59,9 @@ def server_settings(
     if not (0 <= pool_min <= pool_max and pool_max >= 1):
         raise InvalidArgument("pool_min and pool_max must satisfy 0 <= pool_min <= pool_max")
     for name, given in seconds.items():
-        if (given is None and timeouts[name] is not None) or (given is not None and given < 1):
+        if given is not None and given < 1:
             raise InvalidArgument(f"{name} must be at least 1 second")
+    host, user = str(config.settings["host"]), str(config.settings["user"])
     return ServerSettings(host, port, user, seconds, pool_min, pool_max, pool_timeout)
 
 

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
-from connectors.base import Connector, ParamStyle
+from connectors.base import Connector, ConnectorConfig, ParamStyle
 from fabric.errors import InvalidArgument
 from fabric.model import SettingValue
 
@@ -157,6 +157,13 @@ class ConnectorSpec:
                 f"  {s.name} ({s.type.value}{', ' + note if note else ''}): {s.description}"
             )
         return "\n".join(lines)
+
+    def with_defaults(self, config: ConnectorConfig) -> ConnectorConfig:
+        """`config` with every declared default filled in where the setting is absent:
+        the connector reads its defaults from here, so what `describe` shows is what a
+        connection gets."""
+        declared = {s.name: s.default for s in self.settings if s.default is not None}
+        return ConnectorConfig({**declared, **config.settings}, config.password)
 
     def setting(self, name: str) -> SettingSpec | None:
         for setting in self.settings:

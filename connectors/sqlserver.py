@@ -73,6 +73,7 @@ import pyarrow as pa
 import pymssql
 from cachetools import LRUCache
 
+from connectors import registry
 from connectors.base import (
     ConnectorConfig,
     ParamStyle,
@@ -100,7 +101,6 @@ __all__ = ["SqlServerConnector", "bind_statement", "mssql_arrow_type"]
 log = logging.getLogger(__name__)
 
 SYSTEM_SCHEMAS = ("sys", "INFORMATION_SCHEMA", "guest")
-_DEFAULT_TIMEOUT = 300
 _DESCRIBE_CACHE_SIZE = 256
 _SESSION = (
     "SET XACT_ABORT ON; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; "
@@ -478,15 +478,12 @@ class SqlServerConnector(PooledConnector[pymssql.Connection]):
     source_name: ClassVar[str] = "SQL Server"
 
     def __init__(self, config: ConnectorConfig) -> None:
+        config = registry.get(self.kind).with_defaults(config)
         super().__init__(config)
-        server = server_settings(
-            config,
-            self.source_name,
-            default_port=1433,
-            timeouts={"login_timeout": 10, "timeout": _DEFAULT_TIMEOUT},
-        )
+        server = server_settings(config, self.source_name, timeouts=("login_timeout", "timeout"))
         timeout = server.seconds["timeout"]
-        assert timeout is not None
+        if timeout is None:
+            raise InvalidArgument("setting 'timeout' is required for a SQL Server connection")
         encryption = config.get_str("encryption")
         if encryption is not None and encryption not in ("off", "request", "require"):
             raise InvalidArgument("encryption must be 'off', 'request' or 'require'")
@@ -498,8 +495,8 @@ class SqlServerConnector(PooledConnector[pymssql.Connection]):
             "database": config.get_str("database") or "",
             "login_timeout": server.seconds["login_timeout"],
             "timeout": timeout,
-            "appname": config.get_str("application_name", "fabric"),
-            "tds_version": config.get_str("tds_version", "7.4"),
+            "appname": config.get_str("application_name"),
+            "tds_version": config.get_str("tds_version"),
             "autocommit": True,  # transactions are explicit and always rolled back
             "read_only": True,
             "charset": "UTF-8",

@@ -13,6 +13,7 @@ from cachetools import TTLCache
 from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from connectors import registry
 from connectors.base import (
     Connector,
     ConnectorConfig,
@@ -61,15 +62,16 @@ class PostgresConnector(Connector):
     param_style: ClassVar[ParamStyle] = ParamStyle.FORMAT
 
     def __init__(self, config: ConnectorConfig) -> None:
+        config = registry.get(self.kind).with_defaults(config)
         super().__init__(config)
         try:
             host = config.get_str("host")
-            port = config.get_int("port", 5432)
+            port = config.get_int("port")
             database = config.get_str("database")
             user = config.get_str("user")
-            connect_timeout = config.get_int("connect_timeout", 10)
-            pool_min = config.get_int("pool_min", 1)
-            pool_max = config.get_int("pool_max", 10)
+            connect_timeout = config.get_int("connect_timeout")
+            pool_min = config.get_int("pool_min")
+            pool_max = config.get_int("pool_max")
             pool_timeout = float(config.settings.get("pool_timeout", connect_timeout or 10))
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"invalid PostgreSQL connection setting: {exc}") from None
@@ -88,7 +90,7 @@ class PostgresConnector(Connector):
             "dbname": database,
             "user": user,
             "connect_timeout": connect_timeout,
-            "application_name": config.get_str("application_name", "fabric"),
+            "application_name": config.get_str("application_name"),
         }
         sslmode = config.get_str("sslmode")
         if sslmode:

@@ -9,28 +9,47 @@ from typing import Any, ClassVar
 
 import pytest
 
+from connectors import registry
 from connectors.base import ConnectorConfig, ParamStyle, QueryHandle
 from connectors.pooled import PooledConnector, server_settings
 from fabric.errors import InvalidArgument, SourceUnavailable
 from fabric.model import SettingValue, TableInfo
 
-TIMEOUTS = {"connect_timeout": 10, "read_timeout": None}
+TIMEOUTS = ("connect_timeout", "read_timeout")
+# A MySQL connection's declared defaults stand in for any pooled kind's.
+DEFAULTS = registry.get("mysql")
 
 
 def settings(**values: SettingValue) -> ConnectorConfig:
-    return ConnectorConfig({"host": "db.example", "user": "reader", **values})
+    return DEFAULTS.with_defaults(
+        ConnectorConfig({"host": "db.example", "user": "reader", **values})
+    )
 
 
-def test_server_settings_defaults() -> None:
-    server = server_settings(settings(), "Demo", default_port=4000, timeouts=TIMEOUTS)
+def test_server_settings_are_the_declared_defaults() -> None:
+    server = server_settings(settings(), "Demo", timeouts=TIMEOUTS)
     assert (server.host, server.port, server.user, server.where) == (
         "db.example",
-        4000,
+        3306,
         "reader",
-        "db.example:4000",
+        "db.example:3306",
     )
     assert server.seconds == {"connect_timeout": 10, "read_timeout": None}
     assert (server.pool_min, server.pool_max, server.pool_timeout) == (0, 5, 10.0)
+
+
+def test_connectors_use_the_defaults_their_registration_declares() -> None:
+    """What `fabric connection create --help` shows is what a connection gets."""
+    for kind in ("postgres", "mysql", "sqlserver"):
+        spec = registry.get(kind)
+        declared = {s.name: s.default for s in spec.settings if s.default is not None}
+        given = ConnectorConfig({"host": "h", "user": "u", "database": "d"})
+        connector = spec.load()(given)
+        try:
+            for name, default in declared.items():
+                assert connector.config.settings[name] == default, (kind, name)
+        finally:
+            connector.close()
 
 
 @pytest.mark.parametrize(
@@ -38,6 +57,7 @@ def test_server_settings_defaults() -> None:
     [
         (ConnectorConfig({"user": "reader"}), "'host' is required for a Demo connection"),
         (ConnectorConfig({"host": "db.example"}), "'user' is required for a Demo connection"),
+        (ConnectorConfig({"host": "db.example", "user": "r"}), "'port' is required for a Demo"),
         (settings(port="x"), "port, connect_timeout, read_timeout, pool_min, pool_max and"),
         (settings(port=70000), "port must be between 1 and 65535"),
         (settings(pool_min=3, pool_max=2), "pool_min and pool_max"),
@@ -47,7 +67,7 @@ def test_server_settings_defaults() -> None:
 )
 def test_server_settings_say_what_is_wrong(config: ConnectorConfig, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        server_settings(config, "Demo", default_port=4000, timeouts=TIMEOUTS)
+        server_settings(config, "Demo", timeouts=TIMEOUTS)
 
 
 class FakeConnection:
@@ -67,9 +87,7 @@ class DemoConnector(PooledConnector[FakeConnection]):
 
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
-        self._open_pool(
-            server_settings(config, self.source_name, default_port=4000, timeouts=TIMEOUTS)
-        )
+        self._open_pool(server_settings(config, self.source_name, timeouts=TIMEOUTS))
 
     def _connect(self) -> FakeConnection:
         return FakeConnection()
@@ -125,7 +143,7 @@ def test_a_connection_is_discarded_when_reuse_is_refused_or_the_reset_fails() ->
 def test_a_full_pool_and_a_closed_connector_are_unavailable() -> None:
     connector = DemoConnector(settings(pool_max=1, pool_timeout=0))
     connector._acquire()
-    with pytest.raises(SourceUnavailable, match=r"no Demo connection to db\.example:4000"):
+    with pytest.raises(SourceUnavailable, match=r"no Demo connection to db\.example:3306"):
         connector._acquire()
     connector.close()
     with pytest.raises(SourceUnavailable, match="the Demo connector is closed"):
