@@ -18,7 +18,9 @@ agree:
     TINYINT(1), BOOLEAN                             int8 (MySQL has no boolean type: a
                                                     TINYINT(1) can hold -128..127)
     YEAR                                            int16
-    DECIMAL(p, s)                                   decimal128(p, s); p > 38: decimal256
+    DECIMAL(p, s)                                   decimal128(p, s); p > 38: decimal128(38, s)
+                                                    when the first batch's values fit it,
+                                                    else decimal256(p, s)
     FLOAT / DOUBLE                                  float32 / float64
     DATE                                            date32
     DATETIME                                        timestamp[us] (naive, as stored)
@@ -72,7 +74,7 @@ from connectors.base import (
     QueryHandle,
     check_execute_arguments,
 )
-from connectors.batches import unrepresentable
+from connectors.batches import narrowed_decimals, unrepresentable
 from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler, schema_filter
 from connectors.pooled import PooledConnector, server_settings
@@ -460,7 +462,8 @@ class _MySQLHandle(BlockingQueryHandle[_Conn]):
         if flagged is not None:
             self._release(ok=False)
             raise flagged
-        reader = pa.RecordBatchReader.from_batches(columns.schema, self._batches(cursor, columns))
+        schema, batches = narrowed_decimals(columns.schema, self._batches(cursor, columns))
+        reader = pa.RecordBatchReader.from_batches(schema, batches)
         with self._lock:
             self._reader = reader
         return reader

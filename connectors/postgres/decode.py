@@ -9,10 +9,13 @@ PostgreSQL (by type OID; the type modifier gives precision and scale):
     oid                                     int64
     float4 / float8                         float32 / float64 (NaN and +-Infinity kept)
     numeric(p, s), p <= 38                  decimal128(p, s)
-    numeric(p, s), 38 < p <= 76             decimal256(p, s)
+    numeric(p, s), 38 < p <= 76             decimal128(38, s) when the values fit (see
+                                            below), else decimal256(p, s)
     numeric(p, s), p > 76                   utf8 (the exact text; Arrow has no wider decimal)
-    numeric(p, s), s < 0                    decimal(p - s, 0) (the stored values are integers)
-    numeric (unconstrained: SUM, AVG, ...)  decimal256(76, 38)
+    numeric(p, s), s < 0                    as numeric(p - s, 0) (the values are integers)
+    numeric (unconstrained: SUM, AVG, ...)  decimal128(38, s), s the largest scale among
+                                            the values; decimal256(76, s) when they need
+                                            more than 38 digits (see below)
     bool                                    bool
     text / varchar / char(n) / name / "char" utf8 (char(n) keeps the blank padding it has)
     json / jsonb / xml                      utf8 (the text form)
@@ -30,12 +33,20 @@ PostgreSQL (by type OID; the type modifier gives precision and scale):
     arrays, ranges, enums, inet, money,     utf8 (PostgreSQL's text form of the value)
     any other type
 
-Unconstrained numeric: PostgreSQL allows 131072 digits before the point and 16383 after,
-so no Arrow type holds every value. decimal256(76, 38) holds 38 integer digits (more than
-any int128 or decimal128) and 38 fractional digits (AVG and division results carry 16 to
-~30). A value that does not fit (more integer digits, more non-zero fractional digits,
-NaN, +-Infinity) is never rounded or clipped: the read fails with SourceQueryError naming
-the column, and the message tells the user to cast or round in the query.
+Numeric sized by its values: PostgreSQL's unconstrained numeric allows 131072 digits
+before the point and 16383 after, so no Arrow type holds every value, and decimal256 is
+not read by much of the Arrow world (polars, DuckDB and pandas refuse it or fall back to
+objects). So an unconstrained numeric (every SUM and AVG over numeric) and a numeric(p, s)
+with p > 38 get their type from the first batch of the result: decimal128(38, s), with s
+the largest number of fractional digits PostgreSQL printed (its display scale, so a SUM of
+numeric(10, 2) keeps its two places) or the declared scale, when every value has at most
+38 - s integer digits; otherwise decimal256 (76 or the declared precision). A later value
+that does not fit the type chosen (more integer or non-zero fractional digits than the
+first rows had), NaN or +-Infinity is never rounded or clipped: the read fails with
+SourceQueryError naming the column, and the message tells the user to cast or round in
+the query (`CAST(x AS numeric(38, 10))` fixes the type in advance). The catalog, which
+has no values, shows such a column as the widest type it may take (decimal256(76, 38), or
+decimal256(p, s)).
 
 Other values Arrow cannot hold (dates/timestamps `infinity` or BC, time 24:00:00) fail the
 same way, never silently. Error messages name the column and the type; they never carry
@@ -64,9 +75,10 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,11 +200,40 @@ def _decode_interval(array: pa.Array) -> pa.Array:
     return pa.array(out, pa.month_day_nano_interval())
 
 
+def _text_decimal_extent(texts: pa.Array) -> tuple[int, int] | None:
+    """(most integer digits, most fractional digits) among PostgreSQL's text forms of
+    numeric values; None when all are NULL."""
+    # sign and leading zeros are no digits (`0.5` needs no integer digit)
+    values = pc.replace_substring_regex(texts.drop_null(), r"^[-+]?0*", "")
+    if len(texts) == texts.null_count:
+        return None
+    length = pc.utf8_length(values)
+    point = pc.find_substring(values, ".")
+    has_point = pc.greater_equal(point, 0)
+    integer = pc.if_else(has_point, point, length)
+    fraction = pc.if_else(has_point, pc.subtract(pc.subtract(length, point), 1), 0)
+    return int(pc.max(integer).as_py()), int(pc.max(fraction).as_py())
+
+
+def _sized_decimal(
+    declared: pa.Decimal256Type | None, extent: tuple[int, int] | None
+) -> pa.DataType:
+    """decimal128(38, s) when the values' digits fit it, else decimal256 (see the module
+    docstring). `declared`: decimal256(p, s) of a numeric(p, s), None for an unconstrained
+    numeric, whose scale then comes from the values."""
+    integer, fraction = extent if extent is not None else (0, 0)
+    scale = min(fraction, 76) if declared is None else declared.scale
+    if scale <= 38 and integer <= 38 - scale:
+        return pa.decimal128(38, scale)
+    return pa.decimal256(76, scale) if declared is None else declared
+
+
+@functools.lru_cache(maxsize=256)
 def _decimal_from_text(arrow_type: pa.DataType) -> Callable[[pa.Array], pa.Array]:
     """A checked string -> decimal cast: Arrow's cast does not reject extra fractional
     digits reliably, so the digits are checked first and nothing is ever rounded."""
     integer_digits = arrow_type.precision - arrow_type.scale
-    pattern = rf"^[-+]?\d{{0,{integer_digits}}}(\.\d{{0,{arrow_type.scale}}})?$"
+    pattern = rf"^[-+]?0*\d{{0,{integer_digits}}}(\.\d{{0,{arrow_type.scale}}})?$"
 
     def convert(array: pa.Array) -> pa.Array:
         trimmed = pc.replace_substring_regex(array, _FRACTION_ZEROS, r"\1")
@@ -314,8 +355,19 @@ class TextDecoder:
 
     def __init__(self, columns: Sequence[PgColumn]) -> None:
         self.columns = tuple(columns)
+        declared = [pg_arrow_type(c.type_oid, c.typmod) for c in self.columns]
+        self.sized: dict[int, pa.Decimal256Type | None] = {
+            i: None if c.typmod < _VARHDRSZ else declared[i]
+            for i, c in enumerate(self.columns)
+            if pa.types.is_decimal256(declared[i])
+        }
+        """Numeric columns whose type the values decide (`sized_schema`): their declared
+        type, None when unconstrained. This decoder's batches carry them as text."""
         self.schema = pa.schema(
-            [pa.field(c.name, pg_arrow_type(c.type_oid, c.typmod)) for c in self.columns]
+            [
+                pa.field(c.name, pa.string() if i in self.sized else declared[i])
+                for i, c in enumerate(self.columns)
+            ]
         )
         self._csv_names = [f"c{i}" for i in range(len(self.columns))]
         read_types: dict[str, pa.DataType] = {}
@@ -329,8 +381,6 @@ class TextDecoder:
                 read, post = pa.string(), _decode_bytea
             elif column.type_oid == INTERVAL:
                 read, post = pa.string(), _decode_interval
-            elif pa.types.is_decimal256(target):
-                read, post = pa.string(), _decimal_from_text(target)
             if pa.types.is_string(read):
                 has_text = True
             read_types[csv_name] = read
@@ -365,6 +415,50 @@ class TextDecoder:
             true_values=["t"],
             false_values=["f"],
         )
+
+    def sized_schema(self, sample: pa.RecordBatch | None) -> pa.Schema:
+        """The result's schema, the types of the `sized` columns chosen from the values of
+        `sample` (the first batch this decoder gave; None: the result has no rows)."""
+        schema = self.schema
+        for i, declared in self.sized.items():
+            extent = _text_decimal_extent(sample.column(i)) if sample is not None else None
+            sized = _sized_decimal(declared, extent)
+            schema = schema.set(i, pa.field(self.columns[i].name, sized))
+        return schema
+
+    def to_sized(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+        """A batch of this decoder in `schema` (from `sized_schema`); a value that does
+        not fit its column's chosen type fails the read, never rounded."""
+        arrays = list(batch.columns)
+        for i in self.sized:
+            target = schema.field(i).type
+            try:
+                arrays[i] = _decimal_from_text(target)(arrays[i])
+            except (pa.ArrowException, ValueError):
+                raise unrepresentable(i, self.columns[i].name, target) from None
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    def sized_stream(
+        self, batches: Iterator[pa.RecordBatch], sample: pa.RecordBatch | None = None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The result's schema and its batches in it. Without a `sample` (the rows the
+        stream starts with, already read), the first batch is read here when some
+        column's type depends on the values: a blocking call, made where reading is."""
+        if not self.sized:
+            return self.schema, batches
+        first: pa.RecordBatch | None = None
+        if sample is None:
+            first = next(batches, None)
+            sample = first
+        schema = self.sized_schema(sample)
+
+        def convert() -> Iterator[pa.RecordBatch]:
+            if first is not None:
+                yield self.to_sized(first, schema)
+            for batch in batches:
+                yield self.to_sized(batch, schema)
+
+        return schema, convert()
 
     def read_options(self, block_size: int = 1 << 21) -> pacsv.ReadOptions:
         return pacsv.ReadOptions(column_names=self._csv_names, block_size=block_size)

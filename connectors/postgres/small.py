@@ -234,7 +234,12 @@ def small_result(
         # More rows than the statement was proven to return: stream the rest from a
         # worker thread, these rows first.
         handle = cleanup_handle(connector, conn, timeout)
-        handle._start(decoder.schema, handle._stream_batches(conn, plan.tx, decoder, session, rows))
+        # the rows read so far size the value-sized columns: the reader is ready without
+        # reading, as this runs on the event loop
+        sample = decoder.from_text_rows(rows) if decoder.sized else None
+        handle._start(
+            decoder, handle._stream_batches(conn, plan.tx, decoder, session, rows), sample
+        )
         outcome.released = True  # the handle owns the connection now
         return handle
     try:
@@ -242,4 +247,5 @@ def small_result(
     finally:
         outcome.released = True
         connector._give_back(conn, commit=True)  # idle after the sync: no I/O
-    return BufferedHandle(decoder.schema, batches)
+    schema, sized = decoder.sized_stream(iter(batches), batches[0] if batches else None)
+    return BufferedHandle(schema, list(sized))

@@ -114,6 +114,7 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
         self._reader: pa.RecordBatchReader | None = None
         self._schema: pa.Schema | None = None
         self._gen: Iterator[pa.RecordBatch] | None = None
+        self._decoder: TextDecoder | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._pipeline = False  # the connection may be in a libpq pipeline of this query
         super().__init__(conn, timeout)
@@ -122,12 +123,19 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
 
     @property
     def reader(self) -> pa.RecordBatchReader:
-        assert self._reader is not None
+        """The result's reader. When a column's type depends on the values (numeric sized
+        by its values), the first access reads the first batch: call it where reading
+        is, never on the event loop."""
+        if self._reader is None:
+            assert self._decoder is not None and self._gen is not None
+            self._schema, batches = self._decoder.sized_stream(self._gen)
+            self._reader = pa.RecordBatchReader.from_batches(self._schema, batches)
         return self._reader
 
     @property
     def schema(self) -> pa.Schema:
-        assert self._schema is not None
+        if self._schema is None:
+            return self.reader.schema
         return self._schema  # the cached decoder's: one object per statement
 
     def close(self) -> None:
@@ -160,10 +168,20 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
 
     # -- hooks --------------------------------------------------------------------------
 
-    def _start(self, schema: pa.Schema, gen: Iterator[pa.RecordBatch]) -> None:
-        self._schema = schema
+    def _start(
+        self,
+        decoder: TextDecoder,
+        gen: Iterator[pa.RecordBatch],
+        sample: pa.RecordBatch | None = None,
+    ) -> None:
+        """Take the result's batches; `sample`: its first rows, already read, from which
+        value-sized columns get their types at once (the reader is then ready without
+        reading). `gen` stays what `close` stops."""
         self._gen = gen
-        self._reader = pa.RecordBatchReader.from_batches(schema, gen)
+        self._decoder = decoder
+        if not decoder.sized or sample is not None:
+            self._schema, batches = decoder.sized_stream(gen, sample)
+            self._reader = pa.RecordBatchReader.from_batches(self._schema, batches)
 
     def _holds_source(self) -> bool:
         return True  # until released: the reading side may be between two driver calls
@@ -361,11 +379,11 @@ def start_copy(
         # no result columns: not a query (a write, refused by the read-only
         # transaction) or a zero-column SELECT; run it as is, there is nothing to read
         conn.execute(text.encode(conn.info.encoding))
-        handle._start(decoder.schema, iter(()))
+        handle._start(decoder, iter(()), decoder.empty())
         handle._release(ok=True)
         return
     copy_sql = f"COPY ({text}\n) TO STDOUT (FORMAT csv)"
-    handle._start(decoder.schema, handle._copy_batches(copy_sql, decoder, text))
+    handle._start(decoder, handle._copy_batches(copy_sql, decoder, text))
 
 
 def start_stream(
@@ -420,7 +438,7 @@ def start_stream(
     if description is None:
         raise InternalError("the PostgreSQL server sent no description of the result")
     decoder = connector._decoder(description, plan.encoding)
-    handle._start(decoder.schema, handle._stream_batches(conn, plan.tx, decoder, session))
+    handle._start(decoder, handle._stream_batches(conn, plan.tx, decoder, session))
 
 
 def start_cursor(
@@ -438,4 +456,4 @@ def start_cursor(
         raise InvalidArgument(PARAMS_MISMATCH) from None
     res = cur.pgresult
     decoder = TextDecoder(result_columns(res, conn.info.encoding) if res is not None else [])
-    handle._start(decoder.schema, handle._cursor_batches(cur, decoder))
+    handle._start(decoder, handle._cursor_batches(cur, decoder))

@@ -234,9 +234,19 @@ class QueryEngine:
         deadline: float | None,
         builder: ResultBuilder | None,
     ) -> SourceRun:
-        return await self._blocking(
-            self._open_run, bound, compiled, args, self._timeout(deadline), builder
-        )
+        """Start the query and take its schema message, both in a worker thread."""
+        timeout = self._timeout(deadline)
+
+        def open_with_header() -> SourceRun:
+            run = self._open_run(bound, compiled, args, timeout, builder)
+            try:
+                run.header()
+            except BaseException:
+                run.close()
+                raise
+            return run
+
+        return await self._blocking(open_with_header)
 
     async def _start_streaming(
         self,
@@ -514,7 +524,6 @@ class QueryEngine:
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
         run = await self._start(bound, compiled, args, deadline, builder)
-        run.header()
 
         def on_done() -> Summary:
             run.trailer()

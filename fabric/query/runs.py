@@ -39,8 +39,8 @@ class SourceRun:
         builder: ResultBuilder | None,
     ) -> None:
         self.handle = handle
-        self._reader = handle.reader
-        self.chunker = IpcChunker.shared(handle.schema, max_message_bytes)
+        self._max_message_bytes = max_message_bytes
+        self._chunker: IpcChunker | None = None
         self.builder = builder
         self.max_rows = max_rows
         self.rows = 0
@@ -49,6 +49,15 @@ class SourceRun:
         self.exhausted = False
         """Every row has been read (the source was closed at once)."""
         self.closed = False
+
+    @property
+    def chunker(self) -> IpcChunker:
+        """The result's encoder, made on first use: a connector may run its query when
+        its reader is first asked for, and by then the run exists, so a caller that goes
+        away can cancel it (see PendingStart)."""
+        if self._chunker is None:
+            self._chunker = IpcChunker.shared(self.handle.schema, self._max_message_bytes)
+        return self._chunker
 
     @property
     def schema(self) -> pa.Schema:
@@ -92,7 +101,7 @@ class SourceRun:
 
     def _next_from_source(self) -> pa.RecordBatch | None:
         try:
-            return self._reader.read_next_batch()
+            return self.handle.reader.read_next_batch()
         except StopIteration:
             return None
 

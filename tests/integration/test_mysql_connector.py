@@ -82,6 +82,29 @@ def test_registered() -> None:
     assert connector_class("mysql") is MySQLConnector
 
 
+def test_wide_decimals_are_decimal128_when_their_values_fit(env: Env) -> None:
+    env.run(
+        f"CREATE TABLE {env.db}.w (id INT PRIMARY KEY, d DECIMAL(65,30))",
+        f"INSERT INTO {env.db}.w VALUES (1, 12.5), (2, NULL), (3, -0.000001)",
+    )
+    c = env.connector()
+    table = read(c.execute(f"SELECT d, SUM(d) OVER () AS total FROM {env.db}.w ORDER BY id"))
+    assert table.schema.types == [pa.decimal128(38, 30), pa.decimal128(38, 30)]
+    assert table.column("d").to_pylist() == [Decimal("12.5"), None, Decimal("-0.000001")]
+    # a later batch whose value needs decimal256: an error naming the column, not a rounding
+    env.run(f"INSERT INTO {env.db}.w VALUES (4, 123456789012345678901234567890.5)")
+    handle = c.execute(f"SELECT d FROM {env.db}.w ORDER BY id", batch_rows=2)
+    try:
+        reader = handle.reader
+        assert reader.schema.types == [pa.decimal128(38, 30)]
+        assert reader.read_next_batch().num_rows == 2
+        with pytest.raises(SourceQueryError) as info:
+            reader.read_all()
+        assert "column #1" in str(info.value) and "1234567" not in str(info.value)
+    finally:
+        handle.close()
+
+
 def test_mysql_types(env: Env) -> None:
     env.run(
         f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, u8 TINYINT UNSIGNED, "

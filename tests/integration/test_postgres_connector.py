@@ -154,7 +154,7 @@ def test_rows_and_types_equal_psycopg(typed: Env, with_params: bool) -> None:
         "s": pa.int16(),
         "b": pa.int64(),
         "m": pa.decimal128(10, 2),
-        "u": pa.decimal256(76, 38),
+        "u": pa.decimal128(38, 20),  # sized by the values: the largest scale is 20
         "txt": pa.string(),
         "e": pa.string(),
         "d": pa.date32(),
@@ -162,9 +162,9 @@ def test_rows_and_types_equal_psycopg(typed: Env, with_params: bool) -> None:
         "tz": pa.timestamp("us", tz="UTC"),
         "ok": pa.bool_(),
         "c": pa.string(),
-        "m3": pa.decimal256(76, 38),
-        "total": pa.decimal256(76, 38),
-        "mean": pa.decimal256(76, 38),
+        "m3": pa.decimal128(38, 2),  # PostgreSQL's display scale of numeric(10,2) * 3
+        "total": pa.decimal128(38, 2),
+        "mean": pa.decimal128(38, 20),
     }
     assert table.column("c").to_pylist()[0] == "x  "  # char(n) keeps its padding
 
@@ -172,7 +172,13 @@ def test_rows_and_types_equal_psycopg(typed: Env, with_params: bool) -> None:
 def test_introspect_matches_execute_types(typed: Env) -> None:
     [info] = typed.connector.introspect([typed.schema])
     table = read(typed.connector.execute(f"SELECT * FROM {typed.schema}.t"))
-    assert [c.arrow_type for c in info.columns] == table.schema.types
+    catalog_types = [c.arrow_type for c in info.columns]
+    # an unconstrained numeric has no type before its values: the catalog shows the
+    # widest it may take, the result the one its values need
+    assert catalog_types[4] == pa.decimal256(76, 38)
+    assert table.schema.types[4] == pa.decimal128(38, 20)
+    catalog_types[4] = table.schema.types[4]
+    assert catalog_types == table.schema.types
     assert info.primary_key == ("id",)
     assert [c.source_type for c in info.columns][3:5] == ["numeric(10,2)", "numeric"]
     assert info.columns[0].nullable is False and info.columns[1].nullable is True
@@ -181,15 +187,59 @@ def test_introspect_matches_execute_types(typed: Env) -> None:
 def test_unrepresentable_numeric_is_an_error_not_a_rounding(env: Env) -> None:
     for sql in (
         "SELECT 'NaN'::numeric AS v",
-        "SELECT 1e-40::numeric AS v",
-        "SELECT (10::numeric ^ 40) AS v",
+        "SELECT 'Infinity'::numeric AS v",
+        "SELECT (10::numeric ^ 80) AS v",  # 81 integer digits: no Arrow decimal holds it
     ):
         with pytest.raises(SourceQueryError) as info:
             read(env.connector.execute(sql))
         assert "column #1" in str(info.value)
-        assert "NaN" not in str(info.value)
+        assert "NaN" not in str(info.value) and "Infinity" not in str(info.value)
     exact = read(env.connector.execute("SELECT 1::numeric / 3 AS v, 1e-38::numeric AS w"))
     assert exact.to_pylist() == [{"v": Decimal("0.33333333333333333333"), "w": Decimal("1e-38")}]
+    assert exact.schema.types == [pa.decimal128(38, 20), pa.decimal128(38, 38)]
+
+
+@pytest.mark.parametrize("with_params", [False, True], ids=["copy", "cursor"])
+def test_numeric_is_sized_by_its_values(env: Env, with_params: bool) -> None:
+    """decimal128(38, s) when the values fit, decimal256 only when they need it, exact."""
+    where = " WHERE 1 = %s" if with_params else ""
+    params = [1] if with_params else []
+
+    def one(sql: str) -> pa.Table:
+        return read(env.connector.execute(sql + where, params))
+
+    tiny = one("SELECT 1e-40::numeric AS v")
+    assert tiny.schema.types == [pa.decimal256(76, 40)]
+    assert tiny.column(0).to_pylist() == [Decimal("1e-40")]
+    big = one("SELECT (10::numeric ^ 40) AS v")
+    assert big.schema.types == [pa.decimal256(76, 16)]
+    assert big.column(0).to_pylist() == [Decimal(10) ** 40]
+    declared = one("SELECT 12.5::numeric(50, 3) AS v")
+    assert declared.schema.types == [pa.decimal128(38, 3)]
+    assert declared.column(0).to_pylist() == [Decimal("12.500")]
+    wide = one("SELECT (10::numeric ^ 40)::numeric(50, 3) AS v")
+    assert wide.schema.types == [pa.decimal256(50, 3)]
+    empty = one("SELECT v FROM (SELECT 1.5::numeric AS v LIMIT 0) AS t")
+    assert empty.num_rows == 0 and pa.types.is_decimal128(empty.schema.types[0])
+
+
+def test_a_later_numeric_that_does_not_fit_the_first_batch_fails_the_read(env: Env) -> None:
+    # the first batch (2 rows) has scale 1; the third row needs scale 3: an error naming
+    # the column, never 1.234 rounded
+    sql = (
+        "SELECT v FROM (VALUES (1, 1.5::numeric), (2, 2.5), (3, 1.234)) AS t(i, v) "
+        "WHERE i >= %s ORDER BY i"
+    )
+    handle = env.connector.execute(sql, [0], batch_rows=2)
+    try:
+        reader = handle.reader
+        assert reader.schema.types == [pa.decimal128(38, 1)]
+        assert reader.read_next_batch().column(0).to_pylist() == [Decimal("1.5"), Decimal("2.5")]
+        with pytest.raises(SourceQueryError) as info:
+            reader.read_next_batch()
+        assert "column #1" in str(info.value) and "1.234" not in str(info.value)
+    finally:
+        handle.close()
 
 
 def test_intervals_bytea_and_percent(env: Env) -> None:
@@ -420,7 +470,8 @@ def test_a_few_rows_of_canonical_values_take_the_python_route(
     batch = decoder.from_text_rows_python([(text, "1"), (None, None)])
     assert batch is not None, "a canonical value fell back to the vectorized route"
     assert batch.schema == decoder.schema
-    got = batch.column(0).to_pylist()[0]
+    sized = decoder.to_sized(batch, decoder.sized_schema(batch)) if decoder.sized else batch
+    got = sized.column(0).to_pylist()[0]
     if isinstance(expected, float) and math.isnan(expected):
         assert math.isnan(got)
     else:
