@@ -13,6 +13,7 @@ one off mid-stream without sleeping.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,9 @@ class Script:
     """Raise `error` instead of this batch (0 = before the first)."""
     error: FabricError | None = None
     gate: SourceGate = field(default_factory=SourceGate)
+    lazy: bool = False
+    """Run the query when the reader is first asked for (as the MySQL connector does, and
+    PostgreSQL's when a column's type depends on the values): the first access blocks."""
 
 
 class MemoryHandle(QueryHandle):
@@ -100,7 +104,9 @@ class MemoryHandle(QueryHandle):
         self._batches = script.result.to_batches(max_chunksize=batch_rows)
         self._cancelled = threading.Event()
         self._schema = script.result.schema
-        self._reader = pa.RecordBatchReader.from_batches(self._schema, self._read())
+        self._reader: pa.RecordBatchReader | None = None
+        if not script.lazy:
+            self._reader = pa.RecordBatchReader.from_batches(self._schema, self._read())
 
     def _read(self) -> Any:
         for index in range(len(self._batches) + 1):
@@ -116,11 +122,18 @@ class MemoryHandle(QueryHandle):
 
     @property
     def reader(self) -> pa.RecordBatchReader:
+        if self._reader is None:
+            batches = self._read()
+            first = next(batches, None)
+            ahead = [] if first is None else [first]
+            self._reader = pa.RecordBatchReader.from_batches(
+                self._schema, itertools.chain(ahead, batches)
+            )
         return self._reader
 
     @property
     def schema(self) -> pa.Schema:
-        return self._schema
+        return self.reader.schema if self._script.lazy else self._schema
 
     def cancel(self) -> None:
         self._execution.cancels += 1

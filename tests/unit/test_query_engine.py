@@ -223,6 +223,28 @@ def test_a_caller_cancelled_while_the_source_is_slow_to_start_cancels_it(rig: Ri
     assert execution.batches_read == 0
 
 
+def test_a_caller_cancelled_while_a_lazy_source_computes_its_first_rows_cancels_it(
+    rig: Rig,
+) -> None:
+    """A connector that runs its query when the reader is first asked for is stoppable
+    then: the run exists before its reader is opened."""
+    gate = SourceGate(open_=False)
+    rig.source.answer(ORDERS.select(["id"]), gate=gate, lazy=True)
+
+    async def give_up() -> None:
+        task = asyncio.ensure_future(collect(rig.engine, query("SELECT id FROM orders")))
+        await asyncio.get_running_loop().run_in_executor(None, gate.arrived.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(give_up())
+    [execution] = rig.source.executions
+    assert execution.cancels >= 1
+    assert execution.closes == 1
+    assert execution.batches_read == 0
+
+
 # -- the result cache --------------------------------------------------------------------
 
 
