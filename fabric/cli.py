@@ -11,13 +11,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connectors import registry
 from fabric.app.process_role import ProcessRole
 from fabric.catalog.manager import CatalogManager
 from fabric.client import FabricClient
-from fabric.config import Settings
+from fabric.config import Settings, describe_settings, resolve_settings
 from fabric.console import write_result
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
 from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
@@ -106,6 +107,9 @@ def _describe_entity(entity: Entity) -> str:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/app/processes.py)."""
     from fabric.app.processes import open_process
+
+    if args.check:
+        return cmd_serve_check(args, settings)
 
     async def run() -> None:
         process = await open_process(
@@ -371,6 +375,25 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    print(describe_settings(resolve_settings(config_file=args.config)), end="")
+    return 0
+
+
+def cmd_serve_check(args: argparse.Namespace, settings: Settings) -> int:
+    """`fabric serve --check`: print one line per check; 0 when all pass, 1 otherwise."""
+    from fabric.app.check import run_checks
+
+    results = run_checks(settings, ProcessRole(args.role), args.listen, insecure=args.insecure)
+    width = max(len(r.name) for r in results)
+    for result in results:
+        status = "ok  " if result.ok else "FAIL"
+        print(f"{status} {result.name.ljust(width)}  {result.detail}")
+    failed = [r.name for r in results if not r.ok]
+    print("ready to serve" if not failed else f"not ready: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.demo import run_demo
 
@@ -399,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fabric", description=__doc__)
     parser.add_argument("--tenant", default=DEFAULT_TENANT, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration file (default: FABRIC_CONFIG, else none); the "
+        "environment's FABRIC_* variables override it",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -419,7 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback address without TLS (not for production)",
     )
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration and that the metadata store, secret store, key "
+        "management and NATS are reachable, then exit (0: ready)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="show the settings").add_subparsers(
+        dest="action", required=True
+    )
+    config.add_parser(
+        "show",
+        help="every setting, its value (secrets redacted), help and origin, as TOML",
+    ).set_defaults(func=cmd_config_show)
 
     conn = sub.add_parser("connection", help="manage connections").add_subparsers(
         dest="action", required=True
@@ -555,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(config_file=args.config)
         configure_logging("debug" if args.verbose else settings.log_level, settings.log_format)
         return int(args.func(args, settings))
     except FabricError as error:

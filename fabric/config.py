@@ -1,11 +1,22 @@
-"""Gateway settings: one frozen value object, read from the environment once at start-up.
+"""Gateway settings: one frozen value object, read once at start-up.
 
-Only the gateway reads the environment; connectors and stores get explicit values.
+Every setting is declared once, below, with its type (the default's), its default and its
+help (the docstring under it). Values come from, in rising order: the default, the
+configuration file (TOML, named by `--config` or FABRIC_CONFIG; keys are the setting
+names, unknown keys are errors), and the environment (FABRIC_<NAME>), which wins. Only
+the gateway and the CLI read them; connectors and stores get explicit values.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
+import itertools
+import json
 import os
+import re
+import textwrap
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -33,12 +44,18 @@ class Settings:
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     metrics_port: int = 9464
     """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus endpoint (FABRIC_METRICS_LISTEN), for example
+    `0.0.0.0:9464` in a pod so Prometheus can scrape it; when set it replaces
+    FABRIC_METRICS_PORT's 127.0.0.1 address (port 0 picks a free port)."""
     auth: str = "local"
     """How calls authenticate (FABRIC_AUTH): `local` (HS256 tokens signed with a key under
     FABRIC_HOME, minted by `fabric token`), `jwt` (tokens from your issuer, verified with
     FABRIC_JWT_* settings) or `none` (every call is the default tenant; loopback only)."""
     jwt_issuer: str = ""
+    """The `iss` a token must carry with FABRIC_AUTH=jwt (FABRIC_JWT_ISSUER)."""
     jwt_audience: str = ""
+    """The `aud` a token must name with FABRIC_AUTH=jwt (FABRIC_JWT_AUDIENCE)."""
     jwt_algorithms: str = "RS256,ES256"
     """Comma-separated algorithms accepted (pinned; never taken from the token)."""
     jwt_jwks: str = ""
@@ -67,7 +84,10 @@ class Settings:
     statement_idle_limit: float = 300.0
     """Seconds an open statement may sit idle before it is purged."""
     statement_sweep_interval: float = 10.0
+    """Seconds between sweeps that reclaim idle open statements
+    (FABRIC_STATEMENT_SWEEP_INTERVAL)."""
     max_open_statements: int = 1000
+    """Open statements the gateway holds at once (FABRIC_MAX_OPEN_STATEMENTS)."""
     page_rows: int = 10_000
     """Default rows per page of the statement API."""
     preview_rows: int = 100
@@ -133,6 +153,15 @@ class Settings:
     def tls(self) -> bool:
         return bool(self.tls_cert)
 
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the Prometheus endpoint listens on; None: no endpoint."""
+        if not self.metrics_listen:
+            return ("127.0.0.1", self.metrics_port) if self.metrics_port else None
+        host, sep, port = self.metrics_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise InvalidArgument("FABRIC_METRICS_LISTEN must be host:port, e.g. 0.0.0.0:9464")
+        return host.strip("[]"), int(port)
+
     @property
     def nats_servers(self) -> list[str]:
         """The NATS URLs of FABRIC_NATS_URL (empty: no NATS, the in-process bus)."""
@@ -155,33 +184,16 @@ class Settings:
         return self.home / "metadata.sqlite"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        defaults = cls()
-        for f in fields(cls):
-            raw = env.get(f"FABRIC_{f.name.upper()}")
-            if raw is None:
-                continue
-            default = getattr(defaults, f.name)
-            try:
-                if isinstance(default, Path):
-                    values[f.name] = Path(raw).expanduser()
-                elif isinstance(default, bool):
-                    values[f.name] = raw.lower() in ("1", "true", "yes")
-                elif isinstance(default, int):
-                    values[f.name] = int(raw)
-                elif isinstance(default, float):
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = raw
-            except ValueError:
-                raise InvalidArgument(
-                    f"FABRIC_{f.name.upper()} must be a {type(default).__name__}"
-                ) from None
-        settings = replace(defaults, **{**values, **overrides})
-        settings.validate()
-        return settings
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        config_file: Path | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from the defaults, the configuration file (`config_file`, else the
+        one FABRIC_CONFIG names, else none) and the environment, which wins."""
+        return resolve_settings(environ, config_file=config_file, **overrides).settings
 
     def validate(self) -> None:
         positive = (
@@ -227,6 +239,8 @@ class Settings:
             raise InvalidArgument("FABRIC_LOG_LEVEL must be debug, info, warning or error")
         if self.log_format not in ("text", "json"):
             raise InvalidArgument("FABRIC_LOG_FORMAT must be text or json")
+        if self.metrics_listen:
+            self.metrics_address()  # refuses a malformed address at start-up
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("TLS needs both FABRIC_TLS_CERT and FABRIC_TLS_KEY")
         if self.tls_client_ca and not self.tls_cert:
@@ -237,3 +251,172 @@ class Settings:
             raise InvalidArgument("setting bus_retries must not be negative")
         if self.cache_max_ttl < 0:
             raise InvalidArgument("setting cache_max_ttl must not be negative")
+
+
+SECRET_SETTINGS = frozenset({"vault_token"})
+"""Settings shown only as redacted."""
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]*(@)")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSettings:
+    settings: Settings
+    origins: dict[str, str]
+    """Where each setting that is not its default came from: `file` or `environment`."""
+    config_file: Path | None
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def setting_help(name: str) -> str:
+    """The docstring under a setting's declaration (empty when it has none)."""
+    return _SETTING_HELP.get(name, "")
+
+
+def resolve_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    config_file: Path | None = None,
+    **overrides: Any,
+) -> ResolvedSettings:
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if config_file is None and env.get("FABRIC_CONFIG"):
+        config_file = Path(env["FABRIC_CONFIG"]).expanduser()
+    if config_file is not None:
+        for name, value in _read_config_file(config_file, defaults).items():
+            values[name] = value
+            origins[name] = "file"
+    for f in fields(Settings):
+        variable = f"FABRIC_{f.name.upper()}"
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        values[f.name] = _from_text(variable, raw, getattr(defaults, f.name))
+        origins[f.name] = "environment"
+    for name in overrides:
+        origins[name] = "argument"
+    settings = replace(defaults, **{**values, **overrides})
+    settings.validate()
+    return ResolvedSettings(settings, origins, config_file)
+
+
+def _from_text(variable: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, Path):
+            return Path(raw).expanduser()
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise InvalidArgument(f"{variable} must be a {type(default).__name__}") from None
+
+
+_TOML_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _read_config_file(path: Path, defaults: Settings) -> dict[str, Any]:
+    """The settings a TOML file sets, each checked against its declared type."""
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except FileNotFoundError:
+        raise InvalidArgument(f"configuration file {path} does not exist") from None
+    except OSError as error:
+        raise InvalidArgument(
+            f"configuration file {path} cannot be read ({error.strerror})"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidArgument(f"configuration file {path} is not valid TOML: {error}") from None
+    names = setting_names()
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InvalidArgument(f"{path}: unknown setting {key!r}{hint}")
+        default = getattr(defaults, key)
+        kind = str if isinstance(default, Path) else type(default)
+        accepted = (int, float) if kind is float else (kind,)
+        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, accepted):
+            raise InvalidArgument(f"{path}: setting {key!r} must be {_TOML_KINDS[kind]}")
+        if kind is float:
+            value = float(value)
+        values[key] = Path(value).expanduser() if isinstance(default, Path) else value
+    return values
+
+
+def redacted(name: str, value: Any) -> Any:
+    """A setting's value as it may be shown: secrets hidden, passwords cut from URLs."""
+    if name in SECRET_SETTINGS:
+        return "<redacted>" if value else ""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1<redacted>\2", value)
+    return value
+
+
+def describe_settings(resolved: ResolvedSettings) -> str:
+    """Every setting as TOML that could be a configuration file (secrets redacted), each
+    with its help and where its value came from."""
+    source = f"file {resolved.config_file}" if resolved.config_file else "no configuration file"
+    lines = [
+        "# Fabric settings: default < configuration file < environment (FABRIC_<NAME>)",
+        f"# ({source})",
+    ]
+    for name in setting_names():
+        value = redacted(name, getattr(resolved.settings, name))
+        origin = {"file": "from the file", "environment": f"from FABRIC_{name.upper()}"}.get(
+            resolved.origins.get(name, ""), "default"
+        )
+        lines.append("")
+        lines.extend(f"# {line}" for line in _wrap(setting_help(name)))
+        line = f"{name} = {_toml_value(value)}  # {origin}"
+        # a redacted secret stays a comment, so the output can serve as a file as is
+        lines.append(f"# {line}" if name in SECRET_SETTINGS and value else line)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a valid TOML basic string
+
+
+def _wrap(text: str, width: int = 86) -> list[str]:
+    return textwrap.wrap(text, width) or [""]
+
+
+def _declared_help() -> dict[str, str]:
+    """Each setting's docstring, read from this module's source: the declaration is the
+    one place a setting is described."""
+    try:
+        tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+    helps: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Settings":
+            body = node.body
+            for current, following in itertools.pairwise(body):
+                if (
+                    isinstance(current, ast.AnnAssign)
+                    and isinstance(current.target, ast.Name)
+                    and isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)
+                ):
+                    helps[current.target.id] = " ".join(following.value.value.split())
+    return helps
+
+
+_SETTING_HELP = _declared_help()

@@ -256,6 +256,7 @@ class Gateway:
         self._metrics_server: Any = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.metrics_host = "127.0.0.1"
 
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
@@ -290,12 +291,13 @@ class Gateway:
         self._stale_task = asyncio.create_task(
             self.stale_sweeper.run(self.settings.metadata_sweep_interval)
         )
-        if metrics and self.settings.metrics_port:
-            server, _thread = start_http_server(
-                self.settings.metrics_port, "127.0.0.1", registry=self.engine.metrics.registry
-            )
+        metrics_address = self.settings.metrics_address() if metrics else None
+        if metrics_address is not None:
+            host, port = metrics_address
+            server, _thread = start_http_server(port, host, registry=self.engine.metrics.registry)
             self._metrics_server = server
             self.metrics_port = server.server_port
+            self.metrics_host = host
         log.info("gateway listening on port %s", self.port)
         return self.port
 

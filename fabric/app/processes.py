@@ -150,7 +150,7 @@ class PlatformProcess:
         if self.bus is not None:
             line += f", NATS at {nats_where(self.settings)}"
         if self.gateway.metrics_port:
-            line += f", metrics on 127.0.0.1:{self.gateway.metrics_port}/metrics"
+            line += f", metrics on {self.gateway.metrics_host}:{self.gateway.metrics_port}/metrics"
         return line
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -281,7 +281,7 @@ class RuntimeProcess:
             f"{what} on port {port}, NATS at {nats_where(self.settings)}"
         )
         if self.gateway.metrics_port:
-            line += f", metrics on 127.0.0.1:{self.gateway.metrics_port}/metrics"
+            line += f", metrics on {self.gateway.metrics_host}:{self.gateway.metrics_port}/metrics"
         return line
 
     async def _watch_bus(self) -> None:
