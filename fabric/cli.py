@@ -375,6 +375,31 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    """`fabric health`: the gRPC health status of a process (for container health checks
+    and operators); 0 when SERVING, 1 otherwise."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = args.address or settings.health_listen
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as ca:
+            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read()))
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            print(f"{address}: no health answer ({error.code().name.lower()})", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
     print(describe_settings(resolve_settings(config_file=args.config)), end="")
     return 0
@@ -455,6 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
         "management and NATS are reachable, then exit (0: ready)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    health = sub.add_parser("health", help="ask a process for its gRPC health status")
+    health.add_argument(
+        "--address", help="host:port of its health service (default FABRIC_HEALTH_LISTEN)"
+    )
+    health.add_argument(
+        "--service", default="", help="service name to ask about (default: the whole process)"
+    )
+    health.add_argument("--tls-ca", help="PEM CA bundle, when the address serves TLS")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    health.set_defaults(func=cmd_health)
 
     config = sub.add_parser("config", help="show the settings").add_subparsers(
         dest="action", required=True
