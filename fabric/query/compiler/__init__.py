@@ -36,13 +36,21 @@ Decisions (documented for the engine and the Studio):
 - Truncation: `row_limit` is max_rows + 1 unless the query's own literal LIMIT is not
   larger than max_rows. The engine reads at most `row_limit` rows; reading more than
   `max_rows` rows means the result was truncated (drop the extra row, flag truncated).
-- Identifiers are all quoted in the output; unquoted input identifiers are folded to
-  lower case first (PostgreSQL rules), so output column names are the same on every
-  source. Unquoted names match catalog names case-insensitively, quoted ones exactly.
-- A name the query introduces (an output, table, subquery or CTE alias) longer than the
-  target keeps (`connectors.registry`'s identifier limit) is refused: PostgreSQL, and
-  MariaDB for output names, would cut it silently and return a renamed column; the
-  others would fail the query.
+- Identifiers are all quoted in the output; unquoted input identifiers are folded first
+  as PostgreSQL folds them, ASCII `A`-`Z` to lower case and no other letter (`fold_name`),
+  so output column names are the same on every source. Unquoted names match catalog names
+  ignoring ASCII case only (a non-ASCII letter must match exactly: the Kelvin sign is not
+  `k`), quoted ones exactly. MySQL and SQL Server compare names by their collation, often
+  ignoring case beyond ASCII; Fabric still matches the PostgreSQL way on every source,
+  which never binds more than the source would, and sends the catalog's exact spelling
+  quoted, so no source folds a name itself.
+- A name the query writes (an output, table, subquery or CTE alias, a column alias list,
+  a window name, a reference), quoted or not, longer than the target keeps
+  (`connectors.registry`'s identifier limit, in the source's unit: PostgreSQL bytes,
+  MySQL characters, SQL Server UTF-16 code units) is refused: PostgreSQL, and MariaDB for
+  output names, would cut it silently and return a renamed column or collide two names;
+  the others would fail the query. MySQL and MariaDB also refuse characters beyond U+FFFF
+  in names, and so does the compiler for them.
 - With ParamStyle.FORMAT every `%` in the text is written `%%`, so connectors must always
   pass a parameter sequence (possibly empty), never None, to the driver.
 """

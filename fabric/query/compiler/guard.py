@@ -290,28 +290,37 @@ def _check_star(node: exp.Expr) -> None:
 
 
 def check_name_lengths(tree: exp.Expr, dialect: str) -> None:
-    """Refuse a name the query introduces (an output name, a table, subquery or CTE
-    alias, a column alias list) longer than a source of `dialect` keeps: PostgreSQL and
-    MariaDB would cut it silently (a result column coming back renamed), others fail."""
+    """Refuse a name the query writes that is longer than a source of `dialect` keeps,
+    or that it cannot hold, before any name is resolved.
+
+    Every written name is measured, quoted or not: output names, table, subquery and CTE
+    aliases, column alias lists, window names, and references. PostgreSQL and MariaDB
+    would cut a long name silently (a result column coming back renamed, or two names
+    cut alike colliding: SQLSTATE 42702, 42712), the others fail the query; MySQL and
+    MariaDB refuse a character beyond U+FFFF in any name. An entity name in FROM is not
+    measured: the catalog's physical name replaces it, and where it stays as the table's
+    alias the source cuts that alias and every reference to it alike.
+    """
     limits = registry.identifier_limits(dialect)
     if not limits:
         return
-    for node in tree.walk():
-        if isinstance(node, exp.Alias):
-            names, output = [node.args.get("alias")], True
-        elif isinstance(node, exp.TableAlias):
-            names, output = [node.this, *(node.args.get("columns") or [])], False
-        else:
+    for node in tree.find_all(exp.Identifier):
+        name = node.name
+        parent = node.parent
+        if isinstance(parent, exp.Table) and parent.this is node:
             continue
-        for name in names:
-            if not isinstance(name, exp.Identifier):
-                continue
-            for limit in limits:
-                longest, length = limit.longest(output=output), limit.measure(name.name)
-                if length > longest:
-                    shown = name.name if len(name.name) <= 40 else name.name[:40] + "..."
-                    sort = "an output name" if output else "a name"
-                    raise QueryRejected(
-                        f"name '{shown}' is {length} {limit.unit} long; {dialect} keeps at "
-                        f"most {longest} {limit.unit} of {sort}: use a shorter alias"
-                    )
+        output = isinstance(parent, exp.Alias) and parent.args.get("alias") is node
+        for limit in limits:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            if limit.bmp_only and any(ord(character) > 0xFFFF for character in name):
+                raise QueryRejected(
+                    f"name '{shown}' has a character beyond U+FFFF, which {dialect} does "
+                    "not allow in names: use another name"
+                )
+            longest, length = limit.longest(output=output), limit.measure(name)
+            if length > longest:
+                sort = "an output name" if output else "a name"
+                raise QueryRejected(
+                    f"name '{shown}' is {length} {limit.unit} long; {dialect} keeps at "
+                    f"most {longest} {limit.unit} of {sort}: use a shorter name or alias"
+                )

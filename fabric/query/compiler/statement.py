@@ -36,7 +36,9 @@ class CompiledStatement:
         return self.row_limit > self.max_rows
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Parameter values in placeholder order; InvalidArgument on a missing or extra name."""
+        """Parameter values in placeholder order; InvalidArgument on a missing or extra
+        name, or on a text value holding a NUL (`check_text_parameters`)."""
+        check_text_parameters(params)
         known = set(self.param_names)
         for name in self.param_names:
             if name not in params:
@@ -46,3 +48,19 @@ class CompiledStatement:
             expected = ", ".join(sorted(known)) or "none"
             raise InvalidArgument(f"unknown parameter '{extra[0]}' (the query takes: {expected})")
         return tuple(params[name] for name in self.param_names)
+
+
+def check_text_parameters(params: Mapping[str, Any]) -> None:
+    """InvalidArgument naming the first text parameter whose value holds a NUL (U+0000).
+
+    PostgreSQL cannot hold a NUL in text at all, and the others would keep a value the
+    same query on PostgreSQL cannot see: refused on every source alike, before anything
+    is sent. The message names the parameter, never its value; binary data goes as
+    bytes, where a zero byte is an ordinary byte.
+    """
+    for name, value in params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidArgument(
+                f"parameter '{name}' contains a NUL character (U+0000), which a text value "
+                "may not hold; send binary data as bytes"
+            )

@@ -7,11 +7,10 @@ from dataclasses import replace
 
 from sqlglot import exp
 from sqlglot.errors import SqlglotError, UnsupportedError
-from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from connectors.base import ParamStyle
 from fabric.errors import InvalidArgument, QueryRejected
-from fabric.model import CatalogSnapshot
+from fabric.model import CatalogSnapshot, fold_name
 from fabric.query.compiler.dialects import target_dialect
 from fabric.query.compiler.generate import generate
 from fabric.query.compiler.guard import (
@@ -72,8 +71,7 @@ class StatementCompiler:
             tree = self._reader.parse(sql, tokens)
             check_structure(tree, catalog)
             check_dialect_functions(tree, dialect)
-            # PostgreSQL folding: unquoted identifiers become lower case, quoted stay as is.
-            tree = normalize_identifiers(tree, dialect=INPUT_DIALECT)
+            fold_unquoted_names(tree)
             check_name_lengths(tree, dialect)
             resolver = ScopeResolver(catalog)
             resolver.resolve(tree)
@@ -105,3 +103,12 @@ class StatementCompiler:
             entities=tuple(sorted(resolver.entities)),
             fingerprint=fingerprint,
         )
+
+
+def fold_unquoted_names(tree: exp.Expr) -> None:
+    """Fold every unquoted name as PostgreSQL does (`fold_name`: ASCII letters only);
+    quoted names stay as written. Every source then sees the names quoted, so none
+    folds them again its own way."""
+    for identifier in tree.find_all(exp.Identifier):
+        if not identifier.args.get("quoted"):
+            identifier.set("this", fold_name(identifier.this))
