@@ -414,7 +414,6 @@ register(
         excluded_functions=MappingProxyType(
             {
                 **_MISSING_IN_MYSQL_AND_SQLSERVER,
-                exp.ArrayAgg: "has no arrays",
                 exp.NthValue: "has no NTH_VALUE function",
                 exp.LogicalAnd: "has no BOOL_AND (no boolean type)",
                 exp.LogicalOr: "has no BOOL_OR (no boolean type)",
@@ -459,7 +458,6 @@ register(
         excluded_functions=MappingProxyType(
             {
                 **_MISSING_IN_MYSQL_AND_SQLSERVER,
-                exp.ArrayAgg: "has no arrays (GROUP_CONCAT would silently return text)",
             }
         ),
     )

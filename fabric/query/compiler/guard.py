@@ -22,7 +22,12 @@ from fabric.query.compiler.reader import (
     positional_parameters,
     set_args,
 )
-from fabric.query.functions import dialect_refusal, function_name, is_allowed_function
+from fabric.query.functions import (
+    dialect_refusal,
+    function_name,
+    growth_refusal,
+    is_allowed_function,
+)
 
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A Var is generated verbatim, and sqlglot builds some from string literals (date_part's
@@ -199,9 +204,12 @@ def refuse_node(node: exp.Expr) -> QueryRejected:
         qualified = f"{node.this.name}.{function_name(node.expression)}"
         return QueryRejected(f"function '{qualified}' is not allowed")
     if isinstance(node, exp.Func):
+        name = function_name(node)
+        why = growth_refusal(name)
+        reason = f": {why}" if why is not None else ""
         if isinstance(node.parent, exp.Table):
-            return QueryRejected(f"table function '{function_name(node)}' is not allowed")
-        return QueryRejected(f"function '{function_name(node)}' is not allowed")
+            return QueryRejected(f"table function '{name}' is not allowed{reason}")
+        return QueryRejected(f"function '{name}' is not allowed{reason}")
     return QueryRejected(f"SQL construct '{node.key}' is not allowed")
 
 

@@ -79,9 +79,19 @@ class QueryLimits:
     max_parts: int = 100
     """Queries and subqueries (SELECTs), CTEs, joins, set-operation branches, and arms of
     one CASE, each counted on its own."""
+    max_type_length: int = 65_535
+    """Longest `char(n)` / `varchar(n)` (and bound of `left(string_agg(...), n)`), below
+    each target's own maximum (`fabric.query.compiler.bounds`); checked after the parse."""
 
     def __post_init__(self) -> None:
-        for name in ("max_length", "max_tokens", "max_depth", "max_chain", "max_parts"):
+        for name in (
+            "max_length",
+            "max_tokens",
+            "max_depth",
+            "max_chain",
+            "max_parts",
+            "max_type_length",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 

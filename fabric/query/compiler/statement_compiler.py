@@ -11,6 +11,7 @@ from sqlglot.errors import SqlglotError, UnsupportedError
 from connectors.base import ParamStyle
 from fabric.errors import InvalidArgument, QueryRejected
 from fabric.model import CatalogSnapshot, fold_name
+from fabric.query.compiler.bounds import check_sizes
 from fabric.query.compiler.dialects import target_dialect
 from fabric.query.compiler.generate import generate
 from fabric.query.compiler.guard import (
@@ -19,7 +20,6 @@ from fabric.query.compiler.guard import (
     check_structure,
 )
 from fabric.query.compiler.reader import (
-    INPUT_DIALECT,
     QueryLimits,
     QueryReader,
     without_literals,
@@ -71,6 +71,7 @@ class StatementCompiler:
             tree = self._reader.parse(sql, tokens)
             check_structure(tree, catalog)
             check_dialect_functions(tree, dialect)
+            check_sizes(tree, dialect, self.limits.max_type_length)
             fold_unquoted_names(tree)
             check_name_lengths(tree, dialect)
             resolver = ScopeResolver(catalog)
