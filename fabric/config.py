@@ -58,6 +58,13 @@ class Settings:
     """text or json: one JSON object per line (FABRIC_LOG_FORMAT)."""
     max_rows: int = 10_000_000
     """Cap on rows one query may return (FABRIC_MAX_ROWS); also the default."""
+    max_result_bytes: int = 256 * MIB
+    """Cap on the bytes of one query's result, counted as Arrow data while it streams
+    (FABRIC_MAX_RESULT_BYTES); also the default. Past it the result ends truncated, as
+    past the row cap."""
+    max_type_length: int = 65_535
+    """Longest `char(n)` / `varchar(n)` a query may write, below each source's own
+    maximum (FABRIC_MAX_TYPE_LENGTH); also the longest cut of a `string_agg`."""
     query_timeout: float = 300.0
     """Seconds a query may run at the source unless the caller's deadline is sooner."""
     cache_max_bytes: int = 256 * MIB
@@ -186,6 +193,8 @@ class Settings:
     def validate(self) -> None:
         positive = (
             "max_rows",
+            "max_result_bytes",
+            "max_type_length",
             "cache_max_bytes",
             "page_rows",
             "preview_rows",
