@@ -98,7 +98,12 @@ class Settings:
     """Subqueries, CTEs, joins, set-operation branches, and arms of one CASE a query may
     have, each counted on its own (FABRIC_MAX_QUERY_PARTS)."""
     batch_rows: int = 65_536
-    """Rows per record batch read from a source."""
+    """Most rows per record batch read from a source."""
+    batch_bytes: int = 8 * MIB
+    """Bytes a record batch read from a source is sized for (FABRIC_BATCH_BYTES): a
+    driver holds a batch's rows before they can be counted, so a query that can make
+    wide rows (padded casts, long literals or parameters on every row) is read in
+    fewer rows per batch (`CompiledStatement.batch_rows`)."""
     worker_threads: int = 16
     """Threads that run blocking driver calls off the event loop."""
     metadata_stale_after: float = 4 * 3600.0
@@ -206,6 +211,7 @@ class Settings:
             "max_query_chain",
             "max_query_parts",
             "batch_rows",
+            "batch_bytes",
             "worker_threads",
             "max_open_statements",
         )

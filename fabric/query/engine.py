@@ -225,9 +225,9 @@ class QueryEngine:
         builder: ResultBuilder | None,
     ) -> SourceRun:
         """Start the query at its source (blocking; in a worker thread)."""
-        handle = bound.connector.execute(
-            compiled.sql, args, timeout=timeout, batch_rows=self.settings.batch_rows
-        )
+        settings = self.settings
+        batch_rows = compiled.batch_rows(args, settings.batch_bytes, settings.batch_rows)
+        handle = bound.connector.execute(compiled.sql, args, timeout=timeout, batch_rows=batch_rows)
         return self._new_run(handle, compiled, max_bytes, builder)
 
     def _new_run(

@@ -169,23 +169,17 @@ def _at_most(
 
 
 def _check_replace(node: exp.Replace) -> None:
-    growth = 1.0
-    current: exp.Expr | None = node
-    while isinstance(current, exp.Replace):
-        pattern, replacement = current.expression, current.args.get("replacement")
-        if not _string_literal(pattern) or not (
-            _string_literal(replacement) or isinstance(replacement, exp.Null)
-        ):
-            raise QueryRejected(
-                "replace takes its pattern and its replacement as string literals, so how "
-                "much it can grow a value is known (no column, parameter or expression)"
-            )
-        assert isinstance(pattern, exp.Literal)
-        if pattern.this and isinstance(replacement, exp.Literal):
-            growth *= max(1.0, len(replacement.this) / len(pattern.this))
-        current = current.this
-        while isinstance(current, exp.Paren):
-            current = current.this
+    pattern, replacement = node.expression, node.args.get("replacement")
+    if not _string_literal(pattern) or not (
+        _string_literal(replacement) or isinstance(replacement, exp.Null)
+    ):
+        raise QueryRejected(
+            "replace takes its pattern and its replacement as string literals, so how "
+            "much it can grow a value is known (no column, parameter or expression)"
+        )
+    if isinstance(node.parent, exp.Replace) and node.parent.this is node:
+        return  # measured with the chain it belongs to
+    growth = _replace_growth(node)
     if growth > MAX_REPLACE_GROWTH:
         raise QueryRejected(
             f"replace would make a value up to {growth:.0f} times longer (the limit is "
@@ -236,3 +230,68 @@ def _cut_length(outer: exp.Expr | None) -> int | None:
             if isinstance(value, exp.Literal) and str(value.this).isdigit():
                 return int(value.this)
     return None
+
+
+VALUE_BYTES = 64
+"""What one value read from the source is taken to weigh when sizing batches: the
+source's own data is not known before it arrives."""
+_BYTES_PER_CHARACTER = 4
+"""The most bytes one character takes in UTF-8."""
+
+
+def row_width(tree: exp.Expr, sql: str) -> int:
+    """An estimate, in bytes, of the widest row the resolved query can make from what it
+    writes, for sizing the batches a source is read in (a driver buffers a batch's rows
+    before the result byte cap can count them): every literal of the text, the values a
+    cast pads or a cut `string_agg` keeps, and `VALUE_BYTES` per column reference, times
+    the growth of a `replace` chain. Parameters' own bytes are added when they are bound.
+    """
+    kept = 0
+    references = 0
+    growth = 1.0
+    for node in tree.walk():
+        if isinstance(node, exp.DataType) and node.this in _LENGTH_TYPES and node.expressions:
+            length = _cut_length_of_type(node)
+            kept += length * _BYTES_PER_CHARACTER
+        elif isinstance(node, exp.Left) and isinstance(node.this, exp.GroupConcat):
+            kept += (_cut_length(node) or 0) * _BYTES_PER_CHARACTER
+        elif isinstance(node, exp.Column):
+            references += 1
+        elif isinstance(node, exp.Replace) and not isinstance(node.parent, exp.Replace):
+            growth = max(growth, _replace_growth(node))
+    outputs = _outputs(tree)
+    if kept and sum(1 for _ in tree.find_all(exp.Select)) > 1:
+        kept *= outputs  # a value a subquery widens may be read by every output column
+    return len(sql.encode("utf-8", "surrogatepass")) + kept + int(references * VALUE_BYTES * growth)
+
+
+def _cut_length_of_type(node: exp.DataType) -> int:
+    value = node.expressions[0]
+    value = value.this if isinstance(value, exp.DataTypeParam) else value
+    return int(value.this) if isinstance(value, exp.Literal) and str(value.this).isdigit() else 0
+
+
+def _replace_growth(node: exp.Replace) -> float:
+    growth = 1.0
+    current: exp.Expr | None = node
+    while isinstance(current, exp.Replace):
+        pattern, replacement = current.expression, current.args.get("replacement")
+        if (
+            isinstance(pattern, exp.Literal)
+            and isinstance(replacement, exp.Literal)
+            and pattern.is_string
+            and replacement.is_string
+            and pattern.this
+        ):
+            growth *= max(1.0, len(replacement.this) / len(pattern.this))
+        current = current.this
+        while isinstance(current, exp.Paren):
+            current = current.this
+    return growth
+
+
+def _outputs(tree: exp.Expr) -> int:
+    query = tree
+    while isinstance(query, exp.SetOperation):
+        query = query.this.unnest() if isinstance(query.this, exp.Expr) else query.this
+    return max(1, len(query.expressions)) if isinstance(query, exp.Select) else 1

@@ -29,11 +29,21 @@ class CompiledStatement:
     """Entity names the statement reads (sorted, unique)."""
     fingerprint: str
     """Stable hash of (dialect, sql), for cache keys and metrics labels."""
+    row_bytes: int = 0
+    """Estimated bytes of the widest row the query can make from what it writes
+    (`bounds.row_width`), parameters apart: the engine sizes the batches it reads the
+    source in from it and the bound parameters' size (`batch_rows`)."""
 
     @property
     def may_truncate(self) -> bool:
         """Whether the source can return more rows than the caller may receive."""
         return self.row_limit > self.max_rows
+
+    def batch_rows(self, args: tuple[Any, ...], batch_bytes: int, most: int) -> int:
+        """Rows per batch to read the source in, at most `most`: as many as keep the
+        widest row this query can make, with `args` bound, within `batch_bytes`."""
+        width = self.row_bytes + sum(_value_bytes(value) for value in args)
+        return max(1, min(most, batch_bytes // max(1, width)))
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """Parameter values in placeholder order; InvalidArgument on a missing or extra
@@ -64,3 +74,12 @@ def check_text_parameters(params: Mapping[str, Any]) -> None:
                 f"parameter '{name}' contains a NUL character (U+0000), which a text value "
                 "may not hold; send binary data as bytes"
             )
+
+
+def _value_bytes(value: object) -> int:
+    """About how many bytes a bound value adds to every row that repeats it."""
+    if isinstance(value, str):
+        return 4 * len(value)  # at most 4 bytes a character in UTF-8, without encoding it
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    return 16

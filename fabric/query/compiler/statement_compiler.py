@@ -11,7 +11,7 @@ from sqlglot.errors import SqlglotError, UnsupportedError
 from connectors.base import ParamStyle
 from fabric.errors import InvalidArgument, QueryRejected
 from fabric.model import CatalogSnapshot, fold_name
-from fabric.query.compiler.bounds import check_sizes
+from fabric.query.compiler.bounds import check_sizes, row_width
 from fabric.query.compiler.dialects import target_dialect
 from fabric.query.compiler.generate import generate
 from fabric.query.compiler.guard import (
@@ -78,6 +78,7 @@ class StatementCompiler:
             resolver.resolve(tree)
             row_limit = apply_row_limit(tree, max_rows)
             row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
+            row_bytes = row_width(tree, sql)
             for identifier in tree.find_all(exp.Identifier):
                 identifier.set("quoted", True)
             # The target refuses what it cannot express and rewrites the rest as it generates.
@@ -103,6 +104,7 @@ class StatementCompiler:
             max_rows=max_rows,
             entities=tuple(sorted(resolver.entities)),
             fingerprint=fingerprint,
+            row_bytes=row_bytes,
         )
 
 
