@@ -13,10 +13,11 @@ multiply the size of a value is listed here, refused or bounded, with the reason
 - `replace(x, pattern, replacement)`: grows a value by `len(replacement) / len(pattern)`
   at every match, and nested calls multiply: pattern and replacement must be string
   literals, and the growth of a chain of replace calls at most `MAX_REPLACE_GROWTH`.
-- `string_agg` (`group_concat`): a group's value grows with its rows. Allowed only inside
-  `left(..., n)` or a cast to `varchar(n)`/`char(n)`, with n within the type bound, and
-  never as a window function (each row would hold its whole window: the result grows
-  with the square of the rows). MySQL and MariaDB cut `GROUP_CONCAT` silently at
+- `string_agg` (`group_concat`): a group's value grows with its rows. Allowed only right
+  inside `left(..., n)`, n a whole number within the type bound (a cast to `varchar(n)`
+  would do on some sources, but DuckDB ignores the length), and never as a window
+  function (each row would hold its whole window: the result grows with the square of
+  the rows). MySQL and MariaDB cut `GROUP_CONCAT` silently at
   `group_concat_max_len` (the connector sets it above any allowed n).
 - Not on the allow-list, refused with their reason (`REFUSED_GROWTH`): `array_agg`
   (grows with its group's rows and an array cannot be cut in Fabric SQL), `repeat`,
@@ -202,7 +203,7 @@ def _check_string_agg(node: exp.GroupConcat, longest: int) -> None:
     if length is None or length > longest:
         raise QueryRejected(
             "string_agg must be bounded: its value grows with the rows of its group; "
-            f"write left(string_agg(...), n) or cast it to varchar(n), n at most {longest}"
+            f"write left(string_agg(...), n), n a whole number at most {longest}"
         )
 
 
@@ -215,20 +216,12 @@ def _outside(node: exp.Expr, through: tuple[type[exp.Expr], ...]) -> exp.Expr | 
 
 
 def _cut_length(outer: exp.Expr | None) -> int | None:
-    """The length `outer`, the node right around an aggregate, cuts its value to: n of
-    `left(agg, n)` (a whole number written in the query) or of a cast to `varchar(n)`."""
+    """n of `left(agg, n)` when `outer`, the node right around an aggregate, is that
+    call and n a whole number written in the query; else None."""
     if isinstance(outer, exp.Left):
         length = outer.expression
         if isinstance(length, exp.Literal) and not length.is_string and length.this.isdigit():
             return int(length.this)
-        return None
-    if isinstance(outer, exp.Cast):
-        to = outer.args.get("to")
-        if isinstance(to, exp.DataType) and to.this in _LENGTH_TYPES and to.expressions:
-            length = to.expressions[0]
-            value = length.this if isinstance(length, exp.DataTypeParam) else length
-            if isinstance(value, exp.Literal) and str(value.this).isdigit():
-                return int(value.this)
     return None
 
 
@@ -253,8 +246,9 @@ def row_width(tree: exp.Expr, sql: str) -> int:
         if isinstance(node, exp.DataType) and node.this in _LENGTH_TYPES and node.expressions:
             length = _cut_length_of_type(node)
             kept += length * _BYTES_PER_CHARACTER
-        elif isinstance(node, exp.Left) and isinstance(node.this, exp.GroupConcat):
-            kept += (_cut_length(node) or 0) * _BYTES_PER_CHARACTER
+        elif isinstance(node, exp.GroupConcat):
+            outer = _outside(node, (exp.Filter, exp.WithinGroup, exp.Paren))
+            kept += (_cut_length(outer) or 0) * _BYTES_PER_CHARACTER
         elif isinstance(node, exp.Column):
             references += 1
         elif isinstance(node, exp.Replace) and not isinstance(node.parent, exp.Replace):

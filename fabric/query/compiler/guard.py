@@ -275,7 +275,7 @@ def check_structure(tree: exp.Expr, catalog: CatalogSnapshot) -> None:
                 )
         elif cls is exp.Table and not isinstance(node.this, exp.Identifier):
             if isinstance(node.this, exp.Func):
-                raise QueryRejected(f"table function '{function_name(node.this)}' is not allowed")
+                raise refuse_node(node.this)
             raise QueryRejected("only tables may appear in FROM and JOIN")
 
 
