@@ -322,7 +322,7 @@ SIZE_BOMBS = {
     "float-precision": ("SELECT CAST(amount AS float(80)) FROM orders", "between 1 and 53"),
     "int-length": ("SELECT CAST(amount AS int(5)) FROM orders", "takes no parameters"),
     "repeat": ("SELECT repeat(status, 7777777) FROM orders", "repeats a value"),
-    "space": ("SELECT space(7777777) FROM orders", "is not allowed"),
+    "space": ("SELECT space(7777777) FROM orders", "repeats a value"),
     "replicate": ("SELECT replicate(status, 7777777) FROM orders", "repeats a value"),
     "lpad": ("SELECT lpad(status, 7777777) FROM orders", "pads a value"),
     "rpad": ("SELECT rpad(status, 7777777, 'x') FROM orders", "pads a value"),
