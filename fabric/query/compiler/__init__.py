@@ -3,11 +3,14 @@
 Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compile is:
 
 1. cheap checks on the text and its tokens, before the recursive parser sees it: empty,
-   not starting like a query, more than one statement, or beyond `QueryLimits` (length,
+   a NUL anywhere, not starting like a query, more than one statement, or beyond
+   `QueryLimits` (length,
    tokens, nesting, postfix chains such as `x[1][2]`, CTEs, set-operation branches, CASE
    arms), so the parse and the steps after it do bounded work;
 2. one parse (sqlglot, `postgres`), then a walk of the whole tree against an allow-list of
-   node types, clauses and functions (anything not positively recognised is refused);
+   node types, clauses and functions (anything not positively recognised is refused),
+   and the size bounds of the target (`bounds`: type parameters in range, every
+   construct that can multiply a value's size refused or bounded);
 3. scope-by-scope resolution of every table to a selected entity and of every column to a
    selected column (sqlglot's scope machinery gives the scopes; the binding rules are ours),
    rewriting as it goes: physical `"schema"."table" AS "alias"`, columns qualified by their
@@ -16,8 +19,9 @@ Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compil
    sentinel placeholders that become the driver's `?` or `%s`, through the target's
    dialect rules (what it cannot express is refused, the rest rewritten).
 
-The modules follow those steps: `reader` (1), `guard` (2), `scope` (3), `rows` and
-`generate` (4), `dialects` (the target rules), `statement_compiler` (the pipeline).
+The modules follow those steps: `reader` (1), `guard` and `bounds` (2), `scope` (3),
+`rows` and `generate` (4), `dialects` (the target rules), `statement_compiler` (the
+pipeline).
 
 Decisions (documented for the engine and the Studio):
 
