@@ -356,6 +356,10 @@ SIZE_BOMBS = {
         "SELECT replace(replace(status, 'a', 'aaaaaaaa'), 'a', 'aaaaaaaa') FROM orders",
         "64 times longer",
     ),
+    "replace-chain-through-a-function": (
+        "SELECT replace(upper(replace(status, 'a', 'aaaaaaaa')), 'A', 'AAAAAAAA') FROM orders",
+        "64 times longer",
+    ),
 }
 
 

@@ -11,8 +11,9 @@ multiply the size of a value is listed here, refused or bounded, with the reason
   n characters, so `CAST(x AS char(10000000))` turned every row into megabytes; on SQL
   Server every text type becomes `nchar`/`nvarchar`, at most 4,000 characters.
 - `replace(x, pattern, replacement)`: grows a value by `len(replacement) / len(pattern)`
-  at every match, and nested calls multiply: pattern and replacement must be string
-  literals, and the growth of a chain of replace calls at most `MAX_REPLACE_GROWTH`.
+  at every match, and nested calls multiply (through other functions too): pattern and
+  replacement must be string literals, and the growth of replace calls nested in one
+  another at most `MAX_REPLACE_GROWTH`.
 - `string_agg` (`group_concat`): a group's value grows with its rows. Allowed only right
   inside `left(..., n)`, n a whole number within the type bound (a cast to `varchar(n)`
   would do on some sources, but DuckDB ignores the length), and never as a window
@@ -178,8 +179,6 @@ def _check_replace(node: exp.Replace) -> None:
             "replace takes its pattern and its replacement as string literals, so how "
             "much it can grow a value is known (no column, parameter or expression)"
         )
-    if isinstance(node.parent, exp.Replace) and node.parent.this is node:
-        return  # measured with the chain it belongs to
     growth = _replace_growth(node)
     if growth > MAX_REPLACE_GROWTH:
         raise QueryRejected(
@@ -251,7 +250,7 @@ def row_width(tree: exp.Expr, sql: str) -> int:
             kept += (_cut_length(outer) or 0) * _BYTES_PER_CHARACTER
         elif isinstance(node, exp.Column):
             references += 1
-        elif isinstance(node, exp.Replace) and not isinstance(node.parent, exp.Replace):
+        elif isinstance(node, exp.Replace):
             growth = max(growth, _replace_growth(node))
     outputs = _outputs(tree)
     if kept and sum(1 for _ in tree.find_all(exp.Select)) > 1:
@@ -266,21 +265,22 @@ def _cut_length_of_type(node: exp.DataType) -> int:
 
 
 def _replace_growth(node: exp.Replace) -> float:
+    """How many times longer `node` and every `replace` around it (directly or through
+    other functions: `replace(upper(replace(...)), ...)`) can make a value."""
     growth = 1.0
     current: exp.Expr | None = node
-    while isinstance(current, exp.Replace):
-        pattern, replacement = current.expression, current.args.get("replacement")
-        if (
-            isinstance(pattern, exp.Literal)
-            and isinstance(replacement, exp.Literal)
-            and pattern.is_string
-            and replacement.is_string
-            and pattern.this
-        ):
-            growth *= max(1.0, len(replacement.this) / len(pattern.this))
-        current = current.this
-        while isinstance(current, exp.Paren):
-            current = current.this
+    while current is not None:
+        if isinstance(current, exp.Replace):
+            pattern, replacement = current.expression, current.args.get("replacement")
+            if (
+                isinstance(pattern, exp.Literal)
+                and isinstance(replacement, exp.Literal)
+                and pattern.is_string
+                and replacement.is_string
+                and pattern.this
+            ):
+                growth *= max(1.0, len(replacement.this) / len(pattern.this))
+        current = current.parent
     return growth
 
 
