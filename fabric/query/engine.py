@@ -118,6 +118,8 @@ class QueryEngine:
             max_chain=settings.max_query_chain,
             max_parts=settings.max_query_parts,
             max_type_length=settings.max_type_length,
+            # A row the query makes wide by itself must fit one batch.
+            max_row_bytes=settings.batch_bytes,
         )
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
         # Compiles of long texts, apart from the source work in `executor` so they never

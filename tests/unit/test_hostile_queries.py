@@ -430,6 +430,78 @@ def test_the_type_length_maximum_is_configurable() -> None:
             compile_for(sql, "postgres", None, compiler)
 
 
+def _doubled(inner: str, levels: int) -> str:
+    """`inner` (a query with one output `v`) doubled at each of `levels` nested levels."""
+    query = inner
+    for level in range(levels):
+        query = f"SELECT v || v AS v FROM ({query}) s{level}"
+    return query
+
+
+def _doubled_ctes(inner: str, levels: int) -> str:
+    links = [f"c{i} AS (SELECT v || v AS v FROM c{i - 1})" for i in range(1, levels)]
+    return f"WITH {', '.join([f'c0 AS ({inner})', *links])} SELECT v FROM c{levels - 1}"
+
+
+ROW_BOMBS = {
+    # what one output value holds of the source's values doubles at every level
+    "nested-doubling": (_doubled("SELECT status AS v FROM orders", 9), "512 values read"),
+    "cte-doubling": (_doubled_ctes("SELECT status AS v FROM orders", 10), "512 values read"),
+    "wide-concatenation": (
+        "SELECT " + " || ".join(["status"] * 300) + " AS v FROM orders",
+        "300 values read",
+    ),
+    # what the query adds itself: literals, padding, copied through derived tables
+    "nested-literal-doubling": (
+        _doubled("SELECT 'abcdefgh' AS v FROM orders", 21),
+        "16777216 bytes the query adds",
+    ),
+    "padded-copies": (
+        "SELECT " + " || ".join(["p"] * 600) + " AS v "
+        "FROM (SELECT CAST(status AS char(4000)) AS p FROM orders) s",
+        "9600000 bytes the query adds",
+    ),
+    "padded-columns": (
+        "SELECT "
+        + ", ".join(f"CAST(status AS char(4000)) AS c{i}" for i in range(600))
+        + " FROM orders",
+        "9600000 bytes the query adds",
+    ),
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("sql", "named"), ROW_BOMBS.values(), ids=ROW_BOMBS.keys())
+def test_a_row_the_query_itself_makes_too_wide_is_refused(
+    sql: str, named: str, dialect: str
+) -> None:
+    with pytest.raises(QueryRejected, match=named):
+        compile_for(sql, dialect)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_rows_of_ordinary_width_still_compile(dialect: str) -> None:
+    assert compile_for(_doubled("SELECT status AS v FROM orders", 8), dialect)  # 256 values
+    assert compile_for(
+        "SELECT p || p AS v FROM (SELECT CAST(status AS char(4000)) AS p FROM orders) s",
+        dialect,
+    )
+
+
+def test_parameters_copied_into_every_row_are_refused_past_the_row_limit() -> None:
+    compiled = compile_for(
+        "SELECT s.v || s.v AS w FROM (SELECT :p || :p AS v FROM orders) s", "postgres"
+    )
+    assert dict(compiled.row_params) == {"p": 4}
+    assert compiled.bind({"p": "x" * 1000}) == ("x" * 1000, "x" * 1000)
+    with pytest.raises(InvalidArgument, match="parameter 'p'") as caught:
+        compiled.bind({"p": "y" * 3_000_000})  # 4 copies of up to 12 MB
+    assert "yyy" not in caught.value.message
+    # A parameter that is not shown in the rows (WHERE) adds nothing to them.
+    where = compile_for("SELECT id FROM orders WHERE status = :p", "postgres")
+    assert where.bind({"p": "z" * 3_000_000})
+
+
 # -- names follow each source's rules -------------------------------------------------------
 
 KELVIN = "\u212a"  # KELVIN SIGN: str.lower() makes it an ASCII "k"; PostgreSQL does not

@@ -15,13 +15,15 @@ Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compil
    selected column (sqlglot's scope machinery gives the scopes; the binding rules are ours),
    rewriting as it goes: physical `"schema"."table" AS "alias"`, columns qualified by their
    source alias with the catalog's exact spelling, `*` expanded to the selected columns;
-4. the row limit on the outermost query, then generation from the checked tree with
+4. the row limit on the outermost query and the width of a row (`widths`: what one value
+   can hold of the source's values, what the query adds to a row itself), then
+   generation from the checked tree with
    sentinel placeholders that become the driver's `?` or `%s`, through the target's
    dialect rules (what it cannot express is refused, the rest rewritten).
 
 The modules follow those steps: `reader` (1), `guard` and `bounds` (2), `scope` (3),
-`rows` and `generate` (4), `dialects` (the target rules), `statement_compiler` (the
-pipeline).
+`rows`, `widths` and `generate` (4), `dialects` (the target rules), `statement_compiler`
+(the pipeline).
 
 Decisions (documented for the engine and the Studio):
 

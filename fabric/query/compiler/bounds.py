@@ -26,9 +26,12 @@ multiply the size of a value is listed here, refused or bounded, with the reason
   `overlay`, `regexp_replace`, the JSON and XML aggregates, and every set-returning
   function (`generate_series`, `unnest`, `range`, ...), which multiplies rows.
 
-Bounded by other limits, and so allowed: concatenation (`||`, `concat`, `concat_ws`)
-grows linearly with the operands written, which the query-size limits bound; `upper` and
-`lower` change a character's size by a small factor that does not compound; numeric
+Concatenation (`||`, `concat`, `concat_ws`) and copies of a value through nested
+subqueries and CTEs (which multiply: `v || v` at every level doubles it) are bounded by
+`fabric.query.compiler.widths`: one output value may hold at most 256 values read from
+the source, and what the query adds to a row itself (literals, padding, parameters,
+their copies) at most one batch's bytes. Also allowed, bounded by other limits: `upper`
+and `lower` change a character's size by a small factor that does not compound; numeric
 arithmetic (`pow`, `exp`, `*`, `round(x, n)`) is bounded by the source's numeric format
 (PostgreSQL: 131,072 digits before the point and 16,383 after, about 144 KiB);
 literals and parameters repeated on every row, and joins that multiply rows (cross joins
@@ -224,46 +227,6 @@ def _cut_length(outer: exp.Expr | None) -> int | None:
     return None
 
 
-VALUE_BYTES = 64
-"""What one value read from the source is taken to weigh when sizing batches: the
-source's own data is not known before it arrives."""
-_BYTES_PER_CHARACTER = 4
-"""The most bytes one character takes in UTF-8."""
-
-
-def row_width(tree: exp.Expr, sql: str) -> int:
-    """An estimate, in bytes, of the widest row the resolved query can make from what it
-    writes, for sizing the batches a source is read in (a driver buffers a batch's rows
-    before the result byte cap can count them): every literal of the text, the values a
-    cast pads or a cut `string_agg` keeps, and `VALUE_BYTES` per column reference, times
-    the growth of a `replace` chain. Parameters' own bytes are added when they are bound.
-    """
-    kept = 0
-    references = 0
-    growth = 1.0
-    for node in tree.walk():
-        if isinstance(node, exp.DataType) and node.this in _LENGTH_TYPES and node.expressions:
-            length = _cut_length_of_type(node)
-            kept += length * _BYTES_PER_CHARACTER
-        elif isinstance(node, exp.GroupConcat):
-            outer = _outside(node, (exp.Filter, exp.WithinGroup, exp.Paren))
-            kept += (_cut_length(outer) or 0) * _BYTES_PER_CHARACTER
-        elif isinstance(node, exp.Column):
-            references += 1
-        elif isinstance(node, exp.Replace):
-            growth = max(growth, _replace_growth(node))
-    outputs = _outputs(tree)
-    if kept and sum(1 for _ in tree.find_all(exp.Select)) > 1:
-        kept *= outputs  # a value a subquery widens may be read by every output column
-    return len(sql.encode("utf-8", "surrogatepass")) + kept + int(references * VALUE_BYTES * growth)
-
-
-def _cut_length_of_type(node: exp.DataType) -> int:
-    value = node.expressions[0]
-    value = value.this if isinstance(value, exp.DataTypeParam) else value
-    return int(value.this) if isinstance(value, exp.Literal) and str(value.this).isdigit() else 0
-
-
 def _replace_growth(node: exp.Replace) -> float:
     """How many times longer `node` and every `replace` around it (directly or through
     other functions: `replace(upper(replace(...)), ...)`) can make a value."""
@@ -282,10 +245,3 @@ def _replace_growth(node: exp.Replace) -> float:
                 growth *= max(1.0, len(replacement.this) / len(pattern.this))
         current = current.parent
     return growth
-
-
-def _outputs(tree: exp.Expr) -> int:
-    query = tree
-    while isinstance(query, exp.SetOperation):
-        query = query.this.unnest() if isinstance(query.this, exp.Expr) else query.this
-    return max(1, len(query.expressions)) if isinstance(query, exp.Select) else 1

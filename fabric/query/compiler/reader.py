@@ -82,6 +82,9 @@ class QueryLimits:
     max_type_length: int = 65_535
     """Longest `char(n)` / `varchar(n)` (and bound of `left(string_agg(...), n)`), below
     each target's own maximum (`fabric.query.compiler.bounds`); checked after the parse."""
+    max_row_bytes: int = 8 << 20
+    """Bytes the query may add to one row of its result itself (padding, literals,
+    parameters, and their copies: `fabric.query.compiler.widths`)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -91,6 +94,7 @@ class QueryLimits:
             "max_chain",
             "max_parts",
             "max_type_length",
+            "max_row_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")

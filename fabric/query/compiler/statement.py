@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fabric.errors import InvalidArgument
+from fabric.query.compiler.widths import VALUE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +30,15 @@ class CompiledStatement:
     """Entity names the statement reads (sorted, unique)."""
     fingerprint: str
     """Stable hash of (dialect, sql), for cache keys and metrics labels."""
-    row_bytes: int = 0
-    """Estimated bytes of the widest row the query can make from what it writes
-    (`bounds.row_width`), parameters apart: the engine sizes the batches it reads the
-    source in from it and the bound parameters' size (`batch_rows`)."""
+    row_parts: int = 0
+    """Values read from the source one row holds at most (`widths.row_width`)."""
+    row_size: int = 0
+    """Bytes the query adds to one row at most (literals, padding), parameters apart."""
+    row_params: tuple[tuple[str, int], ...] = ()
+    """How many times each parameter's value appears in one row at most."""
+    max_row_bytes: int | None = None
+    """The most bytes the query may add to one row, parameters included (`bind` checks
+    them); None: no limit."""
 
     @property
     def may_truncate(self) -> bool:
@@ -41,9 +47,22 @@ class CompiledStatement:
 
     def batch_rows(self, args: tuple[Any, ...], batch_bytes: int, most: int) -> int:
         """Rows per batch to read the source in, at most `most`: as many as keep the
-        widest row this query can make, with `args` bound, within `batch_bytes`."""
-        width = self.row_bytes + sum(_value_bytes(value) for value in args)
+        widest row this query can make, with `args` bound, within `batch_bytes` (a value
+        read from the source counted as VALUE_BYTES)."""
+        width = self._added_bytes(args)[0] + self.row_parts * VALUE_BYTES
         return max(1, min(most, batch_bytes // max(1, width)))
+
+    def _added_bytes(self, args: tuple[Any, ...]) -> tuple[int, str | None]:
+        """Bytes the query adds to one row with `args` bound, and the parameter that
+        adds the most (None when none adds any)."""
+        values = dict(zip(self.param_names, args, strict=True))
+        total, heaviest, most = self.row_size, None, 0
+        for name, times in self.row_params:
+            added = _value_bytes(values.get(name)) * times
+            total += added
+            if added > most:
+                heaviest, most = name, added
+        return total, heaviest
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """Parameter values in placeholder order; InvalidArgument on a missing or extra
@@ -57,7 +76,16 @@ class CompiledStatement:
         if extra:
             expected = ", ".join(sorted(known)) or "none"
             raise InvalidArgument(f"unknown parameter '{extra[0]}' (the query takes: {expected})")
-        return tuple(params[name] for name in self.param_names)
+        args = tuple(params[name] for name in self.param_names)
+        if self.max_row_bytes is not None:
+            added, heaviest = self._added_bytes(args)
+            if added > self.max_row_bytes:
+                raise InvalidArgument(
+                    f"with these parameter values one row would carry up to {added} bytes "
+                    f"the query adds itself (most of them from parameter '{heaviest}'); "
+                    f"at most {self.max_row_bytes}: send shorter values"
+                )
+        return args
 
 
 def check_text_parameters(params: Mapping[str, Any]) -> None:
@@ -77,7 +105,9 @@ def check_text_parameters(params: Mapping[str, Any]) -> None:
 
 
 def _value_bytes(value: object) -> int:
-    """About how many bytes a bound value adds to every row that repeats it."""
+    """About how many bytes a bound value adds to every row that shows it."""
+    if value is None:
+        return 1
     if isinstance(value, str):
         return 4 * len(value)  # at most 4 bytes a character in UTF-8, without encoding it
     if isinstance(value, bytes | bytearray | memoryview):

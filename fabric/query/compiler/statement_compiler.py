@@ -11,7 +11,7 @@ from sqlglot.errors import SqlglotError, UnsupportedError
 from connectors.base import ParamStyle
 from fabric.errors import InvalidArgument, QueryRejected
 from fabric.model import CatalogSnapshot, fold_name
-from fabric.query.compiler.bounds import check_sizes, row_width
+from fabric.query.compiler.bounds import check_sizes
 from fabric.query.compiler.dialects import target_dialect
 from fabric.query.compiler.generate import generate
 from fabric.query.compiler.guard import (
@@ -27,6 +27,7 @@ from fabric.query.compiler.reader import (
 from fabric.query.compiler.rows import apply_row_limit, key_lookup
 from fabric.query.compiler.scope import ScopeResolver
 from fabric.query.compiler.statement import CompiledStatement
+from fabric.query.compiler.widths import row_width
 
 
 class StatementCompiler:
@@ -78,7 +79,13 @@ class StatementCompiler:
             resolver.resolve(tree)
             row_limit = apply_row_limit(tree, max_rows)
             row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
-            row_bytes = row_width(tree, sql)
+            width = row_width(tree)
+            if width.size > self.limits.max_row_bytes:
+                raise QueryRejected(
+                    f"one row would carry up to {width.size} bytes the query adds itself "
+                    "(padded types, literals, cut aggregates, and their copies through "
+                    f"nested subqueries); at most {self.limits.max_row_bytes}"
+                )
             for identifier in tree.find_all(exp.Identifier):
                 identifier.set("quoted", True)
             # The target refuses what it cannot express and rewrites the rest as it generates.
@@ -104,7 +111,10 @@ class StatementCompiler:
             max_rows=max_rows,
             entities=tuple(sorted(resolver.entities)),
             fingerprint=fingerprint,
-            row_bytes=row_bytes,
+            row_parts=width.parts,
+            row_size=width.size,
+            row_params=width.params,
+            max_row_bytes=self.limits.max_row_bytes,
         )
 
 
