@@ -103,7 +103,8 @@ class Settings:
     """Bytes a record batch read from a source is sized for (FABRIC_BATCH_BYTES): a
     driver holds a batch's rows before they can be counted, so a query that can make
     wide rows (padded casts, long literals or parameters on every row) is read in
-    fewer rows per batch (`CompiledStatement.batch_rows`)."""
+    fewer rows per batch (`CompiledStatement.batch_rows`); and the most bytes a query
+    may add to one row itself (`fabric.query.compiler.widths`)."""
     worker_threads: int = 16
     """Threads that run blocking driver calls off the event loop."""
     metadata_stale_after: float = 4 * 3600.0
