@@ -31,6 +31,7 @@ from fabric.model import SettingValue
 __all__ = [
     "ConnectorSpec",
     "IdentifierLimit",
+    "NameUnit",
     "SettingSpec",
     "SettingType",
     "dialects",
@@ -90,28 +91,44 @@ _ACCEPTED: dict[SettingType, tuple[tuple[type, ...], str]] = {
 }
 
 
+class NameUnit(StrEnum):
+    """What a source counts when it measures a name."""
+
+    BYTES = "bytes"
+    """Bytes of the name in UTF-8 (PostgreSQL, in a UTF8 database)."""
+    CHARACTERS = "characters"
+    """Unicode code points (MySQL and MariaDB)."""
+    UTF16_UNITS = "UTF-16 code units"
+    """UTF-16 code units: a character beyond U+FFFF counts twice (SQL Server's `sysname`
+    is `nvarchar(128)`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class IdentifierLimit:
-    """The longest names a source keeps as written. PostgreSQL counts bytes and cuts a
-    longer name silently, MariaDB cuts an output name silently at 255 characters (a
-    result column would come back renamed); the others fail the query."""
+    """What names a source keeps as written. PostgreSQL counts bytes and cuts a longer
+    name silently, MariaDB cuts an output name silently at 255 characters (a result
+    column would come back renamed, or two names cut alike collide: SQLSTATE 42702 or
+    42712); the others fail the query."""
 
     length: int
-    """Names of CTEs, table and subquery aliases, column alias lists."""
+    """Every name but output column names: CTEs, table and subquery aliases, column
+    alias lists, window names, and the names the query refers to."""
     output_length: int | None = None
     """Output column names (`AS name`), when the source keeps them longer than `length`."""
-    in_bytes: bool = False
+    unit: NameUnit = NameUnit.CHARACTERS
+    bmp_only: bool = False
+    """Names may not hold a character beyond U+FFFF (MySQL and MariaDB refuse them)."""
 
     def measure(self, name: str) -> int:
-        return len(name.encode()) if self.in_bytes else len(name)
+        if self.unit is NameUnit.BYTES:
+            return len(name.encode("utf-8", "surrogatepass"))
+        if self.unit is NameUnit.UTF16_UNITS:
+            return len(name.encode("utf-16-le", "surrogatepass")) // 2
+        return len(name)
 
     def longest(self, *, output: bool) -> int:
         """The longest name of that sort the source keeps."""
         return (self.output_length or self.length) if output else self.length
-
-    @property
-    def unit(self) -> str:
-        return "bytes" if self.in_bytes else "characters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +383,7 @@ register(
             ),
             *_pool(1, 10, None),
         ),
-        identifier_limit=IdentifierLimit(63, in_bytes=True),
+        identifier_limit=IdentifierLimit(63, unit=NameUnit.BYTES),
     )
 )
 
@@ -391,13 +408,12 @@ register(
             SettingSpec("tds_version", SettingType.STRING, "TDS protocol version", default="7.4"),
             *_pool(0, 5, 10.0),
         ),
-        identifier_limit=IdentifierLimit(128),
+        identifier_limit=IdentifierLimit(128, unit=NameUnit.UTF16_UNITS),
         # No SQL Server runs here: these follow its documentation, failing closed where a
         # function exists only in recent releases.
         excluded_functions=MappingProxyType(
             {
                 **_MISSING_IN_MYSQL_AND_SQLSERVER,
-                exp.ArrayAgg: "has no arrays",
                 exp.NthValue: "has no NTH_VALUE function",
                 exp.LogicalAnd: "has no BOOL_AND (no boolean type)",
                 exp.LogicalOr: "has no BOOL_OR (no boolean type)",
@@ -436,13 +452,12 @@ register(
             SettingSpec("ssl_ca", SettingType.STRING, "CA certificate file for TLS"),
             *_pool(0, 5, 10.0),
         ),
-        identifier_limit=IdentifierLimit(64, output_length=255),
+        identifier_limit=IdentifierLimit(64, output_length=255, bmp_only=True),
         # Each entry was run on MariaDB 10.11 through the compiler's MySQL output
         # (tests/integration/test_functions_per_dialect.py keeps it honest).
         excluded_functions=MappingProxyType(
             {
                 **_MISSING_IN_MYSQL_AND_SQLSERVER,
-                exp.ArrayAgg: "has no arrays (GROUP_CONCAT would silently return text)",
             }
         ),
     )

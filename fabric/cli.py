@@ -342,7 +342,14 @@ def _client(args: argparse.Namespace, settings: Settings) -> FabricClient:
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     params = dict(parse_param(p) for p in args.param or [])
     with _client(args, settings) as client:
-        result = client.execute(args.connection, args.sql, params, args.cache_ttl, args.max_rows)
+        result = client.execute(
+            args.connection,
+            args.sql,
+            params,
+            args.cache_ttl,
+            args.max_rows,
+            max_bytes=args.max_bytes,
+        )
     write_result(result.table, args.format)
     s = result.summary
     print(
@@ -593,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-p", "--param", action="append", metavar="NAME[:TYPE]=VALUE")
             p.add_argument("--cache-ttl", type=int, default=0, help="seconds to cache")
             p.add_argument("--max-rows", type=int)
+            p.add_argument("--max-bytes", type=int, help="result bytes at most")
         else:
             p.add_argument("entity")
             p.add_argument("--limit", type=int, default=0)

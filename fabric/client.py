@@ -184,6 +184,7 @@ class FabricClient:
         params: Mapping[str, Any] | None,
         cache_ttl: int,
         max_rows: int | None,
+        max_bytes: int | None = None,
     ) -> pb.ExecuteRequest:
         return pb.ExecuteRequest(
             connection=connection,
@@ -191,6 +192,7 @@ class FabricClient:
             params=params_to_proto(params),
             cache_ttl_seconds=cache_ttl,
             max_rows=max_rows,
+            max_bytes=max_bytes,
         )
 
     def _start(self, method: Any, request: Any) -> Any:
@@ -218,9 +220,13 @@ class FabricClient:
         params: Mapping[str, Any] | None = None,
         cache_ttl: int = 0,
         max_rows: int | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> QueryResult:
-        """The whole result and its summary (rows, truncated, from_cache, time spent)."""
-        request = self._request(connection, sql, params, cache_ttl, max_rows)
+        """The whole result and its summary (rows, truncated, from_cache, time spent);
+        `truncated` when the result had more rows than max_rows or more bytes than
+        max_bytes (each capped by the gateway's own limit)."""
+        request = self._request(connection, sql, params, cache_ttl, max_rows, max_bytes)
         return self._read(self._start(self._stub.Execute, request))
 
     def query(
@@ -230,8 +236,10 @@ class FabricClient:
         params: Mapping[str, Any] | None = None,
         cache_ttl: int = 0,
         max_rows: int | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> pa.Table:
-        return self.execute(connection, sql, params, cache_ttl, max_rows).table
+        return self.execute(connection, sql, params, cache_ttl, max_rows, max_bytes=max_bytes).table
 
     def query_batches(
         self,
@@ -240,9 +248,11 @@ class FabricClient:
         params: Mapping[str, Any] | None = None,
         cache_ttl: int = 0,
         max_rows: int | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> pa.RecordBatchReader:
         """Stream the result batch by batch as it arrives."""
-        request = self._request(connection, sql, params, cache_ttl, max_rows)
+        request = self._request(connection, sql, params, cache_ttl, max_rows, max_bytes)
         stream = _Stream(self._start(self._stub.Execute, request))
         reader = open_ipc_stream(stream.chunks)
 
@@ -264,9 +274,12 @@ class FabricClient:
         cache_ttl: int = 0,
         max_rows: int | None = None,
         page_rows: int = 0,
+        *,
+        max_bytes: int | None = None,
     ) -> Statement:
         request = pb.OpenStatementRequest(
-            query=self._request(connection, sql, params, cache_ttl, max_rows), page_rows=page_rows
+            query=self._request(connection, sql, params, cache_ttl, max_rows, max_bytes),
+            page_rows=page_rows,
         )
         return Statement(self, self._unary(self._stub.OpenStatement, request), page_rows)
 

@@ -75,6 +75,13 @@ class Settings:
     """text or json: one JSON object per line (FABRIC_LOG_FORMAT)."""
     max_rows: int = 10_000_000
     """Cap on rows one query may return (FABRIC_MAX_ROWS); also the default."""
+    max_result_bytes: int = 256 * MIB
+    """Cap on the bytes of one query's result, counted as Arrow data while it streams
+    (FABRIC_MAX_RESULT_BYTES); also the default. Past it the result ends truncated, as
+    past the row cap."""
+    max_type_length: int = 65_535
+    """Longest `char(n)` / `varchar(n)` a query may write, below each source's own
+    maximum (FABRIC_MAX_TYPE_LENGTH); also the longest cut of a `string_agg`."""
     query_timeout: float = 300.0
     """Seconds a query may run at the source unless the caller's deadline is sooner."""
     cache_max_bytes: int = 256 * MIB
@@ -111,7 +118,13 @@ class Settings:
     """Subqueries, CTEs, joins, set-operation branches, and arms of one CASE a query may
     have, each counted on its own (FABRIC_MAX_QUERY_PARTS)."""
     batch_rows: int = 65_536
-    """Rows per record batch read from a source."""
+    """Most rows per record batch read from a source."""
+    batch_bytes: int = 8 * MIB
+    """Bytes a record batch read from a source is sized for (FABRIC_BATCH_BYTES): a
+    driver holds a batch's rows before they can be counted, so a query that can make
+    wide rows (padded casts, long literals or parameters on every row) is read in
+    fewer rows per batch (`CompiledStatement.batch_rows`); and the most bytes a query
+    may add to one row itself (`fabric.query.compiler.widths`)."""
     worker_threads: int = 16
     """Threads that run blocking driver calls off the event loop."""
     metadata_stale_after: float = 4 * 3600.0
@@ -198,6 +211,8 @@ class Settings:
     def validate(self) -> None:
         positive = (
             "max_rows",
+            "max_result_bytes",
+            "max_type_length",
             "cache_max_bytes",
             "page_rows",
             "preview_rows",
@@ -209,6 +224,7 @@ class Settings:
             "max_query_chain",
             "max_query_parts",
             "batch_rows",
+            "batch_bytes",
             "worker_threads",
             "max_open_statements",
         )

@@ -19,6 +19,15 @@ SettingValue = str | int | float | bool
 ALL_STAGES = "*"
 """Stage key of a configuration that applies to every stage without its own."""
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_name(name: str) -> str:
+    """`name` as PostgreSQL folds an unquoted identifier: ASCII `A`-`Z` to lower case and
+    nothing else. `str.lower` would fold more (the Kelvin sign `\u212a` to `k`, `\u00c9`
+    to `\u00e9`), binding a name to one the source would never match it with."""
+    return name.translate(_ASCII_LOWER)
+
 
 @dataclass(frozen=True, slots=True)
 class ColumnInfo:
@@ -151,7 +160,9 @@ class CatalogSnapshot:
     entities carry that stage's physical schema and table (what the compiler emits)."""
 
     def entity(self, name: str) -> Entity | None:
-        return self.entities.get(name.lower())
+        """The entity `name` stands for, ignoring ASCII case only (`fold_name`); entity
+        names are ASCII, so any other letter makes the name a different one."""
+        return self.entities.get(fold_name(name))
 
     def for_stage(self, stage: str) -> CatalogSnapshot:
         """The snapshot as `stage` sees it: every entity's schema and table replaced by that

@@ -102,6 +102,7 @@ def _request(message: pb.ExecuteRequest) -> QueryRequest:
         params=params_from_proto(message.params),
         cache_ttl=float(message.cache_ttl_seconds),
         max_rows=message.max_rows if message.HasField("max_rows") else None,
+        max_bytes=message.max_bytes if message.HasField("max_bytes") else None,
     )
 
 

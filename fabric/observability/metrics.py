@@ -98,6 +98,7 @@ BUS_COUNTERS = {
     "bus_events_apply_failed": "Platform event applications that failed (redelivered).",
     "bus_events_ignored": "Platform events with nothing to apply here (keys rotated).",
 }
+TRUNCATION_REASONS = ("rows", "bytes")
 BUS_REJECT_REASONS = ("integrity", "oversized", "malformed", "expired", "duplicate", "unexpected")
 
 
@@ -172,6 +173,14 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.rows = Counter("fabric_rows_sent", "Rows sent to callers.", registry=self.registry)
+        self.truncated = Counter(
+            "fabric_results_truncated",
+            "Results cut short at a cap, by which: rows (max_rows) or bytes (max_bytes).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in TRUNCATION_REASONS:
+            self.truncated.labels(reason)  # shown at 0 before the first one
         self._collector = _SnapshotCollector(snapshot)
         self.registry.register(self._collector)
 

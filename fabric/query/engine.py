@@ -74,12 +74,15 @@ class QueryRequest:
     """Seconds the result may be served from memory; 0 = not cached."""
     max_rows: int | None = None
     """Rows the caller wants at most; None = the configured cap."""
+    max_bytes: int | None = None
+    """Result bytes the caller wants at most; None = the configured cap."""
 
     def __repr__(self) -> str:
         # Parameter values stay out of logs and tracebacks; names are fine.
         return (
             f"QueryRequest(connection={self.connection!r}, params=<{sorted(self.params)}>, "
-            f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows})"
+            f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows}, "
+            f"max_bytes={self.max_bytes})"
         )
 
 
@@ -114,6 +117,9 @@ class QueryEngine:
             max_depth=settings.max_query_depth,
             max_chain=settings.max_query_chain,
             max_parts=settings.max_query_parts,
+            max_type_length=settings.max_type_length,
+            # A row the query makes wide by itself must fit one batch.
+            max_row_bytes=settings.batch_bytes,
         )
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
         # Compiles of long texts, apart from the source work in `executor` so they never
@@ -156,6 +162,14 @@ class QueryEngine:
             return cap
         if requested <= 0:
             raise InvalidArgument("max_rows must be positive (or unset for the gateway's cap)")
+        return min(requested, cap)
+
+    def _max_bytes(self, requested: int | None) -> int:
+        cap = self.settings.max_result_bytes
+        if requested is None:
+            return cap
+        if requested <= 0:
+            raise InvalidArgument("max_bytes must be positive (or unset for the gateway's cap)")
         return min(requested, cap)
 
     def _ttl(self, requested: float) -> float:
@@ -209,19 +223,26 @@ class QueryEngine:
         compiled: CompiledStatement,
         args: tuple[Any, ...],
         timeout: float,
+        max_bytes: int,
         builder: ResultBuilder | None,
     ) -> SourceRun:
         """Start the query at its source (blocking; in a worker thread)."""
-        handle = bound.connector.execute(
-            compiled.sql, args, timeout=timeout, batch_rows=self.settings.batch_rows
-        )
-        return self._new_run(handle, compiled, builder)
+        settings = self.settings
+        batch_rows = compiled.batch_rows(args, settings.batch_bytes, settings.batch_rows)
+        handle = bound.connector.execute(compiled.sql, args, timeout=timeout, batch_rows=batch_rows)
+        return self._new_run(handle, compiled, max_bytes, builder)
 
     def _new_run(
-        self, handle: QueryHandle, compiled: CompiledStatement, builder: ResultBuilder | None
+        self,
+        handle: QueryHandle,
+        compiled: CompiledStatement,
+        max_bytes: int,
+        builder: ResultBuilder | None,
     ) -> SourceRun:
         try:
-            return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes, builder)
+            return SourceRun(
+                handle, compiled.max_rows, max_bytes, self.settings.max_message_bytes, builder
+            )
         except BaseException:
             handle.close()
             raise
@@ -232,13 +253,14 @@ class QueryEngine:
         compiled: CompiledStatement,
         args: tuple[Any, ...],
         deadline: float | None,
+        max_bytes: int,
         builder: ResultBuilder | None,
     ) -> SourceRun:
         """Start the query and take its schema message, both in a worker thread."""
         timeout = self._timeout(deadline)
 
         def open_with_header() -> SourceRun:
-            run = self._open_run(bound, compiled, args, timeout, builder)
+            run = self._open_run(bound, compiled, args, timeout, max_bytes, builder)
             try:
                 run.header()
             except BaseException:
@@ -254,6 +276,7 @@ class QueryEngine:
         compiled: CompiledStatement,
         args: tuple[Any, ...],
         deadline: float | None,
+        max_bytes: int,
         builder: ResultBuilder | None,
     ) -> tuple[SourceRun, list[bytes]]:
         """Start the query and read its first messages in the same worker call: a small
@@ -267,7 +290,7 @@ class QueryEngine:
                 compiled.sql, args, timeout=timeout, max_rows=compiled.row_bound
             )
             if handle is not None:
-                run = self._new_run(handle, compiled, builder)
+                run = self._new_run(handle, compiled, max_bytes, builder)
                 first = [run.header()]
                 if handle.buffered:  # in memory: reading it is a few microseconds
                     first.extend(run.read_messages(self.settings.max_message_bytes) or ())
@@ -276,7 +299,7 @@ class QueryEngine:
         start = PendingStart()
 
         def run_start() -> tuple[SourceRun, list[bytes]]:
-            run = self._open_run(bound, compiled, args, timeout, builder)
+            run = self._open_run(bound, compiled, args, timeout, max_bytes, builder)
             start.opened(run, loop)
             try:
                 first = [run.header()]
@@ -343,13 +366,14 @@ class QueryEngine:
         from_cache = False
         try:
             max_rows = self._max_rows(request.max_rows)
+            max_bytes = self._max_bytes(request.max_bytes)
             ttl = self._ttl(request.cache_ttl)
             bound, compiled, args = await self._compile(ctx, request, max_rows)
             if ttl <= 0:
                 # aclosing: a caller that stops reading stops the source now, not when
                 # the inner generator is collected.
                 async with aclosing(
-                    self._run(bound, compiled, args, deadline, started, None)
+                    self._run(bound, compiled, args, deadline, max_bytes, started, None)
                 ) as items:
                     async for item in items:
                         yield item
@@ -358,7 +382,9 @@ class QueryEngine:
             key = _result_key(ctx, request, bound, compiled)
             while True:
                 hit = self.results.get(key)
-                if hit is not None:
+                # A result cached whole under a larger byte cap is more than this caller
+                # may receive: it runs again, and ends truncated.
+                if hit is not None and hit.nbytes <= max_bytes:
                     from_cache = True
                     for message in hit.messages:
                         yield message
@@ -389,6 +415,7 @@ class QueryEngine:
                     compiled,
                     args,
                     deadline,
+                    max_bytes,
                     started,
                     builder,
                     on_complete=store,
@@ -425,19 +452,22 @@ class QueryEngine:
         compiled: CompiledStatement,
         args: tuple[Any, ...],
         deadline: float | None,
+        max_bytes: int,
         started: float,
         builder: ResultBuilder | None,
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
-        run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
+        run, first = await self._start_streaming(
+            bound, compiled, args, deadline, max_bytes, builder
+        )
         if run.exhausted:
             # The whole result came with the start (its source is already released): no
             # read-ahead, nothing to stop.
             first.append(run.trailer())
             if on_complete is not None and not run.truncated:
                 on_complete(run)
-            self.metrics.rows.inc(run.rows)
+            self._count_rows(run)
             for message in first:
                 yield message
             yield Summary(run.rows, run.truncated, False, elapsed_us(started))
@@ -469,10 +499,16 @@ class QueryEngine:
             finished = True
             if on_complete is not None and not run.truncated:
                 on_complete(run)
-            self.metrics.rows.inc(run.rows)
+            self._count_rows(run)
             yield Summary(run.rows, run.truncated, False, elapsed_us(started))
         finally:
             await self._stop(run, pending, cancel=not finished)
+
+    def _count_rows(self, run: SourceRun) -> None:
+        """Rows sent, and a result cut by the row or byte cap, by which."""
+        self.metrics.rows.inc(run.rows)
+        if run.truncated_by is not None:
+            self.metrics.truncated.labels(run.truncated_by).inc()
 
     # -- Preview --------------------------------------------------------------------------
 
@@ -511,19 +547,20 @@ class QueryEngine:
     ) -> Page:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
+        max_bytes = self._max_bytes(request.max_bytes)
         ttl = self._ttl(request.cache_ttl)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
         key = None
         if ttl > 0:
             key = _result_key(ctx, request, bound, compiled)
             hit = self.results.get(key)
-            if hit is not None:
+            if hit is not None and hit.nbytes <= max_bytes:
                 reader = open_ipc_stream(hit.messages)
                 pager = cached_pager(reader, hit.rows, started)
                 return await self._first_page(ctx, request.connection, pager, page_rows)
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
-        run = await self._start(bound, compiled, args, deadline, builder)
+        run = await self._start(bound, compiled, args, deadline, max_bytes, builder)
 
         def on_done() -> Summary:
             run.trailer()
@@ -531,6 +568,8 @@ class QueryEngine:
                 cached = builder.finish(run.rows, run.schema)
                 if cached is not None:
                     self.results.put(key, cached, ttl, epoch=epoch)
+            if run.truncated_by is not None:
+                self.metrics.truncated.labels(run.truncated_by).inc()
             return Summary(run.rows, run.truncated, False, elapsed_us(started))
 
         def read(limit: int) -> pa.RecordBatch | None:

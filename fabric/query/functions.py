@@ -5,12 +5,15 @@ listed here (matched by exact type, so an unlisted subclass never slips through)
 sqlglot does not recognise parses as `exp.Anonymous` and is refused unless its lower-case
 name is in `ALLOWED_ANONYMOUS`. The lists hold deterministic-ish analytics functions only:
 nothing that sleeps, reads files or settings, touches sequences or transactions, returns a
-set of rows, or can be told to allocate unbounded memory (`repeat`, `lpad`).
+set of rows, or can be told to allocate unbounded memory (`repeat`, `lpad`: see
+`REFUSED_GROWTH`, and `fabric.query.compiler.bounds` for the allowed functions whose
+size is bounded).
 """
 
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
 
 from sqlglot import exp
 
@@ -31,7 +34,6 @@ AGGREGATES: frozenset[type[exp.Expr]] = frozenset(
         exp.LogicalAnd,  # bool_and
         exp.LogicalOr,  # bool_or
         exp.GroupConcat,  # string_agg
-        exp.ArrayAgg,
         exp.PercentileCont,
         exp.PercentileDisc,
         exp.Corr,
@@ -114,6 +116,43 @@ ALLOWED_ANONYMOUS: frozenset[str] = frozenset()
 
 Empty on purpose: an unknown function is generated verbatim into every dialect, so one is
 added here only after checking what it does on every source."""
+
+
+REFUSED_GROWTH: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "repeat": "it repeats a value any number of times",
+        "replicate": "it repeats a value any number of times",
+        "space": "it makes a value of any length",
+        "lpad": "it pads a value to any length",
+        "rpad": "it pads a value to any length",
+        "format": "its width specifiers pad a value to any length",
+        "printf": "its width specifiers pad a value to any length",
+        "to_char": "its format pads a value to any length",
+        "overlay": "it inserts one value into another, and chains multiply",
+        "regexp_replace": "its replacements grow a value at every match",
+        "array_fill": "it makes an array of any length",
+        "array_agg": "a group's value grows with its rows, and an array cannot be cut to a "
+        "length in Fabric SQL (aggregate to text: left(string_agg(...), n))",
+        "listagg": "a group's value grows with its rows",
+        "json_agg": "a group's value grows with its rows",
+        "jsonb_agg": "a group's value grows with its rows",
+        "json_object_agg": "a group's value grows with its rows",
+        "xmlagg": "a group's value grows with its rows",
+        "generate_series": "it returns a set of rows",
+        "range": "it returns a set of rows",
+        "unnest": "it returns a set of rows",
+        "regexp_split_to_table": "it returns a set of rows",
+        "string_to_table": "it returns a set of rows",
+    }
+)
+"""Functions refused for how they multiply the size of a value or the number of rows,
+by the lower-case name a query calls them by (none is on the allow-list: this says why,
+in the refusal)."""
+
+
+def growth_refusal(name: str) -> str | None:
+    """Why the function called `name` is refused for the size it can make, or None."""
+    return REFUSED_GROWTH.get(name.lower())
 
 
 def is_allowed_function(node: exp.Expr) -> bool:

@@ -28,13 +28,16 @@ class Summary:
 class SourceRun:
     """One query running at its source. Blocking methods; called from worker threads, one
     call at a time. Enforces max_rows (the compiler asked the source for one row more, so
-    reading past max_rows means truncated) and encodes IPC messages, filling a cache
-    builder when the result is cacheable."""
+    reading past max_rows means truncated) and max_bytes (the Arrow data of the rows sent,
+    counted batch by batch as they arrive: the rows that fit are sent, and the source is
+    read no further), and encodes IPC messages, filling a cache builder when the result
+    is cacheable."""
 
     def __init__(
         self,
         handle: QueryHandle,
         max_rows: int,
+        max_bytes: int,
         max_message_bytes: int,
         builder: ResultBuilder | None,
     ) -> None:
@@ -43,8 +46,12 @@ class SourceRun:
         self._chunker: IpcChunker | None = None
         self.builder = builder
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.rows = 0
-        self.truncated = False
+        self.bytes = 0
+        """Arrow data bytes of the rows sent so far."""
+        self.truncated_by: str | None = None
+        """`rows` or `bytes` once a cap cut the result short."""
         self.finished = False
         self.exhausted = False
         """Every row has been read (the source was closed at once)."""
@@ -62,6 +69,10 @@ class SourceRun:
     @property
     def schema(self) -> pa.Schema:
         return self.chunker.schema
+
+    @property
+    def truncated(self) -> bool:
+        return self.truncated_by is not None
 
     def _keep(self, message: bytes) -> bytes:
         if self.builder is not None and self.builder.active:
@@ -85,16 +96,40 @@ class SourceRun:
                 return None
             remaining = self.max_rows - self.rows
             if batch.num_rows > remaining:
-                self.truncated = True
+                self.truncated_by = "rows"
                 self.finished = True
                 batch = batch.slice(0, remaining)
             if limit is not None and batch.num_rows > limit:
                 self._pending, self._has_pending = batch.slice(limit), True
                 batch = batch.slice(0, limit)
+            batch = self._within_bytes(batch)
             if batch.num_rows:
                 self.rows += batch.num_rows
                 return self.chunker.to_wire(batch)
         return None
+
+    def _within_bytes(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """`batch`, or the most rows of it that keep the result within max_bytes; when
+        rows are left out the result ends here, truncated."""
+        room = self.max_bytes - self.bytes
+        size = batch.nbytes
+        if size <= room:
+            self.bytes += size
+            return batch
+        # The longest prefix that fits (`nbytes` of a slice counts only its rows).
+        low, high = 0, batch.num_rows
+        while low < high:
+            middle = (low + high + 1) // 2
+            if batch.slice(0, middle).nbytes <= room:
+                low = middle
+            else:
+                high = middle - 1
+        self.truncated_by = "bytes"
+        self.finished = True
+        self._pending, self._has_pending = None, False
+        kept = batch.slice(0, low)
+        self.bytes += kept.nbytes
+        return kept
 
     _pending: pa.RecordBatch | None = None
     _has_pending = False

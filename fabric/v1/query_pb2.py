@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61\x62ric/v1/query.proto\x12\tfabric.v1\"\xf7\x01\n\x05Value\x12\x14\n\nnull_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x06 \x01(\x0cH\x00\x12\x17\n\rdecimal_value\x18\x07 \x01(\tH\x00\x12\x14\n\ndate_value\x18\x08 \x01(\tH\x00\x12\x14\n\ntime_value\x18\t \x01(\tH\x00\x12\x19\n\x0ftimestamp_value\x18\n \x01(\tH\x00\x42\x06\n\x04kind\"\xe8\x01\n\x0e\x45xecuteRequest\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x06params\x18\x03 \x03(\x0b\x32%.fabric.v1.ExecuteRequest.ParamsEntry\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\x04 \x01(\r\x12\x15\n\x08max_rows\x18\x05 \x01(\x04H\x00\x88\x01\x01\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.fabric.v1.Value:\x02\x38\x01\x42\x0b\n\t_max_rows\"X\n\rResultSummary\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x12\n\nfrom_cache\x18\x03 \x01(\x08\x12\x12\n\nelapsed_us\x18\x04 \x01(\x04\"K\n\x0bResultChunk\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x18.fabric.v1.ResultSummary\"S\n\x14OpenStatementRequest\x12(\n\x05query\x18\x01 \x01(\x0b\x32\x19.fabric.v1.ExecuteRequest\x12\x11\n\tpage_rows\x18\x02 \x01(\r\"v\n\x04Page\x12\x14\n\x0cstatement_id\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12)\n\x07summary\x18\x05 \x01(\x0b\x32\x18.fabric.v1.ResultSummary\"7\n\x0c\x46\x65tchRequest\x12\x14\n\x0cstatement_id\x18\x01 \x01(\t\x12\x11\n\tpage_rows\x18\x02 \x01(\r\"-\n\x15\x43loseStatementRequest\x12\x14\n\x0cstatement_id\x18\x01 \x01(\t\"\x18\n\x16\x43loseStatementResponse\"C\n\x0ePreviewRequest\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r2\xdb\x02\n\x0cQueryService\x12>\n\x07\x45xecute\x12\x19.fabric.v1.ExecuteRequest\x1a\x16.fabric.v1.ResultChunk0\x01\x12\x41\n\rOpenStatement\x12\x1f.fabric.v1.OpenStatementRequest\x1a\x0f.fabric.v1.Page\x12\x31\n\x05\x46\x65tch\x12\x17.fabric.v1.FetchRequest\x1a\x0f.fabric.v1.Page\x12U\n\x0e\x43loseStatement\x12 .fabric.v1.CloseStatementRequest\x1a!.fabric.v1.CloseStatementResponse\x12>\n\x07Preview\x12\x19.fabric.v1.PreviewRequest\x1a\x16.fabric.v1.ResultChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61\x62ric/v1/query.proto\x12\tfabric.v1\"\xf7\x01\n\x05Value\x12\x14\n\nnull_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x06 \x01(\x0cH\x00\x12\x17\n\rdecimal_value\x18\x07 \x01(\tH\x00\x12\x14\n\ndate_value\x18\x08 \x01(\tH\x00\x12\x14\n\ntime_value\x18\t \x01(\tH\x00\x12\x19\n\x0ftimestamp_value\x18\n \x01(\tH\x00\x42\x06\n\x04kind\"\x8e\x02\n\x0e\x45xecuteRequest\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x06params\x18\x03 \x03(\x0b\x32%.fabric.v1.ExecuteRequest.ParamsEntry\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\x04 \x01(\r\x12\x15\n\x08max_rows\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\tmax_bytes\x18\x06 \x01(\x04H\x01\x88\x01\x01\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.fabric.v1.Value:\x02\x38\x01\x42\x0b\n\t_max_rowsB\x0c\n\n_max_bytes\"X\n\rResultSummary\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x12\n\nfrom_cache\x18\x03 \x01(\x08\x12\x12\n\nelapsed_us\x18\x04 \x01(\x04\"K\n\x0bResultChunk\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x18.fabric.v1.ResultSummary\"S\n\x14OpenStatementRequest\x12(\n\x05query\x18\x01 \x01(\x0b\x32\x19.fabric.v1.ExecuteRequest\x12\x11\n\tpage_rows\x18\x02 \x01(\r\"v\n\x04Page\x12\x14\n\x0cstatement_id\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12)\n\x07summary\x18\x05 \x01(\x0b\x32\x18.fabric.v1.ResultSummary\"7\n\x0c\x46\x65tchRequest\x12\x14\n\x0cstatement_id\x18\x01 \x01(\t\x12\x11\n\tpage_rows\x18\x02 \x01(\r\"-\n\x15\x43loseStatementRequest\x12\x14\n\x0cstatement_id\x18\x01 \x01(\t\"\x18\n\x16\x43loseStatementResponse\"C\n\x0ePreviewRequest\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r2\xdb\x02\n\x0cQueryService\x12>\n\x07\x45xecute\x12\x19.fabric.v1.ExecuteRequest\x1a\x16.fabric.v1.ResultChunk0\x01\x12\x41\n\rOpenStatement\x12\x1f.fabric.v1.OpenStatementRequest\x1a\x0f.fabric.v1.Page\x12\x31\n\x05\x46\x65tch\x12\x17.fabric.v1.FetchRequest\x1a\x0f.fabric.v1.Page\x12U\n\x0e\x43loseStatement\x12 .fabric.v1.CloseStatementRequest\x1a!.fabric.v1.CloseStatementResponse\x12>\n\x07Preview\x12\x19.fabric.v1.PreviewRequest\x1a\x16.fabric.v1.ResultChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALUE']._serialized_start=37
   _globals['_VALUE']._serialized_end=284
   _globals['_EXECUTEREQUEST']._serialized_start=287
-  _globals['_EXECUTEREQUEST']._serialized_end=519
-  _globals['_EXECUTEREQUEST_PARAMSENTRY']._serialized_start=443
-  _globals['_EXECUTEREQUEST_PARAMSENTRY']._serialized_end=506
-  _globals['_RESULTSUMMARY']._serialized_start=521
-  _globals['_RESULTSUMMARY']._serialized_end=609
-  _globals['_RESULTCHUNK']._serialized_start=611
-  _globals['_RESULTCHUNK']._serialized_end=686
-  _globals['_OPENSTATEMENTREQUEST']._serialized_start=688
-  _globals['_OPENSTATEMENTREQUEST']._serialized_end=771
-  _globals['_PAGE']._serialized_start=773
-  _globals['_PAGE']._serialized_end=891
-  _globals['_FETCHREQUEST']._serialized_start=893
-  _globals['_FETCHREQUEST']._serialized_end=948
-  _globals['_CLOSESTATEMENTREQUEST']._serialized_start=950
-  _globals['_CLOSESTATEMENTREQUEST']._serialized_end=995
-  _globals['_CLOSESTATEMENTRESPONSE']._serialized_start=997
-  _globals['_CLOSESTATEMENTRESPONSE']._serialized_end=1021
-  _globals['_PREVIEWREQUEST']._serialized_start=1023
-  _globals['_PREVIEWREQUEST']._serialized_end=1090
-  _globals['_QUERYSERVICE']._serialized_start=1093
-  _globals['_QUERYSERVICE']._serialized_end=1440
+  _globals['_EXECUTEREQUEST']._serialized_end=557
+  _globals['_EXECUTEREQUEST_PARAMSENTRY']._serialized_start=467
+  _globals['_EXECUTEREQUEST_PARAMSENTRY']._serialized_end=530
+  _globals['_RESULTSUMMARY']._serialized_start=559
+  _globals['_RESULTSUMMARY']._serialized_end=647
+  _globals['_RESULTCHUNK']._serialized_start=649
+  _globals['_RESULTCHUNK']._serialized_end=724
+  _globals['_OPENSTATEMENTREQUEST']._serialized_start=726
+  _globals['_OPENSTATEMENTREQUEST']._serialized_end=809
+  _globals['_PAGE']._serialized_start=811
+  _globals['_PAGE']._serialized_end=929
+  _globals['_FETCHREQUEST']._serialized_start=931
+  _globals['_FETCHREQUEST']._serialized_end=986
+  _globals['_CLOSESTATEMENTREQUEST']._serialized_start=988
+  _globals['_CLOSESTATEMENTREQUEST']._serialized_end=1033
+  _globals['_CLOSESTATEMENTRESPONSE']._serialized_start=1035
+  _globals['_CLOSESTATEMENTRESPONSE']._serialized_end=1059
+  _globals['_PREVIEWREQUEST']._serialized_start=1061
+  _globals['_PREVIEWREQUEST']._serialized_end=1128
+  _globals['_QUERYSERVICE']._serialized_start=1131
+  _globals['_QUERYSERVICE']._serialized_end=1478
 # @@protoc_insertion_point(module_scope)

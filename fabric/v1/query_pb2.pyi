@@ -31,7 +31,7 @@ class Value(_message.Message):
     def __init__(self, null_value: _Optional[bool] = ..., bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ..., bytes_value: _Optional[bytes] = ..., decimal_value: _Optional[str] = ..., date_value: _Optional[str] = ..., time_value: _Optional[str] = ..., timestamp_value: _Optional[str] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("connection", "sql", "params", "cache_ttl_seconds", "max_rows")
+    __slots__ = ("connection", "sql", "params", "cache_ttl_seconds", "max_rows", "max_bytes")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,12 +44,14 @@ class ExecuteRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     CACHE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     connection: str
     sql: str
     params: _containers.MessageMap[str, Value]
     cache_ttl_seconds: int
     max_rows: int
-    def __init__(self, connection: _Optional[str] = ..., sql: _Optional[str] = ..., params: _Optional[_Mapping[str, Value]] = ..., cache_ttl_seconds: _Optional[int] = ..., max_rows: _Optional[int] = ...) -> None: ...
+    max_bytes: int
+    def __init__(self, connection: _Optional[str] = ..., sql: _Optional[str] = ..., params: _Optional[_Mapping[str, Value]] = ..., cache_ttl_seconds: _Optional[int] = ..., max_rows: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class ResultSummary(_message.Message):
     __slots__ = ("rows", "truncated", "from_cache", "elapsed_us")

@@ -36,6 +36,7 @@ from fabric.context import RequestContext, Role
 from fabric.errors import (
     DeadlineExceeded,
     FabricError,
+    InvalidArgument,
     QueryRejected,
     ResourceExhausted,
     SourceUnavailable,
@@ -636,6 +637,56 @@ def test_errors_travel_as_the_same_class_and_deadlines_propagate(tmp_path: Path)
                         "SELECT id FROM people WHERE code = :c",
                         {"c": huge},
                     )
+            finally:
+                await bus.close()
+
+    run_bounded(body(make_site(tmp_path, new_stage())), 60)
+
+
+def test_over_the_bus_the_byte_cap_truncates_and_nul_never_leaves_the_gateway(
+    tmp_path: Path,
+) -> None:
+    url = nats_url()
+    cap = 64 * 1024
+
+    async def body(site: Site) -> None:
+        stage = site.stages[0]
+        async with replicas(site, url, stage, 1) as (replica,):
+            bus = await NatsBus.connect(url, name="gateway")
+            try:
+                forwarder = BusQueryForwarder(bus, site.kms, timeout=5.0)
+                request = QueryRequest(
+                    CONNECTION, "SELECT id, payload FROM big ORDER BY id", max_bytes=cap
+                )
+                messages: list[bytes] = []
+                summary: Summary | None = None
+                async for item in forwarder.execute(ctx_for(stage), request):
+                    if isinstance(item, Summary):
+                        summary = item
+                    else:
+                        messages.append(item)
+                table = open_ipc_stream(messages).read_all()
+                assert summary is not None and summary.truncated
+                assert 0 < table.num_rows < BIG_ROWS and table.nbytes <= cap
+                assert table.column("id").to_pylist() == list(range(1, table.num_rows + 1))
+                counted = replica.engine.metrics.registry.get_sample_value(
+                    "fabric_results_truncated_total", {"reason": "bytes"}
+                )
+                assert counted == 1 and replica.executions == [1]
+                accepted = replica.stats.accepted
+
+                with pytest.raises(QueryRejected, match="NUL character"):
+                    await run_query(forwarder, ctx_for(stage), "SELECT id FROM people\x00")
+                with pytest.raises(InvalidArgument, match="parameter 'c' contains a NUL") as nul:
+                    await run_query(
+                        forwarder,
+                        ctx_for(stage),
+                        "SELECT id FROM people WHERE code = :c",
+                        {"c": f"{PLANTED_PARAM}\x00"},
+                    )
+                assert PLANTED_PARAM not in nul.value.message
+                # Refused before sealing and sending: no replica saw them.
+                assert replica.stats.accepted == accepted and replica.executions == [1]
             finally:
                 await bus.close()
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +53,17 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgInstance]:
+def private_postgres(
+    password: str,
+    user: str = "fabric_admin",
+    *,
+    settings: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    auth: str = "scram-sha-256",
+) -> Iterator[PgInstance]:
+    """A server of its own; `settings` are passed as `-c name=value` (`log_statement=all`
+    to see every statement that reached it), its log goes to `log` when given, and
+    `auth` is how clients authenticate (`trust`: no password)."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         reason = "PostgreSQL server binaries (initdb) are not installed"
@@ -70,6 +80,7 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
         shutil.chown(pwfile, "postgres")
     port = _free_port()
     server: subprocess.Popen[bytes] | None = None
+    log_file = None
     try:
         subprocess.run(
             _as_postgres(
@@ -79,7 +90,7 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
                     str(data),
                     "-U",
                     user,
-                    "--auth=scram-sha-256",
+                    f"--auth={auth}",
                     f"--pwfile={pwfile}",
                     "-E",
                     "UTF8",
@@ -91,6 +102,10 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
             timeout=120,
         )
         pwfile.unlink()
+        extra = [
+            arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")
+        ]
+        log_file = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
         server = subprocess.Popen(
             _as_postgres(
                 [
@@ -105,10 +120,11 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
                     "listen_addresses=127.0.0.1",
                     "-c",
                     "fsync=off",
+                    *extra,
                 ]
             ),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log_file if log_file is not None else subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while (
@@ -131,4 +147,6 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(timeout=10)
+        if log_file is not None:
+            log_file.close()
         shutil.rmtree(base, ignore_errors=True)

@@ -273,7 +273,7 @@ def test_row_bound_proves_key_lookups(sql: str, row_bound: int) -> None:
     [
         ("postgres", 63, 63, "bytes"),
         ("mysql", 64, 255, "characters"),
-        ("tsql", 128, 128, "characters"),
+        ("tsql", 128, 128, "UTF-16 code units"),
     ],
 )
 def test_a_name_longer_than_the_source_keeps_is_refused(

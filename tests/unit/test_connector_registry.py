@@ -14,7 +14,13 @@ from sqlglot import exp
 
 from connectors import connector_class, registry
 from connectors.base import ParamStyle
-from connectors.registry import ConnectorSpec, IdentifierLimit, SettingSpec, SettingType
+from connectors.registry import (
+    ConnectorSpec,
+    IdentifierLimit,
+    NameUnit,
+    SettingSpec,
+    SettingType,
+)
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.errors import InvalidArgument
 from fabric.query.compiler import TARGET_DIALECTS
@@ -131,9 +137,11 @@ def test_a_setting_spec_converts_by_type() -> None:
         text.convert(1.5)
 
 
-def test_identifier_limit_counts_bytes_or_characters() -> None:
-    assert IdentifierLimit(3, in_bytes=True).measure("éé") == 4
+def test_identifier_limit_counts_bytes_characters_or_utf16_units() -> None:
+    assert IdentifierLimit(3, unit=NameUnit.BYTES).measure("éé") == 4
     assert IdentifierLimit(3).measure("éé") == 2
+    assert IdentifierLimit(3).measure("\U0001f600é") == 2
+    assert IdentifierLimit(3, unit=NameUnit.UTF16_UNITS).measure("\U0001f600é") == 3
     limit = IdentifierLimit(64, output_length=255)
     assert (limit.longest(output=True), limit.longest(output=False)) == (255, 64)
     assert IdentifierLimit(63).longest(output=True) == 63

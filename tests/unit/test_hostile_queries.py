@@ -1,5 +1,7 @@
 """Hostile query texts: refused before the parser runs, at a cost bounded by the text's
-size; failure logs and error messages stay bounded and free of the query's literals."""
+size; failure logs and error messages stay bounded and free of the query's literals;
+NUL refused wherever it is; every construct that can multiply a value's size refused or
+bounded per dialect; names folded and measured as each source does."""
 
 from __future__ import annotations
 
@@ -9,18 +11,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.parser import Parser
 
+from connectors import registry
 from connectors.base import ParamStyle
 from fabric.config import Settings
-from fabric.errors import MAX_MESSAGE_LENGTH, FabricError, NotFound, QueryRejected
+from fabric.errors import (
+    MAX_MESSAGE_LENGTH,
+    FabricError,
+    InvalidArgument,
+    NotFound,
+    QueryRejected,
+)
+from fabric.model import CatalogSnapshot, ColumnInfo, Entity
 from fabric.observability import logging as fabric_logging
 from fabric.query import engine as engine_module
-from fabric.query.compiler import QueryLimits, StatementCompiler
+from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
 from tests.unit.test_compiler_golden import sales_catalog
-from tests.unit.test_query_engine import Rig, collect, make_rig, query, run
+from tests.unit.test_query_engine import CTX, Rig, collect, make_rig, query, run
 
 SECRET = "secret_literal_5d1e"
 
@@ -243,3 +254,374 @@ def test_a_long_text_compiles_off_the_event_loop(rig: Rig, monkeypatch: pytest.M
             run(collect(rig.engine, query(sql)))
     assert threads[0] == threading.main_thread().name
     assert threads[1].startswith("fabric-compile")
+
+
+# -- NUL: refused anywhere in the text, with its position, before the parser runs ----------
+
+DIALECTS = registry.dialects()
+STYLES = {spec.dialect: spec.param_style for spec in reversed(registry.specs())}
+
+NUL_TEXTS = {
+    "string-literal": "SELECT id FROM orders WHERE status = 'paid\x00' OR status = 'x'",
+    "quoted-name": 'SELECT "id\x00" FROM orders',
+    "line-comment": "SELECT id FROM orders -- note\x00\nWHERE id = 1",
+    "block-comment": "SELECT id /* \x00 */ FROM orders",
+    "escape-string": "SELECT id FROM orders WHERE status = E'a\x00b'",
+    "dollar-string": "SELECT id FROM orders WHERE status = $$a\x00$$",
+    "between-tokens": "SELECT id FROM\x00orders",
+    "after-the-statement": "SELECT id FROM orders;\x00",
+    "second-line": "SELECT id\nFROM orders\nWHERE status = 'a\x00'",
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("sql", NUL_TEXTS.values(), ids=NUL_TEXTS.keys())
+def test_a_nul_anywhere_in_the_text_is_refused_with_its_position(
+    parses: list[int], sql: str, dialect: str
+) -> None:
+    position = sql.index("\x00")
+    line = sql.count("\n", 0, position) + 1
+    column = position - (sql.rfind("\n", 0, position) + 1) + 1
+    with pytest.raises(QueryRejected) as caught:
+        compile_for(sql, dialect)
+    message = caught.value.message
+    assert f"NUL character (U+0000) at position {position + 1}" in message
+    assert f"(line {line}, column {column})" in message
+    assert "\x00" not in message and "paid" not in message
+    assert parses == []
+
+
+def compile_for(
+    sql: str,
+    dialect: str,
+    catalog: CatalogSnapshot | None = None,
+    compiler: StatementCompiler | None = None,
+) -> CompiledStatement:
+    return (compiler or StatementCompiler()).compile(
+        sql,
+        catalog or sales_catalog(),
+        dialect=dialect,
+        param_style=STYLES[dialect],
+        max_rows=10,
+    )
+
+
+# -- resource bombs: every size-multiplying construct refused or bounded -------------------
+
+SIZE_BOMBS = {
+    "char-ten-million": ("SELECT CAST(status AS char(77777770)) FROM orders", "must be between"),
+    "varchar-shorthand": ("SELECT status::character varying(999999) FROM orders", "between"),
+    "nchar": ("SELECT CAST(status AS nchar(70000)) FROM orders", "must be between"),
+    "varchar-max": ("SELECT CAST(status AS varchar(max)) FROM orders", "whole numbers"),
+    "varchar-parameter": ("SELECT CAST(status AS varchar(:n)) FROM orders", "whole numbers"),
+    "varchar-fraction": ("SELECT status::varchar(1.5) FROM orders", "whole numbers"),
+    "numeric-precision": ("SELECT CAST(amount AS numeric(1001, 2)) FROM orders", "between"),
+    "numeric-scale": ("SELECT CAST(amount AS numeric(10, 11)) FROM orders", "may not exceed"),
+    "numeric-three": ("SELECT CAST(amount AS numeric(10, 2, 1)) FROM orders", "at most"),
+    "timestamp-digits": ("SELECT CAST(ordered_at AS timestamp(9)) FROM orders", "between 0"),
+    "float-precision": ("SELECT CAST(amount AS float(80)) FROM orders", "between 1 and 53"),
+    "int-length": ("SELECT CAST(amount AS int(5)) FROM orders", "takes no parameters"),
+    "repeat": ("SELECT repeat(status, 7777777) FROM orders", "repeats a value"),
+    "space": ("SELECT space(7777777) FROM orders", "repeats a value"),
+    "replicate": ("SELECT replicate(status, 7777777) FROM orders", "repeats a value"),
+    "lpad": ("SELECT lpad(status, 7777777) FROM orders", "pads a value"),
+    "rpad": ("SELECT rpad(status, 7777777, 'x') FROM orders", "pads a value"),
+    "format-width": ("SELECT format('%7777777s', status) FROM orders", "pad a value"),
+    "to-char": ("SELECT to_char(amount, '7777777') FROM orders", "pads a value"),
+    "regexp-replace": ("SELECT regexp_replace(status, 'a', 'bb') FROM orders", "grow"),
+    "generate-series": ("SELECT g FROM generate_series(1, 7777777000) g", "set of rows"),
+    "unnest": ("SELECT unnest(:a) FROM orders", "set of rows"),
+    "array-agg": ("SELECT array_agg(status) FROM orders", "grows with its rows"),
+    "json-agg": ("SELECT json_agg(status) FROM orders", "grows with its rows"),
+    "string-agg-uncut": ("SELECT string_agg(status, ',') FROM orders", "must be bounded"),
+    "string-agg-window": (
+        "SELECT left(string_agg(status, ',') OVER (ORDER BY id), 10) FROM orders",
+        "window function",
+    ),
+    "string-agg-cut-too-long": (
+        "SELECT left(string_agg(status, ','), 70000) FROM orders",
+        "must be bounded",
+    ),
+    "string-agg-cut-by-parameter": (
+        "SELECT left(string_agg(status, ','), :n) FROM orders",
+        "must be bounded",
+    ),
+    "string-agg-cast": (
+        "SELECT CAST(string_agg(status, ',') AS varchar(10)) FROM orders",
+        "must be bounded",
+    ),
+    "replace-by-a-column": ("SELECT replace(status, 'a', status) FROM orders", "literals"),
+    "replace-by-a-parameter": ("SELECT replace(status, :p, 'b') FROM orders", "literals"),
+    "replace-chain": (
+        "SELECT replace(replace(status, 'a', 'aaaaaaaa'), 'a', 'aaaaaaaa') FROM orders",
+        "64 times longer",
+    ),
+    "replace-chain-through-a-function": (
+        "SELECT replace(upper(replace(status, 'a', 'aaaaaaaa')), 'A', 'AAAAAAAA') FROM orders",
+        "64 times longer",
+    ),
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("sql", "named"), SIZE_BOMBS.values(), ids=SIZE_BOMBS.keys())
+def test_size_multiplying_constructs_are_refused_or_bounded(
+    sql: str, named: str, dialect: str
+) -> None:
+    with pytest.raises(QueryRejected, match=named) as caught:
+        compile_for(sql, dialect)
+    assert "7777777" not in caught.value.message
+
+
+BOUNDED = {
+    "string-agg-cut": "SELECT left(string_agg(status, ','), 100) AS s FROM orders",
+    "string-agg-filtered": (
+        "SELECT left(string_agg(status, ',') FILTER (WHERE id > 1), 100) AS s FROM orders"
+    ),
+    "replace-growing-a-little": (
+        "SELECT replace(replace(status, 'a', 'aaaa'), 'b', 'bbbb') AS s FROM orders"
+    ),
+    "replace-empty-pattern": "SELECT replace(status, '', 'xxxxxxxxxxxxxxxxxxxxxxxx') FROM orders",
+    "char-within-every-range": "SELECT CAST(status AS char(4000)) AS s FROM orders",
+    "numeric-within-every-range": "SELECT CAST(amount AS numeric(38, 10)) AS a FROM orders",
+    "timestamp-digits": "SELECT CAST(ordered_at AS timestamp(6)) AS t FROM orders",
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("sql", BOUNDED.values(), ids=BOUNDED.keys())
+def test_bounded_forms_still_compile(sql: str, dialect: str) -> None:
+    assert compile_for(sql, dialect).sql
+
+
+PER_DIALECT_RANGES = [
+    ("tsql", "SELECT CAST(status AS varchar(4001)) FROM orders", "between 1 and 4000 on tsql"),
+    ("mysql", "SELECT CAST(amount AS numeric(66, 2)) FROM orders", "between 1 and 65 on mysql"),
+    ("mysql", "SELECT CAST(amount AS numeric(40, 31)) FROM orders", "between 0 and 30 on mysql"),
+    ("duckdb", "SELECT CAST(amount AS numeric(39, 2)) FROM orders", "between 1 and 38 on duckdb"),
+    ("tsql", "SELECT CAST(amount AS numeric(39, 2)) FROM orders", "between 1 and 38 on tsql"),
+    ("postgres", "SELECT CAST(ordered_at AS timestamp(7)) FROM orders", "between 0 and 6"),
+    ("postgres", "SELECT CAST(status AS char(65536)) FROM orders", "65535 on this gateway"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "sql", "named"), PER_DIALECT_RANGES)
+def test_type_parameters_follow_each_targets_range(dialect: str, sql: str, named: str) -> None:
+    with pytest.raises(QueryRejected, match=named):
+        compile_for(sql, dialect)
+
+
+def test_what_one_target_refuses_another_may_keep() -> None:
+    assert compile_for("SELECT CAST(status AS varchar(4001)) AS s FROM orders", "postgres")
+    assert compile_for("SELECT CAST(amount AS numeric(66, 2)) AS a FROM orders", "postgres")
+    assert compile_for("SELECT CAST(ordered_at AS timestamp(7)) AS t FROM orders", "tsql")
+
+
+def test_the_type_length_maximum_is_configurable() -> None:
+    compiler = StatementCompiler(QueryLimits(max_type_length=10))
+    assert compile_for(
+        "SELECT CAST(status AS char(10)) AS s FROM orders", "postgres", None, compiler
+    )
+    for sql in (
+        "SELECT CAST(status AS char(11)) AS s FROM orders",
+        "SELECT left(string_agg(status, ','), 11) AS s FROM orders",
+    ):
+        with pytest.raises(QueryRejected, match="10"):
+            compile_for(sql, "postgres", None, compiler)
+
+
+def _doubled(inner: str, levels: int) -> str:
+    """`inner` (a query with one output `v`) doubled at each of `levels` nested levels."""
+    query = inner
+    for level in range(levels):
+        query = f"SELECT v || v AS v FROM ({query}) s{level}"
+    return query
+
+
+def _doubled_ctes(inner: str, levels: int) -> str:
+    links = [f"c{i} AS (SELECT v || v AS v FROM c{i - 1})" for i in range(1, levels)]
+    return f"WITH {', '.join([f'c0 AS ({inner})', *links])} SELECT v FROM c{levels - 1}"
+
+
+ROW_BOMBS = {
+    # what one output value holds of the source's values doubles at every level
+    "nested-doubling": (_doubled("SELECT status AS v FROM orders", 9), "512 values read"),
+    "cte-doubling": (_doubled_ctes("SELECT status AS v FROM orders", 10), "512 values read"),
+    "wide-concatenation": (
+        "SELECT " + " || ".join(["status"] * 300) + " AS v FROM orders",
+        "300 values read",
+    ),
+    # what the query adds itself: literals, padding, copied through derived tables
+    "nested-literal-doubling": (
+        _doubled("SELECT 'abcdefgh' AS v FROM orders", 21),
+        "16777216 bytes the query adds",
+    ),
+    "padded-copies": (
+        "SELECT " + " || ".join(["p"] * 600) + " AS v "
+        "FROM (SELECT CAST(status AS char(4000)) AS p FROM orders) s",
+        "9600000 bytes the query adds",
+    ),
+    "padded-columns": (
+        "SELECT "
+        + ", ".join(f"CAST(status AS char(4000)) AS c{i}" for i in range(600))
+        + " FROM orders",
+        "9600000 bytes the query adds",
+    ),
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("sql", "named"), ROW_BOMBS.values(), ids=ROW_BOMBS.keys())
+def test_a_row_the_query_itself_makes_too_wide_is_refused(
+    sql: str, named: str, dialect: str
+) -> None:
+    with pytest.raises(QueryRejected, match=named):
+        compile_for(sql, dialect)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_rows_of_ordinary_width_still_compile(dialect: str) -> None:
+    assert compile_for(_doubled("SELECT status AS v FROM orders", 8), dialect)  # 256 values
+    assert compile_for(
+        "SELECT p || p AS v FROM (SELECT CAST(status AS char(4000)) AS p FROM orders) s",
+        dialect,
+    )
+
+
+def test_parameters_copied_into_every_row_are_refused_past_the_row_limit() -> None:
+    compiled = compile_for(
+        "SELECT s.v || s.v AS w FROM (SELECT :p || :p AS v FROM orders) s", "postgres"
+    )
+    assert dict(compiled.row_params) == {"p": 4}
+    assert compiled.bind({"p": "x" * 1000}) == ("x" * 1000, "x" * 1000)
+    with pytest.raises(InvalidArgument, match="parameter 'p'") as caught:
+        compiled.bind({"p": "y" * 3_000_000})  # 4 copies of up to 12 MB
+    assert "yyy" not in caught.value.message
+    # A parameter that is not shown in the rows (WHERE) adds nothing to them.
+    where = compile_for("SELECT id FROM orders WHERE status = :p", "postgres")
+    assert where.bind({"p": "z" * 3_000_000})
+
+
+# -- names follow each source's rules -------------------------------------------------------
+
+KELVIN = "\u212a"  # KELVIN SIGN: str.lower() makes it an ASCII "k"; PostgreSQL does not
+
+
+def readings(*columns: str, entity: str = "readings") -> CatalogSnapshot:
+    fields = tuple(ColumnInfo(name, "integer", pa.int64()) for name in ("id", *columns))
+    return CatalogSnapshot(
+        "acme", "lab", 1, {entity: Entity(entity, "lab", entity, fields, ("id",))}
+    )
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_an_unquoted_name_is_folded_in_ascii_only(dialect: str) -> None:
+    only_k = readings("k")
+    for sql in (f"SELECT {KELVIN} FROM readings", f'SELECT "{KELVIN}" FROM readings'):
+        with pytest.raises(QueryRejected, match="not selected"):
+            compile_for(sql, dialect, only_k)
+    assert compile_for("SELECT K FROM readings", dialect, only_k).sql  # ASCII folds
+    both = readings("k", KELVIN)
+    compiled = compile_for(f"SELECT {KELVIN} AS v FROM readings", dialect, both)
+    assert KELVIN in compiled.sql and '"k"' not in compiled.sql and "`k`" not in compiled.sql
+    with pytest.raises(QueryRejected, match="not selected"):
+        compile_for("SELECT \u00c9T\u00c9 FROM readings", dialect, readings("\u00e9t\u00e9"))
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_an_entity_name_is_matched_in_ascii_only(dialect: str) -> None:
+    catalog = readings(entity="kpis")
+    assert compile_for("SELECT id FROM KPIS", dialect, catalog).sql
+    with pytest.raises(QueryRejected, match="not selected"):
+        compile_for(f"SELECT id FROM {KELVIN}pis", dialect, catalog)
+
+
+def test_an_output_name_keeps_its_non_ascii_letters_as_postgresql_does() -> None:
+    compiled = compile_for(
+        f"SELECT id AS {KELVIN}elvin, id AS \u00c9t\u00e9 FROM orders", "postgres"
+    )
+    assert f'"{KELVIN}elvin"' in compiled.sql and '"\u00c9t\u00e9"' in compiled.sql
+
+
+LONG_NAMES = {
+    # (dialect, longest name, unit of the message)
+    "postgres": (63, "bytes"),
+    "mysql": (64, "characters"),
+    "tsql": (128, "UTF-16 code units"),
+}
+LONG_NAME_PLACES = {
+    "window-name": "SELECT sum(id) OVER {n} AS s FROM orders WINDOW {n} AS (ORDER BY id)",
+    "column-reference": "SELECT {n} FROM orders",
+    "qualifier": "SELECT {n}.id FROM orders o",
+    "quoted-table-alias": 'SELECT "{n}".id FROM orders AS "{n}"',
+    "cte-column-list": "WITH c ({n}) AS (SELECT id FROM orders) SELECT * FROM c",
+    "group-by-reference": "SELECT count(*) AS c FROM orders GROUP BY {n}",
+}
+
+
+@pytest.mark.parametrize("dialect", sorted(LONG_NAMES))
+@pytest.mark.parametrize("template", LONG_NAME_PLACES.values(), ids=LONG_NAME_PLACES.keys())
+def test_a_name_longer_than_the_source_keeps_is_refused_wherever_it_is(
+    dialect: str, template: str
+) -> None:
+    longest, unit = LONG_NAMES[dialect]
+    with pytest.raises(QueryRejected, match=f"at most {longest} {unit} of a name"):
+        compile_for(template.format(n="w" * (longest + 1)), dialect)
+
+
+def test_postgres_measures_names_in_bytes_and_sql_server_in_utf16_units() -> None:
+    two_bytes = "\u00e9" * 32  # 32 characters, 64 bytes
+    with pytest.raises(QueryRejected, match="64 bytes long"):
+        compile_for(f'SELECT id FROM orders AS "{two_bytes}"', "postgres")
+    assert compile_for(f'SELECT id FROM orders AS "{two_bytes}"', "mysql")
+    emoji = "\U0001f600"
+    fits = emoji * 64  # 64 characters, 128 UTF-16 code units
+    assert compile_for(f'SELECT id AS "{fits}" FROM orders', "tsql")
+    with pytest.raises(QueryRejected, match="130 UTF-16 code units long"):
+        compile_for(f'SELECT id AS "{fits}{emoji}" FROM orders', "tsql")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'SELECT id AS "\U0001f600" FROM orders',
+        'SELECT "\U0001f600".id FROM orders AS "\U0001f600"',
+        'WITH "c\U0001f600" AS (SELECT id FROM orders) SELECT id FROM "c\U0001f600"',
+    ],
+)
+def test_mysql_refuses_a_name_beyond_the_basic_plane(sql: str) -> None:
+    with pytest.raises(QueryRejected, match="beyond U\\+FFFF"):
+        compile_for(sql, "mysql")
+    assert compile_for(sql, "postgres")
+
+
+# -- through the engine: nothing reaches the source -----------------------------------------
+
+
+@pytest.mark.parametrize("how", ["execute", "open_statement"])
+def test_nul_in_sql_or_in_a_text_parameter_never_reaches_the_source(rig: Rig, how: str) -> None:
+    secret = "s3cret-value"
+
+    async def send(request: engine_module.QueryRequest) -> None:
+        if how == "execute":
+            await collect(rig.engine, request)
+        else:
+            await rig.engine.open_statement(CTX, request, page_rows=2)
+
+    rig.source.answer(pa.table({"id": pa.array([1], pa.int64())}))
+    with pytest.raises(QueryRejected, match=r"NUL character \(U\+0000\) at position 26"):
+        run(send(query("SELECT id FROM orders -- \x00")))
+    with pytest.raises(InvalidArgument, match="parameter 'note' contains a NUL") as caught:
+        run(
+            send(
+                query(
+                    "SELECT id FROM orders WHERE id > :low AND :note IS NOT NULL",
+                    params={"low": 0, "note": f"{secret}\x00{secret}"},
+                )
+            )
+        )
+    assert secret not in caught.value.message
+    assert rig.source.executions == []
+    # Binary data may hold zero bytes: it is not text.
+    run(send(query("SELECT id FROM orders WHERE :b IS NOT NULL", params={"b": b"a\x00b"})))
+    assert rig.source.executions[0].params == (b"a\x00b",)

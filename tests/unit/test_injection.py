@@ -154,7 +154,7 @@ HOSTILE: list[tuple[str, str | None]] = [
     ("SELECT rank() OVER (PARTITION BY secret) FROM orders", SECRET),
     ("SELECT sum(amount) OVER w FROM orders WINDOW w AS (PARTITION BY secret)", SECRET),
     ("SELECT count(*) FILTER (WHERE secret > 0) FROM orders", SECRET),
-    ("SELECT string_agg(status, ',' ORDER BY secret) FROM orders", SECRET),
+    ("SELECT left(string_agg(status, ',' ORDER BY secret), 100) FROM orders", SECRET),
     ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY secret) FROM orders", SECRET),
     ("SELECT DISTINCT ON (secret) id FROM orders", SECRET),
     ("SELECT secret AS id FROM orders", SECRET),

@@ -65,9 +65,8 @@ def make_rig(tmp_path: Path, **settings_overrides: Any) -> Iterator[Rig]:
     manager.create_connection("acme", "shop", "duckdb", {"*": {"path": "memory"}})
     manager.select("acme", "shop", "development", "orders", ["id", "amount"])
     clock = FakeClock()
-    settings = Settings(
-        home=tmp_path, metrics_port=0, batch_rows=3, max_rows=1_000, **settings_overrides
-    )
+    defaults: dict[str, Any] = {"metrics_port": 0, "batch_rows": 3, "max_rows": 1_000}
+    settings = Settings(home=tmp_path, **{**defaults, **settings_overrides})
     engine = QueryEngine(store, settings, clock=clock, connector_factory=lambda *_: source)
     try:
         yield Rig(engine, source, clock)

@@ -38,7 +38,8 @@ from fabric.messaging.query_rpc.wire import (
     reply_subject,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
-from fabric.query.compiler.reader import check_text_length
+from fabric.query.compiler.reader import check_text
+from fabric.query.compiler.statement import check_text_parameters
 from fabric.query.engine import QueryRequest
 from fabric.query.runs import Summary
 from fabric.security.kms import Kms
@@ -213,8 +214,9 @@ class BusQueryForwarder:
     ) -> AsyncIterator[bytes | Summary]:
         """Yield the result as Arrow IPC messages, then one Summary (as
         `QueryEngine.execute`); errors are the replica's, re-raised as the same class."""
-        if self.max_sql_length is not None:
-            check_text_length(request.sql, self.max_sql_length)
+        # Refused here, before anything is sealed and sent, as the replica would.
+        check_text(request.sql, self.max_sql_length)
+        check_text_parameters(request.params)
         started = time.perf_counter()
         self.stats.requests += 1
         attempt = 0

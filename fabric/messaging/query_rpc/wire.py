@@ -168,6 +168,7 @@ class WireRequest:
                 "sql": self.query.sql,
                 "cache_ttl": self.query.cache_ttl,
                 "max_rows": self.query.max_rows,
+                "max_bytes": self.query.max_bytes,
                 "role": self.role,
                 "principal": self.principal,
                 "timeout": self.timeout,
@@ -198,6 +199,7 @@ class WireRequest:
             raise InvalidArgument("query request parameters do not parse") from None
         try:
             max_rows = head.get("max_rows")
+            max_bytes = head.get("max_bytes")
             timeout = head.get("timeout")
             query = QueryRequest(
                 connection=str(head["connection"]),
@@ -205,6 +207,7 @@ class WireRequest:
                 params=params_from_proto(params.params),
                 cache_ttl=float(head["cache_ttl"]),
                 max_rows=None if max_rows is None else int(max_rows),
+                max_bytes=None if max_bytes is None else int(max_bytes),
             )
             request = cls(
                 frame.request_id,

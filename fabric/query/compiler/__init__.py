@@ -3,21 +3,27 @@
 Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compile is:
 
 1. cheap checks on the text and its tokens, before the recursive parser sees it: empty,
-   not starting like a query, more than one statement, or beyond `QueryLimits` (length,
+   a NUL anywhere, not starting like a query, more than one statement, or beyond
+   `QueryLimits` (length,
    tokens, nesting, postfix chains such as `x[1][2]`, CTEs, set-operation branches, CASE
    arms), so the parse and the steps after it do bounded work;
 2. one parse (sqlglot, `postgres`), then a walk of the whole tree against an allow-list of
-   node types, clauses and functions (anything not positively recognised is refused);
+   node types, clauses and functions (anything not positively recognised is refused),
+   and the size bounds of the target (`bounds`: type parameters in range, every
+   construct that can multiply a value's size refused or bounded);
 3. scope-by-scope resolution of every table to a selected entity and of every column to a
    selected column (sqlglot's scope machinery gives the scopes; the binding rules are ours),
    rewriting as it goes: physical `"schema"."table" AS "alias"`, columns qualified by their
    source alias with the catalog's exact spelling, `*` expanded to the selected columns;
-4. the row limit on the outermost query, then generation from the checked tree with
+4. the row limit on the outermost query and the width of a row (`widths`: what one value
+   can hold of the source's values, what the query adds to a row itself), then
+   generation from the checked tree with
    sentinel placeholders that become the driver's `?` or `%s`, through the target's
    dialect rules (what it cannot express is refused, the rest rewritten).
 
-The modules follow those steps: `reader` (1), `guard` (2), `scope` (3), `rows` and
-`generate` (4), `dialects` (the target rules), `statement_compiler` (the pipeline).
+The modules follow those steps: `reader` (1), `guard` and `bounds` (2), `scope` (3),
+`rows`, `widths` and `generate` (4), `dialects` (the target rules), `statement_compiler`
+(the pipeline).
 
 Decisions (documented for the engine and the Studio):
 
@@ -36,13 +42,21 @@ Decisions (documented for the engine and the Studio):
 - Truncation: `row_limit` is max_rows + 1 unless the query's own literal LIMIT is not
   larger than max_rows. The engine reads at most `row_limit` rows; reading more than
   `max_rows` rows means the result was truncated (drop the extra row, flag truncated).
-- Identifiers are all quoted in the output; unquoted input identifiers are folded to
-  lower case first (PostgreSQL rules), so output column names are the same on every
-  source. Unquoted names match catalog names case-insensitively, quoted ones exactly.
-- A name the query introduces (an output, table, subquery or CTE alias) longer than the
-  target keeps (`connectors.registry`'s identifier limit) is refused: PostgreSQL, and
-  MariaDB for output names, would cut it silently and return a renamed column; the
-  others would fail the query.
+- Identifiers are all quoted in the output; unquoted input identifiers are folded first
+  as PostgreSQL folds them, ASCII `A`-`Z` to lower case and no other letter (`fold_name`),
+  so output column names are the same on every source. Unquoted names match catalog names
+  ignoring ASCII case only (a non-ASCII letter must match exactly: the Kelvin sign is not
+  `k`), quoted ones exactly. MySQL and SQL Server compare names by their collation, often
+  ignoring case beyond ASCII; Fabric still matches the PostgreSQL way on every source,
+  which never binds more than the source would, and sends the catalog's exact spelling
+  quoted, so no source folds a name itself.
+- A name the query writes (an output, table, subquery or CTE alias, a column alias list,
+  a window name, a reference), quoted or not, longer than the target keeps
+  (`connectors.registry`'s identifier limit, in the source's unit: PostgreSQL bytes,
+  MySQL characters, SQL Server UTF-16 code units) is refused: PostgreSQL, and MariaDB for
+  output names, would cut it silently and return a renamed column or collide two names;
+  the others would fail the query. MySQL and MariaDB also refuse characters beyond U+FFFF
+  in names, and so does the compiler for them.
 - With ParamStyle.FORMAT every `%` in the text is written `%%`, so connectors must always
   pass a parameter sequence (possibly empty), never None, to the driver.
 """

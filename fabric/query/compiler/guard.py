@@ -22,7 +22,12 @@ from fabric.query.compiler.reader import (
     positional_parameters,
     set_args,
 )
-from fabric.query.functions import dialect_refusal, function_name, is_allowed_function
+from fabric.query.functions import (
+    dialect_refusal,
+    function_name,
+    growth_refusal,
+    is_allowed_function,
+)
 
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A Var is generated verbatim, and sqlglot builds some from string literals (date_part's
@@ -199,9 +204,12 @@ def refuse_node(node: exp.Expr) -> QueryRejected:
         qualified = f"{node.this.name}.{function_name(node.expression)}"
         return QueryRejected(f"function '{qualified}' is not allowed")
     if isinstance(node, exp.Func):
+        name = function_name(node)
+        why = growth_refusal(name)
+        reason = f": {why}" if why is not None else ""
         if isinstance(node.parent, exp.Table):
-            return QueryRejected(f"table function '{function_name(node)}' is not allowed")
-        return QueryRejected(f"function '{function_name(node)}' is not allowed")
+            return QueryRejected(f"table function '{name}' is not allowed{reason}")
+        return QueryRejected(f"function '{name}' is not allowed{reason}")
     return QueryRejected(f"SQL construct '{node.key}' is not allowed")
 
 
@@ -267,7 +275,7 @@ def check_structure(tree: exp.Expr, catalog: CatalogSnapshot) -> None:
                 )
         elif cls is exp.Table and not isinstance(node.this, exp.Identifier):
             if isinstance(node.this, exp.Func):
-                raise QueryRejected(f"table function '{function_name(node.this)}' is not allowed")
+                raise refuse_node(node.this)
             raise QueryRejected("only tables may appear in FROM and JOIN")
 
 
@@ -290,28 +298,37 @@ def _check_star(node: exp.Expr) -> None:
 
 
 def check_name_lengths(tree: exp.Expr, dialect: str) -> None:
-    """Refuse a name the query introduces (an output name, a table, subquery or CTE
-    alias, a column alias list) longer than a source of `dialect` keeps: PostgreSQL and
-    MariaDB would cut it silently (a result column coming back renamed), others fail."""
+    """Refuse a name the query writes that is longer than a source of `dialect` keeps,
+    or that it cannot hold, before any name is resolved.
+
+    Every written name is measured, quoted or not: output names, table, subquery and CTE
+    aliases, column alias lists, window names, and references. PostgreSQL and MariaDB
+    would cut a long name silently (a result column coming back renamed, or two names
+    cut alike colliding: SQLSTATE 42702, 42712), the others fail the query; MySQL and
+    MariaDB refuse a character beyond U+FFFF in any name. An entity name in FROM is not
+    measured: the catalog's physical name replaces it, and where it stays as the table's
+    alias the source cuts that alias and every reference to it alike.
+    """
     limits = registry.identifier_limits(dialect)
     if not limits:
         return
-    for node in tree.walk():
-        if isinstance(node, exp.Alias):
-            names, output = [node.args.get("alias")], True
-        elif isinstance(node, exp.TableAlias):
-            names, output = [node.this, *(node.args.get("columns") or [])], False
-        else:
+    for node in tree.find_all(exp.Identifier):
+        name = node.name
+        parent = node.parent
+        if isinstance(parent, exp.Table) and parent.this is node:
             continue
-        for name in names:
-            if not isinstance(name, exp.Identifier):
-                continue
-            for limit in limits:
-                longest, length = limit.longest(output=output), limit.measure(name.name)
-                if length > longest:
-                    shown = name.name if len(name.name) <= 40 else name.name[:40] + "..."
-                    sort = "an output name" if output else "a name"
-                    raise QueryRejected(
-                        f"name '{shown}' is {length} {limit.unit} long; {dialect} keeps at "
-                        f"most {longest} {limit.unit} of {sort}: use a shorter alias"
-                    )
+        output = isinstance(parent, exp.Alias) and parent.args.get("alias") is node
+        for limit in limits:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            if limit.bmp_only and any(ord(character) > 0xFFFF for character in name):
+                raise QueryRejected(
+                    f"name '{shown}' has a character beyond U+FFFF, which {dialect} does "
+                    "not allow in names: use another name"
+                )
+            longest, length = limit.longest(output=output), limit.measure(name)
+            if length > longest:
+                sort = "an output name" if output else "a name"
+                raise QueryRejected(
+                    f"name '{shown}' is {length} {limit.unit} long; {dialect} keeps at "
+                    f"most {longest} {limit.unit} of {sort}: use a shorter name or alias"
+                )

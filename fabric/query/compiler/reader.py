@@ -79,9 +79,23 @@ class QueryLimits:
     max_parts: int = 100
     """Queries and subqueries (SELECTs), CTEs, joins, set-operation branches, and arms of
     one CASE, each counted on its own."""
+    max_type_length: int = 65_535
+    """Longest `char(n)` / `varchar(n)` (and bound of `left(string_agg(...), n)`), below
+    each target's own maximum (`fabric.query.compiler.bounds`); checked after the parse."""
+    max_row_bytes: int = 8 << 20
+    """Bytes the query may add to one row of its result itself (padding, literals,
+    parameters, and their copies: `fabric.query.compiler.widths`)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_length", "max_tokens", "max_depth", "max_chain", "max_parts"):
+        for name in (
+            "max_length",
+            "max_tokens",
+            "max_depth",
+            "max_chain",
+            "max_parts",
+            "max_type_length",
+            "max_row_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 
@@ -103,7 +117,7 @@ class QueryReader:
     def tokenize(self, sql: str) -> list[Token]:
         if not isinstance(sql, str) or not sql.strip():
             raise QueryRejected("the query text is empty")
-        self.check_length(sql)
+        check_text(sql, self.limits.max_length)
         try:
             tokens: list[Token] = self._dialect.tokenize(sql)
         except TokenError:
@@ -224,6 +238,27 @@ def check_text_length(sql: str, max_length: int) -> None:
     is never echoed)."""
     if isinstance(sql, str) and len(sql) > max_length:
         raise QueryRejected(f"the query text is longer than {max_length} characters")
+
+
+def check_text(sql: str, max_length: int | None) -> None:
+    """The checks on the raw text, before it is tokenized: its length (unless
+    `max_length` is None), and no NUL.
+
+    PostgreSQL's protocol ends a string at a NUL, so a NUL inside a literal or a quoted
+    name would cut the statement there at the source (and other sources would keep it):
+    the same text would mean different things. No SQL needs one, so it is refused,
+    wherever it is, with its position (never the text around it).
+    """
+    if max_length is not None:
+        check_text_length(sql, max_length)
+    position = sql.find("\x00") if isinstance(sql, str) else -1
+    if position >= 0:
+        line = sql.count("\n", 0, position) + 1
+        column = position - (sql.rfind("\n", 0, position) + 1) + 1
+        raise QueryRejected(
+            f"the query text contains a NUL character (U+0000) at position {position + 1} "
+            f"(line {line}, column {column}); NUL is not allowed anywhere in SQL text"
+        )
 
 
 def _first_word(token: Token) -> str:

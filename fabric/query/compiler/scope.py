@@ -13,7 +13,7 @@ from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, build_scope
 
 from fabric.errors import QueryRejected
-from fabric.model import CatalogSnapshot, Entity
+from fabric.model import CatalogSnapshot, Entity, fold_name
 from fabric.query.compiler.reader import INPUT_DIALECT, READ_ONLY_HINT
 
 _SYSTEM_SCHEMAS = frozenset(
@@ -329,8 +329,10 @@ def _matching(columns: tuple[str, ...], identifier: exp.Expr) -> list[str]:
     name = identifier.name
     if identifier.args.get("quoted"):
         return [column for column in columns if column == name]
-    lowered = name.lower()
-    return [column for column in columns if column.lower() == lowered]
+    # An unquoted name matches ignoring ASCII case only, as PostgreSQL folds it: a
+    # non-ASCII letter must match exactly (`\u212a`, the Kelvin sign, is not `k`).
+    folded = fold_name(name)
+    return [column for column in columns if fold_name(column) == folded]
 
 
 def _candidates(sources: dict[str, Source], identifier: exp.Expr) -> list[Source]:

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 from sqlglot import exp
 from sqlglot.errors import SqlglotError, UnsupportedError
-from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from connectors.base import ParamStyle
 from fabric.errors import InvalidArgument, QueryRejected
-from fabric.model import CatalogSnapshot
+from fabric.model import CatalogSnapshot, fold_name
+from fabric.query.compiler.bounds import check_sizes
 from fabric.query.compiler.dialects import target_dialect
 from fabric.query.compiler.generate import generate
 from fabric.query.compiler.guard import (
@@ -20,7 +20,6 @@ from fabric.query.compiler.guard import (
     check_structure,
 )
 from fabric.query.compiler.reader import (
-    INPUT_DIALECT,
     QueryLimits,
     QueryReader,
     without_literals,
@@ -28,6 +27,7 @@ from fabric.query.compiler.reader import (
 from fabric.query.compiler.rows import apply_row_limit, key_lookup
 from fabric.query.compiler.scope import ScopeResolver
 from fabric.query.compiler.statement import CompiledStatement
+from fabric.query.compiler.widths import row_width
 
 
 class StatementCompiler:
@@ -72,13 +72,20 @@ class StatementCompiler:
             tree = self._reader.parse(sql, tokens)
             check_structure(tree, catalog)
             check_dialect_functions(tree, dialect)
-            # PostgreSQL folding: unquoted identifiers become lower case, quoted stay as is.
-            tree = normalize_identifiers(tree, dialect=INPUT_DIALECT)
+            check_sizes(tree, dialect, self.limits.max_type_length)
+            fold_unquoted_names(tree)
             check_name_lengths(tree, dialect)
             resolver = ScopeResolver(catalog)
             resolver.resolve(tree)
             row_limit = apply_row_limit(tree, max_rows)
             row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
+            width = row_width(tree)
+            if width.size > self.limits.max_row_bytes:
+                raise QueryRejected(
+                    f"one row would carry up to {width.size} bytes the query adds itself "
+                    "(padded types, literals, cut aggregates, and their copies through "
+                    f"nested subqueries); at most {self.limits.max_row_bytes}"
+                )
             for identifier in tree.find_all(exp.Identifier):
                 identifier.set("quoted", True)
             # The target refuses what it cannot express and rewrites the rest as it generates.
@@ -104,4 +111,17 @@ class StatementCompiler:
             max_rows=max_rows,
             entities=tuple(sorted(resolver.entities)),
             fingerprint=fingerprint,
+            row_parts=width.parts,
+            row_size=width.size,
+            row_params=width.params,
+            max_row_bytes=self.limits.max_row_bytes,
         )
+
+
+def fold_unquoted_names(tree: exp.Expr) -> None:
+    """Fold every unquoted name as PostgreSQL does (`fold_name`: ASCII letters only);
+    quoted names stay as written. Every source then sees the names quoted, so none
+    folds them again its own way."""
+    for identifier in tree.find_all(exp.Identifier):
+        if not identifier.args.get("quoted"):
+            identifier.set("this", fold_name(identifier.this))
