@@ -31,6 +31,13 @@ from sqlglot.dialects.tsql import TSQL
 
 from connectors import registry
 from fabric.errors import InvalidArgument, QueryRejected
+from fabric.query.compiler.names import (
+    DUCKDB_NAMES,
+    MYSQL_NAMES,
+    POSTGRES_NAMES,
+    TSQL_NAMES,
+    NameRules,
+)
 from fabric.query.functions import function_name
 
 __all__ = ["TARGET_DIALECTS", "FabricTarget", "target_dialect"]
@@ -51,6 +58,9 @@ class FabricTarget(Dialect):
     """`agg(...) WITHIN GROUP (ORDER BY ...)` runs with PostgreSQL's meaning."""
     REWRITES: ClassVar[tuple[Rewrite, ...]] = ()
     """Tree rewrites applied in order before sqlglot generates the text."""
+    NAMES: ClassVar[NameRules] = NameRules()
+    """How the source binds a bare name to an output name (`names.NameRules`); the
+    compiler binds every name the way the source would read the query."""
 
     def generate(self, expression: exp.Expr, copy: bool = True, **opts: Any) -> str:
         if copy:
@@ -253,6 +263,7 @@ class FabricDuckDB(DuckDB, FabricTarget):
     NAME = "duckdb"
     DISTINCT_ON = True
     ORDERED_SET_AGGREGATES = True
+    NAMES = DUCKDB_NAMES
 
 
 class FabricPostgres(Postgres, FabricTarget):
@@ -261,6 +272,7 @@ class FabricPostgres(Postgres, FabricTarget):
     NAME = "postgres"
     DISTINCT_ON = True
     ORDERED_SET_AGGREGATES = True
+    NAMES = POSTGRES_NAMES
 
 
 class FabricMySQL(MySQL, FabricTarget):
@@ -268,6 +280,7 @@ class FabricMySQL(MySQL, FabricTarget):
 
     NAME = "mysql"
     REWRITES = (_simple_intervals, _filters_as_case, _date_trunc_as_datetime)
+    NAMES = MYSQL_NAMES
 
 
 class FabricTSQL(TSQL, FabricTarget):
@@ -275,6 +288,7 @@ class FabricTSQL(TSQL, FabricTarget):
     as Unicode, and predicates used as values as BIT (it has no boolean values)."""
 
     NAME = "tsql"
+    NAMES = TSQL_NAMES
     REWRITES = (
         _simple_intervals,
         _interval_arithmetic_as_dateadd,

@@ -75,7 +75,7 @@ class StatementCompiler:
             # PostgreSQL folding: unquoted identifiers become lower case, quoted stay as is.
             tree = normalize_identifiers(tree, dialect=INPUT_DIALECT)
             check_name_lengths(tree, dialect)
-            resolver = ScopeResolver(catalog)
+            resolver = ScopeResolver(catalog, target.NAMES, dialect=dialect, source_text=sql)
             resolver.resolve(tree)
             row_limit = apply_row_limit(tree, max_rows)
             row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
