@@ -197,3 +197,97 @@ def test_generated_queries_bind_as_postgresql_does(pg: Postgres) -> None:
     assert stats["same rows, everything selected"] >= 60, stats
     assert stats["same rows, hidden unselected"] >= 40, stats
     assert stats["refused, binds a hidden column"] >= 20, stats
+
+
+# -- DuckDB (embedded) ----------------------------------------------------------------------
+
+
+class DuckDB:
+    """The tables twice: in `full` as they are, in `visible` without the hidden columns."""
+
+    full = "names_full"
+    visible = "names_visible"
+
+    def __init__(self) -> None:
+        self.connection = duckdb.connect()
+        for schema, hide in ((self.full, False), (self.visible, True)):
+            self.connection.execute(f"CREATE SCHEMA {schema}")
+            for table, columns in PHYSICAL.items():
+                kept = [i for i, c in enumerate(columns) if not hide or c in SELECTED[table]]
+                names = ", ".join(f"{columns[i]} INTEGER" for i in kept)
+                self.connection.execute(f"CREATE TABLE {schema}.{table} ({names})")
+                marks = ", ".join(["?"] * len(kept))
+                self.connection.executemany(
+                    f"INSERT INTO {schema}.{table} VALUES ({marks})",
+                    [[row[i] for i in kept] for row in ROWS[table]],
+                )
+
+    def run(self, sql: str, params: tuple[Any, ...] = (), *, schema: str = full) -> Outcome:
+        try:
+            self.connection.execute(f"SET search_path = '{schema}'")
+            return Outcome(canonical(self.connection.execute(sql, list(params)).fetchall()))
+        except duckdb.Error as error:
+            return Outcome(None, type(error).__name__)
+
+
+@pytest.fixture(scope="module")
+def duck() -> Iterator[DuckDB]:
+    made = DuckDB()
+    try:
+        yield made
+    finally:
+        made.connection.close()
+
+
+def check_duckdb(duck: DuckDB, sql: str, stats: Counter[str]) -> None:
+    """Both properties for one query on DuckDB; the source's binding touches a hidden
+    column when the query gives another answer (or fails) without them."""
+    everything = catalog(duck.full, hide=False)
+    hidden = catalog(duck.full, hide=True)
+    direct = duck.run(sql)
+    try:
+        text, params = compile_for(sql, everything, "duckdb")
+    except QueryRejected:
+        supported = False
+        stats["unsupported"] += 1
+    else:
+        supported = True
+        compiled = duck.run(text, params)
+        if direct.ok:
+            assert compiled == direct, f"everything selected, other rows: {sql}\n{text}"
+            stats["same rows, everything selected"] += 1
+        else:
+            assert not compiled.ok, f"DuckDB refuses {sql} ({direct.error}); ran: {text}"
+    without_hidden = duck.run(sql, schema=duck.visible)
+    touches_hidden = without_hidden != direct
+    try:
+        text, params = compile_for(sql, hidden, "duckdb")
+    except QueryRejected as refusal:
+        assert touches_hidden or not direct.ok or not supported, (
+            f"refused ({refusal}) although DuckDB binds no hidden column: {sql}"
+        )
+        if touches_hidden and direct.ok:
+            stats["refused, binds a hidden column"] += 1
+        return
+    assert not touches_hidden, f"accepted although DuckDB binds a hidden column: {sql}\n{text}"
+    compiled = duck.run(text, params)
+    if direct.ok:
+        assert compiled == direct, f"hidden unselected, other rows: {sql}\n{text}"
+        stats["same rows, hidden unselected"] += 1
+    else:
+        assert not compiled.ok, f"DuckDB refuses {sql} ({direct.error}); ran: {text}"
+
+
+def test_generated_queries_bind_as_duckdb_does(duck: DuckDB) -> None:
+    stats: Counter[str] = Counter()
+
+    @PROPERTY
+    @given(queries())
+    def property_holds(sql: str) -> None:
+        check_duckdb(duck, sql, stats)
+
+    property_holds()
+    print(dict(stats))
+    assert stats["same rows, everything selected"] >= 60, stats
+    assert stats["same rows, hidden unselected"] >= 40, stats
+    assert stats["refused, binds a hidden column"] >= 20, stats

@@ -101,6 +101,8 @@ class Rel:
 
     name: str
     columns: tuple[str, ...]
+    hidden: tuple[str, ...] = ()
+    """Columns the selection hides (the generator aims names at them)."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,14 @@ def _draw_name(draw: st.DrawFn, levels: list[Level]) -> str:
     bare column of an enclosing one (a correlated reference), or any name."""
     inner = [(rel, c) for rel in levels[0].rels for c in rel.columns] if levels else []
     outer = [(rel, c) for level in levels[1:] for rel in level.rels for c in rel.columns]
-    # Inside a subquery, often a name of an enclosing query: the inner table may have
-    # (or hide) a column of that name too.
+    # Inside a subquery, often a name of an enclosing query, preferably one the inner
+    # table hides: the source binds it to the hidden column, not the outer one.
     choice = draw(st.integers(0, 9))
     if outer and choice >= 6:
+        hidden_here = {c for rel in levels[0].rels for c in rel.hidden}
+        aimed = [c for _, c in outer if c in hidden_here]
+        if aimed and draw(st.booleans()):
+            return draw(st.sampled_from(aimed))
         return draw(st.sampled_from([c for _, c in outer]))
     choice = draw(st.integers(0, 9))
     if choice < 3 and inner:
@@ -186,11 +192,13 @@ def from_item(
         inner, outputs = draw(select([], depth + 1, ctes, width=None, aggregate=None))
         name = f"d{depth}{index}"
         return f"({inner}) AS {name}", Rel(name, tuple(o for o in outputs if o))
+    hidden: tuple[str, ...] = ()
     if kind == "cte":
         cte = draw(st.sampled_from(ctes))
         base, columns = cte.name, cte.columns
     else:
         base, columns = kind, PHYSICAL[kind]
+        hidden = tuple(c for c in columns if c not in SELECTED[kind])
     alias = draw(st.sampled_from(TABLE_ALIASES))
     if alias == base or alias in taken:
         alias = None
@@ -198,7 +206,7 @@ def from_item(
     if name in taken:
         name = f"{base}_{depth}{index}"
         alias = name
-    return (base if alias is None else f"{base} AS {alias}"), Rel(name, columns)
+    return (base if alias is None else f"{base} AS {alias}"), Rel(name, columns, hidden)
 
 
 def _implicit(expression: str) -> str:
@@ -259,7 +267,13 @@ def select(
             else:
                 expression = _draw_name(draw, levels)
         if draw(st.integers(0, 2)) or expression.startswith("("):
-            name = draw(st.sampled_from(OUTPUT_NAMES))
+            # Often named like a column the FROM clause hides (GROUP BY / ORDER BY bind
+            # such a name to the hidden column first, or to the output).
+            hidden_here = sorted({c for rel in rels for c in rel.hidden})
+            if hidden_here and draw(st.booleans()):
+                name = draw(st.sampled_from(hidden_here))
+            else:
+                name = draw(st.sampled_from(OUTPUT_NAMES))
             projections.append(f"{expression} AS {name}")
             outputs.append(name)
         else:
