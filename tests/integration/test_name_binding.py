@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import duckdb
@@ -139,43 +139,53 @@ def pg(postgres_url: str) -> Iterator[Postgres]:
         made.close()
 
 
-INSUFFICIENT_PRIVILEGE = "42501"
+class Engine(Protocol):
+    """A source whose `reader` may read only the selected columns."""
+
+    schema: str
+
+    def run(
+        self, sql: str, params: tuple[Any, ...] = (), *, as_reader: bool = False
+    ) -> Outcome: ...
 
 
-def check_postgres(pg: Postgres, sql: str, stats: Counter[str]) -> None:
-    """Both properties of the module docstring for one query, on PostgreSQL."""
-    everything = catalog(pg.schema, hide=False)
-    hidden = catalog(pg.schema, hide=True)
-    direct = pg.run(sql)
+def check_with_privileges(
+    engine: Engine, dialect: str, denied: str, sql: str, stats: Counter[str]
+) -> None:
+    """Both properties of the module docstring for one query, on a source that tells
+    which columns a query binds by refusing a reader without the privilege (`denied`)."""
+    everything = catalog(engine.schema, hide=False)
+    hidden = catalog(engine.schema, hide=True)
+    direct = engine.run(sql)
     try:
-        text, params = compile_for(sql, everything, "postgres")
+        text, params = compile_for(sql, everything, dialect)
     except QueryRejected:
         supported = False
         stats["unsupported"] += 1
     else:
         supported = True
-        compiled = pg.run(text, params)
+        compiled = engine.run(text, params)
         if direct.ok:
             assert compiled == direct, f"everything selected, other rows: {sql}\n{text}"
             stats["same rows, everything selected"] += 1
         else:
             assert not compiled.ok, f"the source refuses {sql} ({direct.error}); ran: {text}"
     # The source's own binding: run as a reader of the selected columns only.
-    as_reader = pg.run(sql, as_reader=True)
+    as_reader = engine.run(sql, as_reader=True)
     try:
-        text, params = compile_for(sql, hidden, "postgres")
+        text, params = compile_for(sql, hidden, dialect)
     except QueryRejected as refusal:
         assert not as_reader.ok or not supported, (
             f"refused ({refusal}) although the source binds no hidden column: {sql}"
         )
-        if as_reader.error == INSUFFICIENT_PRIVILEGE:
+        if as_reader.error == denied:
             stats["refused, binds a hidden column"] += 1
         return
-    assert as_reader.error != INSUFFICIENT_PRIVILEGE, (
+    assert as_reader.error != denied, (
         f"accepted although the source binds a hidden column: {sql}\n{text}"
     )
-    compiled = pg.run(text, params, as_reader=True)
-    assert compiled.error != INSUFFICIENT_PRIVILEGE, f"the compiled query reads hidden: {text}"
+    compiled = engine.run(text, params, as_reader=True)
+    assert compiled.error != denied, f"the compiled query reads a hidden column: {text}"
     if as_reader.ok:
         assert compiled == as_reader, f"hidden unselected, other rows: {sql}\n{text}"
         stats["same rows, hidden unselected"] += 1
@@ -189,7 +199,7 @@ def test_generated_queries_bind_as_postgresql_does(pg: Postgres) -> None:
     @PROPERTY
     @given(queries())
     def property_holds(sql: str) -> None:
-        check_postgres(pg, sql, stats)
+        check_with_privileges(pg, "postgres", "42501", sql, stats)
 
     property_holds()
     # Not vacuous: many queries run with the same rows both ways, many are refused for
@@ -285,6 +295,92 @@ def test_generated_queries_bind_as_duckdb_does(duck: DuckDB) -> None:
     @given(queries())
     def property_holds(sql: str) -> None:
         check_duckdb(duck, sql, stats)
+
+    property_holds()
+    print(dict(stats))
+    assert stats["same rows, everything selected"] >= 60, stats
+    assert stats["same rows, hidden unselected"] >= 40, stats
+    assert stats["refused, binds a hidden column"] >= 20, stats
+
+
+# -- MariaDB ----------------------------------------------------------------------------------
+
+
+class MariaDB:
+    """The tables in a private database; `owner` is the test's admin, `reader` a user
+    with SELECT on the selected columns only (MariaDB checks it as it binds names)."""
+
+    def __init__(self, url: str) -> None:
+        import pymysql  # type: ignore[import-untyped]  # no stubs are published with PyMySQL
+
+        self._error = pymysql.Error
+        tag = uuid.uuid4().hex[:10]
+        self.schema = f"fabric_names_{tag}"
+        self.user = f"fabric_names_{tag}"
+        u = urlparse(url)
+        where = {"host": u.hostname or "127.0.0.1", "port": u.port or 3306}
+        self.owner = pymysql.connect(
+            **where,
+            user=unquote(u.username or "root"),
+            password=unquote(u.password or ""),
+            autocommit=True,
+        )
+        with self.owner.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {self.schema}")
+            cur.execute(f"CREATE USER '{self.user}'@'%'")
+            for table, columns in PHYSICAL.items():
+                names = ", ".join(f"{c} INT" for c in columns)
+                cur.execute(f"CREATE TABLE {self.schema}.{table} ({names})")
+                marks = ", ".join(["%s"] * len(columns))
+                cur.executemany(f"INSERT INTO {self.schema}.{table} VALUES ({marks})", ROWS[table])
+                visible = ", ".join(SELECTED[table])
+                cur.execute(
+                    f"GRANT SELECT ({visible}) ON {self.schema}.{table} TO '{self.user}'@'%'"
+                )
+        self.reader = pymysql.connect(**where, user=self.user, password="", autocommit=True)
+        for connection in (self.owner, self.reader):
+            with connection.cursor() as cur:
+                cur.execute(f"USE {self.schema}")
+                # Deterministic answers: no ungrouped column may pick an arbitrary row.
+                cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ONLY_FULL_GROUP_BY')")
+                cur.execute("SET SESSION max_statement_time = 5")
+
+    def run(self, sql: str, params: tuple[Any, ...] = (), *, as_reader: bool = False) -> Outcome:
+        connection = self.reader if as_reader else self.owner
+        try:
+            with connection.cursor() as cur:
+                cur.execute(sql, params)
+                return Outcome(canonical(list(cur.fetchall())))
+        except self._error as error:
+            return Outcome(None, str(error.args[0]) if error.args else type(error).__name__)
+
+    def close(self) -> None:
+        self.reader.close()
+        with self.owner.cursor() as cur:
+            cur.execute(f"DROP DATABASE {self.schema}")
+            cur.execute(f"DROP USER '{self.user}'@'%'")
+        self.owner.close()
+
+
+@pytest.fixture(scope="module")
+def maria() -> Iterator[MariaDB]:
+    made = MariaDB(mariadb_url())
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+COLUMN_ACCESS_DENIED = "1143"
+
+
+def test_generated_queries_bind_as_mariadb_does(maria: MariaDB) -> None:
+    stats: Counter[str] = Counter()
+
+    @PROPERTY
+    @given(queries())
+    def property_holds(sql: str) -> None:
+        check_with_privileges(maria, "mysql", COLUMN_ACCESS_DENIED, sql, stats)
 
     property_holds()
     print(dict(stats))
