@@ -43,6 +43,7 @@ from tests.support.name_binding import (
     SELECTED,
     canonical,
     catalog,
+    ordered,
     queries,
 )
 from tests.support.servers import mariadb_url
@@ -52,7 +53,7 @@ MAX_ROWS = 10_000
 PARAM_STYLES = {spec.dialect: spec.param_style for spec in reversed(registry.specs())}
 
 PROPERTY = settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     derandomize=True,
     database=None,
@@ -113,12 +114,14 @@ class Postgres:
         with self.reader.cursor() as cur:
             cur.execute(f"SET ROLE {self.role}")
 
-    def run(self, sql: str, params: tuple[Any, ...] = (), *, as_reader: bool = False) -> Outcome:
+    def run(
+        self, sql: str, params: tuple[Any, ...] = (), *, in_order: bool, as_reader: bool = False
+    ) -> Outcome:
         connection = self.reader if as_reader else self.owner
         try:
             with connection.cursor() as cur:
                 cur.execute(sql, params or None)
-                return Outcome(canonical(cur.fetchall()))
+                return Outcome(canonical(cur.fetchall(), in_order))
         except psycopg.Error as error:
             return Outcome(None, error.sqlstate or type(error).__name__)
 
@@ -145,7 +148,7 @@ class Engine(Protocol):
     schema: str
 
     def run(
-        self, sql: str, params: tuple[Any, ...] = (), *, as_reader: bool = False
+        self, sql: str, params: tuple[Any, ...] = (), *, in_order: bool, as_reader: bool = False
     ) -> Outcome: ...
 
 
@@ -156,7 +159,8 @@ def check_with_privileges(
     which columns a query binds by refusing a reader without the privilege (`denied`)."""
     everything = catalog(engine.schema, hide=False)
     hidden = catalog(engine.schema, hide=True)
-    direct = engine.run(sql)
+    in_order = ordered(sql)
+    direct = engine.run(sql, in_order=in_order)
     try:
         text, params = compile_for(sql, everything, dialect)
     except QueryRejected:
@@ -164,14 +168,14 @@ def check_with_privileges(
         stats["unsupported"] += 1
     else:
         supported = True
-        compiled = engine.run(text, params)
+        compiled = engine.run(text, params, in_order=in_order)
         if direct.ok:
             assert compiled == direct, f"everything selected, other rows: {sql}\n{text}"
             stats["same rows, everything selected"] += 1
         else:
             assert not compiled.ok, f"the source refuses {sql} ({direct.error}); ran: {text}"
     # The source's own binding: run as a reader of the selected columns only.
-    as_reader = engine.run(sql, as_reader=True)
+    as_reader = engine.run(sql, in_order=in_order, as_reader=True)
     try:
         text, params = compile_for(sql, hidden, dialect)
     except QueryRejected as refusal:
@@ -184,7 +188,7 @@ def check_with_privileges(
     assert as_reader.error != denied, (
         f"accepted although the source binds a hidden column: {sql}\n{text}"
     )
-    compiled = engine.run(text, params, as_reader=True)
+    compiled = engine.run(text, params, in_order=in_order, as_reader=True)
     assert compiled.error != denied, f"the compiled query reads a hidden column: {text}"
     if as_reader.ok:
         assert compiled == as_reader, f"hidden unselected, other rows: {sql}\n{text}"
@@ -232,10 +236,13 @@ class DuckDB:
                     [[row[i] for i in kept] for row in ROWS[table]],
                 )
 
-    def run(self, sql: str, params: tuple[Any, ...] = (), *, schema: str = full) -> Outcome:
+    def run(
+        self, sql: str, params: tuple[Any, ...] = (), *, in_order: bool, schema: str = full
+    ) -> Outcome:
         try:
             self.connection.execute(f"SET search_path = '{schema}'")
-            return Outcome(canonical(self.connection.execute(sql, list(params)).fetchall()))
+            rows = self.connection.execute(sql, list(params)).fetchall()
+            return Outcome(canonical(rows, in_order))
         except duckdb.Error as error:
             return Outcome(None, type(error).__name__)
 
@@ -254,7 +261,8 @@ def check_duckdb(duck: DuckDB, sql: str, stats: Counter[str]) -> None:
     column when the query gives another answer (or fails) without them."""
     everything = catalog(duck.full, hide=False)
     hidden = catalog(duck.full, hide=True)
-    direct = duck.run(sql)
+    in_order = ordered(sql)
+    direct = duck.run(sql, in_order=in_order)
     try:
         text, params = compile_for(sql, everything, "duckdb")
     except QueryRejected:
@@ -262,13 +270,13 @@ def check_duckdb(duck: DuckDB, sql: str, stats: Counter[str]) -> None:
         stats["unsupported"] += 1
     else:
         supported = True
-        compiled = duck.run(text, params)
+        compiled = duck.run(text, params, in_order=in_order)
         if direct.ok:
             assert compiled == direct, f"everything selected, other rows: {sql}\n{text}"
             stats["same rows, everything selected"] += 1
         else:
             assert not compiled.ok, f"DuckDB refuses {sql} ({direct.error}); ran: {text}"
-    without_hidden = duck.run(sql, schema=duck.visible)
+    without_hidden = duck.run(sql, in_order=in_order, schema=duck.visible)
     touches_hidden = without_hidden != direct
     try:
         text, params = compile_for(sql, hidden, "duckdb")
@@ -280,7 +288,7 @@ def check_duckdb(duck: DuckDB, sql: str, stats: Counter[str]) -> None:
             stats["refused, binds a hidden column"] += 1
         return
     assert not touches_hidden, f"accepted although DuckDB binds a hidden column: {sql}\n{text}"
-    compiled = duck.run(text, params)
+    compiled = duck.run(text, params, in_order=in_order)
     if direct.ok:
         assert compiled == direct, f"hidden unselected, other rows: {sql}\n{text}"
         stats["same rows, hidden unselected"] += 1
@@ -297,7 +305,6 @@ def test_generated_queries_bind_as_duckdb_does(duck: DuckDB) -> None:
         check_duckdb(duck, sql, stats)
 
     property_holds()
-    print(dict(stats))
     assert stats["same rows, everything selected"] >= 60, stats
     assert stats["same rows, hidden unselected"] >= 40, stats
     assert stats["refused, binds a hidden column"] >= 20, stats
@@ -345,12 +352,14 @@ class MariaDB:
                 cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ONLY_FULL_GROUP_BY')")
                 cur.execute("SET SESSION max_statement_time = 5")
 
-    def run(self, sql: str, params: tuple[Any, ...] = (), *, as_reader: bool = False) -> Outcome:
+    def run(
+        self, sql: str, params: tuple[Any, ...] = (), *, in_order: bool, as_reader: bool = False
+    ) -> Outcome:
         connection = self.reader if as_reader else self.owner
         try:
             with connection.cursor() as cur:
                 cur.execute(sql, params)
-                return Outcome(canonical(list(cur.fetchall())))
+                return Outcome(canonical(list(cur.fetchall()), in_order))
         except self._error as error:
             return Outcome(None, str(error.args[0]) if error.args else type(error).__name__)
 
@@ -383,7 +392,157 @@ def test_generated_queries_bind_as_mariadb_does(maria: MariaDB) -> None:
         check_with_privileges(maria, "mysql", COLUMN_ACCESS_DENIED, sql, stats)
 
     property_holds()
-    print(dict(stats))
     assert stats["same rows, everything selected"] >= 60, stats
     assert stats["same rows, hidden unselected"] >= 40, stats
     assert stats["refused, binds a hidden column"] >= 20, stats
+
+
+# -- targeted cases, per dialect, checked against each engine ----------------------------------
+
+ACCEPT, REFUSE = "accept", "refuse"
+ALL = ("postgres", "duckdb", "mysql")
+
+
+def expect(outcome: str, *dialects: str, **others: str) -> dict[str, str]:
+    found = dict.fromkeys(dialects or ALL, outcome)
+    found.update(others)
+    return found
+
+
+TARGETED: list[tuple[str, str, dict[str, str]]] = [
+    (
+        "the issue: an inner table's hidden column, an outer alias of the same name",
+        "SELECT (SELECT max(x) FROM t1 WHERE t1.id > 0) AS m FROM (SELECT c AS x FROM t2) AS s",
+        expect(REFUSE),
+    ),
+    (
+        "correlated name hidden in the inner table, visible in the outer one",
+        "SELECT id FROM t3 WHERE EXISTS (SELECT 1 FROM t1 WHERE x = 201)",
+        expect(REFUSE),
+    ),
+    (
+        "correlated name the inner table lacks binds outward",
+        "SELECT id FROM t3 WHERE EXISTS (SELECT 1 FROM t2 WHERE x = 41)",
+        expect(ACCEPT),
+    ),
+    (
+        "GROUP BY an alias named like a hidden input column",
+        "SELECT a AS h, count(*) AS n FROM t1 GROUP BY h",
+        expect(REFUSE),
+    ),
+    (
+        "GROUP BY an alias no input column has",
+        "SELECT a AS y, count(*) AS n FROM t1 GROUP BY y",
+        expect(ACCEPT),
+    ),
+    (
+        "ORDER BY an alias named like a hidden column: the output wins",
+        "SELECT a AS h FROM t1 ORDER BY h",
+        expect(ACCEPT),
+    ),
+    (
+        "ORDER BY an expression of an alias named like a hidden column: the input wins",
+        "SELECT a AS h FROM t1 ORDER BY h + 0",
+        expect(REFUSE),
+    ),
+    (
+        "ORDER BY an expression of an alias",
+        "SELECT a AS y FROM t1 ORDER BY y + 0",
+        expect(ACCEPT, "duckdb", "mysql", postgres=REFUSE),
+    ),
+    (
+        "HAVING an alias",
+        "SELECT a AS y, count(*) AS n FROM t1 GROUP BY a HAVING y > 0",
+        expect(ACCEPT, "duckdb", "mysql", postgres=REFUSE),
+    ),
+    (
+        "HAVING an alias named like a hidden column",
+        "SELECT a AS h, count(*) AS n FROM t1 GROUP BY a HAVING h > 0",
+        expect(REFUSE),
+    ),
+    (
+        "WHERE an alias",
+        "SELECT a AS y FROM t1 WHERE y > 0",
+        expect(REFUSE, "postgres", "mysql", duckdb=ACCEPT),
+    ),
+    (
+        "WHERE an alias named like a hidden column: the input wins",
+        "SELECT a AS h FROM t1 WHERE h > 0",
+        expect(REFUSE),
+    ),
+    (
+        "a subquery naming an output of the enclosing query",
+        "SELECT a AS y, (SELECT max(c) FROM t2 WHERE c > y) AS m FROM t1",
+        expect(REFUSE),
+    ),
+    (
+        "a derived table's * passes over a hidden column a subquery names",
+        "SELECT (SELECT max(x) FROM (SELECT * FROM t1) AS d) AS m FROM t3",
+        expect(REFUSE),
+    ),
+    (
+        "a CTE's * passes over a hidden column a correlated subquery names",
+        "WITH w AS (SELECT * FROM t2) SELECT id FROM t3 WHERE EXISTS "
+        "(SELECT 1 FROM w WHERE h = 301)",
+        expect(REFUSE),
+    ),
+    (
+        "an ON clause sees only the tables joined before it",
+        "SELECT t2.id FROM t2 JOIN t1 ON x = 201 JOIN t3 ON t3.id = t2.id",
+        expect(REFUSE),
+    ),
+    (
+        "an ON clause name only an earlier table has",
+        "SELECT t3.id FROM t3 JOIN t2 ON x = t2.c - 1 JOIN t1 ON t1.id = t3.id",
+        expect(ACCEPT),
+    ),
+    (
+        "ORDER BY the name PostgreSQL gives an unaliased aggregate",
+        "SELECT count(*) FROM t1 ORDER BY count",
+        expect(REFUSE, "duckdb", "mysql", postgres=ACCEPT),
+    ),
+    (
+        "a table alias named like a hidden column and a correlated reference",
+        "SELECT x.id FROM t3 AS x WHERE x.c IN (SELECT c FROM t2 WHERE h > 0)",
+        expect(REFUSE),
+    ),
+    (
+        "an unaliased output of a derived table PostgreSQL names like an outer column",
+        "SELECT (SELECT max(b) FROM (SELECT CAST(b AS int) FROM t1) AS d) AS m FROM t3",
+        expect(REFUSE),
+    ),
+]
+
+
+def _outcome(sql: str, snapshot: CatalogSnapshot, dialect: str) -> str:
+    try:
+        compile_for(sql, snapshot, dialect)
+    except QueryRejected:
+        return REFUSE
+    return ACCEPT
+
+
+def _targeted(dialect: str) -> list[Any]:
+    return [
+        pytest.param(sql, outcomes[dialect], id=name.replace(" ", "-")[:60])
+        for name, sql, outcomes in TARGETED
+        if dialect in outcomes
+    ]
+
+
+@pytest.mark.parametrize(("sql", "outcome"), _targeted("postgres"))
+def test_targeted_cases_on_postgres(pg: Postgres, sql: str, outcome: str) -> None:
+    assert _outcome(sql, catalog(pg.schema, hide=True), "postgres") == outcome
+    check_with_privileges(pg, "postgres", "42501", sql, Counter())
+
+
+@pytest.mark.parametrize(("sql", "outcome"), _targeted("mysql"))
+def test_targeted_cases_on_mariadb(maria: MariaDB, sql: str, outcome: str) -> None:
+    assert _outcome(sql, catalog(maria.schema, hide=True), "mysql") == outcome
+    check_with_privileges(maria, "mysql", COLUMN_ACCESS_DENIED, sql, Counter())
+
+
+@pytest.mark.parametrize(("sql", "outcome"), _targeted("duckdb"))
+def test_targeted_cases_on_duckdb(duck: DuckDB, sql: str, outcome: str) -> None:
+    assert _outcome(sql, catalog(duck.full, hide=True), "duckdb") == outcome
+    check_duckdb(duck, sql, Counter())

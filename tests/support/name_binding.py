@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 from hypothesis import strategies as st
+from sqlglot import parse_one
 
 from fabric.model import CatalogSnapshot, ColumnInfo, Entity
 
@@ -71,9 +72,16 @@ def with_schema(snapshot: CatalogSnapshot, schema: str) -> CatalogSnapshot:
     return replace(snapshot, entities=entities)
 
 
-def canonical(rows: list[tuple[Any, ...]] | list[Any]) -> list[tuple[Any, ...]]:
-    """Rows as a sorted list of tuples of plain values (ints for integral numbers), so
-    results of different drivers and of queries with or without ORDER BY compare."""
+def ordered(sql: str) -> bool:
+    """Whether the outermost query of `sql` (as the grammar writes it) has an ORDER BY."""
+    tree = parse_one(sql, read="postgres")
+    return tree.args.get("order") is not None
+
+
+def canonical(rows: list[tuple[Any, ...]] | list[Any], in_order: bool) -> list[tuple[Any, ...]]:
+    """Rows as a list of tuples of plain values (ints for integral numbers), sorted
+    unless their order is the query's (an ORDER BY), so results of different drivers
+    compare."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, Decimal) and value == value.to_integral_value():
@@ -83,7 +91,7 @@ def canonical(rows: list[tuple[Any, ...]] | list[Any]) -> list[tuple[Any, ...]]:
         return value
 
     normal = [tuple(plain(v) for v in row) for row in rows]
-    return sorted(normal, key=repr)
+    return normal if in_order else sorted(normal, key=repr)
 
 
 # -- the grammar ------------------------------------------------------------------------
