@@ -131,7 +131,7 @@ def _draw_name(draw: st.DrawFn, levels: list[Level]) -> str:
     if outer and choice >= 6:
         hidden_here = {c for rel in levels[0].rels for c in rel.hidden}
         aimed = [c for _, c in outer if c in hidden_here]
-        if aimed and draw(st.booleans()):
+        if draw(st.booleans()) and aimed:
             return draw(st.sampled_from(aimed))
         return draw(st.sampled_from([c for _, c in outer]))
     choice = draw(st.integers(0, 9))
@@ -142,7 +142,7 @@ def _draw_name(draw: st.DrawFn, levels: list[Level]) -> str:
         # A name only one table of the level has, when there is one (else any).
         counts = Counter(c for _, c in inner)
         unique = [c for _, c in inner if counts[c] == 1]
-        if unique or draw(st.booleans()):
+        if draw(st.booleans()) or unique:
             return draw(st.sampled_from(unique or [c for _, c in inner]))
         rel, column = draw(st.sampled_from(inner))
         return f"{rel.name}.{column}"
@@ -280,7 +280,7 @@ def select(
             # Often named like a column the FROM clause hides (GROUP BY / ORDER BY bind
             # such a name to the hidden column first, or to the output).
             hidden_here = sorted({c for rel in rels for c in rel.hidden})
-            if hidden_here and draw(st.booleans()):
+            if draw(st.booleans()) and hidden_here:
                 name = draw(st.sampled_from(hidden_here))
             else:
                 name = draw(st.sampled_from(OUTPUT_NAMES))
@@ -291,6 +291,7 @@ def select(
             outputs.append(_implicit(expression))
     if constant:
         projections, outputs = ["1"], [""]
+    named = [name for name in outputs if name]
     sql = f"SELECT {', '.join(projections)} FROM {sql_from}"
     if draw(st.booleans()):
         sql += f" WHERE {draw(condition(levels, depth, ctes))}"
@@ -306,7 +307,7 @@ def select(
                     [
                         "count(*) > 0",
                         f"max({_draw_name(draw, levels)}) > {draw(st.integers(0, 60))}",
-                        f"{draw(st.sampled_from(outputs + list(NAMES)))} > 0",
+                        f"{draw(st.sampled_from(named + list(NAMES)))} > 0",
                     ]
                 )
             )
@@ -314,7 +315,7 @@ def select(
     if depth == 0 and draw(st.booleans()):
         order = draw(
             st.sampled_from(
-                [*outputs, *NAMES, f"{draw(st.sampled_from(outputs + list(NAMES)))} + 0", "1"]
+                [*named, *NAMES, f"{draw(st.sampled_from(named + list(NAMES)))} + 0", "1"]
             )
         )
         sql += f" ORDER BY {order}{draw(st.sampled_from(['', ' DESC']))}"

@@ -145,10 +145,12 @@ MYSQL_NAMES = NameRules(
         {
             Clause.ORDER_ITEM: AliasUse.FIRST,
             Clause.GROUP_ITEM: AliasUse.FALLBACK,
-            Clause.ORDER_EXPR: AliasUse.FALLBACK,
             Clause.GROUP_EXPR: AliasUse.EXCLUSIVE,
-            # MariaDB refuses a name that is both when it is grouped, else takes the alias.
+            # A name that is both: MariaDB refuses it in HAVING when it is grouped, else
+            # takes the alias; in an ORDER BY expression it takes the column, unless the
+            # query groups.
             Clause.HAVING: AliasUse.EXCLUSIVE,
+            Clause.ORDER_EXPR: AliasUse.EXCLUSIVE,
             Clause.WINDOW: AliasUse.REFUSED,
         }
     ),
