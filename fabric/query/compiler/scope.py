@@ -375,7 +375,7 @@ class ScopeResolver:
             if found is None:
                 self._defer(scope, column)
             else:
-                self._bind_found(column, found)
+                self._bind_found(scope, column, found)
             return
         outputs = self._outputs_named(select, column)
         if found is not None:
@@ -390,7 +390,7 @@ class ScopeResolver:
                     f"column of the FROM clause, which {self.dialect} may read either way; "
                     "qualify the column or rename the output"
                 )
-            self._bind_found(column, found)
+            self._bind_found(scope, column, found)
             return
         if not outputs:
             self._defer(scope, column)
@@ -445,7 +445,7 @@ class ScopeResolver:
     ) -> None:
         kinds = {output.kind for output in outputs}
         if "hidden" in kinds or "unknown" in kinds:
-            raise _not_in_scope(column)
+            raise _not_in_scope(column, "")
         if "implicit" in kinds:
             raise QueryRejected(
                 f"'{column.name}' may name an output that has no alias; give that output "
@@ -494,9 +494,9 @@ class ScopeResolver:
                 self._pending.append((scope, copied))
         column.replace(copy)
 
-    def _bind_found(self, column: exp.Column, found: _Found) -> None:
+    def _bind_found(self, scope: Scope, column: exp.Column, found: _Found) -> None:
         if found.block is not None:
-            raise _blocked(column, found)
+            raise _blocked(column, found, self._hint(scope, column))
         if found.ambiguous:
             _ambiguous(column, list(found.ambiguous))
         assert found.source is not None
@@ -504,8 +504,28 @@ class ScopeResolver:
 
     def _defer(self, scope: Scope, column: exp.Column) -> None:
         if _outer_scope(scope) is None:
-            _not_found(column, self._sources.get(id(scope), {}))
+            self._not_found(scope, column)
         self._pending.append((scope, column))
+
+    def _not_found(self, scope: Scope, column: exp.Column) -> None:
+        _not_found(column, self._sources.get(id(scope), {}), self._hint(scope, column))
+
+    def _hint(self, scope: Scope, column: exp.Column) -> str:
+        """For the message of a name bound nowhere it may be: that it is an output name of
+        its own query which the dialect does not read where it stands. The same whether
+        or not a hidden column has the name, so the message does not tell them apart."""
+        select = scope.expression
+        if column.table or not isinstance(select, exp.Select):
+            return ""
+        clause, _ = clause_of(column, select)
+        if self.rules.alias_use(clause) is not AliasUse.NONE:
+            return ""
+        if not any(isinstance(p, exp.Alias) and p.alias == column.name for p in select.expressions):
+            return ""
+        return (
+            f" ('{column.name}' is an output name, which {self.dialect} does not read in "
+            f"the {clause.value}: repeat the expression)"
+        )
 
     # -- columns of enclosing queries -----------------------------------------------
 
@@ -532,7 +552,7 @@ class ScopeResolver:
                     if found.block is None and not found.ambiguous:
                         assert found.source is not None
                         self._check_not_shadowed(column, found.source.alias, nearer)
-                    self._bind_found(column, found)
+                    self._bind_found(scope, column, found)
                     return
                 if self.rules.outer_aliases and isinstance(select, exp.Select):
                     outputs = self._outputs_named(select, column)
@@ -544,7 +564,7 @@ class ScopeResolver:
                         )
             nearer.append(outer)
             found_outer = _outer_scope(outer)
-        _not_found(column, self._sources.get(id(scope), {}))
+        self._not_found(scope, column)
 
     def _check_not_shadowed(self, column: exp.Column, alias: str, nearer: list[Scope]) -> None:
         # The output qualifies the column with `alias`; if a nearer FROM clause also has a
@@ -655,7 +675,7 @@ def _named_expression(projection: exp.Expr) -> exp.Expr:
 # -- refusals --------------------------------------------------------------------------
 
 
-def _blocked(column: exp.Column, found: _Found) -> QueryRejected:
+def _blocked(column: exp.Column, found: _Found, hint: str) -> QueryRejected:
     source = found.blocker
     assert source is not None
     if found.block is _Block.UNKNOWN:
@@ -667,7 +687,7 @@ def _blocked(column: exp.Column, found: _Found) -> QueryRejected:
         )
     if found.block is _Block.UNNAMED:
         return _unnamed(column, source)
-    return _not_in_scope(column)
+    return _not_in_scope(column, hint)
 
 
 def _unnamed(column: exp.Column, source: Source) -> QueryRejected:
@@ -677,9 +697,9 @@ def _unnamed(column: exp.Column, source: Source) -> QueryRejected:
     )
 
 
-def _not_in_scope(column: exp.Column) -> QueryRejected:
+def _not_in_scope(column: exp.Column, hint: str) -> QueryRejected:
     # The message an unknown name gets: it must not tell a hidden column from no column.
-    return QueryRejected(f"column '{column.name}' is not selected in any table in scope")
+    return QueryRejected(f"column '{column.name}' is not selected in any table in scope{hint}")
 
 
 def _not_joined_yet(column: exp.Column) -> QueryRejected:
@@ -696,7 +716,7 @@ def _ambiguous(column: exp.Column, candidates: list[Source]) -> None:
     )
 
 
-def _not_found(column: exp.Column, sources: dict[str, Source]) -> None:
+def _not_found(column: exp.Column, sources: dict[str, Source], hint: str = "") -> None:
     if column.table:
         entity = next(
             (s.entity for s in sources.values() if s.entity and s.entity.name == column.table),
@@ -708,7 +728,7 @@ def _not_found(column: exp.Column, sources: dict[str, Source]) -> None:
             f"column '{column.table}.{column.name}' refers to '{column.table}', "
             "which is not in the FROM clause"
         )
-    raise _not_in_scope(column)
+    raise _not_in_scope(column, hint)
 
 
 def _outer_scope(scope: Scope) -> tuple[Scope, exp.Expr] | None:
