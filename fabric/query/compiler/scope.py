@@ -377,14 +377,12 @@ class ScopeResolver:
             else:
                 self._bind_found(scope, column, found)
             return
-        outputs = self._outputs_named(select, column)
         if found is not None:
-            if (
-                outputs
-                and use in (AliasUse.EXCLUSIVE, AliasUse.REFUSED)
-                and found.block is None
-                and not _same_column(outputs, found)
-            ):
+            if use in (AliasUse.EXCLUSIVE, AliasUse.REFUSED) and found.block is None:
+                outputs = self._outputs_named(select, column)
+            else:
+                outputs = []
+            if outputs and not _same_column(outputs, found):
                 raise QueryRejected(
                     f"'{column.name}' in the {clause.value} is both an output name and a "
                     f"column of the FROM clause, which {self.dialect} may read either way; "
@@ -392,6 +390,7 @@ class ScopeResolver:
                 )
             self._bind_found(scope, column, found)
             return
+        outputs = self._outputs_named(select, column)
         if not outputs:
             self._defer(scope, column)
         elif use in (AliasUse.FALLBACK, AliasUse.EXCLUSIVE):
@@ -411,8 +410,9 @@ class ScopeResolver:
             return candidate.lower() == name.lower() if folded else candidate == name
 
         found: list[_Output] = []
+        own = _projection_of(column, select)
         for projection in select.expressions:
-            if any(node is column for node in projection.walk()):
+            if projection is own:
                 continue  # an expression is not its own output
             if isinstance(projection, exp.Alias):
                 if same(projection.alias):
@@ -666,6 +666,13 @@ def _same_column(outputs: list[_Output], found: _Found) -> bool:
         if found.name not in _matching(found.source.columns, target.this):
             return False
     return True
+
+
+def _projection_of(node: exp.Expr, select: exp.Select) -> exp.Expr | None:
+    """The item of `select`'s select list that holds `node`, if one does."""
+    while node.parent is not None and node.parent is not select:
+        node = node.parent
+    return node if node.parent is select and node.arg_key == "expressions" else None
 
 
 def _named_expression(projection: exp.Expr) -> exp.Expr:
