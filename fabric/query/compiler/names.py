@@ -6,9 +6,10 @@ or not) and, in some clauses and some dialects, among the SELECT's own output na
 then outward, through the queries that enclose it (a correlated reference). Where output
 names count, and which wins when a name is both an input column and an output name,
 differs per dialect. `NameRules` holds one dialect's answer, clause by clause; the rules
-below were checked against PostgreSQL 15, MariaDB 10.11 and DuckDB 2.0 (tests/integration/
-test_name_binding.py keeps checking them) and, for SQL Server, taken from its
-documentation and made strict where it is silent.
+below were found on PostgreSQL 15, MariaDB 10.11 and DuckDB 2.0 (tests/integration/
+test_name_binding.py keeps checking the select list, WHERE, GROUP BY, HAVING and ORDER BY
+against them) and, for SQL Server, taken from its documentation and made strict where it
+is silent.
 """
 
 from __future__ import annotations
