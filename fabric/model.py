@@ -7,7 +7,7 @@ value; a connection's password lives in the secret store and is referred to by n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -95,12 +95,31 @@ class Entity:
     stage_tables: Mapping[str, tuple[str, str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    hidden_columns: tuple[str, ...] | None = None
+    """Names of the physical table's columns that are not selected, as introspection saw
+    them in every stage it read (unsupported types included). Apps never read them, but
+    the source resolves names against them, so the compiler must know them to bind a name
+    as the source does. None: not known (an entity stored before they were recorded);
+    the compiler then treats every name as possibly one of them."""
 
     def column(self, name: str) -> ColumnInfo | None:
         for column in self.columns:
             if column.name == name:
                 return column
         return None
+
+    def with_hidden(self, names: Iterable[str]) -> Entity:
+        """This entity with `names` (columns a physical table of it has) added to its
+        hidden columns, leaving out selected names and repeats. Names are only added
+        (a column seen in one stage's table stays counted for every stage, which at worst
+        refuses a query that names it) or dropped when selected. An unknown list becomes
+        the names given."""
+        selected = {column.name for column in self.columns}
+        hidden = [name for name in self.hidden_columns or () if name not in selected]
+        for name in names:
+            if name not in selected and name not in hidden:
+                hidden.append(name)
+        return replace(self, hidden_columns=tuple(hidden))
 
     def physical(self, stage: str) -> tuple[str, str]:
         """The (schema, table) that holds this entity's rows in `stage`."""

@@ -292,7 +292,9 @@ class CatalogManager:
                 _check_stage_table(result[index], info, other)
                 mapped = dict(result[index].stage_tables)
                 mapped[other] = (info.schema, info.name)
-                result[index] = replace(result[index], stage_tables=MappingProxyType(mapped))
+                result[index] = replace(
+                    result[index], stage_tables=MappingProxyType(mapped)
+                ).with_hidden(column.name for column in info.columns)
         return result
 
     def _select_checked(
@@ -358,7 +360,7 @@ class CatalogManager:
                         schema=current.schema,
                         table=current.table,
                         stage_tables=MappingProxyType(mapped),
-                    )
+                    ).with_hidden(current.hidden_columns or ())
                 )
             )
         return snapshot.version, merged
@@ -469,6 +471,7 @@ def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None
         columns=chosen,
         primary_key=primary_key,
         foreign_keys=foreign_keys,
+        hidden_columns=tuple(c.name for c in info.columns if c.name not in wanted),
     )
 
 

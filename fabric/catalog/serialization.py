@@ -243,6 +243,17 @@ def check_entity(entity: Entity) -> None:
     if duplicates:
         raise InvalidArgument(f"entity {entity.name!r} repeats column(s) {duplicates}")
     known = set(names)
+    hidden = entity.hidden_columns
+    if hidden is not None and (
+        not isinstance(hidden, tuple)
+        or not all(isinstance(name, str) and name for name in hidden)
+        or len(set(hidden)) != len(hidden)
+        or known.intersection(hidden)
+    ):
+        raise InvalidArgument(
+            f"hidden_columns of entity {entity.name!r} must be distinct column names that "
+            "are not selected"
+        )
     missing = [name for name in entity.primary_key if name not in known]
     if missing:
         raise InvalidArgument(
@@ -341,9 +352,11 @@ def entity_from_documents(
     primary_key: Sequence[str],
     foreign_keys: Sequence[Mapping[str, Any]],
     stage_tables: Mapping[str, Sequence[str]] | None,
+    hidden_columns: Sequence[str] | None = None,
 ) -> Entity:
     """An entity from its stored documents (the inverse of the `..._document` functions;
-    no `stage_tables`, from a row written before they existed, is no override)."""
+    no `stage_tables`, from a row written before they existed, is no override; no
+    `hidden_columns`, likewise, is "not known")."""
     return Entity(
         name=name,
         schema=schema,
@@ -371,4 +384,5 @@ def entity_from_documents(
         stage_tables=MappingProxyType(
             {stage: (str(pair[0]), str(pair[1])) for stage, pair in (stage_tables or {}).items()}
         ),
+        hidden_columns=None if hidden_columns is None else tuple(hidden_columns),
     )

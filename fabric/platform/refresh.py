@@ -16,6 +16,10 @@ the refresh runs in:
   (primary key columns are always part of an entity, so a new key column is added);
 - `entity_removed`: no selected column is left; the entity is removed.
 
+Every entity also records the names of its table's unselected columns (`Entity.
+hidden_columns`, added to what other stages showed): the compiler needs them to bind a
+name in a query the way the source will.
+
 The reconciled selection is written with `replace_entities` against the catalog version
 it was computed from (a concurrent change makes the refresh start over), or, when
 nothing changed, the catalog version is bumped. Either way the version moves, so
@@ -129,9 +133,10 @@ def _reconcile(entity: Entity, info: TableInfo) -> tuple[Entity | None, list[Dri
         )
     if foreign_keys != entity.foreign_keys:
         report(DriftKind.KEY_CHANGED, detail="foreign keys changed")
-    return replace(
+    reconciled = replace(
         entity, columns=columns, primary_key=tuple(primary_key), foreign_keys=foreign_keys
-    ), drift
+    )
+    return reconciled.with_hidden(column.name for column in info.columns), drift
 
 
 def plan_refresh(

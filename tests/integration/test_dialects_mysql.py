@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -19,7 +20,7 @@ import pytest
 
 from connectors.base import ConnectorConfig
 from fabric.errors import QueryRejected
-from fabric.model import CatalogSnapshot, Entity
+from fabric.model import CatalogSnapshot
 from tests.support.servers import mariadb_url
 from tests.unit.test_compiler_golden import sales_catalog
 from tests.unit.test_dialects import ACCEPTED, EXTRA, compile_for
@@ -40,17 +41,7 @@ PARAM_VALUES: dict[str, Any] = {
 
 def _catalog(schemas: dict[str, str]) -> CatalogSnapshot:
     base = sales_catalog()
-    entities = {
-        name: Entity(
-            e.name,
-            schemas[e.schema],
-            e.table,
-            e.columns,
-            e.primary_key,
-            e.foreign_keys,
-        )
-        for name, e in base.entities.items()
-    }
+    entities = {name: replace(e, schema=schemas[e.schema]) for name, e in base.entities.items()}
     return CatalogSnapshot(base.tenant, base.connection, base.version, entities)
 
 

@@ -3,6 +3,8 @@ on MariaDB every allowed function of a probe set really runs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyarrow as pa
 import pytest
 
@@ -28,6 +30,7 @@ CATALOG = CatalogSnapshot(
                 ColumnInfo("d", "date", pa.date32()),
             ),
             ("x",),
+            hidden_columns=(),
         )
     },
 )
@@ -112,9 +115,7 @@ def test_allowed_functions_really_run_on_mariadb() -> None:
             )
         admin.commit()
         entity = CATALOG.entities["m"]
-        catalog = CatalogSnapshot(
-            "t", "c", 1, {"m": Entity("m", database, "m", entity.columns, entity.primary_key)}
-        )
+        catalog = CatalogSnapshot("t", "c", 1, {"m": replace(entity, schema=database)})
         connector = MySQLConnector(
             ConnectorConfig(
                 {

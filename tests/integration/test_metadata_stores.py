@@ -557,6 +557,19 @@ def test_reselect_replaces_by_name_ignoring_case(store: MetadataStore) -> None:
     assert [c.name for c in replaced.columns] == ["id", "total", "note"]
 
 
+def test_hidden_columns_round_trip_and_unknown_stays_unknown(store: MetadataStore) -> None:
+    store.create_connection(T, "shop", "duckdb", STAGES)
+    hiding = replace(entity("orders"), hidden_columns=("secret", "Note"))
+    nothing = replace(entity("items", "order_items"), hidden_columns=())
+    unknown = entity("lines", "order_lines")  # as a row written before they were recorded
+    assert unknown.hidden_columns is None
+    store.select_entities(T, "shop", [hiding, nothing, unknown])
+    snapshot = store.catalog(T, "shop")
+    assert snapshot.entity("orders") == hiding
+    assert snapshot.entity("items") == nothing
+    assert snapshot.entity("lines") == unknown
+
+
 def test_versions_strictly_increase(store: MetadataStore) -> None:
     first = store.create_connection(T, "shop", "duckdb", STAGES)
     assert first.version == 1
@@ -697,6 +710,9 @@ def test_bump_catalog_version_keeps_the_selection(store: MetadataStore) -> None:
             ],
             "foreign key 'fk'",
         ),
+        ([replace(entity(), hidden_columns=("total",))], "hidden_columns"),
+        ([replace(entity(), hidden_columns=("ssn", "ssn"))], "hidden_columns"),
+        ([replace(entity(), hidden_columns=("",))], "hidden_columns"),
     ],
 )
 def test_invalid_entities_are_refused_whole(

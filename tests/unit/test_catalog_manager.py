@@ -180,6 +180,8 @@ def test_select_columns_always_includes_the_primary_key(manager: CatalogManager)
     ]
     assert manager.catalog_version(T, "shop") > before
     assert manager.list_entities(T, "shop") == [customers]
+    # What the table has but apps may not read is recorded by name, for the compiler.
+    assert customers.hidden_columns == ("email", "signup_date", "segment")
 
 
 def test_select_keeps_only_foreign_keys_whose_columns_are_selected(
@@ -283,6 +285,23 @@ def test_select_all_and_unselect(manager: CatalogManager, factory: Connectors) -
     assert factory.closed == len(factory.opened)
 
 
+def test_hidden_columns_of_every_stage_read_are_kept(
+    store: SqliteMetadataStore, factory: Connectors, source: Path
+) -> None:
+    manager = CatalogManager(store, factory)
+    both = {"path": str(source)}
+    manager.create_connection(T, "shop", "duckdb", {DEV: both, "production": both})
+    # Production reads the entity from sales.orders, which has an `amount` main.orders lacks.
+    orders = manager.select(
+        T, "shop", DEV, "main.orders", ["id"], stage_tables={"production": "sales.orders"}
+    )
+    assert orders.hidden_columns == ("customer_id", "order_date", "status", "ordered_at", "amount")
+    # Selecting more columns later takes them out; what only production showed stays.
+    wider = manager.select(T, "shop", DEV, "main.orders", ["id", "status"])
+    assert wider.hidden_columns == ("customer_id", "order_date", "ordered_at", "amount")
+    assert manager.list_entities(T, "shop") == [wider]
+
+
 def test_unsupported_columns(store: SqliteMetadataStore, source: Path) -> None:
     factory = Connectors(wrap=EmailUnsupported)
     manager = CatalogManager(store, factory)
@@ -293,6 +312,7 @@ def test_unsupported_columns(store: SqliteMetadataStore, source: Path) -> None:
     assert names(customers) == ["id", "name", "region_id", "signup_date", "segment"]
     with pytest.raises(InvalidArgument, match=r"'email'.*'EMAIL_ADDRESS'.*not support"):
         manager.select(T, "shop", DEV, "customers", ["name", "email"])
+    assert customers.hidden_columns == ("email",)  # a column of an unsupported type too
     everything = manager.select_all(T, "shop", DEV, ["main"])
     assert all(c.supported for e in everything for c in e.columns)
     assert factory.closed == len(factory.opened) == 3

@@ -39,17 +39,23 @@ def sales_catalog(version: int = 1) -> CatalogSnapshot:
     """The shared fixture: a sales schema where some columns and one table are hidden.
 
     Physically the source also has customers.ssn, orders.secret and a payroll table; they
-    are not selected, so they are absent here, exactly as the Studio would leave them.
+    are not selected, so they are not among the columns, exactly as the Studio would leave
+    them (the entities name the hidden columns, as a selection records them).
     """
     entities = {
         "customers": Entity(
-            "customers", "sales", "customers", _columns("id", "name", "region", "Signup Date")
+            "customers",
+            "sales",
+            "customers",
+            _columns("id", "name", "region", "Signup Date"),
+            hidden_columns=("ssn",),
         ),
         "orders": Entity(
             "orders",
             "sales",
             "orders",
             _columns("id", "customer_id", "amount", "status", "ordered_at"),
+            hidden_columns=("secret",),
         ),
         # Entity name differs from the physical table name.
         "order_items": Entity(
@@ -57,13 +63,22 @@ def sales_catalog(version: int = 1) -> CatalogSnapshot:
             "sales",
             "order_lines",
             _columns("order_id", "product_id", "qty", "price"),
+            hidden_columns=(),
         ),
         "products": Entity(
-            "products", "sales", "products", _columns("id", "name", "category", "price")
+            "products",
+            "sales",
+            "products",
+            _columns("id", "name", "category", "price"),
+            hidden_columns=(),
         ),
         # Physical names that need quoting (space, mixed case, embedded quote).
         "web_events": Entity(
-            "web_events", "Analytics", 'Web "Events"', _columns("EventId", "kind", "occurred_at")
+            "web_events",
+            "Analytics",
+            'Web "Events"',
+            _columns("EventId", "kind", "occurred_at"),
+            hidden_columns=(),
         ),
     }
     return CatalogSnapshot(tenant="acme", connection="sales", version=version, entities=entities)

@@ -51,7 +51,13 @@ PROPERTY_SETTINGS = settings(
 
 def _catalog() -> CatalogSnapshot:
     entities = {
-        name: Entity(name, "", name, tuple(ColumnInfo(c, "integer", pa.int64()) for c in cols))
+        name: Entity(
+            name,
+            "",
+            name,
+            tuple(ColumnInfo(c, "integer", pa.int64()) for c in cols),
+            hidden_columns=tuple(c for c in PHYSICAL[name] if c not in cols),
+        )
         for name, cols in SELECTED.items()
     }
     return CatalogSnapshot(tenant="t", connection="c", version=1, entities=entities)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pyarrow as pa
 import pytest
 from sqlglot.dialects.dialect import Dialect
@@ -18,6 +20,7 @@ from sqlglot.parser import Parser
 
 from connectors import registry
 from connectors.base import ParamStyle
+from fabric.api.status import status_for
 from fabric.config import Settings
 from fabric.errors import (
     MAX_MESSAGE_LENGTH,
@@ -510,7 +513,10 @@ KELVIN = "\u212a"  # KELVIN SIGN: str.lower() makes it an ASCII "k"; PostgreSQL 
 def readings(*columns: str, entity: str = "readings") -> CatalogSnapshot:
     fields = tuple(ColumnInfo(name, "integer", pa.int64()) for name in ("id", *columns))
     return CatalogSnapshot(
-        "acme", "lab", 1, {entity: Entity(entity, "lab", entity, fields, ("id",))}
+        "acme",
+        "lab",
+        1,
+        {entity: Entity(entity, "lab", entity, fields, ("id",), hidden_columns=())},
     )
 
 
@@ -625,3 +631,158 @@ def test_nul_in_sql_or_in_a_text_parameter_never_reaches_the_source(rig: Rig, ho
     # Binary data may hold zero bytes: it is not text.
     run(send(query("SELECT id FROM orders WHERE :b IS NOT NULL", params={"b": b"a\x00b"})))
     assert rig.source.executions[0].params == (b"a\x00b",)
+
+
+# -- scope tricks: a name means what the source would make it mean --------------------------
+#
+# The sales catalog hides customers.ssn and orders.secret. Each trick names a hidden
+# column where another binding (an outer table, an output alias, a derived table's
+# column) has the same name; the source binds the innermost one, the hidden column, so
+# the compiler must refuse, in every dialect, with the message an unknown name gets.
+
+HIDDEN = "is not selected"
+SCOPE_TRICKS: dict[str, str] = {
+    "scalar subquery, outer alias": "SELECT (SELECT max(secret) FROM orders WHERE orders.id > 0) "
+    "FROM (SELECT amount AS secret FROM orders) s",
+    "exists, outer alias": "SELECT s.secret FROM (SELECT status AS secret FROM orders) s "
+    "WHERE EXISTS (SELECT 1 FROM orders WHERE secret = 'x')",
+    "in, outer alias": "SELECT x.ssn FROM (SELECT region AS ssn FROM customers) x "
+    "WHERE x.ssn IN (SELECT ssn FROM customers)",
+    "group by alias": "SELECT region AS ssn, count(*) FROM customers GROUP BY ssn",
+    "order by expression of alias": "SELECT region AS ssn FROM customers ORDER BY ssn || ''",
+    "having alias": "SELECT region AS ssn, count(*) FROM customers GROUP BY region "
+    "HAVING ssn <> ''",
+    "where alias": "SELECT region AS ssn FROM customers WHERE ssn = 'x'",
+    "select-list alias": "SELECT region AS ssn, ssn FROM customers",
+    "derived star passes over": "SELECT (SELECT max(ssn) FROM (SELECT * FROM customers) d) "
+    "FROM (SELECT region AS ssn FROM customers) s",
+    "cte star passes over": "WITH c AS (SELECT * FROM customers) SELECT (SELECT count(*) "
+    "FROM c WHERE ssn IS NULL) FROM (SELECT name AS ssn FROM customers) o",
+    "on clause before the join": "SELECT o.id FROM orders o JOIN customers c ON secret = c.id "
+    "JOIN (SELECT id AS secret FROM products) p ON p.secret = o.id",
+    "table alias named like the column": "SELECT ssn.id FROM customers ssn WHERE ssn.ssn IS NULL",
+    "window over alias": "SELECT region AS ssn, rank() OVER (ORDER BY ssn) FROM customers",
+    "nested twice": "SELECT (SELECT (SELECT max(secret) FROM orders) FROM customers LIMIT 1) "
+    "FROM (SELECT status AS secret FROM orders) s",
+}
+
+
+@pytest.mark.parametrize("sql", SCOPE_TRICKS.values(), ids=SCOPE_TRICKS.keys())
+@pytest.mark.parametrize("dialect", ["duckdb", "mysql", "postgres", "tsql"])
+def test_a_scope_trick_reaching_a_hidden_column_is_refused(sql: str, dialect: str) -> None:
+    with pytest.raises(QueryRejected) as caught:
+        StatementCompiler().compile(
+            sql, sales_catalog(), dialect=dialect, param_style=ParamStyle.FORMAT, max_rows=10
+        )
+    assert status_for(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
+    assert HIDDEN in caught.value.message, caught.value.message
+
+
+# Where each dialect reads a name as an output alias (so the compiler binds it there)
+# and where it does not (so the compiler refuses, as the source would).
+DIALECT_TRICKS: list[tuple[str, dict[str, bool]]] = [
+    # ORDER BY item: the output first, everywhere that reads output names there.
+    (
+        "SELECT region AS ssn FROM customers ORDER BY ssn",
+        {"postgres": True, "duckdb": True, "mysql": True, "tsql": False},
+    ),
+    # An alias in WHERE: DuckDB reads it (when no column has the name), others never.
+    (
+        "SELECT region AS place FROM customers WHERE place = 'north'",
+        {"postgres": False, "duckdb": True, "mysql": False, "tsql": False},
+    ),
+    # An alias in HAVING: MySQL and DuckDB read it.
+    (
+        "SELECT region AS place, count(*) FROM customers GROUP BY region HAVING place <> ''",
+        {"postgres": False, "duckdb": True, "mysql": True, "tsql": False},
+    ),
+    # An output of the enclosing query, read by MySQL and DuckDB: the compiler does not.
+    (
+        "SELECT amount AS total, (SELECT count(*) FROM order_items WHERE price > total) "
+        "FROM orders",
+        {"postgres": False, "duckdb": False, "mysql": False, "tsql": False},
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "accepted"), DIALECT_TRICKS)
+def test_output_names_are_read_where_each_dialect_reads_them(
+    sql: str, accepted: dict[str, bool]
+) -> None:
+    for dialect, expected in accepted.items():
+        try:
+            StatementCompiler().compile(
+                sql, sales_catalog(), dialect=dialect, param_style=ParamStyle.FORMAT, max_rows=10
+            )
+        except QueryRejected:
+            assert not expected, f"{dialect} reads this query; the compiler refused it"
+        else:
+            assert expected, f"{dialect} does not read this query so; the compiler accepted it"
+
+
+@pytest.mark.parametrize(
+    ("hidden", "unknown"),
+    [
+        ("SELECT id FROM orders WHERE secret = 'x'", "SELECT id FROM orders WHERE nope = 'x'"),
+        (
+            "SELECT status AS secret FROM orders WHERE secret = 'x'",
+            "SELECT status AS nope FROM orders WHERE nope = 'x'",
+        ),
+        ("SELECT o.secret FROM orders o", "SELECT o.nope FROM orders o"),
+        (
+            "SELECT d.secret FROM (SELECT * FROM orders) d",
+            "SELECT d.nope FROM (SELECT * FROM orders) d",
+        ),
+        (
+            "SELECT id FROM customers WHERE EXISTS (SELECT 1 FROM orders WHERE secret = 1)",
+            "SELECT id FROM customers WHERE EXISTS (SELECT 1 FROM orders WHERE nope = 1)",
+        ),
+    ],
+)
+def test_a_hidden_column_is_refused_as_a_name_no_table_has(hidden: str, unknown: str) -> None:
+    messages = []
+    for sql in (hidden, unknown):
+        with pytest.raises(QueryRejected) as caught:
+            compile_sql(sql)
+        messages.append(caught.value.message.replace("secret", "NAME").replace("nope", "NAME"))
+    assert messages[0] == messages[1]
+
+
+def test_an_entity_whose_hidden_columns_are_not_known_is_bound_only_where_safe() -> None:
+    snapshot = sales_catalog()
+    entities = dict(snapshot.entities)
+    entities["orders"] = replace(entities["orders"], hidden_columns=None)
+    old = replace(snapshot, entities=entities)
+
+    def compile_old(sql: str) -> None:
+        StatementCompiler().compile(
+            sql, old, dialect="postgres", param_style=ParamStyle.FORMAT, max_rows=10
+        )
+
+    compile_old("SELECT o.amount FROM orders o WHERE o.status = 'paid'")
+    compile_old("SELECT amount FROM orders")
+    # A name orders does not select may be one it hides: no binding outward, no alias.
+    for sql in (
+        "SELECT id FROM customers c WHERE EXISTS (SELECT 1 FROM orders WHERE region = 'x')",
+        "SELECT status AS bucket, count(*) FROM orders GROUP BY bucket",
+    ):
+        with pytest.raises(QueryRejected, match="refresh the connection's catalog"):
+            compile_old(sql)
+
+
+def test_scope_tricks_never_reach_the_source(rig: Rig) -> None:
+    # The rig selects orders' id and amount; its note column is hidden.
+    rig.source.answer(pa.table({"id": pa.array([1], pa.int64())}))
+    for sql in (
+        "SELECT (SELECT max(note) FROM orders) FROM (SELECT amount AS note FROM orders) s",
+        "SELECT amount AS note, count(*) FROM orders GROUP BY note",
+        "SELECT amount AS note FROM orders WHERE note = 'x'",
+        "SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM orders WHERE note = 'n1')",
+    ):
+        with pytest.raises(QueryRejected, match="is not selected") as caught:
+            run(collect(rig.engine, query(sql)))
+        assert status_for(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
+    assert rig.source.executions == []
+    # The same shapes over a name no table hides bind outward or to the alias, and run.
+    run(collect(rig.engine, query("SELECT amount AS total FROM orders WHERE total > 1")))
+    assert len(rig.source.executions) == 1

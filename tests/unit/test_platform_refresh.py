@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 import pyarrow as pa
@@ -39,6 +40,19 @@ def test_drift_kinds_and_the_reconciled_entity() -> None:
     assert [c.name for c in kept.columns] == ["id", "a", "b"]
     assert kept.column("b") == col("b", "text", pa.string())
     assert kept.foreign_keys == (fk,) and kept.primary_key == ("id",)
+    # What the table has but the entity does not select is recorded, unsupported types too.
+    assert kept.hidden_columns == ("geo", "fresh")
+
+
+def test_hidden_columns_of_every_stage_are_kept_and_a_selected_one_leaves_them() -> None:
+    entity = Entity("e", "s", "t", (col("id"), col("a")), ("id",), hidden_columns=("dev_only",))
+    table = TableInfo("s", "t", (col("id"), col("a"), col("prod_only")), ("id",))
+    [kept], _ = plan_refresh([entity], "production", {("s", "t"): table})
+    assert kept.hidden_columns == ("dev_only", "prod_only")
+    # A primary key column that was hidden becomes selected and leaves the list.
+    keyed = TableInfo("s", "t", (col("k"), col("id"), col("a")), ("k",))
+    [rekeyed], _ = plan_refresh([replace(entity, hidden_columns=("k",))], "x", {("s", "t"): keyed})
+    assert "k" in [c.name for c in rekeyed.columns] and rekeyed.hidden_columns == ()
 
 
 def test_the_stage_table_is_checked_and_a_gone_table_leaves() -> None:
@@ -58,7 +72,8 @@ def test_the_stage_table_is_checked_and_a_gone_table_leaves() -> None:
     kept, drift = plan_refresh(
         [entity], "development", {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))}
     )
-    assert kept == [entity] and drift == []
+    # The entity now records that its table hides nothing.
+    assert kept == [replace(entity, hidden_columns=())] and drift == []
 
 
 def test_a_new_primary_key_column_is_added() -> None:

@@ -149,6 +149,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_catalog_change()",
         ),
     ),
+    Migration(
+        version=4,
+        description="unselected column names of entities",
+        statements=(
+            # List of names; NULL (rows written before) means not known.
+            "ALTER TABLE {s}.entities ADD COLUMN hidden_columns JSONB",
+        ),
+    ),
 )
 """Every schema version, oldest first; `{s}` stands for the quoted schema name. Append;
 never edit a released migration."""

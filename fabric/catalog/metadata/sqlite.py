@@ -113,6 +113,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE entities ADD COLUMN stage_tables TEXT NOT NULL DEFAULT '{}'",
         ),
     ),
+    Migration(
+        version=4,
+        description="unselected column names of entities",
+        statements=(
+            # JSON list of names; NULL (rows written before) means not known.
+            "ALTER TABLE entities ADD COLUMN hidden_columns TEXT",
+        ),
+    ),
 )
 """Every schema version, oldest first. Append; never edit a released migration."""
 

@@ -355,7 +355,7 @@ class MetadataStore:
         with self._driver.reading() as session:
             rows = session.all(
                 "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
-                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables"
+                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables, e.hidden_columns"
                 " FROM {s}.connections c"
                 " JOIN {s}.catalog_versions v ON v.connection_id = c.id"
                 " LEFT JOIN {s}.entities e ON e.connection_id = c.id"
@@ -367,7 +367,9 @@ class MetadataStore:
             raise connection_not_found(tenant, connection)
         decode = self._dialect.decode_document
         entities = {
-            row[1]: entity_from_documents(*row[2:5], *(decode(value) for value in row[5:]))
+            row[1]: entity_from_documents(
+                *row[2:5], *(None if value is None else decode(value) for value in row[5:])
+            )
             for row in rows
             if row[1] is not None
         }
@@ -557,13 +559,14 @@ class MetadataStore:
         encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
         session.run_many(
             "INSERT INTO {s}.entities (connection_id, name_key, name, schema_name,"
-            " table_name, columns, primary_key, foreign_keys, stage_tables, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " table_name, columns, primary_key, foreign_keys, stage_tables, hidden_columns,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
             " name = excluded.name, schema_name = excluded.schema_name,"
             " table_name = excluded.table_name, columns = excluded.columns,"
             " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
-            " stage_tables = excluded.stage_tables, updated_at = excluded.updated_at",
+            " stage_tables = excluded.stage_tables, hidden_columns = excluded.hidden_columns,"
+            " updated_at = excluded.updated_at",
             [
                 (
                     connection_id,
@@ -575,6 +578,8 @@ class MetadataStore:
                     encode(list(e.primary_key)),
                     encode(foreign_keys_document(e.foreign_keys)),
                     encode(stage_tables_document(e.stage_tables)),
+                    # NULL: not known (see Entity.hidden_columns).
+                    None if e.hidden_columns is None else encode(list(e.hidden_columns)),
                     now,
                     now,
                 )

@@ -12,7 +12,9 @@ Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compil
    and the size bounds of the target (`bounds`: type parameters in range, every
    construct that can multiply a value's size refused or bounded);
 3. scope-by-scope resolution of every table to a selected entity and of every column to a
-   selected column (sqlglot's scope machinery gives the scopes; the binding rules are ours),
+   selected column, each name bound where the target's own database would bind it
+   (innermost query first, then outward; output aliases where that dialect reads them;
+   against every column a table has, the hidden ones included, which refuse the query),
    rewriting as it goes: physical `"schema"."table" AS "alias"`, columns qualified by their
    source alias with the catalog's exact spelling, `*` expanded to the selected columns;
 4. the row limit on the outermost query and the width of a row (`widths`: what one value
@@ -21,9 +23,9 @@ Fabric SQL is PostgreSQL-flavoured SQL with named parameters (`:name`). A compil
    sentinel placeholders that become the driver's `?` or `%s`, through the target's
    dialect rules (what it cannot express is refused, the rest rewritten).
 
-The modules follow those steps: `reader` (1), `guard` and `bounds` (2), `scope` (3),
-`rows`, `widths` and `generate` (4), `dialects` (the target rules), `statement_compiler`
-(the pipeline).
+The modules follow those steps: `reader` (1), `guard` and `bounds` (2), `scope` and
+`names` (3), `rows`, `widths` and `generate` (4), `dialects` (the target rules),
+`statement_compiler` (the pipeline).
 
 Decisions (documented for the engine and the Studio):
 
@@ -42,6 +44,13 @@ Decisions (documented for the engine and the Studio):
 - Truncation: `row_limit` is max_rows + 1 unless the query's own literal LIMIT is not
   larger than max_rows. The engine reads at most `row_limit` rows; reading more than
   `max_rows` rows means the result was truncated (drop the extra row, flag truncated).
+- A name binds as the target's database binds it (`names.NameRules` per dialect): a
+  query whose binding is a hidden column is refused with the message a name no table has
+  gets. Where databases disagree on which wins (an alias that is also a column, in
+  clauses where the rules are murky or unverifiable) the name is refused, as is a
+  subquery naming an enclosing query's alias; an output without an alias is named as
+  PostgreSQL names it only where the name is certain. An entity whose hidden columns
+  are not recorded (stored before they were) binds no name that might be one of them.
 - Identifiers are all quoted in the output; unquoted input identifiers are folded first
   as PostgreSQL folds them, ASCII `A`-`Z` to lower case and no other letter (`fold_name`),
   so output column names are the same on every source. Unquoted names match catalog names

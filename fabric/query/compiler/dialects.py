@@ -31,6 +31,13 @@ from sqlglot.dialects.tsql import TSQL
 
 from connectors import registry
 from fabric.errors import InvalidArgument, QueryRejected
+from fabric.query.compiler.names import (
+    DUCKDB_NAMES,
+    MYSQL_NAMES,
+    POSTGRES_NAMES,
+    TSQL_NAMES,
+    NameRules,
+)
 from fabric.query.functions import function_name
 
 __all__ = ["TARGET_DIALECTS", "FabricTarget", "target_dialect"]
@@ -51,6 +58,9 @@ class FabricTarget(Dialect):
     """`agg(...) WITHIN GROUP (ORDER BY ...)` runs with PostgreSQL's meaning."""
     REWRITES: ClassVar[tuple[Rewrite, ...]] = ()
     """Tree rewrites applied in order before sqlglot generates the text."""
+    NAMES: ClassVar[NameRules] = NameRules()
+    """How the source binds a bare name to an output name (`names.NameRules`); the
+    compiler binds every name the way the source would read the query."""
 
     def generate(self, expression: exp.Expr, copy: bool = True, **opts: Any) -> str:
         if copy:
@@ -118,6 +128,34 @@ def _date_trunc_as_datetime(tree: exp.Expr, dialect: str) -> exp.Expr:
         truncated.replace(
             exp.Cast(this=truncated.copy(), to=exp.DataType.build("DATETIME", dialect="mysql"))
         )
+    return tree
+
+
+def _constant_order_items_dropped(tree: exp.Expr, dialect: str) -> exp.Expr:
+    """Drop ORDER BY items that name an output holding a constant (`SELECT 0 AS h ...
+    ORDER BY h`): they order nothing. sqlglot emulates NULLS LAST here by writing the
+    output's expression in the ORDER BY, and an integer there would be a position."""
+    for select in list(tree.find_all(exp.Select)):
+        order = select.args.get("order")
+        if order is None:
+            continue
+        constants = {
+            projection.alias
+            for projection in select.expressions
+            if isinstance(projection, exp.Alias)
+            and projection.this.find(exp.Column, exp.Func, exp.Subquery, exp.Select) is None
+        }
+        kept = [
+            item
+            for item in order.expressions
+            if not (
+                isinstance(item.this, exp.Column)
+                and not item.this.table
+                and item.this.name in constants
+            )
+        ]
+        if len(kept) != len(order.expressions):
+            select.set("order", exp.Order(expressions=kept) if kept else None)
     return tree
 
 
@@ -253,6 +291,7 @@ class FabricDuckDB(DuckDB, FabricTarget):
     NAME = "duckdb"
     DISTINCT_ON = True
     ORDERED_SET_AGGREGATES = True
+    NAMES = DUCKDB_NAMES
 
 
 class FabricPostgres(Postgres, FabricTarget):
@@ -261,21 +300,32 @@ class FabricPostgres(Postgres, FabricTarget):
     NAME = "postgres"
     DISTINCT_ON = True
     ORDERED_SET_AGGREGATES = True
+    NAMES = POSTGRES_NAMES
 
 
 class FabricMySQL(MySQL, FabricTarget):
-    """MySQL and MariaDB: intervals of one unit, FILTER as CASE, DATE_TRUNC as DATETIME."""
+    """MySQL and MariaDB: intervals of one unit, FILTER as CASE, DATE_TRUNC as DATETIME,
+    no ORDER BY on a constant output."""
 
     NAME = "mysql"
-    REWRITES = (_simple_intervals, _filters_as_case, _date_trunc_as_datetime)
+    REWRITES = (
+        _simple_intervals,
+        _filters_as_case,
+        _date_trunc_as_datetime,
+        _constant_order_items_dropped,
+    )
+    NAMES = MYSQL_NAMES
 
 
 class FabricTSQL(TSQL, FabricTarget):
     """SQL Server: interval arithmetic as DATEADD, `||` as `+` over NVARCHAR, text types
-    as Unicode, and predicates used as values as BIT (it has no boolean values)."""
+    as Unicode, predicates used as values as BIT (it has no boolean values), and no
+    ORDER BY on a constant output."""
 
     NAME = "tsql"
+    NAMES = TSQL_NAMES
     REWRITES = (
+        _constant_order_items_dropped,
         _simple_intervals,
         _interval_arithmetic_as_dateadd,
         _current_date_as_getdate,

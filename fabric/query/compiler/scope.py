@@ -1,19 +1,34 @@
 """Scope resolution: every table and column bound to the selection, rewriting the tree.
 
-sqlglot's scope machinery gives the scopes; the binding rules are ours. The rewrite
-leaves physical `"schema"."table" AS "alias"`, columns qualified by their source alias
-with the catalog's exact spelling, and `*` expanded to the selected columns.
+sqlglot's scope machinery gives the scopes; the binding is the source's own: a name is
+looked up as the source dialect looks it up (`names.NameRules`), innermost query first
+and then outward, against every column a table physically has, selected or not. When the
+source would bind a name to a column the selection hides, the query is refused, with the
+message an unknown name gets there. The rewrite leaves physical `"schema"."table" AS
+"alias"`, columns qualified by their source alias with the catalog's exact spelling, an
+output name only as a whole ORDER BY or DISTINCT ON item (elsewhere the named expression
+is written out), and `*` expanded to the selected columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, build_scope
 
 from fabric.errors import QueryRejected
 from fabric.model import CatalogSnapshot, Entity, fold_name
+from fabric.query.compiler.names import (
+    AliasUse,
+    Clause,
+    NameRules,
+    OutputNaming,
+    clause_of,
+    implicit_name,
+    implicit_names,
+)
 from fabric.query.compiler.reader import INPUT_DIALECT, READ_ONLY_HINT
 
 _SYSTEM_SCHEMAS = frozenset(
@@ -38,23 +53,74 @@ class Source:
 
     alias: str
     columns: tuple[str, ...]
+    """The names a query may read."""
     entity: Entity | None
+    hidden: frozenset[str] | None = frozenset()
+    """Names the source has at the source but the selection hides (an entity's hidden
+    columns, or those a `*` inside a derived table passed over); None: not known."""
+    unnamed: frozenset[str] = frozenset()
+    """Names the source may give its outputs that have no alias (`count` for count(*))."""
+
+
+class _Block(Enum):
+    """Why a name found in a source cannot be bound there (worst first)."""
+
+    UNKNOWN = 1
+    UNNAMED = 2
+    HIDDEN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What an unqualified name matched in one level's FROM clause."""
+
+    source: Source | None
+    name: str
+    """The catalog's spelling of the column (when `source` is set and nothing blocks)."""
+    ambiguous: tuple[Source, ...] = ()
+    block: _Block | None = None
+    blocker: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """An output of a SELECT that a bare name matched."""
+
+    projection: exp.Expr
+    kind: str
+    """'alias', 'column' (an unaliased column), 'named' (an unaliased expression whose
+    name is certain), 'implicit' (one that may have the name), 'hidden' (a column a `*`
+    passed over) or 'unknown' (a `*` over columns not known)."""
 
 
 class ScopeResolver:
     """Binds every table and column of a checked tree to the selection, rewriting in place.
 
     Scopes come bottom-up from sqlglot (`Scope.traverse`), so a derived table's or CTE's
-    output names are known before the query that reads it. A column not found in its own
-    scope is bound afterwards against the enclosing scopes (correlated subqueries).
+    output names are known before the query that reads it. Within a SELECT the select
+    list is bound first (ORDER BY and friends may repeat its expressions). A name found
+    neither in its own query's FROM clause nor among the output names that count there
+    is bound afterwards against the enclosing queries (correlated subqueries).
     Every Table and Column node ends up in `_bound`; anything left over is refused.
     """
 
-    def __init__(self, catalog: CatalogSnapshot) -> None:
+    def __init__(
+        self,
+        catalog: CatalogSnapshot,
+        rules: NameRules | None = None,
+        *,
+        dialect: str = "postgres",
+        source_text: str = "",
+    ) -> None:
         self.catalog = catalog
+        self.rules = rules or NameRules()
+        self.dialect = dialect
+        self.source_text = source_text
         self.entities: set[str] = set()
         self._sources: dict[int, dict[str, Source]] = {}
         self._outputs: dict[int, tuple[str, ...]] = {}
+        self._unnamed: dict[int, tuple[frozenset[str], ...]] = {}
+        self._star_hidden: dict[int, frozenset[str] | None] = {}
         self._bound: set[int] = set()
         self._pending: list[tuple[Scope, exp.Column]] = []
         self.root_sources: dict[str, Source] = {}
@@ -99,12 +165,21 @@ class ScopeResolver:
             sources[source.alias] = source
         self._sources[id(scope)] = sources
         self._expand_stars(select, sources)
-        _inline_group_aliases(select, sources)
-        aliases = {p.alias for p in select.expressions if isinstance(p, exp.Alias)}
+        columns: list[tuple[exp.Column, Clause, int]] = []
         for node in list(scope.walk()):
             if type(node) is exp.Column and id(node) not in self._bound:
-                self._resolve_local(scope, select, sources, aliases, node)
+                clause, join = clause_of(node, select)
+                columns.append((node, clause, join))
+        # The select list first: other clauses may copy its (bound) expressions.
+        columns.sort(key=lambda found: found[1] is not Clause.SELECT_LIST)
+        for column, clause, join in columns:
+            if id(column) not in self._bound:
+                self._resolve_local(scope, select, sources, column, clause, join)
         self._outputs[id(select)] = tuple(_output_name(p) for p in select.expressions)
+        self._unnamed[id(select)] = tuple(
+            frozenset() if _output_name(p) else implicit_names(p, self.source_text)
+            for p in select.expressions
+        )
 
     def _set_operation(self, scope: Scope) -> None:
         operation = scope.expression
@@ -115,6 +190,8 @@ class ScopeResolver:
         if outputs is None:
             raise QueryRejected("each side of a set operation must be a SELECT")
         self._outputs[id(operation)] = outputs
+        self._unnamed[id(operation)] = self._unnamed.get(id(leftmost), ())
+        self._star_hidden[id(operation)] = self._star_hidden.get(id(leftmost), frozenset())
         self._sources[id(scope)] = {}
         for node in list(scope.walk()):
             if type(node) is not exp.Column or id(node) in self._bound:
@@ -140,11 +217,27 @@ class ScopeResolver:
                 raise QueryRejected("parenthesised joins are not supported; remove the parentheses")
             if not item.alias:
                 raise QueryRejected("a subquery in FROM needs an alias")
-            outputs = self._outputs.get(id(query))
-            if outputs is None:
-                raise QueryRejected("a subquery in FROM could not be checked")
-            return Source(item.alias, _rename(outputs, item.args.get("alias")), None)
+            return self._derived(item.alias, query, item.args.get("alias"), "a subquery in FROM")
         raise QueryRejected(f"SQL construct '{item.key}' is not allowed in FROM")
+
+    def _derived(
+        self, alias: str, query: exp.Expr, alias_node: exp.Expr | None, what: str
+    ) -> Source:
+        """A derived table or CTE: its outputs (renamed by a column alias list), the names
+        its `*` passed over, and the implicit names of its outputs without an alias."""
+        outputs = self._outputs.get(id(query))
+        if outputs is None:
+            raise QueryRejected(f"{what} could not be checked")
+        columns = _rename(outputs, alias_node)
+        implicit = self._unnamed.get(id(query), ())
+        unnamed = frozenset(
+            name
+            for position, names in enumerate(implicit)
+            if not columns[position]
+            for name in names
+        )
+        hidden = self._star_hidden.get(id(query), frozenset())
+        return Source(alias, columns, None, hidden, unnamed)
 
     def _table(self, scope: Scope, table: exp.Table) -> Source:
         parts = [part.name for part in table.parts]
@@ -162,10 +255,8 @@ class ScopeResolver:
         self._bound.add(id(table))
         cte = scope.cte_sources.get(table.name)
         if isinstance(cte, Scope) and cte.is_cte:
-            outputs = self._outputs.get(id(cte.expression))
-            if outputs is None:
-                raise QueryRejected(f"CTE '{table.name}' could not be checked")
-            return Source(alias, _rename(outputs, _cte_alias(cte.expression)), None)
+            query = cte.expression
+            return self._derived(alias, query, _cte_alias(query), f"CTE '{table.name}'")
         if alias_node is not None and alias_node.columns:
             raise QueryRejected("column aliases on a table are not allowed; alias the columns")
         entity = self._entity(table.this)
@@ -175,7 +266,8 @@ class ScopeResolver:
             # Keep the entity name as alias so `orders.id` still refers to this table.
             table.set("alias", exp.TableAlias(this=exp.Identifier(this=alias, quoted=True)))
         self.entities.add(entity.name)
-        return Source(alias, tuple(column.name for column in entity.columns), entity)
+        hidden = None if entity.hidden_columns is None else frozenset(entity.hidden_columns)
+        return Source(alias, tuple(column.name for column in entity.columns), entity, hidden)
 
     def _entity(self, identifier: exp.Expr) -> Entity:
         name = identifier.name
@@ -192,18 +284,24 @@ class ScopeResolver:
         )
 
     def _expand_stars(self, select: exp.Select, sources: dict[str, Source]) -> None:
+        # What a `*` passes over still names columns at the source: a query over this
+        # one must not bind those names elsewhere.
+        passed_over: frozenset[str] | None = frozenset()
         if not any(
             isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
             for p in select.expressions
         ):
+            self._star_hidden[id(select)] = passed_over
             return
         projections: list[exp.Expr] = []
+        expanded: list[Source] = []
         for projection in select.expressions:
             if isinstance(projection, exp.Star):
                 if not sources:
                     raise QueryRejected("SELECT * needs a FROM clause")
                 for source in sources.values():
                     projections.extend(self._star_columns(source))
+                    expanded.append(source)
             elif isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
                 named = sources.get(projection.table)
                 if named is None:
@@ -212,9 +310,16 @@ class ScopeResolver:
                         "which is not in the FROM clause"
                     )
                 projections.extend(self._star_columns(named))
+                expanded.append(named)
             else:
                 projections.append(projection)
         select.set("expressions", projections)
+        for source in expanded:
+            if source.hidden is None or passed_over is None:
+                passed_over = None
+            else:
+                passed_over = passed_over | source.hidden
+        self._star_hidden[id(select)] = passed_over
 
     def _star_columns(self, source: Source) -> list[exp.Expr]:
         if any(not name for name in source.columns):
@@ -231,15 +336,16 @@ class ScopeResolver:
             columns.append(column)
         return columns
 
-    # -- columns --------------------------------------------------------------------
+    # -- columns in their own query -------------------------------------------------
 
     def _resolve_local(
         self,
         scope: Scope,
         select: exp.Select,
         sources: dict[str, Source],
-        aliases: set[str],
         column: exp.Column,
+        clause: Clause,
+        join: int,
     ) -> None:
         if column.args.get("db") is not None or column.args.get("catalog") is not None:
             raise QueryRejected(
@@ -247,53 +353,218 @@ class ScopeResolver:
             )
         if not isinstance(column.this, exp.Identifier):
             raise QueryRejected(f"SQL construct '{column.this.key}' is not allowed as a column")
-        qualifier = column.table
-        if qualifier:
-            source = sources.get(qualifier)
-            if source is not None:
-                self._bind(column, source)
-            else:
+        visible = _visible(sources, clause, join)
+        if column.table:
+            source = sources.get(column.table)
+            if source is None:
                 self._defer(scope, column)
+            elif source.alias not in visible:
+                raise _not_joined_yet(column)
+            else:
+                self._bind(column, source)
             return
-        name = column.name
-        context = _alias_context(column, select)
-        if context == "order" and name in aliases:
-            self._bound.add(id(column))  # ORDER BY an output name (PostgreSQL looks there first)
+        use = self.rules.alias_use(clause)
+        if use is AliasUse.FIRST:
+            outputs = self._outputs_named(select, column)
+            if outputs:
+                self._bind_output(scope, select, column, clause, outputs)
+                return
+            use = AliasUse.NONE
+        found = _find(visible, column)
+        if use is AliasUse.NONE:
+            if found is None:
+                self._defer(scope, column)
+            else:
+                self._bind_found(scope, column, found)
             return
-        candidates = _candidates(sources, column.this)
-        if len(candidates) == 1:
-            self._bind(column, candidates[0])
-        elif candidates:
-            _ambiguous(column, candidates)
-        else:
+        if found is not None:
+            if use in (AliasUse.EXCLUSIVE, AliasUse.REFUSED) and found.block is None:
+                outputs = self._outputs_named(select, column)
+            else:
+                outputs = []
+            if outputs and not _same_column(outputs, found):
+                raise QueryRejected(
+                    f"'{column.name}' in the {clause.value} is both an output name and a "
+                    f"column of the FROM clause, which {self.dialect} may read either way; "
+                    "qualify the column or rename the output"
+                )
+            self._bind_found(scope, column, found)
+            return
+        outputs = self._outputs_named(select, column)
+        if not outputs:
             self._defer(scope, column)
+        elif use in (AliasUse.FALLBACK, AliasUse.EXCLUSIVE):
+            self._bind_output(scope, select, column, clause, outputs)
+        else:
+            raise QueryRejected(
+                f"{self.dialect} would read '{column.name}' in the {clause.value} as the "
+                "output of that name; the gateway does not: repeat the expression"
+            )
+
+    def _outputs_named(self, select: exp.Select, column: exp.Column) -> list[_Output]:
+        name = column.name
+        quoted = bool(column.this.args.get("quoted"))
+        folded = self.rules.case_insensitive_outputs and not quoted
+
+        def same(candidate: str) -> bool:
+            return fold_name(candidate) == fold_name(name) if folded else candidate == name
+
+        found: list[_Output] = []
+        own = _projection_of(column, select)
+        for projection in select.expressions:
+            if projection is own:
+                continue  # an expression is not its own output
+            if isinstance(projection, exp.Alias):
+                if same(projection.alias):
+                    found.append(_Output(projection, "alias"))
+            elif isinstance(projection, exp.Column):
+                if same(projection.name):
+                    found.append(_Output(projection, "column"))
+            elif self.rules.output_naming is not OutputNaming.NONE:
+                certain = implicit_name(projection, self.source_text)
+                if self.rules.output_naming is OutputNaming.POSTGRES and certain is not None:
+                    if same(certain):
+                        found.append(_Output(projection, "named"))
+                elif any(same(name) for name in implicit_names(projection, self.source_text)):
+                    found.append(_Output(projection, "implicit"))
+        passed_over = self._star_hidden.get(id(select), frozenset())
+        if passed_over is None:
+            if not found:
+                found.append(_Output(column, "unknown"))
+        elif any(same(hidden) for hidden in passed_over):
+            found.append(_Output(column, "hidden"))
+        return found
+
+    def _bind_output(
+        self,
+        scope: Scope,
+        select: exp.Select,
+        column: exp.Column,
+        clause: Clause,
+        outputs: list[_Output],
+    ) -> None:
+        kinds = {output.kind for output in outputs}
+        if "hidden" in kinds or "unknown" in kinds:
+            raise _not_in_scope(column, "")
+        if "implicit" in kinds:
+            raise QueryRejected(
+                f"'{column.name}' may name an output that has no alias; give that output "
+                "an alias (or qualify the column)"
+            )
+        targets = {_named_expression(o.projection).sql(dialect=INPUT_DIALECT) for o in outputs}
+        if len(targets) > 1:
+            raise QueryRejected(
+                f"{clause.value} '{column.name}' is ambiguous: several outputs have that name"
+            )
+        projection = outputs[0].projection
+        if clause in (Clause.ORDER_ITEM, Clause.DISTINCT_ON_ITEM) and isinstance(
+            projection, exp.Alias
+        ):
+            # Left as the output's name: every source reads a whole ORDER BY (or DISTINCT
+            # ON) item as an output name before an input column.
+            column.set("this", exp.Identifier(this=projection.alias, quoted=True))
+            self._bound.add(id(column))
+            return
+        target = _named_expression(projection)
+        if clause is Clause.GROUP_ITEM and (
+            isinstance(target, (exp.Literal, exp.Null, exp.Boolean, exp.Placeholder))
+            or target.find(exp.AggFunc, exp.Window, exp.Subquery, exp.Select) is not None
+        ):
+            raise QueryRejected(
+                f"GROUP BY '{column.name}' names an output that is a constant, a parameter, "
+                "an aggregate or a subquery; group by an expression of columns"
+            )
+        if target.find(exp.Subquery, exp.Select) is not None:
+            raise QueryRejected(
+                f"'{column.name}' in the {clause.value} names an output that holds a "
+                "subquery; repeat the expression"
+            )
+        self._inline(scope, column, target)
+
+    def _inline(self, scope: Scope, column: exp.Column, target: exp.Expr) -> None:
+        """Replace `column` by a copy of `target` (an expression of the select list,
+        already bound), bound the same way."""
+        copy = target.copy()
+        originals = [n for n in target.walk() if type(n) is exp.Column]
+        copies = [n for n in copy.walk() if type(n) is exp.Column]
+        for original, copied in zip(originals, copies, strict=True):
+            if id(original) in self._bound:
+                self._bound.add(id(copied))
+            else:
+                self._pending.append((scope, copied))
+        column.replace(copy)
+
+    def _bind_found(self, scope: Scope, column: exp.Column, found: _Found) -> None:
+        if found.block is not None:
+            raise _blocked(column, found, self._hint(scope, column))
+        if found.ambiguous:
+            _ambiguous(column, list(found.ambiguous))
+        assert found.source is not None
+        self._bind(column, found.source)
 
     def _defer(self, scope: Scope, column: exp.Column) -> None:
         if _outer_scope(scope) is None:
-            _not_found(column, self._sources.get(id(scope), {}))
+            self._not_found(scope, column)
         self._pending.append((scope, column))
 
+    def _not_found(self, scope: Scope, column: exp.Column) -> None:
+        _not_found(column, self._sources.get(id(scope), {}), self._hint(scope, column))
+
+    def _hint(self, scope: Scope, column: exp.Column) -> str:
+        """For the message of a name bound nowhere it may be: that it is an output name of
+        its own query which the dialect does not read where it stands. The same whether
+        or not a hidden column has the name, so the message does not tell them apart."""
+        select = scope.expression
+        if column.table or not isinstance(select, exp.Select):
+            return ""
+        clause, _ = clause_of(column, select)
+        if self.rules.alias_use(clause) is not AliasUse.NONE:
+            return ""
+        if not any(isinstance(p, exp.Alias) and p.alias == column.name for p in select.expressions):
+            return ""
+        return (
+            f" ('{column.name}' is an output name, which {self.dialect} does not read in "
+            f"the {clause.value}: repeat the expression)"
+        )
+
+    # -- columns of enclosing queries -----------------------------------------------
+
     def _resolve_outer(self, scope: Scope, column: exp.Column) -> None:
-        outer = _outer_scope(scope)
+        found_outer = _outer_scope(scope)
         nearer = [scope]  # scopes the database searches before `outer` for a qualifier
-        while outer is not None:
+        while found_outer is not None:
+            outer, anchor = found_outer
             sources = self._sources.get(id(outer), {})
+            select = outer.expression
+            visible = sources
+            if isinstance(select, exp.Select):
+                visible = _visible(sources, *clause_of(anchor, select))
             if column.table:
                 source = sources.get(column.table)
                 if source is not None:
+                    if source.alias not in visible:
+                        raise _not_joined_yet(column)
                     self._bind(column, source)
                     return
             else:
-                candidates = _candidates(sources, column.this)
-                if len(candidates) == 1:
-                    self._check_not_shadowed(column, candidates[0].alias, nearer)
-                    self._bind(column, candidates[0])
+                found = _find(visible, column)
+                if found is not None:
+                    if found.block is None and not found.ambiguous:
+                        assert found.source is not None
+                        self._check_not_shadowed(column, found.source.alias, nearer)
+                    self._bind_found(scope, column, found)
                     return
-                if candidates:
-                    _ambiguous(column, candidates)
+                if self.rules.outer_aliases and isinstance(select, exp.Select):
+                    outputs = self._outputs_named(select, column)
+                    if any(output.kind == "alias" for output in outputs):
+                        raise QueryRejected(
+                            f"{self.dialect} would read '{column.name}' as an output of an "
+                            "enclosing query; the gateway does not: repeat the expression "
+                            "in the subquery"
+                        )
             nearer.append(outer)
-            outer = _outer_scope(outer)
-        _not_found(column, self._sources.get(id(scope), {}))
+            found_outer = _outer_scope(outer)
+        self._not_found(scope, column)
 
     def _check_not_shadowed(self, column: exp.Column, alias: str, nearer: list[Scope]) -> None:
         # The output qualifies the column with `alias`; if a nearer FROM clause also has a
@@ -310,19 +581,26 @@ class ScopeResolver:
 
     def _bind(self, column: exp.Column, source: Source) -> None:
         found = _matching(source.columns, column.this)
-        if len(found) != 1:
-            if found:
+        hidden = source.hidden is not None and bool(_matching(tuple(source.hidden), column.this))
+        if len(found) != 1 or hidden:
+            if len(found) > 1 or (found and hidden):
                 raise QueryRejected(
                     f"column reference '{source.alias}.{column.name}' is ambiguous; quote it"
                 )
+            # The same message whether the source hides the column or lacks it.
             if source.entity is not None:
                 raise QueryRejected(f"column '{source.entity.name}.{column.name}' is not selected")
+            if _matching(tuple(source.unnamed), column.this):
+                raise _unnamed(column, source)
             raise QueryRejected(
                 f"column '{source.alias}.{column.name}' does not exist in '{source.alias}'"
             )
         column.set("this", exp.Identifier(this=found[0], quoted=True))
         column.set("table", exp.Identifier(this=source.alias, quoted=True))
         self._bound.add(id(column))
+
+
+# -- lookups ---------------------------------------------------------------------------
 
 
 def _matching(columns: tuple[str, ...], identifier: exp.Expr) -> list[str]:
@@ -335,8 +613,109 @@ def _matching(columns: tuple[str, ...], identifier: exp.Expr) -> list[str]:
     return [column for column in columns if fold_name(column) == folded]
 
 
-def _candidates(sources: dict[str, Source], identifier: exp.Expr) -> list[Source]:
-    return [source for source in sources.values() if _matching(source.columns, identifier)]
+def _visible(sources: dict[str, Source], clause: Clause, join: int) -> dict[str, Source]:
+    """The FROM items a name in `clause` may bind to: in the ON clause of a join, only
+    the tables joined so far (as every source has it)."""
+    if clause is not Clause.JOIN_ON or join < 0:
+        return sources
+    return dict(list(sources.items())[: join + 2])
+
+
+def _find(sources: dict[str, Source], column: exp.Column) -> _Found | None:
+    """What the unqualified name of `column` matches in one level's FROM clause (hidden
+    columns included), or None when nothing there has the name."""
+    identifier = column.this
+    matches: list[tuple[Source, list[str]]] = []
+    block: _Block | None = None
+    blocker: Source | None = None
+    for source in sources.values():
+        names = _matching(source.columns, identifier)
+        if source.hidden is None:
+            kind = None if names else _Block.UNKNOWN
+        elif _matching(tuple(source.hidden), identifier):
+            kind = _Block.HIDDEN
+        elif not names and _matching(tuple(source.unnamed), identifier):
+            kind = _Block.UNNAMED
+        else:
+            kind = None
+        if kind is not None and (block is None or kind.value < block.value):
+            block, blocker = kind, source
+        if names or kind is not None:
+            matches.append((source, names))
+    if not matches:
+        return None
+    if block is not None:
+        return _Found(None, "", block=block, blocker=blocker)
+    if len(matches) > 1:
+        return _Found(None, "", ambiguous=tuple(source for source, _ in matches))
+    source, names = matches[0]
+    if len(names) > 1:
+        return _Found(None, "", ambiguous=(source,))
+    return _Found(source, names[0])
+
+
+def _same_column(outputs: list[_Output], found: _Found) -> bool:
+    """Whether every output a name matched is the very input column it also names, so
+    either reading gives the same column."""
+    if found.source is None or found.ambiguous:
+        return False
+    for output in outputs:
+        target = _named_expression(output.projection)
+        if not isinstance(target, exp.Column) or not isinstance(target.this, exp.Identifier):
+            return False
+        if target.table not in ("", found.source.alias):
+            return False
+        if found.name not in _matching(found.source.columns, target.this):
+            return False
+    return True
+
+
+def _projection_of(node: exp.Expr, select: exp.Select) -> exp.Expr | None:
+    """The item of `select`'s select list that holds `node`, if one does."""
+    while node.parent is not None and node.parent is not select:
+        node = node.parent
+    return node if node.parent is select and node.arg_key == "expressions" else None
+
+
+def _named_expression(projection: exp.Expr) -> exp.Expr:
+    return projection.this if isinstance(projection, exp.Alias) else projection
+
+
+# -- refusals --------------------------------------------------------------------------
+
+
+def _blocked(column: exp.Column, found: _Found, hint: str) -> QueryRejected:
+    source = found.blocker
+    assert source is not None
+    if found.block is _Block.UNKNOWN:
+        what = f"entity '{source.entity.name}'" if source.entity else f"'{source.alias}'"
+        return QueryRejected(
+            f"column '{column.name}' cannot be bound as the source would: the catalog does "
+            f"not record which columns {what} leaves unselected; refresh the connection's "
+            "catalog, or qualify the column"
+        )
+    if found.block is _Block.UNNAMED:
+        return _unnamed(column, source)
+    return _not_in_scope(column, hint)
+
+
+def _unnamed(column: exp.Column, source: Source) -> QueryRejected:
+    return QueryRejected(
+        f"column '{column.name}' may name an output of '{source.alias}' that has no alias; "
+        "give that output an alias"
+    )
+
+
+def _not_in_scope(column: exp.Column, hint: str) -> QueryRejected:
+    # The message an unknown name gets: it must not tell a hidden column from no column.
+    return QueryRejected(f"column '{column.name}' is not selected in any table in scope{hint}")
+
+
+def _not_joined_yet(column: exp.Column) -> QueryRejected:
+    return QueryRejected(
+        f"column '{column.table}.{column.name}' refers to '{column.table}', which is not "
+        "joined yet where it is used; an ON clause sees only the tables joined before it"
+    )
 
 
 def _ambiguous(column: exp.Column, candidates: list[Source]) -> None:
@@ -346,7 +725,7 @@ def _ambiguous(column: exp.Column, candidates: list[Source]) -> None:
     )
 
 
-def _not_found(column: exp.Column, sources: dict[str, Source]) -> None:
+def _not_found(column: exp.Column, sources: dict[str, Source], hint: str = "") -> None:
     if column.table:
         entity = next(
             (s.entity for s in sources.values() if s.entity and s.entity.name == column.table),
@@ -358,61 +737,17 @@ def _not_found(column: exp.Column, sources: dict[str, Source]) -> None:
             f"column '{column.table}.{column.name}' refers to '{column.table}', "
             "which is not in the FROM clause"
         )
-    raise QueryRejected(f"column '{column.name}' is not selected in any table in scope")
+    raise _not_in_scope(column, hint)
 
 
-def _alias_context(column: exp.Column, select: exp.Select) -> str | None:
-    parent = column.parent
-    if isinstance(parent, exp.Ordered) and parent.parent is select.args.get("order"):
-        return "order"
-    return None
-
-
-def _inline_group_aliases(select: exp.Select, sources: dict[str, Source]) -> None:
-    """Replace each GROUP BY reference to an output alias with the aliased expression.
-
-    PostgreSQL, DuckDB and MySQL look a GROUP BY name up among the FROM clause's columns
-    before the output names, and the source has columns the selection hides:
-    `SELECT amount AS secret ... GROUP BY secret` would group by the hidden `secret`.
-    T-SQL has no alias references at all. The copy is checked like any other expression.
-    """
-    group = select.args.get("group")
-    if group is None:
-        return
-    outputs: dict[str, list[exp.Expr]] = {}
-    for projection in select.expressions:
-        if isinstance(projection, exp.Alias):
-            outputs.setdefault(projection.alias, []).append(projection.this)
-    for item in list(group.expressions):
-        if (
-            type(item) is not exp.Column
-            or item.table
-            or not isinstance(item.this, exp.Identifier)
-            or _candidates(sources, item.this)  # an input column wins, as in PostgreSQL
-        ):
-            continue
-        targets = outputs.get(item.name)
-        if not targets:
-            continue
-        if len(targets) > 1:
-            raise QueryRejected(f"GROUP BY '{item.name}' is ambiguous: several outputs have it")
-        target = targets[0]
-        if isinstance(target, (exp.Literal, exp.Null, exp.Boolean, exp.Placeholder)) or (
-            target.find(exp.AggFunc, exp.Window, exp.Subquery, exp.Select) is not None
-        ):
-            raise QueryRejected(
-                f"GROUP BY '{item.name}' names an output that is a constant, a parameter, "
-                "an aggregate or a subquery; group by an expression of columns"
-            )
-        item.replace(target.copy())
-
-
-def _outer_scope(scope: Scope) -> Scope | None:
-    """The scope a correlated reference may look in next, or None when it may not."""
+def _outer_scope(scope: Scope) -> tuple[Scope, exp.Expr] | None:
+    """The scope a correlated reference may look in next, with the node of `scope` (or
+    of the set operation holding it) inside that scope's query; None when it may not."""
     current = scope
     while current.is_set_operation and current.parent is not None:
         current = current.parent
-    return current.parent if current.is_subquery else None
+    parent = current.parent if current.is_subquery else None
+    return None if parent is None else (parent, current.expression)
 
 
 def _output_name(projection: exp.Expr) -> str:

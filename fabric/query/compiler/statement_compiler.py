@@ -75,7 +75,7 @@ class StatementCompiler:
             check_sizes(tree, dialect, self.limits.max_type_length)
             fold_unquoted_names(tree)
             check_name_lengths(tree, dialect)
-            resolver = ScopeResolver(catalog)
+            resolver = ScopeResolver(catalog, target.NAMES, dialect=dialect, source_text=sql)
             resolver.resolve(tree)
             row_limit = apply_row_limit(tree, max_rows)
             row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
