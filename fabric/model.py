@@ -69,12 +69,50 @@ class TableInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PhysicalTable:
+    """What one stage configuration's table of an entity holds, as the last select or
+    refresh in a stage of that configuration found it: every column (selected or not,
+    with that database's types) and its keys. Stages that share a configuration share one
+    database, so they share this record; stages with their own configuration each keep
+    theirs, and one stage's refresh never rewrites another's."""
+
+    schema: str
+    table: str
+    columns: tuple[ColumnInfo, ...]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    exists: bool = True
+    """False when the table was gone at the last refresh."""
+
+    def column(self, name: str) -> ColumnInfo | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+    @classmethod
+    def of(cls, info: TableInfo) -> PhysicalTable:
+        return cls(info.schema, info.name, info.columns, info.primary_key, info.foreign_keys)
+
+    @classmethod
+    def gone(cls, schema: str, table: str) -> PhysicalTable:
+        return cls(schema, table, (), exists=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Entity:
     """A table selected for apps, under the name apps use, with the columns they may read.
 
     `schema` and `table` are the physical names in the source; `name` is what queries say.
     `stage_tables` maps a stage to its own physical (schema, table) where that stage's
     database names the table differently; stages without an entry use `schema.table`.
+    The selection (name, columns) is shared by every stage; `stage_physical` keeps, per
+    stage configuration (a stage name, or `*` for the stages without their own), what
+    that configuration's table holds (`PhysicalTable`).
+
+    In a stage's view (`for_stage`), `columns`, `primary_key` and `foreign_keys` are what
+    that stage's table has of the selection, `missing` names the selected columns it
+    lacks, and `absent` says its table was gone at the last refresh there.
     """
 
     name: str
@@ -86,6 +124,11 @@ class Entity:
     stage_tables: Mapping[str, tuple[str, str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    stage_physical: Mapping[str, PhysicalTable] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    missing: tuple[str, ...] = ()
+    absent: bool = False
 
     def column(self, name: str) -> ColumnInfo | None:
         for column in self.columns:
@@ -97,13 +140,42 @@ class Entity:
         """The (schema, table) that holds this entity's rows in `stage`."""
         return self.stage_tables.get(stage, (self.schema, self.table))
 
-    def for_stage(self, stage: str) -> Entity:
+    def recorded(self, stage: str, configuration: str) -> PhysicalTable | None:
+        """What `configuration`'s table holds for `stage`, when it was recorded for the
+        table `stage` uses (None: not known)."""
+        record = self.stage_physical.get(configuration)
+        if record is None or (record.schema, record.table) != self.physical(stage):
+            return None
+        return record
+
+    def for_stage(self, stage: str, configuration: str | None = None) -> Entity:
         """This entity as `stage` sees it: `schema` and `table` are that stage's physical
-        names (the same object when the stage has no override)."""
-        physical = self.stage_tables.get(stage)
-        if physical is None or physical == (self.schema, self.table):
-            return self
-        return replace(self, schema=physical[0], table=physical[1])
+        names and, when `configuration` (the stage's configuration key) has a recorded
+        table, columns, types and keys are that table's (see the class docstring)."""
+        schema, table = self.physical(stage)
+        record = self.recorded(stage, configuration) if configuration is not None else None
+        if record is None:
+            if (schema, table) == (self.schema, self.table):
+                return self
+            return replace(self, schema=schema, table=table)
+        available = {c.name: c for c in record.columns if c.supported}
+        columns = tuple(available[c.name] for c in self.columns if c.name in available)
+        selected = {c.name for c in columns}
+        primary_key = record.primary_key
+        if not all(name in selected for name in primary_key):
+            primary_key = ()
+        return replace(
+            self,
+            schema=schema,
+            table=table,
+            columns=columns,
+            primary_key=primary_key,
+            foreign_keys=tuple(
+                fk for fk in record.foreign_keys if all(c in selected for c in fk.columns)
+            ),
+            missing=tuple(c.name for c in self.columns if c.name not in available),
+            absent=not record.exists,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +205,12 @@ class Connection:
             return own
         return self.secret_refs.get(ALL_STAGES)
 
+    def configuration_of(self, stage: str) -> str | None:
+        """The key of the configuration `stage` uses: its own, else `*`, else None."""
+        if stage in self.stages:
+            return stage
+        return ALL_STAGES if ALL_STAGES in self.stages else None
+
 
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
@@ -153,8 +231,11 @@ class CatalogSnapshot:
     def entity(self, name: str) -> Entity | None:
         return self.entities.get(name.lower())
 
-    def for_stage(self, stage: str) -> CatalogSnapshot:
-        """The snapshot as `stage` sees it: every entity's schema and table replaced by that
-        stage's physical names. Caches keyed on the view must include its `stage`."""
-        entities = {key: entity.for_stage(stage) for key, entity in self.entities.items()}
+    def for_stage(self, stage: str, configuration: str | None = None) -> CatalogSnapshot:
+        """The snapshot as `stage` sees it (`Entity.for_stage`; `configuration` is the key
+        of the configuration the stage uses). Caches keyed on the view must include its
+        `stage`."""
+        entities = {
+            key: entity.for_stage(stage, configuration) for key, entity in self.entities.items()
+        }
         return replace(self, entities=MappingProxyType(entities), stage=stage)

@@ -29,6 +29,7 @@ from fabric.model import (
     Connection,
     Entity,
     ForeignKey,
+    PhysicalTable,
     SettingValue,
 )
 
@@ -238,6 +239,14 @@ def check_entity(entity: Entity) -> None:
                 f"stage_tables of entity {entity.name!r} must map stage names to "
                 "(schema, table) pairs with a table name"
             )
+    if not isinstance(entity.stage_physical, Mapping) or not all(
+        isinstance(key, str) and key and isinstance(record, PhysicalTable)
+        for key, record in entity.stage_physical.items()
+    ):
+        raise InvalidArgument(
+            f"stage_physical of entity {entity.name!r} must map stage configurations to "
+            "physical tables"
+        )
     names = [column.name for column in entity.columns]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -333,6 +342,47 @@ def foreign_keys_document(foreign_keys: Sequence[ForeignKey]) -> list[dict[str, 
     return [asdict(fk) for fk in foreign_keys]
 
 
+def stage_physical_document(records: Mapping[str, PhysicalTable]) -> dict[str, dict[str, Any]]:
+    """Stage configuration -> its physical table (every column, keys, whether it exists),
+    configurations sorted (an empty dict when none was recorded)."""
+    return {
+        key: {
+            "schema": record.schema,
+            "table": record.table,
+            "columns": columns_document(record.columns),
+            "primary_key": list(record.primary_key),
+            "foreign_keys": foreign_keys_document(record.foreign_keys),
+            "exists": record.exists,
+        }
+        for key, record in sorted(records.items())
+    }
+
+
+def _columns(items: Sequence[Mapping[str, Any]]) -> tuple[ColumnInfo, ...]:
+    return tuple(
+        ColumnInfo(
+            name=item["name"],
+            source_type=item["source_type"],
+            arrow_type=arrow_type_from_text(item["arrow_ipc"]),
+            nullable=bool(item["nullable"]),
+        )
+        for item in items
+    )
+
+
+def _foreign_keys(items: Sequence[Mapping[str, Any]]) -> tuple[ForeignKey, ...]:
+    return tuple(
+        ForeignKey(
+            name=item["name"],
+            columns=tuple(item["columns"]),
+            referenced_schema=item["referenced_schema"],
+            referenced_table=item["referenced_table"],
+            referenced_columns=tuple(item["referenced_columns"]),
+        )
+        for item in items
+    )
+
+
 def entity_from_documents(
     name: str,
     schema: str,
@@ -341,34 +391,32 @@ def entity_from_documents(
     primary_key: Sequence[str],
     foreign_keys: Sequence[Mapping[str, Any]],
     stage_tables: Mapping[str, Sequence[str]] | None,
+    stage_physical: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Entity:
     """An entity from its stored documents (the inverse of the `..._document` functions;
-    no `stage_tables`, from a row written before they existed, is no override)."""
+    no `stage_tables` or `stage_physical`, from a row written before they existed, is no
+    override and nothing recorded)."""
     return Entity(
         name=name,
         schema=schema,
         table=table,
-        columns=tuple(
-            ColumnInfo(
-                name=item["name"],
-                source_type=item["source_type"],
-                arrow_type=arrow_type_from_text(item["arrow_ipc"]),
-                nullable=bool(item["nullable"]),
-            )
-            for item in columns
-        ),
+        columns=_columns(columns),
         primary_key=tuple(primary_key),
-        foreign_keys=tuple(
-            ForeignKey(
-                name=item["name"],
-                columns=tuple(item["columns"]),
-                referenced_schema=item["referenced_schema"],
-                referenced_table=item["referenced_table"],
-                referenced_columns=tuple(item["referenced_columns"]),
-            )
-            for item in foreign_keys
-        ),
+        foreign_keys=_foreign_keys(foreign_keys),
         stage_tables=MappingProxyType(
             {stage: (str(pair[0]), str(pair[1])) for stage, pair in (stage_tables or {}).items()}
+        ),
+        stage_physical=MappingProxyType(
+            {
+                key: PhysicalTable(
+                    schema=str(item["schema"]),
+                    table=str(item["table"]),
+                    columns=_columns(item["columns"]),
+                    primary_key=tuple(item["primary_key"]),
+                    foreign_keys=_foreign_keys(item["foreign_keys"]),
+                    exists=bool(item["exists"]),
+                )
+                for key, item in (stage_physical or {}).items()
+            }
         ),
     )

@@ -149,6 +149,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_catalog_change()",
         ),
     ),
+    Migration(
+        version=4,
+        description="per-stage-configuration physical tables of entities",
+        statements=(
+            # configuration ('*' or a stage) -> {schema, table, columns, primary_key,
+            # foreign_keys, exists}; '{}' when nothing was recorded (rows written before).
+            "ALTER TABLE {s}.entities ADD COLUMN stage_physical JSONB NOT NULL DEFAULT '{{}}'",
+        ),
+    ),
 )
 """Every schema version, oldest first; `{s}` stands for the quoted schema name. Append;
 never edit a released migration."""

@@ -113,6 +113,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE entities ADD COLUMN stage_tables TEXT NOT NULL DEFAULT '{}'",
         ),
     ),
+    Migration(
+        version=4,
+        description="per-stage-configuration physical tables of entities",
+        statements=(
+            # JSON: configuration ('*' or a stage) -> {schema, table, columns, primary_key,
+            # foreign_keys, exists}; '{}' when nothing was recorded (rows written before).
+            "ALTER TABLE entities ADD COLUMN stage_physical TEXT NOT NULL DEFAULT '{}'",
+        ),
+    ),
 )
 """Every schema version, oldest first. Append; never edit a released migration."""
 

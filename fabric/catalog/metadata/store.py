@@ -68,6 +68,7 @@ from fabric.catalog.serialization import (
     entity_from_documents,
     foreign_keys_document,
     secret_refs_document,
+    stage_physical_document,
     stage_tables_document,
     stages_document,
     utc_now,
@@ -355,7 +356,7 @@ class MetadataStore:
         with self._driver.reading() as session:
             rows = session.all(
                 "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
-                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables"
+                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables, e.stage_physical"
                 " FROM {s}.connections c"
                 " JOIN {s}.catalog_versions v ON v.connection_id = c.id"
                 " LEFT JOIN {s}.entities e ON e.connection_id = c.id"
@@ -557,13 +558,14 @@ class MetadataStore:
         encode, now = self._dialect.encode_document, self._dialect.encode_time(at)
         session.run_many(
             "INSERT INTO {s}.entities (connection_id, name_key, name, schema_name,"
-            " table_name, columns, primary_key, foreign_keys, stage_tables, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " table_name, columns, primary_key, foreign_keys, stage_tables, stage_physical,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
             " name = excluded.name, schema_name = excluded.schema_name,"
             " table_name = excluded.table_name, columns = excluded.columns,"
             " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
-            " stage_tables = excluded.stage_tables, updated_at = excluded.updated_at",
+            " stage_tables = excluded.stage_tables, stage_physical = excluded.stage_physical,"
+            " updated_at = excluded.updated_at",
             [
                 (
                     connection_id,
@@ -575,6 +577,7 @@ class MetadataStore:
                     encode(list(e.primary_key)),
                     encode(foreign_keys_document(e.foreign_keys)),
                     encode(stage_tables_document(e.stage_tables)),
+                    encode(stage_physical_document(e.stage_physical)),
                     now,
                     now,
                 )

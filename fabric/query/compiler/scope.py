@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, build_scope
 
-from fabric.errors import QueryRejected
+from fabric.errors import QueryRejected, SchemaMismatch
 from fabric.model import CatalogSnapshot, Entity
 from fabric.query.compiler.reader import INPUT_DIALECT, READ_ONLY_HINT
 
@@ -53,6 +53,9 @@ class ScopeResolver:
     def __init__(self, catalog: CatalogSnapshot) -> None:
         self.catalog = catalog
         self.entities: set[str] = set()
+        self.reads: dict[str, set[str]] = {}
+        """The columns the statement reads, by entity name (an entity read for its rows
+        alone, as by COUNT(*), has an empty set)."""
         self._sources: dict[int, dict[str, Source]] = {}
         self._outputs: dict[int, tuple[str, ...]] = {}
         self._bound: set[int] = set()
@@ -169,12 +172,20 @@ class ScopeResolver:
         if alias_node is not None and alias_node.columns:
             raise QueryRejected("column aliases on a table are not allowed; alias the columns")
         entity = self._entity(table.this)
+        if entity.absent:
+            raise SchemaMismatch(
+                f"entity '{entity.name}' is selected, but its table "
+                f"{entity.schema}.{entity.table} did not exist in stage "
+                f"'{self.catalog.stage}' at the last refresh there; the source's schema no "
+                "longer matches the selection: fix the table or the selection, then refresh"
+            )
         table.set("this", exp.Identifier(this=entity.table, quoted=True))
         table.set("db", exp.Identifier(this=entity.schema, quoted=True) if entity.schema else None)
         if alias_node is None:
             # Keep the entity name as alias so `orders.id` still refers to this table.
             table.set("alias", exp.TableAlias(this=exp.Identifier(this=alias, quoted=True)))
         self.entities.add(entity.name)
+        self.reads.setdefault(entity.name, set())
         return Source(alias, tuple(column.name for column in entity.columns), entity)
 
     def _entity(self, identifier: exp.Expr) -> Entity:
@@ -221,7 +232,11 @@ class ScopeResolver:
             raise QueryRejected(
                 f"'*' over '{source.alias}' includes an unnamed expression; give it an alias"
             )
+        if source.entity is not None and source.entity.missing:
+            raise self._missing_in_stage(source.entity, source.entity.missing[0])
         columns: list[exp.Expr] = []
+        if source.entity is not None:
+            self.reads.setdefault(source.entity.name, set()).update(source.columns)
         for name in source.columns:
             column = exp.Column(
                 this=exp.Identifier(this=name, quoted=True),
@@ -270,7 +285,7 @@ class ScopeResolver:
 
     def _defer(self, scope: Scope, column: exp.Column) -> None:
         if _outer_scope(scope) is None:
-            _not_found(column, self._sources.get(id(scope), {}))
+            self._not_found(column, self._sources.get(id(scope), {}))
         self._pending.append((scope, column))
 
     def _resolve_outer(self, scope: Scope, column: exp.Column) -> None:
@@ -293,7 +308,7 @@ class ScopeResolver:
                     _ambiguous(column, candidates)
             nearer.append(outer)
             outer = _outer_scope(outer)
-        _not_found(column, self._sources.get(id(scope), {}))
+        self._not_found(column, self._sources.get(id(scope), {}))
 
     def _check_not_shadowed(self, column: exp.Column, alias: str, nearer: list[Scope]) -> None:
         # The output qualifies the column with `alias`; if a nearer FROM clause also has a
@@ -316,6 +331,9 @@ class ScopeResolver:
                     f"column reference '{source.alias}.{column.name}' is ambiguous; quote it"
                 )
             if source.entity is not None:
+                lost = _matching(source.entity.missing, column.this)
+                if lost:
+                    raise self._missing_in_stage(source.entity, lost[0])
                 raise QueryRejected(f"column '{source.entity.name}.{column.name}' is not selected")
             raise QueryRejected(
                 f"column '{source.alias}.{column.name}' does not exist in '{source.alias}'"
@@ -323,6 +341,31 @@ class ScopeResolver:
         column.set("this", exp.Identifier(this=found[0], quoted=True))
         column.set("table", exp.Identifier(this=source.alias, quoted=True))
         self._bound.add(id(column))
+        if source.entity is not None:
+            self.reads.setdefault(source.entity.name, set()).add(found[0])
+
+    def _missing_in_stage(self, entity: Entity, column: str) -> SchemaMismatch:
+        return missing_in_stage(entity, column, self.catalog.stage)
+
+    def _not_found(self, column: exp.Column, sources: dict[str, Source]) -> None:
+        # A selected column the stage's table lacks is told apart from one never selected.
+        for source in sources.values():
+            if source.entity is not None and column.table in ("", source.alias):
+                lost = _matching(source.entity.missing, column.this)
+                if lost:
+                    raise self._missing_in_stage(source.entity, lost[0])
+        _not_found(column, sources)
+
+
+def missing_in_stage(entity: Entity, column: str, stage: str | None) -> SchemaMismatch:
+    """The error for a selected column the stage's table lacks (as its last refresh
+    found); the names come from the catalog, never from the source's messages."""
+    return SchemaMismatch(
+        f"column '{entity.name}.{column}' is selected, but the table "
+        f"{entity.schema}.{entity.table} of stage '{stage}' did not have it at the last "
+        "refresh there; the source's schema no longer matches the selection: add the "
+        "column in that stage or unselect it, then refresh"
+    )
 
 
 def _matching(columns: tuple[str, ...], identifier: exp.Expr) -> list[str]:
