@@ -397,8 +397,11 @@ class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # typ
             request.stage or ctx.stage,
             actor=ctx.principal,
         )
-        # The version moved already; purging now frees memory at once too.
-        self._platform.listener.connection_changed(ctx.tenant, connection)
+        if report.changed:
+            # The version moved already; purging now stops the running queries the change
+            # revokes and frees memory at once too. A refresh that found nothing changed
+            # nothing, so there is nothing to purge.
+            self._platform.listener.connection_changed(ctx.tenant, connection)
         return _report_proto(report)
 
 

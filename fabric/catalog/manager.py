@@ -42,6 +42,7 @@ from fabric.model import (
     ColumnInfo,
     Connection,
     Entity,
+    PhysicalTable,
     TableInfo,
 )
 
@@ -174,6 +175,7 @@ class CatalogManager:
             if not isinstance(choice.table, str) or not choice.table:
                 raise InvalidArgument("name the table to select, as 'schema.table' or 'table'")
         tables = self._introspect_for(tenant, connection, stage, [c.table for c in choices])
+        configuration = self._configuration(tenant, connection, stage)
         entities: list[Entity] = []
         for choice in choices:
             info = _match_table(tables, choice.table)
@@ -183,7 +185,7 @@ class CatalogManager:
                     f"(stage {stage!r}); discover the connection to see what it has"
                 )
             name = choice.entity_name or info.name
-            entities.append(_entity_from_table(info, name, choice.columns))
+            entities.append(_entity_from_table(info, name, choice.columns, configuration))
         entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
         return self._select_checked(
             tenant, connection, stage, entities, actor, expected_catalog_version
@@ -206,6 +208,7 @@ class CatalogManager:
         (other characters become `_`). Tables without a supported column are skipped.
         """
         tables = self.discover(tenant, connection, stage, schemas)
+        configuration = self._configuration(tenant, connection, stage)
         usable = [t for t in tables if any(c.supported for c in t.columns)]
         counts = Counter(info.name.lower() for info in usable)
         entities: list[Entity] = []
@@ -214,7 +217,7 @@ class CatalogManager:
             base = info.name if counts[info.name.lower()] == 1 else f"{info.schema}_{info.name}"
             name = _unique(_identifier(base), taken)
             taken.add(name.lower())
-            entities.append(_entity_from_table(info, name, None))
+            entities.append(_entity_from_table(info, name, None, configuration))
         if not entities:
             return []
         return self._select_checked(tenant, connection, stage, entities, actor)
@@ -224,6 +227,16 @@ class CatalogManager:
         return list(self._store.catalog(tenant, connection).entities.values())
 
     # -- internals -----------------------------------------------------------------------
+
+    def _configuration(self, tenant: str, connection: str, stage: str) -> str:
+        """The key of the configuration `stage` uses (its own, or `*`)."""
+        configuration = self._store.get_connection(tenant, connection).configuration_of(stage)
+        if configuration is None:
+            raise FailedPrecondition(
+                f"connection {connection!r} has no settings for stage {stage!r}; add "
+                "settings for that stage first"
+            )
+        return configuration
 
     @contextmanager
     def _connector(self, tenant: str, connection: str, stage: str) -> Iterator[SourceInspector]:
@@ -281,6 +294,7 @@ class CatalogManager:
         result = list(entities)
         for other, wanted in sorted(by_stage.items()):
             found = self._introspect_for(tenant, connection, other, [t for _, t in wanted])
+            configuration = self._configuration(tenant, connection, other)
             for index, table in wanted:
                 info = _match_table(found, table)
                 if info is None:
@@ -292,7 +306,12 @@ class CatalogManager:
                 _check_stage_table(result[index], info, other)
                 mapped = dict(result[index].stage_tables)
                 mapped[other] = (info.schema, info.name)
-                result[index] = replace(result[index], stage_tables=MappingProxyType(mapped))
+                physical = {**result[index].stage_physical, configuration: PhysicalTable.of(info)}
+                result[index] = replace(
+                    result[index],
+                    stage_tables=MappingProxyType(mapped),
+                    stage_physical=MappingProxyType(physical),
+                )
         return result
 
     def _select_checked(
@@ -351,6 +370,9 @@ class CatalogManager:
                     f"{stage!r}; unselect it first or choose another entity name"
                 )
             mapped = {**current.stage_tables, **entity.stage_tables}
+            # What other stage configurations recorded stays theirs; this select records
+            # what its own stages' tables hold now.
+            physical = {**current.stage_physical, **entity.stage_physical}
             merged.append(
                 _without_default_overrides(
                     replace(
@@ -358,6 +380,7 @@ class CatalogManager:
                         schema=current.schema,
                         table=current.table,
                         stage_tables=MappingProxyType(mapped),
+                        stage_physical=MappingProxyType(physical),
                     )
                 )
             )
@@ -427,10 +450,13 @@ def _match_table(tables: Sequence[TableInfo], wanted: str) -> TableInfo | None:
     return None
 
 
-def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None) -> Entity:
+def _entity_from_table(
+    info: TableInfo, name: str, columns: Sequence[str] | None, configuration: str
+) -> Entity:
     """The entity for `info` with the chosen columns (in table order), its primary key
     (always included, dropped only if a key column's type is unsupported) and the foreign
-    keys whose columns are all selected."""
+    keys whose columns are all selected; what the table holds is recorded as
+    `configuration`'s physical table."""
     if not isinstance(name, str) or IDENTIFIER_RE.fullmatch(name) is None:
         raise InvalidArgument(
             f"entity name {name!r} is not a valid SQL identifier (letters, digits and '_', "
@@ -469,6 +495,7 @@ def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None
         columns=chosen,
         primary_key=primary_key,
         foreign_keys=foreign_keys,
+        stage_physical=MappingProxyType({configuration: PhysicalTable.of(info)}),
     )
 
 
