@@ -22,7 +22,7 @@ from fabric.client import FabricClient
 from fabric.clock import FakeClock
 from fabric.config import Settings
 from fabric.context import DEFAULT_TENANT, RequestContext, Role
-from fabric.errors import NotFound, QueryRejected
+from fabric.errors import NotFound, QueryRejected, SelectionChanged
 from fabric.query.engine import QueryEngine
 from fabric.security.kms import LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore
@@ -524,13 +524,18 @@ def test_delete_purges_everything_at_rest_and_in_memory(platform: Platform) -> N
         assert p.engine.open_statements.stats.open == 0
         assert p.engine.statements.size == 0
         assert p.engine.sources.held() == []
+        # The statement opened before the delete is told why it stopped, once.
+        with pytest.raises(SelectionChanged, match="connection 'shop' was deleted"):
+            statement.fetch()
         with pytest.raises(NotFound):
             statement.fetch()
         with pytest.raises(NotFound):
             client.execute("shop", sql, cache_ttl=600)
     counted = purges(p)
+    assert counted["statement_revoked"] == 1
     assert counted["connection_deleted"] == 1 and counted["result_purged"] == 1
-    assert counted["compiled_purged"] == 1 and counted["connection_purged"] == 1
+    # Purged once when the selection was made (nothing held yet), once by the delete.
+    assert counted["compiled_purged"] == 1 and counted["connection_purged"] == 2
     # At rest: no record, no selection, no secret.
     assert p.store.list_connections(DEFAULT_TENANT) == [] and p.secrets.refs() == []
     with pytest.raises(NotFound):
@@ -581,7 +586,7 @@ def test_audit_lists_every_change_with_actor_and_stage_and_no_secret(platform: P
     assert seen == [
         ("connection.create", "alice@example.com", "shop", "*"),
         ("catalog.select", "alice@example.com", "shop", "development"),
-        ("catalog.bump", "alice@example.com", "shop", "production"),
+        # A refresh that found nothing changed nothing: no catalog bump.
         ("catalog.refresh", "alice@example.com", "shop", "production"),
         ("connection.update", "bob", "shop", "*"),
         ("catalog.unselect", "alice@example.com", "shop", "development"),
