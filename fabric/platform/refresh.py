@@ -36,13 +36,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final
 
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.serialization import utc_now
-from types import MappingProxyType
-
 from fabric.errors import FailedPrecondition
 from fabric.model import ALL_STAGES, ColumnInfo, Entity, ForeignKey, PhysicalTable, TableInfo
 

@@ -123,7 +123,7 @@ def stream_through(rig: Rig, change: Change, *, event: bool) -> tuple[list[int],
         finally:
             await items.aclose()
 
-    return run(scenario())  # type: ignore[no-any-return]
+    return run(scenario())
 
 
 @pytest.mark.parametrize("event", [True, False], ids=["event", "no-event"])
@@ -185,7 +185,7 @@ def open_statement(engine: QueryEngine) -> str:
         assert rows_of([page.arrow_ipc]) == [1, 2, 3] and not page.done
         return page.statement_id
 
-    return run(opened())  # type: ignore[no-any-return]
+    return run(opened())
 
 
 def fetch(engine: QueryEngine, statement_id: str) -> Any:
