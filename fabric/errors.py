@@ -8,6 +8,7 @@
     ├── AlreadyExists                already_exists        -> ALREADY_EXISTS
     ├── FailedPrecondition           failed_precondition   -> FAILED_PRECONDITION
     │   ├── SourceQueryError         source_query_error    -> FAILED_PRECONDITION
+    │   ├── VersionConflict          version_conflict      -> FAILED_PRECONDITION
     │   ├── SelectionChanged         selection_changed     -> FAILED_PRECONDITION
     │   └── SchemaMismatch           schema_mismatch       -> FAILED_PRECONDITION
     ├── PermissionDenied             permission_denied     -> PERMISSION_DENIED
@@ -86,6 +87,13 @@ class SourceQueryError(FailedPrecondition):
     code = "source_query_error"
 
 
+class VersionConflict(FailedPrecondition):
+    """A change made against a version (of a connection, of a catalog) that is no longer
+    the current one: someone else changed it first. Nothing was changed; reload, retry."""
+
+    code = "version_conflict"
+
+
 class SelectionChanged(FailedPrecondition):
     """Access narrowed while a statement or stream was running (a table or column was
     unselected, the connection was changed or deleted): it was stopped, and nothing more
@@ -145,6 +153,7 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     AlreadyExists,
     FailedPrecondition,
     SourceQueryError,
+    VersionConflict,
     SelectionChanged,
     SchemaMismatch,
     PermissionDenied,

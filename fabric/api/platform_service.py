@@ -365,7 +365,7 @@ class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # typ
 
     @_blocking_rpc
     def Unselect(self, request: pb.UnselectRequest, ctx: RequestContext) -> pb.UnselectResponse:
-        version = self._platform.manager.store.unselect_entities(
+        version = self._platform.manager.unselect(
             ctx.tenant,
             _required(request.connection, "connection"),
             list(request.entities),

@@ -14,6 +14,7 @@ GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SourceQueryError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.VersionConflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SelectionChanged: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SchemaMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

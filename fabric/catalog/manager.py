@@ -33,10 +33,17 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol
 
+from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR
 from fabric.catalog.metadata.store import MetadataStore
-from fabric.catalog.serialization import IDENTIFIER_RE
-from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fabric.catalog.serialization import IDENTIFIER_RE, utc_now
+from fabric.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    VersionConflict,
+)
 from fabric.model import (
     CatalogSnapshot,
     ColumnInfo,
@@ -93,7 +100,6 @@ class CatalogManager:
         self.update_connection = store.update_connection
         self.delete_connection = store.delete_connection
         self.catalog_version = store.catalog_version
-        self.unselect = store.unselect_entities
 
     @property
     def store(self) -> MetadataStore:
@@ -222,6 +228,36 @@ class CatalogManager:
             return []
         return self._select_checked(tenant, connection, stage, entities, actor)
 
+    def unselect(
+        self,
+        tenant: str,
+        connection: str,
+        names: Sequence[str],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        """Remove entities from the selection (`MetadataStore.unselect_entities`); a
+        version conflict is recorded as a refused attempt."""
+        with audit.version_conflicts_recorded(
+            self._store.record_audit,
+            utc_now,
+            tenant,
+            actor,
+            audit.CATALOG_UNSELECT,
+            connection,
+            stage,
+        ):
+            return self._store.unselect_entities(
+                tenant,
+                connection,
+                names,
+                expected_catalog_version=expected_catalog_version,
+                actor=actor,
+                stage=stage,
+            )
+
     def list_entities(self, tenant: str, connection: str) -> list[Entity]:
         """The selected entities of a connection, by name; NotFound if no connection."""
         return list(self._store.catalog(tenant, connection).entities.values())
@@ -341,8 +377,19 @@ class CatalogManager:
                     actor=actor,
                     stage=stage,
                 )
-            except FailedPrecondition:
+            except VersionConflict:
                 if attempt == attempts - 1:
+                    self._store.record_audit(
+                        audit.refused(
+                            utc_now(),
+                            tenant,
+                            actor,
+                            audit.CATALOG_SELECT,
+                            "version_conflict",
+                            connection=connection,
+                            stage=stage,
+                        )
+                    )
                     raise
                 continue  # the catalog changed between the check and the write: check again
             snapshot = self._store.catalog(tenant, connection)

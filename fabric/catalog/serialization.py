@@ -23,7 +23,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from connectors import registry
-from fabric.errors import FailedPrecondition, InvalidArgument, NotFound
+from fabric.errors import InvalidArgument, NotFound, VersionConflict
 from fabric.model import (
     ColumnInfo,
     Connection,
@@ -112,14 +112,14 @@ def connection_not_found(tenant: str, name: str) -> NotFound:
     return NotFound(f"connection {name!r} not found in tenant {tenant!r}")
 
 
-def connection_changed(name: str, expected: int, current: int) -> FailedPrecondition:
-    return FailedPrecondition(
+def connection_changed(name: str, expected: int, current: int) -> VersionConflict:
+    return VersionConflict(
         f"connection {name!r} changed since version {expected} (now {current}); reload and retry"
     )
 
 
-def catalog_changed(name: str, expected: int, current: int) -> FailedPrecondition:
-    return FailedPrecondition(
+def catalog_changed(name: str, expected: int, current: int) -> VersionConflict:
+    return VersionConflict(
         f"catalog of connection {name!r} changed since version {expected} (now {current}); "
         "reload and retry"
     )

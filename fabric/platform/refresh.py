@@ -39,10 +39,10 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
+from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent, refused
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.serialization import utc_now
-from fabric.errors import FailedPrecondition
+from fabric.errors import FailedPrecondition, VersionConflict
 from fabric.model import ALL_STAGES, ColumnInfo, Entity, ForeignKey, PhysicalTable, TableInfo
 
 CATALOG_REFRESH: Final = "catalog.refresh"
@@ -325,8 +325,19 @@ def refresh_catalog(
                     actor=actor,
                     stage=stage,
                 )
-        except FailedPrecondition:
+        except VersionConflict:
             if attempt == _ATTEMPTS - 1:
+                store.record_audit(
+                    refused(
+                        utc_now(),
+                        tenant,
+                        actor,
+                        CATALOG_REFRESH,
+                        "version_conflict",
+                        connection=connection,
+                        stage=stage,
+                    )
+                )
                 raise
             continue
         counts: dict[str, str | int | bool] = {

@@ -237,7 +237,9 @@ class MetadataStore:
         actor: str = SYSTEM_ACTOR,
     ) -> None:
         """Delete the connection and its selected entities (its audit events stay);
-        NotFound if absent, FailedPrecondition if not at `expected_version` (when given)."""
+        NotFound if absent, VersionConflict if not at `expected_version` (when given).
+        Nothing of the deleted rows stays readable in the database's files where the
+        driver can see to it (`SqlDriver.erase_deleted`)."""
         check_expected_version(expected_version, "expected_version")
         check_actor(actor)
         at = self._now()
@@ -260,6 +262,7 @@ class MetadataStore:
             self._audit(
                 session, audit.connection_deleted(at, actor, tenant, name, version, entities)
             )
+        self._driver.erase_deleted()
 
     # -- selection -----------------------------------------------------------------------
 
