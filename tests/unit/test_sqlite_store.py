@@ -99,12 +99,11 @@ def test_a_deleted_connection_cannot_be_read_back_from_the_file_or_its_wal(
             ColumnInfo("id", "INTEGER", pa.int32(), nullable=False),
             ColumnInfo(markers["column"], "VARCHAR", pa.string()),
         )
-        recorded = PhysicalTable(
-            "main",
-            markers["table"],
-            (*columns, ColumnInfo(markers["unselected"], "VARCHAR", pa.string())),
-            ("id",),
+        # A wide table: the row spans overflow pages, which a delete frees whole.
+        unselected = tuple(
+            ColumnInfo(f"{markers['unselected']}_{i}", "VARCHAR", pa.string()) for i in range(300)
         )
+        recorded = PhysicalTable("main", markers["table"], (*columns, *unselected), ("id",))
         doomed = Entity(
             "orders",
             "main",
