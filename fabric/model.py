@@ -7,7 +7,7 @@ value; a connection's password lives in the secret store and is referred to by n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -68,14 +68,20 @@ class TableInfo:
         return None
 
 
+PlaceKey = tuple[str, str, str]
+"""(configuration, schema, table): one physical table an entity uses, in the database of
+one stage configuration (a stage name, or `*` for the stages without their own)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PhysicalTable:
-    """What one stage configuration's table of an entity holds, as the last select or
-    refresh in a stage of that configuration found it: every column (selected or not,
-    with that database's types) and its keys. Stages that share a configuration share one
-    database, so they share this record; stages with their own configuration each keep
-    theirs, and one stage's refresh never rewrites another's."""
+    """What one physical table of an entity holds, in the database of one stage
+    configuration, as the last select or refresh in a stage using it found it: every
+    column (selected or not, with that database's types) and its keys. Stages that share
+    a configuration and a table share this record; any other stage keeps its own, and
+    one stage's refresh never rewrites another's."""
 
+    configuration: str
     schema: str
     table: str
     columns: tuple[ColumnInfo, ...]
@@ -84,6 +90,10 @@ class PhysicalTable:
     exists: bool = True
     """False when the table was gone at the last refresh."""
 
+    @property
+    def key(self) -> PlaceKey:
+        return (self.configuration, self.schema, self.table)
+
     def column(self, name: str) -> ColumnInfo | None:
         for column in self.columns:
             if column.name == name:
@@ -91,12 +101,14 @@ class PhysicalTable:
         return None
 
     @classmethod
-    def of(cls, info: TableInfo) -> PhysicalTable:
-        return cls(info.schema, info.name, info.columns, info.primary_key, info.foreign_keys)
+    def of(cls, configuration: str, info: TableInfo) -> PhysicalTable:
+        return cls(
+            configuration, info.schema, info.name, info.columns, info.primary_key, info.foreign_keys
+        )
 
     @classmethod
-    def gone(cls, schema: str, table: str) -> PhysicalTable:
-        return cls(schema, table, (), exists=False)
+    def gone(cls, configuration: str, schema: str, table: str) -> PhysicalTable:
+        return cls(configuration, schema, table, (), exists=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +118,9 @@ class Entity:
     `schema` and `table` are the physical names in the source; `name` is what queries say.
     `stage_tables` maps a stage to its own physical (schema, table) where that stage's
     database names the table differently; stages without an entry use `schema.table`.
-    The selection (name, columns) is shared by every stage; `stage_physical` keeps, per
-    stage configuration (a stage name, or `*` for the stages without their own), what
-    that configuration's table holds (`PhysicalTable`).
+    The selection (name, columns) is shared by every stage; `stage_physical` keeps what
+    each physical table the entity uses holds, per stage configuration (`PhysicalTable`,
+    by its `key`).
 
     In a stage's view (`for_stage`), `columns`, `primary_key` and `foreign_keys` are what
     that stage's table has of the selection, `missing` names the selected columns it
@@ -124,7 +136,7 @@ class Entity:
     stage_tables: Mapping[str, tuple[str, str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
-    stage_physical: Mapping[str, PhysicalTable] = field(
+    stage_physical: Mapping[PlaceKey, PhysicalTable] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
     missing: tuple[str, ...] = ()
@@ -141,12 +153,29 @@ class Entity:
         return self.stage_tables.get(stage, (self.schema, self.table))
 
     def recorded(self, stage: str, configuration: str) -> PhysicalTable | None:
-        """What `configuration`'s table holds for `stage`, when it was recorded for the
-        table `stage` uses (None: not known)."""
-        record = self.stage_physical.get(configuration)
-        if record is None or (record.schema, record.table) != self.physical(stage):
-            return None
-        return record
+        """What the table `stage` uses holds in `configuration`'s database, if recorded."""
+        return self.stage_physical.get((configuration, *self.physical(stage)))
+
+    def with_physical(self, *records: PhysicalTable) -> Entity:
+        """This entity with `records` replacing what was recorded for their tables."""
+        physical = {**self.stage_physical, **{record.key: record for record in records}}
+        return replace(self, stage_physical=MappingProxyType(physical))
+
+    def places(self, configurations: Iterable[str]) -> set[PlaceKey]:
+        """Every physical table the entity uses, in the database of each of
+        `configurations` (a connection's stage configuration keys): a stage's own
+        configuration reads its table; `*` reads the default table and those of the
+        stages mapped in `stage_tables` that have no configuration of their own."""
+        keys = set(configurations)
+        places = {(key, *self.physical(key)) for key in keys if key != ALL_STAGES}
+        if ALL_STAGES in keys:
+            places.add((ALL_STAGES, self.schema, self.table))
+            places.update(
+                (ALL_STAGES, *table)
+                for stage, table in self.stage_tables.items()
+                if stage not in keys
+            )
+        return places
 
     def for_stage(self, stage: str, configuration: str | None = None) -> Entity:
         """This entity as `stage` sees it: `schema` and `table` are that stage's physical

@@ -342,12 +342,9 @@ class CatalogManager:
                 _check_stage_table(result[index], info, other)
                 mapped = dict(result[index].stage_tables)
                 mapped[other] = (info.schema, info.name)
-                physical = {**result[index].stage_physical, configuration: PhysicalTable.of(info)}
                 result[index] = replace(
-                    result[index],
-                    stage_tables=MappingProxyType(mapped),
-                    stage_physical=MappingProxyType(physical),
-                )
+                    result[index], stage_tables=MappingProxyType(mapped)
+                ).with_physical(PhysicalTable.of(configuration, info))
         return result
 
     def _select_checked(
@@ -542,7 +539,9 @@ def _entity_from_table(
         columns=chosen,
         primary_key=primary_key,
         foreign_keys=foreign_keys,
-        stage_physical=MappingProxyType({configuration: PhysicalTable.of(info)}),
+        stage_physical=MappingProxyType(
+            {(configuration, info.schema, info.name): PhysicalTable.of(configuration, info)}
+        ),
     )
 
 

@@ -30,6 +30,7 @@ from fabric.model import (
     Entity,
     ForeignKey,
     PhysicalTable,
+    PlaceKey,
     SettingValue,
 )
 
@@ -240,12 +241,14 @@ def check_entity(entity: Entity) -> None:
                 "(schema, table) pairs with a table name"
             )
     if not isinstance(entity.stage_physical, Mapping) or not all(
-        isinstance(key, str) and key and isinstance(record, PhysicalTable)
+        isinstance(record, PhysicalTable)
+        and key == record.key
+        and all(isinstance(part, str) and part for part in (record.configuration, record.table))
         for key, record in entity.stage_physical.items()
     ):
         raise InvalidArgument(
-            f"stage_physical of entity {entity.name!r} must map stage configurations to "
-            "physical tables"
+            f"stage_physical of entity {entity.name!r} must hold physical tables by their "
+            "(configuration, schema, table)"
         )
     names = [column.name for column in entity.columns]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -342,11 +345,14 @@ def foreign_keys_document(foreign_keys: Sequence[ForeignKey]) -> list[dict[str, 
     return [asdict(fk) for fk in foreign_keys]
 
 
-def stage_physical_document(records: Mapping[str, PhysicalTable]) -> dict[str, dict[str, Any]]:
-    """Stage configuration -> its physical table (every column, keys, whether it exists),
-    configurations sorted (an empty dict when none was recorded)."""
-    return {
-        key: {
+def stage_physical_document(
+    records: Mapping[PlaceKey, PhysicalTable],
+) -> list[dict[str, Any]]:
+    """The physical tables recorded for an entity (every column, keys, whether it
+    exists), in (configuration, schema, table) order; an empty list when none was."""
+    return [
+        {
+            "configuration": record.configuration,
             "schema": record.schema,
             "table": record.table,
             "columns": columns_document(record.columns),
@@ -354,8 +360,8 @@ def stage_physical_document(records: Mapping[str, PhysicalTable]) -> dict[str, d
             "foreign_keys": foreign_keys_document(record.foreign_keys),
             "exists": record.exists,
         }
-        for key, record in sorted(records.items())
-    }
+        for _, record in sorted(records.items())
+    ]
 
 
 def _columns(items: Sequence[Mapping[str, Any]]) -> tuple[ColumnInfo, ...]:
@@ -383,6 +389,18 @@ def _foreign_keys(items: Sequence[Mapping[str, Any]]) -> tuple[ForeignKey, ...]:
     )
 
 
+def _physical(item: Mapping[str, Any]) -> PhysicalTable:
+    return PhysicalTable(
+        configuration=str(item["configuration"]),
+        schema=str(item["schema"]),
+        table=str(item["table"]),
+        columns=_columns(item["columns"]),
+        primary_key=tuple(item["primary_key"]),
+        foreign_keys=_foreign_keys(item["foreign_keys"]),
+        exists=bool(item["exists"]),
+    )
+
+
 def entity_from_documents(
     name: str,
     schema: str,
@@ -391,7 +409,7 @@ def entity_from_documents(
     primary_key: Sequence[str],
     foreign_keys: Sequence[Mapping[str, Any]],
     stage_tables: Mapping[str, Sequence[str]] | None,
-    stage_physical: Mapping[str, Mapping[str, Any]] | None = None,
+    stage_physical: Sequence[Mapping[str, Any]] | None = None,
 ) -> Entity:
     """An entity from its stored documents (the inverse of the `..._document` functions;
     no `stage_tables` or `stage_physical`, from a row written before they existed, is no
@@ -407,16 +425,6 @@ def entity_from_documents(
             {stage: (str(pair[0]), str(pair[1])) for stage, pair in (stage_tables or {}).items()}
         ),
         stage_physical=MappingProxyType(
-            {
-                key: PhysicalTable(
-                    schema=str(item["schema"]),
-                    table=str(item["table"]),
-                    columns=_columns(item["columns"]),
-                    primary_key=tuple(item["primary_key"]),
-                    foreign_keys=_foreign_keys(item["foreign_keys"]),
-                    exists=bool(item["exists"]),
-                )
-                for key, item in (stage_physical or {}).items()
-            }
+            {record.key: record for record in map(_physical, stage_physical or ())}
         ),
     )

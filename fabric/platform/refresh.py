@@ -1,9 +1,10 @@
 """Refresh: re-read the selected tables at the source and reconcile the selection.
 
 The selection (which entities, which columns) is shared by every stage; what is
-physical (columns, types, keys) belongs to each stage configuration: a stage with its
-own settings, or `*` for the stages without (they share one database). A refresh in a
-stage re-reads that stage's tables and rewrites only its configuration's record
+physical (columns, types, keys) is recorded per table, in the database of each stage
+configuration: a stage with its own settings, or `*` for the stages without (they share
+one database), and a stage may map an entity to its own table (`stage_tables`). A
+refresh in a stage re-reads the tables that stage uses and rewrites only their records
 (`Entity.stage_physical`), so refreshing Development never rewrites what Production
 has. Drift is reported against what that configuration had at its last select or
 refresh:
@@ -16,8 +17,8 @@ refresh:
 - `key_changed`: the primary key or foreign keys differ;
 - `entity_removed`: no selected column is left anywhere; the entity is removed.
 
-The shared selection follows what every configuration agrees on, once each has been
-read: a column leaves it when no stage's table has it (as a type the gateway carries),
+The shared selection follows what every table the entity uses agrees on, once each has
+been read: a column leaves it when no stage's table has it (as a type the gateway carries),
 an entity when no stage has its table, a column's type or the keys change when every
 stage has the new ones. Until then a stage that lacks a selected column or table keeps
 it selected for the others, and a query in that stage that reads it is refused with a
@@ -116,7 +117,7 @@ def _stage_drift(
         drift.append(Drift(kind, entity.name, schema, table, column, old, new, detail))
 
     baseline = previous or PhysicalTable(
-        schema, table, entity.columns, entity.primary_key, entity.foreign_keys
+        record.configuration, schema, table, entity.columns, entity.primary_key, entity.foreign_keys
     )
     if not record.exists:
         if baseline.exists:
@@ -156,10 +157,18 @@ def _stage_drift(
 
 
 def _shared(entity: Entity, configurations: Sequence[str]) -> Entity | None:
-    """The shared selection of `entity` once every configuration's table has been read
-    (see the module docstring); `entity` itself while one has not; None when it leaves."""
-    records = [entity.stage_physical.get(key) for key in configurations]
-    if not configurations or any(record is None for record in records):
+    """The shared selection of `entity` once every table it uses, in every configuration's
+    database, has been read (see the module docstring); `entity` itself (with records of
+    tables it no longer uses dropped) while one has not; None when it leaves."""
+    places = entity.places(configurations)
+    entity = replace(
+        entity,
+        stage_physical=MappingProxyType(
+            {key: record for key, record in entity.stage_physical.items() if key in places}
+        ),
+    )
+    records = [entity.stage_physical.get(place) for place in sorted(places)]
+    if not places or any(record is None for record in records):
         return entity
     existing = [record for record in records if record is not None and record.exists]
     if not existing:
@@ -266,13 +275,13 @@ def plan_refresh(
     for entity in entities:
         schema, table = entity.physical(stage)
         info = tables.get((schema, table))
-        record = PhysicalTable.of(info) if info is not None else PhysicalTable.gone(schema, table)
-        found = _stage_drift(entity, entity.recorded(stage, configuration), record)
-        recorded = replace(
-            entity,
-            stage_physical=MappingProxyType({**entity.stage_physical, configuration: record}),
+        record = (
+            PhysicalTable.of(configuration, info)
+            if info is not None
+            else PhysicalTable.gone(configuration, schema, table)
         )
-        shared = _shared(recorded, configurations)
+        found = _stage_drift(entity, entity.recorded(stage, configuration), record)
+        shared = _shared(entity.with_physical(record), configurations)
         drift.extend(_explained(found, entity, shared, stage))
         if shared is not None:
             kept.append(shared)

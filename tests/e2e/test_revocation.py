@@ -140,7 +140,7 @@ def test_the_caller_sees_failed_precondition_with_its_code(harness: Harness) -> 
         unselect_orders(Admin(channel), harness)
         with pytest.raises(grpc.RpcError) as failed:
             stub.Fetch(query_pb2.FetchRequest(statement_id=first.statement_id), timeout=30)
-    error: grpc.Call = failed.value  # type: ignore[assignment]
+    error: grpc.Call = failed.value
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert dict(error.trailing_metadata() or ())[ERROR_CODE_KEY] == "selection_changed"
     assert "the selection changed" in (error.details() or "")

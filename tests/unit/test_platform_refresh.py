@@ -33,8 +33,7 @@ def col(name: str, source: str = "integer", arrow: pa.DataType | None = None) ->
 
 
 def recorded(entity: Entity, configuration: str, table: TableInfo) -> Entity:
-    physical = {**entity.stage_physical, configuration: PhysicalTable.of(table)}
-    return dataclasses.replace(entity, stage_physical=MappingProxyType(physical))
+    return entity.with_physical(PhysicalTable.of(configuration, table))
 
 
 def test_drift_kinds_and_the_reconciled_entity() -> None:
@@ -64,7 +63,7 @@ def test_drift_kinds_and_the_reconciled_entity() -> None:
     assert [c.name for c in kept.columns] == ["id", "a", "b"]
     assert kept.column("b") == col("b", "text", pa.string())
     assert kept.foreign_keys == (fk,) and kept.primary_key == ("id",)
-    assert kept.stage_physical["*"] == PhysicalTable.of(table)
+    assert kept.recorded("development", "*") == PhysicalTable.of("*", table)
 
 
 def test_a_refresh_that_finds_nothing_changes_nothing() -> None:
@@ -90,18 +89,22 @@ def test_the_stage_table_is_checked_and_a_gone_table_leaves() -> None:
         ("id",),
         stage_tables=MappingProxyType({"production": ("prod", "t2")}),
     )
-    kept, drift = plan_refresh(
-        [entity], "production", {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))}
-    )
-    assert kept == []
-    assert [(d.kind, d.schema, d.table, d.detail) for d in drift] == [
-        (DriftKind.TABLE_GONE, "prod", "t2", "the entity leaves the selection")
+    dev_table = TableInfo("dev", "t", (col("id"),), ("id",))
+    # Production's own table is gone: production cannot read the entity, development
+    # (whose table was not read) keeps it.
+    [kept], drift = plan_refresh([entity], "production", {("dev", "t"): dev_table})
+    assert [(d.kind, d.schema, d.table) for d in drift] == [(DriftKind.TABLE_GONE, "prod", "t2")]
+    assert "stays selected" in drift[0].detail
+    assert kept.for_stage("production", "*").absent
+    assert not kept.for_stage("development", "*").absent
+    kept_again, drift = plan_refresh([kept], "development", {("dev", "t"): dev_table})
+    assert drift == [] and kept_again[0].columns == entity.columns
+    # Gone from every table it uses: it leaves the selection.
+    gone, drift = plan_refresh(kept_again, "development", {})
+    assert gone == []
+    assert [(d.kind, d.detail) for d in drift] == [
+        (DriftKind.TABLE_GONE, "the entity leaves the selection")
     ]
-    kept, drift = plan_refresh(
-        [entity], "development", {("dev", "t"): TableInfo("dev", "t", (col("id"),), ("id",))}
-    )
-    assert [dataclasses.replace(e, stage_physical=MappingProxyType({})) for e in kept] == [entity]
-    assert drift == []
 
 
 def test_a_new_primary_key_column_is_added() -> None:
@@ -142,8 +145,8 @@ def test_refreshing_one_stage_never_rewrites_another() -> None:
     assert kinds == [DriftKind.COLUMN_DROPPED, DriftKind.TYPE_CHANGED]
     assert [c.name for c in after_prod.columns] == ["id", "note", "amount"]
     assert after_prod.column("amount") == col("amount")
-    assert after_prod.stage_physical[DEV] == entity.stage_physical[DEV]
-    assert after_prod.stage_physical[PROD] == PhysicalTable.of(PROD_TABLE)
+    assert after_prod.recorded(DEV, DEV) == entity.recorded(DEV, DEV)
+    assert after_prod.recorded(PROD, PROD) == PhysicalTable.of(PROD, PROD_TABLE)
 
     # Each stage compiles against its own table: production lacks `note`.
     prod = after_prod.for_stage(PROD, PROD)
@@ -162,6 +165,32 @@ def test_refreshing_one_stage_never_rewrites_another() -> None:
     last, kinds = refresh(again, DEV, gone)
     assert kinds == [DriftKind.COLUMN_DROPPED]
     assert [c.name for c in last.columns] == ["id", "amount"]
+
+
+def test_stages_mapped_to_their_own_tables_in_one_database_keep_them_apart() -> None:
+    """One configuration for every stage (`*`), production mapped to its own table: a
+    refresh in production records production's table, never development's."""
+    prod_table = dataclasses.replace(PROD_TABLE, name="orders_p")
+    dev = dataclasses.replace(DEV_TABLE, columns=(*DEV_TABLE.columns, col("amount")))
+    entity = Entity(
+        "orders",
+        "s",
+        "orders",
+        dev.columns,
+        ("id",),
+        stage_tables=MappingProxyType({PROD: ("s", "orders_p")}),
+    ).with_physical(PhysicalTable.of("*", dev))
+    [kept], drift = plan_refresh([entity], PROD, {("s", "orders_p"): prod_table})
+    assert {(d.kind, d.column) for d in drift} == {
+        (DriftKind.COLUMN_DROPPED, "note"),
+        (DriftKind.TYPE_CHANGED, "amount"),
+    }
+    assert [c.name for c in kept.columns] == ["id", "note", "amount"]  # development has note
+    assert kept.recorded(DEV, "*") == PhysicalTable.of("*", dev)
+    assert kept.for_stage(PROD, "*").missing == ("note",)
+    assert kept.for_stage(DEV, "*").missing == ()
+    again, drift = plan_refresh([kept], DEV, {("s", "orders"): dev})
+    assert drift == [] and again == [kept]
 
 
 def test_a_stage_missing_the_table_keeps_the_entity_for_the_others() -> None:

@@ -103,14 +103,14 @@ def test_a_deleted_connection_cannot_be_read_back_from_the_file_or_its_wal(
         unselected = tuple(
             ColumnInfo(f"{markers['unselected']}_{i}", "VARCHAR", pa.string()) for i in range(300)
         )
-        recorded = PhysicalTable("main", markers["table"], (*columns, *unselected), ("id",))
+        recorded = PhysicalTable("*", "main", markers["table"], (*columns, *unselected), ("id",))
         doomed = Entity(
             "orders",
             "main",
             markers["table"],
             columns,
             ("id",),
-            stage_physical=MappingProxyType({"*": recorded}),
+            stage_physical=MappingProxyType({recorded.key: recorded}),
         )
         for _ in range(3):  # several versions of the rows, in several WAL frames
             store.select_entities(T, "doomed", [doomed])

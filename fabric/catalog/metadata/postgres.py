@@ -153,9 +153,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         version=4,
         description="per-stage-configuration physical tables of entities",
         statements=(
-            # configuration ('*' or a stage) -> {schema, table, columns, primary_key,
-            # foreign_keys, exists}; '{}' when nothing was recorded (rows written before).
-            "ALTER TABLE {s}.entities ADD COLUMN stage_physical JSONB NOT NULL DEFAULT '{{}}'",
+            # list of {configuration ('*' or a stage), schema, table, columns, primary_key,
+            # foreign_keys, exists}; '[]' when nothing was recorded (rows written before).
+            "ALTER TABLE {s}.entities ADD COLUMN stage_physical JSONB NOT NULL DEFAULT '[]'",
         ),
     ),
 )

@@ -121,9 +121,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         version=4,
         description="per-stage-configuration physical tables of entities",
         statements=(
-            # JSON: configuration ('*' or a stage) -> {schema, table, columns, primary_key,
-            # foreign_keys, exists}; '{}' when nothing was recorded (rows written before).
-            "ALTER TABLE entities ADD COLUMN stage_physical TEXT NOT NULL DEFAULT '{}'",
+            # JSON list of {configuration ('*' or a stage), schema, table, columns,
+            # primary_key, foreign_keys, exists}; '[]' when nothing was recorded.
+            "ALTER TABLE entities ADD COLUMN stage_physical TEXT NOT NULL DEFAULT '[]'",
         ),
     ),
 )
