@@ -189,14 +189,16 @@ def select_orders(p: Platform) -> pb.SelectResponse:
 
 
 def state(p: Platform) -> tuple[Any, ...]:
-    """Everything at rest a bad request must leave as it was."""
+    """Everything at rest a bad request must leave as it was (the audit trail's record of
+    a refused attempt aside: that is the one thing a refusal writes)."""
     connections = p.store.list_connections(DEFAULT_TENANT)
     catalogs = {c.name: p.store.catalog(DEFAULT_TENANT, c.name) for c in connections}
+    events = p.store.list_audit(DEFAULT_TENANT, limit=10_000)
     return (
         connections,
         catalogs,
         p.secrets.refs(),
-        len(p.store.list_audit(DEFAULT_TENANT, limit=10_000)),
+        len([e for e in events if not e.action.endswith(".refused")]),
     )
 
 
@@ -407,6 +409,16 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(platform: Platform)
         assert text in (error.details() or ""), (request, error.details())
         assert PASSWORD not in (error.details() or "")
         assert state(p) == before, request
+    # The two version conflicts are on the audit trail, as refused attempts.
+    refused = [
+        (e.action, dict(e.details)["reason"], e.connection)
+        for e in p.store.list_audit(DEFAULT_TENANT)
+        if e.action.endswith(".refused")
+    ]
+    assert sorted(refused) == [
+        ("catalog.unselect.refused", "version_conflict", "shop"),
+        ("connection.update.refused", "version_conflict", "shop"),
+    ]
     # A stage the connection has no settings for.
     p.call(
         p.connections.UpdateConnection,
@@ -479,15 +491,41 @@ def test_entity_names_map_to_each_stages_own_table(platform: Platform) -> None:
     assert len(again.entities[0].stage_tables) == 1
 
 
-def test_refresh_without_drift_bumps_the_version(platform: Platform) -> None:
+def test_a_refresh_that_finds_nothing_changes_nothing(platform: Platform) -> None:
+    """No drift: no `new_column` for the columns left unselected, the catalog version
+    stays, and what is held in memory (a cached result, a compiled statement) stays."""
     p = platform
     create_shop(p)
-    before = select_orders(p).catalog_version
-    refreshed = p.call(p.catalog.Refresh, pb.RefreshRequest(connection="shop"))
-    assert list(refreshed.drift) == []
-    assert refreshed.previous_catalog_version == before
-    assert refreshed.catalog_version > before
-    assert [e.name for e in refreshed.entities] == ["orders"]
+    before = p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="shop",
+            tables=[
+                pb.TableSelection(
+                    table="dev_sales.orders",
+                    entity_name="orders",
+                    columns=["id", "amount"],
+                    stage_tables={"production": "prod_sales.orders_p"},
+                )
+            ],
+        ),
+    ).catalog_version
+    sql = "SELECT id, amount FROM orders ORDER BY id"
+    with p.client() as client:
+        assert client.execute("shop", sql, cache_ttl=600).summary.from_cache is False
+        held = p.engine.snapshot()
+        for stage in ("development", "production"):
+            refreshed = p.call(
+                p.catalog.Refresh, pb.RefreshRequest(connection="shop"), stage=stage
+            )
+            assert list(refreshed.drift) == [], stage  # `note` is unselected, not new
+            assert refreshed.previous_catalog_version == refreshed.catalog_version == before
+            assert [e.name for e in refreshed.entities] == ["orders"]
+        assert client.execute("shop", sql, cache_ttl=600).summary.from_cache is True
+    after = p.engine.snapshot()
+    assert after["purge_connection_purged"] == held["purge_connection_purged"]
+    assert after["result_cache_entries"] == 1 and after["compiled_statements"] == 1
+    assert p.store.catalog_version(DEFAULT_TENANT, "shop") == before
 
 
 # -- departure --------------------------------------------------------------------------------
