@@ -201,8 +201,14 @@ def _shared(entity: Entity, configurations: Sequence[str]) -> Entity | None:
         foreign_keys = entity.foreign_keys
     if not kept:
         return None
-    order = [c.name for c in existing[0].columns if c.name in kept]
-    order += [name for name in kept if name not in order]
+    # The table order of a table that has every kept column (the selection's own order
+    # otherwise, new key columns last): a stage lacking a column does not reorder it.
+    whole = next((r for r in existing if all(r.column(name) for name in kept)), None)
+    if whole is not None:
+        order = [c.name for c in whole.columns if c.name in kept]
+    else:
+        order = [c.name for c in entity.columns if c.name in kept]
+        order += [name for name in kept if name not in order]
     return replace(
         entity,
         columns=tuple(kept[name] for name in order),

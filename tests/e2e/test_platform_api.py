@@ -24,6 +24,7 @@ from fabric.config import Settings
 from fabric.context import DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import NotFound, QueryRejected, SelectionChanged
 from fabric.query.engine import QueryEngine
+from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.kms import LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore
 from fabric.v1 import platform_pb2 as pb
@@ -82,16 +83,30 @@ class Platform:
         return FabricClient(self.background.address, timeout=60, metadata=[("x-stage", stage)])
 
 
-def start_platform(home: Path) -> Platform:
+def start_platform(
+    home: Path, connector_factory: ConnectorFactory = default_connector_factory
+) -> Platform:
+    """A platform on a SQLite store under `home`, its connectors (of queries, discovery and
+    tests alike) built by `connector_factory`."""
     store = SqliteMetadataStore(home / "metadata.sqlite")
     secrets = SealedFileSecretStore(
         home / "secrets.sealed", LocalKeyRing.open(home / "keyring.json")
     )
     clock = FakeClock()
     engine = QueryEngine(
-        store, Settings(home=home, metrics_port=0), clock=clock, secrets=secrets.get
+        store,
+        Settings(home=home, metrics_port=0),
+        clock=clock,
+        secrets=secrets.get,
+        connector_factory=connector_factory,
     )
-    gateway = assemble_gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
+    gateway = assemble_gateway(
+        engine,
+        context_provider=caller,
+        secret_store=secrets,
+        clock=clock,
+        connector_builder=connector_factory,
+    )
     background = BackgroundGateway(gateway).start()
     channel = grpc.insecure_channel(background.address)
     return Platform(
@@ -515,9 +530,7 @@ def test_a_refresh_that_finds_nothing_changes_nothing(platform: Platform) -> Non
         assert client.execute("shop", sql, cache_ttl=600).summary.from_cache is False
         held = p.engine.snapshot()
         for stage in ("development", "production"):
-            refreshed = p.call(
-                p.catalog.Refresh, pb.RefreshRequest(connection="shop"), stage=stage
-            )
+            refreshed = p.call(p.catalog.Refresh, pb.RefreshRequest(connection="shop"), stage=stage)
             assert list(refreshed.drift) == [], stage  # `note` is unselected, not new
             assert refreshed.previous_catalog_version == refreshed.catalog_version == before
             assert [e.name for e in refreshed.entities] == ["orders"]

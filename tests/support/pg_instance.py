@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +53,15 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgInstance]:
+def private_postgres(
+    password: str,
+    user: str = "fabric_admin",
+    *,
+    options: Sequence[str] = (),
+    log: Path | None = None,
+) -> Iterator[PgInstance]:
+    """The server, with `options` (`name=value` settings) and its log (its standard error)
+    written to `log` when given: with `log_statement=all`, the statements it ran."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         reason = "PostgreSQL server binaries (initdb) are not installed"
@@ -70,6 +78,7 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
         shutil.chown(pwfile, "postgres")
     port = _free_port()
     server: subprocess.Popen[bytes] | None = None
+    log_file = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed in finally
     try:
         subprocess.run(
             _as_postgres(
@@ -105,10 +114,11 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
                     "listen_addresses=127.0.0.1",
                     "-c",
                     "fsync=off",
+                    *(arg for option in options for arg in ("-c", option)),
                 ]
             ),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if log_file is None else log_file,
         )
         deadline = time.monotonic() + 60
         while (
@@ -131,4 +141,6 @@ def private_postgres(password: str, user: str = "fabric_admin") -> Iterator[PgIn
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(timeout=10)
+        if log_file is not None:
+            log_file.close()
         shutil.rmtree(base, ignore_errors=True)
