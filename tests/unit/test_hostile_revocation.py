@@ -64,7 +64,7 @@ def test_a_statement_reading_the_column_anywhere_is_stopped(rig: Rig, sql: str) 
     unselect_amount(rig)
     with pytest.raises(SelectionChanged, match=r"column 'orders\.amount' is no longer selected"):
         run(rig.engine.fetch(CTX, statement, 3))
-    if "*" in sql:
+    if sql == READS_AMOUNT["star"]:
         # `*` means the selected columns: asked again, it no longer reads the column.
         run(collect(rig.engine, query(sql)))
         assert "amount" not in rig.source.executions[-1].sql
