@@ -20,7 +20,8 @@ Publishing side (the platform process, `--role platform` or `--role all` with NA
 
 Consuming side (each runtime replica): `PlatformEventApplier` is the handler of the
 replica's durable consumer. It purges the local engine through an `EnginePurger`
-(compiled statements, cached results, open statements and connectors of the connection;
+(compiled statements, cached results and connectors of the connection, and the running
+queries the change revokes;
 the configuration is read again from the metadata store on the next query), once per
 event id (`IdempotentHandler`), and returns only when the purge is done, so the event is
 acknowledged after it was applied. `keys.rotated` needs nothing from the engine (keys are

@@ -12,6 +12,11 @@ the two thread hops that cost more than such a query. Resolving a connection (me
 store, secret store, building a connector) also runs in a worker thread unless the
 catalog version is known without I/O. A caller that goes away, or a deadline that
 passes, cancels the query at the source before the connection returns to its pool.
+
+Every running query (stream or open statement) holds a revocation ticket
+(`fabric.query.revocation`): it stops at its next batch or page once what it reads is
+no longer allowed, and a source error saying a column or table it reads is gone is told
+as a schema mismatch (`fabric.query.drift`).
 """
 
 from __future__ import annotations
