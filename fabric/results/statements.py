@@ -267,7 +267,8 @@ class StatementRegistry(Generic[T]):
     def lease(self, statement_id: str, *, tenant: str, stage: str) -> Iterator[OpenStatement[T]]:
         """Hold the statement for one fetch: not swept while held, not closed under it.
 
-        ``NotFound`` as ``get``; ``FailedPrecondition`` if a fetch is already running.
+        ``NotFound`` as ``get`` (an expired statement is released here); the revocation's
+        error once for a revoked one; ``FailedPrecondition`` if a fetch is already running.
         At the end, idleness restarts; if the fetch set ``exhausted``, or the statement was
         closed meanwhile, it is released now. A fetch that raises leaves the statement
         open: the caller decides whether to close it.
