@@ -146,6 +146,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cli_actor() -> str:
+    """Who a change made with the CLI is recorded as in the audit trail. The CLI writes the
+    metadata store directly (no gateway, so no token and no principal): its changes are
+    the operating system account's that ran it, `cli:<login>`."""
+    import getpass
+    import os
+
+    try:
+        login = getpass.getuser()
+    except (OSError, KeyError):  # no login name for this uid
+        login = f"uid-{os.getuid()}"
+    return f"cli:{login}"
+
+
 def _manager(settings: Settings) -> CatalogManager:
     from fabric.app.parts import catalog_manager, open_secret_store, open_store
 
@@ -180,6 +194,7 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
 
     admin = _admin(settings)
     tenant = args.tenant
+    actor = cli_actor()
     if args.action == "create":
         spec = registry.get(args.kind)
         # Names and types now; what is missing shows when the connection is tested.
@@ -191,6 +206,7 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
             args.name,
             spec.kind,
             {args.stage: StageInput(stage_settings, password)},
+            actor=actor,
         )
         print(
             f"created connection {connection.name!r} ({connection.kind}) "
@@ -202,17 +218,17 @@ def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
             stages = ", ".join(sorted(connection.stages))
             print(f"{connection.name}\t{connection.kind}\tstages: {stages}")
     elif args.action == "delete":
-        admin.delete(tenant, args.name)
+        admin.delete(tenant, args.name, actor=actor)
         print(f"deleted connection {args.name!r} and its secrets")
     elif args.action == "test":
-        admin.manager.test_connection(tenant, args.name, args.stage_name)
+        admin.test(tenant, args.name, args.stage_name, actor=actor)
         print(f"connection {args.name!r} works in stage {args.stage_name!r}")
     elif args.action == "update":
-        _update_connection(args, admin)
+        _update_connection(args, admin, actor)
     return 0
 
 
-def _update_connection(args: argparse.Namespace, admin: ConnectionAdmin) -> None:
+def _update_connection(args: argparse.Namespace, admin: ConnectionAdmin, actor: str) -> None:
     """`fabric connection update`: one stage's settings and/or password, or removals."""
     from fabric.platform.connections import StageInput
 
@@ -231,6 +247,7 @@ def _update_connection(args: argparse.Namespace, admin: ConnectionAdmin) -> None
         clear_passwords=[args.stage] if args.clear_password else [],
         expected_version=args.expected_version,
         verify=args.verify,
+        actor=actor,
     )
     print(
         f"updated connection {connection.name!r} to version {connection.version}; stages: "
@@ -244,6 +261,7 @@ def _update_connection(args: argparse.Namespace, admin: ConnectionAdmin) -> None
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     manager = _manager(settings)
     tenant, stage = args.tenant, args.stage_name
+    actor = cli_actor()
     if args.action == "discover":
         for table in manager.discover(tenant, args.connection, stage, args.schema or None):
             key = f" key({', '.join(table.primary_key)})" if table.primary_key else ""
@@ -259,12 +277,20 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
                 )
     elif args.action == "select":
         if args.all:
-            entities = manager.select_all(tenant, args.connection, stage, args.schema or None)
+            entities = manager.select_all(
+                tenant, args.connection, stage, args.schema or None, actor=actor
+            )
         elif args.table:
             columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
             entities = [
                 manager.select(
-                    tenant, args.connection, stage, args.table, columns, args.entity_name
+                    tenant,
+                    args.connection,
+                    stage,
+                    args.table,
+                    columns,
+                    args.entity_name,
+                    actor=actor,
                 )
             ]
         else:
@@ -273,7 +299,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
             print(f"selected {_describe_entity(entity)}")
         print(f"catalog version {manager.catalog_version(tenant, args.connection)}")
     elif args.action == "unselect":
-        version = manager.unselect(tenant, args.connection, args.entities)
+        version = manager.unselect(tenant, args.connection, args.entities, actor=actor, stage=stage)
         print(f"catalog version {version}")
     elif args.action == "list":
         for entity in manager.list_entities(tenant, args.connection):
@@ -281,7 +307,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "refresh":
         from fabric.platform.refresh import refresh_catalog
 
-        report = refresh_catalog(manager, tenant, args.connection, stage)
+        report = refresh_catalog(manager, tenant, args.connection, stage, actor=actor)
         for drift in report.drift:
             where = f".{drift.column}" if drift.column else ""
             types = (
@@ -296,7 +322,10 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
             )
         if not report.drift:
             print("no drift")
-        print(f"catalog version {report.previous_version} -> {report.catalog_version}")
+        if report.changed:
+            print(f"catalog version {report.previous_version} -> {report.catalog_version}")
+        else:
+            print(f"nothing changed; catalog version {report.catalog_version}")
     return 0
 
 

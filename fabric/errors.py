@@ -7,7 +7,10 @@
     ├── NotFound                     not_found             -> NOT_FOUND
     ├── AlreadyExists                already_exists        -> ALREADY_EXISTS
     ├── FailedPrecondition           failed_precondition   -> FAILED_PRECONDITION
-    │   └── SourceQueryError         source_query_error    -> FAILED_PRECONDITION
+    │   ├── SourceQueryError         source_query_error    -> FAILED_PRECONDITION
+    │   ├── VersionConflict          version_conflict      -> FAILED_PRECONDITION
+    │   ├── SelectionChanged         selection_changed     -> FAILED_PRECONDITION
+    │   └── SchemaMismatch           schema_mismatch       -> FAILED_PRECONDITION
     ├── PermissionDenied             permission_denied     -> PERMISSION_DENIED
     ├── Unauthenticated              unauthenticated       -> UNAUTHENTICATED
     ├── DeadlineExceeded             deadline_exceeded     -> DEADLINE_EXCEEDED
@@ -84,6 +87,29 @@ class SourceQueryError(FailedPrecondition):
     code = "source_query_error"
 
 
+class VersionConflict(FailedPrecondition):
+    """A change made against a version (of a connection, of a catalog) that is no longer
+    the current one: someone else changed it first. Nothing was changed; reload, retry."""
+
+    code = "version_conflict"
+
+
+class SelectionChanged(FailedPrecondition):
+    """Access narrowed while a statement or stream was running (a table or column was
+    unselected, the connection was changed or deleted): it was stopped, and nothing more
+    of its result is sent. Running the query again shows what is allowed now."""
+
+    code = "selection_changed"
+
+
+class SchemaMismatch(FailedPrecondition):
+    """The source's schema no longer matches the selection in this stage (a selected
+    column or table is missing there): a refresh, or a change of the selection, is
+    needed. The message names the column or table from the gateway's own metadata."""
+
+    code = "schema_mismatch"
+
+
 class PermissionDenied(FabricError):
     code = "permission_denied"
 
@@ -127,6 +153,9 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     AlreadyExists,
     FailedPrecondition,
     SourceQueryError,
+    VersionConflict,
+    SelectionChanged,
+    SchemaMismatch,
     PermissionDenied,
     Unauthenticated,
     DeadlineExceeded,

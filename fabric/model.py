@@ -77,6 +77,49 @@ class TableInfo:
         return None
 
 
+PlaceKey = tuple[str, str, str]
+"""(configuration, schema, table): one physical table an entity uses, in the database of
+one stage configuration (a stage name, or `*` for the stages without their own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalTable:
+    """What one physical table of an entity holds, in the database of one stage
+    configuration, as the last select or refresh in a stage using it found it: every
+    column (selected or not, with that database's types) and its keys. Stages that share
+    a configuration and a table share this record; any other stage keeps its own, and
+    one stage's refresh never rewrites another's."""
+
+    configuration: str
+    schema: str
+    table: str
+    columns: tuple[ColumnInfo, ...]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    exists: bool = True
+    """False when the table was gone at the last refresh."""
+
+    @property
+    def key(self) -> PlaceKey:
+        return (self.configuration, self.schema, self.table)
+
+    def column(self, name: str) -> ColumnInfo | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+    @classmethod
+    def of(cls, configuration: str, info: TableInfo) -> PhysicalTable:
+        return cls(
+            configuration, info.schema, info.name, info.columns, info.primary_key, info.foreign_keys
+        )
+
+    @classmethod
+    def gone(cls, configuration: str, schema: str, table: str) -> PhysicalTable:
+        return cls(configuration, schema, table, (), exists=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Entity:
     """A table selected for apps, under the name apps use, with the columns they may read.
@@ -84,6 +127,13 @@ class Entity:
     `schema` and `table` are the physical names in the source; `name` is what queries say.
     `stage_tables` maps a stage to its own physical (schema, table) where that stage's
     database names the table differently; stages without an entry use `schema.table`.
+    The selection (name, columns) is shared by every stage; `stage_physical` keeps what
+    each physical table the entity uses holds, per stage configuration (`PhysicalTable`,
+    by its `key`).
+
+    In a stage's view (`for_stage`), `columns`, `primary_key` and `foreign_keys` are what
+    that stage's table has of the selection, `missing` names the selected columns it
+    lacks, and `absent` says its table was gone at the last refresh there.
     """
 
     name: str
@@ -101,6 +151,11 @@ class Entity:
     the source resolves names against them, so the compiler must know them to bind a name
     as the source does. None: not known (an entity stored before they were recorded);
     the compiler then treats every name as possibly one of them."""
+    stage_physical: Mapping[PlaceKey, PhysicalTable] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    missing: tuple[str, ...] = ()
+    absent: bool = False
 
     def column(self, name: str) -> ColumnInfo | None:
         for column in self.columns:
@@ -125,13 +180,59 @@ class Entity:
         """The (schema, table) that holds this entity's rows in `stage`."""
         return self.stage_tables.get(stage, (self.schema, self.table))
 
-    def for_stage(self, stage: str) -> Entity:
+    def recorded(self, stage: str, configuration: str) -> PhysicalTable | None:
+        """What the table `stage` uses holds in `configuration`'s database, if recorded."""
+        return self.stage_physical.get((configuration, *self.physical(stage)))
+
+    def with_physical(self, *records: PhysicalTable) -> Entity:
+        """This entity with `records` replacing what was recorded for their tables."""
+        physical = {**self.stage_physical, **{record.key: record for record in records}}
+        return replace(self, stage_physical=MappingProxyType(physical))
+
+    def places(self, configurations: Iterable[str]) -> set[PlaceKey]:
+        """Every physical table the entity uses, in the database of each of
+        `configurations` (a connection's stage configuration keys): a stage's own
+        configuration reads its table; `*` reads the default table and those of the
+        stages mapped in `stage_tables` that have no configuration of their own."""
+        keys = set(configurations)
+        places = {(key, *self.physical(key)) for key in keys if key != ALL_STAGES}
+        if ALL_STAGES in keys:
+            places.add((ALL_STAGES, self.schema, self.table))
+            places.update(
+                (ALL_STAGES, *table)
+                for stage, table in self.stage_tables.items()
+                if stage not in keys
+            )
+        return places
+
+    def for_stage(self, stage: str, configuration: str | None = None) -> Entity:
         """This entity as `stage` sees it: `schema` and `table` are that stage's physical
-        names (the same object when the stage has no override)."""
-        physical = self.stage_tables.get(stage)
-        if physical is None or physical == (self.schema, self.table):
-            return self
-        return replace(self, schema=physical[0], table=physical[1])
+        names and, when `configuration` (the stage's configuration key) has a recorded
+        table, columns, types and keys are that table's (see the class docstring)."""
+        schema, table = self.physical(stage)
+        record = self.recorded(stage, configuration) if configuration is not None else None
+        if record is None:
+            if (schema, table) == (self.schema, self.table):
+                return self
+            return replace(self, schema=schema, table=table)
+        available = {c.name: c for c in record.columns if c.supported}
+        columns = tuple(available[c.name] for c in self.columns if c.name in available)
+        selected = {c.name for c in columns}
+        primary_key = record.primary_key
+        if not all(name in selected for name in primary_key):
+            primary_key = ()
+        return replace(
+            self,
+            schema=schema,
+            table=table,
+            columns=columns,
+            primary_key=primary_key,
+            foreign_keys=tuple(
+                fk for fk in record.foreign_keys if all(c in selected for c in fk.columns)
+            ),
+            missing=tuple(c.name for c in self.columns if c.name not in available),
+            absent=not record.exists,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +262,12 @@ class Connection:
             return own
         return self.secret_refs.get(ALL_STAGES)
 
+    def configuration_of(self, stage: str) -> str | None:
+        """The key of the configuration `stage` uses: its own, else `*`, else None."""
+        if stage in self.stages:
+            return stage
+        return ALL_STAGES if ALL_STAGES in self.stages else None
+
 
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
@@ -183,8 +290,11 @@ class CatalogSnapshot:
         names are ASCII, so any other letter makes the name a different one."""
         return self.entities.get(fold_name(name))
 
-    def for_stage(self, stage: str) -> CatalogSnapshot:
-        """The snapshot as `stage` sees it: every entity's schema and table replaced by that
-        stage's physical names. Caches keyed on the view must include its `stage`."""
-        entities = {key: entity.for_stage(stage) for key, entity in self.entities.items()}
+    def for_stage(self, stage: str, configuration: str | None = None) -> CatalogSnapshot:
+        """The snapshot as `stage` sees it (`Entity.for_stage`; `configuration` is the key
+        of the configuration the stage uses). Caches keyed on the view must include its
+        `stage`."""
+        entities = {
+            key: entity.for_stage(stage, configuration) for key, entity in self.entities.items()
+        }
         return replace(self, entities=MappingProxyType(entities), stage=stage)

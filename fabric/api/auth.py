@@ -4,7 +4,10 @@ verified identity reaches the servicers through a context variable."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,8 +15,19 @@ import grpc
 
 from fabric.api.status import abort_with
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
-from fabric.errors import FabricError, InternalError
-from fabric.security.authz import TokenVerifierLike, authenticate
+from fabric.errors import FabricError, InternalError, PermissionDenied
+from fabric.security.authz import (
+    TokenVerifierLike,
+    authorize,
+    context_from_metadata,
+    is_public,
+)
+
+log = logging.getLogger(__name__)
+
+RefusalRecorder = Callable[[RequestContext, str, PermissionDenied], None]
+"""Records a call refused to a verified caller for its role (blocking: it writes the
+audit trail; called off the event loop)."""
 
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "fabric_request_context", default=None
@@ -42,17 +56,27 @@ def local_admin_context(_: grpc.aio.ServicerContext) -> RequestContext:
     return LOCAL_ADMIN
 
 
-def _refusal(error: FabricError) -> Callable[..., Awaitable[Any]]:
+def _refusal(
+    error: FabricError, record: Callable[[], None] | None
+) -> Callable[..., Awaitable[Any]]:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if record is not None:
+            try:
+                await asyncio.to_thread(record)
+            except Exception as failure:  # the refusal stands whether or not it is recorded
+                log.error("could not record a refused call: %s", type(failure).__name__)
         await abort_with(context, error)
 
     return refuse
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grpc.RpcMethodHandler:
-    """A handler of `handler`'s kind that refuses the call with `error`. The request is
-    never decoded (no deserializer): what an unauthenticated caller sent is not parsed."""
-    refuse = _refusal(error)
+def _refusing_handler(
+    handler: grpc.RpcMethodHandler, error: FabricError, record: Callable[[], None] | None = None
+) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind that refuses the call with `error` (after `record`,
+    if given, ran in a worker thread). The request is never decoded (no deserializer):
+    what an unauthenticated caller sent is not parsed."""
+    refuse = _refusal(error, record)
     undecoded = None
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -75,8 +99,14 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: FabricError) -> grp
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, verifier: TokenVerifierLike) -> None:
+    """Verifies the bearer token and the method's role of every call; a verified caller
+    refused for its role is told to `on_refused` (the audit trail) before the refusal."""
+
+    def __init__(
+        self, verifier: TokenVerifierLike, on_refused: RefusalRecorder | None = None
+    ) -> None:
         self._verifier = verifier
+        self._on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -86,11 +116,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
+        ctx: RequestContext | None = None
         try:
-            ctx = authenticate(details.method, details.invocation_metadata, self._verifier)
+            if not is_public(details.method):
+                ctx = context_from_metadata(details.invocation_metadata, self._verifier)
+                authorize(details.method, ctx)
         except FabricError as error:
             _CURRENT.set(None)
-            return _refusing_handler(handler, error)
+            record = None
+            if isinstance(error, PermissionDenied) and ctx is not None and self._on_refused:
+                record = functools.partial(self._on_refused, ctx, details.method, error)
+            return _refusing_handler(handler, error, record)
         # grpc.aio runs each call in its own task, awaiting the interceptors and then the
         # handler in that task: a variable set here is the handler's and no other call's,
         # and it ends with the task. (A wrapping generator that reset it could be finalized

@@ -365,7 +365,7 @@ class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # typ
 
     @_blocking_rpc
     def Unselect(self, request: pb.UnselectRequest, ctx: RequestContext) -> pb.UnselectResponse:
-        version = self._platform.manager.store.unselect_entities(
+        version = self._platform.manager.unselect(
             ctx.tenant,
             _required(request.connection, "connection"),
             list(request.entities),
@@ -397,8 +397,11 @@ class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # typ
             request.stage or ctx.stage,
             actor=ctx.principal,
         )
-        # The version moved already; purging now frees memory at once too.
-        self._platform.listener.connection_changed(ctx.tenant, connection)
+        if report.changed:
+            # The version moved already; purging now stops the running queries the change
+            # revokes and frees memory at once too. A refresh that found nothing changed
+            # nothing, so there is nothing to purge.
+            self._platform.listener.connection_changed(ctx.tenant, connection)
         return _report_proto(report)
 
 

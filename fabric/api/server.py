@@ -16,13 +16,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from fabric.api.auth import AuthInterceptor
+from fabric.api.auth import AuthInterceptor, RefusalRecorder
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
 from fabric.api.wire import add_query_service, guarded_handler
+from fabric.catalog import audit
+from fabric.catalog.metadata.store import MetadataStore
+from fabric.catalog.serialization import utc_now
 from fabric.config import Settings
-from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
+from fabric.context import RequestContext
+from fabric.errors import FabricError, InvalidArgument, PermissionDenied, SourceUnavailable
 from fabric.messaging.platform_events import Announcements
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
@@ -162,6 +166,26 @@ class CallGuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return guarded
 
 
+def refusal_recorder(store: MetadataStore) -> RefusalRecorder:
+    """Writes a call refused for the caller's role to the audit trail: who (tenant,
+    principal, stage, role) and which method; the request itself was never read."""
+
+    def record(ctx: RequestContext, method: str, error: PermissionDenied) -> None:
+        store.record_audit(
+            audit.refused(
+                utc_now(),
+                ctx.tenant,
+                ctx.principal,
+                audit.CALL,
+                "permission_denied",
+                stage=ctx.stage,
+                details={"method": method, "role": ctx.role.value},
+            )
+        )
+
+    return record
+
+
 class AnnouncingCatalogServicer(CatalogServicer):
     """CatalogService that announces committed selection changes as platform events.
     The change is committed before the announcement; if the event cannot be stored the
@@ -234,8 +258,13 @@ class Gateway:
         self.services = tuple(s for s in SERVICES if s in services)
         self._admission = CallAdmission()
         # Authentication first: an unauthenticated caller's request is never decoded.
+        # A verified caller refused for its role is on the audit trail.
         self._interceptors: list[grpc.aio.ServerInterceptor] = [
-            *([AuthInterceptor(verifier)] if verifier is not None else []),
+            *(
+                [AuthInterceptor(verifier, refusal_recorder(platform.manager.store))]
+                if verifier is not None
+                else []
+            ),
             CallGuardInterceptor(self._admission),
         ]
         self._servicer = QueryServicer(engine, context_provider, execute)

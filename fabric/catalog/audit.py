@@ -6,14 +6,25 @@ record commit together or not at all, so no code path can change the metadata an
 the audit. Other administrative actions (testing a connection, rotating a secret) are
 recorded with `MetadataStore.record_audit`.
 
-Audit events are history: deleting a connection keeps the events about it. They hold no
-secret, only names, counts and versions; a detail whose key names a secret is refused.
+Who: the API records the verified token's principal (`sub`); the CLI, which writes the
+metadata store directly and has no token, records `cli:<login>` (the operating system
+account that ran it). What: a connection update records the settings of each changed
+stage before and after (settings are never secrets: keys that name one are refused), and
+which stages had a password set or cleared (never the password). Refused attempts are
+recorded too (`<action>.refused`, with a `reason`): a call refused for its role, a change
+made against a version someone else changed first.
+
+Audit events are history: deleting a connection keeps the events about it, including
+the settings an update recorded. They hold no secret, only names, settings, counts and
+versions; a detail whose key names a secret is refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -26,7 +37,7 @@ from fabric.catalog.serialization import (
     check_utc,
     looks_like_secret,
 )
-from fabric.errors import InvalidArgument
+from fabric.errors import InvalidArgument, VersionConflict
 from fabric.model import Connection
 
 SYSTEM_ACTOR: Final = "system"
@@ -158,11 +169,21 @@ def _changed_keys(old: Mapping[str, object], new: Mapping[str, object]) -> list[
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
+def settings_text(stages: Mapping[str, Mapping[str, object]], names: Iterable[str]) -> str:
+    """The settings of the named stages as compact JSON (keys sorted); a stage without
+    settings is left out. Cut, and marked, past MAX_TEXT."""
+    chosen = {name: dict(stages[name]) for name in names if name in stages}
+    text = json.dumps(chosen, sort_keys=True, separators=(",", ":"), default=str)
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+
+
 def connection_updated(
     at: datetime, actor: str, old: Connection, new: Connection, catalog_version: int
 ) -> AuditEvent:
     stages = _changed_keys(old.stages, new.stages)
     refs = _changed_keys(old.secret_refs, new.secret_refs)
+    set_ = [stage for stage in refs if stage in new.secret_refs]
+    cleared = [stage for stage in refs if stage not in new.secret_refs]
     return AuditEvent(
         at=at,
         tenant=new.tenant,
@@ -172,6 +193,10 @@ def connection_updated(
         stage=only([*stages, *refs]),
         details={
             "stages_changed": names_text(stages),
+            "settings_before": settings_text(old.stages, stages),
+            "settings_after": settings_text(new.stages, stages),
+            "password_set": names_text(set_),
+            "password_cleared": names_text(cleared),
             "secret_refs_changed": names_text(refs),
             "previous_version": old.version,
             "version": new.version,
@@ -218,3 +243,64 @@ def catalog_changed(
         stage=stage,
         details=details,
     )
+
+
+# -- refused attempts ----------------------------------------------------------------------
+
+REFUSED_SUFFIX: Final = ".refused"
+CALL: Final = "call"
+"""The action of a refused call whose request was never read (refused for its role)."""
+
+
+def refused(
+    at: datetime,
+    tenant: str,
+    actor: str,
+    action: str,
+    reason: str,
+    *,
+    connection: str | None = None,
+    stage: str | None = None,
+    details: Mapping[str, AuditValue] | None = None,
+) -> AuditEvent:
+    """An attempt at `action` that was refused (`reason`: `permission_denied`,
+    `version_conflict`); nothing was changed."""
+    return AuditEvent(
+        at=at,
+        tenant=tenant,
+        actor=actor,
+        action=action + REFUSED_SUFFIX,
+        connection=connection,
+        stage=stage,
+        details={"reason": reason, **(details or {})},
+    )
+
+
+@contextmanager
+def version_conflicts_recorded(
+    record: Callable[[AuditEvent], None],
+    at: Callable[[], datetime],
+    tenant: str,
+    actor: str,
+    action: str,
+    connection: str,
+    stage: str | None = None,
+) -> Iterator[None]:
+    """Around a change made against a version the caller named: a VersionConflict is
+    recorded as a refused attempt (`record`, in a transaction of its own: the change's
+    was rolled back), then raised as it was."""
+    try:
+        yield
+    except VersionConflict:
+        record(
+            refused(
+                at(),
+                tenant,
+                actor,
+                action,
+                "version_conflict",
+                connection=connection,
+                stage=stage,
+            )
+        )
+        raise

@@ -33,16 +33,25 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol
 
+from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR
 from fabric.catalog.metadata.store import MetadataStore
-from fabric.catalog.serialization import IDENTIFIER_RE
-from fabric.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fabric.catalog.serialization import IDENTIFIER_RE, utc_now
+from fabric.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    VersionConflict,
+)
 from fabric.model import (
     CatalogSnapshot,
     ColumnInfo,
     Connection,
     Entity,
+    PhysicalTable,
     TableInfo,
+    fold_name,
 )
 
 
@@ -92,7 +101,6 @@ class CatalogManager:
         self.update_connection = store.update_connection
         self.delete_connection = store.delete_connection
         self.catalog_version = store.catalog_version
-        self.unselect = store.unselect_entities
 
     @property
     def store(self) -> MetadataStore:
@@ -174,6 +182,7 @@ class CatalogManager:
             if not isinstance(choice.table, str) or not choice.table:
                 raise InvalidArgument("name the table to select, as 'schema.table' or 'table'")
         tables = self._introspect_for(tenant, connection, stage, [c.table for c in choices])
+        configuration = self._configuration(tenant, connection, stage)
         entities: list[Entity] = []
         for choice in choices:
             info = _match_table(tables, choice.table)
@@ -183,7 +192,7 @@ class CatalogManager:
                     f"(stage {stage!r}); discover the connection to see what it has"
                 )
             name = choice.entity_name or info.name
-            entities.append(_entity_from_table(info, name, choice.columns))
+            entities.append(_entity_from_table(info, name, choice.columns, configuration))
         entities = self._with_stage_tables(tenant, connection, stage, choices, entities)
         return self._select_checked(
             tenant, connection, stage, entities, actor, expected_catalog_version
@@ -206,6 +215,7 @@ class CatalogManager:
         (other characters become `_`). Tables without a supported column are skipped.
         """
         tables = self.discover(tenant, connection, stage, schemas)
+        configuration = self._configuration(tenant, connection, stage)
         usable = [t for t in tables if any(c.supported for c in t.columns)]
         counts = Counter(info.name.lower() for info in usable)
         entities: list[Entity] = []
@@ -214,16 +224,56 @@ class CatalogManager:
             base = info.name if counts[info.name.lower()] == 1 else f"{info.schema}_{info.name}"
             name = _unique(_identifier(base), taken)
             taken.add(name.lower())
-            entities.append(_entity_from_table(info, name, None))
+            entities.append(_entity_from_table(info, name, None, configuration))
         if not entities:
             return []
         return self._select_checked(tenant, connection, stage, entities, actor)
+
+    def unselect(
+        self,
+        tenant: str,
+        connection: str,
+        names: Sequence[str],
+        *,
+        expected_catalog_version: int | None = None,
+        actor: str = SYSTEM_ACTOR,
+        stage: str | None = None,
+    ) -> int:
+        """Remove entities from the selection (`MetadataStore.unselect_entities`); a
+        version conflict is recorded as a refused attempt."""
+        with audit.version_conflicts_recorded(
+            self._store.record_audit,
+            utc_now,
+            tenant,
+            actor,
+            audit.CATALOG_UNSELECT,
+            connection,
+            stage,
+        ):
+            return self._store.unselect_entities(
+                tenant,
+                connection,
+                names,
+                expected_catalog_version=expected_catalog_version,
+                actor=actor,
+                stage=stage,
+            )
 
     def list_entities(self, tenant: str, connection: str) -> list[Entity]:
         """The selected entities of a connection, by name; NotFound if no connection."""
         return list(self._store.catalog(tenant, connection).entities.values())
 
     # -- internals -----------------------------------------------------------------------
+
+    def _configuration(self, tenant: str, connection: str, stage: str) -> str:
+        """The key of the configuration `stage` uses (its own, or `*`)."""
+        configuration = self._store.get_connection(tenant, connection).configuration_of(stage)
+        if configuration is None:
+            raise FailedPrecondition(
+                f"connection {connection!r} has no settings for stage {stage!r}; add "
+                "settings for that stage first"
+            )
+        return configuration
 
     @contextmanager
     def _connector(self, tenant: str, connection: str, stage: str) -> Iterator[SourceInspector]:
@@ -281,6 +331,7 @@ class CatalogManager:
         result = list(entities)
         for other, wanted in sorted(by_stage.items()):
             found = self._introspect_for(tenant, connection, other, [t for _, t in wanted])
+            configuration = self._configuration(tenant, connection, other)
             for index, table in wanted:
                 info = _match_table(found, table)
                 if info is None:
@@ -292,9 +343,11 @@ class CatalogManager:
                 _check_stage_table(result[index], info, other)
                 mapped = dict(result[index].stage_tables)
                 mapped[other] = (info.schema, info.name)
-                result[index] = replace(
-                    result[index], stage_tables=MappingProxyType(mapped)
-                ).with_hidden(column.name for column in info.columns)
+                result[index] = (
+                    replace(result[index], stage_tables=MappingProxyType(mapped))
+                    .with_hidden(column.name for column in info.columns)
+                    .with_physical(PhysicalTable.of(configuration, info))
+                )
         return result
 
     def _select_checked(
@@ -324,8 +377,19 @@ class CatalogManager:
                     actor=actor,
                     stage=stage,
                 )
-            except FailedPrecondition:
+            except VersionConflict:
                 if attempt == attempts - 1:
+                    self._store.record_audit(
+                        audit.refused(
+                            utc_now(),
+                            tenant,
+                            actor,
+                            audit.CATALOG_SELECT,
+                            "version_conflict",
+                            connection=connection,
+                            stage=stage,
+                        )
+                    )
                     raise
                 continue  # the catalog changed between the check and the write: check again
             snapshot = self._store.catalog(tenant, connection)
@@ -342,7 +406,7 @@ class CatalogManager:
         selected = snapshot.entities
         merged: list[Entity] = []
         for entity in entities:
-            current = selected.get(entity.name.lower())
+            current = selected.get(fold_name(entity.name))
             if current is None:
                 merged.append(_without_default_overrides(entity))
                 continue
@@ -353,6 +417,9 @@ class CatalogManager:
                     f"{stage!r}; unselect it first or choose another entity name"
                 )
             mapped = {**current.stage_tables, **entity.stage_tables}
+            # What other stage configurations recorded stays theirs; this select records
+            # what its own stages' tables hold now.
+            physical = {**current.stage_physical, **entity.stage_physical}
             merged.append(
                 _without_default_overrides(
                     replace(
@@ -360,6 +427,7 @@ class CatalogManager:
                         schema=current.schema,
                         table=current.table,
                         stage_tables=MappingProxyType(mapped),
+                        stage_physical=MappingProxyType(physical),
                     ).with_hidden(current.hidden_columns or ())
                 )
             )
@@ -429,10 +497,13 @@ def _match_table(tables: Sequence[TableInfo], wanted: str) -> TableInfo | None:
     return None
 
 
-def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None) -> Entity:
+def _entity_from_table(
+    info: TableInfo, name: str, columns: Sequence[str] | None, configuration: str
+) -> Entity:
     """The entity for `info` with the chosen columns (in table order), its primary key
     (always included, dropped only if a key column's type is unsupported) and the foreign
-    keys whose columns are all selected."""
+    keys whose columns are all selected; what the table holds is recorded as
+    `configuration`'s physical table."""
     if not isinstance(name, str) or IDENTIFIER_RE.fullmatch(name) is None:
         raise InvalidArgument(
             f"entity name {name!r} is not a valid SQL identifier (letters, digits and '_', "
@@ -472,6 +543,9 @@ def _entity_from_table(info: TableInfo, name: str, columns: Sequence[str] | None
         primary_key=primary_key,
         foreign_keys=foreign_keys,
         hidden_columns=tuple(c.name for c in info.columns if c.name not in wanted),
+        stage_physical=MappingProxyType(
+            {(configuration, info.schema, info.name): PhysicalTable.of(configuration, info)}
+        ),
     )
 
 

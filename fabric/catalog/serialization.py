@@ -23,12 +23,14 @@ from typing import Any, Final
 import pyarrow as pa
 
 from connectors import registry
-from fabric.errors import FailedPrecondition, InvalidArgument, NotFound
+from fabric.errors import InvalidArgument, NotFound, VersionConflict
 from fabric.model import (
     ColumnInfo,
     Connection,
     Entity,
     ForeignKey,
+    PhysicalTable,
+    PlaceKey,
     SettingValue,
 )
 
@@ -111,14 +113,14 @@ def connection_not_found(tenant: str, name: str) -> NotFound:
     return NotFound(f"connection {name!r} not found in tenant {tenant!r}")
 
 
-def connection_changed(name: str, expected: int, current: int) -> FailedPrecondition:
-    return FailedPrecondition(
+def connection_changed(name: str, expected: int, current: int) -> VersionConflict:
+    return VersionConflict(
         f"connection {name!r} changed since version {expected} (now {current}); reload and retry"
     )
 
 
-def catalog_changed(name: str, expected: int, current: int) -> FailedPrecondition:
-    return FailedPrecondition(
+def catalog_changed(name: str, expected: int, current: int) -> VersionConflict:
+    return VersionConflict(
         f"catalog of connection {name!r} changed since version {expected} (now {current}); "
         "reload and retry"
     )
@@ -238,6 +240,16 @@ def check_entity(entity: Entity) -> None:
                 f"stage_tables of entity {entity.name!r} must map stage names to "
                 "(schema, table) pairs with a table name"
             )
+    if not isinstance(entity.stage_physical, Mapping) or not all(
+        isinstance(record, PhysicalTable)
+        and key == record.key
+        and all(isinstance(part, str) and part for part in (record.configuration, record.table))
+        for key, record in entity.stage_physical.items()
+    ):
+        raise InvalidArgument(
+            f"stage_physical of entity {entity.name!r} must hold physical tables by their "
+            "(configuration, schema, table)"
+        )
     names = [column.name for column in entity.columns]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -344,6 +356,62 @@ def foreign_keys_document(foreign_keys: Sequence[ForeignKey]) -> list[dict[str, 
     return [asdict(fk) for fk in foreign_keys]
 
 
+def stage_physical_document(
+    records: Mapping[PlaceKey, PhysicalTable],
+) -> list[dict[str, Any]]:
+    """The physical tables recorded for an entity (every column, keys, whether it
+    exists), in (configuration, schema, table) order; an empty list when none was."""
+    return [
+        {
+            "configuration": record.configuration,
+            "schema": record.schema,
+            "table": record.table,
+            "columns": columns_document(record.columns),
+            "primary_key": list(record.primary_key),
+            "foreign_keys": foreign_keys_document(record.foreign_keys),
+            "exists": record.exists,
+        }
+        for _, record in sorted(records.items())
+    ]
+
+
+def _columns(items: Sequence[Mapping[str, Any]]) -> tuple[ColumnInfo, ...]:
+    return tuple(
+        ColumnInfo(
+            name=item["name"],
+            source_type=item["source_type"],
+            arrow_type=arrow_type_from_text(item["arrow_ipc"]),
+            nullable=bool(item["nullable"]),
+        )
+        for item in items
+    )
+
+
+def _foreign_keys(items: Sequence[Mapping[str, Any]]) -> tuple[ForeignKey, ...]:
+    return tuple(
+        ForeignKey(
+            name=item["name"],
+            columns=tuple(item["columns"]),
+            referenced_schema=item["referenced_schema"],
+            referenced_table=item["referenced_table"],
+            referenced_columns=tuple(item["referenced_columns"]),
+        )
+        for item in items
+    )
+
+
+def _physical(item: Mapping[str, Any]) -> PhysicalTable:
+    return PhysicalTable(
+        configuration=str(item["configuration"]),
+        schema=str(item["schema"]),
+        table=str(item["table"]),
+        columns=_columns(item["columns"]),
+        primary_key=tuple(item["primary_key"]),
+        foreign_keys=_foreign_keys(item["foreign_keys"]),
+        exists=bool(item["exists"]),
+    )
+
+
 def entity_from_documents(
     name: str,
     schema: str,
@@ -353,36 +421,23 @@ def entity_from_documents(
     foreign_keys: Sequence[Mapping[str, Any]],
     stage_tables: Mapping[str, Sequence[str]] | None,
     hidden_columns: Sequence[str] | None = None,
+    stage_physical: Sequence[Mapping[str, Any]] | None = None,
 ) -> Entity:
     """An entity from its stored documents (the inverse of the `..._document` functions;
-    no `stage_tables`, from a row written before they existed, is no override; no
-    `hidden_columns`, likewise, is "not known")."""
+    no `stage_tables` or `stage_physical`, from a row written before they existed, is no
+    override and nothing recorded; no `hidden_columns`, likewise, is "not known")."""
     return Entity(
         name=name,
         schema=schema,
         table=table,
-        columns=tuple(
-            ColumnInfo(
-                name=item["name"],
-                source_type=item["source_type"],
-                arrow_type=arrow_type_from_text(item["arrow_ipc"]),
-                nullable=bool(item["nullable"]),
-            )
-            for item in columns
-        ),
+        columns=_columns(columns),
         primary_key=tuple(primary_key),
-        foreign_keys=tuple(
-            ForeignKey(
-                name=item["name"],
-                columns=tuple(item["columns"]),
-                referenced_schema=item["referenced_schema"],
-                referenced_table=item["referenced_table"],
-                referenced_columns=tuple(item["referenced_columns"]),
-            )
-            for item in foreign_keys
-        ),
+        foreign_keys=_foreign_keys(foreign_keys),
         stage_tables=MappingProxyType(
             {stage: (str(pair[0]), str(pair[1])) for stage, pair in (stage_tables or {}).items()}
         ),
         hidden_columns=None if hidden_columns is None else tuple(hidden_columns),
+        stage_physical=MappingProxyType(
+            {record.key: record for record in map(_physical, stage_physical or ())}
+        ),
     )

@@ -9,7 +9,7 @@ Publishing side (the platform process, `--role platform` or `--role all` with NA
       ConnectionAdmin.update           -> connection.updated
       ConnectionAdmin.delete           -> connection.deleted
       CatalogService.Select / Unselect -> selection.changed (stage, new catalog version)
-      CatalogService.Refresh           -> metadata.refreshed
+      CatalogService.Refresh           -> metadata.refreshed (when it changed something)
 
 - A publish that JetStream does not confirm is an error the admin caller sees
   (`EventNotPublished`, UNAVAILABLE). The change itself is committed by then, and the
@@ -20,7 +20,8 @@ Publishing side (the platform process, `--role platform` or `--role all` with NA
 
 Consuming side (each runtime replica): `PlatformEventApplier` is the handler of the
 replica's durable consumer. It purges the local engine through an `EnginePurger`
-(compiled statements, cached results, open statements and connectors of the connection;
+(compiled statements, cached results and connectors of the connection, and the running
+queries the change revokes;
 the configuration is read again from the metadata store on the next query), once per
 event id (`IdempotentHandler`), and returns only when the purge is done, so the event is
 acknowledged after it was applied. `keys.rotated` needs nothing from the engine (keys are
@@ -291,7 +292,10 @@ class Announcements:
     async def selection_changed(
         self, tenant: str, connection: str, stage: str | None, catalog_version: int | None
     ) -> None:
-        """Announce a committed selection change (from a coroutine on the loop)."""
+        """Announce a committed selection change (from a coroutine on the loop): the local
+        listeners first (in a worker thread: they read the metadata store to tell which
+        running queries the change revokes), then the bus."""
+        await asyncio.to_thread(self.local.connection_changed, tenant, connection)
         if self.publisher is None:
             return
         await self.publisher.publish(

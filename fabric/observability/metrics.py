@@ -58,6 +58,10 @@ PURGE_REASONS = (
     "metadata_stale",
     "result_purged",
     "source_purged",
+    # running work stopped because access it was compiled under narrowed
+    # (fabric.query.revocation)
+    "statement_revoked",
+    "stream_revoked",
 )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.serialization import (
@@ -39,6 +40,7 @@ from fabric.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    VersionConflict,
 )
 from fabric.model import ALL_STAGES, Connection, SettingValue
 from fabric.platform.departure import ChangeListener
@@ -227,8 +229,9 @@ class ConnectionAdmin:
                 updated = self._update_once(
                     current, version, stages, remove_stages, clear_passwords, verify, actor
                 )
-            except FailedPrecondition as error:
-                if attempt == attempts - 1 or "changed since version" not in error.message:
+            except VersionConflict:
+                if attempt == attempts - 1:
+                    self._record_conflict(tenant, name, actor, audit.CONNECTION_UPDATE)
                     raise
                 continue
             self._listener.connection_changed(tenant, name)
@@ -321,9 +324,13 @@ class ConnectionAdmin:
         and the secret store's error is raised after.
         """
         current = self._manager.get_connection(tenant, name)
-        self._manager.delete_connection(
-            tenant, name, expected_version=expected_version, actor=actor
-        )
+        try:
+            self._manager.delete_connection(
+                tenant, name, expected_version=expected_version, actor=actor
+            )
+        except VersionConflict:
+            self._record_conflict(tenant, name, actor, audit.CONNECTION_DELETE)
+            raise
         refs = sorted(set(current.secret_refs.values()))
         try:
             self._delete_refs(refs)
@@ -349,6 +356,12 @@ class ConnectionAdmin:
         self._audit_test(tenant, name, stage, actor, outcome)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _record_conflict(self, tenant: str, name: str, actor: str, action: str) -> None:
+        """Record a change refused for a version conflict (the change was rolled back)."""
+        self._manager.store.record_audit(
+            audit.refused(utc_now(), tenant, actor, action, "version_conflict", connection=name)
+        )
 
     def _audit_test(self, tenant: str, name: str, stage: str, actor: str, outcome: str) -> None:
         self._manager.store.record_audit(

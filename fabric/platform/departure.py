@@ -4,7 +4,8 @@ The platform tells the runtime through one seam, `ChangeListener`: `connection_c
 after a connection's settings, secrets or catalog changed (update, refresh) and
 `connection_deleted` after it was deleted. In one process the listener is
 `EnginePurger`, which calls `QueryEngine.purge_connection` at once: compiled statements,
-cached results, open statements and connectors of the connection are dropped. Across
+cached results and connectors of the connection are dropped, and the running queries
+(open statements, Execute streams) the change revokes are stopped. Across
 replicas the same calls become bus events (`fabric.messaging.platform_events`); the seam
 stays this one.
 

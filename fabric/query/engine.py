@@ -12,6 +12,11 @@ the two thread hops that cost more than such a query. Resolving a connection (me
 store, secret store, building a connector) also runs in a worker thread unless the
 catalog version is known without I/O. A caller that goes away, or a deadline that
 passes, cancels the query at the source before the connection returns to its pool.
+
+Every running query (stream or open statement) holds a revocation ticket
+(`fabric.query.revocation`): it stops at its next batch or page once what it reads is
+no longer allowed, and a source error saying a column or table it reads is gone is told
+as a schema mismatch (`fabric.query.drift`).
 """
 
 from __future__ import annotations
@@ -34,10 +39,19 @@ from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
-from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
+from fabric.errors import (
+    Cancelled,
+    FabricError,
+    InvalidArgument,
+    NotFound,
+    QueryRejected,
+    SelectionChanged,
+)
 from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
+from fabric.query.drift import explain_source_error
+from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
 from fabric.query.runs import PagedResult, PendingStart, SourceRun, Summary, cached_pager
 from fabric.query.sources import (
     BoundSource,
@@ -108,8 +122,13 @@ class QueryEngine:
         self.settings = settings
         self.store = store
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
+        self.running = RunningQueries(store, closer=self.executor)
         self.sources = SourceRegistry(
-            store, secrets=secrets, connector_factory=connector_factory, closer=self.executor
+            store,
+            secrets=secrets,
+            connector_factory=connector_factory,
+            closer=self.executor,
+            defer_close=self.running.defer_close,
         )
         limits = QueryLimits(
             max_length=settings.max_sql_length,
@@ -278,6 +297,7 @@ class QueryEngine:
         deadline: float | None,
         max_bytes: int,
         builder: ResultBuilder | None,
+        ticket: Ticket,
     ) -> tuple[SourceRun, list[bytes]]:
         """Start the query and read its first messages in the same worker call: a small
         result is whole (and its source closed) after one thread hop. A caller that goes
@@ -294,6 +314,11 @@ class QueryEngine:
                 first = [run.header()]
                 if handle.buffered:  # in memory: reading it is a few microseconds
                     first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                try:
+                    ticket.raise_if_revoked()
+                except SelectionChanged:
+                    run.close()
+                    raise
                 return run, first
         loop = asyncio.get_running_loop()
         start = PendingStart()
@@ -303,7 +328,7 @@ class QueryEngine:
             start.opened(run, loop)
             try:
                 first = [run.header()]
-                first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                first.extend(self._read_checked(run, ticket) or ())
             except BaseException:
                 # A source that fails in its first rows is released here: the caller
                 # never gets the run to stop it.
@@ -364,16 +389,18 @@ class QueryEngine:
         started = time.perf_counter()
         outcome = "error"
         from_cache = False
+        ticket: Ticket | None = None
         try:
             max_rows = self._max_rows(request.max_rows)
             max_bytes = self._max_bytes(request.max_bytes)
             ttl = self._ttl(request.cache_ttl)
             bound, compiled, args = await self._compile(ctx, request, max_rows)
+            ticket = self._admit(ctx, bound, compiled, STREAM)
             if ttl <= 0:
                 # aclosing: a caller that stops reading stops the source now, not when
                 # the inner generator is collected.
                 async with aclosing(
-                    self._run(bound, compiled, args, deadline, max_bytes, started, None)
+                    self._run(bound, compiled, args, deadline, max_bytes, started, None, ticket)
                 ) as items:
                     async for item in items:
                         yield item
@@ -387,6 +414,7 @@ class QueryEngine:
                 if hit is not None and hit.nbytes <= max_bytes:
                     from_cache = True
                     for message in hit.messages:
+                        ticket.raise_if_revoked()
                         yield message
                     self.metrics.rows.inc(hit.rows)
                     yield Summary(hit.rows, False, True, elapsed_us(started))
@@ -418,6 +446,7 @@ class QueryEngine:
                     max_bytes,
                     started,
                     builder,
+                    ticket,
                     on_complete=store,
                     on_uncacheable=lambda: self._settle(key, settled),
                 )
@@ -429,17 +458,48 @@ class QueryEngine:
                 builder.abandon()
                 self._settle(key, settled)
         except FabricError as error:
-            outcome = error.code
-            log_failure(ctx, request, error, started)
-            raise
+            told = await self._explained(error, ticket)
+            outcome = told.code
+            log_failure(ctx, request, told, started)
+            if told is error:
+                raise
+            raise told from None
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             raise
         finally:
+            if ticket is not None:
+                self.running.release(ticket)
             self.metrics.queries.labels("execute", outcome).inc()
             self.metrics.latency.labels("execute", "cache" if from_cache else "source").observe(
                 time.perf_counter() - started
             )
+
+    def _read_checked(self, run: SourceRun, ticket: Ticket) -> list[bytes] | None:
+        """The next messages of `run` (a worker thread's call), if the query is still
+        allowed once they are read; SelectionChanged otherwise."""
+        messages = run.read_messages(self.settings.max_message_bytes)
+        self.running.check(ticket)
+        return messages
+
+    def _admit(
+        self, ctx: RequestContext, bound: BoundSource, compiled: CompiledStatement, kind: str
+    ) -> Ticket:
+        grant = Grant.of(ctx.tenant, bound, compiled)
+        return self.running.admit(grant, bound.catalog.version, bound.connector, kind)
+
+    async def _explained(self, error: FabricError, ticket: Ticket | None) -> FabricError:
+        """The error the caller is told: the revocation when the query was revoked (a
+        source closed under it fails some other way), a schema mismatch for a source that
+        no longer has a column or table the statement reads, else `error`."""
+        if ticket is None or isinstance(error, SelectionChanged):
+            return error
+        if ticket.revoked is not None:
+            return ticket.revoked
+        explained = explain_source_error(error, ticket.grant, ticket.connector)
+        if explained is None:
+            return error
+        return await self._blocking(explained)
 
     def _settle(self, key: ResultKey, event: asyncio.Event) -> None:
         if self._inflight.get(key) is event:
@@ -455,11 +515,12 @@ class QueryEngine:
         max_bytes: int,
         started: float,
         builder: ResultBuilder | None,
+        ticket: Ticket,
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._start_streaming(
-            bound, compiled, args, deadline, max_bytes, builder
+            bound, compiled, args, deadline, max_bytes, builder, ticket
         )
         if run.exhausted:
             # The whole result came with the start (its source is already released): no
@@ -477,11 +538,13 @@ class QueryEngine:
         try:
             loop = asyncio.get_running_loop()
             # One step ahead: the next messages (a gRPC message's worth) are read and
-            # encoded in a worker thread while these go out to the caller.
-            read_ahead = functools.partial(run.read_messages, self.settings.max_message_bytes)
+            # encoded in a worker thread while these go out to the caller; each read ends
+            # with the revocation check, and nothing goes out once the query is revoked.
+            read_ahead = functools.partial(self._read_checked, run, ticket)
             if not run.exhausted:
                 pending = loop.run_in_executor(self.executor, read_ahead)
             for message in first:
+                ticket.raise_if_revoked()
                 yield message
             while pending is not None:
                 messages = await pending
@@ -494,6 +557,7 @@ class QueryEngine:
                     on_uncacheable()
                     on_uncacheable = None
                 for message in messages:
+                    ticket.raise_if_revoked()
                     yield message
             yield run.trailer()
             finished = True
@@ -550,14 +614,41 @@ class QueryEngine:
         max_bytes = self._max_bytes(request.max_bytes)
         ttl = self._ttl(request.cache_ttl)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
+        ticket = self._admit(ctx, bound, compiled, STATEMENT)
+        try:
+            pager = await self._pager(
+                bound, compiled, args, deadline, max_bytes, started, ctx, request, ttl
+            )
+        except BaseException as error:
+            self.running.release(ticket)
+            if isinstance(error, FabricError):
+                told = await self._explained(error, ticket)
+                if told is not error:
+                    raise told from None
+            raise
+        pager.ticket = ticket
+        return await self._first_page(ctx, request.connection, pager, page_rows)
+
+    async def _pager(
+        self,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        deadline: float | None,
+        max_bytes: int,
+        started: float,
+        ctx: RequestContext,
+        request: QueryRequest,
+        ttl: float,
+    ) -> PagedResult:
+        """The result to page through: from the result cache, or a run at the source."""
         key = None
         if ttl > 0:
             key = _result_key(ctx, request, bound, compiled)
             hit = self.results.get(key)
             if hit is not None and hit.nbytes <= max_bytes:
                 reader = open_ipc_stream(hit.messages)
-                pager = cached_pager(reader, hit.rows, started)
-                return await self._first_page(ctx, request.connection, pager, page_rows)
+                return cached_pager(reader, hit.rows, started)
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
         run = await self._start(bound, compiled, args, deadline, max_bytes, builder)
@@ -586,32 +677,54 @@ class QueryEngine:
                 run.cancel()
             run.close()
 
-        return await self._first_page(
-            ctx, request.connection, PagedResult(run.schema, read, close, on_done), page_rows
-        )
+        return PagedResult(run.schema, read, close, on_done)
 
     def _page_rows(self, requested: int) -> int:
         if requested < 0:
             raise InvalidArgument("page_rows must not be negative")
         return min(requested or self.settings.page_rows, self.settings.max_rows)
 
+    def _checked_page(
+        self, pager: PagedResult, page_rows: int
+    ) -> tuple[bytes, int, Summary | None]:
+        """The next page (a worker thread's call) if the statement is still allowed both
+        before it is read and once it is; SelectionChanged otherwise, the page dropped."""
+        ticket = pager.ticket
+        if ticket is not None:
+            self.running.check(ticket)
+        page = pager.next_page(page_rows)
+        if ticket is not None:
+            self.running.check(ticket)
+        return page
+
+    def _close_pager(self, pager: PagedResult) -> None:
+        try:
+            pager.close()
+        finally:
+            if pager.ticket is not None:
+                self.running.release(pager.ticket)
+
     async def _first_page(
         self, ctx: RequestContext, connection: str, pager: PagedResult, page_rows: int
     ) -> Page:
         try:
-            data, rows, summary = await self._blocking(pager.next_page, page_rows)
-        except BaseException:
-            await self._blocking(pager.close)
+            data, rows, summary = await self._blocking(self._checked_page, pager, page_rows)
+        except BaseException as error:
+            await self._blocking(self._close_pager, pager)
+            if isinstance(error, FabricError):
+                told = await self._explained(error, pager.ticket)
+                if told is not error:
+                    raise told from None
             raise
         if pager.done:
-            await self._blocking(pager.close)
+            await self._blocking(self._close_pager, pager)
             return Page("", data, rows, True, summary)
         statement = self.open_statements.open(
             tenant=ctx.tenant,
             stage=ctx.stage,
             principal=ctx.principal,
             payload=pager,
-            close_fn=pager.close,
+            close_fn=functools.partial(self._close_pager, pager),
             connection=connection,
         )
         return Page(statement.id, data, rows, False, None)
@@ -623,10 +736,14 @@ class QueryEngine:
         ) as statement:
             pager = statement.payload
             try:
-                data, rows, summary = await self._blocking(pager.next_page, page_rows)
-            except BaseException:
+                data, rows, summary = await self._blocking(self._checked_page, pager, page_rows)
+            except BaseException as error:
                 # A failed read leaves the source in no state to page on: drop it.
                 statement.exhausted = True
+                if isinstance(error, FabricError):
+                    told = await self._explained(error, pager.ticket)
+                    if told is not error:
+                        raise told from None
                 raise
             statement.rows_sent += rows
             # A consumed statement is closed (its rows and parameters dropped) as the
@@ -644,11 +761,15 @@ class QueryEngine:
 
     def purge_connection(self, tenant: str, connection: str) -> dict[str, int]:
         """Drop everything held in memory for a connection: compiled statements, cached
-        results, its connectors (pools). Each purge is counted."""
+        results, its connectors (pools); and stop the running queries (open statements,
+        Execute streams) the connection's current state no longer allows, while the
+        others go on. Blocking (the metadata store is read). Each purge is counted."""
+        revoked = self.running.revalidate(tenant, connection)
         dropped = {
             "compiled": self.statements.purge_connection(tenant, connection),
             "results": self.results.purge_connection(tenant, connection),
-            "statements": self.open_statements.close_connection(tenant, connection),
+            "statements": self.open_statements.revoke_where(_revocation_of),
+            "streams": sum(1 for ticket in revoked if ticket.kind == STREAM),
             "sources": self.sources.purge(tenant, connection),
         }
         self._purged["compiled_purged"] += dropped["compiled"]
@@ -675,10 +796,12 @@ class QueryEngine:
             "purge_result_expired": cache.expirations,
             "purge_connection_purged": self._purged["connection_purged"],
             "purge_compiled_purged": self._purged["compiled_purged"],
+            **self.running.snapshot(),
         }
 
     def close(self) -> None:
         self.open_statements.close_all()
+        self.running.close_all()
         self.results.clear()
         self.statements.clear()
         self.sources.close()
@@ -710,6 +833,11 @@ def log_failure(
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         },
     )
+
+
+def _revocation_of(pager: PagedResult) -> SelectionChanged | None:
+    """Why an open statement may not go on (its ticket was revoked), or None."""
+    return None if pager.ticket is None else pager.ticket.revoked
 
 
 def _result_key(

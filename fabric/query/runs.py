@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from connectors import QueryHandle
 from fabric.clock import elapsed_us
+from fabric.query.revocation import Ticket
 from fabric.results.cache import ResultBuilder
 from fabric.results.ipc import IpcChunker, encode_page
 
@@ -182,6 +183,8 @@ class PagedResult:
         self._close = close
         self._on_done = on_done
         self.done = False
+        self.ticket: Ticket | None = None
+        """What the statement was allowed when it was compiled (checked on every page)."""
 
     def next_page(self, page_rows: int) -> tuple[bytes, int, Summary | None]:
         batches: list[pa.RecordBatch] = []

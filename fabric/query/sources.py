@@ -49,20 +49,37 @@ def default_connector_factory(
 
 
 @dataclass(frozen=True, slots=True)
+class SourceIdentity:
+    """What a stage's connector is built from: a connector is reused while this stays
+    equal, and a query keeps running only while it does (`fabric.query.revocation`)."""
+
+    kind: str
+    settings: tuple[tuple[str, SettingValue], ...]
+    secret_ref: str | None
+
+    @classmethod
+    def of(cls, connection: Connection, stage: str) -> SourceIdentity | None:
+        """The identity of `stage`'s source, or None when the stage has no configuration."""
+        settings = connection.settings_for(stage)
+        if settings is None:
+            return None
+        return cls(
+            connection.kind, tuple(sorted(settings.items())), connection.secret_ref_for(stage)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class BoundSource:
     connection: Connection
     catalog: CatalogSnapshot
     connector: Connector
     stage: str
+    identity: SourceIdentity
 
 
-@dataclass(frozen=True, slots=True)
-class _ConnectorIdentity:
-    """What a connector is built from; a connector is reused while this stays equal."""
-
-    kind: str
-    settings: tuple[tuple[str, SettingValue], ...]
-    secret_ref: str | None
+DeferClose = Callable[[Connector], bool]
+"""Asked before a connector is closed: True when queries still run on it and it will be
+closed once they end (`RunningQueries.defer_close`)."""
 
 
 class SourceRegistry:
@@ -73,13 +90,15 @@ class SourceRegistry:
         secrets: SecretResolver = no_secret_store,
         connector_factory: ConnectorFactory = default_connector_factory,
         closer: Executor | None = None,
+        defer_close: DeferClose | None = None,
     ) -> None:
         self._store = store
+        self._defer_close = defer_close
         self._secrets = secrets
         self._factory = connector_factory
         self._closer = closer
         self._lock = threading.Lock()
-        self._bound: dict[tuple[str, str, str], tuple[BoundSource, _ConnectorIdentity]] = {}
+        self._bound: dict[tuple[str, str, str], tuple[BoundSource, SourceIdentity]] = {}
         # One rebuild at a time per (tenant, connection, stage): calls that find the same
         # change wait for the first one's result instead of each building a connector
         # (and closing the one another call is using).
@@ -118,25 +137,27 @@ class SourceRegistry:
     def _rebuild(
         self,
         key: tuple[str, str, str],
-        current: tuple[BoundSource, _ConnectorIdentity] | None,
+        current: tuple[BoundSource, SourceIdentity] | None,
     ) -> BoundSource:
         tenant, name, stage = key
         connection = self._store.get_connection(tenant, name)
-        catalog = self._store.catalog(tenant, name).for_stage(stage)
+        catalog = self._store.catalog(tenant, name).for_stage(
+            stage, connection.configuration_of(stage)
+        )
         settings = connection.settings_for(stage)
-        if settings is None:
+        identity = SourceIdentity.of(connection, stage)
+        if settings is None or identity is None:
             raise NotFound(
                 f"connection {name!r} has no configuration for stage {stage!r}; "
                 "an administrator must add one"
             )
-        secret_ref = connection.secret_ref_for(stage)
-        identity = _ConnectorIdentity(connection.kind, tuple(sorted(settings.items())), secret_ref)
         if current is not None and current[1] == identity:
             connector = current[0].connector
         else:
+            secret_ref = identity.secret_ref
             password = self._secrets(secret_ref) if secret_ref else None
             connector = self._factory(connection, settings, password)
-        bound = BoundSource(connection, catalog, connector, stage)
+        bound = BoundSource(connection, catalog, connector, stage, identity)
         with self._lock:
             previous = self._bound.get(key)
             self._bound[key] = (bound, identity)
@@ -168,6 +189,10 @@ class SourceRegistry:
             bound.connector.close()
 
     def _close(self, connector: Connector) -> None:
+        # A connector that queries still read from (ones a change left allowed) is closed
+        # when the last of them ends, not under them.
+        if self._defer_close is not None and self._defer_close(connector):
+            return
         # Closing a pool can wait for queries still running on it: never on the caller.
         if self._closer is not None:
             self._closer.submit(_close_quietly, connector)

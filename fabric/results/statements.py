@@ -4,8 +4,18 @@ A statement holds what a paged query needs between two fetches (its source reade
 parameters, rows buffered but not yet sent) as an opaque ``payload`` plus a ``close_fn``
 that releases it. The registry's job is to make sure that state lives no longer than it
 must: it is released when the caller closes the statement, when the caller has consumed
-it (``exhausted`` at the end of a lease), when its connection is purged, and by a sweeper
-once it has been idle for ``idle_limit`` (default 5 minutes).
+it (``exhausted`` at the end of a lease), when its connection is purged, when access it
+was opened under is revoked, and once it has been idle for ``idle_limit`` (default 5
+minutes).
+
+Idle limit: a fetch checks it itself (``get`` and ``lease``): a statement idle for the
+limit or longer is released and is not found, whenever the sweeper last ran. The sweeper
+only reclaims the memory of statements nobody asks for again.
+
+Revocation: ``revoke_where`` releases the statements whose payload is no longer allowed
+and keeps, for each, the error the caller gets at its next fetch (the same tenant and
+stage only; anyone else gets ``NotFound``). Those markers hold no payload and are
+dropped once reported, and by the sweeper after ``idle_limit``.
 
 Isolation: a statement is found only with the tenant and stage that opened it. Any other
 (tenant, stage) gets the same ``NotFound`` as an unknown id, so ids reveal nothing.
@@ -35,7 +45,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from fabric.clock import SYSTEM_CLOCK, Clock
-from fabric.errors import FailedPrecondition, NotFound, ResourceExhausted
+from fabric.errors import FabricError, FailedPrecondition, NotFound, ResourceExhausted
 
 __all__ = ["OpenStatement", "StatementRegistry", "StatementStats"]
 
@@ -44,6 +54,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _NOT_FOUND = "statement not found: it was closed, consumed or expired; run the query again"
+
+
+@dataclass(frozen=True, slots=True)
+class _Revoked:
+    """What is left of a revoked statement: who may hear why, and why."""
+
+    tenant: str
+    stage: str
+    error: FabricError
+    at: float
 
 
 class OpenStatement(Generic[T]):
@@ -131,7 +151,9 @@ class StatementStats:
     closed: int
     """Statements removed by any path (close, consumed, sweep, connection purge, close_all)."""
     purged_idle: int
-    """Of those, removed by the sweeper for idleness."""
+    """Of those, removed for idleness (by the sweeper, or by a fetch that came too late)."""
+    revoked: int
+    """Of those, removed because access they were opened under was revoked."""
     close_errors: int
     """``close_fn`` calls that raised (the statement was removed anyway)."""
 
@@ -152,6 +174,13 @@ def _run_close(close_fn: Callable[[], None] | None) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class _Expiry:
+    """A statement a fetch found idle past the limit: its release, still to run."""
+
+    close_fn: Callable[[], None] | None
+
+
 class StatementRegistry(Generic[T]):
     """The open statements of one gateway; see the module docstring."""
 
@@ -167,7 +196,9 @@ class StatementRegistry(Generic[T]):
         self._clock = clock
         self._lock = threading.Lock()
         self._open: dict[str, OpenStatement[T]] = {}
+        self._revoked: dict[str, _Revoked] = {}
         self._opened = self._closed = self._purged_idle = self._close_errors = 0
+        self._revoked_count = 0
 
     @property
     def idle_limit(self) -> float:
@@ -221,18 +252,23 @@ class StatementRegistry(Generic[T]):
         )
 
     def get(self, statement_id: str, *, tenant: str, stage: str) -> OpenStatement[T]:
-        """The statement, its idle time reset. ``NotFound`` if unknown, closed, or opened
-        by another tenant or stage (the same error in every case)."""
+        """The statement, its idle time reset. ``NotFound`` if unknown, closed, expired,
+        or opened by another tenant or stage (the same error in every case); the
+        revocation's error once for a revoked one."""
         with self._lock:
             statement = self._find(statement_id, tenant, stage)
-            statement.last_used = self._clock.monotonic()
-            return statement
+            expired = self._expire_if_idle(statement)
+            if expired is None:
+                statement.last_used = self._clock.monotonic()
+                return statement
+        raise self._expired(expired)
 
     @contextmanager
     def lease(self, statement_id: str, *, tenant: str, stage: str) -> Iterator[OpenStatement[T]]:
         """Hold the statement for one fetch: not swept while held, not closed under it.
 
-        ``NotFound`` as ``get``; ``FailedPrecondition`` if a fetch is already running.
+        ``NotFound`` as ``get`` (an expired statement is released here); the revocation's
+        error once for a revoked one; ``FailedPrecondition`` if a fetch is already running.
         At the end, idleness restarts; if the fetch set ``exhausted``, or the statement was
         closed meanwhile, it is released now. A fetch that raises leaves the statement
         open: the caller decides whether to close it.
@@ -243,8 +279,12 @@ class StatementRegistry(Generic[T]):
                 raise FailedPrecondition(
                     "a fetch on this statement is already in progress; wait for it to finish"
                 )
-            statement.busy = True
-            statement.last_used = self._clock.monotonic()
+            expired = self._expire_if_idle(statement)
+            if expired is None:
+                statement.busy = True
+                statement.last_used = self._clock.monotonic()
+        if expired is not None:
+            raise self._expired(expired)
         try:
             yield statement
         finally:
@@ -275,9 +315,14 @@ class StatementRegistry(Generic[T]):
         self._finish_close(close_fn)
 
     def sweep(self) -> int:
-        """Close statements idle for ``idle_limit`` or longer (busy ones are not idle)."""
+        """Close statements idle for ``idle_limit`` or longer (busy ones are not idle), and
+        forget revocations nobody asked about for that long."""
         now = self._clock.monotonic()
         with self._lock:
+            for statement_id in [
+                k for k, r in self._revoked.items() if now - r.at >= self._idle_limit
+            ]:
+                del self._revoked[statement_id]
             idle = [
                 s
                 for s in self._open.values()
@@ -291,6 +336,34 @@ class StatementRegistry(Generic[T]):
         for close_fn in close_fns:
             self._finish_close(close_fn)
         return len(idle)
+
+    def revoke_where(self, error_of: Callable[[T], FabricError | None]) -> int:
+        """Release every statement whose payload `error_of` refuses (returns the error its
+        caller gets at the next fetch); returns how many. A busy statement is removed now
+        and released when its running fetch ends."""
+        now = self._clock.monotonic()
+        with self._lock:
+            doomed: list[tuple[OpenStatement[T], FabricError]] = []
+            for statement in self._open.values():
+                if statement._released:
+                    continue
+                error = error_of(statement._payload)  # type: ignore[arg-type]
+                if error is not None:
+                    doomed.append((statement, error))
+            close_fns = []
+            for statement, error in doomed:
+                self._remove(statement)
+                self._revoked[statement.id] = _Revoked(
+                    statement.tenant, statement.stage, error, now
+                )
+                if not statement.busy:
+                    close_fns.append(statement._release())
+            while len(self._revoked) > self._max_open:
+                del self._revoked[next(iter(self._revoked))]
+            self._revoked_count += len(doomed)
+        for close_fn in close_fns:
+            self._finish_close(close_fn)
+        return len(doomed)
 
     def close_connection(self, tenant: str, connection: str) -> int:
         """Close every statement of a purged connection; returns the number closed."""
@@ -318,6 +391,7 @@ class StatementRegistry(Generic[T]):
                 opened=self._opened,
                 closed=self._closed,
                 purged_idle=self._purged_idle,
+                revoked=self._revoked_count,
                 close_errors=self._close_errors,
             )
 
@@ -330,8 +404,29 @@ class StatementRegistry(Generic[T]):
     def _find(self, statement_id: str, tenant: str, stage: str) -> OpenStatement[T]:
         statement = self._open.get(statement_id)
         if statement is None or statement.tenant != tenant or statement.stage != stage:
+            revoked = self._revoked.get(statement_id)
+            if revoked is not None and (revoked.tenant, revoked.stage) == (tenant, stage):
+                del self._revoked[statement_id]
+                raise revoked.error
             raise NotFound(_NOT_FOUND)
         return statement
+
+    def _expire_if_idle(self, statement: OpenStatement[T]) -> _Expiry | None:
+        """The idle limit, checked by the fetch itself (lock held, `statement` not busy): a
+        statement idle for the limit or longer is removed, whenever the sweeper last
+        ran; its release is returned, to run outside the lock."""
+        if self._clock.monotonic() - statement.last_used < self._idle_limit:
+            return None
+        self._remove(statement)
+        self._purged_idle += 1
+        return _Expiry(statement._release())
+
+    def _expired(self, expiry: _Expiry) -> NotFound:
+        self._finish_close(expiry.close_fn)
+        return NotFound(
+            f"statement expired: it was idle for {self._idle_limit:g} s or more and was "
+            "closed; run the query again"
+        )
 
     def _remove(self, statement: OpenStatement[T]) -> None:
         """Unregister (lock held); the payload is released by the caller, now or after

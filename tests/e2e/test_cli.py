@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -17,7 +18,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fabric.client import FabricClient
 from fabric.demo_data import create_demo_database
+from fabric.errors import SelectionChanged
 from fabric.v1 import query_pb2, query_pb2_grpc
 
 FABRIC = [sys.executable, "-m", "fabric.cli"]
@@ -222,3 +225,42 @@ def test_a_token_that_cannot_be_minted_is_a_clear_error_not_a_traceback(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_cli_changes_reach_running_statements_and_name_their_actor(
+    served: tuple[dict[str, str], int, int],
+) -> None:
+    """The CLI writes the metadata store directly (no event reaches the gateway): a
+    statement opened before a CLI change that narrows what it reads is stopped at its next
+    page all the same; one the change leaves allowed goes on. The audit trail names the
+    operating system account behind each CLI change."""
+    env, port, _ = served
+    minted = _run(env, "token", "--role", "app")
+    assert minted.returncode == 0, minted.stderr
+    with FabricClient(f"127.0.0.1:{port}", minted.stdout.strip(), timeout=30) as app:
+        segments = app.open_statement(
+            "retail", "SELECT id, segment FROM customers ORDER BY id", page_rows=10
+        )
+        statuses = app.open_statement(
+            "retail", "SELECT id, status FROM orders ORDER BY id", page_rows=10
+        )
+        assert segments.fetch() is not None and statuses.fetch() is not None
+
+        narrowed = _run(env, "catalog", "select", "retail", "customers", "--columns", "name")
+        assert narrowed.returncode == 0, narrowed.stderr
+        with pytest.raises(SelectionChanged, match=r"column 'customers\.segment'"):
+            segments.fetch()
+        page = statuses.fetch()
+        assert page is not None and page.num_rows == 10
+
+        unselected = _run(env, "catalog", "unselect", "retail", "orders")
+        assert unselected.returncode == 0, unselected.stderr
+        with pytest.raises(SelectionChanged, match="entity 'orders' is no longer selected"):
+            statuses.fetch()
+
+    audit = _run(env, "audit", "list", "--connection", "retail")
+    assert audit.returncode == 0, audit.stderr
+    actors = {line.split("\t")[2]: line.split("\t")[1] for line in audit.stdout.splitlines()}
+    me = f"cli:{getpass.getuser()}"
+    assert actors["catalog.unselect"] == actors["catalog.select"] == me
+    assert actors["connection.create"] == me

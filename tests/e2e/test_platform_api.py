@@ -22,8 +22,9 @@ from fabric.client import FabricClient
 from fabric.clock import FakeClock
 from fabric.config import Settings
 from fabric.context import DEFAULT_TENANT, RequestContext, Role
-from fabric.errors import NotFound, QueryRejected
+from fabric.errors import NotFound, QueryRejected, SelectionChanged
 from fabric.query.engine import QueryEngine
+from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.kms import LocalKeyRing
 from fabric.security.secrets import SealedFileSecretStore
 from fabric.v1 import platform_pb2 as pb
@@ -82,16 +83,30 @@ class Platform:
         return FabricClient(self.background.address, timeout=60, metadata=[("x-stage", stage)])
 
 
-def start_platform(home: Path) -> Platform:
+def start_platform(
+    home: Path, connector_factory: ConnectorFactory = default_connector_factory
+) -> Platform:
+    """A platform on a SQLite store under `home`, its connectors (of queries, discovery and
+    tests alike) built by `connector_factory`."""
     store = SqliteMetadataStore(home / "metadata.sqlite")
     secrets = SealedFileSecretStore(
         home / "secrets.sealed", LocalKeyRing.open(home / "keyring.json")
     )
     clock = FakeClock()
     engine = QueryEngine(
-        store, Settings(home=home, metrics_port=0), clock=clock, secrets=secrets.get
+        store,
+        Settings(home=home, metrics_port=0),
+        clock=clock,
+        secrets=secrets.get,
+        connector_factory=connector_factory,
     )
-    gateway = assemble_gateway(engine, context_provider=caller, secret_store=secrets, clock=clock)
+    gateway = assemble_gateway(
+        engine,
+        context_provider=caller,
+        secret_store=secrets,
+        clock=clock,
+        connector_builder=connector_factory,
+    )
     background = BackgroundGateway(gateway).start()
     channel = grpc.insecure_channel(background.address)
     return Platform(
@@ -189,14 +204,16 @@ def select_orders(p: Platform) -> pb.SelectResponse:
 
 
 def state(p: Platform) -> tuple[Any, ...]:
-    """Everything at rest a bad request must leave as it was."""
+    """Everything at rest a bad request must leave as it was (the audit trail's record of
+    a refused attempt aside: that is the one thing a refusal writes)."""
     connections = p.store.list_connections(DEFAULT_TENANT)
     catalogs = {c.name: p.store.catalog(DEFAULT_TENANT, c.name) for c in connections}
+    events = p.store.list_audit(DEFAULT_TENANT, limit=10_000)
     return (
         connections,
         catalogs,
         p.secrets.refs(),
-        len(p.store.list_audit(DEFAULT_TENANT, limit=10_000)),
+        len([e for e in events if not e.action.endswith(".refused")]),
     )
 
 
@@ -407,6 +424,16 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(platform: Platform)
         assert text in (error.details() or ""), (request, error.details())
         assert PASSWORD not in (error.details() or "")
         assert state(p) == before, request
+    # The two version conflicts are on the audit trail, as refused attempts.
+    refused = [
+        (e.action, dict(e.details)["reason"], e.connection)
+        for e in p.store.list_audit(DEFAULT_TENANT)
+        if e.action.endswith(".refused")
+    ]
+    assert sorted(refused) == [
+        ("catalog.unselect.refused", "version_conflict", "shop"),
+        ("connection.update.refused", "version_conflict", "shop"),
+    ]
     # A stage the connection has no settings for.
     p.call(
         p.connections.UpdateConnection,
@@ -479,15 +506,39 @@ def test_entity_names_map_to_each_stages_own_table(platform: Platform) -> None:
     assert len(again.entities[0].stage_tables) == 1
 
 
-def test_refresh_without_drift_bumps_the_version(platform: Platform) -> None:
+def test_a_refresh_that_finds_nothing_changes_nothing(platform: Platform) -> None:
+    """No drift: no `new_column` for the columns left unselected, the catalog version
+    stays, and what is held in memory (a cached result, a compiled statement) stays."""
     p = platform
     create_shop(p)
-    before = select_orders(p).catalog_version
-    refreshed = p.call(p.catalog.Refresh, pb.RefreshRequest(connection="shop"))
-    assert list(refreshed.drift) == []
-    assert refreshed.previous_catalog_version == before
-    assert refreshed.catalog_version > before
-    assert [e.name for e in refreshed.entities] == ["orders"]
+    before = p.call(
+        p.catalog.Select,
+        pb.SelectRequest(
+            connection="shop",
+            tables=[
+                pb.TableSelection(
+                    table="dev_sales.orders",
+                    entity_name="orders",
+                    columns=["id", "amount"],
+                    stage_tables={"production": "prod_sales.orders_p"},
+                )
+            ],
+        ),
+    ).catalog_version
+    sql = "SELECT id, amount FROM orders ORDER BY id"
+    with p.client() as client:
+        assert client.execute("shop", sql, cache_ttl=600).summary.from_cache is False
+        held = p.engine.snapshot()
+        for stage in ("development", "production"):
+            refreshed = p.call(p.catalog.Refresh, pb.RefreshRequest(connection="shop"), stage=stage)
+            assert list(refreshed.drift) == [], stage  # `note` is unselected, not new
+            assert refreshed.previous_catalog_version == refreshed.catalog_version == before
+            assert [e.name for e in refreshed.entities] == ["orders"]
+        assert client.execute("shop", sql, cache_ttl=600).summary.from_cache is True
+    after = p.engine.snapshot()
+    assert after["purge_connection_purged"] == held["purge_connection_purged"]
+    assert after["result_cache_entries"] == 1 and after["compiled_statements"] == 1
+    assert p.store.catalog_version(DEFAULT_TENANT, "shop") == before
 
 
 # -- departure --------------------------------------------------------------------------------
@@ -524,13 +575,18 @@ def test_delete_purges_everything_at_rest_and_in_memory(platform: Platform) -> N
         assert p.engine.open_statements.stats.open == 0
         assert p.engine.statements.size == 0
         assert p.engine.sources.held() == []
+        # The statement opened before the delete is told why it stopped, once.
+        with pytest.raises(SelectionChanged, match="connection 'shop' was deleted"):
+            statement.fetch()
         with pytest.raises(NotFound):
             statement.fetch()
         with pytest.raises(NotFound):
             client.execute("shop", sql, cache_ttl=600)
     counted = purges(p)
+    assert counted["statement_revoked"] == 1
     assert counted["connection_deleted"] == 1 and counted["result_purged"] == 1
-    assert counted["compiled_purged"] == 1 and counted["connection_purged"] == 1
+    # Purged once when the selection was made (nothing held yet), once by the delete.
+    assert counted["compiled_purged"] == 1 and counted["connection_purged"] == 2
     # At rest: no record, no selection, no secret.
     assert p.store.list_connections(DEFAULT_TENANT) == [] and p.secrets.refs() == []
     with pytest.raises(NotFound):
@@ -581,7 +637,7 @@ def test_audit_lists_every_change_with_actor_and_stage_and_no_secret(platform: P
     assert seen == [
         ("connection.create", "alice@example.com", "shop", "*"),
         ("catalog.select", "alice@example.com", "shop", "development"),
-        ("catalog.bump", "alice@example.com", "shop", "production"),
+        # A refresh that found nothing changed nothing: no catalog bump.
         ("catalog.refresh", "alice@example.com", "shop", "production"),
         ("connection.update", "bob", "shop", "*"),
         ("catalog.unselect", "alice@example.com", "shop", "development"),

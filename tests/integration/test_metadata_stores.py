@@ -43,6 +43,7 @@ from fabric.model import (
     ColumnInfo,
     Entity,
     ForeignKey,
+    PhysicalTable,
     SettingValue,
 )
 
@@ -1302,3 +1303,43 @@ def test_postgres_lost_version_listener_reads_through_until_it_is_back(
     assert _until(lambda: watch.listening and watch.listener_pid not in (None, lost_pid))
     writer.select_entities("t", "c", [entity("lines", "lines")])
     assert _until(lambda: reader.catalog_version("t", "c") == writer.catalog_version("t", "c"))
+
+
+# -- what each stage's tables hold ----------------------------------------------------------
+
+
+def test_what_each_stage_configuration_holds_is_kept_per_table(store: MetadataStore) -> None:
+    """Every physical table of an entity, per stage configuration, comes back exactly:
+    all its columns (types, unsupported ones too), keys, and a table found gone."""
+    store.create_connection(
+        T, "shop", "postgres", {"development": {"host": "dev"}, "production": {"host": "prod"}}
+    )
+    fk = ForeignKey("to_customers", ("customer_id", "id"), "main", "customers", ("id", "k"))
+    dev = PhysicalTable(
+        "development",
+        "main",
+        "orders",
+        (
+            ColumnInfo("id", "INTEGER", pa.int32(), nullable=False),
+            ColumnInfo("total", "DECIMAL(10,2)", pa.decimal128(10, 2)),
+            ColumnInfo("customer_id", "INTEGER", pa.int32()),
+            ColumnInfo("shape", "geometry", None),
+        ),
+        ("id",),
+        (fk,),
+    )
+    prod = PhysicalTable("production", "p", "orders_p", (), exists=False)
+    staged = replace(entity(), stage_tables={"production": ("p", "orders_p")}).with_physical(
+        dev, prod
+    )
+    store.select_entities(T, "shop", [staged])
+    stored = store.catalog(T, "shop").entity("orders")
+    assert stored == staged
+    assert stored is not None and stored.recorded("development", "development") == dev
+    assert stored.for_stage("production", "production").absent
+    assert store.replace_entities(T, "shop", [stored]) > 0
+    assert store.catalog(T, "shop").entity("orders") == staged
+    with pytest.raises(InvalidArgument, match="stage_physical"):
+        store.select_entities(
+            T, "shop", [replace(staged, stage_physical={("development", "x", "y"): dev})]
+        )

@@ -39,6 +39,8 @@ class SourceGate:
         self._passes = passes
         """Reads let through before the gate closes by itself (None: no such limit)."""
         self.arrived = threading.Event()
+        self.waiting = 0
+        """Readers held at the gate now."""
 
     def open(self) -> None:
         with self._condition:
@@ -48,6 +50,11 @@ class SourceGate:
     def close(self) -> None:
         with self._condition:
             self._is_open = False
+
+    def held(self) -> int:
+        """Readers held at the gate now."""
+        with self._condition:
+            return self.waiting if not self._is_open else 0
 
     def wake(self) -> None:
         """Let waiting readers look at their cancellation flag."""
@@ -62,10 +69,14 @@ class SourceGate:
                 if self._passes == 0:
                     self._is_open = False
                 self._passes -= 1
-            if not self._condition.wait_for(
-                lambda: self._is_open or cancelled.is_set(), timeout=WAIT_LIMIT
-            ):
-                raise TimeoutError("the test never opened the source gate")
+            self.waiting += 1
+            try:
+                if not self._condition.wait_for(
+                    lambda: self._is_open or cancelled.is_set(), timeout=WAIT_LIMIT
+                ):
+                    raise TimeoutError("the test never opened the source gate")
+            finally:
+                self.waiting -= 1
 
 
 @dataclass

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +58,14 @@ def private_postgres(
     user: str = "fabric_admin",
     *,
     settings: Mapping[str, str] | None = None,
+    options: Sequence[str] = (),
     log: Path | None = None,
     auth: str = "scram-sha-256",
 ) -> Iterator[PgInstance]:
-    """A server of its own; `settings` are passed as `-c name=value` (`log_statement=all`
-    to see every statement that reached it), its log goes to `log` when given, and
-    `auth` is how clients authenticate (`trust`: no password)."""
+    """A server of its own; `settings` (or `options`, `name=value` strings) are passed as
+    `-c name=value` (`log_statement=all` to see every statement that reached it), its log
+    goes to `log` when given, and `auth` is how clients authenticate (`trust`: no
+    password)."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         reason = "PostgreSQL server binaries (initdb) are not installed"
@@ -105,6 +107,7 @@ def private_postgres(
         extra = [
             arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")
         ]
+        extra += [arg for option in options for arg in ("-c", option)]
         log_file = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
         server = subprocess.Popen(
             _as_postgres(

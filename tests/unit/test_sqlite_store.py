@@ -11,12 +11,13 @@ import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pyarrow as pa
 import pytest
 
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
-from fabric.model import ColumnInfo, Entity, SettingValue
+from fabric.model import ColumnInfo, Entity, PhysicalTable, SettingValue
 
 T = "acme"
 STAGES: dict[str, dict[str, SettingValue]] = {
@@ -69,3 +70,58 @@ def test_memory_store() -> None:
         store.create_connection(T, "shop", "duckdb", STAGES)
         assert store.select_entities(T, "shop", [entity()]) == 2
         assert [e.action for e in store.list_audit(T)] == ["catalog.select", "connection.create"]
+
+
+# -- a deleted connection leaves nothing readable ------------------------------------------
+
+
+def test_a_deleted_connection_cannot_be_read_back_from_the_file_or_its_wal(
+    tmp_path: Path,
+) -> None:
+    """Its settings, its tables' physical names and its columns (selected or only
+    recorded) are gone from the database file's pages (free ones included), the
+    write-ahead log and its index, as raw bytes: what someone with the files would see.
+    What the audit trail keeps by design (names of the connection, stages and entities)
+    is not looked for."""
+    markers = {
+        "setting": "settingMarker4e1d",
+        "table": "tableMarker9a7f",
+        "column": "columnMarker2c55",
+        "unselected": "hiddenMarker7b30",
+    }
+    path = tmp_path / "meta.sqlite"
+    with SqliteMetadataStore(path) as store:
+        store.create_connection(
+            T, "doomed", "duckdb", {"*": {"path": f"/data/{markers['setting']}.duckdb"}}
+        )
+        store.create_connection(T, "kept", "duckdb", STAGES)
+        columns = (
+            ColumnInfo("id", "INTEGER", pa.int32(), nullable=False),
+            ColumnInfo(markers["column"], "VARCHAR", pa.string()),
+        )
+        # A wide table: the row spans overflow pages, which a delete frees whole.
+        unselected = tuple(
+            ColumnInfo(f"{markers['unselected']}_{i}", "VARCHAR", pa.string()) for i in range(300)
+        )
+        recorded = PhysicalTable("*", "main", markers["table"], (*columns, *unselected), ("id",))
+        doomed = Entity(
+            "orders",
+            "main",
+            markers["table"],
+            columns,
+            ("id",),
+            stage_physical=MappingProxyType({recorded.key: recorded}),
+        )
+        for _ in range(3):  # several versions of the rows, in several WAL frames
+            store.select_entities(T, "doomed", [doomed])
+            store.select_entities(T, "kept", [entity()])
+        files = [path, tmp_path / "meta.sqlite-wal", tmp_path / "meta.sqlite-shm"]
+        assert any(markers["column"].encode() in f.read_bytes() for f in files if f.exists())
+
+        store.delete_connection(T, "doomed")
+
+        for what, marker in markers.items():
+            holding = [f.name for f in files if f.exists() and marker.encode() in f.read_bytes()]
+            assert holding == [], f"the deleted connection's {what} is readable in {holding}"
+        # The other connection is whole.
+        assert store.catalog(T, "kept").entity("orders") == entity()

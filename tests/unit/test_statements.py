@@ -336,3 +336,54 @@ def test_thread_safety_smoke(fake_clock: FakeClock) -> None:
     assert not errors
     assert reg.stats.open == 0
     assert all(p.closed == 1 for p in payloads)
+
+
+# -- the idle limit is checked by the fetch; revocation leaves a marker ---------------------
+
+
+@pytest.mark.parametrize("how", ["get", "lease"])
+def test_the_idle_limit_holds_without_a_sweep(fake_clock: FakeClock, how: str) -> None:
+    reg = make(fake_clock, idle_limit=60)
+    payload = Payload()
+    s = open_one(reg, payload)
+    fake_clock.advance(59.999)
+    reg.get(s.id, tenant="t1", stage="dev")  # still in time: idleness restarts
+    fake_clock.advance(60)
+    with pytest.raises(NotFound, match="expired"):
+        if how == "get":
+            reg.get(s.id, tenant="t1", stage="dev")
+        else:
+            with reg.lease(s.id, tenant="t1", stage="dev"):
+                pass
+    assert payload.closed == 1 and len(reg) == 0
+    assert reg.stats.purged_idle == 1 and reg.sweep() == 0
+    with pytest.raises(NotFound, match="statement not found"):
+        reg.get(s.id, tenant="t1", stage="dev")
+
+
+def test_a_revoked_statement_answers_its_error_once_to_its_owner_only(
+    fake_clock: FakeClock,
+) -> None:
+    reg = make(fake_clock, idle_limit=60)
+    kept, doomed, busy = Payload(), Payload(), Payload()
+    open_one(reg, kept)
+    gone = open_one(reg, doomed)
+    held = open_one(reg, busy)
+    why = FailedPrecondition("the selection changed: test")
+    with reg.lease(held.id, tenant="t1", stage="dev"):
+        assert reg.revoke_where(lambda p: why if p is not kept else None) == 2
+        assert busy.closed == 0  # not under the running fetch
+    assert busy.closed == 1 and doomed.closed == 1 and kept.closed == 0
+    assert reg.stats.revoked == 2 and len(reg) == 1
+    for tenant, stage in (("t2", "dev"), ("t1", "prod")):
+        with pytest.raises(NotFound):
+            reg.get(gone.id, tenant=tenant, stage=stage)
+    with pytest.raises(FailedPrecondition, match="the selection changed"):
+        reg.get(gone.id, tenant="t1", stage="dev")
+    with pytest.raises(NotFound):
+        reg.get(gone.id, tenant="t1", stage="dev")
+    # A marker nobody asks about is forgotten by the sweeper after the idle limit.
+    fake_clock.advance(60)
+    reg.sweep()
+    with pytest.raises(NotFound):
+        reg.get(held.id, tenant="t1", stage="dev")

@@ -169,6 +169,10 @@ class SqlDriver(ABC):
         with `start`, once it has begun to listen); None: read them from the database."""
         return None
 
+    def erase_deleted(self) -> None:  # noqa: B027 - optional: most databases have nothing to do
+        """After a committed delete: leave nothing of the deleted rows readable in the
+        database's own files, where the database allows it (by default nothing to do)."""
+
     @abstractmethod
     def close(self) -> None:
         """Release the connections; idempotent."""

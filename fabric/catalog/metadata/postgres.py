@@ -157,6 +157,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE {s}.entities ADD COLUMN hidden_columns JSONB",
         ),
     ),
+    Migration(
+        version=5,
+        description="per-stage-configuration physical tables of entities",
+        statements=(
+            # list of {configuration ('*' or a stage), schema, table, columns, primary_key,
+            # foreign_keys, exists}; '[]' when nothing was recorded (rows written before).
+            "ALTER TABLE {s}.entities ADD COLUMN stage_physical JSONB NOT NULL DEFAULT '[]'",
+        ),
+    ),
 )
 """Every schema version, oldest first; `{s}` stands for the quoted schema name. Append;
 never edit a released migration."""

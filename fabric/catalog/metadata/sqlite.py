@@ -8,6 +8,10 @@ processes and other store instances on the same file) are serialized by SQLite: 
 no locks of their own. Catalog versions come from the `sequences` table. The schema is
 versioned by `schema_migrations` and migrated forward, in one transaction, when the store
 is opened. Documents are compact JSON text and times sortable ISO 8601 text in UTC.
+
+Deletion leaves nothing readable: `secure_delete` zeroes deleted content in the file, and
+after a connection is deleted the write-ahead log, which still holds the pages as they
+were before, is checkpointed and truncated (`erase_deleted`).
 """
 
 from __future__ import annotations
@@ -121,6 +125,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE entities ADD COLUMN hidden_columns TEXT",
         ),
     ),
+    Migration(
+        version=5,
+        description="per-stage-configuration physical tables of entities",
+        statements=(
+            # JSON list of {configuration ('*' or a stage), schema, table, columns,
+            # primary_key, foreign_keys, exists}; '[]' when nothing was recorded.
+            "ALTER TABLE entities ADD COLUMN stage_physical TEXT NOT NULL DEFAULT '[]'",
+        ),
+    ),
 )
 """Every schema version, oldest first. Append; never edit a released migration."""
 
@@ -178,6 +191,8 @@ class SqliteDriver(SqlDriver):
         try:
             db.execute("PRAGMA foreign_keys = ON")
             db.execute("PRAGMA busy_timeout = 10000")
+            # Deleted content is overwritten with zeros, not left in free pages.
+            db.execute("PRAGMA secure_delete = ON")
             if self.path != MEMORY:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -198,6 +213,16 @@ class SqliteDriver(SqlDriver):
     def writing(self) -> Iterator[SqlSession]:
         with self.reading() as session, _immediate_transaction(session):
             yield session
+
+    def erase_deleted(self) -> None:
+        """Copy every page back from the write-ahead log (where the deleted rows' earlier
+        versions still are) and truncate it to nothing; with `secure_delete` on, the rows
+        are then zeros in the file too. Waits (busy_timeout) for readers of older
+        snapshots, which keep the log's frames alive while they read."""
+        with self._lock:
+            if self._db is None or self.path == MEMORY:
+                return
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
 
     def close(self) -> None:
         with self._lock:

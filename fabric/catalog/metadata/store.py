@@ -68,6 +68,7 @@ from fabric.catalog.serialization import (
     entity_from_documents,
     foreign_keys_document,
     secret_refs_document,
+    stage_physical_document,
     stage_tables_document,
     stages_document,
     utc_now,
@@ -236,7 +237,9 @@ class MetadataStore:
         actor: str = SYSTEM_ACTOR,
     ) -> None:
         """Delete the connection and its selected entities (its audit events stay);
-        NotFound if absent, FailedPrecondition if not at `expected_version` (when given)."""
+        NotFound if absent, VersionConflict if not at `expected_version` (when given).
+        Nothing of the deleted rows stays readable in the database's files where the
+        driver can see to it (`SqlDriver.erase_deleted`)."""
         check_expected_version(expected_version, "expected_version")
         check_actor(actor)
         at = self._now()
@@ -259,6 +262,7 @@ class MetadataStore:
             self._audit(
                 session, audit.connection_deleted(at, actor, tenant, name, version, entities)
             )
+        self._driver.erase_deleted()
 
     # -- selection -----------------------------------------------------------------------
 
@@ -355,7 +359,8 @@ class MetadataStore:
         with self._driver.reading() as session:
             rows = session.all(
                 "SELECT v.version, e.name_key, e.name, e.schema_name, e.table_name,"
-                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables, e.hidden_columns"
+                " e.columns, e.primary_key, e.foreign_keys, e.stage_tables, e.hidden_columns,"
+                " e.stage_physical"
                 " FROM {s}.connections c"
                 " JOIN {s}.catalog_versions v ON v.connection_id = c.id"
                 " LEFT JOIN {s}.entities e ON e.connection_id = c.id"
@@ -560,12 +565,14 @@ class MetadataStore:
         session.run_many(
             "INSERT INTO {s}.entities (connection_id, name_key, name, schema_name,"
             " table_name, columns, primary_key, foreign_keys, stage_tables, hidden_columns,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " stage_physical,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (connection_id, name_key) DO UPDATE SET"
             " name = excluded.name, schema_name = excluded.schema_name,"
             " table_name = excluded.table_name, columns = excluded.columns,"
             " primary_key = excluded.primary_key, foreign_keys = excluded.foreign_keys,"
             " stage_tables = excluded.stage_tables, hidden_columns = excluded.hidden_columns,"
+            " stage_physical = excluded.stage_physical,"
             " updated_at = excluded.updated_at",
             [
                 (
@@ -580,6 +587,7 @@ class MetadataStore:
                     encode(stage_tables_document(e.stage_tables)),
                     # NULL: not known (see Entity.hidden_columns).
                     None if e.hidden_columns is None else encode(list(e.hidden_columns)),
+                    encode(stage_physical_document(e.stage_physical)),
                     now,
                     now,
                 )

@@ -18,7 +18,7 @@ from enum import Enum
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, build_scope
 
-from fabric.errors import QueryRejected
+from fabric.errors import QueryRejected, SchemaMismatch
 from fabric.model import CatalogSnapshot, Entity, fold_name
 from fabric.query.compiler.names import (
     AliasUse,
@@ -117,6 +117,9 @@ class ScopeResolver:
         self.dialect = dialect
         self.source_text = source_text
         self.entities: set[str] = set()
+        self.reads: dict[str, set[str]] = {}
+        """The columns the statement reads, by entity name (an entity read for its rows
+        alone, as by COUNT(*), has an empty set)."""
         self._sources: dict[int, dict[str, Source]] = {}
         self._outputs: dict[int, tuple[str, ...]] = {}
         self._unnamed: dict[int, tuple[frozenset[str], ...]] = {}
@@ -260,12 +263,20 @@ class ScopeResolver:
         if alias_node is not None and alias_node.columns:
             raise QueryRejected("column aliases on a table are not allowed; alias the columns")
         entity = self._entity(table.this)
+        if entity.absent:
+            raise SchemaMismatch(
+                f"entity '{entity.name}' is selected, but its table "
+                f"{entity.schema}.{entity.table} did not exist in stage "
+                f"'{self.catalog.stage}' at the last refresh there; the source's schema no "
+                "longer matches the selection: fix the table or the selection, then refresh"
+            )
         table.set("this", exp.Identifier(this=entity.table, quoted=True))
         table.set("db", exp.Identifier(this=entity.schema, quoted=True) if entity.schema else None)
         if alias_node is None:
             # Keep the entity name as alias so `orders.id` still refers to this table.
             table.set("alias", exp.TableAlias(this=exp.Identifier(this=alias, quoted=True)))
         self.entities.add(entity.name)
+        self.reads.setdefault(entity.name, set())
         hidden = None if entity.hidden_columns is None else frozenset(entity.hidden_columns)
         return Source(alias, tuple(column.name for column in entity.columns), entity, hidden)
 
@@ -326,7 +337,11 @@ class ScopeResolver:
             raise QueryRejected(
                 f"'*' over '{source.alias}' includes an unnamed expression; give it an alias"
             )
+        if source.entity is not None and source.entity.missing:
+            raise self._missing_in_stage(source.entity, source.entity.missing[0])
         columns: list[exp.Expr] = []
+        if source.entity is not None:
+            self.reads.setdefault(source.entity.name, set()).update(source.columns)
         for name in source.columns:
             column = exp.Column(
                 this=exp.Identifier(this=name, quoted=True),
@@ -508,7 +523,14 @@ class ScopeResolver:
         self._pending.append((scope, column))
 
     def _not_found(self, scope: Scope, column: exp.Column) -> None:
-        _not_found(column, self._sources.get(id(scope), {}), self._hint(scope, column))
+        sources = self._sources.get(id(scope), {})
+        # A selected column the stage's table lacks is told apart from one never selected.
+        for source in sources.values():
+            if source.entity is not None and column.table in ("", source.alias):
+                lost = _matching(source.entity.missing, column.this)
+                if lost:
+                    raise self._missing_in_stage(source.entity, lost[0])
+        _not_found(column, sources, self._hint(scope, column))
 
     def _hint(self, scope: Scope, column: exp.Column) -> str:
         """For the message of a name bound nowhere it may be: that it is an output name of
@@ -589,6 +611,9 @@ class ScopeResolver:
                 )
             # The same message whether the source hides the column or lacks it.
             if source.entity is not None:
+                lost = _matching(source.entity.missing, column.this)
+                if lost:
+                    raise self._missing_in_stage(source.entity, lost[0])
                 raise QueryRejected(f"column '{source.entity.name}.{column.name}' is not selected")
             if _matching(tuple(source.unnamed), column.this):
                 raise _unnamed(column, source)
@@ -598,6 +623,22 @@ class ScopeResolver:
         column.set("this", exp.Identifier(this=found[0], quoted=True))
         column.set("table", exp.Identifier(this=source.alias, quoted=True))
         self._bound.add(id(column))
+        if source.entity is not None:
+            self.reads.setdefault(source.entity.name, set()).add(found[0])
+
+    def _missing_in_stage(self, entity: Entity, column: str) -> SchemaMismatch:
+        return missing_in_stage(entity, column, self.catalog.stage)
+
+
+def missing_in_stage(entity: Entity, column: str, stage: str | None) -> SchemaMismatch:
+    """The error for a selected column the stage's table lacks (as its last refresh
+    found); the names come from the catalog, never from the source's messages."""
+    return SchemaMismatch(
+        f"column '{entity.name}.{column}' is selected, but the table "
+        f"{entity.schema}.{entity.table} of stage '{stage}' did not have it at the last "
+        "refresh there; the source's schema no longer matches the selection: add the "
+        "column in that stage or unselect it, then refresh"
+    )
 
 
 # -- lookups ---------------------------------------------------------------------------

@@ -28,6 +28,9 @@ class CompiledStatement:
     """Rows the caller may receive; reading more than this many means truncated."""
     entities: tuple[str, ...]
     """Entity names the statement reads (sorted, unique)."""
+    reads: tuple[tuple[str, tuple[str, ...]], ...]
+    """The columns the statement reads, per entity (both sorted): what must stay selected
+    for a running statement to go on (`fabric.query.revocation`)."""
     fingerprint: str
     """Stable hash of (dialect, sql), for cache keys and metrics labels."""
     row_parts: int = 0

@@ -110,6 +110,10 @@ class StatementCompiler:
             row_bound=row_bound,
             max_rows=max_rows,
             entities=tuple(sorted(resolver.entities)),
+            reads=tuple(
+                (entity, tuple(sorted(columns)))
+                for entity, columns in sorted(resolver.reads.items())
+            ),
             fingerprint=fingerprint,
             row_parts=width.parts,
             row_size=width.size,
