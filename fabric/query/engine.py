@@ -12,6 +12,13 @@ the two thread hops that cost more than such a query. Resolving a connection (me
 store, secret store, building a connector) also runs in a worker thread unless the
 catalog version is known without I/O. A caller that goes away, or a deadline that
 passes, cancels the query at the source before the connection returns to its pool.
+
+Shared capacity: a query that runs at its source is admitted first
+(`fabric.query.admission`): within its principal's and tenant's share, a free slot of
+its source (some held back for short queries) and room on the gateway's memory budget
+(`fabric.results.memory`), waiting for them in a fair queue for a bounded time. An open
+statement reads its rows ahead into a bounded buffer (`fabric.query.paging`) so that,
+idle between pages, it holds no connection unless its result is larger than the buffer.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from fabric.context import RequestContext
 from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
 from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
+from fabric.query.admission import Admission, AdmissionLimits, Claim, Ticket
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
+from fabric.query.paging import ReadAhead
 from fabric.query.runs import PagedResult, PendingStart, SourceRun, Summary, cached_pager
 from fabric.query.sources import (
     BoundSource,
@@ -50,6 +59,7 @@ from fabric.query.sources import (
 from fabric.query.statement_cache import StatementCache
 from fabric.results.cache import ResultBuilder, ResultCache, ResultKey
 from fabric.results.ipc import open_ipc_stream
+from fabric.results.memory import GiveBackWhenIdle, MemoryBudget
 from fabric.results.statements import StatementRegistry
 
 log = logging.getLogger(__name__)
@@ -121,13 +131,30 @@ class QueryEngine:
         self._compile_executor = ThreadPoolExecutor(
             COMPILE_THREADS, thread_name_prefix="fabric-compile"
         )
+        self.memory = MemoryBudget(settings.memory_budget)
         self.results = ResultCache(
-            max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
+            max_bytes=settings.cache_max_bytes,
+            max_ttl=settings.cache_max_ttl,
+            clock=clock,
+            memory=self.memory,
         )
         self.open_statements: StatementRegistry[PagedResult] = StatementRegistry(
             idle_limit=settings.statement_idle_limit,
             max_open=settings.max_open_statements,
+            max_per_tenant=settings.tenant_max_statements,
+            max_per_principal=settings.principal_max_statements,
             clock=clock,
+        )
+        self.give_back = GiveBackWhenIdle(self.executor, lambda: self.admission.running > 0)
+        self.admission = Admission(
+            AdmissionLimits(
+                tenant_queries=settings.tenant_max_queries,
+                principal_queries=settings.principal_max_queries,
+                short_reserve=settings.short_query_reserve,
+                max_wait=settings.admission_wait,
+            ),
+            self.memory,
+            on_idle=self.give_back.idle,
         )
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
@@ -162,6 +189,27 @@ class QueryEngine:
         if requested < 0:
             raise InvalidArgument("cache_ttl must not be negative")
         return min(requested, self.settings.cache_max_ttl)
+
+    async def _admit(
+        self,
+        ctx: RequestContext,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        deadline: float | None,
+    ) -> Ticket:
+        """Wait for the query's turn at its source (see `fabric.query.admission`): short
+        when the compiler proved its row bound small."""
+        short = compiled.row_bound <= self.settings.short_query_rows
+        claim = Claim(
+            tenant=ctx.tenant,
+            principal=ctx.principal,
+            source=bound.connector,
+            capacity=bound.connector.capacity,
+            short=short,
+            memory=self.settings.max_message_bytes if short else self.settings.query_memory,
+        )
+        self.give_back.bind(asyncio.get_running_loop())
+        return await self.admission.admit(claim, deadline)
 
     async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
         """The connection's source, from memory when it is known current without I/O;
@@ -339,7 +387,7 @@ class QueryEngine:
                 # aclosing: a caller that stops reading stops the source now, not when
                 # the inner generator is collected.
                 async with aclosing(
-                    self._run(bound, compiled, args, deadline, started, None)
+                    self._run(ctx, bound, compiled, args, deadline, started, None)
                 ) as items:
                     async for item in items:
                         yield item
@@ -347,11 +395,15 @@ class QueryEngine:
                 return
             key = _result_key(ctx, request, bound, compiled)
             while True:
-                hit = self.results.get(key)
+                hit = self.results.lease(key)
                 if hit is not None:
                     from_cache = True
-                    for message in hit.messages:
-                        yield message
+                    try:
+                        for message in hit.messages:
+                            yield message
+                    finally:
+                        # Evicted meanwhile, its bytes were counted until now.
+                        self.results.done_reading(hit)
                     self.metrics.rows.inc(hit.rows)
                     yield Summary(hit.rows, False, True, elapsed_us(started))
                     outcome = "ok"
@@ -375,6 +427,7 @@ class QueryEngine:
 
             try:
                 run = self._run(
+                    ctx,
                     bound,
                     compiled,
                     args,
@@ -411,6 +464,7 @@ class QueryEngine:
 
     async def _run(
         self,
+        ctx: RequestContext,
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
@@ -419,6 +473,31 @@ class QueryEngine:
         builder: ResultBuilder | None,
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[bytes | Summary, None]:
+        # The ticket is held until the last message is handed on: the source's slot is
+        # free a little late, the memory of the messages on their way is counted.
+        ticket = await self._admit(ctx, bound, compiled, deadline)
+        try:
+            async with aclosing(
+                self._stream(
+                    bound, compiled, args, deadline, started, builder, on_complete, on_uncacheable
+                )
+            ) as items:
+                async for item in items:
+                    yield item
+        finally:
+            ticket.release()
+
+    async def _stream(
+        self,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        deadline: float | None,
+        started: float,
+        builder: ResultBuilder | None,
+        on_complete: Callable[[SourceRun], None] | None,
+        on_uncacheable: Callable[[], None] | None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
         if run.exhausted:
@@ -502,18 +581,28 @@ class QueryEngine:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
         ttl = self._ttl(request.cache_ttl)
+        await self._check_statement_room(ctx)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
         key = None
         if ttl > 0:
             key = _result_key(ctx, request, bound, compiled)
-            hit = self.results.get(key)
+            hit = self.results.lease(key)
             if hit is not None:
                 reader = open_ipc_stream(hit.messages)
-                pager = cached_pager(reader, hit.rows, started)
+                pager = cached_pager(
+                    reader, hit.rows, started, release=lambda: self.results.done_reading(hit)
+                )
                 return await self._first_page(ctx, request.connection, pager, page_rows)
+        ticket = await self._admit(ctx, bound, compiled, deadline)
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
-        run = await self._start(bound, compiled, args, deadline, builder)
+        try:
+            run = await self._start(bound, compiled, args, deadline, builder)
+        except BaseException:
+            ticket.release()
+            if builder is not None:
+                builder.abandon()
+            raise
         run.header()
 
         def on_done() -> Summary:
@@ -524,28 +613,66 @@ class QueryEngine:
                     self.results.put(key, cached, ttl, epoch=epoch)
             return Summary(run.rows, run.truncated, False, elapsed_us(started))
 
-        def read(limit: int) -> pa.RecordBatch | None:
-            batch = run.read_batch(limit)
+        def read() -> pa.RecordBatch | None:
+            batch = run.read_batch()
             if batch is not None and builder is not None and builder.active:
                 for message in run.chunker.batch_messages(batch):
                     builder.add(message)
             return batch
 
+        def source_ended() -> None:
+            # Every row is read (into the buffer, or to the caller): the connection goes
+            # back to its pool now, not when the caller has paged to the end.
+            run.close()
+            ticket.release()
+
+        ahead = ReadAhead(
+            read, self.settings.statement_buffer_bytes, self.memory.charge("buffered"), source_ended
+        )
+
         def close() -> None:
+            ahead.close()
             if builder is not None:
                 builder.abandon()
             if not run.finished:
                 run.cancel()
             run.close()
+            ticket.release()
 
-        return await self._first_page(
-            ctx, request.connection, PagedResult(run.schema, read, close, on_done), page_rows
+        pager = PagedResult(
+            run.schema,
+            ahead.read,
+            close,
+            on_done,
+            after_page=ahead.fill,
+            holds_source=lambda: ahead.holds_source,
         )
+        page = await self._first_page(ctx, request.connection, pager, page_rows)
+        # The first page is out and the rest is in the buffer or at the source: the
+        # buffer's rows are counted as they are held, the reservation is not needed.
+        ticket.release_memory()
+        return page
+
+    async def _check_statement_room(self, ctx: RequestContext) -> None:
+        """Refuse a caller whose open statements are at its share before its query runs
+        (after sweeping idle statements, in a worker thread: closing one may block)."""
+        statements = self.open_statements
+        if statements.refusal_for(tenant=ctx.tenant, principal=ctx.principal) is None:
+            return
+        await self._blocking(statements.sweep)
+        refusal = statements.refusal_for(tenant=ctx.tenant, principal=ctx.principal, count=True)
+        if refusal is not None:
+            raise refusal
 
     def _page_rows(self, requested: int) -> int:
         if requested < 0:
             raise InvalidArgument("page_rows must not be negative")
         return min(requested or self.settings.page_rows, self.settings.max_rows)
+
+    def _idle_limit(self, pager: PagedResult) -> float | None:
+        """A statement holding its source connection between pages gets the shorter idle
+        limit; the others the registry's."""
+        return self.settings.statement_pinned_idle_limit if pager.holds_source() else None
 
     async def _first_page(
         self, ctx: RequestContext, connection: str, pager: PagedResult, page_rows: int
@@ -566,6 +693,7 @@ class QueryEngine:
             close_fn=pager.close,
             connection=connection,
         )
+        statement.idle_limit = self._idle_limit(pager)
         return Page(statement.id, data, rows, False, None)
 
     async def fetch(self, ctx: RequestContext, statement_id: str, page_rows: int) -> Page:
@@ -584,6 +712,7 @@ class QueryEngine:
             # A consumed statement is closed (its rows and parameters dropped) as the
             # lease ends.
             statement.exhausted = pager.done
+            statement.idle_limit = self._idle_limit(pager)
         return Page(statement_id, data, rows, pager.done, summary)
 
     async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
@@ -610,7 +739,20 @@ class QueryEngine:
     def snapshot(self) -> dict[str, float]:
         cache = self.results.stats
         statements = self.open_statements.stats
+        admission = self.admission.stats
+        usage = self.memory.usage()
         return {
+            "admission_running": admission.running,
+            "admission_waiting": admission.waiting,
+            "admission_admitted": admission.admitted,
+            "admission_queued": admission.queued,
+            **{f"admission_refused_{r}": n for r, n in admission.refused.items()},
+            **{f"statements_refused_{share}": n for share, n in statements.refused.items()},
+            "memory_budget_bytes": self.memory.limit,
+            "memory_used_bytes": sum(usage.values()),
+            **{f"memory_held_{use}": n for use, n in usage.items()},
+            "memory_charges_refused": self.memory.refused,
+            "memory_given_back": self.give_back.given_back,
             "result_cache_bytes": cache.bytes_held,
             "result_cache_entries": cache.entries,
             "result_cache_hits": cache.hits,
@@ -630,6 +772,7 @@ class QueryEngine:
         }
 
     def close(self) -> None:
+        self.give_back.cancel()
         self.open_statements.close_all()
         self.results.clear()
         self.statements.clear()
