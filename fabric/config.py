@@ -98,11 +98,11 @@ class Settings:
     """Longest wait, in seconds, of a query for its share, a source connection or memory
     before it is refused with RESOURCE_EXHAUSTED (FABRIC_ADMISSION_WAIT); never past the
     call's deadline."""
-    memory_budget: int = 1024 * MIB
+    memory_budget: int = 2048 * MIB
     """Bytes the gateway's results may hold (FABRIC_MEMORY_BUDGET): queries running at
     sources (query_memory each), results being built for the cache, the cache, evicted
     entries still being sent, rows open statements read ahead."""
-    query_memory: int = 64 * MIB
+    query_memory: int = 128 * MIB
     """Bytes reserved on the memory budget for each query running at a source that is not
     short (FABRIC_QUERY_MEMORY); a short one reserves max_message_bytes."""
     page_rows: int = 10_000

@@ -21,8 +21,13 @@ it is refused, with RESOURCE_EXHAUSTED and a retry hint (DEADLINE_EXCEEDED when 
 call's own deadline ended the wait). Each time a ticket is returned or memory is freed,
 the waiters that now fit are admitted: first the one whose principal runs the fewest
 queries, then whose tenant does, then the oldest. A caller over its share therefore
-waits behind everyone else, and its waiters cannot pile up: a principal may have as many
-queries waiting as it may run, and one more is refused at once.
+waits behind everyone else, and its waiters cannot pile up: a principal may have
+`WAITING_PER_SLOT` times as many queries waiting as it may run, and one more is refused
+at once.
+
+Memory: a query reserves an estimate of its working set when it is admitted; once it
+has read from its source, the engine grows the reservation (`Ticket.cover`) to what its
+batches show it holds, so wide rows count for what they cost.
 
 Thread-safe: tickets are returned from worker threads (a source closed there) and memory
 freed anywhere; waiters are woken on their own event loop.
@@ -52,6 +57,9 @@ __all__ = [
 
 K = TypeVar("K", bound=Hashable)
 
+WAITING_PER_SLOT = 4
+"""Queries a principal may have waiting, per query it may run."""
+
 REFUSAL_REASONS = ("principal_queries", "tenant_queries", "source_busy", "memory")
 """Why a query was not admitted (metrics label `reason`)."""
 
@@ -75,6 +83,9 @@ class AdmissionLimits:
     """Longest wait for admission, in seconds."""
     retry_after: float = 1.0
     """The retry hint of a refusal, in seconds."""
+    reservations: int | None = None
+    """Bytes of the memory budget all reservations together may take (the rest is kept
+    for the result cache); a larger claim reserves this much, so it runs alone at worst."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +121,16 @@ class Ticket:
 
     __slots__ = ("_admission", "_memory", "_released", "claim")
 
-    def __init__(self, admission: Admission, claim: Claim) -> None:
+    def __init__(self, admission: Admission, claim: Claim, memory: int) -> None:
         self._admission = admission
         self.claim = claim
-        self._memory = claim.memory
+        self._memory = memory
         self._released = False
+
+    def cover(self, nbytes: int) -> None:
+        """Grow the reservation to `nbytes` when the query turned out to hold more than
+        it reserved (counted at once, room or not: the memory is in use)."""
+        self._admission._grow(self, nbytes)
 
     def release_memory(self) -> None:
         """Return the memory reservation and keep the slots (a query whose rows are now
@@ -191,7 +207,8 @@ class Admission:
             if ticket is not None:
                 return ticket
             reason = self._blocker_locked(claim)
-            if self._waiting_by_principal[_principal(claim)] >= self.limits.principal_queries:
+            waiting = self._waiting_by_principal[_principal(claim)]
+            if waiting >= WAITING_PER_SLOT * self.limits.principal_queries:
                 self._refused[reason] += 1
                 raise self._refusal(reason, claim)
             self._seq += 1
@@ -283,7 +300,9 @@ class Admission:
         """Admit `claim` if it fits now (its memory charged), else None."""
         if self._blocker_locked(claim) != "memory":
             return None
-        if claim.memory and not self._memory.try_charge("reserved", claim.memory):
+        within = self.limits.reservations
+        memory = claim.memory if within is None else min(claim.memory, within)
+        if memory and not self._memory.try_charge("reserved", memory, within=within):
             return None
         self._by_principal[_principal(claim)] += 1
         self._by_tenant[claim.tenant] += 1
@@ -293,7 +312,7 @@ class Admission:
                 self._long_by_source[claim.source] += 1
         self._running += 1
         self._admitted += 1
-        return Ticket(self, claim)
+        return Ticket(self, claim, memory)
 
     def _forget_locked(self, waiter: _Waiter) -> None:
         self._waiters.remove(waiter)
@@ -301,6 +320,13 @@ class Admission:
         self._waiting_by_principal[key] -= 1
         if not self._waiting_by_principal[key]:
             del self._waiting_by_principal[key]
+
+    def _grow(self, ticket: Ticket, nbytes: int) -> None:
+        with self._lock:
+            if ticket._released or nbytes <= ticket._memory:
+                return
+            more, ticket._memory = nbytes - ticket._memory, nbytes
+        self._memory.try_charge("reserved", more, force=True)
 
     def _return(self, ticket: Ticket, *, slots: bool) -> None:
         claim = ticket.claim

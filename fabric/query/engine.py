@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyarrow as pa
+from cachetools import LRUCache
 
 from connectors import QueryHandle
 from fabric.catalog.metadata.store import MetadataStore
@@ -72,6 +73,11 @@ T = TypeVar("T")
 SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
 `execute_small` (run from the event loop) before a worker thread."""
+BATCH_WORKING_SET = 16
+"""A query running at its source holds about this many times its largest batch: measured
+with PostgreSQL (a chunk of text rows, its decoding to Arrow, the next chunk arriving,
+the IPC messages of the batch before on their way) at 11 to 18 times; its memory
+reservation grows to it when that is more than it reserved."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -152,10 +158,14 @@ class QueryEngine:
                 principal_queries=settings.principal_max_queries,
                 short_reserve=settings.short_query_reserve,
                 max_wait=settings.admission_wait,
+                reservations=settings.memory_budget - settings.cache_max_bytes,
             ),
             self.memory,
             on_idle=self.give_back.idle,
         )
+        # What each statement was seen to hold while it ran (BATCH_WORKING_SET times its
+        # largest batch): its next run reserves that instead of the configured guess.
+        self._working_sets: LRUCache[str, int] = LRUCache(settings.compiled_statements)
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
@@ -198,15 +208,20 @@ class QueryEngine:
         deadline: float | None,
     ) -> Ticket:
         """Wait for the query's turn at its source (see `fabric.query.admission`): short
-        when the compiler proved its row bound small."""
+        when the compiler proved its row bound small. It reserves what the statement was
+        seen to hold when it last ran, else `query_memory` (a short one: one message)."""
         short = compiled.row_bound <= self.settings.short_query_rows
+        if short:
+            memory = self.settings.max_message_bytes
+        else:
+            memory = self._working_sets.get(compiled.fingerprint, self.settings.query_memory)
         claim = Claim(
             tenant=ctx.tenant,
             principal=ctx.principal,
             source=bound.connector,
             capacity=bound.connector.capacity,
             short=short,
-            memory=self.settings.max_message_bytes if short else self.settings.query_memory,
+            memory=memory,
         )
         self.give_back.bind(asyncio.get_running_loop())
         return await self.admission.admit(claim, deadline)
@@ -480,7 +495,15 @@ class QueryEngine:
         try:
             async with aclosing(
                 self._stream(
-                    bound, compiled, args, deadline, started, builder, on_complete, on_uncacheable
+                    ticket,
+                    bound,
+                    compiled,
+                    args,
+                    deadline,
+                    started,
+                    builder,
+                    on_complete,
+                    on_uncacheable,
                 )
             ) as items:
                 async for item in items:
@@ -490,6 +513,7 @@ class QueryEngine:
 
     async def _stream(
         self,
+        ticket: Ticket,
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
@@ -500,48 +524,63 @@ class QueryEngine:
         on_uncacheable: Callable[[], None] | None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
-        if run.exhausted:
-            # The whole result came with the start (its source is already released): no
-            # read-ahead, nothing to stop.
-            first.append(run.trailer())
-            if on_complete is not None and not run.truncated:
-                on_complete(run)
-            self.metrics.rows.inc(run.rows)
-            for message in first:
-                yield message
-            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
-            return
-        pending: asyncio.Future[list[bytes] | None] | None = None
-        finished = False
         try:
-            loop = asyncio.get_running_loop()
-            # One step ahead: the next messages (a gRPC message's worth) are read and
-            # encoded in a worker thread while these go out to the caller.
-            read_ahead = functools.partial(run.read_messages, self.settings.max_message_bytes)
-            if not run.exhausted:
-                pending = loop.run_in_executor(self.executor, read_ahead)
-            for message in first:
-                yield message
-            while pending is not None:
-                messages = await pending
-                pending = None
-                if messages is None:
-                    break
+            ticket.cover(BATCH_WORKING_SET * run.largest_batch)
+            if run.exhausted:
+                # The whole result came with the start (its source is already released):
+                # no read-ahead, nothing to stop.
+                first.append(run.trailer())
+                if on_complete is not None and not run.truncated:
+                    on_complete(run)
+                self.metrics.rows.inc(run.rows)
+                for message in first:
+                    yield message
+                yield Summary(run.rows, run.truncated, False, elapsed_us(started))
+                return
+            pending: asyncio.Future[list[bytes] | None] | None = None
+            finished = False
+            try:
+                loop = asyncio.get_running_loop()
+                # One step ahead: the next messages (a gRPC message's worth) are read and
+                # encoded in a worker thread while these go out to the caller.
+                read_ahead = functools.partial(run.read_messages, self.settings.max_message_bytes)
                 if not run.exhausted:
                     pending = loop.run_in_executor(self.executor, read_ahead)
-                if on_uncacheable is not None and builder is not None and not builder.active:
-                    on_uncacheable()
-                    on_uncacheable = None
-                for message in messages:
+                for message in first:
                     yield message
-            yield run.trailer()
-            finished = True
-            if on_complete is not None and not run.truncated:
-                on_complete(run)
-            self.metrics.rows.inc(run.rows)
-            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
+                while pending is not None:
+                    messages = await pending
+                    pending = None
+                    if messages is None:
+                        break
+                    ticket.cover(BATCH_WORKING_SET * run.largest_batch)
+                    if not run.exhausted:
+                        pending = loop.run_in_executor(self.executor, read_ahead)
+                    if on_uncacheable is not None and builder is not None and not builder.active:
+                        on_uncacheable()
+                        on_uncacheable = None
+                    for message in messages:
+                        yield message
+                yield run.trailer()
+                finished = True
+                if on_complete is not None and not run.truncated:
+                    on_complete(run)
+                self.metrics.rows.inc(run.rows)
+                yield Summary(run.rows, run.truncated, False, elapsed_us(started))
+            finally:
+                await self._stop(run, pending, cancel=not finished)
         finally:
-            await self._stop(run, pending, cancel=not finished)
+            self._learn_working_set(ticket, compiled, run)
+
+    def _learn_working_set(
+        self, ticket: Ticket, compiled: CompiledStatement, run: SourceRun
+    ) -> None:
+        """What the statement's next run reserves: what this one was seen to hold, and at
+        least the IPC messages on their way."""
+        if not ticket.claim.short and run.largest_batch:
+            self._working_sets[compiled.fingerprint] = max(
+                BATCH_WORKING_SET * run.largest_batch, 4 * self.settings.max_message_bytes
+            )
 
     # -- Preview --------------------------------------------------------------------------
 

@@ -49,6 +49,9 @@ class SourceRun:
         self.exhausted = False
         """Every row has been read (the source was closed at once)."""
         self.closed = False
+        self.largest_batch = 0
+        """Bytes of the largest batch the source handed over (what one batch in flight
+        costs; the engine sizes the query's memory reservation on it)."""
 
     @property
     def schema(self) -> pa.Schema:
@@ -92,9 +95,13 @@ class SourceRun:
 
     def _next_from_source(self) -> pa.RecordBatch | None:
         try:
-            return self._reader.read_next_batch()
+            batch = self._reader.read_next_batch()
         except StopIteration:
             return None
+        size = batch.get_total_buffer_size()
+        if size > self.largest_batch:
+            self.largest_batch = size
+        return batch
 
     def read_messages(self, min_bytes: int) -> list[bytes] | None:
         """The next batches as IPC messages, read on until at least `min_bytes` are ready

@@ -216,6 +216,9 @@ class CacheStats:
 class _Entry:
     result: CachedResult
     expires_at: float
+    seq: int
+    """Names the entry in the expiry heap, which holds no reference to the entry itself:
+    a removed entry's rows are freed at once, not when its heap item comes up."""
 
 
 class ResultBuilder:
@@ -312,10 +315,10 @@ class ResultCache:
         self._lock = threading.Lock()
         # Insertion/access order is recency order: first = least recently used.
         self._entries: OrderedDict[ResultKey, _Entry] = OrderedDict()
-        # (expires_at, seq, key, entry): the next entry to expire on top. Items of entries
-        # already gone stay until popped (checked by identity), and the heap is rebuilt
-        # when they outnumber live entries, so expiry is O(log n) without a full scan.
-        self._expiry: list[tuple[float, int, ResultKey, _Entry]] = []
+        # (expires_at, seq, key): the next entry to expire on top. Items of entries already
+        # gone stay until popped (the seq no longer matches), and the heap is rebuilt when
+        # they outnumber live entries, so expiry is O(log n) without a full scan.
+        self._expiry: list[tuple[float, int, ResultKey]] = []
         self._seq = 0
         self._bytes = 0
         # Purge epochs (see module docstring).
@@ -412,11 +415,11 @@ class ResultCache:
                 lru_key, lru_entry = next(iter(self._entries.items()))
                 self._remove(lru_key, lru_entry)
                 self._evictions += 1
-            entry = _Entry(result, now + ttl)
+            self._seq += 1
+            entry = _Entry(result, now + ttl, self._seq)
             self._entries[key] = entry
             self._bytes += size
-            self._seq += 1
-            heapq.heappush(self._expiry, (entry.expires_at, self._seq, key, entry))
+            heapq.heappush(self._expiry, (entry.expires_at, entry.seq, key))
             self._puts += 1
             return True
 
@@ -512,8 +515,9 @@ class ResultCache:
         count = 0
         heap = self._expiry
         while heap and heap[0][0] <= now:
-            _, _, key, entry = heapq.heappop(heap)
-            if self._entries.get(key) is entry:
+            _, seq, key = heapq.heappop(heap)
+            entry = self._entries.get(key)
+            if entry is not None and entry.seq == seq:
                 self._remove(key, entry)
                 count += 1
         self._expirations += count
@@ -522,9 +526,13 @@ class ResultCache:
         return count
 
     def _compact_expiry(self) -> None:
-        live = [item for item in self._expiry if self._entries.get(item[2]) is item[3]]
+        live = [item for item in self._expiry if self._is_live(item[1], item[2])]
         heapq.heapify(live)
         self._expiry = live
+
+    def _is_live(self, seq: int, key: ResultKey) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.seq == seq
 
     def _purged_since(self, key: ResultKey, epoch: int) -> bool:
         if self._cleared_at > epoch:

@@ -21,9 +21,15 @@ callers reading it), a statement's buffer. It is released once, whatever path en
 
 Giving memory back: freed memory stays with the allocator that freed it. pyarrow's
 default allocator here (mimalloc) keeps freed pages in the heap of the thread that freed
-them, out of reach of `release_unused` called from another thread, so a gateway process
-uses the system allocator for Arrow (`use_system_allocator`) and, once idle, asks glibc
-to return its free pages (`give_back_memory`: `malloc_trim`).
+them, out of reach of `release_unused` called from another thread (measured: 336 MiB kept
+after a load, with nothing allocated). A gateway process therefore lets Arrow use the
+system allocator and sets glibc up to keep little (`tune_allocators`): two arenas instead
+of one per thread (each arena keeps its own high-water mark) and blocks of 1 MiB or more
+mapped on their own, so they go back to the system when freed instead of raising the
+heap's high-water mark. Once idle, it asks glibc to return its free pages
+(`give_back_memory`: `malloc_trim`). Measured with 16 callers reading 47 MiB results
+under a 512 MiB budget: a peak of 870 MiB RSS without the glibc settings, 570 with them,
+at the same throughput.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ __all__ = [
     "MemoryBudget",
     "MemoryCharge",
     "give_back_memory",
+    "tune_allocators",
     "unlimited_budget",
-    "use_system_allocator",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,25 +227,43 @@ class MemoryCharge:
 # -- giving memory back -------------------------------------------------------------------
 
 
-def use_system_allocator() -> None:
-    """Let Arrow allocate through the system allocator, whose free pages `give_back_memory`
-    can return, unless the operator chose a pool (ARROW_DEFAULT_MEMORY_POOL)."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+"""glibc arenas: threads mostly allocate holding the GIL, so more arenas buy little
+besides more kept memory."""
+MALLOC_MMAP_THRESHOLD = 1 << 20
+"""Bytes from which glibc maps a block on its own (fixed: glibc otherwise raises it to
+the largest block freed, up to 32 MiB, and IPC messages then stay in the heap)."""
+
+
+def tune_allocators() -> None:
+    """Set the process up to give memory back (see the module docstring): Arrow on the
+    system allocator, glibc with few arenas and a fixed mapping threshold. What the
+    operator chose in the environment (ARROW_DEFAULT_MEMORY_POOL, MALLOC_ARENA_MAX,
+    MALLOC_MMAP_THRESHOLD_) is left as it is. Call it before worker threads start."""
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return
-    pa.set_memory_pool(pa.system_memory_pool())
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None on another C library."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """A glibc function (`malloc_trim`, `mallopt`), or None on another C library."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(library), name)
     except (OSError, AttributeError):
         return None
-    return trim
+    return function
 
 
 def give_back_memory() -> None:
@@ -247,7 +271,7 @@ def give_back_memory() -> None:
     the C allocator's free pages. Blocking (a trim of a large heap takes milliseconds):
     call it from a worker thread, when the gateway is idle."""
     pa.default_memory_pool().release_unused()
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 

@@ -303,9 +303,7 @@ def test_closing_a_statement_early_cancels_and_releases_its_source(tmp_path: Pat
         rig.source.answer(ORDERS.select(["id"]))
 
         async def open_then_close() -> None:
-            page = await rig.engine.open_statement(
-                CTX, query("SELECT id FROM orders"), page_rows=2
-            )
+            page = await rig.engine.open_statement(CTX, query("SELECT id FROM orders"), page_rows=2)
             assert not page.done and page.rows == 2
             await rig.engine.close_statement(CTX, page.statement_id)
             with pytest.raises(NotFound):
