@@ -164,7 +164,7 @@ class QueryEngine:
             on_idle=self.give_back.idle,
         )
         # What each statement was seen to hold while it ran (BATCH_WORKING_SET times its
-        # largest batch): its next run reserves that instead of the configured guess.
+        # largest batch), when more than `query_memory`: its next run reserves that.
         self._working_sets: LRUCache[str, int] = LRUCache(settings.compiled_statements)
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
@@ -208,8 +208,10 @@ class QueryEngine:
         deadline: float | None,
     ) -> Ticket:
         """Wait for the query's turn at its source (see `fabric.query.admission`): short
-        when the compiler proved its row bound small. It reserves what the statement was
-        seen to hold when it last ran, else `query_memory` (a short one: one message)."""
+        when the compiler proved its row bound small. A long one reserves `query_memory`,
+        or what the statement was seen to hold when it ran before if that was more (a run
+        with a small result says nothing of the next: it never lowers the reservation); a
+        short one reserves one message."""
         short = compiled.row_bound <= self.settings.short_query_rows
         if short:
             memory = self.settings.max_message_bytes
@@ -575,12 +577,13 @@ class QueryEngine:
     def _learn_working_set(
         self, ticket: Ticket, compiled: CompiledStatement, run: SourceRun
     ) -> None:
-        """What the statement's next run reserves: what this one was seen to hold, and at
-        least the IPC messages on their way."""
-        if not ticket.claim.short and run.largest_batch:
-            self._working_sets[compiled.fingerprint] = max(
-                BATCH_WORKING_SET * run.largest_batch, 4 * self.settings.max_message_bytes
-            )
+        """What the statement's next run reserves, when this one held more than
+        `query_memory` (see `_admit`)."""
+        held = BATCH_WORKING_SET * run.largest_batch
+        if ticket.claim.short or held <= self.settings.query_memory:
+            return
+        if held > self._working_sets.get(compiled.fingerprint, 0):
+            self._working_sets[compiled.fingerprint] = held
 
     # -- Preview --------------------------------------------------------------------------
 
