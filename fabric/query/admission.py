@@ -175,11 +175,12 @@ class Admission:
         self._memory = memory
         self._on_idle = on_idle
         self._lock = threading.Lock()
-        self._by_principal: Counter[tuple[str, str]] = Counter()
-        self._by_tenant: Counter[str] = Counter()
-        self._by_source: Counter[Hashable] = Counter()
-        self._long_by_source: Counter[Hashable] = Counter()
-        self._waiting_by_principal: Counter[tuple[str, str]] = Counter()
+        # Plain dicts, not Counters: these are on every query's path.
+        self._by_principal: dict[tuple[str, str], int] = {}
+        self._by_tenant: dict[str, int] = {}
+        self._by_source: dict[Hashable, int] = {}
+        self._long_by_source: dict[Hashable, int] = {}
+        self._waiting_by_principal: dict[tuple[str, str], int] = {}
         self._waiters: list[_Waiter] = []
         self._running = 0
         self._seq = 0
@@ -201,20 +202,21 @@ class Admission:
                 raise DeadlineExceeded("the call's deadline passed before the query started")
             if remaining < wait:
                 wait, bound_by_deadline = remaining, True
-        loop = asyncio.get_running_loop()
         with self._lock:
             ticket = self._try_locked(claim)
             if ticket is not None:
                 return ticket
             reason = self._blocker_locked(claim)
-            waiting = self._waiting_by_principal[_principal(claim)]
+            key = _principal(claim)
+            waiting = self._waiting_by_principal.get(key, 0)
             if waiting >= WAITING_PER_SLOT * self.limits.principal_queries:
                 self._refused[reason] += 1
                 raise self._refusal(reason, claim)
+            loop = asyncio.get_running_loop()
             self._seq += 1
             waiter = _Waiter(claim, self._seq, loop, loop.create_future())
             self._waiters.append(waiter)
-            self._waiting_by_principal[_principal(claim)] += 1
+            self._waiting_by_principal[key] = waiting + 1
             self._queued += 1
         try:
             async with asyncio.timeout(wait):
@@ -283,16 +285,16 @@ class Admission:
     def _blocker_locked(self, claim: Claim) -> str:
         """Why `claim` does not fit now, the memory aside: the first limit it is at;
         "memory" when every slot is free for it."""
-        if self._by_principal[_principal(claim)] >= self.limits.principal_queries:
+        if self._by_principal.get(_principal(claim), 0) >= self.limits.principal_queries:
             return "principal_queries"
-        if self._by_tenant[claim.tenant] >= self.limits.tenant_queries:
+        if self._by_tenant.get(claim.tenant, 0) >= self.limits.tenant_queries:
             return "tenant_queries"
         if claim.capacity is not None:
-            if self._by_source[claim.source] >= claim.capacity:
+            if self._by_source.get(claim.source, 0) >= claim.capacity:
                 return "source_busy"
-            if not claim.short and self._long_by_source[claim.source] >= self._long_slots(
-                claim.capacity
-            ):
+            if not claim.short and self._long_by_source.get(
+                claim.source, 0
+            ) >= self._long_slots(claim.capacity):
                 return "source_busy"
         return "memory"
 
@@ -304,22 +306,19 @@ class Admission:
         memory = claim.memory if within is None else min(claim.memory, within)
         if memory and not self._memory.try_charge("reserved", memory, within=within):
             return None
-        self._by_principal[_principal(claim)] += 1
-        self._by_tenant[claim.tenant] += 1
+        _increment(self._by_principal, _principal(claim))
+        _increment(self._by_tenant, claim.tenant)
         if claim.capacity is not None:
-            self._by_source[claim.source] += 1
+            _increment(self._by_source, claim.source)
             if not claim.short:
-                self._long_by_source[claim.source] += 1
+                _increment(self._long_by_source, claim.source)
         self._running += 1
         self._admitted += 1
         return Ticket(self, claim, memory)
 
     def _forget_locked(self, waiter: _Waiter) -> None:
         self._waiters.remove(waiter)
-        key = _principal(waiter.claim)
-        self._waiting_by_principal[key] -= 1
-        if not self._waiting_by_principal[key]:
-            del self._waiting_by_principal[key]
+        _decrement(self._waiting_by_principal, _principal(waiter.claim))
 
     def _grow(self, ticket: Ticket, nbytes: int) -> None:
         with self._lock:
@@ -344,8 +343,10 @@ class Admission:
                 self._running -= 1
                 idle = self._running == 0
         # Outside the lock: a release calls the budget's listeners, `_pump` among them.
-        self._memory.release("reserved", memory)
-        self._pump()
+        if memory:
+            self._memory.release("reserved", memory)
+        else:
+            self._pump()
         if idle and self._on_idle is not None:
             self._on_idle()
 
@@ -353,6 +354,8 @@ class Admission:
         """Admit the waiters that fit now, fairest first (see the module docstring)."""
         woken: list[_Waiter] = []
         with self._lock:
+            if not self._waiters:
+                return
             skipped: set[int] = set()
             while True:
                 best: _Waiter | None = None
@@ -363,8 +366,8 @@ class Admission:
                     if waiter.future.done():  # cancelled: its task forgets it
                         continue
                     key = (
-                        self._by_principal[_principal(waiter.claim)],
-                        self._by_tenant[waiter.claim.tenant],
+                        self._by_principal.get(_principal(waiter.claim), 0),
+                        self._by_tenant.get(waiter.claim.tenant, 0),
                         waiter.seq,
                     )
                     if best_key is None or key < best_key:
@@ -387,7 +390,13 @@ def _wake(waiter: _Waiter) -> None:
         waiter.future.set_result(None)
 
 
-def _decrement(counter: Counter[K], key: K) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
+def _increment(counts: dict[K, int], key: K) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _decrement(counts: dict[K, int], key: K) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
