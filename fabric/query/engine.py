@@ -814,7 +814,7 @@ class QueryEngine:
         }
 
     def close(self) -> None:
-        self.give_back.cancel()
+        self.give_back.stop()
         self.open_statements.close_all()
         self.results.clear()
         self.statements.clear()

@@ -280,7 +280,8 @@ class GiveBackWhenIdle:
     """Returns free memory to the system (`give_back_memory`, in a worker thread) once
     the gateway is idle: when the last query running at a source has ended, at most once
     per `interval` seconds (a burst of short queries costs one give-back, not one each).
-    `idle` may be called from any thread; the timers run on the loop given to `bind`."""
+    `idle` and `stop` may be called from any thread; the timer runs on the loop given to
+    `bind` (the gateway's)."""
 
     def __init__(
         self, executor: Executor, busy: Callable[[], bool], *, interval: float = 1.0
@@ -289,8 +290,10 @@ class GiveBackWhenIdle:
         self._busy = busy
         self._interval = interval
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        """The loop a give-back is scheduled on (None: none is)."""
         self._last = -interval
+        self._stopped = False
         self.given_back = 0
         """Times memory was given back."""
 
@@ -299,27 +302,25 @@ class GiveBackWhenIdle:
 
     def idle(self) -> None:
         loop = self._loop
-        if loop is None:
+        if loop is None or self._stopped:
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: nothing runs any more
-            loop.call_soon_threadsafe(self._schedule)
+            loop.call_soon_threadsafe(self._schedule, loop)
 
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    def stop(self) -> None:
+        """No give-back from now on (the engine is closing)."""
+        self._stopped = True
 
-    def _schedule(self) -> None:
-        loop = self._loop
-        if self._handle is not None or loop is None:
-            return
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer_loop is loop:
+            return  # one is on its way
+        self._timer_loop = loop
         delay = max(0.0, self._last + self._interval - loop.time())
-        self._handle = loop.call_later(delay, self._run)
+        loop.call_later(delay, self._run, loop)
 
-    def _run(self) -> None:
-        self._handle = None
-        loop = self._loop
-        if loop is None or self._busy():
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer_loop = None
+        if self._stopped or self._busy():
             return  # the next idle moment will do it
         self._last = loop.time()
         self.given_back += 1

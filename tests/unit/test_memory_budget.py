@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from fabric.results.cache import (
     ResultCache,
     ResultKey,
 )
-from fabric.results.memory import MemoryBudget
+from fabric.results.memory import GiveBackWhenIdle, MemoryBudget
 from fabric.results.statements import StatementRegistry
 from tests.unit.test_query_engine import CTX, ORDERS, collect, make_rig, query, run
 
@@ -249,3 +250,37 @@ def test_statements_over_a_share_are_refused_with_a_retry_hint() -> None:
         open_("acme", "c")
     open_("globex", "a")
     assert registry.stats.refused == {"gateway": 0, "tenant": 1, "principal": 1}
+
+
+def test_memory_is_given_back_once_idle_and_not_once_per_query() -> None:
+    executor = ThreadPoolExecutor(1)
+    running = [0]
+    asked = asyncio.Event()
+
+    def busy() -> bool:
+        asked.set()
+        return running[0] > 0
+
+    giver = GiveBackWhenIdle(executor, busy, interval=0.05)
+
+    async def body() -> None:
+        giver.bind(asyncio.get_running_loop())
+        running[0] = 1  # a query starts before the give-back comes up
+        for _ in range(3):  # three ended in a burst
+            giver.idle()
+        await asyncio.wait_for(asked.wait(), 5)
+        assert giver.given_back == 0  # busy: left for the next idle moment
+        running[0] = 0
+        asked.clear()
+        giver.idle()
+        giver.idle()
+        await asyncio.wait_for(asked.wait(), 5)
+        assert giver.given_back == 1
+        giver.stop()
+        giver.idle()
+
+    try:
+        run(body())
+    finally:
+        executor.shutdown(wait=True)
+    assert giver.given_back == 1
