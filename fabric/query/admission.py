@@ -292,9 +292,9 @@ class Admission:
         if claim.capacity is not None:
             if self._by_source.get(claim.source, 0) >= claim.capacity:
                 return "source_busy"
-            if not claim.short and self._long_by_source.get(
-                claim.source, 0
-            ) >= self._long_slots(claim.capacity):
+            if not claim.short and self._long_by_source.get(claim.source, 0) >= self._long_slots(
+                claim.capacity
+            ):
                 return "source_busy"
         return "memory"
 
