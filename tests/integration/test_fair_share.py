@@ -121,10 +121,10 @@ def site_of(
             "postgres",
             {
                 "*": {
-                    "host": info.get("host", "127.0.0.1"),
+                    "host": str(info.get("host") or "127.0.0.1"),
                     "port": int(info.get("port") or 5432),
-                    "database": info["dbname"],
-                    "user": info.get("user", "postgres"),
+                    "database": str(info["dbname"]),
+                    "user": str(info.get("user") or "postgres"),
                     "pool_max": pool_max,
                     "pool_timeout": POOL_TIMEOUT,
                     "application_name": application,
@@ -175,14 +175,12 @@ def test_a_point_query_is_not_starved_by_long_scans(
         with scans_held(site):
             scans = [pool.submit(scan_rows, site, "acme", "scanner") for _ in range(2)]
             # Both scans are in: at the source, or the second one waiting for its turn.
-            until(
-                lambda: (
-                    site.at_source() == 2
-                    or (site.at_source() == 1 and site.engine.snapshot().get("admission_waiting"))
-                ),
-                10,
-                "two scans holding or waiting for the pool of 2",
-            )
+
+            def both_in() -> bool:
+                waiting = site.engine.snapshot().get("admission_waiting", 0)
+                return site.at_source() == 2 or (site.at_source() == 1 and waiting == 1)
+
+            until(both_in, 10, "two scans holding or waiting for the pool of 2")
             started = time.monotonic()
             with site.client("acme", "lookup") as client:
                 row = client.query("pg", LOOKUP, {"id": 7}).to_pylist()

@@ -111,10 +111,10 @@ def served(tmp_path: Path, postgres_url: str, wide_table: str) -> Iterator[Serve
         "postgres",
         {
             "*": {
-                "host": info.get("host", "127.0.0.1"),
+                "host": str(info.get("host") or "127.0.0.1"),
                 "port": int(info.get("port") or 5432),
-                "database": info["dbname"],
-                "user": info.get("user", "postgres"),
+                "database": str(info["dbname"]),
+                "user": str(info.get("user") or "postgres"),
                 "pool_max": CALLERS + 4,
             }
         },
