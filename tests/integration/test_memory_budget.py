@@ -9,7 +9,7 @@ The bound, with B = FABRIC_MEMORY_BUDGET and C = FABRIC_CACHE_MAX_BYTES:
     RSS once idle      <= RSS before the load + C + SLACK   (within IDLE_WITHIN seconds)
 
 SLACK is what the budget does not count: the interpreter's and gRPC's own buffers and
-the allocator's slack. Measured on a 2-core machine: a peak of RSS before + 320 to 345
+the allocator's slack. Measured on a 2-core machine: a peak of RSS before + 320 to 365
 MiB and an idle RSS of RSS before + 75 to 90 MiB (a 47 MiB result cached); before the
 budget, the same load peaked at RSS before + 1.55 GiB and idled at + 1.4 GiB.
 """
