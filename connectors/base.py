@@ -151,6 +151,13 @@ class Connector(abc.ABC):
         passes, reading raises DeadlineExceeded. Batches hold at most `batch_rows` rows.
         Errors are FabricErrors whose messages carry no row or parameter value."""
 
+    @property
+    def capacity(self) -> int | None:
+        """Queries this connector runs at once: its pool's size; None when it has no bound
+        of its own. The engine admits no more than this many at a time and keeps some of
+        them for queries proven short, so long scans cannot take every connection."""
+        return None
+
     async def execute_small(
         self,
         sql: str,

@@ -84,6 +84,10 @@ class PooledConnector(Connector, Generic[C]):
         )
         self._closed = False
 
+    @property
+    def capacity(self) -> int:
+        return self._pool.max_size
+
     @abc.abstractmethod
     def _connect(self) -> C:
         """A new connection (errors already FabricErrors)."""

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
-from fabric.api.status import ERROR_CODE_KEY, SQLSTATE_KEY, error_from_rpc
+from fabric.api.status import ERROR_CODE_KEY, RETRY_AFTER_KEY, SQLSTATE_KEY, error_from_rpc
 from fabric.errors import FabricError
 from fabric.proto_values import params_to_proto
 from fabric.results.ipc import decode_page, open_ipc_stream
@@ -47,7 +47,11 @@ def _translate(error: grpc.RpcError) -> FabricError:
     call: Any = error
     trailing = dict(call.trailing_metadata() or ())
     return error_from_rpc(
-        call.code(), call.details() or "", trailing.get(ERROR_CODE_KEY), trailing.get(SQLSTATE_KEY)
+        call.code(),
+        call.details() or "",
+        trailing.get(ERROR_CODE_KEY),
+        trailing.get(SQLSTATE_KEY),
+        trailing.get(RETRY_AFTER_KEY),
     )
 
 

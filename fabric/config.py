@@ -94,7 +94,43 @@ class Settings:
     """Seconds between sweeps that reclaim idle open statements
     (FABRIC_STATEMENT_SWEEP_INTERVAL)."""
     max_open_statements: int = 1000
-    """Open statements the gateway holds at once (FABRIC_MAX_OPEN_STATEMENTS)."""
+    """Statements open for paging in the whole gateway (FABRIC_MAX_OPEN_STATEMENTS)."""
+    tenant_max_statements: int = 200
+    """Statements one tenant may hold open (FABRIC_TENANT_MAX_STATEMENTS)."""
+    principal_max_statements: int = 50
+    """Statements one principal (token subject) may hold open
+    (FABRIC_PRINCIPAL_MAX_STATEMENTS)."""
+    statement_buffer_bytes: int = 8 * MIB
+    """Bytes of rows an open statement reads ahead of its caller
+    (FABRIC_STATEMENT_BUFFER_BYTES): a result that fits is read whole when the statement
+    opens and its source connection goes back to the pool at once; a larger one keeps
+    its connection between pages."""
+    statement_pinned_idle_limit: float = 30.0
+    """Seconds an open statement that still holds a source connection may sit idle before
+    it is purged (FABRIC_STATEMENT_PINNED_IDLE_LIMIT)."""
+    tenant_max_queries: int = 32
+    """Queries one tenant runs at sources at once (FABRIC_TENANT_MAX_QUERIES); an open
+    statement holding its connection counts as one."""
+    principal_max_queries: int = 8
+    """Queries one principal runs at sources at once (FABRIC_PRINCIPAL_MAX_QUERIES)."""
+    short_query_rows: int = 1_000
+    """A query proven to return at most this many rows (a key lookup, a LIMIT, max_rows)
+    is short: it may use the connections held back for short queries
+    (FABRIC_SHORT_QUERY_ROWS)."""
+    short_query_reserve: int = 1
+    """Connections of each source's pool held back for short queries
+    (FABRIC_SHORT_QUERY_RESERVE); a pool of one connection holds none back."""
+    admission_wait: float = 30.0
+    """Longest wait, in seconds, of a query for its share, a source connection or memory
+    before it is refused with RESOURCE_EXHAUSTED (FABRIC_ADMISSION_WAIT); never past the
+    call's deadline."""
+    memory_budget: int = 2048 * MIB
+    """Bytes the gateway's results may hold (FABRIC_MEMORY_BUDGET): queries running at
+    sources (query_memory each), results being built for the cache, the cache, evicted
+    entries still being sent, rows open statements read ahead."""
+    query_memory: int = 128 * MIB
+    """Bytes reserved on the memory budget for each query running at a source that is not
+    short (FABRIC_QUERY_MEMORY); a short one reserves max_message_bytes."""
     page_rows: int = 10_000
     """Default rows per page of the statement API."""
     preview_rows: int = 100
@@ -227,6 +263,14 @@ class Settings:
             "batch_bytes",
             "worker_threads",
             "max_open_statements",
+            "tenant_max_statements",
+            "principal_max_statements",
+            "statement_buffer_bytes",
+            "tenant_max_queries",
+            "principal_max_queries",
+            "short_query_rows",
+            "memory_budget",
+            "query_memory",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -235,6 +279,8 @@ class Settings:
             "query_timeout",
             "statement_idle_limit",
             "statement_sweep_interval",
+            "statement_pinned_idle_limit",
+            "admission_wait",
             "metadata_stale_after",
             "metadata_sweep_interval",
             "bus_connect_timeout",
@@ -267,6 +313,13 @@ class Settings:
             raise InvalidArgument("setting bus_retries must not be negative")
         if self.cache_max_ttl < 0:
             raise InvalidArgument("setting cache_max_ttl must not be negative")
+        if self.short_query_reserve < 0:
+            raise InvalidArgument("setting short_query_reserve must not be negative")
+        if self.memory_budget < self.cache_max_bytes + self.query_memory:
+            raise InvalidArgument(
+                "FABRIC_MEMORY_BUDGET must hold the result cache (FABRIC_CACHE_MAX_BYTES) "
+                "and one query (FABRIC_QUERY_MEMORY)"
+            )
 
 
 SECRET_SETTINGS = frozenset({"vault_token"})

@@ -39,12 +39,17 @@ class FabricError(Exception):
 
     code: ClassVar[str] = "internal"
 
-    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, retry_after: float | None = None
+    ) -> None:
         if len(message) > MAX_MESSAGE_LENGTH:
             message = message[: MAX_MESSAGE_LENGTH - 3] + "..."
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
+        self.retry_after = retry_after
+        """Seconds after which the same call may succeed (gateway busy, over a share,
+        shutting down); None: retrying as is will not help."""
 
     def __str__(self) -> str:
         return self.message
@@ -131,6 +136,9 @@ class Cancelled(FabricError):
 
 
 class ResourceExhausted(FabricError):
+    """A limit was reached: the caller's share (queries, open statements), the gateway's
+    memory budget, a size cap. With `retry_after`, the same call may succeed later."""
+
     code = "resource_exhausted"
 
 

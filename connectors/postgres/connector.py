@@ -113,6 +113,10 @@ class PostgresConnector(Connector):
         )
         self._sessions_lock = threading.Lock()
 
+    @property
+    def capacity(self) -> int:
+        return self._pool_max
+
     # -- connections --------------------------------------------------------------------
 
     def _get_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:

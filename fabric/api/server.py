@@ -81,9 +81,11 @@ def is_loopback(address: str) -> bool:
 
 SHUTTING_DOWN = SourceUnavailable(
     "the gateway is shutting down and takes no new calls; retry the call: another "
-    "replica, or this gateway once it is back, will answer it"
+    "replica, or this gateway once it is back, will answer it",
+    retry_after=1.0,
 )
-"""What a call that arrives while the gateway drains gets (UNAVAILABLE: retry)."""
+"""What a call that arrives while the gateway drains gets (UNAVAILABLE: retry, with the
+hint in the trailing metadata as well)."""
 
 
 class CallAdmission:

@@ -44,6 +44,9 @@ ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.FabricError]] = {
 # Trailing metadata key carrying the machine-readable error code (`query_rejected`, ...).
 ERROR_CODE_KEY = "fabric-error-code"
 SQLSTATE_KEY = "fabric-sqlstate"
+# Trailing metadata key carrying the retry hint: milliseconds after which the same call
+# may succeed (the gateway was busy, the caller over its share, the gateway draining).
+RETRY_AFTER_KEY = "fabric-retry-after-ms"
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: errors.FabricError) -> None:
@@ -52,6 +55,8 @@ async def abort_with(context: grpc.aio.ServicerContext, error: errors.FabricErro
     metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, error.code)]
     if error.sqlstate:
         metadata.append((SQLSTATE_KEY, error.sqlstate))
+    if error.retry_after is not None:
+        metadata.append((RETRY_AFTER_KEY, str(max(0, round(error.retry_after * 1000)))))
     context.set_trailing_metadata(tuple(metadata))
     await context.abort(status_for(error), error.message)
 
@@ -65,10 +70,24 @@ def status_for(error: errors.FabricError) -> grpc.StatusCode:
 
 
 def error_from_rpc(
-    code: grpc.StatusCode, details: str, error_code: str | None, sqlstate: str | None
+    code: grpc.StatusCode,
+    details: str,
+    error_code: str | None,
+    sqlstate: str | None,
+    retry_after_ms: str | None = None,
 ) -> errors.FabricError:
     """Rebuild the gateway's error on the client side, keeping its exact class when the
-    server said which one it was."""
+    server said which one it was, and its retry hint."""
     by_code = {cls.code: cls for cls in errors.ALL_ERRORS}
     cls = by_code.get(error_code or "") or ERROR_FOR_STATUS.get(code, errors.InternalError)
-    return cls(details or code.name, sqlstate=sqlstate)
+    return cls(details or code.name, sqlstate=sqlstate, retry_after=_seconds(retry_after_ms))
+
+
+def _seconds(milliseconds: str | None) -> float | None:
+    if milliseconds is None:
+        return None
+    try:
+        value = int(milliseconds)
+    except ValueError:
+        return None
+    return value / 1000 if value >= 0 else None

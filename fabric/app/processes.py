@@ -50,6 +50,7 @@ from fabric.config import Settings
 from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
+from fabric.results.memory import tune_allocators
 
 
 class RoleProcess(Protocol):
@@ -342,7 +343,9 @@ async def open_process(
     A platform or `all` process serves every stage on `listen` (default FABRIC_LISTEN);
     a runtime replica serves `stage`, and QueryService only when `listen` is given
     (health always, on FABRIC_HEALTH_LISTEN otherwise). The address is checked with
-    `check_listen` first."""
+    `check_listen` first. The allocators are set up first, so that memory freed after a
+    load can be given back (`fabric.results.memory.tune_allocators`)."""
+    tune_allocators()
     if role == ProcessRole.RUNTIME:
         if not stage:
             raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")

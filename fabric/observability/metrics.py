@@ -36,6 +36,11 @@ GAUGES = {
     "result_cache_entries": "Results held by the result cache.",
     "open_statements": "Statements open for paging.",
     "compiled_statements": "Entries of the compiled-statement cache.",
+    "admission_running": "Queries admitted to run at their sources (open statements "
+    "holding a connection included).",
+    "admission_waiting": "Queries waiting to be admitted.",
+    "memory_budget_bytes": "The gateway's memory budget.",
+    "memory_used_bytes": "Bytes counted on the memory budget.",
 }
 COUNTERS = {
     "result_cache_hits": "Queries answered from the result cache.",
@@ -45,7 +50,39 @@ COUNTERS = {
     "result_cache_coalesced": "Queries that waited for an identical one in flight.",
     "compiled_statement_hits": "Compilations skipped thanks to the statement cache.",
     "compiled_statement_misses": "SQL texts compiled.",
+    "admission_admitted": "Queries admitted to run at their sources.",
+    "admission_queued": "Queries that waited for admission (admitted or refused in the end).",
+    "memory_charges_refused": "Reservations and growth the memory budget had no room for "
+    "(queries waited, results streamed uncached, statement buffers stopped growing).",
+    "memory_given_back": "Times free memory was returned to the system once idle.",
 }
+# Labelled figures: one family each, its label values read from the snapshot keys that
+# start with the prefix (their owners list them: admission reasons, statement shares,
+# memory uses).
+LABELLED = (
+    (
+        CounterMetricFamily,
+        "fabric_admission_refused",
+        "Queries refused admission (RESOURCE_EXHAUSTED, or DEADLINE_EXCEEDED when the call's "
+        "deadline ended the wait), by the limit they were at.",
+        "reason",
+        "admission_refused_",
+    ),
+    (
+        CounterMetricFamily,
+        "fabric_statements_refused",
+        "Statement opens refused, by the share that was full.",
+        "share",
+        "statements_refused_",
+    ),
+    (
+        GaugeMetricFamily,
+        "fabric_memory_held_bytes",
+        "Bytes on the memory budget, by use.",
+        "use",
+        "memory_held_",
+    ),
+)
 PURGE_REASONS = (
     "statement_idle",
     "statement_closed",
@@ -156,6 +193,12 @@ class _SnapshotCollector(Collector):
         yield _by_reason(
             values, "fabric_purges", "Data dropped from memory, by reason.", PURGE_REASONS, "purge_"
         )
+        for family, name, doc, label, prefix in LABELLED:
+            metric = family(name, doc, labels=[label])
+            for key, value in values.items():
+                if key.startswith(prefix):
+                    metric.add_metric([key.removeprefix(prefix)], float(value))
+            yield metric
         if any(name.startswith("bus_") for name in values):
             yield from _bus_metrics(values)
 

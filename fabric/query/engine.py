@@ -17,6 +17,13 @@ Every running query (stream or open statement) holds a revocation ticket
 (`fabric.query.revocation`): it stops at its next batch or page once what it reads is
 no longer allowed, and a source error saying a column or table it reads is gone is told
 as a schema mismatch (`fabric.query.drift`).
+
+Shared capacity: a query that runs at its source is admitted first
+(`fabric.query.admission`): within its principal's and tenant's share, a free slot of
+its source (some held back for short queries) and room on the gateway's memory budget
+(`fabric.results.memory`), waiting for them in a fair queue for a bounded time. An open
+statement reads its rows ahead into a bounded buffer (`fabric.query.paging`) so that,
+idle between pages, it holds no connection unless its result is larger than the buffer.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyarrow as pa
+from cachetools import LRUCache
 
 from connectors import QueryHandle
 from fabric.catalog.metadata.store import MetadataStore
@@ -49,8 +57,11 @@ from fabric.errors import (
 )
 from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
+from fabric.query.admission import Admission, AdmissionLimits, Claim
+from fabric.query.admission import Ticket as AdmissionTicket
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
 from fabric.query.drift import explain_source_error
+from fabric.query.paging import ReadAhead
 from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
 from fabric.query.runs import PagedResult, PendingStart, SourceRun, Summary, cached_pager
 from fabric.query.sources import (
@@ -64,6 +75,7 @@ from fabric.query.sources import (
 from fabric.query.statement_cache import StatementCache
 from fabric.results.cache import ResultBuilder, ResultCache, ResultKey
 from fabric.results.ipc import open_ipc_stream
+from fabric.results.memory import GiveBackWhenIdle, MemoryBudget
 from fabric.results.statements import StatementRegistry
 
 log = logging.getLogger(__name__)
@@ -76,6 +88,11 @@ T = TypeVar("T")
 SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
 `execute_small` (run from the event loop) before a worker thread."""
+BATCH_WORKING_SET = 16
+"""A query running at its source holds about this many times its largest batch: measured
+with PostgreSQL (a chunk of text rows, its decoding to Arrow, the next chunk arriving,
+the IPC messages of the batch before on their way) at 11 to 18 times; its memory
+reservation grows to it when that is more than it reserved."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -146,14 +163,35 @@ class QueryEngine:
         self._compile_executor = ThreadPoolExecutor(
             COMPILE_THREADS, thread_name_prefix="fabric-compile"
         )
+        self.memory = MemoryBudget(settings.memory_budget)
         self.results = ResultCache(
-            max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
+            max_bytes=settings.cache_max_bytes,
+            max_ttl=settings.cache_max_ttl,
+            clock=clock,
+            memory=self.memory,
         )
         self.open_statements: StatementRegistry[PagedResult] = StatementRegistry(
             idle_limit=settings.statement_idle_limit,
             max_open=settings.max_open_statements,
+            max_per_tenant=settings.tenant_max_statements,
+            max_per_principal=settings.principal_max_statements,
             clock=clock,
         )
+        self.give_back = GiveBackWhenIdle(self.executor, lambda: self.admission.running > 0)
+        self.admission = Admission(
+            AdmissionLimits(
+                tenant_queries=settings.tenant_max_queries,
+                principal_queries=settings.principal_max_queries,
+                short_reserve=settings.short_query_reserve,
+                max_wait=settings.admission_wait,
+                reservations=settings.memory_budget - settings.cache_max_bytes,
+            ),
+            self.memory,
+            on_idle=self.give_back.idle,
+        )
+        # What each statement was seen to hold while it ran (BATCH_WORKING_SET times its
+        # largest batch), when more than `query_memory`: its next run reserves that.
+        self._working_sets: LRUCache[str, int] = LRUCache(settings.compiled_statements)
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
@@ -195,6 +233,34 @@ class QueryEngine:
         if requested < 0:
             raise InvalidArgument("cache_ttl must not be negative")
         return min(requested, self.settings.cache_max_ttl)
+
+    async def _admission(
+        self,
+        ctx: RequestContext,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        deadline: float | None,
+    ) -> AdmissionTicket:
+        """Wait for the query's turn at its source (see `fabric.query.admission`): short
+        when the compiler proved its row bound small. A long one reserves `query_memory`,
+        or what the statement was seen to hold when it ran before if that was more (a run
+        with a small result says nothing of the next: it never lowers the reservation); a
+        short one reserves one message."""
+        short = compiled.row_bound <= self.settings.short_query_rows
+        if short:
+            memory = self.settings.max_message_bytes
+        else:
+            memory = self._working_sets.get(compiled.fingerprint, self.settings.query_memory)
+        claim = Claim(
+            tenant=ctx.tenant,
+            principal=ctx.principal,
+            source=bound.connector,
+            capacity=bound.connector.capacity,
+            short=short,
+            memory=memory,
+        )
+        self.give_back.bind(asyncio.get_running_loop())
+        return await self.admission.admit(claim, deadline)
 
     async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
         """The connection's source, from memory when it is known current without I/O;
@@ -400,7 +466,9 @@ class QueryEngine:
                 # aclosing: a caller that stops reading stops the source now, not when
                 # the inner generator is collected.
                 async with aclosing(
-                    self._run(bound, compiled, args, deadline, max_bytes, started, None, ticket)
+                    self._run(
+                        ctx, bound, compiled, args, deadline, max_bytes, started, None, ticket
+                    )
                 ) as items:
                     async for item in items:
                         yield item
@@ -408,14 +476,21 @@ class QueryEngine:
                 return
             key = _result_key(ctx, request, bound, compiled)
             while True:
-                hit = self.results.get(key)
+                hit = self.results.lease(key)
                 # A result cached whole under a larger byte cap is more than this caller
                 # may receive: it runs again, and ends truncated.
-                if hit is not None and hit.nbytes <= max_bytes:
+                if hit is not None and hit.nbytes > max_bytes:
+                    self.results.done_reading(hit)
+                    hit = None
+                if hit is not None:
                     from_cache = True
-                    for message in hit.messages:
-                        ticket.raise_if_revoked()
-                        yield message
+                    try:
+                        for message in hit.messages:
+                            ticket.raise_if_revoked()
+                            yield message
+                    finally:
+                        # Evicted meanwhile, its bytes were counted until now.
+                        self.results.done_reading(hit)
                     self.metrics.rows.inc(hit.rows)
                     yield Summary(hit.rows, False, True, elapsed_us(started))
                     outcome = "ok"
@@ -439,6 +514,7 @@ class QueryEngine:
 
             try:
                 run = self._run(
+                    ctx,
                     bound,
                     compiled,
                     args,
@@ -508,6 +584,7 @@ class QueryEngine:
 
     async def _run(
         self,
+        ctx: RequestContext,
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
@@ -519,54 +596,109 @@ class QueryEngine:
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
+        # The admission is held until the last message is handed on: the source's slot is
+        # free a little late, the memory of the messages on their way is counted.
+        admitted = await self._admission(ctx, bound, compiled, deadline)
+        try:
+            async with aclosing(
+                self._stream(
+                    admitted,
+                    ticket,
+                    bound,
+                    compiled,
+                    args,
+                    deadline,
+                    max_bytes,
+                    started,
+                    builder,
+                    on_complete,
+                    on_uncacheable,
+                )
+            ) as items:
+                async for item in items:
+                    yield item
+        finally:
+            admitted.release()
+
+    async def _stream(
+        self,
+        admitted: AdmissionTicket,
+        ticket: Ticket,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        deadline: float | None,
+        max_bytes: int,
+        started: float,
+        builder: ResultBuilder | None,
+        on_complete: Callable[[SourceRun], None] | None,
+        on_uncacheable: Callable[[], None] | None,
+    ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._start_streaming(
             bound, compiled, args, deadline, max_bytes, builder, ticket
         )
-        if run.exhausted:
-            # The whole result came with the start (its source is already released): no
-            # read-ahead, nothing to stop.
-            first.append(run.trailer())
-            if on_complete is not None and not run.truncated:
-                on_complete(run)
-            self._count_rows(run)
-            for message in first:
-                yield message
-            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
-            return
-        pending: asyncio.Future[list[bytes] | None] | None = None
-        finished = False
         try:
-            loop = asyncio.get_running_loop()
-            # One step ahead: the next messages (a gRPC message's worth) are read and
-            # encoded in a worker thread while these go out to the caller; each read ends
-            # with the revocation check, and nothing goes out once the query is revoked.
-            read_ahead = functools.partial(self._read_checked, run, ticket)
-            if not run.exhausted:
-                pending = loop.run_in_executor(self.executor, read_ahead)
-            for message in first:
-                ticket.raise_if_revoked()
-                yield message
-            while pending is not None:
-                messages = await pending
-                pending = None
-                if messages is None:
-                    break
+            admitted.cover(BATCH_WORKING_SET * run.largest_batch)
+            if run.exhausted:
+                # The whole result came with the start (its source is already released):
+                # no read-ahead, nothing to stop.
+                first.append(run.trailer())
+                if on_complete is not None and not run.truncated:
+                    on_complete(run)
+                self._count_rows(run)
+                for message in first:
+                    yield message
+                yield Summary(run.rows, run.truncated, False, elapsed_us(started))
+                return
+            pending: asyncio.Future[list[bytes] | None] | None = None
+            finished = False
+            try:
+                loop = asyncio.get_running_loop()
+                # One step ahead: the next messages (a gRPC message's worth) are read and
+                # encoded in a worker thread while these go out to the caller; each read
+                # ends with the revocation check, and nothing goes out once the query is
+                # revoked.
+                read_ahead = functools.partial(self._read_checked, run, ticket)
                 if not run.exhausted:
                     pending = loop.run_in_executor(self.executor, read_ahead)
-                if on_uncacheable is not None and builder is not None and not builder.active:
-                    on_uncacheable()
-                    on_uncacheable = None
-                for message in messages:
+                for message in first:
                     ticket.raise_if_revoked()
                     yield message
-            yield run.trailer()
-            finished = True
-            if on_complete is not None and not run.truncated:
-                on_complete(run)
-            self._count_rows(run)
-            yield Summary(run.rows, run.truncated, False, elapsed_us(started))
+                while pending is not None:
+                    messages = await pending
+                    pending = None
+                    if messages is None:
+                        break
+                    admitted.cover(BATCH_WORKING_SET * run.largest_batch)
+                    if not run.exhausted:
+                        pending = loop.run_in_executor(self.executor, read_ahead)
+                    if on_uncacheable is not None and builder is not None and not builder.active:
+                        on_uncacheable()
+                        on_uncacheable = None
+                    for message in messages:
+                        ticket.raise_if_revoked()
+                        yield message
+                yield run.trailer()
+                finished = True
+                if on_complete is not None and not run.truncated:
+                    on_complete(run)
+                self._count_rows(run)
+                yield Summary(run.rows, run.truncated, False, elapsed_us(started))
+            finally:
+                await self._stop(run, pending, cancel=not finished)
         finally:
-            await self._stop(run, pending, cancel=not finished)
+            self._learn_working_set(admitted, compiled, run)
+
+    def _learn_working_set(
+        self, admitted: AdmissionTicket, compiled: CompiledStatement, run: SourceRun
+    ) -> None:
+        """What the statement's next run reserves, when this one held more than
+        `query_memory` (see `_admission`)."""
+        held = BATCH_WORKING_SET * run.largest_batch
+        if admitted.claim.short or held <= self.settings.query_memory:
+            return
+        if held > self._working_sets.get(compiled.fingerprint, 0):
+            self._working_sets[compiled.fingerprint] = held
 
     def _count_rows(self, run: SourceRun) -> None:
         """Rows sent, and a result cut by the row or byte cap, by which."""
@@ -613,10 +745,11 @@ class QueryEngine:
         max_rows = self._max_rows(request.max_rows)
         max_bytes = self._max_bytes(request.max_bytes)
         ttl = self._ttl(request.cache_ttl)
+        await self._check_statement_room(ctx)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
         ticket = self._admit(ctx, bound, compiled, STATEMENT)
         try:
-            pager = await self._pager(
+            pager, admitted = await self._pager(
                 bound, compiled, args, deadline, max_bytes, started, ctx, request, ttl
             )
         except BaseException as error:
@@ -627,7 +760,12 @@ class QueryEngine:
                     raise told from None
             raise
         pager.ticket = ticket
-        return await self._first_page(ctx, request.connection, pager, page_rows)
+        page = await self._first_page(ctx, request.connection, pager, page_rows)
+        if admitted is not None:
+            # The first page is out and the rest is in the buffer or at the source: the
+            # buffer's rows are counted as they are held, the reservation is not needed.
+            admitted.release_memory()
+        return page
 
     async def _pager(
         self,
@@ -640,18 +778,34 @@ class QueryEngine:
         ctx: RequestContext,
         request: QueryRequest,
         ttl: float,
-    ) -> PagedResult:
-        """The result to page through: from the result cache, or a run at the source."""
+    ) -> tuple[PagedResult, AdmissionTicket | None]:
+        """The result to page through, from the result cache or a run at the source, and
+        the run's admission (None for a cached result)."""
         key = None
         if ttl > 0:
             key = _result_key(ctx, request, bound, compiled)
-            hit = self.results.get(key)
-            if hit is not None and hit.nbytes <= max_bytes:
-                reader = open_ipc_stream(hit.messages)
-                return cached_pager(reader, hit.rows, started)
+            hit = self.results.lease(key)
+            if hit is not None and hit.nbytes > max_bytes:
+                # Cached whole under a larger byte cap: more than this caller may receive.
+                self.results.done_reading(hit)
+                hit = None
+            if hit is not None:
+                leased = hit
+                reader = open_ipc_stream(leased.messages)
+                pager = cached_pager(
+                    reader, leased.rows, started, release=lambda: self.results.done_reading(leased)
+                )
+                return pager, None
+        admitted = await self._admission(ctx, bound, compiled, deadline)
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
-        run = await self._start(bound, compiled, args, deadline, max_bytes, builder)
+        try:
+            run = await self._start(bound, compiled, args, deadline, max_bytes, builder)
+        except BaseException:
+            admitted.release()
+            if builder is not None:
+                builder.abandon()
+            raise
 
         def on_done() -> Summary:
             run.trailer()
@@ -663,21 +817,52 @@ class QueryEngine:
                 self.metrics.truncated.labels(run.truncated_by).inc()
             return Summary(run.rows, run.truncated, False, elapsed_us(started))
 
-        def read(limit: int) -> pa.RecordBatch | None:
-            batch = run.read_batch(limit)
+        def read() -> pa.RecordBatch | None:
+            batch = run.read_batch()
             if batch is not None and builder is not None and builder.active:
                 for message in run.chunker.batch_messages(batch):
                     builder.add(message)
             return batch
 
+        def source_ended() -> None:
+            # Every row is read (into the buffer, or to the caller): the connection goes
+            # back to its pool now, not when the caller has paged to the end.
+            run.close()
+            admitted.release()
+
+        ahead = ReadAhead(
+            read, self.settings.statement_buffer_bytes, self.memory.charge("buffered"), source_ended
+        )
+
         def close() -> None:
+            ahead.close()
             if builder is not None:
                 builder.abandon()
             if not run.finished:
                 run.cancel()
             run.close()
+            admitted.release()
 
-        return PagedResult(run.schema, read, close, on_done)
+        pager = PagedResult(
+            run.schema,
+            ahead.read,
+            close,
+            on_done,
+            after_page=ahead.fill,
+            holds_source=lambda: ahead.holds_source,
+        )
+        return pager, admitted
+
+    async def _check_statement_room(self, ctx: RequestContext) -> None:
+        """Refuse a caller whose open statements are at its share before its query runs
+        (after sweeping idle statements, in a worker thread: closing one may block)."""
+        statements = self.open_statements
+        if statements.refusal_for(tenant=ctx.tenant, principal=ctx.principal) is None:
+            return
+        await self._blocking(statements.sweep)
+        refusal = statements.refusal_for(tenant=ctx.tenant, principal=ctx.principal, count=True)
+        if refusal is not None:
+            raise refusal
 
     def _page_rows(self, requested: int) -> int:
         if requested < 0:
@@ -704,6 +889,11 @@ class QueryEngine:
             if pager.ticket is not None:
                 self.running.release(pager.ticket)
 
+    def _idle_limit(self, pager: PagedResult) -> float | None:
+        """A statement holding its source connection between pages gets the shorter idle
+        limit; the others the registry's."""
+        return self.settings.statement_pinned_idle_limit if pager.holds_source() else None
+
     async def _first_page(
         self, ctx: RequestContext, connection: str, pager: PagedResult, page_rows: int
     ) -> Page:
@@ -727,6 +917,7 @@ class QueryEngine:
             close_fn=functools.partial(self._close_pager, pager),
             connection=connection,
         )
+        statement.idle_limit = self._idle_limit(pager)
         return Page(statement.id, data, rows, False, None)
 
     async def fetch(self, ctx: RequestContext, statement_id: str, page_rows: int) -> Page:
@@ -749,6 +940,7 @@ class QueryEngine:
             # A consumed statement is closed (its rows and parameters dropped) as the
             # lease ends.
             statement.exhausted = pager.done
+            statement.idle_limit = self._idle_limit(pager)
         return Page(statement_id, data, rows, pager.done, summary)
 
     async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
@@ -779,7 +971,20 @@ class QueryEngine:
     def snapshot(self) -> dict[str, float]:
         cache = self.results.stats
         statements = self.open_statements.stats
+        admission = self.admission.stats
+        usage = self.memory.usage()
         return {
+            "admission_running": admission.running,
+            "admission_waiting": admission.waiting,
+            "admission_admitted": admission.admitted,
+            "admission_queued": admission.queued,
+            **{f"admission_refused_{r}": n for r, n in admission.refused.items()},
+            **{f"statements_refused_{share}": n for share, n in statements.refused.items()},
+            "memory_budget_bytes": self.memory.limit,
+            "memory_used_bytes": sum(usage.values()),
+            **{f"memory_held_{use}": n for use, n in usage.items()},
+            "memory_charges_refused": self.memory.refused,
+            "memory_given_back": self.give_back.given_back,
             "result_cache_bytes": cache.bytes_held,
             "result_cache_entries": cache.entries,
             "result_cache_hits": cache.hits,
@@ -800,6 +1005,7 @@ class QueryEngine:
         }
 
     def close(self) -> None:
+        self.give_back.stop()
         self.open_statements.close_all()
         self.running.close_all()
         self.results.clear()

@@ -57,6 +57,9 @@ class SourceRun:
         self.exhausted = False
         """Every row has been read (the source was closed at once)."""
         self.closed = False
+        self.largest_batch = 0
+        """Bytes of the largest batch the source handed over (what one batch in flight
+        costs; the engine sizes the query's memory reservation on it)."""
 
     @property
     def chunker(self) -> IpcChunker:
@@ -137,9 +140,13 @@ class SourceRun:
 
     def _next_from_source(self) -> pa.RecordBatch | None:
         try:
-            return self.handle.reader.read_next_batch()
+            batch = self.handle.reader.read_next_batch()
         except StopIteration:
             return None
+        size = batch.get_total_buffer_size()
+        if size > self.largest_batch:
+            self.largest_batch = size
+        return batch
 
     def read_messages(self, min_bytes: int) -> list[bytes] | None:
         """The next batches as IPC messages, read on until at least `min_bytes` are ready
@@ -169,7 +176,9 @@ class SourceRun:
 
 
 class PagedResult:
-    """The payload of an open statement: the rest of a result, read page by page."""
+    """The payload of an open statement: the rest of a result, read page by page.
+    `after_page` runs after each page but the last (reading ahead of the caller);
+    `holds_source` says whether the result still holds its source connection."""
 
     def __init__(
         self,
@@ -177,11 +186,15 @@ class PagedResult:
         read: Callable[[int], pa.RecordBatch | None],
         close: Callable[[], None],
         on_done: Callable[[], Summary],
+        after_page: Callable[[], None] | None = None,
+        holds_source: Callable[[], bool] = lambda: False,
     ) -> None:
         self.schema = schema
         self._read = read
         self._close = close
         self._on_done = on_done
+        self._after_page = after_page
+        self.holds_source = holds_source
         self.done = False
         self.ticket: Ticket | None = None
         """What the statement was allowed when it was compiled (checked on every page)."""
@@ -197,7 +210,10 @@ class PagedResult:
             batches.append(batch)
             rows += batch.num_rows
         summary = self._on_done() if self.done else None
-        return encode_page(self.schema, batches), rows, summary
+        page = encode_page(self.schema, batches)
+        if not self.done and self._after_page is not None:
+            self._after_page()
+        return page, rows, summary
 
     def close(self) -> None:
         self._close()
@@ -231,8 +247,14 @@ class PendingStart:
         return event
 
 
-def cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> PagedResult:
-    """A cached result paged like a live one: the same page sizes, nothing read twice."""
+def cached_pager(
+    reader: pa.RecordBatchReader,
+    rows: int,
+    started: float,
+    release: Callable[[], None] | None = None,
+) -> PagedResult:
+    """A cached result paged like a live one: the same page sizes, nothing read twice.
+    `release` runs when the pager is closed (the cached entry is no longer read)."""
     state: dict[str, pa.RecordBatch | None] = {"rest": None}
 
     def read(limit: int) -> pa.RecordBatch | None:
@@ -248,6 +270,15 @@ def cached_pager(reader: pa.RecordBatchReader, rows: int, started: float) -> Pag
             batch = batch.slice(0, limit)
         return batch
 
+    released = False
+
+    def close() -> None:
+        nonlocal released
+        reader.close()
+        if release is not None and not released:
+            released = True
+            release()
+
     return PagedResult(
-        reader.schema, read, reader.close, lambda: Summary(rows, False, True, elapsed_us(started))
+        reader.schema, read, close, lambda: Summary(rows, False, True, elapsed_us(started))
     )

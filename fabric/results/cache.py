@@ -8,8 +8,14 @@ put, and by ``purge_expired``), so rows do not outlive the lifetime they were ca
 Budget: the bytes held (``CachedResult.nbytes`` summed) never exceed ``max_bytes``, not
 even between an eviction and an insertion: room is made first, then the entry goes in.
 A result larger than the whole budget is refused without evicting anything for it.
-Results still being streamed (``ResultBuilder``) are not part of the budget: each builder
+Results still being streamed (``ResultBuilder``) are not part of that budget: each builder
 has its own cap and lets go of everything the moment it goes over.
+
+The gateway's memory budget (``fabric.results.memory``) counts all of it: what builders
+collect (together never more than ``max_bytes``: what the cache could keep at once), the
+entries held, and entries evicted while a caller still sends them (``lease``: the bytes
+stay counted until the last such caller is done). A builder the memory budget has no
+room for lets go of what it holds, and its result streams through uncached.
 
 Keys: (tenant, stage, connection, catalog version, compiled statement, parameter values).
 Tenant and stage are always part of the key, so two tenants or stages never share an
@@ -38,7 +44,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -46,6 +52,7 @@ import pyarrow as pa
 
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.errors import InvalidArgument
+from fabric.results.memory import MemoryBudget, MemoryCharge, unlimited_budget
 
 __all__ = [
     "ENTRY_OVERHEAD",
@@ -169,6 +176,8 @@ class CachedResult:
     nbytes: int
     """What the entry costs against the budget: message bytes plus fixed overheads."""
     schema: pa.Schema
+    charge: MemoryCharge | None = field(default=None, compare=False, repr=False)
+    """Its bytes on the gateway's memory budget (None: not counted there)."""
 
     @staticmethod
     def of(messages: Iterable[bytes], rows: int, schema: pa.Schema) -> CachedResult:
@@ -207,6 +216,9 @@ class CacheStats:
 class _Entry:
     result: CachedResult
     expires_at: float
+    seq: int
+    """Names the entry in the expiry heap, which holds no reference to the entry itself:
+    a removed entry's rows are freed at once, not when its heap item comes up."""
 
 
 class ResultBuilder:
@@ -217,14 +229,24 @@ class ResultBuilder:
     streams through without being held; ``finish`` then returns None.
     """
 
-    __slots__ = ("_done", "_max", "_messages", "_nbytes", "_overflowed")
+    __slots__ = ("_charge", "_done", "_max", "_messages", "_nbytes", "_overflowed", "_within")
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        charge: MemoryCharge | None = None,
+        *,
+        within: int | None = None,
+    ) -> None:
         self._max = max_bytes
         self._messages: list[bytes] = []
         self._nbytes = ENTRY_OVERHEAD
         self._overflowed = False
         self._done = False
+        self._charge = charge
+        """What is held, on the memory budget (the builder overflows when it has no room)."""
+        self._within = within
+        """The most every builder together may hold (the cache's size)."""
 
     @property
     def active(self) -> bool:
@@ -239,10 +261,17 @@ class ResultBuilder:
         """Keep ``message``; False (and nothing held any more) once over the cap."""
         if not self.active:
             return False
+        cost = len(message) + MESSAGE_OVERHEAD
+        if not self._messages:
+            cost += ENTRY_OVERHEAD
         self._nbytes += len(message) + MESSAGE_OVERHEAD
-        if self._nbytes > self._max:
+        if self._nbytes > self._max or (
+            self._charge is not None and not self._charge.grow(cost, within=self._within)
+        ):
             self._overflowed = True
             self._messages = []
+            if self._charge is not None:
+                self._charge.release()
             return False
         self._messages.append(message)
         return True
@@ -252,12 +281,14 @@ class ResultBuilder:
         if not self.active:
             return None
         self._done = True
-        result = CachedResult(tuple(self._messages), rows, self._nbytes, schema)
+        result = CachedResult(tuple(self._messages), rows, self._nbytes, schema, self._charge)
         self._messages = []
         return result
 
     def abandon(self) -> None:
         """Drop what is held (the query failed or was cancelled)."""
+        if not self._done and self._charge is not None:
+            self._charge.release()
         self._done = True
         self._messages = []
 
@@ -265,7 +296,14 @@ class ResultBuilder:
 class ResultCache:
     """LRU result cache with per-entry lifetimes and a hard byte budget; thread-safe."""
 
-    def __init__(self, *, max_bytes: int, max_ttl: float, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_ttl: float,
+        clock: Clock = SYSTEM_CLOCK,
+        memory: MemoryBudget | None = None,
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         if max_ttl < 0:
@@ -273,13 +311,14 @@ class ResultCache:
         self._max_bytes = max_bytes
         self._max_ttl = max_ttl
         self._clock = clock
+        self._memory = memory if memory is not None else unlimited_budget()
         self._lock = threading.Lock()
         # Insertion/access order is recency order: first = least recently used.
         self._entries: OrderedDict[ResultKey, _Entry] = OrderedDict()
-        # (expires_at, seq, key, entry): the next entry to expire on top. Items of entries
-        # already gone stay until popped (checked by identity), and the heap is rebuilt
-        # when they outnumber live entries, so expiry is O(log n) without a full scan.
-        self._expiry: list[tuple[float, int, ResultKey, _Entry]] = []
+        # (expires_at, seq, key): the next entry to expire on top. Items of entries already
+        # gone stay until popped (the seq no longer matches), and the heap is rebuilt when
+        # they outnumber live entries, so expiry is O(log n) without a full scan.
+        self._expiry: list[tuple[float, int, ResultKey]] = []
         self._seq = 0
         self._bytes = 0
         # Purge epochs (see module docstring).
@@ -299,9 +338,10 @@ class ResultCache:
         return self._max_ttl
 
     def builder(self, max_bytes: int | None = None) -> ResultBuilder:
-        """A builder capped at ``max_bytes`` (and never above the cache's own budget)."""
+        """A builder capped at ``max_bytes`` (and never above the cache's own budget),
+        its bytes on the memory budget (all builders together within the cache's size)."""
         cap = self._max_bytes if max_bytes is None else min(max_bytes, self._max_bytes)
-        return ResultBuilder(cap)
+        return ResultBuilder(cap, self._memory.charge("building"), within=self._max_bytes)
 
     def epoch(self) -> int:
         """A token to take before running a query and pass to ``put`` with its result."""
@@ -317,18 +357,22 @@ class ResultCache:
         """
         now = self._clock.monotonic()
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self._misses += 1
-                return None
-            if now >= entry.expires_at:
-                self._remove(key, entry)
-                self._expirations += 1
-                self._misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self._hits += 1
-            return entry.result
+            return self._live(key, now)
+
+    def lease(self, key: ResultKey) -> CachedResult | None:
+        """As ``get``, and the entry's bytes stay counted on the memory budget, even if it
+        is evicted meanwhile, until ``done_reading`` (call it once the result is sent)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            result = self._live(key, now)
+            if result is not None and result.charge is not None:
+                result.charge.hold()
+            return result
+
+    @staticmethod
+    def done_reading(result: CachedResult) -> None:
+        if result.charge is not None:
+            result.charge.drop()
 
     def put(
         self, key: ResultKey, result: CachedResult, ttl: float, *, epoch: int | None = None
@@ -338,8 +382,18 @@ class ResultCache:
         Not stored: ttl <= 0 (after the cap); ``result.nbytes > max_bytes`` (counted in
         ``rejected_too_large``; nothing is evicted for it); ``epoch`` given and the key's
         connection purged (or the cache cleared) since it was taken. An entry already
-        under ``key`` is replaced.
+        under ``key`` is replaced. The result's memory charge now belongs to the cache:
+        counted as cached when stored, released when not.
         """
+        stored = self._put(key, result, ttl, epoch)
+        if result.charge is not None:
+            if stored:
+                result.charge.move("cached")
+            else:
+                result.charge.release()
+        return stored
+
+    def _put(self, key: ResultKey, result: CachedResult, ttl: float, epoch: int | None) -> bool:
         ttl = min(ttl, self._max_ttl)
         if not ttl > 0:  # also refuses NaN, which would never expire
             return False
@@ -361,11 +415,11 @@ class ResultCache:
                 lru_key, lru_entry = next(iter(self._entries.items()))
                 self._remove(lru_key, lru_entry)
                 self._evictions += 1
-            entry = _Entry(result, now + ttl)
+            self._seq += 1
+            entry = _Entry(result, now + ttl, self._seq)
             self._entries[key] = entry
             self._bytes += size
-            self._seq += 1
-            heapq.heappush(self._expiry, (entry.expires_at, self._seq, key, entry))
+            heapq.heappush(self._expiry, (entry.expires_at, entry.seq, key))
             self._puts += 1
             return True
 
@@ -398,6 +452,9 @@ class ResultCache:
         """Drop everything; returns the number of entries dropped."""
         with self._lock:
             count = len(self._entries)
+            for entry in self._entries.values():
+                if entry.result.charge is not None:
+                    entry.result.charge.retire()
             self._entries.clear()
             self._expiry.clear()
             self._bytes = 0
@@ -432,17 +489,35 @@ class ResultCache:
 
     # -- internals (lock held) ------------------------------------------------------------
 
+    def _live(self, key: ResultKey, now: float) -> CachedResult | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self._misses += 1
+            return None
+        if now >= entry.expires_at:
+            self._remove(key, entry)
+            self._expirations += 1
+            self._misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self._hits += 1
+        return entry.result
+
     def _remove(self, key: ResultKey, entry: _Entry) -> None:
         del self._entries[key]
         self._bytes -= entry.result.nbytes
+        if entry.result.charge is not None:
+            # Released once no caller still sends it.
+            entry.result.charge.retire()
         # The heap item stays; it is recognised as stale when popped.
 
     def _expire(self, now: float) -> int:
         count = 0
         heap = self._expiry
         while heap and heap[0][0] <= now:
-            _, _, key, entry = heapq.heappop(heap)
-            if self._entries.get(key) is entry:
+            _, seq, key = heapq.heappop(heap)
+            entry = self._entries.get(key)
+            if entry is not None and entry.seq == seq:
                 self._remove(key, entry)
                 count += 1
         self._expirations += count
@@ -451,9 +526,13 @@ class ResultCache:
         return count
 
     def _compact_expiry(self) -> None:
-        live = [item for item in self._expiry if self._entries.get(item[2]) is item[3]]
+        live = [item for item in self._expiry if self._is_live(item[1], item[2])]
         heapq.heapify(live)
         self._expiry = live
+
+    def _is_live(self, seq: int, key: ResultKey) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.seq == seq
 
     def _purged_since(self, key: ResultKey, epoch: int) -> bool:
         if self._cleared_at > epoch:

@@ -17,6 +17,14 @@ and keeps, for each, the error the caller gets at its next fetch (the same tenan
 stage only; anyone else gets ``NotFound``). Those markers hold no payload and are
 dropped once reported, and by the sweeper after ``idle_limit``.
 
+Shares: at most ``max_open`` statements are open in the gateway, ``max_per_tenant`` per
+tenant and ``max_per_principal`` per principal of a tenant, so one app cannot take the
+statements every app shares. One more is refused with ``ResourceExhausted`` and a retry
+hint (after idle statements were swept), counted by which share was full.
+
+Idleness: a statement is swept after ``idle_limit``, or after its own ``idle_limit`` when
+it has one (a statement still holding a source connection is given a shorter one).
+
 Isolation: a statement is found only with the tenant and stage that opened it. Any other
 (tenant, stage) gets the same ``NotFound`` as an unknown id, so ids reveal nothing.
 
@@ -39,6 +47,7 @@ import asyncio
 import logging
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +56,7 @@ from typing import Generic, TypeVar
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.errors import FabricError, FailedPrecondition, NotFound, ResourceExhausted
 
-__all__ = ["OpenStatement", "StatementRegistry", "StatementStats"]
+__all__ = ["STATEMENT_SHARES", "OpenStatement", "StatementRegistry", "StatementStats"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,7 @@ class OpenStatement(Generic[T]):
         "created",
         "exhausted",
         "id",
+        "idle_limit",
         "last_used",
         "principal",
         "rows_sent",
@@ -108,6 +118,8 @@ class OpenStatement(Generic[T]):
         self.last_used = now
         self.rows_sent = 0
         self.exhausted = False
+        self.idle_limit: float | None = None
+        """Its own idle limit (None: the registry's); the fetch holding the lease sets it."""
         self.busy = False
         self._payload: T | None = payload
         self._close_fn: Callable[[], None] | None = close_fn
@@ -156,6 +168,14 @@ class StatementStats:
     """Of those, removed because access they were opened under was revoked."""
     close_errors: int
     """``close_fn`` calls that raised (the statement was removed anyway)."""
+    refused: dict[str, int]
+    """Opens refused, by the share that was full: ``gateway``, ``tenant``, ``principal``."""
+
+
+STATEMENT_SHARES = ("gateway", "tenant", "principal")
+RETRY_AFTER = 5.0
+"""The retry hint of a refused open, in seconds: statements close as callers page to the
+end, close them, or leave them idle."""
 
 
 def _run_close(close_fn: Callable[[], None] | None) -> bool:
@@ -179,13 +199,30 @@ class _Expiry:
     """A statement a fetch found idle past the limit: its release, still to run."""
 
     close_fn: Callable[[], None] | None
+    limit: float
+    """The idle limit it passed."""
+
+
+K = TypeVar("K", str, tuple[str, str])
+
+
+def _decrement(counter: Counter[K], key: K) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 class StatementRegistry(Generic[T]):
     """The open statements of one gateway; see the module docstring."""
 
     def __init__(
-        self, *, idle_limit: float = 300.0, max_open: int = 1000, clock: Clock = SYSTEM_CLOCK
+        self,
+        *,
+        idle_limit: float = 300.0,
+        max_open: int = 1000,
+        max_per_tenant: int | None = None,
+        max_per_principal: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if idle_limit <= 0:
             raise ValueError("idle_limit must be positive")
@@ -193,12 +230,17 @@ class StatementRegistry(Generic[T]):
             raise ValueError("max_open must be positive")
         self._idle_limit = idle_limit
         self._max_open = max_open
+        self._max_per_tenant = max_per_tenant or max_open
+        self._max_per_principal = max_per_principal or self._max_per_tenant
         self._clock = clock
         self._lock = threading.Lock()
         self._open: dict[str, OpenStatement[T]] = {}
         self._revoked: dict[str, _Revoked] = {}
         self._opened = self._closed = self._purged_idle = self._close_errors = 0
         self._revoked_count = 0
+        self._by_tenant: Counter[str] = Counter()
+        self._by_principal: Counter[tuple[str, str]] = Counter()
+        self._refused: Counter[str] = Counter()
 
     @property
     def idle_limit(self) -> float:
@@ -220,11 +262,14 @@ class StatementRegistry(Generic[T]):
     ) -> OpenStatement[T]:
         """Register a statement; the registry now owns ``payload`` (see module docstring).
 
-        ``ResourceExhausted`` if ``max_open`` statements are open after sweeping idle ones.
+        ``ResourceExhausted`` (with a retry hint) if the gateway's, the tenant's or the
+        principal's share is full after sweeping idle statements.
         """
+        full = "gateway"
         for attempt in range(2):
             with self._lock:
-                if len(self._open) < self._max_open:
+                full = self._full_share(tenant, principal)
+                if not full:
                     statement_id = secrets.token_urlsafe(24)
                     while statement_id in self._open:  # 192 random bits; belt and braces
                         statement_id = secrets.token_urlsafe(24)
@@ -239,17 +284,55 @@ class StatementRegistry(Generic[T]):
                         close_fn=close_fn,
                     )
                     self._open[statement_id] = statement
+                    self._by_tenant[tenant] += 1
+                    self._by_principal[(tenant, principal)] += 1
                     self._opened += 1
                     return statement
             if attempt == 0:
                 self.sweep()
-        if not _run_close(close_fn):
-            with self._lock:
+        closed = _run_close(close_fn)
+        with self._lock:
+            self._refused[full] += 1
+            if not closed:
                 self._close_errors += 1
-        raise ResourceExhausted(
-            f"too many open statements (limit {self._max_open}); close statements "
-            "you no longer need or read them to the end"
+        raise self._refusal(full)
+
+    def refusal_for(
+        self, *, tenant: str, principal: str, count: bool = False
+    ) -> ResourceExhausted | None:
+        """What ``open`` would refuse this caller with now (counted when ``count``), or
+        None; no sweep. The engine asks before it runs a query, so that a caller whose
+        share is full does not make a source run a query only to have it dropped."""
+        with self._lock:
+            full = self._full_share(tenant, principal)
+            if not full:
+                return None
+            if count:
+                self._refused[full] += 1
+        return self._refusal(full)
+
+    def _refusal(self, full: str) -> ResourceExhausted:
+        limit = {
+            "gateway": self._max_open,
+            "tenant": self._max_per_tenant,
+            "principal": self._max_per_principal,
+        }[full]
+        owner = {"gateway": "the gateway", "tenant": "this tenant", "principal": "this caller"}
+        return ResourceExhausted(
+            f"too many open statements for {owner[full]} (limit {limit}); close statements "
+            f"you no longer need or read them to the end, then retry in {RETRY_AFTER:g}s",
+            retry_after=RETRY_AFTER,
         )
+
+    def _full_share(self, tenant: str, principal: str) -> str:
+        """The share a new statement would exceed (lock held); "" when none is full."""
+        if len(self._open) >= self._max_open:
+            return "gateway"
+        if self._by_tenant[tenant] >= self._max_per_tenant:
+            return "tenant"
+        if self._by_principal[(tenant, principal)] >= self._max_per_principal:
+            return "principal"
+        return ""
 
     def get(self, statement_id: str, *, tenant: str, stage: str) -> OpenStatement[T]:
         """The statement, its idle time reset. ``NotFound`` if unknown, closed, expired,
@@ -326,7 +409,9 @@ class StatementRegistry(Generic[T]):
             idle = [
                 s
                 for s in self._open.values()
-                if not s.busy and now - s.last_used >= self._idle_limit
+                if not s.busy
+                and now - s.last_used
+                >= (self._idle_limit if s.idle_limit is None else s.idle_limit)
             ]
             close_fns = []
             for statement in idle:
@@ -393,6 +478,7 @@ class StatementRegistry(Generic[T]):
                 purged_idle=self._purged_idle,
                 revoked=self._revoked_count,
                 close_errors=self._close_errors,
+                refused={share: self._refused[share] for share in STATEMENT_SHARES},
             )
 
     def __len__(self) -> int:
@@ -415,16 +501,17 @@ class StatementRegistry(Generic[T]):
         """The idle limit, checked by the fetch itself (lock held, `statement` not busy): a
         statement idle for the limit or longer is removed, whenever the sweeper last
         ran; its release is returned, to run outside the lock."""
-        if self._clock.monotonic() - statement.last_used < self._idle_limit:
+        limit = self._idle_limit if statement.idle_limit is None else statement.idle_limit
+        if self._clock.monotonic() - statement.last_used < limit:
             return None
         self._remove(statement)
         self._purged_idle += 1
-        return _Expiry(statement._release())
+        return _Expiry(statement._release(), limit)
 
     def _expired(self, expiry: _Expiry) -> NotFound:
         self._finish_close(expiry.close_fn)
         return NotFound(
-            f"statement expired: it was idle for {self._idle_limit:g} s or more and was "
+            f"statement expired: it was idle for {expiry.limit:g} s or more and was "
             "closed; run the query again"
         )
 
@@ -434,6 +521,8 @@ class StatementRegistry(Generic[T]):
         del self._open[statement.id]
         statement._removed = True
         self._closed += 1
+        _decrement(self._by_tenant, statement.tenant)
+        _decrement(self._by_principal, (statement.tenant, statement.principal))
 
     def _close_where(self, predicate: Callable[[OpenStatement[T]], bool]) -> int:
         with self._lock:

@@ -15,6 +15,7 @@ from fabric import errors
 from fabric.api.status import GRPC_STATUS, error_from_rpc, status_for
 from fabric.cli import parse_param, parse_setting
 from fabric.config import Settings
+from fabric.messaging.query_rpc.wire import error_body, error_from_body
 from fabric.proto_values import from_proto, to_proto
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +91,17 @@ def test_every_error_class_has_a_status_and_survives_the_wire() -> None:
     )
 
 
+def test_a_retry_hint_survives_the_wire_and_the_bus() -> None:
+    error = errors.ResourceExhausted("busy", retry_after=1.5)
+    rebuilt = error_from_rpc(status_for(error), "busy", error.code, None, "1500")
+    assert type(rebuilt) is errors.ResourceExhausted and rebuilt.retry_after == 1.5
+    assert error_from_rpc(status_for(error), "busy", error.code, None, "junk").retry_after is None
+    assert error_from_rpc(status_for(error), "busy", error.code, None).retry_after is None
+    forwarded, _ = error_from_body(error_body(error))
+    assert type(forwarded) is errors.ResourceExhausted and forwarded.retry_after == 1.5
+    assert error_from_body(error_body(errors.NotFound("gone")))[0].retry_after is None
+
+
 def test_settings_from_environment(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {"FABRIC_HOME": str(tmp_path), "FABRIC_MAX_ROWS": "50", "FABRIC_CACHE_MAX_TTL": "2.5"},
@@ -102,6 +114,25 @@ def test_settings_from_environment(tmp_path: Path) -> None:
         Settings.from_env({"FABRIC_MAX_ROWS": "many"})
     with pytest.raises(errors.InvalidArgument, match="max_rows"):
         Settings.from_env({"FABRIC_MAX_ROWS": "0"})
+
+
+def test_shares_and_the_memory_budget_are_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "FABRIC_PRINCIPAL_MAX_QUERIES": "2",
+            "FABRIC_TENANT_MAX_STATEMENTS": "9",
+            "FABRIC_MEMORY_BUDGET": str(1 << 30),
+            "FABRIC_ADMISSION_WAIT": "0.5",
+        }
+    )
+    assert settings.principal_max_queries == 2 and settings.tenant_max_statements == 9
+    assert settings.memory_budget == 1 << 30 and settings.admission_wait == 0.5
+    with pytest.raises(errors.InvalidArgument, match="FABRIC_MEMORY_BUDGET"):
+        Settings.from_env({"FABRIC_MEMORY_BUDGET": str(64 << 20)})
+    with pytest.raises(errors.InvalidArgument, match="short_query_reserve"):
+        Settings.from_env({"FABRIC_SHORT_QUERY_RESERVE": "-1"})
+    with pytest.raises(errors.InvalidArgument, match="principal_max_statements"):
+        Settings.from_env({"FABRIC_PRINCIPAL_MAX_STATEMENTS": "0"})
 
 
 def test_cli_parameters_are_typed() -> None:

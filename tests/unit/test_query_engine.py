@@ -318,19 +318,21 @@ def test_pages_follow_each_other_and_a_consumed_statement_is_gone(rig: Rig) -> N
     assert rig.source.executions[0].cancels == 0
 
 
-def test_closing_a_statement_early_cancels_and_releases_its_source(rig: Rig) -> None:
-    rig.source.answer(ORDERS.select(["id"]))
+def test_closing_a_statement_early_cancels_and_releases_its_source(tmp_path: Path) -> None:
+    # A buffer too small for the result: the statement keeps its source between pages.
+    with make_rig(tmp_path, statement_buffer_bytes=1) as rig:
+        rig.source.answer(ORDERS.select(["id"]))
 
-    async def open_then_close() -> None:
-        page = await rig.engine.open_statement(CTX, query("SELECT id FROM orders"), page_rows=2)
-        assert not page.done and page.rows == 2
-        await rig.engine.close_statement(CTX, page.statement_id)
-        with pytest.raises(NotFound):
-            await rig.engine.fetch(CTX, page.statement_id, 2)
+        async def open_then_close() -> None:
+            page = await rig.engine.open_statement(CTX, query("SELECT id FROM orders"), page_rows=2)
+            assert not page.done and page.rows == 2
+            await rig.engine.close_statement(CTX, page.statement_id)
+            with pytest.raises(NotFound):
+                await rig.engine.fetch(CTX, page.statement_id, 2)
 
-    run(open_then_close())
-    [execution] = rig.source.executions
-    assert (execution.cancels, execution.closes) == (1, 1)
+        run(open_then_close())
+        [execution] = rig.source.executions
+        assert (execution.cancels, execution.closes) == (1, 1)
 
 
 def test_a_statement_belongs_to_its_tenant(rig: Rig) -> None:

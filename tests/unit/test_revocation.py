@@ -258,6 +258,8 @@ def test_a_fetch_after_the_idle_limit_fails_whenever_the_sweeper_ran(rig: Rig) -
     with pytest.raises(NotFound, match="expired"):
         fetch(rig.engine, statement)
     [execution] = rig.source.executions
-    assert execution.closes == 1 and execution.batches_read == 2
+    # the source was closed once (statements read ahead into a buffer, so how many
+    # batches it gave depends on the buffer, not on the pages fetched)
+    assert execution.closes == 1
     assert rig.engine.open_statements.stats.purged_idle == 1
     assert rig.engine.open_statements.sweep() == 0  # nothing left for the sweeper

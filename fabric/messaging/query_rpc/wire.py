@@ -118,6 +118,7 @@ def error_body(error: FabricError, retryable: bool = False) -> bytes:
             "code": error.code,
             "message": error.message,
             "sqlstate": error.sqlstate,
+            "retry_after": error.retry_after,
             "retryable": retryable,
         }
     )
@@ -129,9 +130,15 @@ def error_from_body(body: bytes) -> tuple[FabricError, bool]:
     data = decode_json(body)
     cls = _ERRORS_BY_CODE.get(str(data.get("code")), InternalError)
     sqlstate = data.get("sqlstate")
+    retry_after = data.get("retry_after")
     error = cls(
         str(data.get("message") or cls.code),
         sqlstate=sqlstate if isinstance(sqlstate, str) else None,
+        retry_after=(
+            float(retry_after)
+            if isinstance(retry_after, int | float) and not isinstance(retry_after, bool)
+            else None
+        ),
     )
     return error, bool(data.get("retryable"))
 
