@@ -409,9 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--role",
         default="all",
         choices=[role.value for role in ProcessRole],
-        help="all: both planes in one process (default); platform: the "
-        "gRPC gateway, forwarding queries over NATS; runtime: one "
-        "replica of --stage on NATS",
+        help="all: both planes in one process (default); platform: the control plane "
+        "(connections, catalog, audit) and developers' previews, forwarded over NATS; "
+        "runtime: one replica of --stage, serving that stage's apps on --listen",
     )
     serve.add_argument("--stage", dest="stage_name", help="the stage a runtime replica serves")
     serve.add_argument(

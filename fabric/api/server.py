@@ -16,13 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from fabric.api.auth import AuthInterceptor
+from fabric.api.auth import AuthInterceptor, refusing_apps
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
 from fabric.api.wire import add_query_service, guarded_handler
 from fabric.config import Settings
-from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
+from fabric.errors import FabricError, GatewayUnavailable, InvalidArgument
 from fabric.messaging.platform_events import Announcements
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
@@ -75,21 +75,29 @@ def is_loopback(address: str) -> bool:
         return False  # a name or a wildcard: assume reachable from elsewhere
 
 
-SHUTTING_DOWN = SourceUnavailable(
+SHUTTING_DOWN = GatewayUnavailable(
     "the gateway is shutting down and takes no new calls; retry the call: another "
     "replica, or this gateway once it is back, will answer it"
 )
 """What a call that arrives while the gateway drains gets (UNAVAILABLE: retry)."""
 
+STARTING = GatewayUnavailable(
+    "this runtime replica is not ready yet (loading metadata, applying platform events); "
+    "retry the call: another replica, or this one once it is ready, will answer it"
+)
+"""What a call that arrives before a replica is ready gets (UNAVAILABLE: retry)."""
+
 
 class CallAdmission:
     """The calls in flight, counted, so shutdown can wait for them: while the gateway
     drains, a new call is refused at once with `SHUTTING_DOWN` instead of being cut off
-    when the server stops (which a client sees as CANCELLED)."""
+    when the server stops (which a client sees as CANCELLED). Before a runtime replica is
+    ready (`not_ready`), a call is refused with `STARTING`."""
 
     def __init__(self) -> None:
         self.active = 0
         self.draining = False
+        self.not_ready = False
         self._idle = asyncio.Event()
 
     def __call__(self, context: grpc.aio.ServicerContext) -> _AdmittedCall:
@@ -122,6 +130,8 @@ class _AdmittedCall:
     async def __aenter__(self) -> None:
         if self._admission.draining:
             await abort_with(self._context, SHUTTING_DOWN)
+        if self._admission.not_ready:
+            await abort_with(self._context, STARTING)
         self._admission.active += 1
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -216,9 +226,12 @@ class Gateway:
         verifier: TokenVerifierLike | None = None,
         execute: Execute | None = None,
         services: Collection[str] = SERVICES,
+        serves_apps: bool = True,
     ) -> None:
         """`context_provider` says who each call is; with a `verifier`, every call must
         carry a valid bearer token first (the provider is then `verified_context`).
+        `serves_apps=False` (a platform whose apps go to their stage's replicas): every
+        QueryService call of an app token is refused with PERMISSION_DENIED.
 
         Platform changes reach the runtime through `announcements` (the purger of
         `engine` among its local listeners); `stale_sweeper` runs while serving.
@@ -238,7 +251,8 @@ class Gateway:
             *([AuthInterceptor(verifier)] if verifier is not None else []),
             CallGuardInterceptor(self._admission),
         ]
-        self._servicer = QueryServicer(engine, context_provider, execute)
+        query_callers = context_provider if serves_apps else refusing_apps(context_provider)
+        self._servicer = QueryServicer(engine, query_callers, execute)
         self.purger = purger
         self.announcements = announcements
         self.platform = platform
@@ -257,7 +271,12 @@ class Gateway:
         self.port: int | None = None
         self.metrics_port: int | None = None
 
-    async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
+    async def start(
+        self, address: str | None = None, *, metrics: bool = True, ready: bool = True
+    ) -> int:
+        """Listen on `address` (default FABRIC_LISTEN) and return the port. With
+        `ready=False` (a runtime replica still starting), health says NOT_SERVING and
+        calls are refused with UNAVAILABLE until `set_ready`."""
         address = address or self.settings.listen
         server = grpc.aio.server(
             options=channel_options(self.settings), interceptors=self._interceptors
@@ -282,8 +301,9 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self._server = server
+        self._admission.not_ready = not ready
         await server.start()
-        await self.set_serving(True)
+        await self.set_serving(ready)
         self._sweeper = asyncio.create_task(
             self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval)
         )
@@ -308,6 +328,11 @@ class Gateway:
         )
         for service in (*self.services, ""):
             await self._health.set(service, status)
+
+    async def set_ready(self) -> None:
+        """A gateway started with `ready=False` takes calls from now on (SERVING)."""
+        self._admission.not_ready = False
+        await self.set_serving(True)
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from fabric.clock import elapsed_us
 from fabric.context import RequestContext
@@ -28,19 +28,21 @@ from fabric.messaging.bus import Bus, Message, subject_token
 from fabric.messaging.query_rpc.wire import (
     Frame,
     FrameKind,
-    RecordSplitter,
     WireRequest,
     control_subject,
     decode_json,
     error_from_body,
+    offload_large,
     offload_policy,
     query_subject,
     reply_subject,
+    split_end,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
 from fabric.query.compiler.reader import check_text_length
 from fabric.query.engine import QueryRequest
 from fabric.query.runs import Summary
+from fabric.security.envelope import StreamCipher
 from fabric.security.kms import Kms
 
 log = logging.getLogger(__name__)
@@ -77,17 +79,18 @@ class _Inbox:
     def __init__(
         self,
         forwarder: BusQueryForwarder,
+        cipher: StreamCipher,
         tenant: str,
         stage: str,
         subject: str,
-        request_id: bytes,
         window: int,
     ) -> None:
         self._forwarder = forwarder
+        self._cipher = cipher
         self._tenant = tenant
         self._stage = stage
         self.subject = subject
-        self._request_id = request_id
+        self._request_id = cipher.stream_id
         self._window = window
         self.queue: asyncio.Queue[Frame | FabricError] = asyncio.Queue()
         self._chunks_queued = 0
@@ -101,7 +104,7 @@ class _Inbox:
             return
         try:
             frame = await self._forwarder._open(
-                msg.payload, self._tenant, self._stage, self.subject
+                self._cipher, msg.payload, self._tenant, self._stage, self.subject
             )
         except FabricError:
             return  # counted by the sealer; a forged message changes nothing
@@ -171,30 +174,44 @@ class BusQueryForwarder:
         figures.update(self.sealer.snapshot())
         return figures
 
-    async def _open(self, payload: bytes, tenant: str, stage: str, subject: str) -> Frame:
-        kwargs: dict[str, Any] = {
-            "tenant": tenant,
-            "stage": stage,
-            "subject": subject,
-            "purpose": Purpose.QUERY_REPLY,
-        }
-        if self._offload(len(payload)):
-            data = await asyncio.to_thread(self.sealer.open, payload, **kwargs)
-        else:
-            data = self.sealer.open(payload, **kwargs)
+    async def _open(
+        self, cipher: StreamCipher, payload: bytes, tenant: str, stage: str, subject: str
+    ) -> Frame:
+        """A reply frame of `cipher`'s stream (its key is held: no KMS call)."""
+        open_in = functools.partial(
+            self.sealer.open_in,
+            cipher,
+            payload,
+            tenant=tenant,
+            stage=stage,
+            subject=subject,
+            purpose=Purpose.QUERY_REPLY,
+        )
+        data = await asyncio.to_thread(open_in) if offload_large(len(payload)) else open_in()
         try:
             return Frame.decode(data)
         except InvalidArgument as error:
             raise self.sealer.reject(RejectReason.MALFORMED, subject, len(payload), error) from None
 
-    async def _seal(
-        self, data: bytes, tenant: str, stage: str, subject: str, purpose: Purpose
-    ) -> bytes:
-        if self._offload(len(data)):
-            return await asyncio.to_thread(
-                self.sealer.seal, data, tenant=tenant, stage=stage, subject=subject, purpose=purpose
+    async def _start(
+        self, request_id: bytes, frame: bytes, tenant: str, stage: str, subject: str
+    ) -> tuple[StreamCipher, bytes]:
+        """A new stream (one data key from the KMS) and its REQUEST, sealed with the key."""
+
+        def start() -> tuple[StreamCipher, bytes]:
+            cipher = self.sealer.start_stream(tenant=tenant, stage=stage, stream_id=request_id)
+            sealed = self.sealer.seal_in(
+                cipher,
+                frame,
+                tenant=tenant,
+                stage=stage,
+                subject=subject,
+                purpose=Purpose.QUERY_REQUEST,
+                with_key=True,
             )
-        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject, purpose=purpose)
+            return cipher, sealed
+
+        return await asyncio.to_thread(start) if self._offload(len(frame)) else start()
 
     def _remaining(self, deadline: float | None) -> float | None:
         if deadline is None:
@@ -264,9 +281,7 @@ class BusQueryForwarder:
         tenant, stage = ctx.tenant, ctx.stage
         subject = query_subject(tenant, stage)
         request_id = uuid.uuid4().bytes
-        inbox = _Inbox(
-            self, tenant, stage, reply_subject(tenant, stage, request_id), request_id, self.window
-        )
+        reply = reply_subject(tenant, stage, request_id)
         remaining = self._remaining(deadline)
         wire = WireRequest(
             request_id,
@@ -277,13 +292,14 @@ class BusQueryForwarder:
             request,
             remaining,
             time.time(),
-            inbox.subject,
+            reply,
             self.window,
             self.timeout / 3,
             self.stall,
         )
         frame = Frame(FrameKind.REQUEST, request_id, 0, wire.encode()).encode()
-        sealed = await self._seal(frame, tenant, stage, subject, Purpose.QUERY_REQUEST)
+        cipher, sealed = await self._start(request_id, frame, tenant, stage, subject)
+        inbox = _Inbox(self, cipher, tenant, stage, reply, self.window)
         if len(sealed) > self.bus.max_payload:
             raise ResourceExhausted(
                 f"the query and its parameters take {len(sealed)} bytes sealed, over the "
@@ -298,7 +314,7 @@ class BusQueryForwarder:
                 answer = await self.bus.request(subject, sealed, self._wait(deadline))
             except (SourceUnavailable, DeadlineExceeded) as unanswered:
                 raise _Retry(unanswered) from None
-            accepted = await self._open(answer, tenant, stage, inbox.subject)
+            accepted = await self._open(cipher, answer, tenant, stage, inbox.subject)
             if accepted.request_id != request_id:
                 raise IntegrityError("the acceptance answers another request")
             if accepted.kind == FrameKind.ERROR:
@@ -308,7 +324,6 @@ class BusQueryForwarder:
                 raise InternalError("a runtime replica answered a query with an unexpected frame")
             replica = subject_token(str(decode_json(accepted.body).get("replica")), "replica id")
             control = control_subject(tenant, stage, replica)
-            records = RecordSplitter()
             expected = 0
             acked = 0
             while True:
@@ -338,13 +353,14 @@ class BusQueryForwarder:
                         )
                     expected += 1
                     self.stats.chunks_received += 1
-                    for message in records.feed(item.body):
+                    if item.body:
+                        # The replica's bytes of the IPC stream, handed on as they are.
                         yielded = True
-                        yield message
+                        yield item.body
                     if expected - acked >= max(1, self.window // 2):
                         acked = expected
                         await self._control(
-                            FrameKind.ACK, request_id, acked, tenant, stage, control
+                            cipher, FrameKind.ACK, request_id, acked, tenant, stage, control
                         )
                     continue
                 if item.kind == FrameKind.ERROR:
@@ -353,18 +369,15 @@ class BusQueryForwarder:
                         raise _Retry(failure)
                     raise failure
                 if item.kind == FrameKind.END:
-                    if item.seq != expected or records.pending:
+                    if item.seq != expected:
                         self.stats.protocol_errors += 1
-                        where = (
-                            f"after {expected} of {item.seq} chunks"
-                            if item.seq != expected
-                            else "inside a message"
-                        )
                         raise SourceUnavailable(
-                            f"the result stream ended {where}; the result is incomplete, "
-                            "retry the query"
+                            f"the result stream ended after {expected} of {item.seq} chunks; "
+                            "the result is incomplete, retry the query"
                         )
-                    body = decode_json(item.body)
+                    body, tail = split_end(item.body)
+                    if tail:
+                        yield tail
                     finished = True
                     yield Summary(
                         int(body["rows"]),
@@ -380,11 +393,27 @@ class BusQueryForwarder:
             if not finished and control is not None:
                 # The consumer went away or the stream failed: stop the source query.
                 with contextlib.suppress(FabricError):
-                    await self._control(FrameKind.CANCEL, request_id, 0, tenant, stage, control)
+                    await self._control(
+                        cipher, FrameKind.CANCEL, request_id, 0, tenant, stage, control
+                    )
 
     async def _control(
-        self, kind: FrameKind, request_id: bytes, seq: int, tenant: str, stage: str, subject: str
+        self,
+        cipher: StreamCipher,
+        kind: FrameKind,
+        request_id: bytes,
+        seq: int,
+        tenant: str,
+        stage: str,
+        subject: str,
     ) -> None:
         frame = Frame(kind, request_id, seq).encode()
-        sealed = await self._seal(frame, tenant, stage, subject, Purpose.QUERY_CONTROL)
+        sealed = self.sealer.seal_in(
+            cipher,
+            frame,
+            tenant=tenant,
+            stage=stage,
+            subject=subject,
+            purpose=Purpose.QUERY_CONTROL,
+        )
         await self.bus.publish(subject, sealed)
