@@ -16,9 +16,14 @@ Subjects (`<t>` tenant, `<s>` stage; all built with `subject_for`)::
 
 Protocol. Every payload is one sealed blob (`BusSealer`; tenant, stage, exact subject
 and purpose bound as context); there are no headers, so nothing readable crosses the
-bus but the subject names. Inside the seal a frame is::
+bus but the subject names and the request id they already carry. A query's messages
+are one stream under one data key (`fabric.security.envelope.StreamCipher`): the
+forwarder asks the KMS for it once and sends it wrapped in the REQUEST; the replica
+unwraps it once; every other message of the query (replies, acknowledgements,
+cancellation) is only AES-GCM under that key. With Vault transit that is one data-key
+request and one decrypt per query, not one per chunk. Inside the seal a frame is::
 
-    magic b"FQ" | version u8 | kind u8 | request id 16 bytes | seq u32 | body
+    magic b"FQ" | version u8 (2) | kind u8 | request id 16 bytes | seq u32 | body
 
 1. The forwarder subscribes to the reply inbox, then sends REQUEST with `Bus.request`
    (so "no responders" is detected at once). The body is a JSON head (connection, SQL,
@@ -26,10 +31,13 @@ bus but the subject names. Inside the seal a frame is::
    heartbeat and stall intervals) and the parameters as a protobuf `ExecuteRequest`.
 2. The replica answers the request with ACCEPT (its replica id) or a retryable ERROR
    (busy, shutting down), then streams on the inbox: CHUNK frames numbered 0, 1, 2...
-   whose bodies, concatenated, are a stream of length-prefixed (u32) Arrow IPC
-   messages cut to fit the bus's `max_payload`; HEARTBEAT while the source is quiet; and
-   finally END (the summary, `seq` = number of chunks) or ERROR (code, message,
-   SQLSTATE; `seq` = chunks sent before it).
+   whose bodies, concatenated, are the result's Arrow IPC stream, cut wherever the
+   bus's `max_payload` falls; HEARTBEAT while the source is quiet; and finally END
+   (the summary, then the last bytes of the result, so a small result is one frame;
+   `seq` = number of chunks before it) or ERROR (code, message, SQLSTATE; `seq` =
+   chunks sent before it). The forwarder hands the bytes on as they are: nothing is
+   decoded or re-framed on the way (the client's IPC reader takes a stream cut
+   anywhere, and detects one that ends early).
 3. Flow control: the replica sends chunk `n` only while `n < acked + window`; the
    forwarder publishes ACK(`seq` = chunks its consumer has taken) on the replica's
    control subject every `window // 2` chunks. A replica without credit for `stall`
@@ -71,6 +79,7 @@ from fabric.messaging.query_rpc.wire import (
     WireRequest,
     control_subject,
     query_subject,
+    reply_filter,
     reply_subject,
     stage_query_filter,
 )
@@ -92,6 +101,7 @@ __all__ = [
     "WireRequest",
     "control_subject",
     "query_subject",
+    "reply_filter",
     "reply_subject",
     "stage_query_filter",
 ]

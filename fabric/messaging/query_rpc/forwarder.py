@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from fabric.clock import elapsed_us
 from fabric.context import RequestContext
@@ -24,7 +24,7 @@ from fabric.errors import (
     ResourceExhausted,
     SourceUnavailable,
 )
-from fabric.messaging.bus import Bus, Message, subject_token
+from fabric.messaging.bus import Bus, Message, Subscription, subject_token
 from fabric.messaging.query_rpc.wire import (
     Frame,
     FrameKind,
@@ -32,10 +32,11 @@ from fabric.messaging.query_rpc.wire import (
     control_subject,
     decode_json,
     error_from_body,
-    offload_large,
     offload_policy,
     query_subject,
+    reply_filter,
     reply_subject,
+    request_of_reply,
     split_end,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
@@ -99,11 +100,14 @@ class _Inbox:
     def consumed_chunk(self) -> None:
         self._chunks_queued -= 1
 
-    async def on_message(self, msg: Message) -> None:
+    def on_message(self, msg: Message) -> None:
         if self.failed:
             return
+        if msg.subject != self.subject:
+            self._forwarder.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
+            return
         try:
-            frame = await self._forwarder._open(
+            frame = self._forwarder._open(
                 self._cipher, msg.payload, self._tenant, self._stage, self.subject
             )
         except FabricError:
@@ -124,6 +128,19 @@ class _Inbox:
                 )
                 return
         self.queue.put_nowait(frame)
+
+
+def _summary(body: dict[str, Any], started: float) -> Summary:
+    """The Summary of an END frame's fields (time spent: the forwarder's own)."""
+    try:
+        return Summary(
+            int(body["rows"]),
+            bool(body["truncated"]),
+            bool(body["from_cache"]),
+            elapsed_us(started),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise InternalError("a runtime replica sent a malformed end of result") from None
 
 
 class BusQueryForwarder:
@@ -166,6 +183,12 @@ class BusQueryForwarder:
         self.sealer = sealer or BusSealer(kms, max_message_bytes=bus.max_payload)
         self._offload = offload_policy(kms)
         self.stats = ForwarderStats()
+        self.inbox = uuid.uuid4().hex
+        """Names this forwarder's reply subjects: one subscription for every request's
+        replies (`reply_filter`), not one per request."""
+        self._inboxes: dict[bytes, _Inbox] = {}
+        self._inbox_sub: Subscription | None = None
+        self._inbox_lock = asyncio.Lock()
 
     def snapshot(self) -> dict[str, float]:
         figures = {
@@ -174,12 +197,35 @@ class BusQueryForwarder:
         figures.update(self.sealer.snapshot())
         return figures
 
-    async def _open(
+    async def _listen(self) -> None:
+        """Subscribe to this forwarder's inbox, once (NATS keeps the subscription across
+        reconnects)."""
+        if self._inbox_sub is not None:
+            return
+        async with self._inbox_lock:
+            if self._inbox_sub is None:
+                self._inbox_sub = await self.bus.subscribe(reply_filter(self.inbox), self._route)
+
+    async def _route(self, msg: Message) -> None:
+        """Hand a reply to the request waiting for it; a reply for no request waiting
+        (one that ended, or a forgery) is dropped."""
+        request_id = request_of_reply(msg.subject)
+        inbox = self._inboxes.get(request_id) if request_id is not None else None
+        if inbox is not None:
+            inbox.on_message(msg)
+
+    async def close(self) -> None:
+        """Leave the inbox (the bus stays open: it is the caller's)."""
+        sub, self._inbox_sub = self._inbox_sub, None
+        if sub is not None:
+            await sub.unsubscribe()
+
+    def _open(
         self, cipher: StreamCipher, payload: bytes, tenant: str, stage: str, subject: str
     ) -> Frame:
-        """A reply frame of `cipher`'s stream (its key is held: no KMS call)."""
-        open_in = functools.partial(
-            self.sealer.open_in,
+        """A reply frame of `cipher`'s stream: AES-GCM under the stream's key, on the
+        event loop (a quarter of a millisecond per MiB; no KMS call)."""
+        data = self.sealer.open_in(
             cipher,
             payload,
             tenant=tenant,
@@ -187,7 +233,6 @@ class BusQueryForwarder:
             subject=subject,
             purpose=Purpose.QUERY_REPLY,
         )
-        data = await asyncio.to_thread(open_in) if offload_large(len(payload)) else open_in()
         try:
             return Frame.decode(data)
         except InvalidArgument as error:
@@ -281,7 +326,7 @@ class BusQueryForwarder:
         tenant, stage = ctx.tenant, ctx.stage
         subject = query_subject(tenant, stage)
         request_id = uuid.uuid4().bytes
-        reply = reply_subject(tenant, stage, request_id)
+        reply = reply_subject(tenant, stage, self.inbox, request_id)
         remaining = self._remaining(deadline)
         wire = WireRequest(
             request_id,
@@ -305,7 +350,8 @@ class BusQueryForwarder:
                 f"the query and its parameters take {len(sealed)} bytes sealed, over the "
                 f"bus maximum of {self.bus.max_payload}; use fewer or smaller parameters"
             )
-        sub = await self.bus.subscribe(inbox.subject, inbox.on_message)
+        await self._listen()
+        self._inboxes[request_id] = inbox
         control: str | None = None
         finished = False
         yielded = False
@@ -314,12 +360,26 @@ class BusQueryForwarder:
                 answer = await self.bus.request(subject, sealed, self._wait(deadline))
             except (SourceUnavailable, DeadlineExceeded) as unanswered:
                 raise _Retry(unanswered) from None
-            accepted = await self._open(cipher, answer, tenant, stage, inbox.subject)
+            accepted = self._open(cipher, answer, tenant, stage, inbox.subject)
             if accepted.request_id != request_id:
                 raise IntegrityError("the acceptance answers another request")
             if accepted.kind == FrameKind.ERROR:
                 refused, retryable = error_from_body(accepted.body)
                 raise _Retry(refused) if retryable else refused
+            if accepted.kind == FrameKind.END:
+                # The whole result in the answer: a small result is one reply.
+                if accepted.seq != 0:
+                    self.stats.protocol_errors += 1
+                    raise SourceUnavailable(
+                        "a runtime replica answered with the end of a result it never sent; "
+                        "retry the query"
+                    )
+                body, tail = split_end(accepted.body)
+                if tail:
+                    yield tail
+                finished = True
+                yield _summary(body, started)
+                return
             if accepted.kind != FrameKind.ACCEPT:
                 raise InternalError("a runtime replica answered a query with an unexpected frame")
             replica = subject_token(str(decode_json(accepted.body).get("replica")), "replica id")
@@ -379,17 +439,12 @@ class BusQueryForwarder:
                     if tail:
                         yield tail
                     finished = True
-                    yield Summary(
-                        int(body["rows"]),
-                        bool(body["truncated"]),
-                        bool(body["from_cache"]),
-                        elapsed_us(started),
-                    )
+                    yield _summary(body, started)
                     return
                 raise InternalError("a runtime replica sent an unexpected frame")
         finally:
             inbox.failed = True
-            await sub.unsubscribe()
+            del self._inboxes[request_id]
             if not finished and control is not None:
                 # The consumer went away or the stream failed: stop the source query.
                 with contextlib.suppress(FabricError):

@@ -79,6 +79,8 @@ class _Serving:
     request: WireRequest
     control: str
     cipher: StreamCipher
+    answer: Message
+    """The request, answered by the stream's first frame (`_ReplyStream.send`)."""
     acked: int = 0
     credit: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -87,7 +89,13 @@ class _Serving:
 
 class _ReplyStream:
     """Publishes one request's reply frames in order: chunks under the window, the
-    final END or ERROR, heartbeats when quiet."""
+    final END or ERROR, heartbeats when quiet.
+
+    The first frame answers the request itself: END (or ERROR) when the whole result
+    is there before anything else had to go out, so a small result costs one reply;
+    otherwise ACCEPT, then the stream on the reply inbox. The request is answered
+    within `linger` seconds in any case (`tick`), so the forwarder soon knows which
+    replica serves it."""
 
     def __init__(self, replica: RuntimeReplica, serving: _Serving) -> None:
         self._replica = replica
@@ -98,18 +106,41 @@ class _ReplyStream:
         self._buffer = bytearray()
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._answered = False
         loop = asyncio.get_running_loop()
+        self._started = loop.time()
         self._last_sent = loop.time()
         self._last_flush = loop.time()
 
     async def send(self, kind: FrameKind, seq: int = 0, body: bytes = b"") -> None:
+        if not self._answered and kind in (FrameKind.END, FrameKind.ERROR):
+            self._answered = True
+            await self._publish(kind, seq, body, answer=True)
+            return
+        await self._accept()
+        await self._publish(kind, seq, body)
+
+    async def _accept(self) -> None:
+        """Answer the request with ACCEPT, unless it was answered already."""
+        if not self._answered:
+            self._answered = True
+            accept = encode_json({"replica": self._replica.replica_id})
+            await self._publish(FrameKind.ACCEPT, 0, accept, answer=True)
+
+    async def _publish(
+        self, kind: FrameKind, seq: int, body: bytes, *, answer: bool = False
+    ) -> None:
         replica = self._replica
-        request = self._serving.request
+        serving = self._serving
+        request = serving.request
         frame = Frame(kind, request.request_id, seq, body).encode()
         sealed = await replica._seal(
-            self._serving.cipher, frame, request, self._subject, Purpose.QUERY_REPLY
+            serving.cipher, frame, request, self._subject, Purpose.QUERY_REPLY
         )
-        await replica.bus.publish(self._subject, sealed)
+        if answer:
+            await serving.answer.respond(sealed)
+        else:
+            await replica.bus.publish(self._subject, sealed)
         self._last_sent = asyncio.get_running_loop().time()
         if kind == FrameKind.CHUNK:
             replica.stats.chunks_sent += 1
@@ -174,6 +205,8 @@ class _ReplyStream:
         while True:
             await asyncio.sleep(min(linger, heartbeat))
             async with self._lock:
+                if not self._answered and loop.time() - self._started >= linger:
+                    await self._accept()
                 if self._buffer and loop.time() - self._last_flush >= linger:
                     piece = bytes(self._buffer)
                     self._buffer.clear()
@@ -425,21 +458,11 @@ class RuntimeReplica:
                 ),
             )
             return
-        serving = _Serving(request, control_subject(tenant, self.stage, self.replica_id), cipher)
+        serving = _Serving(
+            request, control_subject(tenant, self.stage, self.replica_id), cipher, msg
+        )
         self._serving[request.request_id] = serving
-        try:
-            await self._answer(
-                msg, request, cipher, FrameKind.ACCEPT, encode_json({"replica": self.replica_id})
-            )
-        except FabricError as error:
-            del self._serving[request.request_id]
-            log.warning("replica %s could not accept a request (%s)", self.replica_id, error.code)
-            return
         self.stats.accepted += 1
-        if serving.cancel_reason is not None:  # cancelled while the acceptance went out
-            self._serving.pop(request.request_id, None)
-            self.stats.cancelled += 1
-            return
         serving.task = asyncio.get_running_loop().create_task(
             self._serve(serving), name=f"bus-query:{request.request_id.hex()}"
         )

@@ -86,8 +86,24 @@ def stage_query_filter(stage: str) -> str:
     return f"{SUBJECT_ROOT}.*.{subject_token(stage, 'stage')}.{QUERY_KIND}"
 
 
-def reply_subject(tenant: str, stage: str, request_id: bytes) -> str:
-    return subject_for(REPLY_KIND, tenant, stage, request_id.hex())
+def reply_subject(tenant: str, stage: str, inbox: str, request_id: bytes) -> str:
+    """Where one request's replies go: `fabric.<tenant>.<stage>.reply.<inbox>.<request id>`,
+    `inbox` naming the forwarder that waits for them (`reply_filter`)."""
+    return subject_for(REPLY_KIND, tenant, stage, inbox, request_id.hex())
+
+
+def reply_filter(inbox: str) -> str:
+    """Every reply subject of one forwarder's inbox, whatever the tenant and stage."""
+    return f"{SUBJECT_ROOT}.*.*.{REPLY_KIND}.{subject_token(inbox, 'inbox')}.*"
+
+
+def request_of_reply(subject: str) -> bytes | None:
+    """The request id a reply subject ends with; None when it does not end with one."""
+    try:
+        request_id = bytes.fromhex(subject.rsplit(".", 1)[-1])
+    except ValueError:
+        return None
+    return request_id if len(request_id) == 16 else None
 
 
 def control_subject(tenant: str, stage: str, replica_id: str) -> str:
@@ -254,7 +270,10 @@ class WireRequest:
             )
         except (KeyError, TypeError, ValueError):
             raise InvalidArgument("query request head is malformed") from None
-        if request.reply != reply_subject(tenant, stage, frame.request_id):
+        tokens = request.reply.split(".")
+        if len(tokens) != 6 or request.reply != reply_subject(
+            tenant, stage, tokens[4], frame.request_id
+        ):
             raise InvalidArgument("query request names a reply subject not its own")
         if request.window < 1 or request.heartbeat <= 0 or request.stall <= 0:
             raise InvalidArgument("query request has a non-positive window or interval")
