@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -293,7 +294,9 @@ class FabricClient:
         self._endpoints = [
             _Endpoint(target, credentials, options) for target in addresses_of(address)
         ]
-        self._turn = itertools.count()
+        # Clients start at a random address, so many short-lived ones (a CLI run, a
+        # worker's first call) do not all begin with the first.
+        self._turn = itertools.count(random.randrange(len(self._endpoints)))
         auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = (*auth, *metadata)
         self._timeout = timeout

@@ -222,3 +222,24 @@ def test_a_token_that_cannot_be_minted_is_a_clear_error_not_a_traceback(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_query_takes_several_addresses_and_skips_one_that_is_gone(
+    served: tuple[dict[str, str], int, int],
+) -> None:
+    env, port, _metrics_port = served
+    gone = _free_port()  # nothing listens there
+    addresses = f"127.0.0.1:{gone},127.0.0.1:{port}"
+    for _ in range(4):  # each run starts on either address; every one is answered
+        done = _run(
+            env,
+            "query",
+            "retail",
+            "SELECT COUNT(*) AS n FROM orders",
+            "--address",
+            addresses,
+            "--format",
+            "json",
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["n"] > 0
