@@ -111,6 +111,10 @@ class Settings:
     """This runtime replica's id (FABRIC_REPLICA_ID): names its durable event consumer,
     so it must be unique per replica and stable across restarts. Default: host name and
     stage."""
+    health_listen: str = ""
+    """A second address serving gRPC health only, without TLS (FABRIC_HEALTH_LISTEN), for
+    probes that cannot speak TLS (the kubelet's gRPC probe); unset: health is served on
+    the gRPC address only."""
     platform_app_queries: bool = False
     """Whether a platform process (`--role platform`) also serves app tokens' queries
     (FABRIC_PLATFORM_APP_QUERIES), forwarding them over NATS to the stage's runtime

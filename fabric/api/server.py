@@ -268,6 +268,8 @@ class Gateway:
         self._health = health.aio.HealthServicer()
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_server: Any = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
 
@@ -303,6 +305,8 @@ class Gateway:
         self._server = server
         self._admission.not_ready = not ready
         await server.start()
+        if self.settings.health_listen:
+            await self._start_health_only(self.settings.health_listen)
         await self.set_serving(ready)
         self._sweeper = asyncio.create_task(
             self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval)
@@ -318,6 +322,18 @@ class Gateway:
             self.metrics_port = server.server_port
         log.info("gateway listening on port %s", self.port)
         return self.port
+
+    async def _start_health_only(self, address: str) -> None:
+        """The same health service on a second, plain address (FABRIC_HEALTH_LISTEN):
+        for probes that cannot speak TLS (the kubelet's gRPC probe). It serves health
+        only; health says nothing about any tenant's data."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._health_server = server
 
     async def set_serving(self, serving: bool) -> None:
         """Report the served services (and the server, "") as SERVING or NOT_SERVING."""
@@ -353,6 +369,8 @@ class Gateway:
         await self._admission.drain(grace)
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (loop.time() - started)))
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         for task in (self._sweeper, self._stale_task):
             if task is not None:
                 task.cancel()

@@ -249,7 +249,10 @@ def test_a_replica_serves_only_once_it_has_applied_the_events_it_missed(tmp_path
     settings = settings_for(tmp_path, url)
     token = local_token(settings, tenant=tenant, stage=stage, role="admin")
     app = local_token(settings, tenant=tenant, stage=stage, role="app")
-    returning = dataclasses.replace(settings, replica_id=f"{stage}-back")
+    # With a plain health-only port too, as a Kubernetes probe would use it.
+    returning = dataclasses.replace(
+        settings, replica_id=f"{stage}-back", health_listen="127.0.0.1:0"
+    )
     gate = threading.Event()
 
     async def body() -> None:
@@ -283,6 +286,8 @@ def test_a_replica_serves_only_once_it_has_applied_the_events_it_missed(tmp_path
                 )
                 assert not back.readiness.events_caught_up
                 assert await asyncio.to_thread(health, address_of(back)) == NOT_SERVING
+                probe = f"127.0.0.1:{back.gateway.health_port}"
+                assert await asyncio.to_thread(health, probe) == NOT_SERVING
                 # A caller that ignores health is refused by the replica itself...
                 refused = await asyncio.to_thread(raw_execute, address_of(back), app)
                 assert refused.code() == grpc.StatusCode.UNAVAILABLE
@@ -309,6 +314,7 @@ def test_a_replica_serves_only_once_it_has_applied_the_events_it_missed(tmp_path
                 await asyncio.wait_for(starting, 30)
                 assert back.readiness.ready and back.applier.applied == 2
                 assert await asyncio.to_thread(health, address_of(back)) == SERVING
+                assert await asyncio.to_thread(health, probe) == SERVING
                 with FabricClient(address_of(back), app, timeout=30, retries=0) as alone:
                     result = await asyncio.to_thread(alone.execute, CONNECTION, SQL, {"min": 1})
                 assert result.table.to_pylist() == expected(database, 1)
