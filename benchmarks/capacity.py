@@ -219,8 +219,8 @@ def capacity(b: Bench) -> dict[str, Any]:
     from benchmarks.scenarios import target
 
     plan = b.plan
-    seconds = 2.0 if plan.quick else 6.0
-    warmup = 1.0 if plan.quick else 2.0
+    seconds = 1.5 if plan.quick else 6.0
+    warmup = 0.5 if plan.quick else 2.0
     rounds = 1 if plan.quick else 3
     requests = _requests(b)
     metadata = b.metadata

@@ -8,10 +8,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.errors import FabricError
+from fabric.messaging.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ReplicaReadiness:
     def __init__(
         self,
         store: MetadataStore,
-        events: Any,
+        events: EventLog,
         durable_name: str,
         *,
         poll_interval: float = POLL_INTERVAL,

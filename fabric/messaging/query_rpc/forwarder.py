@@ -146,7 +146,9 @@ def _summary(body: dict[str, Any], started: float) -> Summary:
 class BusQueryForwarder:
     """Sends queries to the stage's runtime replicas over the bus.
 
-    `execute(ctx, request, deadline)` yields what `QueryEngine.execute` yields. The
+    `execute(ctx, request, deadline)` yields the result's Arrow IPC stream as the
+    replica's bytes (cut where the bus cut them, not at message boundaries), then one
+    `Summary`, as the gRPC servicer takes from `QueryEngine.execute`. The
     stage is `ctx.stage`, the tenant `ctx.tenant`. `timeout`: longest silence accepted
     from a replica (acceptance, then between frames; replicas send heartbeats every
     `timeout / 3`). `retries`: extra attempts before the first result byte (see the
