@@ -428,6 +428,26 @@ def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> 
     run_bounded(body(), 20)
 
 
+def test_a_small_result_is_the_answer_to_the_request_itself(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus()
+        engine = StubEngine(_ipc(10))
+        replica = RuntimeReplica(bus, engine, kms, stage="production")  # type: ignore[arg-type]
+        await replica.start()
+        forwarder = BusQueryForwarder(bus, kms, timeout=2.0)
+        messages, summary = await _collect(
+            forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1"))
+        )
+        assert b"".join(messages) == b"".join(engine.messages) and summary.rows == 10
+        # No ACCEPT, no chunk: the END frame, with the result, answered the request.
+        assert replica.stats.chunks_sent == 0 and forwarder.stats.chunks_received == 0
+        assert replica.stats.served == 1
+        await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
 def test_errors_keep_class_message_and_sqlstate(kms: LocalKeyRing) -> None:
     async def body() -> None:
         bus = InProcessBus()

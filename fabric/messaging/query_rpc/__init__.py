@@ -2,16 +2,19 @@
 
 `RuntimeReplica` subscribes, in a queue group, to its stage's query subject of every
 tenant it serves, so each request is served by exactly one replica of the stage and more
-replicas mean more capacity. `BusQueryForwarder.execute` has the contract of
-`QueryEngine.execute` (Arrow IPC messages, then one `Summary`), so the gRPC servicer can
-drive either.
+replicas mean more capacity. `BusQueryForwarder.execute` yields what the gRPC servicer
+takes from `QueryEngine.execute` (the bytes of the Arrow IPC stream, then one
+`Summary`), so the servicer can drive either.
 
 Subjects (`<t>` tenant, `<s>` stage; all built with `subject_for`)::
 
     fabric.<t>.<s>.query                requests; replicas subscribe `fabric.*.<s>.query`
                                         (every tenant) or one subject per tenant, queue
                                         group `fabric-runtime-<s>`
-    fabric.<t>.<s>.reply.<request id>   one request's reply stream (the forwarder's inbox)
+    fabric.<t>.<s>.reply.<inbox>.<request id>
+                                        one request's reply stream; a forwarder receives
+                                        the replies of all its requests on one
+                                        subscription `fabric.*.*.reply.<inbox>.*`
     fabric.<t>.<s>.control.<replica>    credit and cancellation for a replica's requests
 
 Protocol. Every payload is one sealed blob (`BusSealer`; tenant, stage, exact subject
@@ -25,12 +28,15 @@ request and one decrypt per query, not one per chunk. Inside the seal a frame is
 
     magic b"FQ" | version u8 (2) | kind u8 | request id 16 bytes | seq u32 | body
 
-1. The forwarder subscribes to the reply inbox, then sends REQUEST with `Bus.request`
-   (so "no responders" is detected at once). The body is a JSON head (connection, SQL,
+1. The forwarder registers the request with its inbox, then sends REQUEST with
+   `Bus.request` (so "no responders" is detected at once). The body is a JSON head (connection, SQL,
    cache lifetime, row cap, role, principal, time left, send time, reply inbox, window,
    heartbeat and stall intervals) and the parameters as a protobuf `ExecuteRequest`.
-2. The replica answers the request with ACCEPT (its replica id) or a retryable ERROR
-   (busy, shutting down), then streams on the inbox: CHUNK frames numbered 0, 1, 2...
+2. The replica answers the request with END when the whole result is there before
+   anything else had to go out and fits one frame (a small result: one reply), with
+   ERROR (retryable when busy or shutting down), or else with ACCEPT (its replica id),
+   at the latest `linger` seconds after the request came, and then streams on the
+   inbox: CHUNK frames numbered 0, 1, 2...
    whose bodies, concatenated, are the result's Arrow IPC stream, cut wherever the
    bus's `max_payload` falls; HEARTBEAT while the source is quiet; and finally END
    (the summary, then the last bytes of the result, so a small result is one frame;
