@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks.common import Pg, free_port, rss_bytes
 
 CONNECTION = "tpch"
+
+
+def pinned(cpus: Sequence[int] | None) -> list[str]:
+    """The command prefix that pins a process to `cpus` (nothing when None)."""
+    if cpus is None:
+        return []
+    return ["taskset", "-c", ",".join(str(cpu) for cpu in cpus)]
 
 
 class FabricHome:
@@ -78,15 +86,24 @@ class FabricHome:
 
 
 class GatewayProcess:
-    """`python -m fabric.cli serve` on a free port, metrics on another; cold start is the
-    time from spawning the process to the first SERVING health check."""
+    """`python -m fabric.cli serve [args]` on a free port, metrics on another; cold start
+    is the time from spawning the process to the first SERVING health check. `cpus`
+    pins the process (every thread it will start) to those cores, with taskset."""
 
     def __init__(
-        self, home: FabricHome, pg: Pg, *, extra_env: dict[str, str] | None = None
+        self,
+        home: FabricHome,
+        pg: Pg,
+        *,
+        extra_env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self.home = home
         self.pg = pg
         self.extra_env = extra_env or {}
+        self.args = list(args)
+        self.cpus = cpus
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.metrics_port = 0
@@ -118,7 +135,7 @@ class GatewayProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fabric.cli", "serve"],
+            [*pinned(self.cpus), sys.executable, "-m", "fabric.cli", "serve", *self.args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

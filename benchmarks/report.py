@@ -83,6 +83,31 @@ def _cells(s: dict[str, Any]) -> tuple[str, str, str]:
             + ")",
             _ratio(s["ratio"], 3),
         )
+    if n == 8:
+        cpu, calls, r = f["cpu_ms_per_call"], f["calls_per_second"], s["ratios"]
+        core = f["calls_per_second_servers_on_one_core"]["cached"]
+
+        def ms(topology: str) -> str:
+            return (
+                f"{cpu['cached'][topology]['total']:.2f}/{cpu['point'][topology]['total']:.2f} ms"
+            )
+
+        def pair(ratios: dict[str, float]) -> str:
+            return f"{_ratio(ratios['cached'])}/{_ratio(ratios['point'])}"
+
+        return (
+            f"CPU per call (cached/point): direct replica {ms('direct')}, through the "
+            f"platform {ms('platform')}; cached calls/s with the servers on one core: direct "
+            f"{core['direct']:,.0f}, through the platform {core['platform']:,.0f}; cached "
+            f"calls/s, 1 replica {calls['one']['calls_per_second']:,.0f}, 2 replicas "
+            f"{calls['two']['calls_per_second']:,.0f}",
+            f"serve --role all {ms('all')}",
+            f"direct/all {pair(r['direct_vs_all_cpu_per_call'])}; platform/all "
+            f"{pair(r['platform_vs_all_cpu_per_call'])}; 2 vs 1 replica: "
+            f"{_ratio(r['two_vs_one_replica_calls_per_second'])} calls/s, "
+            f"{_ratio(r['two_vs_one_replica_calls_per_replica_cpu_second'])} per replica "
+            "CPU-second",
+        )
     return ("-", "-", _ratio(s.get("ratio")))
 
 

@@ -1,4 +1,4 @@
-"""The seven benchmark scenarios, each against an anchor measured in the same run.
+"""The eight benchmark scenarios, each against an anchor measured in the same run.
 
 Every scenario function takes the run's `Bench` and returns a result dict (see
 `report.py` for the shape). A wrong result raises `WrongResult`; that, like any other
@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import psycopg
 
+from benchmarks.capacity import capacity
 from benchmarks.common import Pg, cpu_seconds, geomean, rounded, summarize
 from benchmarks.echo import EXECUTE, EchoProcess
 from benchmarks.gateway import CONNECTION, FabricHome, GatewayProcess
@@ -830,4 +831,5 @@ SCENARIOS = [
     Scenario(5, "statement compile: cache hit vs first compile", compile_cache),
     Scenario(6, "memory: stream all of lineitem, uncached", memory),
     Scenario(7, "TPC-H queries vs direct", tpch_queries),
+    Scenario(8, "capacity: server CPU per call by topology, 1 and 2 replicas", capacity),
 ]

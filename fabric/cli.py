@@ -499,9 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--role",
         default="all",
         choices=[role.value for role in ProcessRole],
-        help="all: both planes in one process (default); platform: the "
-        "gRPC gateway, forwarding queries over NATS; runtime: one "
-        "replica of --stage on NATS",
+        help="all: both planes in one process (default); platform: the control plane "
+        "(connections, catalog, audit) and developers' previews, forwarded over NATS; "
+        "runtime: one replica of --stage, serving that stage's apps on --listen",
     )
     serve.add_argument("--stage", dest="stage_name", help="the stage a runtime replica serves")
     serve.add_argument(
@@ -634,7 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("entity")
             p.add_argument("--limit", type=int, default=0)
         p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-        p.add_argument("--address", help="gateway address (default FABRIC_LISTEN)")
+        p.add_argument(
+            "--address",
+            help="gateway address (default FABRIC_LISTEN): host:port; a stage's replicas as "
+            "several, comma-separated, or as one name resolving to several "
+            "(dns:///name:port); calls go round-robin, and one refused by a replica that "
+            "is gone is tried on the next",
+        )
         p.add_argument(
             "--token", help="bearer token (default FABRIC_TOKEN, or one minted with the local key)"
         )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -11,15 +15,20 @@ import grpc
 import pyarrow as pa
 
 from fabric.api.status import ERROR_CODE_KEY, RETRY_AFTER_KEY, SQLSTATE_KEY, error_from_rpc
-from fabric.errors import FabricError
+from fabric.errors import FabricError, GatewayUnavailable, InvalidArgument
 from fabric.proto_values import params_to_proto
 from fabric.results.ipc import decode_page, open_ipc_stream
 from fabric.v1 import query_pb2 as pb
 from fabric.v1 import query_pb2_grpc as pb_grpc
 
-__all__ = ["FabricClient", "QueryResult", "ResultSummary", "Statement"]
+__all__ = ["FabricClient", "QueryResult", "ResultSummary", "Statement", "addresses_of"]
 
 MAX_MESSAGE = 256 << 20
+DEFAULT_RETRIES = 2
+"""Extra attempts of a call on other replicas before any of its result arrived."""
+RETRY_PAUSE = 0.02
+"""Seconds (times the attempt number) before a retry on an address tried already."""
+QUERY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QueryService"].full_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +64,120 @@ def _translate(error: grpc.RpcError) -> FabricError:
     )
 
 
-class _Stream:
-    """Pulls ResultChunks, hands their IPC bytes to pyarrow, keeps the summary."""
+def _retryable(error: grpc.RpcError) -> bool:
+    """Whether another replica may answer what this one could not: UNAVAILABLE from the
+    transport (the replica is gone, refused the connection, or no replica is healthy) or
+    from a replica that takes no calls now (starting, shutting down). Not UNAVAILABLE
+    from a source that is down: every replica would find it down."""
+    call: Any = error
+    if call.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    code = dict(call.trailing_metadata() or ()).get(ERROR_CODE_KEY)
+    return code is None or code == GatewayUnavailable.code
 
-    def __init__(self, call: Iterator[pb.ResultChunk]) -> None:
-        self._call = call
+
+def addresses_of(address: str | Sequence[str]) -> list[str]:
+    """The gRPC targets of a stage: one address (`host:port`, or a name that resolves to
+    several, e.g. `dns:///fabric-production:50051`), several separated by commas, or a
+    list of them."""
+    parts = address.split(",") if isinstance(address, str) else list(address)
+    targets = [part.strip() for part in parts if part.strip()]
+    if not targets:
+        raise InvalidArgument("give at least one gateway address (host:port)")
+    return targets
+
+
+ROUND_ROBIN = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": QUERY_SERVICE_NAME},
+    }
+)
+"""Calls on one address spread over every address it resolves to, skipping those whose
+health says NOT_SERVING (a replica still starting, or draining)."""
+
+STICKY = json.dumps(
+    {
+        "loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}],
+        "healthCheckConfig": {"serviceName": QUERY_SERVICE_NAME},
+    }
+)
+"""Calls of open statements stay on one of the addresses (a statement lives in one
+replica's memory); clients pick theirs at random, so statements spread."""
+
+
+class _Endpoint:
+    """One address: a round-robin channel for calls that may go to any replica behind
+    it, and (made when first needed) a sticky one for open statements."""
+
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: list[tuple[str, Any]],
+    ) -> None:
+        self.target = target
+        self._credentials = credentials
+        self._options = options
+        self._channel = self._open(ROUND_ROBIN)
+        self.stub = pb_grpc.QueryServiceStub(self._channel)
+        self._sticky: grpc.Channel | None = None
+        self._sticky_stub: Any = None
+
+    def _open(self, service_config: str) -> grpc.Channel:
+        options = [*self._options, ("grpc.service_config", service_config)]
+        if self._credentials is not None:
+            return grpc.secure_channel(self.target, self._credentials, options=options)
+        return grpc.insecure_channel(self.target, options=options)
+
+    @property
+    def statements(self) -> Any:
+        """The stub for OpenStatement, Fetch and CloseStatement."""
+        if self._sticky_stub is None:
+            self._sticky = self._open(STICKY)
+            self._sticky_stub = pb_grpc.QueryServiceStub(self._sticky)
+        return self._sticky_stub
+
+    def close(self) -> None:
+        self._channel.close()
+        if self._sticky is not None:
+            self._sticky.close()
+
+
+class _Stream:
+    """Pulls ResultChunks, hands their IPC bytes to pyarrow, keeps the summary.
+
+    `start()` opens the call (on the client's next address). A call that fails with a
+    retryable UNAVAILABLE (`_retryable`) before its first chunk arrived is opened again,
+    elsewhere, up to `retries` more times; once a chunk has arrived it is never retried
+    (part of the result was handed on, and a second run may differ)."""
+
+    def __init__(self, start: Callable[[int], Iterator[pb.ResultChunk]], retries: int) -> None:
+        self._start = start
+        self._retries = retries
+        self._call: Iterator[pb.ResultChunk] | None = None
         self.summary: ResultSummary | None = None
         self.chunks: Iterator[bytes] = self._pull()
 
     def _pull(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._call:
-                # The summary rides on the last chunk, whose bytes end the IPC stream:
-                # the reader stops right after them, so take the summary first.
-                if chunk.HasField("summary"):
-                    self.summary = ResultSummary.of(chunk.summary)
-                if chunk.arrow_ipc:
-                    yield chunk.arrow_ipc
-        except grpc.RpcError as error:
-            raise _translate(error) from None
+        attempt = 0
+        while True:
+            self._call = self._start(attempt)
+            received = False
+            try:
+                for chunk in self._call:
+                    received = True
+                    # The summary rides on the last chunk, whose bytes end the IPC stream:
+                    # the reader stops right after them, so take the summary first.
+                    if chunk.HasField("summary"):
+                        self.summary = ResultSummary.of(chunk.summary)
+                    if chunk.arrow_ipc:
+                        yield chunk.arrow_ipc
+                return
+            except grpc.RpcError as error:
+                if received or attempt >= self._retries or not _retryable(error):
+                    raise _translate(error) from None
+                attempt += 1
 
     def finish(self) -> None:
         """Read the call to its end once the IPC stream has ended, so it completes with
@@ -103,8 +207,9 @@ class Statement:
     """An open statement: pages of a result, fetched on demand. Close it (or use it as a
     context manager) when done; the gateway drops its rows and parameters at once."""
 
-    def __init__(self, client: FabricClient, first: pb.Page, page_rows: int = 0) -> None:
+    def __init__(self, client: FabricClient, stub: Any, first: pb.Page, page_rows: int = 0) -> None:
         self._client = client
+        self._stub = stub
         self.page_rows = page_rows
         self.id = first.statement_id
         self._pages: list[pb.Page] = [first]
@@ -123,7 +228,7 @@ class Statement:
         if self.done:
             return None
         page = self._client._unary(
-            self._client._stub.Fetch, pb.FetchRequest(statement_id=self.id, page_rows=page_rows)
+            self._stub.Fetch, pb.FetchRequest(statement_id=self.id, page_rows=page_rows)
         )
         self.done = page.done
         if page.HasField("summary"):
@@ -139,7 +244,7 @@ class Statement:
             self.done = True
             self._pages.clear()
             self._client._unary(
-                self._client._stub.CloseStatement, pb.CloseStatementRequest(statement_id=self.id)
+                self._stub.CloseStatement, pb.CloseStatementRequest(statement_id=self.id)
             )
 
     def __enter__(self) -> Statement:
@@ -150,12 +255,22 @@ class Statement:
 
 
 class FabricClient:
-    """`FabricClient("127.0.0.1:50051")`; errors are the gateway's own FabricError classes
-    (QueryRejected, NotFound, SourceUnavailable, ...)."""
+    """`FabricClient("127.0.0.1:50051", token)`; errors are the gateway's own FabricError
+    classes (QueryRejected, NotFound, SourceUnavailable, ...).
+
+    A stage served by several runtime replicas is reached by several addresses
+    (`"10.0.0.5:50051,10.0.0.6:50051"` or a list) or by one name that resolves to
+    several (`"dns:///fabric-production:50051"`): calls go round-robin over them,
+    skipping replicas whose health says NOT_SERVING. A call refused because its
+    replica is gone, starting or shutting down (UNAVAILABLE) is tried again on the next
+    one, up to `retries` more times, as long as no part of its result had arrived; after
+    the first chunk it fails instead. An open statement stays with the replica that
+    opened it.
+    """
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         token: str | None = None,
         *,
         timeout: float | None = None,
@@ -164,22 +279,52 @@ class FabricClient:
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
         tls: bool = False,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
         """`tls_ca` (PEM) trusts the gateway's CA; `tls_cert`/`tls_key` are the client's
-        own certificate for mutual TLS; `tls=True` alone uses the system's roots."""
+        own certificate for mutual TLS; `tls=True` alone uses the system's roots.
+        `timeout` bounds each call, retries included."""
+        if retries < 0:
+            raise InvalidArgument("retries must not be negative")
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
-        if tls or tls_ca or tls_cert:
-            credentials = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
-        self._stub = pb_grpc.QueryServiceStub(self._channel)
+        credentials = (
+            grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+            if tls or tls_ca or tls_cert
+            else None
+        )
+        self._endpoints = [
+            _Endpoint(target, credentials, options) for target in addresses_of(address)
+        ]
+        # Clients start at a random address, so many short-lived ones (a CLI run, a
+        # worker's first call) do not all begin with the first.
+        self._turn = itertools.count(random.randrange(len(self._endpoints)))
         auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = (*auth, *metadata)
         self._timeout = timeout
+        self.retries = retries
+
+    @property
+    def addresses(self) -> list[str]:
+        return [endpoint.target for endpoint in self._endpoints]
+
+    def _rotation(self) -> Callable[[int], _Endpoint]:
+        """For one call: the address of each attempt. The first is the one whose turn it
+        is (round-robin across calls); a retry takes the next one after the address that
+        failed, so it goes elsewhere while there is an elsewhere. A retry that comes back
+        to an address already tried first pauses briefly, so a channel that has just lost
+        a replica notices before it picks again."""
+        first = next(self._turn)
+        count = len(self._endpoints)
+
+        def endpoint(attempt: int) -> _Endpoint:
+            if attempt >= count:
+                time.sleep(RETRY_PAUSE * attempt)
+            return self._endpoints[(first + attempt) % count]
+
+        return endpoint
 
     def _request(
         self,
@@ -199,18 +344,39 @@ class FabricClient:
             max_bytes=max_bytes,
         )
 
-    def _start(self, method: Any, request: Any) -> Any:
-        """Call a stub method with this client's timeout and metadata."""
-        return method(request, timeout=self._timeout, metadata=self._metadata)
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else time.monotonic() + self._timeout
 
-    def _unary(self, method: Any, request: Any) -> Any:
+    @staticmethod
+    def _left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _stream(self, method: str, request: Any) -> _Stream:
+        """A streaming call on the next address, opened again elsewhere on a retryable
+        failure before its first chunk (`_Stream`), all within this client's timeout."""
+        deadline = self._deadline()
+        endpoint = self._rotation()
+
+        def start(attempt: int) -> Iterator[pb.ResultChunk]:
+            stub = endpoint(attempt).stub
+            call: Iterator[pb.ResultChunk] = getattr(stub, method)(
+                request, timeout=self._left(deadline), metadata=self._metadata
+            )
+            return call
+
+        return _Stream(start, self.retries)
+
+    def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         try:
-            return self._start(method, request)
+            return method(
+                request,
+                timeout=self._left(deadline if deadline is not None else self._deadline()),
+                metadata=self._metadata,
+            )
         except grpc.RpcError as error:
             raise _translate(error) from None
 
-    def _read(self, call: Iterator[pb.ResultChunk]) -> QueryResult:
-        stream = _Stream(call)
+    def _read(self, stream: _Stream) -> QueryResult:
         with stream.finishing():
             table = open_ipc_stream(stream.chunks).read_all()
         if stream.summary is None:
@@ -231,7 +397,7 @@ class FabricClient:
         `truncated` when the result had more rows than max_rows or more bytes than
         max_bytes (each capped by the gateway's own limit)."""
         request = self._request(connection, sql, params, cache_ttl, max_rows, max_bytes)
-        return self._read(self._start(self._stub.Execute, request))
+        return self._read(self._stream("Execute", request))
 
     def query(
         self,
@@ -257,7 +423,7 @@ class FabricClient:
     ) -> pa.RecordBatchReader:
         """Stream the result batch by batch as it arrives."""
         request = self._request(connection, sql, params, cache_ttl, max_rows, max_bytes)
-        stream = _Stream(self._start(self._stub.Execute, request))
+        stream = self._stream("Execute", request)
         reader = open_ipc_stream(stream.chunks)
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -268,7 +434,7 @@ class FabricClient:
 
     def preview(self, connection: str, entity: str, limit: int = 0) -> pa.Table:
         request = pb.PreviewRequest(connection=connection, entity=entity, limit=limit)
-        return self._read(self._start(self._stub.Preview, request)).table
+        return self._read(self._stream("Preview", request)).table
 
     def open_statement(
         self,
@@ -281,14 +447,31 @@ class FabricClient:
         *,
         max_bytes: int | None = None,
     ) -> Statement:
+        """Open a statement on the next address (tried again elsewhere as a streaming call
+        would be); its pages are fetched from the replica that opened it."""
         request = pb.OpenStatementRequest(
             query=self._request(connection, sql, params, cache_ttl, max_rows, max_bytes),
             page_rows=page_rows,
         )
-        return Statement(self, self._unary(self._stub.OpenStatement, request), page_rows)
+        deadline = self._deadline()
+        endpoint = self._rotation()
+        attempt = 0
+        while True:
+            stub = endpoint(attempt).statements
+            try:
+                first = stub.OpenStatement(
+                    request, timeout=self._left(deadline), metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                if attempt >= self.retries or not _retryable(error):
+                    raise _translate(error) from None
+                attempt += 1
+                continue
+            return Statement(self, stub, first, page_rows)
 
     def close(self) -> None:
-        self._channel.close()
+        for endpoint in self._endpoints:
+            endpoint.close()
 
     def __enter__(self) -> FabricClient:
         return self

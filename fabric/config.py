@@ -180,10 +180,16 @@ class Settings:
     """This runtime replica's id (FABRIC_REPLICA_ID): names its durable event consumer,
     so it must be unique per replica and stable across restarts. Default: host name and
     stage."""
-    health_listen: str = "127.0.0.1:0"
-    """Address of a runtime replica's gRPC health endpoint when it serves no QueryService
-    (`fabric serve --role runtime` without --listen) (FABRIC_HEALTH_LISTEN); port 0 picks
-    a free port and prints it."""
+    health_listen: str = ""
+    """A second address serving gRPC health only, without TLS (FABRIC_HEALTH_LISTEN), for
+    probes that cannot speak TLS (the kubelet's gRPC probe); unset: health is served on
+    the gRPC address only."""
+    platform_app_queries: bool = False
+    """Whether a platform process (`--role platform`) also serves app tokens' queries
+    (FABRIC_PLATFORM_APP_QUERIES), forwarding them over NATS to the stage's runtime
+    replicas; off (the default), apps query their stage's replicas directly and the
+    platform refuses an app token's query with PERMISSION_DENIED. Developer and admin
+    tokens are served either way (previews, the Studio's queries)."""
     bus_connect_timeout: float = 10.0
     """Seconds the first connection to NATS may take before start-up fails
     (FABRIC_BUS_CONNECT_TIMEOUT)."""

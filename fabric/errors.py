@@ -17,6 +17,7 @@
     ├── Cancelled                    cancelled             -> CANCELLED
     ├── ResourceExhausted            resource_exhausted    -> RESOURCE_EXHAUSTED
     ├── SourceUnavailable            source_unavailable    -> UNAVAILABLE
+    │   └── GatewayUnavailable       gateway_unavailable   -> UNAVAILABLE
     └── InternalError                internal              -> INTERNAL
 
 Messages say what was wrong and what to do. They never carry a secret, a parameter value
@@ -148,6 +149,13 @@ class SourceUnavailable(FabricError):
     code = "source_unavailable"
 
 
+class GatewayUnavailable(SourceUnavailable):
+    """This gateway process cannot take the call now (a runtime replica still starting,
+    or one shutting down); another replica can, so a client retries it elsewhere."""
+
+    code = "gateway_unavailable"
+
+
 class InternalError(FabricError):
     code = "internal"
 
@@ -170,5 +178,6 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     Cancelled,
     ResourceExhausted,
     SourceUnavailable,
+    GatewayUnavailable,
     InternalError,
 )

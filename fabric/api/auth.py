@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from fabric.api.query_service import ContextProvider
 from fabric.api.status import abort_with
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import FabricError, InternalError, PermissionDenied
@@ -54,6 +56,38 @@ def local_admin_context(_: grpc.aio.ServicerContext) -> RequestContext:
     """The context provider servicers use when authentication is off: every call is the
     local administrator of the default tenant and stage."""
     return LOCAL_ADMIN
+
+
+def local_admin_of(stage: str) -> ContextProvider:
+    """`local_admin_context` for a process that serves one stage: every call is the
+    local administrator of the default tenant in `stage`."""
+    admin = dataclasses.replace(LOCAL_ADMIN, stage=stage)
+
+    def provide(_: grpc.aio.ServicerContext) -> RequestContext:
+        return admin
+
+    return provide
+
+
+APPS_GO_TO_THEIR_STAGE = (
+    "this is the platform, which serves developers and administrators; an app queries "
+    "its stage's runtime replicas directly (the stage's address). An operator can let "
+    "the platform forward apps' queries too with FABRIC_PLATFORM_APP_QUERIES=true"
+)
+"""Why an app token's query is refused by a platform that does not serve apps."""
+
+
+def refusing_apps(provider: ContextProvider) -> ContextProvider:
+    """`provider`, except that a caller with the app role is refused (PermissionDenied,
+    `APPS_GO_TO_THEIR_STAGE`): the platform's QueryService when it serves no apps."""
+
+    def provide(context: grpc.aio.ServicerContext) -> RequestContext:
+        ctx = provider(context)
+        if ctx.role is Role.APP:
+            raise PermissionDenied(APPS_GO_TO_THEIR_STAGE)
+        return ctx
+
+    return provide
 
 
 def _refusal(

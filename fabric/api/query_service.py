@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 ContextProvider = Callable[[grpc.aio.ServicerContext], RequestContext]
 Execute = Callable[[RequestContext, QueryRequest, "float | None"], AsyncIterator["bytes | Summary"]]
-"""Runs a query and yields Arrow IPC messages, then one Summary: `QueryEngine.execute`,
-or `BusQueryForwarder.execute` on a platform that forwards to runtime replicas."""
+"""Runs a query and yields the bytes of its Arrow IPC stream, then one Summary:
+`QueryEngine.execute` (whole IPC messages), or `BusQueryForwarder.execute` on a platform
+that forwards to runtime replicas (the replica's bytes, cut wherever the bus cut them)."""
 
 
 @asynccontextmanager
@@ -134,9 +135,9 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
         self._max_message = engine.settings.max_message_bytes
 
     async def _stream(self, items: AsyncIterator[bytes | Summary]) -> AsyncIterator[bytes]:
-        """Coalesce IPC messages into gRPC messages of up to max_message_bytes, so a small
-        result is one gRPC message and a large one travels in few big ones; each is a
-        `ResultChunk` already encoded (`fabric.api.wire`)."""
+        """Coalesce the stream's bytes into gRPC messages of up to max_message_bytes, so a
+        small result is one gRPC message and a large one travels in few big ones; each is
+        a `ResultChunk` already encoded (`fabric.api.wire`)."""
         buffer: list[bytes] = []
         size = 0
         summary: Summary | None = None

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from fabric.api.auth import AuthInterceptor, RefusalRecorder
+from fabric.api.auth import AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
@@ -26,7 +26,12 @@ from fabric.catalog.metadata.store import MetadataStore
 from fabric.catalog.serialization import utc_now
 from fabric.config import Settings
 from fabric.context import RequestContext
-from fabric.errors import FabricError, InvalidArgument, PermissionDenied, SourceUnavailable
+from fabric.errors import (
+    FabricError,
+    GatewayUnavailable,
+    InvalidArgument,
+    PermissionDenied,
+)
 from fabric.messaging.platform_events import Announcements
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
@@ -79,7 +84,7 @@ def is_loopback(address: str) -> bool:
         return False  # a name or a wildcard: assume reachable from elsewhere
 
 
-SHUTTING_DOWN = SourceUnavailable(
+SHUTTING_DOWN = GatewayUnavailable(
     "the gateway is shutting down and takes no new calls; retry the call: another "
     "replica, or this gateway once it is back, will answer it",
     retry_after=1.0,
@@ -87,15 +92,23 @@ SHUTTING_DOWN = SourceUnavailable(
 """What a call that arrives while the gateway drains gets (UNAVAILABLE: retry, with the
 hint in the trailing metadata as well)."""
 
+STARTING = GatewayUnavailable(
+    "this runtime replica is not ready yet (loading metadata, applying platform events); "
+    "retry the call: another replica, or this one once it is ready, will answer it"
+)
+"""What a call that arrives before a replica is ready gets (UNAVAILABLE: retry)."""
+
 
 class CallAdmission:
     """The calls in flight, counted, so shutdown can wait for them: while the gateway
     drains, a new call is refused at once with `SHUTTING_DOWN` instead of being cut off
-    when the server stops (which a client sees as CANCELLED)."""
+    when the server stops (which a client sees as CANCELLED). Before a runtime replica is
+    ready (`not_ready`), a call is refused with `STARTING`."""
 
     def __init__(self) -> None:
         self.active = 0
         self.draining = False
+        self.not_ready = False
         self._idle = asyncio.Event()
 
     def __call__(self, context: grpc.aio.ServicerContext) -> _AdmittedCall:
@@ -128,6 +141,8 @@ class _AdmittedCall:
     async def __aenter__(self) -> None:
         if self._admission.draining:
             await abort_with(self._context, SHUTTING_DOWN)
+        if self._admission.not_ready:
+            await abort_with(self._context, STARTING)
         self._admission.active += 1
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -242,9 +257,12 @@ class Gateway:
         verifier: TokenVerifierLike | None = None,
         execute: Execute | None = None,
         services: Collection[str] = SERVICES,
+        serves_apps: bool = True,
     ) -> None:
         """`context_provider` says who each call is; with a `verifier`, every call must
         carry a valid bearer token first (the provider is then `verified_context`).
+        `serves_apps=False` (a platform whose apps go to their stage's replicas): every
+        QueryService call of an app token is refused with PERMISSION_DENIED.
 
         Platform changes reach the runtime through `announcements` (the purger of
         `engine` among its local listeners); `stale_sweeper` runs while serving.
@@ -269,7 +287,8 @@ class Gateway:
             ),
             CallGuardInterceptor(self._admission),
         ]
-        self._servicer = QueryServicer(engine, context_provider, execute)
+        query_callers = context_provider if serves_apps else refusing_apps(context_provider)
+        self._servicer = QueryServicer(engine, query_callers, execute)
         self.purger = purger
         self.announcements = announcements
         self.platform = platform
@@ -285,11 +304,18 @@ class Gateway:
         self._health = health.aio.HealthServicer()
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_server: Any = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.metrics_host = "127.0.0.1"
 
-    async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
+    async def start(
+        self, address: str | None = None, *, metrics: bool = True, ready: bool = True
+    ) -> int:
+        """Listen on `address` (default FABRIC_LISTEN) and return the port. With
+        `ready=False` (a runtime replica still starting), health says NOT_SERVING and
+        calls are refused with UNAVAILABLE until `set_ready`."""
         address = address or self.settings.listen
         server = grpc.aio.server(
             options=channel_options(self.settings), interceptors=self._interceptors
@@ -314,8 +340,11 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self._server = server
+        self._admission.not_ready = not ready
         await server.start()
-        await self.set_serving(True)
+        if self.settings.health_listen:
+            await self._start_health_only(self.settings.health_listen)
+        await self.set_serving(ready)
         self._sweeper = asyncio.create_task(
             self.engine.open_statements.run_sweeper(self.settings.statement_sweep_interval)
         )
@@ -332,6 +361,18 @@ class Gateway:
         log.info("gateway listening on port %s", self.port)
         return self.port
 
+    async def _start_health_only(self, address: str) -> None:
+        """The same health service on a second, plain address (FABRIC_HEALTH_LISTEN):
+        for probes that cannot speak TLS (the kubelet's gRPC probe). It serves health
+        only; health says nothing about any tenant's data."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._health_server = server
+
     async def set_serving(self, serving: bool) -> None:
         """Report the served services (and the server, "") as SERVING or NOT_SERVING."""
         status = (
@@ -341,6 +382,11 @@ class Gateway:
         )
         for service in (*self.services, ""):
             await self._health.set(service, status)
+
+    async def set_ready(self) -> None:
+        """A gateway started with `ready=False` takes calls from now on (SERVING)."""
+        self._admission.not_ready = False
+        await self.set_serving(True)
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -361,6 +407,8 @@ class Gateway:
         await self._admission.drain(grace)
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (loop.time() - started)))
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         for task in (self._sweeper, self._stale_task):
             if task is not None:
                 task.cancel()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from fabric.api.auth import local_admin_context, verified_context
+from fabric.api.auth import local_admin_context, local_admin_of, verified_context
 from fabric.api.query_service import ContextProvider, Execute
 from fabric.api.server import SERVICES, Gateway
 from fabric.app.parts import platform_plane, token_verifier
@@ -19,7 +19,7 @@ from fabric.messaging.platform_events import Announcements, PlatformEventPublish
 from fabric.platform.departure import ChangeListeners, EnginePurger, StaleMetadataSweeper
 from fabric.query.engine import QueryEngine
 from fabric.query.sources import ConnectorFactory, default_connector_factory
-from fabric.security.authz import TokenVerifierLike
+from fabric.security.authz import StageBoundVerifier, TokenVerifierLike
 from fabric.security.secrets import SecretStore
 
 
@@ -33,6 +33,7 @@ def assemble_gateway(
     clock: Clock = SYSTEM_CLOCK,
     execute: Execute | None = None,
     services: Collection[str] = SERVICES,
+    serves_apps: bool = True,
 ) -> Gateway:
     """A gateway running both planes on `engine` and its store.
 
@@ -43,7 +44,7 @@ def assemble_gateway(
     `attach_publisher` was called, platform events on the bus. `secret_store` keeps
     connection passwords (None: passwords are refused); `connector_builder` builds the
     connectors the platform uses for discovery and tests; `clock` drives the
-    stale-metadata sweeper; `execute` and `services` as for `Gateway`.
+    stale-metadata sweeper; `execute`, `services` and `serves_apps` as for `Gateway`.
     """
     if verifier is not None:
         context_provider = verified_context
@@ -68,6 +69,7 @@ def assemble_gateway(
         verifier=verifier,
         execute=execute,
         services=services,
+        serves_apps=serves_apps,
     )
 
 
@@ -78,21 +80,29 @@ def configured_gateway(
     secret_store: SecretStore | None = None,
     execute: Execute | None = None,
     services: Collection[str] = SERVICES,
+    stage: str | None = None,
+    serves_apps: bool = True,
     **engine_options: Any,
 ) -> Gateway:
     """A gateway as configured: authentication from settings (FABRIC_AUTH: with `none`,
     every call is the local administrator); with `secret_store`, connection passwords
-    are kept there and the runtime reads them from it. `engine_options` go to
-    `QueryEngine`."""
+    are kept there and the runtime reads them from it. With `stage` (a runtime replica)
+    it serves that stage only: a token of another stage is refused (PERMISSION_DENIED),
+    and with authentication off every call is the local administrator of `stage`.
+    `serves_apps` as for `Gateway`; `engine_options` go to `QueryEngine`."""
     if secret_store is not None:
         engine_options.setdefault("secrets", secret_store.get)
+    verifier: TokenVerifierLike | None = token_verifier(settings)
+    if stage is not None and verifier is not None:
+        verifier = StageBoundVerifier(verifier, stage)
     return assemble_gateway(
         QueryEngine(store, settings, **engine_options),
-        verifier=token_verifier(settings),
-        context_provider=local_admin_context,
+        verifier=verifier,
+        context_provider=local_admin_context if stage is None else local_admin_of(stage),
         secret_store=secret_store,
         execute=execute,
         services=services,
+        serves_apps=serves_apps,
     )
 
 

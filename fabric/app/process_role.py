@@ -12,6 +12,7 @@ class ProcessRole(StrEnum):
     ALL = "all"
     """Both planes in one gateway (the embedded default)."""
     PLATFORM = "platform"
-    """The gRPC gateway; Execute and Preview go over NATS to the runtime replicas."""
+    """The control plane; developers' Execute and Preview go over NATS to the replicas."""
     RUNTIME = "runtime"
-    """One replica of a stage, serving its queries from NATS."""
+    """One replica of a stage, serving that stage's apps directly (and the platform's
+    forwarded queries from NATS)."""

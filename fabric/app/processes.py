@@ -4,20 +4,28 @@
               engine and platform changes purge it in-process. With FABRIC_NATS_URL set
               the changes are also published as platform events on JetStream, so runtime
               replicas elsewhere apply them; queries still run here.
-    platform  the gRPC gateway: ConnectionService and CatalogService (changes published as
-              platform events), and QueryService whose Execute and Preview are forwarded
+    platform  the control plane: ConnectionService and CatalogService (changes published
+              as platform events), and what developers need from a stage: QueryService
+              for developer and admin tokens, whose Execute and Preview are forwarded
               over NATS to the runtime replicas of the caller's stage (the stage in the
-              verified token). Tokens are verified here. OpenStatement, Fetch and
-              CloseStatement run on this process's own engine: an open statement lives in
-              one process's memory, and NATS request/reply cannot pin a client to a
-              replica across calls. Needs FABRIC_NATS_URL.
-    runtime   one stateless replica of a stage (`--stage`): a QueryEngine on the same
-              metadata store and key ring / Vault as the platform (it only reads
-              metadata), serving that stage's queries from NATS in the stage's queue
-              group, and a durable JetStream consumer named after FABRIC_REPLICA_ID that
-              applies platform events (purges) once each, acknowledging after the purge.
-              It serves gRPC health (NOT_SERVING while NATS is away) on --listen, with
-              QueryService too, or else on FABRIC_HEALTH_LISTEN. Needs FABRIC_NATS_URL.
+              verified token). Apps do not come here: they query their stage's replicas
+              directly, and an app token's query is refused (PERMISSION_DENIED) unless
+              FABRIC_PLATFORM_APP_QUERIES lets the platform forward it too.
+              OpenStatement, Fetch and CloseStatement run on this process's own engine:
+              an open statement lives in one process's memory, and NATS request/reply
+              cannot pin a client to a replica across calls. Needs FABRIC_NATS_URL.
+    runtime   one stateless replica of a stage (`--stage`), the door apps use: QueryService
+              and gRPC health on --listen (default FABRIC_LISTEN), serving only tokens of
+              its stage (another stage's token: PERMISSION_DENIED). A QueryEngine on the
+              same metadata store and key ring / Vault as the platform (it only reads
+              metadata); it also serves the queries the platform forwards over NATS in
+              the stage's queue group, and applies platform events (purges) from a
+              durable JetStream consumer named after FABRIC_REPLICA_ID, once each,
+              acknowledging after the purge. It is ready (health SERVING, calls admitted,
+              queue group joined) once its metadata store answers and it has applied
+              every event it was owed; before that health says NOT_SERVING and calls are
+              refused with UNAVAILABLE. Health is NOT_SERVING while NATS is away too.
+              Needs FABRIC_NATS_URL.
 
 Start-up fails with `BusUnreachable` (exit code 2 from the CLI) when NATS does not answer
 within FABRIC_BUS_CONNECT_TIMEOUT, or JetStream is not enabled. `stop` drains: health
@@ -46,6 +54,7 @@ from fabric.app.bus import (
 from fabric.app.gateway import attach_publisher, configured_gateway
 from fabric.app.parts import open_kms, open_secret_store, open_store
 from fabric.app.process_role import ProcessRole
+from fabric.app.readiness import ReplicaReadiness
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
@@ -128,6 +137,7 @@ class PlatformProcess:
             secret_store=open_secret_store(settings),
             execute=execute,
             services=SERVICES,
+            serves_apps=role == ProcessRole.ALL or settings.platform_app_queries,
             **engine_options,
         )
         if process.events is not None:
@@ -174,18 +184,10 @@ class RuntimeProcess:
 
     role = ProcessRole.RUNTIME
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        stage: str,
-        listen: str | None = None,
-        health_listen: str | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, stage: str, listen: str | None = None) -> None:
         self.settings = settings
         self.stage = stage
-        self.listen = listen
-        self.health_listen = health_listen or settings.health_listen
+        self.listen = listen or settings.listen
         self.replica_id = replica_id(settings, stage)
         self.durable_name = durable_name(self.replica_id)
         self.bus: Any = None
@@ -193,6 +195,7 @@ class RuntimeProcess:
         self.replica: Any = None
         self.gateway: Gateway
         self.applier: PlatformEventApplier
+        self.readiness: ReplicaReadiness
         self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -202,14 +205,13 @@ class RuntimeProcess:
         *,
         stage: str,
         listen: str | None = None,
-        health_listen: str | None = None,
         **engine_options: Any,
     ) -> RuntimeProcess:
         """Connect to NATS and build the engine and the replica; nothing runs yet."""
         from fabric.messaging.query_rpc import RuntimeReplica
 
         subject_token(stage, "stage")
-        process = cls(settings, stage=stage, listen=listen, health_listen=health_listen)
+        process = cls(settings, stage=stage, listen=listen)
         process.bus = await connect_bus(settings, f"fabric-runtime-{process.replica_id}")
         try:
             process.events = await open_event_log(process.bus, settings)
@@ -217,7 +219,8 @@ class RuntimeProcess:
                 settings,
                 open_store(settings),
                 secret_store=open_secret_store(settings),
-                services=(QUERY_SERVICE,) if listen else (),
+                services=(QUERY_SERVICE,),
+                stage=stage,
                 **engine_options,
             )
             process.replica = RuntimeReplica(
@@ -232,11 +235,15 @@ class RuntimeProcess:
             await close_quietly(process.bus)
             raise
         process.applier = PlatformEventApplier(process.gateway.purger)
+        process.readiness = ReplicaReadiness(
+            process.gateway.engine.store, process.events, process.durable_name
+        )
         metrics = process.gateway.engine.metrics
         bus = process.bus
         metrics.add_snapshot(lambda: bus_snapshot(bus))
         metrics.add_snapshot(process.replica.snapshot)
         metrics.add_snapshot(process.applier.snapshot)
+        metrics.add_snapshot(process.readiness.snapshot)
         return process
 
     @property
@@ -269,17 +276,19 @@ class RuntimeProcess:
                 f"another process is consuming platform events as {self.durable_name!r}: "
                 "give every runtime replica its own FABRIC_REPLICA_ID"
             )
+        # Listening at once, so probes hear NOT_SERVING (and calls UNAVAILABLE) while the
+        # replica loads; the queue group is joined only once it is ready.
+        port = await self.gateway.start(self.listen, ready=False)
         await self.applier.start(self.events, self.durable_name)
+        await self.readiness.wait()
         await self.replica.start()
-        address = self.listen or self.health_listen
-        port = await self.gateway.start(address)
+        await self.gateway.set_ready()
         self._watcher = asyncio.get_running_loop().create_task(
             self._watch_bus(), name="runtime:health"
         )
-        what = "queries and health" if self.listen else "health"
         line = (
             f"fabric runtime replica {self.replica_id} of stage {self.stage} serving "
-            f"{what} on port {port}, NATS at {nats_where(self.settings)}"
+            f"on port {port}, NATS at {nats_where(self.settings)}"
         )
         if self.gateway.metrics_port:
             line += f", metrics on {self.gateway.metrics_host}:{self.gateway.metrics_port}/metrics"
@@ -334,30 +343,25 @@ async def open_process(
     *,
     stage: str | None = None,
     listen: str | None = None,
-    health_listen: str | None = None,
     insecure: bool = False,
     **engine_options: Any,
 ) -> PlatformProcess | RuntimeProcess:
     """Assemble the process for `role` (connects to NATS where the role needs it).
 
-    A platform or `all` process serves every stage on `listen` (default FABRIC_LISTEN);
-    a runtime replica serves `stage`, and QueryService only when `listen` is given
-    (health always, on FABRIC_HEALTH_LISTEN otherwise). The address is checked with
-    `check_listen` first. The allocators are set up first, so that memory freed after a
-    load can be given back (`fabric.results.memory.tune_allocators`)."""
+    Every role listens on `listen` (default FABRIC_LISTEN), checked with `check_listen`
+    first: a platform or `all` process serves every stage, a runtime replica serves the
+    query API of `stage` only. The allocators are set up first, so that memory freed
+    after a load can be given back (`fabric.results.memory.tune_allocators`)."""
     tune_allocators()
+    address = listen or settings.listen
     if role == ProcessRole.RUNTIME:
         if not stage:
             raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
-        if listen:
-            check_listen(listen, settings, insecure=insecure)
-        return await RuntimeProcess.open(
-            settings, stage=stage, listen=listen, health_listen=health_listen, **engine_options
-        )
+        check_listen(address, settings, insecure=insecure)
+        return await RuntimeProcess.open(settings, stage=stage, listen=address, **engine_options)
     if role in (ProcessRole.PLATFORM, ProcessRole.ALL):
         if stage:
             raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
-        address = listen or settings.listen
         check_listen(address, settings, insecure=insecure)
         return await PlatformProcess.open(settings, role=role, listen=address, **engine_options)
     known = ", ".join(r.value for r in ProcessRole)

@@ -203,6 +203,12 @@ class EventLog(Protocol):
         unknown durable."""
         ...
 
+    async def outstanding(self, durable_name: str) -> int:
+        """Events of a durable's filter it has not acknowledged yet: delivered and
+        unacknowledged, and not delivered at all (0: it has caught up); `NotFound` for
+        an unknown durable."""
+        ...
+
     async def close(self) -> None:
         """Stop all consumers of this log (idempotent)."""
         ...

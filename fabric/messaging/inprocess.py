@@ -411,6 +411,17 @@ class InProcessEventLog:
             raise NotFound(f"no durable consumer {durable_name!r}")
         return len(durable.pending)
 
+    async def outstanding(self, durable_name: str) -> int:
+        durable = self._durables.get(durable_token(durable_name))
+        if durable is None:
+            raise NotFound(f"no durable consumer {durable_name!r}")
+        undelivered = sum(
+            1
+            for seq in range(max(durable.next_seq, self._first_seq), self._next_seq)
+            if subject_matches(durable.filter, self._event(seq).subject)
+        )
+        return undelivered + len(durable.pending)
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -715,6 +715,20 @@ class JetStreamEventLog:
             ) from None
         return int(info.num_ack_pending or 0)
 
+    async def outstanding(self, durable_name: str) -> int:
+        """Events of the durable's filter not acknowledged yet: JetStream's num_pending
+        (not delivered) plus num_ack_pending (delivered, unacknowledged)."""
+        durable_token(durable_name)
+        try:
+            info = await self._js.consumer_info(self.stream, durable_name)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(f"no durable consumer {durable_name!r}") from None
+        except (nats.errors.Error, OSError) as exc:
+            raise SourceUnavailable(
+                f"cannot read durable consumer {durable_name!r} ({type(exc).__name__})"
+            ) from None
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
     async def delete_durable(self, durable_name: str) -> None:
         """Remove a durable from the server (a replica leaving for good)."""
         durable_token(durable_name)

@@ -8,7 +8,13 @@ envelope context binds each message to
     subject   ``<stage>|<bus subject>``: the stage and the exact subject it was sent on
 
 so a message copied to another tenant's or stage's subject, to another request's reply
-inbox, or from a reply to a request subject does not open. A message that does not open,
+inbox, or from a reply to a request subject does not open.
+
+A query's messages form one stream (`start_stream`, `accept_stream`, `seal_in`,
+`open_in`): one data key for the request, its reply frames and its control frames,
+bound in the KMS to the tenant, the stage and the request id (`STREAM_PURPOSE`); each
+message keeps its own context as above. So a query costs one data-key request and one
+unwrap (a Vault transit round trip each), not one per message. A message that does not open,
 is larger than the limit or is otherwise refused is *counted* by reason (`counters`,
 `snapshot` for metrics) and logged by subject, reason and size only, never by content.
 """
@@ -22,7 +28,14 @@ from enum import StrEnum
 
 from fabric.errors import FabricError, IntegrityError, InvalidArgument, ResourceExhausted
 from fabric.messaging.bus import DEFAULT_MAX_PAYLOAD, SUBJECT_ROOT
-from fabric.security.envelope import EnvelopeContext, open_sealed, seal
+from fabric.security.envelope import (
+    EnvelopeContext,
+    StreamCipher,
+    open_sealed,
+    seal,
+    stream_id_of,
+    stream_key_context,
+)
 from fabric.security.kms import Kms
 
 log = logging.getLogger(__name__)
@@ -41,6 +54,10 @@ class Purpose(StrEnum):
     """Replica -> forwarder: acceptance, result chunks, heartbeat, summary, error."""
     QUERY_CONTROL = "query-control"
     """Forwarder -> replica: flow-control credit and cancellation."""
+
+
+STREAM_PURPOSE = "query-stream"
+"""The KMS purpose of a query stream's data key."""
 
 
 class RejectReason(StrEnum):
@@ -92,7 +109,11 @@ class BusSealer:
         self._opened = 0
         self._rejected: dict[RejectReason, int] = dict.fromkeys(RejectReason, 0)
         probe = EnvelopeContext(tenant="probe", purpose="probe", subject="probe")
-        self.overhead = len(seal(kms, b"", probe)) + SEAL_MARGIN
+        probe_stream = StreamCipher.start(kms, bytes(16), probe)
+        self.overhead = (
+            max(len(seal(kms, b"", probe)), len(probe_stream.seal(b"", probe, with_key=True)))
+            + SEAL_MARGIN
+        )
         """Bytes sealing adds to a payload, with a margin: plan chunk sizes with it."""
 
     def seal(
@@ -110,16 +131,7 @@ class BusSealer:
         """The plaintext of a message received on `subject`. Refused (counted, logged
         without content): `ResourceExhausted` over the size limit, `IntegrityError` when
         it does not open with this context."""
-        if len(blob) > self.max_message_bytes:
-            raise self.reject(
-                RejectReason.OVERSIZED,
-                subject,
-                len(blob),
-                ResourceExhausted(
-                    f"bus message of {len(blob)} bytes is over the limit of "
-                    f"{self.max_message_bytes} bytes; it was refused unopened"
-                ),
-            )
+        self._check_size(blob, subject)
         try:
             context = envelope_context(tenant, stage, subject, purpose)
             plaintext = open_sealed(self._kms, blob, context)
@@ -130,6 +142,90 @@ class BusSealer:
         with self._lock:
             self._opened += 1
         return plaintext
+
+    # -- streams -------------------------------------------------------------------------
+
+    def start_stream(self, *, tenant: str, stage: str, stream_id: bytes) -> StreamCipher:
+        """A new query stream's cipher: one data key from the KMS (a round trip with Vault
+        transit), bound to the tenant, the stage and `stream_id` (the request id)."""
+        return StreamCipher.start(
+            self._kms, stream_id, stream_key_context(tenant, STREAM_PURPOSE, stage, stream_id)
+        )
+
+    def seal_in(
+        self,
+        cipher: StreamCipher,
+        payload: bytes,
+        *,
+        tenant: str,
+        stage: str,
+        subject: str,
+        purpose: Purpose,
+        with_key: bool = False,
+    ) -> bytes:
+        """Encrypt `payload` for `subject` under the stream's key (no KMS call); `with_key`
+        for the message that starts the stream."""
+        context = envelope_context(tenant, stage, subject, purpose)
+        blob = cipher.seal(payload, context, with_key=with_key)
+        with self._lock:
+            self._sealed += 1
+        return blob
+
+    def accept_stream(
+        self, blob: bytes, *, tenant: str, stage: str, subject: str, purpose: Purpose
+    ) -> tuple[StreamCipher, bytes]:
+        """The cipher of the stream a received message starts (one unwrap by the KMS),
+        and the message's plaintext; refused (counted, logged without content) as `open`
+        refuses."""
+        self._check_size(blob, subject)
+        try:
+            context = envelope_context(tenant, stage, subject, purpose)
+            stream_id = stream_id_of(blob)
+            key_context = stream_key_context(tenant, STREAM_PURPOSE, stage, stream_id)
+            cipher, plaintext = StreamCipher.accept(self._kms, blob, key_context, context)
+        except IntegrityError as error:
+            raise self.reject(RejectReason.INTEGRITY, subject, len(blob), error) from None
+        except InvalidArgument as error:
+            raise self.reject(RejectReason.MALFORMED, subject, len(blob), error) from None
+        with self._lock:
+            self._opened += 1
+        return cipher, plaintext
+
+    def open_in(
+        self,
+        cipher: StreamCipher,
+        blob: bytes,
+        *,
+        tenant: str,
+        stage: str,
+        subject: str,
+        purpose: Purpose,
+    ) -> bytes:
+        """The plaintext of a message of the stream received on `subject` (no KMS call);
+        refused (counted, logged without content) as `open` refuses."""
+        self._check_size(blob, subject)
+        try:
+            context = envelope_context(tenant, stage, subject, purpose)
+            plaintext = cipher.open(blob, context)
+        except IntegrityError as error:
+            raise self.reject(RejectReason.INTEGRITY, subject, len(blob), error) from None
+        except InvalidArgument as error:
+            raise self.reject(RejectReason.MALFORMED, subject, len(blob), error) from None
+        with self._lock:
+            self._opened += 1
+        return plaintext
+
+    def _check_size(self, blob: bytes, subject: str) -> None:
+        if len(blob) > self.max_message_bytes:
+            raise self.reject(
+                RejectReason.OVERSIZED,
+                subject,
+                len(blob),
+                ResourceExhausted(
+                    f"bus message of {len(blob)} bytes is over the limit of "
+                    f"{self.max_message_bytes} bytes; it was refused unopened"
+                ),
+            )
 
     def reject(
         self, reason: RejectReason, subject: str, size: int, error: FabricError | None = None

@@ -108,6 +108,9 @@ BUS_GAUGES = {
     "bus_connected": "1 while the NATS connection is up.",
     "bus_replica_in_flight": "Queries this runtime replica is serving now.",
     "bus_events_pending": "Platform events waiting in the outbox to be published again.",
+    "bus_replica_ready": "1 once this runtime replica serves (metadata loaded, events caught up).",
+    "bus_replica_metadata_loaded": "1 once this runtime replica's metadata store answered.",
+    "bus_replica_events_caught_up": "1 once this runtime replica applied every event it was owed.",
 }
 BUS_COUNTERS = {
     "bus_reconnects": "Reconnections to NATS.",

@@ -1,10 +1,13 @@
 """Arrow IPC framing for gRPC: a result travels as one Arrow IPC *stream* cut into messages.
 
 Wire format. A result is the byte sequence of an Arrow IPC stream: one schema message,
-record-batch messages, then the end-of-stream marker. Each gRPC message carries exactly one
-encapsulated IPC message, so the concatenation of the gRPC payloads, in order, is a stream
-that ``pa.ipc.open_stream`` reads as is. No message is larger than ``max_message_bytes``
-unless a single row is larger than that on its own (see ``IpcChunker.batch_messages``).
+record-batch messages, then the end-of-stream marker. The concatenation of the gRPC
+payloads, in order, is a stream that ``pa.ipc.open_stream`` reads as is. A gateway that
+runs the query sends whole encapsulated IPC messages in each gRPC message; a platform
+that forwards a replica's result passes its bytes on as they came, cut anywhere (the
+reader joins a message that spans two payloads). No message is larger than
+``max_message_bytes`` unless a single row is larger than that on its own (see
+``IpcChunker.batch_messages``).
 
 Dictionaries. Dictionary-encoded columns (anywhere in the type tree) are *decoded* to their
 value type before they are serialized, and the wire schema says so. Sending dictionaries

@@ -37,6 +37,7 @@ __all__ = [
     "PUBLIC_METHODS",
     "ROLE_RANK",
     "SERVICE_ROLES",
+    "StageBoundVerifier",
     "TokenVerifierLike",
     "authenticate",
     "authorize",
@@ -96,6 +97,28 @@ class TokenVerifierLike(Protocol):
     """What `context_from_metadata` needs of a verifier (fabric.security.tokens)."""
 
     def verify(self, token: str) -> RequestContext: ...
+
+
+class StageBoundVerifier:
+    """The verifier of a process that serves one stage (a runtime replica): a token of
+    any other stage is refused with PermissionDenied, before any handler runs.
+
+    PERMISSION_DENIED, not UNAUTHENTICATED: the token is genuine (its signature, issuer,
+    audience and lifetime were checked first), it is only not valid here; the caller
+    must take its calls to its own stage's address, not fetch another token."""
+
+    def __init__(self, verifier: TokenVerifierLike, stage: str) -> None:
+        self._verifier = verifier
+        self.stage = stage
+
+    def verify(self, token: str) -> RequestContext:
+        ctx = self._verifier.verify(token)
+        if ctx.stage != self.stage:
+            raise PermissionDenied(
+                f"this runtime replica serves stage '{self.stage}'; the caller's token is "
+                f"for stage '{ctx.stage}': call that stage's own address"
+            )
+        return ctx
 
 
 def role_allows(have: Role, needed: Role) -> bool:

@@ -264,3 +264,24 @@ def test_cli_changes_reach_running_statements_and_name_their_actor(
     me = f"cli:{getpass.getuser()}"
     assert actors["catalog.unselect"] == actors["catalog.select"] == me
     assert actors["connection.create"] == me
+
+
+def test_query_takes_several_addresses_and_skips_one_that_is_gone(
+    served: tuple[dict[str, str], int, int],
+) -> None:
+    env, port, _metrics_port = served
+    gone = _free_port()  # nothing listens there
+    addresses = f"127.0.0.1:{gone},127.0.0.1:{port}"
+    for _ in range(4):  # each run starts on either address; every one is answered
+        done = _run(
+            env,
+            "query",
+            "retail",
+            "SELECT COUNT(*) AS n FROM orders",
+            "--address",
+            addresses,
+            "--format",
+            "json",
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["n"] > 0

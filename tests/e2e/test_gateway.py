@@ -215,7 +215,7 @@ def test_paging_walks_the_result_and_closing_drops_it(harness: Harness) -> None:
         other.close()
         assert harness.engine.open_statements.stats.open == 0
         with pytest.raises(NotFound):
-            c._unary(c._stub.Fetch, pb.FetchRequest(statement_id=other.id))
+            c._unary(c._endpoints[0].stub.Fetch, pb.FetchRequest(statement_id=other.id))
 
 
 def test_idle_statement_is_purged_with_its_parameters(harness: Harness) -> None:
@@ -243,7 +243,7 @@ def test_other_tenant_cannot_touch_a_statement(harness: Harness) -> None:
     with client(harness) as a, client(harness, tenant="other") as b:
         statement = a.open_statement("shop", "SELECT id FROM orders", page_rows=10)
         with pytest.raises(NotFound):
-            b._unary(b._stub.Fetch, pb.FetchRequest(statement_id=statement.id))
+            b._unary(b._endpoints[0].stub.Fetch, pb.FetchRequest(statement_id=statement.id))
         assert statement.fetch() is not None
         statement.close()
 

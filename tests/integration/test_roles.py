@@ -115,7 +115,7 @@ async def cluster(
         runtimes = []
         for index in range(replicas):
             own = dataclasses.replace(settings, replica_id=f"{stage}-r{index}")
-            runtime = await RuntimeProcess.open(own, stage=stage, health_listen="127.0.0.1:0")
+            runtime = await RuntimeProcess.open(own, stage=stage, listen="127.0.0.1:0")
             stack.push_async_callback(runtime.stop, 1.0)
             await runtime.start()
             runtimes.append(runtime)
@@ -224,7 +224,7 @@ def test_role_all_with_nats_publishes_events_for_outside_replicas(tmp_path: Path
         outside = await RuntimeProcess.open(
             dataclasses.replace(settings, replica_id=f"{stage}-outside"),
             stage=stage,
-            health_listen="127.0.0.1:0",
+            listen="127.0.0.1:0",
         )
         try:
             assert (await both.start()).startswith("fabric gateway serving on port")
@@ -263,10 +263,10 @@ def test_two_replicas_cannot_share_one_replica_id(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, url, replica_id=f"{stage}-same")
 
     async def body() -> None:
-        first = await RuntimeProcess.open(settings, stage=stage, health_listen="127.0.0.1:0")
+        first = await RuntimeProcess.open(settings, stage=stage, listen="127.0.0.1:0")
         try:
             await first.start()
-            second = await RuntimeProcess.open(settings, stage=stage, health_listen="127.0.0.1:0")
+            second = await RuntimeProcess.open(settings, stage=stage, listen="127.0.0.1:0")
             try:
                 with pytest.raises(FailedPrecondition, match="FABRIC_REPLICA_ID"):
                     await second.start()
@@ -472,7 +472,12 @@ def test_query_through_platform_and_two_runtime_subprocesses(tmp_path: Path) -> 
     metrics = [_free_port(), _free_port()]
     platform_env = {**base, "FABRIC_LISTEN": f"127.0.0.1:{port}", "FABRIC_METRICS_PORT": "0"}
     runtime_envs = [
-        {**base, "FABRIC_REPLICA_ID": f"{stage}-p{i}", "FABRIC_METRICS_PORT": str(metrics[i])}
+        {
+            **base,
+            "FABRIC_REPLICA_ID": f"{stage}-p{i}",
+            "FABRIC_METRICS_PORT": str(metrics[i]),
+            "FABRIC_LISTEN": f"127.0.0.1:{_free_port()}",
+        }
         for i in range(2)
     ]
     token = local_token(Settings(home=tmp_path), tenant=tenant, stage=stage, role="developer")
@@ -484,7 +489,7 @@ def test_query_through_platform_and_two_runtime_subprocesses(tmp_path: Path) -> 
     ):
         for process in (r0, r1):
             line = process.ready()
-            assert f"of stage {stage} serving health on port" in line
+            assert f"of stage {stage} serving on port" in line
         assert platform.ready().startswith(f"fabric platform serving on port {port}")
 
         queries = 0

@@ -34,17 +34,18 @@ from fabric.messaging.query_rpc import (
     BusQueryForwarder,
     Frame,
     FrameKind,
-    RecordSplitter,
     RuntimeReplica,
     WireRequest,
     query_subject,
     reply_subject,
     stage_query_filter,
 )
+from fabric.messaging.query_rpc.wire import end_body, split_end
 from fabric.messaging.sealing import BusSealer, Purpose
 from fabric.query.engine import QueryRequest
 from fabric.query.runs import Summary
 from fabric.results.ipc import IpcChunker, open_ipc_stream
+from fabric.security.envelope import StreamCipher
 from fabric.security.kms import LocalKeyRing
 from tests.support.nats import run_bounded
 
@@ -68,11 +69,13 @@ CTX: SealContext = {
 
 
 class CountingKms:
-    """A key ring that counts unwraps (to show oversized messages are never opened)."""
+    """A key ring that counts its data keys and unwraps (what would each be a round trip
+    to Vault transit)."""
 
     def __init__(self, inner: LocalKeyRing) -> None:
         self.inner = inner
         self.unwraps = 0
+        self.data_keys = 0
 
     @property
     def key_id(self) -> str:
@@ -83,6 +86,7 @@ class CountingKms:
         return self.inner.current_version
 
     def generate_data_key(self, context: Mapping[str, str]) -> Any:
+        self.data_keys += 1
         return self.inner.generate_data_key(context)
 
     def unwrap(self, wrapped: bytes, context: Mapping[str, str]) -> bytes:
@@ -188,6 +192,122 @@ def test_rejections_are_logged_without_content(
     assert all(not isinstance(a, bytes | bytearray) for r in caplog.records for a in r.args or ())
 
 
+# -- streams: one data key for a query's messages -----------------------------------------
+
+STREAM_ID = bytes(range(16))
+REQUEST_SUBJECT = "fabric.acme.production.query"
+
+
+def test_a_stream_takes_one_data_key_and_one_unwrap_for_all_its_messages(
+    tmp_path: Path,
+) -> None:
+    sender_kms = CountingKms(LocalKeyRing.create(tmp_path / "kr.json"))
+    receiver_kms = CountingKms(LocalKeyRing.load(tmp_path / "kr.json"))
+    sender, receiver = BusSealer(sender_kms), BusSealer(receiver_kms)
+    sender_kms.data_keys = receiver_kms.data_keys = 0  # the sealers' probes of their overhead
+    request_ctx: SealContext = CTX | {"subject": REQUEST_SUBJECT, "purpose": Purpose.QUERY_REQUEST}
+    cipher = sender.start_stream(tenant="acme", stage="production", stream_id=STREAM_ID)
+    first = sender.seal_in(cipher, SECRET, **request_ctx, with_key=True)
+    assert SECRET not in first
+    accepted, plaintext = receiver.accept_stream(first, **request_ctx)
+    assert plaintext == SECRET and accepted.stream_id == STREAM_ID
+    for n in range(50):  # replies one way, control the other, all under the same key
+        reply = receiver.seal_in(accepted, SECRET + bytes([n]), **CTX)
+        assert sender.open_in(cipher, reply, **CTX) == SECRET + bytes([n])
+        control = sender.seal_in(cipher, b"ack", **(CTX | {"purpose": Purpose.QUERY_CONTROL}))
+        assert (
+            receiver.open_in(accepted, control, **(CTX | {"purpose": Purpose.QUERY_CONTROL}))
+            == b"ack"
+        )
+    assert (sender_kms.data_keys, sender_kms.unwraps) == (1, 0)
+    assert (receiver_kms.data_keys, receiver_kms.unwraps) == (0, 1)
+    assert len(first) - len(SECRET) <= sender.overhead
+
+
+def test_a_stream_message_opens_only_in_its_stream_subject_and_purpose(kms: LocalKeyRing) -> None:
+    sealer = BusSealer(kms)
+    cipher = sealer.start_stream(tenant="acme", stage="production", stream_id=STREAM_ID)
+    other = sealer.start_stream(tenant="acme", stage="production", stream_id=bytes(16))
+    blob = sealer.seal_in(cipher, SECRET, **CTX)
+    refused = 0
+    for change in (
+        {"subject": "fabric.acme.production.reply.other"},
+        {"purpose": Purpose.QUERY_CONTROL},
+        {"tenant": "globex", "subject": "fabric.globex.production.reply.abc123"},
+        {"stage": "test", "subject": "fabric.acme.test.reply.abc123"},
+    ):
+        with pytest.raises(IntegrityError):
+            sealer.open_in(cipher, blob, **(CTX | change))  # type: ignore[arg-type]
+        refused += 1
+    with pytest.raises(IntegrityError, match="another stream"):
+        sealer.open_in(other, blob, **CTX)
+    refused += 1
+    for position in range(0, len(blob), 3):
+        tampered = bytearray(blob)
+        tampered[position] ^= 0x01
+        with pytest.raises(IntegrityError):
+            sealer.open_in(cipher, bytes(tampered), **CTX)
+        refused += 1
+    assert sealer.counters["rejected_integrity"] == refused
+    assert sealer.open_in(cipher, blob, **CTX) == SECRET
+
+
+def test_a_stream_key_moved_to_another_stream_or_tenant_does_not_unwrap(
+    kms: LocalKeyRing,
+) -> None:
+    sealer = BusSealer(kms)
+    request_ctx: SealContext = CTX | {"subject": REQUEST_SUBJECT, "purpose": Purpose.QUERY_REQUEST}
+    cipher = sealer.start_stream(tenant="acme", stage="production", stream_id=STREAM_ID)
+    first = sealer.seal_in(cipher, SECRET, **request_ctx, with_key=True)
+    renamed = first.replace(STREAM_ID, bytes(16))  # the clear stream id, rewritten
+    assert renamed != first
+    with pytest.raises(IntegrityError):
+        sealer.accept_stream(renamed, **request_ctx)
+    elsewhere: SealContext = request_ctx | {
+        "tenant": "globex",
+        "subject": "fabric.globex.production.query",
+    }
+    with pytest.raises(IntegrityError):
+        sealer.accept_stream(first, **elsewhere)
+    with pytest.raises(IntegrityError):  # a message without the key cannot start a stream
+        sealer.accept_stream(sealer.seal_in(cipher, SECRET, **request_ctx), **request_ctx)
+    assert sealer.counters["rejected_integrity"] == 3
+
+
+def test_a_forwarded_query_takes_one_data_key_however_many_chunks(tmp_path: Path) -> None:
+    """With Vault transit each data key and each unwrap is a round trip: a query's stream
+    costs one of each, not one per sealed chunk."""
+    platform_kms = CountingKms(LocalKeyRing.create(tmp_path / "kr.json"))
+    replica_kms = CountingKms(LocalKeyRing.load(tmp_path / "kr.json"))
+
+    async def body() -> None:
+        bus = InProcessBus(max_payload=4096)
+        engine = StubEngine(_ipc(2000))
+        replica = RuntimeReplica(bus, engine, replica_kms, stage="production")  # type: ignore[arg-type]
+        await replica.start()
+        forwarder = BusQueryForwarder(bus, platform_kms, timeout=2.0, window=2)
+        keys_before = (platform_kms.data_keys, replica_kms.data_keys)
+        unwraps_before = (platform_kms.unwraps, replica_kms.unwraps)
+        for _ in range(2):
+            messages, _summary = await _collect(
+                forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1"))
+            )
+            assert b"".join(messages) == b"".join(engine.messages)
+        assert replica.stats.chunks_sent > 2 * 10  # 4 KiB payloads: many chunks each
+        assert (platform_kms.data_keys, replica_kms.data_keys) == (
+            keys_before[0] + 2,
+            keys_before[1],
+        )
+        assert (platform_kms.unwraps, replica_kms.unwraps) == (
+            unwraps_before[0],
+            unwraps_before[1] + 2,
+        )
+        await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
 # -- frames and records ------------------------------------------------------------------
 
 
@@ -204,15 +324,15 @@ def test_frames_round_trip_and_refuse_garbage() -> None:
             Frame.decode(garbage)
 
 
-def test_records_are_reassembled_across_any_cut() -> None:
-    messages = [b"a" * 5, b"", b"b" * 300, b"c"]
-    stream = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
-    for size in (1, 3, 4, 7, 64, len(stream)):
-        records = RecordSplitter()
-        out: list[bytes] = []
-        for start in range(0, len(stream), size):
-            out += records.feed(stream[start : start + size])
-        assert out == messages and records.pending == 0
+def test_the_end_frame_carries_the_summary_and_the_last_bytes() -> None:
+    summary = Summary(3, True, False, 17)
+    for tail in (b"", b"\xff\xff\xff\xff\x00\x00\x00\x00", b"x" * 5000):
+        fields, rest = split_end(end_body(summary, tail))
+        assert fields == {"rows": 3, "truncated": True, "from_cache": False, "elapsed_us": 17}
+        assert rest == tail
+    for garbage in (b"", b"\x00\x00", b"\x00\x00\x00\x09{}"):
+        with pytest.raises(InvalidArgument):
+            split_end(garbage)
 
 
 # -- the protocol on the in-process bus ----------------------------------------------------
@@ -287,7 +407,8 @@ def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> 
                 CALLER, QueryRequest("crm", "SELECT 1", params, cache_ttl=2.5, max_rows=9), deadline
             )
         )
-        assert messages == engine.messages
+        # The IPC stream's bytes, cut where the bus's payload limit fell.
+        assert b"".join(messages) == b"".join(engine.messages)
         assert summary.rows == 10
         ctx, request, remote_deadline = engine.calls[0]
         assert (ctx.tenant, ctx.stage, ctx.role, ctx.principal) == (
@@ -301,6 +422,26 @@ def test_round_trip_with_parameters_identity_and_deadline(kms: LocalKeyRing) -> 
         assert replica.stats.chunks_sent > 10  # 4 KiB payloads
         assert forwarder.stats.chunks_received == replica.stats.chunks_sent
         assert open_ipc_stream(messages).read_all().num_rows == 2000
+        await replica.stop()
+        await bus.close()
+
+    run_bounded(body(), 20)
+
+
+def test_a_small_result_is_the_answer_to_the_request_itself(kms: LocalKeyRing) -> None:
+    async def body() -> None:
+        bus = InProcessBus()
+        engine = StubEngine(_ipc(10))
+        replica = RuntimeReplica(bus, engine, kms, stage="production")  # type: ignore[arg-type]
+        await replica.start()
+        forwarder = BusQueryForwarder(bus, kms, timeout=2.0)
+        messages, summary = await _collect(
+            forwarder.execute(CALLER, QueryRequest("crm", "SELECT 1"))
+        )
+        assert b"".join(messages) == b"".join(engine.messages) and summary.rows == 10
+        # No ACCEPT, no chunk: the END frame, with the result, answered the request.
+        assert replica.stats.chunks_sent == 0 and forwarder.stats.chunks_received == 0
+        assert replica.stats.served == 1
         await replica.stop()
         await bus.close()
 
@@ -396,9 +537,12 @@ class FakeReplica:
     async def start(self) -> None:
         await self.bus.subscribe(stage_query_filter("production"), self.on_request, "q")
 
-    def sealed(self, request: WireRequest, kind: FrameKind, seq: int, body: bytes) -> bytes:
+    def sealed(
+        self, cipher: StreamCipher, request: WireRequest, kind: FrameKind, seq: int, body: bytes
+    ) -> bytes:
         frame = Frame(kind, request.request_id, seq, body).encode()
-        return self.sealer.seal(
+        return self.sealer.seal_in(
+            cipher,
             frame,
             tenant="acme",
             stage="production",
@@ -407,7 +551,7 @@ class FakeReplica:
         )
 
     async def on_request(self, msg: Message) -> None:
-        data = self.sealer.open(
+        cipher, data = self.sealer.accept_stream(
             msg.payload,
             tenant="acme",
             stage="production",
@@ -416,52 +560,44 @@ class FakeReplica:
         )
         request = WireRequest.decode(Frame.decode(data), "acme", "production")
         # A forged message on the inbox first: ignored, counted.
-        await self.bus.publish(request.reply, b"FBSL" + b"\x00" * 200)
+        await self.bus.publish(request.reply, b"FBSM" + b"\x00" * 200)
         # Every scripted frame is queued at the forwarder's inbox before the acceptance,
         # so the forwarder finds them all there when it starts reading.
         for kind, seq, body in self.script:
-            await self.bus.publish(request.reply, self.sealed(request, kind, seq, body))
-        await msg.respond(self.sealed(request, FrameKind.ACCEPT, 0, b'{"replica":"fake"}'))
+            await self.bus.publish(request.reply, self.sealed(cipher, request, kind, seq, body))
+        accept = self.sealed(cipher, request, FrameKind.ACCEPT, 0, b'{"replica":"fake"}')
+        await msg.respond(accept)
 
 
-def _record(message: bytes) -> bytes:
-    return len(message).to_bytes(4, "big") + message
-
-
-END = b'{"rows":1,"truncated":false,"from_cache":false,"elapsed_us":1}'
+END = end_body(Summary(1, False, False, 1), b"")
 
 
 @pytest.mark.parametrize(
     ("script", "error", "match"),
     [
         (
-            [(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 2, _record(b"m2"))],
+            [(FrameKind.CHUNK, 0, b"m0"), (FrameKind.CHUNK, 2, b"m2")],
             SourceUnavailable,
             "a gap at chunk 1",
         ),
         (
-            [(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.CHUNK, 0, _record(b"m0"))],
+            [(FrameKind.CHUNK, 0, b"m0"), (FrameKind.CHUNK, 0, b"m0")],
             SourceUnavailable,
             "a duplicate at chunk 1",
         ),
         (
-            [(FrameKind.CHUNK, 0, _record(b"m0")), (FrameKind.END, 2, END)],
+            [(FrameKind.CHUNK, 0, b"m0"), (FrameKind.END, 2, END)],
             SourceUnavailable,
             "ended after 1 of 2 chunks",
         ),
         (
-            [(FrameKind.CHUNK, 0, _record(b"m0")[:3]), (FrameKind.END, 1, END)],
-            SourceUnavailable,
-            "inside a message",
-        ),
-        (
-            [(FrameKind.CHUNK, n, _record(b"m")) for n in range(5)],
+            [(FrameKind.CHUNK, n, b"m") for n in range(5)],
             InternalError,
             "flow-control window",
         ),
         (
             [
-                (FrameKind.CHUNK, 0, _record(b"m0")),
+                (FrameKind.CHUNK, 0, b"m0"),
                 (FrameKind.ERROR, 1, b'{"code":"deadline_exceeded","message":"too slow"}'),
             ],
             DeadlineExceeded,
@@ -490,6 +626,7 @@ def test_the_forwarder_never_returns_a_broken_stream(
 def test_subjects_are_namespaced_by_tenant_and_stage() -> None:
     assert query_subject("acme", "production") == "fabric.acme.production.query"
     assert stage_query_filter("production") == "fabric.*.production.query"
-    assert reply_subject("acme", "test", b"\x01" * 16).startswith("fabric.acme.test.reply.")
+    reply = reply_subject("acme", "test", "in", b"\x01" * 16)
+    assert reply == "fabric.acme.test.reply.in." + "01" * 16
     with pytest.raises(InvalidArgument):
         query_subject("acme.*", "production")

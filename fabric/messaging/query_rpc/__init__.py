@@ -2,34 +2,48 @@
 
 `RuntimeReplica` subscribes, in a queue group, to its stage's query subject of every
 tenant it serves, so each request is served by exactly one replica of the stage and more
-replicas mean more capacity. `BusQueryForwarder.execute` has the contract of
-`QueryEngine.execute` (Arrow IPC messages, then one `Summary`), so the gRPC servicer can
-drive either.
+replicas mean more capacity. `BusQueryForwarder.execute` yields what the gRPC servicer
+takes from `QueryEngine.execute` (the bytes of the Arrow IPC stream, then one
+`Summary`), so the servicer can drive either.
 
 Subjects (`<t>` tenant, `<s>` stage; all built with `subject_for`)::
 
     fabric.<t>.<s>.query                requests; replicas subscribe `fabric.*.<s>.query`
                                         (every tenant) or one subject per tenant, queue
                                         group `fabric-runtime-<s>`
-    fabric.<t>.<s>.reply.<request id>   one request's reply stream (the forwarder's inbox)
+    fabric.<t>.<s>.reply.<inbox>.<request id>
+                                        one request's reply stream; a forwarder receives
+                                        the replies of all its requests on one
+                                        subscription `fabric.*.*.reply.<inbox>.*`
     fabric.<t>.<s>.control.<replica>    credit and cancellation for a replica's requests
 
 Protocol. Every payload is one sealed blob (`BusSealer`; tenant, stage, exact subject
 and purpose bound as context); there are no headers, so nothing readable crosses the
-bus but the subject names. Inside the seal a frame is::
+bus but the subject names and the request id they already carry. A query's messages
+are one stream under one data key (`fabric.security.envelope.StreamCipher`): the
+forwarder asks the KMS for it once and sends it wrapped in the REQUEST; the replica
+unwraps it once; every other message of the query (replies, acknowledgements,
+cancellation) is only AES-GCM under that key. With Vault transit that is one data-key
+request and one decrypt per query, not one per chunk. Inside the seal a frame is::
 
-    magic b"FQ" | version u8 | kind u8 | request id 16 bytes | seq u32 | body
+    magic b"FQ" | version u8 (2) | kind u8 | request id 16 bytes | seq u32 | body
 
-1. The forwarder subscribes to the reply inbox, then sends REQUEST with `Bus.request`
-   (so "no responders" is detected at once). The body is a JSON head (connection, SQL,
+1. The forwarder registers the request with its inbox, then sends REQUEST with
+   `Bus.request` (so "no responders" is detected at once). The body is a JSON head (connection, SQL,
    cache lifetime, row cap, role, principal, time left, send time, reply inbox, window,
    heartbeat and stall intervals) and the parameters as a protobuf `ExecuteRequest`.
-2. The replica answers the request with ACCEPT (its replica id) or a retryable ERROR
-   (busy, shutting down), then streams on the inbox: CHUNK frames numbered 0, 1, 2...
-   whose bodies, concatenated, are a stream of length-prefixed (u32) Arrow IPC
-   messages cut to fit the bus's `max_payload`; HEARTBEAT while the source is quiet; and
-   finally END (the summary, `seq` = number of chunks) or ERROR (code, message,
-   SQLSTATE; `seq` = chunks sent before it).
+2. The replica answers the request with END when the whole result is there before
+   anything else had to go out and fits one frame (a small result: one reply), with
+   ERROR (retryable when busy or shutting down), or else with ACCEPT (its replica id),
+   at the latest `linger` seconds after the request came, and then streams on the
+   inbox: CHUNK frames numbered 0, 1, 2...
+   whose bodies, concatenated, are the result's Arrow IPC stream, cut wherever the
+   bus's `max_payload` falls; HEARTBEAT while the source is quiet; and finally END
+   (the summary, then the last bytes of the result, so a small result is one frame;
+   `seq` = number of chunks before it) or ERROR (code, message, SQLSTATE; `seq` =
+   chunks sent before it). The forwarder hands the bytes on as they are: nothing is
+   decoded or re-framed on the way (the client's IPC reader takes a stream cut
+   anywhere, and detects one that ends early).
 3. Flow control: the replica sends chunk `n` only while `n < acked + window`; the
    forwarder publishes ACK(`seq` = chunks its consumer has taken) on the replica's
    control subject every `window // 2` chunks. A replica without credit for `stall`
@@ -65,14 +79,13 @@ from fabric.messaging.query_rpc.replica import (
     RuntimeReplica,
 )
 from fabric.messaging.query_rpc.wire import (
-    MAX_RECORD_BYTES,
     PROTOCOL_VERSION,
     Frame,
     FrameKind,
-    RecordSplitter,
     WireRequest,
     control_subject,
     query_subject,
+    reply_filter,
     reply_subject,
     stage_query_filter,
 )
@@ -84,18 +97,17 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WINDOW",
-    "MAX_RECORD_BYTES",
     "PROTOCOL_VERSION",
     "BusQueryForwarder",
     "ForwarderStats",
     "Frame",
     "FrameKind",
-    "RecordSplitter",
     "ReplicaStats",
     "RuntimeReplica",
     "WireRequest",
     "control_subject",
     "query_subject",
+    "reply_filter",
     "reply_subject",
     "stage_query_filter",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -31,13 +32,14 @@ from fabric.messaging.bus import (
 from fabric.messaging.query_rpc.wire import (
     CONTROL_KIND,
     FRAME_HEADER,
-    RECORD_HEADER,
     Frame,
     FrameKind,
     WireRequest,
     control_subject,
     encode_json,
+    end_body,
     error_body,
+    offload_large,
     offload_policy,
     query_subject,
     stage_query_filter,
@@ -45,6 +47,7 @@ from fabric.messaging.query_rpc.wire import (
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
 from fabric.query.engine import QueryEngine, QueryRequest
 from fabric.query.runs import Summary
+from fabric.security.envelope import StreamCipher, stream_id_of
 from fabric.security.kms import Kms
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,9 @@ class _Serving:
 
     request: WireRequest
     control: str
+    cipher: StreamCipher
+    answer: Message
+    """The request, answered by the stream's first frame (`_ReplyStream.send`)."""
     acked: int = 0
     credit: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -83,7 +89,13 @@ class _Serving:
 
 class _ReplyStream:
     """Publishes one request's reply frames in order: chunks under the window, the
-    final END or ERROR, heartbeats when quiet."""
+    final END or ERROR, heartbeats when quiet.
+
+    The first frame answers the request itself: END (or ERROR) when the whole result
+    is there before anything else had to go out, so a small result costs one reply;
+    otherwise ACCEPT, then the stream on the reply inbox. The request is answered
+    within `linger` seconds in any case (`tick`), so the forwarder soon knows which
+    replica serves it."""
 
     def __init__(self, replica: RuntimeReplica, serving: _Serving) -> None:
         self._replica = replica
@@ -94,26 +106,50 @@ class _ReplyStream:
         self._buffer = bytearray()
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._answered = False
         loop = asyncio.get_running_loop()
+        self._started = loop.time()
         self._last_sent = loop.time()
         self._last_flush = loop.time()
 
     async def send(self, kind: FrameKind, seq: int = 0, body: bytes = b"") -> None:
+        if not self._answered and kind in (FrameKind.END, FrameKind.ERROR):
+            self._answered = True
+            await self._publish(kind, seq, body, answer=True)
+            return
+        await self._accept()
+        await self._publish(kind, seq, body)
+
+    async def _accept(self) -> None:
+        """Answer the request with ACCEPT, unless it was answered already."""
+        if not self._answered:
+            self._answered = True
+            accept = encode_json({"replica": self._replica.replica_id})
+            await self._publish(FrameKind.ACCEPT, 0, accept, answer=True)
+
+    async def _publish(
+        self, kind: FrameKind, seq: int, body: bytes, *, answer: bool = False
+    ) -> None:
         replica = self._replica
-        request = self._serving.request
+        serving = self._serving
+        request = serving.request
         frame = Frame(kind, request.request_id, seq, body).encode()
         sealed = await replica._seal(
-            frame, request.tenant, request.stage, self._subject, Purpose.QUERY_REPLY
+            serving.cipher, frame, request, self._subject, Purpose.QUERY_REPLY
         )
-        await replica.bus.publish(self._subject, sealed)
+        if answer:
+            await serving.answer.respond(sealed)
+        else:
+            await replica.bus.publish(self._subject, sealed)
         self._last_sent = asyncio.get_running_loop().time()
         if kind == FrameKind.CHUNK:
             replica.stats.chunks_sent += 1
             replica.stats.bytes_sent += len(sealed)
 
     async def add(self, message: bytes) -> None:
+        """Append the next bytes of the result's IPC stream; chunks are cut at the
+        budget wherever it falls (the forwarder passes the bytes on as they are)."""
         async with self._lock:
-            self._buffer += RECORD_HEADER.pack(len(message))
             self._buffer += message
             while len(self._buffer) >= self._budget:
                 piece = bytes(self._buffer[: self._budget])
@@ -145,20 +181,16 @@ class _ReplyStream:
                 await self._chunk(piece)
 
     async def finish(self, summary: Summary) -> None:
-        await self.flush()
+        """END with the summary and what is left of the result (a small result is then
+        one frame), or a last CHUNK first when the two do not fit one frame."""
         async with self._lock:
-            await self.send(
-                FrameKind.END,
-                self._seq,
-                encode_json(
-                    {
-                        "rows": summary.rows,
-                        "truncated": summary.truncated,
-                        "from_cache": summary.from_cache,
-                        "elapsed_us": summary.elapsed_us,
-                    }
-                ),
-            )
+            tail = bytes(self._buffer)
+            self._buffer.clear()
+            body = end_body(summary, tail)
+            if len(body) > self._budget:
+                await self._chunk(tail)
+                body = end_body(summary, b"")
+            await self.send(FrameKind.END, self._seq, body)
 
     async def error(self, error: FabricError, retryable: bool = False) -> None:
         await self.send(FrameKind.ERROR, self._seq, error_body(error, retryable))
@@ -173,6 +205,8 @@ class _ReplyStream:
         while True:
             await asyncio.sleep(min(linger, heartbeat))
             async with self._lock:
+                if not self._answered and loop.time() - self._started >= linger:
+                    await self._accept()
                 if self._buffer and loop.time() - self._last_flush >= linger:
                     piece = bytes(self._buffer)
                     self._buffer.clear()
@@ -317,13 +351,24 @@ class RuntimeReplica:
     # -- internals -----------------------------------------------------------------------
 
     async def _seal(
-        self, data: bytes, tenant: str, stage: str, subject: str, purpose: Purpose
+        self,
+        cipher: StreamCipher,
+        data: bytes,
+        request: WireRequest,
+        subject: str,
+        purpose: Purpose,
     ) -> bytes:
-        if self._offload(len(data)):
-            return await asyncio.to_thread(
-                self.sealer.seal, data, tenant=tenant, stage=stage, subject=subject, purpose=purpose
-            )
-        return self.sealer.seal(data, tenant=tenant, stage=stage, subject=subject, purpose=purpose)
+        """Seal a frame of `request`'s stream (its key is held: no KMS call)."""
+        seal = functools.partial(
+            self.sealer.seal_in,
+            cipher,
+            data,
+            tenant=request.tenant,
+            stage=request.stage,
+            subject=subject,
+            purpose=purpose,
+        )
+        return await asyncio.to_thread(seal) if offload_large(len(data)) else seal()
 
     def _tenant_of(self, subject: str) -> str | None:
         tokens = subject.split(".")
@@ -334,31 +379,51 @@ class RuntimeReplica:
             return None
         return tenant
 
-    def _open(self, msg: Message, purpose: Purpose) -> tuple[str, Frame] | None:
-        """The tenant the subject names and the frame the message carries; None when the
-        subject is not one this replica serves, or the frame cannot be opened or decoded
-        (counted and logged, without content, by the sealer)."""
-        tenant = self._tenant_of(msg.subject)
-        if tenant is None:
-            self.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
-            return None
+    def _frame(self, msg: Message, data: bytes) -> Frame | None:
+        """The frame an opened message carries; None (counted, logged without content)
+        when it is not one."""
         try:
-            data = self.sealer.open(
-                msg.payload, tenant=tenant, stage=self.stage, subject=msg.subject, purpose=purpose
-            )
-        except FabricError:
-            return None  # counted and logged (without content) by the sealer
-        try:
-            return tenant, Frame.decode(data)
+            return Frame.decode(data)
         except InvalidArgument as error:
             self.sealer.reject(RejectReason.MALFORMED, msg.subject, len(msg.payload), error)
             return None
 
+    async def _accept(self, msg: Message) -> tuple[str, StreamCipher, Frame] | None:
+        """A request's tenant, its stream's cipher (one unwrap by the KMS) and its frame;
+        None when the subject is not one this replica serves, or the message does not
+        open or decode (counted and logged, without content, by the sealer)."""
+        tenant = self._tenant_of(msg.subject)
+        if tenant is None:
+            self.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
+            return None
+        accept = functools.partial(
+            self.sealer.accept_stream,
+            msg.payload,
+            tenant=tenant,
+            stage=self.stage,
+            subject=msg.subject,
+            purpose=Purpose.QUERY_REQUEST,
+        )
+        try:
+            if self._offload(len(msg.payload)):
+                cipher, data = await asyncio.to_thread(accept)
+            else:
+                cipher, data = accept()
+        except FabricError:
+            return None  # counted and logged (without content) by the sealer
+        frame = self._frame(msg, data)
+        if frame is None:
+            return None
+        if frame.request_id != cipher.stream_id:
+            self.sealer.reject(RejectReason.MALFORMED, msg.subject, len(msg.payload))
+            return None
+        return tenant, cipher, frame
+
     async def _on_request(self, msg: Message) -> None:
-        opened = self._open(msg, Purpose.QUERY_REQUEST)
+        opened = await self._accept(msg)
         if opened is None:
             return
-        tenant, frame = opened
+        tenant, cipher, frame = opened
         try:
             if frame.kind != FrameKind.REQUEST:
                 raise InvalidArgument("not a request frame")
@@ -383,6 +448,7 @@ class RuntimeReplica:
             await self._answer(
                 msg,
                 request,
+                cipher,
                 FrameKind.ERROR,
                 error_body(
                     ResourceExhausted(
@@ -392,33 +458,26 @@ class RuntimeReplica:
                 ),
             )
             return
-        serving = _Serving(request, control_subject(tenant, self.stage, self.replica_id))
+        serving = _Serving(
+            request, control_subject(tenant, self.stage, self.replica_id), cipher, msg
+        )
         self._serving[request.request_id] = serving
-        try:
-            await self._answer(
-                msg, request, FrameKind.ACCEPT, encode_json({"replica": self.replica_id})
-            )
-        except FabricError as error:
-            del self._serving[request.request_id]
-            log.warning("replica %s could not accept a request (%s)", self.replica_id, error.code)
-            return
         self.stats.accepted += 1
-        if serving.cancel_reason is not None:  # cancelled while the acceptance went out
-            self._serving.pop(request.request_id, None)
-            self.stats.cancelled += 1
-            return
         serving.task = asyncio.get_running_loop().create_task(
             self._serve(serving), name=f"bus-query:{request.request_id.hex()}"
         )
 
     async def _answer(
-        self, msg: Message, request: WireRequest, kind: FrameKind, body: bytes
+        self,
+        msg: Message,
+        request: WireRequest,
+        cipher: StreamCipher,
+        kind: FrameKind,
+        body: bytes,
     ) -> None:
         """Reply to the request itself (sealed for its reply inbox subject)."""
         frame = Frame(kind, request.request_id, 0, body).encode()
-        sealed = await self._seal(
-            frame, request.tenant, request.stage, request.reply, Purpose.QUERY_REPLY
-        )
+        sealed = await self._seal(cipher, frame, request, request.reply, Purpose.QUERY_REPLY)
         await msg.respond(sealed)
 
     async def _serve(self, serving: _Serving) -> None:
@@ -509,13 +568,31 @@ class RuntimeReplica:
         return summary
 
     async def _on_control(self, msg: Message) -> None:
-        opened = self._open(msg, Purpose.QUERY_CONTROL)
-        if opened is None:
+        tenant = self._tenant_of(msg.subject)
+        if tenant is None:
+            self.sealer.reject(RejectReason.UNEXPECTED, msg.subject, len(msg.payload))
             return
-        tenant, frame = opened
-        serving = self._serving.get(frame.request_id)
+        try:
+            serving = self._serving.get(stream_id_of(msg.payload))
+        except FabricError as error:
+            self.sealer.reject(RejectReason.INTEGRITY, msg.subject, len(msg.payload), error)
+            return
         if serving is None or serving.request.tenant != tenant:
             return  # finished already (a late ack or cancel): nothing to do
+        try:
+            data = self.sealer.open_in(
+                serving.cipher,
+                msg.payload,
+                tenant=tenant,
+                stage=self.stage,
+                subject=msg.subject,
+                purpose=Purpose.QUERY_CONTROL,
+            )
+        except FabricError:
+            return  # counted and logged (without content) by the sealer
+        frame = self._frame(msg, data)
+        if frame is None or frame.request_id != serving.request.request_id:
+            return
         if frame.kind == FrameKind.ACK:
             if frame.seq > serving.acked:
                 serving.acked = frame.seq

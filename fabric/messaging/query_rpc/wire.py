@@ -1,6 +1,5 @@
-"""The wire format of queries over the bus: frames, subjects, the request, error bodies
-and the length-prefixed records that carry Arrow IPC messages in chunks (the protocol
-is described in `fabric.messaging.query_rpc`)."""
+"""The wire format of queries over the bus: frames, subjects, the request, the END and
+ERROR bodies (the protocol is described in `fabric.messaging.query_rpc`)."""
 
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ from fabric.errors import ALL_ERRORS, FabricError, InternalError, InvalidArgumen
 from fabric.messaging.bus import SUBJECT_ROOT, subject_for, subject_token
 from fabric.proto_values import params_from_proto, params_to_proto
 from fabric.query.engine import QueryRequest
+from fabric.query.runs import Summary
 from fabric.security.kms import Kms, LocalKeyRing
 from fabric.v1 import query_pb2 as pb
 
-PROTOCOL_VERSION = 1
-MAX_RECORD_BYTES = 1 << 30
+PROTOCOL_VERSION = 2
 
 QUERY_KIND = "query"
 REPLY_KIND = "reply"
@@ -29,7 +28,7 @@ CONTROL_KIND = "control"
 FRAME_HEADER = struct.Struct(">2sBB16sI")
 """magic, version, kind, request id, seq: what precedes a frame's body."""
 RECORD_HEADER = struct.Struct(">I")
-"""The length prefix of one record (an IPC message in a chunk, the request's JSON head)."""
+"""The length prefix of the JSON head in a REQUEST and an END body."""
 _MAGIC = b"FQ"
 _OFFLOAD_BYTES = 64 * 1024
 _ERRORS_BY_CODE: dict[str, type[FabricError]] = {cls.code: cls for cls in ALL_ERRORS}
@@ -87,8 +86,24 @@ def stage_query_filter(stage: str) -> str:
     return f"{SUBJECT_ROOT}.*.{subject_token(stage, 'stage')}.{QUERY_KIND}"
 
 
-def reply_subject(tenant: str, stage: str, request_id: bytes) -> str:
-    return subject_for(REPLY_KIND, tenant, stage, request_id.hex())
+def reply_subject(tenant: str, stage: str, inbox: str, request_id: bytes) -> str:
+    """Where one request's replies go: `fabric.<tenant>.<stage>.reply.<inbox>.<request id>`,
+    `inbox` naming the forwarder that waits for them (`reply_filter`)."""
+    return subject_for(REPLY_KIND, tenant, stage, inbox, request_id.hex())
+
+
+def reply_filter(inbox: str) -> str:
+    """Every reply subject of one forwarder's inbox, whatever the tenant and stage."""
+    return f"{SUBJECT_ROOT}.*.*.{REPLY_KIND}.{subject_token(inbox, 'inbox')}.*"
+
+
+def request_of_reply(subject: str) -> bytes | None:
+    """The request id a reply subject ends with; None when it does not end with one."""
+    try:
+        request_id = bytes.fromhex(subject.rsplit(".", 1)[-1])
+    except ValueError:
+        return None
+    return request_id if len(request_id) == 16 else None
 
 
 def control_subject(tenant: str, stage: str, replica_id: str) -> str:
@@ -109,6 +124,32 @@ def decode_json(data: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidArgument("bus frame body is not a JSON object")
     return value
+
+
+def end_body(summary: Summary, tail: bytes) -> bytes:
+    """An END frame's body: the summary as JSON (length-prefixed), then the last bytes
+    of the result, so a small result travels in the END frame alone."""
+    head = encode_json(
+        {
+            "rows": summary.rows,
+            "truncated": summary.truncated,
+            "from_cache": summary.from_cache,
+            "elapsed_us": summary.elapsed_us,
+        }
+    )
+    return b"".join((RECORD_HEADER.pack(len(head)), head, tail))
+
+
+def split_end(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """The summary fields and the last result bytes of an END frame's body;
+    `InvalidArgument` when it is not one."""
+    if len(body) < RECORD_HEADER.size:
+        raise InvalidArgument("bus END frame is truncated")
+    (head_len,) = RECORD_HEADER.unpack_from(body)
+    end = RECORD_HEADER.size + head_len
+    if len(body) < end:
+        raise InvalidArgument("bus END frame is truncated")
+    return decode_json(body[RECORD_HEADER.size : end]), body[end:]
 
 
 def error_body(error: FabricError, retryable: bool = False) -> bytes:
@@ -144,10 +185,17 @@ def error_from_body(body: bytes) -> tuple[FabricError, bool]:
 
 
 def offload_policy(kms: Kms) -> Callable[[int], bool]:
-    """Whether sealing a payload of some size should leave the event loop: always for a
-    remote KMS (a data key is a round trip), for large payloads with the local ring."""
+    """Whether a step that asks the KMS (starting or accepting a stream) should leave the
+    event loop: always for a remote KMS (a round trip), for large payloads with the
+    local ring."""
     local = isinstance(kms, LocalKeyRing)
     return lambda size: not local or size >= _OFFLOAD_BYTES
+
+
+def offload_large(size: int) -> bool:
+    """Whether sealing or opening a payload under a stream's key (no KMS call) should
+    leave the event loop: only a large one."""
+    return size >= _OFFLOAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,40 +280,11 @@ class WireRequest:
             )
         except (KeyError, TypeError, ValueError):
             raise InvalidArgument("query request head is malformed") from None
-        if request.reply != reply_subject(tenant, stage, frame.request_id):
+        tokens = request.reply.split(".")
+        if len(tokens) != 6 or request.reply != reply_subject(
+            tenant, stage, tokens[4], frame.request_id
+        ):
             raise InvalidArgument("query request names a reply subject not its own")
         if request.window < 1 or request.heartbeat <= 0 or request.stall <= 0:
             raise InvalidArgument("query request has a non-positive window or interval")
         return request
-
-
-class RecordSplitter:
-    """Cuts the concatenated chunk bodies back into the IPC messages the replica sent."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        out: list[bytes] = []
-        offset = 0
-        buffer = self._buffer
-        while len(buffer) - offset >= RECORD_HEADER.size:
-            (size,) = RECORD_HEADER.unpack_from(buffer, offset)
-            if size > MAX_RECORD_BYTES:
-                raise InternalError(
-                    "a result message from a runtime replica is implausibly "
-                    "large; the stream is corrupt"
-                )
-            end = offset + RECORD_HEADER.size + size
-            if len(buffer) < end:
-                break
-            out.append(bytes(buffer[offset + RECORD_HEADER.size : end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
-        return out
