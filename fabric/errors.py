@@ -14,6 +14,7 @@
     ├── Cancelled                    cancelled             -> CANCELLED
     ├── ResourceExhausted            resource_exhausted    -> RESOURCE_EXHAUSTED
     ├── SourceUnavailable            source_unavailable    -> UNAVAILABLE
+    ├── Unimplemented                unimplemented         -> UNIMPLEMENTED
     └── InternalError                internal              -> INTERNAL
 
 Messages say what was wrong and what to do. They never carry a secret, a parameter value
@@ -114,6 +115,13 @@ class SourceUnavailable(FabricError):
     code = "source_unavailable"
 
 
+class Unimplemented(FabricError):
+    """A request the protocol defines but Fabric does not serve (writes, transactions,
+    Substrait plans on the Flight SQL door): the caller should not retry it."""
+
+    code = "unimplemented"
+
+
 class InternalError(FabricError):
     code = "internal"
 
@@ -133,5 +141,6 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     Cancelled,
     ResourceExhausted,
     SourceUnavailable,
+    Unimplemented,
     InternalError,
 )

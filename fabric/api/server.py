@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from fabric.api.auth import AuthInterceptor
+from fabric.api.flight.service import FlightSqlService
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
@@ -233,12 +234,11 @@ class Gateway:
         self.settings = engine.settings
         self.services = tuple(s for s in SERVICES if s in services)
         self._admission = CallAdmission()
-        # Authentication first: an unauthenticated caller's request is never decoded.
-        self._interceptors: list[grpc.aio.ServerInterceptor] = [
-            *([AuthInterceptor(verifier)] if verifier is not None else []),
-            CallGuardInterceptor(self._admission),
-        ]
+        self._verifier = verifier
+        self._interceptors = self._call_interceptors()
         self._servicer = QueryServicer(engine, context_provider, execute)
+        self.flight = FlightSqlService(engine, context_provider, execute)
+        engine.metrics.add_snapshot(self.flight.snapshot)
         self.purger = purger
         self.announcements = announcements
         self.platform = platform
@@ -251,14 +251,30 @@ class Gateway:
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
+        self._flight_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._sweeper: asyncio.Task[None] | None = None
+        self._flight_sweeper: asyncio.Task[None] | None = None
+        self.flight_port: int | None = None
         self._metrics_server: Any = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.metrics_host = "127.0.0.1"
 
-    async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
+    def _call_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The interceptors of one server: authentication first (an unauthenticated
+        caller's request is never decoded), then the call guard. Each server gets its
+        own guard (it caches handlers by method name); all share one admission."""
+        return [
+            *([AuthInterceptor(self._verifier)] if self._verifier is not None else []),
+            CallGuardInterceptor(self._admission),
+        ]
+
+    async def start(
+        self, address: str | None = None, *, metrics: bool = True, flight_address: str = ""
+    ) -> int:
+        """Serve gRPC on `address` (default FABRIC_LISTEN), and Arrow Flight SQL on
+        `flight_address` when one is given (`flight_port` tells the port)."""
         address = address or self.settings.listen
         server = grpc.aio.server(
             options=channel_options(self.settings), interceptors=self._interceptors
@@ -283,6 +299,8 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self._server = server
+        if flight_address:
+            self.flight_port = await self._start_flight(flight_address)
         await server.start()
         await self.set_serving(True)
         self._sweeper = asyncio.create_task(
@@ -300,6 +318,27 @@ class Gateway:
             self.metrics_host = host
         log.info("gateway listening on port %s", self.port)
         return self.port
+
+    async def _start_flight(self, address: str) -> int:
+        """The Flight SQL server: its own port, the same interceptors, TLS and limits."""
+        server = grpc.aio.server(
+            options=channel_options(self.settings), interceptors=self._call_interceptors()
+        )
+        self.flight.add_to_server(server)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {address} for Flight SQL")
+        self._flight_server = server
+        await server.start()
+        self._flight_sweeper = asyncio.create_task(
+            self.flight.run_sweepers(self.settings.statement_sweep_interval)
+        )
+        log.info("Flight SQL listening on port %s", port)
+        return port
 
     async def set_serving(self, serving: bool) -> None:
         """Report the served services (and the server, "") as SERVING or NOT_SERVING."""
@@ -328,9 +367,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._admission.drain(grace)
-        if self._server is not None:
-            await self._server.stop(max(0.0, grace - (loop.time() - started)))
-        for task in (self._sweeper, self._stale_task):
+        remaining = max(0.0, grace - (loop.time() - started))
+        servers = [s for s in (self._server, self._flight_server) if s is not None]
+        await asyncio.gather(*(server.stop(remaining) for server in servers))
+        for task in (self._sweeper, self._stale_task, self._flight_sweeper):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -338,4 +378,5 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        self.flight.close_all()
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)

@@ -36,6 +36,8 @@ GAUGES = {
     "result_cache_entries": "Results held by the result cache.",
     "open_statements": "Statements open for paging.",
     "compiled_statements": "Entries of the compiled-statement cache.",
+    "flight_prepared_statements": "Flight SQL prepared statements held.",
+    "flight_started_results": "Flight SQL results started by GetFlightInfo, not yet read.",
 }
 COUNTERS = {
     "result_cache_hits": "Queries answered from the result cache.",
@@ -52,6 +54,9 @@ PURGE_REASONS = (
     "result_expired",
     "connection_purged",
     "compiled_purged",
+    # the Flight SQL door's prepared statements and started results
+    "flight_statement_idle",
+    "flight_statement_closed",
     # the platform's departures (fabric.platform.departure)
     "connection_changed",
     "connection_deleted",
@@ -160,14 +165,14 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.queries = Counter(
             "fabric_queries",
-            "Queries by method and outcome.",
-            ["method", "outcome"],
+            "Queries by method, outcome and protocol (the door: grpc, flight_sql).",
+            ["method", "outcome", "protocol"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "fabric_query_seconds",
             "Gateway time per query.",
-            ["method", "source"],
+            ["method", "source", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -63,6 +63,8 @@ SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
 `execute_small` (run from the event loop) before a worker thread."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PROTOCOLS = frozenset({"grpc", "flight_sql"})
+"""The doors a query may come through (`QueryRequest.protocol`, a metrics label)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +76,15 @@ class QueryRequest:
     """Seconds the result may be served from memory; 0 = not cached."""
     max_rows: int | None = None
     """Rows the caller wants at most; None = the configured cap."""
+    protocol: str = "grpc"
+    """The door the query came through (`grpc`, `flight_sql`): a metrics label only."""
 
     def __repr__(self) -> str:
         # Parameter values stay out of logs and tracebacks; names are fine.
         return (
             f"QueryRequest(connection={self.connection!r}, params=<{sorted(self.params)}>, "
-            f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows})"
+            f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows}, "
+            f"protocol={self.protocol!r})"
         )
 
 
@@ -130,6 +135,7 @@ class QueryEngine:
             clock=clock,
         )
         self._inflight: dict[ResultKey, asyncio.Event] = {}
+        self._purge_hooks: list[Callable[[str, str], int]] = []
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
         self.metrics = GatewayMetrics(self.snapshot)
@@ -176,6 +182,12 @@ class QueryEngine:
     async def _compile(
         self, ctx: RequestContext, request: QueryRequest, max_rows: int
     ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+        bound, compiled = await self._checked(ctx, request, max_rows)
+        return bound, compiled, compiled.bind(request.params)
+
+    async def _checked(
+        self, ctx: RequestContext, request: QueryRequest, max_rows: int
+    ) -> tuple[BoundSource, CompiledStatement]:
         # An over-long text is refused before the connection is resolved or the text is
         # hashed, tokenized or logged.
         self.statements.compiler.check_length(request.sql)
@@ -201,7 +213,19 @@ class QueryEngine:
                 # caller gone before the compile starts cancels it.
                 loop = asyncio.get_running_loop()
                 compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
-        return bound, compiled, compiled.bind(request.params)
+        return bound, compiled
+
+    async def prepare(self, ctx: RequestContext, request: QueryRequest) -> CompiledStatement:
+        """Compile and check a query without running it (the statement cache keeps the
+        result for its executions): what a prepared statement knows before its
+        parameters are bound. Refusals are logged as a failed query's are."""
+        started = time.perf_counter()
+        try:
+            _, compiled = await self._checked(ctx, request, self._max_rows(request.max_rows))
+        except FabricError as error:
+            log_failure(ctx, request, error, started)
+            raise
+        return compiled
 
     def _open_run(
         self,
@@ -409,10 +433,10 @@ class QueryEngine:
             outcome = "cancelled"
             raise
         finally:
-            self.metrics.queries.labels("execute", outcome).inc()
-            self.metrics.latency.labels("execute", "cache" if from_cache else "source").observe(
-                time.perf_counter() - started
-            )
+            self.metrics.queries.labels("execute", outcome, request.protocol).inc()
+            self.metrics.latency.labels(
+                "execute", "cache" if from_cache else "source", request.protocol
+            ).observe(time.perf_counter() - started)
 
     def _settle(self, key: ResultKey, event: asyncio.Event) -> None:
         if self._inflight.get(key) is event:
@@ -606,15 +630,24 @@ class QueryEngine:
     def purge_connection(self, tenant: str, connection: str) -> dict[str, int]:
         """Drop everything held in memory for a connection: compiled statements, cached
         results, its connectors (pools). Each purge is counted."""
+        statements = self.open_statements.close_connection(tenant, connection)
+        for hook in list(self._purge_hooks):
+            statements += hook(tenant, connection)
         dropped = {
             "compiled": self.statements.purge_connection(tenant, connection),
             "results": self.results.purge_connection(tenant, connection),
-            "statements": self.open_statements.close_connection(tenant, connection),
+            "statements": statements,
             "sources": self.sources.purge(tenant, connection),
         }
         self._purged["compiled_purged"] += dropped["compiled"]
         self._purged["connection_purged"] += 1
         return dropped
+
+    def on_purge(self, hook: Callable[[str, str], int]) -> None:
+        """Also call `hook(tenant, connection)` whenever a connection is purged: a door
+        that holds statements of its own (Flight SQL) drops them there, and returns how
+        many it dropped."""
+        self._purge_hooks.append(hook)
 
     def snapshot(self) -> dict[str, float]:
         cache = self.results.stats

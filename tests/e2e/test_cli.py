@@ -140,7 +140,7 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
-    assert 'fabric_queries_total{method="execute",outcome="ok"} 3.0' in metrics
+    assert 'fabric_queries_total{method="execute",outcome="ok",protocol="grpc"} 3.0' in metrics
     assert "fabric_result_cache_hits_total 1.0" in metrics
 
 

@@ -15,7 +15,7 @@ from fabric.context import Role
 from fabric.errors import ALL_ERRORS, FabricError, InternalError, InvalidArgument
 from fabric.messaging.bus import SUBJECT_ROOT, subject_for, subject_token
 from fabric.proto_values import params_from_proto, params_to_proto
-from fabric.query.engine import QueryRequest
+from fabric.query.engine import PROTOCOLS, QueryRequest
 from fabric.security.kms import Kms, LocalKeyRing
 from fabric.v1 import query_pb2 as pb
 
@@ -168,6 +168,7 @@ class WireRequest:
                 "sql": self.query.sql,
                 "cache_ttl": self.query.cache_ttl,
                 "max_rows": self.query.max_rows,
+                "protocol": self.query.protocol,
                 "role": self.role,
                 "principal": self.principal,
                 "timeout": self.timeout,
@@ -199,12 +200,16 @@ class WireRequest:
         try:
             max_rows = head.get("max_rows")
             timeout = head.get("timeout")
+            protocol = str(head.get("protocol", "grpc"))
+            if protocol not in PROTOCOLS:
+                raise ValueError("unknown protocol")
             query = QueryRequest(
                 connection=str(head["connection"]),
                 sql=str(head["sql"]),
                 params=params_from_proto(params.params),
                 cache_ttl=float(head["cache_ttl"]),
                 max_rows=None if max_rows is None else int(max_rows),
+                protocol=protocol,
             )
             request = cls(
                 frame.request_id,
