@@ -109,6 +109,7 @@ class QueryEngine:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
         self.sources = SourceRegistry(
             store, secrets=secrets, connector_factory=connector_factory, closer=self.executor

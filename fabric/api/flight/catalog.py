@@ -134,7 +134,9 @@ def db_schemas(snapshots: Sequence[CatalogSnapshot], command: sql.CommandGetDbSc
     catalog = _optional(command, "catalog")
     pattern = _like(_optional(command, "db_schema_filter_pattern"))
     names = sorted(
-        s.connection for s in snapshots if _in_catalog(catalog, s) and _matches(pattern, SCHEMA_NAME)
+        s.connection
+        for s in snapshots
+        if _in_catalog(catalog, s) and _matches(pattern, SCHEMA_NAME)
     )
     return pa.table(
         [pa.array(names, _STR), pa.array([SCHEMA_NAME] * len(names), _STR)],
@@ -224,7 +226,7 @@ def primary_keys(
     ):
         for sequence, column in enumerate(entity.primary_key, start=1):
             rows.append((snapshot.connection, entity.name, column, sequence))
-    rows.sort()
+    rows.sort(key=lambda row: (row[0], row[1], row[3]))
     return pa.table(
         [
             pa.array([r[0] for r in rows], _STR),

@@ -55,9 +55,7 @@ def bind_parameters(names: Sequence[str], table: pa.Table) -> dict[str, Any]:
             f"the query takes {len(names)} parameter(s) and {len(columns)} were bound; bind "
             "one value per parameter, by position or by the names of the parameter schema"
         )
-    return {
-        name: _python_value(name, table.column(index)) for index, name in enumerate(order)
-    }
+    return {name: _python_value(name, table.column(index)) for index, name in enumerate(order)}
 
 
 def _python_value(name: str, column: pa.ChunkedArray) -> Any:

@@ -57,7 +57,7 @@ from fabric.api.flight.wire import (
 from fabric.api.query_service import ContextProvider, Execute, translated_errors
 from fabric.api.wire import serialize_result
 from fabric.catalog.metadata.store import MetadataStore
-from fabric.clock import SYSTEM_CLOCK, Clock
+from fabric.clock import Clock
 from fabric.context import RequestContext
 from fabric.errors import InternalError, InvalidArgument, NotFound, Unimplemented
 from fabric.model import CatalogSnapshot
@@ -141,7 +141,7 @@ class FlightSqlService:
         context_provider: ContextProvider,
         execute: Execute | None = None,
         *,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock | None = None,
     ) -> None:
         self._engine = engine
         self._settings = engine.settings
@@ -150,7 +150,7 @@ class FlightSqlService:
         limits = {
             "idle_limit": self._settings.statement_idle_limit,
             "max_open": self._settings.max_open_statements,
-            "clock": clock,
+            "clock": engine.clock if clock is None else clock,
         }
         self.prepared: StatementRegistry[PreparedQuery] = StatementRegistry(**limits)
         self.started: StatementRegistry[StartedResult] = StatementRegistry(**limits)
@@ -405,7 +405,9 @@ class FlightSqlService:
             datas: list[fl.FlightData] = []
             async for data in requests:
                 if not isinstance(data, fl.FlightData):
-                    raise InvalidArgument("the request stream carries a message that is not FlightData")
+                    raise InvalidArgument(
+                        "the request stream carries a message that is not FlightData"
+                    )
                 datas.append(data)
                 if len(datas) > MAX_PUT_MESSAGES:
                     raise InvalidArgument(
@@ -436,7 +438,9 @@ class FlightSqlService:
             if kind == "CreatePreparedStatement":
                 yield await self._create_prepared(ctx, request.body, context)
             elif kind == "ClosePreparedStatement":
-                body = unpack(parse_any(request.body, "action body"), sql.ActionClosePreparedStatementRequest)
+                body = unpack(
+                    parse_any(request.body, "action body"), sql.ActionClosePreparedStatementRequest
+                )
                 self.prepared.close(
                     _handle(body.prepared_statement_handle),
                     tenant=ctx.tenant,
@@ -456,7 +460,9 @@ class FlightSqlService:
             elif kind in _REFUSED_ACTIONS:
                 raise Unimplemented(_REFUSED_ACTIONS[kind])
             else:
-                raise Unimplemented("this action is not supported; ListActions names those that are")
+                raise Unimplemented(
+                    "this action is not supported; ListActions names those that are"
+                )
 
     async def _create_prepared(
         self, ctx: RequestContext, body: bytes, context: grpc.aio.ServicerContext
