@@ -327,7 +327,7 @@ class Gateway:
         self.flight.add_to_server(server)
         credentials = server_credentials(self.settings)
         if credentials is None:
-            port = server.add_insecure_port(address)
+            port: int = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, credentials)
         if port == 0:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import adbc_driver_manager
 import grpc
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]  # no stubs ship with pandas
 import polars as pl
 import pyarrow as pa
-import pyarrow.flight as flight
 import pytest
 
 from fabric.client import FabricClient

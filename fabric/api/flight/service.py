@@ -147,13 +147,14 @@ class FlightSqlService:
         self._settings = engine.settings
         self._context = context_provider
         self._execute: Execute = engine.execute if execute is None else execute
-        limits = {
-            "idle_limit": self._settings.statement_idle_limit,
-            "max_open": self._settings.max_open_statements,
-            "clock": engine.clock if clock is None else clock,
-        }
-        self.prepared: StatementRegistry[PreparedQuery] = StatementRegistry(**limits)
-        self.started: StatementRegistry[StartedResult] = StatementRegistry(**limits)
+        idle, most = self._settings.statement_idle_limit, self._settings.max_open_statements
+        clock = engine.clock if clock is None else clock
+        self.prepared: StatementRegistry[PreparedQuery] = StatementRegistry(
+            idle_limit=idle, max_open=most, clock=clock
+        )
+        self.started: StatementRegistry[StartedResult] = StatementRegistry(
+            idle_limit=idle, max_open=most, clock=clock
+        )
         engine.on_purge(self._purge)
 
     def _purge(self, tenant: str, connection: str) -> int:
@@ -356,9 +357,9 @@ class FlightSqlService:
                 return
             table = await self._metadata(ctx, command)
             for message in table_messages(table):
-                data = flight_data(message)
-                if data is not None:
-                    yield data
+                encoded = flight_data(message)
+                if encoded is not None:
+                    yield encoded
 
     async def _stream(
         self, ctx: RequestContext, handle: bytes, context: grpc.aio.ServicerContext

@@ -214,7 +214,8 @@ _XDBC_TYPES: tuple[tuple[object, ...], ...] = (
 def xdbc_type_info(data_type: int | None) -> pa.Table:
     """GetXdbcTypeInfo, ordered by data type then name; `data_type` filters."""
     rows = []
-    for name, code, size, prefix, suffix, case, search, fixed, lo, hi, sub, radix in _XDBC_TYPES:
+    ordered = sorted(_XDBC_TYPES, key=lambda t: (int(t[1]), str(t[0])))  # type: ignore[call-overload]
+    for name, code, size, prefix, suffix, case, search, fixed, lo, hi, sub, radix in ordered:
         if data_type is not None and code != data_type:
             continue
         rows.append(
@@ -240,5 +241,4 @@ def xdbc_type_info(data_type: int | None) -> pa.Table:
                 "interval_precision": None,
             }
         )
-    rows.sort(key=lambda r: (r["data_type"], r["type_name"]))  # type: ignore[return-value]
     return pa.Table.from_pylist(rows, schema=XDBC_TYPE_INFO_SCHEMA)

@@ -119,7 +119,7 @@ def parse_any(raw: bytes, what: str) -> any_pb2.Any:
 
 def unpack(any_message: any_pb2.Any, cls: type[M]) -> M:
     """The message an `Any` holds, as `cls`; InvalidArgument when it does not parse."""
-    message = cls()
+    message: M = cls()
     if not any_message.Unpack(message):
         raise InvalidArgument(f"the {cls.DESCRIPTOR.name} command does not parse")
     return message

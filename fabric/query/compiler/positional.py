@@ -9,6 +9,8 @@ A text that mixes `?` with `:name` is refused: the two numberings could collide.
 
 from __future__ import annotations
 
+import itertools
+
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import TokenError
 from sqlglot.tokenizer_core import TokenType
@@ -38,7 +40,7 @@ def named_from_positional(sql: str, max_length: int) -> tuple[str, int]:
     places = [t for t in tokens if t.token_type == TokenType.PLACEHOLDER and t.text == "?"]
     if not places:
         return sql, 0
-    for before, after in zip(tokens, tokens[1:], strict=False):
+    for before, after in itertools.pairwise(tokens):
         if (
             before.token_type == TokenType.COLON
             and after.token_type in _NAME_TOKENS
