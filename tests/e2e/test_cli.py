@@ -169,6 +169,9 @@ def test_demo_runs_and_serves_the_second_query_from_memory(tmp_path: Path) -> No
     assert "second run: served from memory" in done.stdout
     assert "identical: True" in done.stdout
     assert "rejected before reaching the database (query_rejected)" in done.stdout
+    # The demo serves Flight SQL too and queries it through the ADBC driver.
+    assert "(Arrow Flight SQL)" in done.stdout
+    assert "small_business |" in done.stdout.split("through Arrow Flight SQL", 1)[1]
 
 
 def test_clients_leaving_after_the_result_leave_the_gateway_quiet(
