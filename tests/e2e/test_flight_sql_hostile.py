@@ -6,7 +6,6 @@ door (the few texts it lets through, the source refuses on both alike)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import adbc_driver_manager
 import grpc

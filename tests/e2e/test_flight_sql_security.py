@@ -133,12 +133,18 @@ def test_tls_and_mutual_tls_come_from_the_gateway_settings(tmp_path: Path) -> No
             cur.execute(QUERY)
             assert cur.fetchall() == [(20_000,)]
         for options in (trusted, {}):  # no client certificate; or not trusting the CA
-            with pytest.raises(adbc_driver_manager.Error):
-                with connect(tls_uri, options=options) as conn, conn.cursor() as cur:
-                    cur.execute(QUERY)
-        with pytest.raises(adbc_driver_manager.Error):
-            with connect(h.gateway.flight_uri) as conn, conn.cursor() as cur:
-                cur.execute(QUERY)  # plaintext to a TLS port
+            with (
+                pytest.raises(adbc_driver_manager.Error),
+                connect(tls_uri, options=options) as conn,
+                conn.cursor() as cur,
+            ):
+                cur.execute(QUERY)
+        with (
+            pytest.raises(adbc_driver_manager.Error),
+            connect(h.gateway.flight_uri) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute(QUERY)  # plaintext to a TLS port
     finally:
         h.gateway.stop()
         h.store.close()
