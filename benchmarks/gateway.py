@@ -107,6 +107,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.metrics_port = 0
+        self.flight_port = 0
         self.cold_start_seconds = float("nan")
         self._log: Any = None
 
@@ -115,18 +116,24 @@ class GatewayProcess:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def flight_uri(self) -> str:
+        """The Flight SQL endpoint the gateway serves next to its gRPC API."""
+        return f"grpc://127.0.0.1:{self.flight_port}"
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port, self.flight_port = free_port(), free_port(), free_port()
         env = self.pg.env()
         env.update(
             {
                 "FABRIC_HOME": str(self.home.path),
                 "FABRIC_LISTEN": f"127.0.0.1:{self.port}",
                 "FABRIC_METRICS_PORT": str(self.metrics_port),
+                "FABRIC_FLIGHT_LISTEN": f"127.0.0.1:{self.flight_port}",
                 "FABRIC_MAX_ROWS": str(1_000_000_000),
                 **self.extra_env,
             }

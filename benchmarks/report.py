@@ -38,6 +38,16 @@ def _cells(s: dict[str, Any]) -> tuple[str, str, str]:
             f"ADBC {fmt_seconds(a['adbc_direct']['median'])}",
             f"{_ratio(r['vs_floor'])} floor; {_ratio(r['vs_adbc'])} ADBC",
         )
+    if n == 9:
+        r, p = s["ratios"], s["point_query"]
+        return (
+            f"{fmt_seconds(f['median'])}; point p50 {fmt_seconds(p['flight_sql']['median'])}",
+            f"psql \\copy floor {fmt_seconds(a['psql_copy_floor']['median'])}; Execute "
+            f"{fmt_seconds(a['execute']['median'])}; ADBC {fmt_seconds(a['adbc_direct']['median'])}"
+            f"; Execute point p50 {fmt_seconds(p['execute']['median'])}",
+            f"{_ratio(r['vs_floor'])} floor; {_ratio(r['vs_execute'])} Execute; "
+            f"{_ratio(r['vs_adbc'])} ADBC; point {_ratio(r['point_p50_flight_vs_execute'])}",
+        )
     if n == 2:
         e = a["echo"]
         return (
@@ -208,6 +218,9 @@ def _score(s: dict[str, Any]) -> float | None:
     if s["number"] == 1:
         r = s["ratios"]
         return float(max(r["vs_floor"] / 1.25, r["vs_adbc"] / 1.0))
+    if s["number"] == 9:
+        r = s["ratios"]
+        return float(max(r["vs_floor"] / 1.15, r["vs_execute"] / 1.0))
     if s["number"] == 6:
         return float(ratio)  # already growth / budget
     t = s["target"]

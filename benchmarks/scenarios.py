@@ -804,6 +804,141 @@ def tpch_queries(b: Bench) -> dict[str, Any]:
     return result
 
 
+# -- 9: Flight SQL ------------------------------------------------------------------------
+
+POINT_SQL_POSITIONAL = "SELECT * FROM orders WHERE o_orderkey = ?"
+
+
+def _flight_connection(b: Bench) -> Any:
+    """An ADBC Flight SQL connection to the gateway's Flight SQL endpoint, as an app
+    would open one (token in the authorization header, connection in a call header)."""
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    options = {"adbc.flight.sql.rpc.call_header.x-fabric-connection": CONNECTION}
+    if b.token:
+        options["adbc.flight.sql.authorization_header"] = f"Bearer {b.token}"
+    return flight_sql.connect(b.gateway.flight_uri, db_kwargs=options, autocommit=True)
+
+
+def flight_sql(b: Bench) -> dict[str, Any]:
+    """1: the large result through Flight SQL into the ADBC client, against the psql
+    floor, Fabric's own Execute and ADBC straight to PostgreSQL; 3: point-query p50
+    through Flight SQL (a prepared statement run per key) against Execute."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    pg, schema = b.pg, b.data.schema
+    with b.direct() as conn:
+        expected = conn.execute(f"SELECT count(*) FROM ({LARGE_SQL}) q").fetchone()[0]
+        keys = [
+            r[0]
+            for r in conn.execute(
+                "SELECT o_orderkey FROM orders ORDER BY random() LIMIT %s",
+                (b.plan.point_calls * 4,),
+            ).fetchall()
+        ]
+    copy = f"\\copy ({LARGE_SQL}) to '/dev/null' with (format csv)"
+    psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host, "-p", str(pg.port)]
+    psql += ["-U", pg.user, "-d", pg.database, "-c", copy]
+    env = pg.env(schema)
+    rng = random.Random(8)
+    pg_conn = adbc.connect(pg.uri(schema))
+    flight_conn = _flight_connection(b)
+    client = b.client()
+    try:
+
+        def floor() -> int:
+            subprocess.run(psql, env=env, check=True, timeout=600, capture_output=True)
+            return expected
+
+        def adbc_direct() -> int:
+            with pg_conn.cursor() as cur:
+                cur.execute(LARGE_SQL)
+                return int(cur.fetch_arrow_table().num_rows)
+
+        def execute() -> int:
+            return int(client.query(CONNECTION, LARGE_SQL).num_rows)
+
+        def flight() -> int:
+            with flight_conn.cursor() as cur:
+                cur.execute(LARGE_SQL)
+                return int(cur.fetch_arrow_table().num_rows)
+
+        samples, warm, last = _interleaved(
+            {
+                "psql_copy_floor": floor,
+                "adbc_direct": adbc_direct,
+                "execute": execute,
+                "flight_sql": flight,
+            },
+            b.plan.warmup,
+            b.plan.repeat,
+        )
+        for name in ("adbc_direct", "execute", "flight_sql"):
+            if last[name] != expected:
+                raise WrongResult(f"{name} returned {last[name]} rows, the database {expected}")
+        with flight_conn.cursor() as cur:
+            cur.execute(POINT_SQL_POSITIONAL, (keys[0],))
+            if len(cur.fetchall()) != 1:
+                raise WrongResult("the Flight SQL point query did not return one row")
+        bad = 0
+        point_cursor = flight_conn.cursor()
+
+        def point_flight() -> None:
+            nonlocal bad
+            point_cursor.execute(POINT_SQL_POSITIONAL, (rng.choice(keys),))
+            if point_cursor.fetch_arrow_table().num_rows != 1:
+                bad += 1
+
+        def point_execute() -> None:
+            nonlocal bad
+            if client.execute(CONNECTION, POINT_SQL, {"k": rng.choice(keys)}).summary.rows != 1:
+                bad += 1
+
+        try:
+            points = _latency_blocks(
+                {"flight_sql": point_flight, "execute": point_execute},
+                b.plan.point_calls,
+                max(20, b.plan.point_calls // 10),
+            )
+        finally:
+            point_cursor.close()
+    finally:
+        client.close()
+        flight_conn.close()
+        pg_conn.close()
+    if bad:
+        raise WrongResult(f"{bad} point queries did not return exactly one row")
+    fl, floor_s, ex, direct = (
+        summarize(samples[k]) for k in ("flight_sql", "psql_copy_floor", "execute", "adbc_direct")
+    )
+    ratio = fl["median"] / floor_s["median"]
+    vs_execute = fl["median"] / ex["median"]
+    point_fl, point_ex = summarize(points["flight_sql"]), summarize(points["execute"])
+    t1 = target("<=", 1.15, "<= 1.15 x floor")
+    t2 = target("<=", 1.0, "no slower than Execute")
+    return {
+        "metric": "seconds to a client pyarrow.Table through Flight SQL (ADBC)",
+        "unit": "s",
+        "rows": expected,
+        "fabric": fl,
+        "anchors": {"psql_copy_floor": floor_s, "execute": ex, "adbc_direct": direct},
+        "ratio": ratio,
+        "ratios": {
+            "vs_floor": ratio,
+            "vs_execute": vs_execute,
+            "vs_adbc": fl["median"] / direct["median"],
+            "point_p50_flight_vs_execute": point_fl["median"] / point_ex["median"],
+        },
+        "point_query": {"flight_sql": point_fl, "execute": point_ex},
+        "target": t1,
+        "targets": [t1, t2],
+        "met": ratio <= 1.15 and vs_execute <= 1.0,
+        "samples": {k: rounded(v) for k, v in samples.items()},
+        "warmup_samples": {k: rounded(v) for k, v in warm.items()},
+        "point_samples": {k: rounded(v) for k, v in points.items()},
+    }
+
+
 class ErrorWith(Exception):
     """An error that still carries the partial result."""
 
@@ -832,4 +967,5 @@ SCENARIOS = [
     Scenario(6, "memory: stream all of lineitem, uncached", memory),
     Scenario(7, "TPC-H queries vs direct", tpch_queries),
     Scenario(8, "capacity: server CPU per call by topology, 1 and 2 replicas", capacity),
+    Scenario(9, "Flight SQL: large result into ADBC, point query p50", flight_sql),
 ]

@@ -36,6 +36,10 @@ class Settings:
     SQLite file under FABRIC_HOME."""
     listen: str = "127.0.0.1:50051"
     """gRPC listen address (FABRIC_LISTEN)."""
+    flight_listen: str = ""
+    """Arrow Flight SQL listen address (FABRIC_FLIGHT_LISTEN), served by `fabric serve`
+    (roles all and platform) next to the gRPC API, with the same tokens, TLS and rules;
+    unset: no Flight SQL endpoint."""
     tls_cert: str = ""
     """PEM certificate chain the gateway serves (FABRIC_TLS_CERT); with tls_key, TLS is on."""
     tls_key: str = ""

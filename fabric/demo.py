@@ -135,10 +135,15 @@ def run_demo(settings: Settings, scale: int = 1) -> None:
         else None
     )
     with (
-        BackgroundGateway(configured_gateway(demo_settings, store)) as gateway,
+        BackgroundGateway(
+            configured_gateway(demo_settings, store), flight_address="127.0.0.1:0"
+        ) as gateway,
         FabricClient(gateway.address, token, timeout=60) as client,
     ):
-        print(f"gateway listening on {gateway.address} (gRPC, Arrow IPC results)")
+        print(
+            f"gateway listening on {gateway.address} (gRPC, Arrow IPC results) and "
+            f"{gateway.flight_uri} (Arrow Flight SQL)"
+        )
         for title, sql, params in QUERIES:
             _heading(title)
             result = client.execute(CONNECTION, sql, params)
@@ -167,4 +172,31 @@ def run_demo(settings: Settings, scale: int = 1) -> None:
             print("!! the query was not rejected")
         except FabricError as error:
             print(f"rejected before reaching the database ({error.code}): {error.message}")
+
+        _heading("The same engine through Arrow Flight SQL (ADBC), with a ? parameter")
+        _flight_sql(gateway.flight_uri, token)
     store.close()
+
+
+FLIGHT_SQL = (
+    "SELECT segment, COUNT(*) AS customers FROM customers "
+    "WHERE signup_date >= ? GROUP BY segment ORDER BY segment"
+)
+
+
+def _flight_sql(uri: str, token: str | None) -> None:
+    """One query through the ADBC Flight SQL driver, as an app in any language would."""
+    try:
+        import adbc_driver_flightsql.dbapi as flight_sql
+    except ImportError:
+        print(f"(install adbc-driver-flightsql to query {uri} from Python)")
+        return
+    options = {"adbc.flight.sql.rpc.call_header.x-fabric-connection": CONNECTION}
+    if token is not None:
+        options["adbc.flight.sql.authorization_header"] = f"Bearer {token}"
+    with (
+        flight_sql.connect(uri, db_kwargs=options, autocommit=True) as conn,
+        conn.cursor() as cursor,
+    ):
+        cursor.execute(FLIGHT_SQL, (dt.date(2023, 1, 1),))
+        print(format_table(cursor.fetch_arrow_table()))

@@ -18,6 +18,7 @@
     ├── ResourceExhausted            resource_exhausted    -> RESOURCE_EXHAUSTED
     ├── SourceUnavailable            source_unavailable    -> UNAVAILABLE
     │   └── GatewayUnavailable       gateway_unavailable   -> UNAVAILABLE
+    ├── Unimplemented                unimplemented         -> UNIMPLEMENTED
     └── InternalError                internal              -> INTERNAL
 
 Messages say what was wrong and what to do. They never carry a secret, a parameter value
@@ -156,6 +157,13 @@ class GatewayUnavailable(SourceUnavailable):
     code = "gateway_unavailable"
 
 
+class Unimplemented(FabricError):
+    """A request the protocol defines but Fabric does not serve (writes, transactions,
+    Substrait plans on the Flight SQL door): the caller should not retry it."""
+
+    code = "unimplemented"
+
+
 class InternalError(FabricError):
     code = "internal"
 
@@ -179,5 +187,6 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     ResourceExhausted,
     SourceUnavailable,
     GatewayUnavailable,
+    Unimplemented,
     InternalError,
 )

@@ -12,10 +12,16 @@ from fabric.api.server import Gateway
 
 class BackgroundGateway:
     def __init__(
-        self, gateway: Gateway, address: str = "127.0.0.1:0", *, metrics: bool = False
+        self,
+        gateway: Gateway,
+        address: str = "127.0.0.1:0",
+        *,
+        metrics: bool = False,
+        flight_address: str = "",
     ) -> None:
         self.gateway = gateway
         self._address = address
+        self._flight_address = flight_address
         self._metrics = metrics
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -33,8 +39,17 @@ class BackgroundGateway:
 
     def start(self) -> BackgroundGateway:
         self._thread.start()
-        self.port = self.call(self.gateway.start(self._address, metrics=self._metrics))
+        self.port = self.call(
+            self.gateway.start(
+                self._address, metrics=self._metrics, flight_address=self._flight_address
+            )
+        )
         return self
+
+    @property
+    def flight_uri(self) -> str:
+        """The Flight SQL endpoint (plaintext; the port `flight_address` chose)."""
+        return f"grpc://127.0.0.1:{self.gateway.flight_port}"
 
     def stop(self, grace: float = 1.0) -> None:
         try:

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from fabric.api.auth import AuthInterceptor, RefusalRecorder, refusing_apps
+from fabric.api.flight.service import FlightSqlService
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
@@ -277,18 +278,13 @@ class Gateway:
         self.settings = engine.settings
         self.services = tuple(s for s in SERVICES if s in services)
         self._admission = CallAdmission()
-        # Authentication first: an unauthenticated caller's request is never decoded.
-        # A verified caller refused for its role is on the audit trail.
-        self._interceptors: list[grpc.aio.ServerInterceptor] = [
-            *(
-                [AuthInterceptor(verifier, refusal_recorder(platform.manager.store))]
-                if verifier is not None
-                else []
-            ),
-            CallGuardInterceptor(self._admission),
-        ]
+        self._verifier = verifier
+        self._refusals = refusal_recorder(platform.manager.store)
+        self._interceptors = self._call_interceptors()
         query_callers = context_provider if serves_apps else refusing_apps(context_provider)
         self._servicer = QueryServicer(engine, query_callers, execute)
+        self.flight = FlightSqlService(engine, query_callers, execute)
+        engine.metrics.add_snapshot(self.flight.snapshot)
         self.purger = purger
         self.announcements = announcements
         self.platform = platform
@@ -301,8 +297,11 @@ class Gateway:
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
+        self._flight_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._sweeper: asyncio.Task[None] | None = None
+        self._flight_sweeper: asyncio.Task[None] | None = None
+        self.flight_port: int | None = None
         self._metrics_server: Any = None
         self._health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
@@ -310,12 +309,32 @@ class Gateway:
         self.metrics_port: int | None = None
         self.metrics_host = "127.0.0.1"
 
+    def _call_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The interceptors of one server: authentication first (an unauthenticated
+        caller's request is never decoded; a verified caller refused for its role is on
+        the audit trail), then the call guard. Each server gets its own guard (it caches
+        handlers by method name); all share one admission."""
+        return [
+            *(
+                [AuthInterceptor(self._verifier, self._refusals)]
+                if self._verifier is not None
+                else []
+            ),
+            CallGuardInterceptor(self._admission),
+        ]
+
     async def start(
-        self, address: str | None = None, *, metrics: bool = True, ready: bool = True
+        self,
+        address: str | None = None,
+        *,
+        metrics: bool = True,
+        ready: bool = True,
+        flight_address: str = "",
     ) -> int:
-        """Listen on `address` (default FABRIC_LISTEN) and return the port. With
-        `ready=False` (a runtime replica still starting), health says NOT_SERVING and
-        calls are refused with UNAVAILABLE until `set_ready`."""
+        """Listen on `address` (default FABRIC_LISTEN) and return the port; serve Arrow
+        Flight SQL on `flight_address` when one is given (`flight_port` tells the port).
+        With `ready=False` (a runtime replica still starting), health says NOT_SERVING
+        and calls are refused with UNAVAILABLE until `set_ready`."""
         address = address or self.settings.listen
         server = grpc.aio.server(
             options=channel_options(self.settings), interceptors=self._interceptors
@@ -341,6 +360,8 @@ class Gateway:
             raise OSError(f"cannot listen on {address}")
         self._server = server
         self._admission.not_ready = not ready
+        if flight_address:
+            self.flight_port = await self._start_flight(flight_address)
         await server.start()
         if self.settings.health_listen:
             await self._start_health_only(self.settings.health_listen)
@@ -372,6 +393,27 @@ class Gateway:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._health_server = server
+
+    async def _start_flight(self, address: str) -> int:
+        """The Flight SQL server: its own port, the same interceptors, TLS and limits."""
+        server = grpc.aio.server(
+            options=channel_options(self.settings), interceptors=self._call_interceptors()
+        )
+        self.flight.add_to_server(server)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            port: int = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {address} for Flight SQL")
+        self._flight_server = server
+        await server.start()
+        self._flight_sweeper = asyncio.create_task(
+            self.flight.run_sweepers(self.settings.statement_sweep_interval)
+        )
+        log.info("Flight SQL listening on port %s", port)
+        return port
 
     async def set_serving(self, serving: bool) -> None:
         """Report the served services (and the server, "") as SERVING or NOT_SERVING."""
@@ -405,11 +447,12 @@ class Gateway:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._admission.drain(grace)
-        if self._server is not None:
-            await self._server.stop(max(0.0, grace - (loop.time() - started)))
+        remaining = max(0.0, grace - (loop.time() - started))
+        servers = [s for s in (self._server, self._flight_server) if s is not None]
+        await asyncio.gather(*(server.stop(remaining) for server in servers))
         if self._health_server is not None:
             await self._health_server.stop(0)
-        for task in (self._sweeper, self._stale_task):
+        for task in (self._sweeper, self._stale_task, self._flight_sweeper):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -417,4 +460,5 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        self.flight.close_all()
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)

@@ -24,6 +24,7 @@ GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.GatewayUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.FabricError: grpc.StatusCode.INTERNAL,
 }
@@ -40,6 +41,7 @@ ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.FabricError]] = {
     grpc.StatusCode.CANCELLED: errors.Cancelled,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: errors.SourceUnavailable,
+    grpc.StatusCode.UNIMPLEMENTED: errors.Unimplemented,
 }
 
 # Trailing metadata key carrying the machine-readable error code (`query_rejected`, ...).

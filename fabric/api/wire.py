@@ -36,7 +36,7 @@ _ARROW_IPC = b"\x0a"  # field 1, length-delimited
 _SUMMARY = b"\x12"  # field 2, length-delimited
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -49,10 +49,10 @@ def result_chunk(arrow_ipc: bytes, summary: pb.ResultSummary | None = None) -> b
     """The wire form of `ResultChunk(arrow_ipc=arrow_ipc, summary=summary)`."""
     parts: list[bytes] = []
     if arrow_ipc:
-        parts += (_ARROW_IPC, _varint(len(arrow_ipc)), arrow_ipc)
+        parts += (_ARROW_IPC, varint(len(arrow_ipc)), arrow_ipc)
     if summary is not None:
         encoded = summary.SerializeToString()
-        parts += (_SUMMARY, _varint(len(encoded)), encoded)
+        parts += (_SUMMARY, varint(len(encoded)), encoded)
     return b"".join(parts)
 
 
@@ -68,7 +68,7 @@ def page(
     tail: bytes = pb.Page(rows=rows, done=done, summary=summary).SerializeToString()
     if not arrow_ipc:
         return head + tail
-    return b"".join((head, _PAGE_ARROW_IPC, _varint(len(arrow_ipc)), arrow_ipc, tail))
+    return b"".join((head, _PAGE_ARROW_IPC, varint(len(arrow_ipc)), arrow_ipc, tail))
 
 
 def serialize_result(chunk: pb.ResultChunk | pb.Page | bytes) -> bytes:

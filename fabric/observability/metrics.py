@@ -41,6 +41,8 @@ GAUGES = {
     "admission_waiting": "Queries waiting to be admitted.",
     "memory_budget_bytes": "The gateway's memory budget.",
     "memory_used_bytes": "Bytes counted on the memory budget.",
+    "flight_prepared_statements": "Flight SQL prepared statements held.",
+    "flight_started_results": "Flight SQL results started by GetFlightInfo, not yet read.",
 }
 COUNTERS = {
     "result_cache_hits": "Queries answered from the result cache.",
@@ -89,6 +91,9 @@ PURGE_REASONS = (
     "result_expired",
     "connection_purged",
     "compiled_purged",
+    # the Flight SQL door's prepared statements and started results
+    "flight_statement_idle",
+    "flight_statement_closed",
     # the platform's departures (fabric.platform.departure)
     "connection_changed",
     "connection_deleted",
@@ -211,14 +216,14 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.queries = Counter(
             "fabric_queries",
-            "Queries by method and outcome.",
-            ["method", "outcome"],
+            "Queries by method, outcome and protocol (the door: grpc, flight_sql).",
+            ["method", "outcome", "protocol"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "fabric_query_seconds",
             "Gateway time per query.",
-            ["method", "source"],
+            ["method", "source", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

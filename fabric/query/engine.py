@@ -94,6 +94,8 @@ with PostgreSQL (a chunk of text rows, its decoding to Arrow, the next chunk arr
 the IPC messages of the batch before on their way) at 11 to 18 times; its memory
 reservation grows to it when that is more than it reserved."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PROTOCOLS = frozenset({"grpc", "flight_sql"})
+"""The doors a query may come through (`QueryRequest.protocol`, a metrics label)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +109,15 @@ class QueryRequest:
     """Rows the caller wants at most; None = the configured cap."""
     max_bytes: int | None = None
     """Result bytes the caller wants at most; None = the configured cap."""
+    protocol: str = "grpc"
+    """The door the query came through (`grpc`, `flight_sql`): a metrics label only."""
 
     def __repr__(self) -> str:
         # Parameter values stay out of logs and tracebacks; names are fine.
         return (
             f"QueryRequest(connection={self.connection!r}, params=<{sorted(self.params)}>, "
             f"cache_ttl={self.cache_ttl}, max_rows={self.max_rows}, "
-            f"max_bytes={self.max_bytes})"
+            f"max_bytes={self.max_bytes}, protocol={self.protocol!r})"
         )
 
 
@@ -138,6 +142,7 @@ class QueryEngine:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
         self.running = RunningQueries(store, closer=self.executor)
         self.sources = SourceRegistry(
@@ -193,6 +198,7 @@ class QueryEngine:
         # largest batch), when more than `query_memory`: its next run reserves that.
         self._working_sets: LRUCache[str, int] = LRUCache(settings.compiled_statements)
         self._inflight: dict[ResultKey, asyncio.Event] = {}
+        self._purge_hooks: list[Callable[[str, str], int]] = []
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
         self.metrics = GatewayMetrics(self.snapshot)
@@ -275,6 +281,12 @@ class QueryEngine:
     async def _compile(
         self, ctx: RequestContext, request: QueryRequest, max_rows: int
     ) -> tuple[BoundSource, CompiledStatement, tuple[Any, ...]]:
+        bound, compiled = await self._checked(ctx, request, max_rows)
+        return bound, compiled, compiled.bind(request.params)
+
+    async def _checked(
+        self, ctx: RequestContext, request: QueryRequest, max_rows: int
+    ) -> tuple[BoundSource, CompiledStatement]:
         # An over-long text is refused before the connection is resolved or the text is
         # hashed, tokenized or logged.
         self.statements.compiler.check_length(request.sql)
@@ -300,7 +312,19 @@ class QueryEngine:
                 # caller gone before the compile starts cancels it.
                 loop = asyncio.get_running_loop()
                 compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
-        return bound, compiled, compiled.bind(request.params)
+        return bound, compiled
+
+    async def prepare(self, ctx: RequestContext, request: QueryRequest) -> CompiledStatement:
+        """Compile and check a query without running it (the statement cache keeps the
+        result for its executions): what a prepared statement knows before its
+        parameters are bound. Refusals are logged as a failed query's are."""
+        started = time.perf_counter()
+        try:
+            _, compiled = await self._checked(ctx, request, self._max_rows(request.max_rows))
+        except FabricError as error:
+            log_failure(ctx, request, error, started)
+            raise
+        return compiled
 
     def _open_run(
         self,
@@ -546,10 +570,10 @@ class QueryEngine:
         finally:
             if ticket is not None:
                 self.running.release(ticket)
-            self.metrics.queries.labels("execute", outcome).inc()
-            self.metrics.latency.labels("execute", "cache" if from_cache else "source").observe(
-                time.perf_counter() - started
-            )
+            self.metrics.queries.labels("execute", outcome, request.protocol).inc()
+            self.metrics.latency.labels(
+                "execute", "cache" if from_cache else "source", request.protocol
+            ).observe(time.perf_counter() - started)
 
     def _read_checked(self, run: SourceRun, ticket: Ticket) -> list[bytes] | None:
         """The next messages of `run` (a worker thread's call), if the query is still
@@ -955,18 +979,29 @@ class QueryEngine:
         """Drop everything held in memory for a connection: compiled statements, cached
         results, its connectors (pools); and stop the running queries (open statements,
         Execute streams) the connection's current state no longer allows, while the
-        others go on. Blocking (the metadata store is read). Each purge is counted."""
+        others go on (Flight SQL's prepared statements and started results of the
+        connection, held by the purge hooks, are closed). Blocking (the metadata store is
+        read). Each purge is counted."""
         revoked = self.running.revalidate(tenant, connection)
+        statements = self.open_statements.revoke_where(_revocation_of)
+        for hook in list(self._purge_hooks):
+            statements += hook(tenant, connection)
         dropped = {
             "compiled": self.statements.purge_connection(tenant, connection),
             "results": self.results.purge_connection(tenant, connection),
-            "statements": self.open_statements.revoke_where(_revocation_of),
+            "statements": statements,
             "streams": sum(1 for ticket in revoked if ticket.kind == STREAM),
             "sources": self.sources.purge(tenant, connection),
         }
         self._purged["compiled_purged"] += dropped["compiled"]
         self._purged["connection_purged"] += 1
         return dropped
+
+    def on_purge(self, hook: Callable[[str, str], int]) -> None:
+        """Also call `hook(tenant, connection)` whenever a connection is purged: a door
+        that holds statements of its own (Flight SQL) drops them there, and returns how
+        many it dropped."""
+        self._purge_hooks.append(hook)
 
     def snapshot(self) -> dict[str, float]:
         cache = self.results.stats

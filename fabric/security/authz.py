@@ -77,6 +77,9 @@ SERVICE_ROLES: Mapping[str, Role] = MappingProxyType(
         # Connections, secrets and keys.
         "fabric.v1.ConnectionService": Role.ADMIN,
         "fabric.v1.KeyService": Role.ADMIN,
+        # Arrow Flight SQL: runtime apps query (and read the selection's metadata)
+        # through it as through QueryService.
+        "arrow.flight.protocol.FlightService": Role.APP,
     }
 )
 """The least role for every method of a service not listed in METHOD_ROLES."""

@@ -110,7 +110,11 @@ def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
     )
 
 
-def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> Harness:
+def start_harness(
+    tmp_path: Path, *, verifier: Any = None, flight: bool = False, **overrides: Any
+) -> Harness:
+    """The gateway over the shop database; with `flight`, Flight SQL on a port of its own
+    (`harness.gateway.flight_uri`)."""
     database = tmp_path / "shop.duckdb"
     make_shop(database)
     store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
@@ -145,7 +149,8 @@ def start_harness(tmp_path: Path, *, verifier: Any = None, **overrides: Any) -> 
     gateway = BackgroundGateway(
         assemble_gateway(engine, verifier=verifier)
         if verifier is not None
-        else assemble_gateway(engine, context_provider=tenant_from_metadata)
+        else assemble_gateway(engine, context_provider=tenant_from_metadata),
+        flight_address="127.0.0.1:0" if flight else "",
     ).start()
     return Harness(gateway, engine, clock, store, executed, gate)
 

@@ -143,7 +143,7 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
-    assert 'fabric_queries_total{method="execute",outcome="ok"} 3.0' in metrics
+    assert 'fabric_queries_total{method="execute",outcome="ok",protocol="grpc"} 3.0' in metrics
     assert "fabric_result_cache_hits_total 1.0" in metrics
 
 
@@ -172,6 +172,9 @@ def test_demo_runs_and_serves_the_second_query_from_memory(tmp_path: Path) -> No
     assert "second run: served from memory" in done.stdout
     assert "identical: True" in done.stdout
     assert "rejected before reaching the database (query_rejected)" in done.stdout
+    # The demo serves Flight SQL too and queries it through the ADBC driver.
+    assert "(Arrow Flight SQL)" in done.stdout
+    assert "small_business |" in done.stdout.split("through Arrow Flight SQL", 1)[1]
 
 
 def test_clients_leaving_after_the_result_leave_the_gateway_quiet(

@@ -295,8 +295,11 @@ def test_metrics_count_queries_and_cache(harness: Harness) -> None:
         with pytest.raises(QueryRejected):
             c.query("shop", "SELECT email FROM customers")
     text = generate_latest(harness.engine.metrics.registry).decode()
-    assert 'fabric_queries_total{method="execute",outcome="ok"} 2.0' in text
-    assert 'fabric_queries_total{method="execute",outcome="query_rejected"} 1.0' in text
+    assert 'fabric_queries_total{method="execute",outcome="ok",protocol="grpc"} 2.0' in text
+    assert (
+        'fabric_queries_total{method="execute",outcome="query_rejected",protocol="grpc"} 1.0'
+        in text
+    )
     assert "fabric_result_cache_hits_total 1.0" in text
     assert "fabric_result_cache_bytes " in text
 

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import grpc
 import pytest
-from google.protobuf.message import Message  # type: ignore[import-untyped]
+from google.protobuf.message import Message
 
 from fabric.api.background import BackgroundGateway
 from fabric.api.server import Gateway

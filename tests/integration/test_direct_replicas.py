@@ -523,7 +523,7 @@ def test_a_replica_killed_mid_load_loses_no_call_that_had_not_started_streaming(
         for i in range(2)
     ]
     args = ["--role", "runtime", "--stage", stage]
-    count = 'fabric_queries_total{method="execute",outcome="ok"}'
+    count = 'fabric_queries_total{method="execute",outcome="ok",protocol="grpc"}'
     with (
         pg_site(postgres_url, tmp_path, tenant, stage) as table,
         served(args, envs[0], tmp_path / "k0.log") as doomed,

@@ -14,7 +14,7 @@ from fabric.context import Role
 from fabric.errors import ALL_ERRORS, FabricError, InternalError, InvalidArgument
 from fabric.messaging.bus import SUBJECT_ROOT, subject_for, subject_token
 from fabric.proto_values import params_from_proto, params_to_proto
-from fabric.query.engine import QueryRequest
+from fabric.query.engine import PROTOCOLS, QueryRequest
 from fabric.query.runs import Summary
 from fabric.security.kms import Kms, LocalKeyRing
 from fabric.v1 import query_pb2 as pb
@@ -224,6 +224,7 @@ class WireRequest:
                 "cache_ttl": self.query.cache_ttl,
                 "max_rows": self.query.max_rows,
                 "max_bytes": self.query.max_bytes,
+                "protocol": self.query.protocol,
                 "role": self.role,
                 "principal": self.principal,
                 "timeout": self.timeout,
@@ -256,6 +257,9 @@ class WireRequest:
             max_rows = head.get("max_rows")
             max_bytes = head.get("max_bytes")
             timeout = head.get("timeout")
+            protocol = str(head.get("protocol", "grpc"))
+            if protocol not in PROTOCOLS:
+                raise ValueError("unknown protocol")
             query = QueryRequest(
                 connection=str(head["connection"]),
                 sql=str(head["sql"]),
@@ -263,6 +267,7 @@ class WireRequest:
                 cache_ttl=float(head["cache_ttl"]),
                 max_rows=None if max_rows is None else int(max_rows),
                 max_bytes=None if max_bytes is None else int(max_bytes),
+                protocol=protocol,
             )
             request = cls(
                 frame.request_id,
