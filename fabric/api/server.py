@@ -22,7 +22,7 @@ from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
 from fabric.api.wire import add_query_service, guarded_handler
 from fabric.config import Settings
-from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
+from fabric.errors import FabricError, FailedPrecondition, InvalidArgument, SourceUnavailable
 from fabric.messaging.platform_events import Announcements
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
@@ -47,6 +47,13 @@ def channel_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
     ]
+
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # grpc binds with SO_REUSEPORT by default: a second gateway on a port in use would
+    # start, and the kernel would split the calls between the two processes. Refuse.
+    ("grpc.so_reuseport", 0),
+]
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -260,7 +267,8 @@ class Gateway:
     async def start(self, address: str | None = None, *, metrics: bool = True) -> int:
         address = address or self.settings.listen
         server = grpc.aio.server(
-            options=channel_options(self.settings), interceptors=self._interceptors
+            options=[*channel_options(self.settings), *SERVER_OPTIONS],
+            interceptors=self._interceptors,
         )
         if QUERY_SERVICE in self.services:
             add_query_service(self._servicer, server)
@@ -275,12 +283,34 @@ class Gateway:
             (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise FailedPrecondition(
+                f"cannot listen on {address}: the address is in use (another `fabric serve`?) "
+                "or not available on this machine; stop the other process or choose another "
+                "address with --listen or FABRIC_LISTEN"
+            )
+        if metrics and self.settings.metrics_port:
+            # Before the gRPC server starts: a port in use stops start-up with nothing
+            # running yet.
+            try:
+                http_server, _thread = start_http_server(
+                    self.settings.metrics_port, "127.0.0.1", registry=self.engine.metrics.registry
+                )
+            except OSError as error:
+                raise FailedPrecondition(
+                    f"cannot serve metrics on 127.0.0.1:{self.settings.metrics_port}: "
+                    f"{error.strerror or type(error).__name__}; stop what uses that port or "
+                    "set FABRIC_METRICS_PORT to a free port (0: no metrics endpoint)"
+                ) from None
+            self._metrics_server = http_server
+            self.metrics_port = http_server.server_port
         self._server = server
         await server.start()
         await self.set_serving(True)
@@ -290,12 +320,6 @@ class Gateway:
         self._stale_task = asyncio.create_task(
             self.stale_sweeper.run(self.settings.metadata_sweep_interval)
         )
-        if metrics and self.settings.metrics_port:
-            server, _thread = start_http_server(
-                self.settings.metrics_port, "127.0.0.1", registry=self.engine.metrics.registry
-            )
-            self._metrics_server = server
-            self.metrics_port = server.server_port
         log.info("gateway listening on port %s", self.port)
         return self.port
 
