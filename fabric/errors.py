@@ -14,6 +14,7 @@
     ├── Cancelled                    cancelled             -> CANCELLED
     ├── ResourceExhausted            resource_exhausted    -> RESOURCE_EXHAUSTED
     ├── SourceUnavailable            source_unavailable    -> UNAVAILABLE
+    │   └── GatewayUnavailable       gateway_unavailable   -> UNAVAILABLE (client side)
     └── InternalError                internal              -> INTERNAL
 
 Messages say what was wrong and what to do. They never carry a secret, a parameter value
@@ -114,6 +115,13 @@ class SourceUnavailable(FabricError):
     code = "source_unavailable"
 
 
+class GatewayUnavailable(SourceUnavailable):
+    """The client could not reach the gateway at all (nothing listens at the address,
+    TLS does not match, the network is down): raised by the client, never by the gateway."""
+
+    code = "gateway_unavailable"
+
+
 class InternalError(FabricError):
     code = "internal"
 
@@ -133,5 +141,6 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     Cancelled,
     ResourceExhausted,
     SourceUnavailable,
+    GatewayUnavailable,
     InternalError,
 )

@@ -20,6 +20,7 @@ GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.GatewayUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.FabricError: grpc.StatusCode.INTERNAL,
 }

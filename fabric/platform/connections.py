@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from connectors import registry
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.serialization import (
@@ -94,6 +95,17 @@ def _check_password(stage: str, password: str | None) -> None:
         raise InvalidArgument(f"the password of stage {stage!r} must be a non-empty string")
 
 
+def _declared_settings(kind: str, stages: Mapping[str, StageInput]) -> dict[str, StageInput]:
+    """`stages` with each setting checked against those `kind` declares and converted to
+    its type: a misspelled key is refused (naming the nearest declared one) rather than
+    stored and silently ignored by the connector."""
+    spec = registry.get(kind)
+    return {
+        stage: StageInput(spec.check_settings(given.settings, complete=False), given.password)
+        for stage, given in stages.items()
+    }
+
+
 class ConnectionAdmin:
     """Connection administration on top of the catalog manager and the secret store;
     every committed change is announced to `listener`."""
@@ -141,6 +153,7 @@ class ConnectionAdmin:
             raise InvalidArgument(
                 "a connection needs a configuration for at least one stage (or '*' for all)"
             )
+        stages = _declared_settings(kind_value, stages)
         for stage, given in stages.items():
             check_stage(stage)
             _check_password(stage, given.password)
@@ -156,7 +169,14 @@ class ConnectionAdmin:
                 tenant, name, kind_value, MappingProxyType(plain), MappingProxyType(refs)
             )
             for stage in sorted(plain):
-                self._test_draft(draft, stage, passwords.get(stage))
+                try:
+                    self._test_draft(draft, stage, passwords.get(stage))
+                except FabricError as error:
+                    raise type(error)(
+                        f"{error.message}. Connection {name!r} was not stored (stage "
+                        f"{stage!r} was tested first)",
+                        sqlstate=error.sqlstate,
+                    ) from None
         connection = self._manager.create_connection(
             tenant, name, kind_value, plain, refs or None, actor=actor
         )
@@ -205,6 +225,8 @@ class ConnectionAdmin:
         every changed stage is tested first. Nothing changes unless all of it succeeds.
         """
         stages = dict(stages or {})
+        if stages:
+            stages = _declared_settings(self._manager.get_connection(tenant, name).kind, stages)
         for stage, given in stages.items():
             check_stage(stage)
             _check_password(stage, given.password)

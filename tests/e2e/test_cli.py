@@ -54,7 +54,7 @@ def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], int, int]]:
         ("catalog", "select", "retail", "customers", "--columns", "name,segment"),
     ]
     for step in steps:
-        done = _run(env, *step)
+        done = _run(env, *step, "--local")  # before the gateway runs
         assert done.returncode == 0, done.stderr
     with (
         open(tmp_path / "serve.log", "w") as log,
@@ -98,7 +98,7 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
         "-p",
         "since:date=2024-01-01",
         "--format",
-        "json",
+        "jsonl",
         "--cache-ttl",
         "30",
     )
@@ -129,7 +129,22 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
         "30",
     )
     assert again.returncode == 0 and "from cache" in again.stderr
-    assert again.stdout.splitlines()[0] == '"status","n"'
+    assert again.stdout.splitlines()[0] == "status,n"
+    as_array = _run(
+        env,
+        "query",
+        "retail",
+        "SELECT status, COUNT(*) AS n FROM orders WHERE order_date >= :since "
+        "GROUP BY status ORDER BY status",
+        "-p",
+        "since:date=2024-01-01",
+        "--format",
+        "json",
+        "--cache-ttl",
+        "30",
+    )
+    assert as_array.returncode == 0, as_array.stderr
+    assert json.loads(as_array.stdout) == rows
 
     preview = _run(env, "preview", "retail", "customers", "--limit", "3")
     assert preview.returncode == 0 and len(preview.stdout.splitlines()) == 5  # header, rule, 3
@@ -140,8 +155,8 @@ def test_cli_registers_selects_serves_and_queries(served: tuple[dict[str, str], 
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
-    assert 'fabric_queries_total{method="execute",outcome="ok"} 3.0' in metrics
-    assert "fabric_result_cache_hits_total 1.0" in metrics
+    assert 'fabric_queries_total{method="execute",outcome="ok"} 4.0' in metrics
+    assert "fabric_result_cache_hits_total 2.0" in metrics
 
 
 def test_reflection_lists_the_services(served: tuple[dict[str, str], int, int]) -> None:
