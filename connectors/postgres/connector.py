@@ -139,9 +139,7 @@ class PostgresConnector(Connector):
         pool = self._get_pool()
         try:
             return pool.getconn(timeout=self._pool_timeout)
-        except psycopg.Error as exc:  # a failed connection attempt (FailFastPool)
-            raise self._map_error(exc) from None
-        except PoolTimeout:
+        except PoolTimeout:  # (a psycopg.Error itself: first)
             failure = pool.last_failure
             if failure is not None:
                 raise self._map_error(failure) from None
@@ -152,6 +150,8 @@ class PostgresConnector(Connector):
             raise failures.unreachable(
                 "PostgreSQL", self._where, f"no connection opened within {self._pool_timeout:g}s"
             ) from None
+        except psycopg.Error as exc:  # a failed connection attempt (FailFastPool)
+            raise self._map_error(exc) from None
 
     def _acquire_now(self) -> psycopg.Connection[Any] | None:
         """A pooled connection that is free now, or None (never waits: the event loop's

@@ -116,7 +116,7 @@ def _infer(raw: str) -> Any:
         return raw == "true"
     if _CANONICAL_INT.fullmatch(raw):
         number = int(raw)
-        return number if -_INT64 <= number < _INT64 else raw
+        return number if -_INT64 <= number < _INT64 and str(number) == raw else raw
     if _PLAIN_FLOAT.fullmatch(raw):
         number_f = float(raw)
         return number_f if repr(number_f) == raw else raw
