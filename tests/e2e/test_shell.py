@@ -178,3 +178,128 @@ def test_a_terminal_session_of_the_shell(
     finally:
         shell.close(force=True)
     assert shell.exitstatus == 0
+
+
+def _query(env: dict[str, str], *args: str) -> list[str]:
+    return [*FABRIC, "query", "pg", *args]
+
+
+def test_rows_are_printed_as_they_arrive_and_ctrl_c_cancels_at_the_source(
+    shell_env: dict[str, str], postgres_url: str
+) -> None:
+    """Piped output: the first rows come out while the source still runs the query (the
+    CLI streams, it does not wait for the whole result), and no progress line."""
+    with subprocess.Popen(
+        _query(
+            shell_env,
+            "SELECT a.id FROM people a CROSS JOIN people b CROSS JOIN people c",
+            "--format",
+            "csv",
+        ),
+        env=shell_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as cli:
+        assert cli.stdout is not None and cli.stderr is not None
+        assert cli.stdout.readline() == "id\n"
+        assert cli.stdout.readline().strip().isdigit()
+        assert _running(postgres_url) == 1  # still running there: nothing was buffered
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=30) == 130
+        errors = cli.stderr.read()
+    assert "interrupted" in errors and "running:" not in errors and "Traceback" not in errors
+    assert _until(lambda: _running(postgres_url) == 0), "the query still runs at the source"
+
+
+def test_a_terminal_shows_at_most_its_row_cap_and_says_so(shell_env: dict[str, str]) -> None:
+    sql = "SELECT id, name FROM people ORDER BY id"
+    shown = pexpect.spawn(
+        FABRIC[0],
+        [*FABRIC[1:], "query", "pg", sql, "--terminal-rows", "5"],
+        env=shell_env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 150),
+    )
+    shown.expect(pexpect.EOF)
+    shown.close()
+    text = shown.before or ""
+    assert shown.exitstatus == 0, text
+    rows = [line for line in text.splitlines() if line.startswith(" ") and "|" in line]
+    assert [r.split("|")[0].strip() for r in rows] == ["id", "1", "2", "3", "4", "5"]
+    assert "-- showing the first 5 rows; there are more" in text
+    assert "--terminal-rows 0 shows all" in text
+    piped = subprocess.run(
+        _query(shell_env, sql, "--terminal-rows", "5", "--format", "csv"),
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 3001  # never cut
+
+
+def test_a_result_taller_than_the_terminal_goes_through_the_pager(
+    shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    paged = tmp_path / "paged.txt"
+    env = {**shell_env, "PAGER": f"cat > {paged}"}
+    short = pexpect.spawn(
+        FABRIC[0],
+        [*FABRIC[1:], "query", "pg", "SELECT id FROM people WHERE id <= 3 ORDER BY id"],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 150),
+    )
+    short.expect(pexpect.EOF)
+    short.close()
+    assert not paged.exists() and " 3" in (short.before or "")  # fits: no pager
+    tall = pexpect.spawn(
+        FABRIC[0],
+        [*FABRIC[1:], "query", "pg", "SELECT id FROM people WHERE id <= 100 ORDER BY id"],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 150),
+    )
+    tall.expect(pexpect.EOF)
+    tall.close()
+    assert tall.exitstatus == 0
+    lines = paged.read_text().splitlines()
+    assert lines[0].strip() == "id" and [line.strip() for line in lines[2:]] == [
+        str(i) for i in range(1, 101)
+    ]
+    assert " 57\r\n" not in (tall.before or "")  # the rows went to the pager only
+    assert "-- 100 rows" in (tall.before or "")
+
+
+def test_leading_zeros_stay_text_and_a_type_that_does_not_fit_points_to_name_type(
+    shell_env: dict[str, str],
+) -> None:
+    def query(*params: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _query(
+                shell_env,
+                "SELECT id FROM people WHERE country_code = :c OR name = :n ORDER BY id LIMIT 1",
+                *params,
+                "--format",
+                "csv",
+            ),
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    kept = query("-p", "c=007", "-p", "n=person 2")  # '007' is text, as typed
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.splitlines() == ["id", "2"]
+    mismatched = query("-p", "c=5", "-p", "n=person 2")  # 5 is inferred as an integer
+    assert mismatched.returncode == 2 and "Traceback" not in mismatched.stderr
+    assert "SQLSTATE 42883" in mismatched.stderr
+    assert "Parameter(s) c, n had their type inferred" in mismatched.stderr
+    assert "-p NAME:TYPE=VALUE" in mismatched.stderr
+    typed = query("-p", "c:str=5", "-p", "n=person 2")
+    assert typed.returncode == 0 and typed.stdout.splitlines() == ["id", "2"], typed.stderr
