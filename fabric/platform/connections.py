@@ -31,6 +31,7 @@ from fabric.catalog.manager import CatalogManager
 from fabric.catalog.serialization import (
     check_connection_name,
     check_kind,
+    looks_like_secret,
     stages_document,
     utc_now,
 )
@@ -100,10 +101,15 @@ def _declared_settings(kind: str, stages: Mapping[str, StageInput]) -> dict[str,
     its type: a misspelled key is refused (naming the nearest declared one) rather than
     stored and silently ignored by the connector."""
     spec = registry.get(kind)
-    return {
-        stage: StageInput(spec.check_settings(given.settings, complete=False), given.password)
-        for stage, given in stages.items()
-    }
+    checked: dict[str, StageInput] = {}
+    for stage, given in stages.items():
+        # A key that looks like a secret is left for `stages_document`, whose refusal
+        # says where secrets go.
+        plain = {k: v for k, v in given.settings.items() if not looks_like_secret(k)}
+        secret_looking = {k: v for k, v in given.settings.items() if looks_like_secret(k)}
+        settings = {**spec.check_settings(plain, complete=False), **secret_looking}
+        checked[stage] = StageInput(settings, given.password)
+    return checked
 
 
 class ConnectionAdmin:

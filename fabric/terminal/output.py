@@ -148,7 +148,7 @@ class TerminalOutput:
 
     def __init__(self, display: Display, before_first_write: Callable[[], None]) -> None:
         self._display = display
-        self._before = before_first_write
+        self._before: Callable[[], None] | None = before_first_write
         self._paging = display.pager and display.on_terminal and _pager_command() is not None
         size = shutil.get_terminal_size()
         self._height = max(size.lines - 2, 1)
@@ -170,7 +170,7 @@ class TerminalOutput:
 
     def _first(self) -> None:
         if self._before is not None:
-            before, self._before = self._before, None  # type: ignore[assignment]
+            before, self._before = self._before, None
             before()
 
     def _start_pager(self) -> None:
@@ -200,11 +200,9 @@ class TerminalOutput:
                 self._target.write("".join(self._held))
                 self._held = []
         if self._pager is not None:
-            try:
-                assert self._pager.stdin is not None
-                self._pager.stdin.close()
-            except BrokenPipeError:
-                pass
+            if self._pager.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    self._pager.stdin.close()
             self._pager.wait()
         else:
             self._target.flush()

@@ -60,6 +60,8 @@ def shell_env(tmp_path: Path, postgres_url: str, schema: str) -> Iterator[dict[s
         "FABRIC_HOME": str(tmp_path / "home"),
         "FABRIC_LISTEN": f"127.0.0.1:{_free_port()}",
         "FABRIC_METRICS_PORT": "0",
+        # The streamed cross join must outlast any machine: no row cap of the gateway's.
+        "FABRIC_MAX_ROWS": str(10**12),
         "PAGER": "",
         "TERM": "xterm",
     }
@@ -106,9 +108,11 @@ def shell_env(tmp_path: Path, postgres_url: str, schema: str) -> Iterator[dict[s
 
 
 def _running(postgres_url: str) -> int:
+    """Backends running our cross join: active, or between two fetches of its rows."""
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE state IN ('active', 'idle in transaction') "
             "AND query LIKE '%CROSS JOIN%people%' AND pid <> pg_backend_pid()"
         ).fetchone()
     return int(row[0]) if row else 0
