@@ -101,14 +101,19 @@ def _timestamps_ns(array: pa.Array) -> list[Any]:
     """Nanosecond timestamps as ISO 8601 text, every digit kept (Python's datetime
     stops at microseconds)."""
     unit_type: pa.TimestampType = array.type
-    micro = pc.cast(array, pa.timestamp("us", unit_type.tz), safe=False).to_pylist()
     nanos = pc.cast(array, pa.int64()).to_pylist()
+    # floor division: a time before 1970 is a negative count, and its nanoseconds still
+    # count up from the microsecond below it
+    split = [None if ns is None else divmod(ns, 1000) for ns in nanos]
+    micro = pa.array(
+        [None if p is None else p[0] for p in split], pa.timestamp("us", unit_type.tz)
+    ).to_pylist()
     texts: list[Any] = []
-    for value, ns in zip(micro, nanos, strict=True):
-        if value is None:
+    for value, parts in zip(micro, split, strict=True):
+        if value is None or parts is None:
             texts.append(None)
             continue
-        extra = ns % 1000
+        extra = parts[1]
         text = value.isoformat()
         if extra:
             head, sep, zone = _split_zone(text)
@@ -139,13 +144,60 @@ def _python_values(array: pa.Array) -> list[Any]:
     return values
 
 
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "+00:00", "Z"})
+
+
+def _timestamp_texts(array: pa.Array) -> pa.Array | None:
+    """`cell_text` of naive and UTC timestamps, computed by Arrow (the Python route
+    builds a datetime per value). None for other zones (their offsets can have seconds)."""
+    unit_type: pa.TimestampType = array.type
+    tz = unit_type.tz
+    if tz is not None and tz not in _UTC_NAMES:
+        return None
+    if unit_type.unit in ("s", "ms"):
+        array = pc.cast(array, pa.timestamp("us", tz))
+    text = pc.strftime(array, format="%Y-%m-%dT%H:%M:%S")
+    if unit_type.unit == "ns":
+        text = pc.replace_substring_regex(text, pattern=r"(\.\d{6})000$", replacement=r"\1")
+    text = pc.replace_substring_regex(text, pattern=r"\.000000$", replacement="")
+    if tz is not None:
+        text = pc.binary_join_element_wise(text, "+00:00", "")
+    return text
+
+
+def _arrow_texts(array: pa.Array) -> pa.Array | None:
+    """`cell_text` of each value computed by Arrow for the common types, or None."""
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return array
+    if pa.types.is_integer(kind) or pa.types.is_date(kind):
+        return pc.cast(array, pa.string())
+    if pa.types.is_decimal(kind) and kind.scale >= 0:
+        return pc.cast(array, pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(array, "true", "false")
+    if pa.types.is_timestamp(kind):
+        return _timestamp_texts(array)
+    return None
+
+
 def column_texts(array: pa.Array) -> list[str | None]:
     """Each value of `array` as `cell_text`."""
+    texts = _arrow_texts(array)
+    if texts is not None:
+        values: list[str | None] = texts.to_pylist()
+        return values
     return [cell_text(v) for v in _python_values(array)]
 
 
 def column_values(array: pa.Array) -> list[Any]:
     """Each value of `array` as JSON takes it."""
+    kind = array.type
+    if pa.types.is_timestamp(kind) or pa.types.is_decimal(kind) or pa.types.is_date(kind):
+        texts = _arrow_texts(array)
+        if texts is not None:
+            values: list[Any] = texts.to_pylist()
+            return values
     return [_json(v) for v in _python_values(array)]
 
 
@@ -341,6 +393,23 @@ def _csv_field(text: str | None) -> str:
     return text
 
 
+def _csv_column(array: pa.Array) -> list[str]:
+    """A column's CSV fields; numbers, dates, times and booleans never need quotes."""
+    kind = array.type
+    texts = column_texts(array)
+    plain = (
+        pa.types.is_integer(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_time(kind)
+    )
+    if plain:
+        return ["" if t is None else t for t in texts]
+    return [_csv_field(t) for t in texts]
+
+
 class CsvWriter:
     """RFC 4180 with a header line and "\\n" line ends; NULL is an empty field, an empty
     string `""`."""
@@ -351,8 +420,8 @@ class CsvWriter:
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        columns = [column_texts(c) for c in batch.columns]
-        lines = [",".join(_csv_field(v) for v in row) for row in zip(*columns, strict=True)]
+        columns = [_csv_column(c) for c in batch.columns]
+        lines = [",".join(row) for row in zip(*columns, strict=True)]
         if lines:
             self._out.write("\n".join(lines) + "\n")
         self.rows += batch.num_rows

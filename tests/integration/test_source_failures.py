@@ -185,6 +185,7 @@ def test_mariadb_wrong_password_and_missing_database_are_told_apart() -> None:
     try:
         login, _ = _timed_failure(wrong.test)
         database, _ = _timed_failure(missing.test)
+        queried, seconds = _timed_failure(lambda: _first_row(wrong))
     finally:
         wrong.close()
         missing.close()
@@ -192,6 +193,7 @@ def test_mariadb_wrong_password_and_missing_database_are_told_apart() -> None:
     assert "ACCESS_DENIED_ERROR (MySQL error 1045" in str(login) and WRONG not in str(login)
     assert isinstance(database, FailedPrecondition) and "`database` setting" in str(database)
     assert "BAD_DB_ERROR (MySQL error 1049" in str(database) and MISSING_DB not in str(database)
+    assert isinstance(queried, FailedPrecondition) and seconds < POOL_TIMEOUT / 2
 
 
 def test_mariadb_where_nothing_listens_is_unreachable() -> None:

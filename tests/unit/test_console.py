@@ -146,3 +146,40 @@ def test_vertical_prints_one_field_per_line() -> None:
         "            + y",
     ]
     assert _write(table.slice(0, 0), "vertical") == "(no rows)\n"
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
+def test_arrow_computed_texts_equal_the_one_rendering(unit: str, tz: str | None) -> None:
+    """The common types are rendered by Arrow for speed; they must read exactly as
+    `cell_text` renders each value (before 1970, fractions, nanoseconds included)."""
+    import random
+
+    from fabric.console import _python_values, column_texts, column_values
+
+    scale = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    rng = random.Random(7)
+    values = [
+        rng.randint(-2_000_000_000, 4_000_000_000) * scale
+        + (rng.choice([0, 0, 1, 999, 123_456, 5_000]) if unit != "s" else 0)
+        for _ in range(2000)
+    ]
+    stamps = pa.array([*values, None, 0, -1], pa.timestamp(unit, tz))
+    if unit == "ns":
+        from fabric.console import _timestamps_ns
+
+        expected = _timestamps_ns(stamps)
+    else:
+        expected = [cell_text(v) for v in _python_values(stamps)]
+    assert column_texts(stamps) == expected
+    assert column_values(stamps) == expected
+    others = [
+        pa.array([rng.randint(-(10**15), 10**15) for _ in range(500)] + [None], pa.int64()),
+        pa.array([True, False, None]),
+        pa.array(
+            [Decimal(rng.randint(-(10**9), 10**9)) / 100 for _ in range(500)], pa.decimal128(12, 2)
+        ),
+        pa.array([dt.date(1, 1, 1), dt.date(2024, 2, 29), None]),
+    ]
+    for array in others:
+        assert column_texts(array) == [cell_text(v) for v in _python_values(array)]
