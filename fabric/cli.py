@@ -321,7 +321,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         default=None,
         metavar="N",
-        help="on a terminal, print at most N rows and say how many were left out "
+        help="on a terminal, print at most N rows and say when more were left out "
         "(default 1000; 0: all); output to a pipe or file is never cut",
     )
     parser.add_argument(
@@ -369,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
         "replica of --stage on NATS",
     )
     serve.add_argument(
-        "--stage", dest="stage_name", help="the stage a runtime replica serves (--role runtime)"
+        "--stage",
+        dest="stage_name",
+        metavar="STAGE",
+        help="the stage a runtime replica serves (--role runtime)",
     )
     serve.add_argument(
         "--insecure",
@@ -390,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage",
         dest="stage_name",
         default=DEFAULT_STAGE,
+        metavar="STAGE",
         help=f"the stage the token reaches (default {DEFAULT_STAGE!r})",
     )
     token.add_argument(
@@ -486,6 +490,7 @@ def _add_connection_parser(sub: Any) -> None:
         "--stage",
         dest="stage_name",
         default=DEFAULT_STAGE,
+        metavar="STAGE",
         help=f"the stage whose settings are tested (default {DEFAULT_STAGE!r})",
     )
     _add_gateway_options(test, local=True)
@@ -544,6 +549,7 @@ def _add_catalog_parser(sub: Any) -> None:
             "--stage",
             dest="stage_name",
             default=None,
+            metavar="STAGE",
             help=f"the stage whose source is read (default: the token's, {DEFAULT_STAGE!r})",
         )
         if name in ("discover", "select"):
@@ -640,6 +646,7 @@ def _add_query_common(parser: argparse.ArgumentParser) -> None:
         "--stage",
         dest="stage_name",
         default=DEFAULT_STAGE,
+        metavar="STAGE",
         help=f"stage of the minted local token (default {DEFAULT_STAGE!r})",
     )
     _add_gateway_options(parser)
