@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pexpect
+import psycopg
 import pytest
 
 from tests.support.servers import _in_ci
@@ -41,13 +42,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def env(tmp_path: Path, postgres_url: str) -> dict[str, str]:
+def env(tmp_path: Path, postgres_url: str) -> Iterator[dict[str, str]]:
     if shutil.which("psql") is None:
         reason = "psql (the PostgreSQL client) is not installed; the README uses it"
         if _in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    return {
+    yield {
         **{k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "PG"))},
         "FABRIC_HOME": str(tmp_path / "home"),
         "FABRIC_LISTEN": f"127.0.0.1:{_free_port()}",
@@ -55,6 +56,9 @@ def env(tmp_path: Path, postgres_url: str) -> dict[str, str]:
         "PAGER": "",  # a terminal that never needs scrolling
         "TERM": "xterm",
     }
+    # The sample data the walk-through loaded (examples/sales.sql) goes again.
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS sales CASCADE")
 
 
 @pytest.fixture
