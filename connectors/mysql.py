@@ -67,7 +67,7 @@ import pymysql  # type: ignore[import-untyped]  # no stubs are published with Py
 import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import ER, FIELD_TYPE, FLAG  # type: ignore[import-untyped]
 
-from connectors import registry
+from connectors import failures, registry
 from connectors.base import (
     ConnectorConfig,
     ParamStyle,
@@ -134,9 +134,13 @@ _SQLSTATES: dict[int, str] = {
     1969: "70100",
     3024: "HY000",
 }
-_UNAVAILABLE = frozenset({1040, 1053, 1129, 1130, 1152, 1153, 1184, 1927, 2002, 2003, 2005})
+_UNAVAILABLE = frozenset({1053, 1130, 1152, 1153, 1184, 1927, 2002, 2003, 2005})
 _UNAVAILABLE |= frozenset({2006, 2013, 2014, 2026, 2055})
-_CREDENTIALS = frozenset({1044, 1045, 1049, 1251, 1698, 1862})
+# Told apart for the message: a wrong login, a database that is not there (or not the
+# user's: 1044), a server refusing more sessions, one that cannot be reached.
+_CREDENTIALS = frozenset({1045, 1251, 1698, 1862})
+_DATABASE_MISSING = frozenset({1044, 1049})
+_BUSY = frozenset({1040, 1129, 1203})
 _TIMEOUTS = frozenset({1969, 3024})
 _INTERRUPTED = 1317
 
@@ -709,10 +713,7 @@ class MySQLConnector(PooledConnector[_Conn]):
     # -- errors -------------------------------------------------------------------------
 
     def _unreachable(self) -> SourceUnavailable:
-        return SourceUnavailable(
-            f"MySQL at {self._where} cannot be reached or dropped the connection; check "
-            "that it is up and the settings are right"
-        )
+        return failures.unreachable("MySQL", self._where)
 
     def _map_error(self, exc: BaseException) -> FabricError:
         if isinstance(exc, FabricError):
@@ -724,18 +725,14 @@ class MySQLConnector(PooledConnector[_Conn]):
             detail = f"{name} (MySQL error {number}" + (
                 f", SQLSTATE {sqlstate})" if sqlstate else ")"
             )
+            if number in _DATABASE_MISSING:
+                return failures.database_missing("MySQL", self._where, detail, sqlstate)
             if number in _CREDENTIALS:
-                return SourceUnavailable(
-                    f"MySQL at {self._where} refused the login or database: {detail}; check "
-                    "the user, password and database",
-                    sqlstate=sqlstate,
-                )
+                return failures.authentication_failed("MySQL", self._where, detail, sqlstate)
+            if number in _BUSY:
+                return failures.busy("MySQL", self._where, detail, sqlstate)
             if number in _UNAVAILABLE:
-                return SourceUnavailable(
-                    f"MySQL at {self._where} is unavailable: {detail}; check that it is up "
-                    "and reachable, then try again",
-                    sqlstate=sqlstate,
-                )
+                return failures.unreachable("MySQL", self._where, detail, sqlstate)
             if number in _TIMEOUTS:
                 return DeadlineExceeded(
                     f"the query ran past its timeout at the source: {detail}", sqlstate=sqlstate

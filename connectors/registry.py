@@ -15,6 +15,7 @@ conformance fixture in tests/conformance/conftest.py.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -198,9 +199,12 @@ class ConnectorSpec:
         for name, value in settings.items():
             declared = self.setting(name)
             if declared is None:
-                known = ", ".join(s.name for s in self.settings if not s.secret)
+                names = [s.name for s in self.settings if not s.secret]
+                near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
                 raise InvalidArgument(
-                    f"{self.kind} connections have no setting {name!r}; known: {known}"
+                    f"{self.kind} connections have no setting {name!r}{hint}; "
+                    f"known: {', '.join(names)}"
                 )
             if declared.secret:
                 raise InvalidArgument(

@@ -73,7 +73,7 @@ import pyarrow as pa
 import pymssql
 from cachetools import LRUCache
 
-from connectors import registry
+from connectors import failures, registry
 from connectors.base import (
     ConnectorConfig,
     ParamStyle,
@@ -285,7 +285,9 @@ _NAMES: dict[int, str] = {
     18456: "login_failed",
     4060: "cannot_open_database",
 }
-_CREDENTIALS = frozenset({18456, 18452, 18486, 18487, 18488, 4060, 4064})
+# A wrong or locked login; a database that is not there or not open to the login.
+_CREDENTIALS = frozenset({18456, 18452, 18486, 18487, 18488})
+_DATABASE_MISSING = frozenset({4060, 4064})
 # DB-Library (FreeTDS) numbers: connection and network failures, and the timeout.
 _UNAVAILABLE = frozenset({20002, 20004, 20006, 20009, 20017, 20019, 20020, 20047, 20056})
 _DBLIB_TIMEOUT = 20003
@@ -316,18 +318,12 @@ def map_mssql_error(exc: BaseException, where: str) -> FabricError:
         detail = f"{name} (SQL Server error {number}" + (
             f", SQLSTATE {sqlstate})" if sqlstate else ")"
         )
+        if number in _DATABASE_MISSING:
+            return failures.database_missing("SQL Server", where, detail, sqlstate)
         if number in _CREDENTIALS:
-            return SourceUnavailable(
-                f"SQL Server at {where} refused the login or database: {detail}; check the "
-                "user, password and database",
-                sqlstate=sqlstate,
-            )
+            return failures.authentication_failed("SQL Server", where, detail, sqlstate)
         if number in _UNAVAILABLE:
-            return SourceUnavailable(
-                f"SQL Server at {where} cannot be reached or dropped the connection: "
-                f"{detail}; check that it is up and the settings are right",
-                sqlstate=sqlstate,
-            )
+            return failures.unreachable("SQL Server", where, detail, sqlstate)
         if number == _DBLIB_TIMEOUT:
             return SourceUnavailable(
                 f"SQL Server at {where} stopped answering within the timeout; the "
@@ -335,10 +331,7 @@ def map_mssql_error(exc: BaseException, where: str) -> FabricError:
             )
         return SourceQueryError(f"the source refused the query: {detail}", sqlstate=sqlstate)
     if isinstance(exc, pymssql.InterfaceError | pymssql.OperationalError | OSError):
-        return SourceUnavailable(
-            f"SQL Server at {where} cannot be reached or dropped the connection; check "
-            "that it is up and the settings are right"
-        )
+        return failures.unreachable("SQL Server", where)
     if isinstance(exc, pymssql.Error):
         return SourceQueryError(f"the SQL Server driver refused the query ({type(exc).__name__})")
     return InternalError(f"unexpected error in the SQL Server connector ({type(exc).__name__})")

@@ -1,105 +1,46 @@
-"""The `fabric` command: serve, manage connections and the catalog, query, preview, demo."""
+"""The `fabric` command: serve, manage connections and the catalog, query, preview, demo.
+
+Exit status: 0 on success, 2 on any error (a usage error, or an error the gateway or a
+source reported; the message says which and what to do), 130 when interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
+import contextlib
 import gc
-import re
+import os
 import signal
 import sys
-from collections.abc import Sequence
-from decimal import Decimal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connectors import registry
+from fabric import __version__
 from fabric.app.process_role import ProcessRole
-from fabric.catalog.manager import CatalogManager
-from fabric.client import FabricClient
 from fabric.config import Settings, describe_settings, resolve_settings
-from fabric.console import write_result
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT
-from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
-from fabric.model import ALL_STAGES, Entity, SettingValue
+from fabric.errors import (
+    FabricError,
+    GatewayUnavailable,
+    PermissionDenied,
+    SourceQueryError,
+    Unauthenticated,
+)
+from fabric.model import ALL_STAGES
 from fabric.observability.logging import configure as configure_logging
-
-if TYPE_CHECKING:
-    from fabric.platform.connections import ConnectionAdmin
-
-_TYPED_PARAM = re.compile(
-    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<type>[a-z]+))?=(?P<value>.*)$", re.DOTALL
+from fabric.terminal.arguments import (
+    PARAM_TYPES,
+    UsageError,
+    non_negative_int,
+    positive_float,
+    positive_int,
 )
 
-
-# -- argument values --------------------------------------------------------------------
-
-
-def parse_setting(text: str) -> tuple[str, SettingValue]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise InvalidArgument(f"settings are KEY=VALUE, got {text!r}")
-    value: SettingValue = raw
-    if re.fullmatch(r"-?\d+", raw):
-        value = int(raw)
-    elif raw.lower() in ("true", "false"):
-        value = raw.lower() == "true"
-    return key, value
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """`name=value` (int, float, true/false, null or text, inferred) or `name:type=value`
-    with type one of str, int, float, decimal, bool, date, time, timestamp, bytes (hex),
-    null."""
-    match = _TYPED_PARAM.match(text)
-    if match is None:
-        raise InvalidArgument("parameters are NAME=VALUE or NAME:TYPE=VALUE")
-    name, kind, raw = match["name"], match["type"], match["value"]
-    try:
-        return name, _convert(kind, raw)
-    except (ValueError, ArithmeticError):
-        raise InvalidArgument(f"parameter {name!r} is not a valid {kind}") from None
-
-
-def _convert(kind: str | None, raw: str) -> Any:
-    if kind is None:
-        if raw == "null":
-            return None
-        if raw in ("true", "false"):
-            return raw == "true"
-        if re.fullmatch(r"-?\d+", raw):
-            return int(raw)
-        if re.fullmatch(r"-?\d+\.\d*([eE][-+]?\d+)?", raw):
-            return float(raw)
-        return raw
-    converters: dict[str, Any] = {
-        "str": str,
-        "int": int,
-        "float": float,
-        "decimal": Decimal,
-        "bool": lambda v: {"true": True, "false": False}[v.lower()],
-        "date": dt.date.fromisoformat,
-        "time": dt.time.fromisoformat,
-        "timestamp": dt.datetime.fromisoformat,
-        "bytes": bytes.fromhex,
-        "null": lambda v: None,
-    }
-    if kind not in converters:
-        raise InvalidArgument(
-            f"unknown parameter type {kind!r}; use one of " + ", ".join(sorted(converters))
-        )
-    try:
-        return converters[kind](raw)
-    except KeyError:
-        raise ValueError(kind) from None
-
-
-def _describe_entity(entity: Entity) -> str:
-    columns = ", ".join(f"{c.name} {c.source_type}" for c in entity.columns)
-    key = f" key({', '.join(entity.primary_key)})" if entity.primary_key else ""
-    return f"{entity.name} = {entity.schema}.{entity.table}{key}: {columns}"
-
+if TYPE_CHECKING:
+    from fabric.client import FabricClient
 
 # -- commands ---------------------------------------------------------------------------
 
@@ -125,6 +66,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             await process.stop(grace=0)
             raise
         print(ready, flush=True)
+        if sys.stderr.isatty():
+            print(
+                "running until Ctrl-C: run the other fabric commands in another terminal",
+                file=sys.stderr,
+                flush=True,
+            )
         # Everything loaded so far (modules, the catalog, pools) lives as long as the
         # process: keep it out of the collector's full passes, which would otherwise walk
         # it again and again, a pause felt by every query in flight.
@@ -139,259 +86,128 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         asyncio.run(run())
-    except OSError as error:  # a port in use, a socket refused
-        raise SourceUnavailable(
+    except OSError as error:  # a socket refused, a file unreadable
+        raise FabricError(
             f"cannot start the {args.role} process: {error.strerror or type(error).__name__}"
         ) from None
-    return 0
-
-
-def cli_actor() -> str:
-    """Who a change made with the CLI is recorded as in the audit trail. The CLI writes the
-    metadata store directly (no gateway, so no token and no principal): its changes are
-    the operating system account's that ran it, `cli:<login>`."""
-    import getpass
-    import os
-
-    try:
-        login = getpass.getuser()
-    except (OSError, KeyError):  # no login name for this uid
-        login = f"uid-{os.getuid()}"
-    return f"cli:{login}"
-
-
-def _manager(settings: Settings) -> CatalogManager:
-    from fabric.app.parts import catalog_manager, open_secret_store, open_store
-
-    secrets = open_secret_store(settings)
-    return catalog_manager(open_store(settings), secrets.get)
-
-
-def _admin(settings: Settings) -> ConnectionAdmin:
-    """Connection administration on the configured stores. No runtime runs in this
-    process: running gateways see the new catalog version on their next call."""
-    from fabric.app.parts import connection_admin, open_secret_store, open_store
-
-    return connection_admin(open_store(settings), open_secret_store(settings))
-
-
-def _read_password(args: argparse.Namespace) -> str | None:
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif args.password_prompt:
-        import getpass
-
-        password = getpass.getpass("password: ")
-    else:
-        return None
-    if not password:
-        raise InvalidArgument("the password is empty")
-    return password
-
-
-def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.platform.connections import StageInput
-
-    admin = _admin(settings)
-    tenant = args.tenant
-    actor = cli_actor()
-    if args.action == "create":
-        spec = registry.get(args.kind)
-        # Names and types now; what is missing shows when the connection is tested.
-        given = dict(parse_setting(s) for s in args.set or [])
-        stage_settings = spec.check_settings(given, complete=False)
-        password = _read_password(args)
-        connection = admin.create(
-            tenant,
-            args.name,
-            spec.kind,
-            {args.stage: StageInput(stage_settings, password)},
-            actor=actor,
-        )
-        print(
-            f"created connection {connection.name!r} ({connection.kind}) "
-            f"for stage {args.stage!r}"
-            + (", password sealed in the secret store" if password else "")
-        )
-    elif args.action == "list":
-        for connection in admin.list(tenant):
-            stages = ", ".join(sorted(connection.stages))
-            print(f"{connection.name}\t{connection.kind}\tstages: {stages}")
-    elif args.action == "delete":
-        admin.delete(tenant, args.name, actor=actor)
-        print(f"deleted connection {args.name!r} and its secrets")
-    elif args.action == "test":
-        admin.test(tenant, args.name, args.stage_name, actor=actor)
-        print(f"connection {args.name!r} works in stage {args.stage_name!r}")
-    elif args.action == "update":
-        _update_connection(args, admin, actor)
-    return 0
-
-
-def _update_connection(args: argparse.Namespace, admin: ConnectionAdmin, actor: str) -> None:
-    """`fabric connection update`: one stage's settings and/or password, or removals."""
-    from fabric.platform.connections import StageInput
-
-    password = _read_password(args)
-    stage_settings = dict(parse_setting(s) for s in args.set or [])
-    stages = (
-        {args.stage: StageInput(stage_settings, password)}
-        if stage_settings or password is not None
-        else {}
-    )
-    connection = admin.update(
-        args.tenant,
-        args.name,
-        stages=stages,
-        remove_stages=args.remove_stage or [],
-        clear_passwords=[args.stage] if args.clear_password else [],
-        expected_version=args.expected_version,
-        verify=args.verify,
-        actor=actor,
-    )
-    print(
-        f"updated connection {connection.name!r} to version {connection.version}; stages: "
-        + ", ".join(
-            f"{stage}{' (password)' if stage in connection.secret_refs else ''}"
-            for stage in sorted(connection.stages)
-        )
-    )
-
-
-def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
-    manager = _manager(settings)
-    tenant, stage = args.tenant, args.stage_name
-    actor = cli_actor()
-    if args.action == "discover":
-        for table in manager.discover(tenant, args.connection, stage, args.schema or None):
-            key = f" key({', '.join(table.primary_key)})" if table.primary_key else ""
-            print(f"{table.schema}.{table.name} [{table.kind.value}]{key}")
-            for column in table.columns:
-                kind = str(column.arrow_type) if column.arrow_type is not None else "unsupported"
-                null = "" if column.nullable else " not null"
-                print(f"    {column.name}: {column.source_type} -> {kind}{null}")
-            for fk in table.foreign_keys:
-                print(
-                    f"    fk ({', '.join(fk.columns)}) -> {fk.referenced_schema}."
-                    f"{fk.referenced_table} ({', '.join(fk.referenced_columns)})"
-                )
-    elif args.action == "select":
-        if args.all:
-            entities = manager.select_all(
-                tenant, args.connection, stage, args.schema or None, actor=actor
-            )
-        elif args.table:
-            columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-            entities = [
-                manager.select(
-                    tenant,
-                    args.connection,
-                    stage,
-                    args.table,
-                    columns,
-                    args.entity_name,
-                    actor=actor,
-                )
-            ]
-        else:
-            raise InvalidArgument("name a TABLE to select, or pass --all")
-        for entity in entities:
-            print(f"selected {_describe_entity(entity)}")
-        print(f"catalog version {manager.catalog_version(tenant, args.connection)}")
-    elif args.action == "unselect":
-        version = manager.unselect(tenant, args.connection, args.entities, actor=actor, stage=stage)
-        print(f"catalog version {version}")
-    elif args.action == "list":
-        for entity in manager.list_entities(tenant, args.connection):
-            print(_describe_entity(entity))
-    elif args.action == "refresh":
-        from fabric.platform.refresh import refresh_catalog
-
-        report = refresh_catalog(manager, tenant, args.connection, stage, actor=actor)
-        for drift in report.drift:
-            where = f".{drift.column}" if drift.column else ""
-            types = (
-                f" {drift.old_type or '-'} -> {drift.new_type or '-'}"
-                if drift.old_type or drift.new_type
-                else ""
-            )
-            detail = f" ({drift.detail})" if drift.detail else ""
-            print(
-                f"{drift.kind.value}: {drift.entity} = {drift.schema}.{drift.table}"
-                f"{where}{types}{detail}"
-            )
-        if not report.drift:
-            print("no drift")
-        if report.changed:
-            print(f"catalog version {report.previous_version} -> {report.catalog_version}")
-        else:
-            print(f"nothing changed; catalog version {report.catalog_version}")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    """`fabric audit list`: administrative changes, newest first; never a secret."""
-    manager = _manager(settings)
-    for event in manager.store.list_audit(
-        args.tenant, connection=args.connection, limit=args.limit
-    ):
-        details = " ".join(f"{k}={v}" for k, v in event.details.items())
-        print(
-            f"{event.at.isoformat(timespec='seconds')}\t{event.actor}\t{event.action}\t"
-            f"{event.connection or '-'}\t{event.stage or '-'}\t{details}"
-        )
     return 0
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> str | None:
     """--token, else FABRIC_TOKEN, else (FABRIC_AUTH=local) a short-lived token minted with
     the local key, whose file only the gateway's owner can read."""
-    import os
-
     token = args.token or os.environ.get("FABRIC_TOKEN")
     if token:
         return str(token)
     if settings.auth == "local" and settings.token_key_path.exists():
         from fabric.app.parts import local_token
+        from fabric.terminal.local import local_actor
 
         return local_token(
-            settings, tenant=args.tenant, stage=args.stage_name, subject="fabric-cli", ttl=300
+            settings,
+            tenant=args.tenant,
+            stage=getattr(args, "stage_name", None) or DEFAULT_STAGE,
+            subject=local_actor(),
+            ttl=300,
         )
     return None
+
+
+def _read_pem(path: str, option: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as error:
+        raise UsageError(f"cannot read the {option} file {path!r}: {error.strerror}") from None
+
+
+def _tls_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The client's TLS from --tls-ca/--tls-cert/--tls-key/--tls (else FABRIC_TLS_CA,
+    FABRIC_TLS_CLIENT_CERT, FABRIC_TLS_CLIENT_KEY)."""
+    ca = args.tls_ca or settings.tls_ca
+    cert = args.tls_cert or settings.tls_client_cert
+    key = args.tls_key or settings.tls_client_key
+    if bool(cert) != bool(key):
+        raise UsageError("mutual TLS needs both --tls-cert and --tls-key")
+    return {
+        "tls": bool(args.tls or ca or cert),
+        "tls_ca": _read_pem(ca, "--tls-ca") if ca else None,
+        "tls_cert": _read_pem(cert, "--tls-cert") if cert else None,
+        "tls_key": _read_pem(key, "--tls-key") if key else None,
+        "tls_server_name": args.tls_server_name,
+    }
 
 
 def _client(args: argparse.Namespace, settings: Settings) -> FabricClient:
     from fabric.client import FabricClient
 
     return FabricClient(
-        args.address or settings.listen, _token(args, settings), timeout=args.timeout
+        args.address or settings.listen,
+        _token(args, settings),
+        timeout=args.timeout,
+        **_tls_options(args, settings),
     )
+
+
+@contextlib.contextmanager
+def _admin_client(args: argparse.Namespace, settings: Settings) -> Iterator[FabricClient]:
+    """The gateway's client, or with --local a private gateway's over FABRIC_HOME."""
+    if args.local:
+        from fabric.terminal.local import local_client
+
+        with local_client(
+            settings, args.tenant, getattr(args, "stage_name", None) or DEFAULT_STAGE
+        ) as client:
+            yield client
+    else:
+        with _client(args, settings) as client:
+            yield client
+
+
+def cmd_connection(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.terminal.admin import run_connection
+
+    with _admin_client(args, settings) as client:
+        run_connection(args, client)
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.terminal.admin import run_catalog
+
+    with _admin_client(args, settings) as client:
+        run_catalog(args, client)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.terminal.admin import run_audit
+
+    with _admin_client(args, settings) as client:
+        run_audit(args, client)
+    return 0
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    params = dict(parse_param(p) for p in args.param or [])
+    from fabric.terminal.query import run_query
+
     with _client(args, settings) as client:
-        result = client.execute(
-            args.connection,
-            args.sql,
-            params,
-            args.cache_ttl,
-            args.max_rows,
-            max_bytes=args.max_bytes,
-        )
-    write_result(result.table, args.format)
-    s = result.summary
-    print(
-        f"-- {s.rows} rows{' (truncated)' if s.truncated else ''}"
-        f"{', from cache' if s.from_cache else ''}, {s.elapsed_us / 1000:.1f} ms in the gateway",
-        file=sys.stderr,
-    )
+        run_query(args, client)
     return 0
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.terminal.query import run_preview
+
     with _client(args, settings) as client:
-        write_result(client.preview(args.connection, args.entity, args.limit), args.format)
+        run_preview(args, client)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.terminal.shell import run_shell
+
+    with _client(args, settings) as client:
+        run_shell(args, client, settings)
     return 0
 
 
@@ -462,11 +278,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- the parser -------------------------------------------------------------------------
+
+
 def _add_password_sources(
     parser: argparse.ArgumentParser, password: str
 ) -> argparse._MutuallyExclusiveGroup:
-    """--password-stdin and --password-prompt, one or the other (`_read_password` reads
-    them); the group, for a command that has another way to say what becomes of it."""
+    """--password-stdin and --password-prompt, one or the other; the group, for a command
+    that has another way to say what becomes of it."""
     sources = parser.add_mutually_exclusive_group()
     sources.add_argument(
         "--password-stdin",
@@ -474,26 +293,129 @@ def _add_password_sources(
         help=f"read {password} from the first line of standard input",
     )
     sources.add_argument(
-        "--password-prompt", action="store_true", help=f"ask for {password} without echoing it"
+        "--password-prompt",
+        action="store_true",
+        help=f"ask for {password} on the terminal, without echoing it",
     )
     return sources
 
 
+def _add_gateway_options(parser: argparse.ArgumentParser, *, local: bool = False) -> None:
+    """How a command reaches the gateway: address, token, TLS, timeout (and --local)."""
+    group = parser.add_argument_group("reaching the gateway")
+    group.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="gateway address (default: FABRIC_LISTEN, else 127.0.0.1:50051); a stage's "
+        "replicas as several, comma-separated, or as one name resolving to several "
+        "(dns:///name:port): calls go round-robin, and one a replica could not take "
+        "before its first byte is tried on the next",
+    )
+    group.add_argument(
+        "--token",
+        help="bearer token (default: FABRIC_TOKEN, else a 5-minute admin token minted "
+        "with the local key when FABRIC_AUTH=local)",
+    )
+    group.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA bundle the gateway's certificate must chain to; turns TLS on "
+        "(default: FABRIC_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS (default: FABRIC_TLS_CLIENT_CERT)",
+    )
+    group.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="PEM private key of --tls-cert (default: FABRIC_TLS_CLIENT_KEY)",
+    )
+    group.add_argument(
+        "--tls", action="store_true", help="use TLS, trusting the system's root certificates"
+    )
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the gateway's certificate carries, when the address does not "
+        "(an IP address, a tunnel)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest time a call may take (default 300)",
+    )
+    if local:
+        group.add_argument(
+            "--local",
+            action="store_true",
+            help="work directly on FABRIC_HOME's stores (or FABRIC_METADATA_URL's), "
+            "without a gateway",
+        )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=["table", "vertical", "csv", "json", "jsonl"],
+        default="table",
+        help="table: aligned columns; vertical: one 'column | value' line per field "
+        "(wide rows); csv: RFC 4180 with a header; json: one JSON array of row objects; "
+        "jsonl: one JSON object per line (default: table)",
+    )
+    parser.add_argument(
+        "--terminal-rows",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="on a terminal, print at most N rows and say when more were left out "
+        "(default 1000; 0: all); output to a pipe or file is never cut",
+    )
+    parser.add_argument(
+        "--no-pager",
+        action="store_true",
+        help="never page results taller than the screen (default: page with $PAGER, "
+        "else less, on a terminal)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fabric", description=__doc__)
-    parser.add_argument("--tenant", default=DEFAULT_TENANT, help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="fabric",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fabric {__version__}")
+    parser.add_argument(
+        "--tenant",
+        default=DEFAULT_TENANT,
+        help="tenant of minted local tokens and of --local administration "
+        f"(default {DEFAULT_TENANT!r})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     parser.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         help="TOML configuration file (default: FABRIC_CONFIG, else none); the "
         "environment's FABRIC_* variables override it",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway (until Ctrl-C or SIGTERM)",
+        description="Run the gateway. It keeps running in the foreground until Ctrl-C or "
+        "SIGTERM: run the other commands in another terminal, or start it in the "
+        "background (fabric serve &).",
+    )
     serve.add_argument(
-        "--listen", help="address to listen on (default FABRIC_LISTEN or 127.0.0.1:50051)"
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to listen on (default FABRIC_LISTEN or 127.0.0.1:50051)",
     )
     serve.add_argument(
         "--role",
@@ -503,7 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(connections, catalog, audit) and developers' previews, forwarded over NATS; "
         "runtime: one replica of --stage, serving that stage's apps on --listen",
     )
-    serve.add_argument("--stage", dest="stage_name", help="the stage a runtime replica serves")
+    serve.add_argument(
+        "--stage",
+        dest="stage_name",
+        metavar="STAGE",
+        help="the stage a runtime replica serves (--role runtime)",
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -536,35 +463,122 @@ def build_parser() -> argparse.ArgumentParser:
         help="every setting, its value (secrets redacted), help and origin, as TOML",
     ).set_defaults(func=cmd_config_show)
 
-    conn = sub.add_parser("connection", help="manage connections").add_subparsers(
-        dest="action", required=True
+    _add_connection_parser(sub)
+    _add_catalog_parser(sub)
+    _add_query_parsers(sub)
+
+    token = sub.add_parser(
+        "token",
+        help="mint a development token with the local key (FABRIC_AUTH=local)",
     )
+    token.add_argument(
+        "--stage",
+        dest="stage_name",
+        default=DEFAULT_STAGE,
+        metavar="STAGE",
+        help=f"the stage the token reaches (default {DEFAULT_STAGE!r})",
+    )
+    token.add_argument(
+        "--role",
+        default="app",
+        choices=["app", "developer", "admin"],
+        help="app: query; developer: also preview, discover and select; admin: also manage "
+        "connections (default app)",
+    )
+    token.add_argument(
+        "--subject",
+        default="developer",
+        help="who the token says the caller is; the audit records it (default 'developer')",
+    )
+    token.add_argument(
+        "--ttl",
+        type=positive_float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime in seconds (default 3600, at most FABRIC_JWT_MAX_LIFETIME)",
+    )
+    token.set_defaults(func=cmd_token)
+
+    audit = sub.add_parser("audit", help="administrative changes")
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_list = audit_sub.add_parser("list", help="list changes, newest first")
+    audit_list.add_argument("--connection", help="only changes of this connection")
+    audit_list.add_argument(
+        "--limit",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="at most N changes (default 100, at most 10000)",
+    )
+    _add_gateway_options(audit_list, local=True)
+    audit.set_defaults(func=cmd_audit)
+
+    demo = sub.add_parser("demo", help="run the embedded demo (no servers needed)")
+    demo.add_argument(
+        "--scale",
+        type=positive_int,
+        default=1,
+        help="size of the generated retail data (default 1)",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_connection_parser(sub: Any) -> None:
+    conn_parser = sub.add_parser(
+        "connection",
+        help="manage connections (through the gateway; --local: on FABRIC_HOME)",
+    )
+    conn_parser.set_defaults(func=cmd_connection)
+    conn = conn_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = conn.add_parser(
         "create",
-        help="register a connection",
+        help="register a connection (tested first unless --no-verify)",
         epilog="settings by kind:\n" + "\n".join(s.describe() for s in registry.specs()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    create.add_argument("name")
-    create.add_argument("--kind", required=True, choices=registry.kinds())
+    create.add_argument("name", help="the connection's name, as queries will use it")
+    create.add_argument("--kind", required=True, choices=registry.kinds(), help="the source")
     create.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="a setting (host, port, database, user, path, ...); repeat",
+        help="a setting of the kind (see below); repeat",
     )
     create.add_argument(
-        "--stage", default=ALL_STAGES, help="stage these settings are for (default: all stages)"
+        "--stage",
+        default=ALL_STAGES,
+        help="stage these settings are for (default: all stages)",
+    )
+    create.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="store the connection without connecting to the source first",
     )
     _add_password_sources(create, "the password")
-    conn.add_parser("list", help="list connections")
-    delete = conn.add_parser("delete", help="delete a connection and its selection")
-    delete.add_argument("name")
+    _add_gateway_options(create, local=True)
+
+    listing = conn.add_parser("list", help="list connections")
+    _add_gateway_options(listing, local=True)
+    show = conn.add_parser("show", help="a connection's stages and settings (never a password)")
+    show.add_argument("name", help="the connection")
+    _add_gateway_options(show, local=True)
+    delete = conn.add_parser("delete", help="delete a connection, its selection and secrets")
+    delete.add_argument("name", help="the connection")
+    _add_gateway_options(delete, local=True)
     test = conn.add_parser("test", help="connect and run a trivial query")
-    test.add_argument("name")
-    test.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
+    test.add_argument("name", help="the connection")
+    test.add_argument(
+        "--stage",
+        dest="stage_name",
+        default=DEFAULT_STAGE,
+        metavar="STAGE",
+        help=f"the stage whose settings are tested (default {DEFAULT_STAGE!r})",
+    )
+    _add_gateway_options(test, local=True)
+
     update = conn.add_parser("update", help="change a stage's settings or password")
-    update.add_argument("name")
+    update.add_argument("name", help="the connection")
     update.add_argument(
         "--stage", default=ALL_STAGES, help="stage to change (default: the all-stages settings)"
     )
@@ -585,17 +599,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove a stage's settings and password; repeat",
     )
     update.add_argument(
-        "--expected-version", type=int, help="apply only if the connection is still at this version"
+        "--expected-version",
+        type=non_negative_int,
+        metavar="N",
+        help="apply only if the connection is still at version N",
     )
     update.add_argument(
         "--verify", action="store_true", help="test the changed stage before storing anything"
     )
-    conn_parser = sub.choices["connection"]
-    conn_parser.set_defaults(func=cmd_connection)
+    _add_gateway_options(update, local=True)
 
-    cat = sub.add_parser("catalog", help="discover and select what apps may query")
+
+def _add_catalog_parser(sub: Any) -> None:
+    cat = sub.add_parser(
+        "catalog",
+        help="discover and select what apps may query (through the gateway; --local: on "
+        "FABRIC_HOME)",
+    )
     cat.set_defaults(func=cmd_catalog)
-    cat_sub = cat.add_subparsers(dest="action", required=True)
+    cat_sub = cat.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
         ("discover", "list remote tables, columns and keys"),
         ("select", "select a table (some columns, or all) for apps"),
@@ -604,87 +626,204 @@ def build_parser() -> argparse.ArgumentParser:
         ("refresh", "re-read the selected tables and report drift"),
     ):
         p = cat_sub.add_parser(name, help=text)
-        p.add_argument("connection")
-        p.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
-        if name in ("discover", "select"):
-            p.add_argument("--schema", action="append", help="restrict to a schema; repeat")
-        if name == "select":
-            p.add_argument("table", nargs="?", help="schema.table or table")
-            p.add_argument("--columns", help="comma-separated columns (default: all)")
-            p.add_argument("--as", dest="entity_name", help="entity name apps will use")
-            p.add_argument("--all", action="store_true", help="select every table")
-        if name == "unselect":
-            p.add_argument("entities", nargs="+")
-
-    for name, func in (("query", cmd_query), ("preview", cmd_preview)):
-        p = sub.add_parser(
-            name,
-            help="run a query through the gateway"
-            if name == "query"
-            else "show the first rows of a selected entity",
-        )
-        p.add_argument("connection")
-        if name == "query":
-            p.add_argument("sql")
-            p.add_argument("-p", "--param", action="append", metavar="NAME[:TYPE]=VALUE")
-            p.add_argument("--cache-ttl", type=int, default=0, help="seconds to cache")
-            p.add_argument("--max-rows", type=int)
-            p.add_argument("--max-bytes", type=int, help="result bytes at most")
-        else:
-            p.add_argument("entity")
-            p.add_argument("--limit", type=int, default=0)
-        p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-        p.add_argument(
-            "--address",
-            help="gateway address (default FABRIC_LISTEN): host:port; a stage's replicas as "
-            "several, comma-separated, or as one name resolving to several "
-            "(dns:///name:port); calls go round-robin, and one refused by a replica that "
-            "is gone is tried on the next",
-        )
-        p.add_argument(
-            "--token", help="bearer token (default FABRIC_TOKEN, or one minted with the local key)"
-        )
+        p.add_argument("connection", help="the connection")
         p.add_argument(
             "--stage",
             dest="stage_name",
-            default=DEFAULT_STAGE,
-            help="stage of the minted local token",
+            default=None,
+            metavar="STAGE",
+            help=f"the stage whose source is read (default: the token's, {DEFAULT_STAGE!r})",
         )
-        p.add_argument("--timeout", type=float, default=300.0, help="seconds")
-        p.set_defaults(func=func)
+        if name in ("discover", "select"):
+            p.add_argument("--schema", action="append", help="only tables of this schema; repeat")
+        if name == "select":
+            p.add_argument("table", nargs="?", help="schema.table, or a table name")
+            p.add_argument(
+                "--columns",
+                metavar="A,B,...",
+                help="comma-separated columns (default: all; the primary key always comes)",
+            )
+            p.add_argument("--as", dest="entity_name", help="the entity name apps will use")
+            p.add_argument("--all", action="store_true", help="select every table")
+        if name == "unselect":
+            p.add_argument("entities", nargs="+", help="entity names")
+        _add_gateway_options(p, local=True)
 
-    token = sub.add_parser("token", help="mint a development token with the local key")
-    token.add_argument("--stage", dest="stage_name", default=DEFAULT_STAGE)
-    token.add_argument("--role", default="app", choices=["app", "developer", "admin"])
-    token.add_argument("--subject", default="developer")
-    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
-    token.set_defaults(func=cmd_token)
 
-    audit = sub.add_parser("audit", help="administrative changes").add_subparsers(
-        dest="action", required=True
+def _add_query_parsers(sub: Any) -> None:
+    query = sub.add_parser(
+        "query",
+        help="run a query through the gateway",
+        description="Run one SELECT through the gateway and print its rows as they arrive.",
     )
-    audit_list = audit.add_parser("list", help="list changes, newest first")
-    audit_list.add_argument("--connection", help="only changes of this connection")
-    audit_list.add_argument("--limit", type=int, default=100)
-    sub.choices["audit"].set_defaults(func=cmd_audit)
+    query.add_argument("connection", help="the connection")
+    query.add_argument(
+        "sql",
+        nargs="?",
+        help="the SQL; '-' reads it from standard input (or use -f FILE)",
+    )
+    query.add_argument(
+        "-f", "--file", metavar="FILE", help="read the SQL from FILE ('-': standard input)"
+    )
+    query.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="NAME[:TYPE]=VALUE",
+        help="a parameter (:NAME in the SQL); repeat. NAME=VALUE infers the type only when "
+        "nothing typed is lost (5, -2, 2.5, true, false, null; 007 or +5 stay text); "
+        f"NAME:TYPE=VALUE sets it, TYPE one of {' '.join(PARAM_TYPES)}",
+    )
+    query.add_argument(
+        "--cache-ttl",
+        type=non_negative_int,
+        default=0,
+        metavar="SECONDS",
+        help="keep the result in the gateway's cache this long (default 0: no caching)",
+    )
+    query.add_argument(
+        "--max-rows",
+        type=positive_int,
+        metavar="N",
+        help="at most N rows; the result says when it was cut (default and cap: the "
+        "gateway's FABRIC_MAX_ROWS)",
+    )
+    query.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        metavar="N",
+        help="at most N bytes of result data; the result says when it was cut (default "
+        "and cap: the gateway's FABRIC_MAX_RESULT_BYTES)",
+    )
+    _add_query_common(query)
+    query.set_defaults(func=cmd_query)
 
-    demo = sub.add_parser("demo", help="run the embedded demo (no servers needed)")
-    demo.add_argument("--scale", type=int, default=1)
-    demo.set_defaults(func=cmd_demo)
-    return parser
+    preview = sub.add_parser(
+        "preview", help="show the first rows of a selected entity (developer role)"
+    )
+    preview.add_argument("connection", help="the connection")
+    preview.add_argument("entity", help="the entity")
+    preview.add_argument(
+        "--limit",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="rows to show (default 0: the gateway's FABRIC_PREVIEW_ROWS)",
+    )
+    _add_query_common(preview)
+    preview.set_defaults(func=cmd_preview)
+
+    shell = sub.add_parser(
+        "sql",
+        help="an interactive SQL shell on a connection",
+        description="An interactive shell: statements end with ';' (or a blank line); "
+        "history, completion of entity and column names, timing. \\help lists commands.",
+    )
+    shell.add_argument("connection", help="the connection")
+    shell.add_argument(
+        "--history",
+        metavar="FILE",
+        help="history file (default FABRIC_HOME/sql_history; '' for none)",
+    )
+    _add_query_common(shell)
+    shell.set_defaults(func=cmd_sql)
+
+
+def _add_query_common(parser: argparse.ArgumentParser) -> None:
+    _add_output_options(parser)
+    parser.add_argument(
+        "--stage",
+        dest="stage_name",
+        default=DEFAULT_STAGE,
+        metavar="STAGE",
+        help=f"stage of the minted local token (default {DEFAULT_STAGE!r})",
+    )
+    _add_gateway_options(parser)
+
+
+# -- errors as messages -----------------------------------------------------------------
+
+
+def _hint(error: FabricError, args: argparse.Namespace, settings: Settings) -> str:
+    """What to do next, for the mistakes people make most."""
+    if isinstance(error, GatewayUnavailable):
+        address = getattr(args, "address", None) or settings.listen
+        local = (
+            " or pass --local to work on FABRIC_HOME without a gateway,"
+            if hasattr(args, "local")
+            else ""
+        )
+        return (
+            f"\nIs the gateway running at {address}? Start it with `fabric serve` (it "
+            "keeps its terminal: use another one, or `fabric serve &`),"
+            f"{local} or point --address (FABRIC_LISTEN) at a running one. If it uses "
+            "TLS, pass --tls-ca (FABRIC_TLS_CA)."
+        )
+    from_env = not getattr(args, "token", None) and os.environ.get("FABRIC_TOKEN")
+    if isinstance(error, PermissionDenied | Unauthenticated) and from_env:
+        return (
+            "\nThe token came from FABRIC_TOKEN: use one with the role needed "
+            "(`fabric token --role developer` or `--role admin`), or unset FABRIC_TOKEN "
+            "to let the CLI mint a local admin token."
+        )
+    if (
+        isinstance(error, SourceQueryError)
+        and error.sqlstate in _TYPE_MISMATCH_SQLSTATES
+        and getattr(args, "param", None)
+    ):
+        from fabric.terminal.arguments import inferred_names
+
+        names = inferred_names(args.param)
+        if names:
+            return (
+                f"\nParameter(s) {', '.join(names)} had their type inferred from the text; "
+                "if a type does not fit the column, give it: -p NAME:TYPE=VALUE "
+                f"(TYPE one of {' '.join(PARAM_TYPES)})."
+            )
+    return ""
+
+
+_TYPE_MISMATCH_SQLSTATES = frozenset(
+    {
+        "42883",  # undefined_function: no operator for these types
+        "42804",  # datatype_mismatch
+        "22P02",  # invalid_text_representation
+        "22007",  # invalid_datetime_format
+        "22008",  # datetime_field_overflow
+        "22003",  # numeric_value_out_of_range
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env(config_file=args.config)
         configure_logging("debug" if args.verbose else settings.log_level, settings.log_format)
         return int(args.func(args, settings))
     except FabricError as error:
-        print(f"error ({error.code}): {error.message}", file=sys.stderr)
+        hint = _hint(error, args, settings) if settings is not None else ""
+        print(f"error ({error.code}): {error.message}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (head, a pager) left: what it wanted is written. Python would
+        # complain again when flushing stdout at exit; point it at nothing.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as error:
+        if args.verbose:
+            raise
+        print(
+            f"error: unexpected {type(error).__name__} in the fabric command; run it again "
+            "with --verbose for the details",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,14 +14,25 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
+from fabric.api.platform_service import settings_from_mapping
 from fabric.api.status import ERROR_CODE_KEY, RETRY_AFTER_KEY, SQLSTATE_KEY, error_from_rpc
-from fabric.errors import FabricError, GatewayUnavailable, InvalidArgument
+from fabric.errors import FabricError, GatewayUnavailable, GatewayUnreachable, InvalidArgument
+from fabric.model import ALL_STAGES, SettingValue
 from fabric.proto_values import params_to_proto
 from fabric.results.ipc import decode_page, open_ipc_stream
+from fabric.v1 import platform_pb2 as admin_pb
+from fabric.v1 import platform_pb2_grpc as admin_grpc
 from fabric.v1 import query_pb2 as pb
 from fabric.v1 import query_pb2_grpc as pb_grpc
 
-__all__ = ["FabricClient", "QueryResult", "ResultSummary", "Statement", "addresses_of"]
+__all__ = [
+    "FabricClient",
+    "QueryResult",
+    "ResultStream",
+    "ResultSummary",
+    "Statement",
+    "addresses_of",
+]
 
 MAX_MESSAGE = 256 << 20
 DEFAULT_RETRIES = 2
@@ -52,13 +63,20 @@ class QueryResult:
     summary: ResultSummary
 
 
-def _translate(error: grpc.RpcError) -> FabricError:
+def _translate(error: grpc.RpcError, target: str) -> FabricError:
     call: Any = error
     trailing = dict(call.trailing_metadata() or ())
+    code = trailing.get(ERROR_CODE_KEY)
+    if code is None and call.code() == grpc.StatusCode.UNAVAILABLE:
+        # No gateway answered: the status comes from the channel, not from a gateway
+        # (which always names its error's code).
+        return GatewayUnreachable(
+            f"cannot reach the Fabric gateway at {target} ({call.details() or 'unavailable'})"
+        )
     return error_from_rpc(
         call.code(),
         call.details() or "",
-        trailing.get(ERROR_CODE_KEY),
+        code,
         trailing.get(SQLSTATE_KEY),
         trailing.get(RETRY_AFTER_KEY),
     )
@@ -119,8 +137,8 @@ class _Endpoint:
         self.target = target
         self._credentials = credentials
         self._options = options
-        self._channel = self._open(ROUND_ROBIN)
-        self.stub = pb_grpc.QueryServiceStub(self._channel)
+        self.channel = self._open(ROUND_ROBIN)
+        self.stub = pb_grpc.QueryServiceStub(self.channel)
         self._sticky: grpc.Channel | None = None
         self._sticky_stub: Any = None
 
@@ -139,7 +157,7 @@ class _Endpoint:
         return self._sticky_stub
 
     def close(self) -> None:
-        self._channel.close()
+        self.channel.close()
         if self._sticky is not None:
             self._sticky.close()
 
@@ -152,9 +170,12 @@ class _Stream:
     elsewhere, up to `retries` more times; once a chunk has arrived it is never retried
     (part of the result was handed on, and a second run may differ)."""
 
-    def __init__(self, start: Callable[[int], Iterator[pb.ResultChunk]], retries: int) -> None:
+    def __init__(
+        self, start: Callable[[int], Iterator[pb.ResultChunk]], retries: int, target: str
+    ) -> None:
         self._start = start
         self._retries = retries
+        self._target = target
         self._call: Iterator[pb.ResultChunk] | None = None
         self.summary: ResultSummary | None = None
         self.chunks: Iterator[bytes] = self._pull()
@@ -176,7 +197,14 @@ class _Stream:
                 return
             except grpc.RpcError as error:
                 if received or attempt >= self._retries or not _retryable(error):
-                    raise _translate(error) from None
+                    translated = _translate(error, self._target)
+                    if received and isinstance(translated, GatewayUnreachable):
+                        # It was reached: the link broke with part of the result sent.
+                        translated = GatewayUnavailable(
+                            f"the gateway at {self._target} stopped sending in the middle of "
+                            "the result, which is incomplete; run the query again"
+                        )
+                    raise translated from None
                 attempt += 1
 
     def finish(self) -> None:
@@ -201,6 +229,45 @@ class _Stream:
         cancel = getattr(self._call, "cancel", None)
         if cancel is not None:
             cancel()
+
+
+class ResultStream:
+    """A result as it arrives: `schema`, then record batches by iteration; `summary` once
+    the last batch was read. `cancel` (or leaving the iteration early) stops the query,
+    at the source too. A context manager that cancels what was not read to the end."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self._stream = stream
+        try:
+            self._reader = open_ipc_stream(stream.chunks)
+        except BaseException:
+            stream.cancel()
+            raise
+        self._done = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._reader.schema
+
+    @property
+    def summary(self) -> ResultSummary | None:
+        """The gateway's summary (rows, truncated, from_cache, time), after the end."""
+        return self._stream.summary
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        with self._stream.finishing():
+            yield from self._reader
+        self._done = True
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+    def __enter__(self) -> ResultStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._done:
+            self.cancel()
 
 
 class Statement:
@@ -280,16 +347,21 @@ class FabricClient:
         tls_key: bytes | None = None,
         tls: bool = False,
         retries: int = DEFAULT_RETRIES,
+        tls_server_name: str | None = None,
     ) -> None:
         """`tls_ca` (PEM) trusts the gateway's CA; `tls_cert`/`tls_key` are the client's
-        own certificate for mutual TLS; `tls=True` alone uses the system's roots.
-        `timeout` bounds each call, retries included."""
+        own certificate for mutual TLS; `tls=True` alone uses the system's roots;
+        `tls_server_name` is the name the gateway's certificate must carry when it is not
+        the address's host (an IP address, a tunnel). `timeout` bounds each call, retries
+        included."""
         if retries < 0:
             raise InvalidArgument("retries must not be negative")
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         credentials = (
             grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
             if tls or tls_ca or tls_cert
@@ -301,6 +373,7 @@ class FabricClient:
         # Clients start at a random address, so many short-lived ones (a CLI run, a
         # worker's first call) do not all begin with the first.
         self._turn = itertools.count(random.randrange(len(self._endpoints)))
+        self._target = ", ".join(endpoint.target for endpoint in self._endpoints)
         auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = (*auth, *metadata)
         self._timeout = timeout
@@ -364,7 +437,7 @@ class FabricClient:
             )
             return call
 
-        return _Stream(start, self.retries)
+        return _Stream(start, self.retries, self._target)
 
     def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         try:
@@ -374,7 +447,7 @@ class FabricClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
-            raise _translate(error) from None
+            raise _translate(error, self._target) from None
 
     def _read(self, stream: _Stream) -> QueryResult:
         with stream.finishing():
@@ -432,6 +505,20 @@ class FabricClient:
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
+    def stream(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        cache_ttl: int = 0,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
+    ) -> ResultStream:
+        """The result as it arrives, with its summary at the end (see ResultStream).
+        Returns once the gateway has sent the result's schema."""
+        request = self._request(connection, sql, params, cache_ttl, max_rows, max_bytes)
+        return ResultStream(self._stream("Execute", request))
+
     def preview(self, connection: str, entity: str, limit: int = 0) -> pa.Table:
         request = pb.PreviewRequest(connection=connection, entity=entity, limit=limit)
         return self._read(self._stream("Preview", request)).table
@@ -464,10 +551,159 @@ class FabricClient:
                 )
             except grpc.RpcError as error:
                 if attempt >= self.retries or not _retryable(error):
-                    raise _translate(error) from None
+                    raise _translate(error, self._target) from None
                 attempt += 1
                 continue
             return Statement(self, stub, first, page_rows)
+
+    # -- administration: ConnectionService (admin role), CatalogService (developer) --------
+    #
+    # Answers are the API's own messages (fabric.v1.platform_pb2): a connection shows its
+    # settings and `has_password`, never a password. The caller's token says who acts;
+    # the audit records its subject.
+
+    # The control plane is the platform (one address, or a Service in front of its
+    # replicas): administration goes to the first address the client was given.
+
+    def _connections(self) -> Any:
+        return admin_grpc.ConnectionServiceStub(self._endpoints[0].channel)
+
+    def _catalog(self) -> Any:
+        return admin_grpc.CatalogServiceStub(self._endpoints[0].channel)
+
+    def create_connection(
+        self,
+        name: str,
+        kind: str,
+        settings: Mapping[str, SettingValue],
+        *,
+        password: str | None = None,
+        stage: str = ALL_STAGES,
+        verify: bool = True,
+    ) -> admin_pb.Connection:
+        """Register a connection with `settings` for `stage` (`*`: every stage). With
+        `verify` (the default) the gateway first connects with them and stores nothing
+        if that fails."""
+        config = admin_pb.StageConfig(
+            stage=stage, settings=settings_from_mapping(settings), password=password
+        )
+        request = admin_pb.CreateConnectionRequest(
+            name=name, kind=kind, stages=[config], verify=verify
+        )
+        answer: admin_pb.Connection = self._unary(self._connections().CreateConnection, request)
+        return answer
+
+    def get_connection(self, name: str) -> admin_pb.Connection:
+        request = admin_pb.GetConnectionRequest(name=name)
+        answer: admin_pb.Connection = self._unary(self._connections().GetConnection, request)
+        return answer
+
+    def list_connections(self) -> list[admin_pb.Connection]:
+        request = admin_pb.ListConnectionsRequest()
+        return list(self._unary(self._connections().ListConnections, request).connections)
+
+    def update_connection(
+        self,
+        name: str,
+        *,
+        stage: str = ALL_STAGES,
+        settings: Mapping[str, SettingValue] | None = None,
+        password: str | None = None,
+        clear_password: bool = False,
+        remove_stages: Sequence[str] = (),
+        expected_version: int | None = None,
+        verify: bool = False,
+    ) -> admin_pb.Connection:
+        """Replace `stage`'s settings and/or password, clear its password, or remove
+        stages; `expected_version` applies the change only at that version."""
+        stages = []
+        if settings or password is not None:
+            stages.append(
+                admin_pb.StageConfig(
+                    stage=stage, settings=settings_from_mapping(settings or {}), password=password
+                )
+            )
+        request = admin_pb.UpdateConnectionRequest(
+            name=name,
+            expected_version=expected_version,
+            stages=stages,
+            remove_stages=list(remove_stages),
+            clear_password_stages=[stage] if clear_password else [],
+            verify=verify,
+        )
+        answer: admin_pb.Connection = self._unary(self._connections().UpdateConnection, request)
+        return answer
+
+    def delete_connection(self, name: str, *, expected_version: int | None = None) -> int:
+        """Delete a connection, its selection and its secrets; the number of secrets removed."""
+        request = admin_pb.DeleteConnectionRequest(name=name, expected_version=expected_version)
+        return int(self._unary(self._connections().DeleteConnection, request).secrets_removed)
+
+    def test_connection(self, name: str, stage: str = "") -> admin_pb.TestConnectionResponse:
+        """Connect with `stage`'s settings (empty: the token's stage) and run a trivial query."""
+        request = admin_pb.TestConnectionRequest(name=name, stage=stage)
+        answer: admin_pb.TestConnectionResponse = self._unary(
+            self._connections().TestConnection, request
+        )
+        return answer
+
+    def list_audit(self, connection: str = "", limit: int = 0) -> list[admin_pb.AuditEvent]:
+        """Administrative changes, newest first (`limit` 0: 100)."""
+        request = admin_pb.ListAuditRequest(connection=connection, limit=limit)
+        return list(self._unary(self._connections().ListAudit, request).events)
+
+    def discover(
+        self, connection: str, schemas: Sequence[str] = (), stage: str = ""
+    ) -> list[admin_pb.Table]:
+        """The source's tables and views with columns and keys; selects nothing."""
+        request = admin_pb.DiscoverRequest(
+            connection=connection, stage=stage, schemas=list(schemas)
+        )
+        return list(self._unary(self._catalog().Discover, request).tables)
+
+    def select(
+        self,
+        connection: str,
+        table: str,
+        columns: Sequence[str] = (),
+        entity_name: str = "",
+        stage: str = "",
+    ) -> admin_pb.SelectResponse:
+        """Select `table` (`schema.table`, or a name found in one schema) for apps:
+        `columns` (empty: all; the primary key always comes along) under `entity_name`."""
+        choice = admin_pb.TableSelection(
+            table=table, columns=list(columns), entity_name=entity_name
+        )
+        request = admin_pb.SelectRequest(connection=connection, stage=stage, tables=[choice])
+        answer: admin_pb.SelectResponse = self._unary(self._catalog().Select, request)
+        return answer
+
+    def select_all(
+        self, connection: str, schemas: Sequence[str] = (), stage: str = ""
+    ) -> admin_pb.SelectResponse:
+        """Select every table and view (of `schemas`, or all)."""
+        request = admin_pb.SelectRequest(
+            connection=connection, stage=stage, all_tables=True, schemas=list(schemas)
+        )
+        answer: admin_pb.SelectResponse = self._unary(self._catalog().Select, request)
+        return answer
+
+    def unselect(self, connection: str, entities: Sequence[str]) -> int:
+        """Remove entities from the selection; the new catalog version."""
+        request = admin_pb.UnselectRequest(connection=connection, entities=list(entities))
+        return int(self._unary(self._catalog().Unselect, request).catalog_version)
+
+    def list_entities(self, connection: str) -> admin_pb.ListEntitiesResponse:
+        """The selected entities and the catalog version."""
+        request = admin_pb.ListEntitiesRequest(connection=connection)
+        answer: admin_pb.ListEntitiesResponse = self._unary(self._catalog().ListEntities, request)
+        return answer
+
+    def refresh(self, connection: str, stage: str = "") -> admin_pb.RefreshResponse:
+        """Re-read the selected tables; the drift found and the catalog versions."""
+        request = admin_pb.RefreshRequest(connection=connection, stage=stage)
+        answer: admin_pb.RefreshResponse = self._unary(self._catalog().Refresh, request)
+        return answer
 
     def close(self) -> None:
         for endpoint in self._endpoints:

@@ -46,6 +46,14 @@ class Settings:
     """PEM private key of tls_cert (FABRIC_TLS_KEY)."""
     tls_client_ca: str = ""
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+    tls_ca: str = ""
+    """Client side (the CLI): PEM CA bundle the gateway's certificate must chain to
+    (FABRIC_TLS_CA); set, the CLI talks TLS (the CLI's --tls-ca)."""
+    tls_client_cert: str = ""
+    """Client side: PEM certificate the CLI presents for mutual TLS (FABRIC_TLS_CLIENT_CERT,
+    the CLI's --tls-cert)."""
+    tls_client_key: str = ""
+    """Client side: PEM private key of tls_client_cert (FABRIC_TLS_CLIENT_KEY, --tls-key)."""
     metrics_port: int = 9464
     """Prometheus endpoint port on 127.0.0.1 (FABRIC_METRICS_PORT); 0 disables it."""
     metrics_listen: str = ""
@@ -318,6 +326,10 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument(
                 "mutual TLS (FABRIC_TLS_CLIENT_CA) needs a server certificate and key too"
+            )
+        if bool(self.tls_client_cert) != bool(self.tls_client_key):
+            raise InvalidArgument(
+                "a client certificate needs both FABRIC_TLS_CLIENT_CERT and FABRIC_TLS_CLIENT_KEY"
             )
         if self.bus_retries < 0:
             raise InvalidArgument("setting bus_retries must not be negative")

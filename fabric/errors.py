@@ -18,6 +18,7 @@
     ├── ResourceExhausted            resource_exhausted    -> RESOURCE_EXHAUSTED
     ├── SourceUnavailable            source_unavailable    -> UNAVAILABLE
     │   └── GatewayUnavailable       gateway_unavailable   -> UNAVAILABLE
+    │       └── GatewayUnreachable   gateway_unreachable   -> UNAVAILABLE (client side)
     ├── Unimplemented                unimplemented         -> UNIMPLEMENTED
     └── InternalError                internal              -> INTERNAL
 
@@ -157,6 +158,13 @@ class GatewayUnavailable(SourceUnavailable):
     code = "gateway_unavailable"
 
 
+class GatewayUnreachable(GatewayUnavailable):
+    """The client could not reach the gateway at all (nothing listens at the address,
+    TLS does not match, the network is down): raised by the client, never by the gateway."""
+
+    code = "gateway_unreachable"
+
+
 class Unimplemented(FabricError):
     """A request the protocol defines but Fabric does not serve (writes, transactions,
     Substrait plans on the Flight SQL door): the caller should not retry it."""
@@ -188,5 +196,6 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     SourceUnavailable,
     GatewayUnavailable,
     Unimplemented,
+    GatewayUnreachable,
     InternalError,
 )

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 import psycopg
 from cachetools import TTLCache
 from psycopg import pq
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-from connectors import registry
+from connectors import failures, registry
 from connectors.base import (
     Connector,
     ConnectorConfig,
@@ -23,6 +23,7 @@ from connectors.base import (
 )
 from connectors.postgres.decode import PgColumn, TextDecoder
 from connectors.postgres.errors import map_error
+from connectors.postgres.failfast import FailFastPool
 from connectors.postgres.introspection import (
     COLUMNS_SQL,
     CONSTRAINTS_SQL,
@@ -99,7 +100,7 @@ class PostgresConnector(Connector):
             kwargs["password"] = config.password
         self._connect_kwargs = kwargs
         self._pool_min, self._pool_max, self._pool_timeout = pool_min, pool_max, pool_timeout
-        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool: FailFastPool | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
         # the decoder of a statement without parameters, per text (LRU, time-limited)
@@ -119,12 +120,12 @@ class PostgresConnector(Connector):
 
     # -- connections --------------------------------------------------------------------
 
-    def _get_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+    def _get_pool(self) -> FailFastPool:
         with self._pool_lock:
             if self._closed:
                 raise SourceUnavailable("the PostgreSQL connector is closed")
             if self._pool is None:
-                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                pool = FailFastPool(
                     conninfo="",
                     kwargs={**self._connect_kwargs, "autocommit": True},
                     min_size=self._pool_min,
@@ -142,12 +143,19 @@ class PostgresConnector(Connector):
         pool = self._get_pool()
         try:
             return pool.getconn(timeout=self._pool_timeout)
-        except PoolTimeout:
-            raise SourceUnavailable(
-                f"no PostgreSQL connection to {self._where} within {self._pool_timeout:g}s: "
-                "the server is down or unreachable, rejects the credentials, or every pooled "
-                "connection is busy; check the connection settings and try again"
+        except PoolTimeout:  # (a psycopg.Error itself: first)
+            failure = pool.last_failure
+            if failure is not None:
+                raise self._map_error(failure) from None
+            if pool.get_stats().get("pool_size", 0) >= self._pool_max:
+                raise failures.pool_exhausted(
+                    "PostgreSQL", self._where, self._pool_timeout, self._pool_max
+                ) from None
+            raise failures.unreachable(
+                "PostgreSQL", self._where, f"no connection opened within {self._pool_timeout:g}s"
             ) from None
+        except psycopg.Error as exc:  # a failed connection attempt (FailFastPool)
+            raise self._map_error(exc) from None
 
     def _acquire_now(self) -> psycopg.Connection[Any] | None:
         """A pooled connection that is free now, or None (never waits: the event loop's
@@ -160,7 +168,7 @@ class PostgresConnector(Connector):
             return None
         try:
             return pool.getconn(timeout=_NO_WAIT)
-        except PoolTimeout:
+        except (PoolTimeout, psycopg.Error):  # the worker path reports why
             return None
 
     def _session(self, conn: psycopg.Connection[Any]) -> Session:

@@ -31,6 +31,9 @@ class BackgroundGateway:
 
     @property
     def address(self) -> str:
+        """Where clients reach it: the unix socket it was given, else 127.0.0.1:port."""
+        if self._address.startswith("unix:"):
+            return self._address
         return f"127.0.0.1:{self.port}"
 
     def call(self, coroutine: Any) -> Any:

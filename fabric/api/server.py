@@ -29,6 +29,7 @@ from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import (
     FabricError,
+    FailedPrecondition,
     GatewayUnavailable,
     InvalidArgument,
     PermissionDenied,
@@ -57,6 +58,13 @@ def channel_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
     ]
+
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # grpc binds with SO_REUSEPORT by default: a second gateway on a port in use would
+    # start, and the kernel would split the calls between the two processes. Refuse.
+    ("grpc.so_reuseport", 0),
+]
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -337,7 +345,8 @@ class Gateway:
         and calls are refused with UNAVAILABLE until `set_ready`."""
         address = address or self.settings.listen
         server = grpc.aio.server(
-            options=channel_options(self.settings), interceptors=self._interceptors
+            options=[*channel_options(self.settings), *SERVER_OPTIONS],
+            interceptors=self._interceptors,
         )
         if QUERY_SERVICE in self.services:
             add_query_service(self._servicer, server)
@@ -352,12 +361,38 @@ class Gateway:
             (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise FailedPrecondition(
+                f"cannot listen on {address}: the address is in use (another `fabric serve`?) "
+                "or not available on this machine; stop the other process or choose another "
+                "address with --listen or FABRIC_LISTEN"
+            )
+        metrics_address = self.settings.metrics_address() if metrics else None
+        if metrics_address is not None:
+            # Before the gRPC server starts: a port in use stops start-up with nothing
+            # running yet.
+            host, wanted = metrics_address
+            try:
+                http_server, _thread = start_http_server(
+                    wanted, host, registry=self.engine.metrics.registry
+                )
+            except OSError as error:
+                raise FailedPrecondition(
+                    f"cannot serve metrics on {host}:{wanted}: "
+                    f"{error.strerror or type(error).__name__}; stop what uses that port or "
+                    "set FABRIC_METRICS_PORT (or FABRIC_METRICS_LISTEN) to a free one "
+                    "(FABRIC_METRICS_PORT=0: no metrics endpoint)"
+                ) from None
+            self._metrics_server = http_server
+            self.metrics_port = http_server.server_port
+            self.metrics_host = host
         self._server = server
         self._admission.not_ready = not ready
         if flight_address:
@@ -372,13 +407,6 @@ class Gateway:
         self._stale_task = asyncio.create_task(
             self.stale_sweeper.run(self.settings.metadata_sweep_interval)
         )
-        metrics_address = self.settings.metrics_address() if metrics else None
-        if metrics_address is not None:
-            host, port = metrics_address
-            server, _thread = start_http_server(port, host, registry=self.engine.metrics.registry)
-            self._metrics_server = server
-            self.metrics_port = server.server_port
-            self.metrics_host = host
         log.info("gateway listening on port %s", self.port)
         return self.port
 

@@ -24,6 +24,7 @@ GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.GatewayUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.GatewayUnreachable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.FabricError: grpc.StatusCode.INTERNAL,

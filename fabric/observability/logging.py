@@ -5,6 +5,11 @@ literal masked (`WHERE name = ?`): literals in app SQL are often the very values
 e-mail addresses) the gateway must not leak. Parameter values, rows, passwords and tokens
 are never passed to a logger in the first place; this module gives the one formatter
 and the one masking function the rest of the code uses.
+
+Libraries log too, and their lines can carry what ours never do: psycopg_pool logs a
+failed connection attempt with the server's FATAL text, which names databases and
+users. Both formatters write a library's record as its message template with every
+argument replaced (an exception by its type name) and never a library's traceback text.
 """
 
 from __future__ import annotations
@@ -76,6 +81,63 @@ def shorten(text: str, limit: int = MAX_LOGGED_NAME) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+OWN_LOGGERS = ("fabric", "connectors", "benchmarks", "tests")
+"""Top-level logger names whose records are written as they are: this code never passes a
+value to a logger. Every other logger is a library's, and is redacted."""
+REDACTED = "<redacted>"
+
+
+def _is_library(record: logging.LogRecord) -> bool:
+    return record.name.partition(".")[0] not in OWN_LOGGERS
+
+
+def _placeholder(value: object) -> object:
+    if isinstance(value, BaseException):
+        return type(value).__name__
+    if isinstance(value, bool | int | float):
+        return value  # counts and sizes: no text of anyone's
+    return REDACTED
+
+
+def safe_message(record: logging.LogRecord) -> str:
+    """The record's message; for a library's record, its template with the arguments
+    replaced (`_placeholder`) and the exception's type named instead of its text."""
+    if not _is_library(record):
+        return record.getMessage()
+    template = str(record.msg)
+    args = record.args
+    if args:
+        values: Any = (
+            {k: _placeholder(v) for k, v in args.items()}
+            if isinstance(args, dict)
+            else tuple(_placeholder(a) for a in args)
+        )
+        try:
+            template = template % values
+        except (TypeError, ValueError, KeyError):
+            template = f"{template} [arguments {REDACTED}]"
+    if record.exc_info and record.exc_info[0] is not None:
+        template += f" ({record.exc_info[0].__name__})"
+    return template
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, library records redacted (`safe_message`)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not _is_library(record):
+            return super().format(record)
+        redacted = logging.makeLogRecord(
+            {**record.__dict__, "msg": safe_message(record), "args": None, "exc_info": None}
+        )
+        redacted.exc_text = None
+        redacted.stack_info = None
+        return super().format(redacted)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the `extra` fields."""
 
@@ -86,11 +148,13 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": safe_message(record),
         }
-        for key, value in record.__dict__.items():
-            if key not in self._STANDARD and not key.startswith("_"):
-                entry[key] = value
+        if not _is_library(record):
+            # The `extra` fields: only this code's (a library's could carry anything).
+            for key, value in record.__dict__.items():
+                if key not in self._STANDARD and not key.startswith("_"):
+                    entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             # The type only: exception texts can echo values.
             entry["error_type"] = record.exc_info[0].__name__
@@ -102,7 +166,7 @@ def configure(level: str = "warning", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

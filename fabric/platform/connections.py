@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from connectors import registry
 from fabric.catalog import audit
 from fabric.catalog.audit import SYSTEM_ACTOR, AuditEvent
 from fabric.catalog.manager import CatalogManager
 from fabric.catalog.serialization import (
     check_connection_name,
     check_kind,
+    looks_like_secret,
     stages_document,
     utc_now,
 )
@@ -96,6 +98,22 @@ def _check_password(stage: str, password: str | None) -> None:
         raise InvalidArgument(f"the password of stage {stage!r} must be a non-empty string")
 
 
+def _declared_settings(kind: str, stages: Mapping[str, StageInput]) -> dict[str, StageInput]:
+    """`stages` with each setting checked against those `kind` declares and converted to
+    its type: a misspelled key is refused (naming the nearest declared one) rather than
+    stored and silently ignored by the connector."""
+    spec = registry.get(kind)
+    checked: dict[str, StageInput] = {}
+    for stage, given in stages.items():
+        # A key that looks like a secret is left for `stages_document`, whose refusal
+        # says where secrets go.
+        plain = {k: v for k, v in given.settings.items() if not looks_like_secret(k)}
+        secret_looking = {k: v for k, v in given.settings.items() if looks_like_secret(k)}
+        settings = {**spec.check_settings(plain, complete=False), **secret_looking}
+        checked[stage] = StageInput(settings, given.password)
+    return checked
+
+
 class ConnectionAdmin:
     """Connection administration on top of the catalog manager and the secret store;
     every committed change is announced to `listener`."""
@@ -143,6 +161,7 @@ class ConnectionAdmin:
             raise InvalidArgument(
                 "a connection needs a configuration for at least one stage (or '*' for all)"
             )
+        stages = _declared_settings(kind_value, stages)
         for stage, given in stages.items():
             check_stage(stage)
             _check_password(stage, given.password)
@@ -158,7 +177,14 @@ class ConnectionAdmin:
                 tenant, name, kind_value, MappingProxyType(plain), MappingProxyType(refs)
             )
             for stage in sorted(plain):
-                self._test_draft(draft, stage, passwords.get(stage))
+                try:
+                    self._test_draft(draft, stage, passwords.get(stage))
+                except FabricError as error:
+                    raise type(error)(
+                        f"{error.message}. Connection {name!r} was not stored (stage "
+                        f"{stage!r} was tested first)",
+                        sqlstate=error.sqlstate,
+                    ) from None
         connection = self._manager.create_connection(
             tenant, name, kind_value, plain, refs or None, actor=actor
         )
@@ -207,6 +233,8 @@ class ConnectionAdmin:
         every changed stage is tested first. Nothing changes unless all of it succeeds.
         """
         stages = dict(stages or {})
+        if stages:
+            stages = _declared_settings(self._manager.get_connection(tenant, name).kind, stages)
         for stage, given in stages.items():
             check_stage(stage)
             _check_password(stage, given.password)

@@ -8,6 +8,7 @@ CLI's triggers are in tests/e2e/test_cli.py.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -77,17 +78,15 @@ def select_fewer_columns(admin: Admin, h: Harness) -> None:
 
 
 def repoint_the_connection(admin: Admin, h: Harness) -> None:
-    settings = {"path": pb.SettingValue(string_value=path_of(h)), "read_only": _true()}
+    copy = Path(path_of(h)).with_name("shop-copy.duckdb")
+    shutil.copyfile(path_of(h), copy)
+    settings = {"path": pb.SettingValue(string_value=str(copy))}
     admin.call(
         admin.connections.UpdateConnection,
         pb.UpdateConnectionRequest(
             name="shop", stages=[pb.StageConfig(stage="*", settings=settings)]
         ),
     )
-
-
-def _true() -> pb.SettingValue:
-    return pb.SettingValue(bool_value=True)
 
 
 def delete_the_connection(admin: Admin, h: Harness) -> None:

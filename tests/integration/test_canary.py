@@ -26,7 +26,7 @@ from fabric.app.gateway import configured_gateway
 from fabric.app.parts import local_token, open_secret_store, open_store
 from fabric.client import FabricClient
 from fabric.config import Settings
-from fabric.errors import DeadlineExceeded, QueryRejected, SourceQueryError
+from fabric.errors import DeadlineExceeded, FailedPrecondition, QueryRejected, SourceQueryError
 from fabric.observability.logging import JsonFormatter
 from tests.support.pg_instance import PgInstance, private_postgres
 
@@ -34,6 +34,10 @@ PASSWORD = "CanaryPassword-91b2"
 PARAM = "CanaryParam-5e7d"
 ROW = "CanaryRow-c3f0"
 CANARIES = (PASSWORD, PARAM, ROW)
+SERVER_TEXT = "CanaryServerText-7a41"
+"""A database name that does not exist: the server's FATAL text names it, and a library
+(psycopg_pool) logs that text. It is a setting, so the metadata store holds it; no log
+line and no error message may."""
 
 
 def _forms(value: str) -> list[bytes]:
@@ -96,6 +100,7 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
             "--set",
             f"user={pg.user}",
             "--password-stdin",
+            "--local",
         ],
         input=PASSWORD + "\n",
         env=env,
@@ -114,6 +119,7 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
             "select",
             "crm",
             "public.people",
+            "--local",
         ],
         env=env,
         capture_output=True,
@@ -121,6 +127,36 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
         timeout=120,
     )
     assert selected.returncode == 0, selected.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "--verbose",
+            "connection",
+            "create",
+            "crm_missing",
+            "--kind",
+            "postgres",
+            "--set",
+            "host=127.0.0.1",
+            "--set",
+            f"port={pg.port}",
+            "--set",
+            f"database={SERVER_TEXT}",
+            "--set",
+            f"user={pg.user}",
+            "--password-stdin",
+            "--no-verify",
+            "--local",
+        ],
+        input=PASSWORD + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 0, missing.stderr
 
     sink = io.StringIO()
     handler = logging.StreamHandler(sink)
@@ -157,6 +193,16 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
                         {"n": ROW},
                     )
                 assert not _leaks(str(bad_cast.value).encode())
+                # a source whose server names the missing database in its FATAL text,
+                # which psycopg_pool logs: the log line is redacted, the error value-free
+                with pytest.raises(FailedPrecondition) as missing_db:
+                    client.query("crm_missing", "SELECT 1 AS one")
+                assert SERVER_TEXT not in str(missing_db.value)
+                assert "no database by the name" in str(missing_db.value)
+                deadline = time.monotonic() + 10
+                while "error connecting in" not in sink.getvalue():
+                    assert time.monotonic() < deadline, "psycopg_pool's record never came"
+                    time.sleep(0.02)  # polling with a deadline
             # timeout
             slow = (
                 "SELECT COUNT(*) AS n FROM people a CROSS JOIN people b CROSS JOIN "
@@ -205,9 +251,11 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
     for line in log_text.splitlines():
         json.loads(line)  # ...as JSON lines
     assert _leaks(log_text.encode()) == []  # ...without a single canary
+    assert SERVER_TEXT not in log_text and "FATAL" not in log_text
     assert (
         _leaks((created.stdout + created.stderr + selected.stdout + selected.stderr).encode()) == []
     )
+    assert SERVER_TEXT not in missing.stdout + missing.stderr
     written = [p for p in home.rglob("*") if p.is_file()]
     assert any(p.name == "metadata.sqlite" for p in written)
     leaking = {str(p.relative_to(home)): _leaks(p.read_bytes()) for p in written}

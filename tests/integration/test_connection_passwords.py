@@ -33,8 +33,9 @@ def pg() -> Iterator[PgInstance]:
 
 
 def _fabric(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI on `home`'s stores (--local: no gateway runs in these tests)."""
     return subprocess.run(
-        [sys.executable, "-m", "fabric.cli", *args],
+        [sys.executable, "-m", "fabric.cli", *args, "--local"],
         input=stdin,
         env={**os.environ, "FABRIC_HOME": str(home)},
         capture_output=True,
@@ -43,12 +44,15 @@ def _fabric(home: Path, *args: str, stdin: str | None = None) -> subprocess.Comp
     )
 
 
-def _register(home: Path, name: str, pg: PgInstance, password: str) -> None:
+def _register(
+    home: Path, name: str, pg: PgInstance, password: str, *options: str
+) -> subprocess.CompletedProcess[str]:
     done = _fabric(
         home,
         "connection",
         "create",
         name,
+        *options,
         "--kind",
         "postgres",
         "--set",
@@ -62,12 +66,13 @@ def _register(home: Path, name: str, pg: PgInstance, password: str) -> None:
         "--password-stdin",
         stdin=password + "\n",
     )
-    assert done.returncode == 0, done.stderr
     assert password not in done.stdout + done.stderr
+    return done
 
 
 def test_password_is_sealed_used_and_never_at_rest_in_clear(pg: PgInstance, tmp_path: Path) -> None:
-    _register(tmp_path, "vault", pg, PASSWORD)
+    created = _register(tmp_path, "vault", pg, PASSWORD)
+    assert created.returncode == 0, created.stderr
     tested = _fabric(tmp_path, "connection", "test", "vault")
     assert tested.returncode == 0, tested.stderr
     selected = _fabric(tmp_path, "catalog", "select", "vault", "public.accounts")
@@ -97,10 +102,16 @@ def test_wrong_password_is_a_clear_error_without_the_password(
     pg: PgInstance, tmp_path: Path
 ) -> None:
     wrong = "Wrong-Guess-77aa"
-    _register(tmp_path, "bad", pg, wrong)
+    refused = _register(tmp_path, "bad", pg, wrong)  # tested on create: nothing stored
+    assert refused.returncode == 2
+    assert "authentication failed" in refused.stderr and "was not stored" in refused.stderr
+    assert "--no-verify" in refused.stderr and "Traceback" not in refused.stderr
+    assert _fabric(tmp_path, "connection", "list").stdout == ""
+    stored = _register(tmp_path, "bad", pg, wrong, "--no-verify")
+    assert stored.returncode == 0, stored.stderr
     tested = _fabric(tmp_path, "connection", "test", "bad")
     assert tested.returncode == 2
-    assert "source_unavailable" in tested.stderr
+    assert "failed_precondition" in tested.stderr and "authentication failed" in tested.stderr
     assert wrong not in tested.stderr and PASSWORD not in tested.stderr
     assert files_containing(tmp_path, wrong) == []
 
@@ -118,6 +129,7 @@ def test_duplicate_name_does_not_touch_the_existing_password(
         "postgres",
         "--set",
         "host=127.0.0.1",
+        "--no-verify",
         "--password-stdin",
         stdin="other-password\n",
     )

@@ -32,6 +32,8 @@ def test_cli_and_gateway_share_a_postgres_catalog(postgres_url: str, tmp_path: P
                 "duckdb",
                 "--set",
                 f"path={tmp_path / 'x.duckdb'}",
+                "--no-verify",  # no such file: stored, not tested
+                "--local",
             ],
             env=env,
             capture_output=True,

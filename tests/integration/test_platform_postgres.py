@@ -222,7 +222,10 @@ def test_password_is_write_only_and_a_wrong_one_changes_nothing(
             ),
             timeout=60,
         )
-        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # the login cannot succeed by retrying: FAILED_PRECONDITION, not UNAVAILABLE
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "authentication failed" in (error.details() or "")
+        assert "was not stored" in (error.details() or "")
         assert wrong not in (error.details() or "")
         assert state(p) == before
 
@@ -256,7 +259,8 @@ def test_password_is_write_only_and_a_wrong_one_changes_nothing(
             ),
             timeout=60,
         )
-        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "authentication failed" in (error.details() or "")
         assert state(p) == before
         p.call(p.connections.TestConnection, pb.TestConnectionRequest(name="vault"))
 

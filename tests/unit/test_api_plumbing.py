@@ -13,10 +13,10 @@ import pytest
 
 from fabric import errors
 from fabric.api.status import GRPC_STATUS, error_from_rpc, status_for
-from fabric.cli import parse_param, parse_setting
 from fabric.config import Settings
 from fabric.messaging.query_rpc.wire import error_body, error_from_body
 from fabric.proto_values import from_proto, to_proto
+from fabric.terminal.arguments import parse_param, parse_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,5 +150,5 @@ def test_cli_parameters_are_typed() -> None:
     for bad in ("n", "1x=2", "d:date=yesterday", "q:weird=1", "b:bool=maybe"):
         with pytest.raises(errors.InvalidArgument):
             parse_param(bad)
-    assert parse_setting("port=5432") == ("port", 5432)
+    assert parse_setting("port=5432") == ("port", "5432")  # typed by the kind's settings
     assert parse_setting("host=db.local") == ("host", "db.local")

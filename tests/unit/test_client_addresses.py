@@ -161,7 +161,7 @@ def test_a_call_cut_after_its_first_chunk_is_not_retried() -> None:
             outcomes = _outcomes(c, 4)
         # Half the calls start on each; those cut mid-stream fail, and are not run again
         # elsewhere: part of their result had arrived.
-        assert sorted(outcomes) == ["SourceUnavailable", "SourceUnavailable", "ok", "ok"]
+        assert sorted(outcomes) == ["GatewayUnavailable", "GatewayUnavailable", "ok", "ok"]
         assert len(dying.calls) == 2 and len(answering.calls) == 2
 
 

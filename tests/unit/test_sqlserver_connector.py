@@ -28,7 +28,12 @@ from connectors.sqlserver import (
     map_mssql_error,
     mssql_arrow_type,
 )
-from fabric.errors import InvalidArgument, SourceQueryError, SourceUnavailable
+from fabric.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    SourceQueryError,
+    SourceUnavailable,
+)
 
 TYPE_TABLE: list[tuple[str, pa.DataType | None]] = [
     ("bit", pa.bool_()),
@@ -206,7 +211,11 @@ def test_error_mapping_never_echoes_the_message() -> None:
     error = map_mssql_error(_db_error(8134, b"Divide by zero error encountered."), where)
     assert isinstance(error, SourceQueryError) and error.sqlstate == "22012"
     login = map_mssql_error(_db_error(18456, b"Login failed for user 'sa'. pw=hunter2"), where)
-    assert isinstance(login, SourceUnavailable) and "hunter2" not in str(login)
+    assert isinstance(login, FailedPrecondition) and "hunter2" not in str(login)
+    assert "authentication failed" in str(login) and "login_failed" in str(login)
+    database = map_mssql_error(_db_error(4060, b"Cannot open database 'sales_db'"), where)
+    assert isinstance(database, FailedPrecondition) and "sales_db" not in str(database)
+    assert "`database` setting" in str(database)
     down = map_mssql_error(_db_error(20009, b"Unable to connect: Adaptive Server"), where)
     assert isinstance(down, SourceUnavailable)
     timeout = map_mssql_error(_db_error(20003, b"Adaptive Server connection timed out"), where)

@@ -1,0 +1,1 @@
+"""What the `fabric` command does in a terminal: argument values, output, the shell."""
