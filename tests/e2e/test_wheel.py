@@ -78,8 +78,11 @@ def test_the_installed_entry_point_checks_its_configuration(
 
 
 def test_the_installed_gateway_serves_and_reports_health(installed: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    env = _clean_env(tmp_path, FABRIC_METRICS_PORT="0")
+    port, health_port = _free_port(), _free_port()
+    # as the image runs it: health also on a plain address of its own, for probes
+    env = _clean_env(
+        tmp_path, FABRIC_METRICS_PORT="0", FABRIC_HEALTH_LISTEN=f"127.0.0.1:{health_port}"
+    )
     with subprocess.Popen(
         [str(installed), "serve", "--listen", f"127.0.0.1:{port}"],
         env=env,
@@ -92,15 +95,16 @@ def test_the_installed_gateway_serves_and_reports_health(installed: Path, tmp_pa
             assert server.stdout is not None
             ready = server.stdout.readline()  # the process prints one line when it serves
             assert f"port {port}" in ready, ready
-            health = subprocess.run(
-                [str(installed), "health", "--address", f"127.0.0.1:{port}"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert health.returncode == 0, health.stdout + health.stderr
-            assert health.stdout.strip() == f"127.0.0.1:{port}: SERVING"
+            for address in (f"127.0.0.1:{port}", f"127.0.0.1:{health_port}"):
+                health = subprocess.run(
+                    [str(installed), "health", "--address", address],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert health.returncode == 0, health.stdout + health.stderr
+                assert health.stdout.strip() == f"{address}: SERVING"
         finally:
             server.send_signal(signal.SIGTERM)
             try:
