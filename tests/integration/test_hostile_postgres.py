@@ -1,7 +1,8 @@
 """Hostile queries through a real gateway to a PostgreSQL of its own, whose statement log
 (`log_statement=all`) shows what reached it: resource bombs, NUL bytes and over-long
 names are refused before anything is sent; a padded result stops at the byte cap and
-PostgreSQL stops with it; names bind as PostgreSQL binds them.
+PostgreSQL stops with it; names bind as PostgreSQL binds them, and a name PostgreSQL
+would bind to a hidden column is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         manager.select("default", "pg", "development", "lab.readings")
         manager.create_connection("default", "pg_k_only", "postgres", {"*": settings})
         manager.select("default", "pg_k_only", "development", "lab.readings", ["id", "k"])
+        # facts.label hidden: scope tricks try to reach it through names
+        manager.create_connection("default", "pg_hidden", "postgres", {"*": settings})
+        manager.select("default", "pg_hidden", "development", "lab.facts", ["id"])
+        manager.select("default", "pg_hidden", "development", "lab.readings", ["id", "k"])
 
         engine = QueryEngine(store, Settings(home=home, metrics_port=0))
         gateway = BackgroundGateway(
@@ -226,3 +231,41 @@ def test_names_bind_as_postgresql_binds_them(site: Site) -> None:
         assert client.query("pg", f"SELECT id AS {longest} FROM facts LIMIT 1").column_names == [
             longest
         ]
+
+
+# Where PostgreSQL binds the name `label` to the hidden facts.label (innermost scope first,
+# then outward): each is refused, with the message an unknown name gets, and nothing runs.
+SCOPE_TRICKS = {
+    "subquery-over-an-outer-alias": (
+        "SELECT (SELECT max(label) FROM facts WHERE id > 0) AS h "
+        "FROM (SELECT k AS label FROM readings) AS s WHERE 'MARK' <> ''"
+    ),
+    "correlated-exists": (
+        "SELECT id FROM facts WHERE EXISTS (SELECT 1 FROM readings WHERE label = 'MARK')"
+    ),
+    "group-by-an-alias-named-like-it": (
+        "SELECT max(id) AS label FROM facts WHERE 'MARK' <> '' GROUP BY label"
+    ),
+    "order-by-expression-over-it": (
+        "SELECT id AS x FROM facts WHERE 'MARK' <> '' ORDER BY length(label)"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", SCOPE_TRICKS.values(), ids=SCOPE_TRICKS.keys())
+def test_a_name_postgresql_binds_to_a_hidden_column_never_reaches_it(site: Site, sql: str) -> None:
+    marker = f"m{secrets.token_hex(6)}"
+    with FabricClient(site.gateway.address, timeout=30) as client:
+        with pytest.raises(InvalidArgument) as refused:
+            client.query("pg_hidden", sql.replace("MARK", marker))
+        assert "is not selected" in refused.value.message
+        assert marker not in refused.value.message
+        sentinel = f"s{secrets.token_hex(6)}"
+        client.query("pg", f"SELECT id FROM facts WHERE label = '{sentinel}'")
+    assert marker not in site.wait_logged(sentinel)
+    # PostgreSQL itself binds the name to the hidden column (the query runs there)
+    site.direct(
+        sql.replace("MARK", marker)
+        .replace("facts", "lab.facts")
+        .replace("readings", "lab.readings")
+    )
