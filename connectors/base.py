@@ -168,6 +168,19 @@ class Connector(abc.ABC):
         driver."""
         return None
 
+    @property
+    def max_concurrent_queries(self) -> int | None:
+        """Queries this connector can run at once (its connection pool's size); None
+        when it has no bound of its own. The engine admits no more at once to this
+        connector and queues the rest, without holding a thread."""
+        return None
+
+    @property
+    def connection_wait(self) -> float | None:
+        """Seconds a query may wait for one of those connections (the pool timeout);
+        None: until its deadline."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release pools and clients; idempotent."""

@@ -36,6 +36,8 @@ GAUGES = {
     "result_cache_entries": "Results held by the result cache.",
     "open_statements": "Statements open for paging.",
     "compiled_statements": "Entries of the compiled-statement cache.",
+    "source_queries_running": "Queries holding one of their source's slots (connections).",
+    "source_queries_waiting": "Queries waiting for a slot of their source (none free).",
 }
 COUNTERS = {
     "result_cache_hits": "Queries answered from the result cache.",
@@ -45,6 +47,10 @@ COUNTERS = {
     "result_cache_coalesced": "Queries that waited for an identical one in flight.",
     "compiled_statement_hits": "Compilations skipped thanks to the statement cache.",
     "compiled_statement_misses": "SQL texts compiled.",
+    "source_queries_refused": "Queries refused after waiting their source's pool timeout "
+    "for a slot.",
+    "source_calls_overrun": "Calls ended at their deadline while their source had not "
+    "answered (the query is stopped in the background).",
 }
 PURGE_REASONS = (
     "statement_idle",

@@ -1,28 +1,41 @@
 """The query engine: a query's life from SQL text to Arrow IPC messages.
 
 resolve the connection -> compile (or hit the statement cache) -> bind -> result cache
-(identical queries in flight run once) -> run at the source in a worker thread -> encode
-IPC messages there too, one batch ahead of the caller -> fill the cache while streaming.
+(identical queries in flight run once) -> admission to the source's lane -> run at the
+source in one of the lane's threads -> encode IPC messages there too, one batch ahead of
+the caller -> fill the cache while streaming.
 
-The event loop never blocks on a driver: every call that may wait on a source runs in
-the engine's thread pool, except a statement the compiler proved returns a handful of
-rows (a lookup by primary key), which a connector may run from the loop without blocking
-it (`Connector.execute_small`: PostgreSQL waits on its socket through the loop), saving
-the two thread hops that cost more than such a query. Resolving a connection (metadata
-store, secret store, building a connector) also runs in a worker thread unless the
-catalog version is known without I/O. A caller that goes away, or a deadline that
-passes, cancels the query at the source before the connection returns to its pool.
+The event loop never blocks on a driver. Each source (connector) has its own lane
+(`fabric.query.lanes`): as many queries at once as its pool has connections, the rest
+waiting on the loop (bounded by the source's pool timeout and the call's deadline),
+and as many threads for their driver calls, so one source that stops answering holds
+only its own threads and never delays another source's queries. A statement the
+compiler proved returns a handful of rows (a lookup by primary key) may be run by its
+connector from the loop without blocking it (`Connector.execute_small`: PostgreSQL waits
+on its socket through the loop), saving the two thread hops that cost more than such a
+query. Resolving a connection (metadata store, secret store, building a connector) runs
+in the engine's general worker pool unless the catalog version is known without I/O.
+
+A query's timeout (FABRIC_QUERY_TIMEOUT, or the caller's sooner deadline) bounds the
+call whatever the source does: past it (and a short grace for the source's own report)
+the caller gets DeadlineExceeded at once, and the query is stopped and its connection
+cut off and discarded in the background. Stopping and releasing queries (a caller that
+goes away, an early stop, a closed statement) runs on the control lane
+(`connectors.workers.CONTROL`), never behind new work, and a start whose caller has gone
+does not run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,15 +43,31 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from connectors import QueryHandle
+from connectors.workers import CONTROL, WorkerThreads, call_quietly
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
-from fabric.errors import Cancelled, FabricError, InvalidArgument, NotFound, QueryRejected
+from fabric.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FabricError,
+    InvalidArgument,
+    NotFound,
+    QueryRejected,
+)
 from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
-from fabric.query.runs import PagedResult, PendingStart, SourceRun, Summary, cached_pager
+from fabric.query.lanes import Lanes, Ticket, awaitable
+from fabric.query.runs import (
+    Budget,
+    PagedResult,
+    PendingStart,
+    SourceRun,
+    Summary,
+    cached_pager,
+)
 from fabric.query.sources import (
     BoundSource,
     ConnectorFactory,
@@ -62,6 +91,17 @@ T = TypeVar("T")
 SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
 `execute_small` (run from the event loop) before a worker thread."""
+DEADLINE_GRACE = 0.5
+"""Seconds past a query's deadline the engine still waits for its source to report the
+timeout itself (with the connection settled) before ending the call on its own."""
+STOP_WAIT = 5.0
+"""Seconds a call that ends early waits for its query to be stopped and released
+before it returns anyway (the stop goes on in the background)."""
+PENDING_READ_WAIT = 5.0
+"""Seconds the stop of a query waits for a read still running in its lane before it
+closes the query under it (the read then fails and lets go)."""
+CLOSE_WAIT = 10.0
+"""Seconds `close` waits for stops still running in the background."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -104,9 +144,11 @@ class QueryEngine:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
+        # Resolving connections and reading cached pages; source work runs in lanes.
+        self.executor: Executor = WorkerThreads(settings.worker_threads, name="fabric")
+        self.lanes = Lanes(settings.worker_threads)
         self.sources = SourceRegistry(
-            store, secrets=secrets, connector_factory=connector_factory, closer=self.executor
+            store, secrets=secrets, connector_factory=connector_factory, closer=self._in_background
         )
         limits = QueryLimits(
             max_length=settings.max_sql_length,
@@ -118,9 +160,7 @@ class QueryEngine:
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
         # Compiles of long texts, apart from the source work in `executor` so they never
         # wait behind a slow source, nor hold its threads.
-        self._compile_executor = ThreadPoolExecutor(
-            COMPILE_THREADS, thread_name_prefix="fabric-compile"
-        )
+        self._compile_executor = WorkerThreads(COMPILE_THREADS, name="fabric-compile")
         self.results = ResultCache(
             max_bytes=settings.cache_max_bytes, max_ttl=settings.cache_max_ttl, clock=clock
         )
@@ -132,23 +172,65 @@ class QueryEngine:
         self._inflight: dict[ResultKey, asyncio.Event] = {}
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
+        self._overruns = 0
+        self._stopping: set[Future[None]] = set()
+        self._stopping_lock = threading.Lock()
         self.metrics = GatewayMetrics(self.snapshot)
+        self.metrics.add_snapshot(self.snapshot_lanes)
 
     # -- plumbing -------------------------------------------------------------------------
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await awaitable(self.executor.submit(fn, *args))
 
-    def _timeout(self, deadline: float | None) -> float:
-        """Seconds the source may take: the configured limit or the caller's deadline."""
+    def _budget(self, deadline: float | None) -> Budget:
+        """The query's time: the configured limit or the caller's sooner deadline."""
         if deadline is None:
-            return self.settings.query_timeout
+            return Budget.of(self.settings.query_timeout)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            from fabric.errors import DeadlineExceeded
-
             raise DeadlineExceeded("the call's deadline passed before the query started")
-        return min(self.settings.query_timeout, remaining)
+        return Budget.of(min(self.settings.query_timeout, remaining))
+
+    async def _bounded(self, future: Future[T], budget: Budget) -> T:
+        """The outcome of a source call, waited for until the query's budget is spent
+        (and a short grace); past it, DeadlineExceeded at once. The call itself is left
+        to its thread: the caller's cleanup stops it."""
+        try:
+            async with asyncio.timeout(budget.until + DEADLINE_GRACE - time.monotonic()):
+                return await awaitable(future)
+        except TimeoutError:
+            self._overruns += 1
+            raise budget.overrun() from None
+
+    def _in_background(self, fn: Callable[[], object]) -> Future[None]:
+        """Run a stop or release on the control lane, tracked until it ends."""
+        future = CONTROL.submit(call_quietly, fn)
+        with self._stopping_lock:
+            self._stopping.add(future)
+        future.add_done_callback(self._stopped)
+        return future
+
+    def _stopped(self, future: Future[None]) -> None:
+        with self._stopping_lock:
+            self._stopping.discard(future)
+
+    async def _settled(self, stopping: Future[None], budget: Budget | None) -> None:
+        """Wait (at most STOP_WAIT) for a stop, unless the caller is out of time: a
+        caller whose deadline has passed gets its answer now."""
+        if budget is not None and budget.expired:
+            return
+        await asyncio.wait({awaitable(stopping)}, timeout=STOP_WAIT)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every stop running in the background has ended (at most
+        `timeout`); whether they all did."""
+        with self._stopping_lock:
+            pending = set(self._stopping)
+        if not pending:
+            return True
+        _, not_done = concurrent.futures.wait(pending, timeout=timeout)
+        return not not_done
 
     def _max_rows(self, requested: int | None) -> int:
         cap = self.settings.max_rows
@@ -208,66 +290,92 @@ class QueryEngine:
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
-        timeout: float,
+        budget: Budget,
         builder: ResultBuilder | None,
+        ticket: Ticket,
     ) -> SourceRun:
-        """Start the query at its source (blocking; in a worker thread)."""
+        """Start the query at its source (blocking; in a thread of its lane)."""
         handle = bound.connector.execute(
-            compiled.sql, args, timeout=timeout, batch_rows=self.settings.batch_rows
+            compiled.sql, args, timeout=budget.remaining(), batch_rows=self.settings.batch_rows
         )
-        return self._new_run(handle, compiled, builder)
+        return self._new_run(handle, compiled, builder, budget, ticket)
 
     def _new_run(
-        self, handle: QueryHandle, compiled: CompiledStatement, builder: ResultBuilder | None
+        self,
+        handle: QueryHandle,
+        compiled: CompiledStatement,
+        builder: ResultBuilder | None,
+        budget: Budget,
+        ticket: Ticket,
     ) -> SourceRun:
         try:
-            return SourceRun(handle, compiled.max_rows, self.settings.max_message_bytes, builder)
+            return SourceRun(
+                handle,
+                compiled.max_rows,
+                self.settings.max_message_bytes,
+                builder,
+                budget=budget,
+                submit=ticket.submit,
+                release=ticket.release,
+            )
         except BaseException:
             handle.close()
+            ticket.release()
             raise
 
-    async def _start(
+    async def _begin(
         self,
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
         deadline: float | None,
         builder: ResultBuilder | None,
-    ) -> SourceRun:
-        return await self._blocking(
-            self._open_run, bound, compiled, args, self._timeout(deadline), builder
-        )
-
-    async def _start_streaming(
-        self,
-        bound: BoundSource,
-        compiled: CompiledStatement,
-        args: tuple[Any, ...],
-        deadline: float | None,
-        builder: ResultBuilder | None,
+        *,
+        read_first: bool,
     ) -> tuple[SourceRun, list[bytes]]:
-        """Start the query and read its first messages in the same worker call: a small
-        result is whole (and its source closed) after one thread hop. A caller that goes
-        away while that call blocks (a slow first row) still cancels the source query."""
-        timeout = self._timeout(deadline)
-        if args and compiled.row_bound <= SMALL_RESULT_ROWS:
+        """Admit the query to its source's lane, start it and, with `read_first`, read
+        its first messages in the same thread call: a small result is whole (and its
+        source closed) after one thread hop. A caller that goes away (or runs out of
+        time) while the start runs gets its answer at once; the start is stopped in
+        the background, or never runs if it has not begun."""
+        budget = self._budget(deadline)
+        ticket = await self.lanes.of(bound.connector).admit(budget.until)
+        if read_first and args and compiled.row_bound <= SMALL_RESULT_ROWS:
             # A lookup by key: the connector may run it from the event loop, which saves
             # the two thread hops that cost more than the query itself.
-            handle = await bound.connector.execute_small(
-                compiled.sql, args, timeout=timeout, max_rows=compiled.row_bound
-            )
+            try:
+                handle = await bound.connector.execute_small(
+                    compiled.sql, args, timeout=budget.remaining(), max_rows=compiled.row_bound
+                )
+            except BaseException:
+                ticket.release()
+                raise
             if handle is not None:
-                run = self._new_run(handle, compiled, builder)
-                first = [run.header()]
-                if handle.buffered:  # in memory: reading it is a few microseconds
-                    first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                run = self._new_run(handle, compiled, builder, budget, ticket)
+                try:
+                    first = [run.header()]
+                    if handle.buffered:  # in memory: reading it is a few microseconds
+                        first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                except BaseException:
+                    run.close()
+                    raise
                 return run, first
-        loop = asyncio.get_running_loop()
         start = PendingStart()
 
         def run_start() -> tuple[SourceRun, list[bytes]]:
-            run = self._open_run(bound, compiled, args, timeout, builder)
-            start.opened(run, loop)
+            try:
+                if not start.begin():
+                    raise Cancelled("the caller went away before the query started")
+                run = self._open_run(bound, compiled, args, budget, builder, ticket)
+            except BaseException:
+                ticket.release()
+                raise
+            if not start.opened(run):
+                run.cancel()
+                run.close()
+                raise Cancelled("the caller went away while the query started")
+            if not read_first:
+                return run, []
             try:
                 first = [run.header()]
                 first.extend(run.read_messages(self.settings.max_message_bytes) or ())
@@ -278,48 +386,42 @@ class QueryEngine:
                 raise
             return run, first
 
-        future = loop.run_in_executor(self.executor, run_start)
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._abandon_start(future, start))
+            future = ticket.submit(run_start)
+        except BaseException:
+            ticket.release()
+            raise
+        try:
+            return await self._bounded(future, budget)
+        except BaseException:
+            self._abandon_start(future, start)
             raise
 
-    async def _abandon_start(
-        self, future: asyncio.Future[tuple[SourceRun, list[bytes]]], start: PendingStart
+    def _abandon_start(
+        self, future: Future[tuple[SourceRun, list[bytes]]], start: PendingStart
     ) -> None:
-        """Cancel a query whose start is still in a worker thread, as soon as its handle
-        exists, then close it once the worker has returned."""
-        opened = start.watch()
-        if not opened.is_set():
-            waiter: asyncio.Future[Any] = asyncio.ensure_future(opened.wait())
-            try:
-                await asyncio.wait({future, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-        if start.run is not None:
-            await self._blocking(start.run.cancel)
-        await asyncio.gather(future, return_exceptions=True)
-        if start.run is not None:
-            await self._blocking(start.run.close)
+        """A start whose caller went away or ran out of time (or that failed): it never
+        runs if it has not begun; a run it opened is cancelled at once and closed once
+        the start returns. Nothing here waits."""
+        run = start.abandon()
+        if run is not None and not future.done():
+            self._in_background(run.cancel)
 
-    async def _stop(
-        self, run: SourceRun, pending: asyncio.Future[Any] | None, cancel: bool
-    ) -> None:
+        def finished(_: Future[tuple[SourceRun, list[bytes]]]) -> None:
+            opened = start.run
+            if opened is not None and not opened.closed:
+                self._in_background(functools.partial(stop_run, opened, None, True))
+
+        future.add_done_callback(finished)
+
+    async def _stop(self, run: SourceRun, pending: Future[Any] | None, cancel: bool) -> None:
         """Stop a run (cancelling it at the source if it has not finished) and close it,
-        after any read still in a worker thread has returned."""
+        on the control lane, after any read still running has returned (or a bound).
+        The caller waits for that unless its time is up."""
         if pending is None and run.closed:
             return  # the source is done and released: nothing to stop, no thread hop
-
-        async def stop() -> None:
-            if cancel:
-                await self._blocking(run.cancel)
-            if pending is not None:
-                await asyncio.gather(pending, return_exceptions=True)
-            await self._blocking(run.close)
-
-        # Shielded: the caller's cancellation must not leave a source query running.
-        await asyncio.shield(stop())
+        stopping = self._in_background(functools.partial(stop_run, run, pending, cancel))
+        await self._settled(stopping, run.budget)
 
     # -- Execute --------------------------------------------------------------------------
 
@@ -420,7 +522,7 @@ class QueryEngine:
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
-        run, first = await self._start_streaming(bound, compiled, args, deadline, builder)
+        run, first = await self._begin(bound, compiled, args, deadline, builder, read_first=True)
         if run.exhausted:
             # The whole result came with the start (its source is already released): no
             # read-ahead, nothing to stop.
@@ -432,24 +534,23 @@ class QueryEngine:
                 yield message
             yield Summary(run.rows, run.truncated, False, elapsed_us(started))
             return
-        pending: asyncio.Future[list[bytes] | None] | None = None
+        pending: Future[list[bytes] | None] | None = None
         finished = False
         try:
-            loop = asyncio.get_running_loop()
             # One step ahead: the next messages (a gRPC message's worth) are read and
-            # encoded in a worker thread while these go out to the caller.
+            # encoded in a thread of the source's lane while these go out to the caller.
             read_ahead = functools.partial(run.read_messages, self.settings.max_message_bytes)
             if not run.exhausted:
-                pending = loop.run_in_executor(self.executor, read_ahead)
+                pending = run.submit(read_ahead)
             for message in first:
                 yield message
             while pending is not None:
-                messages = await pending
+                messages = await self._bounded(pending, run.budget)
                 pending = None
                 if messages is None:
                     break
                 if not run.exhausted:
-                    pending = loop.run_in_executor(self.executor, read_ahead)
+                    pending = run.submit(read_ahead)
                 if on_uncacheable is not None and builder is not None and not builder.active:
                     on_uncacheable()
                     on_uncacheable = None
@@ -513,7 +614,7 @@ class QueryEngine:
                 return await self._first_page(ctx, request.connection, pager, page_rows)
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
-        run = await self._start(bound, compiled, args, deadline, builder)
+        run, _ = await self._begin(bound, compiled, args, deadline, builder, read_first=False)
         run.header()
 
         def on_done() -> Summary:
@@ -534,29 +635,38 @@ class QueryEngine:
         def close() -> None:
             if builder is not None:
                 builder.abandon()
-            if not run.finished:
-                run.cancel()
-            run.close()
+            stop_run(run, None, cancel=not run.finished)
 
-        return await self._first_page(
-            ctx, request.connection, PagedResult(run.schema, read, close, on_done), page_rows
-        )
+        pager = PagedResult(run.schema, read, close, on_done, submit=run.submit, budget=run.budget)
+        return await self._first_page(ctx, request.connection, pager, page_rows)
 
     def _page_rows(self, requested: int) -> int:
         if requested < 0:
             raise InvalidArgument("page_rows must not be negative")
         return min(requested or self.settings.page_rows, self.settings.max_rows)
 
+    async def _read_page(
+        self, pager: PagedResult, page_rows: int
+    ) -> tuple[bytes, int, Summary | None]:
+        """The next page: read in the source's lane, within the query's budget (a
+        cached result's pages in the general pool)."""
+        if pager.submit is None or pager.budget is None:
+            return await self._blocking(pager.next_page, page_rows)
+        return await self._bounded(pager.submit(pager.next_page, page_rows), pager.budget)
+
+    async def _close_pager(self, pager: PagedResult) -> None:
+        await self._settled(self._in_background(pager.close), pager.budget)
+
     async def _first_page(
         self, ctx: RequestContext, connection: str, pager: PagedResult, page_rows: int
     ) -> Page:
         try:
-            data, rows, summary = await self._blocking(pager.next_page, page_rows)
+            data, rows, summary = await self._read_page(pager, page_rows)
         except BaseException:
-            await self._blocking(pager.close)
+            await self._close_pager(pager)
             raise
         if pager.done:
-            await self._blocking(pager.close)
+            await self._close_pager(pager)
             return Page("", data, rows, True, summary)
         statement = self.open_statements.open(
             tenant=ctx.tenant,
@@ -570,27 +680,40 @@ class QueryEngine:
 
     async def fetch(self, ctx: RequestContext, statement_id: str, page_rows: int) -> Page:
         page_rows = self._page_rows(page_rows)
-        with self.open_statements.lease(
-            statement_id, tenant=ctx.tenant, stage=ctx.stage
-        ) as statement:
-            pager = statement.payload
-            try:
-                data, rows, summary = await self._blocking(pager.next_page, page_rows)
-            except BaseException:
-                # A failed read leaves the source in no state to page on: drop it.
-                statement.exhausted = True
-                raise
-            statement.rows_sent += rows
-            # A consumed statement is closed (its rows and parameters dropped) as the
-            # lease ends.
-            statement.exhausted = pager.done
+        failed = False
+        try:
+            with self.open_statements.lease(
+                statement_id, tenant=ctx.tenant, stage=ctx.stage
+            ) as statement:
+                pager = statement.payload
+                try:
+                    data, rows, summary = await self._read_page(pager, page_rows)
+                except BaseException:
+                    failed = True
+                    raise
+                statement.rows_sent += rows
+                # A consumed statement is closed (its rows and parameters dropped) as the
+                # lease ends: its source is released already, so that costs no I/O.
+                statement.exhausted = pager.done
+        finally:
+            if failed:
+                # A failed read leaves the source in no state to page on: drop it, its
+                # source stopped on the control lane.
+                close = functools.partial(
+                    self.open_statements.close,
+                    statement_id,
+                    tenant=ctx.tenant,
+                    stage=ctx.stage,
+                    missing_ok=True,
+                )
+                await self._settled(self._in_background(close), pager.budget)
         return Page(statement_id, data, rows, pager.done, summary)
 
     async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
-        def close() -> None:
-            self.open_statements.close(statement_id, tenant=ctx.tenant, stage=ctx.stage)
-
-        await self._blocking(close)
+        closing = CONTROL.submit(
+            self.open_statements.close, statement_id, tenant=ctx.tenant, stage=ctx.stage
+        )
+        await awaitable(closing)
 
     # -- purges and lifecycle -------------------------------------------------------------
 
@@ -629,13 +752,31 @@ class QueryEngine:
             "purge_compiled_purged": self._purged["compiled_purged"],
         }
 
+    def snapshot_lanes(self) -> dict[str, float]:
+        return {**self.lanes.snapshot(), "source_calls_overrun": self._overruns}
+
     def close(self) -> None:
+        """Drop everything held and close the sources. Bounded: a driver call stuck on a
+        source that stopped answering is not waited for past CLOSE_WAIT (its thread is a
+        daemon, its connection is cut off by its own deadline)."""
         self.open_statements.close_all()
         self.results.clear()
         self.statements.clear()
         self.sources.close()
+        self.settle(CLOSE_WAIT)
+        self.lanes.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self._compile_executor.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_run(run: SourceRun, pending: Future[Any] | None, cancel: bool) -> None:
+    """Stop a run: cancel it at its source when asked, wait (boundedly) for a read still
+    running in its lane, then close it. Blocking: the control lane's call."""
+    if cancel and not run.closed:
+        call_quietly(run.cancel)
+    if pending is not None:
+        concurrent.futures.wait([pending], timeout=PENDING_READ_WAIT)
+    call_quietly(run.close)
 
 
 def log_failure(
