@@ -8,6 +8,7 @@ pages. The metadata store is the real SQLite one; time is a fake clock.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -221,6 +222,22 @@ def test_a_caller_cancelled_while_the_source_is_slow_to_start_cancels_it(rig: Ri
     assert execution.cancels >= 1
     assert execution.closes == 1
     assert execution.batches_read == 0
+
+
+def test_the_query_timeout_ends_the_call_whatever_the_source_does(tmp_path: Path) -> None:
+    # A source that sends nothing: the call still ends at the timeout (and a short
+    # grace), and the query is stopped there in the background.
+    with make_rig(tmp_path, query_timeout=0.5) as rig:
+        gate = SourceGate(open_=False)
+        rig.source.answer(ORDERS.select(["id"]), gate=gate)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"0\.5s"):
+            run(collect(rig.engine, query("SELECT id FROM orders")))
+        assert time.monotonic() - started < 0.5 + 1.5
+        assert rig.engine.settle(10)
+        [execution] = rig.source.executions
+        assert execution.cancels >= 1 and execution.closes == 1
+        assert rig.engine.snapshot_lanes()["source_calls_overrun"] == 1
 
 
 # -- the result cache --------------------------------------------------------------------
