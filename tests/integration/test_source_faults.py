@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,26 +39,22 @@ from tests.support.chaos import (
     call,
     chaos_rig,
     codes,
-    fill_postgres,
     wait_for,
 )
-from tests.support.pg_instance import PgInstance, private_postgres
+from tests.support.pg_instance import PgInstance
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
-PASSWORD = "Source-Faults-7c1"
 SCAN = "SELECT grp, count(*) AS n FROM items WHERE id < :n GROUP BY grp"
 NOTES = "SELECT count(*) AS n FROM notes WHERE id > :m"
 SLOW = "SELECT count(*) AS n FROM slow_items"
 SIGTERM_APP = "fabric-sigterm"
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgInstance]:
-    with private_postgres(PASSWORD) as instance:
-        fill_postgres(instance)
-        yield instance
+@pytest.fixture
+def pg(items_postgres: PgInstance) -> PgInstance:
+    return items_postgres
 
 
 def _scan(client: FabricClient) -> QueryResult:

@@ -302,6 +302,7 @@ class Load:
     clients: int
     work: Callable[[FabricClient, int], QueryResult]
     timeout: float = 60.0
+    token: str | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -315,7 +316,7 @@ class Load:
         return self
 
     def _run(self, index: int) -> None:
-        with FabricClient(self.address, timeout=self.timeout) as client:
+        with FabricClient(self.address, self.token, timeout=self.timeout) as client:
             while not self._stop.is_set():
                 outcome = call(lambda: self.work(client, index), index)
                 with self._lock:
@@ -331,6 +332,14 @@ class Load:
     def since(self, moment: float) -> list[Outcome]:
         with self._lock:
             return [o for o in self.outcomes if o.started >= moment]
+
+    def succeeded_since(self, moment: float) -> bool:
+        """Whether a call that started at `moment` or later succeeded."""
+        return any(o.code == "OK" for o in self.since(moment))
+
+    def more_than(self, calls: int) -> bool:
+        with self._lock:
+            return len(self.outcomes) > calls
 
     def ended_between(self, start: float, end: float) -> list[Outcome]:
         with self._lock:
@@ -349,3 +358,36 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+def scaled(short: float, long: float) -> float:
+    """A figure of the short (CI) or the long (`make chaos`) version."""
+    return long if LONG else short
+
+
+def hold(seconds: float) -> None:
+    """Let a fault last `seconds`: its own duration, not a wait for something to happen
+    (those poll a condition with `wait_for`)."""
+    time.sleep(seconds)
+
+
+def recovery(outcomes: list[Outcome], fault_ended: float) -> float | None:
+    """Seconds from the end of a fault to the first call that started after it and
+    succeeded (None: none did)."""
+    after = [o.ended for o in outcomes if o.code == "OK" and o.started >= fault_ended]
+    return min(after) - fault_ended if after else None
+
+
+def assert_nothing_left(rig: ChaosRig, timeout: float = 15.0) -> None:
+    """Once the load has stopped: no session of the gateway at the server is doing
+    anything (running, idle in a transaction nobody reads), no statement is open, no
+    query holds or waits for a slot, no stop is still running."""
+    from connectors.workers import CONTROL
+
+    wait_for(lambda: not rig.busy_sessions(), timeout)
+    assert rig.engine.settle(timeout)
+    lanes = rig.engine.lanes.snapshot()
+    wait_for(lambda: rig.engine.lanes.snapshot()["source_queries_running"] == 0, timeout)
+    assert lanes["source_queries_waiting"] == 0
+    wait_for(lambda: rig.engine.snapshot()["open_statements"] == 0, timeout)
+    wait_for(lambda: CONTROL.busy == 0, timeout)

@@ -132,6 +132,10 @@ class PgInstance:
 
     def thaw(self) -> None:
         pids, self.frozen = self.frozen, []
+        if pids and self.server is not None:
+            # `runuser` stops itself when the process it watches stops (job control):
+            # it must go on too, or it never reaps the server when it is stopped.
+            pids.append(self.server.pid)
         for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
