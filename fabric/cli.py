@@ -107,7 +107,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/app/processes.py).
     SIGTERM or SIGINT stops it: running queries get FABRIC_SHUTDOWN_GRACE seconds (a
     runtime replica: its bus queries, then its gRPC calls), and the process is gone
-    EXIT_AFTER_GRACE seconds after that at the latest (fabric/app/shutdown.py)."""
+    twice that plus EXIT_AFTER_GRACE seconds after the signal at the latest
+    (fabric/app/shutdown.py)."""
     from fabric.app.processes import open_process
     from fabric.app.shutdown import EXIT_AFTER_GRACE, ExitWatchdog
 

@@ -130,8 +130,8 @@ class Settings:
     shutdown_grace: float = 10.0
     """Seconds `fabric serve` lets running calls finish after SIGTERM before it closes its
     port (FABRIC_SHUTDOWN_GRACE; a runtime replica gives it to its bus queries, then to
-    its gRPC calls); the process is gone at most 30 s after that, even with a driver
-    call stuck on a source that stopped answering."""
+    its gRPC calls); the process is gone at most twice the grace plus 30 s after the
+    signal, even with a driver call stuck on a source that stopped answering."""
     bus_max_concurrent: int = 64
     """Queries one runtime replica runs at once; more are refused as busy and retried on
     another replica (FABRIC_BUS_MAX_CONCURRENT)."""

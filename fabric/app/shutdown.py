@@ -20,8 +20,8 @@ import threading
 log = logging.getLogger(__name__)
 
 EXIT_AFTER_GRACE = 30.0
-"""Seconds from the end of the grace period (FABRIC_SHUTDOWN_GRACE) to the process's
-exit at the latest."""
+"""Seconds, beyond twice the grace period (FABRIC_SHUTDOWN_GRACE: a runtime replica's
+bus queries, then its gRPC calls), from SIGTERM to the process's exit at the latest."""
 FORCED_EXIT_CODE = 1
 """The exit status when the watchdog had to end the process."""
 

@@ -206,10 +206,13 @@ class QueryEngine:
     def _in_background(self, fn: Callable[[], object]) -> Future[None]:
         """Run a stop or release on the control lane, tracked until it ends."""
         future = CONTROL.submit(call_quietly, fn)
+        self._track(future)
+        return future
+
+    def _track(self, future: Future[None]) -> None:
         with self._stopping_lock:
             self._stopping.add(future)
         future.add_done_callback(self._stopped)
-        return future
 
     def _stopped(self, future: Future[None]) -> None:
         with self._stopping_lock:
@@ -394,25 +397,32 @@ class QueryEngine:
         try:
             return await self._bounded(future, budget)
         except BaseException:
-            self._abandon_start(future, start)
+            await self._settled(self._abandon_start(future, start), budget)
             raise
 
     def _abandon_start(
         self, future: Future[tuple[SourceRun, list[bytes]]], start: PendingStart
-    ) -> None:
+    ) -> Future[None]:
         """A start whose caller went away or ran out of time (or that failed): it never
         runs if it has not begun; a run it opened is cancelled at once and closed once
-        the start returns. Nothing here waits."""
+        the start returns. Nothing here waits; the future returned (tracked until then)
+        ends when all that is done."""
         run = start.abandon()
         if run is not None and not future.done():
             self._in_background(run.cancel)
+        cleaned: Future[None] = Future()
+        self._track(cleaned)
 
         def finished(_: Future[tuple[SourceRun, list[bytes]]]) -> None:
             opened = start.run
-            if opened is not None and not opened.closed:
-                self._in_background(functools.partial(stop_run, opened, None, True))
+            if opened is None or opened.closed:
+                cleaned.set_result(None)
+                return
+            stopping = self._in_background(functools.partial(stop_run, opened, None, True))
+            stopping.add_done_callback(lambda _: cleaned.set_result(None))
 
         future.add_done_callback(finished)
+        return cleaned
 
     async def _stop(self, run: SourceRun, pending: Future[Any] | None, cancel: bool) -> None:
         """Stop a run (cancelling it at the source if it has not finished) and close it,

@@ -199,6 +199,19 @@ def test_a_caller_that_goes_away_mid_stream_cancels_and_releases_the_source(
     assert execution.batches_read in (1, 2)
 
 
+def test_stopping_a_query_never_waits_behind_other_work(tmp_path: Path) -> None:
+    # One worker thread, held by the query's own read-ahead at a source that waits: the
+    # stop (cancel, then close) runs on its own lane, so it reaches the source at once.
+    with make_rig(tmp_path, max_message_bytes=1, worker_threads=1) as rig:
+        gate = SourceGate(open_=True, passes=1)  # the first batch, then the read waits
+        rig.source.answer(ORDERS.select(["id"]), gate=gate)
+        started = time.monotonic()
+        run(leave_after_first_message(rig))
+        assert time.monotonic() - started < 5.0
+        [execution] = rig.source.executions
+    assert execution.cancels == 1 and execution.closes == 1
+
+
 async def leave_after_first_message(rig: Rig) -> None:
     stream = rig.engine.execute(CTX, query("SELECT id FROM orders"))
     first = await stream.__anext__()
