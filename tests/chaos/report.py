@@ -13,14 +13,21 @@ def row(figures: dict[str, Any]) -> str:
     callers = ", ".join(f"{code} {n}" for code, n in sorted(figures["callers"].items()))
     recovery = figures.get("recovery_s")
     recovered = "n/a" if recovery is None else f"{recovery:.1f} s"
-    cells = [figures["scenario"], figures["load"], figures["fault"], callers, recovered]
+    cells = [
+        figures["scenario"],
+        figures["load"],
+        figures["fault"],
+        callers,
+        recovered,
+        figures.get("note", ""),
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
 def render(lines: list[str]) -> str:
     out = [
-        "| scenario | load | fault | what callers got | recovery |",
-        "| --- | --- | --- | --- | --- |",
+        "| scenario | load | fault | what callers got | recovery | also |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     out += [row(json.loads(line)) for line in lines if line.strip()]
     return "\n".join(out)

@@ -23,6 +23,7 @@ from tests.support.chaos import (
     ITEMS,
     LONG,
     Load,
+    Outcome,
     assert_nothing_left,
     call,
     chaos_rig,
@@ -53,6 +54,10 @@ def lookup(client: FabricClient, index: int) -> QueryResult:
 
 def notes(client: FabricClient, index: int) -> QueryResult:
     return client.execute("duck", NOTES, {"m": index})
+
+
+def _counts(outcomes: list[Outcome]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in sorted(codes(outcomes).items()))
 
 
 def whole(load: Load, rows: int) -> None:
@@ -93,8 +98,11 @@ def test_database_frozen_under_load(
             fault=f"{freeze:g} s freeze, query timeout {timeout:g} s",
             callers=codes(pg_calls),
             recovery_s=recovery(pg_calls, thawed_at),
-            duckdb_during_freeze=codes(during),
-            duckdb_slowest_s=max((o.seconds for o in during), default=0.0),
+            note=(
+                f"DuckDB meanwhile: {_counts(during)}, slowest "
+                f"{max((o.seconds for o in during), default=0.0):.2f} s; longest call "
+                f"{max(o.seconds for o in pg_calls):.1f} s"
+            ),
         )
         only(scans, "DEADLINE_EXCEEDED", "UNAVAILABLE")
         only(lookups, "DEADLINE_EXCEEDED", "UNAVAILABLE")
@@ -138,6 +146,7 @@ def test_database_restarted_under_load(
             fault=f"{restarts} fast restart(s), every pooled connection dropped",
             callers=codes(pg_calls),
             recovery_s=max(recoveries),
+            note="every call from 1 s after each restart OK",
         )
         only(scans, "UNAVAILABLE")
         only(lookups, "UNAVAILABLE")
@@ -176,6 +185,7 @@ def test_connections_cut_mid_stream(
             fault=f"{cuts} cuts of every connection",
             callers=codes(streams.outcomes),
             recovery_s=recovery(streams.outcomes, cut_at),
+            note="every OK stream whole; recovery: the next whole stream",
         )
         only(streams, "UNAVAILABLE")
         assert codes(streams.outcomes)["UNAVAILABLE"] >= 1
@@ -207,7 +217,10 @@ def test_pool_exhausted(items_postgres: PgInstance, tmp_path: Path, record: Reco
             fault="every connection busy with a slow query",
             callers=codes(slows.outcomes),
             recovery_s=None,
-            duckdb=codes(duck.outcomes),
+            note=(
+                f"refused after {max(o.seconds for o in refused):.1f} s at most; "
+                f"DuckDB meanwhile: {_counts(duck.outcomes)}"
+            ),
         )
         only(slows, "RESOURCE_EXHAUSTED")
         assert refused, "with three times more callers than connections, some must wait out"
@@ -250,6 +263,11 @@ def test_slow_source(items_postgres: PgInstance, tmp_path: Path, record: Record)
             fault=f"{seconds:g} s at 1 MB/s, query timeout {timeout:g} s",
             callers=codes(smalls.outcomes + bigs.outcomes),
             recovery_s=recovery(bigs.outcomes, fast_at),
+            note=(
+                "DEADLINE_EXCEEDED after "
+                f"{max(o.seconds for o in bigs.outcomes if o.started < fast_at):.1f} s at "
+                "most; recovery: the big read whole once the link is fast"
+            ),
         )
         only(smalls, "DEADLINE_EXCEEDED")
         only(bigs, "DEADLINE_EXCEEDED")
