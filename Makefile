@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup demo test lint proto serve bench bench-quick clean
+.PHONY: setup demo test lint proto serve bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ bench: $(BENCH_STAMP)
 # Same scenarios on small data in well under a minute; no ratio asserted.
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# The chaos suite's long versions (more clients, longer faults; several minutes), against
+# private PostgreSQL and nats-server instances it starts itself; prints the results table.
+CHAOS_REPORT ?= chaos-results.jsonl
+chaos: setup
+	rm -f $(CHAOS_REPORT)
+	FABRIC_CHAOS=long FABRIC_CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) CI=true \
+		$(BIN)/pytest -p no:cacheprovider -q tests/chaos
+	$(BIN)/python -m tests.chaos.report $(CHAOS_REPORT)
 
 # Style, formatting, types (strict) and the package layers of pyproject.toml.
 lint: setup

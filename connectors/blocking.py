@@ -6,9 +6,12 @@ watcher thread for every query), the flags that say why a query stops (timed out
 cancelled, closed) and which error reading then raises, the reading thread's enter /
 leave around each driver call, the interrupt re-sent until the query lets go of the
 source (an interrupt that lands just before the driver starts executing is otherwise
-lost), and the release of the driver's resource exactly once. A connector supplies the
-hooks: `_send_interrupt` (stop the running query, from any thread), `_settle` (bring the
-resource to rest before it goes back), `_give_back`, and `_translate_error` (with
+lost), the connection cut off (`_sever`) when the query still holds it `sever_after`
+seconds after it was told to stop (a source that stopped answering never gets the
+interrupt: the thread blocked on it returns, and the connection is discarded), and the
+release of the driver's resource exactly once. A connector supplies the hooks:
+`_send_interrupt` (stop the running query, from any thread), `_sever`, `_settle` (bring
+the resource to rest before it goes back), `_give_back`, and `_translate_error` (with
 `_is_source_timeout` for a timeout the server enforced itself).
 """
 
@@ -121,6 +124,10 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
     """Seconds between interrupts while the query still holds the source."""
     interrupt_attempts: ClassVar[int | None] = 40
     """Interrupts re-sent at most after the first; None: until the query lets go."""
+    sever_after: ClassVar[float | None] = None
+    """Seconds after it was told to stop (cancel, deadline, close) that a query still
+    holding the source has its connection cut off (`_sever`); None: never (a source
+    whose interrupt always lands, like an embedded database)."""
 
     def __init__(
         self,
@@ -139,6 +146,9 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         self._started = False
         self._finished = False
         self._interrupted = False  # an interrupt was sent: the resource's state is unsure
+        self._severed = False  # the connection was cut off: it is never reused
+        self._sever_entry: list[Any] | None = None
+        self._settling: R | None = None  # the resource being brought to rest by _release
         self._interrupting = False  # a thread re-sends the interrupt
         # Held while an interrupt is on its way, and by _release before the resource goes
         # back: an interrupt never reaches a later query on the same resource.
@@ -154,6 +164,11 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
     def _send_interrupt(self, resource: R) -> bool:
         """Interrupt the query running on `resource` (any thread may call this); False
         when nothing runs there that an interrupt could stop."""
+        return False
+
+    def _sever(self, resource: R) -> bool:
+        """Cut the resource's connection off under the driver (any thread may call
+        this), so a thread blocked on it returns with an error; False when it cannot."""
         return False
 
     def _settle(self, resource: R, *, ok: bool) -> bool:
@@ -188,7 +203,6 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
                 return
             self._closed = True
             busy = self._busy
-        self._stop_deadline()
         if busy:
             # Another thread is inside the driver: stop the query there; that thread
             # releases the resource when its call returns.
@@ -200,9 +214,16 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
 
     def _on_deadline(self) -> None:
         with self._lock:
-            if self._closed or self._cancelled:
-                return
-            self._timed_out = True
+            settling = self._settling is not None
+            if not settling:
+                if self._closed or self._cancelled:
+                    return
+                self._timed_out = True
+        if settling:
+            # Bringing the connection back to rest (a rollback, the rest of a cancelled
+            # pipeline) outlived the query's deadline: the source is not answering.
+            self._schedule_sever()
+            return
         self._stop_at_source()
 
     def _deadline_error(self) -> DeadlineExceeded:
@@ -220,6 +241,10 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         if self._closed:
             return Cancelled("the query handle was closed")
         return None
+
+    def _stopped(self) -> bool:
+        """Whether the query was told to stop (cancelled, timed out, closed)."""
+        return self._flag_error() is not None
 
     def _check(self) -> None:
         flagged = self._flag_error()
@@ -254,6 +279,30 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         if self._deadline is not None and self._deadlines is not None:
             self._deadlines.remove(self._deadline)
 
+    def _schedule_sever(self) -> None:
+        """Once per query: cut the connection off `sever_after` seconds from now unless
+        the query has let go of it by then."""
+        if self.sever_after is None or self._deadlines is None:
+            return
+        with self._lock:
+            if self._sever_entry is not None or self._released.is_set():
+                return
+            self._sever_entry = self._deadlines.add(self.sever_after, self._sever_if_held)
+
+    def _sever_if_held(self) -> None:
+        with self._interrupt_lock:
+            if self._released.is_set():
+                return
+            resource = self._resource
+            if resource is None:
+                resource = self._settling
+            elif not self._holds_source():
+                return
+            if resource is None:
+                return
+            self._interrupted = True
+            self._severed = self._sever(resource)
+
     def _holds_source(self) -> bool:
         """Whether the query may still run at the source (the interrupt is re-sent)."""
         return self._busy
@@ -264,6 +313,7 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         target = self._resource if resource is None else resource
         if target is None:
             return
+        self._schedule_sever()
         with self._lock:
             if self._interrupting:
                 return
@@ -300,15 +350,22 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
                 self._interrupting = False
 
     def _release(self, *, ok: bool) -> None:
-        """Settle the resource and give it back; idempotent."""
-        self._stop_deadline()
+        """Settle the resource and give it back; idempotent. The deadline stays armed
+        while the resource settles: a source that stops answering then is cut off."""
         with self._lock:
             resource, self._resource = self._resource, None
+            self._settling = resource
         if resource is None:
+            self._stop_deadline()
             return
         try:
-            ok = self._settle(resource, ok=ok)
+            ok = self._settle(resource, ok=ok and not self._interrupted)
         finally:
             with self._interrupt_lock:
                 self._released.set()
+                self._settling = None
+            self._stop_deadline()
+            sever_entry = self._sever_entry
+            if sever_entry is not None and self._deadlines is not None:
+                self._deadlines.remove(sever_entry)
         self._give_back(resource, ok=ok and not self._interrupted)

@@ -46,8 +46,15 @@ Cancellation and timeouts. `cancel`, the client-side deadline (the shared watche
 from a second, short-lived connection (a user may always kill its own threads), again
 every 0.2 s while a driver call is in flight (a KILL that lands before the statement
 reaches the server is lost), then the connection is discarded rather than pooled (a late
-KILL must never hit a later query). The server-side statement timeout is
-a second line of defence. A killed query reads as Cancelled or DeadlineExceeded.
+KILL must never hit a later query). A query that still holds its connection 2 s after it
+was told to stop (a server that answers neither it nor the KILL) has the connection's
+socket shut down under it. The server-side statement timeout is a second line of
+defence. A killed query reads as Cancelled or DeadlineExceeded.
+
+Dead connections. A pooled connection whose socket has something to read while idle
+(the server closed the session: a restart, KILL, wait_timeout) is discarded before use;
+one that fails at the first statement of a query (the transaction's start) because the
+link is gone is discarded and the query runs once more on a fresh connection.
 
 Errors: MySQL error numbers and their SQLSTATE (where known) only; the server's message
 is never passed on (it echoes values and query text), nor is the password.
@@ -78,6 +85,7 @@ from connectors.batches import narrowed_decimals, unrepresentable
 from connectors.blocking import BlockingQueryHandle
 from connectors.discovery import TableAssembler, schema_filter
 from connectors.pooled import PooledConnector, server_settings
+from connectors.sockets import idle_connection_is_dead, sever
 from fabric.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -97,6 +105,9 @@ SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 _BINARY_CHARSET = 63
 _KILL_RETRY_S = 0.2
 _KILL_RETRIES = 25
+_SEVER_AFTER = 2.0
+_LINK_LOST = frozenset({2006, 2013, 2055})
+"""Server gone away, lost connection during query, lost connection to server."""
 _ZERO_DATE_MODES = ("null", "error")
 
 _ER_NAMES: dict[int, str] = {
@@ -406,6 +417,7 @@ class _MySQLHandle(BlockingQueryHandle[_Conn]):
 
     interrupt_every = _KILL_RETRY_S
     interrupt_attempts = _KILL_RETRIES
+    sever_after = _SEVER_AFTER
 
     def __init__(
         self,
@@ -532,7 +544,13 @@ class _MySQLHandle(BlockingQueryHandle[_Conn]):
         self._connector._kill_query(self._thread_id)
         return True
 
+    def _sever(self, conn: _Conn) -> bool:
+        sock = conn.raw._sock
+        return sock is not None and sever(sock.fileno())
+
     def _settle(self, conn: _Conn, *, ok: bool) -> bool:
+        """Kill an unfinished statement, then roll back a connection to reuse (while
+        the deadline, and a cut-off once the query was told to stop, still guard)."""
         with self._lock:
             unfinished = self._started and not self._finished
             kill = unfinished and not self._interrupted
@@ -540,10 +558,16 @@ class _MySQLHandle(BlockingQueryHandle[_Conn]):
                 self._interrupted = True
         if kill:
             self._connector._kill_query(conn.thread_id)  # stop it before the socket goes
-        return ok and not unfinished
+        reuse = ok and not unfinished and not self._interrupted
+        if reuse:
+            try:
+                self._connector._reset(conn)
+            except Exception:
+                reuse = False
+        return reuse
 
     def _give_back(self, conn: _Conn, *, ok: bool) -> None:
-        self._connector._give_back(conn, reuse=ok)
+        self._connector._pool.release(conn, reuse=ok)  # settled already: no I/O
 
 
 class MySQLConnector(PooledConnector[_Conn]):
@@ -625,6 +649,10 @@ class MySQLConnector(PooledConnector[_Conn]):
         conn.raw.ping(reconnect=False)
         return True
 
+    def _alive(self, conn: _Conn) -> bool:
+        sock = conn.raw._sock
+        return sock is not None and not idle_connection_is_dead(sock.fileno())
+
     def _reset(self, conn: _Conn) -> None:
         conn.raw.rollback()  # read-only: nothing to keep
 
@@ -699,16 +727,21 @@ class MySQLConnector(PooledConnector[_Conn]):
     ) -> QueryHandle:
         check_execute_arguments(timeout, batch_rows)
         bound = tuple(_bind_value(value) for value in params)
-        conn = self._acquire()
-        try:
-            self._begin(conn, timeout)
-        except BaseException as exc:
-            reuse = isinstance(exc, pymysql.MySQLError) and (_error_number(exc) or 2000) < 2000
-            self._give_back(conn, reuse=reuse)
-            if isinstance(exc, FabricError):
-                raise
-            raise self._map_error(exc) from None
-        return _MySQLHandle(self, conn, sql, bound, timeout, batch_rows)
+        for attempt in (0, 1):
+            conn = self._acquire(timeout)
+            try:
+                self._begin(conn, timeout)
+            except BaseException as exc:
+                reuse = isinstance(exc, pymysql.MySQLError) and (_error_number(exc) or 2000) < 2000
+                self._give_back(conn, reuse=reuse)
+                lost = isinstance(exc, OSError) or _error_number(exc) in _LINK_LOST
+                if attempt == 0 and lost:
+                    continue  # the connection died in the pool: once more on a fresh one
+                if isinstance(exc, FabricError):
+                    raise
+                raise self._map_error(exc) from None
+            return _MySQLHandle(self, conn, sql, bound, timeout, batch_rows)
+        raise InternalError("unreachable: the second attempt returns or raises")
 
     # -- errors -------------------------------------------------------------------------
 

@@ -7,7 +7,10 @@ opened outside the lock, so a slow or unreachable server never blocks `release`.
 connection is given back with `reuse=False` when its state is unknown (a query was
 killed, the socket failed): it is closed and its slot freed. Idle connections beyond
 `min_size` are closed once idle for `max_idle` seconds; one idle longer than `check_after`
-seconds is checked (`check`) before it is lent out, and replaced if the check fails.
+seconds is checked (`check`, a round trip) before it is lent out, and replaced if the check
+fails. Every idle connection is also looked at (`alive`, a cheap local test such as a
+poll of its socket) each time before it is lent out: one its server has dropped is
+discarded and another taken.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class BoundedPool(Generic[T]):
         max_idle: float = 300.0,
         check: Callable[[T], bool] | None = None,
         check_after: float = 30.0,
+        alive: Callable[[T], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (0 <= min_size <= max_size and max_size >= 1):
@@ -50,6 +54,7 @@ class BoundedPool(Generic[T]):
         self._connect = connect
         self._close = close
         self._check = check
+        self._alive = alive
         self.min_size, self.max_size = min_size, max_size
         self.timeout, self.max_idle, self.check_after = timeout, max_idle, check_after
         self._clock = clock
@@ -68,10 +73,12 @@ class BoundedPool(Generic[T]):
         with self._cond:
             return len(self._idle)
 
-    def acquire(self) -> T:
-        """An open connection; PoolTimeout when none is free within the timeout. Errors
-        of `connect` propagate as they are (the caller maps them)."""
-        deadline = self._clock() + self.timeout
+    def acquire(self, timeout: float | None = None) -> T:
+        """An open connection; PoolTimeout when none is free within the pool timeout (or
+        `timeout`, when sooner). Errors of `connect` propagate as they are (the caller
+        maps them)."""
+        wait = self.timeout if timeout is None else min(timeout, self.timeout)
+        deadline = self._clock() + wait
         while True:
             stale: list[T] = []
             candidate: tuple[float, T] | None = None
@@ -90,7 +97,7 @@ class BoundedPool(Generic[T]):
                     if remaining <= 0:
                         raise PoolTimeout(
                             f"every one of the {self.max_size} pooled connections stayed busy "
-                            f"for {self.timeout:g}s; try again or raise pool_max"
+                            f"for {wait:g}s; try again or raise pool_max"
                         )
                     self._cond.wait(remaining)
             for conn in stale:
@@ -103,7 +110,7 @@ class BoundedPool(Generic[T]):
                     raise
             returned_at, conn = candidate
             stale_for = self._clock() - returned_at
-            if (
+            if not self._safe_alive(conn) or (
                 self._check is not None
                 and stale_for > self.check_after
                 and not self._safe_check(conn)
@@ -149,6 +156,14 @@ class BoundedPool(Generic[T]):
         with self._cond:
             self._size -= 1
             self._cond.notify()
+
+    def _safe_alive(self, conn: T) -> bool:
+        if self._alive is None:
+            return True
+        try:
+            return self._alive(conn)
+        except Exception:
+            return False
 
     def _safe_check(self, conn: T) -> bool:
         assert self._check is not None

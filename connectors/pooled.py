@@ -81,6 +81,7 @@ class PooledConnector(Connector, Generic[C]):
             max_size=settings.pool_max,
             timeout=settings.pool_timeout,
             check=self._ping,
+            alive=self._alive,
         )
         self._closed = False
 
@@ -104,15 +105,21 @@ class PooledConnector(Connector, Generic[C]):
     def _reset(self, conn: C) -> None:
         """Roll back what a query left on the connection; raise when that fails."""
 
-    def _acquire(self) -> C:
+    def _alive(self, conn: C) -> bool:
+        """Whether an idle connection still looks usable without a round trip (its
+        server has not closed it); checked every time before it is lent out."""
+        return True
+
+    def _acquire(self, timeout: float | None = None) -> C:
         if self._closed:
             raise SourceUnavailable(f"the {self.source_name} connector is closed")
+        wait = self._pool.timeout if timeout is None else min(timeout, self._pool.timeout)
         try:
-            return self._pool.acquire()
+            return self._pool.acquire(timeout)
         except PoolTimeout:
             raise SourceUnavailable(
                 f"no {self.source_name} connection to {self._where} within "
-                f"{self._pool.timeout:g}s: every pooled connection is busy; try again later "
+                f"{wait:g}s: every pooled connection is busy; try again later "
                 "or raise pool_max"
             ) from None
 

@@ -46,8 +46,15 @@ if TYPE_CHECKING:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/app/processes.py)."""
+    """`fabric serve --role all|platform|runtime [--stage NAME]` (see fabric/app/processes.py).
+    SIGTERM or SIGINT stops it: running queries get FABRIC_SHUTDOWN_GRACE seconds (a
+    runtime replica: its bus queries, then its gRPC calls), and the process is gone
+    twice that plus EXIT_AFTER_GRACE seconds after the signal at the latest
+    (fabric/app/shutdown.py)."""
     from fabric.app.processes import open_process
+    from fabric.app.shutdown import EXIT_AFTER_GRACE, ExitWatchdog
+
+    watchdog = ExitWatchdog(2 * settings.shutdown_grace + EXIT_AFTER_GRACE)
 
     if args.check:
         return cmd_serve_check(args, settings)
@@ -81,8 +88,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        watchdog.arm()
         print("stopping: letting running queries finish", flush=True)
-        await process.stop(grace=10.0)
+        await process.stop(grace=settings.shutdown_grace)
 
     try:
         asyncio.run(run())

@@ -95,7 +95,9 @@ class Settings:
     """Longest `char(n)` / `varchar(n)` a query may write, below each source's own
     maximum (FABRIC_MAX_TYPE_LENGTH); also the longest cut of a `string_agg`."""
     query_timeout: float = 300.0
-    """Seconds a query may run at the source unless the caller's deadline is sooner."""
+    """Seconds a query may take unless the caller's deadline is sooner
+    (FABRIC_QUERY_TIMEOUT): past it the call ends with DEADLINE_EXCEEDED whatever the
+    source does, and the query is stopped there."""
     cache_max_bytes: int = 256 * MIB
     """Hard byte budget of the result cache (FABRIC_CACHE_MAX_BYTES)."""
     cache_max_ttl: float = 3600.0
@@ -212,6 +214,11 @@ class Settings:
     """Extra attempts of a forwarded query before its first result byte (FABRIC_BUS_RETRIES)."""
     bus_publish_timeout: float = 5.0
     """Seconds JetStream may take to confirm a platform event (FABRIC_BUS_PUBLISH_TIMEOUT)."""
+    shutdown_grace: float = 10.0
+    """Seconds `fabric serve` lets running calls finish after SIGTERM before it closes its
+    port (FABRIC_SHUTDOWN_GRACE; a runtime replica gives it to its bus queries, then to
+    its gRPC calls); the process is gone at most twice the grace plus 30 s after the
+    signal, even with a driver call stuck on a source that stopped answering."""
     bus_max_concurrent: int = 64
     """Queries one runtime replica runs at once; more are refused as busy and retried on
     another replica (FABRIC_BUS_MAX_CONCURRENT)."""
@@ -333,6 +340,8 @@ class Settings:
             )
         if self.bus_retries < 0:
             raise InvalidArgument("setting bus_retries must not be negative")
+        if self.shutdown_grace < 0:
+            raise InvalidArgument("setting shutdown_grace must not be negative")
         if self.cache_max_ttl < 0:
             raise InvalidArgument("setting cache_max_ttl must not be negative")
         if self.short_query_reserve < 0:

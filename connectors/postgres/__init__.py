@@ -46,6 +46,19 @@ statement, not the whole query). The connection then goes back to the pool once 
 idle again (ROLLBACK, or the rest of the pipeline read), or is closed (the pool replaces
 it) when it cannot be brought back to idle.
 
+A query still holding its connection 2 s after it was told to stop (a server that
+answers neither it nor the cancel request) has the connection's socket shut down under
+psycopg: the reading thread returns at once, and the connection is discarded. Every wait
+on the server goes through psycopg's non-blocking protocol (libpq's blocking describe
+call holds the GIL while it waits).
+
+Dead connections: a pooled connection whose socket has something to read while idle
+(the server ended the session: a restart, a terminate, an idle timeout) is discarded
+before use and another taken; one that fails while the query is being started (before
+`execute` returns, so before anything reached the caller) because the connection is
+gone is discarded and the query runs once more on a fresh connection. A failed attempt
+to open a connection is retried within a second, then left to the next query.
+
 Errors: connection failures, authentication failures and pool timeouts are
 SourceUnavailable; a cancel is Cancelled, a timeout DeadlineExceeded; any other database
 error is SourceQueryError carrying the SQLSTATE and the condition name only, never the

@@ -35,18 +35,30 @@ from connectors.postgres.session import Session, begin, configure_connection
 from connectors.postgres.small import execute_small
 from connectors.postgres.worker import (
     PgHandle,
+    connection_lost,
     describe,
     start_copy,
     start_cursor,
     start_stream,
 )
-from fabric.errors import FabricError, InvalidArgument, SourceUnavailable
+from connectors.sockets import idle_connection_is_dead
+from fabric.errors import (
+    DeadlineExceeded,
+    FabricError,
+    InternalError,
+    InvalidArgument,
+    SourceUnavailable,
+)
 from fabric.model import TableInfo
 
 _DESCRIBE_CACHE_SIZE = 256
 _DESCRIBE_CACHE_TTL = 300.0
 _DECODER_CACHE_SIZE = 256
 _NO_WAIT = 0.001  # getconn's timeout once the pool has said a connection is free
+_RECONNECT_GIVE_UP = 1.0
+"""Seconds psycopg_pool keeps retrying a failed new connection (with backoff) before it
+gives up and leaves the next attempt to the next query that needs one: a server that
+comes back is used again at once, not after a backoff that grows to minutes."""
 
 
 class PostgresConnector(Connector):
@@ -133,43 +145,70 @@ class PostgresConnector(Connector):
                     timeout=self._pool_timeout,
                     configure=configure_connection,
                     name=f"fabric-postgres-{self._where}",
+                    reconnect_timeout=_RECONNECT_GIVE_UP,
                     open=False,
                 )
                 pool.open(wait=False)
                 self._pool = pool
             return self._pool
 
-    def _acquire(self) -> psycopg.Connection[Any]:
+    def _acquire(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        """A live pooled connection, waiting at most the pool timeout (or `timeout`, when
+        sooner). A pooled connection the server has dropped meanwhile (a restart, an
+        operator's terminate) is discarded and another taken: a poll of its socket, no
+        round trip."""
         pool = self._get_pool()
-        try:
-            return pool.getconn(timeout=self._pool_timeout)
-        except PoolTimeout:  # (a psycopg.Error itself: first)
-            failure = pool.last_failure
-            if failure is not None:
-                raise self._map_error(failure) from None
-            if pool.get_stats().get("pool_size", 0) >= self._pool_max:
-                raise failures.pool_exhausted(
-                    "PostgreSQL", self._where, self._pool_timeout, self._pool_max
+        wait = self._pool_timeout if timeout is None else min(timeout, self._pool_timeout)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                conn = pool.getconn(timeout=max(deadline - time.monotonic(), _NO_WAIT))
+            except PoolTimeout:  # (a psycopg.Error itself: first)
+                failure = pool.last_failure
+                if failure is not None:
+                    raise self._map_error(failure) from None
+                if pool.get_stats().get("pool_size", 0) >= self._pool_max:
+                    raise failures.pool_exhausted(
+                        "PostgreSQL", self._where, wait, self._pool_max
+                    ) from None
+                raise failures.unreachable(
+                    "PostgreSQL", self._where, f"no connection opened within {wait:g}s"
                 ) from None
-            raise failures.unreachable(
-                "PostgreSQL", self._where, f"no connection opened within {self._pool_timeout:g}s"
-            ) from None
-        except psycopg.Error as exc:  # a failed connection attempt (FailFastPool)
-            raise self._map_error(exc) from None
+            except psycopg.Error as exc:  # a failed connection attempt (FailFastPool)
+                raise self._map_error(exc) from None
+            if self._alive(conn):
+                return conn
+            self._discard(conn)
 
     def _acquire_now(self) -> psycopg.Connection[Any] | None:
-        """A pooled connection that is free now, or None (never waits: the event loop's
-        call; a pool still opening, full or down leaves the query to a worker thread)."""
+        """A live pooled connection that is free now, or None (never waits: the event
+        loop's call; a pool still opening, full or down leaves the query to a worker
+        thread). Dead ones are discarded on the way, as `_acquire` does."""
         try:
             pool = self._get_pool()
         except SourceUnavailable:
             return None
-        if not pool.get_stats().get("pool_available", 0):
-            return None
-        try:
-            return pool.getconn(timeout=_NO_WAIT)
-        except (PoolTimeout, psycopg.Error):  # the worker path reports why
-            return None
+        while pool.get_stats().get("pool_available", 0):
+            try:
+                conn = pool.getconn(timeout=_NO_WAIT)
+            except (PoolTimeout, psycopg.Error):  # the worker path reports why
+                return None
+            if self._alive(conn):
+                return conn
+            self._discard(conn)
+        return None
+
+    @staticmethod
+    def _alive(conn: psycopg.Connection[Any]) -> bool:
+        if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
+            return False
+        return not idle_connection_is_dead(conn.pgconn.socket)
+
+    def _discard(self, conn: psycopg.Connection[Any]) -> None:
+        """Close a connection and hand it back, so the pool forgets it and opens another
+        when it needs one."""
+        conn.close()
+        self._put_back(conn)
 
     def _session(self, conn: psycopg.Connection[Any]) -> Session:
         with self._sessions_lock:
@@ -179,7 +218,13 @@ class PostgresConnector(Connector):
             return session
 
     def _give_back(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
-        pool = self._pool
+        self._reset(conn, commit=commit)
+        self._put_back(conn)
+
+    @staticmethod
+    def _reset(conn: psycopg.Connection[Any], *, commit: bool) -> None:
+        """End what a query left open on the connection (COMMIT when `commit` and all
+        went well, else ROLLBACK); close it when that cannot be done."""
         try:
             status = conn.pgconn.transaction_status
             if status == pq.TransactionStatus.ACTIVE:
@@ -191,6 +236,10 @@ class PostgresConnector(Connector):
                     conn.execute("ROLLBACK")
         except Exception:
             conn.close()
+
+    def _put_back(self, conn: psycopg.Connection[Any]) -> None:
+        """Return a connection to the pool (a closed one is dropped there); no I/O."""
+        pool = self._pool
         if pool is not None:
             pool.putconn(conn)
         else:
@@ -233,26 +282,50 @@ class PostgresConnector(Connector):
     ) -> QueryHandle:
         check_execute_arguments(timeout, batch_rows)
         params = tuple(params)
-        conn = self._acquire()
-        handle = PgHandle(self, conn, timeout, batch_rows)
-        try:
-            if not params:
-                begin(conn, timeout)
-                start_copy(self, handle, conn, sql)
-            elif conn.pgconn.transaction_status == pq.TransactionStatus.IDLE and QUERY_START.match(
-                sql
-            ):
-                start_stream(self, handle, conn, sql, params, timeout)
-            else:
-                begin(conn, timeout)
-                start_cursor(handle, conn, sql, params)
-        except BaseException as exc:
-            mapped = handle._map(exc) if not isinstance(exc, FabricError) else exc
-            handle._release(ok=False)
-            if mapped is exc:
-                raise
-            raise mapped from None
-        return handle
+        started = time.monotonic()
+        for attempt in (0, 1):
+            remaining = None if timeout is None else timeout - (time.monotonic() - started)
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(
+                    f"the query ran past its timeout of {timeout}s before it could start; "
+                    "narrow it or raise the timeout"
+                )
+            conn = self._acquire(remaining)
+            handle = PgHandle(self, conn, remaining, batch_rows)
+            try:
+                self._start(handle, conn, sql, params, remaining)
+            except BaseException as exc:
+                mapped = handle._map(exc) if not isinstance(exc, FabricError) else exc
+                # The connection died before the query could give anything back (a
+                # session the server ended while it sat in the pool, and that the poll
+                # did not see yet): the query runs once more, on a fresh connection.
+                retry = attempt == 0 and connection_lost(conn, exc) and not handle._stopped()
+                handle._release(ok=False)
+                if retry:
+                    continue
+                if mapped is exc:
+                    raise
+                raise mapped from None
+            return handle
+        raise InternalError("unreachable: the second attempt returns or raises")
+
+    def _start(
+        self,
+        handle: PgHandle,
+        conn: psycopg.Connection[Any],
+        sql: str,
+        params: tuple[Any, ...],
+        timeout: float | None,
+    ) -> None:
+        """Start the query on `conn` by the path that suits it (see the package docstring)."""
+        if not params:
+            begin(conn, timeout)
+            start_copy(self, handle, conn, sql)
+        elif conn.pgconn.transaction_status == pq.TransactionStatus.IDLE and QUERY_START.match(sql):
+            start_stream(self, handle, conn, sql, params, timeout)
+        else:
+            begin(conn, timeout)
+            start_cursor(handle, conn, sql, params)
 
     async def execute_small(
         self,

@@ -1,7 +1,9 @@
 """The key-lookup path of the PostgreSQL connector (`execute_small`): the pipeline of a
 query proven to return a few rows, driven from the event loop on the connection's socket,
 its rows decoded at once; a caller that goes away, a timeout or an error hands the
-connection to a worker thread to cancel and clean up."""
+connection to the control lane (`connectors.workers.CONTROL`) to cancel and clean up. A
+caller that went away or ran out of time does not wait for that cleanup: a server that
+stopped answering could hold it until the connection is cut off."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from connectors.postgres.pipeline import (
 )
 from connectors.postgres.session import Session
 from connectors.postgres.worker import PgHandle
+from connectors.workers import CONTROL, call_quietly
 from fabric.errors import FabricError, InternalError
 
 if TYPE_CHECKING:
@@ -105,9 +108,14 @@ def small_exchange(
 
 
 async def in_worker(cleanup: Callable[[], None]) -> None:
-    """Run a blocking cleanup in a worker thread and wait for it; a second cancellation
+    """Run a blocking cleanup on the control lane and wait for it; a second cancellation
     of the caller stops the waiting, never the cleanup."""
-    await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, cleanup))
+    await asyncio.shield(asyncio.get_running_loop().run_in_executor(CONTROL, cleanup))
+
+
+def in_background(cleanup: Callable[[], None]) -> None:
+    """Run a blocking cleanup on the control lane without waiting for it."""
+    CONTROL.submit(call_quietly, cleanup)
 
 
 async def execute_small(
@@ -128,9 +136,7 @@ async def execute_small(
         return None
     session = connector._session(conn)
     if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-        await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(connector._give_back, conn, commit=False)
-        )
+        await in_worker(functools.partial(connector._give_back, conn, commit=False))
         return None
     try:
         plan = make_plan(conn, sql, params, timeout)
@@ -151,10 +157,10 @@ async def execute_small(
         session.mark_all_stale()
         handle = cleanup_handle(connector, conn, timeout)
         if isinstance(exc, asyncio.CancelledError):
-            await in_worker(handle.abandon)
+            in_background(handle.abandon)
             raise
         if isinstance(exc, TimeoutError):
-            await in_worker(handle.expire)
+            in_background(handle.expire)
             raise handle._deadline_error() from None
         if isinstance(exc, FabricError):
             await in_worker(handle.abandon)

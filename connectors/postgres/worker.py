@@ -30,6 +30,7 @@ from connectors.postgres.pipeline import (
     send_pipeline,
 )
 from connectors.postgres.session import Session
+from connectors.sockets import sever
 from fabric.errors import FabricError, InternalError, InvalidArgument, SourceQueryError
 
 if TYPE_CHECKING:
@@ -42,6 +43,12 @@ _CANCEL_RESEND = 0.25
 """Seconds between cancel requests while a cancelled query still holds its connection:
 the server ignores a cancel that lands between two statements of a pipeline."""
 _CANCEL_ATTEMPTS = 40
+_SEVER_AFTER = 2.0
+"""Seconds a query told to stop may keep its connection busy before the connection is
+cut off: a cancelled query lets go within milliseconds unless the server stopped
+answering (then the cancel request cannot reach it either)."""
+_LOST_STATES = ("08", "57P01", "57P02", "57P03")
+"""SQLSTATEs (classes) of a session the server ended or a link that broke."""
 _CURSOR_NAME = "fabric_rows"
 _COPY_BLOCK = 1 << 21
 
@@ -101,6 +108,7 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
 
     interrupt_every = _CANCEL_RESEND
     interrupt_attempts = _CANCEL_ATTEMPTS
+    sever_after = _SEVER_AFTER
 
     def __init__(
         self,
@@ -143,7 +151,6 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
             if self._closed:
                 return
             self._closed = True
-        self._stop_deadline()
         gen = self._gen
         if gen is not None and hasattr(gen, "close"):
             try:
@@ -193,6 +200,19 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
             log.warning("postgres cancel request failed: %s", type(exc).__name__)
         return True
 
+    def _sever(self, conn: psycopg.Connection[Any]) -> bool:
+        try:
+            fd = conn.pgconn.socket
+        except psycopg.Error:
+            return False  # already closed
+        severed = sever(fd)
+        if severed:
+            log.warning(
+                "a PostgreSQL query did not let go of its connection after it was told to "
+                "stop (the server is not answering); the connection was cut off"
+            )
+        return severed
+
     def _is_source_timeout(self, exc: BaseException) -> bool:
         # statement_timeout fired at the server before the client's deadline did
         return isinstance(exc, psycopg.errors.QueryCanceled)
@@ -201,7 +221,9 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
         return self._connector._map_error(exc)
 
     def _settle(self, conn: psycopg.Connection[Any], *, ok: bool) -> bool:
-        """Finish the pipeline (cancelling a query still running) and the cursor."""
+        """Finish the pipeline (cancelling a query still running) and the cursor, then
+        end the transaction: all of it while the deadline (and a cut-off once the query
+        was told to stop) still guards against a server that stopped answering."""
         with self._lock:
             cursor, self._cursor = self._cursor, None
         if self._pipeline and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -214,10 +236,11 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
                 cursor.close()
             except Exception:
                 conn.close()  # the pool drops it
+        self._connector._reset(conn, commit=ok and not self._interrupted)
         return ok
 
     def _give_back(self, conn: psycopg.Connection[Any], *, ok: bool) -> None:
-        self._connector._give_back(conn, commit=ok)
+        self._connector._put_back(conn)  # settled already: no I/O
 
     # -- result paths -------------------------------------------------------------------
 
@@ -344,6 +367,19 @@ class PgHandle(BlockingQueryHandle[psycopg.Connection[Any]]):
             self._release(ok=ok)  # cancels and drains a pipeline still running
 
 
+def connection_lost(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
+    """Whether `exc` says the connection itself is gone (the session ended at the server,
+    the link broke), not that the query failed."""
+    if isinstance(exc, FabricError):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate:
+        return sqlstate.startswith(_LOST_STATES)
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError) and (
+        conn.closed or conn.pgconn.status == pq.ConnStatus.BAD
+    )
+
+
 def result_columns(res: pq.abc.PGresult, encoding: str) -> list[PgColumn]:
     """The columns a result (or a statement's description) declares."""
     return [
@@ -357,11 +393,17 @@ def describe(conn: psycopg.Connection[Any], text: str) -> TextDecoder:
     it as the unnamed prepared statement."""
     pgconn = conn.pgconn
     encoding = conn.info.encoding
+    # Sent and awaited through psycopg's non-blocking protocol, never with libpq's
+    # blocking PQprepare / PQdescribePrepared: psycopg's binary build holds the GIL in
+    # PQdescribePrepared, so a server that stopped answering there would stop every
+    # thread of the process, the event loop included.
     with conn.lock:
-        res = pgconn.prepare(b"", text.encode(encoding))
+        pgconn.send_prepare(b"", text.encode(encoding))
+        res = conn.wait(generators.execute(pgconn))[-1]
         if res.status != pq.ExecStatus.COMMAND_OK:
             raise psycopg.errors.error_from_result(res, encoding=encoding)
-        res = pgconn.describe_prepared(b"")
+        pgconn.send_describe_prepared(b"")
+        res = conn.wait(generators.execute(pgconn))[-1]
         if res.status != pq.ExecStatus.COMMAND_OK:
             raise psycopg.errors.error_from_result(res, encoding=encoding)
     return TextDecoder(result_columns(res, encoding))

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from connectors.workers import CONTROL
 from fabric.api.auth import AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.flight.service import FlightSqlService
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
@@ -38,10 +39,14 @@ from fabric.messaging.platform_events import Announcements
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
+from fabric.query.lanes import awaitable
 from fabric.security.authz import TokenVerifierLike
 from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2
 
 log = logging.getLogger(__name__)
+
+ENGINE_CLOSE_WAIT = 15.0
+"""Seconds `Gateway.stop` waits for the engine to close its sources."""
 
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 CONNECTION_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name
@@ -470,7 +475,10 @@ class Gateway:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls (`stop_taking_calls`), let running ones finish within `grace`
-        seconds, then drop everything held in memory."""
+        seconds, then drop everything held in memory. The port is closed after `grace`
+        whatever the calls do, and closing the engine is not waited for past
+        ENGINE_CLOSE_WAIT: a driver call stuck on a source that stopped answering does not
+        hold up the shutdown (its thread is a daemon)."""
         await self.stop_taking_calls()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -489,4 +497,11 @@ class Gateway:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         self.flight.close_all()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        closing = CONTROL.submit(self.engine.close)
+        done, _ = await asyncio.wait({awaitable(closing)}, timeout=ENGINE_CLOSE_WAIT)
+        if not done:
+            log.warning(
+                "the query engine did not close within %ss (a source is not answering); "
+                "going on without it",
+                ENGINE_CLOSE_WAIT,
+            )

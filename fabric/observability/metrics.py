@@ -57,6 +57,8 @@ COUNTERS = {
     "memory_charges_refused": "Reservations and growth the memory budget had no room for "
     "(queries waited, results streamed uncached, statement buffers stopped growing).",
     "memory_given_back": "Times free memory was returned to the system once idle.",
+    "source_calls_overrun": "Calls ended at their deadline while their source had not "
+    "answered (the query is stopped in the background).",
 }
 # Labelled figures: one family each, its label values read from the snapshot keys that
 # start with the prefix (their owners list them: admission reasons, statement shares,

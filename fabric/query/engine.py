@@ -1,17 +1,27 @@
 """The query engine: a query's life from SQL text to Arrow IPC messages.
 
 resolve the connection -> compile (or hit the statement cache) -> bind -> result cache
-(identical queries in flight run once) -> run at the source in a worker thread -> encode
-IPC messages there too, one batch ahead of the caller -> fill the cache while streaming.
+(identical queries in flight run once) -> admission -> run at the source in a thread of
+its source's lane -> encode IPC messages there too, one batch ahead of the caller -> fill
+the cache while streaming.
 
-The event loop never blocks on a driver: every call that may wait on a source runs in
-the engine's thread pool, except a statement the compiler proved returns a handful of
-rows (a lookup by primary key), which a connector may run from the loop without blocking
-it (`Connector.execute_small`: PostgreSQL waits on its socket through the loop), saving
-the two thread hops that cost more than such a query. Resolving a connection (metadata
-store, secret store, building a connector) also runs in a worker thread unless the
-catalog version is known without I/O. A caller that goes away, or a deadline that
-passes, cancels the query at the source before the connection returns to its pool.
+The event loop never blocks on a driver. Each source (connector) has its own lane of
+threads (`fabric.query.lanes`), as many as admission lets run there at once (its pool's
+size), so one source that stops answering holds only its own threads and never delays
+another source's queries. A statement the compiler proved returns a handful of rows (a
+lookup by primary key) may be run by its connector from the loop without blocking it
+(`Connector.execute_small`: PostgreSQL waits on its socket through the loop), saving the
+two thread hops that cost more than such a query. Resolving a connection (metadata
+store, secret store, building a connector) runs in the engine's general worker pool
+unless the catalog version is known without I/O.
+
+A query's timeout (FABRIC_QUERY_TIMEOUT, or the caller's sooner deadline) bounds the
+call whatever the source does, the wait for admission included: past it (and a short
+grace for the source's own report) the caller gets DeadlineExceeded at once, and the
+query is stopped and its connection cut off and discarded in the background. Stopping
+and releasing queries (a caller that goes away, an early stop, a closed statement) runs
+on the control lane (`connectors.workers.CONTROL`), never behind new work, and a start
+whose caller has gone does not run.
 
 Every running query (stream or open statement) holds a revocation ticket
 (`fabric.query.revocation`): it stops at its next batch or page once what it reads is
@@ -29,12 +39,14 @@ idle between pages, it holds no connection unless its result is larger than the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,12 +55,14 @@ import pyarrow as pa
 from cachetools import LRUCache
 
 from connectors import QueryHandle
+from connectors.workers import CONTROL, WorkerThreads, call_quietly
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
 from fabric.config import Settings
 from fabric.context import RequestContext
 from fabric.errors import (
     Cancelled,
+    DeadlineExceeded,
     FabricError,
     InvalidArgument,
     NotFound,
@@ -61,9 +75,17 @@ from fabric.query.admission import Admission, AdmissionLimits, Claim
 from fabric.query.admission import Ticket as AdmissionTicket
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
 from fabric.query.drift import explain_source_error
+from fabric.query.lanes import LaneCalls, Lanes, awaitable
 from fabric.query.paging import ReadAhead
 from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
-from fabric.query.runs import PagedResult, PendingStart, SourceRun, Summary, cached_pager
+from fabric.query.runs import (
+    Budget,
+    PagedResult,
+    PendingStart,
+    SourceRun,
+    Summary,
+    cached_pager,
+)
 from fabric.query.sources import (
     BoundSource,
     ConnectorFactory,
@@ -88,6 +110,17 @@ T = TypeVar("T")
 SMALL_RESULT_ROWS = 64
 """Statements proven to return at most this many rows are offered to the connector's
 `execute_small` (run from the event loop) before a worker thread."""
+DEADLINE_GRACE = 0.5
+"""Seconds past a query's deadline the engine still waits for its source to report the
+timeout itself (with the connection settled) before ending the call on its own."""
+STOP_WAIT = 5.0
+"""Seconds a call that ends early waits for its query to be stopped and released
+before it returns anyway (the stop goes on in the background)."""
+PENDING_READ_WAIT = 5.0
+"""Seconds the stop of a query waits for a read still running in its lane before it
+closes the query under it (the read then fails and lets go)."""
+CLOSE_WAIT = 10.0
+"""Seconds `close` waits for stops still running in the background."""
 BATCH_WORKING_SET = 16
 """A query running at its source holds about this many times its largest batch: measured
 with PostgreSQL (a chunk of text rows, its decoding to Arrow, the next chunk arriving,
@@ -143,13 +176,16 @@ class QueryEngine:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="fabric")
-        self.running = RunningQueries(store, closer=self.executor)
+        # Resolving connections and reading buffered or cached pages; source work runs
+        # in lanes.
+        self.executor: Executor = WorkerThreads(settings.worker_threads, name="fabric")
+        self.lanes = Lanes(settings.worker_threads)
+        self.running = RunningQueries(store, closer=CONTROL)
         self.sources = SourceRegistry(
             store,
             secrets=secrets,
             connector_factory=connector_factory,
-            closer=self.executor,
+            closer=self._in_background,
             defer_close=self.running.defer_close,
         )
         limits = QueryLimits(
@@ -165,9 +201,7 @@ class QueryEngine:
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
         # Compiles of long texts, apart from the source work in `executor` so they never
         # wait behind a slow source, nor hold its threads.
-        self._compile_executor = ThreadPoolExecutor(
-            COMPILE_THREADS, thread_name_prefix="fabric-compile"
-        )
+        self._compile_executor = WorkerThreads(COMPILE_THREADS, name="fabric-compile")
         self.memory = MemoryBudget(settings.memory_budget)
         self.results = ResultCache(
             max_bytes=settings.cache_max_bytes,
@@ -201,23 +235,67 @@ class QueryEngine:
         self._purge_hooks: list[Callable[[str, str], int]] = []
         self._purged = {"connection_purged": 0, "compiled_purged": 0}
         self._coalesced = 0
+        self._overruns = 0
+        self._stopping: set[Future[None]] = set()
+        self._stopping_lock = threading.Lock()
         self.metrics = GatewayMetrics(self.snapshot)
 
     # -- plumbing -------------------------------------------------------------------------
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await awaitable(self.executor.submit(fn, *args))
 
-    def _timeout(self, deadline: float | None) -> float:
-        """Seconds the source may take: the configured limit or the caller's deadline."""
+    def _budget(self, deadline: float | None) -> Budget:
+        """The query's time: the configured limit or the caller's sooner deadline."""
         if deadline is None:
-            return self.settings.query_timeout
+            return Budget.of(self.settings.query_timeout)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            from fabric.errors import DeadlineExceeded
-
             raise DeadlineExceeded("the call's deadline passed before the query started")
-        return min(self.settings.query_timeout, remaining)
+        return Budget.of(min(self.settings.query_timeout, remaining))
+
+    async def _bounded(self, future: Future[T], budget: Budget) -> T:
+        """The outcome of a source call, waited for until the query's budget is spent
+        (and a short grace); past it, DeadlineExceeded at once. The call itself is left
+        to its thread: the caller's cleanup stops it."""
+        try:
+            async with asyncio.timeout(budget.until + DEADLINE_GRACE - time.monotonic()):
+                return await awaitable(future)
+        except TimeoutError:
+            self._overruns += 1
+            raise budget.overrun() from None
+
+    def _in_background(self, fn: Callable[[], object]) -> Future[None]:
+        """Run a stop or release on the control lane, tracked until it ends."""
+        future = CONTROL.submit(call_quietly, fn)
+        self._track(future)
+        return future
+
+    def _track(self, future: Future[None]) -> None:
+        with self._stopping_lock:
+            self._stopping.add(future)
+        future.add_done_callback(self._stopped)
+
+    def _stopped(self, future: Future[None]) -> None:
+        with self._stopping_lock:
+            self._stopping.discard(future)
+
+    async def _settled(self, stopping: Future[None], budget: Budget | None) -> None:
+        """Wait (at most STOP_WAIT) for a stop, unless the caller is out of time: a
+        caller whose deadline has passed gets its answer now."""
+        if budget is not None and budget.expired:
+            return
+        await asyncio.wait({awaitable(stopping)}, timeout=STOP_WAIT)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every stop running in the background has ended (at most
+        `timeout`); whether they all did."""
+        with self._stopping_lock:
+            pending = set(self._stopping)
+        if not pending:
+            return True
+        _, not_done = concurrent.futures.wait(pending, timeout=timeout)
+        return not not_done
 
     def _max_rows(self, requested: int | None) -> int:
         cap = self.settings.max_rows
@@ -245,13 +323,16 @@ class QueryEngine:
         ctx: RequestContext,
         bound: BoundSource,
         compiled: CompiledStatement,
-        deadline: float | None,
-    ) -> AdmissionTicket:
-        """Wait for the query's turn at its source (see `fabric.query.admission`): short
-        when the compiler proved its row bound small. A long one reserves `query_memory`,
-        or what the statement was seen to hold when it ran before if that was more (a run
-        with a small result says nothing of the next: it never lowers the reservation); a
-        short one reserves one message."""
+        budget: Budget,
+    ) -> tuple[AdmissionTicket, LaneCalls]:
+        """Wait for the query's turn at its source (see `fabric.query.admission`), within
+        its budget: short when the compiler proved its row bound small. A long one
+        reserves `query_memory`, or what the statement was seen to hold when it ran
+        before if that was more (a run with a small result says nothing of the next: it
+        never lowers the reservation); a short one reserves one message. With the ticket,
+        the query's hold on its source's lane: release that (not the ticket) once the
+        query is over; the admission is given back when its run is closed and its calls
+        have returned."""
         short = compiled.row_bound <= self.settings.short_query_rows
         if short:
             memory = self.settings.max_message_bytes
@@ -266,7 +347,8 @@ class QueryEngine:
             memory=memory,
         )
         self.give_back.bind(asyncio.get_running_loop())
-        return await self.admission.admit(claim, deadline)
+        admitted = await self.admission.admit(claim, budget.until)
+        return admitted, self.lanes.of(bound.connector).hold(admitted.release)
 
     async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
         """The connection's source, from memory when it is known current without I/O;
@@ -331,15 +413,18 @@ class QueryEngine:
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
-        timeout: float,
+        budget: Budget,
         max_bytes: int,
         builder: ResultBuilder | None,
+        calls: LaneCalls,
     ) -> SourceRun:
-        """Start the query at its source (blocking; in a worker thread)."""
+        """Start the query at its source (blocking; in a thread of its lane)."""
         settings = self.settings
         batch_rows = compiled.batch_rows(args, settings.batch_bytes, settings.batch_rows)
-        handle = bound.connector.execute(compiled.sql, args, timeout=timeout, batch_rows=batch_rows)
-        return self._new_run(handle, compiled, max_bytes, builder)
+        handle = bound.connector.execute(
+            compiled.sql, args, timeout=budget.remaining(), batch_rows=batch_rows
+        )
+        return self._new_run(handle, compiled, max_bytes, builder, budget, calls)
 
     def _new_run(
         self,
@@ -347,78 +432,81 @@ class QueryEngine:
         compiled: CompiledStatement,
         max_bytes: int,
         builder: ResultBuilder | None,
+        budget: Budget,
+        calls: LaneCalls,
     ) -> SourceRun:
+        # The run holds the query's admission until it is closed.
+        release = calls.hold()
         try:
             return SourceRun(
-                handle, compiled.max_rows, max_bytes, self.settings.max_message_bytes, builder
+                handle,
+                compiled.max_rows,
+                max_bytes,
+                self.settings.max_message_bytes,
+                builder,
+                budget=budget,
+                submit=calls.submit,
+                release=release,
             )
         except BaseException:
             handle.close()
+            release()
             raise
 
-    async def _start(
+    async def _begin(
         self,
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
-        deadline: float | None,
+        budget: Budget,
         max_bytes: int,
         builder: ResultBuilder | None,
-    ) -> SourceRun:
-        """Start the query and take its schema message, both in a worker thread."""
-        timeout = self._timeout(deadline)
-
-        def open_with_header() -> SourceRun:
-            run = self._open_run(bound, compiled, args, timeout, max_bytes, builder)
-            try:
-                run.header()
-            except BaseException:
-                run.close()
-                raise
-            return run
-
-        return await self._blocking(open_with_header)
-
-    async def _start_streaming(
-        self,
-        bound: BoundSource,
-        compiled: CompiledStatement,
-        args: tuple[Any, ...],
-        deadline: float | None,
-        max_bytes: int,
-        builder: ResultBuilder | None,
-        ticket: Ticket,
+        calls: LaneCalls,
+        ticket: Ticket | None,
+        *,
+        read_first: bool,
     ) -> tuple[SourceRun, list[bytes]]:
-        """Start the query and read its first messages in the same worker call: a small
-        result is whole (and its source closed) after one thread hop. A caller that goes
-        away while that call blocks (a slow first row) still cancels the source query."""
-        timeout = self._timeout(deadline)
-        if args and compiled.row_bound <= SMALL_RESULT_ROWS:
+        """Start an admitted query in a thread of its source's lane and take its schema
+        message there; with `read_first`, read its first messages in the same call too
+        (each read ends with the revocation check of `ticket`): a small result is whole
+        (and its source closed) after one thread hop. A caller that goes away (or runs
+        out of time) while the start runs gets its answer at once; the start is stopped
+        in the background, or never runs if it has not begun."""
+        if read_first and args and compiled.row_bound <= SMALL_RESULT_ROWS:
             # A lookup by key: the connector may run it from the event loop, which saves
             # the two thread hops that cost more than the query itself.
             handle = await bound.connector.execute_small(
-                compiled.sql, args, timeout=timeout, max_rows=compiled.row_bound
+                compiled.sql, args, timeout=budget.remaining(), max_rows=compiled.row_bound
             )
             if handle is not None:
-                run = self._new_run(handle, compiled, max_bytes, builder)
-                first = [run.header()]
-                if handle.buffered:  # in memory: reading it is a few microseconds
-                    first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                run = self._new_run(handle, compiled, max_bytes, builder, budget, calls)
                 try:
-                    ticket.raise_if_revoked()
-                except SelectionChanged:
+                    first = [run.header()]
+                    if handle.buffered:  # in memory: reading it is a few microseconds
+                        first.extend(run.read_messages(self.settings.max_message_bytes) or ())
+                    if ticket is not None:
+                        ticket.raise_if_revoked()
+                except BaseException:
                     run.close()
                     raise
                 return run, first
-        loop = asyncio.get_running_loop()
         start = PendingStart()
 
         def run_start() -> tuple[SourceRun, list[bytes]]:
-            run = self._open_run(bound, compiled, args, timeout, max_bytes, builder)
-            start.opened(run, loop)
+            if not start.begin():
+                raise Cancelled("the caller went away before the query started")
+            run = self._open_run(bound, compiled, args, budget, max_bytes, builder, calls)
+            if not start.opened(run):
+                run.cancel()
+                run.close()
+                raise Cancelled("the caller went away while the query started")
             try:
                 first = [run.header()]
-                first.extend(self._read_checked(run, ticket) or ())
+                if read_first:
+                    if ticket is not None:
+                        first.extend(self._read_checked(run, ticket) or ())
+                    else:
+                        first.extend(run.read_messages(self.settings.max_message_bytes) or ())
             except BaseException:
                 # A source that fails in its first rows is released here: the caller
                 # never gets the run to stop it.
@@ -426,48 +514,45 @@ class QueryEngine:
                 raise
             return run, first
 
-        future = loop.run_in_executor(self.executor, run_start)
+        future = calls.submit(run_start)
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._abandon_start(future, start))
+            return await self._bounded(future, budget)
+        except BaseException:
+            await self._settled(self._abandon_start(future, start), budget)
             raise
 
-    async def _abandon_start(
-        self, future: asyncio.Future[tuple[SourceRun, list[bytes]]], start: PendingStart
-    ) -> None:
-        """Cancel a query whose start is still in a worker thread, as soon as its handle
-        exists, then close it once the worker has returned."""
-        opened = start.watch()
-        if not opened.is_set():
-            waiter: asyncio.Future[Any] = asyncio.ensure_future(opened.wait())
-            try:
-                await asyncio.wait({future, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-        if start.run is not None:
-            await self._blocking(start.run.cancel)
-        await asyncio.gather(future, return_exceptions=True)
-        if start.run is not None:
-            await self._blocking(start.run.close)
+    def _abandon_start(
+        self, future: Future[tuple[SourceRun, list[bytes]]], start: PendingStart
+    ) -> Future[None]:
+        """A start whose caller went away or ran out of time (or that failed): it never
+        runs if it has not begun; a run it opened is cancelled at once and closed once
+        the start returns. Nothing here waits; the future returned (tracked until then)
+        ends when all that is done."""
+        run = start.abandon()
+        if run is not None and not future.done():
+            self._in_background(run.cancel)
+        cleaned: Future[None] = Future()
+        self._track(cleaned)
 
-    async def _stop(
-        self, run: SourceRun, pending: asyncio.Future[Any] | None, cancel: bool
-    ) -> None:
+        def finished(_: Future[tuple[SourceRun, list[bytes]]]) -> None:
+            opened = start.run
+            if opened is None or opened.closed:
+                cleaned.set_result(None)
+                return
+            stopping = self._in_background(functools.partial(stop_run, opened, None, True))
+            stopping.add_done_callback(lambda _: cleaned.set_result(None))
+
+        future.add_done_callback(finished)
+        return cleaned
+
+    async def _stop(self, run: SourceRun, pending: Future[Any] | None, cancel: bool) -> None:
         """Stop a run (cancelling it at the source if it has not finished) and close it,
-        after any read still in a worker thread has returned."""
+        on the control lane, after any read still running has returned (or a bound).
+        The caller waits for that unless its time is up."""
         if pending is None and run.closed:
             return  # the source is done and released: nothing to stop, no thread hop
-
-        async def stop() -> None:
-            if cancel:
-                await self._blocking(run.cancel)
-            if pending is not None:
-                await asyncio.gather(pending, return_exceptions=True)
-            await self._blocking(run.close)
-
-        # Shielded: the caller's cancellation must not leave a source query running.
-        await asyncio.shield(stop())
+        stopping = self._in_background(functools.partial(stop_run, run, pending, cancel))
+        await self._settled(stopping, run.budget)
 
     # -- Execute --------------------------------------------------------------------------
 
@@ -621,17 +706,20 @@ class QueryEngine:
         on_uncacheable: Callable[[], None] | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         # The admission is held until the last message is handed on: the source's slot is
-        # free a little late, the memory of the messages on their way is counted.
-        admitted = await self._admission(ctx, bound, compiled, deadline)
+        # free a little late, the memory of the messages on their way is counted. The
+        # query's time runs from before its wait for admission.
+        budget = self._budget(deadline)
+        admitted, calls = await self._admission(ctx, bound, compiled, budget)
         try:
             async with aclosing(
                 self._stream(
                     admitted,
+                    calls,
                     ticket,
                     bound,
                     compiled,
                     args,
-                    deadline,
+                    budget,
                     max_bytes,
                     started,
                     builder,
@@ -642,24 +730,25 @@ class QueryEngine:
                 async for item in items:
                     yield item
         finally:
-            admitted.release()
+            calls.release()
 
     async def _stream(
         self,
         admitted: AdmissionTicket,
+        calls: LaneCalls,
         ticket: Ticket,
         bound: BoundSource,
         compiled: CompiledStatement,
         args: tuple[Any, ...],
-        deadline: float | None,
+        budget: Budget,
         max_bytes: int,
         started: float,
         builder: ResultBuilder | None,
         on_complete: Callable[[SourceRun], None] | None,
         on_uncacheable: Callable[[], None] | None,
     ) -> AsyncGenerator[bytes | Summary, None]:
-        run, first = await self._start_streaming(
-            bound, compiled, args, deadline, max_bytes, builder, ticket
+        run, first = await self._begin(
+            bound, compiled, args, budget, max_bytes, builder, calls, ticket, read_first=True
         )
         try:
             admitted.cover(BATCH_WORKING_SET * run.largest_batch)
@@ -674,28 +763,27 @@ class QueryEngine:
                     yield message
                 yield Summary(run.rows, run.truncated, False, elapsed_us(started))
                 return
-            pending: asyncio.Future[list[bytes] | None] | None = None
+            pending: Future[list[bytes] | None] | None = None
             finished = False
             try:
-                loop = asyncio.get_running_loop()
                 # One step ahead: the next messages (a gRPC message's worth) are read and
-                # encoded in a worker thread while these go out to the caller; each read
-                # ends with the revocation check, and nothing goes out once the query is
-                # revoked.
+                # encoded in a thread of the source's lane while these go out to the
+                # caller; each read ends with the revocation check, and nothing goes out
+                # once the query is revoked.
                 read_ahead = functools.partial(self._read_checked, run, ticket)
                 if not run.exhausted:
-                    pending = loop.run_in_executor(self.executor, read_ahead)
+                    pending = run.submit(read_ahead)
                 for message in first:
                     ticket.raise_if_revoked()
                     yield message
                 while pending is not None:
-                    messages = await pending
+                    messages = await self._bounded(pending, run.budget)
                     pending = None
                     if messages is None:
                         break
                     admitted.cover(BATCH_WORKING_SET * run.largest_batch)
                     if not run.exhausted:
-                        pending = loop.run_in_executor(self.executor, read_ahead)
+                        pending = run.submit(read_ahead)
                     if on_uncacheable is not None and builder is not None and not builder.active:
                         on_uncacheable()
                         on_uncacheable = None
@@ -820,13 +908,16 @@ class QueryEngine:
                     reader, leased.rows, started, release=lambda: self.results.done_reading(leased)
                 )
                 return pager, None
-        admitted = await self._admission(ctx, bound, compiled, deadline)
+        budget = self._budget(deadline)
+        admitted, calls = await self._admission(ctx, bound, compiled, budget)
         epoch = self.results.epoch()
         builder = self.results.builder() if key is not None else None
         try:
-            run = await self._start(bound, compiled, args, deadline, max_bytes, builder)
+            run, _ = await self._begin(
+                bound, compiled, args, budget, max_bytes, builder, calls, None, read_first=False
+            )
         except BaseException:
-            admitted.release()
+            calls.release()
             if builder is not None:
                 builder.abandon()
             raise
@@ -852,7 +943,7 @@ class QueryEngine:
             # Every row is read (into the buffer, or to the caller): the connection goes
             # back to its pool now, not when the caller has paged to the end.
             run.close()
-            admitted.release()
+            calls.release()
 
         ahead = ReadAhead(
             read, self.settings.statement_buffer_bytes, self.memory.charge("buffered"), source_ended
@@ -862,10 +953,8 @@ class QueryEngine:
             ahead.close()
             if builder is not None:
                 builder.abandon()
-            if not run.finished:
-                run.cancel()
-            run.close()
-            admitted.release()
+            stop_run(run, None, cancel=not run.finished)
+            calls.release()
 
         pager = PagedResult(
             run.schema,
@@ -874,6 +963,8 @@ class QueryEngine:
             on_done,
             after_page=ahead.fill,
             holds_source=lambda: ahead.holds_source,
+            submit=run.submit,
+            budget=run.budget,
         )
         return pager, admitted
 
@@ -913,6 +1004,22 @@ class QueryEngine:
             if pager.ticket is not None:
                 self.running.release(pager.ticket)
 
+    async def _read_page(
+        self, pager: PagedResult, page_rows: int
+    ) -> tuple[bytes, int, Summary | None]:
+        """The next page: read in the source's lane, within the query's budget, while the
+        statement still holds its source; from memory (its buffer, a cached result) in
+        the general pool otherwise."""
+        if pager.submit is None or pager.budget is None or not pager.holds_source():
+            return await self._blocking(self._checked_page, pager, page_rows)
+        return await self._bounded(pager.submit(self._checked_page, pager, page_rows), pager.budget)
+
+    async def _close_pager_settled(self, pager: PagedResult) -> None:
+        """Close a statement's result on the control lane, waiting for that unless the
+        query's time is up."""
+        closing = self._in_background(functools.partial(self._close_pager, pager))
+        await self._settled(closing, pager.budget)
+
     def _idle_limit(self, pager: PagedResult) -> float | None:
         """A statement holding its source connection between pages gets the shorter idle
         limit; the others the registry's."""
@@ -922,16 +1029,16 @@ class QueryEngine:
         self, ctx: RequestContext, connection: str, pager: PagedResult, page_rows: int
     ) -> Page:
         try:
-            data, rows, summary = await self._blocking(self._checked_page, pager, page_rows)
+            data, rows, summary = await self._read_page(pager, page_rows)
         except BaseException as error:
-            await self._blocking(self._close_pager, pager)
+            await self._close_pager_settled(pager)
             if isinstance(error, FabricError):
                 told = await self._explained(error, pager.ticket)
                 if told is not error:
                     raise told from None
             raise
         if pager.done:
-            await self._blocking(self._close_pager, pager)
+            await self._close_pager_settled(pager)
             return Page("", data, rows, True, summary)
         statement = self.open_statements.open(
             tenant=ctx.tenant,
@@ -946,32 +1053,45 @@ class QueryEngine:
 
     async def fetch(self, ctx: RequestContext, statement_id: str, page_rows: int) -> Page:
         page_rows = self._page_rows(page_rows)
-        with self.open_statements.lease(
-            statement_id, tenant=ctx.tenant, stage=ctx.stage
-        ) as statement:
-            pager = statement.payload
-            try:
-                data, rows, summary = await self._blocking(self._checked_page, pager, page_rows)
-            except BaseException as error:
-                # A failed read leaves the source in no state to page on: drop it.
-                statement.exhausted = True
-                if isinstance(error, FabricError):
-                    told = await self._explained(error, pager.ticket)
-                    if told is not error:
-                        raise told from None
-                raise
-            statement.rows_sent += rows
-            # A consumed statement is closed (its rows and parameters dropped) as the
-            # lease ends.
-            statement.exhausted = pager.done
-            statement.idle_limit = self._idle_limit(pager)
+        failed: PagedResult | None = None
+        try:
+            with self.open_statements.lease(
+                statement_id, tenant=ctx.tenant, stage=ctx.stage
+            ) as statement:
+                pager = statement.payload
+                try:
+                    data, rows, summary = await self._read_page(pager, page_rows)
+                except BaseException as error:
+                    failed = pager
+                    if isinstance(error, FabricError):
+                        told = await self._explained(error, pager.ticket)
+                        if told is not error:
+                            raise told from None
+                    raise
+                statement.rows_sent += rows
+                # A consumed statement is closed (its rows and parameters dropped) as the
+                # lease ends: its source is released already, so that costs no I/O.
+                statement.exhausted = pager.done
+                statement.idle_limit = self._idle_limit(pager)
+        finally:
+            if failed is not None:
+                # A failed read leaves the source in no state to page on: drop it, its
+                # source stopped on the control lane.
+                close = functools.partial(
+                    self.open_statements.close,
+                    statement_id,
+                    tenant=ctx.tenant,
+                    stage=ctx.stage,
+                    missing_ok=True,
+                )
+                await self._settled(self._in_background(close), failed.budget)
         return Page(statement_id, data, rows, pager.done, summary)
 
     async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
-        def close() -> None:
-            self.open_statements.close(statement_id, tenant=ctx.tenant, stage=ctx.stage)
-
-        await self._blocking(close)
+        closing = CONTROL.submit(
+            self.open_statements.close, statement_id, tenant=ctx.tenant, stage=ctx.stage
+        )
+        await awaitable(closing)
 
     # -- purges and lifecycle -------------------------------------------------------------
 
@@ -1036,18 +1156,34 @@ class QueryEngine:
             "purge_result_expired": cache.expirations,
             "purge_connection_purged": self._purged["connection_purged"],
             "purge_compiled_purged": self._purged["compiled_purged"],
+            "source_calls_overrun": self._overruns,
             **self.running.snapshot(),
         }
 
     def close(self) -> None:
+        """Drop everything held and close the sources. Bounded: a driver call stuck on a
+        source that stopped answering is not waited for past CLOSE_WAIT (its thread is a
+        daemon, its connection is cut off by its own deadline)."""
         self.give_back.stop()
         self.open_statements.close_all()
         self.running.close_all()
         self.results.clear()
         self.statements.clear()
         self.sources.close()
+        self.settle(CLOSE_WAIT)
+        self.lanes.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self._compile_executor.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_run(run: SourceRun, pending: Future[Any] | None, cancel: bool) -> None:
+    """Stop a run: cancel it at its source when asked, wait (boundedly) for a read still
+    running in its lane, then close it. Blocking: the control lane's call."""
+    if cancel and not run.closed:
+        call_quietly(run.cancel)
+    if pending is not None:
+        concurrent.futures.wait([pending], timeout=PENDING_READ_WAIT)
+    call_quietly(run.close)
 
 
 def log_failure(

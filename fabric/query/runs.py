@@ -1,21 +1,62 @@
-"""A query's run at its source, seen from the engine: reading, limiting and encoding its
-batches (`SourceRun`), paging through them (`PagedResult`), and a start still in a
-worker thread (`PendingStart`)."""
+"""A query's run at its source, seen from the engine: its time budget (`Budget`),
+reading, limiting and encoding its batches (`SourceRun`), paging through them
+(`PagedResult`), and a start still in a worker thread (`PendingStart`)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from connectors import QueryHandle
 from fabric.clock import elapsed_us
+from fabric.errors import DeadlineExceeded
 from fabric.query.revocation import Ticket
 from fabric.results.cache import ResultBuilder
 from fabric.results.ipc import IpcChunker, encode_page
+
+T = TypeVar("T")
+Submit = Callable[..., "Future[Any]"]
+"""Runs a blocking call of a query on its source's lane (`Ticket.submit`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long a query may take, from its start: `seconds`, until `until` (monotonic)."""
+
+    seconds: float
+    until: float
+
+    @staticmethod
+    def of(seconds: float) -> Budget:
+        return Budget(seconds, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        """Seconds left; DeadlineExceeded when none are."""
+        left = self.until - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"the query's timeout of {self.seconds:g}s passed before it could start at "
+                "its source; try again, narrow it or raise the timeout"
+            )
+        return left
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.until
+
+    def overrun(self) -> DeadlineExceeded:
+        """The error of a call whose source did not answer within the budget."""
+        return DeadlineExceeded(
+            f"the query ran past its timeout of {self.seconds:g}s: its source did not "
+            "answer in time, and the query is being stopped there; try again later, narrow "
+            "it or raise the timeout"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +82,18 @@ class SourceRun:
         max_bytes: int,
         max_message_bytes: int,
         builder: ResultBuilder | None,
+        *,
+        budget: Budget,
+        submit: Submit,
+        release: Callable[[], None],
     ) -> None:
         self.handle = handle
         self._max_message_bytes = max_message_bytes
         self._chunker: IpcChunker | None = None
+        self.budget = budget
+        self.submit = submit
+        """Runs a blocking call of this query on its source's lane."""
+        self._release = release
         self.builder = builder
         self.max_rows = max_rows
         self.max_bytes = max_bytes
@@ -170,15 +219,22 @@ class SourceRun:
         self.handle.cancel()
 
     def close(self) -> None:
+        """Close the handle (its source is released) and give the query's slot back;
+        idempotent, and safe while another thread reads (the handle's contract)."""
         if not self.closed:
             self.closed = True
-            self.handle.close()
+            try:
+                self.handle.close()
+            finally:
+                self._release()
 
 
 class PagedResult:
     """The payload of an open statement: the rest of a result, read page by page.
     `after_page` runs after each page but the last (reading ahead of the caller);
-    `holds_source` says whether the result still holds its source connection."""
+    `holds_source` says whether the result still holds its source connection. `submit`
+    and `budget` say where and how long a page's read runs while it does (None: the
+    pages are in memory)."""
 
     def __init__(
         self,
@@ -188,6 +244,9 @@ class PagedResult:
         on_done: Callable[[], Summary],
         after_page: Callable[[], None] | None = None,
         holds_source: Callable[[], bool] = lambda: False,
+        *,
+        submit: Submit | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.schema = schema
         self._read = read
@@ -195,6 +254,8 @@ class PagedResult:
         self._on_done = on_done
         self._after_page = after_page
         self.holds_source = holds_source
+        self.submit = submit
+        self.budget = budget
         self.done = False
         self.ticket: Ticket | None = None
         """What the statement was allowed when it was compiled (checked on every page)."""
@@ -220,31 +281,34 @@ class PagedResult:
 
 
 class PendingStart:
-    """A query being started in a worker thread, seen from the event loop. The loop is
-    woken when the source run exists only if a caller that went away is waiting for it
-    (to cancel it): the usual start costs no wake-up besides its result."""
+    """A query being started in a worker thread, and whether its caller is still there:
+    a start abandoned before it began never runs; one abandoned while it runs learns so
+    as soon as its source run exists."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.run: SourceRun | None = None
-        self._opened: asyncio.Event | None = None
+        self._began = False
+        self._abandoned = False
 
-    def opened(self, run: SourceRun, loop: asyncio.AbstractEventLoop) -> None:
-        """In the worker: the run exists."""
+    def begin(self) -> bool:
+        """In the worker, first: whether to start at all (the caller is still there)."""
+        with self._lock:
+            self._began = not self._abandoned
+            return self._began
+
+    def opened(self, run: SourceRun) -> bool:
+        """In the worker: the run exists; False when the caller has gone meanwhile (the
+        worker then stops it)."""
         with self._lock:
             self.run = run
-            waiting = self._opened
-        if waiting is not None:
-            loop.call_soon_threadsafe(waiting.set)
+            return not self._abandoned
 
-    def watch(self) -> asyncio.Event:
-        """On the loop: an event set once the run exists (already set if it does)."""
-        event = asyncio.Event()
+    def abandon(self) -> SourceRun | None:
+        """The caller has gone: the run, when it exists already (to cancel)."""
         with self._lock:
-            self._opened = event
-            if self.run is not None:
-                event.set()
-        return event
+            self._abandoned = True
+            return self.run
 
 
 def cached_pager(

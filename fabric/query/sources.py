@@ -15,10 +15,10 @@ compiler emits the right table for the stage without knowing stages exist.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from connectors import Connector, ConnectorConfig, connector_class
@@ -89,9 +89,12 @@ class SourceRegistry:
         *,
         secrets: SecretResolver = no_secret_store,
         connector_factory: ConnectorFactory = default_connector_factory,
-        closer: Executor | None = None,
+        closer: Callable[[Callable[[], object]], object] | None = None,
         defer_close: DeferClose | None = None,
     ) -> None:
+        """`closer` runs the close of a connector that is no longer wanted (a pool
+        close can wait for queries still running on it: never on the caller); None:
+        closed at once."""
         self._store = store
         self._defer_close = defer_close
         self._secrets = secrets
@@ -195,7 +198,7 @@ class SourceRegistry:
             return
         # Closing a pool can wait for queries still running on it: never on the caller.
         if self._closer is not None:
-            self._closer.submit(_close_quietly, connector)
+            self._closer(functools.partial(_close_quietly, connector))
         else:
             _close_quietly(connector)
 

@@ -20,7 +20,7 @@ from fabric.client import FabricClient
 from fabric.errors import InvalidArgument, NotFound, QueryRejected
 from fabric.v1 import query_pb2 as pb
 from tests.e2e.conftest import Harness, start_harness
-from tests.support.executors import CountingExecutor
+from tests.support.executors import counting_source_calls
 
 REVENUE = """
     SELECT c.country, COUNT(*) AS orders, SUM(o.amount) AS revenue
@@ -362,24 +362,23 @@ def test_a_small_result_costs_one_worker_call_and_a_large_one_streams(tmp_path: 
     in one worker call (each hop to a thread costs a point query much of its time); a
     result bigger than a gRPC message still comes in several reads, each read ahead."""
     harness = start_harness(tmp_path, max_message_bytes=256 * 1024)
-    counting = CountingExecutor()
-    harness.engine.executor = counting
     try:
         with FabricClient(harness.address, timeout=10) as client:
             client.query("shop", "SELECT COUNT(*) AS n FROM orders")  # builds the connector
-            counting.calls = 0
-            small = client.query("shop", "SELECT id, amount FROM orders WHERE id = :id", {"id": 42})
-            assert small.to_pylist() == [{"id": 42, "amount": Decimal("52.50")}]
-            assert counting.calls == 1
-            counting.calls = 0
-            big = client.query(
-                "shop",
-                "SELECT a.id, a.note, b.note AS other FROM orders a "
-                "JOIN orders b ON b.id <= 400 WHERE a.id <= 400",
-            )
-            assert big.num_rows == 160_000
-            assert counting.calls >= 4  # about 3 MB in reads of 256 KiB or more
+            with counting_source_calls(harness.engine) as counting:
+                small = client.query(
+                    "shop", "SELECT id, amount FROM orders WHERE id = :id", {"id": 42}
+                )
+                assert small.to_pylist() == [{"id": 42, "amount": Decimal("52.50")}]
+                assert counting.calls == 1
+                counting.calls = 0
+                big = client.query(
+                    "shop",
+                    "SELECT a.id, a.note, b.note AS other FROM orders a "
+                    "JOIN orders b ON b.id <= 400 WHERE a.id <= 400",
+                )
+                assert big.num_rows == 160_000
+                assert counting.calls >= 4  # about 3 MB in reads of 256 KiB or more
     finally:
         harness.gateway.stop()
         harness.store.close()
-        counting.shutdown(wait=True)

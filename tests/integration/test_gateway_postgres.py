@@ -24,7 +24,7 @@ from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import DeadlineExceeded
 from fabric.query.engine import QueryEngine
-from tests.support.executors import CountingExecutor
+from tests.support.executors import counting_source_calls
 
 pytestmark = pytest.mark.postgres
 
@@ -224,12 +224,9 @@ def test_key_lookups_run_on_the_event_loop(
     first use of a connection, still goes to a worker thread."""
     background, engine = gateway
     columns = "id, small, num, label, day, at_local, at_zone, flag, ratio"
-    counting = CountingExecutor()
-    original, engine.executor = engine.executor, counting
-    try:
-        with FabricClient(background.address, timeout=60) as client:
-            client.query("pg", "SELECT id FROM facts WHERE id = :id", {"id": 1})
-            counting.calls = 0
+    with FabricClient(background.address, timeout=60) as client:
+        client.query("pg", "SELECT id FROM facts WHERE id = :id", {"id": 1})
+        with counting_source_calls(engine) as counting:
             for key in (7, 5000, 35, 999_999):
                 table = client.query(
                     "pg", f"SELECT {columns} FROM facts WHERE id = :id", {"id": key}
@@ -243,6 +240,3 @@ def test_key_lookups_run_on_the_event_loop(
             ranged = client.query("pg", "SELECT id FROM facts WHERE id < :n ORDER BY id", {"n": 4})
             assert ranged.column("id").to_pylist() == [1, 2, 3]
             assert counting.calls >= 1
-    finally:
-        engine.executor = original
-        counting.shutdown(wait=True)

@@ -17,6 +17,7 @@ from connectors import connector_class
 from connectors.base import ConnectorConfig, QueryHandle
 from connectors.mysql import MySQLConnector, mysql_column_arrow_type
 from fabric.errors import InvalidArgument, SourceQueryError
+from tests.support.chaos import wait_for
 from tests.support.servers import mariadb_url
 
 
@@ -239,3 +240,23 @@ def test_column_type_mapping_table() -> None:
     assert mysql_column_arrow_type("varbinary", "varbinary(10)") == pa.binary()
     assert mysql_column_arrow_type("enum", "enum('a')", charset="utf8mb4") == pa.string()
     assert mysql_column_arrow_type("time", "time(6)") == pa.duration("us")
+
+
+def test_pooled_connections_the_server_ended_are_replaced_before_use(env: Env) -> None:
+    c = env.connector()
+    held = [c.execute("SELECT 1 AS one", (), timeout=30) for _ in range(2)]
+    for handle in held:  # both pooled connections used, then idle in the pool
+        assert read(handle).column("one").to_pylist() == [1]
+    thread_ids = [conn.thread_id for _, conn in c._pool._idle]
+    assert len(thread_ids) == 2
+    env.run(*(f"KILL {thread_id}" for thread_id in thread_ids))  # as a restart would
+
+    def ended() -> bool:
+        with env.admin.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.PROCESSLIST")
+            alive = {row[0] for row in cur.fetchall()}
+        return not alive & set(thread_ids)
+
+    wait_for(ended, 10)
+    for _ in range(4):
+        assert read(c.execute("SELECT 2 AS two", (), timeout=30)).column("two").to_pylist() == [2]

@@ -1,6 +1,7 @@
 """BlockingQueryHandle, driven by an in-memory driver double: the deadline gives
 DeadlineExceeded, cancel gives Cancelled with the interrupt re-sent until the driver call
-lets go, the resource is released exactly once, and driver errors are flagged."""
+lets go, a query that does not let go has its connection cut off, the resource is
+released exactly once, and driver errors are flagged."""
 
 from __future__ import annotations
 
@@ -44,10 +45,17 @@ class FakeStatement:
         self.fetching = threading.Event()
         self._cond = threading.Condition()
         self._finished = False
+        self.severed = False
 
     def interrupt(self) -> None:
         with self._cond:
             self.interrupts += 1
+            self._cond.notify_all()
+
+    def sever(self) -> None:
+        """The connection is cut under the driver: a waiting call fails at once."""
+        with self._cond:
+            self.severed = True
             self._cond.notify_all()
 
     def finish(self) -> None:
@@ -59,7 +67,8 @@ class FakeStatement:
         self.fetching.set()
         with self._cond:
             assert self._cond.wait_for(
-                lambda: self._finished or self.interrupts >= self.lets_go_after, timeout=WAIT
+                lambda: self._finished or self.severed or self.interrupts >= self.lets_go_after,
+                timeout=WAIT,
             )
             if self._finished:
                 return [1, 2, 3]
@@ -82,7 +91,8 @@ class FakeDeadlines(DeadlineWatcher):
         entry[2] = None
 
     def fire(self) -> None:
-        for entry in self.entries:
+        """Fire the deadlines due so far (one added while firing waits for the next)."""
+        for entry in list(self.entries):
             callback, entry[2] = entry[2], None
             if callback is not None:
                 callback()
@@ -282,3 +292,48 @@ def test_a_source_timeout_without_a_query_timeout_is_the_drivers_error() -> None
     assert isinstance(handle._map(DriverError(timeout=True)), SourceQueryError)
     handle.cancel()
     assert isinstance(handle._map(DriverError()), Cancelled)
+
+
+class SeveringHandle(FakeHandle):
+    """A source whose interrupt never lands (it stopped answering); its connection can
+    be cut off."""
+
+    sever_after = 0.5
+
+    def _sever(self, statement: FakeStatement) -> bool:
+        statement.sever()
+        return True
+
+
+def test_a_query_that_does_not_let_go_after_the_deadline_has_its_connection_cut_off(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
+    deadlines = FakeDeadlines()
+    statement = FakeStatement(lets_go_after=10**9)  # no interrupt ever reaches it
+    handle = SeveringHandle(statement, timeout=1.0, deadlines=deadlines)
+    thread, errors = read_in_thread(handle)
+    assert statement.fetching.wait(WAIT)
+    deadlines.fire()  # the query's deadline: interrupts start, the cut-off is armed
+    assert not statement.severed
+    deadlines.fire()  # the cut-off's time comes: the reading thread is freed
+    thread.join(WAIT)
+    assert statement.severed
+    assert len(errors) == 1 and isinstance(errors[0], DeadlineExceeded)
+    assert statement.given_back == [False]  # discarded, never reused
+    join_interrupt_threads()
+
+
+def test_a_query_that_lets_go_in_time_keeps_its_connection(
+    join_interrupt_threads: Callable[[], None],
+) -> None:
+    deadlines = FakeDeadlines()
+    statement = FakeStatement()
+    handle = SeveringHandle(statement, timeout=1.0, deadlines=deadlines)
+    thread, errors = read_in_thread(handle)
+    assert statement.fetching.wait(WAIT)
+    handle.cancel()
+    thread.join(WAIT)
+    deadlines.fire()  # the cut-off comes after the query let go: nothing to cut
+    assert not statement.severed
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
+    join_interrupt_threads()

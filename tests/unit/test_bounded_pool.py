@@ -202,3 +202,23 @@ def test_impossible_sizes_are_refused(min_size: int, max_size: int) -> None:
         BoundedPool[FakeConnection](
             server.connect, server.close, min_size=min_size, max_size=max_size
         )
+
+
+def test_an_idle_connection_its_server_dropped_is_never_lent_however_recently_used() -> None:
+    server = FakeServer()
+    dropped: set[int] = set()
+    pool = BoundedPool[FakeConnection](
+        server.connect,
+        server.close,
+        check=server.check,
+        alive=lambda conn: conn.number not in dropped,
+        clock=FakeClock(),
+        max_size=2,
+    )
+    first, second = pool.acquire(), pool.acquire()
+    pool.release(first, reuse=True)
+    pool.release(second, reuse=True)
+    dropped.update({first.number, second.number})  # a server restart: both gone
+    fresh = pool.acquire()  # at once, not only after check_after
+    assert fresh not in (first, second) and first.closed and second.closed
+    assert pool.size == 1

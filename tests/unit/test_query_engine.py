@@ -8,6 +8,7 @@ pages. The metadata store is the real SQLite one; time is a fake clock.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -197,6 +198,19 @@ def test_a_caller_that_goes_away_mid_stream_cancels_and_releases_the_source(
     assert execution.batches_read in (1, 2)
 
 
+def test_stopping_a_query_never_waits_behind_other_work(tmp_path: Path) -> None:
+    # One worker thread, held by the query's own read-ahead at a source that waits: the
+    # stop (cancel, then close) runs on its own lane, so it reaches the source at once.
+    with make_rig(tmp_path, max_message_bytes=1, worker_threads=1) as rig:
+        gate = SourceGate(open_=True, passes=1)  # the first batch, then the read waits
+        rig.source.answer(ORDERS.select(["id"]), gate=gate)
+        started = time.monotonic()
+        run(leave_after_first_message(rig))
+        assert time.monotonic() - started < 5.0
+        [execution] = rig.source.executions
+    assert execution.cancels == 1 and execution.closes == 1
+
+
 async def leave_after_first_message(rig: Rig) -> None:
     stream = rig.engine.execute(CTX, query("SELECT id FROM orders"))
     first = await stream.__anext__()
@@ -242,6 +256,22 @@ def test_a_caller_cancelled_while_a_lazy_source_computes_its_first_rows_cancels_
     assert execution.cancels >= 1
     assert execution.closes == 1
     assert execution.batches_read == 0
+
+
+def test_the_query_timeout_ends_the_call_whatever_the_source_does(tmp_path: Path) -> None:
+    # A source that sends nothing: the call still ends at the timeout (and a short
+    # grace), and the query is stopped there in the background.
+    with make_rig(tmp_path, query_timeout=0.5) as rig:
+        gate = SourceGate(open_=False)
+        rig.source.answer(ORDERS.select(["id"]), gate=gate)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"0\.5s"):
+            run(collect(rig.engine, query("SELECT id FROM orders")))
+        assert time.monotonic() - started < 0.5 + 1.5
+        assert rig.engine.settle(10)
+        [execution] = rig.source.executions
+        assert execution.cancels >= 1 and execution.closes == 1
+        assert rig.engine.snapshot()["source_calls_overrun"] == 1
 
 
 # -- the result cache --------------------------------------------------------------------
@@ -366,7 +396,7 @@ def test_purging_a_connection_drops_what_the_engine_holds_for_it(rig: Rig) -> No
     closed_before = rig.source.closed
     dropped = rig.engine.purge_connection("acme", "shop")
     assert dropped["compiled"] == 1 and dropped["results"] == 1 and dropped["sources"] >= 1
-    rig.engine.executor.submit(lambda: None).result()  # connectors close in the pool
+    assert rig.engine.settle(10)  # connectors close on the control lane
     assert rig.source.closed > closed_before
     assert rig.engine.snapshot()["result_cache_entries"] == 0
     _, summary = run(collect(rig.engine, query("SELECT id FROM orders", cache_ttl=60)))
