@@ -171,7 +171,9 @@ def test_connections_cut_mid_stream(
         rig.proxy.slow(8_000_000)  # a few seconds per stream: cuts land mid-stream
         streams = Load(rig.address, clients, stream).start()
         for _ in range(cuts):
-            wait_for(lambda: rig.engine.admission.running >= 1, 30)
+            # rows are flowing (a cut while a query starts is retried on a new
+            # connection, unseen by its caller; this one must land mid-stream)
+            wait_for(functools.partial(rig.proxy.forwarded_past, rig.proxy.forwarded + 10**6), 30)
             before = len(streams.outcomes)
             rig.proxy.cut()
             wait_for(functools.partial(streams.more_than, before), 60)
@@ -227,7 +229,7 @@ def test_pool_exhausted(items_postgres: PgInstance, tmp_path: Path, record: Reco
         assert max(o.seconds for o in refused) < 1.0 + 1.5  # refused after the admission wait
         whole(slows, 1)
         assert codes(duck.outcomes) == {"OK": len(duck.outcomes)}
-        assert max(o.seconds for o in duck.outcomes) < 1.0
+        assert max(o.seconds for o in duck.outcomes) < 2.0
         # the source's lane has as many threads as connections
         assert pg_lane.max_threads == 2
         assert isinstance(pg_lane.threads, WorkerThreads) and pg_lane.threads.threads <= 2

@@ -135,7 +135,7 @@ def test_sigterm_under_load(items_postgres: PgInstance, tmp_path: Path, record: 
     assert set(codes(load.outcomes)) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes(load.outcomes)
     # CANCELLED comes from gRPC itself, for calls that reach the server in the instant it
     # stops (after the last running query ended): never one that had started work
-    assert all(o.started > stopped_at and o.seconds < 0.1 for o in cancelled), cancelled
+    assert all(o.started > stopped_at and o.seconds < 0.5 for o in cancelled), cancelled
     assert all(o.complete and o.rows == 1 for o in load.outcomes if o.code == "OK")
     # the query running at the source when the signal came was let finish; a call that
     # was still on its way was refused at once (retry elsewhere), never cut off

@@ -98,6 +98,15 @@ class TcpProxy:
     def open_connections(self) -> int:
         return int(self._command("open"))
 
+    @property
+    def forwarded(self) -> int:
+        """Bytes forwarded from the server to the clients so far."""
+        return int(self._command("forwarded"))
+
+    def forwarded_past(self, count: int) -> bool:
+        """Whether more than `count` bytes have gone from the server to the clients."""
+        return self.forwarded > count
+
     def close(self) -> None:
         child, self._child = self._child, None
         if child is None:
@@ -133,6 +142,8 @@ class Relay:
         self._flowing: asyncio.Event | None = None
         self._rate: float | None = None
         self.lag = 0.0
+        self.forwarded = 0
+        """Bytes forwarded from the server to the clients so far."""
         self._writers: set[asyncio.StreamWriter] = set()
         self._pairs: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}
         """Client side -> server side of each open connection."""
@@ -288,6 +299,8 @@ class Relay:
                 if self.lag:
                     await asyncio.sleep(self.lag)
                 writer.write(data)
+                if client is None:
+                    self.forwarded += len(data)
                 await writer.drain()
             if writer not in self._dropped and writer.can_write_eof():
                 writer.write_eof()
@@ -324,6 +337,7 @@ def main(argv: list[str]) -> int:
         "cut": relay.cut,
         "drop": relay.drop_silently,
         "accepted": lambda: relay.accepted,
+        "forwarded": lambda: relay.forwarded,
         "open": lambda: relay.open_connections,
     }
     try:

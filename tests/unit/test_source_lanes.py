@@ -46,6 +46,10 @@ def test_worker_threads_are_daemons_bounded_in_number_and_serve_in_order() -> No
 
     try:
         futures = [workers.submit(work, n) for n in range(5)]
+        deadline = time.monotonic() + WAIT
+        while workers.busy < 2:  # both threads have taken a call
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
         assert workers.threads == 2 and workers.queued == 3
         assert all(t.daemon for t in threading.enumerate() if t.name.startswith("test-lane"))
         release.set()
