@@ -306,22 +306,24 @@ def imported_keys(
     snapshots: Sequence[CatalogSnapshot], command: sql.CommandGetImportedKeys
 ) -> pa.Table:
     """The foreign keys of `table` (it is the foreign-key side)."""
-    wanted = _find_entities(
-        snapshots, _optional(command, "catalog"), _optional(command, "db_schema"), command.table
-    )
-    refs = [
-        ref
-        for snapshot, entity in wanted
-        for ref in _references(snapshot)
-        if ref.fk_table.name == entity.name
-    ]
-    return _keys_table(refs, "pk")
+    return _keys_touching(snapshots, command, side="fk")
 
 
 def exported_keys(
     snapshots: Sequence[CatalogSnapshot], command: sql.CommandGetExportedKeys
 ) -> pa.Table:
     """The foreign keys that reference `table` (it is the primary-key side)."""
+    return _keys_touching(snapshots, command, side="pk")
+
+
+def _keys_touching(
+    snapshots: Sequence[CatalogSnapshot],
+    command: sql.CommandGetImportedKeys | sql.CommandGetExportedKeys,
+    *,
+    side: str,
+) -> pa.Table:
+    """The foreign keys whose `side` ("fk" or "pk") is the command's table, listed by the
+    other side, as GetImportedKeys and GetExportedKeys answer."""
     wanted = _find_entities(
         snapshots, _optional(command, "catalog"), _optional(command, "db_schema"), command.table
     )
@@ -329,9 +331,9 @@ def exported_keys(
         ref
         for snapshot, entity in wanted
         for ref in _references(snapshot)
-        if ref.pk_table.name == entity.name
+        if (ref.fk_table if side == "fk" else ref.pk_table).name == entity.name
     ]
-    return _keys_table(refs, "fk")
+    return _keys_table(refs, "pk" if side == "fk" else "fk")
 
 
 def cross_reference(
