@@ -241,23 +241,33 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = args.address or settings.health_listen
+    address = args.address or settings.health_listen or settings.listen
     if args.tls_ca:
         with open(args.tls_ca, "rb") as ca:
             channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read()))
     else:
         channel = grpc.insecure_channel(address)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    request = health_pb2.HealthCheckRequest(service=args.service)
     with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        status_code: int | None = None
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
+            if args.wait:
+                # Watch streams every change of status, so waiting for SERVING needs no
+                # polling; wait_for_ready also waits for a process that is not listening yet.
+                for reply in stub.Watch(request, timeout=args.wait, wait_for_ready=True):
+                    status_code = reply.status
+                    if status_code == serving:
+                        break
+            else:
+                status_code = stub.Check(request, timeout=args.timeout).status
         except grpc.RpcError as error:
-            print(f"{address}: no health answer ({error.code().name.lower()})", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{address}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+            if status_code is None:  # no answer at all (a time-out after one keeps it)
+                print(f"{address}: no health answer ({error.code().name.lower()})", file=sys.stderr)
+                return 1
+    print(f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status_code)}")
+    return 0 if status_code == serving else 1
 
 
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -454,13 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="ask a process for its gRPC health status")
     health.add_argument(
-        "--address", help="host:port of its health service (default FABRIC_HEALTH_LISTEN)"
+        "--address",
+        help="host:port of its health service (default FABRIC_HEALTH_LISTEN, else FABRIC_LISTEN)",
     )
     health.add_argument(
         "--service", default="", help="service name to ask about (default: the whole process)"
     )
     health.add_argument("--tls-ca", help="PEM CA bundle, when the address serves TLS")
-    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    health.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds an answer may take (without --wait)"
+    )
+    health.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the process to start and say SERVING",
+    )
     health.set_defaults(func=cmd_health)
 
     config = sub.add_parser("config", help="show the settings").add_subparsers(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import grpc
@@ -21,18 +24,24 @@ import pexpect
 import psycopg
 import pytest
 
+from tests.support.nats import private_nats_server
 from tests.support.servers import _in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
 
 
-def walkthrough() -> list[tuple[str, str]]:
-    """The (language, text) of each code block of the README's "Using it" section."""
+def section_blocks(heading: str) -> list[tuple[str, str]]:
+    """The (language, text) of each `sh` and `python` block of a README section (`## ...`)."""
     readme = (ROOT / "README.md").read_text()
-    start = readme.index("\n## Using it\n")
+    start = readme.index(f"\n## {heading}\n")
     end = readme.index("\n## ", start + 1)
     return [(m[1], m[2]) for m in BLOCK.finditer(readme[start:end])]
+
+
+def walkthrough() -> list[tuple[str, str]]:
+    """The (language, text) of each code block of the README's "Using it" section."""
+    return section_blocks("Using it")
 
 
 def _free_port() -> int:
@@ -61,14 +70,14 @@ def env(tmp_path: Path, postgres_url: str) -> Iterator[dict[str, str]]:
         conn.execute("DROP SCHEMA IF EXISTS sales CASCADE")
 
 
-@pytest.fixture
-def gateway_block(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The block that runs `fabric serve`, in the background (the README's first
-    terminal); stopped with Ctrl-C (SIGINT) at the end, as the README says."""
-    (serve,) = [text for lang, text in walkthrough() if re.search(r"^fabric serve\b", text, re.M)]
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+@contextmanager
+def _in_background(text: str, env: dict[str, str], log_path: Path) -> Iterator[None]:
+    """A block that starts a gateway, run in the background (a terminal of its own) until
+    the gateway answers on FABRIC_LISTEN; stopped with Ctrl-C (SIGINT) at the end, as the
+    README says."""
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        ["bash", "-e", "-c", serve],
+        ["bash", "-e", "-c", text],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -78,16 +87,65 @@ def gateway_block(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Po
     try:
         with grpc.insecure_channel(env["FABRIC_LISTEN"]) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
-        yield process
+        yield
     finally:
-        os.killpg(process.pid, signal.SIGINT)
+        _stop_group(process.pid, signal.SIGINT)
+        process.wait(timeout=10)
+        log.close()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of a process group (what a block left running with `&`)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            log.close()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name in parentheses: state, ppid, pgrp, ...
+        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _stop_group(pgid: int, sig: signal.Signals, grace: float = 30.0) -> None:
+    """Signal every process of the group and wait (on pidfds, no polling) until each has
+    exited; what outlives `grace` is killed."""
+    waiting = {}
+    for pid in _group_members(pgid):
+        try:
+            waiting[os.pidfd_open(pid)] = pid
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+    try:
+        deadline = time.monotonic() + grace
+        while waiting:
+            ready, _, _ = select.select(
+                list(waiting), [], [], max(0.0, deadline - time.monotonic())
+            )
+            if not ready:
+                for pid in waiting.values():
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                continue
+            for fd in ready:
+                del waiting[fd]
+                os.close(fd)
+    finally:
+        for fd in waiting:
+            os.close(fd)
+
+
+@pytest.fixture
+def gateway_block(env: dict[str, str], tmp_path: Path) -> Iterator[None]:
+    """The walk-through's block that runs `fabric serve`, in the background."""
+    (serve,) = [text for lang, text in walkthrough() if re.search(r"^fabric serve\b", text, re.M)]
+    with _in_background(serve, env, tmp_path / "serve.log"):
+        yield
 
 
 def _run_on_a_terminal(text: str, env: dict[str, str]) -> str:
@@ -115,9 +173,21 @@ def _run_on_a_terminal(text: str, env: dict[str, str]) -> str:
     return transcript
 
 
-def test_the_readme_walkthrough_runs_as_written(
-    env: dict[str, str], gateway_block: subprocess.Popen[bytes]
-) -> None:
+def _run_python(text: str, env: dict[str, str]) -> str:
+    """A Python block with the venv's Python (and `fabric` on PATH); its output."""
+    done = subprocess.run(
+        [sys.executable, "-c", text],
+        cwd=ROOT,
+        env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"README block failed:\n{text}\n--- stderr ---\n{done.stderr}"
+    return done.stdout
+
+
+def test_the_readme_walkthrough_runs_as_written(env: dict[str, str], gateway_block: None) -> None:
     blocks = walkthrough()
     assert [lang for lang, _ in blocks] == ["sh", "sh", "sh", "python"]
     outputs = []
@@ -127,16 +197,7 @@ def test_the_readme_walkthrough_runs_as_written(
         if lang == "sh":
             outputs.append(_run_on_a_terminal(text, env))
         else:
-            done = subprocess.run(
-                [sys.executable, "-c", text],
-                cwd=ROOT,
-                env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert done.returncode == 0, done.stderr
-            outputs.append(done.stdout)
+            outputs.append(_run_python(text, env))
     admin, app, python = outputs
     assert "created connection 'sales' (postgres) for stage '*', tested" in admin
     assert "password sealed in the secret store" in admin
@@ -150,3 +211,50 @@ def test_the_readme_walkthrough_runs_as_written(
     assert "-- 3 rows" in app
     assert python.splitlines()[0].split() == ["1", "False", "False"]  # rows, truncated, cached
     assert python.splitlines()[-1] == "['customers', 'orders']"
+
+
+def test_the_flight_sql_and_scaling_out_recipes_run_as_written(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The Arrow Flight SQL section (a gateway with Flight SQL on, then ADBC from Python)
+    and the Scaling out recipe (a platform and three replicas over NATS, a query sent to
+    the replicas, a preview through the platform), on the walk-through's `sales` data."""
+    # A reader of these sections has the venv activated, as the walk-through does.
+    env = {**env, "PATH": f"{ROOT / '.venv' / 'bin'}:{Path(sys.executable).parent}:{env['PATH']}"}
+    using_it = walkthrough()
+    (serve,) = [text for lang, text in using_it if re.search(r"^fabric serve\b", text, re.M)]
+    with _in_background(serve, env, tmp_path / "serve.log"):
+        _run_on_a_terminal(using_it[1][1], env)  # load the data, register and select it
+
+    flight = section_blocks("Arrow Flight SQL")
+    assert [lang for lang, _ in flight] == ["sh", "python"]
+    with _in_background(flight[0][1], env, tmp_path / "flight.log"):
+        out = _run_python(flight[1][1], env).splitlines()
+    rows, columns = out[0].split(" ", 1)
+    assert int(rows) > 0 and columns == "['id', 'amount']"
+    assert out[1] == "['id', 'customer_id', 'amount', 'placed_at']"
+
+    ((lang, recipe),) = [b for b in section_blocks("Scaling out") if "--role runtime" in b[1]]
+    assert lang == "sh"
+    with private_nats_server(tmp_path) as nats:
+        log = open(tmp_path / "scaling.log", "w+")  # noqa: SIM115 - closed below
+        block = subprocess.Popen(
+            ["bash", "-e", "-c", recipe],
+            cwd=ROOT,
+            env={**env, "FABRIC_NATS_URL": nats.url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = block.wait(timeout=180)
+        finally:
+            # What the recipe left running (`&`): the platform and the replicas.
+            _stop_group(block.pid, signal.SIGTERM)
+            log.seek(0)
+            transcript = log.read()
+            log.close()
+    assert code == 0, f"README block failed:\n{recipe}\n--- output ---\n{transcript}"
+    assert transcript.count(": SERVING") == 4  # the platform, then each replica
+    assert re.search(r"^-- 1 row", transcript, re.M)  # the count, from a replica
+    assert re.search(r"^-- 5 rows", transcript, re.M)  # the preview, through the platform
