@@ -1,18 +1,23 @@
 """The Flight SQL door: Arrow Flight's gRPC service, answering Flight SQL commands with
 the same engine, identity, limits and errors as QueryService.
 
-Statements. GetFlightInfo starts the query (through the same `execute` as
-QueryService.Execute: the engine, or the bus forwarder on a platform) and waits for its
-schema, so the FlightInfo carries the real one; the started result waits in a registry
-under a random handle, which the ticket names, until DoGet streams it. Prepared
-statements are compiled and checked when they are created, bind one row of parameters
-by DoPut (`fabric.api.flight.parameters`), and run like a statement.
+Statements. GetSchema answers from the result schemas the door has seen
+(`fabric.api.flight.schemas`: described before, or run as a prepared statement), else
+describes the query: compiled and checked, it is started at its source with a cap of one
+row and every parameter null, and stopped once the schema is known (no row is sent). A
+prepared statement's answer carries the result schema when it is known. GetFlightInfo
+starts the query (through the same `execute` as QueryService.Execute: the engine, or the
+bus forwarder on a platform) and waits for its schema, so the FlightInfo carries the
+real one; the started result waits in a registry under a random handle, which the ticket
+names, until DoGet streams it. Prepared statements are compiled and checked when they
+are created, bind one row of parameters by DoPut (`fabric.api.flight.parameters`), and
+run like a statement.
 
 Metadata comes from the selection (`fabric.api.flight.catalog`), read from the metadata
 store in a worker thread; the ticket of a metadata command is the command itself.
 
-Refused: updates, ingestion, Substrait plans, transactions and savepoints, session
-options: UNIMPLEMENTED, the code Flight SQL clients take as "not supported"; a write
+Refused: updates, ingestion, Substrait plans, transactions and savepoints:
+UNIMPLEMENTED, the code Flight SQL clients take as "not supported"; a write
 sent as a query is refused by the compiler like on QueryService (INVALID_ARGUMENT).
 
 Every call has passed the gateway's interceptors first (token verified, role checked,
@@ -23,6 +28,7 @@ gives its class, with the error code in the trailers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, cast
@@ -37,6 +43,7 @@ from fabric.api.flight.parameters import (
     parameter_names,
     parameter_schema,
 )
+from fabric.api.flight.schemas import ResultSchemas, SchemaKey
 from fabric.api.flight.sql_info import (
     SQL_INFO_SCHEMA,
     XDBC_TYPE_INFO_SCHEMA,
@@ -155,9 +162,11 @@ class FlightSqlService:
         self.started: StatementRegistry[StartedResult] = StatementRegistry(
             idle_limit=idle, max_open=most, clock=clock
         )
+        self.schemas = ResultSchemas()
         engine.on_purge(self._purge)
 
     def _purge(self, tenant: str, connection: str) -> int:
+        self.schemas.drop_connection(tenant, connection)
         return self.prepared.close_connection(tenant, connection) + self.started.close_connection(
             tenant, connection
         )
@@ -237,15 +246,9 @@ class FlightSqlService:
             if name == f"{_SQL}CommandPreparedStatementQuery":
                 handle = unpack(command, sql.CommandPreparedStatementQuery)
                 prepared = self._prepared(ctx, handle.prepared_statement_handle)
-                request_ = QueryRequest(
-                    prepared.connection,
-                    prepared.sql,
-                    prepared.params if prepared.bound else {},
-                    cache_ttl=prepared.options.cache_ttl,
-                    max_rows=prepared.options.max_rows,
-                    protocol=PROTOCOL,
-                )
-                return await self._start(ctx, request, request_, prepared.options)
+                request_ = _prepared_request(prepared)
+                key = _schema_key(ctx, prepared.connection, prepared.fingerprint)
+                return await self._start(ctx, request, request_, prepared.options, key)
             schema = self._metadata_schema(command)
             ticket = fl.Ticket(ticket=request.cmd)
             return fl.FlightInfo(
@@ -276,8 +279,10 @@ class FlightSqlService:
         descriptor: fl.FlightDescriptor,
         request: QueryRequest,
         options: QueryOptions,
+        schema_key: SchemaKey | None = None,
     ) -> fl.FlightInfo:
-        """Start the query, take its schema, and keep the rest for DoGet."""
+        """Start the query, take its schema (remembered under `schema_key`, when given),
+        and keep the rest for DoGet."""
         items = cast(
             AsyncGenerator[bytes | Summary, None],
             self._execute(ctx, request, options.deadline()),
@@ -290,6 +295,8 @@ class FlightSqlService:
         if not isinstance(schema, bytes):
             await items.aclose()
             raise InternalError("the result started without its schema")
+        if schema_key is not None:
+            self.schemas.put(schema_key, schema)
         result = StartedResult(items, schema, asyncio.get_running_loop(), ctx.principal)
         statement = self.started.open(
             tenant=ctx.tenant,
@@ -329,18 +336,56 @@ class FlightSqlService:
         self, request: fl.FlightDescriptor, context: grpc.aio.ServicerContext
     ) -> fl.SchemaResult:
         async with translated_errors(context, "GetSchema"):
-            self._context(context)
+            ctx = self._context(context)
             command = _command(request)
-            if type_name(command) in (
-                f"{_SQL}CommandStatementQuery",
-                f"{_SQL}CommandPreparedStatementQuery",
-            ):
-                raise Unimplemented(
-                    "a query's schema is known once it runs: call GetFlightInfo, whose "
-                    "answer carries it"
-                )
+            name = type_name(command)
+            if name == f"{_SQL}CommandStatementQuery":
+                query = unpack(command, sql.CommandStatementQuery)
+                _no_transaction(query)
+                options = query_options(context.invocation_metadata())
+                statement = self._request(query.query, options)
+                compiled = await self._engine.prepare(ctx, statement)
+                key = _schema_key(ctx, statement.connection, compiled.fingerprint)
+                names = parameter_names(compiled.param_names)
+                schema = await self._describe(ctx, statement, names, options, key)
+                return fl.SchemaResult(schema=schema)
+            if name == f"{_SQL}CommandPreparedStatementQuery":
+                handle = unpack(command, sql.CommandPreparedStatementQuery)
+                prepared = self._prepared(ctx, handle.prepared_statement_handle)
+                key = _schema_key(ctx, prepared.connection, prepared.fingerprint)
+                statement = _prepared_request(prepared)
+                schema = await self._describe(ctx, statement, prepared.names, prepared.options, key)
+                return fl.SchemaResult(schema=schema)
             return fl.SchemaResult(schema=schema_message(self._metadata_schema(command)))
         raise AssertionError("unreachable: errors abort the call")
+
+    async def _describe(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        names: tuple[str, ...],
+        options: QueryOptions,
+        key: SchemaKey,
+    ) -> bytes:
+        """The result schema of a checked query: remembered, or read from its source by
+        starting it capped at one row, every parameter null, and stopping it once the
+        schema is there (nothing is cached, no row is sent)."""
+        known = self.schemas.get(key)
+        if known is not None:
+            return known
+        probe = dataclasses.replace(request, params=dict.fromkeys(names), cache_ttl=0.0, max_rows=1)
+        items = cast(
+            AsyncGenerator[bytes | Summary, None],
+            self._execute(ctx, probe, options.deadline()),
+        )
+        try:
+            schema = await anext(items)
+        finally:
+            await items.aclose()
+        if not isinstance(schema, bytes):
+            raise InternalError("the result started without its schema")
+        self.schemas.put(key, schema)
+        return schema
 
     # -- DoGet -------------------------------------------------------------------------------
 
@@ -474,7 +519,15 @@ class FlightSqlService:
         request = self._request(create.query, options)
         compiled = await self._engine.prepare(ctx, request)
         names = parameter_names(compiled.param_names)
-        prepared = PreparedQuery(request.connection, request.sql, names, options, ctx.principal)
+        # The result schema when the door has seen it (GetSchema, an earlier run): the
+        # ADBC driver reads a prepared statement's schema from here only. Not described
+        # at the source here: ADBC prepares every query it runs, so that would run each
+        # new query twice.
+        key = _schema_key(ctx, request.connection, compiled.fingerprint)
+        dataset_schema = self.schemas.get(key) or b""
+        prepared = PreparedQuery(
+            request.connection, request.sql, names, compiled.fingerprint, options, ctx.principal
+        )
         statement = self.prepared.open(
             tenant=ctx.tenant,
             stage=ctx.stage,
@@ -485,7 +538,12 @@ class FlightSqlService:
         )
         result = sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=statement.id.encode(),
-            parameter_schema=schema_message(parameter_schema(names)) if names else b"",
+            dataset_schema=dataset_schema,
+            parameter_schema=(
+                schema_message(parameter_schema(names, dict(compiled.param_types)))
+                if names
+                else b""
+            ),
         )
         return fl.Result(body=pack(result))
 
@@ -566,6 +624,21 @@ def _command(descriptor: fl.FlightDescriptor) -> Any:
     if descriptor.type != fl.FlightDescriptor.CMD:
         raise InvalidArgument("Fabric answers Flight SQL commands only (descriptors of type CMD)")
     return parse_any(descriptor.cmd, "descriptor's command")
+
+
+def _prepared_request(prepared: PreparedQuery) -> QueryRequest:
+    return QueryRequest(
+        prepared.connection,
+        prepared.sql,
+        prepared.params if prepared.bound else {},
+        cache_ttl=prepared.options.cache_ttl,
+        max_rows=prepared.options.max_rows,
+        protocol=PROTOCOL,
+    )
+
+
+def _schema_key(ctx: RequestContext, connection: str, fingerprint: str) -> SchemaKey:
+    return (ctx.tenant, ctx.stage, connection, fingerprint)
 
 
 def _refuse_command(name: str) -> None:
