@@ -44,6 +44,7 @@ from fabric.api.flight.parameters import (
     parameter_schema,
 )
 from fabric.api.flight.schemas import ResultSchemas, SchemaKey
+from fabric.api.flight.sessions import FlightSession, session_cookie, session_id
 from fabric.api.flight.sql_info import (
     SQL_INFO_SCHEMA,
     XDBC_TYPE_INFO_SCHEMA,
@@ -99,9 +100,6 @@ _REFUSED_ACTIONS = {
     "BeginSavepoint": _READ_ONLY,
     "EndSavepoint": _READ_ONLY,
     "CreatePreparedSubstraitPlan": "Substrait plans are not supported; send SQL",
-    "SetSessionOptions": "session options are not supported; send x-fabric-* call headers",
-    "GetSessionOptions": "session options are not supported; send x-fabric-* call headers",
-    "CloseSession": "session options are not supported; send x-fabric-* call headers",
     "RenewFlightEndpoint": "endpoints cannot be renewed; run the query again",
 }
 ACTIONS = {
@@ -109,6 +107,9 @@ ACTIONS = {
     "ClosePreparedStatement": "Drop a prepared statement and its bound parameters",
     "CancelFlightInfo": "Cancel a query started by GetFlightInfo, at its source too",
     "CancelQuery": "Cancel a query started by GetFlightInfo (deprecated form)",
+    "SetSessionOptions": "Set the session's connection, cache_ttl, max_rows and timeout",
+    "GetSessionOptions": "The options of the session",
+    "CloseSession": "Drop the session and its options",
 }
 
 METADATA_SCHEMAS: dict[str, pa.Schema] = {
@@ -162,6 +163,9 @@ class FlightSqlService:
         self.started: StatementRegistry[StartedResult] = StatementRegistry(
             idle_limit=idle, max_open=most, clock=clock
         )
+        self.sessions: StatementRegistry[FlightSession] = StatementRegistry(
+            idle_limit=idle, max_open=most, clock=clock
+        )
         self.schemas = ResultSchemas()
         engine.on_purge(self._purge)
 
@@ -183,10 +187,13 @@ class FlightSqlService:
     def close_all(self) -> None:
         self.prepared.close_all()
         self.started.close_all()
+        self.sessions.close_all()
 
     async def run_sweepers(self, interval: float) -> None:
         await asyncio.gather(
-            self.prepared.run_sweeper(interval), self.started.run_sweeper(interval)
+            self.prepared.run_sweeper(interval),
+            self.started.run_sweeper(interval),
+            self.sessions.run_sweeper(interval),
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -241,7 +248,7 @@ class FlightSqlService:
             if name == f"{_SQL}CommandStatementQuery":
                 query = unpack(command, sql.CommandStatementQuery)
                 _no_transaction(query)
-                options = query_options(context.invocation_metadata())
+                options = self._options(ctx, context)
                 return await self._start(ctx, request, self._request(query.query, options), options)
             if name == f"{_SQL}CommandPreparedStatementQuery":
                 handle = unpack(command, sql.CommandPreparedStatementQuery)
@@ -342,7 +349,7 @@ class FlightSqlService:
             if name == f"{_SQL}CommandStatementQuery":
                 query = unpack(command, sql.CommandStatementQuery)
                 _no_transaction(query)
-                options = query_options(context.invocation_metadata())
+                options = self._options(ctx, context)
                 statement = self._request(query.query, options)
                 compiled = await self._engine.prepare(ctx, statement)
                 key = _schema_key(ctx, statement.connection, compiled.fingerprint)
@@ -503,6 +510,24 @@ class FlightSqlService:
                 self._cancel(ctx, _parse(fl.FlightInfo, body.info, "CancelQuery"))
                 cancelled = sql.ActionCancelQueryResult.CANCEL_RESULT_CANCELLED
                 yield fl.Result(body=pack(sql.ActionCancelQueryResult(result=cancelled)))
+            elif kind == "SetSessionOptions":
+                yield await self._set_session_options(ctx, request.body, context)
+            elif kind == "GetSessionOptions":
+                _parse(fl.GetSessionOptionsRequest, request.body, "GetSessionOptions")
+                session = self._session(ctx, context)
+                options = session.options() if session is not None else {}
+                result = fl.GetSessionOptionsResult(session_options=options)
+                yield fl.Result(body=result.SerializeToString())
+            elif kind == "CloseSession":
+                _parse(fl.CloseSessionRequest, request.body, "CloseSession")
+                identifier = session_id(context.invocation_metadata())
+                if identifier is not None:
+                    self._session(ctx, context, missing_ok=True)  # the caller's own only
+                    self.sessions.close(
+                        identifier, tenant=ctx.tenant, stage=ctx.stage, missing_ok=True
+                    )
+                closed = fl.CloseSessionResult(status=fl.CloseSessionResult.CLOSED)
+                yield fl.Result(body=closed.SerializeToString())
             elif kind in _REFUSED_ACTIONS:
                 raise Unimplemented(_REFUSED_ACTIONS[kind])
             else:
@@ -515,7 +540,7 @@ class FlightSqlService:
     ) -> fl.Result:
         create = unpack(parse_any(body, "action body"), sql.ActionCreatePreparedStatementRequest)
         _no_transaction(create)
-        options = query_options(context.invocation_metadata())
+        options = self._options(ctx, context)
         request = self._request(create.query, options)
         compiled = await self._engine.prepare(ctx, request)
         names = parameter_names(compiled.param_names)
@@ -570,6 +595,60 @@ class FlightSqlService:
             self._context(context)
             for kind, description in ACTIONS.items():
                 yield fl.ActionType(type=kind, description=description)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _session(
+        self, ctx: RequestContext, context: grpc.aio.ServicerContext, *, missing_ok: bool = False
+    ) -> FlightSession | None:
+        """The session the call's cookie names (None without one); NotFound when it is
+        closed, expired or another caller's, unless `missing_ok`."""
+        identifier = session_id(context.invocation_metadata())
+        if identifier is None:
+            return None
+        try:
+            statement = self.sessions.get(identifier, tenant=ctx.tenant, stage=ctx.stage)
+            if statement.payload.principal != ctx.principal:
+                raise NotFound("")
+        except NotFound:
+            if missing_ok:
+                return None
+            raise NotFound(
+                "the Flight session was closed or expired: open a new one (reconnect, or "
+                "set its options again without the old session cookie)"
+            ) from None
+        return statement.payload
+
+    def _options(self, ctx: RequestContext, context: grpc.aio.ServicerContext) -> QueryOptions:
+        """The call's query options: its headers, over its session's options."""
+        session = self._session(ctx, context)
+        return query_options(
+            context.invocation_metadata(), session.defaults() if session is not None else None
+        )
+
+    async def _set_session_options(
+        self, ctx: RequestContext, body: bytes, context: grpc.aio.ServicerContext
+    ) -> fl.Result:
+        request = _parse(fl.SetSessionOptionsRequest, body, "SetSessionOptions")
+        session = self._session(ctx, context)
+        if session is None:
+            session = FlightSession(ctx.principal)
+            opened = self.sessions.open(
+                tenant=ctx.tenant,
+                stage=ctx.stage,
+                principal=ctx.principal,
+                payload=session,
+                close_fn=session.values.clear,
+            )
+            await context.send_initial_metadata((session_cookie(opened.id),))
+        errors = session.update(dict(request.session_options))
+        result = fl.SetSessionOptionsResult(
+            errors={
+                name: fl.SetSessionOptionsResult.Error(value=error)  # type: ignore[arg-type]
+                for name, error in errors.items()
+            }
+        )
+        return fl.Result(body=result.SerializeToString())
 
     # -- helpers -----------------------------------------------------------------------------
 
