@@ -38,7 +38,8 @@ class Settings:
     """gRPC listen address (FABRIC_LISTEN)."""
     flight_listen: str = ""
     """Arrow Flight SQL listen address (FABRIC_FLIGHT_LISTEN), served by `fabric serve`
-    (roles all and platform) next to the gRPC API, with the same tokens, TLS and rules;
+    (every role: a runtime replica serves its own stage's tokens only) next to the gRPC
+    API, with the same tokens, TLS and rules;
     unset: no Flight SQL endpoint."""
     tls_cert: str = ""
     """PEM certificate chain the gateway serves (FABRIC_TLS_CERT); with tls_key, TLS is on."""

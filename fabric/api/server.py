@@ -430,16 +430,23 @@ class Gateway:
     async def _start_flight(self, address: str) -> int:
         """The Flight SQL server: its own port, the same interceptors, TLS and limits."""
         server = grpc.aio.server(
-            options=channel_options(self.settings), interceptors=self._call_interceptors()
+            options=[*channel_options(self.settings), *SERVER_OPTIONS],
+            interceptors=self._call_interceptors(),
         )
         self.flight.add_to_server(server)
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            port: int = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                port: int = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {address} for Flight SQL")
+            raise FailedPrecondition(
+                f"cannot listen on {address} for Flight SQL: the address is in use or not "
+                "available on this machine; choose another with FABRIC_FLIGHT_LISTEN"
+            )
         self._flight_server = server
         await server.start()
         self._flight_sweeper = asyncio.create_task(

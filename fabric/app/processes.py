@@ -15,8 +15,9 @@
               an open statement lives in one process's memory, and NATS request/reply
               cannot pin a client to a replica across calls. Needs FABRIC_NATS_URL.
     runtime   one stateless replica of a stage (`--stage`), the door apps use: QueryService
-              and gRPC health on --listen (default FABRIC_LISTEN), serving only tokens of
-              its stage (another stage's token: PERMISSION_DENIED). A QueryEngine on the
+              and gRPC health on --listen (default FABRIC_LISTEN), and Arrow Flight SQL on
+              FABRIC_FLIGHT_LISTEN when set, serving only tokens of its stage (another
+              stage's token: PERMISSION_DENIED, on both doors). A QueryEngine on the
               same metadata store and key ring / Vault as the platform (it only reads
               metadata); it also serves the queries the platform forwards over NATS in
               the stage's queue group, and applies platform events (purges) from a
@@ -280,7 +281,9 @@ class RuntimeProcess:
             )
         # Listening at once, so probes hear NOT_SERVING (and calls UNAVAILABLE) while the
         # replica loads; the queue group is joined only once it is ready.
-        port = await self.gateway.start(self.listen, ready=False)
+        port = await self.gateway.start(
+            self.listen, ready=False, flight_address=self.settings.flight_listen
+        )
         await self.applier.start(self.events, self.durable_name)
         await self.readiness.wait()
         await self.replica.start()
@@ -289,9 +292,11 @@ class RuntimeProcess:
             self._watch_bus(), name="runtime:health"
         )
         line = (
-            f"fabric runtime replica {self.replica_id} of stage {self.stage} serving "
-            f"on port {port}, NATS at {nats_where(self.settings)}"
+            f"fabric runtime replica {self.replica_id} of stage {self.stage} serving on port {port}"
         )
+        if self.gateway.flight_port:
+            line += f", Flight SQL on port {self.gateway.flight_port}"
+        line += f", NATS at {nats_where(self.settings)}"
         if self.gateway.metrics_port:
             line += f", metrics on {self.gateway.metrics_host}:{self.gateway.metrics_port}/metrics"
         return line
@@ -360,6 +365,8 @@ async def open_process(
         if not stage:
             raise InvalidArgument("--role runtime needs --stage NAME (the stage it serves)")
         check_listen(address, settings, insecure=insecure)
+        if settings.flight_listen:
+            check_listen(settings.flight_listen, settings, insecure=insecure)
         return await RuntimeProcess.open(settings, stage=stage, listen=address, **engine_options)
     if role in (ProcessRole.PLATFORM, ProcessRole.ALL):
         if stage:

@@ -15,11 +15,17 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from fabric.api.background import BackgroundGateway
+from fabric.app.gateway import assemble_gateway
+from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
+from fabric.config import Settings
+from fabric.errors import FailedPrecondition
+from fabric.query.engine import QueryEngine
 from fabric.v1 import flight_pb2 as fl
 from fabric.v1 import flight_pb2_grpc as fl_grpc
 from fabric.v1 import flight_sql_pb2 as sql
-from tests.e2e.conftest import Harness, start_harness
+from tests.e2e.conftest import Harness, start_harness, tenant_from_metadata
 from tests.e2e.flight_clients import FlightClient, connect, fabric_code, grpc_code, message_of
 
 
@@ -411,3 +417,23 @@ def test_metrics_label_queries_by_protocol(harness: Harness) -> None:
     text = generate_latest(harness.engine.metrics.registry).decode()
     assert 'fabric_queries_total{method="execute",outcome="ok",protocol="flight_sql"} 1.0' in text
     assert 'fabric_queries_total{method="execute",outcome="ok",protocol="grpc"} 1.0' in text
+
+
+def test_a_flight_port_in_use_is_refused_not_shared(harness: Harness, tmp_path: Path) -> None:
+    """grpc binds with SO_REUSEPORT unless told not to: a second gateway on the same
+    Flight SQL port would start, and the kernel would split the calls between them."""
+    taken = f"127.0.0.1:{harness.gateway.gateway.flight_port}"
+    store = SqliteMetadataStore(tmp_path / "second.sqlite")
+    engine = QueryEngine(store, Settings(home=tmp_path / "second", metrics_port=0))
+    second = BackgroundGateway(
+        assemble_gateway(engine, context_provider=tenant_from_metadata), flight_address=taken
+    )
+    try:
+        with pytest.raises(FailedPrecondition, match=f"cannot listen on {taken} for Flight SQL"):
+            second.start()
+    finally:
+        second.stop()
+        store.close()
+    with connect(uri(harness)) as conn, conn.cursor() as cur:  # the first still serves
+        cur.execute("SELECT COUNT(*) AS n FROM customers")
+        assert cur.fetchall() == [(100,)]

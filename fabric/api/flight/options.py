@@ -11,13 +11,17 @@ it does not know itself). The headers:
     x-fabric-timeout      seconds the query may take (capped by FABRIC_QUERY_TIMEOUT)
 
 A value that does not parse is refused with the header named, never echoed.
+
+The same four can be set once for a Flight session instead (SetSessionOptions,
+`fabric.api.flight.sessions`): a session's values are the defaults of each call, and a
+call's own header wins.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fabric.errors import InvalidArgument
@@ -52,8 +56,12 @@ class QueryOptions:
         return self.connection
 
 
-def query_options(metadata: Iterable[tuple[str, str | bytes]] | None) -> QueryOptions:
-    """The options a call's headers carry."""
+def query_options(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+    defaults: Mapping[str, str] | None = None,
+) -> QueryOptions:
+    """The options a call's headers carry; `defaults` (by header name: a session's
+    options, already checked) for those it does not."""
     found: dict[str, str] = {}
     for key, value in metadata or ():
         name = key.lower()
@@ -67,6 +75,14 @@ def query_options(metadata: Iterable[tuple[str, str | bytes]] | None) -> QueryOp
             except UnicodeDecodeError:
                 raise InvalidArgument(f"the '{name}' header is not ASCII") from None
         found[name] = value.strip()
+    for name, value in (defaults or {}).items():
+        found.setdefault(name, value)
+    return parsed_options(found)
+
+
+def parsed_options(found: Mapping[str, str]) -> QueryOptions:
+    """The options from their text values, by header name; InvalidArgument naming the
+    first that does not parse."""
     connection = found.get(CONNECTION_HEADER, "")
     if len(connection) > _MAX_CONNECTION_NAME:
         raise InvalidArgument(f"the '{CONNECTION_HEADER}' header is too long")
@@ -78,7 +94,7 @@ def query_options(metadata: Iterable[tuple[str, str | bytes]] | None) -> QueryOp
     )
 
 
-def _seconds(found: dict[str, str], name: str, *, zero_ok: bool) -> float | None:
+def _seconds(found: Mapping[str, str], name: str, *, zero_ok: bool) -> float | None:
     raw = found.get(name)
     if raw is None:
         return None
@@ -92,7 +108,7 @@ def _seconds(found: dict[str, str], name: str, *, zero_ok: bool) -> float | None
     return value
 
 
-def _count(found: dict[str, str], name: str) -> int | None:
+def _count(found: Mapping[str, str], name: str) -> int | None:
     raw = found.get(name)
     if raw is None:
         return None

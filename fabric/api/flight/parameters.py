@@ -5,7 +5,9 @@ The mapping (README, "Flight SQL"):
 - A prepared statement's text may name its parameters (`:name`, Fabric SQL) or write
   `?`; each `?` becomes `:p1`, `:p2`, ... in text order (`named_from_positional`).
 - Its parameter schema lists one field per distinct name, in order of first
-  appearance, typed `null`: Fabric learns a parameter's type from the value bound.
+  appearance, typed as the query implies (the column a parameter is compared with,
+  `fabric.query.compiler.param_types`), else `null`: any value binds, and Fabric binds
+  it with the type it has.
 - The client binds one row of an Arrow record batch (DoPut). When every column of the
   batch is named after a parameter, columns bind by name (ADBC does this for a
   dict); otherwise the n-th column binds the n-th parameter of the schema, and the
@@ -18,7 +20,7 @@ The mapping (README, "Flight SQL"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -33,9 +35,13 @@ def parameter_names(placeholders: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(placeholders))
 
 
-def parameter_schema(names: Sequence[str]) -> pa.Schema:
-    """What a client is told to bind: one nullable field per name, type unknown (null)."""
-    return pa.schema([pa.field(name, pa.null()) for name in names])
+def parameter_schema(
+    names: Sequence[str], types: Mapping[str, pa.DataType | None] | None = None
+) -> pa.Schema:
+    """What a client is told to bind: one nullable field per name, of the type the query
+    implies for it, or null (unknown)."""
+    known = types or {}
+    return pa.schema([pa.field(name, known.get(name) or pa.null()) for name in names])
 
 
 def bind_parameters(names: Sequence[str], table: pa.Table) -> dict[str, Any]:

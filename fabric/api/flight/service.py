@@ -1,18 +1,23 @@
 """The Flight SQL door: Arrow Flight's gRPC service, answering Flight SQL commands with
 the same engine, identity, limits and errors as QueryService.
 
-Statements. GetFlightInfo starts the query (through the same `execute` as
-QueryService.Execute: the engine, or the bus forwarder on a platform) and waits for its
-schema, so the FlightInfo carries the real one; the started result waits in a registry
-under a random handle, which the ticket names, until DoGet streams it. Prepared
-statements are compiled and checked when they are created, bind one row of parameters
-by DoPut (`fabric.api.flight.parameters`), and run like a statement.
+Statements. GetSchema answers from the result schemas the door has seen
+(`fabric.api.flight.schemas`: described before, or run as a prepared statement), else
+describes the query: compiled and checked, it is started at its source with a cap of one
+row and every parameter null, and stopped once the schema is known (no row is sent). A
+prepared statement's answer carries the result schema when it is known. GetFlightInfo
+starts the query (through the same `execute` as QueryService.Execute: the engine, or the
+bus forwarder on a platform) and waits for its schema, so the FlightInfo carries the
+real one; the started result waits in a registry under a random handle, which the ticket
+names, until DoGet streams it. Prepared statements are compiled and checked when they
+are created, bind one row of parameters by DoPut (`fabric.api.flight.parameters`), and
+run like a statement.
 
 Metadata comes from the selection (`fabric.api.flight.catalog`), read from the metadata
 store in a worker thread; the ticket of a metadata command is the command itself.
 
-Refused: updates, ingestion, Substrait plans, transactions and savepoints, session
-options: UNIMPLEMENTED, the code Flight SQL clients take as "not supported"; a write
+Refused: updates, ingestion, Substrait plans, transactions and savepoints:
+UNIMPLEMENTED, the code Flight SQL clients take as "not supported"; a write
 sent as a query is refused by the compiler like on QueryService (INVALID_ARGUMENT).
 
 Every call has passed the gateway's interceptors first (token verified, role checked,
@@ -23,6 +28,7 @@ gives its class, with the error code in the trailers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, cast
@@ -37,6 +43,8 @@ from fabric.api.flight.parameters import (
     parameter_names,
     parameter_schema,
 )
+from fabric.api.flight.schemas import ResultSchemas, SchemaKey
+from fabric.api.flight.sessions import FlightSession, session_cookie, session_id
 from fabric.api.flight.sql_info import (
     SQL_INFO_SCHEMA,
     XDBC_TYPE_INFO_SCHEMA,
@@ -92,9 +100,6 @@ _REFUSED_ACTIONS = {
     "BeginSavepoint": _READ_ONLY,
     "EndSavepoint": _READ_ONLY,
     "CreatePreparedSubstraitPlan": "Substrait plans are not supported; send SQL",
-    "SetSessionOptions": "session options are not supported; send x-fabric-* call headers",
-    "GetSessionOptions": "session options are not supported; send x-fabric-* call headers",
-    "CloseSession": "session options are not supported; send x-fabric-* call headers",
     "RenewFlightEndpoint": "endpoints cannot be renewed; run the query again",
 }
 ACTIONS = {
@@ -102,6 +107,9 @@ ACTIONS = {
     "ClosePreparedStatement": "Drop a prepared statement and its bound parameters",
     "CancelFlightInfo": "Cancel a query started by GetFlightInfo, at its source too",
     "CancelQuery": "Cancel a query started by GetFlightInfo (deprecated form)",
+    "SetSessionOptions": "Set the session's connection, cache_ttl, max_rows and timeout",
+    "GetSessionOptions": "The options of the session",
+    "CloseSession": "Drop the session and its options",
 }
 
 METADATA_SCHEMAS: dict[str, pa.Schema] = {
@@ -155,9 +163,14 @@ class FlightSqlService:
         self.started: StatementRegistry[StartedResult] = StatementRegistry(
             idle_limit=idle, max_open=most, clock=clock
         )
+        self.sessions: StatementRegistry[FlightSession] = StatementRegistry(
+            idle_limit=idle, max_open=most, clock=clock
+        )
+        self.schemas = ResultSchemas()
         engine.on_purge(self._purge)
 
     def _purge(self, tenant: str, connection: str) -> int:
+        self.schemas.drop_connection(tenant, connection)
         return self.prepared.close_connection(tenant, connection) + self.started.close_connection(
             tenant, connection
         )
@@ -174,10 +187,13 @@ class FlightSqlService:
     def close_all(self) -> None:
         self.prepared.close_all()
         self.started.close_all()
+        self.sessions.close_all()
 
     async def run_sweepers(self, interval: float) -> None:
         await asyncio.gather(
-            self.prepared.run_sweeper(interval), self.started.run_sweeper(interval)
+            self.prepared.run_sweeper(interval),
+            self.started.run_sweeper(interval),
+            self.sessions.run_sweeper(interval),
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -232,20 +248,14 @@ class FlightSqlService:
             if name == f"{_SQL}CommandStatementQuery":
                 query = unpack(command, sql.CommandStatementQuery)
                 _no_transaction(query)
-                options = query_options(context.invocation_metadata())
+                options = self._options(ctx, context)
                 return await self._start(ctx, request, self._request(query.query, options), options)
             if name == f"{_SQL}CommandPreparedStatementQuery":
                 handle = unpack(command, sql.CommandPreparedStatementQuery)
                 prepared = self._prepared(ctx, handle.prepared_statement_handle)
-                request_ = QueryRequest(
-                    prepared.connection,
-                    prepared.sql,
-                    prepared.params if prepared.bound else {},
-                    cache_ttl=prepared.options.cache_ttl,
-                    max_rows=prepared.options.max_rows,
-                    protocol=PROTOCOL,
-                )
-                return await self._start(ctx, request, request_, prepared.options)
+                request_ = _prepared_request(prepared)
+                key = _schema_key(ctx, prepared.connection, prepared.fingerprint)
+                return await self._start(ctx, request, request_, prepared.options, key)
             schema = self._metadata_schema(command)
             ticket = fl.Ticket(ticket=request.cmd)
             return fl.FlightInfo(
@@ -276,8 +286,10 @@ class FlightSqlService:
         descriptor: fl.FlightDescriptor,
         request: QueryRequest,
         options: QueryOptions,
+        schema_key: SchemaKey | None = None,
     ) -> fl.FlightInfo:
-        """Start the query, take its schema, and keep the rest for DoGet."""
+        """Start the query, take its schema (remembered under `schema_key`, when given),
+        and keep the rest for DoGet."""
         items = cast(
             AsyncGenerator[bytes | Summary, None],
             self._execute(ctx, request, options.deadline()),
@@ -290,6 +302,8 @@ class FlightSqlService:
         if not isinstance(schema, bytes):
             await items.aclose()
             raise InternalError("the result started without its schema")
+        if schema_key is not None:
+            self.schemas.put(schema_key, schema)
         result = StartedResult(items, schema, asyncio.get_running_loop(), ctx.principal)
         statement = self.started.open(
             tenant=ctx.tenant,
@@ -329,18 +343,56 @@ class FlightSqlService:
         self, request: fl.FlightDescriptor, context: grpc.aio.ServicerContext
     ) -> fl.SchemaResult:
         async with translated_errors(context, "GetSchema"):
-            self._context(context)
+            ctx = self._context(context)
             command = _command(request)
-            if type_name(command) in (
-                f"{_SQL}CommandStatementQuery",
-                f"{_SQL}CommandPreparedStatementQuery",
-            ):
-                raise Unimplemented(
-                    "a query's schema is known once it runs: call GetFlightInfo, whose "
-                    "answer carries it"
-                )
+            name = type_name(command)
+            if name == f"{_SQL}CommandStatementQuery":
+                query = unpack(command, sql.CommandStatementQuery)
+                _no_transaction(query)
+                options = self._options(ctx, context)
+                statement = self._request(query.query, options)
+                compiled = await self._engine.prepare(ctx, statement)
+                key = _schema_key(ctx, statement.connection, compiled.fingerprint)
+                names = parameter_names(compiled.param_names)
+                schema = await self._describe(ctx, statement, names, options, key)
+                return fl.SchemaResult(schema=schema)
+            if name == f"{_SQL}CommandPreparedStatementQuery":
+                handle = unpack(command, sql.CommandPreparedStatementQuery)
+                prepared = self._prepared(ctx, handle.prepared_statement_handle)
+                key = _schema_key(ctx, prepared.connection, prepared.fingerprint)
+                statement = _prepared_request(prepared)
+                schema = await self._describe(ctx, statement, prepared.names, prepared.options, key)
+                return fl.SchemaResult(schema=schema)
             return fl.SchemaResult(schema=schema_message(self._metadata_schema(command)))
         raise AssertionError("unreachable: errors abort the call")
+
+    async def _describe(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        names: tuple[str, ...],
+        options: QueryOptions,
+        key: SchemaKey,
+    ) -> bytes:
+        """The result schema of a checked query: remembered, or read from its source by
+        starting it capped at one row, every parameter null, and stopping it once the
+        schema is there (nothing is cached, no row is sent)."""
+        known = self.schemas.get(key)
+        if known is not None:
+            return known
+        probe = dataclasses.replace(request, params=dict.fromkeys(names), cache_ttl=0.0, max_rows=1)
+        items = cast(
+            AsyncGenerator[bytes | Summary, None],
+            self._execute(ctx, probe, options.deadline()),
+        )
+        try:
+            schema = await anext(items)
+        finally:
+            await items.aclose()
+        if not isinstance(schema, bytes):
+            raise InternalError("the result started without its schema")
+        self.schemas.put(key, schema)
+        return schema
 
     # -- DoGet -------------------------------------------------------------------------------
 
@@ -458,6 +510,24 @@ class FlightSqlService:
                 self._cancel(ctx, _parse(fl.FlightInfo, body.info, "CancelQuery"))
                 cancelled = sql.ActionCancelQueryResult.CANCEL_RESULT_CANCELLED
                 yield fl.Result(body=pack(sql.ActionCancelQueryResult(result=cancelled)))
+            elif kind == "SetSessionOptions":
+                yield await self._set_session_options(ctx, request.body, context)
+            elif kind == "GetSessionOptions":
+                _parse(fl.GetSessionOptionsRequest, request.body, "GetSessionOptions")
+                session = self._session(ctx, context)
+                options = session.options() if session is not None else {}
+                result = fl.GetSessionOptionsResult(session_options=options)
+                yield fl.Result(body=result.SerializeToString())
+            elif kind == "CloseSession":
+                _parse(fl.CloseSessionRequest, request.body, "CloseSession")
+                identifier = session_id(context.invocation_metadata())
+                if identifier is not None:
+                    self._session(ctx, context, missing_ok=True)  # the caller's own only
+                    self.sessions.close(
+                        identifier, tenant=ctx.tenant, stage=ctx.stage, missing_ok=True
+                    )
+                closed = fl.CloseSessionResult(status=fl.CloseSessionResult.CLOSED)
+                yield fl.Result(body=closed.SerializeToString())
             elif kind in _REFUSED_ACTIONS:
                 raise Unimplemented(_REFUSED_ACTIONS[kind])
             else:
@@ -470,11 +540,19 @@ class FlightSqlService:
     ) -> fl.Result:
         create = unpack(parse_any(body, "action body"), sql.ActionCreatePreparedStatementRequest)
         _no_transaction(create)
-        options = query_options(context.invocation_metadata())
+        options = self._options(ctx, context)
         request = self._request(create.query, options)
         compiled = await self._engine.prepare(ctx, request)
         names = parameter_names(compiled.param_names)
-        prepared = PreparedQuery(request.connection, request.sql, names, options, ctx.principal)
+        # The result schema when the door has seen it (GetSchema, an earlier run): the
+        # ADBC driver reads a prepared statement's schema from here only. Not described
+        # at the source here: ADBC prepares every query it runs, so that would run each
+        # new query twice.
+        key = _schema_key(ctx, request.connection, compiled.fingerprint)
+        dataset_schema = self.schemas.get(key) or b""
+        prepared = PreparedQuery(
+            request.connection, request.sql, names, compiled.fingerprint, options, ctx.principal
+        )
         statement = self.prepared.open(
             tenant=ctx.tenant,
             stage=ctx.stage,
@@ -485,7 +563,12 @@ class FlightSqlService:
         )
         result = sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=statement.id.encode(),
-            parameter_schema=schema_message(parameter_schema(names)) if names else b"",
+            dataset_schema=dataset_schema,
+            parameter_schema=(
+                schema_message(parameter_schema(names, dict(compiled.param_types)))
+                if names
+                else b""
+            ),
         )
         return fl.Result(body=pack(result))
 
@@ -512,6 +595,60 @@ class FlightSqlService:
             self._context(context)
             for kind, description in ACTIONS.items():
                 yield fl.ActionType(type=kind, description=description)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _session(
+        self, ctx: RequestContext, context: grpc.aio.ServicerContext, *, missing_ok: bool = False
+    ) -> FlightSession | None:
+        """The session the call's cookie names (None without one); NotFound when it is
+        closed, expired or another caller's, unless `missing_ok`."""
+        identifier = session_id(context.invocation_metadata())
+        if identifier is None:
+            return None
+        try:
+            statement = self.sessions.get(identifier, tenant=ctx.tenant, stage=ctx.stage)
+            if statement.payload.principal != ctx.principal:
+                raise NotFound("")
+        except NotFound:
+            if missing_ok:
+                return None
+            raise NotFound(
+                "the Flight session was closed or expired: open a new one (reconnect, or "
+                "set its options again without the old session cookie)"
+            ) from None
+        return statement.payload
+
+    def _options(self, ctx: RequestContext, context: grpc.aio.ServicerContext) -> QueryOptions:
+        """The call's query options: its headers, over its session's options."""
+        session = self._session(ctx, context)
+        return query_options(
+            context.invocation_metadata(), session.defaults() if session is not None else None
+        )
+
+    async def _set_session_options(
+        self, ctx: RequestContext, body: bytes, context: grpc.aio.ServicerContext
+    ) -> fl.Result:
+        request = _parse(fl.SetSessionOptionsRequest, body, "SetSessionOptions")
+        session = self._session(ctx, context)
+        if session is None:
+            session = FlightSession(ctx.principal)
+            opened = self.sessions.open(
+                tenant=ctx.tenant,
+                stage=ctx.stage,
+                principal=ctx.principal,
+                payload=session,
+                close_fn=session.values.clear,
+            )
+            await context.send_initial_metadata((session_cookie(opened.id),))
+        errors = session.update(dict(request.session_options))
+        result = fl.SetSessionOptionsResult(
+            errors={
+                name: fl.SetSessionOptionsResult.Error(value=error)  # type: ignore[arg-type]
+                for name, error in errors.items()
+            }
+        )
+        return fl.Result(body=result.SerializeToString())
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -566,6 +703,21 @@ def _command(descriptor: fl.FlightDescriptor) -> Any:
     if descriptor.type != fl.FlightDescriptor.CMD:
         raise InvalidArgument("Fabric answers Flight SQL commands only (descriptors of type CMD)")
     return parse_any(descriptor.cmd, "descriptor's command")
+
+
+def _prepared_request(prepared: PreparedQuery) -> QueryRequest:
+    return QueryRequest(
+        prepared.connection,
+        prepared.sql,
+        prepared.params if prepared.bound else {},
+        cache_ttl=prepared.options.cache_ttl,
+        max_rows=prepared.options.max_rows,
+        protocol=PROTOCOL,
+    )
+
+
+def _schema_key(ctx: RequestContext, connection: str, fingerprint: str) -> SchemaKey:
+    return (ctx.tenant, ctx.stage, connection, fingerprint)
 
 
 def _refuse_command(name: str) -> None:

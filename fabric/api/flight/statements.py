@@ -32,6 +32,8 @@ class PreparedQuery:
     """The text as compiled (positional `?` already renamed)."""
     names: tuple[str, ...]
     """Parameter names in order of first use: the parameter schema."""
+    fingerprint: str
+    """The compiled statement's, naming its result schema (`schemas.ResultSchemas`)."""
     options: QueryOptions
     principal: str
     params: dict[str, Any] = field(default_factory=dict)

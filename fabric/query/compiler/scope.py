@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+import pyarrow as pa
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, build_scope
 
@@ -120,6 +121,8 @@ class ScopeResolver:
         self.reads: dict[str, set[str]] = {}
         """The columns the statement reads, by entity name (an entity read for its rows
         alone, as by COUNT(*), has an empty set)."""
+        self.column_types: dict[int, pa.DataType | None] = {}
+        """The Arrow type of each bound Column node that reads an entity, by node id."""
         self._sources: dict[int, dict[str, Source]] = {}
         self._outputs: dict[int, tuple[str, ...]] = {}
         self._unnamed: dict[int, tuple[frozenset[str], ...]] = {}
@@ -625,6 +628,8 @@ class ScopeResolver:
         self._bound.add(id(column))
         if source.entity is not None:
             self.reads.setdefault(source.entity.name, set()).add(found[0])
+            info = source.entity.column(found[0])
+            self.column_types[id(column)] = None if info is None else info.arrow_type
 
     def _missing_in_stage(self, entity: Entity, column: str) -> SchemaMismatch:
         return missing_in_stage(entity, column, self.catalog.stage)

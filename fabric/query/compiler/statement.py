@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fabric.errors import InvalidArgument
+from fabric.query.compiler.param_types import ParameterTypes
 from fabric.query.compiler.widths import VALUE_BYTES
 
 
@@ -42,6 +43,9 @@ class CompiledStatement:
     max_row_bytes: int | None = None
     """The most bytes the query may add to one row, parameters included (`bind` checks
     them); None: no limit."""
+    param_types: ParameterTypes = ()
+    """Each distinct parameter with the Arrow type its place in the query implies (None:
+    unknown), in order of first appearance (`param_types.parameter_types`)."""
 
     @property
     def may_truncate(self) -> bool:

@@ -19,6 +19,7 @@ from fabric.query.compiler.guard import (
     check_name_lengths,
     check_structure,
 )
+from fabric.query.compiler.param_types import parameter_types
 from fabric.query.compiler.reader import (
     QueryLimits,
     QueryReader,
@@ -77,6 +78,7 @@ class StatementCompiler:
             check_name_lengths(tree, dialect)
             resolver = ScopeResolver(catalog, target.NAMES, dialect=dialect, source_text=sql)
             resolver.resolve(tree)
+            types = parameter_types(tree, resolver.column_types)
             row_limit = apply_row_limit(tree, max_rows)
             row_bound = min(row_limit, 1) if key_lookup(tree, resolver.root_sources) else row_limit
             width = row_width(tree)
@@ -119,6 +121,7 @@ class StatementCompiler:
             row_size=width.size,
             row_params=width.params,
             max_row_bytes=self.limits.max_row_bytes,
+            param_types=types,
         )
 
 
