@@ -55,10 +55,17 @@ from fabric.app.gateway import attach_publisher, configured_gateway
 from fabric.app.parts import open_kms, open_secret_store, open_store
 from fabric.app.process_role import ProcessRole
 from fabric.app.readiness import ReplicaReadiness
+from fabric.app.source_access import (
+    PlatformConnectors,
+    platform_connectors,
+    refuse_engine_connections,
+    source_replica_inspectors,
+)
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
+from fabric.messaging.source_rpc import SourceClient, SourceReplica
 from fabric.results.memory import tune_allocators
 
 
@@ -96,6 +103,7 @@ class PlatformProcess:
         self.events: Any = None
         self.publisher: PlatformEventPublisher | None = None
         self.forwarder: Any = None
+        self.sources: SourceClient | None = None
         self.gateway: Gateway
 
     @classmethod
@@ -113,6 +121,8 @@ class PlatformProcess:
             raise InvalidArgument(f"PlatformProcess cannot run role {role!r}")
         process = cls(settings, role=role, listen=listen, **engine_options)
         execute = None
+        connectors: PlatformConnectors | None = None
+        secret_store = open_secret_store(settings)
         if role == ProcessRole.PLATFORM or settings.nats_servers:
             process.bus = await connect_bus(settings, f"fabric-{role}")
             try:
@@ -128,16 +138,30 @@ class PlatformProcess:
                         max_sql_length=settings.max_sql_length,
                     )
                     execute = process.forwarder.execute
+                    process.sources = SourceClient(
+                        process.bus,
+                        open_kms(settings),
+                        asyncio.get_running_loop(),
+                        timeout=settings.bus_source_timeout,
+                    )
+                    connectors = platform_connectors(
+                        process.sources,
+                        secret_store.get,
+                        source_access=settings.platform_source_access,
+                    )
+                    if not settings.platform_source_access:
+                        engine_options.setdefault("connector_factory", refuse_engine_connections)
             except BaseException:
                 await close_quietly(process.bus)
                 raise
         process.gateway = configured_gateway(
             settings,
             open_store(settings),
-            secret_store=open_secret_store(settings),
+            secret_store=secret_store,
             execute=execute,
             services=SERVICES,
             serves_apps=role == ProcessRole.ALL or settings.platform_app_queries,
+            platform_connectors=connectors,
             **engine_options,
         )
         if process.events is not None:
@@ -150,6 +174,8 @@ class PlatformProcess:
             metrics.add_snapshot(lambda: bus_snapshot(bus))
             if process.forwarder is not None:
                 metrics.add_snapshot(process.forwarder.snapshot)
+            if process.sources is not None:
+                metrics.add_snapshot(process.sources.snapshot)
         return process
 
     async def start(self) -> str:
@@ -195,6 +221,7 @@ class RuntimeProcess:
         self.bus: Any = None
         self.events: Any = None
         self.replica: Any = None
+        self.sources: SourceReplica
         self.gateway: Gateway
         self.applier: PlatformEventApplier
         self.readiness: ReplicaReadiness
@@ -217,10 +244,11 @@ class RuntimeProcess:
         process.bus = await connect_bus(settings, f"fabric-runtime-{process.replica_id}")
         try:
             process.events = await open_event_log(process.bus, settings)
+            secret_store = open_secret_store(settings)
             process.gateway = configured_gateway(
                 settings,
                 open_store(settings),
-                secret_store=open_secret_store(settings),
+                secret_store=secret_store,
                 services=(QUERY_SERVICE,),
                 stage=stage,
                 **engine_options,
@@ -233,6 +261,12 @@ class RuntimeProcess:
                 replica_id=process.replica_id,
                 max_concurrent=settings.bus_max_concurrent,
             )
+            process.sources = SourceReplica(
+                process.bus,
+                open_kms(settings),
+                source_replica_inspectors(process.gateway.engine.store, secret_store.get),
+                stage=stage,
+            )
         except BaseException:
             await close_quietly(process.bus)
             raise
@@ -244,6 +278,7 @@ class RuntimeProcess:
         bus = process.bus
         metrics.add_snapshot(lambda: bus_snapshot(bus))
         metrics.add_snapshot(process.replica.snapshot)
+        metrics.add_snapshot(process.sources.snapshot)
         metrics.add_snapshot(process.applier.snapshot)
         metrics.add_snapshot(process.readiness.snapshot)
         return process
@@ -284,6 +319,7 @@ class RuntimeProcess:
         await self.applier.start(self.events, self.durable_name)
         await self.readiness.wait()
         await self.replica.start()
+        await self.sources.start()
         await self.gateway.set_ready()
         self._watcher = asyncio.get_running_loop().create_task(
             self._watch_bus(), name="runtime:health"
@@ -316,6 +352,7 @@ class RuntimeProcess:
             # once the replica has let its bus queries finish.
             await self.gateway.stop_taking_calls()
             await self.replica.stop(grace)
+            await self.sources.stop(grace)
             await self.applier.stop()
             await self.events.close()
         finally:
