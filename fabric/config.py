@@ -209,9 +209,10 @@ class Settings:
     itself (FABRIC_PLATFORM_SOURCE_ACCESS). Testing a stored connection, discovery,
     selection and refresh in a stage go to that stage's runtime replicas over NATS, which
     resolve the passwords themselves; with this on, the platform does them itself when no
-    replica of the stage answers, and can test a new connection's settings before storing
+    replica of the stage is serving, and can test a new connection's settings before storing
     them (`verify`). Off, it never connects to a source, so it needs no network reach to
-    the stages' databases. `--role all` always does this work itself."""
+    the stages' databases (paging, which runs on its own engine, is refused). `--role all`
+    always does this work itself."""
     bus_source_timeout: float = 60.0
     """Seconds a runtime replica may take to test a connection or read a schema for the
     platform (FABRIC_BUS_SOURCE_TIMEOUT)."""

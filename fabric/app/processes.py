@@ -10,16 +10,22 @@
               over NATS to the runtime replicas of the caller's stage (the stage in the
               verified token). Apps do not come here: they query their stage's replicas
               directly, and an app token's query is refused (PERMISSION_DENIED) unless
-              FABRIC_PLATFORM_APP_QUERIES lets the platform forward it too.
+              FABRIC_PLATFORM_APP_QUERIES lets the platform forward it too. Testing a
+              stored connection, discovery, selection and refresh of a stage go to the
+              stage's replicas over NATS too (`fabric.app.source_access`); the platform
+              does them itself only when no replica answers and
+              FABRIC_PLATFORM_SOURCE_ACCESS allows it.
               OpenStatement, Fetch and CloseStatement run on this process's own engine:
               an open statement lives in one process's memory, and NATS request/reply
-              cannot pin a client to a replica across calls. Needs FABRIC_NATS_URL.
+              cannot pin a client to a replica across calls (refused with
+              FABRIC_PLATFORM_SOURCE_ACCESS=false). Needs FABRIC_NATS_URL.
     runtime   one stateless replica of a stage (`--stage`), the door apps use: QueryService
               and gRPC health on --listen (default FABRIC_LISTEN), serving only tokens of
               its stage (another stage's token: PERMISSION_DENIED). A QueryEngine on the
               same metadata store and key ring / Vault as the platform (it only reads
-              metadata); it also serves the queries the platform forwards over NATS in
-              the stage's queue group, and applies platform events (purges) from a
+              metadata); it also serves the queries and the source work (connection
+              tests, schema reads) the platform sends over NATS in the stage's queue
+              groups, and applies platform events (purges) from a
               durable JetStream consumer named after FABRIC_REPLICA_ID, once each,
               acknowledging after the purge. It is ready (health SERVING, calls admitted,
               queue group joined) once its metadata store answers and it has applied

@@ -4,14 +4,16 @@
     --role all        the process itself (it runs the stage's queries too).
     --role platform   the stage's runtime replicas, over the bus (`fabric.messaging.
                       source_rpc`): they resolve the password themselves, as for queries.
-                      When no replica of the stage answers, the platform does the work
-                      itself if FABRIC_PLATFORM_SOURCE_ACCESS allows it (the default);
+                      When no replica of the stage is serving (no responder), the
+                      platform does the work itself if FABRIC_PLATFORM_SOURCE_ACCESS
+                      allows it (the default);
                       with it off the call fails with UNAVAILABLE and the platform never
                       opens a source connection, so it needs no route to the databases.
                       Testing a new connection's settings before storing them (`verify`)
                       needs the password the administrator just gave, which never goes
                       on the bus: it runs on the platform, and is refused with it off.
-    --role runtime    serves the requests above for its stage (`source_replica`).
+    --role runtime    serves the requests above for its stage
+                      (`source_replica_inspectors` opens its connectors).
 """
 
 from __future__ import annotations

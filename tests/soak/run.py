@@ -66,6 +66,11 @@ class Window:
     p99_ms: float
     rss_mib: float
     """The gateway's peak RSS in the window."""
+    cpu_ms_per_call: float
+    """The gateway's CPU time in the window per call started in it: flat while the
+    gateway does the same work per call, whatever else the machine runs."""
+    load: float
+    """The machine's 1-minute load average at the window's end (other processes too)."""
 
 
 @dataclass
@@ -88,14 +93,15 @@ class SoakReport:
         lines = [
             f"soak: {self.seconds:.0f} s, {self.clients}; warm-up {self.warmup:.0f} s",
             "",
-            "| window (s) | calls | unexpected | p50 ms | p99 ms | peak RSS MiB |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| window (s) | calls | unexpected | p50 ms | p99 ms | peak RSS MiB "
+            "| gateway CPU ms/call | load avg |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for w in self.windows:
             mark = " (warm-up)" if w.start < self.warmup else ""
             lines.append(
                 f"| {w.start:.0f}{mark} | {w.calls} | {w.unexpected} | {w.p50_ms:.1f} "
-                f"| {w.p99_ms:.1f} | {w.rss_mib:.0f} |"
+                f"| {w.p99_ms:.1f} | {w.rss_mib:.0f} | {w.cpu_ms_per_call:.2f} | {w.load:.1f} |"
             )
         lines += [
             "",
@@ -200,18 +206,43 @@ def _poll(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    """Unix seconds."""
+    rss: int
+    cpu: float
+    """The gateway's CPU seconds so far (user and system)."""
+    load: float
+    """The machine's 1-minute load average."""
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load() -> float:
+    with open("/proc/loadavg") as loadavg:
+        return float(loadavg.read().split()[0])
+
+
 class RssSampler:
-    """The gateway's RSS once a second, in a thread, until stopped."""
+    """The gateway's RSS and CPU time, and the machine's load, once a second, in a
+    thread, until stopped."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), rss_bytes(self.pid)))
+            self.samples.append(
+                Sample(time.time(), rss_bytes(self.pid), _cpu_seconds(self.pid), _load())
+            )
             self._stop.wait(1.0)
 
     def __enter__(self) -> RssSampler:
@@ -341,7 +372,7 @@ def soak(
 
 def _judge(
     calls: list[Call],
-    samples: list[tuple[float, int]],
+    samples: list[Sample],
     *,
     began: float,
     seconds: float,
@@ -356,7 +387,9 @@ def _judge(
         end = min(seconds, start + window)
         inside = [c for c in calls if start <= c.started - began < end]
         timed = [c.ms for c in inside if c.kind != "over_share"]
-        rss = [r for t, r in samples if start <= t - began < end]
+        inside_samples = [x for x in samples if start <= x.at - began < end]
+        rss = [x.rss for x in inside_samples]
+        cpu = inside_samples[-1].cpu - inside_samples[0].cpu if len(inside_samples) > 1 else 0.0
         windows.append(
             Window(
                 start,
@@ -365,6 +398,8 @@ def _judge(
                 percentile(timed, 0.50),
                 percentile(timed, 0.99),
                 max(rss, default=0) / MIB,
+                cpu * 1000 / len(inside) if inside else 0.0,
+                inside_samples[-1].load if inside_samples else 0.0,
             )
         )
         start = end
@@ -383,8 +418,8 @@ def _judge(
     unexpected = Counter(f"{c.kind} {c.outcome}" for c in calls if not c.expected)
     report = SoakReport(seconds, clients, warmup, windows, kinds, unexpected, leftovers)
 
-    reference = max((r for t, r in samples if warmup - window <= t - began < warmup), default=0)
-    last_third = max((r for t, r in samples if t - began >= seconds * 2 / 3), default=0)
+    reference = max((x.rss for x in samples if warmup - window <= x.at - began < warmup), default=0)
+    last_third = max((x.rss for x in samples if x.at - began >= seconds * 2 / 3), default=0)
     growth = (last_third / reference - 1) * 100 if reference else 0.0
     report.verdicts.append(
         (
