@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup demo test lint proto serve bench bench-quick chaos clean
+.PHONY: setup demo test lint proto serve bench bench-quick chaos soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,10 @@ serve: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The soak run: `fabric serve` with a PostgreSQL of its own under mixed load from several
+# client processes for SOAK_SECONDS (10 minutes); prints the windows table and the verdict
+# on each criterion (tests/soak/run.py), and fails when one does not hold.
+SOAK_SECONDS ?= 600
+soak: setup
+	CI=true $(BIN)/python -m tests.soak.run --seconds $(SOAK_SECONDS)

@@ -205,6 +205,18 @@ class Settings:
     replicas; off (the default), apps query their stage's replicas directly and the
     platform refuses an app token's query with PERMISSION_DENIED. Developer and admin
     tokens are served either way (previews, the Studio's queries)."""
+    platform_source_access: bool = True
+    """Whether a platform process (`--role platform`) may open connections to sources
+    itself (FABRIC_PLATFORM_SOURCE_ACCESS). Testing a stored connection, discovery,
+    selection and refresh in a stage go to that stage's runtime replicas over NATS, which
+    resolve the passwords themselves; with this on, the platform does them itself when no
+    replica of the stage is serving, and can test a new connection's settings before storing
+    them (`verify`). Off, it never connects to a source, so it needs no network reach to
+    the stages' databases (paging, which runs on its own engine, is refused). `--role all`
+    always does this work itself."""
+    bus_source_timeout: float = 60.0
+    """Seconds a runtime replica may take to test a connection or read a schema for the
+    platform (FABRIC_BUS_SOURCE_TIMEOUT)."""
     bus_connect_timeout: float = 10.0
     """Seconds the first connection to NATS may take before start-up fails
     (FABRIC_BUS_CONNECT_TIMEOUT)."""
@@ -311,6 +323,7 @@ class Settings:
             "metadata_sweep_interval",
             "bus_connect_timeout",
             "bus_timeout",
+            "bus_source_timeout",
             "bus_publish_timeout",
             "bus_max_concurrent",
             "jwt_max_lifetime",

@@ -151,6 +151,13 @@ class SourceUnavailable(FabricError):
     code = "source_unavailable"
 
 
+class NoResponders(SourceUnavailable):
+    """Nothing on the bus serves the subject a request went to: no runtime replica of the
+    stage is running (or none has joined its queue group yet)."""
+
+    code = "no_responders"
+
+
 class GatewayUnavailable(SourceUnavailable):
     """This gateway process cannot take the call now (a runtime replica still starting,
     or one shutting down); another replica can, so a client retries it elsewhere."""
@@ -194,6 +201,7 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     Cancelled,
     ResourceExhausted,
     SourceUnavailable,
+    NoResponders,
     GatewayUnavailable,
     Unimplemented,
     GatewayUnreachable,

@@ -23,6 +23,7 @@ GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NoResponders: grpc.StatusCode.UNAVAILABLE,
     errors.GatewayUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.GatewayUnreachable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,

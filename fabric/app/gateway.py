@@ -11,6 +11,8 @@ from fabric.api.auth import local_admin_context, local_admin_of, verified_contex
 from fabric.api.query_service import ContextProvider, Execute
 from fabric.api.server import SERVICES, Gateway
 from fabric.app.parts import platform_plane, token_verifier
+from fabric.app.source_access import PlatformConnectors
+from fabric.catalog.manager import ConnectorFactory as InspectorFactory
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock
 from fabric.config import Settings
@@ -34,6 +36,7 @@ def assemble_gateway(
     execute: Execute | None = None,
     services: Collection[str] = SERVICES,
     serves_apps: bool = True,
+    inspectors: InspectorFactory | None = None,
 ) -> Gateway:
     """A gateway running both planes on `engine` and its store.
 
@@ -43,7 +46,8 @@ def assemble_gateway(
     `announcements`: the `purger` of `engine` first (at once, in-process), then, once
     `attach_publisher` was called, platform events on the bus. `secret_store` keeps
     connection passwords (None: passwords are refused); `connector_builder` builds the
-    connectors the platform uses for discovery and tests; `clock` drives the
+    connectors the platform uses for discovery and tests (`inspectors`, when given,
+    those for stored connections: see `fabric.app.source_access`); `clock` drives the
     stale-metadata sweeper; `execute`, `services` and `serves_apps` as for `Gateway`.
     """
     if verifier is not None:
@@ -54,7 +58,11 @@ def assemble_gateway(
     engine.metrics.add_snapshot(purger.snapshot)
     announcements = Announcements(ChangeListeners([purger]))
     platform = platform_plane(
-        engine.store, announcements, secret_store=secret_store, connector_builder=connector_builder
+        engine.store,
+        announcements,
+        secret_store=secret_store,
+        connector_builder=connector_builder,
+        inspectors=inspectors,
     )
     stale_sweeper = StaleMetadataSweeper(
         engine, purger, max_age=engine.settings.metadata_stale_after, clock=clock
@@ -82,6 +90,7 @@ def configured_gateway(
     services: Collection[str] = SERVICES,
     stage: str | None = None,
     serves_apps: bool = True,
+    platform_connectors: PlatformConnectors | None = None,
     **engine_options: Any,
 ) -> Gateway:
     """A gateway as configured: authentication from settings (FABRIC_AUTH: with `none`,
@@ -89,7 +98,8 @@ def configured_gateway(
     are kept there and the runtime reads them from it. With `stage` (a runtime replica)
     it serves that stage only: a token of another stage is refused (PERMISSION_DENIED),
     and with authentication off every call is the local administrator of `stage`.
-    `serves_apps` as for `Gateway`; `engine_options` go to `QueryEngine`."""
+    `serves_apps` as for `Gateway`; `platform_connectors`: how the platform reaches
+    sources (default: itself); `engine_options` go to `QueryEngine`."""
     if secret_store is not None:
         engine_options.setdefault("secrets", secret_store.get)
     verifier: TokenVerifierLike | None = token_verifier(settings)
@@ -103,6 +113,12 @@ def configured_gateway(
         execute=execute,
         services=services,
         serves_apps=serves_apps,
+        connector_builder=(
+            default_connector_factory
+            if platform_connectors is None
+            else platform_connectors.builder
+        ),
+        inspectors=None if platform_connectors is None else platform_connectors.inspectors,
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from connectors import Connector
 from fabric.catalog.manager import CatalogManager
+from fabric.catalog.manager import ConnectorFactory as InspectorFactory
 from fabric.catalog.metadata.open import open_metadata_store
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.config import Settings
@@ -143,12 +144,19 @@ def platform_plane(
     *,
     secret_store: SecretStore | None = None,
     connector_builder: ConnectorFactory = default_connector_factory,
+    inspectors: InspectorFactory | None = None,
 ) -> Platform:
     """The platform plane on `store`: connectors for discovery and tests are built by
-    `connector_builder` with passwords from `secret_store` (None: no passwords); every
-    committed change is announced to `listener`."""
+    `connector_builder` with passwords from `secret_store` (None: no passwords), or, for
+    stored connections, handed out by `inspectors` when given (a platform whose stages'
+    replicas do that work: `fabric.app.source_access`); every committed change is
+    announced to `listener`."""
     resolver = secret_store.get if secret_store is not None else no_secret_store
-    manager = catalog_manager(store, resolver, connector_builder)
+    manager = (
+        CatalogManager(store, inspectors)
+        if inspectors is not None
+        else catalog_manager(store, resolver, connector_builder)
+    )
     connections = ConnectionAdmin(
         manager, secret_store, listener, connector_builder=connector_builder
     )

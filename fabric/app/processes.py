@@ -10,17 +10,23 @@
               over NATS to the runtime replicas of the caller's stage (the stage in the
               verified token). Apps do not come here: they query their stage's replicas
               directly, and an app token's query is refused (PERMISSION_DENIED) unless
-              FABRIC_PLATFORM_APP_QUERIES lets the platform forward it too.
+              FABRIC_PLATFORM_APP_QUERIES lets the platform forward it too. Testing a
+              stored connection, discovery, selection and refresh of a stage go to the
+              stage's replicas over NATS too (`fabric.app.source_access`); the platform
+              does them itself only when no replica answers and
+              FABRIC_PLATFORM_SOURCE_ACCESS allows it.
               OpenStatement, Fetch and CloseStatement run on this process's own engine:
               an open statement lives in one process's memory, and NATS request/reply
-              cannot pin a client to a replica across calls. Needs FABRIC_NATS_URL.
+              cannot pin a client to a replica across calls (refused with
+              FABRIC_PLATFORM_SOURCE_ACCESS=false). Needs FABRIC_NATS_URL.
     runtime   one stateless replica of a stage (`--stage`), the door apps use: QueryService
               and gRPC health on --listen (default FABRIC_LISTEN), and Arrow Flight SQL on
               FABRIC_FLIGHT_LISTEN when set, serving only tokens of its stage (another
               stage's token: PERMISSION_DENIED, on both doors). A QueryEngine on the
               same metadata store and key ring / Vault as the platform (it only reads
-              metadata); it also serves the queries the platform forwards over NATS in
-              the stage's queue group, and applies platform events (purges) from a
+              metadata); it also serves the queries and the source work (connection
+              tests, schema reads) the platform sends over NATS in the stage's queue
+              groups, and applies platform events (purges) from a
               durable JetStream consumer named after FABRIC_REPLICA_ID, once each,
               acknowledging after the purge. It is ready (health SERVING, calls admitted,
               queue group joined) once its metadata store answers and it has applied
@@ -56,10 +62,17 @@ from fabric.app.gateway import attach_publisher, configured_gateway
 from fabric.app.parts import open_kms, open_secret_store, open_store
 from fabric.app.process_role import ProcessRole
 from fabric.app.readiness import ReplicaReadiness
+from fabric.app.source_access import (
+    PlatformConnectors,
+    platform_connectors,
+    refuse_engine_connections,
+    source_replica_inspectors,
+)
 from fabric.config import Settings
 from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
+from fabric.messaging.source_rpc import SourceClient, SourceReplica
 from fabric.results.memory import tune_allocators
 
 
@@ -97,6 +110,7 @@ class PlatformProcess:
         self.events: Any = None
         self.publisher: PlatformEventPublisher | None = None
         self.forwarder: Any = None
+        self.sources: SourceClient | None = None
         self.gateway: Gateway
 
     @classmethod
@@ -114,6 +128,8 @@ class PlatformProcess:
             raise InvalidArgument(f"PlatformProcess cannot run role {role!r}")
         process = cls(settings, role=role, listen=listen, **engine_options)
         execute = None
+        connectors: PlatformConnectors | None = None
+        secret_store = open_secret_store(settings)
         if role == ProcessRole.PLATFORM or settings.nats_servers:
             process.bus = await connect_bus(settings, f"fabric-{role}")
             try:
@@ -129,16 +145,30 @@ class PlatformProcess:
                         max_sql_length=settings.max_sql_length,
                     )
                     execute = process.forwarder.execute
+                    process.sources = SourceClient(
+                        process.bus,
+                        open_kms(settings),
+                        asyncio.get_running_loop(),
+                        timeout=settings.bus_source_timeout,
+                    )
+                    connectors = platform_connectors(
+                        process.sources,
+                        secret_store.get,
+                        source_access=settings.platform_source_access,
+                    )
+                    if not settings.platform_source_access:
+                        engine_options.setdefault("connector_factory", refuse_engine_connections)
             except BaseException:
                 await close_quietly(process.bus)
                 raise
         process.gateway = configured_gateway(
             settings,
             open_store(settings),
-            secret_store=open_secret_store(settings),
+            secret_store=secret_store,
             execute=execute,
             services=SERVICES,
             serves_apps=role == ProcessRole.ALL or settings.platform_app_queries,
+            platform_connectors=connectors,
             **engine_options,
         )
         if process.events is not None:
@@ -151,6 +181,8 @@ class PlatformProcess:
             metrics.add_snapshot(lambda: bus_snapshot(bus))
             if process.forwarder is not None:
                 metrics.add_snapshot(process.forwarder.snapshot)
+            if process.sources is not None:
+                metrics.add_snapshot(process.sources.snapshot)
         return process
 
     async def start(self) -> str:
@@ -196,6 +228,7 @@ class RuntimeProcess:
         self.bus: Any = None
         self.events: Any = None
         self.replica: Any = None
+        self.sources: SourceReplica
         self.gateway: Gateway
         self.applier: PlatformEventApplier
         self.readiness: ReplicaReadiness
@@ -218,10 +251,11 @@ class RuntimeProcess:
         process.bus = await connect_bus(settings, f"fabric-runtime-{process.replica_id}")
         try:
             process.events = await open_event_log(process.bus, settings)
+            secret_store = open_secret_store(settings)
             process.gateway = configured_gateway(
                 settings,
                 open_store(settings),
-                secret_store=open_secret_store(settings),
+                secret_store=secret_store,
                 services=(QUERY_SERVICE,),
                 stage=stage,
                 **engine_options,
@@ -234,6 +268,12 @@ class RuntimeProcess:
                 replica_id=process.replica_id,
                 max_concurrent=settings.bus_max_concurrent,
             )
+            process.sources = SourceReplica(
+                process.bus,
+                open_kms(settings),
+                source_replica_inspectors(process.gateway.engine.store, secret_store.get),
+                stage=stage,
+            )
         except BaseException:
             await close_quietly(process.bus)
             raise
@@ -245,6 +285,7 @@ class RuntimeProcess:
         bus = process.bus
         metrics.add_snapshot(lambda: bus_snapshot(bus))
         metrics.add_snapshot(process.replica.snapshot)
+        metrics.add_snapshot(process.sources.snapshot)
         metrics.add_snapshot(process.applier.snapshot)
         metrics.add_snapshot(process.readiness.snapshot)
         return process
@@ -287,6 +328,7 @@ class RuntimeProcess:
         await self.applier.start(self.events, self.durable_name)
         await self.readiness.wait()
         await self.replica.start()
+        await self.sources.start()
         await self.gateway.set_ready()
         self._watcher = asyncio.get_running_loop().create_task(
             self._watch_bus(), name="runtime:health"
@@ -321,6 +363,7 @@ class RuntimeProcess:
             # once the replica has let its bus queries finish.
             await self.gateway.stop_taking_calls()
             await self.replica.stop(grace)
+            await self.sources.stop(grace)
             await self.applier.stop()
             await self.events.close()
         finally:

@@ -32,6 +32,8 @@ from fabric.model import (
     PhysicalTable,
     PlaceKey,
     SettingValue,
+    TableInfo,
+    TableKind,
 )
 
 # -- the no-secrets rule -------------------------------------------------------------------
@@ -373,6 +375,32 @@ def stage_physical_document(
         }
         for _, record in sorted(records.items())
     ]
+
+
+def table_info_document(info: TableInfo) -> dict[str, Any]:
+    """What discovery found about one table, as JSON (for the bus: a replica's answer to
+    the platform); `table_info_from_document` reads it back equal."""
+    return {
+        "schema": info.schema,
+        "name": info.name,
+        "kind": info.kind.value,
+        "columns": columns_document(info.columns),
+        "primary_key": list(info.primary_key),
+        "foreign_keys": foreign_keys_document(info.foreign_keys),
+    }
+
+
+def table_info_from_document(item: Mapping[str, Any]) -> TableInfo:
+    """The inverse of `table_info_document`; KeyError, TypeError or ValueError when it
+    is not one."""
+    return TableInfo(
+        schema=str(item["schema"]),
+        name=str(item["name"]),
+        columns=_columns(item["columns"]),
+        primary_key=tuple(str(c) for c in item["primary_key"]),
+        foreign_keys=_foreign_keys(item["foreign_keys"]),
+        kind=TableKind(item["kind"]),
+    )
 
 
 def _columns(items: Sequence[Mapping[str, Any]]) -> tuple[ColumnInfo, ...]:

@@ -5,8 +5,9 @@ Two backends implement `Bus`: `InProcessBus` (the embedded default) and `NatsBus
 drop: a message that cannot be accepted is an error the caller sees.
 
     error                     when
-    SourceUnavailable         the bus is closed or reconnecting (publish, request),
-                              or nobody subscribes to a request's subject
+    SourceUnavailable         the bus is closed or reconnecting (publish, request)
+    NoResponders              (a SourceUnavailable) nobody subscribes to a request's
+                              subject
     DeadlineExceeded          a request got no reply in time
     ResourceExhausted         payload plus headers exceed `max_payload` (nothing is sent;
                               callers split large results into chunks themselves)

@@ -21,6 +21,7 @@ from fabric.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    NoResponders,
     NotFound,
     SourceUnavailable,
 )
@@ -206,7 +207,7 @@ class InProcessBus:
         self._inboxes[inbox] = reply
         try:
             if self._dispatch(Message(subject, bytes(payload), checked), inbox) == 0:
-                raise SourceUnavailable(f"no responders on {subject!r}")
+                raise NoResponders(f"no responders on {subject!r}")
             try:
                 message = await asyncio.wait_for(reply, timeout)
             except TimeoutError:

@@ -39,6 +39,7 @@ from fabric.errors import (
     FabricError,
     FailedPrecondition,
     InvalidArgument,
+    NoResponders,
     NotFound,
     ResourceExhausted,
     SourceUnavailable,
@@ -393,7 +394,7 @@ class NatsBus:
                 subject, bytes(payload), timeout=timeout, headers=checked or None
             )
         except nats.errors.NoRespondersError:
-            raise SourceUnavailable(f"no responders on {subject!r}") from None
+            raise NoResponders(f"no responders on {subject!r}") from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise DeadlineExceeded(f"no reply on {subject!r} within {timeout:g}s") from None
         except (nats.errors.Error, OSError) as exc:

@@ -4,7 +4,8 @@
 envelope context binds each message to
 
     tenant    the tenant whose data it is (also the subject's second token)
-    purpose   what it is: ``query-request``, ``query-reply`` or ``query-control``
+    purpose   what it is: ``query-request``, ``query-reply``, ``query-control``,
+              ``source-request`` or ``source-reply``
     subject   ``<stage>|<bus subject>``: the stage and the exact subject it was sent on
 
 so a message copied to another tenant's or stage's subject, to another request's reply
@@ -54,6 +55,10 @@ class Purpose(StrEnum):
     """Replica -> forwarder: acceptance, result chunks, heartbeat, summary, error."""
     QUERY_CONTROL = "query-control"
     """Forwarder -> replica: flow-control credit and cancellation."""
+    SOURCE_REQUEST = "source-request"
+    """Platform -> replica: test a connection or read its schema in the replica's stage."""
+    SOURCE_REPLY = "source-reply"
+    """Replica -> platform: what the source said (tables found, or the error)."""
 
 
 STREAM_PURPOSE = "query-stream"
