@@ -3,8 +3,9 @@ the same engine, identity, limits and errors as QueryService.
 
 Statements. GetSchema answers from the result schemas the door has seen
 (`fabric.api.flight.schemas`: described before, or run as a prepared statement), else
-describes the query: compiled and checked, it is started at its source with a cap of one
-row and every parameter null, and stopped once the schema is known (no row is sent). A
+describes the query: compiled and checked, it is started at its source with a row cap
+of one (LIMIT 2 there) and every parameter null, and stopped once the schema is known
+(no row is sent). A
 prepared statement's answer carries the result schema when it is known. GetFlightInfo
 starts the query (through the same `execute` as QueryService.Execute: the engine, or the
 bus forwarder on a platform) and waits for its schema, so the FlightInfo carries the
@@ -375,8 +376,9 @@ class FlightSqlService:
         key: SchemaKey,
     ) -> bytes:
         """The result schema of a checked query: remembered, or read from its source by
-        starting it capped at one row, every parameter null, and stopping it once the
-        schema is there (nothing is cached, no row is sent)."""
+        starting it with a row cap of one (the source reads two at most), every
+        parameter null, and stopping it once the schema is there (nothing is cached, no
+        row is sent)."""
         known = self.schemas.get(key)
         if known is not None:
             return known
