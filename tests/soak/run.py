@@ -10,7 +10,10 @@ tests/soak/test_soak.py runs a short one in CI and asserts the same criteria.
 The criteria (after a warm-up of a fifth of the run, at least 15 s and at most 120 s):
 
 - RSS flat: the gateway's peak RSS over the last third of the run is within
-  RSS_TOLERANCE of its peak over the last window of the warm-up.
+  RSS_TOLERANCE of its peak over the first two thirds (the warm-up, when the cache and
+  the pools fill, and the middle third). A gateway that keeps something per call grows
+  past it; one whose memory is bounded stays under it, whatever the allocator's ups and
+  downs from one window to the next (a single window is no reference: it may be a low).
 - p99 stable: no window after the warm-up has a p99 above P99_BAND times the median of
   those windows' p99s.
 - no unexpected outcome: every call is OK, except a scan its caller cancelled and the
@@ -51,7 +54,7 @@ APP = "fabric-soak"
 """application_name of the gateway's PostgreSQL sessions."""
 SHARE = 4
 """Statements each principal may hold open (FABRIC_PRINCIPAL_MAX_STATEMENTS)."""
-RSS_TOLERANCE = 0.15
+RSS_TOLERANCE = 0.10
 P99_BAND = 3.0
 MIB = 1 << 20
 
@@ -418,15 +421,16 @@ def _judge(
     unexpected = Counter(f"{c.kind} {c.outcome}" for c in calls if not c.expected)
     report = SoakReport(seconds, clients, warmup, windows, kinds, unexpected, leftovers)
 
-    reference = max((x.rss for x in samples if warmup - window <= x.at - began < warmup), default=0)
-    last_third = max((x.rss for x in samples if x.at - began >= seconds * 2 / 3), default=0)
+    split = max(warmup, seconds * 2 / 3)
+    reference = max((x.rss for x in samples if x.at - began < split), default=0)
+    last_third = max((x.rss for x in samples if x.at - began >= split), default=0)
     growth = (last_third / reference - 1) * 100 if reference else 0.0
     report.verdicts.append(
         (
             "RSS flat after warm-up",
             0 < last_third <= reference * (1 + RSS_TOLERANCE),
             f"peak {last_third / MIB:.0f} MiB over the last third vs {reference / MIB:.0f} "
-            f"MiB at the end of the warm-up ({growth:+.1f}%, "
+            f"MiB over the first two thirds ({growth:+.1f}%, "
             f"allowed +{RSS_TOLERANCE * 100:.0f}%)",
         )
     )
