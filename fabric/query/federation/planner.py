@@ -25,6 +25,7 @@ that connection alone. The DuckDB remainder reads only those statements' columns
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -51,6 +52,10 @@ FRAGMENT_ROWS = 1 << 62
 """The row cap a fragment is compiled with: a fragment's rows feed DuckDB, which the
 engine's row cap then bounds; a fragment cut short would change the result."""
 DYNAMIC_PREFIX = "fabric_dyn_"
+PADDED_CHAR_DIALECTS = frozenset({"postgres", "tsql"})
+"""Sources that return CHAR(n) values with their trailing blanks (MySQL and MariaDB
+strip them; DuckDB has no CHAR)."""
+_CHAR_TYPE = re.compile(r"^(character|char|bpchar|nchar)(\s*\(\s*\d+\s*\))?$")
 """Names of the parameters a dynamic filter binds."""
 
 
@@ -308,9 +313,10 @@ class _Planning:
                 pool.extend(_conjuncts(where.this))
                 where.pop()
             for join in joins:
-                if not join.side and join.args.get("on") is not None:
-                    pool.extend(_conjuncts(join.args["on"]))
-                    join.set("on", None)
+                on = join.args.get("on")
+                if not join.side and on is not None:
+                    pool.extend(_conjuncts(on))
+                    on.pop()  # detached: a stale parent would keep it in the tree
         groups: dict[str, _Group] = {}
         parent: dict[str, str] = {alias: alias for alias in base}
 
@@ -349,6 +355,7 @@ class _Planning:
                         on_pushed.setdefault(alias, []).append(conjunct)
                     else:
                         left.append(conjunct)
+                on.pop()
                 join.set("on", _and(left) if left else exp.true())
         order = [select.args["from_"].this] if select.args.get("from_") is not None else []
         order += [join.this for join in joins]
@@ -577,10 +584,15 @@ class _Planning:
 
     def _group_query(self, group: _Group, outputs: Mapping[tuple[str, str], str]) -> exp.Select:
         assert group.scope is not None
-        projections: list[exp.Expr] = [
-            exp.alias_(exp.column(name, table=alias, quoted=True), output, quoted=True)
-            for (alias, name), output in outputs.items()
-        ]
+        side = self.sources[group.connection]
+        projections: list[exp.Expr] = []
+        for (alias, name), output in outputs.items():
+            value: exp.Expr = exp.column(name, table=alias, quoted=True)
+            if self._padded(group.scope, alias, name, side):
+                # CHAR(n) compares ignoring trailing blanks at its source; DuckDB has no
+                # such type: the text without the padding keeps comparisons right.
+                value = exp.cast(value, "TEXT")
+            projections.append(exp.alias_(value, output, quoted=True))
         if not projections:
             projections = [exp.alias_(exp.Literal.number(1), "c0", quoted=True)]
         tables: list[exp.Table] = []
@@ -600,6 +612,19 @@ class _Planning:
         if group.conjuncts:
             query = query.where(_and([c.copy() for c in group.conjuncts]), copy=False)
         return query
+
+    def _padded(self, scope: Scope, alias: str, name: str, side: SourceSide) -> bool:
+        """Whether a column is a blank-padded CHAR(n) its source returns padded."""
+        if side.dialect not in PADDED_CHAR_DIALECTS:
+            return False
+        _, source = scope.selected_sources[alias]
+        entity = side.catalog.entity(source.name) if isinstance(source, exp.Table) else None
+        if entity is None:
+            return False
+        for column in entity.columns:
+            if column.name == name:
+                return _CHAR_TYPE.match(column.source_type.strip().lower()) is not None
+        return False
 
     def _fragment(
         self,
