@@ -151,6 +151,7 @@ class _Planning:
         self.groups: list[_Group] = []
         self.remaining: list[str] = []
         self.filters: list[tuple[_Group, tuple[str, str], _Group, exp.Column]] = []
+        self.owner_of: dict[tuple[int, str], _Group] = {}
         self._names = 0
 
     def _fresh(self, prefix: str) -> str:
@@ -325,10 +326,19 @@ class _Planning:
                 alias = parent[alias]
             return alias
 
+        implied: set[int] = set()
+        for conjunct in list(pool):
+            disjunction = conjunct.unnest() if isinstance(conjunct, exp.Paren) else conjunct
+            if isinstance(disjunction, exp.Or):
+                for derived in self._implied(scope, disjunction, base, set(nullable)):
+                    implied.add(id(derived))
+                    pool.append(derived)
         placed: list[tuple[exp.Expr, set[str]]] = []
         kept: list[exp.Expr] = []
         for conjunct in pool:
             refs = self._pushable(scope, conjunct, base, set(nullable))
+            if refs is None and id(conjunct) in implied:
+                continue
             if refs is None:
                 kept.append(conjunct)
                 continue
@@ -378,6 +388,9 @@ class _Planning:
         if kept:
             select.where(_and(kept), copy=False)
         self.groups.extend(groups.values())
+        for group in groups.values():
+            for alias in group.aliases:
+                self.owner_of[(id(scope), alias)] = group
         self._restructure(select, groups, base)
         self._dynamic_candidates(scope, kept, groups, base, set(nullable), rigid)
         if len({g.connection for g in groups.values()}) > 1 or any(
@@ -387,6 +400,38 @@ class _Planning:
         if select.args.get("group") is not None or any(select.find_all(exp.AggFunc)):
             self.remaining.append("aggregates over rows of several sources")
         return consumed
+
+    def _implied(
+        self,
+        scope: Scope,
+        disjunction: exp.Or,
+        base: Mapping[str, str],
+        nullable: set[str],
+    ) -> list[exp.Expr]:
+        """Filters an OR of conditions implies on single tables: for a table that every
+        branch restricts on its own, the OR of those restrictions (the OR itself stays
+        with DuckDB; this only lets the source drop rows no branch can keep)."""
+        branches = [b.unnest() if isinstance(b, exp.Paren) else b for b in disjunction.flatten()]
+        derived: list[exp.Expr] = []
+        for alias in base:
+            if alias in nullable:
+                continue
+            parts: list[exp.Expr] = []
+            for branch in branches:
+                mine = [
+                    c.copy()
+                    for c in _conjuncts(branch)
+                    if self._pushable(scope, c, base, nullable, subqueries=False) == {alias}
+                ]
+                if not mine:
+                    break
+                parts.append(exp.and_(*mine, copy=False))
+            else:
+                condition = exp.paren(exp.or_(*parts, copy=False), copy=False)
+                for column in condition.find_all(exp.Column):
+                    self.column_scope[id(column)] = scope  # a copy, read at this level
+                derived.append(condition)
+        return derived
 
     def _pushable(
         self,
@@ -405,7 +450,12 @@ class _Planning:
         inside = {id(conjunct)}
         for node in conjunct.walk():
             inside.add(id(node))
-        if any(isinstance(node, exp.AggFunc | exp.Window) for node in conjunct.walk()):
+        # An aggregate of the level itself cannot be in WHERE or ON; one in a subquery
+        # (a HAVING there) goes with the subquery.
+        if any(
+            isinstance(node, exp.AggFunc | exp.Window)
+            for node in conjunct.walk(prune=lambda n: isinstance(n, exp.Query))
+        ):
             return None
         for query in conjunct.find_all(exp.Query):
             if not subqueries:
@@ -489,13 +539,26 @@ class _Planning:
             left, right = conjunct.this, conjunct.expression
             if not (isinstance(left, exp.Column) and isinstance(right, exp.Column)):
                 continue
-            if left.table not in base or right.table not in base:
-                continue
-            if left.table in nullable or right.table in nullable:
+            if left.table not in base and right.table in base:
+                left, right = right, left
+            if left.table not in base or left.table in nullable:
                 continue
             if self._definer(scope, left.table) is not scope:
                 continue
-            a, b = by_alias[left.table], by_alias[right.table]
+            a = by_alias[left.table]
+            if right.table in base:
+                if right.table in nullable:
+                    continue
+                b = by_alias[right.table]
+            else:
+                # A correlated subquery's own table equal to an outer level's column:
+                # only the rows whose key the outer level has can ever be referenced.
+                outer = self._definer(scope, right.table)
+                found = self.owner_of.get((id(outer), right.table)) if outer else None
+                if found is None or found.nullable or not found.conjuncts or a.conjuncts:
+                    continue
+                self.filters.append((found, (right.table, right.name), a, left.copy()))
+                continue
             if a is b:
                 continue
             if a.conjuncts and not b.conjuncts:
@@ -666,10 +729,7 @@ class _Planning:
                 (
                     p.alias
                     for p in select.expressions
-                    if isinstance(p, exp.Alias)
-                    and isinstance(p.this, exp.Column)
-                    and p.this.table == alias
-                    and p.this.name == name
+                    if isinstance(p, exp.Alias) and _reads(p.this, alias, name)
                 ),
                 None,
             )
@@ -710,6 +770,13 @@ class _Planning:
             output_columns=output_columns,
             fingerprint=digest.hexdigest(),
         )
+
+
+def _reads(value: exp.Expr, alias: str, name: str) -> bool:
+    """Whether a fragment's output is the column `alias.name` (unpadded or not)."""
+    if isinstance(value, exp.Cast):
+        value = value.this
+    return isinstance(value, exp.Column) and value.table == alias and value.name == name
 
 
 def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:

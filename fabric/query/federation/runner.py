@@ -234,8 +234,8 @@ class FederatedRun(QueryHandle):
         try:
             filtered = {df.target: df for df in self.plan.dynamic_filters}
             probes: dict[str, list[DynamicFilter]] = {}
-            for df in self.plan.dynamic_filters:
-                probes.setdefault(df.probe, []).append(df)
+            for planned in self.plan.dynamic_filters:
+                probes.setdefault(planned.probe, []).append(planned)
             keys: dict[str, list[Any] | None] = {}
             for fragment in self.plan.fragments:
                 if fragment.name in probes:
