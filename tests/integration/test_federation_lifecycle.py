@@ -161,3 +161,33 @@ def test_spill_files_a_crash_left_are_wiped_at_start_up(tmp_path: Path) -> None:
 async def _drain(engine: QueryEngine, sql: str, deadline: float | None) -> None:
     async for _ in engine.execute(CTX, QueryRequest("", sql), deadline):
         pass
+
+
+def test_a_federated_result_pages_and_is_cached_until_any_of_its_connections_is_purged(
+    fed: Sources,
+) -> None:
+    request = QueryRequest("", JOIN, {"last": 10}, cache_ttl=60)
+
+    async def pages() -> list[int]:
+        first = await fed.engine.open_statement(CTX, request, page_rows=64)
+        rows = [first.rows]
+        statement, done = first.statement_id, first.done
+        while not done:
+            page = await fed.engine.fetch(CTX, statement, 64)
+            rows.append(page.rows)
+            done = page.done
+        return rows
+
+    async def summary() -> Any:
+        items = [item async for item in fed.engine.execute(CTX, request)]
+        return items[-1]
+
+    assert asyncio.run(pages()) == [64, 64, 64, 8]
+    first = asyncio.run(summary())
+    assert first.rows == 10 * ORDERS_PER_CUSTOMER
+    sent = len(fed.sent["pg"])
+    again = asyncio.run(summary())
+    assert again.from_cache and len(fed.sent["pg"]) == sent
+    fed.engine.purge_connection(CTX.tenant, "mdb")
+    after = asyncio.run(summary())
+    assert not after.from_cache and len(fed.sent["pg"]) == sent + 1
