@@ -1269,7 +1269,8 @@ class QueryEngine:
         for hook in list(self._purge_hooks):
             statements += hook(tenant, connection)
         dropped = {
-            "compiled": self.statements.purge_connection(tenant, connection),
+            "compiled": self.statements.purge_connection(tenant, connection)
+            + self.federation.purge(tenant, connection),
             "results": self.results.purge_connection(tenant, connection),
             "statements": statements,
             "streams": sum(1 for ticket in revoked if ticket.kind == STREAM),

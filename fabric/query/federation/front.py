@@ -16,6 +16,7 @@ from fabric.config import Settings
 from fabric.errors import QueryRejected
 from fabric.model import CatalogSnapshot
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
+from fabric.query.compiler.bounds import check_sizes
 from fabric.query.compiler.guard import check_structure
 from fabric.query.compiler.reader import QueryReader
 from fabric.query.compiler.statement_compiler import fold_unquoted_names
@@ -141,6 +142,8 @@ class Federation:
         tree, _ = self.read(sql, default)
         for bound in sources.values():
             check_structure(tree, bound.catalog)
+        # What stays with DuckDB is bounded as a DuckDB source's query would be.
+        check_sizes(tree, "duckdb", self.limits.max_type_length)
         plan = self.planner.plan(tree, self.sides(sources), max_rows=max_rows)
         with self._lock:
             self._plans[key] = plan
@@ -159,6 +162,20 @@ class Federation:
         key = _plan_key(tenant, stage, sql, default, sources, max_rows)
         with self._lock:
             return self._plans.get(key)
+
+    def purge(self, tenant: str, connection: str) -> int:
+        """Forget the plans that read `connection` (they hold its physical names)."""
+        with self._lock:
+            doomed = []
+            for key in self._plans:
+                versions = key[-1]
+                if key[0] != tenant or not isinstance(versions, tuple):
+                    continue
+                if any(pair[0] == connection for pair in versions):
+                    doomed.append(key)
+            for key in doomed:
+                del self._plans[key]
+        return len(doomed)
 
     def bind(
         self, tenant: str, stage: str, plan: FederatedPlan, sources: Mapping[str, BoundSource]
