@@ -237,3 +237,16 @@ def test_a_purge_drops_the_plans_that_read_the_connection(fed: Sources) -> None:
     run(rows_of(fed.engine, sql))
     assert fed.engine.purge_connection(CTX.tenant, "ddb")["compiled"] == 0
     assert fed.engine.purge_connection(CTX.tenant, "pg")["compiled"] >= 1
+
+
+def test_integers_divide_in_duckdb_as_in_postgresql(fed: Sources) -> None:
+    table = run(
+        rows_of(
+            fed.engine,
+            "SELECT o.o_orderkey / c.c_custkey AS q FROM mdb.customer c "
+            "JOIN pg.orders o ON o.o_custkey = c.c_custkey "
+            "WHERE c.c_custkey = 7 ORDER BY o.o_orderkey",
+        )
+    )
+    want = [g // 7 for g in range(1, 200 * ORDERS_PER_CUSTOMER + 1) if 1 + (g % 200) == 7]
+    assert table.column("q").to_pylist() == want

@@ -174,6 +174,7 @@ class FederatedRun(QueryHandle):
             _quietly(con.interrupt)
             _quietly(con.close)
         self._reader = None
+        self.values = {}  # the parameters go with the query
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
     # -- running ---------------------------------------------------------------------------
@@ -218,6 +219,8 @@ class FederatedRun(QueryHandle):
                 "autoload_known_extensions": False,
             },
         )
+        # Fabric SQL divides integers as PostgreSQL does (7 / 2 = 3).
+        con.execute("SET integer_division = true")
         # The remainder reads the registered streams only: no files, no settings changes.
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
