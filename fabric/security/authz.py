@@ -66,6 +66,8 @@ METHOD_ROLES: Mapping[str, Role] = MappingProxyType(
         "/fabric.v1.QueryService/CloseStatement": Role.APP,
         # The Studio: rows of an entity before it is used in a query.
         "/fabric.v1.QueryService/Preview": Role.DEVELOPER,
+        # A plan shows the statements sent to sources, physical table names included.
+        "/fabric.v1.QueryService/Explain": Role.DEVELOPER,
     }
 )
 """The least role allowed to call a method, by full gRPC method name."""
