@@ -85,6 +85,11 @@ class Settings:
     """debug, info, warning or error (FABRIC_LOG_LEVEL)."""
     log_format: str = "text"
     """text or json: one JSON object per line (FABRIC_LOG_FORMAT)."""
+    access_log: bool = True
+    """One line per call on the `fabric.access` logger (FABRIC_ACCESS_LOG): request id,
+    protocol, method, status, principal, tenant, stage, connection, statement
+    fingerprint, rows, bytes, cache, duration; never a value. false: no lines (request
+    ids are still returned to callers)."""
     max_rows: int = 10_000_000
     """Cap on rows one query may return (FABRIC_MAX_ROWS); also the default."""
     max_result_bytes: int = 256 * MIB

@@ -36,6 +36,12 @@ _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar
 )
 
 
+def current_identity() -> RequestContext | None:
+    """The verified caller of the call this task serves (None before authentication,
+    for a public method, or with authentication off)."""
+    return _CURRENT.get()
+
+
 def verified_context(_: grpc.aio.ServicerContext) -> RequestContext:
     """The context provider servicers use when authentication is on."""
     ctx = _CURRENT.get()

@@ -245,6 +245,7 @@ class RuntimeProcess:
                 stage=stage,
                 replica_id=process.replica_id,
                 max_concurrent=settings.bus_max_concurrent,
+                access=process.gateway.access,
             )
             process.gateway.engine.queries.rename(process.replica_id)
             process.admin = AdminResponder(
