@@ -43,6 +43,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 __all__ = [
     "configure_tracing",
     "extract",
+    "flush",
     "inject",
     "install",
     "span",
@@ -52,6 +53,7 @@ __all__ = [
 AttributeValue = str | bool | int | float
 
 _tracer: Tracer | None = None
+_provider: Any | None = None
 _propagator = TraceContextTextMapPropagator()
 _CONTEXT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "fabric_trace_context", default=None
@@ -115,8 +117,15 @@ def tracing_enabled() -> bool:
 
 def install(provider: Any | None) -> None:
     """Trace with `provider` (an SDK `TracerProvider`) from now on; None: off."""
-    global _tracer
+    global _tracer, _provider
+    _provider = provider
     _tracer = None if provider is None else provider.get_tracer("fabric")
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Export the spans still held (a process that stops); nothing while off."""
+    if _provider is not None:
+        _provider.force_flush(int(timeout * 1000))
 
 
 def configure_tracing(endpoint: str, service_name: str) -> Any | None:
