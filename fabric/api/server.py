@@ -338,7 +338,7 @@ class Gateway:
         return [
             AccessLogInterceptor(self.access, protocol),
             *(
-                [AuthInterceptor(self._verifier, self._refusals)]
+                [AuthInterceptor(self._verifier, self._refusals, self.engine.metrics.auth_failure)]
                 if self._verifier is not None
                 else []
             ),

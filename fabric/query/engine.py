@@ -245,6 +245,7 @@ class QueryEngine:
         self._stopping: set[Future[None]] = set()
         self._stopping_lock = threading.Lock()
         self.metrics = GatewayMetrics(self.snapshot)
+        self.metrics.add_pools(self.sources.pool_figures)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -731,12 +732,17 @@ class QueryEngine:
             outcome = "cancelled"
             raise
         finally:
+            elapsed = time.perf_counter() - started
             if ticket is not None:
                 self.running.release(ticket)
+                # Only a connection the query resolved is a label (bounded: see metrics).
+                self.metrics.connection_latency.labels(
+                    ctx.tenant, ticket.grant.connection, outcome
+                ).observe(elapsed)
             self.metrics.queries.labels("execute", outcome, request.protocol).inc()
             self.metrics.latency.labels(
                 "execute", "cache" if from_cache else "source", request.protocol
-            ).observe(time.perf_counter() - started)
+            ).observe(elapsed)
 
     def _read_checked(self, run: SourceRun, ticket: Ticket) -> list[bytes] | None:
         """The next messages of `run` (a worker thread's call), if the query is still
