@@ -66,14 +66,18 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         stage = self._stage(request.stage, ctx)
         views = {view.id: view for view in self._queries.list(ctx.tenant, stage)}
         replicas = {self._queries.replica}
+        truncated = False
         if self.cluster is not None:
             gathered = await self.cluster.list(ctx.tenant, stage)
             replicas.update(gathered.replicas)
+            truncated = gathered.truncated
             for view in gathered.queries:
                 views.setdefault(view.id, view)
         ordered = sorted(views.values(), key=lambda view: view.started_at)
         return pb.ListRunningQueriesResponse(
-            queries=[running_query_proto(view) for view in ordered], replicas=sorted(replicas)
+            queries=[running_query_proto(view) for view in ordered],
+            replicas=sorted(replicas),
+            truncated=truncated,
         )
 
     @unary_rpc

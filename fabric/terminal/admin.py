@@ -241,3 +241,5 @@ def run_queries(args: argparse.Namespace, client: FabricClient, out: Out = print
             f"{query.principal}\t{query.connection}\t{query.protocol}\t{query.sql_shape}"
         )
     out(f"{len(answer.queries)} running on {', '.join(answer.replicas) or 'no replica'}")
+    if answer.truncated:
+        out("(a replica runs more than one bus message lists: its oldest are shown)")
