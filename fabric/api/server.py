@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from connectors.workers import CONTROL
+from fabric.api.access import AccessLogInterceptor
+from fabric.api.admin_service import AdminServicer
 from fabric.api.auth import AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.flight.service import FlightSqlService
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
@@ -36,12 +38,13 @@ from fabric.errors import (
     PermissionDenied,
 )
 from fabric.messaging.platform_events import Announcements
+from fabric.observability.access import AccessLog
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
 from fabric.query.lanes import awaitable
 from fabric.security.authz import TokenVerifierLike
-from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2
+from fabric.v1 import admin_pb2, admin_pb2_grpc, platform_pb2, platform_pb2_grpc, query_pb2
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ ENGINE_CLOSE_WAIT = 15.0
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 CONNECTION_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name
 CATALOG_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
-SERVICES = (QUERY_SERVICE, CONNECTION_SERVICE, CATALOG_SERVICE)
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+SERVICES = (QUERY_SERVICE, CONNECTION_SERVICE, CATALOG_SERVICE, ADMIN_SERVICE)
 PLATFORM_SERVICES = (CONNECTION_SERVICE, CATALOG_SERVICE)
 
 
@@ -293,6 +297,7 @@ class Gateway:
         self._admission = CallAdmission()
         self._verifier = verifier
         self._refusals = refusal_recorder(platform.manager.store)
+        self.access = AccessLog(self.settings.access_log)
         self._interceptors = self._call_interceptors()
         query_callers = context_provider if serves_apps else refusing_apps(context_provider)
         self._servicer = QueryServicer(engine, query_callers, execute)
@@ -307,6 +312,8 @@ class Gateway:
         self._catalog_servicer = AnnouncingCatalogServicer(
             refreshing, context_provider, announcements
         )
+        self.admin = AdminServicer(engine.queries, context_provider)
+        """Running queries; a platform with a bus sets its `cluster` (the replicas)."""
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
@@ -322,14 +329,16 @@ class Gateway:
         self.metrics_port: int | None = None
         self.metrics_host = "127.0.0.1"
 
-    def _call_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The interceptors of one server: authentication first (an unauthenticated
-        caller's request is never decoded; a verified caller refused for its role is on
-        the audit trail), then the call guard. Each server gets its own guard (it caches
-        handlers by method name); all share one admission."""
+    def _call_interceptors(self, protocol: str = "grpc") -> list[grpc.aio.ServerInterceptor]:
+        """The interceptors of one server: the access log around everything (a refused
+        call is logged too), authentication (an unauthenticated caller's request is never
+        decoded; a verified caller refused for its role is on the audit trail), then the
+        call guard. Each server gets its own guard (it caches handlers by method name);
+        all share one admission."""
         return [
+            AccessLogInterceptor(self.access, protocol),
             *(
-                [AuthInterceptor(self._verifier, self._refusals)]
+                [AuthInterceptor(self._verifier, self._refusals, self.engine.metrics.auth_failure)]
                 if self._verifier is not None
                 else []
             ),
@@ -361,6 +370,8 @@ class Gateway:
             )
         if CATALOG_SERVICE in self.services:
             platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer, server)
+        if ADMIN_SERVICE in self.services:
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -431,7 +442,7 @@ class Gateway:
         """The Flight SQL server: its own port, the same interceptors, TLS and limits."""
         server = grpc.aio.server(
             options=[*channel_options(self.settings), *SERVER_OPTIONS],
-            interceptors=self._call_interceptors(),
+            interceptors=self._call_interceptors("flight_sql"),
         )
         self.flight.add_to_server(server)
         credentials = server_credentials(self.settings)

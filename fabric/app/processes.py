@@ -73,6 +73,7 @@ from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
 from fabric.messaging.source_rpc import SourceClient, SourceReplica
+from fabric.observability import tracing
 from fabric.results.memory import tune_allocators
 
 
@@ -171,6 +172,17 @@ class PlatformProcess:
             platform_connectors=connectors,
             **engine_options,
         )
+        # Its own queries (open statements; all of them with --role all) are listed under
+        # its own name; with a bus, the stage's replicas answer for theirs.
+        process.gateway.engine.queries.rename(replica_id(settings, str(process.role)))
+        if process.bus is not None:
+            from fabric.messaging.admin_rpc import RunningQueriesClient
+            from fabric.messaging.sealing import BusSealer
+
+            process.gateway.admin.cluster = RunningQueriesClient(
+                process.bus,
+                BusSealer(open_kms(settings), max_message_bytes=process.bus.max_payload),
+            )
         if process.events is not None:
             process.publisher = PlatformEventPublisher(
                 process.events, timeout=settings.bus_publish_timeout
@@ -202,6 +214,7 @@ class PlatformProcess:
     async def stop(self, grace: float = 10.0) -> None:
         try:
             await self.gateway.stop(grace)
+            await asyncio.to_thread(tracing.flush)
         finally:
             if self.publisher is not None:
                 await self.publisher.stop()
@@ -229,6 +242,7 @@ class RuntimeProcess:
         self.events: Any = None
         self.replica: Any = None
         self.sources: SourceReplica
+        self.admin: Any = None
         self.gateway: Gateway
         self.applier: PlatformEventApplier
         self.readiness: ReplicaReadiness
@@ -244,6 +258,7 @@ class RuntimeProcess:
         **engine_options: Any,
     ) -> RuntimeProcess:
         """Connect to NATS and build the engine and the replica; nothing runs yet."""
+        from fabric.messaging.admin_rpc import AdminResponder
         from fabric.messaging.query_rpc import RuntimeReplica
 
         subject_token(stage, "stage")
@@ -267,6 +282,11 @@ class RuntimeProcess:
                 stage=stage,
                 replica_id=process.replica_id,
                 max_concurrent=settings.bus_max_concurrent,
+                access=process.gateway.access,
+            )
+            process.gateway.engine.queries.rename(process.replica_id)
+            process.admin = AdminResponder(
+                process.bus, process.gateway.engine.queries, process.replica.sealer, stage=stage
             )
             process.sources = SourceReplica(
                 process.bus,
@@ -329,6 +349,7 @@ class RuntimeProcess:
         await self.readiness.wait()
         await self.replica.start()
         await self.sources.start()
+        await self.admin.start()
         await self.gateway.set_ready()
         self._watcher = asyncio.get_running_loop().create_task(
             self._watch_bus(), name="runtime:health"
@@ -362,6 +383,7 @@ class RuntimeProcess:
             # Its own gRPC calls are refused (UNAVAILABLE, retry) from now on, not only
             # once the replica has let its bus queries finish.
             await self.gateway.stop_taking_calls()
+            await self.admin.stop()
             await self.replica.stop(grace)
             await self.sources.stop(grace)
             await self.applier.stop()
@@ -369,6 +391,7 @@ class RuntimeProcess:
         finally:
             try:
                 await self.gateway.stop(grace)
+                await asyncio.to_thread(tracing.flush)
             finally:
                 await self.bus.close()
 
@@ -403,6 +426,11 @@ async def open_process(
     query API of `stage` only. The allocators are set up first, so that memory freed
     after a load can be given back (`fabric.results.memory.tune_allocators`)."""
     tune_allocators()
+    # Traces only with FABRIC_OTEL_ENDPOINT (one exporter per Python process).
+    if settings.otel_endpoint and not tracing.tracing_enabled():
+        tracing.configure_tracing(
+            settings.otel_endpoint, settings.otel_service_name or f"fabric-{role}"
+        )
     address = listen or settings.listen
     if role == ProcessRole.RUNTIME:
         if not stage:

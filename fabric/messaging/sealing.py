@@ -59,6 +59,10 @@ class Purpose(StrEnum):
     """Platform -> replica: test a connection or read its schema in the replica's stage."""
     SOURCE_REPLY = "source-reply"
     """Replica -> platform: what the source said (tables found, or the error)."""
+    ADMIN_REQUEST = "admin-request"
+    """Platform -> replicas: list the running queries, cancel one (`admin_rpc`)."""
+    ADMIN_REPLY = "admin-reply"
+    """Replica -> platform: its running queries, or the outcome of a cancellation."""
 
 
 STREAM_PURPOSE = "query-stream"

@@ -56,6 +56,7 @@ import pyarrow as pa
 from cachetools import LRUCache
 
 from connectors import QueryHandle
+from connectors.blocking import announcing_handles
 from connectors.workers import CONTROL, WorkerThreads, call_quietly
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
@@ -70,6 +71,8 @@ from fabric.errors import (
     QueryRejected,
     SelectionChanged,
 )
+from fabric.observability import tracing
+from fabric.observability.access import CallRecord, current_call
 from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
 from fabric.query.admission import Admission, AdmissionLimits, Claim
@@ -83,6 +86,7 @@ from fabric.query.federation.runner import FederatedSource, wipe_temp_root
 from fabric.query.lanes import LaneCalls, Lanes, SourceLane, awaitable
 from fabric.query.paging import ReadAhead
 from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
+from fabric.query.running import PHASE_RUNNING, PHASE_WAITING, QueryList, RunningQuery
 from fabric.query.runs import (
     Budget,
     PagedResult,
@@ -186,6 +190,8 @@ class QueryEngine:
         self.executor: Executor = WorkerThreads(settings.worker_threads, name="fabric")
         self.lanes = Lanes(settings.worker_threads)
         self.running = RunningQueries(store, closer=CONTROL)
+        # What runs now, for administrators to list and cancel (`fabric.query.running`).
+        self.queries = QueryList()
         self.sources = SourceRegistry(
             store,
             secrets=secrets,
@@ -250,6 +256,7 @@ class QueryEngine:
         self._stopping: set[Future[None]] = set()
         self._stopping_lock = threading.Lock()
         self.metrics = GatewayMetrics(self.snapshot)
+        self.metrics.add_pools(self.sources.pool_figures)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -360,7 +367,8 @@ class QueryEngine:
             memory=memory,
         )
         self.give_back.bind(asyncio.get_running_loop())
-        admitted = await self.admission.admit(claim, budget.until)
+        with tracing.span("fabric.admission", {"fabric.short": short}):
+            admitted = await self.admission.admit(claim, budget.until)
         return admitted, self.lanes.of(bound.connector).hold(admitted.release)
 
     async def _federated_admission(
@@ -452,22 +460,26 @@ class QueryEngine:
             "max_rows": max_rows,
         }
         compiled = self.statements.lookup(**key)
-        if compiled is None:
-            compile_statement = functools.partial(self.statements.get_or_compile, **key)
-            try:
-                if len(request.sql) <= INLINE_COMPILE_LENGTH:
-                    compiled = compile_statement()
-                else:
-                    # A long text may take a parse of tenths of a second even within the
-                    # query limits; the event loop keeps serving other calls meanwhile. A
-                    # caller gone before the compile starts cancels it.
-                    loop = asyncio.get_running_loop()
-                    compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
-            except QualifiedEntityName:
-                # `connection.entity`: another connection's entity (or this one's, named
-                # in full).
-                return await self._federated(ctx, request, max_rows)
+        with tracing.span("fabric.compile", {"fabric.cache_hit": compiled is not None}):
+            if compiled is None:
+                try:
+                    compiled = await self._compile_new(request, key)
+                except QualifiedEntityName:
+                    # `connection.entity`: another connection's entity (or this one's,
+                    # named in full).
+                    return await self._federated(ctx, request, max_rows)
         return bound, compiled
+
+    async def _compile_new(self, request: QueryRequest, key: dict[str, Any]) -> CompiledStatement:
+        """Compile a text the statement cache does not hold."""
+        compile_statement = functools.partial(self.statements.get_or_compile, **key)
+        if len(request.sql) <= INLINE_COMPILE_LENGTH:
+            return compile_statement()
+        # A long text may take a parse of tenths of a second even within the query
+        # limits; the event loop keeps serving other calls meanwhile. A caller gone
+        # before the compile starts cancels it.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compile_executor, compile_statement)
 
     async def prepare(self, ctx: RequestContext, request: QueryRequest) -> CompiledStatement:
         """Compile and check a query without running it (the statement cache keeps the
@@ -568,7 +580,8 @@ class QueryEngine:
         def run_start() -> tuple[SourceRun, list[bytes]]:
             if not start.begin():
                 raise Cancelled("the caller went away before the query started")
-            run = self._open_run(bound, compiled, args, budget, max_bytes, builder, calls)
+            with announcing_handles(start.starting):
+                run = self._open_run(bound, compiled, args, budget, max_bytes, builder, calls)
             if not start.opened(run):
                 run.cancel()
                 run.close()
@@ -598,8 +611,9 @@ class QueryEngine:
         self, future: Future[tuple[SourceRun, list[bytes]]], start: PendingStart
     ) -> Future[None]:
         """A start whose caller went away or ran out of time (or that failed): it never
-        runs if it has not begun; a run it opened is cancelled at once and closed once
-        the start returns. Nothing here waits; the future returned (tracked until then)
+        runs if it has not begun; a run it opened, or a start still waiting at its source
+        (its connector announced the handle), is cancelled at once, and a run is closed
+        once the start returns. Nothing here waits; the future returned (tracked until then)
         ends when all that is done."""
         run = start.abandon()
         if run is not None and not future.done():
@@ -639,7 +653,65 @@ class QueryEngine:
     ) -> AsyncGenerator[bytes | Summary, None]:
         """Yield the result as Arrow IPC messages (schema first, end-of-stream last), then
         one Summary. `observe` is told the source and statement the query runs (EXPLAIN
-        reads a federated run's figures from them)."""
+        reads a federated run's figures from them). The query is in the list of running
+        queries while it runs; one an administrator cancels ends with `Cancelled`, stopped
+        at its source first."""
+        started = time.perf_counter()
+        call = _noted_call(ctx, request)
+        with (
+            self.queries.track(
+                ctx,
+                request.connection,
+                request.sql,
+                protocol=request.protocol,
+                kind=STREAM,
+                request_id=call.request_id if call is not None else "",
+            ) as tracked,
+            tracing.span("fabric.query", _query_attributes(request)) as traced,
+        ):
+            try:
+                async with aclosing(
+                    self._execute(ctx, request, deadline, tracked, observe)
+                ) as items:
+                    async for item in items:
+                        # The call reading may not be the one that started the query
+                        # (Flight SQL: GetFlightInfo starts it, DoGet reads it).
+                        reader = current_call()
+                        if reader is not call and reader is not None:
+                            call = _noted_call(ctx, request)
+                            if call is not None and tracked is not None:
+                                call.fingerprint = tracked.fingerprint
+                        if call is not None:
+                            if isinstance(item, Summary):
+                                call.rows, call.from_cache = item.rows, item.from_cache
+                            else:
+                                call.bytes += len(item)
+                        if isinstance(item, Summary):
+                            traced.set("fabric.rows", item.rows)
+                            traced.set("fabric.from_cache", item.from_cache)
+                        yield item
+            except asyncio.CancelledError:
+                self._raise_if_cancelled_here(ctx, request, started)
+                raise
+
+    def _raise_if_cancelled_here(
+        self, ctx: RequestContext, request: QueryRequest, started: float
+    ) -> None:
+        """`Cancelled` for a query an administrator cancelled (its task's cancellation
+        taken back: the caller is told, not torn down); nothing for a caller gone away."""
+        if self.queries.cancelled_here(asyncio.current_task()):
+            error = Cancelled("an administrator cancelled this query; it was stopped at its source")
+            log_failure(ctx, request, error, started)
+            raise error from None
+
+    async def _execute(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        deadline: float | None,
+        tracked: RunningQuery | None,
+        observe: Callable[[BoundSource, CompiledStatement], None] | None,
+    ) -> AsyncGenerator[bytes | Summary, None]:
         started = time.perf_counter()
         outcome = "error"
         from_cache = False
@@ -651,13 +723,23 @@ class QueryEngine:
             bound, compiled, args = await self._compile(ctx, request, max_rows)
             if observe is not None:
                 observe(bound, compiled)
+            _note_compiled(tracked, compiled)
             ticket = self._admit(ctx, bound, compiled, STREAM)
             if ttl <= 0:
                 # aclosing: a caller that stops reading stops the source now, not when
                 # the inner generator is collected.
                 async with aclosing(
                     self._run(
-                        ctx, bound, compiled, args, deadline, max_bytes, started, None, ticket
+                        ctx,
+                        bound,
+                        compiled,
+                        args,
+                        deadline,
+                        max_bytes,
+                        started,
+                        None,
+                        ticket,
+                        tracked=tracked,
                     )
                 ) as items:
                     async for item in items:
@@ -715,6 +797,7 @@ class QueryEngine:
                     ticket,
                     on_complete=store,
                     on_uncacheable=lambda: self._settle(key, settled),
+                    tracked=tracked,
                 )
                 async with aclosing(run) as items:
                     async for item in items:
@@ -734,12 +817,17 @@ class QueryEngine:
             outcome = "cancelled"
             raise
         finally:
+            elapsed = time.perf_counter() - started
             if ticket is not None:
                 self._release_ticket(ticket)
+                # Only a connection the query resolved is a label (bounded: see metrics).
+                self.metrics.connection_latency.labels(
+                    ctx.tenant, ticket.grant.connection, outcome
+                ).observe(elapsed)
             self.metrics.queries.labels("execute", outcome, request.protocol).inc()
             self.metrics.latency.labels(
                 "execute", "cache" if from_cache else "source", request.protocol
-            ).observe(time.perf_counter() - started)
+            ).observe(elapsed)
 
     def _read_checked(self, run: SourceRun, ticket: Ticket) -> list[bytes] | None:
         """The next messages of `run` (a worker thread's call), if the query is still
@@ -826,13 +914,61 @@ class QueryEngine:
         ticket: Ticket,
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
+        *,
+        tracked: RunningQuery | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         # The admission is held until the last message is handed on: the source's slot is
         # free a little late, the memory of the messages on their way is counted. The
         # query's time runs from before its wait for admission.
         budget = self._budget(deadline)
+        if tracked is not None:
+            tracked.phase = PHASE_WAITING
         admitted, calls = await self._admission(ctx, bound, compiled, budget)
+        if tracked is not None:
+            tracked.phase = PHASE_RUNNING
+        stream = self._traced_stream if tracing.tracing_enabled() else self._stream
         try:
+            async with aclosing(
+                stream(
+                    admitted,
+                    calls,
+                    ticket,
+                    bound,
+                    compiled,
+                    args,
+                    budget,
+                    max_bytes,
+                    started,
+                    builder,
+                    on_complete,
+                    on_uncacheable,
+                    tracked,
+                )
+            ) as items:
+                async for item in items:
+                    yield item
+        finally:
+            calls.release()
+
+    async def _traced_stream(
+        self,
+        admitted: AdmissionTicket,
+        calls: LaneCalls,
+        ticket: Ticket,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        budget: Budget,
+        max_bytes: int,
+        started: float,
+        builder: ResultBuilder | None,
+        on_complete: Callable[[SourceRun], None] | None,
+        on_uncacheable: Callable[[], None] | None,
+        tracked: RunningQuery | None,
+    ) -> AsyncGenerator[bytes | Summary, None]:
+        """`_stream` inside a `fabric.source` span (only while tracing is on: off, the
+        engine streams without this extra step per message)."""
+        with tracing.span("fabric.source", _source_attributes(bound)) as traced:
             async with aclosing(
                 self._stream(
                     admitted,
@@ -847,12 +983,13 @@ class QueryEngine:
                     builder,
                     on_complete,
                     on_uncacheable,
+                    tracked,
                 )
             ) as items:
                 async for item in items:
+                    if isinstance(item, Summary):
+                        traced.set("fabric.rows", item.rows)
                     yield item
-        finally:
-            calls.release()
 
     async def _stream(
         self,
@@ -868,10 +1005,13 @@ class QueryEngine:
         builder: ResultBuilder | None,
         on_complete: Callable[[SourceRun], None] | None,
         on_uncacheable: Callable[[], None] | None,
+        tracked: RunningQuery | None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._begin(
             bound, compiled, args, budget, max_bytes, builder, calls, ticket, read_first=True
         )
+        if tracked is not None:
+            tracked.counting(run)
         try:
             admitted.cover(BATCH_WORKING_SET * run.largest_batch)
             if run.exhausted:
@@ -1001,11 +1141,29 @@ class QueryEngine:
         deadline: float | None = None,
     ) -> Page:
         started = time.perf_counter()
-        try:
-            return await self._open_statement(ctx, request, page_rows, deadline, started)
-        except FabricError as error:
-            log_failure(ctx, request, error, started)
-            raise
+        call = _noted_call(ctx, request)
+        with self.queries.track(
+            ctx,
+            request.connection,
+            request.sql,
+            protocol=request.protocol,
+            kind=STATEMENT,
+            request_id=call.request_id if call is not None else "",
+        ) as tracked:
+            try:
+                page = await self._open_statement(
+                    ctx, request, page_rows, deadline, started, tracked
+                )
+                if call is not None:
+                    call.rows, call.bytes = page.rows, len(page.arrow_ipc)
+                    call.from_cache = page.summary is not None and page.summary.from_cache
+                return page
+            except FabricError as error:
+                log_failure(ctx, request, error, started)
+                raise
+            except asyncio.CancelledError:
+                self._raise_if_cancelled_here(ctx, request, started)
+                raise
 
     async def _open_statement(
         self,
@@ -1014,6 +1172,7 @@ class QueryEngine:
         page_rows: int,
         deadline: float | None,
         started: float,
+        tracked: RunningQuery | None,
     ) -> Page:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
@@ -1021,6 +1180,9 @@ class QueryEngine:
         ttl = self._ttl(request.cache_ttl)
         await self._check_statement_room(ctx)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
+        _note_compiled(tracked, compiled)
+        if tracked is not None:
+            tracked.phase = PHASE_RUNNING
         ticket = self._admit(ctx, bound, compiled, STATEMENT)
         try:
             pager, admitted = await self._pager(
@@ -1247,6 +1409,10 @@ class QueryEngine:
                     missing_ok=True,
                 )
                 await self._settled(self._in_background(close), failed.budget)
+        call = current_call()
+        if call is not None:
+            call.identify(ctx.principal, ctx.tenant, ctx.stage)
+            call.rows, call.bytes = rows, len(data)
         return Page(statement_id, data, rows, pager.done, summary)
 
     async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
@@ -1321,6 +1487,7 @@ class QueryEngine:
             "purge_compiled_purged": self._purged["compiled_purged"],
             "source_calls_overrun": self._overruns,
             **self.running.snapshot(),
+            **self.queries.snapshot(),
         }
 
     def close(self) -> None:
@@ -1384,6 +1551,44 @@ def _explanation(
         run = connector.runs[-1] if connector.runs and moved is not None else None
         return explain_plan(connector.plan, run, moved)
     return explain_single(bound.catalog.connection, compiled, moved)
+
+
+def _query_attributes(request: QueryRequest) -> dict[str, str | bool | int | float] | None:
+    """The `fabric.query` span's attributes (None while tracing is off: nothing built)."""
+    if not tracing.tracing_enabled():
+        return None
+    return {"fabric.connection": shorten(request.connection), "fabric.protocol": request.protocol}
+
+
+def _source_attributes(bound: BoundSource) -> dict[str, str | bool | int | float] | None:
+    """The `fabric.source` span's attributes: the connector's kind and the connection's
+    name (None while tracing is off)."""
+    if not tracing.tracing_enabled():
+        return None
+    return {
+        "db.system": bound.connector.kind,
+        "fabric.connection": shorten(bound.connection.name),
+        "fabric.stage": bound.stage,
+    }
+
+
+def _noted_call(ctx: RequestContext, request: QueryRequest) -> CallRecord | None:
+    """The access-log record of the call this query serves (who asks, on which
+    connection), if its door opened one."""
+    call = current_call()
+    if call is not None:
+        call.identify(ctx.principal, ctx.tenant, ctx.stage)
+        call.connection = shorten(request.connection)
+    return call
+
+
+def _note_compiled(tracked: RunningQuery | None, compiled: CompiledStatement) -> None:
+    """The statement's fingerprint, in the running query and the call's access record."""
+    if tracked is not None:
+        tracked.fingerprint = compiled.fingerprint
+    call = current_call()
+    if call is not None:
+        call.fingerprint = compiled.fingerprint
 
 
 def _revocation_of(pager: PagedResult) -> SelectionChanged | None:
