@@ -87,6 +87,19 @@ def site(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Any, str, Any, str
 
 
 @pytest.mark.postgres
+def scrape_until(
+    port: int, name: str, labels: dict[str, str], expected: float
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape until the gauge shows `expected` (within 10 s); the last scrape."""
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(port)
+        if value(samples, name, **labels) == expected:
+            return samples
+        assert time.monotonic() < deadline, f"{name} never showed {expected}"
+        time.sleep(0.02)
+
+
 def test_pool_gauges_auth_failures_and_latency_by_connection_are_scraped(
     site: tuple[Any, str, Any, str], tmp_path: Path
 ) -> None:
@@ -103,8 +116,8 @@ def test_pool_gauges_auth_failures_and_latency_by_connection_are_scraped(
         assert client.query("pg", sql, {"min": 10}).to_pylist() == [{"n": 40}]
         with pytest.raises(NotFound):
             client.query("no-such-connection", sql, {"min": 1})
-        before = scrape(port)
-        assert value(before, "fabric_pool_connections_in_use", **labels) == 0
+        # The connection goes back to the pool just after the caller has the last row.
+        before = scrape_until(port, "fabric_pool_connections_in_use", labels, 0)
         assert (value(before, "fabric_pool_connections_idle", **labels) or 0) >= 1
         assert value(before, "fabric_pool_waiting", **labels) == 0
         count = "fabric_connection_query_seconds_count"
@@ -120,10 +133,7 @@ def test_pool_gauges_auth_failures_and_latency_by_connection_are_scraped(
                 target=lambda: outcome.append(client.query("pg", sql, {"min": 0}))
             )
             waiting.start()
-            deadline = time.monotonic() + 10
-            while value(scrape(port), "fabric_pool_connections_in_use", **labels) != 1:
-                assert time.monotonic() < deadline, "the pool never showed the query's connection"
-                time.sleep(0.02)
+            scrape_until(port, "fabric_pool_connections_in_use", labels, 1)
             locker.rollback()
             waiting.join(timeout=30)
         assert outcome and outcome[0].to_pylist() == [{"n": 50}]
@@ -143,11 +153,10 @@ def test_pool_gauges_auth_failures_and_latency_by_connection_are_scraped(
         pytest.raises(PermissionDenied),
     ):
         app_client.list_connections()  # an admin's method
-    after = scrape(port)
+    after = scrape_until(port, "fabric_pool_connections_in_use", labels, 0)
     failures = {
         reason: value(after, "fabric_auth_failures_total", reason=reason)
         for reason in ("missing_token", "invalid_token", "role", "wrong_stage")
     }
     assert failures == {"missing_token": 1, "invalid_token": 1, "role": 1, "wrong_stage": 0}
     assert value(after, count, tenant=TENANT, connection="pg", outcome="ok") == 2
-    assert value(after, "fabric_pool_connections_in_use", **labels) == 0
