@@ -1,0 +1,81 @@
+// The portal's entry point: sign-in, tabs, and the role that decides what is shown (the API
+// enforces the same rules whatever the page shows).
+
+import { whenUnauthenticated } from "./api.js";
+import { byId, fill } from "./dom.js";
+import { resume, signInWithCode, signInWithToken, signOut, takeLinkCode } from "./session.js";
+import * as connections from "./connections.js";
+import * as discovery from "./discovery.js";
+import * as query from "./query.js";
+import * as activity from "./activity.js";
+
+const tabs = { connections, discovery, query, activity };
+let current = "connections";
+
+function showSignIn(message) {
+  document.body.className = "signed-out";
+  byId("app").hidden = true;
+  byId("signout").hidden = true;
+  fill(byId("whoami"));
+  byId("signin").hidden = false;
+  const error = byId("signin-error");
+  error.hidden = !message;
+  error.textContent = message || "";
+  activity.stop();
+}
+
+function showApp(me) {
+  document.body.className = `signed-in role-${me.role}`;
+  byId("signin").hidden = true;
+  byId("signin-error").hidden = true;
+  byId("signin-token").value = "";
+  byId("app").hidden = false;
+  byId("signout").hidden = false;
+  fill(byId("whoami"), `${me.principal} · ${me.role} · ${me.tenant} / ${me.stage}`);
+  for (const module of Object.values(tabs)) module.start(me);
+  openTab(current);
+}
+
+function openTab(name) {
+  current = name;
+  for (const button of byId("tabs").querySelectorAll("button")) {
+    button.classList.toggle("active", button.dataset.tab === name);
+  }
+  for (const key of Object.keys(tabs)) byId(`tab-${key}`).hidden = key !== name;
+  tabs[name].shown();
+}
+
+async function boot() {
+  whenUnauthenticated(() => {
+    signOut();
+    showSignIn("Your session has ended: sign in again.");
+  });
+  byId("tabs").addEventListener("click", (event) => {
+    const tab = event.target.closest("button")?.dataset.tab;
+    if (tab) openTab(tab);
+  });
+  byId("signout").addEventListener("click", () => {
+    signOut();
+    showSignIn("");
+  });
+  byId("signin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      showApp(await signInWithToken(byId("signin-token").value));
+    } catch (error) {
+      showSignIn(error.message);
+    }
+  });
+
+  const code = takeLinkCode();
+  try {
+    const me = code ? await signInWithCode(code) : await resume();
+    if (me) showApp(me);
+    else showSignIn("");
+  } catch (error) {
+    signOut();
+    showSignIn(error.message);
+  }
+}
+
+boot();
