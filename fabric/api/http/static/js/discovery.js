@@ -142,8 +142,14 @@ function tableCard(table) {
   }
   const entityInput = el("input", { type: "text", class: "entity-input", value: existing ? existing.name : table.name });
   const message = el("p", { class: "select-result", role: "status" });
+  // A table not selected yet offers every column; a selected one shows its selection.
   const boxes = table.columns.map((c) =>
-    el("input", { type: "checkbox", class: "column-check", value: c.name, checked: chosen.has(c.name) }),
+    el("input", {
+      type: "checkbox",
+      class: "column-check",
+      value: c.name,
+      checked: existing ? chosen.has(c.name) : true,
+    }),
   );
   const card = el(
     "article",
