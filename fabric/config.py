@@ -40,6 +40,14 @@ class Settings:
     """Arrow Flight SQL listen address (FABRIC_FLIGHT_LISTEN), served by `fabric serve`
     (roles all and platform) next to the gRPC API, with the same tokens, TLS and rules;
     unset: no Flight SQL endpoint."""
+    http_listen: str = ""
+    """HTTP(S) listen address of the REST/JSON API and the portal page (FABRIC_HTTP_LISTEN),
+    served by `fabric serve` (roles all and platform) in the gateway's process, with the
+    gateway's TLS settings and tokens; refused on a non-loopback address without TLS, as
+    the gRPC address is. Unset: no HTTP endpoint."""
+    http_max_body: int = MIB
+    """Largest request body, in bytes, the REST API accepts (FABRIC_HTTP_MAX_BODY); a larger
+    one is refused with 413 before it is read."""
     tls_cert: str = ""
     """PEM certificate chain the gateway serves (FABRIC_TLS_CERT); with tls_key, TLS is on."""
     tls_key: str = ""
@@ -296,6 +304,7 @@ class Settings:
             "short_query_rows",
             "memory_budget",
             "query_memory",
+            "http_max_body",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -21,6 +21,8 @@ from fabric.query.engine import QueryEngine
 from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.authz import StageBoundVerifier, TokenVerifierLike
 from fabric.security.secrets import SecretStore
+from fabric.security.signin import MAX_SESSION_LIFETIME, SignInExchange
+from fabric.security.tokens import LocalKey
 
 
 def assemble_gateway(
@@ -34,6 +36,7 @@ def assemble_gateway(
     execute: Execute | None = None,
     services: Collection[str] = SERVICES,
     serves_apps: bool = True,
+    sign_in: SignInExchange | None = None,
 ) -> Gateway:
     """A gateway running both planes on `engine` and its store.
 
@@ -44,7 +47,8 @@ def assemble_gateway(
     `attach_publisher` was called, platform events on the bus. `secret_store` keeps
     connection passwords (None: passwords are refused); `connector_builder` builds the
     connectors the platform uses for discovery and tests; `clock` drives the
-    stale-metadata sweeper; `execute`, `services` and `serves_apps` as for `Gateway`.
+    stale-metadata sweeper; `execute`, `services`, `serves_apps` and `sign_in` as for
+    `Gateway`.
     """
     if verifier is not None:
         context_provider = verified_context
@@ -70,6 +74,7 @@ def assemble_gateway(
         execute=execute,
         services=services,
         serves_apps=serves_apps,
+        sign_in=sign_in,
     )
 
 
@@ -103,7 +108,20 @@ def configured_gateway(
         execute=execute,
         services=services,
         serves_apps=serves_apps,
+        sign_in=portal_sign_in(settings) if stage is None else None,
     )
+
+
+def portal_sign_in(settings: Settings) -> SignInExchange | None:
+    """The exchange of the portal's sign-in codes: with FABRIC_AUTH=local, codes and
+    session tokens are signed with the local key (sessions live at most 8 hours, and
+    never longer than FABRIC_JWT_MAX_LIFETIME). With another FABRIC_AUTH there is none:
+    the portal signs in with a bearer token."""
+    if settings.auth != "local":
+        return None
+    key = LocalKey.load_or_generate(settings.token_key_path)
+    lifetime = min(MAX_SESSION_LIFETIME, settings.jwt_max_lifetime)
+    return SignInExchange(key.secret, session_lifetime=lifetime)
 
 
 def attach_publisher(gateway: Gateway, publisher: PlatformEventPublisher) -> None:
