@@ -73,14 +73,18 @@ class Page:
 
     # -- waiting ------------------------------------------------------------------------
 
-    def until(self, condition: Callable[[], T | None], what: str, timeout: float = WAIT_SECONDS) -> T:
+    def until(
+        self, condition: Callable[[], T | None], what: str, timeout: float = WAIT_SECONDS
+    ) -> T:
         def check(_: Any) -> T | None:
             try:
                 return condition()
             except StaleElementReferenceException:
                 return None  # the page re-rendered under us: look again
 
-        return WebDriverWait(self.driver, timeout).until(check, f"waiting for {what}")
+        found = WebDriverWait(self.driver, timeout).until(check, f"waiting for {what}")
+        assert found is not None  # until() returns only a truthy result
+        return found
 
     def find(self, css: str, within: WebElement | None = None) -> WebElement:
         root: Any = within or self.driver

@@ -31,9 +31,10 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chr
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
     url = postgres_url()
-    with portal_schema(url) as schema, portal_gateway(
-        tmp_path_factory.mktemp("portal-home")
-    ) as (base_url, tokens, secret):
+    with (
+        portal_schema(url) as schema,
+        portal_gateway(tmp_path_factory.mktemp("portal-home")) as (base_url, tokens, secret),
+    ):
         yield Portal(base_url, tokens, secret, url, schema)
 
 

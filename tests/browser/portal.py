@@ -33,7 +33,9 @@ class Portal:
         )
 
     def sign_in_code(self, role: str, subject: str) -> str:
-        return mint_sign_in_code(self.secret, tenant=TENANT, stage=STAGE, role=role, subject=subject)
+        return mint_sign_in_code(
+            self.secret, tenant=TENANT, stage=STAGE, role=role, subject=subject
+        )
 
     @property
     def _pg(self) -> Any:
@@ -78,8 +80,12 @@ class Portal:
             "user": self.pg_user,
         }
         stages = [{"stage": "*", "settings": settings, "password": "unused-by-trust-auth"}]
-        self.api("POST", "/api/v1/connections", {"name": name, "kind": "postgres",
-                 "stages": stages, "verify": True}, token)
+        self.api(
+            "POST",
+            "/api/v1/connections",
+            {"name": name, "kind": "postgres", "stages": stages, "verify": True},
+            token,
+        )
 
     def select(self, connection: str, table: str, token: str) -> None:
         self.api(

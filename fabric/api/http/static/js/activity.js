@@ -106,7 +106,7 @@ async function loadHistory() {
           el(
             "tr",
             {},
-            el("td", {}, cellText(h.at)),
+            el("td", { class: "nowrap" }, when(h.at)),
             el("td", {}, cellText(h.connection)),
             el("td", { class: "sql-shape" }, el("code", {}, cellText(h.sql_shape))),
             el("td", { class: "n" }, cellText(h.rows)),
@@ -159,7 +159,7 @@ async function loadRunning() {
           return el(
             "tr",
             {},
-            el("td", {}, cellText(q.started_at)),
+            el("td", { class: "nowrap" }, when(q.started_at)),
             el("td", {}, cellText(q.principal)),
             el("td", {}, cellText(q.connection)),
             el("td", { class: "sql-shape" }, el("code", {}, cellText(q.sql_shape))),
@@ -179,6 +179,17 @@ async function loadRunning() {
   }
 }
 
+/** An ISO 8601 time as `2024-01-01 10:00:00+00:00` (no fractions: the list is for people). */
+function when(value) {
+  return typeof value === "string" ? value.replace("T", " ").replace(/\.\d+/, "") : cellText(value);
+}
+
+function details(object) {
+  return Object.entries(object || {})
+    .map(([key, value]) => `${key}=${cellText(value)}`)
+    .join(", ");
+}
+
 async function loadAudit() {
   const target = byId("act-audit");
   try {
@@ -188,13 +199,23 @@ async function loadAudit() {
       fill(target, el("p", { class: "empty" }, "No events."));
       return;
     }
-    const keys = [...new Set(events.flatMap((e) => Object.keys(e)))];
     fill(
       target,
       table(
         "audit",
-        keys,
-        events.map((e) => el("tr", {}, keys.map((k) => el("td", {}, e[k] === undefined ? "" : cellText(e[k]))))),
+        ["at", "actor", "action", "connection", "stage", "details"],
+        events.map((e) =>
+          el(
+            "tr",
+            {},
+            el("td", { class: "nowrap" }, when(e.at)),
+            el("td", {}, cellText(e.actor)),
+            el("td", { class: "action" }, cellText(e.action)),
+            el("td", {}, cellText(e.connection)),
+            el("td", {}, cellText(e.stage)),
+            el("td", { class: "details" }, details(e.details)),
+          ),
+        ),
       ),
     );
   } catch (error) {

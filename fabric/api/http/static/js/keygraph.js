@@ -1,33 +1,77 @@
 // The key graph: one box per table (its name and primary key), one arrow per foreign key
-// from the referencing table to the referenced one, all built as SVG elements.
+// from the referencing table to the referenced one, all built as SVG elements. Tables are
+// laid out in layers by key depth: a table that references nothing on the left, a table
+// that references it to its right, so arrows point leftwards.
 
 import { svg } from "./dom.js";
 
-const BOX_W = 190;
+const BOX_W = 210;
 const LINE_H = 16;
-const GAP_X = 70;
-const GAP_Y = 40;
+const GAP_X = 90;
+const GAP_Y = 24;
+const MAX_LABEL = 26;
 
 const qualified = (schema, name) => (schema ? `${schema}.${name}` : name);
+const shorten = (text) => (text.length > MAX_LABEL ? `${text.slice(0, MAX_LABEL - 1)}…` : text);
+
+/** Each table's layer: 0 without foreign keys to the other tables, else one more than the
+ *  deepest table it references (a cycle counts as no reference). */
+function layers(tables, keyOf) {
+  const byKey = new Map(tables.map((t) => [keyOf(t), t]));
+  const depth = new Map();
+  const visiting = new Set();
+  const visit = (table) => {
+    const key = keyOf(table);
+    if (depth.has(key)) return depth.get(key);
+    if (visiting.has(key)) return -1;
+    visiting.add(key);
+    let deepest = -1;
+    for (const fk of table.foreign_keys || []) {
+      const ref = fk.references || {};
+      const target = byKey.get(qualified(ref.schema, ref.table));
+      if (target && target !== table) deepest = Math.max(deepest, visit(target));
+    }
+    visiting.delete(key);
+    depth.set(key, deepest + 1);
+    return deepest + 1;
+  };
+  tables.forEach(visit);
+  return depth;
+}
 
 export function keyGraph(tables) {
-  const columns = Math.max(1, Math.ceil(Math.sqrt(tables.length)));
+  const keyOf = (t) => qualified(t.schema, t.name);
+  // One schema: boxes show bare table names (the full name is in each box's tooltip).
+  const oneSchema = new Set(tables.map((t) => t.schema || "")).size <= 1;
+  const depth = layers(tables, keyOf);
+  const columns = [];
+  for (const table of tables) {
+    const layer = depth.get(keyOf(table));
+    (columns[layer] ||= []).push(table);
+  }
+
   const boxes = new Map();
-  const heights = tables.map((t) => LINE_H * (2 + Math.max(1, (t.primary_key || []).length)));
-  const rowHeight = [];
-  tables.forEach((t, i) => {
-    const row = Math.floor(i / columns);
-    rowHeight[row] = Math.max(rowHeight[row] || 0, heights[i]);
+  let width = 10;
+  let height = 10;
+  columns.forEach((column, layer) => {
+    let y = 10;
+    const x = 10 + layer * (BOX_W + GAP_X);
+    for (const table of column) {
+      const h = LINE_H * 2 + 10;
+      boxes.set(keyOf(table), { x, y, h, table });
+      y += h + GAP_Y;
+    }
+    width = Math.max(width, x + BOX_W + 10);
+    height = Math.max(height, y);
   });
-  const rowTop = [];
-  rowHeight.reduce((top, h, row) => ((rowTop[row] = top), top + h + GAP_Y), 10);
 
   const root = svg("svg", {
     class: "keygraph",
     role: "img",
     "aria-label": "tables and their foreign keys",
-    width: columns * (BOX_W + GAP_X) + 10,
-    height: rowTop.length ? rowTop[rowTop.length - 1] + rowHeight[rowHeight.length - 1] + 10 : 20,
+    width,
+    height,
+    viewBox: `0 0 ${width} ${height}`,
   });
   root.append(
     svg(
@@ -35,55 +79,59 @@ export function keyGraph(tables) {
       {},
       svg(
         "marker",
-        { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" },
+        { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto" },
         svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }),
       ),
     ),
   );
 
   const nodes = svg("g", { class: "tables" });
-  tables.forEach((t, i) => {
-    const x = 10 + (i % columns) * (BOX_W + GAP_X);
-    const y = rowTop[Math.floor(i / columns)];
-    const key = qualified(t.schema, t.name);
-    boxes.set(key, { x, y, h: heights[i] });
-    const pk = t.primary_key || [];
+  for (const [key, { x, y, h, table }] of boxes) {
+    const pk = table.primary_key || [];
     nodes.append(
       svg(
         "g",
         { class: "table-node", "data-table": key },
-        svg("rect", { x, y, width: BOX_W, height: heights[i], rx: 4 }),
-        svg("text", { x: x + 8, y: y + LINE_H, class: "table-name" }, key),
-        pk.length
-          ? svg("text", { x: x + 8, y: y + 2 * LINE_H, class: "pk" }, `PK (${pk.join(", ")})`)
-          : svg("text", { x: x + 8, y: y + 2 * LINE_H, class: "muted" }, "no primary key"),
+        svg("title", {}, key),
+        svg("rect", { x, y, width: BOX_W, height: h, rx: 4 }),
+        svg("text", { x: x + 8, y: y + LINE_H, class: "table-name" }, shorten(oneSchema ? table.name : key)),
+        svg(
+          "text",
+          { x: x + 8, y: y + 2 * LINE_H, class: pk.length ? "pk" : "muted" },
+          shorten(pk.length ? `PK (${pk.join(", ")})` : "no primary key"),
+        ),
       ),
     );
-  });
+  }
 
   const edges = svg("g", { class: "edges" });
-  for (const t of tables) {
-    const from = boxes.get(qualified(t.schema, t.name));
-    for (const fk of t.foreign_keys || []) {
+  for (const [key, from] of boxes) {
+    for (const fk of from.table.foreign_keys || []) {
       const ref = fk.references || {};
-      const to = boxes.get(qualified(ref.schema, ref.table));
-      if (!from || !to) continue;
-      const rightward = to.x >= from.x;
-      const x1 = from.x + (rightward ? BOX_W : 0);
-      const x2 = to.x + (rightward ? 0 : BOX_W);
+      const toKey = qualified(ref.schema, ref.table);
+      const to = boxes.get(toKey);
+      if (!to) continue;
       const y1 = from.y + from.h / 2;
       const y2 = to.y + to.h / 2;
-      const label = `(${fk.columns.join(", ")}) → (${(ref.columns || []).join(", ")})`;
-      const path =
-        from === to
-          ? `M ${from.x + BOX_W} ${y1 - 6} C ${from.x + BOX_W + 50} ${y1 - 40}, ${from.x + BOX_W + 50} ${y1 + 40}, ${from.x + BOX_W} ${y1 + 6}`
-          : `M ${x1} ${y1} C ${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`;
+      let path;
+      if (to === from) {
+        const x = from.x + BOX_W;
+        path = `M ${x} ${y1 - 6} C ${x + 40} ${y1 - 30}, ${x + 40} ${y1 + 30}, ${x} ${y1 + 6}`;
+      } else if (to.x < from.x) {
+        const x1 = from.x;
+        const x2 = to.x + BOX_W;
+        path = `M ${x1} ${y1} C ${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`;
+      } else {
+        // Same layer (a cycle): around the right-hand side.
+        const x = from.x + BOX_W;
+        path = `M ${x} ${y1} C ${x + 60} ${y1}, ${x + 60} ${y2}, ${x} ${y2}`;
+      }
       edges.append(
         svg(
           "g",
-          { class: "fk-edge", "data-from": qualified(t.schema, t.name), "data-to": qualified(ref.schema, ref.table) },
+          { class: "fk-edge", "data-from": key, "data-to": toKey },
           svg("path", { d: path, "marker-end": "url(#arrow)" }),
-          svg("title", {}, `${fk.name || "foreign key"} ${label}`),
+          svg("title", {}, `${fk.name ? fk.name + ": " : ""}(${fk.columns.join(", ")}) → ${toKey} (${(ref.columns || []).join(", ")})`),
         ),
       );
     }

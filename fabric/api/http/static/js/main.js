@@ -3,6 +3,7 @@
 
 import { whenUnauthenticated } from "./api.js";
 import { byId, fill } from "./dom.js";
+import { notify } from "./notice.js";
 import { resume, signInWithCode, signInWithToken, signOut, takeLinkCode } from "./session.js";
 import * as connections from "./connections.js";
 import * as discovery from "./discovery.js";
@@ -38,6 +39,7 @@ function showApp(me) {
 
 function openTab(name) {
   current = name;
+  notify("");
   for (const button of byId("tabs").querySelectorAll("button")) {
     button.classList.toggle("active", button.dataset.tab === name);
   }
@@ -67,9 +69,20 @@ async function boot() {
     }
   });
 
+  // A sign-in link opened in a tab that already shows the portal changes only the
+  // fragment: the page is not loaded again, so the code is taken from here too.
+  window.addEventListener("hashchange", () => {
+    const code = takeLinkCode();
+    if (code) enter(signInWithCode(code));
+  });
+
   const code = takeLinkCode();
+  await enter(code ? signInWithCode(code) : resume());
+}
+
+async function enter(signingIn) {
   try {
-    const me = code ? await signInWithCode(code) : await resume();
+    const me = await signingIn;
     if (me) showApp(me);
     else showSignIn("");
   } catch (error) {

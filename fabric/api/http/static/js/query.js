@@ -29,6 +29,10 @@ export function start() {
 
 export function shown() {}
 
+// `auto` reads the value as the CLI does; the typed ones travel as {"date": "2024-01-01"}.
+const TYPED = ["decimal", "date", "time", "timestamp", "bytes"];
+const PARAM_TYPES = ["auto", "text", "number", "boolean", "null", ...TYPED];
+
 function addParam(name, value) {
   const row = el(
     "div",
@@ -38,7 +42,7 @@ function addParam(name, value) {
     el(
       "select",
       { class: "param-type" },
-      ["auto", "text", "number", "boolean", "null"].map((t) => el("option", { value: t }, t)),
+      PARAM_TYPES.map((t) => el("option", { value: t }, t)),
     ),
   );
   row.append(el("button", { type: "button", class: "link", onclick: () => row.remove() }, "remove"));
@@ -67,6 +71,7 @@ function readParams() {
     else if (type === "number") params[name] = Number(raw);
     else if (type === "boolean") params[name] = raw === "true";
     else if (type === "null") params[name] = null;
+    else if (TYPED.includes(type)) params[name] = { [type]: raw };
     else params[name] = autoValue(raw);
   }
   return params;
@@ -119,7 +124,7 @@ async function run() {
       params: readParams(),
       page_size: pageSize,
     });
-    statement = { id: page.statement_id, pages: [page], index: 0, done: Boolean(page.done) };
+    statement = { id: page.statement_id, pageSize, pages: [page], index: 0, done: Boolean(page.done) };
     render();
   } catch (error) {
     fill(byId("sql-result"));
@@ -137,7 +142,7 @@ async function next() {
   if (statement.done) return;
   const current = statement;
   try {
-    const page = await post(`/statements/${seg(current.id)}/next`, {});
+    const page = await post(`/statements/${seg(current.id)}/next`, { page_size: current.pageSize });
     current.pages.push(page);
     current.index += 1;
     current.done = Boolean(page.done);
