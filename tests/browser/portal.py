@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import psycopg
+
 from fabric.security.signin import mint_sign_in_code
 from fabric.security.tokens import TokenConfig, mint_token
 
@@ -56,6 +58,16 @@ class Portal:
     @property
     def pg_user(self) -> str:
         return str(self._pg.username or "postgres")
+
+    def page_headers(self) -> dict[str, str]:
+        """The headers the page itself is served with."""
+        with urllib.request.urlopen(self.url + "/", timeout=30) as response:
+            return {k.lower(): v for k, v in response.headers.items()}
+
+    def source_sql(self, statement: str) -> None:
+        """Change the source behind the gateway's back (a schema change to refresh)."""
+        with psycopg.connect(self.postgres_url, autocommit=True) as connection:
+            connection.execute(statement.encode())
 
     def api(self, method: str, path: str, body: Any, token: str) -> Any:
         request = urllib.request.Request(

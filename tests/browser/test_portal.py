@@ -86,6 +86,17 @@ def test_admin_sets_up_developer_uses_admin_deletes(page: Page, portal: Portal) 
     assert "OK" in page.text_of(".test-result li.ok", "OK", card).text
     page.screenshot("connections")
 
+    # An edit leaves the password field empty: the stored password stays.
+    page.click(".conn-edit", card)
+    form = page.find("#conn-form")
+    assert page.find("input[name='password']", form).get_attribute("value") == ""
+    page.type("input[name='connect_timeout']", "5", form)
+    page.click("#conn-form-save")
+    card = page.find("article.connection[data-name='shop']")
+    page.text_of("ul.settings li", "connect_timeout = 5", card)
+    page.text_of("header .muted", "version 2", card)
+    assert page.find("td.password", card).text == "set"
+
     # -- administrator: discover, look at the keys, select columns ----------------------
     page.tab("discovery")
     choose(page, "#disc-connection", "shop")
@@ -140,6 +151,12 @@ def test_admin_sets_up_developer_uses_admin_deletes(page: Page, portal: Portal) 
     headers = [h.text for h in page.all("thead .col-name", preview)]
     assert headers == ["id", "name", "country"]
     assert page.script(FIRST_CELLS, "#disc-preview")[:3] == ["1", "2", "3"]
+
+    # A column added at the source shows in the drift report of a refresh.
+    portal.source_sql(f"ALTER TABLE {schema}.customers ADD COLUMN vip boolean")
+    page.click("#disc-refresh")
+    drift = page.text_of("#disc-drift table.drift tbody tr", "vip")
+    assert drift.text.startswith("new_column customers")
 
     page.tab("query")
     choose(page, "#sql-connection", "shop")
@@ -256,6 +273,10 @@ def test_markup_in_values_aliases_and_names_stays_text(page: Page, portal: Porta
     )
     assert markup == {"flag": "undefined", "images": 0, "inline": 0, "handlers": 0}
     assert page.no_alert()
+    # The policy that would have logged a refused inline handler is the one served, and
+    # the page never needed it to refuse anything.
+    policy = portal.page_headers()["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert page.csp_violations() == []
 
 

@@ -155,7 +155,7 @@ async function openEditor(connection) {
     nameInput.readOnly = true;
     kindSelect.value = connection.kind;
     kindSelect.disabled = true;
-    fill(stages, connection.stages.map((s) => stageBlock(kindOf(), s, { fixedStage: true })));
+    fill(stages, connection.stages.map((s) => stageBlock(kindOf(), s, { fixedStage: true, removable: true })));
   } else {
     kindSelect.addEventListener("change", resetStages);
     resetStages();
@@ -187,9 +187,13 @@ async function openEditor(connection) {
     message.hidden = true;
     try {
       if (connection) {
+        const kept = readStages(stages);
+        // A stage whose block was removed from the form is removed, with its password.
+        const removed = connection.stages.map((s) => s.stage).filter((name) => !kept.some((k) => k.stage === name));
         await patch(`/connections/${seg(connection.name)}`, {
           expected_version: connection.version,
-          stages: readStages(stages),
+          stages: kept,
+          remove_stages: removed,
         });
       } else {
         await post("/connections", {
