@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the case tables read best one case a line)
 """Bad input to every REST endpoint: a clear 4xx from the one error tree, the field
 named, and nothing changed (connections, versions, selection, audit trail)."""
 
