@@ -350,6 +350,7 @@ class Gateway:
             sign_in=sign_in,
             history=QueryHistory(),
             max_body=self.settings.http_max_body,
+            admin=self.admin,
         )
         self._http: HttpServer | None = None
         self.http_port: int | None = None

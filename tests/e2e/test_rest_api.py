@@ -4,10 +4,13 @@ DuckDB sources, tokens of each role, httpx as the client."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from starlette.routing import Route
 
@@ -496,3 +499,46 @@ def test_openapi_lists_every_route_and_nothing_else(rest: RestGateway) -> None:
     }
     assert documented == served
     assert len(served) == len(ENDPOINTS)
+
+
+# -- running queries ------------------------------------------------------------------------
+
+
+def _running_of(rest: RestGateway, principal: str) -> list[Any]:
+    queries = rest.ok("GET", "/api/v1/running")["queries"]
+    return [q for q in queries if q["principal"] == principal]
+
+
+def test_an_admin_lists_a_running_query_and_cancels_it(rest: RestGateway, pg_items: str) -> None:
+    body = {"connection": pg_items, "sql": "SELECT count(*) AS n FROM items WHERE id > :min"}
+    body["params"] = {"min": 0}
+    with (
+        psycopg.connect(rest.pg_url) as locker,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        locker.execute(f"LOCK TABLE {rest.pg_schema}.items IN ACCESS EXCLUSIVE MODE")
+        pending = pool.submit(
+            rest.call, "POST", "/api/v1/query", "developer", subject="slow@example.com", json=body
+        )
+        deadline = time.monotonic() + 30
+        while not (running := _running_of(rest, "slow@example.com")):
+            assert time.monotonic() < deadline, "the query never showed as running"
+            assert not pending.done(), pending.result().text
+            time.sleep(0.01)
+        (query,) = running
+        assert query["connection"] == pg_items and query["protocol"] == "rest"
+        assert query["sql_shape"] == "SELECT count(*) AS n FROM items WHERE id > :min"
+        assert rest.call("GET", "/api/v1/running", "developer").status_code == 403
+        refused = rest.call("POST", f"/api/v1/running/{query['id']}/cancel", "developer")
+        assert refused.status_code == 403 and _running_of(rest, "slow@example.com")
+        cancelled = rest.ok("POST", f"/api/v1/running/{query['id']}/cancel")
+        assert cancelled == {"cancelled": True, "replica": query["replica"]}
+        response = pending.result(timeout=60)
+        locker.rollback()
+    assert response.status_code == 499, response.text
+    assert response.json()["error"]["code"] == "cancelled"
+    again = rest.ok("POST", f"/api/v1/running/{query['id']}/cancel")
+    assert again == {"cancelled": False, "replica": None}
+    assert _running_of(rest, "slow@example.com") == []
+    malformed = rest.call("POST", "/api/v1/running/not-an-id/cancel")
+    assert malformed.status_code == 400
