@@ -510,8 +510,11 @@ def _running_of(rest: RestGateway, principal: str) -> list[Any]:
 
 
 def test_an_admin_lists_a_running_query_and_cancels_it(rest: RestGateway, pg_items: str) -> None:
-    body = {"connection": pg_items, "sql": "SELECT count(*) AS n FROM items WHERE id > :min"}
-    body["params"] = {"min": 0}
+    body = {
+        "connection": pg_items,
+        "sql": "SELECT count(*) AS n FROM items WHERE id > :min",
+        "params": {"min": 0},
+    }
     with (
         psycopg.connect(rest.pg_url) as locker,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
