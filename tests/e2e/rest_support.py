@@ -123,7 +123,11 @@ def drop_pg_schema(url: str, schema: str) -> None:
         con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def start_rest_gateway(home: Path, pg_url: str, **overrides: Any) -> Iterator[RestGateway]:
+def start_rest_gateway(
+    home: Path, pg_url: str, *, verify: Any = True, **overrides: Any
+) -> Iterator[RestGateway]:
+    """The gateway (settings `overrides`), its httpx client (`verify`: how it checks the
+    server's certificate under TLS), torn down after."""
     make_shop(home / "shop.duckdb")
     schema = make_pg_schema(pg_url)
     key = LocalKey.generate(home / "token.key")
@@ -141,7 +145,7 @@ def start_rest_gateway(home: Path, pg_url: str, **overrides: Any) -> Iterator[Re
         sign_in=SignInExchange(key.secret),
     )
     background = BackgroundGateway(gateway, http_address="127.0.0.1:0").start()
-    client = httpx.Client(base_url=background.http_url, timeout=60)
+    client = httpx.Client(base_url=background.http_url, timeout=60, verify=verify)
     rest = RestGateway(home, background, store, config, key, pg_url, schema, client)
     try:
         yield rest
