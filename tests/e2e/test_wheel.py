@@ -48,6 +48,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [wheel] = wheels.glob("fabric_gateway-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fabric/py.typed" in names and "connectors/postgres/connector.py" in names
+    assert "fabric/api/http/static/index.html" in names  # the portal's page
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     env_dir = work / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
