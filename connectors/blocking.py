@@ -24,13 +24,30 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Generic, TypeVar
 
 from connectors.base import QueryHandle
 from fabric.errors import Cancelled, DeadlineExceeded, FabricError
 
 R = TypeVar("R")
+
+_announced = threading.local()
+
+
+@contextmanager
+def announcing_handles(callback: Callable[[QueryHandle], None]) -> Iterator[None]:
+    """While the block runs in this thread, every `BlockingQueryHandle` made is handed to
+    `callback` as soon as it exists, before its query is sent: a caller that goes away
+    while the start itself waits at the source (a lock, a long plan) can cancel it there,
+    although `execute` has not returned the handle yet."""
+    previous = getattr(_announced, "callback", None)
+    _announced.callback = callback
+    try:
+        yield
+    finally:
+        _announced.callback = previous
 
 
 class DeadlineWatcher:
@@ -158,6 +175,9 @@ class BlockingQueryHandle(QueryHandle, Generic[R]):
         self._deadlines = deadlines
         if timeout is not None and deadlines is not None:
             self._deadline = deadlines.add(timeout, self._on_deadline)
+        announce = getattr(_announced, "callback", None)
+        if announce is not None:
+            announce(self)
 
     # -- hooks ----------------------------------------------------------------------------
 

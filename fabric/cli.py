@@ -195,6 +195,14 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_queries(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.terminal.admin import run_queries
+
+    with _client(args, settings) as client:
+        run_queries(args, client)
+    return 0
+
+
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.terminal.query import run_query
 
@@ -563,6 +571,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_gateway_options(audit_list, local=True)
     audit.set_defaults(func=cmd_audit)
+
+    queries = sub.add_parser(
+        "queries", help="queries running now across a stage's replicas (admin tokens)"
+    )
+    queries_sub = queries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    queries_list = queries_sub.add_parser("list", help="list running queries, oldest first")
+    queries_cancel = queries_sub.add_parser(
+        "cancel", help="cancel a running query; it is stopped at its source"
+    )
+    queries_cancel.add_argument("id", help="the query's id, from `fabric queries list`")
+    for action in (queries_list, queries_cancel):
+        action.add_argument(
+            "--stage", default="", help="the stage (default: the stage of the token)"
+        )
+        _add_gateway_options(action)
+    queries.set_defaults(func=cmd_queries)
 
     demo = sub.add_parser("demo", help="run the embedded demo (no servers needed)")
     demo.add_argument(

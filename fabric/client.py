@@ -20,6 +20,8 @@ from fabric.errors import FabricError, GatewayUnavailable, GatewayUnreachable, I
 from fabric.model import ALL_STAGES, SettingValue
 from fabric.proto_values import params_to_proto
 from fabric.results.ipc import decode_page, open_ipc_stream
+from fabric.v1 import admin_pb2 as ops_pb
+from fabric.v1 import admin_pb2_grpc as ops_grpc
 from fabric.v1 import platform_pb2 as admin_pb
 from fabric.v1 import platform_pb2_grpc as admin_grpc
 from fabric.v1 import query_pb2 as pb
@@ -646,6 +648,21 @@ class FabricClient:
             self._connections().TestConnection, request
         )
         return answer
+
+    def list_running_queries(self, stage: str = "") -> ops_pb.ListRunningQueriesResponse:
+        """The tenant's queries running now in `stage` (empty: the token's stage), on every
+        replica that answered (named in `replicas`); admin tokens only."""
+        request = ops_pb.ListRunningQueriesRequest(stage=stage)
+        stub = ops_grpc.AdminServiceStub(self._endpoints[0].channel)
+        answer: ops_pb.ListRunningQueriesResponse = self._unary(stub.ListRunningQueries, request)
+        return answer
+
+    def cancel_query(self, query_id: str, stage: str = "") -> str:
+        """Cancel a running query (id from `list_running_queries`); the replica that
+        cancelled it. NotFound when it is not running."""
+        request = ops_pb.CancelQueryRequest(id=query_id, stage=stage)
+        stub = ops_grpc.AdminServiceStub(self._endpoints[0].channel)
+        return str(self._unary(stub.CancelQuery, request).replica)
 
     def list_audit(self, connection: str = "", limit: int = 0) -> list[admin_pb.AuditEvent]:
         """Administrative changes, newest first (`limit` 0: 100)."""

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from connectors.workers import CONTROL
+from fabric.api.admin_service import AdminServicer
 from fabric.api.auth import LOCAL_ADMIN, AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.flight.service import FlightSqlService
 from fabric.api.http.api import rest_app
@@ -46,7 +47,7 @@ from fabric.query.engine import QueryEngine
 from fabric.query.lanes import awaitable
 from fabric.security.authz import TokenVerifierLike
 from fabric.security.signin import SignInExchange
-from fabric.v1 import platform_pb2, platform_pb2_grpc, query_pb2
+from fabric.v1 import admin_pb2, admin_pb2_grpc, platform_pb2, platform_pb2_grpc, query_pb2
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ ENGINE_CLOSE_WAIT = 15.0
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 CONNECTION_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name
 CATALOG_SERVICE = platform_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
-SERVICES = (QUERY_SERVICE, CONNECTION_SERVICE, CATALOG_SERVICE)
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+SERVICES = (QUERY_SERVICE, CONNECTION_SERVICE, CATALOG_SERVICE, ADMIN_SERVICE)
 PLATFORM_SERVICES = (CONNECTION_SERVICE, CATALOG_SERVICE)
 
 
@@ -333,6 +335,8 @@ class Gateway:
         self._catalog_servicer = AnnouncingCatalogServicer(
             refreshing, context_provider, announcements
         )
+        self.admin = AdminServicer(engine.queries, context_provider)
+        """Running queries; a platform with a bus sets its `cluster` (the replicas)."""
         self.rest = Services(
             engine=engine,
             execute=engine.execute if execute is None else execute,
@@ -346,6 +350,7 @@ class Gateway:
             sign_in=sign_in,
             history=QueryHistory(),
             max_body=self.settings.http_max_body,
+            admin=self.admin,
         )
         self._http: HttpServer | None = None
         self.http_port: int | None = None
@@ -405,6 +410,8 @@ class Gateway:
             )
         if CATALOG_SERVICE in self.services:
             platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer, server)
+        if ADMIN_SERVICE in self.services:
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server

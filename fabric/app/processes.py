@@ -140,6 +140,17 @@ class PlatformProcess:
             serves_apps=role == ProcessRole.ALL or settings.platform_app_queries,
             **engine_options,
         )
+        # Its own queries (open statements; all of them with --role all) are listed under
+        # its own name; with a bus, the stage's replicas answer for theirs.
+        process.gateway.engine.queries.rename(replica_id(settings, str(process.role)))
+        if process.bus is not None:
+            from fabric.messaging.admin_rpc import RunningQueriesClient
+            from fabric.messaging.sealing import BusSealer
+
+            process.gateway.admin.cluster = RunningQueriesClient(
+                process.bus,
+                BusSealer(open_kms(settings), max_message_bytes=process.bus.max_payload),
+            )
         if process.events is not None:
             process.publisher = PlatformEventPublisher(
                 process.events, timeout=settings.bus_publish_timeout
@@ -202,6 +213,7 @@ class RuntimeProcess:
         self.bus: Any = None
         self.events: Any = None
         self.replica: Any = None
+        self.admin: Any = None
         self.gateway: Gateway
         self.applier: PlatformEventApplier
         self.readiness: ReplicaReadiness
@@ -217,6 +229,7 @@ class RuntimeProcess:
         **engine_options: Any,
     ) -> RuntimeProcess:
         """Connect to NATS and build the engine and the replica; nothing runs yet."""
+        from fabric.messaging.admin_rpc import AdminResponder
         from fabric.messaging.query_rpc import RuntimeReplica
 
         subject_token(stage, "stage")
@@ -239,6 +252,10 @@ class RuntimeProcess:
                 stage=stage,
                 replica_id=process.replica_id,
                 max_concurrent=settings.bus_max_concurrent,
+            )
+            process.gateway.engine.queries.rename(process.replica_id)
+            process.admin = AdminResponder(
+                process.bus, process.gateway.engine.queries, process.replica.sealer, stage=stage
             )
         except BaseException:
             await close_quietly(process.bus)
@@ -291,6 +308,7 @@ class RuntimeProcess:
         await self.applier.start(self.events, self.durable_name)
         await self.readiness.wait()
         await self.replica.start()
+        await self.admin.start()
         await self.gateway.set_ready()
         self._watcher = asyncio.get_running_loop().create_task(
             self._watch_bus(), name="runtime:health"
@@ -322,6 +340,7 @@ class RuntimeProcess:
             # Its own gRPC calls are refused (UNAVAILABLE, retry) from now on, not only
             # once the replica has let its bus queries finish.
             await self.gateway.stop_taking_calls()
+            await self.admin.stop()
             await self.replica.stop(grace)
             await self.applier.stop()
             await self.events.close()

@@ -54,6 +54,10 @@ class Purpose(StrEnum):
     """Replica -> forwarder: acceptance, result chunks, heartbeat, summary, error."""
     QUERY_CONTROL = "query-control"
     """Forwarder -> replica: flow-control credit and cancellation."""
+    ADMIN_REQUEST = "admin-request"
+    """Platform -> replicas: list the running queries, cancel one (`admin_rpc`)."""
+    ADMIN_REPLY = "admin-reply"
+    """Replica -> platform: its running queries, or the outcome of a cancellation."""
 
 
 STREAM_PURPOSE = "query-stream"

@@ -43,6 +43,7 @@ GAUGES = {
     "memory_used_bytes": "Bytes counted on the memory budget.",
     "flight_prepared_statements": "Flight SQL prepared statements held.",
     "flight_started_results": "Flight SQL results started by GetFlightInfo, not yet read.",
+    "running_queries": "Queries in this process's list of running queries.",
 }
 COUNTERS = {
     "result_cache_hits": "Queries answered from the result cache.",
@@ -59,6 +60,9 @@ COUNTERS = {
     "memory_given_back": "Times free memory was returned to the system once idle.",
     "source_calls_overrun": "Calls ended at their deadline while their source had not "
     "answered (the query is stopped in the background).",
+    "running_queries_untracked": "Queries run without a place in the (full) list of running "
+    "queries.",
+    "running_queries_cancelled": "Running queries cancelled by an administrator.",
 }
 # Labelled figures: one family each, its label values read from the snapshot keys that
 # start with the prefix (their owners list them: admission reasons, statement shares,

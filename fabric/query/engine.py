@@ -55,6 +55,7 @@ import pyarrow as pa
 from cachetools import LRUCache
 
 from connectors import QueryHandle
+from connectors.blocking import announcing_handles
 from connectors.workers import CONTROL, WorkerThreads, call_quietly
 from fabric.catalog.metadata.store import MetadataStore
 from fabric.clock import SYSTEM_CLOCK, Clock, elapsed_us
@@ -78,6 +79,7 @@ from fabric.query.drift import explain_source_error
 from fabric.query.lanes import LaneCalls, Lanes, awaitable
 from fabric.query.paging import ReadAhead
 from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
+from fabric.query.running import PHASE_RUNNING, PHASE_WAITING, QueryList, RunningQuery
 from fabric.query.runs import (
     Budget,
     PagedResult,
@@ -181,6 +183,8 @@ class QueryEngine:
         self.executor: Executor = WorkerThreads(settings.worker_threads, name="fabric")
         self.lanes = Lanes(settings.worker_threads)
         self.running = RunningQueries(store, closer=CONTROL)
+        # What runs now, for administrators to list and cancel (`fabric.query.running`).
+        self.queries = QueryList()
         self.sources = SourceRegistry(
             store,
             secrets=secrets,
@@ -495,7 +499,8 @@ class QueryEngine:
         def run_start() -> tuple[SourceRun, list[bytes]]:
             if not start.begin():
                 raise Cancelled("the caller went away before the query started")
-            run = self._open_run(bound, compiled, args, budget, max_bytes, builder, calls)
+            with announcing_handles(start.starting):
+                run = self._open_run(bound, compiled, args, budget, max_bytes, builder, calls)
             if not start.opened(run):
                 run.cancel()
                 run.close()
@@ -525,8 +530,9 @@ class QueryEngine:
         self, future: Future[tuple[SourceRun, list[bytes]]], start: PendingStart
     ) -> Future[None]:
         """A start whose caller went away or ran out of time (or that failed): it never
-        runs if it has not begun; a run it opened is cancelled at once and closed once
-        the start returns. Nothing here waits; the future returned (tracked until then)
+        runs if it has not begun; a run it opened, or a start still waiting at its source
+        (its connector announced the handle), is cancelled at once, and a run is closed
+        once the start returns. Nothing here waits; the future returned (tracked until then)
         ends when all that is done."""
         run = start.abandon()
         if run is not None and not future.done():
@@ -560,7 +566,37 @@ class QueryEngine:
         self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
     ) -> AsyncGenerator[bytes | Summary, None]:
         """Yield the result as Arrow IPC messages (schema first, end-of-stream last), then
-        one Summary."""
+        one Summary. The query is in the list of running queries while it runs; one an
+        administrator cancels ends with `Cancelled`, stopped at its source first."""
+        started = time.perf_counter()
+        with self.queries.track(
+            ctx, request.connection, request.sql, protocol=request.protocol, kind=STREAM
+        ) as tracked:
+            try:
+                async with aclosing(self._execute(ctx, request, deadline, tracked)) as items:
+                    async for item in items:
+                        yield item
+            except asyncio.CancelledError:
+                self._raise_if_cancelled_here(ctx, request, started)
+                raise
+
+    def _raise_if_cancelled_here(
+        self, ctx: RequestContext, request: QueryRequest, started: float
+    ) -> None:
+        """`Cancelled` for a query an administrator cancelled (its task's cancellation
+        taken back: the caller is told, not torn down); nothing for a caller gone away."""
+        if self.queries.cancelled_here(asyncio.current_task()):
+            error = Cancelled("an administrator cancelled this query; it was stopped at its source")
+            log_failure(ctx, request, error, started)
+            raise error from None
+
+    async def _execute(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        deadline: float | None,
+        tracked: RunningQuery | None,
+    ) -> AsyncGenerator[bytes | Summary, None]:
         started = time.perf_counter()
         outcome = "error"
         from_cache = False
@@ -570,13 +606,24 @@ class QueryEngine:
             max_bytes = self._max_bytes(request.max_bytes)
             ttl = self._ttl(request.cache_ttl)
             bound, compiled, args = await self._compile(ctx, request, max_rows)
+            if tracked is not None:
+                tracked.fingerprint = compiled.fingerprint
             ticket = self._admit(ctx, bound, compiled, STREAM)
             if ttl <= 0:
                 # aclosing: a caller that stops reading stops the source now, not when
                 # the inner generator is collected.
                 async with aclosing(
                     self._run(
-                        ctx, bound, compiled, args, deadline, max_bytes, started, None, ticket
+                        ctx,
+                        bound,
+                        compiled,
+                        args,
+                        deadline,
+                        max_bytes,
+                        started,
+                        None,
+                        ticket,
+                        tracked=tracked,
                     )
                 ) as items:
                     async for item in items:
@@ -634,6 +681,7 @@ class QueryEngine:
                     ticket,
                     on_complete=store,
                     on_uncacheable=lambda: self._settle(key, settled),
+                    tracked=tracked,
                 )
                 async with aclosing(run) as items:
                     async for item in items:
@@ -704,12 +752,18 @@ class QueryEngine:
         ticket: Ticket,
         on_complete: Callable[[SourceRun], None] | None = None,
         on_uncacheable: Callable[[], None] | None = None,
+        *,
+        tracked: RunningQuery | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         # The admission is held until the last message is handed on: the source's slot is
         # free a little late, the memory of the messages on their way is counted. The
         # query's time runs from before its wait for admission.
         budget = self._budget(deadline)
+        if tracked is not None:
+            tracked.phase = PHASE_WAITING
         admitted, calls = await self._admission(ctx, bound, compiled, budget)
+        if tracked is not None:
+            tracked.phase = PHASE_RUNNING
         try:
             async with aclosing(
                 self._stream(
@@ -725,6 +779,7 @@ class QueryEngine:
                     builder,
                     on_complete,
                     on_uncacheable,
+                    tracked,
                 )
             ) as items:
                 async for item in items:
@@ -746,10 +801,13 @@ class QueryEngine:
         builder: ResultBuilder | None,
         on_complete: Callable[[SourceRun], None] | None,
         on_uncacheable: Callable[[], None] | None,
+        tracked: RunningQuery | None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         run, first = await self._begin(
             bound, compiled, args, budget, max_bytes, builder, calls, ticket, read_first=True
         )
+        if tracked is not None:
+            tracked.counting(run)
         try:
             admitted.cover(BATCH_WORKING_SET * run.largest_batch)
             if run.exhausted:
@@ -839,11 +897,19 @@ class QueryEngine:
         deadline: float | None = None,
     ) -> Page:
         started = time.perf_counter()
-        try:
-            return await self._open_statement(ctx, request, page_rows, deadline, started)
-        except FabricError as error:
-            log_failure(ctx, request, error, started)
-            raise
+        with self.queries.track(
+            ctx, request.connection, request.sql, protocol=request.protocol, kind=STATEMENT
+        ) as tracked:
+            try:
+                return await self._open_statement(
+                    ctx, request, page_rows, deadline, started, tracked
+                )
+            except FabricError as error:
+                log_failure(ctx, request, error, started)
+                raise
+            except asyncio.CancelledError:
+                self._raise_if_cancelled_here(ctx, request, started)
+                raise
 
     async def _open_statement(
         self,
@@ -852,6 +918,7 @@ class QueryEngine:
         page_rows: int,
         deadline: float | None,
         started: float,
+        tracked: RunningQuery | None,
     ) -> Page:
         page_rows = self._page_rows(page_rows)
         max_rows = self._max_rows(request.max_rows)
@@ -859,6 +926,9 @@ class QueryEngine:
         ttl = self._ttl(request.cache_ttl)
         await self._check_statement_room(ctx)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
+        if tracked is not None:
+            tracked.fingerprint = compiled.fingerprint
+            tracked.phase = PHASE_RUNNING
         ticket = self._admit(ctx, bound, compiled, STATEMENT)
         try:
             pager, admitted = await self._pager(
@@ -1158,6 +1228,7 @@ class QueryEngine:
             "purge_compiled_purged": self._purged["compiled_purged"],
             "source_calls_overrun": self._overruns,
             **self.running.snapshot(),
+            **self.queries.snapshot(),
         }
 
     def close(self) -> None:

@@ -288,6 +288,9 @@ class PendingStart:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.run: SourceRun | None = None
+        self.handle: QueryHandle | None = None
+        """The query's handle while its connector is still starting it (announced by a
+        blocking connector before the query is sent; `announcing_handles`)."""
         self._began = False
         self._abandoned = False
 
@@ -297,6 +300,15 @@ class PendingStart:
             self._began = not self._abandoned
             return self._began
 
+    def starting(self, handle: QueryHandle) -> None:
+        """In the worker, from inside the connector's `execute`: the query's handle exists
+        (its start may wait at the source); a caller gone already cancels it at once."""
+        with self._lock:
+            self.handle = handle
+            abandoned = self._abandoned
+        if abandoned:
+            handle.cancel()
+
     def opened(self, run: SourceRun) -> bool:
         """In the worker: the run exists; False when the caller has gone meanwhile (the
         worker then stops it)."""
@@ -304,11 +316,12 @@ class PendingStart:
             self.run = run
             return not self._abandoned
 
-    def abandon(self) -> SourceRun | None:
-        """The caller has gone: the run, when it exists already (to cancel)."""
+    def abandon(self) -> SourceRun | QueryHandle | None:
+        """The caller has gone: what to cancel, when it exists already (the run, else the
+        handle of a start still waiting at the source)."""
         with self._lock:
             self._abandoned = True
-            return self.run
+            return self.run if self.run is not None else self.handle
 
 
 def cached_pager(

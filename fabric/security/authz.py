@@ -77,6 +77,8 @@ SERVICE_ROLES: Mapping[str, Role] = MappingProxyType(
         # Connections, secrets and keys.
         "fabric.v1.ConnectionService": Role.ADMIN,
         "fabric.v1.KeyService": Role.ADMIN,
+        # Running queries: list and cancel (the caller's tenant's only).
+        "fabric.v1.AdminService": Role.ADMIN,
         # Arrow Flight SQL: runtime apps query (and read the selection's metadata)
         # through it as through QueryService.
         "arrow.flight.protocol.FlightService": Role.APP,

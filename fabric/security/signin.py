@@ -95,6 +95,7 @@ class SignInExchange:
         *,
         session_lifetime: float = MAX_SESSION_LIFETIME,
         clock: WallClock = SYSTEM_CLOCK,
+        max_remembered: int = MAX_REMEMBERED_CODES,
     ) -> None:
         if not 0 < session_lifetime <= MAX_SESSION_LIFETIME:
             raise ValueError(f"a session lives at most {MAX_SESSION_LIFETIME:g} seconds")
@@ -105,6 +106,7 @@ class SignInExchange:
         self._codes = TokenVerifier(_code_config(secret), clock=clock, verified_cache_size=1)
         self._sessions = TokenConfig.for_local_key(secret, max_lifetime=session_lifetime)
         self._used: dict[str, float] = {}
+        self._max_remembered = max_remembered
         self._lock = threading.Lock()
 
     def exchange(self, code: str) -> Session:
@@ -146,13 +148,13 @@ class SignInExchange:
                 raise Unauthenticated(
                     "the sign-in code was used already; run `fabric portal` for a new one"
                 )
-            if len(self._used) >= MAX_REMEMBERED_CODES:
+            if len(self._used) >= self._max_remembered:
                 # Past their expiry (and the verifier's leeway) codes are refused anyway.
                 horizon = now - 60.0
                 for used, until in list(self._used.items()):
                     if until < horizon:
                         del self._used[used]
-            if len(self._used) >= MAX_REMEMBERED_CODES:
+            if len(self._used) >= self._max_remembered:
                 raise ResourceExhausted(
                     "too many sign-ins in the last minutes; retry shortly", retry_after=60.0
                 )

@@ -223,3 +223,20 @@ def run_audit(args: argparse.Namespace, client: FabricClient, out: Out = print) 
             f"{event.at}\t{event.actor}\t{event.action}\t"
             f"{event.connection or '-'}\t{event.stage or '-'}\t{details}"
         )
+
+
+def run_queries(args: argparse.Namespace, client: FabricClient, out: Out = print) -> None:
+    """`fabric queries list|cancel`: the tenant's running queries across a stage's
+    replicas (metadata and the SQL's shape only, never a value), or cancel one."""
+    if args.action == "cancel":
+        replica = client.cancel_query(args.id, args.stage or "")
+        out(f"cancelled {args.id} on {replica}")
+        return
+    answer = client.list_running_queries(args.stage or "")
+    out("id\telapsed_s\tphase\trows\tprincipal\tconnection\tprotocol\tsql")
+    for query in answer.queries:
+        out(
+            f"{query.id}\t{query.elapsed_seconds:.1f}\t{query.phase}\t{query.rows}\t"
+            f"{query.principal}\t{query.connection}\t{query.protocol}\t{query.sql_shape}"
+        )
+    out(f"{len(answer.queries)} running on {', '.join(answer.replicas) or 'no replica'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from fabric.api.http import routes_meta, routes_platform, routes_query
+from fabric.api.http import routes_admin, routes_meta, routes_platform, routes_query
 from fabric.api.http.app import create_app
 from fabric.api.http.endpoint import Endpoint, Services
 from fabric.api.http.openapi import document
@@ -13,6 +13,7 @@ ENDPOINTS: list[Endpoint] = [
     *routes_meta.ENDPOINTS,
     *routes_platform.ENDPOINTS,
     *routes_query.ENDPOINTS,
+    *routes_admin.ENDPOINTS,
 ]
 
 

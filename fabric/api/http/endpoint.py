@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from fabric.api.admin_service import AdminServicer
 from fabric.api.http.body import Fields
 from fabric.api.http.history import QueryHistory
 from fabric.api.query_service import Execute
@@ -51,7 +52,9 @@ class Services:
     sign_in: SignInExchange | None
     history: QueryHistory
     max_body: int
-    serves_apps: bool = True
+    admin: AdminServicer
+    """Running queries (its `cluster` reaches the runtime replicas once a platform with a
+    bus sets it)."""
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from fabric.context import RequestContext, Role
 from fabric.errors import (
+    Cancelled,
     DeadlineExceeded,
     FabricError,
     InternalError,
@@ -525,7 +526,18 @@ class RuntimeReplica:
                 )
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            if serving.cancel_reason == "shutdown":
+            if serving.cancel_reason is None and self.engine.queries.cancelled_here(
+                asyncio.current_task()
+            ):
+                # An administrator cancelled it while its result was on its way out here
+                # (the engine tells that itself when it is waiting on the source).
+                serving.cancel_reason = "cancelled"
+                ticker.cancel()
+                with contextlib.suppress(FabricError):
+                    await stream.error(
+                        Cancelled("an administrator cancelled this query; it was stopped")
+                    )
+            elif serving.cancel_reason == "shutdown":
                 ticker.cancel()
                 with contextlib.suppress(FabricError):
                     await stream.error(
