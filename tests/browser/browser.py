@@ -94,7 +94,13 @@ class Page:
         root: Any = within or self.driver
         return list(root.find_elements(By.CSS_SELECTOR, css))
 
-    def text_of(self, css: str, contains: str, within: WebElement | None = None) -> WebElement:
+    def text_of(
+        self,
+        css: str,
+        contains: str,
+        within: WebElement | None = None,
+        timeout: float = WAIT_SECONDS,
+    ) -> WebElement:
         """The first visible element matching `css` whose text contains `contains`."""
         root: Any = within or self.driver
 
@@ -104,7 +110,7 @@ class Page:
                     return element
             return None
 
-        return self.until(found, f"{css} showing {contains!r}")
+        return self.until(found, f"{css} showing {contains!r}", timeout)
 
     def gone(self, css: str) -> None:
         self.until(
@@ -120,9 +126,18 @@ class Page:
         self.driver.get(self.base_url + "/" + fragment)
 
     def click(self, css: str, within: WebElement | None = None) -> None:
-        element = self.find(css, within)
-        self.until(lambda: element.is_enabled() or None, f"{css} enabled")
-        element.click()
+        """Clicks the first visible, enabled match (looked up again if the page re-renders
+        it meanwhile)."""
+        root: Any = within or self.driver
+
+        def clicked() -> bool | None:
+            element = _first_visible(root.find_elements(By.CSS_SELECTOR, css))
+            if element is None or not element.is_enabled():
+                return None
+            element.click()
+            return True
+
+        self.until(clicked, f"{css} to click")
 
     def type(self, css: str, text: str, within: WebElement | None = None) -> WebElement:
         element = self.find(css, within)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -63,6 +65,18 @@ class Portal:
         """The headers the page itself is served with."""
         with urllib.request.urlopen(self.url + "/", timeout=30) as response:
             return {k.lower(): v for k, v in response.headers.items()}
+
+    @contextmanager
+    def table_locked(self, table: str) -> Iterator[None]:
+        """Holds an exclusive lock on a table of the run's schema: a query of it waits."""
+        with psycopg.connect(self.postgres_url) as connection:
+            connection.execute(
+                f"LOCK TABLE {self.schema}.{table} IN ACCESS EXCLUSIVE MODE".encode()
+            )
+            try:
+                yield
+            finally:
+                connection.rollback()
 
     def source_sql(self, statement: str) -> None:
         """Change the source behind the gateway's back (a schema change to refresh)."""

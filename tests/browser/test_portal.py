@@ -92,10 +92,10 @@ def test_admin_sets_up_developer_uses_admin_deletes(page: Page, portal: Portal) 
     assert page.find("input[name='password']", form).get_attribute("value") == ""
     page.type("input[name='connect_timeout']", "5", form)
     page.click("#conn-form-save")
-    card = page.find("article.connection[data-name='shop']")
-    page.text_of("ul.settings li", "connect_timeout = 5", card)
-    page.text_of("header .muted", "version 2", card)
-    assert page.find("td.password", card).text == "set"
+    shop = "article.connection[data-name='shop']"
+    page.text_of(f"{shop} header .muted", "version 2")
+    page.text_of(f"{shop} ul.settings li", "connect_timeout = 5")
+    assert page.find(f"{shop} td.password").text == "set"
 
     # -- administrator: discover, look at the keys, select columns ----------------------
     page.tab("discovery")
@@ -305,3 +305,24 @@ def test_sign_in_link_is_used_once_and_leaves_the_address(page: Page, portal: Po
     page.find("#signin-error")
     assert "signin" not in page.driver.current_url
     assert page.script("return sessionStorage.length;") == 0
+
+
+def test_admin_cancels_a_running_query(page: Page, portal: Portal) -> None:
+    admin = portal.token("admin", "alice@example.com")
+    portal.create_connection("slow", admin)
+    portal.select("slow", "orders", admin)
+    page.sign_in(admin)
+    page.tab("query")
+    choose(page, "#sql-connection", "slow")
+    page.type("#sql-text", "SELECT COUNT(*) AS n FROM orders")
+    # The source holds the query at a lock this test owns, until the cancel ends it.
+    with portal.table_locked("orders"):
+        page.click("#sql-run")
+        page.tab("activity")
+        row = page.text_of("#act-running tr.running-query", "FROM orders", timeout=30)
+        assert "alice@example.com" in row.text
+        page.click("#act-running tr.running-query button.cancel-query")
+        page.text_of("#notice", "The query on slow cancelled.")
+    page.tab("query")
+    message = page.find("#sql-error .error-message").text
+    assert "cancel" in message

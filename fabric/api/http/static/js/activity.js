@@ -5,6 +5,7 @@
 import { ApiError, get, post, seg } from "./api.js";
 import { byId, cellText, el, facts, fill } from "./dom.js";
 import { isAdmin } from "./store.js";
+import { notify } from "./notice.js";
 
 const REFRESH_MS = 5000;
 let timer = null;
@@ -135,7 +136,7 @@ async function loadRunning() {
       target,
       table(
         "running",
-        ["started", "principal", "connection", "SQL shape", "time", ""],
+        ["started", "principal", "connection", "SQL shape", "phase", "rows", "time", ""],
         queries.map((q) => {
           const cell = el("td", {});
           cell.append(
@@ -147,7 +148,9 @@ async function loadRunning() {
                 onclick: async () => {
                   try {
                     const answer = await post(`/running/${seg(q.id)}/cancel`, {});
-                    fill(cell, answer.cancelled ? "cancelled" : "already finished");
+                    const outcome = answer.cancelled ? "cancelled" : "had already finished";
+                    fill(cell, outcome);
+                    notify(`The query on ${q.connection} ${outcome}.`);
                   } catch (error) {
                     fill(cell, el("span", { class: "error" }, error.message));
                   }
@@ -158,11 +161,13 @@ async function loadRunning() {
           );
           return el(
             "tr",
-            {},
+            { class: "running-query", dataset: { id: q.id } },
             el("td", { class: "nowrap" }, when(q.started_at)),
             el("td", {}, cellText(q.principal)),
             el("td", {}, cellText(q.connection)),
             el("td", { class: "sql-shape" }, el("code", {}, cellText(q.sql_shape))),
+            el("td", {}, cellText(q.phase ?? "")),
+            el("td", { class: "n" }, cellText(q.rows ?? "")),
             el("td", { class: "n" }, ms(q.elapsed_ms)),
             cell,
           );

@@ -25,9 +25,14 @@ export function start(me) {
 
 export function shown() {}
 
+// Loads can overlap (sign-in, then a change): only the latest one's answer is shown.
+let loads = 0;
+
 export async function load() {
+  const mine = ++loads;
   try {
     const data = await get("/connections");
+    if (mine !== loads) return;
     setConnections(data.connections);
     render(data.connections);
   } catch (error) {
