@@ -52,6 +52,7 @@ function figure(label, value, key) {
   return el("div", { class: "figure", dataset: { figure: key } }, el("span", { class: "figure-value" }, value), el("span", { class: "figure-label" }, label));
 }
 
+const bound = (v) => (v === null || v === undefined ? "—" : `≤ ${Number(v)} ms`);
 const ms = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(1)} ms`);
 
 async function loadStats() {
@@ -66,9 +67,10 @@ async function loadStats() {
         "div",
         { class: "figures" },
         figure("cache hit ratio", ratio === null || ratio === undefined ? "—" : `${(ratio * 100).toFixed(1)} %`, "cache_hit_ratio"),
-        figure("latency p50", ms(latency.p50), "p50"),
-        figure("latency p95", ms(latency.p95), "p95"),
-        figure("latency p99", ms(latency.p99), "p99"),
+        // The gateway answers each percentile's histogram bucket: an upper bound.
+        figure("latency p50", bound(latency.p50), "p50"),
+        figure("latency p95", bound(latency.p95), "p95"),
+        figure("latency p99", bound(latency.p99), "p99"),
         figure("queries", cellText(stats.queries_total ?? "—"), "queries_total"),
       ),
       el("h4", {}, "Purges"),
