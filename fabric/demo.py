@@ -202,7 +202,9 @@ def _portal(settings: Settings, gateway: BackgroundGateway) -> None:
             port=gateway.gateway.http_port,
             host="127.0.0.1",
         )
-        print(f"sign in (once, within 2 minutes; `fabric portal` prints another): {link}")
+        port = gateway.gateway.http_port
+        print(f"sign in (once, within 2 minutes): {link}")
+        print(f"another link: FABRIC_HTTP_LISTEN=127.0.0.1:{port} fabric portal")
     print("`fabric demo --serve` keeps the gateway and the portal running after the demo")
 
 

@@ -4,6 +4,7 @@ benchmarks that talk to it through the real gRPC client."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from typing import Any
 
@@ -66,8 +67,13 @@ class BackgroundGateway:
         return f"{scheme}://127.0.0.1:{self.gateway.http_port}"
 
     def wait(self) -> None:
-        """Block until the gateway's server ends (or the caller is interrupted)."""
-        self.call(self.gateway.wait())
+        """Block until the gateway's server ends, or the caller is interrupted (Ctrl-C)."""
+        # Not cancelled when interrupted: it ends with the server, which `stop` stops.
+        ended = asyncio.run_coroutine_threadsafe(self.gateway.wait(), self._loop)
+        while not ended.done():
+            # Back in Python every second: a signal the kernel delivered to another thread
+            # only runs its handler (KeyboardInterrupt) once this one does.
+            concurrent.futures.wait([ended], timeout=1.0)
 
     def stop(self, grace: float = 1.0) -> None:
         try:

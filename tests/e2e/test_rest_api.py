@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -545,3 +546,27 @@ def test_an_admin_lists_a_running_query_and_cancels_it(rest: RestGateway, pg_ite
     assert _running_of(rest, "slow@example.com") == []
     malformed = rest.call("POST", "/api/v1/running/not-an-id/cancel")
     assert malformed.status_code == 400
+
+
+def test_no_value_reaches_the_log(
+    rest: RestGateway, pg_items: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary = "Log-Canary-31337"
+    caplog.set_level(logging.DEBUG)
+    failed = rest.call(
+        "POST", "/api/v1/query", "developer",
+        json={
+            "connection": pg_items,
+            "sql": f"SELECT id FROM items WHERE label = '{canary}' AND id = CAST(:x AS INTEGER)",
+            "params": {"x": canary},
+        },
+    )  # fmt: skip
+    assert failed.status_code == 422, failed.text
+    assert canary not in failed.text
+    rest.ok(
+        "POST", "/api/v1/query", "developer",
+        json={"connection": pg_items, "sql": "SELECT label FROM items WHERE id = :id",
+              "params": {"id": 7}},
+    )  # fmt: skip
+    assert caplog.records, "the failed query was not logged"
+    assert canary not in caplog.text and "item 7" not in caplog.text

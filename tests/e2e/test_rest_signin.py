@@ -4,7 +4,11 @@ loopback, and calls refused while the gateway drains."""
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +146,41 @@ def test_plain_http_off_loopback_is_refused(
     monkeypatch.setenv("FABRIC_HTTP_LISTEN", "0.0.0.0:0")
     assert main(["serve", "--listen", "127.0.0.1:0"]) == 2
     assert "refusing to listen on 0.0.0.0:0 without TLS" in capsys.readouterr().err
+
+
+def test_the_demo_serves_the_portal_and_prints_a_sign_in_link(tmp_path: Path) -> None:
+    env = {**os.environ, "FABRIC_HOME": str(tmp_path)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "fabric.cli", "demo", "--serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        try:
+            assert demo.stdout is not None
+            link = ""
+            for line in demo.stdout:  # ends when the demo does: bounded by the test timeout
+                if line.startswith("sign in"):
+                    link = line.rsplit(" ", 1)[-1].strip()
+                if line.startswith("serving until interrupted"):
+                    break
+            assert link, "the demo printed no sign-in link"
+            parts = urlsplit(link)
+            base = f"{parts.scheme}://{parts.netloc}"
+            page = httpx.get(f"{base}/", timeout=10)
+            assert page.status_code == 200 and "Fabric portal" in page.text
+            code = parts.fragment.removeprefix("signin=")
+            session = httpx.post(f"{base}/api/v1/session", json={"code": code}, timeout=10)
+            assert session.status_code == 200, session.text
+            token = session.json()["token"]
+            connections = httpx.get(
+                f"{base}/api/v1/connections",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            assert [c["name"] for c in connections.json()["connections"]] == ["retail"]
+        finally:
+            demo.send_signal(signal.SIGINT)
+            rest_of_output = demo.communicate(timeout=60)[0]
+        assert demo.returncode == 0, rest_of_output
