@@ -117,10 +117,23 @@ export function keyGraph(tables) {
       if (to === from) {
         const x = from.x + BOX_W;
         path = `M ${x} ${y1 - 6} C ${x + 40} ${y1 - 30}, ${x + 40} ${y1 + 30}, ${x} ${y1 + 6}`;
-      } else if (to.x < from.x) {
+      } else if (to.x === from.x - BOX_W - GAP_X) {
+        // The next layer: straight across the gap.
         const x1 = from.x;
         const x2 = to.x + BOX_W;
         path = `M ${x1} ${y1} C ${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`;
+      } else if (to.x < from.x) {
+        // Past the layers between: out of the source's bottom, along the gap under its
+        // row, into the target's bottom, so the arrow runs between boxes rather than
+        // behind them. (A cubic whose control points sit at one depth reaches 3/4 of it
+        // at its middle.)
+        const x1 = from.x + 16;
+        const x2 = to.x + BOX_W - 16;
+        const top1 = from.y + from.h;
+        const top2 = to.y + to.h;
+        const lane = Math.max(top1, top2) + GAP_Y / 2;
+        const depth = lane + (lane - Math.min(top1, top2)) / 3;
+        path = `M ${x1} ${top1} C ${x1} ${depth}, ${x2} ${depth}, ${x2} ${top2}`;
       } else {
         // Same layer (a cycle): around the right-hand side.
         const x = from.x + BOX_W;
