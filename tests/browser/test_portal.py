@@ -300,6 +300,18 @@ def test_sign_in_link_is_used_once_and_leaves_the_address(page: Page, portal: Po
     token = page.script("return sessionStorage.getItem('fabric.token');")
     assert token and token != code
 
+    # Signing out forgets the session and loads the page afresh.
+    page.click("#signout")
+    page.find("#signin-token")
+    assert page.script("return sessionStorage.length;") == 0
+    assert page.script("return document.getElementById('whoami').textContent;") == ""
+
+    # A session the gateway no longer accepts ends in the sign-in form, saying so.
+    page.script("sessionStorage.setItem('fabric.token', 'no-longer-valid');")
+    page.open()
+    page.text_of("#signin-error", "Your session has ended")
+    assert page.script("return sessionStorage.getItem('fabric.token');") is None
+
     page.sign_out()
     page.open(f"#signin={code}")
     page.find("#signin-error")

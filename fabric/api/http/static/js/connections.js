@@ -178,7 +178,7 @@ async function openEditor(connection) {
       { type: "button", class: "link", onclick: () => stages.append(stageBlock(kindOf(), { stage: "" }, { removable: true })) },
       "Add a stage",
     ),
-    connection ? null : el("div", { class: "field inline" }, verify, el("label", { for: "conn-form-verify" }, "connect first (store nothing if it fails)")),
+    el("div", { class: "field inline" }, verify, el("label", { for: "conn-form-verify" }, "connect first (change nothing if it fails)")),
     el(
       "div",
       { class: "bar" },
@@ -199,6 +199,7 @@ async function openEditor(connection) {
           expected_version: connection.version,
           stages: kept,
           remove_stages: removed,
+          verify: verify.checked,
         });
       } else {
         await post("/connections", {

@@ -4,7 +4,14 @@
 import { whenUnauthenticated } from "./api.js";
 import { byId, fill } from "./dom.js";
 import { notify } from "./notice.js";
-import { resume, signInWithCode, signInWithToken, signOut, takeLinkCode } from "./session.js";
+import {
+  isSignInLink,
+  resume,
+  signInWithCode,
+  signInWithToken,
+  signOut,
+  takeLinkCode,
+} from "./session.js";
 import * as connections from "./connections.js";
 import * as discovery from "./discovery.js";
 import * as query from "./query.js";
@@ -47,19 +54,25 @@ function openTab(name) {
   tabs[name].shown();
 }
 
+const LEAVING_MESSAGE = "fabric.signin-message";
+
+// Signing out loads the page afresh, so nothing the last user saw (results, previews,
+// forms) stays in this tab for the next one; a message for the sign-in form survives it.
+function leave(message) {
+  signOut();
+  if (message) sessionStorage.setItem(LEAVING_MESSAGE, message);
+  window.location.replace(window.location.pathname);
+}
+
 async function boot() {
-  whenUnauthenticated(() => {
-    signOut();
-    showSignIn("Your session has ended: sign in again.");
-  });
+  const farewell = sessionStorage.getItem(LEAVING_MESSAGE) || "";
+  sessionStorage.removeItem(LEAVING_MESSAGE);
+  whenUnauthenticated(() => leave("Your session has ended: sign in again."));
   byId("tabs").addEventListener("click", (event) => {
     const tab = event.target.closest("button")?.dataset.tab;
     if (tab) openTab(tab);
   });
-  byId("signout").addEventListener("click", () => {
-    signOut();
-    showSignIn("");
-  });
+  byId("signout").addEventListener("click", () => leave(""));
   byId("signin-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
@@ -70,21 +83,20 @@ async function boot() {
   });
 
   // A sign-in link opened in a tab that already shows the portal changes only the
-  // fragment: the page is not loaded again, so the code is taken from here too.
+  // fragment, which loads nothing: load the page afresh, which takes the code.
   window.addEventListener("hashchange", () => {
-    const code = takeLinkCode();
-    if (code) enter(signInWithCode(code));
+    if (isSignInLink()) window.location.reload();
   });
 
   const code = takeLinkCode();
-  await enter(code ? signInWithCode(code) : resume());
+  await enter(code ? signInWithCode(code) : resume(), farewell);
 }
 
-async function enter(signingIn) {
+async function enter(signingIn, message = "") {
   try {
     const me = await signingIn;
     if (me) showApp(me);
-    else showSignIn("");
+    else showSignIn(message);
   } catch (error) {
     signOut();
     showSignIn(error.message);

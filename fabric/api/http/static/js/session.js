@@ -5,6 +5,8 @@ import { ApiError, forgetToken, get, keepToken, post, sessionToken } from "./api
 
 const LINK_PREFIX = "#signin=";
 
+export const isSignInLink = () => window.location.hash.startsWith(LINK_PREFIX);
+
 /** The sign-in code in the address, removed from it (and from history) at once. */
 export function takeLinkCode() {
   const hash = window.location.hash;

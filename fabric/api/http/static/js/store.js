@@ -8,19 +8,11 @@ export function setIdentity(identity) {
   me = identity;
 }
 
-export function identity() {
-  return me;
-}
-
 export const isAdmin = () => me?.role === "admin";
 
 export function setConnections(list) {
   connections = list;
   for (const listener of listeners) listener(connections);
-}
-
-export function connectionList() {
-  return connections;
 }
 
 /** Calls `listener` with the list now and whenever it changes. */
