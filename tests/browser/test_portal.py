@@ -207,6 +207,21 @@ def test_admin_sets_up_developer_uses_admin_deletes(page: Page, portal: Portal) 
     summary = page.find("#sql-result .summary").text
     assert "from source" in summary and " ms" in summary
 
+    # Smaller pages: the page keeps the latest 20 to go back through, no more.
+    page.type("#sql-page-size", "400")
+    page.click("#sql-run")
+    for number in range(2, 26):
+        page.click("#sql-next")
+        page.text_of(".page-info", f"page {number} · ")
+    page.text_of(".page-info", f"page 25 · rows 9601\N{EN DASH}10000 of {EVENT_ROWS}")
+    for number in range(24, 5, -1):
+        page.click("#sql-prev")
+        page.text_of(".page-info", f"page {number} · ")
+    first = 5 * 400 + 1
+    page.text_of(".page-info", f"page 6 · rows {first}\N{EN DASH}{first + 399} of {EVENT_ROWS}")
+    assert column_ids(page)[0] == str(first)
+    assert not page.find("#sql-prev").is_enabled()
+
     page.tab("activity")
     shape = page.text_of("#act-history td.sql-shape", "events")
     assert "label" in shape.text

@@ -9,8 +9,11 @@ import { caretLines, spanAt } from "./position.js";
 import { fillConnectionSelect, onConnections } from "./store.js";
 
 let started = false;
-// The statement being paged: its id, the pages fetched so far, the one on screen.
+// The statement being paged: its id, the pages kept (the latest MAX_KEPT_PAGES, to page
+// back through without asking the gateway again), the one on screen, and how many pages
+// and rows were dropped from the front of the kept ones.
 let statement = null;
+const MAX_KEPT_PAGES = 20;
 
 export function start() {
   if (started) return;
@@ -124,7 +127,16 @@ async function run() {
       params: readParams(),
       page_size: pageSize,
     });
-    statement = { id: page.statement_id, pageSize, pages: [page], index: 0, done: Boolean(page.done) };
+    statement = {
+      id: page.statement_id,
+      pageSize,
+      pages: [page],
+      index: 0,
+      done: Boolean(page.done),
+      fetching: false,
+      droppedPages: 0,
+      droppedRows: 0,
+    };
     render();
   } catch (error) {
     fill(byId("sql-result"));
@@ -139,16 +151,26 @@ async function next() {
     render();
     return;
   }
-  if (statement.done) return;
+  if (statement.done || statement.fetching) return;
   const current = statement;
+  current.fetching = true;
+  render();
   try {
     const page = await post(`/statements/${seg(current.id)}/next`, { page_size: current.pageSize });
     current.pages.push(page);
     current.index += 1;
     current.done = Boolean(page.done);
-    if (statement === current) render();
+    if (current.pages.length > MAX_KEPT_PAGES) {
+      const dropped = current.pages.shift();
+      current.index -= 1;
+      current.droppedPages += 1;
+      current.droppedRows += dropped.rows.length;
+    }
   } catch (error) {
     showError(error, byId("sql-text").value);
+  } finally {
+    current.fetching = false;
+    if (statement === current) render();
   }
 }
 
@@ -159,11 +181,11 @@ function previous() {
 }
 
 function render() {
-  const { pages, index, done } = statement;
+  const { pages, index, done, fetching, droppedPages, droppedRows } = statement;
   const page = pages[index];
-  const first = pages.slice(0, index).reduce((n, p) => n + p.rows.length, 0);
-  const seen = pages.reduce((n, p) => n + p.rows.length, 0);
-  const hasNext = index + 1 < pages.length || !done;
+  const first = droppedRows + pages.slice(0, index).reduce((n, p) => n + p.rows.length, 0);
+  const seen = droppedRows + pages.reduce((n, p) => n + p.rows.length, 0);
+  const hasNext = !fetching && (index + 1 < pages.length || !done);
   fill(
     byId("sql-result"),
     summary(page),
@@ -174,7 +196,7 @@ function render() {
       el(
         "span",
         { class: "page-info" },
-        `page ${index + 1} · rows ${page.rows.length ? first + 1 : first}–${first + page.rows.length}`,
+        `page ${droppedPages + index + 1} · rows ${page.rows.length ? first + 1 : first}–${first + page.rows.length}`,
         done ? ` of ${seen}` : ` of ${seen}+`,
       ),
       el("button", { type: "button", id: "sql-next", disabled: !hasNext, onclick: next }, "Next page"),
