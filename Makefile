@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/fabric demo
+	$(BIN)/fabric demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python scripts/gen_proto.py --check

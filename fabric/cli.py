@@ -1,4 +1,4 @@
-"""The `fabric` command: serve, manage connections and the catalog, query, preview, demo.
+"""The `fabric` command: serve, manage connections and the catalog, query, preview, portal, demo.
 
 Exit status: 0 on success, 2 on any error (a usage error, or an error the gateway or a
 source reported; the message says which and what to do), 130 when interrupted.
@@ -243,6 +243,21 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_portal(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.app.portal import sign_in_link
+
+    link = sign_in_link(
+        settings,
+        tenant=args.tenant,
+        stage=args.stage_name,
+        role=args.role,
+        subject=args.subject,
+        host=args.host,
+    )
+    print(f"open this link within 2 minutes to sign in to the portal (it works once):\n{link}")
+    return 0
+
+
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     """`fabric health`: the gRPC health status of a process (for container health checks
     and operators); 0 when SERVING, 1 otherwise."""
@@ -300,7 +315,7 @@ def cmd_serve_check(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.demo import run_demo
 
-    run_demo(settings, scale=args.scale)
+    run_demo(settings, scale=args.scale, serve=args.serve)
     return 0
 
 
@@ -534,6 +549,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.set_defaults(func=cmd_token)
 
+    portal = sub.add_parser(
+        "portal",
+        help="print a one-time sign-in link for the portal (FABRIC_AUTH=local, FABRIC_HTTP_LISTEN)",
+    )
+    portal.add_argument(
+        "--stage",
+        dest="stage_name",
+        default=DEFAULT_STAGE,
+        metavar="STAGE",
+        help=f"the stage the session reaches (default {DEFAULT_STAGE!r})",
+    )
+    portal.add_argument(
+        "--role",
+        default="admin",
+        choices=["developer", "admin"],
+        help="developer: discover, select, preview, query; admin: also manage connections "
+        "(default admin; apps do not sign in)",
+    )
+    portal.add_argument(
+        "--subject",
+        default="developer",
+        help="who the session says the caller is; the audit records it (default 'developer')",
+    )
+    portal.add_argument(
+        "--host", help="the host name in the link (default: FABRIC_HTTP_LISTEN's, or localhost)"
+    )
+    portal.set_defaults(func=cmd_portal)
+
     audit = sub.add_parser("audit", help="administrative changes")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     audit_list = audit_sub.add_parser("list", help="list changes, newest first")
@@ -570,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1,
         help="size of the generated retail data (default 1)",
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the gateway and its portal (REST API) running after the demo, until Ctrl-C",
     )
     demo.set_defaults(func=cmd_demo)
     return parser

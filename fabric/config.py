@@ -41,6 +41,14 @@ class Settings:
     (every role: a runtime replica serves its own stage's tokens only) next to the gRPC
     API, with the same tokens, TLS and rules;
     unset: no Flight SQL endpoint."""
+    http_listen: str = ""
+    """HTTP(S) listen address of the REST/JSON API and the portal page (FABRIC_HTTP_LISTEN),
+    served by `fabric serve` (roles all and platform) in the gateway's process, with the
+    gateway's TLS settings and tokens; refused on a non-loopback address without TLS, as
+    the gRPC address is. Unset: no HTTP endpoint."""
+    http_max_body: int = MIB
+    """Largest request body, in bytes, the REST API accepts (FABRIC_HTTP_MAX_BODY); a larger
+    one is refused with 413 before it is read."""
     tls_cert: str = ""
     """PEM certificate chain the gateway serves (FABRIC_TLS_CERT); with tls_key, TLS is on."""
     tls_key: str = ""
@@ -340,6 +348,7 @@ class Settings:
             "federation_memory",
             "federation_threads",
             "federation_dynamic_filter_rows",
+            "http_max_body",
         )
         for name in positive:
             if getattr(self, name) <= 0:

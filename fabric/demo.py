@@ -16,6 +16,7 @@ from typing import Any
 from fabric.api.background import BackgroundGateway
 from fabric.app.gateway import configured_gateway
 from fabric.app.parts import connection_admin, local_token
+from fabric.app.portal import sign_in_link
 from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 from fabric.client import FabricClient
 from fabric.config import Settings
@@ -126,7 +127,9 @@ def prepare(settings: Settings, scale: int = 1) -> SqliteMetadataStore:
     return store
 
 
-def run_demo(settings: Settings, scale: int = 1) -> None:
+def run_demo(settings: Settings, scale: int = 1, *, serve: bool = False) -> None:
+    """Run the demo's queries against an embedded gateway; with `serve`, keep the gateway
+    and its portal running afterwards until interrupted (Ctrl-C)."""
     store = prepare(settings, scale)
     demo_settings = replace(settings, metrics_port=0)
     token = (
@@ -136,7 +139,9 @@ def run_demo(settings: Settings, scale: int = 1) -> None:
     )
     with (
         BackgroundGateway(
-            configured_gateway(demo_settings, store), flight_address="127.0.0.1:0"
+            configured_gateway(demo_settings, store),
+            flight_address="127.0.0.1:0",
+            http_address=demo_settings.http_listen or "127.0.0.1:0",
         ) as gateway,
         FabricClient(gateway.address, token, timeout=60) as client,
     ):
@@ -175,7 +180,32 @@ def run_demo(settings: Settings, scale: int = 1) -> None:
 
         _heading("The same engine through Arrow Flight SQL (ADBC), with a ? parameter")
         _flight_sql(gateway.flight_uri, token)
+
+        _heading("The portal and the REST API")
+        _portal(demo_settings, gateway)
+        if serve:
+            print("serving until interrupted (Ctrl-C)")
+            with contextlib.suppress(KeyboardInterrupt):
+                gateway.wait()
     store.close()
+
+
+def _portal(settings: Settings, gateway: BackgroundGateway) -> None:
+    print(f"REST API and portal at {gateway.http_url} (OpenAPI: /api/v1/openapi.json)")
+    if settings.auth == "local":
+        link = sign_in_link(
+            settings,
+            tenant=DEFAULT_TENANT,
+            stage=DEFAULT_STAGE,
+            role="admin",
+            subject="fabric-demo",
+            port=gateway.gateway.http_port,
+            host="127.0.0.1",
+        )
+        port = gateway.gateway.http_port
+        print(f"sign in (once, within 2 minutes): {link}")
+        print(f"another link: FABRIC_HTTP_LISTEN=127.0.0.1:{port} fabric portal")
+    print("`fabric demo --serve` keeps the gateway and the portal running after the demo")
 
 
 FLIGHT_SQL = (

@@ -3,7 +3,9 @@
     FabricError                      (code)                -> gRPC status (fabric/api/status.py)
     ├── InvalidArgument              invalid_argument      -> INVALID_ARGUMENT
     │   ├── QueryRejected            query_rejected        -> INVALID_ARGUMENT
-    │   └── IntegrityError           integrity_error       -> INVALID_ARGUMENT
+    │   ├── IntegrityError           integrity_error       -> INVALID_ARGUMENT
+    │   ├── RequestTooLarge          request_too_large     -> INVALID_ARGUMENT (HTTP 413)
+    │   └── UnsupportedMediaType     unsupported_media_type -> INVALID_ARGUMENT (HTTP 415)
     ├── NotFound                     not_found             -> NOT_FOUND
     ├── AlreadyExists                already_exists        -> ALREADY_EXISTS
     ├── FailedPrecondition           failed_precondition   -> FAILED_PRECONDITION
@@ -65,9 +67,21 @@ class InvalidArgument(FabricError):
 
 
 class QueryRejected(InvalidArgument):
-    """The SQL text was refused by the compiler; the message names the offending part."""
+    """The SQL text was refused by the compiler; the message names the offending part, and
+    `position` (line, column; both from 1) says where in the text when the compiler knows."""
 
     code = "query_rejected"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        retry_after: float | None = None,
+        position: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate, retry_after=retry_after)
+        self.position = position
 
 
 class IntegrityError(InvalidArgument):
@@ -75,6 +89,19 @@ class IntegrityError(InvalidArgument):
     context (tenant, purpose, subject) or an unknown key; nothing of it is returned."""
 
     code = "integrity_error"
+
+
+class RequestTooLarge(InvalidArgument):
+    """A request body over the size the door accepts (the REST API's FABRIC_HTTP_MAX_BODY);
+    it was not read."""
+
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """A request body in a format the door does not read (the REST API reads JSON)."""
+
+    code = "unsupported_media_type"
 
 
 class NotFound(FabricError):
@@ -188,6 +215,8 @@ ALL_ERRORS: tuple[type[FabricError], ...] = (
     InvalidArgument,
     QueryRejected,
     IntegrityError,
+    RequestTooLarge,
+    UnsupportedMediaType,
     NotFound,
     AlreadyExists,
     FailedPrecondition,

@@ -37,6 +37,62 @@ def running_query_proto(view: RunningQueryView) -> pb.RunningQuery:
     )
 
 
+def admin_stage(requested: str | None, ctx: RequestContext) -> str:
+    """The stage an administrator's call is about (default: the token's); an
+    administrator administers every stage of the tenant (as its connections)."""
+    require_role(ctx, Role.ADMIN)
+    return subject_token(requested or ctx.stage, "stage")
+
+
+async def list_running(
+    queries: QueryList,
+    cluster: RunningQueriesClient | None,
+    ctx: RequestContext,
+    stage: str | None,
+) -> tuple[list[RunningQueryView], list[str], bool]:
+    """The tenant's queries running in `stage`, oldest first (this process's, and with a
+    `cluster` every runtime replica's), the replicas that answered, and whether a
+    replica had more than its answer held (truncated). Both doors (gRPC AdminService,
+    the REST API) call this."""
+    stage = admin_stage(stage, ctx)
+    views = {view.id: view for view in queries.list(ctx.tenant, stage)}
+    replicas = {queries.replica}
+    truncated = False
+    if cluster is not None:
+        gathered = await cluster.list(ctx.tenant, stage)
+        replicas.update(gathered.replicas)
+        truncated = gathered.truncated
+        for view in gathered.queries:
+            views.setdefault(view.id, view)
+    ordered = sorted(views.values(), key=lambda view: view.started_at)
+    return ordered, sorted(replicas), truncated
+
+
+async def cancel_running(
+    queries: QueryList,
+    cluster: RunningQueriesClient | None,
+    ctx: RequestContext,
+    stage: str | None,
+    query_id: str,
+) -> str:
+    """Cancel the tenant's running query `query_id` where it runs; the replica that ran
+    it. NotFound when it is not running (any more)."""
+    stage = admin_stage(stage, ctx)
+    replica = replica_of(query_id)
+    if replica is None:
+        raise InvalidArgument(
+            "id is not a running query's id (<replica>:<16 hex digits>); take it from "
+            "ListRunningQueries"
+        )
+    if replica == queries.replica:
+        if not queries.cancel(query_id, ctx.tenant):
+            raise NotFound(f"query {query_id!r} is not running")
+        return replica
+    if cluster is None:
+        raise NotFound(f"query {query_id!r} is not running here")
+    return await cluster.cancel(ctx.tenant, stage, query_id)
+
+
 class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
     """`cluster` (set by a platform process with a bus) reaches the runtime replicas."""
 
@@ -46,15 +102,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         context_provider: ContextProvider,
         cluster: RunningQueriesClient | None = None,
     ) -> None:
-        self._queries = queries
+        self.queries = queries
         self._context = context_provider
         self.cluster = cluster
-
-    @staticmethod
-    def _stage(requested: str, ctx: RequestContext) -> str:
-        # An administrator administers every stage of the tenant (as its connections).
-        require_role(ctx, Role.ADMIN)
-        return subject_token(requested or ctx.stage, "stage")
 
     @unary_rpc
     async def ListRunningQueries(
@@ -63,20 +113,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         ctx: RequestContext,
         context: grpc.aio.ServicerContext,
     ) -> pb.ListRunningQueriesResponse:
-        stage = self._stage(request.stage, ctx)
-        views = {view.id: view for view in self._queries.list(ctx.tenant, stage)}
-        replicas = {self._queries.replica}
-        truncated = False
-        if self.cluster is not None:
-            gathered = await self.cluster.list(ctx.tenant, stage)
-            replicas.update(gathered.replicas)
-            truncated = gathered.truncated
-            for view in gathered.queries:
-                views.setdefault(view.id, view)
-        ordered = sorted(views.values(), key=lambda view: view.started_at)
+        views, replicas, truncated = await list_running(
+            self.queries, self.cluster, ctx, request.stage
+        )
         return pb.ListRunningQueriesResponse(
-            queries=[running_query_proto(view) for view in ordered],
-            replicas=sorted(replicas),
+            queries=[running_query_proto(view) for view in views],
+            replicas=replicas,
             truncated=truncated,
         )
 
@@ -87,19 +129,5 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         ctx: RequestContext,
         context: grpc.aio.ServicerContext,
     ) -> pb.CancelQueryResponse:
-        stage = self._stage(request.stage, ctx)
-        replica = replica_of(request.id)
-        if replica is None:
-            raise InvalidArgument(
-                "id is not a running query's id (<replica>:<16 hex digits>); take it from "
-                "ListRunningQueries"
-            )
-        if replica == self._queries.replica:
-            if not self._queries.cancel(request.id, ctx.tenant):
-                raise NotFound(f"query {request.id!r} is not running")
-            return pb.CancelQueryResponse(replica=replica)
-        if self.cluster is None:
-            raise NotFound(f"query {request.id!r} is not running here")
-        return pb.CancelQueryResponse(
-            replica=await self.cluster.cancel(ctx.tenant, stage, request.id)
-        )
+        replica = await cancel_running(self.queries, self.cluster, ctx, request.stage, request.id)
+        return pb.CancelQueryResponse(replica=replica)

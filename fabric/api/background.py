@@ -4,6 +4,7 @@ benchmarks that talk to it through the real gRPC client."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from typing import Any
 
@@ -18,10 +19,12 @@ class BackgroundGateway:
         *,
         metrics: bool = False,
         flight_address: str = "",
+        http_address: str = "",
     ) -> None:
         self.gateway = gateway
         self._address = address
         self._flight_address = flight_address
+        self._http_address = http_address
         self._metrics = metrics
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -44,7 +47,10 @@ class BackgroundGateway:
         self._thread.start()
         self.port = self.call(
             self.gateway.start(
-                self._address, metrics=self._metrics, flight_address=self._flight_address
+                self._address,
+                metrics=self._metrics,
+                flight_address=self._flight_address,
+                http_address=self._http_address,
             )
         )
         return self
@@ -53,6 +59,21 @@ class BackgroundGateway:
     def flight_uri(self) -> str:
         """The Flight SQL endpoint (plaintext; the port `flight_address` chose)."""
         return f"grpc://127.0.0.1:{self.gateway.flight_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The REST API and portal's base URL (the port `http_address` chose)."""
+        scheme = "https" if self.gateway.settings.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.gateway.http_port}"
+
+    def wait(self) -> None:
+        """Block until the gateway's server ends, or the caller is interrupted (Ctrl-C)."""
+        # Not cancelled when interrupted: it ends with the server, which `stop` stops.
+        ended = asyncio.run_coroutine_threadsafe(self.gateway.wait(), self._loop)
+        while not ended.done():
+            # Back in Python every second: a signal the kernel delivered to another thread
+            # only runs its handler (KeyboardInterrupt) once this one does.
+            concurrent.futures.wait([ended], timeout=1.0)
 
     def stop(self, grace: float = 1.0) -> None:
         try:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
+from fabric.api import platform_calls as calls
 from fabric.api.query_service import ContextProvider, unary_rpc
 from fabric.catalog.audit import AuditEvent
 from fabric.catalog.manager import TableChoice
-from fabric.clock import elapsed_us
 from fabric.context import RequestContext
 from fabric.errors import InvalidArgument
 from fabric.model import (
@@ -33,12 +32,9 @@ from fabric.model import (
 )
 from fabric.platform.connections import StageInput
 from fabric.platform.plane import Platform
-from fabric.platform.refresh import RefreshReport, refresh_catalog
+from fabric.platform.refresh import RefreshReport
 from fabric.v1 import platform_pb2 as pb
 from fabric.v1 import platform_pb2_grpc as pb_grpc
-
-_DEFAULT_AUDIT_LIMIT = 100
-
 
 # -- conversions -------------------------------------------------------------------------
 
@@ -176,10 +172,7 @@ def _report_proto(report: RefreshReport) -> pb.RefreshResponse:
     )
 
 
-def _required(value: str, what: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{what} is required")
-    return value
+_required = calls.required
 
 
 # -- servicers ---------------------------------------------------------------------------
@@ -293,20 +286,12 @@ class ConnectionServicer(_PlatformServicer, pb_grpc.ConnectionServiceServicer): 
     def TestConnection(
         self, request: pb.TestConnectionRequest, ctx: RequestContext
     ) -> pb.TestConnectionResponse:
-        stage = request.stage or ctx.stage
-        started = time.perf_counter()
-        self._platform.connections.test(
-            ctx.tenant, _required(request.name, "name"), stage, actor=ctx.principal
-        )
-        return pb.TestConnectionResponse(stage=stage, elapsed_us=elapsed_us(started))
+        result = calls.connection_test(self._platform, ctx, request.name, request.stage or None)
+        return pb.TestConnectionResponse(stage=result.stage, elapsed_us=result.elapsed_us)
 
     @_blocking_rpc
     def ListAudit(self, request: pb.ListAuditRequest, ctx: RequestContext) -> pb.ListAuditResponse:
-        events = self._platform.manager.store.list_audit(
-            ctx.tenant,
-            connection=request.connection or None,
-            limit=request.limit or _DEFAULT_AUDIT_LIMIT,
-        )
+        events = calls.list_audit(self._platform, ctx, request.connection, request.limit)
         return pb.ListAuditResponse(events=[audit_proto(e) for e in events])
 
 
@@ -325,40 +310,25 @@ class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # typ
 
     @_blocking_rpc
     def Select(self, request: pb.SelectRequest, ctx: RequestContext) -> pb.SelectResponse:
-        connection = _required(request.connection, "connection")
-        stage = request.stage or ctx.stage
-        manager = self._platform.manager
-        if request.all_tables:
-            if request.tables:
-                raise InvalidArgument("give tables or all_tables, not both")
-            entities = manager.select_all(
-                ctx.tenant,
-                connection,
-                stage,
-                list(request.schemas) or None,
-                actor=ctx.principal,
+        choices = [
+            TableChoice(
+                t.table,
+                list(t.columns) or None,
+                t.entity_name or None,
+                dict(t.stage_tables),
             )
-        else:
-            if not request.tables:
-                raise InvalidArgument("name at least one table, or set all_tables")
-            choices = [
-                TableChoice(
-                    t.table,
-                    list(t.columns) or None,
-                    t.entity_name or None,
-                    dict(t.stage_tables),
-                )
-                for t in request.tables
-            ]
-            entities = manager.select_tables(
-                ctx.tenant,
-                connection,
-                stage,
-                choices,
-                expected_catalog_version=_expected_version(request, "expected_catalog_version"),
-                actor=ctx.principal,
-            )
-        version = manager.catalog_version(ctx.tenant, connection)
+            for t in request.tables
+        ]
+        entities, version = calls.select(
+            self._platform,
+            ctx,
+            request.connection,
+            request.stage or None,
+            choices,
+            all_tables=request.all_tables,
+            schemas=list(request.schemas),
+            expected_catalog_version=_expected_version(request, "expected_catalog_version"),
+        )
         return pb.SelectResponse(
             entities=[entity_proto(e) for e in entities], catalog_version=version
         )
@@ -389,19 +359,7 @@ class CatalogServicer(_PlatformServicer, pb_grpc.CatalogServiceServicer):  # typ
 
     @_blocking_rpc
     def Refresh(self, request: pb.RefreshRequest, ctx: RequestContext) -> pb.RefreshResponse:
-        connection = _required(request.connection, "connection")
-        report = refresh_catalog(
-            self._platform.manager,
-            ctx.tenant,
-            connection,
-            request.stage or ctx.stage,
-            actor=ctx.principal,
-        )
-        if report.changed:
-            # The version moved already; purging now stops the running queries the change
-            # revokes and frees memory at once too. A refresh that found nothing changed
-            # nothing, so there is nothing to purge.
-            self._platform.listener.connection_changed(ctx.tenant, connection)
+        report = calls.refresh(self._platform, ctx, request.connection, request.stage or None)
         return _report_proto(report)
 
 

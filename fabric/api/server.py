@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,12 @@ from prometheus_client import start_http_server
 from connectors.workers import CONTROL
 from fabric.api.access import AccessLogInterceptor
 from fabric.api.admin_service import AdminServicer
-from fabric.api.auth import AuthInterceptor, RefusalRecorder, refusing_apps
+from fabric.api.auth import LOCAL_ADMIN, AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.flight.service import FlightSqlService
+from fabric.api.http.api import rest_app
+from fabric.api.http.endpoint import Services
+from fabric.api.http.history import QueryHistory
+from fabric.api.http.server import HttpServer
 from fabric.api.platform_service import CatalogServicer, ConnectionServicer
 from fabric.api.query_service import ContextProvider, Execute, QueryServicer
 from fabric.api.status import abort_with
@@ -44,6 +48,7 @@ from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
 from fabric.query.lanes import awaitable
 from fabric.security.authz import TokenVerifierLike
+from fabric.security.signin import SignInExchange
 from fabric.v1 import admin_pb2, admin_pb2_grpc, platform_pb2, platform_pb2_grpc, query_pb2
 
 log = logging.getLogger(__name__)
@@ -131,6 +136,20 @@ class CallAdmission:
 
     def __call__(self, context: grpc.aio.ServicerContext) -> _AdmittedCall:
         return _AdmittedCall(self, context)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """One call of a door without a gRPC context (the REST API): refused with
+        `SHUTTING_DOWN` or `STARTING` (raised), else counted while it runs."""
+        if self.draining:
+            raise SHUTTING_DOWN
+        if self.not_ready:
+            raise STARTING
+        self.active += 1
+        try:
+            yield
+        finally:
+            self._left()
 
     async def drain(self, grace: float) -> None:
         """Refuse new calls from now on, and wait (at most `grace` seconds) until the
@@ -276,6 +295,8 @@ class Gateway:
         execute: Execute | None = None,
         services: Collection[str] = SERVICES,
         serves_apps: bool = True,
+        sign_in: SignInExchange | None = None,
+        local_identity: RequestContext = LOCAL_ADMIN,
     ) -> None:
         """`context_provider` says who each call is; with a `verifier`, every call must
         carry a valid bearer token first (the provider is then `verified_context`).
@@ -287,6 +308,11 @@ class Gateway:
         `execute` runs Execute and Preview (default: the engine; a platform role passes
         the bus forwarder's). `services`: the gRPC services served (health always is);
         a runtime replica serves QueryService or none.
+
+        The REST API (`start(http_address=...)`) calls the same engine, `execute`,
+        platform and announcements; with a `verifier` its callers are verified bearer
+        tokens, without one every call is `local_identity`. `sign_in` exchanges the
+        portal's sign-in codes (None: only bearer tokens sign in).
         """
         unknown = set(services) - set(SERVICES)
         if unknown:
@@ -314,6 +340,23 @@ class Gateway:
         )
         self.admin = AdminServicer(engine.queries, context_provider)
         """Running queries; a platform with a bus sets its `cluster` (the replicas)."""
+        self.rest = Services(
+            engine=engine,
+            execute=engine.execute if execute is None else execute,
+            platform=platform,
+            refreshing=refreshing,
+            announcements=announcements,
+            admission=self._admission.admitted,
+            verifier=verifier,
+            local_identity=local_identity,
+            refusals=self._refusals,
+            sign_in=sign_in,
+            history=QueryHistory(),
+            max_body=self.settings.http_max_body,
+            admin=self.admin,
+        )
+        self._http: HttpServer | None = None
+        self.http_port: int | None = None
         self._stale_task: asyncio.Task[None] | None = None
         # The grpc.aio server belongs to the event loop that runs it: built in start().
         self._server: grpc.aio.Server | None = None
@@ -352,9 +395,11 @@ class Gateway:
         metrics: bool = True,
         ready: bool = True,
         flight_address: str = "",
+        http_address: str = "",
     ) -> int:
         """Listen on `address` (default FABRIC_LISTEN) and return the port; serve Arrow
-        Flight SQL on `flight_address` when one is given (`flight_port` tells the port).
+        Flight SQL on `flight_address` when one is given (`flight_port` tells the port),
+        and the REST API and portal on `http_address` (`http_port`).
         With `ready=False` (a runtime replica still starting), health says NOT_SERVING
         and calls are refused with UNAVAILABLE until `set_ready`."""
         address = address or self.settings.listen
@@ -413,6 +458,9 @@ class Gateway:
         self._admission.not_ready = not ready
         if flight_address:
             self.flight_port = await self._start_flight(flight_address)
+        if http_address:
+            self._http = HttpServer(rest_app(self.rest), self.settings)
+            self.http_port = await self._http.start(http_address)
         await server.start()
         if self.settings.health_listen:
             await self._start_health_only(self.settings.health_listen)
@@ -503,7 +551,10 @@ class Gateway:
         await self._admission.drain(grace)
         remaining = max(0.0, grace - (loop.time() - started))
         servers = [s for s in (self._server, self._flight_server) if s is not None]
-        await asyncio.gather(*(server.stop(remaining) for server in servers))
+        await asyncio.gather(
+            *(server.stop(remaining) for server in servers),
+            *([self._http.stop(remaining)] if self._http is not None else []),
+        )
         if self._health_server is not None:
             await self._health_server.stop(0)
         for task in (self._sweeper, self._stale_task, self._flight_sweeper):

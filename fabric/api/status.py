@@ -1,4 +1,4 @@
-"""The one table from error codes to gRPC status codes."""
+"""The one table from error codes to gRPC and HTTP status codes."""
 
 from __future__ import annotations
 
@@ -7,29 +7,43 @@ import grpc
 from fabric import errors
 from fabric.observability.access import REQUEST_ID_HEADER, current_call
 
+STATUSES: dict[type[errors.FabricError], tuple[grpc.StatusCode, int]] = {
+    # error class:                  (gRPC status,                         HTTP status)
+    errors.InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    errors.QueryRejected: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    errors.IntegrityError: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    errors.RequestTooLarge: (grpc.StatusCode.INVALID_ARGUMENT, 413),
+    errors.UnsupportedMediaType: (grpc.StatusCode.INVALID_ARGUMENT, 415),
+    errors.NotFound: (grpc.StatusCode.NOT_FOUND, 404),
+    errors.AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, 409),
+    # FAILED_PRECONDITION is 422 over HTTP: the request was well formed, the state of
+    # what it names does not allow it; a version conflict is 409 (reload, retry).
+    errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, 422),
+    errors.SourceQueryError: (grpc.StatusCode.FAILED_PRECONDITION, 422),
+    errors.VersionConflict: (grpc.StatusCode.FAILED_PRECONDITION, 409),
+    errors.SelectionChanged: (grpc.StatusCode.FAILED_PRECONDITION, 422),
+    errors.SchemaMismatch: (grpc.StatusCode.FAILED_PRECONDITION, 422),
+    errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403),
+    errors.Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401),
+    errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    errors.Cancelled: (grpc.StatusCode.CANCELLED, 499),
+    errors.ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    errors.SourceUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
+    errors.NoResponders: (grpc.StatusCode.UNAVAILABLE, 503),
+    errors.GatewayUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
+    errors.GatewayUnreachable: (grpc.StatusCode.UNAVAILABLE, 503),
+    errors.Unimplemented: (grpc.StatusCode.UNIMPLEMENTED, 501),
+    errors.InternalError: (grpc.StatusCode.INTERNAL, 500),
+    errors.FabricError: (grpc.StatusCode.INTERNAL, 500),
+}
+"""The one table from error classes to statuses: gRPC (`status_for`) and HTTP for the
+REST API (`http_status_for`)."""
+
 GRPC_STATUS: dict[type[errors.FabricError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.QueryRejected: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.IntegrityError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SourceQueryError: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.VersionConflict: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SelectionChanged: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SchemaMismatch: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Cancelled: grpc.StatusCode.CANCELLED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.NoResponders: grpc.StatusCode.UNAVAILABLE,
-    errors.GatewayUnavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.GatewayUnreachable: grpc.StatusCode.UNAVAILABLE,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.InternalError: grpc.StatusCode.INTERNAL,
-    errors.FabricError: grpc.StatusCode.INTERNAL,
+    cls: grpc_status for cls, (grpc_status, _http) in STATUSES.items()
+}
+HTTP_STATUS: dict[type[errors.FabricError], int] = {
+    cls: http for cls, (_grpc, http) in STATUSES.items()
 }
 
 # The reverse direction, for the client: a status code names the error class to raise.
@@ -76,6 +90,14 @@ def status_for(error: errors.FabricError) -> grpc.StatusCode:
         if status is not None:
             return status
     return grpc.StatusCode.INTERNAL
+
+
+def http_status_for(error: errors.FabricError) -> int:
+    for cls in type(error).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def error_from_rpc(

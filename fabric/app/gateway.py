@@ -23,6 +23,8 @@ from fabric.query.engine import QueryEngine
 from fabric.query.sources import ConnectorFactory, default_connector_factory
 from fabric.security.authz import StageBoundVerifier, TokenVerifierLike
 from fabric.security.secrets import SecretStore
+from fabric.security.signin import MAX_SESSION_LIFETIME, SignInExchange
+from fabric.security.tokens import LocalKey
 
 
 def assemble_gateway(
@@ -37,6 +39,7 @@ def assemble_gateway(
     services: Collection[str] = SERVICES,
     serves_apps: bool = True,
     inspectors: InspectorFactory | None = None,
+    sign_in: SignInExchange | None = None,
 ) -> Gateway:
     """A gateway running both planes on `engine` and its store.
 
@@ -48,7 +51,8 @@ def assemble_gateway(
     connection passwords (None: passwords are refused); `connector_builder` builds the
     connectors the platform uses for discovery and tests (`inspectors`, when given,
     those for stored connections: see `fabric.app.source_access`); `clock` drives the
-    stale-metadata sweeper; `execute`, `services` and `serves_apps` as for `Gateway`.
+    stale-metadata sweeper; `execute`, `services`, `serves_apps` and `sign_in` as for
+    `Gateway`.
     """
     if verifier is not None:
         context_provider = verified_context
@@ -78,6 +82,7 @@ def assemble_gateway(
         execute=execute,
         services=services,
         serves_apps=serves_apps,
+        sign_in=sign_in,
     )
 
 
@@ -119,7 +124,20 @@ def configured_gateway(
             else platform_connectors.builder
         ),
         inspectors=None if platform_connectors is None else platform_connectors.inspectors,
+        sign_in=portal_sign_in(settings) if stage is None else None,
     )
+
+
+def portal_sign_in(settings: Settings) -> SignInExchange | None:
+    """The exchange of the portal's sign-in codes: with FABRIC_AUTH=local, codes and
+    session tokens are signed with the local key (sessions live at most 8 hours, and
+    never longer than FABRIC_JWT_MAX_LIFETIME). With another FABRIC_AUTH there is none:
+    the portal signs in with a bearer token."""
+    if settings.auth != "local":
+        return None
+    key = LocalKey.load_or_generate(settings.token_key_path)
+    lifetime = min(MAX_SESSION_LIFETIME, settings.jwt_max_lifetime)
+    return SignInExchange(key.secret, session_lifetime=lifetime)
 
 
 def attach_publisher(gateway: Gateway, publisher: PlatformEventPublisher) -> None:

@@ -200,11 +200,18 @@ class PlatformProcess:
     async def start(self) -> str:
         if self.publisher is not None:
             self.publisher.start()
-        port = await self.gateway.start(self.listen, flight_address=self.settings.flight_listen)
+        port = await self.gateway.start(
+            self.listen,
+            flight_address=self.settings.flight_listen,
+            http_address=self.settings.http_listen,
+        )
         name = "gateway" if self.role == ProcessRole.ALL else "platform"
         line = f"fabric {name} serving on port {port}"
         if self.gateway.flight_port:
             line += f", Flight SQL on port {self.gateway.flight_port}"
+        if self.gateway.http_port:
+            scheme = "https" if self.settings.tls else "http"
+            line += f", REST API and portal on {scheme} port {self.gateway.http_port}"
         if self.bus is not None:
             line += f", NATS at {nats_where(self.settings)}"
         if self.gateway.metrics_port:
@@ -443,8 +450,9 @@ async def open_process(
         if stage:
             raise InvalidArgument("--stage is for --role runtime; the platform serves every stage")
         check_listen(address, settings, insecure=insecure)
-        if settings.flight_listen:
-            check_listen(settings.flight_listen, settings, insecure=insecure)
+        for door in (settings.flight_listen, settings.http_listen):
+            if door:
+                check_listen(door, settings, insecure=insecure)
         return await PlatformProcess.open(settings, role=role, listen=address, **engine_options)
     known = ", ".join(r.value for r in ProcessRole)
     raise InvalidArgument(f"unknown role {role!r}; use one of {known}")

@@ -270,7 +270,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.queries = Counter(
             "fabric_queries",
-            "Queries by method, outcome and protocol (the door: grpc, flight_sql).",
+            "Queries by method, outcome and protocol (the door: grpc, flight_sql, rest).",
             ["method", "outcome", "protocol"],
             registry=self.registry,
         )

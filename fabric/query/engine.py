@@ -136,7 +136,7 @@ with PostgreSQL (a chunk of text rows, its decoding to Arrow, the next chunk arr
 the IPC messages of the batch before on their way) at 11 to 18 times; its memory
 reservation grows to it when that is more than it reserved."""
 _ENTITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PROTOCOLS = frozenset({"grpc", "flight_sql"})
+PROTOCOLS = frozenset({"grpc", "flight_sql", "rest"})
 """The doors a query may come through (`QueryRequest.protocol`, a metrics label)."""
 
 
@@ -152,7 +152,7 @@ class QueryRequest:
     max_bytes: int | None = None
     """Result bytes the caller wants at most; None = the configured cap."""
     protocol: str = "grpc"
-    """The door the query came through (`grpc`, `flight_sql`): a metrics label only."""
+    """The door the query came through (`grpc`, `flight_sql`, `rest`): a metrics label only."""
 
     def __repr__(self) -> str:
         # Parameter values stay out of logs and tracebacks; names are fine.

@@ -425,6 +425,13 @@ class ResultCache:
 
     # -- purges ---------------------------------------------------------------------------
 
+    def count_connection(self, tenant: str, connection: str) -> int:
+        """How many results of `connection` are held (what purging it would drop)."""
+        with self._lock:
+            return sum(
+                1 for k in self._entries if k.connection == connection and k.tenant == tenant
+            )
+
     def purge_connection(self, tenant: str, connection: str) -> int:
         """Drop every entry of ``connection`` (all stages, all catalog versions), and make
         results of it still being computed unstorable. Returns the number dropped."""

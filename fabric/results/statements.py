@@ -450,6 +450,13 @@ class StatementRegistry(Generic[T]):
             self._finish_close(close_fn)
         return len(doomed)
 
+    def count_connection(self, tenant: str, connection: str) -> int:
+        """How many statements of `connection` are open (what purging it would close)."""
+        with self._lock:
+            return sum(
+                1 for s in self._open.values() if s.tenant == tenant and s.connection == connection
+            )
+
     def close_connection(self, tenant: str, connection: str) -> int:
         """Close every statement of a purged connection; returns the number closed."""
         return self._close_where(lambda s: s.tenant == tenant and s.connection == connection)

@@ -111,10 +111,17 @@ def tenant_from_metadata(context: grpc.aio.ServicerContext) -> RequestContext:
 
 
 def start_harness(
-    tmp_path: Path, *, verifier: Any = None, flight: bool = False, **overrides: Any
+    tmp_path: Path,
+    *,
+    verifier: Any = None,
+    flight: bool = False,
+    http: bool = False,
+    sign_in: Any = None,
+    **overrides: Any,
 ) -> Harness:
     """The gateway over the shop database; with `flight`, Flight SQL on a port of its own
-    (`harness.gateway.flight_uri`)."""
+    (`harness.gateway.flight_uri`); with `http`, the REST API (`harness.gateway.http_url`),
+    exchanging sign-in codes with `sign_in`."""
     database = tmp_path / "shop.duckdb"
     make_shop(database)
     store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
@@ -147,10 +154,11 @@ def start_harness(
     settings = Settings(home=tmp_path, metrics_port=0, **overrides)
     engine = QueryEngine(store, settings, clock=clock, connector_factory=factory)
     gateway = BackgroundGateway(
-        assemble_gateway(engine, verifier=verifier)
+        assemble_gateway(engine, verifier=verifier, sign_in=sign_in)
         if verifier is not None
-        else assemble_gateway(engine, context_provider=tenant_from_metadata),
+        else assemble_gateway(engine, context_provider=tenant_from_metadata, sign_in=sign_in),
         flight_address="127.0.0.1:0" if flight else "",
+        http_address="127.0.0.1:0" if http else "",
     ).start()
     return Harness(gateway, engine, clock, store, executed, gate)
 

@@ -48,6 +48,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [wheel] = wheels.glob("fabric_gateway-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fabric/py.typed" in names and "connectors/postgres/connector.py" in names
+    # The portal's page and modules ship in the package (it is served offline from there).
+    assert {"fabric/api/http/static/index.html", "fabric/api/http/static/js/main.js"} <= set(names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     env_dir = work / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)

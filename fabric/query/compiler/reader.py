@@ -216,9 +216,13 @@ class QueryReader:
         except ParseError as error:
             detail = error.errors[0] if error.errors else {}
             description = without_literals(str(detail.get("description") or "invalid syntax"))
+            line, column = detail.get("line"), detail.get("col")
             raise QueryRejected(
                 f"syntax error at line {detail.get('line', '?')}, column "
-                f"{detail.get('col', '?')}: {description}"
+                f"{detail.get('col', '?')}: {description}",
+                position=(
+                    (line, column) if isinstance(line, int) and isinstance(column, int) else None
+                ),
             ) from None
         statements = [statement for statement in parsed if statement is not None]
         if len(statements) != 1:
@@ -257,7 +261,8 @@ def check_text(sql: str, max_length: int | None) -> None:
         column = position - (sql.rfind("\n", 0, position) + 1) + 1
         raise QueryRejected(
             f"the query text contains a NUL character (U+0000) at position {position + 1} "
-            f"(line {line}, column {column}); NUL is not allowed anywhere in SQL text"
+            f"(line {line}, column {column}); NUL is not allowed anywhere in SQL text",
+            position=(line, column),
         )
 
 
