@@ -2,13 +2,15 @@
 
 Real NATS (the shared server), a real DuckDB source, the ADBC Flight SQL driver; the
 replica is assembled in this test's event loop (`fabric.app.processes.RuntimeProcess`,
-what `fabric serve --role runtime --stage S` runs) with FABRIC_FLIGHT_LISTEN set.
+what `fabric serve --role runtime --stage S` runs) with FABRIC_FLIGHT_LISTEN set, and
+once as that command itself, a subprocess.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,11 +23,20 @@ import pytest
 from connectors import Connector
 from fabric.app.parts import local_token
 from fabric.app.processes import RuntimeProcess
+from fabric.config import Settings
 from fabric.model import Connection, SettingValue
 from fabric.query.sources import default_connector_factory
 from tests.e2e.conftest import RecordingConnector
 from tests.e2e.flight_clients import connect, grpc_code, message_of
-from tests.integration.test_roles import CONNECTION, expected, make_site, names, settings_for
+from tests.integration.test_roles import (
+    CONNECTION,
+    _free_port,
+    expected,
+    make_site,
+    names,
+    served,
+    settings_for,
+)
 from tests.support.nats import nats_url, run_bounded
 
 FLIGHT_SQL = "SELECT count(*) AS n, sum(score) AS total FROM people WHERE score > ?"
@@ -106,3 +117,37 @@ def test_a_replica_without_the_setting_serves_no_flight_sql(tmp_path: Path) -> N
             await runtime.stop(1.0)
 
     run_bounded(body(), 60)
+
+
+def test_fabric_serve_role_runtime_serves_flight_sql(tmp_path: Path) -> None:
+    """What an operator runs: `fabric serve --role runtime --stage S` with
+    FABRIC_FLIGHT_LISTEN, a subprocess (stopped in `served`'s exit)."""
+    url = nats_url()
+    tenant, stage = names()
+    database = make_site(tmp_path, tenant, stage)
+    flight_port = _free_port()
+    env = {
+        **os.environ,
+        "FABRIC_HOME": str(tmp_path),
+        "FABRIC_NATS_URL": url,
+        "FABRIC_AUTH": "local",
+        "FABRIC_BUS_CONNECT_TIMEOUT": "10",
+        "FABRIC_REPLICA_ID": f"{stage}-cli",
+        "FABRIC_METRICS_PORT": "0",
+        "FABRIC_LISTEN": f"127.0.0.1:{_free_port()}",
+        "FABRIC_FLIGHT_LISTEN": f"127.0.0.1:{flight_port}",
+    }
+    settings = Settings(home=tmp_path)
+    own = local_token(settings, tenant=tenant, stage=stage, role="app")
+    foreign = local_token(settings, tenant=tenant, stage=f"{stage}-prod", role="app")
+    uri = f"grpc://127.0.0.1:{flight_port}"
+    with served(["--role", "runtime", "--stage", stage], env, tmp_path / "r.log") as runtime:
+        assert f"Flight SQL on port {flight_port}" in runtime.ready()
+        rows = _query(uri, own, 500)
+        assert [dict(zip(("n", "total"), row, strict=True)) for row in rows] == expected(
+            database, 500
+        )
+        with pytest.raises(adbc_driver_manager.Error) as refused:
+            _query(uri, foreign, 0)
+        assert grpc_code(refused.value) == grpc.StatusCode.PERMISSION_DENIED
+        assert runtime.stop() == 0, (tmp_path / "r.log").read_text()
