@@ -76,6 +76,9 @@ class _Group:
     aliases: list[str]
     conjuncts: list[exp.Expr] = field(default_factory=list)
     scope: Scope | None = None
+    restrictions: int = 0
+    """Conditions that filter rows (on one table, or with a subquery), join conditions
+    apart: what makes the group a likely small side."""
     name: str = ""
     alias: str = ""
     nullable: bool = False
@@ -378,13 +381,17 @@ class _Planning:
                 groups[root] = group
             group.aliases.append(alias)
         for conjunct, refs in placed:
-            groups[find(next(iter(refs)))].conjuncts.append(conjunct)
+            group = groups[find(next(iter(refs)))]
+            group.conjuncts.append(conjunct)
+            if len(refs) == 1 or any(conjunct.find_all(exp.Query)):
+                group.restrictions += 1
             for subquery in conjunct.find_all(exp.Query):
                 for inner in self.scopes:
                     if inner.expression is subquery:
                         consumed |= self.subtree[id(inner)]
         for alias, conjuncts in on_pushed.items():
             groups[find(alias)].conjuncts.extend(conjuncts)
+            groups[find(alias)].restrictions += len(conjuncts)
         if kept:
             select.where(_and(kept), copy=False)
         self.groups.extend(groups.values())
@@ -555,15 +562,15 @@ class _Planning:
                 # only the rows whose key the outer level has can ever be referenced.
                 outer = self._definer(scope, right.table)
                 found = self.owner_of.get((id(outer), right.table)) if outer else None
-                if found is None or found.nullable or not found.conjuncts or a.conjuncts:
+                if found is None or found.nullable or not found.restrictions:
                     continue
                 self.filters.append((found, (right.table, right.name), a, left.copy()))
                 continue
             if a is b:
                 continue
-            if a.conjuncts and not b.conjuncts:
+            if _probes_first(a, b):
                 self.filters.append((a, (left.table, left.name), b, right.copy()))
-            elif b.conjuncts and not a.conjuncts:
+            elif _probes_first(b, a):
                 self.filters.append((b, (right.table, right.name), a, left.copy()))
 
     # -- statements -----------------------------------------------------------------------
@@ -637,7 +644,7 @@ class _Planning:
                     tuple(query.named_selects),
                     tuple(given) or ("scan",),
                     tuple(remaining),
-                    has_filter=bool(group.conjuncts),
+                    has_filter=bool(group.restrictions),
                 )
             )
         return fragments
@@ -721,7 +728,9 @@ class _Planning:
         for fragment in fragments:
             names.update(fragment.compiled.param_names)
         dynamic = []
-        for probe, (alias, name), target, column in self.filters:
+        # The likeliest small probes choose first.
+        ranked = sorted(self.filters, key=lambda f: _probe_rank(f[0]))
+        for probe, (alias, name), target, column in ranked:
             probe_fragment = next(f for f in fragments if f.name == probe.name)
             select = probe_fragment.tree
             assert isinstance(select, exp.Select)
@@ -770,6 +779,23 @@ class _Planning:
             output_columns=output_columns,
             fingerprint=digest.hexdigest(),
         )
+
+
+def _probes_first(probe: _Group, target: _Group) -> bool:
+    """Whether `probe` is read first to filter `target`: it must be filtered at its
+    source (else it is likely the larger side); against a filtered target, the side
+    of fewer entities (a dimension more likely than a fact), then of more conditions.
+    A probe that turns out large costs little: its rows stream on, unfiltered."""
+    if not probe.restrictions:
+        return False
+    if not target.restrictions:
+        return True
+    return _probe_rank(probe) < _probe_rank(target)
+
+
+def _probe_rank(group: _Group) -> tuple[int, int]:
+    """Which probe is likely smaller: fewer entities, then more restrictions."""
+    return (len(group.aliases), -group.restrictions)
 
 
 def _reads(value: exp.Expr, alias: str, name: str) -> bool:
