@@ -36,8 +36,8 @@ def generate(
     rebuilt: set[tuple[int, str]] = set()
     for placeholder in placeholders:
         parent, key = placeholder.parent, placeholder.arg_key
-        siblings = parent.args.get(key) if parent is not None else None
-        if parent is not None and isinstance(siblings, list):
+        siblings = parent.args.get(key) if parent is not None and key is not None else None
+        if parent is not None and key is not None and isinstance(siblings, list):
             if (id(parent), key) not in rebuilt:
                 rebuilt.add((id(parent), key))
                 parent.set(key, [sentinels.get(id(node), node) for node in siblings])
