@@ -240,22 +240,24 @@ class FederatedRun(QueryHandle):
             for planned in self.plan.dynamic_filters:
                 probes.setdefault(planned.probe, []).append(planned)
             keys: dict[str, list[Any] | None] = {}
-            for fragment in self.plan.fragments:
-                if fragment.name in probes:
-                    keys.update(self._probe(con, fragment, probes[fragment.name]))
+            # Probes first, each once its own probe (a chain) has given it its keys.
+            waiting = [f for f in self.plan.fragments if f.name in probes]
+            while waiting:
+                ready = [
+                    f
+                    for f in waiting
+                    if f.name not in filtered
+                    or filtered[f.name].probe not in {w.name for w in waiting}
+                ] or waiting[:1]  # the planner makes no cycles; never wait forever
+                for fragment in ready:
+                    compiled, extra = self._filtered(fragment, filtered, keys)
+                    handle = self._execute(fragment, compiled, extra)
+                    keys.update(self._probe(con, fragment, handle, probes[fragment.name]))
+                    waiting.remove(fragment)
             for fragment in self.plan.fragments:
                 if fragment.name in probes:
                     continue
-                df = filtered.get(fragment.name)
-                found = keys.get(fragment.name)
-                compiled: CompiledStatement = fragment.compiled
-                extra: dict[str, Any] = {}
-                if df is not None and found is not None:
-                    compiled, extra = self._with_keys(fragment, df, found)
-                    self.stats[fragment.name].dynamic_filter = f"applied ({len(found)} keys)"
-                elif df is not None:
-                    self.stats[fragment.name].dynamic_filter = "skipped (probe side too large)"
-                self.stats[fragment.name].sql = compiled.sql
+                compiled, extra = self._filtered(fragment, filtered, keys)
                 handle = self._execute(fragment, compiled, extra)
                 con.register(fragment.name, self._counted(fragment.name, handle))
             self._check()
@@ -282,14 +284,37 @@ class FederatedRun(QueryHandle):
             self._check()
         return handle
 
+    def _filtered(
+        self,
+        fragment: Fragment,
+        filtered: Mapping[str, DynamicFilter],
+        keys: Mapping[str, list[Any] | None],
+    ) -> tuple[CompiledStatement, dict[str, Any]]:
+        """The statement a fragment runs: with its dynamic filter when its probe gave
+        keys, as planned otherwise."""
+        df = filtered.get(fragment.name)
+        found = keys.get(fragment.name)
+        compiled: CompiledStatement = fragment.compiled
+        extra: dict[str, Any] = {}
+        if df is not None and found is not None:
+            compiled, extra = self._with_keys(fragment, df, found)
+            self.stats[fragment.name].dynamic_filter = f"applied ({len(found)} keys)"
+        elif df is not None:
+            self.stats[fragment.name].dynamic_filter = "skipped (probe side too large)"
+        self.stats[fragment.name].sql = compiled.sql
+        return compiled, extra
+
     def _probe(
-        self, con: duckdb.DuckDBPyConnection, fragment: Fragment, filters: list[DynamicFilter]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        fragment: Fragment,
+        handle: QueryHandle,
+        filters: list[DynamicFilter],
     ) -> dict[str, list[Any] | None]:
         """Read the probe side up to the bound; when it fits (its rows then held,
         bounded), the distinct join keys each target gets, by target (None for a target
         whose source cannot take that many parameters); none when it does not fit (the
         rest then streams)."""
-        handle = self._execute(fragment, fragment.compiled, {})
         bound = self.source.limits.dynamic_filter_rows
         stats = self.stats[fragment.name]
         held: list[pa.RecordBatch] = []
@@ -313,9 +338,13 @@ class FederatedRun(QueryHandle):
                 side = self.source.sides[target.connection]
                 room = side.max_parameters - len(target.compiled.param_names)
                 found[df.target] = values if len(values) <= room else None
-            stats.dynamic_filter = "probe: read first, its keys sent"
+            note = "probe: read first, its keys sent"
+            stats.dynamic_filter = (
+                f"{stats.dynamic_filter}; {note}" if stats.dynamic_filter else note
+            )
             return found
-        stats.dynamic_filter = f"probe over {bound} rows: no filter sent"
+        note = f"probe over {bound} rows: no filter sent"
+        stats.dynamic_filter = f"{stats.dynamic_filter}; {note}" if stats.dynamic_filter else note
         rest = self._counted(fragment.name, handle, batches)
         chained = pa.RecordBatchReader.from_batches(handle.schema, _chain(held, rest))
         con.register(fragment.name, chained)
@@ -326,10 +355,14 @@ class FederatedRun(QueryHandle):
     ) -> tuple[CompiledStatement, dict[str, Any]]:
         """The target fragment reading only rows whose key is one of `keys`: an IN list
         of bound parameters, its length rounded up to a power of two (the last key
-        repeated) so that a source sees few distinct statements."""
+        repeated) so that a source sees few distinct statements, within the parameters
+        its source takes (`_probe` sent no more keys than that)."""
+        side = self.source.sides[fragment.connection]
+        room = side.max_parameters - len(fragment.compiled.param_names)
         size = 1
         while size < len(keys):
             size *= 2
+        size = max(len(keys), min(size, room), 1)
         with fragment.lock:
             compiled = fragment.variants.get(size)
         if compiled is None:
