@@ -599,6 +599,8 @@ class QueryEngine:
                             call = _noted_call(ctx, request)
                             if call is not None and tracked is not None:
                                 call.fingerprint = tracked.fingerprint
+                                # An administrator's cancel goes to the task reading now.
+                                tracked.task = asyncio.current_task()
                         if call is not None:
                             if isinstance(item, Summary):
                                 call.rows, call.from_cache = item.rows, item.from_cache
