@@ -500,6 +500,8 @@ def test_openapi_lists_every_route_and_nothing_else(rest: RestGateway) -> None:
     }
     assert documented == served
     assert len(served) == len(ENDPOINTS)
+    operations = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(set(operations)) == len(ENDPOINTS)
 
 
 # -- running queries ------------------------------------------------------------------------
