@@ -116,6 +116,16 @@ class BufferedHandle(QueryHandle):
         self._reader = None
 
 
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A connector's pool now: connections lent to queries, idle in the pool, and
+    callers waiting for one."""
+
+    in_use: int
+    idle: int
+    waiting: int
+
+
 class Connector(abc.ABC):
     kind: ClassVar[str]
     """The connection kind this connector serves (`duckdb`, `postgres`, ...)."""
@@ -156,6 +166,10 @@ class Connector(abc.ABC):
         """Queries this connector runs at once: its pool's size; None when it has no bound
         of its own. The engine admits no more than this many at a time and keeps some of
         them for queries proven short, so long scans cannot take every connection."""
+        return None
+
+    def pool_stats(self) -> PoolStats | None:
+        """Its pool's figures (metrics); None for a connector without a pool."""
         return None
 
     async def execute_small(

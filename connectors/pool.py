@@ -61,6 +61,7 @@ class BoundedPool(Generic[T]):
         self._cond = threading.Condition()
         self._idle: list[tuple[float, T]] = []  # (returned at, connection), oldest first
         self._size = 0  # connections in existence: idle + lent out + being opened
+        self._waiting = 0  # callers of `acquire` waiting for a connection
         self._closed = False
 
     @property
@@ -72,6 +73,12 @@ class BoundedPool(Generic[T]):
     def idle(self) -> int:
         with self._cond:
             return len(self._idle)
+
+    def figures(self) -> tuple[int, int, int]:
+        """(lent out or being opened, idle, callers waiting), read at once."""
+        with self._cond:
+            idle = len(self._idle)
+            return self._size - idle, idle, self._waiting
 
     def acquire(self, timeout: float | None = None) -> T:
         """An open connection; PoolTimeout when none is free within the pool timeout (or
@@ -99,7 +106,11 @@ class BoundedPool(Generic[T]):
                             f"every one of the {self.max_size} pooled connections stayed busy "
                             f"for {wait:g}s; try again or raise pool_max"
                         )
-                    self._cond.wait(remaining)
+                    self._waiting += 1
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._waiting -= 1
             for conn in stale:
                 self._discard(conn)
             if candidate is None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
-from connectors.base import Connector, ConnectorConfig
+from connectors.base import Connector, ConnectorConfig, PoolStats
 from connectors.pool import BoundedPool, PoolTimeout
 from fabric.errors import InvalidArgument, SourceUnavailable
 
@@ -88,6 +88,9 @@ class PooledConnector(Connector, Generic[C]):
     @property
     def capacity(self) -> int:
         return self._pool.max_size
+
+    def pool_stats(self) -> PoolStats:
+        return PoolStats(*self._pool.figures())
 
     @abc.abstractmethod
     def _connect(self) -> C:

@@ -93,6 +93,19 @@ class Settings:
     """debug, info, warning or error (FABRIC_LOG_LEVEL)."""
     log_format: str = "text"
     """text or json: one JSON object per line (FABRIC_LOG_FORMAT)."""
+    otel_endpoint: str = ""
+    """OTLP/HTTP collector the process sends its traces to (FABRIC_OTEL_ENDPOINT, e.g.
+    `http://otel-collector:4318`; spans go to `<endpoint>/v1/traces`); unset: no tracing
+    at all. The exporter's standard OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT and
+    _CERTIFICATE variables apply."""
+    otel_service_name: str = ""
+    """service.name of this process's spans (FABRIC_OTEL_SERVICE_NAME); unset:
+    `fabric-<role>` (fabric-platform, fabric-runtime, fabric-all)."""
+    access_log: bool = True
+    """One line per call on the `fabric.access` logger (FABRIC_ACCESS_LOG): request id,
+    protocol, method, status, principal, tenant, stage, connection, statement
+    fingerprint, rows, bytes, cache, duration; never a value. false: no lines (request
+    ids are still returned to callers)."""
     max_rows: int = 10_000_000
     """Cap on rows one query may return (FABRIC_MAX_ROWS); also the default."""
     max_result_bytes: int = 256 * MIB

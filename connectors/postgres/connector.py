@@ -18,6 +18,7 @@ from connectors.base import (
     Connector,
     ConnectorConfig,
     ParamStyle,
+    PoolStats,
     QueryHandle,
     check_execute_arguments,
 )
@@ -129,6 +130,14 @@ class PostgresConnector(Connector):
     @property
     def capacity(self) -> int:
         return self._pool_max
+
+    def pool_stats(self) -> PoolStats:
+        pool = self._pool
+        if pool is None:
+            return PoolStats(0, 0, 0)
+        stats = pool.get_stats()  # a copy of psycopg_pool's counters, under its lock
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return PoolStats(max(0, size - idle), idle, stats.get("requests_waiting", 0))
 
     # -- connections --------------------------------------------------------------------
 

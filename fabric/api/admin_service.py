@@ -4,6 +4,8 @@ runtime replica of the stage answers too (`fabric.messaging.admin_rpc`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
 from fabric.api.query_service import ContextProvider, unary_rpc
@@ -44,24 +46,36 @@ def admin_stage(requested: str | None, ctx: RequestContext) -> str:
     return subject_token(requested or ctx.stage, "stage")
 
 
+@dataclass(frozen=True, slots=True)
+class RunningListing:
+    queries: list[RunningQueryView]
+    """Oldest first."""
+    replicas: list[str]
+    """The replicas that answered."""
+    truncated: bool
+    """A replica had more running queries than one answer holds (it sent its oldest)."""
+
+
 async def list_running(
     queries: QueryList,
     cluster: RunningQueriesClient | None,
     ctx: RequestContext,
     stage: str | None,
-) -> tuple[list[RunningQueryView], list[str]]:
-    """The tenant's queries running in `stage`, oldest first (this process's, and with a
-    `cluster` every runtime replica's), and the replicas that answered. Both doors (gRPC
-    AdminService, the REST API) call this."""
+) -> RunningListing:
+    """The tenant's queries running in `stage` (this process's, and with a `cluster`
+    every runtime replica's). Both doors (gRPC AdminService, the REST API) call this."""
     stage = admin_stage(stage, ctx)
     views = {view.id: view for view in queries.list(ctx.tenant, stage)}
     replicas = {queries.replica}
+    truncated = False
     if cluster is not None:
         gathered = await cluster.list(ctx.tenant, stage)
         replicas.update(gathered.replicas)
+        truncated = gathered.truncated
         for view in gathered.queries:
             views.setdefault(view.id, view)
-    return sorted(views.values(), key=lambda view: view.started_at), sorted(replicas)
+    ordered = sorted(views.values(), key=lambda view: view.started_at)
+    return RunningListing(ordered, sorted(replicas), truncated)
 
 
 async def cancel_running(
@@ -109,9 +123,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         ctx: RequestContext,
         context: grpc.aio.ServicerContext,
     ) -> pb.ListRunningQueriesResponse:
-        views, replicas = await list_running(self.queries, self.cluster, ctx, request.stage)
+        listing = await list_running(self.queries, self.cluster, ctx, request.stage)
         return pb.ListRunningQueriesResponse(
-            queries=[running_query_proto(view) for view in views], replicas=replicas
+            queries=[running_query_proto(view) for view in listing.queries],
+            replicas=listing.replicas,
+            truncated=listing.truncated,
         )
 
     @unary_rpc

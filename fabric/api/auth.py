@@ -21,7 +21,7 @@ from fabric.errors import FabricError, InternalError, PermissionDenied
 from fabric.security.authz import (
     TokenVerifierLike,
     authorize,
-    context_from_metadata,
+    bearer_token,
     is_public,
 )
 
@@ -34,6 +34,12 @@ audit trail; called off the event loop)."""
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "fabric_request_context", default=None
 )
+
+
+def current_identity() -> RequestContext | None:
+    """The verified caller of the call this task serves (None before authentication,
+    for a public method, or with authentication off)."""
+    return _CURRENT.get()
 
 
 def verified_context(_: grpc.aio.ServicerContext) -> RequestContext:
@@ -137,10 +143,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     refused for its role is told to `on_refused` (the audit trail) before the refusal."""
 
     def __init__(
-        self, verifier: TokenVerifierLike, on_refused: RefusalRecorder | None = None
+        self,
+        verifier: TokenVerifierLike,
+        on_refused: RefusalRecorder | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_failure(reason)` counts each refusal (`AUTH_FAILURE_REASONS` of
+        `fabric.observability.metrics`)."""
         self._verifier = verifier
         self._on_refused = on_refused
+        self._on_failure = on_failure
 
     async def intercept_service(
         self,
@@ -151,12 +163,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         ctx: RequestContext | None = None
+        reason = "missing_token"
         try:
             if not is_public(details.method):
-                ctx = context_from_metadata(details.invocation_metadata, self._verifier)
+                token = bearer_token(details.invocation_metadata)
+                reason = "invalid_token"
+                ctx = self._verifier.verify(token)
+                reason = "role"
                 authorize(details.method, ctx)
         except FabricError as error:
             _CURRENT.set(None)
+            if self._on_failure is not None:
+                if reason == "invalid_token" and isinstance(error, PermissionDenied):
+                    reason = "wrong_stage"  # a genuine token of another stage (a replica)
+                self._on_failure(reason)
             record = None
             if isinstance(error, PermissionDenied) and ctx is not None and self._on_refused:
                 record = functools.partial(self._on_refused, ctx, details.method, error)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from connectors.workers import CONTROL
+from fabric.api.access import AccessLogInterceptor
 from fabric.api.admin_service import AdminServicer
 from fabric.api.auth import LOCAL_ADMIN, AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.flight.service import FlightSqlService
@@ -41,6 +42,7 @@ from fabric.errors import (
     PermissionDenied,
 )
 from fabric.messaging.platform_events import Announcements
+from fabric.observability.access import AccessLog
 from fabric.platform.departure import EnginePurger, StaleMetadataSweeper
 from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
@@ -321,6 +323,7 @@ class Gateway:
         self._admission = CallAdmission()
         self._verifier = verifier
         self._refusals = refusal_recorder(platform.manager.store)
+        self.access = AccessLog(self.settings.access_log)
         self._interceptors = self._call_interceptors()
         query_callers = context_provider if serves_apps else refusing_apps(context_provider)
         self._servicer = QueryServicer(engine, query_callers, execute)
@@ -369,14 +372,16 @@ class Gateway:
         self.metrics_port: int | None = None
         self.metrics_host = "127.0.0.1"
 
-    def _call_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The interceptors of one server: authentication first (an unauthenticated
-        caller's request is never decoded; a verified caller refused for its role is on
-        the audit trail), then the call guard. Each server gets its own guard (it caches
-        handlers by method name); all share one admission."""
+    def _call_interceptors(self, protocol: str = "grpc") -> list[grpc.aio.ServerInterceptor]:
+        """The interceptors of one server: the access log around everything (a refused
+        call is logged too), authentication (an unauthenticated caller's request is never
+        decoded; a verified caller refused for its role is on the audit trail), then the
+        call guard. Each server gets its own guard (it caches handlers by method name);
+        all share one admission."""
         return [
+            AccessLogInterceptor(self.access, protocol),
             *(
-                [AuthInterceptor(self._verifier, self._refusals)]
+                [AuthInterceptor(self._verifier, self._refusals, self.engine.metrics.auth_failure)]
                 if self._verifier is not None
                 else []
             ),
@@ -484,7 +489,8 @@ class Gateway:
     async def _start_flight(self, address: str) -> int:
         """The Flight SQL server: its own port, the same interceptors, TLS and limits."""
         server = grpc.aio.server(
-            options=channel_options(self.settings), interceptors=self._call_interceptors()
+            options=channel_options(self.settings),
+            interceptors=self._call_interceptors("flight_sql"),
         )
         self.flight.add_to_server(server)
         credentials = server_credentials(self.settings)

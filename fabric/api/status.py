@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from fabric import errors
+from fabric.observability.access import REQUEST_ID_HEADER, current_call
 
 STATUSES: dict[type[errors.FabricError], tuple[grpc.StatusCode, int]] = {
     # error class:                  (gRPC status,                         HTTP status)
@@ -71,6 +72,9 @@ async def abort_with(context: grpc.aio.ServicerContext, error: errors.FabricErro
     """End the call with `error`'s status and message, its code (and SQLSTATE, if any)
     in the trailing metadata. Raises grpc.aio.AbortError, as `context.abort` does."""
     metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, error.code)]
+    call = current_call()
+    if call is not None:
+        metadata.append((REQUEST_ID_HEADER, call.request_id))
     if error.sqlstate:
         metadata.append((SQLSTATE_KEY, error.sqlstate))
     if error.retry_after is not None:

@@ -59,6 +59,7 @@ from fabric.config import Settings
 from fabric.errors import FailedPrecondition, InvalidArgument
 from fabric.messaging.bus import subject_token
 from fabric.messaging.platform_events import PlatformEventApplier, PlatformEventPublisher
+from fabric.observability import tracing
 from fabric.results.memory import tune_allocators
 
 
@@ -187,6 +188,7 @@ class PlatformProcess:
     async def stop(self, grace: float = 10.0) -> None:
         try:
             await self.gateway.stop(grace)
+            await asyncio.to_thread(tracing.flush)
         finally:
             if self.publisher is not None:
                 await self.publisher.stop()
@@ -252,6 +254,7 @@ class RuntimeProcess:
                 stage=stage,
                 replica_id=process.replica_id,
                 max_concurrent=settings.bus_max_concurrent,
+                access=process.gateway.access,
             )
             process.gateway.engine.queries.rename(process.replica_id)
             process.admin = AdminResponder(
@@ -347,6 +350,7 @@ class RuntimeProcess:
         finally:
             try:
                 await self.gateway.stop(grace)
+                await asyncio.to_thread(tracing.flush)
             finally:
                 await self.bus.close()
 
@@ -381,6 +385,11 @@ async def open_process(
     query API of `stage` only. The allocators are set up first, so that memory freed
     after a load can be given back (`fabric.results.memory.tune_allocators`)."""
     tune_allocators()
+    # Traces only with FABRIC_OTEL_ENDPOINT (one exporter per Python process).
+    if settings.otel_endpoint and not tracing.tracing_enabled():
+        tracing.configure_tracing(
+            settings.otel_endpoint, settings.otel_service_name or f"fabric-{role}"
+        )
     address = listen or settings.listen
     if role == ProcessRole.RUNTIME:
         if not stage:

@@ -63,11 +63,15 @@ _FIELDS = frozenset(RunningQueryView.__dataclass_fields__)
 
 
 class StageQueries:
-    """What a LIST gathered: the queries, oldest first, and the replicas that answered."""
+    """What a LIST gathered: the queries, oldest first, the replicas that answered, and
+    whether a replica listed only its oldest (more than one message holds)."""
 
-    def __init__(self, queries: list[RunningQueryView], replicas: list[str]) -> None:
+    def __init__(
+        self, queries: list[RunningQueryView], replicas: list[str], truncated: bool = False
+    ) -> None:
         self.queries = queries
         self.replicas = replicas
+        self.truncated = truncated
 
 
 def _encode(value: dict[str, Any]) -> bytes:
@@ -157,13 +161,19 @@ class AdminResponder:
         if len(tokens) != 5 or tokens[1] != tenant or tokens[3] != ADMIN_REPLY_KIND:
             self.sealer.reject(RejectReason.MALFORMED, reply, 0)
             return
-        views = self.queries.list(tenant, self.stage)
-        body = _encode(
-            {"replica": self.queries.replica, "queries": [asdict(view) for view in views]}
-        )
-        sealed = self.sealer.seal(
-            body, tenant=tenant, stage=self.stage, subject=reply, purpose=Purpose.ADMIN_REPLY
-        )
+        listed = [asdict(view) for view in self.queries.list(tenant, self.stage)]
+        truncated = False
+        while True:
+            body = _encode(
+                {"replica": self.queries.replica, "queries": listed, "truncated": truncated}
+            )
+            sealed = self.sealer.seal(
+                body, tenant=tenant, stage=self.stage, subject=reply, purpose=Purpose.ADMIN_REPLY
+            )
+            if len(sealed) <= self.bus.max_payload or not listed:
+                break
+            # More than one message holds: the oldest half that fits (oldest first).
+            listed, truncated = listed[: len(listed) // 2], True
         try:
             await self.bus.publish(reply, sealed)
         except FabricError as error:  # the asker is gone, or the list is too long
@@ -236,6 +246,7 @@ class RunningQueriesClient:
             await subscription.unsubscribe()
         queries: list[RunningQueryView] = []
         replicas: list[str] = []
+        truncated = False
         for answer in answers:
             try:
                 views = [_view(value) for value in answer.get("queries", [])]
@@ -243,10 +254,11 @@ class RunningQueriesClient:
                 log.warning("a replica's running-queries answer was malformed; left out")
                 continue
             replicas.append(str(answer.get("replica", "")))
+            truncated = truncated or answer.get("truncated") is True
             # A replica answers only for the tenant and stage asked (the seal binds them).
             queries.extend(v for v in views if v.tenant == tenant and v.stage == stage)
         queries.sort(key=lambda view: view.started_at)
-        return StageQueries(queries, sorted(replicas))
+        return StageQueries(queries, sorted(replicas), truncated)
 
     async def cancel(self, tenant: str, stage: str, query_id: str) -> str:
         """Cancel the query on its replica; the replica's id. NotFound when no replica of

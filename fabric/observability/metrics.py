@@ -1,4 +1,9 @@
-"""Prometheus metrics of one gateway. Labels carry outcomes and kinds, never values."""
+"""Prometheus metrics of one gateway. Labels carry outcomes and kinds, never values.
+
+Label cardinality is bounded: outcomes, reasons and kinds are fixed sets; the `connection`
+label (pool gauges, latency by connection) takes only names of connections an
+administrator created and that a query resolved (a name a caller merely asked for never
+becomes a label), with their tenant and stage: as many series as connections."""
 
 from __future__ import annotations
 
@@ -154,6 +159,12 @@ BUS_COUNTERS = {
     "bus_events_ignored": "Platform events with nothing to apply here (keys rotated).",
 }
 TRUNCATION_REASONS = ("rows", "bytes")
+AUTH_FAILURE_REASONS = ("missing_token", "invalid_token", "wrong_stage", "role")
+"""Why a call was refused before it ran: no usable `authorization: Bearer` metadata, a
+token that does not verify (signature, issuer, audience, lifetime), a token of another
+stage on a runtime replica, a role below the method's."""
+PoolFigures = tuple[str, str, str, int, int, int]
+"""(tenant, connection, stage, in use, idle, waiting) of one source's connection pool."""
 BUS_REJECT_REASONS = ("integrity", "oversized", "malformed", "expired", "duplicate", "unexpected")
 
 
@@ -217,6 +228,43 @@ class _SnapshotCollector(Collector):
             yield from _bus_metrics(values)
 
 
+class _PoolCollector(Collector):
+    """Pool gauges of the sources held now, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], Iterable[PoolFigures]]] = []
+
+    def add(self, source: Callable[[], Iterable[PoolFigures]]) -> None:
+        self._sources.append(source)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["tenant", "connection", "stage"]
+        families = {
+            "in_use": GaugeMetricFamily(
+                "fabric_pool_connections_in_use",
+                "Connections of a source's pool lent to queries (or being opened).",
+                labels=labels,
+            ),
+            "idle": GaugeMetricFamily(
+                "fabric_pool_connections_idle",
+                "Connections idle in a source's pool.",
+                labels=labels,
+            ),
+            "waiting": GaugeMetricFamily(
+                "fabric_pool_waiting",
+                "Queries waiting for a connection of a source's pool.",
+                labels=labels,
+            ),
+        }
+        for source in list(self._sources):
+            for tenant, connection, stage, in_use, idle, waiting in source():
+                key = [tenant, connection, stage]
+                families["in_use"].add_metric(key, float(in_use))
+                families["idle"].add_metric(key, float(idle))
+                families["waiting"].add_metric(key, float(waiting))
+        yield from families.values()
+
+
 class GatewayMetrics:
     def __init__(self, snapshot: Snapshot) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -242,8 +290,38 @@ class GatewayMetrics:
         )
         for reason in TRUNCATION_REASONS:
             self.truncated.labels(reason)  # shown at 0 before the first one
+        self.auth_failures = Counter(
+            "fabric_auth_failures",
+            "Calls refused by authentication or authorization, by reason: "
+            + ", ".join(AUTH_FAILURE_REASONS)
+            + ".",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
+        self.connection_latency = Histogram(
+            "fabric_connection_query_seconds",
+            "Time per query streamed (gRPC Execute, Flight SQL), by the connection it ran "
+            "on and its outcome (ok, an error code, cancelled).",
+            ["tenant", "connection", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._pools = _PoolCollector()
+        self.registry.register(self._pools)
         self._collector = _SnapshotCollector(snapshot)
         self.registry.register(self._collector)
+
+    def auth_failure(self, reason: str) -> None:
+        """Count a refused call (`reason` one of AUTH_FAILURE_REASONS); any door calls it."""
+        if reason not in AUTH_FAILURE_REASONS:
+            raise ValueError(f"unknown authentication failure reason {reason!r}")
+        self.auth_failures.labels(reason).inc()
+
+    def add_pools(self, source: Callable[[], Iterable[PoolFigures]]) -> None:
+        """Report the pools `source` lists at each scrape."""
+        self._pools.add(source)
 
     def add_snapshot(self, snapshot: Snapshot) -> None:
         """Read more figures at scrape time (another component's purge counts, say); each

@@ -70,6 +70,8 @@ from fabric.errors import (
     QueryRejected,
     SelectionChanged,
 )
+from fabric.observability import tracing
+from fabric.observability.access import CallRecord, current_call
 from fabric.observability.logging import MAX_LOGGED_PARAMS, mask_literals, shorten
 from fabric.observability.metrics import GatewayMetrics
 from fabric.query.admission import Admission, AdmissionLimits, Claim
@@ -243,6 +245,7 @@ class QueryEngine:
         self._stopping: set[Future[None]] = set()
         self._stopping_lock = threading.Lock()
         self.metrics = GatewayMetrics(self.snapshot)
+        self.metrics.add_pools(self.sources.pool_figures)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -351,7 +354,8 @@ class QueryEngine:
             memory=memory,
         )
         self.give_back.bind(asyncio.get_running_loop())
-        admitted = await self.admission.admit(claim, budget.until)
+        with tracing.span("fabric.admission", {"fabric.short": short}):
+            admitted = await self.admission.admit(claim, budget.until)
         return admitted, self.lanes.of(bound.connector).hold(admitted.release)
 
     async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
@@ -388,17 +392,21 @@ class QueryEngine:
             "max_rows": max_rows,
         }
         compiled = self.statements.lookup(**key)
-        if compiled is None:
-            compile_statement = functools.partial(self.statements.get_or_compile, **key)
-            if len(request.sql) <= INLINE_COMPILE_LENGTH:
-                compiled = compile_statement()
-            else:
-                # A long text may take a parse of tenths of a second even within the
-                # query limits; the event loop keeps serving other calls meanwhile. A
-                # caller gone before the compile starts cancels it.
-                loop = asyncio.get_running_loop()
-                compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
+        with tracing.span("fabric.compile", {"fabric.cache_hit": compiled is not None}):
+            if compiled is None:
+                compiled = await self._compile_new(request, key)
         return bound, compiled
+
+    async def _compile_new(self, request: QueryRequest, key: dict[str, Any]) -> CompiledStatement:
+        """Compile a text the statement cache does not hold."""
+        compile_statement = functools.partial(self.statements.get_or_compile, **key)
+        if len(request.sql) <= INLINE_COMPILE_LENGTH:
+            return compile_statement()
+        # A long text may take a parse of tenths of a second even within the query
+        # limits; the event loop keeps serving other calls meanwhile. A caller gone
+        # before the compile starts cancels it.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compile_executor, compile_statement)
 
     async def prepare(self, ctx: RequestContext, request: QueryRequest) -> CompiledStatement:
         """Compile and check a query without running it (the statement cache keeps the
@@ -569,12 +577,36 @@ class QueryEngine:
         one Summary. The query is in the list of running queries while it runs; one an
         administrator cancels ends with `Cancelled`, stopped at its source first."""
         started = time.perf_counter()
-        with self.queries.track(
-            ctx, request.connection, request.sql, protocol=request.protocol, kind=STREAM
-        ) as tracked:
+        call = _noted_call(ctx, request)
+        with (
+            self.queries.track(
+                ctx,
+                request.connection,
+                request.sql,
+                protocol=request.protocol,
+                kind=STREAM,
+                request_id=call.request_id if call is not None else "",
+            ) as tracked,
+            tracing.span("fabric.query", _query_attributes(request)) as traced,
+        ):
             try:
                 async with aclosing(self._execute(ctx, request, deadline, tracked)) as items:
                     async for item in items:
+                        # The call reading may not be the one that started the query
+                        # (Flight SQL: GetFlightInfo starts it, DoGet reads it).
+                        reader = current_call()
+                        if reader is not call and reader is not None:
+                            call = _noted_call(ctx, request)
+                            if call is not None and tracked is not None:
+                                call.fingerprint = tracked.fingerprint
+                        if call is not None:
+                            if isinstance(item, Summary):
+                                call.rows, call.from_cache = item.rows, item.from_cache
+                            else:
+                                call.bytes += len(item)
+                        if isinstance(item, Summary):
+                            traced.set("fabric.rows", item.rows)
+                            traced.set("fabric.from_cache", item.from_cache)
                         yield item
             except asyncio.CancelledError:
                 self._raise_if_cancelled_here(ctx, request, started)
@@ -606,8 +638,7 @@ class QueryEngine:
             max_bytes = self._max_bytes(request.max_bytes)
             ttl = self._ttl(request.cache_ttl)
             bound, compiled, args = await self._compile(ctx, request, max_rows)
-            if tracked is not None:
-                tracked.fingerprint = compiled.fingerprint
+            _note_compiled(tracked, compiled)
             ticket = self._admit(ctx, bound, compiled, STREAM)
             if ttl <= 0:
                 # aclosing: a caller that stops reading stops the source now, not when
@@ -701,12 +732,17 @@ class QueryEngine:
             outcome = "cancelled"
             raise
         finally:
+            elapsed = time.perf_counter() - started
             if ticket is not None:
                 self.running.release(ticket)
+                # Only a connection the query resolved is a label (bounded: see metrics).
+                self.metrics.connection_latency.labels(
+                    ctx.tenant, ticket.grant.connection, outcome
+                ).observe(elapsed)
             self.metrics.queries.labels("execute", outcome, request.protocol).inc()
             self.metrics.latency.labels(
                 "execute", "cache" if from_cache else "source", request.protocol
-            ).observe(time.perf_counter() - started)
+            ).observe(elapsed)
 
     def _read_checked(self, run: SourceRun, ticket: Ticket) -> list[bytes] | None:
         """The next messages of `run` (a worker thread's call), if the query is still
@@ -764,9 +800,10 @@ class QueryEngine:
         admitted, calls = await self._admission(ctx, bound, compiled, budget)
         if tracked is not None:
             tracked.phase = PHASE_RUNNING
+        stream = self._traced_stream if tracing.tracing_enabled() else self._stream
         try:
             async with aclosing(
-                self._stream(
+                stream(
                     admitted,
                     calls,
                     ticket,
@@ -786,6 +823,47 @@ class QueryEngine:
                     yield item
         finally:
             calls.release()
+
+    async def _traced_stream(
+        self,
+        admitted: AdmissionTicket,
+        calls: LaneCalls,
+        ticket: Ticket,
+        bound: BoundSource,
+        compiled: CompiledStatement,
+        args: tuple[Any, ...],
+        budget: Budget,
+        max_bytes: int,
+        started: float,
+        builder: ResultBuilder | None,
+        on_complete: Callable[[SourceRun], None] | None,
+        on_uncacheable: Callable[[], None] | None,
+        tracked: RunningQuery | None,
+    ) -> AsyncGenerator[bytes | Summary, None]:
+        """`_stream` inside a `fabric.source` span (only while tracing is on: off, the
+        engine streams without this extra step per message)."""
+        with tracing.span("fabric.source", _source_attributes(bound)) as traced:
+            async with aclosing(
+                self._stream(
+                    admitted,
+                    calls,
+                    ticket,
+                    bound,
+                    compiled,
+                    args,
+                    budget,
+                    max_bytes,
+                    started,
+                    builder,
+                    on_complete,
+                    on_uncacheable,
+                    tracked,
+                )
+            ) as items:
+                async for item in items:
+                    if isinstance(item, Summary):
+                        traced.set("fabric.rows", item.rows)
+                    yield item
 
     async def _stream(
         self,
@@ -897,13 +975,23 @@ class QueryEngine:
         deadline: float | None = None,
     ) -> Page:
         started = time.perf_counter()
+        call = _noted_call(ctx, request)
         with self.queries.track(
-            ctx, request.connection, request.sql, protocol=request.protocol, kind=STATEMENT
+            ctx,
+            request.connection,
+            request.sql,
+            protocol=request.protocol,
+            kind=STATEMENT,
+            request_id=call.request_id if call is not None else "",
         ) as tracked:
             try:
-                return await self._open_statement(
+                page = await self._open_statement(
                     ctx, request, page_rows, deadline, started, tracked
                 )
+                if call is not None:
+                    call.rows, call.bytes = page.rows, len(page.arrow_ipc)
+                    call.from_cache = page.summary is not None and page.summary.from_cache
+                return page
             except FabricError as error:
                 log_failure(ctx, request, error, started)
                 raise
@@ -926,8 +1014,8 @@ class QueryEngine:
         ttl = self._ttl(request.cache_ttl)
         await self._check_statement_room(ctx)
         bound, compiled, args = await self._compile(ctx, request, max_rows)
+        _note_compiled(tracked, compiled)
         if tracked is not None:
-            tracked.fingerprint = compiled.fingerprint
             tracked.phase = PHASE_RUNNING
         ticket = self._admit(ctx, bound, compiled, STATEMENT)
         try:
@@ -1155,6 +1243,10 @@ class QueryEngine:
                     missing_ok=True,
                 )
                 await self._settled(self._in_background(close), failed.budget)
+        call = current_call()
+        if call is not None:
+            call.identify(ctx.principal, ctx.tenant, ctx.stage)
+            call.rows, call.bytes = rows, len(data)
         return Page(statement_id, data, rows, pager.done, summary)
 
     async def close_statement(self, ctx: RequestContext, statement_id: str) -> None:
@@ -1281,6 +1373,44 @@ def log_failure(
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         },
     )
+
+
+def _query_attributes(request: QueryRequest) -> dict[str, str | bool | int | float] | None:
+    """The `fabric.query` span's attributes (None while tracing is off: nothing built)."""
+    if not tracing.tracing_enabled():
+        return None
+    return {"fabric.connection": shorten(request.connection), "fabric.protocol": request.protocol}
+
+
+def _source_attributes(bound: BoundSource) -> dict[str, str | bool | int | float] | None:
+    """The `fabric.source` span's attributes: the connector's kind and the connection's
+    name (None while tracing is off)."""
+    if not tracing.tracing_enabled():
+        return None
+    return {
+        "db.system": bound.connector.kind,
+        "fabric.connection": shorten(bound.connection.name),
+        "fabric.stage": bound.stage,
+    }
+
+
+def _noted_call(ctx: RequestContext, request: QueryRequest) -> CallRecord | None:
+    """The access-log record of the call this query serves (who asks, on which
+    connection), if its door opened one."""
+    call = current_call()
+    if call is not None:
+        call.identify(ctx.principal, ctx.tenant, ctx.stage)
+        call.connection = shorten(request.connection)
+    return call
+
+
+def _note_compiled(tracked: RunningQuery | None, compiled: CompiledStatement) -> None:
+    """The statement's fingerprint, in the running query and the call's access record."""
+    if tracked is not None:
+        tracked.fingerprint = compiled.fingerprint
+    call = current_call()
+    if call is not None:
+        call.fingerprint = compiled.fingerprint
 
 
 def _revocation_of(pager: PagedResult) -> SelectionChanged | None:

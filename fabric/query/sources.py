@@ -168,6 +168,18 @@ class SourceRegistry:
             self._close(previous[0].connector)
         return bound
 
+    def pool_figures(self) -> list[tuple[str, str, str, int, int, int]]:
+        """(tenant, connection, stage, in use, idle, waiting) of every pooled source held
+        now (metrics; connections that a query resolved only)."""
+        with self._lock:
+            bound = [(key, b.connector) for key, (b, _) in self._bound.items()]
+        figures = []
+        for (tenant, connection, stage), connector in bound:
+            stats = connector.pool_stats()
+            if stats is not None:
+                figures.append((tenant, connection, stage, stats.in_use, stats.idle, stats.waiting))
+        return figures
+
     def held(self) -> list[tuple[str, str, str]]:
         """The (tenant, connection, stage) whose metadata and connector are held now."""
         with self._lock:

@@ -233,10 +233,13 @@ def run_queries(args: argparse.Namespace, client: FabricClient, out: Out = print
         out(f"cancelled {args.id} on {replica}")
         return
     answer = client.list_running_queries(args.stage or "")
-    out("id\telapsed_s\tphase\trows\tprincipal\tconnection\tprotocol\tsql")
+    out("id\trequest_id\telapsed_s\tphase\trows\tprincipal\tconnection\tprotocol\tsql")
     for query in answer.queries:
         out(
-            f"{query.id}\t{query.elapsed_seconds:.1f}\t{query.phase}\t{query.rows}\t"
+            f"{query.id}\t{query.request_id or '-'}\t{query.elapsed_seconds:.1f}\t"
+            f"{query.phase}\t{query.rows}\t"
             f"{query.principal}\t{query.connection}\t{query.protocol}\t{query.sql_shape}"
         )
     out(f"{len(answer.queries)} running on {', '.join(answer.replicas) or 'no replica'}")
+    if answer.truncated:
+        out("(a replica runs more than one bus message lists: its oldest are shown)")

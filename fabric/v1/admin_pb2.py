@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61\x62ric/v1/admin.proto\x12\tfabric.v1\"\x97\x02\n\x0cRunningQuery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x12\n\nconnection\x18\x06 \x01(\t\x12\x11\n\tsql_shape\x18\x07 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x10\n\x08protocol\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\t\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x12\n\nstarted_at\x18\x0c \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\r \x01(\x01\x12\x0c\n\x04rows\x18\x0e \x01(\x03\x12\x0f\n\x07replica\x18\x0f \x01(\t\"*\n\x19ListRunningQueriesRequest\x12\r\n\x05stage\x18\x01 \x01(\t\"X\n\x1aListRunningQueriesResponse\x12(\n\x07queries\x18\x01 \x03(\x0b\x32\x17.fabric.v1.RunningQuery\x12\x10\n\x08replicas\x18\x02 \x03(\t\"/\n\x12\x43\x61ncelQueryRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\"&\n\x13\x43\x61ncelQueryResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t2\xbf\x01\n\x0c\x41\x64minService\x12\x61\n\x12ListRunningQueries\x12$.fabric.v1.ListRunningQueriesRequest\x1a%.fabric.v1.ListRunningQueriesResponse\x12L\n\x0b\x43\x61ncelQuery\x12\x1d.fabric.v1.CancelQueryRequest\x1a\x1e.fabric.v1.CancelQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61\x62ric/v1/admin.proto\x12\tfabric.v1\"\x97\x02\n\x0cRunningQuery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x12\n\nconnection\x18\x06 \x01(\t\x12\x11\n\tsql_shape\x18\x07 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x10\n\x08protocol\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\t\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x12\n\nstarted_at\x18\x0c \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\r \x01(\x01\x12\x0c\n\x04rows\x18\x0e \x01(\x03\x12\x0f\n\x07replica\x18\x0f \x01(\t\"*\n\x19ListRunningQueriesRequest\x12\r\n\x05stage\x18\x01 \x01(\t\"k\n\x1aListRunningQueriesResponse\x12(\n\x07queries\x18\x01 \x03(\x0b\x32\x17.fabric.v1.RunningQuery\x12\x10\n\x08replicas\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"/\n\x12\x43\x61ncelQueryRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\"&\n\x13\x43\x61ncelQueryResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t2\xbf\x01\n\x0c\x41\x64minService\x12\x61\n\x12ListRunningQueries\x12$.fabric.v1.ListRunningQueriesRequest\x1a%.fabric.v1.ListRunningQueriesResponse\x12L\n\x0b\x43\x61ncelQuery\x12\x1d.fabric.v1.CancelQueryRequest\x1a\x1e.fabric.v1.CancelQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRUNNINGQUERIESREQUEST']._serialized_start=318
   _globals['_LISTRUNNINGQUERIESREQUEST']._serialized_end=360
   _globals['_LISTRUNNINGQUERIESRESPONSE']._serialized_start=362
-  _globals['_LISTRUNNINGQUERIESRESPONSE']._serialized_end=450
-  _globals['_CANCELQUERYREQUEST']._serialized_start=452
-  _globals['_CANCELQUERYREQUEST']._serialized_end=499
-  _globals['_CANCELQUERYRESPONSE']._serialized_start=501
-  _globals['_CANCELQUERYRESPONSE']._serialized_end=539
-  _globals['_ADMINSERVICE']._serialized_start=542
-  _globals['_ADMINSERVICE']._serialized_end=733
+  _globals['_LISTRUNNINGQUERIESRESPONSE']._serialized_end=469
+  _globals['_CANCELQUERYREQUEST']._serialized_start=471
+  _globals['_CANCELQUERYREQUEST']._serialized_end=518
+  _globals['_CANCELQUERYRESPONSE']._serialized_start=520
+  _globals['_CANCELQUERYRESPONSE']._serialized_end=558
+  _globals['_ADMINSERVICE']._serialized_start=561
+  _globals['_ADMINSERVICE']._serialized_end=752
 # @@protoc_insertion_point(module_scope)

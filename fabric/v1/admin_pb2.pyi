@@ -47,12 +47,14 @@ class ListRunningQueriesRequest(_message.Message):
     def __init__(self, stage: _Optional[str] = ...) -> None: ...
 
 class ListRunningQueriesResponse(_message.Message):
-    __slots__ = ("queries", "replicas")
+    __slots__ = ("queries", "replicas", "truncated")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     queries: _containers.RepeatedCompositeFieldContainer[RunningQuery]
     replicas: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, queries: _Optional[_Iterable[_Union[RunningQuery, _Mapping]]] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, queries: _Optional[_Iterable[_Union[RunningQuery, _Mapping]]] = ..., replicas: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CancelQueryRequest(_message.Message):
     __slots__ = ("id", "stage")

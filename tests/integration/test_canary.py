@@ -1,6 +1,7 @@
 """Canaries: a planted password, parameter value and row value go through success,
-rejection, source error, timeout and cancellation, with logging at DEBUG; none of them
-may turn up in a log line, a metric, the metadata store or any file the gateway wrote."""
+rejection, source error, timeout and cancellation, with logging at DEBUG and tracing on;
+none of them may turn up in a log line (the access log's included), a span, a metric, the
+metadata store or any file the gateway wrote."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import generate_latest
 
 from fabric.api.background import BackgroundGateway
@@ -27,6 +31,7 @@ from fabric.app.parts import local_token, open_secret_store, open_store
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.errors import DeadlineExceeded, FailedPrecondition, QueryRejected, SourceQueryError
+from fabric.observability import tracing
 from fabric.observability.logging import JsonFormatter
 from tests.support.pg_instance import PgInstance, private_postgres
 
@@ -167,6 +172,11 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
     root.setLevel(logging.DEBUG)
     settings = Settings(home=home, metrics_port=0, log_level="debug")
     store, secrets = open_store(settings), open_secret_store(settings)
+    # Every span too (recorded in memory), for every path below.
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing.install(provider)
     try:
         gateway = configured_gateway(settings, store, secrets=secrets.get)
         with BackgroundGateway(gateway) as background:
@@ -241,9 +251,19 @@ def test_canaries_never_leave_memory(pg: PgInstance, tmp_path: Path) -> None:
                 assert done.wait(timeout=10)
             metrics = generate_latest(gateway.engine.metrics.registry)
     finally:
+        tracing.install(None)
+        provider.shutdown()
         root.removeHandler(handler)
         root.setLevel(previous_level)
         store.close()
+
+    recorded = spans.get_finished_spans()
+    assert {"fabric.call", "fabric.query", "fabric.source"} <= {s.name for s in recorded}
+    for span in recorded:
+        said = [span.name, str(span.status.description or "")]
+        said += [f"{k}={v}" for k, v in (span.attributes or {}).items()]
+        said += [e.name for e in span.events]
+        assert _leaks("\n".join(said).encode()) == [], span.name
 
     assert _leaks(metrics) == []
     log_text = sink.getvalue()

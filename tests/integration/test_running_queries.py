@@ -12,6 +12,7 @@ is bounded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,29 @@ from tests.support.nats import nats_url, run_bounded
 
 FABRIC = [sys.executable, "-m", "fabric.cli"]
 SLOW_SQL = "SELECT count(*) AS n FROM people WHERE score > :min"
+
+
+class AccessLines(logging.Handler):
+    """The access log's records (every process of the test shares this one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    async def of(self, method: str) -> dict[str, Any]:
+        """The one line of `method` (written as its call ends: waited for)."""
+        found: list[dict[str, Any]] = []
+
+        def written() -> bool:
+            found[:] = [vars(r) for r in list(self.records) if vars(r).get("method") == method]
+            return bool(found)
+
+        await until(written, 10, f"the access-log line of {method}")
+        (line,) = found
+        return line
 
 
 def _waiting_backends(watcher: psycopg.Connection[Any], table: str) -> int:
@@ -68,6 +92,9 @@ def test_an_admin_lists_a_running_query_from_another_process_and_cancels_it_at_t
     developer = local_token(settings, tenant=tenant, stage=stage, role="developer")
     stranger = local_token(settings, tenant=f"{tenant}-x", stage=stage, role="admin")
 
+    lines = AccessLines()
+    logging.getLogger("fabric.access").addHandler(lines)
+
     async def body() -> None:
         with (
             pg_site(postgres_url, tmp_path, tenant, stage) as table,
@@ -94,9 +121,17 @@ def test_an_admin_lists_a_running_query_from_another_process_and_cancels_it_at_t
                     assert code == 0, err
                     rows = [line.split("\t") for line in out.splitlines()[1:-1]]
                     assert len(rows) == 1, out
-                    query_id, _elapsed, phase, rows_sent, principal, connection, protocol, sql = (
-                        rows[0]
-                    )
+                    (
+                        query_id,
+                        request_id,
+                        _elapsed,
+                        phase,
+                        rows_sent,
+                        principal,
+                        connection,
+                        protocol,
+                        sql,
+                    ) = rows[0]
                     owner = next(r for r in runtimes if query_id.startswith(r.replica_id + ":"))
                     assert (phase, rows_sent, connection, protocol) == (
                         "running",
@@ -149,6 +184,15 @@ def test_an_admin_lists_a_running_query_from_another_process_and_cancels_it_at_t
                     with pytest.raises(Cancelled) as told:
                         await asyncio.wait_for(call, 30)
                     assert "administrator cancelled" in told.value.message
+                    # One request id for the call on the platform and on the replica.
+                    platform_line = await lines.of("/fabric.v1.QueryService/Execute")
+                    replica_line = await lines.of("fabric.query")
+                    assert platform_line["request_id"] == replica_line["request_id"] == request_id
+                    assert (platform_line["status"], replica_line["status"]) == (
+                        "CANCELLED",
+                        "cancelled",
+                    )
+                    assert replica_line["protocol"] == "bus"
                     assert owner.engine.queries.snapshot()["running_queries_cancelled"] == 1
                     await until(lambda: len(owner.engine.queries) == 0, 5, "the list to empty")
                     with FabricClient(gateway, admin, timeout=30) as again:
@@ -163,4 +207,7 @@ def test_an_admin_lists_a_running_query_from_another_process_and_cancels_it_at_t
                     if call.done() and not call.cancelled():
                         call.exception()  # retrieved: the test has asserted what it needs
 
-    run_bounded(body(), 120)
+    try:
+        run_bounded(body(), 120)
+    finally:
+        logging.getLogger("fabric.access").removeHandler(lines)

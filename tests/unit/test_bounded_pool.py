@@ -222,3 +222,24 @@ def test_an_idle_connection_its_server_dropped_is_never_lent_however_recently_us
     fresh = pool.acquire()  # at once, not only after check_after
     assert fresh not in (first, second) and first.closed and second.closed
     assert pool.size == 1
+
+
+def test_figures_count_lent_idle_and_waiting_connections() -> None:
+    server = FakeServer()
+    pool = make_pool(server, max_size=1, timeout=30)
+    assert pool.figures() == (0, 0, 0)
+    lent = pool.acquire()
+    assert pool.figures() == (1, 0, 0)
+    got: list[FakeConnection] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    deadline = threading.Event()
+    for _ in range(1000):  # until the second caller waits (bounded: ~10 s)
+        if pool.figures()[2] == 1 or deadline.wait(0.01):
+            break
+    assert pool.figures() == (1, 0, 1)
+    pool.release(lent, reuse=True)
+    waiter.join(timeout=10)
+    assert got == [lent] and pool.figures() == (1, 0, 0)
+    pool.release(got[0], reuse=True)
+    assert pool.figures() == (0, 1, 0)

@@ -33,10 +33,12 @@ def _view(view: RunningQueryView) -> dict[str, Any]:
 
 async def list_running_queries(call: Call) -> Any:
     admin = call.services.admin
-    views, replicas = await list_running(
-        admin.queries, admin.cluster, call.ctx, call.query("stage")
-    )
-    return {"queries": [_view(view) for view in views], "replicas": replicas}
+    listing = await list_running(admin.queries, admin.cluster, call.ctx, call.query("stage"))
+    return {
+        "queries": [_view(view) for view in listing.queries],
+        "replicas": listing.replicas,
+        "truncated": listing.truncated,
+    }
 
 
 async def cancel_running_query(call: Call) -> Any:
@@ -70,7 +72,8 @@ ENDPOINTS = [
     Endpoint(
         "GET", "/api/v1/running", list_running_queries, Role.ADMIN,
         "The tenant's queries running now in a stage (default: the caller's), on every replica",
-        "running", s.obj(queries=s.array(RUNNING_QUERY), replicas=s.array(s.STRING)),
+        "running",
+        s.obj(queries=s.array(RUNNING_QUERY), replicas=s.array(s.STRING), truncated=s.BOOLEAN),
         query={"stage": s.STRING},
     ),
     Endpoint(

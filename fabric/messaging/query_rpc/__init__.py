@@ -18,8 +18,9 @@ Subjects (`<t>` tenant, `<s>` stage; all built with `subject_for`)::
     fabric.<t>.<s>.control.<replica>    credit and cancellation for a replica's requests
 
 Protocol. Every payload is one sealed blob (`BusSealer`; tenant, stage, exact subject
-and purpose bound as context); there are no headers, so nothing readable crosses the
-bus but the subject names and the request id they already carry. A query's messages
+and purpose bound as context); the only header is a REQUEST's W3C `traceparent` while
+tracing is on (`fabric.observability.tracing`: random trace and span ids), so nothing
+readable crosses the bus but the subject names and the ids they already carry. A query's messages
 are one stream under one data key (`fabric.security.envelope.StreamCipher`): the
 forwarder asks the KMS for it once and sends it wrapped in the REQUEST; the replica
 unwraps it once; every other message of the query (replies, acknowledgements,

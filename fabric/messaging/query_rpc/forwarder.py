@@ -40,6 +40,9 @@ from fabric.messaging.query_rpc.wire import (
     split_end,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
+from fabric.observability import tracing
+from fabric.observability.access import current_call
+from fabric.observability.logging import shorten
 from fabric.query.compiler.reader import check_text
 from fabric.query.compiler.statement import check_text_parameters
 from fabric.query.engine import QueryRequest
@@ -285,14 +288,33 @@ class BusQueryForwarder:
         self.stats.requests += 1
         attempt = 0
         outcome = "failed"
+        call = current_call()
+        if call is not None:
+            call.identify(ctx.principal, ctx.tenant, ctx.stage)
+            call.connection = shorten(request.connection)
         try:
             while True:
                 attempt += 1
                 self.stats.attempts += 1
                 attempt_items = self._attempt(ctx, request, deadline, started)
+                forwarding = tracing.span(
+                    "fabric.bus.forward",
+                    {
+                        "messaging.system": "nats",
+                        "fabric.stage": ctx.stage,
+                        "fabric.connection": shorten(request.connection),
+                        "fabric.attempt": attempt,
+                    },
+                )
                 try:
-                    async for item in attempt_items:
-                        yield item
+                    with forwarding:
+                        async for item in attempt_items:
+                            if call is not None:
+                                if isinstance(item, Summary):
+                                    call.rows, call.from_cache = item.rows, item.from_cache
+                                else:
+                                    call.bytes += len(item)
+                            yield item
                     outcome = "completed"
                     return
                 except _Retry as retry:
@@ -345,6 +367,7 @@ class BusQueryForwarder:
             self.window,
             self.timeout / 3,
             self.stall,
+            call.request_id if (call := current_call()) is not None else "",
         )
         frame = Frame(FrameKind.REQUEST, request_id, 0, wire.encode()).encode()
         cipher, sealed = await self._start(request_id, frame, tenant, stage, subject)
@@ -361,7 +384,9 @@ class BusQueryForwarder:
         yielded = False
         try:
             try:
-                answer = await self.bus.request(subject, sealed, self._wait(deadline))
+                answer = await self.bus.request(
+                    subject, sealed, self._wait(deadline), headers=tracing.inject() or None
+                )
             except (SourceUnavailable, DeadlineExceeded) as unanswered:
                 raise _Retry(unanswered) from None
             accepted = self._open(cipher, answer, tenant, stage, inbox.subject)

@@ -46,6 +46,8 @@ from fabric.messaging.query_rpc.wire import (
     stage_query_filter,
 )
 from fabric.messaging.sealing import BusSealer, Purpose, RejectReason
+from fabric.observability import tracing
+from fabric.observability.access import AccessLog, CallRecord
 from fabric.query.engine import QueryEngine, QueryRequest
 from fabric.query.runs import Summary
 from fabric.security.envelope import StreamCipher, stream_id_of
@@ -254,8 +256,12 @@ class RuntimeReplica:
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_request_age: float = DEFAULT_MAX_REQUEST_AGE,
         linger: float = DEFAULT_LINGER,
+        access: AccessLog | None = None,
     ) -> None:
         self.bus = bus
+        # Each query served gets an access-log line (protocol `bus`) under the request id
+        # of the call the platform forwards; without `access`, a record but no line.
+        self.access = access or AccessLog(enabled=False)
         self.engine = engine
         self.stage = subject_token(stage, "stage")
         self.tenants = None if tenants is None else tuple(tenants)
@@ -483,6 +489,20 @@ class RuntimeReplica:
 
     async def _serve(self, serving: _Serving) -> None:
         request = serving.request
+        with (
+            self.access.call("bus", "fabric.query", request.call_id) as record,
+            tracing.span(
+                "fabric.bus.serve",
+                {"messaging.system": "nats", "fabric.replica": self.replica_id},
+                parent=tracing.extract(serving.answer.headers),
+            ) as traced,
+        ):
+            await self._serve_recorded(serving, record)
+            if record.status != "OK":
+                traced.fail(record.status)
+
+    async def _serve_recorded(self, serving: _Serving, record: CallRecord) -> None:
+        request = serving.request
         stream = _ReplyStream(self, serving)
         ctx = RequestContext(
             tenant=request.tenant,
@@ -506,11 +526,13 @@ class RuntimeReplica:
             self.stats.served += 1
         except FabricError as error:
             self.stats.failed += 1
+            record.status = error.code
             ticker.cancel()
             with contextlib.suppress(FabricError):
                 await stream.error(error)
         except _Stalled:
             self.stats.stalled += 1
+            record.status = "stalled"
             ticker.cancel()
             log.warning(
                 "replica %s: query %s got no credit for %gs; cancelled",
@@ -526,6 +548,7 @@ class RuntimeReplica:
                 )
         except asyncio.CancelledError:
             self.stats.cancelled += 1
+            record.status = "cancelled"
             if serving.cancel_reason is None and self.engine.queries.cancelled_here(
                 asyncio.current_task()
             ):
@@ -548,6 +571,7 @@ class RuntimeReplica:
                 raise
         except Exception as error:
             self.stats.failed += 1
+            record.status = "internal"
             ticker.cancel()
             log.error("replica %s: query failed (%s)", self.replica_id, type(error).__name__)
             with contextlib.suppress(FabricError):

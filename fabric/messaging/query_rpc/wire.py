@@ -13,6 +13,7 @@ from typing import Any
 from fabric.context import Role
 from fabric.errors import ALL_ERRORS, FabricError, InternalError, InvalidArgument
 from fabric.messaging.bus import SUBJECT_ROOT, subject_for, subject_token
+from fabric.observability.access import request_id_of
 from fabric.proto_values import params_from_proto, params_to_proto
 from fabric.query.engine import PROTOCOLS, QueryRequest
 from fabric.query.runs import Summary
@@ -215,6 +216,9 @@ class WireRequest:
     window: int
     heartbeat: float
     stall: float
+    call_id: str = ""
+    """The request id of the call the platform forwards (its access-log line and the
+    replica's name the same call)."""
 
     def encode(self) -> bytes:
         head = encode_json(
@@ -233,6 +237,7 @@ class WireRequest:
                 "window": self.window,
                 "heartbeat": self.heartbeat,
                 "stall": self.stall,
+                "call_id": self.call_id,
             }
         )
         params = pb.ExecuteRequest(params=params_to_proto(self.query.params))
@@ -282,6 +287,7 @@ class WireRequest:
                 int(head["window"]),
                 float(head["heartbeat"]),
                 float(head["stall"]),
+                request_id_of(str(head.get("call_id", ""))),
             )
         except (KeyError, TypeError, ValueError):
             raise InvalidArgument("query request head is malformed") from None
