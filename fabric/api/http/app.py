@@ -29,6 +29,8 @@ from fabric.api.http.headers import SecurityHeaders
 from fabric.api.http.responses import error_response, plain_error
 from fabric.context import RequestContext, Role
 from fabric.errors import FabricError, InternalError, PermissionDenied, Unauthenticated
+from fabric.observability import tracing
+from fabric.observability.access import REQUEST_ID_HEADER, current_call
 from fabric.security.authz import require_role
 from fabric.security.signin import APPS_CANNOT_SIGN_IN
 
@@ -38,6 +40,8 @@ STATIC = Path(__file__).parent / "static"
 """The portal's page and assets, shipped in the package."""
 
 _BEARER = "bearer "
+PROTOCOL = "rest"
+"""The REST door's name in the access log, traces and metrics."""
 
 
 def caller_of(request: Request, services: Services) -> RequestContext:
@@ -71,10 +75,13 @@ async def _authorized(call: Call, endpoint: Endpoint) -> None:
         raise
 
 
-async def _run(endpoint: Endpoint, services: Services, request: Request) -> Response:
+async def _answer(endpoint: Endpoint, services: Services, request: Request) -> Response:
     try:
         async with services.admission():
             caller = None if endpoint.role is None else caller_of(request, services)
+            record = current_call()
+            if caller is not None and record is not None:
+                record.identify(caller.principal, caller.tenant, caller.stage)
             call = Call(request, services, caller)
             if endpoint.role is not None:
                 await _authorized(call, endpoint)
@@ -93,6 +100,32 @@ async def _run(endpoint: Endpoint, services: Services, request: Request) -> Resp
     if isinstance(result, Reply):
         return JSONResponse(result.body, status_code=result.status)
     return JSONResponse(result, status_code=endpoint.status)
+
+
+async def _run(endpoint: Endpoint, services: Services, request: Request) -> Response:
+    """One call inside its access-log record and trace span (as a gRPC call's): the
+    caller's `x-request-id` (or a new one) comes back as a response header."""
+    method = f"{endpoint.method} {endpoint.path}"
+    offered = request.headers.get(REQUEST_ID_HEADER)
+    with (
+        services.access.call(PROTOCOL, method, offered) as record,
+        tracing.span(
+            "fabric.call",
+            {"http.request.method": endpoint.method, "http.route": endpoint.path},
+            parent=tracing.extract(dict(request.headers)),
+        ) as traced,
+    ):
+        traced.set("fabric.request_id", record.request_id)
+        try:
+            response = await _answer(endpoint, services, request)
+        except asyncio.CancelledError:
+            record.status = "CANCELLED"  # the caller went away
+            raise
+        if response.status_code >= 400:
+            record.status = str(response.status_code)
+            traced.fail(record.status)
+        response.headers[REQUEST_ID_HEADER] = record.request_id
+        return response
 
 
 def _route(endpoint: Endpoint, services: Services) -> Route:
