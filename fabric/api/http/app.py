@@ -11,6 +11,7 @@ tree; an unexpected one is logged by type only and answered 500 with a fixed tex
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -88,6 +89,9 @@ async def _answer(endpoint: Endpoint, services: Services, request: Request) -> R
             if endpoint.request is not None:
                 call.body = Fields(await read_json(request, services.max_body))
             result = await endpoint.handler(call)
+            reply = result if isinstance(result, Reply) else Reply(result, endpoint.status)
+            # A result of many rows takes a while to write out: off the event loop.
+            body = await asyncio.to_thread(_json, reply.body)
     except FabricError as error:
         return error_response(error)
     except asyncio.CancelledError:
@@ -97,9 +101,11 @@ async def _answer(endpoint: Endpoint, services: Services, request: Request) -> R
         return error_response(
             InternalError("internal error in the gateway; its log names the error type")
         )
-    if isinstance(result, Reply):
-        return JSONResponse(result.body, status_code=result.status)
-    return JSONResponse(result, status_code=endpoint.status)
+    return Response(body, status_code=reply.status, media_type="application/json")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def _run(endpoint: Endpoint, services: Services, request: Request) -> Response:
