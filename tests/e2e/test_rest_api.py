@@ -148,8 +148,12 @@ def test_calls_without_a_valid_token_are_unauthenticated(rest: RestGateway) -> N
         missing = rest.call(endpoint.method, path, None)
         assert missing.status_code == 401, endpoint.path
         assert missing.json()["error"]["code"] == "unauthenticated"
+    failures = rest.engine.metrics.registry.get_sample_value
+    invalid_before = failures("fabric_auth_failures_total", {"reason": "invalid_token"})
     forged = rest.call("GET", "/api/v1/me", None, headers={"Authorization": "Bearer a.b.c"})
     assert forged.status_code == 401
+    invalid_after = failures("fabric_auth_failures_total", {"reason": "invalid_token"})
+    assert invalid_before is not None and invalid_after == invalid_before + 1
     basic = rest.call("GET", "/api/v1/me", None, headers={"Authorization": "Basic eDp5"})
     assert basic.status_code == 401
 

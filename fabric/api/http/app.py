@@ -50,12 +50,19 @@ def caller_of(request: Request, services: Services) -> RequestContext:
     authentication is off (as the gRPC API with FABRIC_AUTH=none)."""
     if services.verifier is None:
         return services.local_identity
+    count = services.engine.metrics.auth_failure
     header = request.headers.get("authorization", "")
     if not header:
+        count("missing_token")
         raise Unauthenticated("no bearer token was presented (Authorization: Bearer <token>)")
-    if not header[: len(_BEARER)].lower() == _BEARER:
+    if header[: len(_BEARER)].lower() != _BEARER:
+        count("missing_token")
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    return services.verifier.verify(header[len(_BEARER) :].strip())
+    try:
+        return services.verifier.verify(header[len(_BEARER) :].strip())
+    except FabricError:
+        count("invalid_token")
+        raise
 
 
 async def _authorized(call: Call, endpoint: Endpoint) -> None:
@@ -68,6 +75,7 @@ async def _authorized(call: Call, endpoint: Endpoint) -> None:
             raise PermissionDenied(APPS_CANNOT_SIGN_IN)
         require_role(ctx, endpoint.role)
     except PermissionDenied as error:
+        call.services.engine.metrics.auth_failure("role")
         method = f"REST {endpoint.method} {endpoint.path}"
         try:
             await asyncio.to_thread(call.services.refusals, ctx, method, error)
