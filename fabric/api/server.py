@@ -356,6 +356,7 @@ class Gateway:
             history=QueryHistory(),
             max_body=self.settings.http_max_body,
             admin=self.running_queries,
+            access=self.access,
         )
         self._http: HttpServer | None = None
         self.http_port: int | None = None

@@ -148,8 +148,12 @@ def test_calls_without_a_valid_token_are_unauthenticated(rest: RestGateway) -> N
         missing = rest.call(endpoint.method, path, None)
         assert missing.status_code == 401, endpoint.path
         assert missing.json()["error"]["code"] == "unauthenticated"
+    failures = rest.engine.metrics.registry.get_sample_value
+    invalid_before = failures("fabric_auth_failures_total", {"reason": "invalid_token"})
     forged = rest.call("GET", "/api/v1/me", None, headers={"Authorization": "Bearer a.b.c"})
     assert forged.status_code == 401
+    invalid_after = failures("fabric_auth_failures_total", {"reason": "invalid_token"})
+    assert invalid_before is not None and invalid_after == invalid_before + 1
     basic = rest.call("GET", "/api/v1/me", None, headers={"Authorization": "Basic eDp5"})
     assert basic.status_code == 401
 
@@ -500,6 +504,8 @@ def test_openapi_lists_every_route_and_nothing_else(rest: RestGateway) -> None:
     }
     assert documented == served
     assert len(served) == len(ENDPOINTS)
+    operations = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(set(operations)) == len(ENDPOINTS)
 
 
 # -- running queries ------------------------------------------------------------------------
@@ -570,3 +576,28 @@ def test_no_value_reaches_the_log(
     )  # fmt: skip
     assert caplog.records, "the failed query was not logged"
     assert canary not in caplog.text and "item 7" not in caplog.text
+
+
+def test_each_call_has_an_access_log_line_and_a_request_id(
+    rest: RestGateway, pg_items: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fabric.access")
+    ok = rest.call(
+        "POST", "/api/v1/query", "developer", headers={"x-request-id": "portal-42"},
+        json={
+            "connection": pg_items, "sql": "SELECT id FROM items WHERE id < :n", "params": {"n": 3}
+        },
+    )  # fmt: skip
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "portal-42"
+    refused = rest.call("GET", "/api/v1/audit", "developer", headers={"x-request-id": "<bad>"})
+    assert refused.status_code == 403
+    fresh = refused.headers["x-request-id"]
+    assert fresh != "<bad>" and len(fresh) == 32
+    lines = {r.request_id: r for r in caplog.records if r.name == "fabric.access"}  # type: ignore[attr-defined]
+    query = lines["portal-42"]
+    assert (query.protocol, query.method, query.status) == (  # type: ignore[attr-defined]
+        "rest", "POST /api/v1/query", "OK"
+    )  # fmt: skip
+    assert query.principal == "developer@example.com" and query.rows == 2  # type: ignore[attr-defined]
+    assert query.connection == pg_items  # type: ignore[attr-defined]
+    assert lines[fresh].status == "403"  # type: ignore[attr-defined]

@@ -75,6 +75,7 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
     ("DELETE", "/api/v1/connections/shop?expected_version=abc", None, 400, "invalid_argument", "'expected_version'"),
     ("POST", "/api/v1/connections/nope/test", {}, 404, "not_found", "nope"),
     ("POST", "/api/v1/connections/shop/test", {"stage": 5}, 400, "invalid_argument", "'stage' must be a string"),
+    ("POST", "/api/v1/connections/shop/test", {"stage": "no stage!"}, 400, "invalid_argument", "stage"),
     ("POST", "/api/v1/connections/nope/discover", {}, 404, "not_found", "nope"),
     ("POST", "/api/v1/connections/shop/discover", {"schemas": "main"}, 400, "invalid_argument", "'schemas' must be an array"),
     ("GET", "/api/v1/connections/nope/entities", None, 404, "not_found", "nope"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -184,3 +185,64 @@ def test_the_demo_serves_the_portal_and_prints_a_sign_in_link(tmp_path: Path) ->
             demo.send_signal(signal.SIGINT)
             rest_of_output = demo.communicate(timeout=60)[0]
         assert demo.returncode == 0, rest_of_output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_fabric_serve_serves_the_portal_and_stops_cleanly(tmp_path: Path) -> None:
+    http_port = _free_port()
+    env = {
+        **os.environ,
+        "FABRIC_HOME": str(tmp_path),
+        "FABRIC_LISTEN": f"127.0.0.1:{_free_port()}",
+        "FABRIC_METRICS_PORT": "0",
+        "FABRIC_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "FABRIC_SHUTDOWN_GRACE": "2",
+    }
+    base = f"http://127.0.0.1:{http_port}"
+    with (
+        open(tmp_path / "serve.log", "w") as log,
+        subprocess.Popen(
+            [sys.executable, "-m", "fabric.cli", "serve"], env=env, stdout=log, stderr=log
+        ) as server,
+    ):
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    answer = httpx.get(f"{base}/api/v1/me", timeout=5)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the HTTP port never opened"
+                    time.sleep(0.05)
+            assert answer.status_code == 401
+            portal = subprocess.run(
+                [sys.executable, "-m", "fabric.cli", "portal"],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert portal.returncode == 0, portal.stderr
+            code = portal.stdout.strip().rsplit("#signin=", 1)[-1]
+            session = httpx.post(f"{base}/api/v1/session", json={"code": code}, timeout=10)
+            assert session.status_code == 200, session.text
+            me = httpx.get(
+                f"{base}/api/v1/me",
+                headers={"Authorization": f"Bearer {session.json()['token']}"},
+                timeout=10,
+            )
+            assert me.json()["role"] == "admin"
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                assert server.wait(timeout=30) == 0, (tmp_path / "serve.log").read_text()
+            finally:
+                if server.poll() is None:
+                    server.kill()
+                    server.wait(timeout=10)
+    served = (tmp_path / "serve.log").read_text()
+    assert f"REST API and portal on http port {http_port}" in served
+    assert code not in served

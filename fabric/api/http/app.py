@@ -11,6 +11,7 @@ tree; an unexpected one is logged by type only and answered 500 with a fixed tex
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -29,6 +30,8 @@ from fabric.api.http.headers import SecurityHeaders
 from fabric.api.http.responses import error_response, plain_error
 from fabric.context import RequestContext, Role
 from fabric.errors import FabricError, InternalError, PermissionDenied, Unauthenticated
+from fabric.observability import tracing
+from fabric.observability.access import REQUEST_ID_HEADER, current_call
 from fabric.security.authz import require_role
 from fabric.security.signin import APPS_CANNOT_SIGN_IN
 
@@ -38,6 +41,8 @@ STATIC = Path(__file__).parent / "static"
 """The portal's page and assets, shipped in the package."""
 
 _BEARER = "bearer "
+PROTOCOL = "rest"
+"""The REST door's name in the access log, traces and metrics."""
 
 
 def caller_of(request: Request, services: Services) -> RequestContext:
@@ -45,12 +50,19 @@ def caller_of(request: Request, services: Services) -> RequestContext:
     authentication is off (as the gRPC API with FABRIC_AUTH=none)."""
     if services.verifier is None:
         return services.local_identity
+    count = services.engine.metrics.auth_failure
     header = request.headers.get("authorization", "")
     if not header:
+        count("missing_token")
         raise Unauthenticated("no bearer token was presented (Authorization: Bearer <token>)")
-    if not header[: len(_BEARER)].lower() == _BEARER:
+    if header[: len(_BEARER)].lower() != _BEARER:
+        count("missing_token")
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    return services.verifier.verify(header[len(_BEARER) :].strip())
+    try:
+        return services.verifier.verify(header[len(_BEARER) :].strip())
+    except FabricError:
+        count("invalid_token")
+        raise
 
 
 async def _authorized(call: Call, endpoint: Endpoint) -> None:
@@ -63,6 +75,7 @@ async def _authorized(call: Call, endpoint: Endpoint) -> None:
             raise PermissionDenied(APPS_CANNOT_SIGN_IN)
         require_role(ctx, endpoint.role)
     except PermissionDenied as error:
+        call.services.engine.metrics.auth_failure("role")
         method = f"REST {endpoint.method} {endpoint.path}"
         try:
             await asyncio.to_thread(call.services.refusals, ctx, method, error)
@@ -71,16 +84,22 @@ async def _authorized(call: Call, endpoint: Endpoint) -> None:
         raise
 
 
-async def _run(endpoint: Endpoint, services: Services, request: Request) -> Response:
+async def _answer(endpoint: Endpoint, services: Services, request: Request) -> Response:
     try:
         async with services.admission():
             caller = None if endpoint.role is None else caller_of(request, services)
+            record = current_call()
+            if caller is not None and record is not None:
+                record.identify(caller.principal, caller.tenant, caller.stage)
             call = Call(request, services, caller)
             if endpoint.role is not None:
                 await _authorized(call, endpoint)
             if endpoint.request is not None:
                 call.body = Fields(await read_json(request, services.max_body))
             result = await endpoint.handler(call)
+            reply = result if isinstance(result, Reply) else Reply(result, endpoint.status)
+            # A result of many rows takes a while to write out: off the event loop.
+            body = await asyncio.to_thread(_json, reply.body)
     except FabricError as error:
         return error_response(error)
     except asyncio.CancelledError:
@@ -90,9 +109,37 @@ async def _run(endpoint: Endpoint, services: Services, request: Request) -> Resp
         return error_response(
             InternalError("internal error in the gateway; its log names the error type")
         )
-    if isinstance(result, Reply):
-        return JSONResponse(result.body, status_code=result.status)
-    return JSONResponse(result, status_code=endpoint.status)
+    return Response(body, status_code=reply.status, media_type="application/json")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _run(endpoint: Endpoint, services: Services, request: Request) -> Response:
+    """One call inside its access-log record and trace span (as a gRPC call's): the
+    caller's `x-request-id` (or a new one) comes back as a response header."""
+    method = f"{endpoint.method} {endpoint.path}"
+    offered = request.headers.get(REQUEST_ID_HEADER)
+    with (
+        services.access.call(PROTOCOL, method, offered) as record,
+        tracing.span(
+            "fabric.call",
+            {"http.request.method": endpoint.method, "http.route": endpoint.path},
+            parent=tracing.extract(dict(request.headers)),
+        ) as traced,
+    ):
+        traced.set("fabric.request_id", record.request_id)
+        try:
+            response = await _answer(endpoint, services, request)
+        except asyncio.CancelledError:
+            record.status = "CANCELLED"  # the caller went away
+            raise
+        if response.status_code >= 400:
+            record.status = str(response.status_code)
+            traced.fail(record.status)
+        response.headers[REQUEST_ID_HEADER] = record.request_id
+        return response
 
 
 def _route(endpoint: Endpoint, services: Services) -> Route:

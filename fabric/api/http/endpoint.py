@@ -19,6 +19,7 @@ from fabric.api.query_service import Execute
 from fabric.context import RequestContext, Role
 from fabric.errors import PermissionDenied
 from fabric.messaging.platform_events import Announcements
+from fabric.observability.access import AccessLog
 from fabric.platform.plane import Platform
 from fabric.query.engine import QueryEngine
 from fabric.security.authz import TokenVerifierLike
@@ -53,6 +54,7 @@ class Services:
     history: QueryHistory
     max_body: int
     admin: RunningQueryAdmin
+    access: AccessLog
     """Running queries (its `cluster` reaches the runtime replicas once a platform with a
     bus sets it)."""
 

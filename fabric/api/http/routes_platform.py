@@ -15,7 +15,7 @@ from fabric.api.http.body import Fields
 from fabric.api.http.endpoint import Call, Endpoint, Reply
 from fabric.catalog.manager import TableChoice
 from fabric.context import Role
-from fabric.errors import FabricError, InvalidArgument, NotFound
+from fabric.errors import FabricError, InvalidArgument, NotFound, PermissionDenied
 from fabric.model import Connection, SettingValue
 from fabric.platform.connections import StageInput
 
@@ -159,8 +159,8 @@ async def test_connection(call: Call) -> Any:
     def run() -> dict[str, Any]:
         try:
             result = calls.connection_test(call.services.platform, ctx, name, stage)
-        except NotFound:
-            raise
+        except (NotFound, InvalidArgument, PermissionDenied):
+            raise  # about the request, not the connection: an error, not a result
         except FabricError as error:
             return {
                 "results": [

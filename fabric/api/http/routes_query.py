@@ -5,6 +5,7 @@ the caller's history (its SQL shape, never its values)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -102,7 +103,8 @@ async def _execute(call: Call, request: QueryRequest) -> dict[str, Any]:
             await items.aclose()  # type: ignore[attr-defined]
         if summary is None:
             raise InternalError("the result ended without its summary")
-        result = _result(b"".join(chunks), summary)
+        # Decoding many rows takes a while: off the event loop.
+        result = await asyncio.to_thread(_result, b"".join(chunks), summary)
         status = "ok"
         return result
     except FabricError as error:
@@ -165,7 +167,7 @@ async def open_statement(call: Call) -> Any:
         page = await call.services.engine.open_statement(call.ctx, request, page_size, None)
         rows = page.rows
         status = "ok"
-        return _page(page, started)
+        return await asyncio.to_thread(_page, page, started)
     except FabricError as error:
         status = error.code
         raise
@@ -187,7 +189,7 @@ async def next_page(call: Call) -> Any:
     page = await call.services.engine.fetch(
         call.ctx, call.path("statement_id"), _page_size(call.body)
     )
-    return _page(page, started)
+    return await asyncio.to_thread(_page, page, started)
 
 
 async def close_statement(call: Call) -> Any:
