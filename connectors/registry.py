@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -30,7 +30,9 @@ from fabric.errors import InvalidArgument
 from fabric.model import SettingValue
 
 __all__ = [
+    "FULL_SQL_PUSHDOWN",
     "ConnectorSpec",
+    "Pushdown",
     "IdentifierLimit",
     "NameUnit",
     "SettingSpec",
@@ -133,6 +135,32 @@ class IdentifierLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Pushdown:
+    """What a federated query may push down to a source, Trino-style: an ability absent
+    here stays with the engine (DuckDB). Every source is sent at least a scan of the
+    columns the query needs."""
+
+    filters: bool = False
+    """WHERE conditions on the source's own columns, parameters bound."""
+    joins: bool = False
+    """Inner joins among the source's own entities, sent as one statement."""
+    aggregates: bool = False
+    """GROUP BY and aggregate functions over the source's own entities."""
+    subqueries: bool = False
+    """A whole (uncorrelated) subquery over the source's entities alone: derived tables,
+    CTE bodies, IN and scalar subqueries, sent as they are written."""
+    max_parameters: int = 0
+    """Bound parameters one statement may carry: the bound of a dynamic filter's IN list
+    (0: no dynamic filters)."""
+
+
+FULL_SQL_PUSHDOWN = Pushdown(
+    filters=True, joins=True, aggregates=True, subqueries=True, max_parameters=30_000
+)
+"""A SQL database that runs everything Fabric SQL says."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorSpec:
     """Everything the gateway knows about one connection kind without loading its driver."""
 
@@ -154,6 +182,9 @@ class ConnectorSpec:
     )
     """Functions allowed in Fabric SQL that this source cannot run faithfully, with why
     (the reason completes "<dialect> ...")."""
+    pushdown: Pushdown = field(default_factory=lambda: Pushdown())
+    """What a federated query may send to this source (`fabric.query.federation`); by
+    default nothing beyond a scan of the columns it needs."""
 
     def load(self) -> type[Connector]:
         """The connector class (importing its module, and so its driver, now)."""
@@ -368,6 +399,7 @@ register(
             ),
         ),
         identifier_limit=None,  # names of any length are kept whole
+        pushdown=FULL_SQL_PUSHDOWN,
     )
 )
 
@@ -388,6 +420,8 @@ register(
             *_pool(1, 10, None),
         ),
         identifier_limit=IdentifierLimit(63, unit=NameUnit.BYTES),
+        # A statement carries at most 65535 parameters (the protocol's count is 16 bits).
+        pushdown=FULL_SQL_PUSHDOWN,
     )
 )
 
@@ -413,6 +447,8 @@ register(
             *_pool(0, 5, 10.0),
         ),
         identifier_limit=IdentifierLimit(128, unit=NameUnit.UTF16_UNITS),
+        # A request carries at most 2100 parameters.
+        pushdown=replace(FULL_SQL_PUSHDOWN, max_parameters=2_000),
         # No SQL Server runs here: these follow its documentation, failing closed where a
         # function exists only in recent releases.
         excluded_functions=MappingProxyType(
@@ -457,6 +493,7 @@ register(
             *_pool(0, 5, 10.0),
         ),
         identifier_limit=IdentifierLimit(64, output_length=255, bmp_only=True),
+        pushdown=FULL_SQL_PUSHDOWN,
         # Each entry was run on MariaDB 10.11 through the compiler's MySQL output
         # (tests/integration/test_functions_per_dialect.py keeps it honest).
         excluded_functions=MappingProxyType(

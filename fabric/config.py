@@ -145,6 +145,15 @@ class Settings:
     query_memory: int = 128 * MIB
     """Bytes reserved on the memory budget for each query running at a source that is not
     short (FABRIC_QUERY_MEMORY); a short one reserves max_message_bytes."""
+    federation_memory: int = 512 * MIB
+    """Bytes the DuckDB part of one federated query may hold before it spills to a
+    temporary directory under FABRIC_HOME (FABRIC_FEDERATION_MEMORY)."""
+    federation_threads: int = 2
+    """DuckDB threads of one federated query (FABRIC_FEDERATION_THREADS)."""
+    federation_dynamic_filter_rows: int = 10_000
+    """A join side of a federated query with at most this many rows sends its join keys
+    to the other side's source as a bound IN list (FABRIC_FEDERATION_DYNAMIC_FILTER_ROWS;
+    a larger side sends none)."""
     page_rows: int = 10_000
     """Default rows per page of the statement API."""
     preview_rows: int = 100
@@ -254,6 +263,12 @@ class Settings:
         return self.home / "secrets.sealed"
 
     @property
+    def federation_temp_root(self) -> Path:
+        """Where federated queries spill (one directory per query, wiped when it ends,
+        the whole root wiped when the gateway starts)."""
+        return self.home / "federation-tmp"
+
+    @property
     def metadata_path(self) -> Path:
         return self.home / "metadata.sqlite"
 
@@ -296,6 +311,9 @@ class Settings:
             "short_query_rows",
             "memory_budget",
             "query_memory",
+            "federation_memory",
+            "federation_threads",
+            "federation_dynamic_filter_rows",
         )
         for name in positive:
             if getattr(self, name) <= 0:

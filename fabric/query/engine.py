@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import re
@@ -74,8 +75,12 @@ from fabric.observability.metrics import GatewayMetrics
 from fabric.query.admission import Admission, AdmissionLimits, Claim
 from fabric.query.admission import Ticket as AdmissionTicket
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
+from fabric.query.compiler.scope import QualifiedEntityName
 from fabric.query.drift import explain_source_error
-from fabric.query.lanes import LaneCalls, Lanes, awaitable
+from fabric.query.federation.explain import Explanation, explain_plan, explain_single
+from fabric.query.federation.front import Federation, source_reads
+from fabric.query.federation.runner import FederatedSource, wipe_temp_root
+from fabric.query.lanes import LaneCalls, Lanes, SourceLane, awaitable
 from fabric.query.paging import ReadAhead
 from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
 from fabric.query.runs import (
@@ -199,6 +204,12 @@ class QueryEngine:
             max_row_bytes=settings.batch_bytes,
         )
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
+        # Queries over several connections (`fabric.query.federation`): their DuckDB work
+        # runs in a lane of its own; what a crashed gateway left spilled is wiped now.
+        self.federation = Federation(limits, settings, settings.compiled_statements)
+        self._federation_lane = SourceLane("federation", settings.worker_threads)
+        self._companions: dict[Ticket, list[Ticket]] = {}
+        wipe_temp_root(settings.federation_temp_root)
         # Compiles of long texts, apart from the source work in `executor` so they never
         # wait behind a slow source, nor hold its threads.
         self._compile_executor = WorkerThreads(COMPILE_THREADS, name="fabric-compile")
@@ -333,6 +344,8 @@ class QueryEngine:
         the query's hold on its source's lane: release that (not the ticket) once the
         query is over; the admission is given back when its run is closed and its calls
         have returned."""
+        if isinstance(bound.connector, FederatedSource):
+            return await self._federated_admission(ctx, bound.connector, budget)
         short = compiled.row_bound <= self.settings.short_query_rows
         if short:
             memory = self.settings.max_message_bytes
@@ -349,6 +362,62 @@ class QueryEngine:
         self.give_back.bind(asyncio.get_running_loop())
         admitted = await self.admission.admit(claim, budget.until)
         return admitted, self.lanes.of(bound.connector).hold(admitted.release)
+
+    async def _federated_admission(
+        self, ctx: RequestContext, federated: FederatedSource, budget: Budget
+    ) -> tuple[AdmissionTicket, LaneCalls]:
+        """A slot at every source the query reads, taken in the order of their names (two
+        federated queries never wait for each other's slots in a cycle); the first
+        reserves the DuckDB part's memory cap. The lane is federation's own."""
+        self.give_back.bind(asyncio.get_running_loop())
+        tickets: list[AdmissionTicket] = []
+        try:
+            for name in sorted(federated.connectors):
+                connector = federated.connectors[name]
+                claim = Claim(
+                    tenant=ctx.tenant,
+                    principal=ctx.principal,
+                    source=connector,
+                    capacity=connector.capacity,
+                    short=False,
+                    memory=self.settings.federation_memory if not tickets else 0,
+                )
+                tickets.append(await self.admission.admit(claim, budget.until))
+        except BaseException:
+            for ticket in tickets:
+                ticket.release()
+            raise
+
+        def release_all() -> None:
+            for ticket in tickets:
+                ticket.release()
+
+        return tickets[0], self._federation_lane.hold(release_all)
+
+    async def _federated(
+        self, ctx: RequestContext, request: QueryRequest, max_rows: int
+    ) -> tuple[BoundSource, CompiledStatement]:
+        """A query naming `connection.entity`: the single-source path when it reads one
+        connection, else its federated plan (each source resolved: NotFound for one the
+        caller cannot see)."""
+        single = await self._blocking(self.federation.single, request.sql, request.connection)
+        if single is not None:
+            connection, text = single
+            return await self._checked(
+                ctx, dataclasses.replace(request, connection=connection, sql=text), max_rows
+            )
+        _, connections = await self._blocking(self.federation.read, request.sql, request.connection)
+        sources = {name: await self._source(ctx, name) for name in sorted(connections)}
+        plan = await self._blocking(
+            self.federation.plan,
+            ctx.tenant,
+            ctx.stage,
+            request.sql,
+            request.connection,
+            sources,
+            max_rows,
+        )
+        return self.federation.bind(ctx.tenant, ctx.stage, plan, sources)
 
     async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
         """The connection's source, from memory when it is known current without I/O;
@@ -372,6 +441,8 @@ class QueryEngine:
         # An over-long text is refused before the connection is resolved or the text is
         # hashed, tokenized or logged.
         self.statements.compiler.check_length(request.sql)
+        if not request.connection:
+            return await self._federated(ctx, request, max_rows)
         bound = await self._source(ctx, request.connection)
         connector = bound.connector
         key: dict[str, Any] = {
@@ -386,14 +457,19 @@ class QueryEngine:
         compiled = self.statements.lookup(**key)
         if compiled is None:
             compile_statement = functools.partial(self.statements.get_or_compile, **key)
-            if len(request.sql) <= INLINE_COMPILE_LENGTH:
-                compiled = compile_statement()
-            else:
-                # A long text may take a parse of tenths of a second even within the
-                # query limits; the event loop keeps serving other calls meanwhile. A
-                # caller gone before the compile starts cancels it.
-                loop = asyncio.get_running_loop()
-                compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
+            try:
+                if len(request.sql) <= INLINE_COMPILE_LENGTH:
+                    compiled = compile_statement()
+                else:
+                    # A long text may take a parse of tenths of a second even within the
+                    # query limits; the event loop keeps serving other calls meanwhile. A
+                    # caller gone before the compile starts cancels it.
+                    loop = asyncio.get_running_loop()
+                    compiled = await loop.run_in_executor(self._compile_executor, compile_statement)
+            except QualifiedEntityName:
+                # `connection.entity`: another connection's entity (or this one's, named
+                # in full).
+                return await self._federated(ctx, request, max_rows)
         return bound, compiled
 
     async def prepare(self, ctx: RequestContext, request: QueryRequest) -> CompiledStatement:
@@ -557,10 +633,16 @@ class QueryEngine:
     # -- Execute --------------------------------------------------------------------------
 
     async def execute(
-        self, ctx: RequestContext, request: QueryRequest, deadline: float | None = None
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        deadline: float | None = None,
+        *,
+        observe: Callable[[BoundSource, CompiledStatement], None] | None = None,
     ) -> AsyncGenerator[bytes | Summary, None]:
         """Yield the result as Arrow IPC messages (schema first, end-of-stream last), then
-        one Summary."""
+        one Summary. `observe` is told the source and statement the query runs (EXPLAIN
+        reads a federated run's figures from them)."""
         started = time.perf_counter()
         outcome = "error"
         from_cache = False
@@ -570,6 +652,8 @@ class QueryEngine:
             max_bytes = self._max_bytes(request.max_bytes)
             ttl = self._ttl(request.cache_ttl)
             bound, compiled, args = await self._compile(ctx, request, max_rows)
+            if observe is not None:
+                observe(bound, compiled)
             ticket = self._admit(ctx, bound, compiled, STREAM)
             if ttl <= 0:
                 # aclosing: a caller that stops reading stops the source now, not when
@@ -654,7 +738,7 @@ class QueryEngine:
             raise
         finally:
             if ticket is not None:
-                self.running.release(ticket)
+                self._release_ticket(ticket)
             self.metrics.queries.labels("execute", outcome, request.protocol).inc()
             self.metrics.latency.labels(
                 "execute", "cache" if from_cache else "source", request.protocol
@@ -670,8 +754,49 @@ class QueryEngine:
     def _admit(
         self, ctx: RequestContext, bound: BoundSource, compiled: CompiledStatement, kind: str
     ) -> Ticket:
+        federated = bound.connector
+        if isinstance(federated, FederatedSource):
+            return self._admit_federated(ctx, federated, kind)
         grant = Grant.of(ctx.tenant, bound, compiled)
         return self.running.admit(grant, bound.catalog.version, bound.connector, kind)
+
+    def _admit_federated(
+        self, ctx: RequestContext, federated: FederatedSource, kind: str
+    ) -> Ticket:
+        """One revocation ticket per source (a purge of any stops the query at its next
+        batch); the first stands for the query, the others go with it."""
+        tickets = []
+        for name in sorted(federated.connectors):
+            bound = self.sources.current(ctx.tenant, name, ctx.stage)
+            if bound is None:
+                bound = self.sources.resolve(ctx.tenant, name, ctx.stage)
+            reads = source_reads(federated.plan, name)
+            holder = CompiledStatement(
+                sql="",
+                param_names=(),
+                row_limit=1,
+                row_bound=1,
+                max_rows=1,
+                entities=tuple(e for e, _ in reads),
+                reads=reads,
+                fingerprint="",
+            )
+            grant = Grant.of(ctx.tenant, bound, holder)
+            tickets.append(self.running.admit(grant, bound.catalog.version, bound.connector, kind))
+        primary, *others = tickets
+        self._companions[primary] = others
+
+        def revoked() -> None:
+            for ticket in tickets:
+                ticket.raise_if_revoked()
+
+        federated.revoked = revoked
+        return primary
+
+    def _release_ticket(self, ticket: Ticket) -> None:
+        self.running.release(ticket)
+        for other in self._companions.pop(ticket, ()):
+            self.running.release(other)
 
     async def _explained(self, error: FabricError, ticket: Ticket | None) -> FabricError:
         """The error the caller is told: the revocation when the query was revoked (a
@@ -818,6 +943,46 @@ class QueryEngine:
         if run.truncated_by is not None:
             self.metrics.truncated.labels(run.truncated_by).inc()
 
+    # -- EXPLAIN --------------------------------------------------------------------------
+
+    async def explain(
+        self,
+        ctx: RequestContext,
+        request: QueryRequest,
+        *,
+        analyze: bool = False,
+        deadline: float | None = None,
+    ) -> Explanation:
+        """The plan of a query: the statement each source runs, what DuckDB runs; with
+        `analyze`, the query is run (its rows dropped, never cached) and each part says
+        the rows and bytes it moved."""
+        started = time.perf_counter()
+        try:
+            max_rows = self._max_rows(request.max_rows)
+            if not analyze:
+                bound, compiled = await self._checked(ctx, request, max_rows)
+                return _explanation(bound, compiled, None)
+            seen: list[tuple[BoundSource, CompiledStatement]] = []
+            rows = nbytes = 0
+            async with aclosing(
+                self.execute(
+                    ctx,
+                    dataclasses.replace(request, cache_ttl=0.0),
+                    deadline,
+                    observe=lambda b, c: seen.append((b, c)),
+                )
+            ) as items:
+                async for item in items:
+                    if isinstance(item, Summary):
+                        rows = item.rows
+                    else:
+                        nbytes += len(item)
+            bound, compiled = seen[0]
+            return _explanation(bound, compiled, (rows, nbytes))
+        except FabricError as error:
+            log_failure(ctx, request, error, started)
+            raise
+
     # -- Preview --------------------------------------------------------------------------
 
     async def preview_request(
@@ -865,7 +1030,7 @@ class QueryEngine:
                 bound, compiled, args, deadline, max_bytes, started, ctx, request, ttl
             )
         except BaseException as error:
-            self.running.release(ticket)
+            self._release_ticket(ticket)
             if isinstance(error, FabricError):
                 told = await self._explained(error, ticket)
                 if told is not error:
@@ -1002,7 +1167,7 @@ class QueryEngine:
             pager.close()
         finally:
             if pager.ticket is not None:
-                self.running.release(pager.ticket)
+                self._release_ticket(pager.ticket)
 
     async def _read_page(
         self, pager: PagedResult, page_rows: int
@@ -1172,6 +1337,7 @@ class QueryEngine:
         self.sources.close()
         self.settle(CLOSE_WAIT)
         self.lanes.close()
+        self._federation_lane.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self._compile_executor.shutdown(wait=True, cancel_futures=True)
 
@@ -1212,6 +1378,16 @@ def log_failure(
     )
 
 
+def _explanation(
+    bound: BoundSource, compiled: CompiledStatement, moved: tuple[int, int] | None
+) -> Explanation:
+    connector = bound.connector
+    if isinstance(connector, FederatedSource):
+        run = connector.runs[-1] if connector.runs and moved is not None else None
+        return explain_plan(connector.plan, run, moved)
+    return explain_single(bound.catalog.connection, compiled, moved)
+
+
 def _revocation_of(pager: PagedResult) -> SelectionChanged | None:
     """Why an open statement may not go on (its ticket was revoked), or None."""
     return None if pager.ticket is None else pager.ticket.revoked
@@ -1222,10 +1398,12 @@ def _result_key(
 ) -> ResultKey:
     """The result cache key of one execution: the caller's tenant and stage, the catalog
     version the statement was compiled against, the statement and its parameters."""
+    # A federated query's result is keyed by all its connections (`Federation.bind`).
+    connection = bound.catalog.connection if bound.connector.kind == "federation" else None
     return ResultKey.build(
         ctx.tenant,
         ctx.stage,
-        request.connection,
+        connection or request.connection,
         bound.catalog.version,
         compiled.fingerprint,
         request.params,

@@ -434,7 +434,7 @@ class ResultCache:
             doomed = [
                 (k, e)
                 for k, e in self._entries.items()
-                if k.connection == connection and k.tenant == tenant
+                if k.tenant == tenant and connection in _connections_of(k)
             ]
             for k, e in doomed:
                 self._remove(k, e)
@@ -537,4 +537,17 @@ class ResultCache:
     def _purged_since(self, key: ResultKey, epoch: int) -> bool:
         if self._cleared_at > epoch:
             return True
-        return self._purged_at.get((key.tenant, key.connection), 0) > epoch
+        return any(
+            self._purged_at.get((key.tenant, name), 0) > epoch for name in _connections_of(key)
+        )
+
+
+COMPOSITE_SEPARATOR = "\x1f"
+"""Separates the connections of a federated query's result key (no name holds it)."""
+
+
+def _connections_of(key: ResultKey) -> list[str]:
+    """The connections a result was read from: one, or a federated query's several."""
+    if COMPOSITE_SEPARATOR in key.connection:
+        return key.connection.split(COMPOSITE_SEPARATOR)
+    return [key.connection]

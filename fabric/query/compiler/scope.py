@@ -47,6 +47,11 @@ _SYSTEM_SCHEMAS = frozenset(
 _SYSTEM_TABLE_PREFIXES = ("pg_", "sys", "duckdb_", "sqlite_", "information_schema")
 
 
+class QualifiedEntityName(QueryRejected):
+    """A table named `x.entity`: a federated query names another connection's entity
+    that way (`fabric.query.federation`); the single-source compiler refuses it."""
+
+
 @dataclass(slots=True)
 class Source:
     """A table in scope: an entity, a derived table or a CTE, under its alias."""
@@ -249,7 +254,7 @@ class ScopeResolver:
         if table.args.get("db") is not None:
             if table.db.lower() in _SYSTEM_SCHEMAS or table.db.lower().startswith("pg_"):
                 raise QueryRejected(f"system catalog '{'.'.join(parts)}' is not allowed")
-            raise QueryRejected(
+            raise QualifiedEntityName(
                 f"schema-qualified name '{'.'.join(parts)}' is not allowed; "
                 f"refer to entities by name ('{table.name}')"
             )
