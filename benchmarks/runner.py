@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, tpch
+from benchmarks import federation, report, tpch
 from benchmarks.common import RESULTS, Pg, machine_facts
 from benchmarks.echo import EchoProcess
 from benchmarks.gateway import FabricHome, GatewayProcess
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         entities = home.register(pg, data.schema)
         print(f"registered connection 'tpch' with entities {', '.join(entities)}", flush=True)
+        split = federation.prepare(pg, data, home, force=args.reload) if 10 in args.only else None
         token = home.token()
         echo.start()
         gateway = GatewayProcess(home, pg).start()
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"echo on {echo.address}",
             flush=True,
         )
-        bench = Bench(pg, data, home, gateway, echo, plan, cold_starts, token)
+        bench = Bench(pg, data, home, gateway, echo, plan, cold_starts, token, split)
         # The memory scenario runs last, in its own fresh gateway, after the main gateway's
         # counters are read and it is stopped.
         order = [s for s in SCENARIOS if s.number in args.only]

@@ -26,9 +26,11 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
+import sqlglot
 
 from benchmarks import tpch
 from benchmarks.common import Pg
+from benchmarks.tpch_pushdown import IDEAL, perfect_rows, statements
 from benchmarks.tpch_split import (
     DUCKDB,
     MARIADB,
@@ -231,3 +233,22 @@ def test_federated_query_equals_postgres(
         table = client.query("", qualify(query.sql))
     diff = compare(arrow_rows(table), expected, query.total_order)
     assert diff is None, f"Q{query.number}: {diff}"
+
+
+def test_perfect_pushdown_statements_name_only_their_source(split: Split) -> None:
+    """The benchmark's perfect-pushdown figures (benchmarks.tpch_pushdown): every query
+    has them, each statement reads only its own source's tables, and counts on the
+    reference; the whole-query ones move the query's own answer."""
+    assert sorted(IDEAL) == [q.number for q in QUERIES]
+    with psycopg.connect(split.pg.conninfo(schema=split.schema, connect_timeout=10)) as conn:
+        for q in QUERIES:
+            for source, texts in statements(q.number, q.sql).items():
+                for text in texts:
+                    tree = sqlglot.parse_one(text, read="postgres")
+                    ctes = {c.alias_or_name for c in tree.find_all(sqlglot.exp.CTE)}
+                    named = {t.name for t in tree.find_all(sqlglot.exp.Table)} - ctes
+                    assert named and {SPLIT[t] for t in named} == {source}, (q.number, text)
+            moved = perfect_rows(conn, q.number, q.sql)
+            assert set(moved) == connections_used(qualify(q.sql)), q.number
+            if len(moved) == 1:
+                assert list(moved.values()) == [len(split.reference(q.sql))], q.number
