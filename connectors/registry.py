@@ -32,9 +32,9 @@ from fabric.model import SettingValue
 __all__ = [
     "FULL_SQL_PUSHDOWN",
     "ConnectorSpec",
-    "Pushdown",
     "IdentifierLimit",
     "NameUnit",
+    "Pushdown",
     "SettingSpec",
     "SettingType",
     "dialects",

@@ -664,7 +664,19 @@ def _add_query_parsers(sub: Any) -> None:
         help="run a query through the gateway",
         description="Run one SELECT through the gateway and print its rows as they arrive.",
     )
-    query.add_argument("connection", help="the connection")
+    query.add_argument(
+        "connection",
+        help="the connection of unqualified entity names ('' when every entity is written "
+        "connection.entity)",
+    )
+    query.add_argument(
+        "--explain",
+        nargs="?",
+        const="plan",
+        choices=("plan", "analyze"),
+        help="print the plan instead of the rows: each source's statement and DuckDB's "
+        "part; 'analyze' runs the query and adds the rows and bytes each part moved",
+    )
     query.add_argument(
         "sql",
         nargs="?",

@@ -484,6 +484,24 @@ class FabricClient:
     ) -> pa.Table:
         return self.execute(connection, sql, params, cache_ttl, max_rows, max_bytes=max_bytes).table
 
+    def explain(
+        self,
+        connection: str,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        analyze: bool = False,
+        max_rows: int | None = None,
+    ) -> pb.ExplainResponse:
+        """The plan of a query (`connection` may be empty when every entity is written
+        `connection.entity`): each source's statement, DuckDB's part; with `analyze`
+        the query runs and each part reports the rows and bytes it moved."""
+        request = pb.ExplainRequest(
+            query=self._request(connection, sql, params, 0, max_rows), analyze=analyze
+        )
+        response: pb.ExplainResponse = self._unary(self._rotation()(0).stub.Explain, request)
+        return response
+
     def query_batches(
         self,
         connection: str,

@@ -198,6 +198,34 @@ class QueryServicer(pb_grpc.QueryServiceServicer):  # type: ignore[misc]
         return _page(await self._engine.fetch(ctx, request.statement_id, request.page_rows))
 
     @unary_rpc
+    async def Explain(
+        self,
+        request: pb.ExplainRequest,
+        ctx: RequestContext,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ExplainResponse:
+        explained = await self._engine.explain(
+            ctx, _request(request.query), analyze=request.analyze, deadline=_deadline(context)
+        )
+        return pb.ExplainResponse(
+            federated=explained.federated,
+            analyzed=explained.analyzed,
+            parts=[
+                pb.ExplainPart(
+                    name=part.name,
+                    connection=part.connection,
+                    sql=part.sql,
+                    accepted=list(part.accepted),
+                    remaining=list(part.remaining),
+                    rows=part.rows,
+                    bytes=part.bytes,
+                    dynamic_filter=part.dynamic_filter,
+                )
+                for part in explained.parts
+            ],
+        )
+
+    @unary_rpc
     async def CloseStatement(
         self,
         request: pb.CloseStatementRequest,

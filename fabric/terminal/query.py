@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from fabric.client import FabricClient, ResultStream
 from fabric.terminal.arguments import parse_param, read_sql
@@ -41,9 +41,32 @@ def summary_line(outcome: Outcome, display: Display, max_rows: int | None = None
     return line
 
 
+def explain_text(plan: Any) -> str:
+    """An `ExplainResponse` as text: one block per part."""
+    lines = [f"-- {'federated' if plan.federated else 'single source'} plan"]
+    for part in plan.parts:
+        where = f"source {part.connection}" if part.connection else "DuckDB"
+        lines.append(f"== {part.name} ({where})")
+        lines.append(part.sql)
+        if part.accepted:
+            lines.append(f"   does: {'; '.join(part.accepted)}")
+        if part.remaining:
+            lines.append(f"   leaves: {'; '.join(part.remaining)}")
+        if part.dynamic_filter:
+            lines.append(f"   dynamic filter: {part.dynamic_filter}")
+        if part.HasField("rows"):
+            lines.append(f"   moved: {part.rows:,} rows, {part.bytes:,} bytes")
+    return "\n".join(lines)
+
+
 def run_query(args: argparse.Namespace, client: FabricClient, stdin: TextIO | None = None) -> int:
     sql = read_sql(args.sql, args.file, stdin)
     params = dict(parse_param(p) for p in args.param or [])
+    explain = getattr(args, "explain", None)
+    if explain:
+        plan = client.explain(args.connection, sql, params, analyze=explain == "analyze")
+        print(explain_text(plan))
+        return 0
     display = display_for(args)
     max_rows = display.request_rows(args.max_rows)
 

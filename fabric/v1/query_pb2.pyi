@@ -1,7 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -122,3 +122,41 @@ class PreviewRequest(_message.Message):
     entity: str
     limit: int
     def __init__(self, connection: _Optional[str] = ..., entity: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("query", "analyze")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    ANALYZE_FIELD_NUMBER: _ClassVar[int]
+    query: ExecuteRequest
+    analyze: bool
+    def __init__(self, query: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., analyze: _Optional[bool] = ...) -> None: ...
+
+class ExplainPart(_message.Message):
+    __slots__ = ("name", "connection", "sql", "accepted", "remaining", "rows", "bytes", "dynamic_filter")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_FILTER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    connection: str
+    sql: str
+    accepted: _containers.RepeatedScalarFieldContainer[str]
+    remaining: _containers.RepeatedScalarFieldContainer[str]
+    rows: int
+    bytes: int
+    dynamic_filter: str
+    def __init__(self, name: _Optional[str] = ..., connection: _Optional[str] = ..., sql: _Optional[str] = ..., accepted: _Optional[_Iterable[str]] = ..., remaining: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., dynamic_filter: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("federated", "analyzed", "parts")
+    FEDERATED_FIELD_NUMBER: _ClassVar[int]
+    ANALYZED_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    federated: bool
+    analyzed: bool
+    parts: _containers.RepeatedCompositeFieldContainer[ExplainPart]
+    def __init__(self, federated: _Optional[bool] = ..., analyzed: _Optional[bool] = ..., parts: _Optional[_Iterable[_Union[ExplainPart, _Mapping]]] = ...) -> None: ...

@@ -59,6 +59,11 @@ class QueryServiceStub:
                 request_serializer=fabric_dot_v1_dot_query__pb2.PreviewRequest.SerializeToString,
                 response_deserializer=fabric_dot_v1_dot_query__pb2.ResultChunk.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/fabric.v1.QueryService/Explain',
+                request_serializer=fabric_dot_v1_dot_query__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=fabric_dot_v1_dot_query__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -98,6 +103,15 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """The plan of a query: the statement each source is sent and what DuckDB runs over
+        their rows (a federated query over connection.entity names). With analyze, the
+        query runs (its rows dropped, never cached) and each part says what it moved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +139,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.Preview,
                     request_deserializer=fabric_dot_v1_dot_query__pb2.PreviewRequest.FromString,
                     response_serializer=fabric_dot_v1_dot_query__pb2.ResultChunk.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=fabric_dot_v1_dot_query__pb2.ExplainRequest.FromString,
+                    response_serializer=fabric_dot_v1_dot_query__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +281,33 @@ class QueryService:
             '/fabric.v1.QueryService/Preview',
             fabric_dot_v1_dot_query__pb2.PreviewRequest.SerializeToString,
             fabric_dot_v1_dot_query__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.QueryService/Explain',
+            fabric_dot_v1_dot_query__pb2.ExplainRequest.SerializeToString,
+            fabric_dot_v1_dot_query__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sqlglot import exp
-from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
@@ -55,16 +54,13 @@ DYNAMIC_PREFIX = "fabric_dyn_"
 """Names of the parameters a dynamic filter binds."""
 
 
-class _FabricSQL(Postgres):
-    """Fabric SQL as text: PostgreSQL with `:name` parameters (what the compiler reads)."""
-
-    class Generator(Postgres.Generator):  # type: ignore[misc,valid-type]
-        def placeholder_sql(self, expression: exp.Placeholder) -> str:
-            return f":{expression.name}"
-
-
 def fabric_sql(tree: exp.Expr) -> str:
-    return tree.sql(dialect=_FabricSQL)
+    """Fabric SQL as text: PostgreSQL with `:name` parameters (what the compiler reads);
+    a parameter's name is a plain word (checked by the structure check)."""
+    copy = tree.copy()
+    for placeholder in list(copy.find_all(exp.Placeholder)):
+        placeholder.replace(exp.Var(this=f":{placeholder.name}"))
+    return copy.sql(dialect="postgres")
 
 
 @dataclass(slots=True)
@@ -557,9 +553,9 @@ class _Planning:
             query = self._group_query(group, outputs)
             given: list[str] = []
             if group.conjuncts:
-                given.append(f"filters ({len(group.conjuncts)} conditions)")
+                given.append(f"filters: {len(group.conjuncts)}")
             if len(group.aliases) > 1:
-                given.append(f"joins ({len(group.aliases)} entities)")
+                given.append(f"joins: {len(group.aliases)} entities")
             remaining = [
                 "aggregates, ordering and limit stay with DuckDB (rows of other sources join)"
             ]

@@ -255,10 +255,7 @@ class FederatedRun(QueryHandle):
                 con.register(fragment.name, self._counted(fragment.name, handle))
             self._check()
             params = {name: self.values[name] for name in self.plan.remainder_params}
-            con.execute(self.plan.remainder, params)
-            reader = con.to_arrow_reader(self.batch_rows)
-            if reader is None:
-                raise InternalError("the federated query returned no result")
+            reader = con.sql(self.plan.remainder, params=params).to_arrow_reader(self.batch_rows)
         except BaseException as error:
             raise self._explained(error) from None
         return pa.RecordBatchReader.from_batches(reader.schema, self._output(reader))
