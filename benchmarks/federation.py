@@ -14,8 +14,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from benchmarks.common import Pg, geomean, rounded, summarize
 from benchmarks.tpch import Dataset, queries
 from benchmarks.tpch_pushdown import perfect_rows
@@ -102,9 +100,36 @@ def prepare(pg: Pg, data: Dataset, home: FabricHome, *, force: bool = False) -> 
     return sources
 
 
-def _timed_rounds(
-    direct: Any, federated: Any, repeat: int
-) -> tuple[list[float], list[float]]:
+def moved_rows(client: Any, text: str) -> dict[str, Any]:
+    """What each source moved for `text`, from EXPLAIN ANALYZE (a run of its own, never
+    cached): rows and bytes per connection, and each part's statement."""
+    explained = client.explain("", text, analyze=True)
+    rows: dict[str, int] = {}
+    nbytes: dict[str, int] = {}
+    parts = []
+    for part in explained.parts:
+        parts.append(
+            {
+                "name": part.name,
+                "connection": part.connection,
+                "sql": part.sql,
+                "rows": part.rows,
+                "bytes": part.bytes,
+                "dynamic_filter": part.dynamic_filter,
+            }
+        )
+        if part.connection:
+            rows[part.connection] = rows.get(part.connection, 0) + part.rows
+            nbytes[part.connection] = nbytes.get(part.connection, 0) + part.bytes
+    return {
+        "federated": explained.federated,
+        "moved_rows": rows,
+        "moved_bytes": nbytes,
+        "parts": parts,
+    }
+
+
+def _timed_rounds(direct: Any, federated: Any, repeat: int) -> tuple[list[float], list[float]]:
     """`repeat` rounds of both, alternating which goes first."""
     samples: dict[str, list[float]] = {"direct": [], "fabric": []}
     order = [("direct", direct), ("fabric", federated)]
@@ -153,7 +178,7 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
                 continue
             entry.update(moved_rows(client, text))
             direct, fabric = _timed_rounds(
-                lambda: conn.execute(q.sql).fetchall(),
+                lambda sql=q.sql: conn.execute(sql).fetchall(),
                 lambda text=text: client.query("", text),
                 b.plan.tpch_repeat,
             )

@@ -109,6 +109,11 @@ def add_query_service(servicer: Any, server: grpc.aio.Server) -> None:
             request_deserializer=pb.CloseStatementRequest.FromString,
             response_serializer=pb.CloseStatementResponse.SerializeToString,
         ),
+        "Explain": grpc.unary_unary_rpc_method_handler(
+            servicer.Explain,
+            request_deserializer=pb.ExplainRequest.FromString,
+            response_serializer=pb.ExplainResponse.SerializeToString,
+        ),
     }
     service = pb.DESCRIPTOR.services_by_name["QueryService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
