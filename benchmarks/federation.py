@@ -100,6 +100,22 @@ def prepare(pg: Pg, data: Dataset, home: FabricHome, *, force: bool = False) -> 
     return sources
 
 
+def explain_client(b: Bench) -> Any:
+    """A client for EXPLAIN, which takes the developer role (a plan names physical
+    tables): with FABRIC_AUTH=local a token minted with the run's local key, else the
+    run's token."""
+    from fabric.client import FabricClient
+    from fabric.config import Settings
+
+    settings = Settings.from_env({**os.environ, "FABRIC_HOME": str(b.home.path)})
+    token = b.token
+    if settings.auth == "local":
+        from fabric.app.parts import local_token
+
+        token = local_token(settings, role="developer", subject="fabric-bench", ttl=4 * 3600)
+    return FabricClient(b.gateway.address, token, timeout=CAP_SECONDS)
+
+
 def moved_rows(client: Any, text: str) -> dict[str, Any]:
     """What each source moved for `text`, from EXPLAIN ANALYZE (a run of its own, never
     cached): rows and bytes per connection, and each part's statement."""
@@ -150,6 +166,7 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
     wrong: list[str] = []
     errors: list[str] = []
     client = b.client(timeout=CAP_SECONDS)
+    explainer = explain_client(b)
     conn = b.direct()
     try:
         for q in queries(b.data.scale):
@@ -176,7 +193,7 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
                 entry.update(status="wrong_result", reason=diff)
                 wrong.append(f"Q{q.number}: {diff}")
                 continue
-            entry.update(moved_rows(client, text))
+            entry.update(moved_rows(explainer, text))
             direct, fabric = _timed_rounds(
                 lambda sql=q.sql: conn.execute(sql).fetchall(),
                 lambda text=text: client.query("", text),
@@ -197,6 +214,7 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
             )
     finally:
         client.close()
+        explainer.close()
         conn.close()
     ok = [e for e in per_query if e["status"] == "ok"]
     ratio = geomean([e["ratio"] for e in ok])

@@ -66,6 +66,8 @@ METHOD_ROLES: Mapping[str, Role] = MappingProxyType(
         "/fabric.v1.QueryService/CloseStatement": Role.APP,
         # The Studio: rows of an entity before it is used in a query.
         "/fabric.v1.QueryService/Preview": Role.DEVELOPER,
+        # A plan names the physical schemas and tables each source reads.
+        "/fabric.v1.QueryService/Explain": Role.DEVELOPER,
     }
 )
 """The least role allowed to call a method, by full gRPC method name."""
