@@ -91,7 +91,9 @@ async def rows_of(
     return open_ipc_stream(messages).read_all()
 
 
-def sources(tmp_path: Path, **settings: Any) -> Iterator[Sources]:
+def sources(
+    tmp_path: Path, *, tenant: str = CTX.tenant, lineitems: int = 8000, **settings: Any
+) -> Iterator[Sources]:
     tag = uuid.uuid4().hex[:10]
     pg_url = postgres_url()
     schema = f"fed_{tag}"
@@ -112,7 +114,7 @@ def sources(tmp_path: Path, **settings: Any) -> Iterator[Sources]:
         )
         conn.execute(
             f"INSERT INTO {schema}.lineitem SELECT 1 + (g % {CUSTOMERS * ORDERS_PER_CUSTOMER}), "
-            "g % 50 FROM generate_series(1, 8000) g"
+            f"g % 50 FROM generate_series(1, {lineitems}) g"
         )
         conn.execute(f"ANALYZE {schema}.orders")
     import pymysql  # type: ignore[import-untyped]  # no stubs are published with PyMySQL
@@ -163,7 +165,7 @@ def sources(tmp_path: Path, **settings: Any) -> Iterator[Sources]:
     manager = catalog_manager(store, connector_builder=factory)
     pg = urlparse(pg_url)
     manager.create_connection(
-        "acme",
+        tenant,
         "pg",
         "postgres",
         {
@@ -175,18 +177,18 @@ def sources(tmp_path: Path, **settings: Any) -> Iterator[Sources]:
             }
         },
     )
-    manager.select("acme", "pg", "development", f"{schema}.orders")
-    manager.select("acme", "pg", "development", f"{schema}.lineitem")
-    manager.create_connection("acme", "mdb", "mysql", {"*": maria})
+    manager.select(tenant, "pg", "development", f"{schema}.orders")
+    manager.select(tenant, "pg", "development", f"{schema}.lineitem")
+    manager.create_connection(tenant, "mdb", "mysql", {"*": maria})
     manager.select(
-        "acme",
+        tenant,
         "mdb",
         "development",
         f"{database}.customer",
         columns=["c_custkey", "c_name", "c_nationkey"],
     )
-    manager.create_connection("acme", "ddb", "duckdb", {"*": {"path": str(nation_file)}})
-    manager.select("acme", "ddb", "development", "main.nation")
+    manager.create_connection(tenant, "ddb", "duckdb", {"*": {"path": str(nation_file)}})
+    manager.select(tenant, "ddb", "development", "main.nation")
     engine = QueryEngine(
         store,
         Settings(home=tmp_path / "home", metrics_port=0, **settings),

@@ -376,19 +376,19 @@ class FederatedRun(QueryHandle):
             yield batch
 
     def _explained(self, error: BaseException) -> BaseException:
-        """The error the caller is told: a source's own error first, then the stop or
-        the deadline that interrupted DuckDB; DuckDB's own text is never passed on (it
-        may quote values)."""
-        if self._failure is not None and isinstance(self._failure, FabricError):
-            return self._failure
-        if isinstance(error, FabricError):
-            return error
+        """The error the caller is told: the deadline or the stop that interrupted the
+        run (its sources then fail as cancelled), else a source's own error; DuckDB's
+        own text is never passed on (it may quote values)."""
         if self._expired:
             return DeadlineExceeded(
                 "the federated query ran past its timeout; narrow it or raise the timeout"
             )
         if self._cancelled or self._closed:
             return Cancelled("the query was cancelled")
+        if self._failure is not None and isinstance(self._failure, FabricError):
+            return self._failure
+        if isinstance(error, FabricError):
+            return error
         if isinstance(error, duckdb.OutOfMemoryException):
             return ResourceExhausted(
                 "the federated query needed more memory than FABRIC_FEDERATION_MEMORY "

@@ -1,0 +1,154 @@
+"""A federated query's life: EXPLAIN over gRPC and the CLI's client, deadlines and
+cancellation reaching every source and DuckDB, the spill directory wiped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from fabric.api.auth import local_admin_context
+from fabric.api.background import BackgroundGateway
+from fabric.app.gateway import assemble_gateway
+from fabric.client import FabricClient
+from fabric.config import Settings
+from fabric.context import DEFAULT_TENANT
+from fabric.errors import Cancelled, DeadlineExceeded
+from fabric.query.engine import QueryEngine, QueryRequest
+from fabric.terminal.query import explain_text
+from tests.integration.federation_support import CTX, ORDERS_PER_CUSTOMER, Sources, sources
+
+JOIN = (
+    "SELECT c.c_name, o.o_orderkey FROM mdb.customer c "
+    "JOIN pg.orders o ON o.o_custkey = c.c_custkey WHERE c.c_custkey <= :last"
+)
+SLOW_AT_POSTGRES = (
+    # A subquery sent whole to PostgreSQL that runs for minutes (8000^3 rows grouped).
+    "SELECT c.c_name, s.n FROM mdb.customer c JOIN (SELECT a.l_orderkey AS k, count(*) AS n "
+    "FROM pg.lineitem a, pg.lineitem b, pg.lineitem x GROUP BY a.l_orderkey) s "
+    "ON s.k = c.c_custkey"
+)
+SLOW_IN_DUCKDB = (
+    # Two PostgreSQL scans (no condition links them) and a customer scan: DuckDB joins
+    # 8000 x 8000 x 200 rows.
+    "SELECT count(*) AS n FROM pg.lineitem a, pg.lineitem b, mdb.customer c "
+    "WHERE a.l_quantity < c.c_custkey AND b.l_quantity < c.c_custkey"
+)
+
+
+def _active(url: str, marker: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
+            "AND pid <> pg_backend_pid()",
+            [f"%{marker}%"],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _until(condition: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def _spilled(fed: Sources) -> list[Path]:
+    root = fed.engine.settings.federation_temp_root
+    return [p for p in root.rglob("*")] if root.exists() else []
+
+
+def test_explain_over_grpc_shows_each_part_and_what_it_moved(tmp_path: Path) -> None:
+    for fed in sources(tmp_path, tenant=DEFAULT_TENANT):
+        background = BackgroundGateway(
+            assemble_gateway(fed.engine, context_provider=local_admin_context)
+        ).start()
+        try:
+            with FabricClient(background.address, timeout=60) as client:
+                rows = client.query("", JOIN, {"last": 5})
+                plan = client.explain("", JOIN, {"last": 5})
+                analyzed = client.explain("", JOIN, {"last": 5}, analyze=True)
+                single = client.explain("pg", "SELECT o_orderkey FROM orders")
+        finally:
+            background.stop()
+        assert rows.num_rows == 5 * ORDERS_PER_CUSTOMER
+        assert plan.federated and not plan.analyzed
+        by_source = {part.connection: part for part in plan.parts}
+        assert set(by_source) == {"pg", "mdb", ""}
+        assert "`c`.`c_custkey` <= %s" in by_source["mdb"].sql
+        assert not by_source["pg"].HasField("rows")
+        assert by_source["pg"].dynamic_filter.startswith("planned")
+        moved = {part.connection: part for part in analyzed.parts}
+        assert moved["mdb"].rows == 5 and moved["pg"].rows == 5 * ORDERS_PER_CUSTOMER
+        assert moved[""].rows == 5 * ORDERS_PER_CUSTOMER and moved[""].bytes > 0
+        assert moved["pg"].dynamic_filter == "applied (5 keys)"
+        assert not single.federated and single.parts[0].connection == "pg"
+        text = explain_text(analyzed)
+        assert "== duckdb (DuckDB)" in text and "moved: 100 rows" in text
+
+
+def test_a_deadline_stops_the_source_statement(tmp_path: Path) -> None:
+    for fed in sources(tmp_path):
+        marker = f'"{fed.pg_schema}"."lineitem" AS "x"'
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            asyncio.run(_drain(fed.engine, SLOW_AT_POSTGRES, time.monotonic() + 2.0))
+        assert time.monotonic() - started < 10
+        assert _until(lambda: _active(fed.pg_url, marker) == 0)
+        assert fed.engine.settle(30)
+        assert _spilled(fed) == []
+
+
+def test_a_caller_that_goes_away_cancels_the_source_statement(tmp_path: Path) -> None:
+    for fed in sources(tmp_path):
+        marker = f'"{fed.pg_schema}"."lineitem" AS "x"'
+
+        async def go_away() -> None:
+            task = asyncio.create_task(_drain(fed.engine, SLOW_AT_POSTGRES, None))
+            running = await asyncio.to_thread(_until, lambda: _active(fed.pg_url, marker) > 0)
+            assert running
+            task.cancel()
+            with pytest.raises((asyncio.CancelledError, Cancelled)):
+                await task
+
+        asyncio.run(go_away())
+        assert _until(lambda: _active(fed.pg_url, marker) == 0)
+        assert fed.engine.settle(30)
+
+
+def test_a_deadline_interrupts_duckdb(tmp_path: Path) -> None:
+    for fed in sources(tmp_path):
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            asyncio.run(_drain(fed.engine, SLOW_IN_DUCKDB, time.monotonic() + 2.0))
+        assert time.monotonic() - started < 10
+        # The interrupted DuckDB work ends and the run is closed (its spill dir gone).
+        assert fed.engine.settle(30)
+        assert _until(lambda: _spilled(fed) == [])
+
+
+def test_spill_files_a_crash_left_are_wiped_at_start_up(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, metrics_port=0)
+    left = settings.federation_temp_root / "0123abcd"
+    left.mkdir(parents=True)
+    (left / "duckdb_temp_block-0.block").write_bytes(b"rows of a source")
+    from fabric.catalog.metadata.sqlite import SqliteMetadataStore
+
+    store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
+    engine = QueryEngine(store, settings)
+    try:
+        assert not settings.federation_temp_root.exists()
+    finally:
+        engine.close()
+        store.close()
+
+
+async def _drain(engine: QueryEngine, sql: str, deadline: float | None) -> None:
+    async for _ in engine.execute(CTX, QueryRequest("", sql), deadline):
+        pass
