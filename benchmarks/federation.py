@@ -161,7 +161,7 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
     from fabric.errors import DeadlineExceeded, FabricError
 
     if b.split is None:
-        raise RuntimeError("the split sources were not prepared")
+        raise RuntimeError(f"the split sources were not prepared: {b.split_error or 'not asked'}")
     per_query: list[dict[str, Any]] = []
     wrong: list[str] = []
     errors: list[str] = []
@@ -183,15 +183,18 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
                 first_fabric = time.perf_counter() - started
             except DeadlineExceeded:
                 entry.update(status="over_cap", reason=f"over {CAP_SECONDS:.0f} s through Fabric")
+                print(f"   Q{q.number}: over the cap", flush=True)
                 continue
             except FabricError as exc:
                 entry.update(status="error", reason=f"{exc.code}: {exc.message}")
                 errors.append(f"Q{q.number}: {exc.code}: {exc.message}")
+                print(f"   Q{q.number}: error {exc.code}", flush=True)
                 continue
             diff = compare(arrow_rows(table), expected, q.total_order)
             if diff is not None:
                 entry.update(status="wrong_result", reason=diff)
                 wrong.append(f"Q{q.number}: {diff}")
+                print(f"   Q{q.number}: wrong result", flush=True)
                 continue
             entry.update(moved_rows(explainer, text))
             direct, fabric = _timed_rounds(
@@ -200,6 +203,12 @@ def federated_tpch(b: Bench) -> dict[str, Any]:
                 b.plan.tpch_repeat,
             )
             d, f = summarize(direct), summarize(fabric)
+            print(
+                f"   Q{q.number}: {f['median'] / d['median']:.2f}x, "
+                f"moved {sum(entry['moved_rows'].values()):,} rows "
+                f"(perfect {sum(entry['perfect_rows'].values()):,})",
+                flush=True,
+            )
             entry.update(
                 status="ok",
                 rows=len(expected),

@@ -106,6 +106,8 @@ class Bench:
     token: str | None = None
     split: SplitSources | None = None
     """TPC-H split across PostgreSQL, MariaDB and DuckDB (scenario 10 only)."""
+    split_error: str = ""
+    """Why the split could not be prepared, if it could not."""
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
