@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ SLOW_IN_DUCKDB = (
 )
 
 
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[Sources]:
+    yield from sources(tmp_path)
+
+
+@pytest.fixture
+def fed_default(tmp_path: Path) -> Iterator[Sources]:
+    """The sources in the default tenant (the local administrator's, over gRPC)."""
+    yield from sources(tmp_path, tenant=DEFAULT_TENANT)
+
+
 def _active(url: str, marker: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
@@ -64,73 +76,70 @@ def _spilled(fed: Sources) -> list[Path]:
     return [p for p in root.rglob("*")] if root.exists() else []
 
 
-def test_explain_over_grpc_shows_each_part_and_what_it_moved(tmp_path: Path) -> None:
-    for fed in sources(tmp_path, tenant=DEFAULT_TENANT):
-        background = BackgroundGateway(
-            assemble_gateway(fed.engine, context_provider=local_admin_context)
-        ).start()
-        try:
-            with FabricClient(background.address, timeout=60) as client:
-                rows = client.query("", JOIN, {"last": 5})
-                plan = client.explain("", JOIN, {"last": 5})
-                analyzed = client.explain("", JOIN, {"last": 5}, analyze=True)
-                single = client.explain("pg", "SELECT o_orderkey FROM orders")
-        finally:
-            background.stop()
-        assert rows.num_rows == 5 * ORDERS_PER_CUSTOMER
-        assert plan.federated and not plan.analyzed
-        by_source = {part.connection: part for part in plan.parts}
-        assert set(by_source) == {"pg", "mdb", ""}
-        assert "`c`.`c_custkey` <= %s" in by_source["mdb"].sql
-        assert not by_source["pg"].HasField("rows")
-        assert by_source["pg"].dynamic_filter.startswith("planned")
-        moved = {part.connection: part for part in analyzed.parts}
-        assert moved["mdb"].rows == 5 and moved["pg"].rows == 5 * ORDERS_PER_CUSTOMER
-        assert moved[""].rows == 5 * ORDERS_PER_CUSTOMER and moved[""].bytes > 0
-        assert moved["pg"].dynamic_filter == "applied (5 keys)"
-        assert not single.federated and single.parts[0].connection == "pg"
-        text = explain_text(analyzed)
-        assert "== duckdb (DuckDB)" in text and "moved: 100 rows" in text
+def test_explain_over_grpc_shows_each_part_and_what_it_moved(fed_default: Sources) -> None:
+    fed = fed_default
+    background = BackgroundGateway(
+        assemble_gateway(fed.engine, context_provider=local_admin_context)
+    ).start()
+    try:
+        with FabricClient(background.address, timeout=60) as client:
+            rows = client.query("", JOIN, {"last": 5})
+            plan = client.explain("", JOIN, {"last": 5})
+            analyzed = client.explain("", JOIN, {"last": 5}, analyze=True)
+            single = client.explain("pg", "SELECT o_orderkey FROM orders")
+    finally:
+        background.stop()
+    assert rows.num_rows == 5 * ORDERS_PER_CUSTOMER
+    assert plan.federated and not plan.analyzed
+    by_source = {part.connection: part for part in plan.parts}
+    assert set(by_source) == {"pg", "mdb", ""}
+    assert "`c`.`c_custkey` <= %s" in by_source["mdb"].sql
+    assert not by_source["pg"].HasField("rows")
+    assert by_source["pg"].dynamic_filter.startswith("planned")
+    moved = {part.connection: part for part in analyzed.parts}
+    assert moved["mdb"].rows == 5 and moved["pg"].rows == 5 * ORDERS_PER_CUSTOMER
+    assert moved[""].rows == 5 * ORDERS_PER_CUSTOMER and moved[""].bytes > 0
+    assert moved["pg"].dynamic_filter == "applied (5 keys)"
+    assert not single.federated and single.parts[0].connection == "pg"
+    text = explain_text(analyzed)
+    assert "== duckdb (DuckDB)" in text and "moved: 100 rows" in text
 
 
-def test_a_deadline_stops_the_source_statement(tmp_path: Path) -> None:
-    for fed in sources(tmp_path):
-        marker = f'"{fed.pg_schema}"."lineitem" AS "x"'
-        started = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
-            asyncio.run(_drain(fed.engine, SLOW_AT_POSTGRES, time.monotonic() + 2.0))
-        assert time.monotonic() - started < 10
-        assert _until(lambda: _active(fed.pg_url, marker) == 0)
-        assert fed.engine.settle(30)
-        assert _spilled(fed) == []
+def test_a_deadline_stops_the_source_statement(fed: Sources) -> None:
+    marker = f'"{fed.pg_schema}"."lineitem" AS "x"'
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(_drain(fed.engine, SLOW_AT_POSTGRES, time.monotonic() + 2.0))
+    assert time.monotonic() - started < 10
+    assert _until(lambda: _active(fed.pg_url, marker) == 0)
+    assert fed.engine.settle(30)
+    assert _spilled(fed) == []
 
 
-def test_a_caller_that_goes_away_cancels_the_source_statement(tmp_path: Path) -> None:
-    for fed in sources(tmp_path):
-        marker = f'"{fed.pg_schema}"."lineitem" AS "x"'
+def test_a_caller_that_goes_away_cancels_the_source_statement(fed: Sources) -> None:
+    marker = f'"{fed.pg_schema}"."lineitem" AS "x"'
 
-        async def go_away() -> None:
-            task = asyncio.create_task(_drain(fed.engine, SLOW_AT_POSTGRES, None))
-            running = await asyncio.to_thread(_until, lambda: _active(fed.pg_url, marker) > 0)
-            assert running
-            task.cancel()
-            with pytest.raises((asyncio.CancelledError, Cancelled)):
-                await task
+    async def go_away() -> None:
+        task = asyncio.create_task(_drain(fed.engine, SLOW_AT_POSTGRES, None))
+        running = await asyncio.to_thread(_until, lambda: _active(fed.pg_url, marker) > 0)
+        assert running
+        task.cancel()
+        with pytest.raises((asyncio.CancelledError, Cancelled)):
+            await task
 
-        asyncio.run(go_away())
-        assert _until(lambda: _active(fed.pg_url, marker) == 0)
-        assert fed.engine.settle(30)
+    asyncio.run(go_away())
+    assert _until(lambda: _active(fed.pg_url, marker) == 0)
+    assert fed.engine.settle(30)
 
 
-def test_a_deadline_interrupts_duckdb(tmp_path: Path) -> None:
-    for fed in sources(tmp_path):
-        started = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
-            asyncio.run(_drain(fed.engine, SLOW_IN_DUCKDB, time.monotonic() + 2.0))
-        assert time.monotonic() - started < 10
-        # The interrupted DuckDB work ends and the run is closed (its spill dir gone).
-        assert fed.engine.settle(30)
-        assert _until(lambda: _spilled(fed) == [])
+def test_a_deadline_interrupts_duckdb(fed: Sources) -> None:
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(_drain(fed.engine, SLOW_IN_DUCKDB, time.monotonic() + 2.0))
+    assert time.monotonic() - started < 10
+    # The interrupted DuckDB work ends and the run is closed (its spill dir gone).
+    assert fed.engine.settle(30)
+    assert _until(lambda: _spilled(fed) == [])
 
 
 def test_spill_files_a_crash_left_are_wiped_at_start_up(tmp_path: Path) -> None:

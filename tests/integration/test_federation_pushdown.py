@@ -142,18 +142,23 @@ def test_a_small_side_sends_its_keys_as_bound_parameters(fed: Sources) -> None:
     assert explained.parts[-1].rows == 50 * ORDERS_PER_CUSTOMER
 
 
-def test_a_large_side_sends_no_filter(tmp_path: Path) -> None:
-    for fed in sources(tmp_path, federation_dynamic_filter_rows=10):
-        table = run(
-            rows_of(
-                fed.engine,
-                "SELECT o.o_orderkey FROM mdb.customer c "
-                "JOIN pg.orders o ON o.o_custkey = c.c_custkey WHERE c.c_custkey <= 50",
-            )
+@pytest.fixture
+def fed_small_probe(tmp_path: Path) -> Iterator[Sources]:
+    yield from sources(tmp_path, federation_dynamic_filter_rows=10)
+
+
+def test_a_large_side_sends_no_filter(fed_small_probe: Sources) -> None:
+    fed = fed_small_probe
+    table = run(
+        rows_of(
+            fed.engine,
+            "SELECT o.o_orderkey FROM mdb.customer c "
+            "JOIN pg.orders o ON o.o_custkey = c.c_custkey WHERE c.c_custkey <= 50",
         )
-        assert table.num_rows == 50 * ORDERS_PER_CUSTOMER
-        (pg_sql,) = fed.sent["pg"]
-        assert " IN (" not in pg_sql
+    )
+    assert table.num_rows == 50 * ORDERS_PER_CUSTOMER
+    (pg_sql,) = fed.sent["pg"]
+    assert " IN (" not in pg_sql
 
 
 def test_an_unselected_column_or_entity_is_refused_before_any_source_runs(fed: Sources) -> None:

@@ -25,6 +25,7 @@ that connection alone. The DuckDB remainder reads only those statements' columns
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -51,6 +52,10 @@ FRAGMENT_ROWS = 1 << 62
 """The row cap a fragment is compiled with: a fragment's rows feed DuckDB, which the
 engine's row cap then bounds; a fragment cut short would change the result."""
 DYNAMIC_PREFIX = "fabric_dyn_"
+PADDED_CHAR_DIALECTS = frozenset({"postgres", "tsql"})
+"""Sources that return CHAR(n) values with their trailing blanks (MySQL and MariaDB
+strip them; DuckDB has no CHAR)."""
+_CHAR_TYPE = re.compile(r"^(character|char|bpchar|nchar)(\s*\(\s*\d+\s*\))?$")
 """Names of the parameters a dynamic filter binds."""
 
 
@@ -146,6 +151,7 @@ class _Planning:
         self.groups: list[_Group] = []
         self.remaining: list[str] = []
         self.filters: list[tuple[_Group, tuple[str, str], _Group, exp.Column]] = []
+        self.owner_of: dict[tuple[int, str], _Group] = {}
         self._names = 0
 
     def _fresh(self, prefix: str) -> str:
@@ -308,9 +314,10 @@ class _Planning:
                 pool.extend(_conjuncts(where.this))
                 where.pop()
             for join in joins:
-                if not join.side and join.args.get("on") is not None:
-                    pool.extend(_conjuncts(join.args["on"]))
-                    join.set("on", None)
+                on = join.args.get("on")
+                if not join.side and on is not None:
+                    pool.extend(_conjuncts(on))
+                    on.pop()  # detached: a stale parent would keep it in the tree
         groups: dict[str, _Group] = {}
         parent: dict[str, str] = {alias: alias for alias in base}
 
@@ -319,10 +326,19 @@ class _Planning:
                 alias = parent[alias]
             return alias
 
+        implied: set[int] = set()
+        for conjunct in list(pool):
+            disjunction = conjunct.unnest() if isinstance(conjunct, exp.Paren) else conjunct
+            if isinstance(disjunction, exp.Or):
+                for derived in self._implied(scope, disjunction, base, set(nullable)):
+                    implied.add(id(derived))
+                    pool.append(derived)
         placed: list[tuple[exp.Expr, set[str]]] = []
         kept: list[exp.Expr] = []
         for conjunct in pool:
             refs = self._pushable(scope, conjunct, base, set(nullable))
+            if refs is None and id(conjunct) in implied:
+                continue
             if refs is None:
                 kept.append(conjunct)
                 continue
@@ -349,6 +365,7 @@ class _Planning:
                         on_pushed.setdefault(alias, []).append(conjunct)
                     else:
                         left.append(conjunct)
+                on.pop()
                 join.set("on", _and(left) if left else exp.true())
         order = [select.args["from_"].this] if select.args.get("from_") is not None else []
         order += [join.this for join in joins]
@@ -371,6 +388,9 @@ class _Planning:
         if kept:
             select.where(_and(kept), copy=False)
         self.groups.extend(groups.values())
+        for group in groups.values():
+            for alias in group.aliases:
+                self.owner_of[(id(scope), alias)] = group
         self._restructure(select, groups, base)
         self._dynamic_candidates(scope, kept, groups, base, set(nullable), rigid)
         if len({g.connection for g in groups.values()}) > 1 or any(
@@ -380,6 +400,38 @@ class _Planning:
         if select.args.get("group") is not None or any(select.find_all(exp.AggFunc)):
             self.remaining.append("aggregates over rows of several sources")
         return consumed
+
+    def _implied(
+        self,
+        scope: Scope,
+        disjunction: exp.Or,
+        base: Mapping[str, str],
+        nullable: set[str],
+    ) -> list[exp.Expr]:
+        """Filters an OR of conditions implies on single tables: for a table that every
+        branch restricts on its own, the OR of those restrictions (the OR itself stays
+        with DuckDB; this only lets the source drop rows no branch can keep)."""
+        branches = [b.unnest() if isinstance(b, exp.Paren) else b for b in disjunction.flatten()]
+        derived: list[exp.Expr] = []
+        for alias in base:
+            if alias in nullable:
+                continue
+            parts: list[exp.Expr] = []
+            for branch in branches:
+                mine = [
+                    c.copy()
+                    for c in _conjuncts(branch)
+                    if self._pushable(scope, c, base, nullable, subqueries=False) == {alias}
+                ]
+                if not mine:
+                    break
+                parts.append(exp.and_(*mine, copy=False))
+            else:
+                condition = exp.paren(exp.or_(*parts, copy=False), copy=False)
+                for column in condition.find_all(exp.Column):
+                    self.column_scope[id(column)] = scope  # a copy, read at this level
+                derived.append(condition)
+        return derived
 
     def _pushable(
         self,
@@ -398,7 +450,12 @@ class _Planning:
         inside = {id(conjunct)}
         for node in conjunct.walk():
             inside.add(id(node))
-        if any(isinstance(node, exp.AggFunc | exp.Window) for node in conjunct.walk()):
+        # An aggregate of the level itself cannot be in WHERE or ON; one in a subquery
+        # (a HAVING there) goes with the subquery.
+        if any(
+            isinstance(node, exp.AggFunc | exp.Window)
+            for node in conjunct.walk(prune=lambda n: isinstance(n, exp.Query))
+        ):
             return None
         for query in conjunct.find_all(exp.Query):
             if not subqueries:
@@ -482,13 +539,26 @@ class _Planning:
             left, right = conjunct.this, conjunct.expression
             if not (isinstance(left, exp.Column) and isinstance(right, exp.Column)):
                 continue
-            if left.table not in base or right.table not in base:
-                continue
-            if left.table in nullable or right.table in nullable:
+            if left.table not in base and right.table in base:
+                left, right = right, left
+            if left.table not in base or left.table in nullable:
                 continue
             if self._definer(scope, left.table) is not scope:
                 continue
-            a, b = by_alias[left.table], by_alias[right.table]
+            a = by_alias[left.table]
+            if right.table in base:
+                if right.table in nullable:
+                    continue
+                b = by_alias[right.table]
+            else:
+                # A correlated subquery's own table equal to an outer level's column:
+                # only the rows whose key the outer level has can ever be referenced.
+                outer = self._definer(scope, right.table)
+                found = self.owner_of.get((id(outer), right.table)) if outer else None
+                if found is None or found.nullable or not found.conjuncts or a.conjuncts:
+                    continue
+                self.filters.append((found, (right.table, right.name), a, left.copy()))
+                continue
             if a is b:
                 continue
             if a.conjuncts and not b.conjuncts:
@@ -577,10 +647,15 @@ class _Planning:
 
     def _group_query(self, group: _Group, outputs: Mapping[tuple[str, str], str]) -> exp.Select:
         assert group.scope is not None
-        projections: list[exp.Expr] = [
-            exp.alias_(exp.column(name, table=alias, quoted=True), output, quoted=True)
-            for (alias, name), output in outputs.items()
-        ]
+        side = self.sources[group.connection]
+        projections: list[exp.Expr] = []
+        for (alias, name), output in outputs.items():
+            value: exp.Expr = exp.column(name, table=alias, quoted=True)
+            if self._padded(group.scope, alias, name, side):
+                # CHAR(n) compares ignoring trailing blanks at its source; DuckDB has no
+                # such type: the text without the padding keeps comparisons right.
+                value = exp.cast(value, "TEXT")
+            projections.append(exp.alias_(value, output, quoted=True))
         if not projections:
             projections = [exp.alias_(exp.Literal.number(1), "c0", quoted=True)]
         tables: list[exp.Table] = []
@@ -600,6 +675,19 @@ class _Planning:
         if group.conjuncts:
             query = query.where(_and([c.copy() for c in group.conjuncts]), copy=False)
         return query
+
+    def _padded(self, scope: Scope, alias: str, name: str, side: SourceSide) -> bool:
+        """Whether a column is a blank-padded CHAR(n) its source returns padded."""
+        if side.dialect not in PADDED_CHAR_DIALECTS:
+            return False
+        _, source = scope.selected_sources[alias]
+        entity = side.catalog.entity(source.name) if isinstance(source, exp.Table) else None
+        if entity is None:
+            return False
+        for column in entity.columns:
+            if column.name == name:
+                return _CHAR_TYPE.match(column.source_type.strip().lower()) is not None
+        return False
 
     def _fragment(
         self,
@@ -641,10 +729,7 @@ class _Planning:
                 (
                     p.alias
                     for p in select.expressions
-                    if isinstance(p, exp.Alias)
-                    and isinstance(p.this, exp.Column)
-                    and p.this.table == alias
-                    and p.this.name == name
+                    if isinstance(p, exp.Alias) and _reads(p.this, alias, name)
                 ),
                 None,
             )
@@ -685,6 +770,13 @@ class _Planning:
             output_columns=output_columns,
             fingerprint=digest.hexdigest(),
         )
+
+
+def _reads(value: exp.Expr, alias: str, name: str) -> bool:
+    """Whether a fragment's output is the column `alias.name` (unpadded or not)."""
+    if isinstance(value, exp.Cast):
+        value = value.this
+    return isinstance(value, exp.Column) and value.table == alias and value.name == name
 
 
 def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:

@@ -233,16 +233,18 @@ class FederatedRun(QueryHandle):
             timer.start()
         try:
             filtered = {df.target: df for df in self.plan.dynamic_filters}
-            probes = {df.probe: df for df in self.plan.dynamic_filters}
+            probes: dict[str, list[DynamicFilter]] = {}
+            for planned in self.plan.dynamic_filters:
+                probes.setdefault(planned.probe, []).append(planned)
             keys: dict[str, list[Any] | None] = {}
             for fragment in self.plan.fragments:
                 if fragment.name in probes:
-                    keys[fragment.name] = self._probe(con, fragment, probes[fragment.name])
+                    keys.update(self._probe(con, fragment, probes[fragment.name]))
             for fragment in self.plan.fragments:
                 if fragment.name in probes:
                     continue
                 df = filtered.get(fragment.name)
-                found = keys.get(df.probe) if df is not None else None
+                found = keys.get(fragment.name)
                 compiled: CompiledStatement = fragment.compiled
                 extra: dict[str, Any] = {}
                 if df is not None and found is not None:
@@ -278,10 +280,12 @@ class FederatedRun(QueryHandle):
         return handle
 
     def _probe(
-        self, con: duckdb.DuckDBPyConnection, fragment: Fragment, df: DynamicFilter
-    ) -> list[Any] | None:
-        """Read the probe side up to the bound; its distinct join keys when it fits
-        (its rows then held, bounded), None when it does not (the rest then streams)."""
+        self, con: duckdb.DuckDBPyConnection, fragment: Fragment, filters: list[DynamicFilter]
+    ) -> dict[str, list[Any] | None]:
+        """Read the probe side up to the bound; when it fits (its rows then held,
+        bounded), the distinct join keys each target gets, by target (None for a target
+        whose source cannot take that many parameters); none when it does not fit (the
+        rest then streams)."""
         handle = self._execute(fragment, fragment.compiled, {})
         bound = self.source.limits.dynamic_filter_rows
         stats = self.stats[fragment.name]
@@ -299,15 +303,20 @@ class FederatedRun(QueryHandle):
         else:
             table = pa.Table.from_batches(held, handle.schema)
             con.register(fragment.name, table)
-            values = table.column(df.probe_column).unique().drop_null().to_pylist()
-            side = self.source.sides[self.plan.fragment(df.target).connection]
-            room = side.max_parameters - len(self.plan.fragment(df.target).compiled.param_names)
-            return values if len(values) <= room else None
+            found: dict[str, list[Any] | None] = {}
+            for df in filters:
+                values = table.column(df.probe_column).unique().drop_null().to_pylist()
+                target = self.plan.fragment(df.target)
+                side = self.source.sides[target.connection]
+                room = side.max_parameters - len(target.compiled.param_names)
+                found[df.target] = values if len(values) <= room else None
+            stats.dynamic_filter = "probe: read first, its keys sent"
+            return found
         stats.dynamic_filter = f"probe over {bound} rows: no filter sent"
         rest = self._counted(fragment.name, handle, batches)
         chained = pa.RecordBatchReader.from_batches(handle.schema, _chain(held, rest))
         con.register(fragment.name, chained)
-        return None
+        return {}
 
     def _with_keys(
         self, fragment: Fragment, df: DynamicFilter, keys: list[Any]
