@@ -30,6 +30,7 @@ import sqlglot
 
 from benchmarks import tpch
 from benchmarks.common import Pg
+from benchmarks.tpch import TABLES
 from benchmarks.tpch_pushdown import IDEAL, perfect_rows, statements
 from benchmarks.tpch_split import (
     DUCKDB,
@@ -42,10 +43,10 @@ from benchmarks.tpch_split import (
     build_sources,
     compare,
     connections_used,
+    exported,
     qualify,
     register,
     tables_of,
-    unpadded_columns,
 )
 from fabric.api.auth import local_admin_context
 from fabric.api.background import BackgroundGateway
@@ -159,7 +160,7 @@ def _duckdb_over_the_sources(split: Split) -> Any:
     """An in-memory DuckDB with schemas `pg`, `maria` and `duck` holding the tables read
     back from each source as it stores them: the naive federation (move everything).
     PostgreSQL's CHAR(n) values are read without their padding, as PostgreSQL compares
-    them (DuckDB would compare the padded text)."""
+    them (DuckDB would compare the padded text): benchmarks.tpch_split.export_csv."""
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -171,16 +172,11 @@ def _duckdb_over_the_sources(split: Split) -> Any:
         con.execute(f"CREATE TABLE {schema}.{table} AS SELECT * FROM incoming")
         con.unregister("incoming")
 
-    with psycopg.connect(split.pg.conninfo(schema=split.schema, connect_timeout=10)) as conn:
+    # PostgreSQL's tables as COPY exports them (in C, unlike a row-by-row fetch).
+    with exported(split.pg.conninfo(connect_timeout=10), split.schema, tables_of(PG)) as csv:
         for table in tables_of(PG):
-            cursor = conn.execute(
-                psycopg.sql.SQL("SELECT {} FROM {}").format(
-                    unpadded_columns(table), psycopg.sql.Identifier(table)
-                )
-            )
-            names = [c.name for c in cursor.description or []]
-            columns = list(zip(*cursor.fetchall(), strict=True))
-            put(PG, table, pa.table({n: list(col) for n, col in zip(names, columns, strict=True)}))
+            con.execute(f"CREATE TABLE {PG}.{table} ({TABLES[table]})")
+            con.execute(f"COPY {PG}.{table} FROM '{csv / table}.csv' (FORMAT csv, HEADER false)")
     maria = split.maria.connect(split.sources.mariadb_database)
     try:
         with maria.cursor() as cur:
