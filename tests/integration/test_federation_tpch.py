@@ -225,10 +225,15 @@ def test_federated_query_equals_postgres(
     background, _ = gateway
     expected = split.reference(query.sql)
     assert expected, "the reference answer is empty: the query would prove nothing"
+    text = qualify(query.sql)
     with FabricClient(background.address, timeout=60) as client:
-        table = client.query("", qualify(query.sql))
+        table = client.query("", text)
+        plan = client.explain("", text)
     diff = compare(arrow_rows(table), expected, query.total_order)
     assert diff is None, f"Q{query.number}: {diff}"
+    # Every source the query names is sent a statement of its own.
+    assert {p.connection for p in plan.parts if p.connection} == connections_used(text)
+    assert plan.federated == (len(connections_used(text)) > 1)
 
 
 def test_perfect_pushdown_statements_name_only_their_source(split: Split) -> None:
