@@ -150,7 +150,7 @@ class Settings:
     temporary directory under FABRIC_HOME (FABRIC_FEDERATION_MEMORY)."""
     federation_threads: int = 2
     """DuckDB threads of one federated query (FABRIC_FEDERATION_THREADS)."""
-    federation_dynamic_filter_rows: int = 10_000
+    federation_dynamic_filter_rows: int = 20_000
     """A join side of a federated query with at most this many rows sends its join keys
     to the other side's source as a bound IN list (FABRIC_FEDERATION_DYNAMIC_FILTER_ROWS;
     a larger side sends none)."""

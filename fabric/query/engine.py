@@ -400,23 +400,20 @@ class QueryEngine:
         """A query naming `connection.entity`: the single-source path when it reads one
         connection, else its federated plan (each source resolved: NotFound for one the
         caller cannot see)."""
-        single = await self._blocking(self.federation.single, request.sql, request.connection)
-        if single is not None:
-            connection, text = single
+        federation = self.federation
+        route = federation.routed(request.sql, request.connection)
+        if route is None:
+            route = await self._blocking(federation.route, request.sql, request.connection)
+        if route.single is not None:
+            connection, text = route.single
             return await self._checked(
                 ctx, dataclasses.replace(request, connection=connection, sql=text), max_rows
             )
-        _, connections = await self._blocking(self.federation.read, request.sql, request.connection)
-        sources = {name: await self._source(ctx, name) for name in sorted(connections)}
-        plan = await self._blocking(
-            self.federation.plan,
-            ctx.tenant,
-            ctx.stage,
-            request.sql,
-            request.connection,
-            sources,
-            max_rows,
-        )
+        sources = {name: await self._source(ctx, name) for name in route.connections}
+        args = (ctx.tenant, ctx.stage, request.sql, request.connection, sources, max_rows)
+        plan = federation.planned(*args)
+        if plan is None:
+            plan = await self._blocking(federation.plan, *args)
         return self.federation.bind(ctx.tenant, ctx.stage, plan, sources)
 
     async def _source(self, ctx: RequestContext, connection: str) -> BoundSource:
@@ -1272,7 +1269,8 @@ class QueryEngine:
         for hook in list(self._purge_hooks):
             statements += hook(tenant, connection)
         dropped = {
-            "compiled": self.statements.purge_connection(tenant, connection),
+            "compiled": self.statements.purge_connection(tenant, connection)
+            + self.federation.purge(tenant, connection),
             "results": self.results.purge_connection(tenant, connection),
             "statements": statements,
             "streams": sum(1 for ticket in revoked if ticket.kind == STREAM),

@@ -66,7 +66,7 @@ METHOD_ROLES: Mapping[str, Role] = MappingProxyType(
         "/fabric.v1.QueryService/CloseStatement": Role.APP,
         # The Studio: rows of an entity before it is used in a query.
         "/fabric.v1.QueryService/Preview": Role.DEVELOPER,
-        # A plan names the physical schemas and tables each source reads.
+        # A plan shows the statements sent to sources, physical table names included.
         "/fabric.v1.QueryService/Explain": Role.DEVELOPER,
     }
 )

@@ -92,10 +92,16 @@ async def rows_of(
 
 
 def sources(
-    tmp_path: Path, *, tenant: str = CTX.tenant, lineitems: int = 8000, **settings: Any
+    tmp_path: Path,
+    *,
+    tenant: str = CTX.tenant,
+    lineitems: int = 8000,
+    pg_url: str | None = None,
+    **settings: Any,
 ) -> Iterator[Sources]:
+    """The three sources (PostgreSQL: the shared server, or `pg_url`'s)."""
     tag = uuid.uuid4().hex[:10]
-    pg_url = postgres_url()
+    pg_url = pg_url or postgres_url()
     schema = f"fed_{tag}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")

@@ -4,6 +4,7 @@ cancellation reaching every source and DuckDB, the spill directory wiped."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from fabric.api.auth import local_admin_context
 from fabric.api.background import BackgroundGateway
 from fabric.app.gateway import assemble_gateway
+from fabric.cli import main as cli_main
 from fabric.client import FabricClient
 from fabric.config import Settings
 from fabric.context import DEFAULT_TENANT
@@ -76,7 +78,12 @@ def _spilled(fed: Sources) -> list[Path]:
     return [p for p in root.rglob("*")] if root.exists() else []
 
 
-def test_explain_over_grpc_shows_each_part_and_what_it_moved(fed_default: Sources) -> None:
+def test_explain_over_grpc_shows_each_part_and_what_it_moved(
+    fed_default: Sources,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     fed = fed_default
     background = BackgroundGateway(
         assemble_gateway(fed.engine, context_provider=local_admin_context)
@@ -87,6 +94,13 @@ def test_explain_over_grpc_shows_each_part_and_what_it_moved(fed_default: Source
             plan = client.explain("", JOIN, {"last": 5})
             analyzed = client.explain("", JOIN, {"last": 5}, analyze=True)
             single = client.explain("pg", "SELECT o_orderkey FROM orders")
+        # The CLI: `fabric query --explain analyze '' SQL`.
+        for name in [n for n in os.environ if n.startswith("FABRIC_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("FABRIC_HOME", str(tmp_path / "cli"))
+        argv = ["query", "--explain", "analyze", "--address", background.address]
+        code = cli_main([*argv, "-p", "last=2", "", JOIN])
+        shown = capsys.readouterr().out
     finally:
         background.stop()
     assert rows.num_rows == 5 * ORDERS_PER_CUSTOMER
@@ -103,6 +117,9 @@ def test_explain_over_grpc_shows_each_part_and_what_it_moved(fed_default: Source
     assert not single.federated and single.parts[0].connection == "pg"
     text = explain_text(analyzed)
     assert "== duckdb (DuckDB)" in text and "moved: 100 rows" in text
+    assert code == 0
+    assert "-- federated plan" in shown and "== duckdb (DuckDB)" in shown
+    assert "moved: 40 rows" in shown and "dynamic filter: applied (2 keys)" in shown
 
 
 def test_a_deadline_stops_the_source_statement(fed: Sources) -> None:
@@ -161,3 +178,33 @@ def test_spill_files_a_crash_left_are_wiped_at_start_up(tmp_path: Path) -> None:
 async def _drain(engine: QueryEngine, sql: str, deadline: float | None) -> None:
     async for _ in engine.execute(CTX, QueryRequest("", sql), deadline):
         pass
+
+
+def test_a_federated_result_pages_and_is_cached_until_any_of_its_connections_is_purged(
+    fed: Sources,
+) -> None:
+    request = QueryRequest("", JOIN, {"last": 10}, cache_ttl=60)
+
+    async def pages() -> list[int]:
+        first = await fed.engine.open_statement(CTX, request, page_rows=64)
+        rows = [first.rows]
+        statement, done = first.statement_id, first.done
+        while not done:
+            page = await fed.engine.fetch(CTX, statement, 64)
+            rows.append(page.rows)
+            done = page.done
+        return rows
+
+    async def summary() -> Any:
+        items = [item async for item in fed.engine.execute(CTX, request)]
+        return items[-1]
+
+    assert asyncio.run(pages()) == [64, 64, 64, 8]
+    first = asyncio.run(summary())
+    assert first.rows == 10 * ORDERS_PER_CUSTOMER
+    sent = len(fed.sent["pg"])
+    again = asyncio.run(summary())
+    assert again.from_cache and len(fed.sent["pg"]) == sent
+    fed.engine.purge_connection(CTX.tenant, "mdb")
+    after = asyncio.run(summary())
+    assert not after.from_cache and len(fed.sent["pg"]) == sent + 1

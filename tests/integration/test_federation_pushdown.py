@@ -172,6 +172,22 @@ def test_an_unselected_column_or_entity_is_refused_before_any_source_runs(fed: S
         )
     with pytest.raises(QueryRejected):
         run(rows_of(fed.engine, "SELECT * FROM mdb.customer c JOIN pg.pg_authid a ON true"))
+    with pytest.raises(QueryRejected):
+        run(
+            rows_of(
+                fed.engine,
+                "SELECT c.c_name FROM mdb.customer c JOIN read_csv('/etc/passwd') p ON true",
+            )
+        )
+    with pytest.raises(QueryRejected):
+        # What stays with DuckDB is bounded as any source's query is.
+        run(
+            rows_of(
+                fed.engine,
+                "SELECT CAST(c.c_name AS varchar(100000000)) FROM mdb.customer c "
+                "JOIN pg.orders o ON o.o_custkey = c.c_custkey",
+            )
+        )
     assert fed.sent == {"pg": [], "mdb": [], "ddb": []}
 
 
@@ -194,3 +210,43 @@ def test_a_connection_the_caller_cannot_see_is_not_found(fed: Sources) -> None:
 async def _drain(engine: object, ctx: object, sql: str) -> None:
     async for _ in engine.execute(ctx, QueryRequest("", sql)):  # type: ignore[attr-defined]
         pass
+
+
+def test_a_parameter_binds_in_every_part_that_uses_it(fed: Sources) -> None:
+    table = run(
+        rows_of(
+            fed.engine,
+            "SELECT c.c_custkey, o.o_orderkey FROM mdb.customer c "
+            "JOIN pg.orders o ON o.o_custkey = c.c_custkey "
+            "WHERE c.c_custkey < :k AND o.o_orderkey < :k * 10 "
+            "AND o.o_orderkey + c.c_custkey > :k ORDER BY o.o_orderkey",
+            {"k": 20},
+        )
+    )
+    (pg_sql,) = fed.sent["pg"]
+    (mdb_sql,) = fed.sent["mdb"]
+    assert "< %s * 10" in pg_sql and "< %s" in mdb_sql
+    want = [
+        (1 + (g % 200), g) for g in range(1, 200) if 1 + (g % 200) < 20 and g + 1 + (g % 200) > 20
+    ]
+    assert [(r["c_custkey"], r["o_orderkey"]) for r in table.to_pylist()] == want and want
+
+
+def test_a_purge_drops_the_plans_that_read_the_connection(fed: Sources) -> None:
+    sql = "SELECT c.c_name FROM mdb.customer c JOIN pg.orders o ON o.o_custkey = c.c_custkey"
+    run(rows_of(fed.engine, sql))
+    assert fed.engine.purge_connection(CTX.tenant, "ddb")["compiled"] == 0
+    assert fed.engine.purge_connection(CTX.tenant, "pg")["compiled"] >= 1
+
+
+def test_integers_divide_in_duckdb_as_in_postgresql(fed: Sources) -> None:
+    table = run(
+        rows_of(
+            fed.engine,
+            "SELECT o.o_orderkey / c.c_custkey AS q FROM mdb.customer c "
+            "JOIN pg.orders o ON o.o_custkey = c.c_custkey "
+            "WHERE c.c_custkey = 7 ORDER BY o.o_orderkey",
+        )
+    )
+    want = [g // 7 for g in range(1, 200 * ORDERS_PER_CUSTOMER + 1) if 1 + (g % 200) == 7]
+    assert table.column("q").to_pylist() == want

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from cachetools import LRUCache
 from sqlglot import exp
@@ -16,6 +16,7 @@ from fabric.config import Settings
 from fabric.errors import QueryRejected
 from fabric.model import CatalogSnapshot
 from fabric.query.compiler import CompiledStatement, QueryLimits, StatementCompiler
+from fabric.query.compiler.bounds import check_sizes
 from fabric.query.compiler.guard import check_structure
 from fabric.query.compiler.reader import QueryReader
 from fabric.query.compiler.statement_compiler import fold_unquoted_names
@@ -25,6 +26,27 @@ from fabric.query.federation.planner import FederationPlanner, fabric_sql
 from fabric.query.federation.runner import DuckDBLimits, FederatedSource
 from fabric.query.sources import BoundSource
 from fabric.results.cache import COMPOSITE_SEPARATOR
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    connections: tuple[str, ...]
+    """The connections the query names, sorted."""
+    single: tuple[str, str] | None
+    """(connection, text without qualifiers) when it names one."""
+
+
+def _plan_key(
+    tenant: str,
+    stage: str,
+    sql: str,
+    default: str,
+    sources: Mapping[str, BoundSource],
+    max_rows: int,
+) -> tuple[object, ...]:
+    versions = tuple((name, sources[name].catalog.version) for name in sorted(sources))
+    return (tenant, stage, sql, default, max_rows, versions)
+
 
 FRAGMENT_LIMIT_FACTOR = 64
 """A fragment (and a dynamic filter's IN list) may be this many times longer than a
@@ -49,7 +71,7 @@ class Federation:
             dynamic_filter_rows=settings.federation_dynamic_filter_rows,
         )
         self._lock = threading.Lock()
-        self._rewrites: LRUCache[tuple[str, str], tuple[str, str] | None] = LRUCache(entries)
+        self._routes: LRUCache[tuple[str, str], Route] = LRUCache(entries)
         self._plans: LRUCache[tuple[object, ...], FederatedPlan] = LRUCache(entries)
 
     def read(self, sql: str, default: str) -> tuple[exp.Query, set[str]]:
@@ -62,25 +84,29 @@ class Federation:
         fold_unquoted_names(tree)
         return tree, qualify_connections(tree, default)
 
-    def single(self, sql: str, default: str) -> tuple[str, str] | None:
-        """(connection, text) when every entity the query names is of one connection:
-        the text without connection qualifiers, for the single-source path; None when
-        it reads several. Remembered per (default, text)."""
-        key = (default, sql)
+    def routed(self, sql: str, default: str) -> Route | None:
+        """The route of a text seen before (no parsing; safe on the event loop)."""
         with self._lock:
-            if key in self._rewrites:
-                return self._rewrites[key]
+            return self._routes.get((default, sql))
+
+    def route(self, sql: str, default: str) -> Route:
+        """Where a query goes: one connection (the text without connection qualifiers,
+        for the single-source path) or several. Remembered per (default, text)."""
+        found = self.routed(sql, default)
+        if found is not None:
+            return found
         tree, connections = self.read(sql, default)
-        rewrite: tuple[str, str] | None = None
+        if not connections:
+            raise QueryRejected("the query reads no entity; name connection.entity")
+        single: tuple[str, str] | None = None
         if len(connections) == 1:
             (connection,) = connections
             strip_connection(tree, connection)
-            rewrite = (connection, fabric_sql(tree))
-        elif not connections:
-            raise QueryRejected("the query reads no entity; name connection.entity")
+            single = (connection, fabric_sql(tree))
+        route = Route(tuple(sorted(connections)), single)
         with self._lock:
-            self._rewrites[key] = rewrite
-        return rewrite
+            self._routes[(default, sql)] = route
+        return route
 
     def sides(self, sources: Mapping[str, BoundSource]) -> dict[str, SourceSide]:
         sides = {}
@@ -109,25 +135,47 @@ class Federation:
         max_rows: int,
     ) -> FederatedPlan:
         """The plan (blocking: a worker thread's call on a miss)."""
-        key = (
-            tenant,
-            stage,
-            sql,
-            default,
-            max_rows,
-            tuple((name, sources[name].catalog.version) for name in sorted(sources)),
-        )
-        with self._lock:
-            found = self._plans.get(key)
+        found = self.planned(tenant, stage, sql, default, sources, max_rows)
         if found is not None:
             return found
+        key = _plan_key(tenant, stage, sql, default, sources, max_rows)
         tree, _ = self.read(sql, default)
         for bound in sources.values():
             check_structure(tree, bound.catalog)
+        # What stays with DuckDB is bounded as a DuckDB source's query would be.
+        check_sizes(tree, "duckdb", self.limits.max_type_length)
         plan = self.planner.plan(tree, self.sides(sources), max_rows=max_rows)
         with self._lock:
             self._plans[key] = plan
         return plan
+
+    def planned(
+        self,
+        tenant: str,
+        stage: str,
+        sql: str,
+        default: str,
+        sources: Mapping[str, BoundSource],
+        max_rows: int,
+    ) -> FederatedPlan | None:
+        """The plan made before for these catalog versions (no I/O, no parsing)."""
+        key = _plan_key(tenant, stage, sql, default, sources, max_rows)
+        with self._lock:
+            return self._plans.get(key)
+
+    def purge(self, tenant: str, connection: str) -> int:
+        """Forget the plans that read `connection` (they hold its physical names)."""
+        with self._lock:
+            doomed = []
+            for key in self._plans:
+                versions = key[-1]
+                if key[0] != tenant or not isinstance(versions, tuple):
+                    continue
+                if any(pair[0] == connection for pair in versions):
+                    doomed.append(key)
+            for key in doomed:
+                del self._plans[key]
+        return len(doomed)
 
     def bind(
         self, tenant: str, stage: str, plan: FederatedPlan, sources: Mapping[str, BoundSource]

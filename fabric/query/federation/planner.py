@@ -76,6 +76,12 @@ class _Group:
     aliases: list[str]
     conjuncts: list[exp.Expr] = field(default_factory=list)
     scope: Scope | None = None
+    restrictions: int = 0
+    """Conditions that filter rows (on one table, or with a subquery), join conditions
+    apart: what makes the group a likely small side."""
+    equalities: int = 0
+    """Restrictions that pick values (`column = constant`, `column IN (constants)`): the
+    likeliest to leave few rows."""
     name: str = ""
     alias: str = ""
     nullable: bool = False
@@ -152,6 +158,8 @@ class _Planning:
         self.remaining: list[str] = []
         self.filters: list[tuple[_Group, tuple[str, str], _Group, exp.Column]] = []
         self.owner_of: dict[tuple[int, str], _Group] = {}
+        self.correlated: set[int] = set()
+        """Candidates (by their key column's id) into a correlated subquery's table."""
         self._names = 0
 
     def _fresh(self, prefix: str) -> str:
@@ -378,13 +386,18 @@ class _Planning:
                 groups[root] = group
             group.aliases.append(alias)
         for conjunct, refs in placed:
-            groups[find(next(iter(refs)))].conjuncts.append(conjunct)
+            group = groups[find(next(iter(refs)))]
+            group.conjuncts.append(conjunct)
+            if len(refs) == 1 or any(conjunct.find_all(exp.Query)):
+                group.restrictions += 1
+                group.equalities += int(_picks_values(conjunct))
             for subquery in conjunct.find_all(exp.Query):
                 for inner in self.scopes:
                     if inner.expression is subquery:
                         consumed |= self.subtree[id(inner)]
         for alias, conjuncts in on_pushed.items():
             groups[find(alias)].conjuncts.extend(conjuncts)
+            groups[find(alias)].restrictions += len(conjuncts)
         if kept:
             select.where(_and(kept), copy=False)
         self.groups.extend(groups.values())
@@ -555,16 +568,17 @@ class _Planning:
                 # only the rows whose key the outer level has can ever be referenced.
                 outer = self._definer(scope, right.table)
                 found = self.owner_of.get((id(outer), right.table)) if outer else None
-                if found is None or found.nullable or not found.conjuncts or a.conjuncts:
+                if found is None or found.nullable or not found.restrictions:
                     continue
-                self.filters.append((found, (right.table, right.name), a, left.copy()))
+                key = left.copy()
+                self.correlated.add(id(key))
+                self.filters.append((found, (right.table, right.name), a, key))
                 continue
             if a is b:
                 continue
-            if a.conjuncts and not b.conjuncts:
-                self.filters.append((a, (left.table, left.name), b, right.copy()))
-            elif b.conjuncts and not a.conjuncts:
-                self.filters.append((b, (right.table, right.name), a, left.copy()))
+            # Both ways: which side probes is chosen once every level is planned.
+            self.filters.append((a, (left.table, left.name), b, right.copy()))
+            self.filters.append((b, (right.table, right.name), a, left.copy()))
 
     # -- statements -----------------------------------------------------------------------
 
@@ -637,10 +651,46 @@ class _Planning:
                     tuple(query.named_selects),
                     tuple(given) or ("scan",),
                     tuple(remaining),
-                    has_filter=bool(group.conjuncts),
+                    has_filter=bool(group.restrictions),
                 )
             )
         return fragments
+
+    def _chosen_filters(self) -> list[tuple[_Group, tuple[str, str], _Group, exp.Column]]:
+        """The dynamic filters to run, from the candidates: a probe must be restricted
+        at its source, or by a filter chosen before (a chain: nation -> supplier ->
+        lineitem); against a restricted target it must rank as the smaller side; a
+        target takes one filter; no cycles. The likeliest small probes choose first."""
+        rank = {id(g): _probe_rank(g) for g in self.groups if g.restrictions}
+        feeds: dict[int, int] = {}  # target -> its probe
+        chosen: list[tuple[_Group, tuple[str, str], _Group, exp.Column]] = []
+        pending = sorted(self.filters, key=lambda f: _probe_rank(f[0]))
+        progress = True
+        while progress:
+            progress = False
+            for candidate in list(pending):
+                probe, _, target, column = candidate
+                if id(target) in feeds or id(probe) not in rank:
+                    continue
+                # Into a correlated subquery the outer level drives; else the probe must
+                # rank as the smaller side (a chained probe ranks as its own probe).
+                if (
+                    id(column) not in self.correlated
+                    and id(target) in rank
+                    and not rank[id(probe)] < rank[id(target)]
+                ):
+                    continue
+                ancestor: int | None = id(probe)
+                while ancestor is not None and ancestor != id(target):
+                    ancestor = feeds.get(ancestor)
+                if ancestor is not None:
+                    continue  # the target feeds the probe already: a cycle
+                feeds[id(target)] = id(probe)
+                rank[id(target)] = min(rank.get(id(target), rank[id(probe)]), rank[id(probe)])
+                chosen.append(candidate)
+                pending.remove(candidate)
+                progress = True
+        return chosen
 
     def _all_groups(self) -> list[_Group]:
         return self.groups
@@ -721,7 +771,7 @@ class _Planning:
         for fragment in fragments:
             names.update(fragment.compiled.param_names)
         dynamic = []
-        for probe, (alias, name), target, column in self.filters:
+        for probe, (alias, name), target, column in self._chosen_filters():
             probe_fragment = next(f for f in fragments if f.name == probe.name)
             select = probe_fragment.tree
             assert isinstance(select, exp.Select)
@@ -737,18 +787,7 @@ class _Planning:
             if output is None or target_side.max_parameters <= 0:
                 continue
             dynamic.append(DynamicFilter(probe.name, output, target.name, column))
-        # One role per fragment: a probe is never a target, a target gets one filter.
-        chosen: list[DynamicFilter] = []
-        probes: set[str] = set()
-        targets: set[str] = set()
-        for candidate in dynamic:
-            if candidate.target in targets or candidate.target in probes:
-                continue
-            if candidate.probe in targets:
-                continue
-            chosen.append(candidate)
-            probes.add(candidate.probe)
-            targets.add(candidate.target)
+        chosen = dynamic
         remaining = tuple(dict.fromkeys(self.remaining)) or ("combining the sources' rows",)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(remainder.encode())
@@ -770,6 +809,30 @@ class _Planning:
             output_columns=output_columns,
             fingerprint=digest.hexdigest(),
         )
+
+
+def _probe_rank(group: _Group) -> tuple[int, int, int]:
+    """Which probe is likely smaller (no statistics): more conditions that pick values,
+    then fewer entities, then more restrictions."""
+    return (-group.equalities, len(group.aliases), -group.restrictions)
+
+
+def _picks_values(condition: exp.Expr) -> bool:
+    """`column = constant` or `column IN (constants)`."""
+    constant = (exp.Literal, exp.Placeholder)
+    if isinstance(condition, exp.EQ):
+        sides = (condition.this, condition.expression)
+        return any(
+            isinstance(a, exp.Column) and isinstance(b, constant) for a, b in (sides, sides[::-1])
+        )
+    if isinstance(condition, exp.In) and condition.args.get("query") is None:
+        values = condition.expressions
+        return (
+            isinstance(condition.this, exp.Column)
+            and bool(values)
+            and all(isinstance(v, constant) for v in values)
+        )
+    return False
 
 
 def _reads(value: exp.Expr, alias: str, name: str) -> bool:

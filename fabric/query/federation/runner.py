@@ -174,6 +174,7 @@ class FederatedRun(QueryHandle):
             _quietly(con.interrupt)
             _quietly(con.close)
         self._reader = None
+        self.values = {}  # the parameters go with the query
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
     # -- running ---------------------------------------------------------------------------
@@ -218,6 +219,8 @@ class FederatedRun(QueryHandle):
                 "autoload_known_extensions": False,
             },
         )
+        # Fabric SQL divides integers as PostgreSQL does (7 / 2 = 3).
+        con.execute("SET integer_division = true")
         # The remainder reads the registered streams only: no files, no settings changes.
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -237,22 +240,24 @@ class FederatedRun(QueryHandle):
             for planned in self.plan.dynamic_filters:
                 probes.setdefault(planned.probe, []).append(planned)
             keys: dict[str, list[Any] | None] = {}
-            for fragment in self.plan.fragments:
-                if fragment.name in probes:
-                    keys.update(self._probe(con, fragment, probes[fragment.name]))
+            # Probes first, each once its own probe (a chain) has given it its keys.
+            waiting = [f for f in self.plan.fragments if f.name in probes]
+            while waiting:
+                ready = [
+                    f
+                    for f in waiting
+                    if f.name not in filtered
+                    or filtered[f.name].probe not in {w.name for w in waiting}
+                ] or waiting[:1]  # the planner makes no cycles; never wait forever
+                for fragment in ready:
+                    compiled, extra = self._filtered(fragment, filtered, keys)
+                    handle = self._execute(fragment, compiled, extra)
+                    keys.update(self._probe(con, fragment, handle, probes[fragment.name]))
+                    waiting.remove(fragment)
             for fragment in self.plan.fragments:
                 if fragment.name in probes:
                     continue
-                df = filtered.get(fragment.name)
-                found = keys.get(fragment.name)
-                compiled: CompiledStatement = fragment.compiled
-                extra: dict[str, Any] = {}
-                if df is not None and found is not None:
-                    compiled, extra = self._with_keys(fragment, df, found)
-                    self.stats[fragment.name].dynamic_filter = f"applied ({len(found)} keys)"
-                elif df is not None:
-                    self.stats[fragment.name].dynamic_filter = "skipped (probe side too large)"
-                self.stats[fragment.name].sql = compiled.sql
+                compiled, extra = self._filtered(fragment, filtered, keys)
                 handle = self._execute(fragment, compiled, extra)
                 con.register(fragment.name, self._counted(fragment.name, handle))
             self._check()
@@ -279,14 +284,37 @@ class FederatedRun(QueryHandle):
             self._check()
         return handle
 
+    def _filtered(
+        self,
+        fragment: Fragment,
+        filtered: Mapping[str, DynamicFilter],
+        keys: Mapping[str, list[Any] | None],
+    ) -> tuple[CompiledStatement, dict[str, Any]]:
+        """The statement a fragment runs: with its dynamic filter when its probe gave
+        keys, as planned otherwise."""
+        df = filtered.get(fragment.name)
+        found = keys.get(fragment.name)
+        compiled: CompiledStatement = fragment.compiled
+        extra: dict[str, Any] = {}
+        if df is not None and found is not None:
+            compiled, extra = self._with_keys(fragment, df, found)
+            self.stats[fragment.name].dynamic_filter = f"applied ({len(found)} keys)"
+        elif df is not None:
+            self.stats[fragment.name].dynamic_filter = "skipped (probe side too large)"
+        self.stats[fragment.name].sql = compiled.sql
+        return compiled, extra
+
     def _probe(
-        self, con: duckdb.DuckDBPyConnection, fragment: Fragment, filters: list[DynamicFilter]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        fragment: Fragment,
+        handle: QueryHandle,
+        filters: list[DynamicFilter],
     ) -> dict[str, list[Any] | None]:
         """Read the probe side up to the bound; when it fits (its rows then held,
         bounded), the distinct join keys each target gets, by target (None for a target
         whose source cannot take that many parameters); none when it does not fit (the
         rest then streams)."""
-        handle = self._execute(fragment, fragment.compiled, {})
         bound = self.source.limits.dynamic_filter_rows
         stats = self.stats[fragment.name]
         held: list[pa.RecordBatch] = []
@@ -310,9 +338,13 @@ class FederatedRun(QueryHandle):
                 side = self.source.sides[target.connection]
                 room = side.max_parameters - len(target.compiled.param_names)
                 found[df.target] = values if len(values) <= room else None
-            stats.dynamic_filter = "probe: read first, its keys sent"
+            note = "probe: read first, its keys sent"
+            stats.dynamic_filter = (
+                f"{stats.dynamic_filter}; {note}" if stats.dynamic_filter else note
+            )
             return found
-        stats.dynamic_filter = f"probe over {bound} rows: no filter sent"
+        note = f"probe over {bound} rows: no filter sent"
+        stats.dynamic_filter = f"{stats.dynamic_filter}; {note}" if stats.dynamic_filter else note
         rest = self._counted(fragment.name, handle, batches)
         chained = pa.RecordBatchReader.from_batches(handle.schema, _chain(held, rest))
         con.register(fragment.name, chained)
