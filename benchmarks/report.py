@@ -141,7 +141,7 @@ def _met(s: dict[str, Any], quick: bool) -> str:
     return text + (" (not asserted)" if quick else "")
 
 
-def markdown(run: dict[str, Any]) -> str:
+def markdown(run: dict[str, Any], stem: str = "latest") -> str:
     m, quick = run["machine"], run["quick"]
     lines = [
         "# Fabric benchmark results",
@@ -217,7 +217,7 @@ def markdown(run: dict[str, Any]) -> str:
     lines += [
         "",
         "Medians of repeated runs after a warm-up; every sample is in "
-        "`benchmarks/results/latest.json`. Targets are set in `benchmarks/scenarios.py` "
+        f"`benchmarks/results/{stem}.json`. Targets are set in `benchmarks/scenarios.py` "
         "and are never loosened; a missed target says **no**.",
         "",
     ]
@@ -330,7 +330,7 @@ def write(run: dict[str, Any], directory: Path, stem: str = "latest") -> list[Pa
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{stem}.json", directory / f"{stem}.md", directory / f"{stem}.png"]
     paths[0].write_text(json.dumps(run, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown(run))
+    paths[1].write_text(markdown(run, stem))
     try:
         plot(run, paths[2])
     except ImportError:

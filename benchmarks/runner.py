@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick" if args.quick else "latest" if len(args.only) == len(SCENARIOS) else "partial"
     )
     paths = report.write(run, Path(args.output), stem)
-    print(report.markdown(run))
+    print(report.markdown(run, stem))
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     if failures:
         print("ERRORS:\n  " + "\n  ".join(failures), file=sys.stderr)
