@@ -415,6 +415,12 @@ def register(
     the entity names per connection."""
     from fabric.catalog.manager import TableChoice
 
+    if server.password:
+        # Registered settings hold no secret, and this harness keeps no secret store.
+        raise ValueError(
+            "the split registers MariaDB without a password: use an account without one"
+        )
+
     manager.create_connection(tenant, PG, "postgres", {"*": dict(pg_settings)})
     manager.create_connection(
         tenant, MARIADB, "mysql", {"*": server.settings(sources.mariadb_database)}
