@@ -26,9 +26,23 @@ def generate(
     while nonce in source_text.lower():
         nonce = secrets.token_hex(6)
     names: list[str] = []
-    for placeholder in list(tree.find_all(exp.Placeholder)):
-        placeholder.replace(exp.Var(this=f"fabricp{nonce}n{len(names)}e"))
+    sentinels: dict[int, exp.Var] = {}
+    placeholders = list(tree.find_all(exp.Placeholder))
+    for placeholder in placeholders:
+        sentinels[id(placeholder)] = exp.Var(this=f"fabricp{nonce}n{len(names)}e")
         names.append(placeholder.name)
+    # A list argument (an IN list) is rebuilt once: replacing its elements one by one
+    # costs the list's length each time, quadratic for a long list of parameters.
+    rebuilt: set[tuple[int, str]] = set()
+    for placeholder in placeholders:
+        parent, key = placeholder.parent, placeholder.arg_key
+        siblings = parent.args.get(key) if parent is not None and key is not None else None
+        if parent is not None and key is not None and isinstance(siblings, list):
+            if (id(parent), key) not in rebuilt:
+                rebuilt.add((id(parent), key))
+                parent.set(key, [sentinels.get(id(node), node) for node in siblings])
+        else:
+            placeholder.replace(sentinels[id(placeholder)])
     text = tree.sql(dialect=dialect, comments=False, unsupported_level=ErrorLevel.RAISE)
     if param_style is ParamStyle.FORMAT:
         text = text.replace("%", "%%")

@@ -818,8 +818,15 @@ def _probe_rank(group: _Group) -> tuple[int, int, int]:
 
 
 def _picks_values(condition: exp.Expr) -> bool:
-    """`column = constant` or `column IN (constants)`."""
+    """`column = constant`, `column IN (constants)`, or an OR of such (the filter an OR
+    of value picks implies)."""
     constant = (exp.Literal, exp.Placeholder)
+    if isinstance(condition, exp.Paren):
+        return _picks_values(condition.unnest())
+    if isinstance(condition, exp.Or):
+        return all(_picks_values(branch) for branch in condition.flatten())
+    if isinstance(condition, exp.And):
+        return any(_picks_values(part) for part in condition.flatten())
     if isinstance(condition, exp.EQ):
         sides = (condition.this, condition.expression)
         return any(

@@ -355,10 +355,14 @@ class FederatedRun(QueryHandle):
     ) -> tuple[CompiledStatement, dict[str, Any]]:
         """The target fragment reading only rows whose key is one of `keys`: an IN list
         of bound parameters, its length rounded up to a power of two (the last key
-        repeated) so that a source sees few distinct statements."""
+        repeated) so that a source sees few distinct statements, within the parameters
+        its source takes (`_probe` sent no more keys than that)."""
+        side = self.source.sides[fragment.connection]
+        room = side.max_parameters - len(fragment.compiled.param_names)
         size = 1
         while size < len(keys):
             size *= 2
+        size = max(len(keys), min(size, room), 1)
         with fragment.lock:
             compiled = fragment.variants.get(size)
         if compiled is None:
