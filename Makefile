@@ -27,7 +27,8 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# Full run (TPC-H SF1 in PostgreSQL, several minutes); writes benchmarks/results/latest.*
+# Full run (TPC-H SF1 in PostgreSQL, and split across PostgreSQL, MariaDB and DuckDB for
+# scenario 10; several minutes); writes benchmarks/results/latest.*
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

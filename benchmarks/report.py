@@ -93,6 +93,19 @@ def _cells(s: dict[str, Any]) -> tuple[str, str, str]:
             + ")",
             _ratio(s["ratio"], 3),
         )
+    if n == 10:
+        c, moved = s["counts"], s["rows_moved"]
+        parts = [f"{v} {k.replace('_', ' ')}" for k, v in sorted(c.items())]
+        return (
+            f"geomean {fmt_seconds(f.get('median'))}; sources moved {moved['sources']:,} rows "
+            f"(perfect pushdown {moved['perfect_pushdown']:,})",
+            "all-in-PostgreSQL psycopg geomean "
+            + fmt_seconds(a.get("direct_psycopg_all_in_postgres", {}).get("median"))
+            + " ("
+            + ", ".join(parts)
+            + ")",
+            _ratio(s["ratio"], 3),
+        )
     if n == 8:
         cpu, calls, r = f["cpu_ms_per_call"], f["calls_per_second"], s["ratios"]
         core = f["calls_per_second_servers_on_one_core"]["cached"]
@@ -128,7 +141,7 @@ def _met(s: dict[str, Any], quick: bool) -> str:
     return text + (" (not asserted)" if quick else "")
 
 
-def markdown(run: dict[str, Any]) -> str:
+def markdown(run: dict[str, Any], stem: str = "latest") -> str:
     m, quick = run["machine"], run["quick"]
     lines = [
         "# Fabric benchmark results",
@@ -200,14 +213,53 @@ def markdown(run: dict[str, Any]) -> str:
                     f"{reason[:160]} |"
                 )
         lines += ["", "</details>"]
+    lines += federation_details(run)
     lines += [
         "",
         "Medians of repeated runs after a warm-up; every sample is in "
-        "`benchmarks/results/latest.json`. Targets are set in `benchmarks/scenarios.py` "
+        f"`benchmarks/results/{stem}.json`. Targets are set in `benchmarks/scenarios.py` "
         "and are never loosened; a missed target says **no**.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _moved(rows: dict[str, int] | None) -> str:
+    if not rows:
+        return "-"
+    return ", ".join(f"{source} {n:,}" for source, n in sorted(rows.items()))
+
+
+def federation_details(run: dict[str, Any]) -> list[str]:
+    """Scenario 10 per query: times, and the rows each source moved against the rows a
+    perfect pushdown would move (benchmarks/tpch_pushdown.py says how that is counted)."""
+    fed = next((s for s in run["scenarios"] if s["number"] == 10 and "queries" in s), None)
+    if not fed:
+        return []
+    lines = [
+        "",
+        "<details><summary>Federated TPC-H per query (rows moved from the sources, from "
+        "EXPLAIN ANALYZE, vs a perfect pushdown)</summary>",
+        "",
+        "| query | status | rows | all-in-PG direct | Fabric federated | ratio "
+        "| rows moved | perfect pushdown |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for q in fed["queries"]:
+        perfect = _moved(q.get("perfect_rows"))
+        if q["status"] == "ok":
+            lines.append(
+                f"| {q['query']} | ok | {q['rows']} | {fmt_seconds(q['direct']['median'])} | "
+                f"{fmt_seconds(q['fabric']['median'])} | {_ratio(q['ratio'], 3)} | "
+                f"{_moved(q.get('moved_rows'))} | {perfect} |"
+            )
+        else:
+            reason = str(q.get("reason", "")).replace("|", "\\|").replace("\n", " ")
+            lines.append(
+                f"| {q['query']} | {q['status'].replace('_', ' ')} | - | - | - | "
+                f"{reason[:160]} | - | {perfect} |"
+            )
+    return [*lines, "", "</details>"]
 
 
 def _score(s: dict[str, Any]) -> float | None:
@@ -278,7 +330,7 @@ def write(run: dict[str, Any], directory: Path, stem: str = "latest") -> list[Pa
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{stem}.json", directory / f"{stem}.md", directory / f"{stem}.png"]
     paths[0].write_text(json.dumps(run, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown(run))
+    paths[1].write_text(markdown(run, stem))
     try:
         plot(run, paths[2])
     except ImportError:

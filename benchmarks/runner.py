@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, tpch
+from benchmarks import federation, report, tpch
 from benchmarks.common import RESULTS, Pg, machine_facts
 from benchmarks.echo import EchoProcess
 from benchmarks.gateway import FabricHome, GatewayProcess
@@ -93,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         entities = home.register(pg, data.schema)
         print(f"registered connection 'tpch' with entities {', '.join(entities)}", flush=True)
+        split, split_error = None, ""
+        if 10 in args.only:
+            try:
+                split = federation.prepare(pg, data, home, force=args.reload)
+            except Exception as exc:  # scenario 10 reports it; the others still run
+                split_error = f"{type(exc).__name__}: {exc}"
+                print(f"the split TPC-H sources could not be prepared: {split_error}", flush=True)
         token = home.token()
         echo.start()
         gateway = GatewayProcess(home, pg).start()
@@ -102,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"echo on {echo.address}",
             flush=True,
         )
-        bench = Bench(pg, data, home, gateway, echo, plan, cold_starts, token)
+        bench = Bench(pg, data, home, gateway, echo, plan, cold_starts, token, split, split_error)
         # The memory scenario runs last, in its own fresh gateway, after the main gateway's
         # counters are read and it is stopped.
         order = [s for s in SCENARIOS if s.number in args.only]
@@ -147,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick" if args.quick else "latest" if len(args.only) == len(SCENARIOS) else "partial"
     )
     paths = report.write(run, Path(args.output), stem)
-    print(report.markdown(run))
+    print(report.markdown(run, stem))
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     if failures:
         print("ERRORS:\n  " + "\n  ".join(failures), file=sys.stderr)

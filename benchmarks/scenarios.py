@@ -24,8 +24,10 @@ import psycopg
 from benchmarks.capacity import capacity
 from benchmarks.common import Pg, cpu_seconds, geomean, rounded, summarize
 from benchmarks.echo import EXECUTE, EchoProcess
+from benchmarks.federation import federated_tpch
 from benchmarks.gateway import CONNECTION, FabricHome, GatewayProcess
 from benchmarks.tpch import Dataset, queries
+from benchmarks.tpch_split import SplitSources
 
 LARGE_SQL = "SELECT * FROM lineitem WHERE l_orderkey <= 1000000"
 AGGREGATE_SQL = """SELECT l_returnflag, l_linestatus, sum(l_quantity) AS sum_qty,
@@ -102,6 +104,10 @@ class Bench:
     plan: Plan
     cold_starts: list[float] = field(default_factory=list)
     token: str | None = None
+    split: SplitSources | None = None
+    """TPC-H split across PostgreSQL, MariaDB and DuckDB (scenario 10 only)."""
+    split_error: str = ""
+    """Why the split could not be prepared, if it could not."""
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -968,4 +974,5 @@ SCENARIOS = [
     Scenario(7, "TPC-H queries vs direct", tpch_queries),
     Scenario(8, "capacity: server CPU per call by topology, 1 and 2 replicas", capacity),
     Scenario(9, "Flight SQL: large result into ADBC, point query p50", flight_sql),
+    Scenario(10, "federated TPC-H split across PostgreSQL, MariaDB, DuckDB", federated_tpch),
 ]

@@ -183,17 +183,13 @@ def prepare(pg: Pg, scale: float, *, force: bool = False) -> Dataset:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fabric-bench-tpch-") as tmp:
         print(f"generating TPC-H SF{scale} with {version} ...", flush=True)
-        subprocess.run(
-            [generator(), "csv", "-s", str(scale), "-o", tmp, "--no-progress", "-q"],
-            check=True,
-            timeout=3600,
-        )
+        generate(scale, Path(tmp))
         generated = time.perf_counter()
         print(
             f"  generated in {generated - started:.1f} s; loading {pg.database}.{schema}",
             flush=True,
         )
-        rows = _load(pg, schema, Path(tmp))
+        rows = load(pg, schema, Path(tmp))
     seconds = time.perf_counter() - started
     with psycopg.connect(pg.conninfo(connect_timeout=5), autocommit=True) as conn:
         conn.execute(
@@ -210,7 +206,17 @@ def prepare(pg: Pg, scale: float, *, force: bool = False) -> Dataset:
     return Dataset(pg, scale, schema, version, rows, False, seconds)
 
 
-def _load(pg: Pg, schema: str, directory: Path) -> dict[str, int]:
+def generate(scale: float, directory: Path) -> None:
+    """The eight tables at `scale` as `directory/<table>.csv` (with a header line)."""
+    subprocess.run(
+        [generator(), "csv", "-s", str(scale), "-o", str(directory), "--no-progress", "-q"],
+        check=True,
+        timeout=3600,
+    )
+
+
+def load(pg: Pg, schema: str, directory: Path) -> dict[str, int]:
+    """(Re)create `schema` with the tables from `directory`, keys, indexes, statistics."""
     ident = sql.Identifier(schema)
     rows: dict[str, int] = {}
     # One transaction: tables created here take COPY ... FREEZE (no hint-bit rewrite on
