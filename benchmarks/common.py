@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
+import importlib.util
 import math
 import os
 import platform
@@ -191,7 +193,6 @@ def machine_facts(pg: Pg) -> dict[str, Any]:
     import grpc
     import psycopg
     import pyarrow
-    import sqlglot
 
     server_version = ""
     try:
@@ -200,12 +201,7 @@ def machine_facts(pg: Pg) -> dict[str, Any]:
             server_version = str(row[0]) if row else ""
     except psycopg.Error:
         pass
-    try:
-        import sqlglotc  # noqa: F401
-
-        has_sqlglotc = True
-    except ImportError:
-        has_sqlglotc = False
+    has_sqlglotc = importlib.util.find_spec("sqlglotc") is not None
     commit = _run(["git", "rev-parse", "--short", "HEAD"])
     dirty = bool(_run(["git", "status", "--porcelain", "--", "fabric", "connectors"]))
     return {
@@ -220,7 +216,7 @@ def machine_facts(pg: Pg) -> dict[str, Any]:
         "pyarrow": pyarrow.__version__,
         "grpcio": grpc.__version__,
         "psycopg": psycopg.__version__,
-        "sqlglot": sqlglot.__version__,
+        "sqlglot": importlib.metadata.version("sqlglot"),
         "sqlglotc": has_sqlglotc,
         "fabric_commit": commit + ("+dirty" if dirty else ""),
     }
