@@ -63,9 +63,40 @@ def fabric_sql(tree: exp.Expr) -> str:
     """Fabric SQL as text: PostgreSQL with `:name` parameters (what the compiler reads);
     a parameter's name is a plain word (checked by the structure check)."""
     copy = tree.copy()
+    rebuilt: set[tuple[int, str]] = set()
     for placeholder in list(copy.find_all(exp.Placeholder)):
-        placeholder.replace(exp.Var(this=f":{placeholder.name}"))
+        parent, key = placeholder.parent, placeholder.arg_key
+        siblings = parent.args.get(key) if parent is not None and key is not None else None
+        if parent is not None and key is not None and isinstance(siblings, list):
+            # An IN list of parameters is rebuilt once (replacing its elements one by
+            # one is quadratic in its length: a dynamic filter's list is long).
+            if (id(parent), key) not in rebuilt:
+                rebuilt.add((id(parent), key))
+                parent.set(key, [_as_text(node) for node in siblings])
+        else:
+            placeholder.replace(_as_text(placeholder))
     return copy.sql(dialect="postgres")
+
+
+def _exists_reads_nothing(tree: exp.Expr) -> None:
+    """`EXISTS (SELECT * ...)` selects `1` instead: only whether a row exists counts, so
+    a source sends no column for it (not for an aggregate query, which always has a row)."""
+    for exists in tree.find_all(exp.Exists):
+        query = exists.this
+        if not isinstance(query, exp.Select):
+            continue
+        if any(query.args.get(clause) is not None for clause in ("group", "having", "distinct")):
+            continue
+        if any(
+            isinstance(e, exp.AggFunc | exp.Window) for p in query.expressions for e in p.walk()
+        ):
+            continue
+        query.set("expressions", [exp.Literal.number(1)])
+
+
+def _as_text(node: exp.Expr) -> exp.Expr:
+    """A parameter as Fabric SQL writes it (`:name`); any other node as it is."""
+    return exp.Var(this=f":{node.name}") if isinstance(node, exp.Placeholder) else node
 
 
 @dataclass(slots=True)
@@ -210,6 +241,7 @@ class _Planning:
     # -- scopes ---------------------------------------------------------------------------
 
     def run(self) -> FederatedPlan:
+        _exists_reads_nothing(self.tree)
         self._qualify()
         root = build_scope(self.tree)
         if root is None:
