@@ -82,7 +82,8 @@ from fabric.query.compiler.scope import QualifiedEntityName
 from fabric.query.drift import explain_source_error
 from fabric.query.federation.explain import Explanation, explain_plan, explain_single
 from fabric.query.federation.front import Federation, source_reads
-from fabric.query.federation.runner import FederatedSource, wipe_temp_root
+from fabric.query.federation.runner import FederatedSource
+from fabric.query.federation.spill import SpillArea
 from fabric.query.lanes import LaneCalls, Lanes, SourceLane, awaitable
 from fabric.query.paging import ReadAhead
 from fabric.query.revocation import STATEMENT, STREAM, Grant, RunningQueries, Ticket
@@ -211,11 +212,15 @@ class QueryEngine:
         )
         self.statements = StatementCache(StatementCompiler(limits), settings.compiled_statements)
         # Queries over several connections (`fabric.query.federation`): their DuckDB work
-        # runs in a lane of its own; what a crashed gateway left spilled is wiped now.
-        self.federation = Federation(limits, settings, settings.compiled_statements)
+        # runs in a lane of its own and spills in this process's own area; what a gone
+        # gateway (a crash included) left spilled is wiped now, what a live one sharing
+        # FABRIC_HOME spills is left alone.
+        self.spill_area = SpillArea.claim(settings.federation_temp_root)
+        self.federation = Federation(
+            limits, settings, settings.compiled_statements, spill_root=self.spill_area.path
+        )
         self._federation_lane = SourceLane("federation", settings.worker_threads)
         self._companions: dict[Ticket, list[Ticket]] = {}
-        wipe_temp_root(settings.federation_temp_root)
         # Compiles of long texts, apart from the source work in `executor` so they never
         # wait behind a slow source, nor hold its threads.
         self._compile_executor = WorkerThreads(COMPILE_THREADS, name="fabric-compile")
@@ -1513,6 +1518,7 @@ class QueryEngine:
         self._federation_lane.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self._compile_executor.shutdown(wait=True, cancel_futures=True)
+        self.spill_area.release()
 
 
 def stop_run(run: SourceRun, pending: Future[Any] | None, cancel: bool) -> None:

@@ -22,6 +22,7 @@ from fabric.config import Settings
 from fabric.context import DEFAULT_TENANT
 from fabric.errors import Cancelled, DeadlineExceeded
 from fabric.query.engine import QueryEngine, QueryRequest
+from fabric.query.federation.spill import OWNER_FILE
 from fabric.terminal.query import explain_text
 from tests.integration.federation_support import CTX, ORDERS_PER_CUSTOMER, Sources, sources
 
@@ -74,8 +75,9 @@ def _until(condition: Any, timeout: float = 30.0) -> bool:
 
 
 def _spilled(fed: Sources) -> list[Path]:
-    root = fed.engine.settings.federation_temp_root
-    return [p for p in root.rglob("*")] if root.exists() else []
+    """What the engine's queries left in its spill area (its lock file aside)."""
+    area = fed.engine.spill_area.path
+    return [p for p in area.rglob("*") if p.name != OWNER_FILE]
 
 
 def test_explain_over_grpc_shows_each_part_and_what_it_moved(
@@ -159,20 +161,38 @@ def test_a_deadline_interrupts_duckdb(fed: Sources) -> None:
     assert _until(lambda: _spilled(fed) == [])
 
 
-def test_spill_files_a_crash_left_are_wiped_at_start_up(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, metrics_port=0)
-    left = settings.federation_temp_root / "0123abcd"
-    left.mkdir(parents=True)
-    (left / "duckdb_temp_block-0.block").write_bytes(b"rows of a source")
+def test_spill_files_a_crash_left_are_wiped_at_start_up_and_a_live_gateways_are_not(
+    tmp_path: Path,
+) -> None:
     from fabric.catalog.metadata.sqlite import SqliteMetadataStore
 
+    settings = Settings(home=tmp_path, metrics_port=0)
     store = SqliteMetadataStore(tmp_path / "metadata.sqlite")
-    engine = QueryEngine(store, settings)
+    # A gateway that is running (its area is locked) and one that crashed (unlocked).
+    running = QueryEngine(store, settings)
+    running_spill = running.spill_area.query_dir()
+    running_spill.mkdir()
+    (running_spill / "duckdb_temp_block-0.block").write_bytes(b"rows being joined")
+    left = settings.federation_temp_root / "0123abcd"
+    left.mkdir(parents=True)
+    (left / OWNER_FILE).touch()
+    (left / "duckdb_temp_block-0.block").write_bytes(b"rows of a source")
     try:
-        assert not settings.federation_temp_root.exists()
+        starting = QueryEngine(store, settings)  # shares FABRIC_HOME, as replicas may
+        try:
+            assert not left.exists()
+            assert (running_spill / "duckdb_temp_block-0.block").read_bytes() == (
+                b"rows being joined"
+            )
+            assert starting.spill_area.path.exists()
+        finally:
+            starting.close()
+        assert not starting.spill_area.path.exists()
+        assert running_spill.exists()
     finally:
-        engine.close()
+        running.close()
         store.close()
+    assert list(settings.federation_temp_root.iterdir()) == []
 
 
 async def _drain(engine: QueryEngine, sql: str, deadline: float | None) -> None:

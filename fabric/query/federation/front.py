@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from cachetools import LRUCache
 from sqlglot import exp
@@ -54,7 +55,9 @@ query: the caller's text passed the ordinary limits already."""
 
 
 class Federation:
-    def __init__(self, limits: QueryLimits, settings: Settings, entries: int) -> None:
+    def __init__(
+        self, limits: QueryLimits, settings: Settings, entries: int, *, spill_root: Path
+    ) -> None:
         self.reader = QueryReader(limits)
         self.limits = limits
         relaxed = replace(
@@ -67,7 +70,7 @@ class Federation:
         self.duckdb = DuckDBLimits(
             memory=settings.federation_memory,
             threads=settings.federation_threads,
-            temp_root=settings.federation_temp_root,
+            temp_root=spill_root,
             dynamic_filter_rows=settings.federation_dynamic_filter_rows,
         )
         self._lock = threading.Lock()

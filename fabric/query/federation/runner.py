@@ -61,11 +61,6 @@ class DuckDBLimits:
     dynamic_filter_rows: int
 
 
-def wipe_temp_root(root: Path) -> None:
-    """Remove every spill directory a previous gateway left (a crash included)."""
-    shutil.rmtree(root, ignore_errors=True)
-
-
 class FederatedSource(Connector):
     """One federated query's sources, seen by the engine as one connector."""
 
