@@ -96,12 +96,14 @@ class Settings:
     """text or json: one JSON object per line (FABRIC_LOG_FORMAT)."""
     otel_endpoint: str = ""
     """OTLP/HTTP collector the process sends its traces to (FABRIC_OTEL_ENDPOINT, e.g.
-    `http://otel-collector:4318`; spans go to `<endpoint>/v1/traces`); unset: no tracing
-    at all. The exporter's standard OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT and
-    _CERTIFICATE variables apply."""
+    `http://otel-collector:4318`; spans go to `<endpoint>/v1/traces`); unset: the
+    standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, and with
+    none of them no tracing at all. The exporter's standard OTEL_EXPORTER_OTLP_HEADERS,
+    _TIMEOUT and _CERTIFICATE variables apply."""
     otel_service_name: str = ""
-    """service.name of this process's spans (FABRIC_OTEL_SERVICE_NAME); unset:
-    `fabric-<role>` (fabric-platform, fabric-runtime, fabric-all)."""
+    """service.name of this process's spans (FABRIC_OTEL_SERVICE_NAME); unset: the
+    standard OTEL_SERVICE_NAME, else `fabric-<role>` (fabric-platform, fabric-runtime,
+    fabric-all)."""
     access_log: bool = True
     """One line per call on the `fabric.access` logger (FABRIC_ACCESS_LOG): request id,
     protocol, method, status, principal, tenant, stage, connection, statement

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any, Protocol
 
 from fabric.api.server import QUERY_SERVICE, SERVICES, Gateway, is_loopback
@@ -433,11 +434,12 @@ async def open_process(
     query API of `stage` only. The allocators are set up first, so that memory freed
     after a load can be given back (`fabric.results.memory.tune_allocators`)."""
     tune_allocators()
-    # Traces only with FABRIC_OTEL_ENDPOINT (one exporter per Python process).
-    if settings.otel_endpoint and not tracing.tracing_enabled():
-        tracing.configure_tracing(
-            settings.otel_endpoint, settings.otel_service_name or f"fabric-{role}"
-        )
+    # Traces only with a collector configured (FABRIC_OTEL_ENDPOINT or the standard
+    # OTEL_EXPORTER_OTLP_* variables); one exporter per Python process.
+    traces_to = tracing.traces_url(settings.otel_endpoint, os.environ)
+    if traces_to and not tracing.tracing_enabled():
+        name = tracing.service_name(settings.otel_service_name, os.environ, f"fabric-{role}")
+        tracing.configure_exporter(traces_to, name)
     address = listen or settings.listen
     if role == ProcessRole.RUNTIME:
         if not stage:

@@ -1,7 +1,9 @@
 """OpenTelemetry traces, off unless configured.
 
-With FABRIC_OTEL_ENDPOINT set (an OTLP/HTTP collector, `http://collector:4318`), every
-process exports its spans there in batches, under FABRIC_OTEL_SERVICE_NAME:
+With FABRIC_OTEL_ENDPOINT set (an OTLP/HTTP collector, `http://collector:4318`), or
+OpenTelemetry's standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+every process exports its spans there in batches, under FABRIC_OTEL_SERVICE_NAME (or
+OTEL_SERVICE_NAME):
 
     fabric.call          one gRPC or Flight SQL call (the door); rpc.method, request id,
                          status
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 __all__ = [
+    "configure_exporter",
     "configure_tracing",
     "extract",
     "flush",
@@ -134,19 +137,48 @@ def flush(timeout: float = 5.0) -> None:
         _provider.force_flush(int(timeout * 1000))
 
 
+def traces_url(fabric_endpoint: str, environ: Mapping[str, str]) -> str:
+    """Where this process sends its spans: FABRIC_OTEL_ENDPOINT (a collector's base URL),
+    else OpenTelemetry's standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the full URL, as
+    is), else OTEL_EXPORTER_OTLP_ENDPOINT (a base URL); "" (no tracing) when none is set,
+    or when OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none says so."""
+    if fabric_endpoint:
+        return f"{fabric_endpoint.rstrip('/')}/v1/traces"
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ""
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return ""
+    if url := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+        return url
+    if base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        return f"{base.rstrip('/')}/v1/traces"
+    return ""
+
+
+def service_name(fabric_name: str, environ: Mapping[str, str], default: str) -> str:
+    """service.name of the spans: FABRIC_OTEL_SERVICE_NAME, else the standard
+    OTEL_SERVICE_NAME, else `default`."""
+    return fabric_name or environ.get("OTEL_SERVICE_NAME", "").strip() or default
+
+
 def configure_tracing(endpoint: str, service_name: str) -> Any | None:
-    """Export spans to the OTLP/HTTP collector at `endpoint` (nothing when empty): the
-    provider, to shut down (flushing what is left) when the process stops."""
+    """Export spans to the OTLP/HTTP collector at base URL `endpoint` (nothing when
+    empty): the provider, to shut down (flushing what is left) when the process stops."""
     if not endpoint:
         install(None)
         return None
+    return configure_exporter(f"{endpoint.rstrip('/')}/v1/traces", service_name)
+
+
+def configure_exporter(url: str, service_name: str) -> Any:
+    """Export spans in batches over OTLP/HTTP to `url` (a collector's traces URL)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    exporter = OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")
+    exporter = OTLPSpanExporter(endpoint=url)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
     return provider

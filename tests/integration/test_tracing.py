@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fabric.app.parts import local_token
 from fabric.client import FabricClient
+from fabric.errors import Unauthenticated
 from fabric.observability import tracing
 from fabric.proto_values import params_to_proto
 from fabric.v1 import query_pb2 as pb
@@ -40,6 +41,7 @@ from tests.integration.test_roles import (
     settings_for,
     until,
 )
+from tests.support.gateway_process import gateway_process
 from tests.support.nats import nats_url, run_bounded
 
 CANARY = "canary-Vx93-Quattlebaum"
@@ -230,3 +232,63 @@ def test_tracing_is_off_by_default_and_then_costs_one_shared_object() -> None:
     with first as handle:
         handle.set("fabric.rows", 1)  # does nothing, raises nothing
     assert tracing.inject() == {} and tracing.extract({"traceparent": "x"}) is None
+
+
+def test_the_standard_otel_variables_choose_the_collector_and_the_service_name() -> None:
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}
+    assert tracing.traces_url("", {}) == ""
+    assert tracing.traces_url("", base) == "http://collector:4318/v1/traces"
+    traces = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://other:4318/spans"}
+    assert tracing.traces_url("", traces) == "http://other:4318/spans"  # as is, per the spec
+    assert tracing.traces_url("", {**base, "OTEL_TRACES_EXPORTER": "none"}) == ""
+    assert tracing.traces_url("", {**base, "OTEL_SDK_DISABLED": "true"}) == ""
+    # Fabric's own setting wins over the standard ones.
+    assert tracing.traces_url("http://mine:4318", traces) == "http://mine:4318/v1/traces"
+    named = {"OTEL_SERVICE_NAME": "orders-gateway"}
+    assert tracing.service_name("", named, "fabric-all") == "orders-gateway"
+    assert tracing.service_name("fabric-eu", named, "fabric-all") == "fabric-eu"
+    assert tracing.service_name("", {}, "fabric-all") == "fabric-all"
+
+
+def test_a_gateway_process_exports_to_the_collector_the_otel_variables_name(
+    tmp_path: Path,
+) -> None:
+    collector = _Collector()
+    serving = threading.Thread(target=collector.serve_forever, daemon=True)
+    serving.start()
+    environment = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+        "OTEL_SERVICE_NAME": "gateway-from-otel-variables",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",  # the SDK's batch delay (ms), also standard
+    }
+    try:
+        with gateway_process(tmp_path / "home", environment, tmp_path / "serve.log") as gateway:
+            with (
+                FabricClient(gateway.address, None, timeout=30) as client,
+                pytest.raises(Unauthenticated),
+            ):
+                client.query("shop", "SELECT 1 AS one")
+            deadline = time.monotonic() + 20
+            while not collector.received:
+                assert time.monotonic() < deadline, "no span reached the collector"
+                time.sleep(0.05)
+        names = {
+            span.name
+            for request in collector.received
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        }
+        services = {
+            attribute.value.string_value
+            for request in collector.received
+            for resource in request.resource_spans
+            for attribute in resource.resource.attributes
+            if attribute.key == "service.name"
+        }
+        assert "fabric.call" in names
+        assert services == {"gateway-from-otel-variables"}
+        assert set(collector.paths) == {"/v1/traces"}
+    finally:
+        collector.shutdown()
+        collector.server_close()
