@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from fabric.api.auth import current_identity
+from fabric.api.auth import AUTH_TIMING, current_identity
 from fabric.observability import tracing
 from fabric.observability.access import REQUEST_ID_HEADER, AccessLog, CallRecord
 from fabric.security.authz import is_public
@@ -22,6 +22,15 @@ from fabric.security.authz import is_public
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     """The call's text metadata (the request id, a W3C `traceparent`)."""
     return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+_REFUSAL_STATUS = {
+    "missing_token": "UNAUTHENTICATED",
+    "invalid_token": "UNAUTHENTICATED",
+    "wrong_stage": "PERMISSION_DENIED",
+    "role": "PERMISSION_DENIED",
+}
+"""The status a refusal by authentication ends the call with, by its reason."""
 
 
 def _status_name(code: Any) -> str:
@@ -50,15 +59,28 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, context: grpc.aio.ServicerContext, method: str
     ) -> AsyncIterator[CallRecord]:
         metadata = _metadata(context)
+        # Authentication ran before this scope (in its interceptor, in this task): the
+        # call's span starts when it did, and it becomes the call's first child.
+        authenticated = AUTH_TIMING.get()
         with (
             self._access.call(self._protocol, method, metadata.get(REQUEST_ID_HEADER)) as record,
             tracing.span(
                 "fabric.call",
                 {"rpc.method": method, "fabric.protocol": self._protocol},
                 parent=tracing.extract(metadata),
+                start_time=authenticated[0] if authenticated is not None else None,
             ) as traced,
         ):
             traced.set("fabric.request_id", record.request_id)
+            if authenticated is not None:
+                started, ended, outcome = authenticated
+                tracing.record(
+                    "fabric.auth",
+                    {"fabric.auth.outcome": outcome},
+                    started,
+                    ended,
+                    failed=_REFUSAL_STATUS.get(outcome),
+                )
             await context.send_initial_metadata(((REQUEST_ID_HEADER, record.request_id),))
             try:
                 yield record

@@ -9,6 +9,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from fabric.api.query_service import ContextProvider
 from fabric.api.status import abort_with
 from fabric.context import DEFAULT_STAGE, DEFAULT_TENANT, RequestContext, Role
 from fabric.errors import FabricError, InternalError, PermissionDenied
+from fabric.observability import tracing
 from fabric.security.authz import (
     TokenVerifierLike,
     authorize,
@@ -34,6 +36,14 @@ audit trail; called off the event loop)."""
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "fabric_request_context", default=None
 )
+
+
+AUTH_TIMING: contextvars.ContextVar[tuple[int, int, str] | None] = contextvars.ContextVar(
+    "fabric_auth_timing", default=None
+)
+"""While tracing: when this task's call was authenticated (time.time_ns() at the start
+and end) and how it came out ("ok" or the refusal's reason), for the call's
+`fabric.auth` span, which the access scope records once the call span is open."""
 
 
 def current_identity() -> RequestContext | None:
@@ -164,6 +174,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         ctx: RequestContext | None = None
         reason = "missing_token"
+        started = time.time_ns() if tracing.tracing_enabled() else 0
         try:
             if not is_public(details.method):
                 token = bearer_token(details.invocation_metadata)
@@ -173,6 +184,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 authorize(details.method, ctx)
         except FabricError as error:
             _CURRENT.set(None)
+            if started:
+                AUTH_TIMING.set((started, time.time_ns(), reason))
             if self._on_failure is not None:
                 if reason == "invalid_token" and isinstance(error, PermissionDenied):
                     reason = "wrong_stage"  # a genuine token of another stage (a replica)
@@ -187,4 +200,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # in another task's context when the client leaves early, which fails.) None for
         # a public method (health, reflection); servicers then fail closed.
         _CURRENT.set(ctx)
+        if started:
+            AUTH_TIMING.set((started, time.time_ns(), "ok"))
         return handler

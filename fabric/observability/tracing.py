@@ -7,9 +7,12 @@ OTEL_SERVICE_NAME):
 
     fabric.call          one gRPC or Flight SQL call (the door); rpc.method, request id,
                          status
+    fabric.auth          verifying the caller's token and the method's role (outcome:
+                         ok, or the refusal's reason)
     fabric.query         the engine's part of a query: connection, protocol, rows, bytes,
                          cache
     fabric.compile       compiling (or the statement cache's hit)
+    fabric.cache         looking the result up in the result cache (hit or not)
     fabric.admission     the wait for admission (a slot at the source, the caller's share)
     fabric.source        the query at its source: db.system (the connector kind) and the
                          connection's name, rows read
@@ -49,6 +52,7 @@ __all__ = [
     "flush",
     "inject",
     "install",
+    "record",
     "span",
     "tracing_enabled",
 ]
@@ -189,13 +193,35 @@ def span(
     attributes: Mapping[str, AttributeValue] | None = None,
     *,
     parent: Context | None = None,
+    start_time: int | None = None,
 ) -> contextlib.AbstractContextManager[SpanHandle]:
     """A span for the block, child of `parent` or of the span this task is in; the
     handle sets attributes (counts learned on the way). An exception leaving the block
-    marks it failed with the exception's type (never its text)."""
+    marks it failed with the exception's type (never its text). `start_time`
+    (time.time_ns()) backdates its start to work done before the block."""
     if _tracer is None:
         return _OFF
-    return _live(_tracer, name, attributes, parent)
+    return _live(_tracer, name, attributes, parent, start_time)
+
+
+def record(
+    name: str,
+    attributes: Mapping[str, AttributeValue] | None,
+    start_time: int,
+    end_time: int,
+    *,
+    failed: str | None = None,
+) -> None:
+    """A span for work already done (between two time.time_ns() readings), child of the
+    span this task is in; `failed` is the status it ended in, if not ok."""
+    if _tracer is None:
+        return
+    done = _tracer.start_span(
+        name, context=_CONTEXT.get(), attributes=attributes, start_time=start_time
+    )
+    if failed is not None:
+        _LiveSpan(done).fail(failed)
+    done.end(end_time=end_time)
 
 
 @contextlib.contextmanager
@@ -204,12 +230,13 @@ def _live(
     name: str,
     attributes: Mapping[str, AttributeValue] | None,
     parent: Context | None,
+    start_time: int | None,
 ) -> Iterator[SpanHandle]:
     from opentelemetry import trace
 
     if parent is None:
         parent = _CONTEXT.get()
-    opened = tracer.start_span(name, context=parent, attributes=attributes)
+    opened = tracer.start_span(name, context=parent, attributes=attributes, start_time=start_time)
     token = _CONTEXT.set(trace.set_span_in_context(opened, parent))
     handle = _LiveSpan(opened)
     try:

@@ -761,7 +761,9 @@ class QueryEngine:
                 return
             key = _result_key(ctx, request, bound, compiled)
             while True:
-                hit = self.results.lease(key)
+                with tracing.span("fabric.cache") as looked_up:
+                    hit = self.results.lease(key)
+                    looked_up.set("fabric.cache_hit", hit is not None)
                 # A result cached whole under a larger byte cap is more than this caller
                 # may receive: it runs again, and ends truncated.
                 if hit is not None and hit.nbytes > max_bytes:
@@ -1233,7 +1235,9 @@ class QueryEngine:
         key = None
         if ttl > 0:
             key = _result_key(ctx, request, bound, compiled)
-            hit = self.results.lease(key)
+            with tracing.span("fabric.cache") as looked_up:
+                hit = self.results.lease(key)
+                looked_up.set("fabric.cache_hit", hit is not None)
             if hit is not None and hit.nbytes > max_bytes:
                 # Cached whole under a larger byte cap: more than this caller may receive.
                 self.results.done_reading(hit)

@@ -99,6 +99,18 @@ def test_one_trace_runs_from_the_platform_over_nats_to_the_replica_and_its_sourc
 
             chunks = await asyncio.to_thread(call)
             assert chunks[-1].summary.rows == 1
+
+            def forged() -> grpc.StatusCode:
+                with grpc.insecure_channel(address(platform)) as channel:
+                    stub = pb_grpc.QueryServiceStub(channel)
+                    request = pb.ExecuteRequest(connection=CONNECTION, sql="SELECT 1 AS one")
+                    try:
+                        list(stub.Execute(request, metadata=(("authorization", "Bearer x"),)))
+                    except grpc.RpcError as error:
+                        return error.code()
+                return grpc.StatusCode.OK
+
+            assert await asyncio.to_thread(forged) == grpc.StatusCode.UNAUTHENTICATED
             assert runtimes[0].replica.stats.served == 1
             await until(
                 lambda: any(s.name == "fabric.call" for s in recorded.get_finished_spans()),
@@ -107,9 +119,26 @@ def test_one_trace_runs_from_the_platform_over_nats_to_the_replica_and_its_sourc
             )
 
     run_bounded(body(), 90)
-    spans = {span.name: span for span in recorded.get_finished_spans()}
+    finished = recorded.get_finished_spans()
+    # Authentication: a child of its call, which starts when it did; the forged token's
+    # refusal is a failed one.
+    refused = [
+        s for s in finished if (s.attributes or {}).get("fabric.auth.outcome") == "invalid_token"
+    ]
+    assert len(refused) == 1 and not refused[0].status.is_ok
+    refused_call = next(
+        s for s in finished if refused[0].parent and s.context.span_id == refused[0].parent.span_id
+    )
+    assert refused_call.name == "fabric.call"
+    assert refused_call.start_time == refused[0].start_time
+    spans = {
+        span.name: span
+        for span in finished
+        if span.context.trace_id == int(TRACE_ID, 16)  # the caller's trace
+    }
     assert set(spans) >= {
         "fabric.call",
+        "fabric.auth",
         "fabric.bus.forward",
         "fabric.bus.serve",
         "fabric.query",
@@ -129,6 +158,9 @@ def test_one_trace_runs_from_the_platform_over_nats_to_the_replica_and_its_sourc
         return format(spans[name].context.span_id, "016x")
 
     assert parent_of("fabric.call") == CALLER_SPAN
+    assert parent_of("fabric.auth") == span_id("fabric.call")
+    assert (spans["fabric.auth"].attributes or {})["fabric.auth.outcome"] == "ok"
+    assert spans["fabric.call"].start_time == spans["fabric.auth"].start_time
     assert parent_of("fabric.bus.forward") == span_id("fabric.call")
     assert parent_of("fabric.bus.serve") == span_id("fabric.bus.forward")
     assert spans["fabric.bus.serve"].parent.is_remote  # type: ignore[union-attr]
@@ -292,3 +324,28 @@ def test_a_gateway_process_exports_to_the_collector_the_otel_variables_name(
     finally:
         collector.shutdown()
         collector.server_close()
+
+
+def test_result_cache_lookups_are_spans_of_their_query(
+    tmp_path: Path, recorded: InMemorySpanExporter
+) -> None:
+    h = start_harness(tmp_path)
+    try:
+        with FabricClient(h.address, timeout=30) as client:
+            for _ in range(2):
+                table = client.query("shop", "SELECT count(*) AS n FROM orders", cache_ttl=60)
+                assert table.to_pylist() == [{"n": 20_000}]
+    finally:
+        h.gateway.stop()
+        h.store.close()
+    finished = recorded.get_finished_spans()
+    queries = {s.context.span_id: s for s in finished if s.name == "fabric.query"}
+    lookups = sorted(
+        (s for s in finished if s.name == "fabric.cache"), key=lambda s: s.start_time or 0
+    )
+    assert [(s.attributes or {})["fabric.cache_hit"] for s in lookups] == [False, True]
+    assert all(s.parent is not None and s.parent.span_id in queries for s in lookups)
+    # The hit went to no source.
+    hit_query = queries[lookups[1].parent.span_id]  # type: ignore[union-attr]
+    sources = [s for s in finished if s.name == "fabric.source"]
+    assert len(sources) == 1 and sources[0].parent.span_id != hit_query.context.span_id  # type: ignore[union-attr]
