@@ -4,8 +4,6 @@ runtime replica of the stage answers too (`fabric.messaging.admin_rpc`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
 from fabric.api.query_service import ContextProvider, unary_rpc
@@ -39,82 +37,65 @@ def running_query_proto(view: RunningQueryView) -> pb.RunningQuery:
     )
 
 
-def admin_stage(requested: str | None, ctx: RequestContext) -> str:
-    """The stage an administrator's call is about (default: the token's); an
-    administrator administers every stage of the tenant (as its connections)."""
-    require_role(ctx, Role.ADMIN)
-    return subject_token(requested or ctx.stage, "stage")
+class RunningQueryAdmin:
+    """Running queries for an administrator of a tenant, whatever the door (gRPC here; a
+    REST door calls the same methods): this process's own, and with `cluster` (set by a
+    platform process with a bus) the runtime replicas' of the stage."""
 
+    def __init__(self, queries: QueryList, cluster: RunningQueriesClient | None = None) -> None:
+        self.queries = queries
+        self.cluster = cluster
 
-@dataclass(frozen=True, slots=True)
-class RunningListing:
-    queries: list[RunningQueryView]
-    """Oldest first."""
-    replicas: list[str]
-    """The replicas that answered."""
-    truncated: bool
-    """A replica had more running queries than one answer holds (it sent its oldest)."""
+    @staticmethod
+    def stage_of(requested: str, ctx: RequestContext) -> str:
+        """The stage asked about (default: the caller's); PermissionDenied below admin.
+        An administrator administers every stage of the tenant, as its connections."""
+        require_role(ctx, Role.ADMIN)
+        return subject_token(requested or ctx.stage, "stage")
 
+    async def list(
+        self, ctx: RequestContext, stage: str = ""
+    ) -> tuple[list[RunningQueryView], list[str], bool]:
+        """The tenant's queries in `stage`, oldest first; the replicas that answered; and
+        whether a replica listed only its oldest."""
+        stage = self.stage_of(stage, ctx)
+        views = {view.id: view for view in self.queries.list(ctx.tenant, stage)}
+        replicas = {self.queries.replica}
+        truncated = False
+        if self.cluster is not None:
+            gathered = await self.cluster.list(ctx.tenant, stage)
+            replicas.update(gathered.replicas)
+            truncated = gathered.truncated
+            for view in gathered.queries:
+                views.setdefault(view.id, view)
+        ordered = sorted(views.values(), key=lambda view: view.started_at)
+        return ordered, sorted(replicas), truncated
 
-async def list_running(
-    queries: QueryList,
-    cluster: RunningQueriesClient | None,
-    ctx: RequestContext,
-    stage: str | None,
-) -> RunningListing:
-    """The tenant's queries running in `stage` (this process's, and with a `cluster`
-    every runtime replica's). Both doors (gRPC AdminService, the REST API) call this."""
-    stage = admin_stage(stage, ctx)
-    views = {view.id: view for view in queries.list(ctx.tenant, stage)}
-    replicas = {queries.replica}
-    truncated = False
-    if cluster is not None:
-        gathered = await cluster.list(ctx.tenant, stage)
-        replicas.update(gathered.replicas)
-        truncated = gathered.truncated
-        for view in gathered.queries:
-            views.setdefault(view.id, view)
-    ordered = sorted(views.values(), key=lambda view: view.started_at)
-    return RunningListing(ordered, sorted(replicas), truncated)
-
-
-async def cancel_running(
-    queries: QueryList,
-    cluster: RunningQueriesClient | None,
-    ctx: RequestContext,
-    stage: str | None,
-    query_id: str,
-) -> str:
-    """Cancel the tenant's running query `query_id` where it runs; the replica that ran
-    it. NotFound when it is not running (any more)."""
-    stage = admin_stage(stage, ctx)
-    replica = replica_of(query_id)
-    if replica is None:
-        raise InvalidArgument(
-            "id is not a running query's id (<replica>:<16 hex digits>); take it from "
-            "ListRunningQueries"
-        )
-    if replica == queries.replica:
-        if not queries.cancel(query_id, ctx.tenant):
-            raise NotFound(f"query {query_id!r} is not running")
-        return replica
-    if cluster is None:
-        raise NotFound(f"query {query_id!r} is not running here")
-    return await cluster.cancel(ctx.tenant, stage, query_id)
+    async def cancel(self, ctx: RequestContext, query_id: str, stage: str = "") -> str:
+        """Cancel the tenant's query `query_id`; the replica that runs it. NotFound when
+        it is not running (or not the tenant's), InvalidArgument for a malformed id."""
+        stage = self.stage_of(stage, ctx)
+        replica = replica_of(query_id)
+        if replica is None:
+            raise InvalidArgument(
+                "id is not a running query's id (<replica>:<16 hex digits>); take it from "
+                "the list of running queries"
+            )
+        if replica == self.queries.replica:
+            if not self.queries.cancel(query_id, ctx.tenant):
+                raise NotFound(f"query {query_id!r} is not running")
+            return replica
+        if self.cluster is None:
+            raise NotFound(f"query {query_id!r} is not running here")
+        return await self.cluster.cancel(ctx.tenant, stage, query_id)
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
-    """`cluster` (set by a platform process with a bus) reaches the runtime replicas."""
+    """AdminService over `RunningQueryAdmin`."""
 
-    def __init__(
-        self,
-        queries: QueryList,
-        context_provider: ContextProvider,
-        cluster: RunningQueriesClient | None = None,
-    ) -> None:
-        self.queries = queries
+    def __init__(self, admin: RunningQueryAdmin, context_provider: ContextProvider) -> None:
+        self._admin = admin
         self._context = context_provider
-        self.cluster = cluster
 
     @unary_rpc
     async def ListRunningQueries(
@@ -123,11 +104,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         ctx: RequestContext,
         context: grpc.aio.ServicerContext,
     ) -> pb.ListRunningQueriesResponse:
-        listing = await list_running(self.queries, self.cluster, ctx, request.stage)
+        views, replicas, truncated = await self._admin.list(ctx, request.stage)
         return pb.ListRunningQueriesResponse(
-            queries=[running_query_proto(view) for view in listing.queries],
-            replicas=listing.replicas,
-            truncated=listing.truncated,
+            queries=[running_query_proto(view) for view in views],
+            replicas=replicas,
+            truncated=truncated,
         )
 
     @unary_rpc
@@ -137,5 +118,6 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         ctx: RequestContext,
         context: grpc.aio.ServicerContext,
     ) -> pb.CancelQueryResponse:
-        replica = await cancel_running(self.queries, self.cluster, ctx, request.stage, request.id)
-        return pb.CancelQueryResponse(replica=replica)
+        return pb.CancelQueryResponse(
+            replica=await self._admin.cancel(ctx, request.id, request.stage)
+        )

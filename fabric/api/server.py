@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 
 from connectors.workers import CONTROL
 from fabric.api.access import AccessLogInterceptor
-from fabric.api.admin_service import AdminServicer
+from fabric.api.admin_service import AdminServicer, RunningQueryAdmin
 from fabric.api.auth import LOCAL_ADMIN, AuthInterceptor, RefusalRecorder, refusing_apps
 from fabric.api.flight.service import FlightSqlService
 from fabric.api.http.api import rest_app
@@ -338,8 +338,10 @@ class Gateway:
         self._catalog_servicer = AnnouncingCatalogServicer(
             refreshing, context_provider, announcements
         )
-        self.admin = AdminServicer(engine.queries, context_provider)
-        """Running queries; a platform with a bus sets its `cluster` (the replicas)."""
+        self.running_queries = RunningQueryAdmin(engine.queries)
+        """Running queries for administrators (any door); a platform with a bus sets its
+        `cluster` (the stage's replicas)."""
+        self._admin_servicer = AdminServicer(self.running_queries, context_provider)
         self.rest = Services(
             engine=engine,
             execute=engine.execute if execute is None else execute,
@@ -353,7 +355,7 @@ class Gateway:
             sign_in=sign_in,
             history=QueryHistory(),
             max_body=self.settings.http_max_body,
-            admin=self.admin,
+            admin=self.running_queries,
             access=self.access,
         )
         self._http: HttpServer | None = None
@@ -417,7 +419,7 @@ class Gateway:
         if CATALOG_SERVICE in self.services:
             platform_pb2_grpc.add_CatalogServiceServicer_to_server(self._catalog_servicer, server)
         if ADMIN_SERVICE in self.services:
-            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -148,7 +148,7 @@ class PlatformProcess:
             from fabric.messaging.admin_rpc import RunningQueriesClient
             from fabric.messaging.sealing import BusSealer
 
-            process.gateway.admin.cluster = RunningQueriesClient(
+            process.gateway.running_queries.cluster = RunningQueriesClient(
                 process.bus,
                 BusSealer(open_kms(settings), max_message_bytes=process.bus.max_payload),
             )

@@ -282,6 +282,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.rows = Counter("fabric_rows_sent", "Rows sent to callers.", registry=self.registry)
+        self.bytes_sent = Counter(
+            "fabric_bytes_sent",
+            "Arrow IPC bytes of results streamed by this process's engine, by the protocol "
+            "the call came in by (grpc, flight_sql).",
+            ["protocol"],
+            registry=self.registry,
+        )
         self.truncated = Counter(
             "fabric_results_truncated",
             "Results cut short at a cap, by which: rows (max_rows) or bytes (max_bytes).",

@@ -19,7 +19,8 @@ process exports its spans there in batches, under FABRIC_OTEL_SERVICE_NAME:
 Attributes carry names, shapes and counts: never a parameter value, a SQL text (literals
 or not) or a row.
 
-Off, `span` returns one shared do-nothing context manager: no allocation, no clock read.
+Off, `span` returns one shared do-nothing context manager (no span, no clock read), and
+OpenTelemetry is not even imported (a process, the CLI included, starts without it).
 
 Spans are not attached as OpenTelemetry's "current" context: a query's spans stay open
 across the yields of async generators, which may be finished in another task's context
@@ -33,12 +34,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
 
 __all__ = [
     "configure_tracing",
@@ -54,7 +54,7 @@ AttributeValue = str | bool | int | float
 
 _tracer: Tracer | None = None
 _provider: Any | None = None
-_propagator = TraceContextTextMapPropagator()
+_propagator: Any = None
 _CONTEXT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "fabric_trace_context", default=None
 )
@@ -88,6 +88,8 @@ class _LiveSpan:
         if self.failed:
             return
         self.failed = True
+        from opentelemetry.trace import Status, StatusCode
+
         self.span.set_attribute("fabric.status", status)
         self.span.set_status(Status(StatusCode.ERROR, status))
 
@@ -117,9 +119,13 @@ def tracing_enabled() -> bool:
 
 def install(provider: Any | None) -> None:
     """Trace with `provider` (an SDK `TracerProvider`) from now on; None: off."""
-    global _tracer, _provider
+    global _tracer, _provider, _propagator
     _provider = provider
     _tracer = None if provider is None else provider.get_tracer("fabric")
+    if _tracer is not None and _propagator is None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _propagator = TraceContextTextMapPropagator()
 
 
 def flush(timeout: float = 5.0) -> None:
@@ -167,6 +173,8 @@ def _live(
     attributes: Mapping[str, AttributeValue] | None,
     parent: Context | None,
 ) -> Iterator[SpanHandle]:
+    from opentelemetry import trace
+
     if parent is None:
         parent = _CONTEXT.get()
     opened = tracer.start_span(name, context=parent, attributes=attributes)
@@ -204,4 +212,5 @@ def extract(carrier: Mapping[str, str] | None) -> Context | None:
     """The remote parent a message or call carried (`traceparent`), or None."""
     if _tracer is None or not carrier or "traceparent" not in carrier:
         return None
-    return _propagator.extract(dict(carrier))
+    context: Context = _propagator.extract(dict(carrier))
+    return context

@@ -578,6 +578,7 @@ class QueryEngine:
         administrator cancels ends with `Cancelled`, stopped at its source first."""
         started = time.perf_counter()
         call = _noted_call(ctx, request)
+        sent = 0
         with (
             self.queries.track(
                 ctx,
@@ -599,6 +600,8 @@ class QueryEngine:
                             call = _noted_call(ctx, request)
                             if call is not None and tracked is not None:
                                 call.fingerprint = tracked.fingerprint
+                                # An administrator's cancel goes to the task reading now.
+                                tracked.task = asyncio.current_task()
                         if call is not None:
                             if isinstance(item, Summary):
                                 call.rows, call.from_cache = item.rows, item.from_cache
@@ -607,10 +610,15 @@ class QueryEngine:
                         if isinstance(item, Summary):
                             traced.set("fabric.rows", item.rows)
                             traced.set("fabric.from_cache", item.from_cache)
+                        else:
+                            sent += len(item)
                         yield item
             except asyncio.CancelledError:
                 self._raise_if_cancelled_here(ctx, request, started)
                 raise
+            finally:
+                self.metrics.bytes_sent.labels(request.protocol).inc(sent)
+                traced.set("fabric.bytes", sent)
 
     def _raise_if_cancelled_here(
         self, ctx: RequestContext, request: QueryRequest, started: float

@@ -150,4 +150,5 @@ def test_pool_gauges_auth_failures_and_latency_by_connection_are_scraped(
     }
     assert failures == {"missing_token": 1, "invalid_token": 1, "role": 1, "wrong_stage": 0}
     assert value(after, count, tenant=TENANT, connection="pg", outcome="ok") == 2
+    assert (value(after, "fabric_bytes_sent_total", protocol="grpc") or 0) > 0
     assert value(after, "fabric_pool_connections_in_use", **labels) == 0

@@ -20,12 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 
 from fabric.app.parts import local_token
 from fabric.client import FabricClient
 from fabric.errors import Cancelled, NotFound, PermissionDenied
+from fabric.proto_values import params_to_proto
+from fabric.v1 import query_pb2 as pb
+from fabric.v1 import query_pb2_grpc as pb_grpc
 from tests.integration.test_direct_replicas import pg_site, stage_of
 from tests.integration.test_roles import CONNECTION, address, names, settings_for, until
 from tests.support.nats import nats_url, run_bounded
@@ -211,3 +215,60 @@ def test_an_admin_lists_a_running_query_from_another_process_and_cancels_it_at_t
         run_bounded(body(), 120)
     finally:
         logging.getLogger("fabric.access").removeHandler(lines)
+
+
+@pytest.mark.postgres
+def test_a_caller_that_goes_away_while_its_query_waits_at_the_source_stops_it_there(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The same path as an administrator's cancel, from the caller's side: the query
+    waits on a lock before PostgreSQL has even described it (its connector has not
+    returned a handle yet); the caller cancels its call, and the query leaves
+    pg_stat_activity within a second."""
+    url = nats_url()
+    tenant, stage = names()
+    settings = settings_for(tmp_path, url, auth="local")
+    developer = local_token(settings, tenant=tenant, stage=stage, role="developer")
+
+    async def body() -> None:
+        with (
+            pg_site(postgres_url, tmp_path, tenant, stage) as table,
+            psycopg.connect(postgres_url) as locker,
+            psycopg.connect(postgres_url, autocommit=True) as watcher,
+        ):
+            async with stage_of(settings, stage, 1) as (platform, runtimes):
+                locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                try:
+                    with grpc.insecure_channel(address(platform)) as channel:
+                        call = pb_grpc.QueryServiceStub(channel).Execute(
+                            pb.ExecuteRequest(
+                                connection=CONNECTION,
+                                sql=SLOW_SQL,
+                                params=params_to_proto({"min": 1}),
+                            ),
+                            metadata=[("authorization", f"Bearer {developer}")],
+                            timeout=60,
+                        )
+                        await until(
+                            lambda: _waiting_backends(watcher, table) == 1,
+                            30,
+                            "the query to wait at PostgreSQL",
+                        )
+                        call.cancel()
+                        cancelled = time.monotonic()
+                        await until(
+                            lambda: _waiting_backends(watcher, table) == 0,
+                            5,
+                            "the query to leave pg_stat_activity",
+                        )
+                        assert time.monotonic() - cancelled < 1.0
+                        assert call.code() == grpc.StatusCode.CANCELLED
+                    await until(
+                        lambda: runtimes[0].replica.stats.cancelled == 1,
+                        10,
+                        "the replica to count the cancellation",
+                    )
+                finally:
+                    locker.rollback()
+
+    run_bounded(body(), 120)

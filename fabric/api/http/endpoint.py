@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from fabric.api.admin_service import AdminServicer
+from fabric.api.admin_service import RunningQueryAdmin
 from fabric.api.http.body import Fields
 from fabric.api.http.history import QueryHistory
 from fabric.api.query_service import Execute
@@ -53,7 +53,7 @@ class Services:
     sign_in: SignInExchange | None
     history: QueryHistory
     max_body: int
-    admin: AdminServicer
+    admin: RunningQueryAdmin
     access: AccessLog
     """Running queries (its `cluster` reaches the runtime replicas once a platform with a
     bus sets it)."""

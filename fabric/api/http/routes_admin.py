@@ -1,12 +1,11 @@
 """Running queries over REST (admin): the same listing and cancelling as the gRPC
-AdminService (`fabric.api.admin_service.list_running`, `cancel_running`)."""
+AdminService (`fabric.api.admin_service.RunningQueryAdmin`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from fabric.api.admin_service import cancel_running, list_running
 from fabric.api.http import schemas as s
 from fabric.api.http.endpoint import Call, Endpoint
 from fabric.context import Role
@@ -32,20 +31,18 @@ def _view(view: RunningQueryView) -> dict[str, Any]:
 
 
 async def list_running_queries(call: Call) -> Any:
-    admin = call.services.admin
-    listing = await list_running(admin.queries, admin.cluster, call.ctx, call.query("stage"))
+    views, replicas, truncated = await call.services.admin.list(call.ctx, call.query("stage") or "")
     return {
-        "queries": [_view(view) for view in listing.queries],
-        "replicas": listing.replicas,
-        "truncated": listing.truncated,
+        "queries": [_view(view) for view in views],
+        "replicas": replicas,
+        "truncated": truncated,
     }
 
 
 async def cancel_running_query(call: Call) -> Any:
-    admin = call.services.admin
     try:
-        replica = await cancel_running(
-            admin.queries, admin.cluster, call.ctx, call.query("stage"), call.path("query_id")
+        replica = await call.services.admin.cancel(
+            call.ctx, call.path("query_id"), call.query("stage") or ""
         )
     except NotFound:
         # Ended before the cancel reached it: nothing to cancel any more.

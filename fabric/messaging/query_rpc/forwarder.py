@@ -193,6 +193,9 @@ class BusQueryForwarder:
         """Names this forwarder's reply subjects: one subscription for every request's
         replies (`reply_filter`), not one per request."""
         self._inboxes: dict[bytes, _Inbox] = {}
+        # Cancellations of requests whose caller left before the answer came (kept until
+        # sent: the loop holds tasks weakly).
+        self._late_cancels: set[asyncio.Task[None]] = set()
         self._inbox_sub: Subscription | None = None
         self._inbox_lock = asyncio.Lock()
 
@@ -383,12 +386,20 @@ class BusQueryForwarder:
         finished = False
         yielded = False
         try:
-            try:
-                answer = await self.bus.request(
+            requesting = asyncio.ensure_future(
+                self.bus.request(
                     subject, sealed, self._wait(deadline), headers=tracing.inject() or None
                 )
+            )
+            try:
+                answer = await asyncio.shield(requesting)
             except (SourceUnavailable, DeadlineExceeded) as unanswered:
                 raise _Retry(unanswered) from None
+            except asyncio.CancelledError:
+                # The caller left before the answer named the replica that took the
+                # query: cancel it there once the answer comes.
+                self._cancel_when_answered(requesting, cipher, request_id, tenant, stage, inbox)
+                raise
             accepted = self._open(cipher, answer, tenant, stage, inbox.subject)
             if accepted.request_id != request_id:
                 raise IntegrityError("the acceptance answers another request")
@@ -480,6 +491,36 @@ class BusQueryForwarder:
                     await self._control(
                         cipher, FrameKind.CANCEL, request_id, 0, tenant, stage, control
                     )
+
+    def _cancel_when_answered(
+        self,
+        requesting: asyncio.Future[bytes],
+        cipher: StreamCipher,
+        request_id: bytes,
+        tenant: str,
+        stage: str,
+        inbox: _Inbox,
+    ) -> None:
+        """Send CANCEL to the replica whose ACCEPT answers `requesting`, when it comes
+        (nothing to cancel for a refusal or a whole result)."""
+
+        async def cancel_there() -> None:
+            try:
+                answer = await requesting
+                accepted = self._open(cipher, answer, tenant, stage, inbox.subject)
+                if accepted.kind != FrameKind.ACCEPT or accepted.request_id != request_id:
+                    return
+                replica = subject_token(
+                    str(decode_json(accepted.body).get("replica")), "replica id"
+                )
+                control = control_subject(tenant, stage, replica)
+                await self._control(cipher, FrameKind.CANCEL, request_id, 0, tenant, stage, control)
+            except (FabricError, asyncio.CancelledError):
+                return  # unanswered, or the bus is gone: the replica's own deadline holds
+
+        task = asyncio.get_running_loop().create_task(cancel_there())
+        self._late_cancels.add(task)
+        task.add_done_callback(self._late_cancels.discard)
 
     async def _control(
         self,
