@@ -31,8 +31,7 @@ def _view(view: RunningQueryView) -> dict[str, Any]:
 
 
 async def list_running_queries(call: Call) -> Any:
-    admin = call.services.admin
-    views, replicas, truncated = await admin.list(call.ctx, call.query("stage") or "")
+    views, replicas, truncated = await call.services.admin.list(call.ctx, call.query("stage") or "")
     return {
         "queries": [_view(view) for view in views],
         "replicas": replicas,
@@ -41,9 +40,10 @@ async def list_running_queries(call: Call) -> Any:
 
 
 async def cancel_running_query(call: Call) -> Any:
-    admin = call.services.admin
     try:
-        replica = await admin.cancel(call.ctx, call.path("query_id"), call.query("stage") or "")
+        replica = await call.services.admin.cancel(
+            call.ctx, call.path("query_id"), call.query("stage") or ""
+        )
     except NotFound:
         # Ended before the cancel reached it: nothing to cancel any more.
         return {"cancelled": False, "replica": None}
@@ -70,9 +70,7 @@ ENDPOINTS = [
         "GET", "/api/v1/running", list_running_queries, Role.ADMIN,
         "The tenant's queries running now in a stage (default: the caller's), on every replica",
         "running",
-        s.obj(
-            queries=s.array(RUNNING_QUERY), replicas=s.array(s.STRING), truncated=s.BOOLEAN
-        ),
+        s.obj(queries=s.array(RUNNING_QUERY), replicas=s.array(s.STRING), truncated=s.BOOLEAN),
         query={"stage": s.STRING},
     ),
     Endpoint(
