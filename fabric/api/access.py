@@ -1,7 +1,8 @@
 """The access log at the gRPC doors (the query API and Flight SQL): every call but health
 and reflection gets a record (`fabric.observability.access`), its request id sent back
-in the initial metadata (so with the result and with any error; `abort_with` adds it to
-an error's trailing metadata too), its status taken from how the call ended."""
+in the initial metadata (`fabric.api.headers`: with the first reply, so with the result,
+and with any error; `abort_with` adds it to an error's trailing metadata too), its
+status taken from how the call ended."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import grpc
 
 from fabric.api.auth import AUTH_TIMING, current_identity
+from fabric.api.headers import pending_headers, send_headers
 from fabric.observability import tracing
 from fabric.observability.access import REQUEST_ID_HEADER, AccessLog, CallRecord
 from fabric.security.authz import is_public
@@ -81,9 +83,11 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     ended,
                     failed=_REFUSAL_STATUS.get(outcome),
                 )
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, record.request_id),))
             try:
-                yield record
+                # Sent with the first reply, when the handler ends, or with an error.
+                with pending_headers(context, ((REQUEST_ID_HEADER, record.request_id),)):
+                    yield record
+                    await send_headers(context)
             except (asyncio.CancelledError, GeneratorExit):
                 record.status = "CANCELLED"  # the caller went away
                 raise
@@ -111,7 +115,9 @@ def logged_handler(
 
         async def one_to_one(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with scope(context, method):
-                return await unary_unary(request, context)
+                reply = await unary_unary(request, context)
+                await send_headers(context)
+                return reply
 
         return grpc.unary_unary_rpc_method_handler(one_to_one, decode, serialize)
     if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
@@ -120,6 +126,7 @@ def logged_handler(
         async def one_to_many(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with scope(context, method), aclosing(unary_stream(request, context)) as out:
                 async for reply in out:
+                    await send_headers(context)
                     yield reply
 
         return grpc.unary_stream_rpc_method_handler(one_to_many, decode, serialize)
@@ -128,6 +135,7 @@ def logged_handler(
 
         async def one_to_written(request: Any, context: grpc.aio.ServicerContext) -> None:
             async with scope(context, method):
+                await send_headers(context)  # the writer's writes would send them bare
                 await writer(request, context)
 
         return grpc.unary_stream_rpc_method_handler(one_to_written, decode, serialize)
@@ -137,6 +145,7 @@ def logged_handler(
         async def many_to_many(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             async with scope(context, method), aclosing(stream_stream(requests, context)) as out:
                 async for reply in out:
+                    await send_headers(context)
                     yield reply
 
         return grpc.stream_stream_rpc_method_handler(many_to_many, decode, serialize)
@@ -145,7 +154,9 @@ def logged_handler(
 
         async def many_to_one(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             async with scope(context, method):
-                return await stream_unary(requests, context)
+                reply = await stream_unary(requests, context)
+                await send_headers(context)
+                return reply
 
         return grpc.stream_unary_rpc_method_handler(many_to_one, decode, serialize)
     return handler
