@@ -6,6 +6,7 @@ the ports are the test's own, so nothing here touches a developer's setup."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -213,11 +214,12 @@ def test_the_readme_walkthrough_runs_as_written(env: dict[str, str], gateway_blo
     assert python.splitlines()[-1] == "['customers', 'orders']"
 
 
-def test_the_flight_sql_and_scaling_out_recipes_run_as_written(
+def test_the_flight_sql_rest_and_scaling_out_recipes_run_as_written(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    """The Arrow Flight SQL section (a gateway with Flight SQL on, then ADBC from Python)
-    and the Scaling out recipe (a platform and three replicas over NATS, a query sent to
+    """The Arrow Flight SQL section (a gateway with Flight SQL on, then ADBC from Python),
+    the REST section (a gateway with HTTP on, a sign-in link, a query with curl) and the
+    Scaling out recipe (a platform and three replicas over NATS, a query sent to
     the replicas, a preview through the platform), on the walk-through's `sales` data."""
     # A reader of these sections has the venv activated, as the walk-through does.
     env = {**env, "PATH": f"{ROOT / '.venv' / 'bin'}:{Path(sys.executable).parent}:{env['PATH']}"}
@@ -227,12 +229,23 @@ def test_the_flight_sql_and_scaling_out_recipes_run_as_written(
         _run_on_a_terminal(using_it[1][1], env)  # load the data, register and select it
 
     flight = section_blocks("Arrow Flight SQL")
-    assert [lang for lang, _ in flight] == ["sh", "python"]
+    assert [lang for lang, _ in flight] == ["sh", "python", "python"]
     with _in_background(flight[0][1], env, tmp_path / "flight.log"):
-        out = _run_python(flight[1][1], env).splitlines()
+        session = _run_python(flight[1][1], env).splitlines()
+        out = _run_python(flight[2][1], env).splitlines()
+    assert '"sales"' in session[0] and session[1] == "2"  # the session's connection, max_rows
     rows, columns = out[0].split(" ", 1)
     assert int(rows) > 0 and columns == "['id', 'amount']"
     assert out[1] == "['id', 'customer_id', 'amount', 'placed_at']"
+
+    rest = section_blocks("REST API and portal")
+    assert [lang for lang, _ in rest] == ["sh", "sh", "sh"]
+    with _in_background(rest[0][1], env, tmp_path / "rest.log"):
+        link = _run_on_a_terminal(rest[1][1], env)
+        answer = json.loads(_run_on_a_terminal(rest[2][1], env))
+    assert re.search(r"http://127\.0\.0\.1:8443/#signin=\S+", link)
+    assert answer["columns"][0]["name"] == "id" and answer["row_count"] == len(answer["rows"])
+    assert answer["rows"] and all(float(amount) > 100 for _, amount in answer["rows"])
 
     ((lang, recipe),) = [b for b in section_blocks("Scaling out") if "--role runtime" in b[1]]
     assert lang == "sh"
