@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         choices=[role.value for role in ProcessRole],
         help="all: both planes in one process (default); platform: the control plane "
-        "(connections, catalog, audit) and developers' previews, forwarded over NATS; "
+        "(connections, catalog, audit), with developers' previews and the source work "
+        "(tests, discovery, refresh) sent over NATS to the stage's replicas; "
         "runtime: one replica of --stage, serving that stage's apps on --listen",
     )
     serve.add_argument(

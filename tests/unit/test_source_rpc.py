@@ -144,5 +144,8 @@ def test_without_a_replica_the_platform_works_itself_only_when_allowed(tmp_path:
             await s.replica.start()
             assert await asyncio.to_thread(discover, False) == ["notes", "people"]
             assert s.replica.served == 1
+            # and even a platform that may reach sources leaves it to the replica
+            assert await asyncio.to_thread(discover, True) == ["notes", "people"]
+            assert s.replica.served == 2
 
     asyncio.run(body())
