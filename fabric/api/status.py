@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 
 from fabric import errors
-from fabric.api.headers import send_headers
 from fabric.observability.access import REQUEST_ID_HEADER, current_call
 
 STATUSES: dict[type[errors.FabricError], tuple[grpc.StatusCode, int]] = {
@@ -82,7 +81,6 @@ async def abort_with(context: grpc.aio.ServicerContext, error: errors.FabricErro
     if error.retry_after is not None:
         metadata.append((RETRY_AFTER_KEY, str(max(0, round(error.retry_after * 1000)))))
     context.set_trailing_metadata(tuple(metadata))
-    await send_headers(context)  # the request id (and any other pending header) first
     await context.abort(status_for(error), error.message)
 
 

@@ -63,7 +63,6 @@ from fabric.api.flight.wire import (
     type_name,
     unpack,
 )
-from fabric.api.headers import add_header
 from fabric.api.query_service import ContextProvider, Execute, translated_errors
 from fabric.api.wire import serialize_result
 from fabric.catalog.metadata.store import MetadataStore
@@ -643,7 +642,7 @@ class FlightSqlService:
                 payload=session,
                 close_fn=session.values.clear,
             )
-            await add_header(context, *session_cookie(opened.id))
+            await context.send_initial_metadata((session_cookie(opened.id),))
         errors = session.update(dict(request.session_options))
         result = fl.SetSessionOptionsResult(
             errors={
