@@ -135,6 +135,8 @@ class GatewayProcess:
                 "FABRIC_METRICS_PORT": str(self.metrics_port),
                 "FABRIC_FLIGHT_LISTEN": f"127.0.0.1:{self.flight_port}",
                 "FABRIC_MAX_ROWS": str(1_000_000_000),
+                # lineitem whole (scenario 6) is ~1 GiB of Arrow data, past the default cap.
+                "FABRIC_MAX_RESULT_BYTES": str(1 << 40),
                 **self.extra_env,
             }
         )
@@ -222,6 +224,7 @@ class GatewayProcess:
 def gateway_env_note() -> str:
     return (
         "gateway: `python -m fabric.cli serve` with default settings except "
-        "FABRIC_MAX_ROWS=1e9 (so the 6 M-row scenario is not truncated); "
+        "FABRIC_MAX_ROWS=1e9 and FABRIC_MAX_RESULT_BYTES=1 TiB (so the 6 M-row scenario is "
+        "not truncated); "
         f"pid-isolated, {os.cpu_count()} cores shared with the client"
     )
