@@ -941,66 +941,37 @@ class QueryEngine:
         admitted, calls = await self._admission(ctx, bound, compiled, budget)
         if tracked is not None:
             tracked.phase = PHASE_RUNNING
-        stream = self._traced_stream if tracing.tracing_enabled() else self._stream
+        items = self._stream(
+            admitted,
+            calls,
+            ticket,
+            bound,
+            compiled,
+            args,
+            budget,
+            max_bytes,
+            started,
+            builder,
+            on_complete,
+            on_uncacheable,
+            tracked,
+        )
+        if tracing.tracing_enabled():
+            items = self._traced(items, bound)
         try:
-            async with aclosing(
-                stream(
-                    admitted,
-                    calls,
-                    ticket,
-                    bound,
-                    compiled,
-                    args,
-                    budget,
-                    max_bytes,
-                    started,
-                    builder,
-                    on_complete,
-                    on_uncacheable,
-                    tracked,
-                )
-            ) as items:
+            async with aclosing(items) as items:
                 async for item in items:
                     yield item
         finally:
             calls.release()
 
-    async def _traced_stream(
-        self,
-        admitted: AdmissionTicket,
-        calls: LaneCalls,
-        ticket: Ticket,
-        bound: BoundSource,
-        compiled: CompiledStatement,
-        args: tuple[Any, ...],
-        budget: Budget,
-        max_bytes: int,
-        started: float,
-        builder: ResultBuilder | None,
-        on_complete: Callable[[SourceRun], None] | None,
-        on_uncacheable: Callable[[], None] | None,
-        tracked: RunningQuery | None,
+    async def _traced(
+        self, items: AsyncGenerator[bytes | Summary, None], bound: BoundSource
     ) -> AsyncGenerator[bytes | Summary, None]:
-        """`_stream` inside a `fabric.source` span (only while tracing is on: off, the
+        """`items` inside a `fabric.source` span (only while tracing is on: off, the
         engine streams without this extra step per message)."""
         with tracing.span("fabric.source", _source_attributes(bound)) as traced:
-            async with aclosing(
-                self._stream(
-                    admitted,
-                    calls,
-                    ticket,
-                    bound,
-                    compiled,
-                    args,
-                    budget,
-                    max_bytes,
-                    started,
-                    builder,
-                    on_complete,
-                    on_uncacheable,
-                    tracked,
-                )
-            ) as items:
+            async with aclosing(items):
                 async for item in items:
                     if isinstance(item, Summary):
                         traced.set("fabric.rows", item.rows)
